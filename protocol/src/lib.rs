@@ -1,0 +1,7 @@
+//! Hearth's sans-IO protocol core: pairing by out-of-band PIN, the OSCORE link, counters, signed
+//! manifests and SenML readings. It takes bytes, time and randomness as inputs and returns bytes
+//! and events; it never touches sockets, files, clocks or a global RNG (see `clippy.toml`).
+#![forbid(unsafe_code)]
+
+pub mod oscore;
+pub mod time;
