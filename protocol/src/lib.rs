@@ -4,4 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod oscore;
+pub mod pairing;
 pub mod time;
