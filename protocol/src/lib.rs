@@ -3,6 +3,10 @@
 //! and events; it never touches sockets, files, clocks or a global RNG (see `clippy.toml`).
 #![forbid(unsafe_code)]
 
+pub mod link;
+pub mod netsim;
 pub mod oscore;
 pub mod pairing;
+pub mod senml;
 pub mod time;
+pub mod update;

@@ -128,6 +128,11 @@ impl SecurityContext {
         self.recipient_id
     }
 
+    /// The next sender sequence number.
+    pub fn sequence_next(&self) -> u64 {
+        self.sequence.next_value()
+    }
+
     /// The sender sequence (for leases).
     pub fn sequence_mut(&mut self) -> &mut SenderSequence {
         &mut self.sequence

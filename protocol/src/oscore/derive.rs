@@ -39,6 +39,12 @@ impl core::fmt::Debug for ContextParams {
 }
 
 impl ContextParams {
+    /// The Common IV (§3.2.1). Not a key, but derived from the master secret: tests use it to
+    /// recompute nonces from the wire.
+    pub fn common_iv(&self) -> [u8; NONCE_LEN] {
+        derive(self).common_iv
+    }
+
     /// The same context seen from the other endpoint (sender and recipient swapped).
     pub fn reversed(&self) -> Self {
         Self {

@@ -1,0 +1,726 @@
+//! The hub's link endpoint: pairing sessions, one OSCORE context per sensor (found by kid, not by
+//! address), readings released to the caller and acknowledged only once durable, CoAP
+//! deduplication, and counters of every security-relevant rejection (EN 303 645 5.10-1).
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use rand_core::CryptoRng;
+
+use crate::oscore::{
+    ContextParams, KeyUsage, Kid, Lease, NeedsRekey, OscoreError, OscoreOption, ReplayWindow,
+    RequestBinding, SecurityContext, SenderSequence, Verified,
+};
+use crate::pairing::{
+    AwaitingPin, AwaitingSensorConfirm, Confirm, Descriptor, HubPairing, PairingError,
+    PairingRefused, PairingWindow, Pin, SensorHello, WindowConfig,
+};
+use crate::time::Millis;
+
+use super::coap::{self, PATH_DONE, PATH_HELLO, PATH_PROOF, PATH_READINGS};
+
+/// Hub link settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// The hub's Sender ID in every sensor context.
+    pub hub_kid: Kid,
+    /// Sequence lease block K (RFC 8613 B.1.1).
+    pub lease_block: u64,
+    /// Pairing sessions that may wait for a PIN at once.
+    pub max_sessions: usize,
+    /// Remembered unprotected exchanges, for CoAP deduplication of pairing requests.
+    pub dedup_entries: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            hub_kid: Kid::default(),
+            lease_block: crate::oscore::DEFAULT_LEASE_BLOCK,
+            max_sessions: 32,
+            dedup_entries: 1024,
+        }
+    }
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit<A> {
+    /// Destination.
+    pub to: A,
+    /// Encoded CoAP message.
+    pub bytes: Vec<u8>,
+}
+
+/// Counts of rejected input, by kind (EN 303 645 5.10-1, 5.13-1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecurityCounters {
+    /// Datagrams that are not CoAP, or break a limit.
+    pub malformed: u64,
+    /// OSCORE messages naming no known context.
+    pub unknown_kid: u64,
+    /// Replayed or too-old Partial IVs.
+    pub replays: u64,
+    /// AEAD tags that failed (tampering, wrong key).
+    pub bad_tag: u64,
+    /// Malformed OSCORE options or inner messages.
+    pub bad_oscore: u64,
+    /// Pairing requests outside a window, during back-off, or over the session limit.
+    pub pairing_refused: u64,
+    /// Failed pairing confirmations (wrong PIN or attacker).
+    pub pairing_failed: u64,
+    /// Requests for resources that do not exist or are not allowed unprotected.
+    pub bad_request: u64,
+    /// Retransmissions answered from the deduplication cache (not a security event).
+    pub duplicates: u64,
+}
+
+/// A security-relevant rejection, for the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecurityEvent {
+    /// A replay was refused.
+    Replay {
+        /// The context.
+        kid: Kid,
+    },
+    /// A message failed authentication.
+    BadTag {
+        /// The context.
+        kid: Kid,
+    },
+    /// An OSCORE message named an unknown context.
+    UnknownKid,
+    /// A malformed datagram or OSCORE message.
+    Malformed(&'static str),
+    /// A pairing request was refused.
+    PairingRefused(PairingRefused),
+    /// A pairing attempt failed.
+    PairingFailed {
+        /// The session.
+        kid: Kid,
+        /// Why.
+        reason: PairingError,
+    },
+}
+
+/// What the hub link tells its caller.
+#[derive(Debug)]
+pub enum HubEvent {
+    /// A sensor asked to pair; the owner must type the PIN its display shows.
+    PairingRequested {
+        /// Session (and future OSCORE) ID.
+        kid: Kid,
+        /// What the sensor says it is.
+        descriptor: Descriptor,
+    },
+    /// Pairing succeeded: persist the context (secret, encrypted at rest), then the sensor is live.
+    Paired {
+        /// The sensor's kid.
+        kid: Kid,
+        /// Context inputs (hub's view).
+        params: ContextParams,
+        /// Descriptor bound into the pairing transcript.
+        descriptor: Descriptor,
+    },
+    /// A reading to persist; call [`HubLink::acknowledge`] once it is durable.
+    Reading {
+        /// Ticket for the acknowledgement.
+        ticket: AckTicket,
+        /// The SenML payload (not yet parsed: the caller validates it).
+        payload: Vec<u8>,
+    },
+    /// Persist this lease for the hub's sender sequence in `kid`'s context, then report it.
+    LeaseNeeded {
+        /// The context.
+        kid: Kid,
+        /// Value to make durable.
+        lease: Lease,
+    },
+    /// A context should be re-keyed soon.
+    NeedsRekey {
+        /// The context.
+        kid: Kid,
+        /// Which limit.
+        reason: NeedsRekey,
+    },
+    /// A rejection worth logging.
+    Security(SecurityEvent),
+}
+
+/// Identifies a reading awaiting its acknowledgement.
+#[derive(Debug, Clone)]
+pub struct AckTicket {
+    kid: Kid,
+    binding: RequestBinding,
+    request: Packet,
+}
+
+impl AckTicket {
+    /// The sensor's kid.
+    pub fn kid(&self) -> Kid {
+        self.kid
+    }
+
+    /// The reading's Partial IV (its position in the sensor's sequence).
+    pub fn piv(&self) -> u64 {
+        self.binding.piv.value()
+    }
+}
+
+/// Durable per-sensor link state for the caller to persist alongside each reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerState {
+    /// Replay window after this reading (None while unknown).
+    pub window: Option<crate::oscore::WindowState>,
+    /// Key-usage counters.
+    pub usage: KeyUsage,
+}
+
+/// Why a typed PIN was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PinError {
+    /// No pairing request is waiting under that kid (or none at all).
+    #[error("no sensor is waiting for a PIN")]
+    NoSession,
+    /// More than one sensor is waiting; say which.
+    #[error("several sensors are waiting; choose one")]
+    Ambiguous,
+    /// Pairing is not allowed now.
+    #[error(transparent)]
+    Refused(#[from] PairingRefused),
+    /// The PIN is wrong (counted as a failed attempt).
+    #[error(transparent)]
+    Pairing(#[from] PairingError),
+}
+
+struct Peer<A> {
+    ctx: SecurityContext,
+    addr: Option<A>,
+    /// Tag of the last accepted request and the bytes of its response (resent on retransmission;
+    /// never re-protected, since that would reuse the request's nonce).
+    last: Option<([u8; 8], Option<Vec<u8>>)>,
+    rekey_reported: bool,
+}
+
+enum Session<A> {
+    AwaitingPin { state: AwaitingPin, addr: A },
+    AwaitingConfirm { state: AwaitingSensorConfirm, proof: Confirm },
+}
+
+/// The hub's side of every sensor link.
+pub struct HubLink<A> {
+    config: HubConfig,
+    peers: HashMap<Kid, Peer<A>>,
+    window: Option<PairingWindow>,
+    sessions: HashMap<Kid, Session<A>>,
+    dedup: VecDeque<((A, u16), Vec<u8>)>,
+    transmits: VecDeque<Transmit<A>>,
+    events: VecDeque<HubEvent>,
+    counters: SecurityCounters,
+}
+
+impl<A> core::fmt::Debug for HubLink<A> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HubLink")
+            .field("peers", &self.peers.len())
+            .field("sessions", &self.sessions.len())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Copy + Eq + Hash> HubLink<A> {
+    /// An empty hub link.
+    pub fn new(config: HubConfig) -> Self {
+        Self {
+            config,
+            peers: HashMap::new(),
+            window: None,
+            sessions: HashMap::new(),
+            dedup: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: SecurityCounters::default(),
+        }
+    }
+
+    /// Adds a paired sensor restored from the store: its context inputs, the last durable lease
+    /// of the hub's sequence in it, and its replay window (`Unknown` if not persisted: B.1.2).
+    pub fn add_peer(
+        &mut self,
+        params: &ContextParams,
+        lease: Lease,
+        window: ReplayWindow,
+        usage: KeyUsage,
+    ) {
+        let seq = SenderSequence::resume(lease, self.config.lease_block);
+        let ctx = SecurityContext::new(params, seq, window).with_usage(usage);
+        self.peers.insert(
+            params.recipient_id,
+            Peer { ctx, addr: None, last: None, rekey_reported: false },
+        );
+    }
+
+    /// Forgets a sensor (removal or replacement). Its kid is refused from now on.
+    pub fn remove_peer(&mut self, kid: &Kid) -> bool {
+        self.peers.remove(kid).is_some()
+    }
+
+    /// Number of paired sensors.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Counters of rejected input.
+    pub fn counters(&self) -> SecurityCounters {
+        self.counters
+    }
+
+    /// Durable state of a sensor's context (persist with each reading).
+    pub fn peer_state(&self, kid: &Kid) -> Option<PeerState> {
+        let p = self.peers.get(kid)?;
+        Some(PeerState { window: p.ctx.replay_window().state(), usage: p.ctx.usage() })
+    }
+
+    /// Arms pairing for a bounded window (the owner's explicit action).
+    pub fn open_pairing(&mut self, now: Millis, config: WindowConfig) {
+        self.window = Some(PairingWindow::open(now, config));
+        self.sessions.clear();
+    }
+
+    /// Disarms pairing and drops unfinished sessions.
+    pub fn close_pairing(&mut self) {
+        self.window = None;
+        self.sessions.clear();
+    }
+
+    /// The current window, if one was opened.
+    pub fn pairing_window(&self) -> Option<&PairingWindow> {
+        self.window.as_ref()
+    }
+
+    /// Sensors waiting for their PIN to be typed.
+    pub fn waiting_for_pin(&self) -> Vec<(Kid, Descriptor)> {
+        let mut v: Vec<_> = self
+            .sessions
+            .iter()
+            .filter_map(|(k, s)| match s {
+                Session::AwaitingPin { state, .. } => Some((*k, state.descriptor().clone())),
+                Session::AwaitingConfirm { .. } => None,
+            })
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    /// The owner typed `pin` for the sensor `kid` (or for the only waiting one).
+    pub fn enter_pin(&mut self, now: Millis, kid: Option<Kid>, pin: &str) -> Result<Kid, PinError> {
+        let window = self.window.as_mut().ok_or(PinError::Refused(PairingRefused::Closed))?;
+        window.admit(now)?;
+        let waiting = self.waiting_for_pin();
+        let kid = match (kid, waiting.as_slice()) {
+            (Some(k), _) => k,
+            (None, [(k, _)]) => *k,
+            (None, []) => return Err(PinError::NoSession),
+            (None, _) => return Err(PinError::Ambiguous),
+        };
+        let Some(Session::AwaitingPin { state, .. }) = self.sessions.get(&kid) else {
+            return Err(PinError::NoSession);
+        };
+        let result = Pin::parse(pin, state.width()).and_then(|p| state.enter_pin(&p));
+        match result {
+            Ok((state, proof)) => {
+                self.sessions.insert(kid, Session::AwaitingConfirm { state, proof });
+                Ok(kid)
+            }
+            Err(e @ PairingError::BadPin(_)) => Err(PinError::Pairing(e)),
+            Err(e) => {
+                self.fail_pairing(now, kid, e);
+                Err(PinError::Pairing(e))
+            }
+        }
+    }
+
+    /// Reports a lease durable.
+    pub fn lease_durable(&mut self, kid: &Kid, lease: Lease) {
+        if let Some(p) = self.peers.get_mut(kid) {
+            p.ctx.lease_durable(lease);
+        }
+    }
+
+    /// Reports a lease that could not be made durable.
+    pub fn lease_failed(&mut self, kid: &Kid) {
+        if let Some(p) = self.peers.get_mut(kid) {
+            p.ctx.sequence_mut().lease_failed();
+        }
+    }
+
+    /// The reading behind `ticket` is durable: send the protected 2.04.
+    pub fn acknowledge(&mut self, ticket: AckTicket) {
+        let Some(peer) = self.peers.get_mut(&ticket.kid) else { return };
+        let plain = coap::response(&ticket.request, ResponseType::Changed, Vec::new());
+        let Ok(sealed) = peer.ctx.protect_response(&plain, &ticket.binding, false) else { return };
+        let Some(bytes) = coap::encode(&sealed.packet) else { return };
+        if let Some((_, cached @ None)) = &mut peer.last {
+            *cached = Some(bytes.clone());
+        }
+        if let Some(to) = peer.addr {
+            self.transmits.push_back(Transmit { to, bytes });
+        }
+    }
+
+    /// Next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<A>> {
+        self.transmits.pop_front()
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<HubEvent> {
+        self.events.pop_front()
+    }
+
+    /// Handles one received datagram.
+    pub fn handle_datagram<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        from: A,
+        bytes: &[u8],
+        rng: &mut R,
+    ) {
+        if bytes.len() > coap::MAX_DATAGRAM {
+            return self.malformed("datagram too large");
+        }
+        let Ok(packet) = Packet::from_bytes(bytes) else {
+            return self.malformed("not a CoAP message");
+        };
+        if !matches!(packet.header.code, MessageClass::Request(_)) {
+            return; // the hub sends no requests, so responses and empty messages are stray
+        }
+        if packet.get_option(CoapOption::Oscore).is_some() {
+            self.handle_protected(from, &packet, rng);
+        } else {
+            self.handle_plain(now, from, &packet, rng);
+        }
+    }
+
+    fn malformed(&mut self, what: &'static str) {
+        self.counters.malformed += 1;
+        self.events.push_back(HubEvent::Security(SecurityEvent::Malformed(what)));
+    }
+
+    fn reply(&mut self, to: A, request: &Packet, code: ResponseType, payload: &[u8]) {
+        if request.header.get_type() == MessageType::NonConfirmable && code.is_error() {
+            return;
+        }
+        let p = coap::response(request, code, payload.to_vec());
+        if let Some(bytes) = coap::encode(&p) {
+            self.transmits.push_back(Transmit { to, bytes });
+        }
+    }
+
+    fn handle_protected<R: CryptoRng + ?Sized>(&mut self, from: A, packet: &Packet, rng: &mut R) {
+        let parsed = packet
+            .get_first_option(CoapOption::Oscore)
+            .map(|v| OscoreOption::parse(v))
+            .unwrap_or(Err(OscoreError::NotOscore("no option")));
+        let kid = match parsed {
+            Ok(OscoreOption { kid: Some(kid), piv: Some(_), .. }) => kid,
+            _ => {
+                self.counters.bad_oscore += 1;
+                self.events
+                    .push_back(HubEvent::Security(SecurityEvent::Malformed("OSCORE option")));
+                return self.reply(from, packet, ResponseType::BadOption, b"bad OSCORE option");
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&kid) else {
+            self.counters.unknown_kid += 1;
+            self.events.push_back(HubEvent::Security(SecurityEvent::UnknownKid));
+            return self.reply(
+                from,
+                packet,
+                ResponseType::Unauthorized,
+                b"Security context not found",
+            );
+        };
+        let tag = tag_of(packet);
+        // CoAP deduplication: the retransmission of the last request gets the same response.
+        if let Some((last_tag, cached)) = &peer.last
+            && Some(*last_tag) == tag
+        {
+            self.counters.duplicates += 1;
+            if let Some(bytes) = cached.clone() {
+                self.transmits.push_back(Transmit { to: from, bytes });
+            }
+            return; // otherwise its acknowledgement is still waiting for durability
+        }
+        match peer.ctx.unprotect_request(packet) {
+            Ok(Verified::Request { request, binding }) => {
+                peer.addr = Some(from);
+                peer.last = tag.map(|t| (t, None));
+                self.serve(kid, request, binding);
+            }
+            Ok(Verified::NeedsEcho { binding }) => {
+                match peer.ctx.echo_challenge(packet, &binding, rng) {
+                    Ok(sealed) => {
+                        if let Some(bytes) = coap::encode(&sealed.packet) {
+                            self.transmits.push_back(Transmit { to: from, bytes });
+                        }
+                    }
+                    Err(_) => self.want_lease(kid),
+                }
+            }
+            Err(OscoreError::Replay) => {
+                self.counters.replays += 1;
+                self.events.push_back(HubEvent::Security(SecurityEvent::Replay { kid }));
+                self.reply(from, packet, ResponseType::Unauthorized, b"Replay detected");
+            }
+            Err(OscoreError::DecryptionFailed) => {
+                self.counters.bad_tag += 1;
+                self.events.push_back(HubEvent::Security(SecurityEvent::BadTag { kid }));
+                self.reply(from, packet, ResponseType::BadRequest, b"Decryption failed");
+            }
+            Err(OscoreError::KeyLimitReached) => {
+                self.reply(from, packet, ResponseType::Unauthorized, b"Key limit reached");
+            }
+            Err(_) => {
+                self.counters.bad_oscore += 1;
+                self.events
+                    .push_back(HubEvent::Security(SecurityEvent::Malformed("OSCORE message")));
+                self.reply(from, packet, ResponseType::BadOption, b"bad OSCORE message");
+            }
+        }
+        self.check_peer(kid);
+    }
+
+    fn serve(&mut self, kid: Kid, request: Packet, binding: RequestBinding) {
+        let is_post = request.header.code == MessageClass::Request(RequestType::Post);
+        if is_post && coap::path(&request) == PATH_READINGS {
+            let payload = request.payload.clone();
+            let ticket = AckTicket { kid, binding, request };
+            self.events.push_back(HubEvent::Reading { ticket, payload });
+            return;
+        }
+        self.counters.bad_request += 1;
+        let Some(peer) = self.peers.get_mut(&kid) else { return };
+        let plain = coap::response(&request, ResponseType::NotFound, Vec::new());
+        if let Ok(sealed) = peer.ctx.protect_response(&plain, &binding, false)
+            && let (Some(bytes), Some(to)) = (coap::encode(&sealed.packet), peer.addr)
+        {
+            if let Some((_, cached @ None)) = &mut peer.last {
+                *cached = Some(bytes.clone());
+            }
+            self.transmits.push_back(Transmit { to, bytes });
+        }
+    }
+
+    fn check_peer(&mut self, kid: Kid) {
+        let Some(peer) = self.peers.get_mut(&kid) else { return };
+        if let Some(lease) = peer.ctx.poll_lease() {
+            self.events.push_back(HubEvent::LeaseNeeded { kid, lease });
+        }
+        if let (Some(reason), false) = (peer.ctx.needs_rekey(), peer.rekey_reported) {
+            peer.rekey_reported = true;
+            self.events.push_back(HubEvent::NeedsRekey { kid, reason });
+        }
+    }
+
+    fn want_lease(&mut self, kid: Kid) {
+        self.check_peer(kid);
+    }
+
+    fn handle_plain<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        from: A,
+        packet: &Packet,
+        rng: &mut R,
+    ) {
+        let key = (from, packet.header.message_id);
+        if let Some((_, bytes)) = self.dedup.iter().find(|(k, _)| *k == key) {
+            self.counters.duplicates += 1;
+            self.transmits.push_back(Transmit { to: from, bytes: bytes.clone() });
+            return;
+        }
+        let before = self.transmits.len();
+        let is_post = packet.header.code == MessageClass::Request(RequestType::Post);
+        match (is_post, coap::path(packet).as_str()) {
+            (true, PATH_HELLO) => self.on_hello(now, from, packet, rng),
+            (true, PATH_PROOF) => self.on_proof(from, packet),
+            (true, PATH_DONE) => self.on_done(now, from, packet),
+            _ => {
+                // Everything except pairing must be OSCORE-protected (5.5-5: authenticate first).
+                self.counters.bad_request += 1;
+                self.reply(from, packet, ResponseType::Unauthorized, b"OSCORE required");
+            }
+        }
+        if self.transmits.len() == before + 1
+            && let Some(t) = self.transmits.back()
+        {
+            if self.dedup.len() >= self.config.dedup_entries {
+                self.dedup.pop_front();
+            }
+            self.dedup.push_back((key, t.bytes.clone()));
+        }
+    }
+
+    fn refuse(&mut self, from: A, packet: &Packet, why: PairingRefused) {
+        self.counters.pairing_refused += 1;
+        self.events.push_back(HubEvent::Security(SecurityEvent::PairingRefused(why)));
+        let code = match why {
+            PairingRefused::BackingOff { .. } => ResponseType::ServiceUnavailable,
+            _ => ResponseType::Forbidden,
+        };
+        self.reply(from, packet, code, why.to_string().as_bytes());
+    }
+
+    fn on_hello<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        from: A,
+        packet: &Packet,
+        rng: &mut R,
+    ) {
+        let admitted = self.window.as_ref().map_or(Err(PairingRefused::Closed), |w| w.admit(now));
+        if let Err(why) = admitted {
+            return self.refuse(from, packet, why);
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            return self.refuse(from, packet, PairingRefused::Closed);
+        }
+        let hello = match SensorHello::decode(&packet.payload) {
+            Ok(h) => h,
+            Err(e) => {
+                self.malformed("pairing hello");
+                return self.reply(
+                    from,
+                    packet,
+                    ResponseType::BadRequest,
+                    e.to_string().as_bytes(),
+                );
+            }
+        };
+        let kid = self.fresh_kid(rng);
+        match HubPairing::start(rng, hello, kid, self.config.hub_kid) {
+            Ok((state, hub_hello)) => {
+                let descriptor = state.descriptor().clone();
+                self.sessions.insert(kid, Session::AwaitingPin { state, addr: from });
+                self.events.push_back(HubEvent::PairingRequested { kid, descriptor });
+                self.reply(from, packet, ResponseType::Created, &hub_hello.encode());
+            }
+            Err(e) => self.reply(from, packet, ResponseType::BadRequest, e.to_string().as_bytes()),
+        }
+    }
+
+    fn fresh_kid<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Kid {
+        loop {
+            let mut b = [0u8; 4];
+            rng.fill_bytes(&mut b);
+            let Ok(kid) = Kid::new(&b) else { continue };
+            let taken = kid == self.config.hub_kid
+                || self.peers.contains_key(&kid)
+                || self.sessions.contains_key(&kid);
+            if !taken {
+                return kid;
+            }
+        }
+    }
+
+    fn on_proof(&mut self, from: A, packet: &Packet) {
+        let Ok(kid) = Kid::new(&packet.payload) else {
+            self.malformed("pairing proof request");
+            return self.reply(from, packet, ResponseType::BadRequest, b"bad kid");
+        };
+        match self.sessions.get(&kid) {
+            Some(Session::AwaitingConfirm { proof, .. }) => {
+                let body = proof.encode();
+                self.reply(from, packet, ResponseType::Content, &body);
+            }
+            Some(Session::AwaitingPin { addr, .. }) if *addr == from => {
+                // Not yet: the owner has not typed the PIN. Ask again in a second.
+                let mut p = coap::response(
+                    packet,
+                    ResponseType::ServiceUnavailable,
+                    b"waiting for PIN".to_vec(),
+                );
+                p.add_option(CoapOption::MaxAge, vec![1]);
+                if let Some(bytes) = coap::encode(&p) {
+                    self.transmits.push_back(Transmit { to: from, bytes });
+                }
+            }
+            _ => self.reply(from, packet, ResponseType::NotFound, b"no such pairing"),
+        }
+    }
+
+    fn on_done(&mut self, now: Millis, from: A, packet: &Packet) {
+        let Some((kid, confirm)) = decode_done(&packet.payload) else {
+            self.malformed("pairing confirmation");
+            return self.reply(from, packet, ResponseType::BadRequest, b"bad confirmation");
+        };
+        let Some(Session::AwaitingConfirm { .. }) = self.sessions.get(&kid) else {
+            return self.reply(from, packet, ResponseType::NotFound, b"no such pairing");
+        };
+        let Some(Session::AwaitingConfirm { state, .. }) = self.sessions.remove(&kid) else {
+            return;
+        };
+        let result = match confirm {
+            Some(c) => state.finish(&c),
+            None => Err(PairingError::HubProofInvalid), // the sensor refused our proof
+        };
+        match result {
+            Ok(paired) => {
+                let seq = SenderSequence::new(self.config.lease_block);
+                let ctx = SecurityContext::new(&paired.context, seq, ReplayWindow::Empty);
+                self.peers
+                    .insert(kid, Peer { ctx, addr: Some(from), last: None, rekey_reported: false });
+                self.events.push_back(HubEvent::Paired {
+                    kid,
+                    params: paired.context,
+                    descriptor: paired.descriptor,
+                });
+                self.check_peer(kid);
+                self.reply(from, packet, ResponseType::Changed, &[]);
+            }
+            Err(e) => {
+                self.fail_pairing(now, kid, e);
+                self.reply(from, packet, ResponseType::Unauthorized, b"pairing failed");
+            }
+        }
+    }
+
+    fn fail_pairing(&mut self, now: Millis, kid: Kid, reason: PairingError) {
+        self.counters.pairing_failed += 1;
+        if let Some(w) = self.window.as_mut() {
+            w.record_failure(now);
+        }
+        self.events.push_back(HubEvent::Security(SecurityEvent::PairingFailed { kid, reason }));
+    }
+}
+
+/// The CCM tag (last 8 bytes of the ciphertext) identifies a retransmitted request.
+fn tag_of(packet: &Packet) -> Option<[u8; 8]> {
+    let p = &packet.payload;
+    p.len().checked_sub(8).and_then(|i| p[i..].try_into().ok())
+}
+
+/// `/p/done` payload: the sensor's kid, then 32 bytes of MAC, or nothing when the sensor refused
+/// the hub's proof.
+pub(crate) fn encode_done(kid: &Kid, confirm: Option<&Confirm>) -> Vec<u8> {
+    let mut out = vec![kid.as_bytes().len() as u8];
+    out.extend_from_slice(kid.as_bytes());
+    if let Some(c) = confirm {
+        out.extend_from_slice(&c.mac);
+    }
+    out
+}
+
+fn decode_done(payload: &[u8]) -> Option<(Kid, Option<Confirm>)> {
+    let (&len, rest) = payload.split_first()?;
+    let (kid, rest) = rest.split_at_checked(usize::from(len))?;
+    let kid = Kid::new(kid).ok()?;
+    match rest.len() {
+        0 => Some((kid, None)),
+        32 => Some((kid, Some(Confirm { mac: rest.try_into().ok()? }))),
+        _ => None,
+    }
+}

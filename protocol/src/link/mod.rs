@@ -1,0 +1,17 @@
+//! The hub–sensor link as sans-IO endpoints (quinn-proto style): datagrams, time and randomness
+//! in; datagrams and events out. The hub daemon, the simulator and the test harness all drive
+//! these same state machines, so what the harness proves is what runs.
+//!
+//! Resources (CoAP, RFC 7252): unprotected `POST /p/hello`, `/p/proof`, `/p/done` for pairing;
+//! OSCORE-protected `POST /r` for SenML readings. Readings are acknowledged only after the
+//! caller reports them durable (DESIGN.md, durability contract).
+
+pub mod coap;
+mod hub;
+mod sensor;
+
+pub use hub::{
+    AckTicket, HubConfig, HubEvent, HubLink, PeerState, PinError, SecurityCounters, SecurityEvent,
+    Transmit,
+};
+pub use sensor::{SensorEvent, SensorLink};

@@ -1,0 +1,422 @@
+//! The sensor's link endpoint: pairing as a CoAP client, then readings over OSCORE with one
+//! confirmable request in flight, retransmitted with back-off until the hub acknowledges it
+//! (RFC 7252 §4.2); Echo recovery after a hub restart (RFC 8613 B.1.2).
+
+use std::collections::VecDeque;
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
+use rand_core::CryptoRng;
+
+use crate::oscore::{Kid, Lease, OscoreError, RequestBinding, SecurityContext, echo_value};
+use crate::pairing::{
+    AwaitingHubHello, AwaitingHubProof, Confirm, Descriptor, HubHello, MaskWidth, Paired,
+    PairingError, Pin, SensorPairing,
+};
+use crate::time::Millis;
+
+use super::coap::{self, PATH_DONE, PATH_HELLO, PATH_PROOF, PATH_READINGS};
+use super::hub::encode_done;
+
+/// What the sensor link tells its caller.
+#[derive(Debug)]
+pub enum SensorEvent {
+    /// Show this PIN on the display.
+    ShowPin(Pin),
+    /// Pairing finished: persist the context (with its first lease) to flash.
+    Paired(Box<Paired>),
+    /// Pairing failed; the attempt's key is gone. Start again for a new PIN.
+    PairingFailed(PairingError),
+    /// The hub refused pairing (window closed or backing off).
+    PairingRefused,
+    /// The hub acknowledged reading `id`: it is durable there and can be dropped here.
+    Delivered(u64),
+    /// Persist this lease, then report it with [`SensorLink::lease_durable`].
+    LeaseNeeded(Lease),
+    /// The hub answered a protected request with an error this sensor cannot recover from
+    /// by itself (e.g. it was removed): the reading stays queued.
+    LinkError(&'static str),
+}
+
+enum Phase {
+    Unpaired,
+    Hello(AwaitingHubHello),
+    Proof { state: AwaitingHubProof, kid: Kid },
+    Done { paired: Box<Paired>, kid: Kid, reply: Option<Confirm> },
+    Linked(Box<SecurityContext>),
+}
+
+enum Purpose {
+    Hello,
+    Proof,
+    Done,
+    Reading { id: u64, binding: RequestBinding },
+}
+
+struct Outstanding {
+    bytes: Vec<u8>,
+    token: Vec<u8>,
+    retries: u32,
+    next_retry: Millis,
+    purpose: Purpose,
+}
+
+/// One sensor's link to its hub.
+pub struct SensorLink {
+    phase: Phase,
+    out: Option<Outstanding>,
+    readings: VecDeque<(u64, Vec<u8>)>,
+    echo: Option<Vec<u8>>,
+    lease_block: u64,
+    next_mid: u16,
+    next_token: u32,
+    not_before: Millis,
+    transmits: VecDeque<Vec<u8>>,
+    events: VecDeque<SensorEvent>,
+}
+
+impl core::fmt::Debug for SensorLink {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SensorLink")
+            .field("paired", &self.is_paired())
+            .field("queued", &self.readings.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SensorLink {
+    /// A sensor that is not paired yet.
+    pub fn unpaired<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        Self {
+            phase: Phase::Unpaired,
+            out: None,
+            readings: VecDeque::new(),
+            echo: None,
+            lease_block: crate::oscore::DEFAULT_LEASE_BLOCK,
+            next_mid: rng.next_u32() as u16,
+            next_token: rng.next_u32(),
+            not_before: Millis(0),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// A paired sensor restored from flash.
+    pub fn paired<R: CryptoRng + ?Sized>(rng: &mut R, ctx: SecurityContext) -> Self {
+        let mut s = Self::unpaired(rng);
+        s.phase = Phase::Linked(Box::new(ctx));
+        s
+    }
+
+    /// Sets the sequence lease block K for a context created by pairing (default 1000).
+    pub fn with_lease_block(mut self, k: u64) -> Self {
+        self.lease_block = k.max(1);
+        self
+    }
+
+    /// Whether an OSCORE context is in use.
+    pub fn is_paired(&self) -> bool {
+        matches!(self.phase, Phase::Linked(_))
+    }
+
+    /// The OSCORE context, once paired.
+    pub fn context(&self) -> Option<&SecurityContext> {
+        match &self.phase {
+            Phase::Linked(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Readings waiting for an acknowledgement.
+    pub fn queued(&self) -> usize {
+        self.readings.len()
+    }
+
+    /// Starts (or restarts) pairing with a fresh ephemeral key; the PIN comes as an event.
+    pub fn start_pairing<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        rng: &mut R,
+        descriptor: Descriptor,
+        width: MaskWidth,
+    ) {
+        let (state, hello, pin) = SensorPairing::start(rng, descriptor, width);
+        self.phase = Phase::Hello(state);
+        self.out = None;
+        self.events.push_back(SensorEvent::ShowPin(pin));
+        let token = self.token();
+        let request = coap::post(self.mid(), &token, PATH_HELLO, hello.encode());
+        self.send(now, rng, request, token, Purpose::Hello);
+    }
+
+    /// Queues a reading (a SenML payload) under the caller's id.
+    pub fn queue_reading<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        rng: &mut R,
+        id: u64,
+        payload: Vec<u8>,
+    ) {
+        self.readings.push_back((id, payload));
+        self.pump(now, rng);
+    }
+
+    /// Reports a lease durable.
+    pub fn lease_durable<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R, lease: Lease) {
+        if let Phase::Linked(ctx) = &mut self.phase {
+            ctx.lease_durable(lease);
+        }
+        self.pump(now, rng);
+    }
+
+    /// Next datagram to send to the hub.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmits.pop_front()
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<SensorEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`SensorLink::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        match &self.out {
+            Some(o) => Some(o.next_retry),
+            None if self.not_before > Millis(0) && matches!(self.phase, Phase::Proof { .. }) => {
+                Some(self.not_before)
+            }
+            None => None,
+        }
+    }
+
+    /// Retransmits, or sends what waited for a back-off.
+    pub fn handle_timeout<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R) {
+        if let Some(o) = &mut self.out {
+            if now >= o.next_retry {
+                o.retries += 1;
+                o.next_retry = now.plus(coap::retransmit_timeout(o.retries, jitter(rng)));
+                self.transmits.push_back(o.bytes.clone());
+            }
+            return;
+        }
+        self.pump(now, rng);
+    }
+
+    /// Handles a datagram from the hub.
+    pub fn handle_datagram<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        bytes: &[u8],
+        rng: &mut R,
+    ) {
+        let Ok(packet) = Packet::from_bytes(bytes) else { return };
+        let Some(out) = &self.out else { return };
+        if packet.get_token() != out.token.as_slice()
+            || !matches!(packet.header.code, MessageClass::Response(_))
+        {
+            return;
+        }
+        if packet.header.get_type() == MessageType::Confirmable {
+            return; // the hub answers piggy-backed only
+        }
+        let Some(out) = self.out.take() else { return };
+        match out.purpose {
+            Purpose::Hello => self.on_hello_response(now, rng, &packet),
+            Purpose::Proof => self.on_proof_response(now, rng, &packet),
+            Purpose::Done => self.on_done_response(now, rng, &packet),
+            Purpose::Reading { id, binding } => {
+                self.on_reading_response(now, rng, &packet, id, binding)
+            }
+        }
+        self.pump(now, rng);
+    }
+
+    fn mid(&mut self) -> u16 {
+        self.next_mid = self.next_mid.wrapping_add(1);
+        self.next_mid
+    }
+
+    fn token(&mut self) -> Vec<u8> {
+        self.next_token = self.next_token.wrapping_add(1);
+        self.next_token.to_be_bytes().to_vec()
+    }
+
+    fn send<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        rng: &mut R,
+        packet: Packet,
+        token: Vec<u8>,
+        purpose: Purpose,
+    ) {
+        let Some(bytes) = coap::encode(&packet) else {
+            self.events.push_back(SensorEvent::LinkError("message too large"));
+            return;
+        };
+        self.transmits.push_back(bytes.clone());
+        let next_retry = now.plus(coap::retransmit_timeout(0, jitter(rng)));
+        self.out = Some(Outstanding { bytes, token, retries: 0, next_retry, purpose });
+    }
+
+    fn fail<R: CryptoRng + ?Sized>(&mut self, e: PairingError, _rng: &mut R) {
+        self.phase = Phase::Unpaired;
+        self.events.push_back(SensorEvent::PairingFailed(e));
+    }
+
+    fn on_hello_response<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R, p: &Packet) {
+        if p.header.code != MessageClass::Response(ResponseType::Created) {
+            self.phase = Phase::Unpaired;
+            self.events.push_back(SensorEvent::PairingRefused);
+            return;
+        }
+        let Phase::Hello(state) = core::mem::replace(&mut self.phase, Phase::Unpaired) else {
+            return;
+        };
+        let hub = match HubHello::decode(&p.payload) {
+            Ok(h) => h,
+            Err(e) => return self.fail(e, rng),
+        };
+        let kid = hub.sensor_kid;
+        match state.on_hub_hello(hub) {
+            Ok(state) => {
+                self.phase = Phase::Proof { state, kid };
+                self.not_before = now;
+            }
+            Err(e) => self.fail(e, rng),
+        }
+    }
+
+    fn on_proof_response<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R, p: &Packet) {
+        if p.header.code == MessageClass::Response(ResponseType::ServiceUnavailable) {
+            let secs = p
+                .get_first_option(CoapOption::MaxAge)
+                .and_then(|v| v.first().copied())
+                .unwrap_or(1);
+            self.not_before = now.plus(u64::from(secs.max(1)) * 1000);
+            return;
+        }
+        let Phase::Proof { state, kid } = core::mem::replace(&mut self.phase, Phase::Unpaired)
+        else {
+            return;
+        };
+        if p.header.code != MessageClass::Response(ResponseType::Content) {
+            return self.fail(PairingError::Malformed, rng);
+        }
+        let result = Confirm::decode(&p.payload).and_then(|c| state.on_hub_confirm(&c));
+        match result {
+            Ok((paired, reply)) => {
+                self.phase = Phase::Done { paired: Box::new(paired), kid, reply: Some(reply) };
+            }
+            Err(e) => {
+                // Tell the hub (so it counts the failure), then give up this attempt.
+                let token = self.token();
+                let request = coap::post(self.mid(), &token, PATH_DONE, encode_done(&kid, None));
+                self.events.push_back(SensorEvent::PairingFailed(e));
+                if let Some(bytes) = coap::encode(&request) {
+                    self.transmits.push_back(bytes);
+                }
+            }
+        }
+    }
+
+    fn on_done_response<R: CryptoRng + ?Sized>(&mut self, _now: Millis, rng: &mut R, p: &Packet) {
+        let Phase::Done { paired, .. } = core::mem::replace(&mut self.phase, Phase::Unpaired)
+        else {
+            return;
+        };
+        if p.header.code != MessageClass::Response(ResponseType::Changed) {
+            return self.fail(PairingError::SensorProofInvalid, rng);
+        }
+        let seq = crate::oscore::SenderSequence::new(self.lease_block);
+        let ctx = SecurityContext::new(&paired.context, seq, crate::oscore::ReplayWindow::Empty);
+        self.phase = Phase::Linked(Box::new(ctx));
+        self.events.push_back(SensorEvent::Paired(paired));
+    }
+
+    fn on_reading_response<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        _rng: &mut R,
+        p: &Packet,
+        id: u64,
+        binding: RequestBinding,
+    ) {
+        let Phase::Linked(ctx) = &mut self.phase else { return };
+        if p.get_option(CoapOption::Oscore).is_none() {
+            // An unprotected error (e.g. the hub lost our retransmission's cached answer after a
+            // restart): the reading stays queued and goes again in a fresh request after a pause.
+            self.not_before = now.plus(coap::ACK_TIMEOUT_MS);
+            self.events.push_back(SensorEvent::LinkError("unprotected error response"));
+            return;
+        }
+        let Ok(inner) = ctx.unprotect_response(p, &binding) else { return };
+        match inner.header.code {
+            MessageClass::Response(ResponseType::Changed)
+            | MessageClass::Response(ResponseType::Created) => {
+                if self.readings.front().is_some_and(|(rid, _)| *rid == id) {
+                    self.readings.pop_front();
+                }
+                self.echo = None;
+                self.events.push_back(SensorEvent::Delivered(id));
+            }
+            MessageClass::Response(ResponseType::Unauthorized) => {
+                // B.1.2: the hub restarted and asks us to echo its challenge.
+                self.echo = echo_value(&inner).map(<[u8]>::to_vec);
+            }
+            _ => self.events.push_back(SensorEvent::LinkError("hub refused the reading")),
+        }
+    }
+
+    /// Sends whatever is next, if nothing is in flight.
+    fn pump<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R) {
+        if self.out.is_some() || now < self.not_before {
+            return;
+        }
+        match &mut self.phase {
+            Phase::Unpaired | Phase::Hello(_) => {}
+            Phase::Proof { kid, .. } => {
+                let kid = *kid;
+                let token = self.token();
+                let request = coap::post(self.mid(), &token, PATH_PROOF, kid.as_bytes().to_vec());
+                self.send(now, rng, request, token, Purpose::Proof);
+            }
+            Phase::Done { kid, reply, .. } => {
+                let body = encode_done(kid, reply.as_ref());
+                let token = self.token();
+                let request = coap::post(self.mid(), &token, PATH_DONE, body);
+                self.send(now, rng, request, token, Purpose::Done);
+            }
+            Phase::Linked(_) => self.send_reading(now, rng),
+        }
+    }
+
+    fn send_reading<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R) {
+        let Some((id, payload)) = self.readings.front().cloned() else { return };
+        let token = self.token();
+        let mid = self.mid();
+        let mut request = coap::post(mid, &token, PATH_READINGS, payload);
+        request.set_content_format(coap_lite::ContentFormat::ApplicationSenmlCBOR);
+        if let Some(echo) = &self.echo {
+            request.add_option(CoapOption::Unknown(252), echo.clone());
+        }
+        let Phase::Linked(ctx) = &mut self.phase else { return };
+        match ctx.protect_request(&request) {
+            Ok((sealed, binding)) => {
+                if let Some(lease) = ctx.poll_lease() {
+                    self.events.push_back(SensorEvent::LeaseNeeded(lease));
+                }
+                self.send(now, rng, sealed.packet, token, Purpose::Reading { id, binding });
+            }
+            Err(OscoreError::LeaseNotDurable) => {
+                if let Some(lease) = ctx.poll_lease() {
+                    self.events.push_back(SensorEvent::LeaseNeeded(lease));
+                }
+            }
+            Err(_) => self.events.push_back(SensorEvent::LinkError("cannot protect reading")),
+        }
+    }
+}
+
+fn jitter<R: CryptoRng + ?Sized>(rng: &mut R) -> f64 {
+    f64::from(rng.next_u32()) / f64::from(u32::MAX)
+}

@@ -1,0 +1,391 @@
+//! Two-party harness: a hub side and sensor sides driven by a virtual clock over a seeded lossy,
+//! duplicating, reordering network (`protocol::netsim`). Both sides are the real sans-IO link
+//! endpoints; the harness plays their I/O shells: it "persists" leases and readings (with a
+//! group-commit delay), plays the owner typing PINs, and records every nonce put on the wire.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+
+use coap_lite::{CoapOption, Packet};
+use protocol::link::{AckTicket, HubConfig, HubEvent, HubLink, SensorEvent, SensorLink};
+use protocol::netsim::{Datagram, Faults, NetSim};
+use protocol::oscore::{
+    ContextParams, KeyUsage, Kid, Lease, OscoreOption, Piv, ReplayWindow, SecurityContext,
+    SenderSequence, nonce,
+};
+use protocol::pairing::{Descriptor, MaskWidth, Pin, WindowConfig};
+use protocol::time::{Millis, UnixTime};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Node {
+    Hub,
+    Sensor(usize),
+    Attacker,
+}
+
+/// What a sensor keeps in flash across power cuts.
+#[derive(Debug, Default, Clone)]
+pub struct Flash {
+    pub params: Option<ContextParams>,
+    pub lease: Option<Lease>,
+}
+
+pub struct SensorSide {
+    pub link: SensorLink,
+    /// A lease being written to flash, durable at the given time (a power cut loses it).
+    pub writing: Option<(Lease, Millis)>,
+    pub flash: Flash,
+    pub pin: Option<Pin>,
+    pub delivered: Vec<u64>,
+    pub paired: bool,
+    pub failed: u32,
+}
+
+pub struct HubSide {
+    pub link: HubLink<Node>,
+    /// The hub's store: readings by (kid, id) → how many times stored.
+    pub stored: BTreeMap<(Kid, u64), u32>,
+    pub leases: HashMap<Kid, Lease>,
+    pub contexts: HashMap<Kid, ContextParams>,
+    pub windows: HashMap<Kid, ReplayWindow>,
+    pub uncommitted: Vec<(AckTicket, u64)>,
+    pub commit_at: Option<Millis>,
+    pub commit_delay_ms: u64,
+    /// The owner types the PIN shown on the sensor's display (or this wrong one).
+    pub typo: Option<String>,
+}
+
+/// Every (sender key, nonce) seen on the wire with its ciphertext. A nonce is reused iff one
+/// key/nonce pair carries two different ciphertexts (a retransmission repeats the same bytes).
+#[derive(Default)]
+pub struct NonceLog {
+    seen: HashMap<(Kid, bool, [u8; 13]), Vec<u8>>,
+    tokens: HashMap<(usize, Vec<u8>), [u8; 13]>,
+    pub reuses: u64,
+    pub recorded: u64,
+}
+
+pub struct Harness {
+    pub now: Millis,
+    pub rng: ChaCha20Rng,
+    pub net: NetSim<Node>,
+    pub hub: HubSide,
+    pub sensors: Vec<SensorSide>,
+    pub nonces: NonceLog,
+    /// Datagrams the attacker captured (everything sent by sensors).
+    pub captured: Vec<Vec<u8>>,
+    pub capture: bool,
+}
+
+/// A small lease block, so that leases and crashes interleave often.
+pub const LEASE_BLOCK: u64 = 16;
+/// Time a flash write takes.
+pub const FLASH_WRITE_MS: u64 = 400;
+
+pub fn descriptor(i: usize) -> Descriptor {
+    Descriptor {
+        model: "hearth-temp-1".into(),
+        serial: format!("T-{i:05}"),
+        firmware_version: 1,
+        updatable: true,
+        verifies_signatures: false,
+        capabilities: vec!["temperature".into()],
+        support_end: UnixTime(2_000_000_000),
+    }
+}
+
+impl Harness {
+    pub fn new(seed: u64, faults: Faults, sensors: usize) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let sensors = (0..sensors)
+            .map(|_| SensorSide {
+                link: SensorLink::unpaired(&mut rng).with_lease_block(LEASE_BLOCK),
+                writing: None,
+                flash: Flash::default(),
+                pin: None,
+                delivered: Vec::new(),
+                paired: false,
+                failed: 0,
+            })
+            .collect();
+        let hub = HubSide {
+            link: HubLink::new(HubConfig::default()),
+            stored: BTreeMap::new(),
+            leases: HashMap::new(),
+            contexts: HashMap::new(),
+            windows: HashMap::new(),
+            uncommitted: Vec::new(),
+            commit_at: None,
+            commit_delay_ms: 3,
+            typo: None,
+        };
+        Self {
+            now: Millis(1),
+            rng,
+            net: NetSim::new(faults),
+            hub,
+            sensors,
+            nonces: NonceLog::default(),
+            captured: Vec::new(),
+            capture: false,
+        }
+    }
+
+    pub fn open_pairing(&mut self) {
+        self.hub.link.open_pairing(self.now, WindowConfig::default());
+    }
+
+    pub fn start_pairing(&mut self, i: usize) {
+        let now = self.now;
+        self.sensors[i].link.start_pairing(now, &mut self.rng, descriptor(i), MaskWidth::TWO);
+        self.flush();
+    }
+
+    pub fn queue_reading(&mut self, i: usize, id: u64) {
+        let now = self.now;
+        self.sensors[i].link.queue_reading(now, &mut self.rng, id, id.to_be_bytes().to_vec());
+        self.flush();
+    }
+
+    /// Runs until `done` holds or virtual time passes `deadline`; returns whether `done` held.
+    pub fn run_until(&mut self, deadline: Millis, mut done: impl FnMut(&Harness) -> bool) -> bool {
+        loop {
+            self.flush();
+            if done(self) {
+                return true;
+            }
+            let Some(next) = self.next_event_time() else { return done(self) };
+            if next > deadline {
+                return false;
+            }
+            self.now = next.max(self.now);
+            self.step();
+        }
+    }
+
+    fn next_event_time(&self) -> Option<Millis> {
+        let mut t = self.net.next_arrival();
+        let mut take = |x: Option<Millis>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        take(self.hub.commit_at);
+        for s in &self.sensors {
+            take(s.link.poll_timeout());
+            take(s.writing.map(|(_, t)| t));
+        }
+        t
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        while let Some(d) = self.net.pop_due(now) {
+            match d.to {
+                Node::Hub => self.hub.link.handle_datagram(now, d.from, &d.bytes, &mut self.rng),
+                Node::Sensor(i) => {
+                    self.sensors[i].link.handle_datagram(now, &d.bytes, &mut self.rng)
+                }
+                Node::Attacker => {}
+            }
+            self.flush();
+        }
+        if self.hub.commit_at.is_some_and(|t| t <= now) {
+            self.commit();
+        }
+        for i in 0..self.sensors.len() {
+            if let Some((lease, t)) = self.sensors[i].writing
+                && t <= now
+            {
+                self.sensors[i].writing = None;
+                self.sensors[i].flash.lease = Some(lease);
+                self.sensors[i].link.lease_durable(now, &mut self.rng, lease);
+            }
+            if self.sensors[i].link.poll_timeout().is_some_and(|t| t <= now) {
+                self.sensors[i].link.handle_timeout(now, &mut self.rng);
+            }
+        }
+        self.flush();
+    }
+
+    /// Group commit: every reading received since the last commit becomes durable at once, then
+    /// all of them are acknowledged.
+    fn commit(&mut self) {
+        self.hub.commit_at = None;
+        for (ticket, id) in std::mem::take(&mut self.hub.uncommitted) {
+            *self.hub.stored.entry((ticket.kid(), id)).or_default() += 1;
+            if let Some(w) = self.hub.link.peer_state(&ticket.kid()).and_then(|s| s.window) {
+                self.hub.windows.insert(ticket.kid(), ReplayWindow::Known(w));
+            }
+            self.hub.link.acknowledge(ticket);
+        }
+    }
+
+    /// Moves datagrams to the network and handles events until nothing is pending.
+    pub fn flush(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.hub.link.poll_transmit() {
+                progressed = true;
+                self.record(Node::Hub, t.to, &t.bytes);
+                let d = Datagram { from: Node::Hub, to: t.to, bytes: t.bytes };
+                self.net.send(self.now, &mut self.rng, d);
+            }
+            while let Some(e) = self.hub.link.poll_event() {
+                progressed = true;
+                self.on_hub_event(e);
+            }
+            for i in 0..self.sensors.len() {
+                while let Some(bytes) = self.sensors[i].link.poll_transmit() {
+                    progressed = true;
+                    self.record(Node::Sensor(i), Node::Hub, &bytes);
+                    if self.capture {
+                        self.captured.push(bytes.clone());
+                    }
+                    let d = Datagram { from: Node::Sensor(i), to: Node::Hub, bytes };
+                    self.net.send(self.now, &mut self.rng, d);
+                }
+                while let Some(e) = self.sensors[i].link.poll_event() {
+                    progressed = true;
+                    self.on_sensor_event(i, e);
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn on_hub_event(&mut self, e: HubEvent) {
+        match e {
+            HubEvent::PairingRequested { kid, descriptor } => {
+                // The owner reads the display of the sensor with this serial and types its PIN.
+                let i: usize = descriptor.serial[2..].parse().expect("serial");
+                let typed = match (&self.hub.typo, self.sensors[i].pin) {
+                    (Some(t), _) => t.clone(),
+                    (None, Some(pin)) => pin.to_string(),
+                    (None, None) => return,
+                };
+                let _ = self.hub.link.enter_pin(self.now, Some(kid), &typed);
+            }
+            HubEvent::Paired { kid, params, .. } => {
+                self.hub.contexts.insert(kid, params);
+            }
+            HubEvent::Reading { ticket, payload } => {
+                let id = u64::from_be_bytes(payload.as_slice().try_into().expect("8-byte id"));
+                self.hub.uncommitted.push((ticket, id));
+                if self.hub.commit_at.is_none() {
+                    self.hub.commit_at = Some(self.now.plus(self.hub.commit_delay_ms));
+                }
+            }
+            HubEvent::LeaseNeeded { kid, lease } => {
+                self.hub.leases.insert(kid, lease);
+                self.hub.link.lease_durable(&kid, lease);
+            }
+            HubEvent::NeedsRekey { .. } | HubEvent::Security(_) => {}
+        }
+    }
+
+    fn on_sensor_event(&mut self, i: usize, e: SensorEvent) {
+        let now = self.now;
+        let s = &mut self.sensors[i];
+        match e {
+            SensorEvent::ShowPin(pin) => s.pin = Some(pin),
+            SensorEvent::Paired(p) => {
+                s.flash.params = Some(p.context.clone());
+                s.paired = true;
+            }
+            SensorEvent::PairingFailed(_) | SensorEvent::PairingRefused => s.failed += 1,
+            SensorEvent::Delivered(id) => s.delivered.push(id),
+            SensorEvent::LeaseNeeded(lease) => s.writing = Some((lease, now.plus(FLASH_WRITE_MS))),
+            SensorEvent::LinkError(_) => {}
+        }
+    }
+
+    /// Power cut at the sensor: RAM is gone, flash stays; it reboots from flash.
+    pub fn restart_sensor(&mut self, i: usize) {
+        let s = &mut self.sensors[i];
+        let params = s.flash.params.clone().expect("paired sensor");
+        let lease = s.flash.lease.unwrap_or(Lease(0));
+        let seq = SenderSequence::resume(lease, LEASE_BLOCK);
+        let ctx = SecurityContext::new(&params, seq, ReplayWindow::Empty);
+        s.writing = None;
+        s.link = SensorLink::paired(&mut self.rng, ctx);
+    }
+
+    /// Power cut at the hub: uncommitted readings and RAM are gone; it reloads from its store.
+    /// With `keep_windows` the replay windows were persisted with the readings; otherwise they
+    /// come back `Unknown` and Echo recovers them.
+    pub fn restart_hub(&mut self, keep_windows: bool) {
+        self.hub.uncommitted.clear();
+        self.hub.commit_at = None;
+        let mut link = HubLink::new(HubConfig::default());
+        for (kid, params) in &self.hub.contexts {
+            let lease = self.hub.leases.get(kid).copied().unwrap_or(Lease(0));
+            let window = match (keep_windows, self.hub.windows.get(kid)) {
+                (true, Some(w)) => w.clone(),
+                (true, None) => ReplayWindow::Empty,
+                (false, _) => ReplayWindow::Unknown,
+            };
+            link.add_peer(params, lease, window, KeyUsage::default());
+        }
+        self.hub.link = link;
+    }
+
+    /// Sends raw bytes to the hub as the attacker.
+    pub fn inject(&mut self, bytes: Vec<u8>) {
+        let d = Datagram { from: Node::Attacker, to: Node::Hub, bytes };
+        self.net.send(self.now, &mut self.rng, d);
+    }
+
+    pub fn set_faults(&mut self, f: Faults) {
+        self.net.set_faults(f);
+    }
+
+    fn record(&mut self, from: Node, to: Node, bytes: &[u8]) {
+        let Ok(p) = Packet::from_bytes(bytes) else { return };
+        let Some(opt) = p.get_first_option(CoapOption::Oscore) else { return };
+        let Ok(opt) = OscoreOption::parse(opt) else { return };
+        let (sensor, from_hub) = match (from, to) {
+            (Node::Sensor(i), _) => (i, false),
+            (Node::Hub, Node::Sensor(i)) => (i, true),
+            _ => return,
+        };
+        let Some(params) = self.sensors[sensor].flash.params.clone() else { return };
+        let iv = params.common_iv();
+        let n = match (from_hub, opt.piv) {
+            (false, Some(piv)) => {
+                let n = nonce(&iv, &params.sender_id, piv);
+                self.nonces.tokens.insert((sensor, p.get_token().to_vec()), n);
+                n
+            }
+            (true, Some(piv)) => nonce(&iv, &params.recipient_id, piv),
+            (true, None) => match self.nonces.tokens.get(&(sensor, p.get_token().to_vec())) {
+                Some(n) => *n,
+                None => return,
+            },
+            (false, None) => return,
+        };
+        self.nonces.recorded += 1;
+        let key = (params.sender_id, from_hub, n);
+        match self.nonces.seen.get(&key) {
+            Some(ct) if *ct != p.payload => self.nonces.reuses += 1,
+            Some(_) => {}
+            None => {
+                self.nonces.seen.insert(key, p.payload.clone());
+            }
+        }
+    }
+}
+
+pub fn lossy() -> Faults {
+    Faults { loss: 0.05, duplicate: 0.05, delay_ms: 5, jitter_ms: 40 }
+}
+
+pub fn piv_of(bytes: &[u8]) -> Option<Piv> {
+    let p = Packet::from_bytes(bytes).ok()?;
+    OscoreOption::parse(p.get_first_option(CoapOption::Oscore)?).ok()?.piv
+}
