@@ -3,6 +3,7 @@
 //! and events; it never touches sockets, files, clocks or a global RNG (see `clippy.toml`).
 #![forbid(unsafe_code)]
 
+pub mod fuzzing;
 pub mod link;
 pub mod netsim;
 pub mod oscore;
