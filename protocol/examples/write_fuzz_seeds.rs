@@ -52,10 +52,19 @@ fn main() {
     }
 
     // Option values and plain CoAP.
-    for (name, v) in [("c4", &[0x09, 0x14][..]), ("c5", &[0x09, 0x14, 0x00]), ("c6", &[0x19, 0x14, 0x08, 0x37, 0xcb, 0xf3, 0x21, 0x00, 0x17, 0xa2, 0xd3]), ("c8", &[0x01, 0x00]), ("empty", &[])] {
+    for (name, v) in [
+        ("c4", &[0x09, 0x14][..]),
+        ("c5", &[0x09, 0x14, 0x00]),
+        ("c6", &[0x19, 0x14, 0x08, 0x37, 0xcb, 0xf3, 0x21, 0x00, 0x17, 0xa2, 0xd3]),
+        ("c8", &[0x01, 0x00]),
+        ("empty", &[]),
+    ] {
         write("coap_options", name, v);
     }
-    let plain = [0x44, 0x01, 0x5d, 0x1f, 0x00, 0x00, 0x39, 0x74, 0x39, 0x6c, 0x6f, 0x63, 0x61, 0x6c, 0x68, 0x6f, 0x73, 0x74, 0x83, 0x74, 0x76, 0x31];
+    let plain = [
+        0x44, 0x01, 0x5d, 0x1f, 0x00, 0x00, 0x39, 0x74, 0x39, 0x6c, 0x6f, 0x63, 0x61, 0x6c, 0x68,
+        0x6f, 0x73, 0x74, 0x83, 0x74, 0x76, 0x31,
+    ];
     write("coap_options", "c4-plain", &plain);
 
     // Pairing messages.
@@ -71,7 +80,8 @@ fn main() {
     let (_, hello, _) = SensorPairing::start(&mut rng, descriptor, MaskWidth::TWO);
     write("pairing_messages", "sensor-hello", &hello.encode());
     let mut framed = vec![];
-    let mut req = protocol::link::coap::post(1, &[9], protocol::link::coap::PATH_HELLO, hello.encode());
+    let mut req =
+        protocol::link::coap::post(1, &[9], protocol::link::coap::PATH_HELLO, hello.encode());
     req.header.set_type(coap_lite::MessageType::Confirmable);
     let bytes = req.to_bytes().expect("encode");
     framed.push(bytes.len() as u8);
@@ -105,12 +115,26 @@ fn main() {
 
     // SenML.
     let readings = vec![
-        Reading { name: "urn:dev:T-1:temp".into(), unit: Some("Cel".into()), value: Value::Number(21.5), time: UnixTimeMillis(1_800_000_000_000) },
-        Reading { name: "urn:dev:T-1:door".into(), unit: None, value: Value::Bool(true), time: UnixTimeMillis(1_800_000_001_250) },
+        Reading {
+            name: "urn:dev:T-1:temp".into(),
+            unit: Some("Cel".into()),
+            value: Value::Number(21.5),
+            time: UnixTimeMillis(1_800_000_000_000),
+        },
+        Reading {
+            name: "urn:dev:T-1:door".into(),
+            unit: None,
+            value: Value::Bool(true),
+            time: UnixTimeMillis(1_800_000_001_250),
+        },
     ];
     write("senml", "two-records", &protocol::senml::encode(&readings));
 
     // Replay window: a few counter patterns.
-    write("replay_window", "ascending", &(0u16..64).flat_map(|i| ((i << 1) | 1).to_be_bytes()).collect::<Vec<_>>());
+    write(
+        "replay_window",
+        "ascending",
+        &(0u16..64).flat_map(|i| ((i << 1) | 1).to_be_bytes()).collect::<Vec<_>>(),
+    );
     write("replay_window", "jumps", &[0x7f, 0xff, 0x00, 0x03, 0x00, 0x41, 0x7f, 0x01, 0x00, 0x01]);
 }

@@ -97,7 +97,8 @@ pub fn replay_window(data: &[u8]) {
         let authentic = v & 1 == 1;
         let delta = u64::from(v >> 1);
         // Mostly small moves around a slowly rising base, sometimes big jumps.
-        let piv = if delta > 0x3f00 { base + delta } else { (base + delta % 64).saturating_sub(32) };
+        let piv =
+            if delta > 0x3f00 { base + delta } else { (base + delta % 64).saturating_sub(32) };
         let model = seen.last().is_none_or(|&hi: &u64| !seen.contains(&piv) && piv + WINDOW > hi);
         let verdict = w.check(piv);
         assert_eq!(verdict.is_ok(), model, "window and model disagree on {piv}");
@@ -113,7 +114,10 @@ pub fn replay_window(data: &[u8]) {
 /// sensor) and an open pairing window. Invariant: nothing panics and no reading is released
 /// twice for the same Partial IV.
 pub fn hub_datagram(data: &[u8]) {
-    let mut hub: HubLink<u8> = HubLink::new(HubConfig { hub_kid: Kid::new(&[1]).unwrap_or_default(), ..HubConfig::default() });
+    let mut hub: HubLink<u8> = HubLink::new(HubConfig {
+        hub_kid: Kid::new(&[1]).unwrap_or_default(),
+        ..HubConfig::default()
+    });
     let params = ContextParams {
         master_secret: (1..=16).collect(),
         master_salt: vec![0x9e, 0x7c, 0xa9, 0x22, 0x23, 0x78, 0x63, 0x40],
