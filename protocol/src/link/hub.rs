@@ -358,8 +358,18 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
 
     /// The reading behind `ticket` is durable: send the protected 2.04.
     pub fn acknowledge(&mut self, ticket: AckTicket) {
+        self.respond(ticket, ResponseType::Changed, "");
+    }
+
+    /// Refuses the reading behind `ticket` (e.g. its payload broke a limit) with a protected
+    /// error response, so the sensor stops resending it.
+    pub fn reject(&mut self, ticket: AckTicket, code: ResponseType, diagnostic: &str) {
+        self.respond(ticket, code, diagnostic);
+    }
+
+    fn respond(&mut self, ticket: AckTicket, code: ResponseType, diagnostic: &str) {
         let Some(peer) = self.peers.get_mut(&ticket.kid) else { return };
-        let plain = coap::response(&ticket.request, ResponseType::Changed, Vec::new());
+        let plain = coap::response(&ticket.request, code, diagnostic.as_bytes().to_vec());
         let Ok(sealed) = peer.ctx.protect_response(&plain, &ticket.binding, false) else { return };
         let Some(bytes) = coap::encode(&sealed.packet) else { return };
         if let Some((_, cached @ None)) = &mut peer.last {

@@ -30,6 +30,8 @@ pub enum SensorEvent {
     PairingRefused,
     /// The hub acknowledged reading `id`: it is durable there and can be dropped here.
     Delivered(u64),
+    /// The hub refused reading `id` (authenticated error response); it was dropped.
+    Refused(u64),
     /// Persist this lease, then report it with [`SensorLink::lease_durable`].
     LeaseNeeded(Lease),
     /// The hub answered a protected request with an error this sensor cannot recover from
@@ -67,6 +69,7 @@ pub struct SensorLink {
     readings: VecDeque<(u64, Vec<u8>)>,
     echo: Option<Vec<u8>>,
     lease_block: u64,
+    token_prefix: Option<u32>,
     next_mid: u16,
     next_token: u32,
     not_before: Millis,
@@ -92,6 +95,7 @@ impl SensorLink {
             readings: VecDeque::new(),
             echo: None,
             lease_block: crate::oscore::DEFAULT_LEASE_BLOCK,
+            token_prefix: None,
             next_mid: rng.next_u32() as u16,
             next_token: rng.next_u32(),
             not_before: Millis(0),
@@ -111,6 +115,19 @@ impl SensorLink {
     pub fn with_lease_block(mut self, k: u64) -> Self {
         self.lease_block = k.max(1);
         self
+    }
+
+    /// Prefixes every token with `prefix` (8-byte tokens), so that a fleet sharing one socket
+    /// can route responses to the sensor that sent the request.
+    pub fn with_token_prefix(mut self, prefix: u32) -> Self {
+        self.token_prefix = Some(prefix);
+        self
+    }
+
+    /// The sensor a token belongs to, for tokens made under [`SensorLink::with_token_prefix`].
+    pub fn token_owner(token: &[u8]) -> Option<u32> {
+        let prefix: [u8; 4] = token.get(..4)?.try_into().ok()?;
+        (token.len() == 8).then(|| u32::from_be_bytes(prefix))
     }
 
     /// Whether an OSCORE context is in use.
@@ -238,7 +255,12 @@ impl SensorLink {
 
     fn token(&mut self) -> Vec<u8> {
         self.next_token = self.next_token.wrapping_add(1);
-        self.next_token.to_be_bytes().to_vec()
+        let mut t = Vec::with_capacity(8);
+        if let Some(p) = self.token_prefix {
+            t.extend_from_slice(&p.to_be_bytes());
+        }
+        t.extend_from_slice(&self.next_token.to_be_bytes());
+        t
     }
 
     fn send<R: CryptoRng + ?Sized>(
@@ -363,7 +385,14 @@ impl SensorLink {
                 // B.1.2: the hub restarted and asks us to echo its challenge.
                 self.echo = echo_value(&inner).map(<[u8]>::to_vec);
             }
-            _ => self.events.push_back(SensorEvent::LinkError("hub refused the reading")),
+            _ => {
+                // The hub authenticated and refused this reading (e.g. it broke a limit):
+                // resending it cannot help.
+                if self.readings.front().is_some_and(|(rid, _)| *rid == id) {
+                    self.readings.pop_front();
+                }
+                self.events.push_back(SensorEvent::Refused(id));
+            }
         }
     }
 

@@ -301,7 +301,7 @@ impl Harness {
             SensorEvent::PairingFailed(_) | SensorEvent::PairingRefused => s.failed += 1,
             SensorEvent::Delivered(id) => s.delivered.push(id),
             SensorEvent::LeaseNeeded(lease) => s.writing = Some((lease, now.plus(FLASH_WRITE_MS))),
-            SensorEvent::LinkError(_) => {}
+            SensorEvent::LinkError(_) | SensorEvent::Refused(_) => {}
         }
     }
 
