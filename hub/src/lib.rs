@@ -1,1 +1,12 @@
-//! hub
+//! The Hearth hub daemon: the I/O shell around `protocol` — the CoAP/UDP link driver, the
+//! durable store, the owner's control socket, and the demo.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod demo;
+pub mod link;
+pub mod rng;
+pub mod store;

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fuzzing;
+pub mod hex;
 pub mod link;
 pub mod netsim;
 pub mod oscore;

@@ -1,1 +1,12 @@
-//! sensor-sim
+//! Simulated Hearth sensors: models with displays, persisted "flash", fleets of thousands of
+//! sensors on a few sockets with one deadline heap, fault injection, the load generator, and
+//! the aiocoap context export.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod ctl;
+pub mod export;
+pub mod flash;
+pub mod fleet;
+pub mod load;
+pub mod model;

@@ -55,10 +55,14 @@ pub fn response(request: &Packet, code: ResponseType, payload: Vec<u8>) -> Packe
     p
 }
 
-/// The request's Uri-Path joined with `/`.
+/// The request's Uri-Path joined with `/`; empty if a segment itself contains `/` (so that a
+/// single segment "p/hello" never matches the two-segment path).
 pub fn path(p: &Packet) -> String {
     let mut out = String::new();
     for (i, seg) in p.get_option(CoapOption::UriPath).into_iter().flatten().enumerate() {
+        if seg.contains(&b'/') {
+            return String::new();
+        }
         if i > 0 {
             out.push('/');
         }

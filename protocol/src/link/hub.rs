@@ -74,6 +74,10 @@ pub struct SecurityCounters {
     pub bad_request: u64,
     /// Retransmissions answered from the deduplication cache (not a security event).
     pub duplicates: u64,
+    /// Echo challenges not sent because one was sent to the same context just before.
+    pub echo_limited: u64,
+    /// Requests refused because their key reached a usage limit (re-pair the device).
+    pub key_limit: u64,
 }
 
 /// A security-relevant rejection, for the event log.
@@ -95,6 +99,11 @@ pub enum SecurityEvent {
     Malformed(&'static str),
     /// A pairing request was refused.
     PairingRefused(PairingRefused),
+    /// A context's key reached a usage limit; the device must be re-paired.
+    KeyLimit {
+        /// The context.
+        kid: Kid,
+    },
     /// A pairing attempt failed.
     PairingFailed {
         /// The session.
@@ -128,7 +137,7 @@ pub enum HubEvent {
         /// Ticket for the acknowledgement.
         ticket: AckTicket,
         /// The SenML payload (not yet parsed: the caller validates it).
-        payload: Vec<u8>,
+        payload: Payload,
     },
     /// Persist this lease for the hub's sender sequence in `kid`'s context, then report it.
     LeaseNeeded {
@@ -148,12 +157,30 @@ pub enum HubEvent {
     Security(SecurityEvent),
 }
 
-/// Identifies a reading awaiting its acknowledgement.
-#[derive(Debug, Clone)]
+/// A reading's payload; its `Debug` shows only the length (readings are personal data,
+/// EN 303 645 provision 6, and stay out of logs).
+pub struct Payload(pub Vec<u8>);
+
+impl core::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Payload({} bytes)", self.0.len())
+    }
+}
+
+/// Identifies a reading awaiting its answer. Single use (not `Clone`): one request gets exactly
+/// one response under its nonce. Answer it only once the replay window that accepted it is
+/// durable (persist [`HubLink::peer_state`] with the reading, or with the refusal).
 pub struct AckTicket {
     kid: Kid,
     binding: RequestBinding,
     request: Packet,
+}
+
+impl core::fmt::Debug for AckTicket {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // No payload: readings are personal data (EN 303 645 provision 6).
+        f.debug_struct("AckTicket").field("kid", &self.kid).field("piv", &self.binding.piv).finish()
+    }
 }
 
 impl AckTicket {
@@ -194,18 +221,45 @@ pub enum PinError {
     Pairing(#[from] PairingError),
 }
 
+/// An answered unprotected exchange: (source, message id, token), when, and the response.
+type PlainExchange<A> = ((A, u16, Vec<u8>), Millis, Vec<u8>);
+
+struct LastExchange {
+    piv: u64,
+    tag: [u8; 8],
+    response: Option<Vec<u8>>,
+}
+
+/// Minimum spacing of Echo challenges per context.
+const ECHO_INTERVAL_MS: u64 = 250;
+/// How long an unprotected exchange is remembered for deduplication (RFC 7252 EXCHANGE_LIFETIME).
+const EXCHANGE_LIFETIME_MS: u64 = 247_000;
+/// Pairing sessions one source address may hold at once.
+const SESSIONS_PER_SOURCE: usize = 4;
+
 struct Peer<A> {
     ctx: SecurityContext,
     addr: Option<A>,
-    /// Tag of the last accepted request and the bytes of its response (resent on retransmission;
-    /// never re-protected, since that would reuse the request's nonce).
-    last: Option<([u8; 8], Option<Vec<u8>>)>,
+    /// The last accepted request (Partial IV and tag) and the bytes of its response once sent
+    /// (resent on retransmission; never re-protected, since that would reuse the request's nonce).
+    last: Option<LastExchange>,
+    /// When the last Echo challenge was sent (challenges are rate-limited: each one costs an
+    /// encryption under the key's usage limit).
+    last_echo: Option<Millis>,
     rekey_reported: bool,
+}
+
+impl<A: Copy> Session<A> {
+    fn addr(&self) -> A {
+        match self {
+            Self::AwaitingPin { addr, .. } | Self::AwaitingConfirm { addr, .. } => *addr,
+        }
+    }
 }
 
 enum Session<A> {
     AwaitingPin { state: AwaitingPin, addr: A },
-    AwaitingConfirm { state: AwaitingSensorConfirm, proof: Confirm },
+    AwaitingConfirm { state: AwaitingSensorConfirm, proof: Confirm, addr: A },
 }
 
 /// The hub's side of every sensor link.
@@ -214,7 +268,8 @@ pub struct HubLink<A> {
     peers: HashMap<Kid, Peer<A>>,
     window: Option<PairingWindow>,
     sessions: HashMap<Kid, Session<A>>,
-    dedup: VecDeque<((A, u16), Vec<u8>)>,
+    /// (source, message id, token) → response, with when it was made.
+    dedup: VecDeque<PlainExchange<A>>,
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<HubEvent>,
     counters: SecurityCounters,
@@ -258,7 +313,7 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
         let ctx = SecurityContext::new(params, seq, window).with_usage(usage);
         self.peers.insert(
             params.recipient_id,
-            Peer { ctx, addr: None, last: None, rekey_reported: false },
+            Peer { ctx, addr: None, last: None, last_echo: None, rekey_reported: false },
         );
     }
 
@@ -325,13 +380,14 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
             (None, []) => return Err(PinError::NoSession),
             (None, _) => return Err(PinError::Ambiguous),
         };
-        let Some(Session::AwaitingPin { state, .. }) = self.sessions.get(&kid) else {
+        let Some(Session::AwaitingPin { state, addr }) = self.sessions.get(&kid) else {
             return Err(PinError::NoSession);
         };
+        let addr = *addr;
         let result = Pin::parse(pin, state.width()).and_then(|p| state.enter_pin(&p));
         match result {
             Ok((state, proof)) => {
-                self.sessions.insert(kid, Session::AwaitingConfirm { state, proof });
+                self.sessions.insert(kid, Session::AwaitingConfirm { state, proof, addr });
                 Ok(kid)
             }
             Err(e @ PairingError::BadPin(_)) => Err(PinError::Pairing(e)),
@@ -372,8 +428,10 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
         let plain = coap::response(&ticket.request, code, diagnostic.as_bytes().to_vec());
         let Ok(sealed) = peer.ctx.protect_response(&plain, &ticket.binding, false) else { return };
         let Some(bytes) = coap::encode(&sealed.packet) else { return };
-        if let Some((_, cached @ None)) = &mut peer.last {
-            *cached = Some(bytes.clone());
+        if let Some(last) = &mut peer.last
+            && last.piv == ticket.binding.piv.value()
+        {
+            last.response = Some(bytes.clone());
         }
         if let Some(to) = peer.addr {
             self.transmits.push_back(Transmit { to, bytes });
@@ -408,7 +466,7 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
             return; // the hub sends no requests, so responses and empty messages are stray
         }
         if packet.get_option(CoapOption::Oscore).is_some() {
-            self.handle_protected(from, &packet, rng);
+            self.handle_protected(now, from, &packet, rng);
         } else {
             self.handle_plain(now, from, &packet, rng);
         }
@@ -429,7 +487,13 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
         }
     }
 
-    fn handle_protected<R: CryptoRng + ?Sized>(&mut self, from: A, packet: &Packet, rng: &mut R) {
+    fn handle_protected<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        from: A,
+        packet: &Packet,
+        rng: &mut R,
+    ) {
         let parsed = packet
             .get_first_option(CoapOption::Oscore)
             .map(|v| OscoreOption::parse(v))
@@ -455,11 +519,11 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
         };
         let tag = tag_of(packet);
         // CoAP deduplication: the retransmission of the last request gets the same response.
-        if let Some((last_tag, cached)) = &peer.last
-            && Some(*last_tag) == tag
+        if let Some(last) = &peer.last
+            && Some(last.tag) == tag
         {
             self.counters.duplicates += 1;
-            if let Some(bytes) = cached.clone() {
+            if let Some(bytes) = last.response.clone() {
                 self.transmits.push_back(Transmit { to: from, bytes });
             }
             return; // otherwise its acknowledgement is still waiting for durability
@@ -467,10 +531,17 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
         match peer.ctx.unprotect_request(packet) {
             Ok(Verified::Request { request, binding }) => {
                 peer.addr = Some(from);
-                peer.last = tag.map(|t| (t, None));
+                peer.last =
+                    tag.map(|tag| LastExchange { piv: binding.piv.value(), tag, response: None });
                 self.serve(kid, request, binding);
             }
+            Ok(Verified::NeedsEcho { .. })
+                if peer.last_echo.is_some_and(|t| now < t.plus(ECHO_INTERVAL_MS)) =>
+            {
+                self.counters.echo_limited += 1;
+            }
             Ok(Verified::NeedsEcho { binding }) => {
+                peer.last_echo = Some(now);
                 match peer.ctx.echo_challenge(packet, &binding, rng) {
                     Ok(sealed) => {
                         if let Some(bytes) = coap::encode(&sealed.packet) {
@@ -491,6 +562,8 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
                 self.reply(from, packet, ResponseType::BadRequest, b"Decryption failed");
             }
             Err(OscoreError::KeyLimitReached) => {
+                self.counters.key_limit += 1;
+                self.events.push_back(HubEvent::Security(SecurityEvent::KeyLimit { kid }));
                 self.reply(from, packet, ResponseType::Unauthorized, b"Key limit reached");
             }
             Err(_) => {
@@ -506,22 +579,28 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
     fn serve(&mut self, kid: Kid, request: Packet, binding: RequestBinding) {
         let is_post = request.header.code == MessageClass::Request(RequestType::Post);
         if is_post && coap::path(&request) == PATH_READINGS {
-            let payload = request.payload.clone();
+            let payload = Payload(request.payload.clone());
             let ticket = AckTicket { kid, binding, request };
             self.events.push_back(HubEvent::Reading { ticket, payload });
             return;
         }
+        // Answered at once, before the replay window that accepted the request is durable: so
+        // under our own Partial IV, never the request's nonce (a replay after a restart could
+        // otherwise get a different answer under the same nonce).
         self.counters.bad_request += 1;
         let Some(peer) = self.peers.get_mut(&kid) else { return };
         let plain = coap::response(&request, ResponseType::NotFound, Vec::new());
-        if let Ok(sealed) = peer.ctx.protect_response(&plain, &binding, false)
+        if let Ok(sealed) = peer.ctx.protect_response(&plain, &binding, true)
             && let (Some(bytes), Some(to)) = (coap::encode(&sealed.packet), peer.addr)
         {
-            if let Some((_, cached @ None)) = &mut peer.last {
-                *cached = Some(bytes.clone());
+            if let Some(last) = &mut peer.last
+                && last.piv == binding.piv.value()
+            {
+                last.response = Some(bytes.clone());
             }
             self.transmits.push_back(Transmit { to, bytes });
         }
+        self.check_peer(kid);
     }
 
     fn check_peer(&mut self, kid: Kid) {
@@ -546,8 +625,11 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
         packet: &Packet,
         rng: &mut R,
     ) {
-        let key = (from, packet.header.message_id);
-        if let Some((_, bytes)) = self.dedup.iter().find(|(k, _)| *k == key) {
+        while self.dedup.front().is_some_and(|(_, at, _)| now >= at.plus(EXCHANGE_LIFETIME_MS)) {
+            self.dedup.pop_front();
+        }
+        let key = (from, packet.header.message_id, packet.get_token().to_vec());
+        if let Some((_, _, bytes)) = self.dedup.iter().find(|(k, _, _)| *k == key) {
             self.counters.duplicates += 1;
             self.transmits.push_back(Transmit { to: from, bytes: bytes.clone() });
             return;
@@ -570,7 +652,7 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
             if self.dedup.len() >= self.config.dedup_entries {
                 self.dedup.pop_front();
             }
-            self.dedup.push_back((key, t.bytes.clone()));
+            self.dedup.push_back((key, now, t.bytes.clone()));
         }
     }
 
@@ -595,7 +677,8 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
         if let Err(why) = admitted {
             return self.refuse(from, packet, why);
         }
-        if self.sessions.len() >= self.config.max_sessions {
+        let from_source = self.sessions.values().filter(|s| s.addr() == from).count();
+        if self.sessions.len() >= self.config.max_sessions || from_source >= SESSIONS_PER_SOURCE {
             return self.refuse(from, packet, PairingRefused::Closed);
         }
         let hello = match SensorHello::decode(&packet.payload) {
@@ -667,9 +750,13 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
             self.malformed("pairing confirmation");
             return self.reply(from, packet, ResponseType::BadRequest, b"bad confirmation");
         };
-        let Some(Session::AwaitingConfirm { .. }) = self.sessions.get(&kid) else {
+        // Only the address that started the session may finish (or abort) it.
+        let Some(Session::AwaitingConfirm { addr, .. }) = self.sessions.get(&kid) else {
             return self.reply(from, packet, ResponseType::NotFound, b"no such pairing");
         };
+        if *addr != from {
+            return self.reply(from, packet, ResponseType::NotFound, b"no such pairing");
+        }
         let Some(Session::AwaitingConfirm { state, .. }) = self.sessions.remove(&kid) else {
             return;
         };
@@ -681,8 +768,16 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
             Ok(paired) => {
                 let seq = SenderSequence::new(self.config.lease_block);
                 let ctx = SecurityContext::new(&paired.context, seq, ReplayWindow::Empty);
-                self.peers
-                    .insert(kid, Peer { ctx, addr: Some(from), last: None, rekey_reported: false });
+                self.peers.insert(
+                    kid,
+                    Peer {
+                        ctx,
+                        addr: Some(from),
+                        last: None,
+                        last_echo: None,
+                        rekey_reported: false,
+                    },
+                );
                 self.events.push_back(HubEvent::Paired {
                     kid,
                     params: paired.context,

@@ -11,7 +11,7 @@ mod hub;
 mod sensor;
 
 pub use hub::{
-    AckTicket, HubConfig, HubEvent, HubLink, PeerState, PinError, SecurityCounters, SecurityEvent,
-    Transmit,
+    AckTicket, HubConfig, HubEvent, HubLink, Payload, PeerState, PinError, SecurityCounters,
+    SecurityEvent, Transmit,
 };
 pub use sensor::{SensorEvent, SensorLink};

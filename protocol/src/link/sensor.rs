@@ -56,6 +56,8 @@ enum Purpose {
 
 struct Outstanding {
     bytes: Vec<u8>,
+    /// An unprotected error answered this request: retransmit it as a fresh request.
+    unverified_error: bool,
     token: Vec<u8>,
     retries: u32,
     next_retry: Millis,
@@ -209,11 +211,24 @@ impl SensorLink {
     /// Retransmits, or sends what waited for a back-off.
     pub fn handle_timeout<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R) {
         if let Some(o) = &mut self.out {
-            if now >= o.next_retry {
-                o.retries += 1;
-                o.next_retry = now.plus(coap::retransmit_timeout(o.retries, jitter(rng)));
-                self.transmits.push_back(o.bytes.clone());
+            if now < o.next_retry {
+                return;
             }
+            if o.unverified_error {
+                // At most one fresh request per retransmission interval, so a forged error
+                // cannot make the sensor burn sequence numbers faster than its back-off.
+                let retries = o.retries + 1;
+                self.out = None;
+                self.send_reading(now, rng);
+                if let Some(o) = &mut self.out {
+                    o.retries = retries;
+                    o.next_retry = now.plus(coap::retransmit_timeout(retries, jitter(rng)));
+                }
+                return;
+            }
+            o.retries += 1;
+            o.next_retry = now.plus(coap::retransmit_timeout(o.retries, jitter(rng)));
+            self.transmits.push_back(o.bytes.clone());
             return;
         }
         self.pump(now, rng);
@@ -236,14 +251,15 @@ impl SensorLink {
         if packet.header.get_type() == MessageType::Confirmable {
             return; // the hub answers piggy-backed only
         }
+        if let Some(Purpose::Reading { .. }) = self.out.as_ref().map(|o| &o.purpose) {
+            return self.on_reading_response(now, rng, &packet);
+        }
         let Some(out) = self.out.take() else { return };
         match out.purpose {
             Purpose::Hello => self.on_hello_response(now, rng, &packet),
             Purpose::Proof => self.on_proof_response(now, rng, &packet),
             Purpose::Done => self.on_done_response(now, rng, &packet),
-            Purpose::Reading { id, binding } => {
-                self.on_reading_response(now, rng, &packet, id, binding)
-            }
+            Purpose::Reading { .. } => {}
         }
         self.pump(now, rng);
     }
@@ -277,7 +293,14 @@ impl SensorLink {
         };
         self.transmits.push_back(bytes.clone());
         let next_retry = now.plus(coap::retransmit_timeout(0, jitter(rng)));
-        self.out = Some(Outstanding { bytes, token, retries: 0, next_retry, purpose });
+        self.out = Some(Outstanding {
+            bytes,
+            unverified_error: false,
+            token,
+            retries: 0,
+            next_retry,
+            purpose,
+        });
     }
 
     fn fail<R: CryptoRng + ?Sized>(&mut self, e: PairingError, _rng: &mut R) {
@@ -312,9 +335,8 @@ impl SensorLink {
         if p.header.code == MessageClass::Response(ResponseType::ServiceUnavailable) {
             let secs = p
                 .get_first_option(CoapOption::MaxAge)
-                .and_then(|v| v.first().copied())
-                .unwrap_or(1);
-            self.not_before = now.plus(u64::from(secs.max(1)) * 1000);
+                .map_or(1, |v| v.iter().take(4).fold(0u64, |acc, &b| (acc << 8) | u64::from(b)));
+            self.not_before = now.plus(secs.clamp(1, 60) * 1000);
             return;
         }
         let Phase::Proof { state, kid } = core::mem::replace(&mut self.phase, Phase::Unpaired)
@@ -355,23 +377,22 @@ impl SensorLink {
         self.events.push_back(SensorEvent::Paired(paired));
     }
 
-    fn on_reading_response<R: CryptoRng + ?Sized>(
-        &mut self,
-        now: Millis,
-        _rng: &mut R,
-        p: &Packet,
-        id: u64,
-        binding: RequestBinding,
-    ) {
+    /// A response to the reading in flight. Only a response that authenticates ends the
+    /// exchange: the token is sent in clear, so anything unverified (an unprotected error, a
+    /// forgery) is noted and otherwise ignored, and retransmission goes on.
+    fn on_reading_response<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R, p: &Packet) {
         let Phase::Linked(ctx) = &mut self.phase else { return };
+        let Some(out) = &mut self.out else { return };
+        let Purpose::Reading { id, binding } = &out.purpose else { return };
+        let id = *id;
         if p.get_option(CoapOption::Oscore).is_none() {
-            // An unprotected error (e.g. the hub lost our retransmission's cached answer after a
-            // restart): the reading stays queued and goes again in a fresh request after a pause.
-            self.not_before = now.plus(coap::ACK_TIMEOUT_MS);
-            self.events.push_back(SensorEvent::LinkError("unprotected error response"));
+            // E.g. "Replay detected" from a hub that restarted and lost our answer: the next
+            // retransmission goes out as a fresh request (the hub stores a reading idempotently).
+            out.unverified_error = true;
             return;
         }
-        let Ok(inner) = ctx.unprotect_response(p, &binding) else { return };
+        let Ok(inner) = ctx.unprotect_response(p, binding) else { return };
+        self.out = None;
         match inner.header.code {
             MessageClass::Response(ResponseType::Changed)
             | MessageClass::Response(ResponseType::Created) => {
@@ -394,6 +415,7 @@ impl SensorLink {
                 self.events.push_back(SensorEvent::Refused(id));
             }
         }
+        self.pump(now, rng);
     }
 
     /// Sends whatever is next, if nothing is in flight.

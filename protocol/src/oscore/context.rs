@@ -22,9 +22,11 @@ type Aead = Ccm<Aes128, U8, U13>;
 const ECHO: u16 = 252;
 /// Length of the Echo values this crate issues.
 const ECHO_LEN: usize = 8;
-/// Options that stay outside the ciphertext (Class U, RFC 8613 §4.1): Uri-Host, Uri-Port,
-/// Proxy-Uri, Proxy-Scheme — and the OSCORE option itself (9).
-const CLASS_U: [u16; 5] = [3, 7, 9, 35, 39];
+/// Options that stay outside the ciphertext (Class U, RFC 8613 §4.1): Uri-Host, Uri-Port —
+/// and the OSCORE option itself (9). Hearth uses no proxies: Proxy-Uri would have to be split
+/// (§4.1.3.3) or its path would travel in clear, so proxy options are refused.
+const CLASS_U: [u16; 3] = [3, 7, 9];
+const PROXY: [u16; 2] = [35, 39];
 const OSCORE: u16 = 9;
 
 /// Identifies a request for its response: the response's AAD (and, without its own Partial IV,
@@ -337,7 +339,7 @@ fn seal(
     let mut inner = Packet::new();
     inner.header.code = message.header.code;
     for (&number, values) in message.options() {
-        if number == OSCORE {
+        if number == OSCORE || PROXY.contains(&number) {
             return Err(OscoreError::BadInnerMessage);
         }
         let target = if CLASS_U.contains(&number) { &mut outer } else { &mut inner };

@@ -66,6 +66,10 @@ impl OscoreOption {
             None
         } else {
             let (p, r) = rest.split_at_checked(n).ok_or(OscoreError::BadOption("truncated"))?;
+            if n > 1 && p[0] == 0 {
+                // §6.1: leading zero bytes SHALL be removed.
+                return Err(OscoreError::BadOption("Partial IV with leading zeros"));
+            }
             rest = r;
             Some(Piv::from_bytes(p)?)
         };

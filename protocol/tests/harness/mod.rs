@@ -68,6 +68,9 @@ pub struct NonceLog {
     pub recorded: u64,
 }
 
+/// Builds a forged response to a request.
+pub type Forger = fn(&[u8]) -> Option<Vec<u8>>;
+
 pub struct Harness {
     pub now: Millis,
     pub rng: ChaCha20Rng,
@@ -78,6 +81,8 @@ pub struct Harness {
     /// Datagrams the attacker captured (everything sent by sensors).
     pub captured: Vec<Vec<u8>>,
     pub capture: bool,
+    /// The attacker answers every sensor request at once with this forged response builder.
+    pub forge: Option<Forger>,
 }
 
 /// A small lease block, so that leases and crashes interleave often.
@@ -131,6 +136,7 @@ impl Harness {
             nonces: NonceLog::default(),
             captured: Vec::new(),
             capture: false,
+            forge: None,
         }
     }
 
@@ -245,6 +251,11 @@ impl Harness {
                     if self.capture {
                         self.captured.push(bytes.clone());
                     }
+                    if let Some(forged) = self.forge.and_then(|f| f(&bytes)) {
+                        let d =
+                            Datagram { from: Node::Attacker, to: Node::Sensor(i), bytes: forged };
+                        self.net.send(self.now, &mut self.rng, d);
+                    }
                     let d = Datagram { from: Node::Sensor(i), to: Node::Hub, bytes };
                     self.net.send(self.now, &mut self.rng, d);
                 }
@@ -275,7 +286,7 @@ impl Harness {
                 self.hub.contexts.insert(kid, params);
             }
             HubEvent::Reading { ticket, payload } => {
-                let id = u64::from_be_bytes(payload.as_slice().try_into().expect("8-byte id"));
+                let id = u64::from_be_bytes(payload.0.as_slice().try_into().expect("8-byte id"));
                 self.hub.uncommitted.push((ticket, id));
                 if self.hub.commit_at.is_none() {
                     self.hub.commit_at = Some(self.now.plus(self.hub.commit_delay_ms));
@@ -327,7 +338,8 @@ impl Harness {
             let lease = self.hub.leases.get(kid).copied().unwrap_or(Lease(0));
             let window = match (keep_windows, self.hub.windows.get(kid)) {
                 (true, Some(w)) => w.clone(),
-                (true, None) => ReplayWindow::Empty,
+                // Never `Empty` for a context that may have been used: Echo re-establishes it.
+                (true, None) => ReplayWindow::Unknown,
                 (false, _) => ReplayWindow::Unknown,
             };
             link.add_peer(params, lease, window, KeyUsage::default());
@@ -338,6 +350,12 @@ impl Harness {
     /// Sends raw bytes to the hub as the attacker.
     pub fn inject(&mut self, bytes: Vec<u8>) {
         let d = Datagram { from: Node::Attacker, to: Node::Hub, bytes };
+        self.net.send(self.now, &mut self.rng, d);
+    }
+
+    /// Sends raw bytes to sensor `i` as the attacker.
+    pub fn inject_to_sensor(&mut self, i: usize, bytes: Vec<u8>) {
+        let d = Datagram { from: Node::Attacker, to: Node::Sensor(i), bytes };
         self.net.send(self.now, &mut self.rng, d);
     }
 

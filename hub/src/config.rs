@@ -1,0 +1,106 @@
+//! Hub settings: every one has an embedded default; a TOML file may override any of them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// All settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// CoAP/UDP listen address for sensors.
+    pub coap_bind: SocketAddr,
+    /// Pairing limits.
+    pub pairing: Pairing,
+    /// Store limits.
+    pub store: Store,
+}
+
+/// Pairing window limits (EN 303 645 5.1-5 applied to pairing).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Pairing {
+    /// Default window length.
+    pub window_seconds: u64,
+    /// Failed confirmations before the window closes.
+    pub max_failures: u32,
+    /// First back-off after a failure, doubling.
+    pub backoff_base_ms: u64,
+    /// Sensors that may wait for their PIN at once.
+    pub max_sessions: usize,
+}
+
+/// Store limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Store {
+    /// Readings kept per device; the oldest are dropped beyond it.
+    pub max_readings_per_device: u64,
+    /// Readings per group commit at most.
+    pub max_batch: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            coap_bind: SocketAddr::from(([0, 0, 0, 0], 5683)),
+            pairing: Pairing::default(),
+            store: Store::default(),
+        }
+    }
+}
+
+impl Default for Pairing {
+    fn default() -> Self {
+        Self { window_seconds: 120, max_failures: 3, backoff_base_ms: 2000, max_sessions: 32 }
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self { max_readings_per_device: 100_000, max_batch: 4096 }
+    }
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The file is not valid.
+    #[error("{0}: {1}")]
+    Parse(PathBuf, toml::de::Error),
+}
+
+impl Config {
+    /// Reads `path`, or returns the defaults when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else { return Ok(Self::default()) };
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))
+    }
+
+    /// The pairing window settings for `seconds` (or the default length).
+    pub fn window(&self, seconds: Option<u64>) -> protocol::pairing::WindowConfig {
+        protocol::pairing::WindowConfig {
+            duration_ms: seconds.unwrap_or(self.pairing.window_seconds).saturating_mul(1000),
+            max_failures: self.pairing.max_failures,
+            backoff_base_ms: self.pairing.backoff_base_ms,
+        }
+    }
+}
+
+/// The default data directory: `$HEARTH_DATA_DIR`, else `$XDG_STATE_HOME/hearth`, else
+/// `~/.local/state/hearth`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HEARTH_DATA_DIR") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("hearth");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/state/hearth")
+}

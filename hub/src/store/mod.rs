@@ -1,0 +1,148 @@
+//! The hub's durable state behind one narrow trait: devices and descriptors, OSCORE contexts
+//! (secrets sealed under a key-encryption key kept outside the database, EN 303 645 5.4-1),
+//! sequence leases, replay windows, key-usage counters, and readings (time-ordered per device,
+//! bounded). [`Store::commit`] is one transaction with one fsync: the group commit.
+
+mod redb_store;
+mod seal;
+
+pub use redb_store::{OpenOutcome, RedbStore};
+pub use seal::{Kek, SealError};
+
+use protocol::oscore::{ContextParams, KeyUsage, Kid, WindowState};
+use protocol::pairing::Descriptor;
+use protocol::senml::Reading;
+use serde::{Deserialize, Serialize};
+
+/// What the hub knows about a paired device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Device id: the sensor's OSCORE kid in hex.
+    pub id: String,
+    /// Model designation (5.3-16).
+    pub model: String,
+    /// Serial number.
+    pub serial: String,
+    /// Firmware version reported at pairing.
+    pub firmware_version: u32,
+    /// Whether it can be updated.
+    pub updatable: bool,
+    /// Whether it verifies update signatures itself.
+    pub verifies_signatures: bool,
+    /// Sensing capabilities (5.8-3).
+    pub capabilities: Vec<String>,
+    /// End of the support period, Unix seconds (5.3-13).
+    pub support_end: u64,
+    /// When it paired, Unix seconds.
+    pub paired_at: u64,
+}
+
+impl DeviceInfo {
+    /// From a pairing's descriptor.
+    pub fn new(kid: &Kid, d: &Descriptor, paired_at: u64) -> Self {
+        Self {
+            id: kid.to_string(),
+            model: d.model.clone(),
+            serial: d.serial.clone(),
+            firmware_version: d.firmware_version,
+            updatable: d.updatable,
+            verifies_signatures: d.verifies_signatures,
+            capabilities: d.capabilities.clone(),
+            support_end: d.support_end.0,
+            paired_at,
+        }
+    }
+}
+
+/// A stored reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredReading {
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    /// SenML name.
+    pub name: String,
+    /// Unit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Number or boolean.
+    pub value: serde_json::Value,
+}
+
+/// A paired device's link state, as loaded at start.
+#[derive(Debug, Clone)]
+pub struct PeerRecord {
+    /// Context inputs (hub's view), unsealed.
+    pub params: ContextParams,
+    /// Last durable lease of the hub's sender sequence.
+    pub lease: u64,
+    /// Replay window as of the last durable reading.
+    pub window: Option<WindowState>,
+    /// Key-usage counters.
+    pub usage: KeyUsage,
+}
+
+/// One change in a group commit.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// A newly paired device.
+    Device {
+        /// Device info.
+        info: DeviceInfo,
+        /// Its context (sealed before it is written).
+        params: ContextParams,
+    },
+    /// A sequence lease (RFC 8613 B.1.1).
+    Lease {
+        /// Device.
+        kid: Kid,
+        /// Value.
+        lease: u64,
+    },
+    /// Readings, with the replay window and usage that accepted them.
+    Readings {
+        /// Device.
+        kid: Kid,
+        /// Validated readings.
+        readings: Vec<Reading>,
+        /// Window after accepting them.
+        window: Option<WindowState>,
+        /// Usage after accepting them.
+        usage: KeyUsage,
+    },
+    /// A device removed: its context, state and readings are erased.
+    Remove {
+        /// Device.
+        kid: Kid,
+    },
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("store: {0}")]
+    Db(String),
+    /// A sealed secret could not be opened (wrong or missing key-encryption key).
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// A record did not decode.
+    #[error("store record is corrupt: {0}")]
+    Corrupt(&'static str),
+    /// File system.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// The hub's storage.
+pub trait Store: Send + Sync + 'static {
+    /// Every paired device's link state.
+    fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError>;
+    /// Applies `writes` in one transaction with one fsync.
+    fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
+    /// All devices.
+    fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError>;
+    /// The newest `limit` readings of a device, oldest first.
+    fn readings(&self, kid: &Kid, limit: usize) -> Result<Vec<StoredReading>, StoreError>;
+    /// How many readings a device has.
+    fn reading_count(&self, kid: &Kid) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,134 @@
+//! A sensor's persisted state ("flash"): its OSCORE context, its durable sequence lease and its
+//! firmware version, so a simulated sensor survives restarts without re-pairing. One redb file
+//! holds a whole fleet; each write is one fsync'd transaction.
+
+use std::path::Path;
+
+use protocol::oscore::{ContextParams, Kid};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelKind;
+
+const SENSORS: TableDefinition<u32, &[u8]> = TableDefinition::new("sensors");
+
+/// Why flash could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FlashError {
+    /// The database failed.
+    #[error("flash database: {0}")]
+    Db(String),
+    /// A record did not decode.
+    #[error("flash record {0} is corrupt")]
+    Corrupt(u32),
+}
+
+fn dberr<E: std::fmt::Display>(e: E) -> FlashError {
+    FlashError::Db(e.to_string())
+}
+
+/// The OSCORE context inputs as stored in flash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredContext {
+    /// Master secret, hex.
+    pub secret: String,
+    /// Master salt, hex.
+    pub salt: String,
+    /// The sensor's Sender ID, hex.
+    pub sender_id: String,
+    /// The hub's Sender ID, hex.
+    pub recipient_id: String,
+}
+
+impl StoredContext {
+    /// From context inputs.
+    pub fn from_params(p: &ContextParams) -> Self {
+        Self {
+            secret: protocol::hex::encode(&p.master_secret),
+            salt: protocol::hex::encode(&p.master_salt),
+            sender_id: protocol::hex::encode(p.sender_id.as_bytes()),
+            recipient_id: protocol::hex::encode(p.recipient_id.as_bytes()),
+        }
+    }
+
+    /// Back to context inputs.
+    pub fn to_params(&self) -> Option<ContextParams> {
+        let kid = |h: &str| protocol::hex::decode(h).and_then(|b| Kid::new(&b).ok());
+        Some(ContextParams {
+            master_secret: protocol::hex::decode(&self.secret)?,
+            master_salt: protocol::hex::decode(&self.salt)?,
+            sender_id: kid(&self.sender_id)?,
+            recipient_id: kid(&self.recipient_id)?,
+            id_context: None,
+        })
+    }
+}
+
+/// Everything one sensor keeps across power cuts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FlashRecord {
+    /// Serial number.
+    pub serial: String,
+    /// Model.
+    pub model: ModelKind,
+    /// Installed firmware version.
+    pub firmware: u32,
+    /// The OSCORE context, once paired.
+    pub context: Option<StoredContext>,
+    /// The last durable sequence lease (RFC 8613 B.1.1).
+    pub lease: u64,
+    /// The context was exported to another endpoint (aiocoap) and must not be used here again.
+    pub exported: bool,
+}
+
+/// A fleet's flash.
+#[derive(Debug)]
+pub struct Flash {
+    db: Database,
+}
+
+impl Flash {
+    /// Opens (or creates) the flash file.
+    pub fn open(path: &Path) -> Result<Self, FlashError> {
+        let db = Database::create(path).map_err(dberr)?;
+        let tx = db.begin_write().map_err(dberr)?;
+        tx.open_table(SENSORS).map_err(dberr)?;
+        tx.commit().map_err(dberr)?;
+        Ok(Self { db })
+    }
+
+    /// Every record, by sensor index.
+    pub fn load_all(&self) -> Result<Vec<(u32, FlashRecord)>, FlashError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let table = tx.open_table(SENSORS).map_err(dberr)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(dberr)? {
+            let (k, v) = row.map_err(dberr)?;
+            let rec =
+                serde_json::from_slice(v.value()).map_err(|_| FlashError::Corrupt(k.value()))?;
+            out.push((k.value(), rec));
+        }
+        Ok(out)
+    }
+
+    /// One record.
+    pub fn get(&self, index: u32) -> Result<Option<FlashRecord>, FlashError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let table = tx.open_table(SENSORS).map_err(dberr)?;
+        let Some(v) = table.get(index).map_err(dberr)? else { return Ok(None) };
+        serde_json::from_slice(v.value()).map(Some).map_err(|_| FlashError::Corrupt(index))
+    }
+
+    /// Writes records durably (one transaction, one fsync).
+    pub fn write(&self, records: &[(u32, FlashRecord)]) -> Result<(), FlashError> {
+        let tx = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut table = tx.open_table(SENSORS).map_err(dberr)?;
+            for (i, rec) in records {
+                let bytes = serde_json::to_vec(rec).map_err(dberr)?;
+                table.insert(*i, bytes.as_slice()).map_err(dberr)?;
+            }
+        }
+        tx.commit().map_err(dberr)
+    }
+}

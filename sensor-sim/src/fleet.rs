@@ -1,0 +1,787 @@
+//! A fleet of simulated sensors in one task: N sensors on a few UDP sockets, one deadline heap
+//! (not a task per sensor), responses routed by token prefix, persisted flash, and fault
+//! injection (loss, duplication, reordering, delay, tampering, replay). Reproducible from a seed.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::link::SensorEvent;
+use protocol::link::SensorLink;
+use protocol::netsim::{Datagram, Faults, NetSim};
+use protocol::oscore::{Kid, Lease, ReplayWindow, SecurityContext, SenderSequence};
+use protocol::time::Millis;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock;
+use crate::flash::{Flash, FlashError, FlashRecord, StoredContext};
+use crate::model::{Environment, ModelKind};
+
+/// Faults the fleet injects on its side of the network.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimFaults {
+    /// Loss, duplication, delay and reordering, both directions.
+    pub net: Faults,
+    /// Probability that a copy of an outgoing datagram with one byte flipped is sent too.
+    pub tamper: f64,
+    /// Probability that an outgoing datagram is sent again later (a replay).
+    pub replay: f64,
+}
+
+impl SimFaults {
+    /// No faults.
+    pub fn none() -> Self {
+        Self { net: Faults::none(0), tamper: 0.0, replay: 0.0 }
+    }
+
+    fn active(&self) -> bool {
+        self.net != Faults::none(0) || self.tamper > 0.0 || self.replay > 0.0
+    }
+}
+
+/// How to build a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The hub's CoAP address.
+    pub hub: SocketAddr,
+    /// Number of sensors (models cycle through [`ModelKind::ALL`]).
+    pub sensors: u32,
+    /// UDP sockets shared by the sensors.
+    pub sockets: usize,
+    /// Seed for everything random in the fleet.
+    pub seed: u64,
+    /// Each paired sensor measures and reports this often (0: only when offered load).
+    pub report_interval_ms: u64,
+    /// Injected faults.
+    pub faults: SimFaults,
+    /// Flash file; `None` keeps state in memory only.
+    pub flash: Option<PathBuf>,
+    /// Sequence lease block (RFC 8613 B.1.1).
+    pub lease_block: u64,
+}
+
+impl FleetConfig {
+    /// A fleet of `sensors` reporting to `hub`, no faults, in memory.
+    pub fn new(hub: SocketAddr, sensors: u32) -> Self {
+        Self {
+            hub,
+            sensors,
+            sockets: 4,
+            seed: 1,
+            report_interval_ms: 0,
+            faults: SimFaults::none(),
+            flash: None,
+            lease_block: protocol::oscore::DEFAULT_LEASE_BLOCK,
+        }
+    }
+}
+
+/// What the fleet reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FleetEvent {
+    /// A sensor's display shows a pairing PIN.
+    PinShown {
+        /// Sensor index.
+        index: u32,
+        /// Serial.
+        serial: String,
+        /// The digits on the display.
+        pin: String,
+    },
+    /// A sensor paired.
+    Paired {
+        /// Sensor index.
+        index: u32,
+        /// Serial.
+        serial: String,
+        /// Its OSCORE kid (the hub's device id).
+        kid: Kid,
+    },
+    /// A pairing attempt failed or was refused.
+    PairingFailed {
+        /// Sensor index.
+        index: u32,
+    },
+    /// A reading was acknowledged by the hub.
+    Delivered {
+        /// Sensor index.
+        index: u32,
+        /// Reading id.
+        id: u64,
+        /// Time from measurement to acknowledgement.
+        latency_us: u64,
+    },
+    /// The hub refused a reading.
+    Refused {
+        /// Sensor index.
+        index: u32,
+    },
+}
+
+/// A summary of the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FleetStatus {
+    /// Sensors in the fleet.
+    pub sensors: u32,
+    /// Paired sensors.
+    pub paired: u32,
+    /// Readings measured.
+    pub offered: u64,
+    /// Readings acknowledged.
+    pub acknowledged: u64,
+    /// Readings refused by the hub.
+    pub refused: u64,
+    /// Readings waiting in sensor buffers.
+    pub queued: u64,
+    /// Datagrams sent.
+    pub sent: u64,
+    /// Datagrams received.
+    pub received: u64,
+}
+
+enum Command {
+    Pair { index: u32 },
+    Display { index: u32, reply: oneshot::Sender<Option<String>> },
+    Measure { index: u32 },
+    Offer { rate: f64, until: Millis },
+    Status { reply: oneshot::Sender<FleetStatus> },
+    Latencies { reply: oneshot::Sender<Vec<u64>> },
+    PowerCut { index: u32 },
+}
+
+/// Controls a running fleet.
+#[derive(Debug, Clone)]
+pub struct FleetHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+/// Why the fleet could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Flash failed.
+    #[error(transparent)]
+    Flash(#[from] FlashError),
+    /// Sockets failed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The fleet task ended.
+    #[error("the fleet has stopped")]
+    Stopped,
+}
+
+impl FleetHandle {
+    /// Starts pairing on sensor `index` (its display then shows a PIN).
+    pub fn pair(&self, index: u32) {
+        let _ = self.tx.send(Command::Pair { index });
+    }
+
+    /// What sensor `index`'s display shows (the PIN while pairing).
+    pub async fn display(&self, index: u32) -> Option<String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Display { index, reply }).ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Makes sensor `index` measure and report now.
+    pub fn measure(&self, index: u32) {
+        let _ = self.tx.send(Command::Measure { index });
+    }
+
+    /// Offers `rate` readings/s in total, round-robin over paired sensors, for `seconds`.
+    pub fn offer(&self, rate: f64, seconds: f64) {
+        let until = clock::now().plus((seconds * 1000.0) as u64);
+        let _ = self.tx.send(Command::Offer { rate, until });
+    }
+
+    /// Cuts sensor `index`'s power: RAM is lost, flash is kept, it reboots at once.
+    pub fn power_cut(&self, index: u32) {
+        let _ = self.tx.send(Command::PowerCut { index });
+    }
+
+    /// The fleet's counters.
+    pub async fn status(&self) -> Result<FleetStatus, FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Status { reply }).map_err(|_| FleetError::Stopped)?;
+        rx.await.map_err(|_| FleetError::Stopped)
+    }
+
+    /// Every acknowledgement latency so far, in microseconds (and clears them).
+    pub async fn take_latencies(&self) -> Result<Vec<u64>, FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Latencies { reply }).map_err(|_| FleetError::Stopped)?;
+        rx.await.map_err(|_| FleetError::Stopped)
+    }
+}
+
+struct Sensor {
+    serial: String,
+    model: ModelKind,
+    firmware: u32,
+    link: SensorLink,
+    env: Environment,
+    display: Option<String>,
+    kid: Option<Kid>,
+    exported: bool,
+    next_id: u64,
+    /// Measurement times of queued readings, oldest first (delivered in order).
+    queued_at: VecDeque<(u64, Instant)>,
+    next_measure: Option<Millis>,
+    scheduled: Option<Millis>,
+    stored: Option<StoredContext>,
+    lease: u64,
+}
+
+struct FleetTask {
+    config: FleetConfig,
+    rng: ChaCha20Rng,
+    sensors: Vec<Sensor>,
+    sockets: Vec<Arc<UdpSocket>>,
+    heap: BinaryHeap<Reverse<(Millis, u32)>>,
+    net: Option<NetSim<Endpoint>>,
+    flash: Option<Arc<Flash>>,
+    flash_tx: Option<std::sync::mpsc::Sender<Vec<(u32, FlashRecord)>>>,
+    flash_done: mpsc::UnboundedReceiver<Vec<(u32, u64)>>,
+    pending_flash: Vec<u32>,
+    flash_busy: bool,
+    events: Option<mpsc::UnboundedSender<FleetEvent>>,
+    status: FleetStatus,
+    latencies: Vec<u64>,
+    offer: Option<(f64, Millis, Millis, u32)>,
+    replays: Vec<(usize, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Hub(usize),
+    Sensor(u32),
+}
+
+/// Starts a fleet task. Events go to `events` if given (drain it).
+pub async fn spawn(
+    config: FleetConfig,
+    events: Option<mpsc::UnboundedSender<FleetEvent>>,
+    shutdown: CancellationToken,
+) -> Result<FleetHandle, FleetError> {
+    let mut rng = ChaCha20Rng::seed_from_u64(config.seed);
+    let flash = match &config.flash {
+        Some(path) => Some(Arc::new(Flash::open(path)?)),
+        None => None,
+    };
+    let records: std::collections::HashMap<u32, FlashRecord> = match &flash {
+        Some(f) => f.load_all()?.into_iter().collect(),
+        None => Default::default(),
+    };
+    let mut sensors = Vec::with_capacity(config.sensors as usize);
+    for index in 0..config.sensors {
+        let model = ModelKind::ALL[index as usize % ModelKind::ALL.len()];
+        let rec = records.get(&index);
+        let serial =
+            rec.map_or_else(|| format!("{}-{:05}", model.prefix(), index), |r| r.serial.clone());
+        let link = SensorLink::unpaired(&mut rng)
+            .with_lease_block(config.lease_block)
+            .with_token_prefix(index);
+        let mut s = Sensor {
+            serial,
+            model,
+            firmware: rec.map_or(1, |r| r.firmware),
+            link,
+            env: Environment::default(),
+            display: None,
+            kid: None,
+            exported: rec.is_some_and(|r| r.exported),
+            next_id: 0,
+            queued_at: VecDeque::new(),
+            next_measure: None,
+            scheduled: None,
+            stored: rec.and_then(|r| r.context.clone()),
+            lease: rec.map_or(0, |r| r.lease),
+        };
+        if let (Some(stored), false) = (&s.stored, s.exported)
+            && let Some(params) = stored.to_params()
+        {
+            {
+                s.kid = Some(params.sender_id);
+                let seq = SenderSequence::resume(Lease(s.lease), config.lease_block);
+                let ctx = SecurityContext::new(&params, seq, ReplayWindow::Empty);
+                s.link = SensorLink::paired(&mut rng, ctx)
+                    .with_lease_block(config.lease_block)
+                    .with_token_prefix(index);
+            }
+        }
+        sensors.push(s);
+    }
+    let bind: SocketAddr = if config.hub.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .map_err(|_| std::io::Error::other("bind"))?;
+    let bind =
+        if config.hub.ip().is_loopback() { SocketAddr::new(config.hub.ip(), 0) } else { bind };
+    let (dgram_tx, dgram_rx) = mpsc::channel::<(usize, Vec<u8>)>(8192);
+    let mut sockets = Vec::new();
+    for i in 0..config.sockets.max(1) {
+        let sock = Arc::new(UdpSocket::bind(bind).await?);
+        let (s, tx, stop) = (sock.clone(), dgram_tx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                tokio::select! {
+                    r = s.recv_from(&mut buf) => match r {
+                        Ok((n, _)) => if tx.send((i, buf[..n].to_vec())).await.is_err() { return },
+                        Err(_) => continue,
+                    },
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+        sockets.push(sock);
+    }
+    let (flash_done_tx, flash_done) = mpsc::unbounded_channel();
+    let flash_tx = flash.clone().map(|f| {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<(u32, FlashRecord)>>();
+        std::thread::Builder::new()
+            .name("sim-flash".into())
+            .spawn(move || {
+                while let Ok(batch) = rx.recv() {
+                    let written = batch.iter().map(|(i, r)| (*i, r.lease)).collect();
+                    if let Err(e) = f.write(&batch) {
+                        tracing::error!(error = %e, "flash write failed");
+                        continue;
+                    }
+                    if flash_done_tx.send(written).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map(|_| tx)
+    });
+    let flash_tx = match flash_tx {
+        Some(Ok(tx)) => Some(tx),
+        Some(Err(e)) => return Err(e.into()),
+        None => None,
+    };
+    let net = config.faults.active().then(|| NetSim::new(config.faults.net));
+    let status = FleetStatus { sensors: config.sensors, ..Default::default() };
+    let mut task = FleetTask {
+        config,
+        rng,
+        sensors,
+        sockets,
+        heap: BinaryHeap::new(),
+        net,
+        flash,
+        flash_tx,
+        flash_done,
+        pending_flash: Vec::new(),
+        flash_busy: false,
+        events,
+        status,
+        latencies: Vec::new(),
+        offer: None,
+        replays: Vec::new(),
+    };
+    let now = clock::now();
+    for i in 0..task.sensors.len() as u32 {
+        if task.sensors[i as usize].link.is_paired() {
+            task.start_reporting(i, now);
+        }
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move { task.run(rx, dgram_rx, shutdown).await });
+    Ok(FleetHandle { tx })
+}
+
+impl FleetTask {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut datagrams: mpsc::Receiver<(usize, Vec<u8>)>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let deadline = self.next_deadline();
+            let sleep = tokio::time::sleep_until(clock::instant(deadline).into());
+            tokio::select! {
+                Some((sock, bytes)) = datagrams.recv() => {
+                    self.inbound(sock, bytes);
+                    // Take whatever else is already waiting before doing timers.
+                    for _ in 0..256 {
+                        match datagrams.try_recv() {
+                            Ok((sock, bytes)) => self.inbound(sock, bytes),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(cmd) = commands.recv() => self.command(cmd),
+                Some(ids) = self.flash_done.recv() => self.flash_durable(ids),
+                _ = sleep => {}
+                _ = shutdown.cancelled() => return,
+            }
+            self.fire_timers();
+            self.flush_flash();
+        }
+    }
+
+    fn next_deadline(&self) -> Millis {
+        let mut t = clock::now().plus(1000);
+        if let Some(Reverse((at, _))) = self.heap.peek() {
+            t = t.min(*at);
+        }
+        if let Some(at) = self.net.as_ref().and_then(NetSim::next_arrival) {
+            t = t.min(at);
+        }
+        if let Some((_, _, next, _)) = self.offer {
+            t = t.min(next);
+        }
+        t
+    }
+
+    fn inbound(&mut self, sock: usize, bytes: Vec<u8>) {
+        self.status.received += 1;
+        let Some(index) = token_of(&bytes).and_then(SensorLink::token_owner) else { return };
+        if index as usize >= self.sensors.len() {
+            return;
+        }
+        match &mut self.net {
+            Some(net) => {
+                let d = Datagram { from: Endpoint::Hub(sock), to: Endpoint::Sensor(index), bytes };
+                net.send(clock::now(), &mut self.rng, d);
+            }
+            None => self.deliver(index, &bytes),
+        }
+    }
+
+    fn deliver(&mut self, index: u32, bytes: &[u8]) {
+        let now = clock::now();
+        let s = &mut self.sensors[index as usize];
+        s.link.handle_datagram(now, bytes, &mut self.rng);
+        self.service(index);
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = clock::now();
+        match cmd {
+            Command::Pair { index } => {
+                let Some(s) = self.sensors.get_mut(index as usize) else { return };
+                let descriptor = s.model.descriptor(&s.serial, s.firmware);
+                s.link = SensorLink::unpaired(&mut self.rng)
+                    .with_lease_block(self.config.lease_block)
+                    .with_token_prefix(index);
+                s.kid = None;
+                s.link.start_pairing(now, &mut self.rng, descriptor, s.model.width());
+                self.service(index);
+            }
+            Command::Display { index, reply } => {
+                let _ =
+                    reply.send(self.sensors.get(index as usize).and_then(|s| s.display.clone()));
+            }
+            Command::Measure { index } => self.measure(index, now),
+            Command::Offer { rate, until } => {
+                self.offer = (rate > 0.0).then_some((rate, until, now, 0));
+            }
+            Command::Status { reply } => {
+                self.status.paired =
+                    self.sensors.iter().filter(|s| s.link.is_paired()).count() as u32;
+                self.status.queued = self.sensors.iter().map(|s| s.link.queued() as u64).sum();
+                let _ = reply.send(self.status.clone());
+            }
+            Command::Latencies { reply } => {
+                let _ = reply.send(std::mem::take(&mut self.latencies));
+            }
+            Command::PowerCut { index } => self.power_cut(index),
+        }
+    }
+
+    fn power_cut(&mut self, index: u32) {
+        let block = self.config.lease_block;
+        let Some(s) = self.sensors.get_mut(index as usize) else { return };
+        let fresh =
+            SensorLink::unpaired(&mut self.rng).with_lease_block(block).with_token_prefix(index);
+        s.link = match s.stored.as_ref().and_then(StoredContext::to_params) {
+            Some(params) if !s.exported => {
+                let seq = SenderSequence::resume(Lease(s.lease), block);
+                SensorLink::paired(
+                    &mut self.rng,
+                    SecurityContext::new(&params, seq, ReplayWindow::Empty),
+                )
+                .with_lease_block(block)
+                .with_token_prefix(index)
+            }
+            _ => fresh,
+        };
+        s.queued_at.clear();
+        s.display = None;
+    }
+
+    fn measure(&mut self, index: u32, now: Millis) {
+        let Some(s) = self.sensors.get_mut(index as usize) else { return };
+        if !s.link.is_paired() {
+            return;
+        }
+        let readings = s.env.measure(s.model, &s.serial, &mut self.rng, clock::unix_millis());
+        let payload = protocol::senml::encode(&readings);
+        let id = s.next_id;
+        s.next_id += 1;
+        s.queued_at.push_back((id, Instant::now()));
+        s.link.queue_reading(now, &mut self.rng, id, payload);
+        self.status.offered += 1;
+        self.service(index);
+    }
+
+    fn start_reporting(&mut self, index: u32, now: Millis) {
+        let interval = self.config.report_interval_ms;
+        if interval == 0 {
+            return;
+        }
+        let offset = self.rng.next_u64() % interval;
+        if let Some(s) = self.sensors.get_mut(index as usize) {
+            s.next_measure = Some(now.plus(offset + 1));
+        }
+        self.schedule(index);
+    }
+
+    /// Moves a sensor's outputs to the network and its events to the owner; reschedules it.
+    fn service(&mut self, index: u32) {
+        let now = clock::now();
+        let i = index as usize;
+        while let Some(bytes) = self.sensors[i].link.poll_transmit() {
+            self.outbound(index, bytes);
+        }
+        while let Some(e) = self.sensors[i].link.poll_event() {
+            self.on_event(index, e, now);
+        }
+        self.schedule(index);
+    }
+
+    fn on_event(&mut self, index: u32, e: SensorEvent, now: Millis) {
+        let i = index as usize;
+        match e {
+            SensorEvent::ShowPin(pin) => {
+                let pin = pin.to_string();
+                self.sensors[i].display = Some(pin.clone());
+                let serial = self.sensors[i].serial.clone();
+                self.emit(FleetEvent::PinShown { index, serial, pin });
+            }
+            SensorEvent::Paired(p) => {
+                let s = &mut self.sensors[i];
+                s.display = None;
+                s.kid = Some(p.context.sender_id);
+                s.stored = Some(StoredContext::from_params(&p.context));
+                s.lease = 0;
+                s.exported = false;
+                let (serial, kid) = (s.serial.clone(), p.context.sender_id);
+                self.pending_flash.push(index);
+                self.emit(FleetEvent::Paired { index, serial, kid });
+                self.start_reporting(index, now);
+            }
+            SensorEvent::PairingFailed(_) | SensorEvent::PairingRefused => {
+                self.sensors[i].display = None;
+                self.emit(FleetEvent::PairingFailed { index });
+            }
+            SensorEvent::Delivered(id) => {
+                self.status.acknowledged += 1;
+                while let Some((qid, at)) = self.sensors[i].queued_at.front().copied() {
+                    if qid > id {
+                        break;
+                    }
+                    self.sensors[i].queued_at.pop_front();
+                    if qid == id {
+                        let latency_us = at.elapsed().as_micros() as u64;
+                        self.latencies.push(latency_us);
+                        self.emit(FleetEvent::Delivered { index, id, latency_us });
+                    }
+                }
+            }
+            SensorEvent::Refused(_) => {
+                self.status.refused += 1;
+                self.sensors[i].queued_at.pop_front();
+                self.emit(FleetEvent::Refused { index });
+            }
+            SensorEvent::LeaseNeeded(lease) => {
+                self.sensors[i].lease = lease.0;
+                if self.flash.is_some() {
+                    self.pending_flash.push(index);
+                } else {
+                    self.sensors[i].link.lease_durable(now, &mut self.rng, lease);
+                }
+            }
+            SensorEvent::LinkError(_) => {}
+        }
+    }
+
+    fn emit(&self, e: FleetEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    fn schedule(&mut self, index: u32) {
+        let s = &mut self.sensors[index as usize];
+        let next = [s.link.poll_timeout(), s.next_measure].into_iter().flatten().min();
+        if let Some(t) = next
+            && s.scheduled.is_none_or(|cur| t < cur)
+        {
+            s.scheduled = Some(t);
+            self.heap.push(Reverse((t, index)));
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = clock::now();
+        while let Some(Reverse((t, index))) = self.heap.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.heap.pop();
+            let s = &mut self.sensors[index as usize];
+            if s.scheduled != Some(t) {
+                continue; // superseded
+            }
+            s.scheduled = None;
+            if s.link.poll_timeout().is_some_and(|d| d <= now) {
+                s.link.handle_timeout(now, &mut self.rng);
+            }
+            if s.next_measure.is_some_and(|d| d <= now) {
+                let interval = self.config.report_interval_ms;
+                s.next_measure = (interval > 0).then(|| now.plus(interval));
+                self.measure(index, now);
+            }
+            self.service(index);
+        }
+        self.offer_load(now);
+        let mut due = Vec::new();
+        if let Some(net) = &mut self.net {
+            while let Some(d) = net.pop_due(now) {
+                due.push(d);
+            }
+        }
+        for d in due {
+            match d.to {
+                Endpoint::Sensor(index) => self.deliver(index, &d.bytes),
+                Endpoint::Hub(sock) => self.send_now(sock, d.bytes),
+            }
+        }
+    }
+
+    fn offer_load(&mut self, now: Millis) {
+        let Some((rate, until, next, cursor)) = self.offer else { return };
+        if now >= until {
+            self.offer = None;
+            return;
+        }
+        if now < next {
+            return;
+        }
+        // Catch up on every reading due since `next` (at most one second's worth).
+        let interval_us = 1e6 / rate;
+        let due = ((now.0 - next.0) as f64 * 1000.0 / interval_us).floor() as u64 + 1;
+        let n = self.sensors.len() as u32;
+        let mut cursor = cursor;
+        for _ in 0..due.min(rate as u64 + 1) {
+            // Round-robin over paired sensors.
+            for _ in 0..n {
+                cursor = (cursor + 1) % n;
+                if self.sensors[cursor as usize].link.is_paired() {
+                    break;
+                }
+            }
+            self.measure(cursor, now);
+        }
+        let advance = (due as f64 * interval_us / 1000.0).ceil() as u64;
+        self.offer = Some((rate, until, next.plus(advance.max(1)), cursor));
+    }
+
+    fn outbound(&mut self, index: u32, bytes: Vec<u8>) {
+        let sock = index as usize % self.sockets.len();
+        self.status.sent += 1;
+        let f = self.config.faults;
+        if chance(&mut self.rng, f.tamper) && !bytes.is_empty() {
+            let mut t = bytes.clone();
+            let at = (self.rng.next_u64() % t.len() as u64) as usize;
+            t[at] ^= 1 << (self.rng.next_u32() % 8);
+            self.send_via_net(index, sock, t);
+        }
+        if chance(&mut self.rng, f.replay) {
+            self.replays.push((sock, bytes.clone()));
+        }
+        if self.replays.len() > 16 || (!self.replays.is_empty() && chance(&mut self.rng, 0.05)) {
+            let (s, r) = self.replays.remove(0);
+            self.send_via_net(index, s, r);
+        }
+        self.send_via_net(index, sock, bytes);
+    }
+
+    fn send_via_net(&mut self, index: u32, sock: usize, bytes: Vec<u8>) {
+        match &mut self.net {
+            Some(net) => {
+                let d = Datagram { from: Endpoint::Sensor(index), to: Endpoint::Hub(sock), bytes };
+                net.send(clock::now(), &mut self.rng, d);
+            }
+            None => self.send_now(sock, bytes),
+        }
+    }
+
+    fn send_now(&mut self, sock: usize, bytes: Vec<u8>) {
+        let Some(s) = self.sockets.get(sock) else { return };
+        // Loopback sends rarely block; a full buffer is packet loss, which CoAP retransmission
+        // handles like any other.
+        let _ = s.try_send_to(&bytes, self.config.hub);
+    }
+
+    fn flush_flash(&mut self) {
+        if self.flash_busy || self.pending_flash.is_empty() {
+            return;
+        }
+        let Some(tx) = &self.flash_tx else { return };
+        let mut ids = std::mem::take(&mut self.pending_flash);
+        ids.sort_unstable();
+        ids.dedup();
+        let batch: Vec<(u32, FlashRecord)> = ids
+            .iter()
+            .map(|&i| {
+                let s = &self.sensors[i as usize];
+                (
+                    i,
+                    FlashRecord {
+                        serial: s.serial.clone(),
+                        model: s.model,
+                        firmware: s.firmware,
+                        context: s.stored.clone(),
+                        lease: s.lease,
+                        exported: s.exported,
+                    },
+                )
+            })
+            .collect();
+        if tx.send(batch).is_ok() {
+            self.flash_busy = true;
+        }
+    }
+
+    /// A flash write finished: the leases it carried (not any newer ones) are now durable.
+    fn flash_durable(&mut self, written: Vec<(u32, u64)>) {
+        self.flash_busy = false;
+        let now = clock::now();
+        for (index, lease) in written {
+            let s = &mut self.sensors[index as usize];
+            s.link.lease_durable(now, &mut self.rng, Lease(lease));
+            self.service(index);
+        }
+        self.flush_flash();
+    }
+}
+
+fn chance<R: Rng + ?Sized>(rng: &mut R, p: f64) -> bool {
+    p > 0.0 && (rng.next_u64() as f64 / u64::MAX as f64) < p
+}
+
+/// The token of a CoAP datagram, read straight from the header.
+fn token_of(bytes: &[u8]) -> Option<&[u8]> {
+    let tkl = usize::from(*bytes.first()? & 0x0f);
+    bytes.get(4..4 + tkl)
+}

@@ -1,0 +1,273 @@
+//! The load generator: pairs (or reuses) N sensors, offers R readings/s in total for S seconds,
+//! and reports one JSON line (offered, acknowledged, rate, latency percentiles, errors, hub RSS).
+//! With `plain`, it sends unprotected CoAP POSTs of the same size to any CoAP server instead.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ctl;
+use crate::fleet::{self, FleetConfig, FleetEvent, SimFaults};
+
+/// Load settings.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Hub (or any CoAP server with `plain`).
+    pub hub: SocketAddr,
+    /// Sensors.
+    pub sensors: u32,
+    /// Offered readings per second, in total.
+    pub rate: f64,
+    /// Seconds of load.
+    pub duration: f64,
+    /// The hub's control socket, to pair sensors that are not paired yet.
+    pub ctl: Option<PathBuf>,
+    /// Flash file to reuse paired sensors across runs.
+    pub flash: Option<PathBuf>,
+    /// The hub's pid, to report its resident memory.
+    pub hub_pid: Option<u32>,
+    /// Unprotected CoAP instead of OSCORE.
+    pub plain: bool,
+    /// Seed.
+    pub seed: u64,
+    /// Sockets.
+    pub sockets: usize,
+}
+
+/// The JSON line the load generator prints.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadReport {
+    /// "oscore" or "plain".
+    pub mode: &'static str,
+    /// Sensors used.
+    pub sensors: u32,
+    /// Target rate.
+    pub target_rate: f64,
+    /// Seconds measured.
+    pub duration_s: f64,
+    /// Readings offered.
+    pub offered: u64,
+    /// Readings acknowledged.
+    pub acknowledged: u64,
+    /// Acknowledged per second.
+    pub readings_per_s: f64,
+    /// Latency percentiles, measurement to acknowledgement.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Errors by kind.
+    pub errors: HashMap<&'static str, u64>,
+    /// The hub's resident set size in KiB, if `hub_pid` was given.
+    pub hub_rss_kib: Option<u64>,
+    /// Seconds spent pairing before the load.
+    pub pairing_s: f64,
+}
+
+/// Why the load run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The fleet failed.
+    #[error(transparent)]
+    Fleet(#[from] fleet::FleetError),
+    /// The control socket failed.
+    #[error(transparent)]
+    Ctl(#[from] ctl::CtlError),
+    /// Sockets failed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// Pairing did not finish.
+    #[error("only {0} of {1} sensors paired")]
+    Pairing(u32, u32),
+}
+
+/// Runs the load and returns the report.
+pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
+    if config.plain {
+        return run_plain(config).await;
+    }
+    let shutdown = CancellationToken::new();
+    let _guard = shutdown.clone().drop_guard();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let fc = FleetConfig {
+        sockets: config.sockets,
+        seed: config.seed,
+        flash: config.flash.clone(),
+        faults: SimFaults::none(),
+        ..FleetConfig::new(config.hub, config.sensors)
+    };
+    let fleet = fleet::spawn(fc, Some(tx), shutdown.clone()).await?;
+    let started = Instant::now();
+    let status = fleet.status().await?;
+    if status.paired < config.sensors {
+        let Some(sock) = config.ctl.clone() else {
+            return Err(LoadError::Pairing(status.paired, config.sensors));
+        };
+        ctl::pair_open(&sock, 3600).await?;
+        let mut paired = status.paired;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        for i in 0..config.sensors {
+            fleet.pair(i);
+        }
+        while paired < config.sensors && Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+                Ok(Some(FleetEvent::PinShown { serial, pin, .. })) => {
+                    let sock = sock.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = ctl::pair_pin(&sock, &pin, &serial).await {
+                            tracing::warn!(%serial, error = %e, "PIN entry failed");
+                        }
+                    });
+                }
+                Ok(Some(FleetEvent::Paired { .. })) => paired += 1,
+                Ok(Some(FleetEvent::PairingFailed { index })) => fleet.pair(index),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+        if paired < config.sensors {
+            return Err(LoadError::Pairing(paired, config.sensors));
+        }
+    }
+    let pairing_s = started.elapsed().as_secs_f64();
+    // Drain events from now on (latencies are collected inside the fleet).
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let before = fleet.status().await?;
+    let _ = fleet.take_latencies().await?;
+    let t0 = Instant::now();
+    fleet.offer(config.rate, config.duration);
+    tokio::time::sleep(Duration::from_secs_f64(config.duration)).await;
+    // Give the last readings a moment to be acknowledged.
+    let drain_until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = fleet.status().await?;
+        if s.queued == 0 || Instant::now() > drain_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64().min(config.duration.max(0.001));
+    let after = fleet.status().await?;
+    let mut lat = fleet.take_latencies().await?;
+    let mut report = LoadReport {
+        mode: "oscore",
+        sensors: config.sensors,
+        target_rate: config.rate,
+        duration_s: config.duration,
+        offered: after.offered - before.offered,
+        acknowledged: after.acknowledged - before.acknowledged,
+        pairing_s,
+        ..Default::default()
+    };
+    report.readings_per_s = report.acknowledged as f64 / elapsed;
+    percentiles(&mut lat, &mut report);
+    let unacked = report.offered.saturating_sub(report.acknowledged);
+    if unacked > 0 {
+        report.errors.insert("unacknowledged", unacked);
+    }
+    if after.refused > before.refused {
+        report.errors.insert("refused", after.refused - before.refused);
+    }
+    report.hub_rss_kib = config.hub_pid.and_then(rss_kib);
+    Ok(report)
+}
+
+fn percentiles(lat: &mut [u64], report: &mut LoadReport) {
+    if lat.is_empty() {
+        return;
+    }
+    lat.sort_unstable();
+    let at = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize] as f64 / 1000.0;
+    report.p50_ms = at(0.50);
+    report.p99_ms = at(0.99);
+    report.p999_ms = at(0.999);
+}
+
+/// VmRSS of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Unprotected CoAP POSTs of the same size as an OSCORE reading, for comparison with other
+/// servers (e.g. libcoap's `coap-server`). One request in flight per simulated sensor.
+async fn run_plain(config: LoadConfig) -> Result<LoadReport, LoadError> {
+    let bind = SocketAddr::new(config.hub.ip(), 0);
+    let sock = std::sync::Arc::new(UdpSocket::bind(bind).await?);
+    let n = config.sensors.max(1);
+    // Payload: the size of a typical protected reading's ciphertext.
+    let payload = vec![0xa5u8; 60];
+    let mut inflight: HashMap<u32, Instant> = HashMap::new();
+    let mut lat = Vec::new();
+    let mut offered = 0u64;
+    let mut mid: u16 = 0;
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(config.duration);
+    let interval = Duration::from_secs_f64(1.0 / config.rate.max(1.0));
+    let mut next = start;
+    let mut cursor = 0u32;
+    let mut buf = vec![0u8; 2048];
+    let mut timeouts = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= end + Duration::from_secs(2) || (now >= end && inflight.is_empty()) {
+            break;
+        }
+        while now >= next && now < end {
+            cursor = (cursor + 1) % n;
+            next += interval;
+            if inflight.contains_key(&cursor) {
+                continue; // that sensor is still waiting: the offer is dropped, counted below
+            }
+            mid = mid.wrapping_add(1);
+            let p = protocol::link::coap::post(mid, &cursor.to_be_bytes(), "r", payload.clone());
+            if let Some(bytes) = protocol::link::coap::encode(&p) {
+                let _ = sock.try_send_to(&bytes, config.hub);
+                inflight.insert(cursor, Instant::now());
+                offered += 1;
+            }
+        }
+        let wait = next.saturating_duration_since(Instant::now()).min(Duration::from_millis(5));
+        if let Ok(Ok((len, _))) = tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
+            let tkl = usize::from(buf[0] & 0x0f);
+            if let Some(t) = buf.get(4..4 + tkl).and_then(|t| <[u8; 4]>::try_from(t).ok())
+                && let Some(at) = inflight.remove(&u32::from_be_bytes(t))
+            {
+                lat.push(at.elapsed().as_micros() as u64);
+            }
+            let _ = len;
+        }
+        inflight.retain(|_, at| {
+            let keep = at.elapsed() < Duration::from_secs(2);
+            if !keep {
+                timeouts += 1;
+            }
+            keep
+        });
+    }
+    let mut report = LoadReport {
+        mode: "plain",
+        sensors: n,
+        target_rate: config.rate,
+        duration_s: config.duration,
+        offered,
+        acknowledged: lat.len() as u64,
+        ..Default::default()
+    };
+    report.readings_per_s = report.acknowledged as f64 / config.duration.max(0.001);
+    if timeouts > 0 {
+        report.errors.insert("timeout", timeouts);
+    }
+    percentiles(&mut lat, &mut report);
+    report.hub_rss_kib = config.hub_pid.and_then(rss_kib);
+    Ok(report)
+}
