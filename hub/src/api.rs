@@ -1,1 +1,302 @@
-//! placeholder
+//! The owner's command API: one implementation behind both fronts (the control socket now, the
+//! web UI later). Requests and answers are serde types, so every front speaks the same JSON.
+
+use protocol::oscore::Kid;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{DeviceInfo, RedbStore, Store, StoredReading};
+
+/// A request to the hub.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Arm pairing for a bounded window.
+    PairOpen {
+        /// Window length (default from the configuration).
+        #[serde(default)]
+        seconds: Option<u64>,
+    },
+    /// Disarm pairing.
+    PairClose,
+    /// Type the PIN shown on a sensor (name it by serial or device id if several wait).
+    PairPin {
+        /// The digits.
+        pin: String,
+        /// Serial of the sensor whose display shows the PIN.
+        #[serde(default)]
+        serial: Option<String>,
+        /// Or its device id.
+        #[serde(default)]
+        device: Option<String>,
+    },
+    /// Pairing window and waiting sensors.
+    Pairing,
+    /// All devices.
+    Devices,
+    /// One device.
+    Device {
+        /// Device id.
+        id: String,
+    },
+    /// A device's newest readings.
+    Readings {
+        /// Device id.
+        id: String,
+        /// How many (default 20, at most 10,000).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Remove a device: its keys, state and readings are erased.
+    Remove {
+        /// Device id.
+        id: String,
+    },
+    /// Security-event counters (EN 303 645 5.10-1).
+    Security,
+}
+
+/// Pairing status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PairingStatus {
+    /// Whether pairing requests are accepted now.
+    pub open: bool,
+    /// Seconds until the window closes.
+    pub closes_in_s: u64,
+    /// Failed attempts left in this window.
+    pub attempts_left: u32,
+    /// Sensors waiting for their PIN.
+    pub waiting: Vec<Waiting>,
+}
+
+/// A sensor waiting for its PIN.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Waiting {
+    /// Future device id.
+    pub device: String,
+    /// Serial.
+    pub serial: String,
+    /// Model designation.
+    pub model: String,
+}
+
+/// Counters of rejected input and security events.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecurityReport {
+    /// Malformed datagrams.
+    pub malformed: u64,
+    /// Unknown OSCORE kid.
+    pub unknown_kid: u64,
+    /// Replays refused.
+    pub replays: u64,
+    /// Authentication (tag) failures.
+    pub bad_tag: u64,
+    /// Malformed OSCORE.
+    pub bad_oscore: u64,
+    /// Readings refused for breaking a limit (SenML).
+    pub bad_payload: u64,
+    /// Pairing requests refused.
+    pub pairing_refused: u64,
+    /// Failed pairing confirmations.
+    pub pairing_failed: u64,
+    /// Requests to unknown or unprotected resources.
+    pub bad_request: u64,
+    /// Contexts that reached a key-usage limit.
+    pub key_limit: u64,
+    /// Echo challenges suppressed by rate limit.
+    pub echo_limited: u64,
+    /// Retransmissions answered from cache (not a security event).
+    pub duplicates: u64,
+    /// Total of the security-relevant counters above.
+    pub total: u64,
+}
+
+/// A device with its live state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceView {
+    /// Stored info.
+    #[serde(flatten)]
+    pub info: DeviceInfo,
+    /// Readings stored.
+    pub readings: u64,
+}
+
+/// What the link driver is asked to do.
+#[derive(Debug)]
+pub(crate) enum LinkCommand {
+    PairOpen {
+        seconds: Option<u64>,
+        reply: oneshot::Sender<PairingStatus>,
+    },
+    PairClose {
+        reply: oneshot::Sender<PairingStatus>,
+    },
+    PairPin {
+        pin: String,
+        serial: Option<String>,
+        device: Option<Kid>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Pairing {
+        reply: oneshot::Sender<PairingStatus>,
+    },
+    Remove {
+        kid: Kid,
+        reply: oneshot::Sender<bool>,
+    },
+    Security {
+        reply: oneshot::Sender<SecurityReport>,
+    },
+}
+
+/// Why a request failed (sent to the client as `{"error": "..."}`).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad arguments.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such device.
+    #[error("no device {0}")]
+    NotFound(String),
+    /// The hub is shutting down.
+    #[error("the hub is shutting down")]
+    Stopped,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Handle to the running hub.
+#[derive(Debug, Clone)]
+pub struct HubApi {
+    pub(crate) link: mpsc::Sender<LinkCommand>,
+    pub(crate) store: RedbStore,
+}
+
+fn parse_id(id: &str) -> Result<Kid, ApiError> {
+    protocol::hex::decode(id)
+        .and_then(|b| Kid::new(&b).ok())
+        .ok_or_else(|| ApiError::BadRequest(format!("bad device id {id:?}")))
+}
+
+impl HubApi {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> LinkCommand,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.link.send(make(tx)).await.map_err(|_| ApiError::Stopped)?;
+        rx.await.map_err(|_| ApiError::Stopped)
+    }
+
+    /// Arms pairing.
+    pub async fn pair_open(&self, seconds: Option<u64>) -> Result<PairingStatus, ApiError> {
+        if seconds.is_some_and(|s| s == 0 || s > 3600) {
+            return Err(ApiError::BadRequest("seconds must be 1 to 3600".into()));
+        }
+        self.ask(|reply| LinkCommand::PairOpen { seconds, reply }).await
+    }
+
+    /// Disarms pairing.
+    pub async fn pair_close(&self) -> Result<PairingStatus, ApiError> {
+        self.ask(|reply| LinkCommand::PairClose { reply }).await
+    }
+
+    /// Types a PIN; returns the device id being paired.
+    pub async fn pair_pin(
+        &self,
+        pin: String,
+        serial: Option<String>,
+        device: Option<String>,
+    ) -> Result<String, ApiError> {
+        let device = device.as_deref().map(parse_id).transpose()?;
+        self.ask(|reply| LinkCommand::PairPin { pin, serial, device, reply })
+            .await?
+            .map_err(ApiError::BadRequest)
+    }
+
+    /// Pairing status.
+    pub async fn pairing(&self) -> Result<PairingStatus, ApiError> {
+        self.ask(|reply| LinkCommand::Pairing { reply }).await
+    }
+
+    /// All devices.
+    pub async fn devices(&self) -> Result<Vec<DeviceView>, ApiError> {
+        let store = self.store.clone();
+        let views = tokio::task::spawn_blocking(move || -> Result<Vec<DeviceView>, ApiError> {
+            let mut out = Vec::new();
+            for info in store.devices()? {
+                let kid = parse_id(&info.id)?;
+                out.push(DeviceView { readings: store.reading_count(&kid)?, info });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|_| ApiError::Stopped)??;
+        Ok(views)
+    }
+
+    /// One device.
+    pub async fn device(&self, id: &str) -> Result<DeviceView, ApiError> {
+        parse_id(id)?;
+        self.devices()
+            .await?
+            .into_iter()
+            .find(|d| d.info.id == id)
+            .ok_or_else(|| ApiError::NotFound(id.into()))
+    }
+
+    /// A device's newest readings, oldest first.
+    pub async fn readings(
+        &self,
+        id: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<StoredReading>, ApiError> {
+        let kid = parse_id(id)?;
+        let limit = limit.unwrap_or(20).min(10_000);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.readings(&kid, limit))
+            .await
+            .map_err(|_| ApiError::Stopped)?
+            .map_err(Into::into)
+    }
+
+    /// Removes a device (EN 303 645 5.11-1: its data is erased with it).
+    pub async fn remove(&self, id: &str) -> Result<(), ApiError> {
+        let kid = parse_id(id)?;
+        if self.ask(|reply| LinkCommand::Remove { kid, reply }).await? {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound(id.into()))
+        }
+    }
+
+    /// Security counters.
+    pub async fn security(&self) -> Result<SecurityReport, ApiError> {
+        self.ask(|reply| LinkCommand::Security { reply }).await
+    }
+
+    /// Runs one request and renders the answer as JSON.
+    pub async fn handle(&self, req: Request) -> serde_json::Value {
+        let result = match req {
+            Request::PairOpen { seconds } => {
+                self.pair_open(seconds).await.map(|v| serde_json::json!(v))
+            }
+            Request::PairClose => self.pair_close().await.map(|v| serde_json::json!(v)),
+            Request::PairPin { pin, serial, device } => {
+                self.pair_pin(pin, serial, device).await.map(|d| serde_json::json!({"pairing": d}))
+            }
+            Request::Pairing => self.pairing().await.map(|v| serde_json::json!(v)),
+            Request::Devices => self.devices().await.map(|v| serde_json::json!(v)),
+            Request::Device { id } => self.device(&id).await.map(|v| serde_json::json!(v)),
+            Request::Readings { id, limit } => {
+                self.readings(&id, limit).await.map(|v| serde_json::json!(v))
+            }
+            Request::Remove { id } => {
+                self.remove(&id).await.map(|()| serde_json::json!({"removed": id}))
+            }
+            Request::Security => self.security().await.map(|v| serde_json::json!(v)),
+        };
+        result.unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
+    }
+}

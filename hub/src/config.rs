@@ -29,6 +29,8 @@ pub struct Pairing {
     pub backoff_base_ms: u64,
     /// Sensors that may wait for their PIN at once.
     pub max_sessions: usize,
+    /// Of those, from one source address.
+    pub sessions_per_source: usize,
 }
 
 /// Store limits.
@@ -53,7 +55,13 @@ impl Default for Config {
 
 impl Default for Pairing {
     fn default() -> Self {
-        Self { window_seconds: 120, max_failures: 3, backoff_base_ms: 2000, max_sessions: 32 }
+        Self {
+            window_seconds: 120,
+            max_failures: 3,
+            backoff_base_ms: 2000,
+            max_sessions: 32,
+            sessions_per_source: 4,
+        }
     }
 }
 

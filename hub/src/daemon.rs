@@ -1,1 +1,108 @@
-//! placeholder
+//! Starting and stopping the hub: data directory, store, link driver, control socket
+//! (mini-redis style `start(config, shutdown)`).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use protocol::link::{HubConfig, HubLink};
+use protocol::oscore::{Lease, ReplayWindow};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::HubApi;
+use crate::config::Config;
+use crate::store::{OpenOutcome, RedbStore, Store, StoreError};
+
+/// A running hub.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound CoAP address.
+    pub coap: SocketAddr,
+    /// The control socket.
+    pub control: PathBuf,
+    /// The command API.
+    pub api: HubApi,
+    /// Paired devices loaded at start.
+    pub devices: usize,
+    /// Set when a corrupt store was moved aside at start.
+    pub moved_aside: Option<PathBuf>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits until every task has stopped (after the shutdown token fired).
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory.
+    #[error("data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A socket.
+    #[error("cannot bind {0}: {1}")]
+    Bind(String, std::io::Error),
+}
+
+/// Starts the hub in `data_dir`.
+pub async fn start(
+    config: Config,
+    data_dir: &Path,
+    shutdown: CancellationToken,
+) -> Result<Running, StartError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| StartError::DataDir(data_dir.into(), e))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| StartError::DataDir(data_dir.into(), e))?;
+    let dir = data_dir.to_path_buf();
+    let max = config.store.max_readings_per_device;
+    let (store, outcome) = tokio::task::spawn_blocking(move || RedbStore::open(&dir, max))
+        .await
+        .map_err(|e| StoreError::Db(e.to_string()))??;
+    let moved_aside = match outcome {
+        OpenOutcome::Opened => None,
+        OpenOutcome::MovedAside(p) => Some(p),
+    };
+    let peers = {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.load_peers())
+            .await
+            .map_err(|e| StoreError::Db(e.to_string()))??
+    };
+    let hub_config =
+        HubConfig { max_sessions: config.pairing.max_sessions, ..HubConfig::default() };
+    let mut link = HubLink::new(hub_config);
+    for p in &peers {
+        // A context with no durable window may have been used: Echo re-establishes freshness
+        // (RFC 8613 B.1.2). Never start such a context `Empty`.
+        let window = p.window.map_or(ReplayWindow::Unknown, ReplayWindow::Known);
+        link.add_peer(&p.params, Lease(p.lease), window, p.usage);
+    }
+    let socket = UdpSocket::bind(config.coap_bind)
+        .await
+        .map_err(|e| StartError::Bind(config.coap_bind.to_string(), e))?;
+    let coap =
+        socket.local_addr().map_err(|e| StartError::Bind(config.coap_bind.to_string(), e))?;
+    let control = data_dir.join("control.sock");
+    let listener = crate::control::bind(&control)
+        .map_err(|e| StartError::Bind(control.display().to_string(), e))?;
+    let (tx, rx) = mpsc::channel(256);
+    let api = HubApi { link: tx, store: store.clone() };
+    let driver = crate::link::Driver::new(link, Arc::new(socket), store, config);
+    let tasks = vec![
+        tokio::spawn(driver.run(rx, shutdown.clone())),
+        tokio::spawn(crate::control::serve(listener, control.clone(), api.clone(), shutdown)),
+    ];
+    Ok(Running { coap, control, api, devices: peers.len(), moved_aside, tasks })
+}

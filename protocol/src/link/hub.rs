@@ -29,6 +29,9 @@ pub struct HubConfig {
     pub lease_block: u64,
     /// Pairing sessions that may wait for a PIN at once.
     pub max_sessions: usize,
+    /// Pairing sessions one source address may hold at once (a fleet simulator behind a few
+    /// sockets needs more; real sensors each have their own address).
+    pub sessions_per_source: usize,
     /// Remembered unprotected exchanges, for CoAP deduplication of pairing requests.
     pub dedup_entries: usize,
 }
@@ -39,6 +42,7 @@ impl Default for HubConfig {
             hub_kid: Kid::default(),
             lease_block: crate::oscore::DEFAULT_LEASE_BLOCK,
             max_sessions: 32,
+            sessions_per_source: 4,
             dedup_entries: 1024,
         }
     }
@@ -234,8 +238,6 @@ struct LastExchange {
 const ECHO_INTERVAL_MS: u64 = 250;
 /// How long an unprotected exchange is remembered for deduplication (RFC 7252 EXCHANGE_LIFETIME).
 const EXCHANGE_LIFETIME_MS: u64 = 247_000;
-/// Pairing sessions one source address may hold at once.
-const SESSIONS_PER_SOURCE: usize = 4;
 
 struct Peer<A> {
     ctx: SecurityContext,
@@ -660,7 +662,9 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
         self.counters.pairing_refused += 1;
         self.events.push_back(HubEvent::Security(SecurityEvent::PairingRefused(why)));
         let code = match why {
-            PairingRefused::BackingOff { .. } => ResponseType::ServiceUnavailable,
+            PairingRefused::BackingOff { .. } | PairingRefused::Busy => {
+                ResponseType::ServiceUnavailable
+            }
             _ => ResponseType::Forbidden,
         };
         self.reply(from, packet, code, why.to_string().as_bytes());
@@ -678,8 +682,10 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
             return self.refuse(from, packet, why);
         }
         let from_source = self.sessions.values().filter(|s| s.addr() == from).count();
-        if self.sessions.len() >= self.config.max_sessions || from_source >= SESSIONS_PER_SOURCE {
-            return self.refuse(from, packet, PairingRefused::Closed);
+        if self.sessions.len() >= self.config.max_sessions
+            || from_source >= self.config.sessions_per_source
+        {
+            return self.refuse(from, packet, PairingRefused::Busy);
         }
         let hello = match SensorHello::decode(&packet.payload) {
             Ok(h) => h,

@@ -27,6 +27,9 @@ pub enum PairingRefused {
     /// The window's time is up (or it was never opened).
     #[error("pairing window closed")]
     Closed,
+    /// Too many sensors are waiting for their PIN already; try again shortly.
+    #[error("too many pairing requests waiting; try again shortly")]
+    Busy,
     /// Too many failed confirmations in this window.
     #[error("too many failed attempts; open a new pairing window")]
     TooManyFailures,

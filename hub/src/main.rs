@@ -1,0 +1,221 @@
+//! `hub`: run the daemon, control it, or run the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hub::api::Request;
+use hub::config::{self, Config};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "hub", about = "Hearth, a security-first smart-home hub")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the hub.
+    Run {
+        /// Data directory (default: $HEARTH_DATA_DIR or ~/.local/state/hearth).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Configuration file (TOML); every setting has a default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Control a running hub through its socket.
+    Ctl {
+        /// Data directory of the hub (its control socket is `control.sock` there).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The control socket itself.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: CtlCmd,
+    },
+    /// A hub with a temporary data directory and a simulated fleet that pairs and reports.
+    Demo {
+        /// Simulated sensors.
+        #[arg(long, default_value_t = 20)]
+        sensors: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Pairing: open a window, type a PIN, or show the status.
+    Pair {
+        #[command(subcommand)]
+        cmd: PairCmd,
+    },
+    /// List devices.
+    Devices,
+    /// Show one device.
+    Device {
+        /// Device id.
+        id: String,
+    },
+    /// Show a device's newest readings.
+    Readings {
+        /// Device id.
+        id: String,
+        /// How many.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Remove a device and erase its data.
+    Remove {
+        /// Device id.
+        id: String,
+    },
+    /// Security-event counters.
+    Security,
+}
+
+#[derive(Subcommand)]
+enum PairCmd {
+    /// Open the pairing window.
+    Open {
+        /// Seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Close it.
+    Close,
+    /// Type the PIN a sensor's display shows.
+    Pin {
+        /// The digits.
+        digits: String,
+        /// The sensor's serial (when several wait).
+        #[arg(long)]
+        serial: Option<String>,
+        /// Or its device id.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Window and waiting sensors.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.cmd {
+        Cmd::Run { .. } => "info",
+        Cmd::Demo { .. } => "error",
+        Cmd::Ctl { .. } => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hub: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Run { data_dir, config } => run(data_dir, config).await,
+            Cmd::Ctl { data_dir, socket, cmd } => ctl(data_dir, socket, cmd).await,
+            Cmd::Demo { sensors } => {
+                match hub::demo::run(sensors, CancellationToken::new()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("hub demo: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hub: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let data_dir = data_dir.unwrap_or_else(config::default_data_dir);
+    let shutdown = CancellationToken::new();
+    let running = match hub::daemon::start(config, &data_dir, shutdown.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hub: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(p) = &running.moved_aside {
+        eprintln!(
+            "hub: the store was corrupt and was moved aside to {}; starting empty",
+            p.display()
+        );
+    }
+    // One machine-readable line for supervisors and tests.
+    let ready = serde_json::json!({
+        "coap": running.coap.to_string(),
+        "control": running.control.display().to_string(),
+        "devices": running.devices,
+        "pid": std::process::id(),
+    });
+    println!("READY {ready}");
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hub: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    shutdown.cancel();
+    running.join().await;
+    ExitCode::SUCCESS
+}
+
+async fn ctl(data_dir: Option<PathBuf>, socket: Option<PathBuf>, cmd: CtlCmd) -> ExitCode {
+    let socket = socket
+        .unwrap_or_else(|| data_dir.unwrap_or_else(config::default_data_dir).join("control.sock"));
+    let req = match cmd {
+        CtlCmd::Pair { cmd: PairCmd::Open { seconds } } => Request::PairOpen { seconds },
+        CtlCmd::Pair { cmd: PairCmd::Close } => Request::PairClose,
+        CtlCmd::Pair { cmd: PairCmd::Pin { digits, serial, device } } => {
+            Request::PairPin { pin: digits, serial, device }
+        }
+        CtlCmd::Pair { cmd: PairCmd::Status } => Request::Pairing,
+        CtlCmd::Devices => Request::Devices,
+        CtlCmd::Device { id } => Request::Device { id },
+        CtlCmd::Readings { id, limit } => Request::Readings { id, limit },
+        CtlCmd::Remove { id } => Request::Remove { id },
+        CtlCmd::Security => Request::Security,
+    };
+    match hub::control::request(&socket, &req).await {
+        Ok(v) => {
+            let pretty = serde_json::to_string_pretty(&v).unwrap_or_default();
+            if let Some(e) = v.get("error") {
+                eprintln!("hub ctl: {}", e.as_str().unwrap_or("error"));
+                ExitCode::FAILURE
+            } else {
+                println!("{pretty}");
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("hub ctl: {}: {e}", socket.display());
+            ExitCode::FAILURE
+        }
+    }
+}
