@@ -80,8 +80,11 @@ pub async fn start(
             .await
             .map_err(|e| StoreError::Db(e.to_string()))??
     };
-    let hub_config =
-        HubConfig { max_sessions: config.pairing.max_sessions, ..HubConfig::default() };
+    let hub_config = HubConfig {
+        max_sessions: config.pairing.max_sessions,
+        sessions_per_source: config.pairing.sessions_per_source,
+        ..HubConfig::default()
+    };
     let mut link = HubLink::new(hub_config);
     for p in &peers {
         // A context with no durable window may have been used: Echo re-establishes freshness

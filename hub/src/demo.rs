@@ -29,6 +29,22 @@ pub enum DemoError {
     Api(#[from] crate::api::ApiError),
 }
 
+/// Plays the owner: waits until the hub lists the sensor as waiting, then types its PIN.
+async fn type_pin(
+    api: &crate::api::HubApi,
+    pin: &str,
+    serial: &str,
+) -> Result<String, crate::api::ApiError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if api.pairing().await?.waiting.iter().any(|w| w.serial == serial) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    api.pair_pin(pin.to_string(), Some(serial.to_string()), None).await
+}
+
 /// Runs the demo with `sensors` simulated sensors until `shutdown` (or Ctrl-C).
 pub async fn run(sensors: u32, shutdown: CancellationToken) -> Result<(), DemoError> {
     let dir =
@@ -68,9 +84,12 @@ pub async fn run(sensors: u32, shutdown: CancellationToken) -> Result<(), DemoEr
             e = events.recv() => match e {
                 Some(FleetEvent::PinShown { serial, pin, .. }) => {
                     println!("  {serial}: display shows PIN {pin} — typing it at the hub");
-                    if let Err(e) = hub.api.pair_pin(pin, Some(serial.clone()), None).await {
-                        println!("  {serial}: PIN refused: {e}");
-                    }
+                    let api = hub.api.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = type_pin(&api, &pin, &serial).await {
+                            println!("  {serial}: PIN refused: {e}");
+                        }
+                    });
                 }
                 Some(FleetEvent::Paired { serial, kid, .. }) => {
                     paired += 1;

@@ -43,7 +43,18 @@ pub async fn pair_open(socket: &Path, seconds: u64) -> Result<Value, CtlError> {
     request(socket, &json!({"cmd": "pair_open", "seconds": seconds})).await
 }
 
-/// Types `pin` for the sensor with `serial`.
+/// Types `pin` for the sensor with `serial`, once the hub lists that sensor as waiting (its
+/// hello may still be on the way when its display lights up).
 pub async fn pair_pin(socket: &Path, pin: &str, serial: &str) -> Result<Value, CtlError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = request(socket, &json!({"cmd": "pairing"})).await?;
+        let waiting =
+            status["waiting"].as_array().is_some_and(|w| w.iter().any(|s| s["serial"] == serial));
+        if waiting || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     request(socket, &json!({"cmd": "pair_pin", "pin": pin, "serial": serial})).await
 }

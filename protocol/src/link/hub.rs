@@ -681,24 +681,28 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
         if let Err(why) = admitted {
             return self.refuse(from, packet, why);
         }
+        let hello = match SensorHello::decode(&packet.payload) {
+            Ok(h) => h,
+            Err(e) => {
+                self.malformed("pairing hello");
+                let why = e.to_string();
+                return self.reply(from, packet, ResponseType::BadRequest, why.as_bytes());
+            }
+        };
+        // A sensor that restarts pairing (fresh key, fresh PIN) supersedes its own earlier attempt
+        // from the same address, so the owner's PIN goes to the attempt the display shows.
+        self.sessions.retain(|_, s| match s {
+            Session::AwaitingPin { state, addr } => {
+                *addr != from || state.descriptor().serial != hello.descriptor.serial
+            }
+            Session::AwaitingConfirm { .. } => true,
+        });
         let from_source = self.sessions.values().filter(|s| s.addr() == from).count();
         if self.sessions.len() >= self.config.max_sessions
             || from_source >= self.config.sessions_per_source
         {
             return self.refuse(from, packet, PairingRefused::Busy);
         }
-        let hello = match SensorHello::decode(&packet.payload) {
-            Ok(h) => h,
-            Err(e) => {
-                self.malformed("pairing hello");
-                return self.reply(
-                    from,
-                    packet,
-                    ResponseType::BadRequest,
-                    e.to_string().as_bytes(),
-                );
-            }
-        };
         let kid = self.fresh_kid(rng);
         match HubPairing::start(rng, hello, kid, self.config.hub_kid) {
             Ok((state, hub_hello)) => {
