@@ -50,7 +50,10 @@ pub fn export_aiocoap(flash: &Flash, which: &str, dir: &Path) -> Result<String, 
         "kdf-hashfun": "sha256",
     });
     // Every number below the durable lease may have been used: aiocoap starts above it.
-    let sequence = serde_json::json!({ "next-to-send": rec.lease, "received": {} });
+    let sequence = serde_json::json!({
+        "next-to-send": rec.lease,
+        "received": { "index": 0, "bitfield": 0 },
+    });
     let write =
         |name: &str, v: &serde_json::Value| fs::write(dir.join(name), v.to_string()).map_err(io);
     write("settings.json", &settings)?;

@@ -65,6 +65,8 @@ pub struct FleetConfig {
     pub flash: Option<PathBuf>,
     /// Sequence lease block (RFC 8613 B.1.1).
     pub lease_block: u64,
+    /// Record every (key, nonce) on the wire and count reuses (tests; costs memory).
+    pub audit_nonces: bool,
 }
 
 impl FleetConfig {
@@ -79,6 +81,7 @@ impl FleetConfig {
             faults: SimFaults::none(),
             flash: None,
             lease_block: protocol::oscore::DEFAULT_LEASE_BLOCK,
+            audit_nonces: false,
         }
     }
 }
@@ -113,8 +116,12 @@ pub enum FleetEvent {
     Delivered {
         /// Sensor index.
         index: u32,
+        /// The sensor's kid (device id at the hub).
+        kid: Option<Kid>,
         /// Reading id.
         id: u64,
+        /// The SenML time of the reading, Unix ms (with its names, its identity in the store).
+        time_ms: i64,
         /// Time from measurement to acknowledgement.
         latency_us: u64,
     },
@@ -144,6 +151,10 @@ pub struct FleetStatus {
     pub sent: u64,
     /// Datagrams received.
     pub received: u64,
+    /// Protected datagrams whose nonce was audited.
+    pub nonces_audited: u64,
+    /// Key/nonce pairs seen with two different ciphertexts (must stay 0).
+    pub nonce_reuses: u64,
 }
 
 enum Command {
@@ -230,8 +241,10 @@ struct Sensor {
     kid: Option<Kid>,
     exported: bool,
     next_id: u64,
-    /// Measurement times of queued readings, oldest first (delivered in order).
-    queued_at: VecDeque<(u64, Instant)>,
+    /// Queued readings (id, measured at, SenML time), oldest first (delivered in order).
+    queued_at: VecDeque<(u64, Instant, i64)>,
+    /// Common IV of the context, for the nonce audit.
+    iv: Option<[u8; 13]>,
     next_measure: Option<Millis>,
     scheduled: Option<Millis>,
     stored: Option<StoredContext>,
@@ -255,6 +268,51 @@ struct FleetTask {
     latencies: Vec<u64>,
     offer: Option<(f64, Millis, Millis, u32)>,
     replays: Vec<(usize, Vec<u8>)>,
+    audit: Option<NonceAudit>,
+}
+
+/// Every (sender key, nonce) pair seen on the wire with a hash of its ciphertext: a nonce is
+/// reused iff one pair carries two different ciphertexts (retransmissions repeat the bytes).
+#[derive(Default)]
+struct NonceAudit {
+    seen: std::collections::HashMap<(Kid, bool, [u8; 13]), u64>,
+    requests: std::collections::HashMap<Vec<u8>, [u8; 13]>,
+}
+
+impl NonceAudit {
+    fn record(&mut self, status: &mut FleetStatus, s: &Sensor, bytes: &[u8], from_hub: bool) {
+        use protocol::oscore::{OscoreOption, nonce};
+        let (Some(iv), Some(params)) = (s.iv, s.stored.as_ref().and_then(StoredContext::to_params))
+        else {
+            return;
+        };
+        let Ok(p) = coap_lite::Packet::from_bytes(bytes) else { return };
+        let Some(opt) = p.get_first_option(coap_lite::CoapOption::Oscore) else { return };
+        let Ok(opt) = OscoreOption::parse(opt) else { return };
+        let token = p.get_token().to_vec();
+        let n = match (from_hub, opt.piv) {
+            (false, Some(piv)) => {
+                let n = nonce(&iv, &params.sender_id, piv);
+                self.requests.insert(token, n);
+                n
+            }
+            (true, Some(piv)) => nonce(&iv, &params.recipient_id, piv),
+            (true, None) => match self.requests.get(&token) {
+                Some(n) => *n,
+                None => return,
+            },
+            (false, None) => return,
+        };
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        p.payload.hash(&mut h);
+        let digest = h.finish();
+        status.nonces_audited += 1;
+        match self.seen.insert((params.sender_id, from_hub, n), digest) {
+            Some(prev) if prev != digest => status.nonce_reuses += 1,
+            _ => {}
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +359,7 @@ pub async fn spawn(
             next_measure: None,
             scheduled: None,
             stored: rec.and_then(|r| r.context.clone()),
+            iv: None,
             lease: rec.map_or(0, |r| r.lease),
         };
         if let (Some(stored), false) = (&s.stored, s.exported)
@@ -366,6 +425,10 @@ pub async fn spawn(
         None => None,
     };
     let net = config.faults.active().then(|| NetSim::new(config.faults.net));
+    let audit = config.audit_nonces.then(NonceAudit::default);
+    for s in &mut sensors {
+        s.iv = s.stored.as_ref().and_then(StoredContext::to_params).map(|p| p.common_iv());
+    }
     let status = FleetStatus { sensors: config.sensors, ..Default::default() };
     let mut task = FleetTask {
         config,
@@ -384,6 +447,7 @@ pub async fn spawn(
         latencies: Vec::new(),
         offer: None,
         replays: Vec::new(),
+        audit,
     };
     let now = clock::now();
     for i in 0..task.sensors.len() as u32 {
@@ -458,6 +522,9 @@ impl FleetTask {
 
     fn deliver(&mut self, index: u32, bytes: &[u8]) {
         let now = clock::now();
+        if let Some(a) = &mut self.audit {
+            a.record(&mut self.status, &self.sensors[index as usize], bytes, true);
+        }
         let s = &mut self.sensors[index as usize];
         s.link.handle_datagram(now, bytes, &mut self.rng);
         self.service(index);
@@ -523,11 +590,12 @@ impl FleetTask {
         if !s.link.is_paired() {
             return;
         }
-        let readings = s.env.measure(s.model, &s.serial, &mut self.rng, clock::unix_millis());
+        let time_ms = clock::unix_millis();
+        let readings = s.env.measure(s.model, &s.serial, &mut self.rng, time_ms);
         let payload = protocol::senml::encode(&readings);
         let id = s.next_id;
         s.next_id += 1;
-        s.queued_at.push_back((id, Instant::now()));
+        s.queued_at.push_back((id, Instant::now(), time_ms));
         s.link.queue_reading(now, &mut self.rng, id, payload);
         self.status.offered += 1;
         self.service(index);
@@ -572,6 +640,7 @@ impl FleetTask {
                 s.display = None;
                 s.kid = Some(p.context.sender_id);
                 s.stored = Some(StoredContext::from_params(&p.context));
+                s.iv = Some(p.context.common_iv());
                 s.lease = 0;
                 s.exported = false;
                 let (serial, kid) = (s.serial.clone(), p.context.sender_id);
@@ -585,7 +654,7 @@ impl FleetTask {
             }
             SensorEvent::Delivered(id) => {
                 self.status.acknowledged += 1;
-                while let Some((qid, at)) = self.sensors[i].queued_at.front().copied() {
+                while let Some((qid, at, time_ms)) = self.sensors[i].queued_at.front().copied() {
                     if qid > id {
                         break;
                     }
@@ -593,7 +662,8 @@ impl FleetTask {
                     if qid == id {
                         let latency_us = at.elapsed().as_micros() as u64;
                         self.latencies.push(latency_us);
-                        self.emit(FleetEvent::Delivered { index, id, latency_us });
+                        let kid = self.sensors[i].kid;
+                        self.emit(FleetEvent::Delivered { index, kid, id, time_ms, latency_us });
                     }
                 }
             }
@@ -697,6 +767,9 @@ impl FleetTask {
     }
 
     fn outbound(&mut self, index: u32, bytes: Vec<u8>) {
+        if let Some(a) = &mut self.audit {
+            a.record(&mut self.status, &self.sensors[index as usize], &bytes, false);
+        }
         let sock = index as usize % self.sockets.len();
         self.status.sent += 1;
         let f = self.config.faults;

@@ -57,6 +57,12 @@ struct FleetArgs {
     /// Pair unpaired sensors through the hub's control socket (plays the owner).
     #[arg(long)]
     ctl: Option<PathBuf>,
+    /// Audit every nonce on the wire; print the count of reuses with `STATUS` lines.
+    #[arg(long)]
+    audit_nonces: bool,
+    /// Print a `STATUS` JSON line this often (0: never).
+    #[arg(long, default_value_t = 0)]
+    status_ms: u64,
     #[command(flatten)]
     faults: FaultArgs,
 }
@@ -207,9 +213,12 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
         flash: a.flash,
         report_interval_ms: a.interval_ms,
         faults: a.faults.faults(),
+        audit_nonces: a.audit_nonces,
         ..FleetConfig::new(a.hub, a.sensors)
     };
     let fleet = fleet::spawn(config, Some(tx), shutdown.clone()).await?;
+    let mut status_tick =
+        tokio::time::interval(std::time::Duration::from_millis(a.status_ms.max(1)));
     let status = fleet.status().await?;
     println!("FLEET sensors={} paired={}", status.sensors, status.paired);
     if let Some(sock) = &a.ctl
@@ -235,10 +244,17 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
                 }
                 Some(FleetEvent::Paired { index, serial, kid }) => println!("PAIRED sensor={index} serial={serial} kid={kid}"),
                 Some(FleetEvent::PairingFailed { index }) => println!("PAIRING-FAILED sensor={index}"),
-                Some(FleetEvent::Delivered { index, id, latency_us }) => println!("DELIVERED sensor={index} id={id} latency_us={latency_us}"),
+                Some(FleetEvent::Delivered { index, kid, id, time_ms, latency_us }) => {
+                    let kid = kid.map(|k| k.to_string()).unwrap_or_default();
+                    println!("DELIVERED sensor={index} kid={kid} id={id} time_ms={time_ms} latency_us={latency_us}");
+                }
                 Some(FleetEvent::Refused { index }) => println!("REFUSED sensor={index}"),
                 None => return Ok(()),
             },
+            _ = status_tick.tick(), if a.status_ms > 0 => {
+                let s = fleet.status().await?;
+                println!("STATUS {}", serde_json::to_string(&s).unwrap_or_default());
+            }
             _ = tokio::signal::ctrl_c() => {
                 shutdown.cancel();
                 return Ok(());

@@ -1,1 +1,330 @@
-//! tests
+//! Helpers for integration tests that run the real executables (ripgrep style): build them once,
+//! start a hub on loopback and read its `READY` line, run `hub ctl`, run `sensor-sim` and follow
+//! its output, and wait for conditions with deadlines (never sleeps as a way of waiting).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
+/// Path of a workspace binary, built (debug) on first use.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--bin", "hub", "--bin", "sensor-sim"])
+            .current_dir(root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+    target_dir().join("debug").join(name)
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A free UDP port on loopback (bound, read, released).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `hub run`.
+#[derive(Debug)]
+pub struct Hub {
+    /// The child process.
+    pub child: Child,
+    /// Data directory.
+    pub dir: PathBuf,
+    /// CoAP address.
+    pub coap: SocketAddr,
+    /// Control socket.
+    pub control: PathBuf,
+    /// Its stderr log file.
+    pub log: PathBuf,
+}
+
+/// Writes a test configuration: fixed port, generous pairing limits for a simulated fleet.
+pub fn write_config(dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join("hub.toml");
+    let text = format!(
+        "coap_bind = \"127.0.0.1:{port}\"\n[pairing]\nmax_sessions = 1024\nsessions_per_source = 1024\n"
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+impl Hub {
+    /// Starts a hub with data in `dir` on `port` and waits for its `READY` line.
+    pub fn start(dir: &Path, port: u16) -> Hub {
+        let config = write_config(dir.parent().unwrap_or(dir), port);
+        let log = unique(dir.with_extension("log"));
+        let mut child = Command::new(bin("hub"))
+            .args(["run", "--data-dir"])
+            .arg(dir)
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start hub");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let ready = loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) if l.starts_with("READY ") => break l,
+                Ok(_) => continue,
+                Err(_) => panic!(
+                    "hub did not print READY; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ),
+            }
+        };
+        let v: Value = serde_json::from_str(&ready["READY ".len()..]).expect("READY json");
+        Hub {
+            child,
+            dir: dir.to_path_buf(),
+            coap: v["coap"].as_str().and_then(|s| s.parse().ok()).expect("coap addr"),
+            control: PathBuf::from(v["control"].as_str().expect("control")),
+            log,
+        }
+    }
+
+    /// Runs `hub ctl <args>` and returns its JSON answer (panics on failure).
+    pub fn ctl(&self, args: &[&str]) -> Value {
+        self.try_ctl(args).unwrap_or_else(|e| panic!("hub ctl {args:?}: {e}"))
+    }
+
+    /// Runs `hub ctl <args>`: the JSON answer, or the error text.
+    pub fn try_ctl(&self, args: &[&str]) -> Result<Value, String> {
+        let out = Command::new(bin("hub"))
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&self.control)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// `hub ctl security` as JSON.
+    pub fn security(&self) -> Value {
+        self.ctl(&["security"])
+    }
+
+    /// Kills the hub with SIGKILL and reaps it.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique(p: PathBuf) -> PathBuf {
+    static N: Mutex<u32> = Mutex::new(0);
+    let mut n = N.lock().unwrap_or_else(|e| e.into_inner());
+    *n += 1;
+    let mut s = p.into_os_string();
+    s.push(format!("-{}", *n));
+    PathBuf::from(s)
+}
+
+/// A running `sensor-sim` whose stdout lines can be awaited.
+#[derive(Debug)]
+pub struct Sim {
+    /// The child.
+    pub child: Child,
+    lines: Receiver<String>,
+    /// Every line seen so far.
+    pub seen: Vec<String>,
+}
+
+impl Sim {
+    /// Starts `sensor-sim <args>`.
+    pub fn start(args: &[&str]) -> Sim {
+        let mut child = Command::new(bin("sensor-sim"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sensor-sim");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Sim { child, lines, seen: Vec::new() }
+    }
+
+    /// Reads lines until `f` returns `Some` or `timeout` passes.
+    pub fn until<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&str) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = f(&line);
+                    self.seen.push(line);
+                    if let Some(v) = hit {
+                        return v;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!("timed out waiting for {what}"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("sensor-sim exited while waiting for {what}")
+                }
+            }
+        }
+    }
+
+    /// Takes the lines that arrived so far without waiting.
+    pub fn drain(&mut self) {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+    }
+
+    /// Stops the simulator (SIGKILL: its flash is durable anyway).
+    pub fn stop(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.drain();
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `key=` in a `KEY=value` line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Python with aiocoap: `$HEARTH_PYTHON`, else the repository's `.venv`.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("HEARTH_PYTHON")
+        .map_or_else(|| root().join(".venv/bin/python"), PathBuf::from);
+    assert!(
+        p.exists(),
+        "{} missing: run `bash scripts/test`, which installs aiocoap into .venv",
+        p.display()
+    );
+    p
+}
+
+/// A UDP relay between a client and the hub that records what the client sends and can tamper
+/// with chosen datagrams (flips a byte of the ciphertext).
+#[derive(Debug)]
+pub struct Relay {
+    /// Where clients send to.
+    pub addr: SocketAddr,
+    /// Datagrams from the client, in order.
+    pub captured: std::sync::Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Indices (0-based, among client datagrams) to tamper with.
+    pub tamper: std::sync::Arc<Mutex<Vec<usize>>>,
+}
+
+impl Relay {
+    /// Starts relaying to `hub`.
+    pub fn start(hub: SocketAddr) -> Relay {
+        let front = UdpSocket::bind("127.0.0.1:0").expect("relay front");
+        let back = UdpSocket::bind("127.0.0.1:0").expect("relay back");
+        back.connect(hub).expect("connect hub");
+        let addr = front.local_addr().expect("addr");
+        let captured = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let tamper = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let client: std::sync::Arc<Mutex<Option<SocketAddr>>> =
+            std::sync::Arc::new(Mutex::new(None));
+        let (f2, b2, c2) =
+            (front.try_clone().expect("clone"), back.try_clone().expect("clone"), client.clone());
+        let (cap, tam) = (captured.clone(), tamper.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = front.recv_from(&mut buf) {
+                *client.lock().unwrap_or_else(|e| e.into_inner()) = Some(from);
+                let mut d = buf[..n].to_vec();
+                let mut cap = cap.lock().unwrap_or_else(|e| e.into_inner());
+                if tam.lock().unwrap_or_else(|e| e.into_inner()).contains(&cap.len()) {
+                    let last = d.len() - 1;
+                    d[last] ^= 0x01;
+                }
+                cap.push(buf[..n].to_vec());
+                let _ = back.send(&d);
+            }
+        });
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok(n) = b2.recv(&mut buf) {
+                if let Some(c) = *c2.lock().unwrap_or_else(|e| e.into_inner()) {
+                    let _ = f2.send_to(&buf[..n], c);
+                }
+            }
+        });
+        Relay { addr, captured, tamper }
+    }
+}
