@@ -60,6 +60,9 @@ struct FleetArgs {
     /// Audit every nonce on the wire; print the count of reuses with `STATUS` lines.
     #[arg(long)]
     audit_nonces: bool,
+    /// UDP sockets the fleet shares.
+    #[arg(long, default_value_t = 4)]
+    sockets: usize,
     /// Print a `STATUS` JSON line this often (0: never).
     #[arg(long, default_value_t = 0)]
     status_ms: u64,
@@ -214,6 +217,7 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
         report_interval_ms: a.interval_ms,
         faults: a.faults.faults(),
         audit_nonces: a.audit_nonces,
+        sockets: a.sockets,
         ..FleetConfig::new(a.hub, a.sensors)
     };
     let fleet = fleet::spawn(config, Some(tx), shutdown.clone()).await?;

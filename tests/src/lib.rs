@@ -287,6 +287,8 @@ pub struct Relay {
     pub captured: std::sync::Arc<Mutex<Vec<Vec<u8>>>>,
     /// Indices (0-based, among client datagrams) to tamper with.
     pub tamper: std::sync::Arc<Mutex<Vec<usize>>>,
+    /// Tokens of client requests the hub answered with an OSCORE-protected response.
+    pub answered: std::sync::Arc<Mutex<std::collections::HashSet<Vec<u8>>>>,
 }
 
 impl Relay {
@@ -300,8 +302,13 @@ impl Relay {
         let tamper = std::sync::Arc::new(Mutex::new(Vec::new()));
         let client: std::sync::Arc<Mutex<Option<SocketAddr>>> =
             std::sync::Arc::new(Mutex::new(None));
-        let (f2, b2, c2) =
-            (front.try_clone().expect("clone"), back.try_clone().expect("clone"), client.clone());
+        let answered = std::sync::Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let (f2, b2, c2, a2) = (
+            front.try_clone().expect("clone"),
+            back.try_clone().expect("clone"),
+            client.clone(),
+            answered.clone(),
+        );
         let (cap, tam) = (captured.clone(), tamper.clone());
         std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
@@ -314,17 +321,29 @@ impl Relay {
                     d[last] ^= 0x01;
                 }
                 cap.push(buf[..n].to_vec());
+                drop(cap);
                 let _ = back.send(&d);
             }
         });
         std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
-            while let Ok(n) = b2.recv(&mut buf) {
+            loop {
+                let n = match b2.recv(&mut buf) {
+                    Ok(n) => n,
+                    // The hub restarting makes the connected socket report refusals: keep going.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                    Err(_) => return,
+                };
+                if let Ok(p) = coap_lite::Packet::from_bytes(&buf[..n])
+                    && p.get_option(coap_lite::CoapOption::Oscore).is_some()
+                {
+                    a2.lock().unwrap_or_else(|e| e.into_inner()).insert(p.get_token().to_vec());
+                }
                 if let Some(c) = *c2.lock().unwrap_or_else(|e| e.into_inner()) {
                     let _ = f2.send_to(&buf[..n], c);
                 }
             }
         });
-        Relay { addr, captured, tamper }
+        Relay { addr, captured, tamper, answered }
     }
 }
