@@ -54,7 +54,11 @@ struct FleetArgs {
     /// Each sensor reports this often.
     #[arg(long, default_value_t = 5000)]
     interval_ms: u64,
-    /// Pair unpaired sensors through the hub's control socket (plays the owner).
+    /// Start pairing unpaired sensors (their displays show PINs for the owner to type).
+    #[arg(long)]
+    pair: bool,
+    /// Pair unpaired sensors and type their PINs through the hub's control socket (plays the
+    /// owner; implies --pair).
     #[arg(long)]
     ctl: Option<PathBuf>,
     /// Audit every nonce on the wire; print the count of reuses with `STATUS` lines.
@@ -229,6 +233,8 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
         && status.paired < a.sensors
     {
         ctl::pair_open(sock, 600).await?;
+    }
+    if (a.pair || a.ctl.is_some()) && status.paired < a.sensors {
         for i in 0..a.sensors {
             fleet.pair(i);
         }
