@@ -164,6 +164,7 @@ enum Command {
     Offer { rate: f64, until: Millis },
     Status { reply: oneshot::Sender<FleetStatus> },
     Latencies { reply: oneshot::Sender<Vec<u64>> },
+    Unpaired { reply: oneshot::Sender<Vec<u32>> },
     PowerCut { index: u32 },
 }
 
@@ -188,7 +189,7 @@ pub enum FleetError {
 }
 
 impl FleetHandle {
-    /// Starts pairing on sensor `index` (its display then shows a PIN).
+    /// Starts pairing on sensor `index` if it is not paired (its display then shows a PIN).
     pub fn pair(&self, index: u32) {
         let _ = self.tx.send(Command::Pair { index });
     }
@@ -220,6 +221,13 @@ impl FleetHandle {
     pub async fn status(&self) -> Result<FleetStatus, FleetError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Status { reply }).map_err(|_| FleetError::Stopped)?;
+        rx.await.map_err(|_| FleetError::Stopped)
+    }
+
+    /// Indices of the sensors that are not paired.
+    pub async fn unpaired(&self) -> Result<Vec<u32>, FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Unpaired { reply }).map_err(|_| FleetError::Stopped)?;
         rx.await.map_err(|_| FleetError::Stopped)
     }
 
@@ -535,6 +543,9 @@ impl FleetTask {
         match cmd {
             Command::Pair { index } => {
                 let Some(s) = self.sensors.get_mut(index as usize) else { return };
+                if s.link.is_paired() {
+                    return;
+                }
                 let descriptor = s.model.descriptor(&s.serial, s.firmware);
                 s.link = SensorLink::unpaired(&mut self.rng)
                     .with_lease_block(self.config.lease_block)
@@ -556,6 +567,12 @@ impl FleetTask {
                     self.sensors.iter().filter(|s| s.link.is_paired()).count() as u32;
                 self.status.queued = self.sensors.iter().map(|s| s.link.queued() as u64).sum();
                 let _ = reply.send(self.status.clone());
+            }
+            Command::Unpaired { reply } => {
+                let v = (0..self.sensors.len() as u32)
+                    .filter(|&i| !self.sensors[i as usize].link.is_paired())
+                    .collect();
+                let _ = reply.send(v);
             }
             Command::Latencies { reply } => {
                 let _ = reply.send(std::mem::take(&mut self.latencies));

@@ -111,12 +111,20 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
             return Err(LoadError::Pairing(status.paired, config.sensors));
         };
         ctl::pair_open(&sock, 3600).await?;
+        // Pair in waves, so the hub's limit on sensors waiting for a PIN is never the bottleneck.
+        const WAVE: u32 = 128;
         let mut paired = status.paired;
-        let deadline = Instant::now() + Duration::from_secs(600);
-        for i in 0..config.sensors {
-            fleet.pair(i);
-        }
+        let mut next = 0u32;
+        let mut in_progress = 0u32;
+        let unpaired = fleet.unpaired().await?;
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        let mut flash_paired = std::collections::HashSet::new();
         while paired < config.sensors && Instant::now() < deadline {
+            while in_progress < WAVE && (next as usize) < unpaired.len() {
+                fleet.pair(unpaired[next as usize]);
+                next += 1;
+                in_progress += 1;
+            }
             match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
                 Ok(Some(FleetEvent::PinShown { serial, pin, .. })) => {
                     let sock = sock.clone();
@@ -126,7 +134,12 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
                         }
                     });
                 }
-                Ok(Some(FleetEvent::Paired { .. })) => paired += 1,
+                Ok(Some(FleetEvent::Paired { index, .. })) => {
+                    if flash_paired.insert(index) {
+                        paired += 1;
+                    }
+                    in_progress = in_progress.saturating_sub(1);
+                }
                 Ok(Some(FleetEvent::PairingFailed { index })) => fleet.pair(index),
                 Ok(Some(_)) => {}
                 Ok(None) => break,
