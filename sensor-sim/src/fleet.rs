@@ -259,6 +259,15 @@ struct Sensor {
     lease: u64,
 }
 
+/// Offered load: `rate` readings/s from `start` until `until`, round-robin from `cursor`.
+struct Offer {
+    rate: f64,
+    start: Instant,
+    until: Millis,
+    issued: u64,
+    cursor: u32,
+}
+
 struct FleetTask {
     config: FleetConfig,
     rng: ChaCha20Rng,
@@ -274,7 +283,7 @@ struct FleetTask {
     events: Option<mpsc::UnboundedSender<FleetEvent>>,
     status: FleetStatus,
     latencies: Vec<u64>,
-    offer: Option<(f64, Millis, Millis, u32)>,
+    offer: Option<Offer>,
     replays: Vec<(usize, Vec<u8>)>,
     audit: Option<NonceAudit>,
 }
@@ -507,8 +516,8 @@ impl FleetTask {
         if let Some(at) = self.net.as_ref().and_then(NetSim::next_arrival) {
             t = t.min(at);
         }
-        if let Some((_, _, next, _)) = self.offer {
-            t = t.min(next);
+        if self.offer.is_some() {
+            t = t.min(clock::now().plus(1));
         }
         t
     }
@@ -560,7 +569,13 @@ impl FleetTask {
             }
             Command::Measure { index } => self.measure(index, now),
             Command::Offer { rate, until } => {
-                self.offer = (rate > 0.0).then_some((rate, until, now, 0));
+                self.offer = (rate > 0.0).then(|| Offer {
+                    rate,
+                    start: Instant::now(),
+                    until,
+                    issued: 0,
+                    cursor: 0,
+                });
             }
             Command::Status { reply } => {
                 self.status.paired =
@@ -755,21 +770,19 @@ impl FleetTask {
         }
     }
 
+    /// Issues every reading the offered rate calls for by now (the loop wakes every ms).
     fn offer_load(&mut self, now: Millis) {
-        let Some((rate, until, next, cursor)) = self.offer else { return };
-        if now >= until {
+        let Some(offer) = &mut self.offer else { return };
+        if now >= offer.until {
             self.offer = None;
             return;
         }
-        if now < next {
-            return;
-        }
-        // Catch up on every reading due since `next` (at most one second's worth).
-        let interval_us = 1e6 / rate;
-        let due = ((now.0 - next.0) as f64 * 1000.0 / interval_us).floor() as u64 + 1;
+        let target = (offer.start.elapsed().as_secs_f64() * offer.rate) as u64;
+        let due = target.saturating_sub(offer.issued).min(offer.rate as u64 / 10 + 1);
+        offer.issued += due;
         let n = self.sensors.len() as u32;
-        let mut cursor = cursor;
-        for _ in 0..due.min(rate as u64 + 1) {
+        let mut cursor = offer.cursor;
+        for _ in 0..due {
             // Round-robin over paired sensors.
             for _ in 0..n {
                 cursor = (cursor + 1) % n;
@@ -779,8 +792,9 @@ impl FleetTask {
             }
             self.measure(cursor, now);
         }
-        let advance = (due as f64 * interval_us / 1000.0).ceil() as u64;
-        self.offer = Some((rate, until, next.plus(advance.max(1)), cursor));
+        if let Some(o) = &mut self.offer {
+            o.cursor = cursor;
+        }
     }
 
     fn outbound(&mut self, index: u32, bytes: Vec<u8>) {

@@ -55,7 +55,7 @@ pub struct LoadReport {
     pub offered: u64,
     /// Readings acknowledged.
     pub acknowledged: u64,
-    /// Acknowledged per second.
+    /// Acknowledged per second within the load window (the drain afterwards not counted).
     pub readings_per_s: f64,
     /// Latency percentiles, measurement to acknowledgement.
     pub p50_ms: f64,
@@ -158,6 +158,9 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     let t0 = Instant::now();
     fleet.offer(config.rate, config.duration);
     tokio::time::sleep(Duration::from_secs_f64(config.duration)).await;
+    // The sustained rate counts only what was acknowledged within the load window.
+    let at_end = fleet.status().await?;
+    let window = t0.elapsed().as_secs_f64();
     // Give the last readings a moment to be acknowledged.
     let drain_until = Instant::now() + Duration::from_secs(5);
     loop {
@@ -167,7 +170,6 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let elapsed = t0.elapsed().as_secs_f64().min(config.duration.max(0.001));
     let after = fleet.status().await?;
     let mut lat = fleet.take_latencies().await?;
     let mut report = LoadReport {
@@ -180,7 +182,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         pairing_s,
         ..Default::default()
     };
-    report.readings_per_s = report.acknowledged as f64 / elapsed;
+    report.readings_per_s = (at_end.acknowledged - before.acknowledged) as f64 / window;
     percentiles(&mut lat, &mut report);
     let unacked = report.offered.saturating_sub(report.acknowledged);
     if unacked > 0 {
