@@ -92,8 +92,7 @@ pub async fn start(
         let window = p.window.map_or(ReplayWindow::Unknown, ReplayWindow::Known);
         link.add_peer(&p.params, Lease(p.lease), window, p.usage);
     }
-    let socket = UdpSocket::bind(config.coap_bind)
-        .await
+    let socket = bind_udp(config.coap_bind)
         .map_err(|e| StartError::Bind(config.coap_bind.to_string(), e))?;
     let coap =
         socket.local_addr().map_err(|e| StartError::Bind(config.coap_bind.to_string(), e))?;
@@ -108,4 +107,16 @@ pub async fn start(
         tokio::spawn(crate::control::serve(listener, control.clone(), api.clone(), shutdown)),
     ];
     Ok(Running { coap, control, api, devices: peers.len(), moved_aside, tasks })
+}
+
+/// The CoAP socket, with large kernel buffers so that bursts from a fleet queue instead of being
+/// dropped (the kernel caps the size at `net.core.rmem_max`).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }

@@ -401,7 +401,7 @@ pub async fn spawn(
     let (dgram_tx, dgram_rx) = mpsc::channel::<(usize, Vec<u8>)>(8192);
     let mut sockets = Vec::new();
     for i in 0..config.sockets.max(1) {
-        let sock = Arc::new(UdpSocket::bind(bind).await?);
+        let sock = Arc::new(crate::net::bind_udp(bind)?);
         let (s, tx, stop) = (sock.clone(), dgram_tx.clone(), shutdown.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];

@@ -10,3 +10,4 @@ pub mod flash;
 pub mod fleet;
 pub mod load;
 pub mod model;
+pub mod net;

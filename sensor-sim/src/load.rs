@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -153,6 +152,18 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     let pairing_s = started.elapsed().as_secs_f64();
     // Drain events from now on (latencies are collected inside the fleet).
     tokio::spawn(async move { while events.recv().await.is_some() {} });
+    // Warm-up: one reading per sensor, so first sequence leases (one fsync'd flash write each)
+    // are behind us and the measurement is of the steady state.
+    let warm = fleet.status().await?;
+    for i in 0..config.sensors {
+        fleet.measure(i);
+    }
+    let warm_deadline = Instant::now() + Duration::from_secs(60);
+    while fleet.status().await?.acknowledged < warm.acknowledged + u64::from(config.sensors)
+        && Instant::now() < warm_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let before = fleet.status().await?;
     let _ = fleet.take_latencies().await?;
     let t0 = Instant::now();
@@ -217,7 +228,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// servers (e.g. libcoap's `coap-server`). One request in flight per simulated sensor.
 async fn run_plain(config: LoadConfig) -> Result<LoadReport, LoadError> {
     let bind = SocketAddr::new(config.hub.ip(), 0);
-    let sock = std::sync::Arc::new(UdpSocket::bind(bind).await?);
+    let sock = std::sync::Arc::new(crate::net::bind_udp(bind)?);
     let n = config.sensors.max(1);
     // Payload: the size of a typical protected reading's ciphertext.
     let payload = vec![0xa5u8; 60];
