@@ -73,7 +73,12 @@ impl Driver {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let spawned = std::thread::Builder::new().name("hub-store".into()).spawn(move || {
             while let Ok(batch) = commit_rx.recv() {
+                let started = Instant::now();
                 let result = store.commit(&batch.writes);
+                let ms = started.elapsed().as_millis();
+                if ms > 50 {
+                    tracing::warn!(ms, readings = batch.count, "slow group commit");
+                }
                 if done_tx.send(Done { batch, result }).is_err() {
                     return;
                 }
@@ -110,13 +115,20 @@ impl Driver {
         let mut buf = vec![0u8; 2048];
         loop {
             let retry = self.retry_at;
+            // Backpressure: while a full batch waits behind the commit in flight, leave new
+            // datagrams in the kernel buffer (memory stays bounded under overload; CoAP
+            // retransmission recovers anything the kernel drops).
+            let accepting = self.pending.count < self.config.store.max_batch.max(1);
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => {
+                r = self.socket.recv_from(&mut buf), if accepting => {
                     if let Ok((n, from)) = r {
                         self.datagram(from, &buf[..n]);
                     }
                     // Drain what is already queued before turning to commits and sends.
                     for _ in 0..128 {
+                        if self.pending.count >= self.config.store.max_batch {
+                            break;
+                        }
                         match self.socket.try_recv_from(&mut buf) {
                             Ok((n, from)) => self.datagram(from, &buf[..n]),
                             Err(_) => break,
@@ -245,7 +257,6 @@ impl Driver {
         for (kid, lease) in batch.leases {
             self.link.lease_durable(&kid, lease);
         }
-        let _ = batch.count;
     }
 
     async fn transmit(&mut self) {
