@@ -17,6 +17,9 @@ const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("link_state");
 const READINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("readings");
 const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("reading_counts");
 
+/// redb page cache size.
+const CACHE_BYTES: usize = 32 << 20;
+
 fn db<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
 }
@@ -90,7 +93,10 @@ enum OpenFailure {
 fn open_db(path: &Path) -> Result<Database, OpenFailure> {
     // redb's debug builds panic on some corruption checks; treat a panic as corruption too.
     let p = path.to_path_buf();
-    let result = std::panic::catch_unwind(move || Database::create(&p));
+    // A bounded page cache keeps the hub within its memory budget (redb defaults to 1 GiB).
+    let result = std::panic::catch_unwind(move || {
+        Database::builder().set_cache_size(CACHE_BYTES).create(&p)
+    });
     match result {
         Ok(Ok(d)) => Ok(d),
         Ok(Err(
