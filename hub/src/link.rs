@@ -209,6 +209,14 @@ impl Driver {
                     tracing::warn!(device = %kid, ?reason, "key nearing its usage limit: re-pair the device");
                 }
                 HubEvent::Security(e) => log_security(&e),
+                // No update is offered by this hub yet: reports are acknowledged once durable
+                // with the window that accepted them, like readings, and blocks are not served.
+                HubEvent::Report { ticket, report } => {
+                    tracing::info!(device = %ticket.kid(), version = report.version, outcome = ?report.outcome, "update report");
+                    self.pending.readings.entry(ticket.kid()).or_default();
+                    self.pending.acks.push(ticket);
+                }
+                HubEvent::BlockServed { .. } => {}
             }
         }
     }

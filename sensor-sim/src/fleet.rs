@@ -257,6 +257,8 @@ struct Sensor {
     scheduled: Option<Millis>,
     stored: Option<StoredContext>,
     lease: u64,
+    /// Paired, and the event waits until the context is in flash.
+    announce: bool,
 }
 
 /// Offered load: `rate` readings/s from `start` until `until`, round-robin from `cursor`.
@@ -377,6 +379,7 @@ pub async fn spawn(
             scheduled: None,
             stored: rec.and_then(|r| r.context.clone()),
             iv: None,
+            announce: false,
             lease: rec.map_or(0, |r| r.lease),
         };
         if let (Some(stored), false) = (&s.stored, s.exported)
@@ -676,8 +679,13 @@ impl FleetTask {
                 s.lease = 0;
                 s.exported = false;
                 let (serial, kid) = (s.serial.clone(), p.context.sender_id);
-                self.pending_flash.push(index);
-                self.emit(FleetEvent::Paired { index, serial, kid });
+                if self.flash.is_some() {
+                    // Announced once the context is durable in flash.
+                    s.announce = true;
+                    self.pending_flash.push(index);
+                } else {
+                    self.emit(FleetEvent::Paired { index, serial, kid });
+                }
                 self.start_reporting(index, now);
             }
             SensorEvent::PairingFailed(_) | SensorEvent::PairingRefused => {
@@ -713,6 +721,12 @@ impl FleetTask {
                 }
             }
             SensorEvent::LinkError(_) => {}
+            // Firmware updates are not taken by this fleet yet: offers are ignored.
+            SensorEvent::UpdateOffered(_)
+            | SensorEvent::Manifest { .. }
+            | SensorEvent::Block { .. }
+            | SensorEvent::FirmwareRefused { .. }
+            | SensorEvent::ReportDelivered { .. } => {}
         }
     }
 
@@ -872,6 +886,13 @@ impl FleetTask {
         self.flash_busy = false;
         let now = clock::now();
         for (index, lease) in written {
+            let s = &mut self.sensors[index as usize];
+            if std::mem::take(&mut s.announce)
+                && let Some(kid) = s.kid
+            {
+                let serial = s.serial.clone();
+                self.emit(FleetEvent::Paired { index, serial, kid });
+            }
             let s = &mut self.sensors[index as usize];
             s.link.lease_durable(now, &mut self.rng, Lease(lease));
             self.service(index);

@@ -19,6 +19,7 @@ use crate::pairing::{
 use crate::time::Millis;
 
 use super::coap::{self, PATH_DONE, PATH_HELLO, PATH_PROOF, PATH_READINGS};
+use super::fw::{BLOCK2, Block, PATH_IMAGE, PATH_MANIFEST, PATH_REPORT, UpdateOffer, UpdateReport};
 
 /// Hub link settings.
 #[derive(Debug, Clone)]
@@ -143,6 +144,24 @@ pub enum HubEvent {
         /// The SenML payload (not yet parsed: the caller validates it).
         payload: Payload,
     },
+    /// A sensor reports an update outcome: persist it, then call [`HubLink::acknowledge`].
+    Report {
+        /// Ticket for the acknowledgement.
+        ticket: AckTicket,
+        /// The report.
+        report: UpdateReport,
+    },
+    /// An image block was served (progress; counts re-sent blocks).
+    BlockServed {
+        /// Device.
+        kid: Kid,
+        /// Version.
+        version: u32,
+        /// Block number.
+        num: u32,
+        /// Blocks in the image.
+        total: u32,
+    },
     /// Persist this lease for the hub's sender sequence in `kid`'s context, then report it.
     LeaseNeeded {
         /// The context.
@@ -159,6 +178,18 @@ pub enum HubEvent {
     },
     /// A rejection worth logging.
     Security(SecurityEvent),
+}
+
+/// An update the hub offers to a sensor: the offer itself, the signed manifest (for sensors that
+/// verify signatures) and the verified image, shared by every sensor it is offered to.
+#[derive(Debug)]
+pub struct FirmwareOffer {
+    /// What the sensor is told.
+    pub offer: UpdateOffer,
+    /// COSE_Sign1 manifest bytes.
+    pub manifest: Vec<u8>,
+    /// Image bytes (their digest was verified against the manifest before this was made).
+    pub image: Vec<u8>,
 }
 
 /// A reading's payload; its `Debug` shows only the length (readings are personal data,
@@ -249,6 +280,7 @@ struct Peer<A> {
     /// encryption under the key's usage limit).
     last_echo: Option<Millis>,
     rekey_reported: bool,
+    offer: Option<std::sync::Arc<FirmwareOffer>>,
 }
 
 impl<A: Copy> Session<A> {
@@ -315,7 +347,14 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
         let ctx = SecurityContext::new(params, seq, window).with_usage(usage);
         self.peers.insert(
             params.recipient_id,
-            Peer { ctx, addr: None, last: None, last_echo: None, rekey_reported: false },
+            Peer {
+                ctx,
+                addr: None,
+                last: None,
+                last_echo: None,
+                rekey_reported: false,
+                offer: None,
+            },
         );
     }
 
@@ -414,20 +453,35 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
         }
     }
 
-    /// The reading behind `ticket` is durable: send the protected 2.04.
+    /// Offers `offer` to sensor `kid` from now on (`None` cancels): the next acknowledgements
+    /// carry it, and its manifest and image blocks are served. Returns whether `kid` is known.
+    pub fn set_offer(&mut self, kid: &Kid, offer: Option<std::sync::Arc<FirmwareOffer>>) -> bool {
+        match self.peers.get_mut(kid) {
+            Some(p) => {
+                p.offer = offer;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The reading (or report) behind `ticket` is durable: send the protected 2.04, carrying the
+    /// update offer for this sensor if there is one.
     pub fn acknowledge(&mut self, ticket: AckTicket) {
-        self.respond(ticket, ResponseType::Changed, "");
+        let offer =
+            self.peers.get(&ticket.kid).and_then(|p| p.offer.as_ref().map(|o| o.offer.encode()));
+        self.respond(ticket, ResponseType::Changed, offer.as_deref().unwrap_or_default());
     }
 
     /// Refuses the reading behind `ticket` (e.g. its payload broke a limit) with a protected
     /// error response, so the sensor stops resending it.
     pub fn reject(&mut self, ticket: AckTicket, code: ResponseType, diagnostic: &str) {
-        self.respond(ticket, code, diagnostic);
+        self.respond(ticket, code, diagnostic.as_bytes());
     }
 
-    fn respond(&mut self, ticket: AckTicket, code: ResponseType, diagnostic: &str) {
+    fn respond(&mut self, ticket: AckTicket, code: ResponseType, payload: &[u8]) {
         let Some(peer) = self.peers.get_mut(&ticket.kid) else { return };
-        let plain = coap::response(&ticket.request, code, diagnostic.as_bytes().to_vec());
+        let plain = coap::response(&ticket.request, code, payload.to_vec());
         let Ok(sealed) = peer.ctx.protect_response(&plain, &ticket.binding, false) else { return };
         let Some(bytes) = coap::encode(&sealed.packet) else { return };
         if let Some(last) = &mut peer.last
@@ -579,20 +633,119 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
     }
 
     fn serve(&mut self, kid: Kid, request: Packet, binding: RequestBinding) {
-        let is_post = request.header.code == MessageClass::Request(RequestType::Post);
-        if is_post && coap::path(&request) == PATH_READINGS {
-            let payload = Payload(request.payload.clone());
-            let ticket = AckTicket { kid, binding, request };
-            self.events.push_back(HubEvent::Reading { ticket, payload });
-            return;
+        let method = request.header.code;
+        let post = MessageClass::Request(RequestType::Post);
+        let get = MessageClass::Request(RequestType::Get);
+        match (method, coap::path(&request).as_str()) {
+            (m, PATH_READINGS) if m == post => {
+                let payload = Payload(request.payload.clone());
+                let ticket = AckTicket { kid, binding, request };
+                self.events.push_back(HubEvent::Reading { ticket, payload });
+            }
+            (m, PATH_REPORT) if m == post => match UpdateReport::decode(&request.payload) {
+                Ok(report) => {
+                    let ticket = AckTicket { kid, binding, request };
+                    self.events.push_back(HubEvent::Report { ticket, report });
+                }
+                Err(_) => {
+                    self.counters.bad_request += 1;
+                    self.answer_now(
+                        kid,
+                        &request,
+                        &binding,
+                        ResponseType::BadRequest,
+                        Vec::new(),
+                        None,
+                    );
+                }
+            },
+            (m, PATH_MANIFEST) if m == get => {
+                let offer = self.offer_for(&kid, &request);
+                match offer {
+                    Some(o) => {
+                        let body = o.manifest.clone();
+                        self.answer_now(kid, &request, &binding, ResponseType::Content, body, None);
+                    }
+                    None => self.answer_now(
+                        kid,
+                        &request,
+                        &binding,
+                        ResponseType::NotFound,
+                        Vec::new(),
+                        None,
+                    ),
+                }
+            }
+            (m, PATH_IMAGE) if m == get => self.serve_block(kid, &request, &binding),
+            _ => {
+                self.counters.bad_request += 1;
+                self.answer_now(kid, &request, &binding, ResponseType::NotFound, Vec::new(), None);
+            }
         }
-        // Answered at once, before the replay window that accepted the request is durable: so
-        // under our own Partial IV, never the request's nonce (a replay after a restart could
-        // otherwise get a different answer under the same nonce).
-        self.counters.bad_request += 1;
+    }
+
+    /// The offer for `kid` if the request names its version (`?v=N`).
+    fn offer_for(&self, kid: &Kid, request: &Packet) -> Option<std::sync::Arc<FirmwareOffer>> {
+        let offer = self.peers.get(kid)?.offer.clone()?;
+        let asked = request
+            .get_option(CoapOption::UriQuery)
+            .into_iter()
+            .flatten()
+            .find_map(|q| std::str::from_utf8(q).ok()?.strip_prefix("v=")?.parse::<u32>().ok());
+        (asked == Some(offer.offer.version)).then_some(offer)
+    }
+
+    fn serve_block(&mut self, kid: Kid, request: &Packet, binding: &RequestBinding) {
+        let asked = request.get_first_option(CoapOption::Unknown(BLOCK2)).map(|v| Block::decode(v));
+        let (Some(offer), Some(Ok(block))) = (self.offer_for(&kid, request), asked) else {
+            return self.answer_now(
+                kid,
+                request,
+                binding,
+                ResponseType::NotFound,
+                Vec::new(),
+                None,
+            );
+        };
+        let size = offer.image.len() as u64;
+        let start = block.offset();
+        if start >= size {
+            return self.answer_now(
+                kid,
+                request,
+                binding,
+                ResponseType::BadOption,
+                Vec::new(),
+                None,
+            );
+        }
+        let end = (start + (16u64 << block.szx)).min(size);
+        let data = offer.image[start as usize..end as usize].to_vec();
+        let reply = Block { num: block.num, more: end < size, szx: block.szx };
+        let total = size.div_ceil(16u64 << block.szx) as u32;
+        self.answer_now(kid, request, binding, ResponseType::Content, data, Some(reply));
+        let version = offer.offer.version;
+        self.events.push_back(HubEvent::BlockServed { kid, version, num: block.num, total });
+    }
+
+    /// Answers at once, before the replay window that accepted the request is durable: so under
+    /// our own Partial IV, never the request's nonce (a replay after a restart could otherwise
+    /// get a different answer under the same nonce).
+    fn answer_now(
+        &mut self,
+        kid: Kid,
+        request: &Packet,
+        binding: &RequestBinding,
+        code: ResponseType,
+        payload: Vec<u8>,
+        block: Option<Block>,
+    ) {
         let Some(peer) = self.peers.get_mut(&kid) else { return };
-        let plain = coap::response(&request, ResponseType::NotFound, Vec::new());
-        if let Ok(sealed) = peer.ctx.protect_response(&plain, &binding, true)
+        let mut plain = coap::response(request, code, payload);
+        if let Some(b) = block {
+            plain.add_option(CoapOption::Unknown(BLOCK2), b.encode());
+        }
+        if let Ok(sealed) = peer.ctx.protect_response(&plain, binding, true)
             && let (Some(bytes), Some(to)) = (coap::encode(&sealed.packet), peer.addr)
         {
             if let Some(last) = &mut peer.last
@@ -786,6 +939,7 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
                         last: None,
                         last_echo: None,
                         rekey_reported: false,
+                        offer: None,
                     },
                 );
                 self.events.push_back(HubEvent::Paired {

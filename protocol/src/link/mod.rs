@@ -7,6 +7,7 @@
 //! caller reports them durable (DESIGN.md, durability contract).
 
 pub mod coap;
+pub mod fw;
 mod hub;
 mod sensor;
 

@@ -15,6 +15,9 @@ use crate::pairing::{
 use crate::time::Millis;
 
 use super::coap::{self, PATH_DONE, PATH_HELLO, PATH_PROOF, PATH_READINGS};
+use super::fw::{
+    BLOCK2, Block, LinkOffer, PATH_IMAGE, PATH_MANIFEST, PATH_REPORT, UpdateOffer, UpdateReport,
+};
 use super::hub::encode_done;
 
 /// What the sensor link tells its caller.
@@ -32,6 +35,36 @@ pub enum SensorEvent {
     Delivered(u64),
     /// The hub refused reading `id` (authenticated error response); it was dropped.
     Refused(u64),
+    /// The hub offers a firmware update (inside an authenticated acknowledgement).
+    UpdateOffered(LinkOffer),
+    /// The signed manifest of `version` (for sensors that verify signatures themselves).
+    Manifest {
+        /// Version asked for.
+        version: u32,
+        /// COSE_Sign1 bytes.
+        bytes: Vec<u8>,
+    },
+    /// One image block.
+    Block {
+        /// Version.
+        version: u32,
+        /// Byte offset.
+        offset: u64,
+        /// Data.
+        data: Vec<u8>,
+        /// More blocks follow.
+        more: bool,
+    },
+    /// A firmware request was refused by the hub (e.g. the update was cancelled).
+    FirmwareRefused {
+        /// Version.
+        version: u32,
+    },
+    /// An update report reached the hub durably.
+    ReportDelivered {
+        /// Version reported on.
+        version: u32,
+    },
     /// Persist this lease, then report it with [`SensorLink::lease_durable`].
     LeaseNeeded(Lease),
     /// The hub answered a protected request with an error this sensor cannot recover from
@@ -51,7 +84,26 @@ enum Purpose {
     Hello,
     Proof,
     Done,
-    Reading { id: u64, binding: RequestBinding },
+    /// An OSCORE-protected exchange.
+    Protected {
+        binding: RequestBinding,
+        what: What,
+    },
+}
+
+/// What a protected exchange is for.
+#[derive(Debug, Clone)]
+enum What {
+    Reading(u64),
+    Control(Control),
+}
+
+/// A firmware request: fetch the manifest, fetch an image block, or report an outcome.
+#[derive(Debug, Clone)]
+enum Control {
+    Manifest { version: u32 },
+    Block { version: u32, block: Block },
+    Report(UpdateReport),
 }
 
 struct Outstanding {
@@ -69,6 +121,7 @@ pub struct SensorLink {
     phase: Phase,
     out: Option<Outstanding>,
     readings: VecDeque<(u64, Vec<u8>)>,
+    control: VecDeque<Control>,
     echo: Option<Vec<u8>>,
     lease_block: u64,
     token_prefix: Option<u32>,
@@ -95,6 +148,7 @@ impl SensorLink {
             phase: Phase::Unpaired,
             out: None,
             readings: VecDeque::new(),
+            control: VecDeque::new(),
             echo: None,
             lease_block: crate::oscore::DEFAULT_LEASE_BLOCK,
             token_prefix: None,
@@ -179,6 +233,42 @@ impl SensorLink {
         self.pump(now, rng);
     }
 
+    /// Asks the hub for the signed manifest of `version`.
+    pub fn fetch_manifest<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        rng: &mut R,
+        version: u32,
+    ) {
+        self.control.push_back(Control::Manifest { version });
+        self.pump(now, rng);
+    }
+
+    /// Asks the hub for block `num` (size 2^(szx+4)) of the image of `version`.
+    pub fn fetch_block<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        rng: &mut R,
+        version: u32,
+        num: u32,
+        szx: u8,
+    ) {
+        let block = Block { num, more: false, szx };
+        self.control.push_back(Control::Block { version, block });
+        self.pump(now, rng);
+    }
+
+    /// Reports an update's outcome to the hub.
+    pub fn report<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        rng: &mut R,
+        report: UpdateReport,
+    ) {
+        self.control.push_back(Control::Report(report));
+        self.pump(now, rng);
+    }
+
     /// Reports a lease durable.
     pub fn lease_durable<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R, lease: Lease) {
         if let Phase::Linked(ctx) = &mut self.phase {
@@ -218,8 +308,14 @@ impl SensorLink {
                 // At most one fresh request per retransmission interval, so a forged error
                 // cannot make the sensor burn sequence numbers faster than its back-off.
                 let retries = o.retries + 1;
-                self.out = None;
-                self.send_reading(now, rng);
+                if let Some(Outstanding {
+                    purpose: Purpose::Protected { what: What::Control(c), .. },
+                    ..
+                }) = self.out.take()
+                {
+                    self.control.push_front(c);
+                }
+                self.pump(now, rng);
                 if let Some(o) = &mut self.out {
                     o.retries = retries;
                     o.next_retry = now.plus(coap::retransmit_timeout(retries, jitter(rng)));
@@ -251,15 +347,15 @@ impl SensorLink {
         if packet.header.get_type() == MessageType::Confirmable {
             return; // the hub answers piggy-backed only
         }
-        if let Some(Purpose::Reading { .. }) = self.out.as_ref().map(|o| &o.purpose) {
-            return self.on_reading_response(now, rng, &packet);
+        if let Some(Purpose::Protected { .. }) = self.out.as_ref().map(|o| &o.purpose) {
+            return self.on_protected_response(now, rng, &packet);
         }
         let Some(out) = self.out.take() else { return };
         match out.purpose {
             Purpose::Hello => self.on_hello_response(now, rng, &packet),
             Purpose::Proof => self.on_proof_response(now, rng, &packet),
             Purpose::Done => self.on_done_response(now, rng, &packet),
-            Purpose::Reading { .. } => {}
+            Purpose::Protected { .. } => {}
         }
         self.pump(now, rng);
     }
@@ -377,14 +473,18 @@ impl SensorLink {
         self.events.push_back(SensorEvent::Paired(paired));
     }
 
-    /// A response to the reading in flight. Only a response that authenticates ends the
-    /// exchange: the token is sent in clear, so anything unverified (an unprotected error, a
+    /// A response to the protected request in flight. Only a response that authenticates ends
+    /// the exchange: the token is sent in clear, so anything unverified (an unprotected error, a
     /// forgery) is noted and otherwise ignored, and retransmission goes on.
-    fn on_reading_response<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R, p: &Packet) {
+    fn on_protected_response<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        rng: &mut R,
+        p: &Packet,
+    ) {
         let Phase::Linked(ctx) = &mut self.phase else { return };
         let Some(out) = &mut self.out else { return };
-        let Purpose::Reading { id, binding } = &out.purpose else { return };
-        let id = *id;
+        let Purpose::Protected { binding, what } = &out.purpose else { return };
         if p.get_option(CoapOption::Oscore).is_none() {
             // E.g. "Replay detected" from a hub that restarted and lost our answer: the next
             // retransmission goes out as a fresh request (the hub stores a reading idempotently).
@@ -392,30 +492,72 @@ impl SensorLink {
             return;
         }
         let Ok(inner) = ctx.unprotect_response(p, binding) else { return };
+        let what = what.clone();
         self.out = None;
-        match inner.header.code {
-            MessageClass::Response(ResponseType::Changed)
-            | MessageClass::Response(ResponseType::Created) => {
-                if self.readings.front().is_some_and(|(rid, _)| *rid == id) {
-                    self.readings.pop_front();
-                }
-                self.echo = None;
-                self.events.push_back(SensorEvent::Delivered(id));
+        if inner.header.code == MessageClass::Response(ResponseType::Unauthorized) {
+            // B.1.2: the hub restarted and asks us to echo its challenge; the request goes again.
+            self.echo = echo_value(&inner).map(<[u8]>::to_vec);
+            if let What::Control(c) = what {
+                self.control.push_front(c);
             }
-            MessageClass::Response(ResponseType::Unauthorized) => {
-                // B.1.2: the hub restarted and asks us to echo its challenge.
-                self.echo = echo_value(&inner).map(<[u8]>::to_vec);
-            }
-            _ => {
-                // The hub authenticated and refused this reading (e.g. it broke a limit):
-                // resending it cannot help.
-                if self.readings.front().is_some_and(|(rid, _)| *rid == id) {
-                    self.readings.pop_front();
-                }
-                self.events.push_back(SensorEvent::Refused(id));
-            }
+            return self.pump(now, rng);
+        }
+        self.echo = None;
+        match what {
+            What::Reading(id) => self.on_reading_answer(id, &inner),
+            What::Control(c) => self.on_control_answer(c, &inner),
         }
         self.pump(now, rng);
+    }
+
+    fn on_reading_answer(&mut self, id: u64, inner: &Packet) {
+        if self.readings.front().is_some_and(|(rid, _)| *rid == id) {
+            self.readings.pop_front();
+        }
+        match inner.header.code {
+            MessageClass::Response(ResponseType::Changed | ResponseType::Created) => {
+                self.events.push_back(SensorEvent::Delivered(id));
+                // An acknowledgement may carry an update offer (authenticated with it).
+                if let Ok(offer) = UpdateOffer::decode(&inner.payload) {
+                    self.events.push_back(SensorEvent::UpdateOffered(LinkOffer::new(offer)));
+                }
+            }
+            // The hub authenticated and refused this reading (e.g. it broke a limit):
+            // resending it cannot help.
+            _ => self.events.push_back(SensorEvent::Refused(id)),
+        }
+    }
+
+    fn on_control_answer(&mut self, c: Control, inner: &Packet) {
+        let ok = matches!(
+            inner.header.code,
+            MessageClass::Response(ResponseType::Content | ResponseType::Changed)
+        );
+        let event = match (c, ok) {
+            (Control::Manifest { version }, true) => {
+                SensorEvent::Manifest { version, bytes: inner.payload.clone() }
+            }
+            (Control::Block { version, block }, true) => {
+                let got = inner
+                    .get_first_option(CoapOption::Unknown(BLOCK2))
+                    .and_then(|v| Block::decode(v).ok());
+                match got {
+                    Some(b) if b.num == block.num => SensorEvent::Block {
+                        version,
+                        offset: b.offset(),
+                        data: inner.payload.clone(),
+                        more: b.more,
+                    },
+                    _ => SensorEvent::FirmwareRefused { version },
+                }
+            }
+            (Control::Report(r), true) => SensorEvent::ReportDelivered { version: r.version },
+            (Control::Manifest { version } | Control::Block { version, .. }, false) => {
+                SensorEvent::FirmwareRefused { version }
+            }
+            (Control::Report(r), false) => SensorEvent::FirmwareRefused { version: r.version },
+        };
+        self.events.push_back(event);
     }
 
     /// Sends whatever is next, if nothing is in flight.
@@ -437,16 +579,46 @@ impl SensorLink {
                 let request = coap::post(self.mid(), &token, PATH_DONE, body);
                 self.send(now, rng, request, token, Purpose::Done);
             }
-            Phase::Linked(_) => self.send_reading(now, rng),
+            Phase::Linked(_) => match self.control.pop_front() {
+                Some(c) => self.send_control(now, rng, c),
+                None => self.send_reading(now, rng),
+            },
         }
     }
 
     fn send_reading<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R) {
         let Some((id, payload)) = self.readings.front().cloned() else { return };
         let token = self.token();
-        let mid = self.mid();
-        let mut request = coap::post(mid, &token, PATH_READINGS, payload);
+        let mut request = coap::post(self.mid(), &token, PATH_READINGS, payload);
         request.set_content_format(coap_lite::ContentFormat::ApplicationSenmlCBOR);
+        self.protect_and_send(now, rng, request, token, What::Reading(id));
+    }
+
+    fn send_control<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R, c: Control) {
+        let token = self.token();
+        let mid = self.mid();
+        let request = match &c {
+            Control::Manifest { version } => get(mid, &token, PATH_MANIFEST, *version),
+            Control::Block { version, block } => {
+                let mut r = get(mid, &token, PATH_IMAGE, *version);
+                r.add_option(CoapOption::Unknown(BLOCK2), block.encode());
+                r
+            }
+            Control::Report(report) => coap::post(mid, &token, PATH_REPORT, report.encode()),
+        };
+        self.protect_and_send(now, rng, request, token, What::Control(c));
+    }
+
+    /// Seals `request` (adding an outstanding Echo) and sends it; without a durable lease it asks
+    /// for one and puts a control request back to wait.
+    fn protect_and_send<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        rng: &mut R,
+        mut request: Packet,
+        token: Vec<u8>,
+        what: What,
+    ) {
         if let Some(echo) = &self.echo {
             request.add_option(CoapOption::Unknown(252), echo.clone());
         }
@@ -456,16 +628,29 @@ impl SensorLink {
                 if let Some(lease) = ctx.poll_lease() {
                     self.events.push_back(SensorEvent::LeaseNeeded(lease));
                 }
-                self.send(now, rng, sealed.packet, token, Purpose::Reading { id, binding });
+                self.send(now, rng, sealed.packet, token, Purpose::Protected { binding, what });
             }
-            Err(OscoreError::LeaseNotDurable) => {
+            Err(e) => {
                 if let Some(lease) = ctx.poll_lease() {
                     self.events.push_back(SensorEvent::LeaseNeeded(lease));
                 }
+                if let What::Control(c) = what {
+                    self.control.push_front(c);
+                }
+                if e != OscoreError::LeaseNotDurable {
+                    self.events.push_back(SensorEvent::LinkError("cannot protect request"));
+                }
             }
-            Err(_) => self.events.push_back(SensorEvent::LinkError("cannot protect reading")),
         }
     }
+}
+
+/// A confirmable GET of `path?v=<version>`.
+fn get(mid: u16, token: &[u8], path: &str, version: u32) -> Packet {
+    let mut p = coap::post(mid, token, path, Vec::new());
+    p.header.code = MessageClass::Request(coap_lite::RequestType::Get);
+    p.add_option(CoapOption::UriQuery, format!("v={version}").into_bytes());
+    p
 }
 
 fn jitter<R: CryptoRng + ?Sized>(rng: &mut R) -> f64 {

@@ -123,6 +123,22 @@ impl ImageAssembler {
         }
     }
 
+    /// Starts a transfer for a sensor that trusts the hub's authenticated link instead of
+    /// verifying signatures itself (TR 103 621 6.18 example 4): size and digest come from an
+    /// offer that arrived inside OSCORE, which only the sensor link can vouch for.
+    pub fn for_link_offer(offer: &crate::link::fw::LinkOffer, model: &str) -> Self {
+        let o = offer.offer();
+        let size = o.size.min(super::MAX_IMAGE_SIZE);
+        ImageAssembler {
+            model: model.to_owned(),
+            version: o.version,
+            expected_sha256: o.sha256,
+            total: u64::from(size),
+            hasher: Sha256::new(),
+            bytes: Vec::with_capacity(usize::try_from(size).unwrap_or(0)),
+        }
+    }
+
     /// Continues after a restart from the bytes already in the slot (re-hashed here).
     pub fn resume(
         manifest: &VerifiedManifest,

@@ -42,6 +42,8 @@ pub struct SensorSide {
     pub delivered: Vec<u64>,
     pub paired: bool,
     pub failed: u32,
+    /// Firmware events, for the test to act on.
+    pub firmware: Vec<SensorEvent>,
 }
 
 pub struct HubSide {
@@ -56,6 +58,11 @@ pub struct HubSide {
     pub commit_delay_ms: u64,
     /// The owner types the PIN shown on the sensor's display (or this wrong one).
     pub typo: Option<String>,
+    /// Update reports received, and their tickets awaiting the commit.
+    pub reports: Vec<(Kid, protocol::link::fw::UpdateReport)>,
+    pub uncommitted_reports: Vec<AckTicket>,
+    /// Image blocks served, by (device, block number).
+    pub blocks_served: BTreeMap<(Kid, u32), u32>,
 }
 
 /// Every (sender key, nonce) seen on the wire with its ciphertext. A nonce is reused iff one
@@ -114,6 +121,7 @@ impl Harness {
                 delivered: Vec::new(),
                 paired: false,
                 failed: 0,
+                firmware: Vec::new(),
             })
             .collect();
         let hub = HubSide {
@@ -126,6 +134,9 @@ impl Harness {
             commit_at: None,
             commit_delay_ms: 3,
             typo: None,
+            reports: Vec::new(),
+            uncommitted_reports: Vec::new(),
+            blocks_served: BTreeMap::new(),
         };
         Self {
             now: Millis(1),
@@ -221,6 +232,12 @@ impl Harness {
     /// all of them are acknowledged.
     fn commit(&mut self) {
         self.hub.commit_at = None;
+        for ticket in std::mem::take(&mut self.hub.uncommitted_reports) {
+            if let Some(w) = self.hub.link.peer_state(&ticket.kid()).and_then(|s| s.window) {
+                self.hub.windows.insert(ticket.kid(), ReplayWindow::Known(w));
+            }
+            self.hub.link.acknowledge(ticket);
+        }
         for (ticket, id) in std::mem::take(&mut self.hub.uncommitted) {
             *self.hub.stored.entry((ticket.kid(), id)).or_default() += 1;
             if let Some(w) = self.hub.link.peer_state(&ticket.kid()).and_then(|s| s.window) {
@@ -297,6 +314,16 @@ impl Harness {
                 self.hub.link.lease_durable(&kid, lease);
             }
             HubEvent::NeedsRekey { .. } | HubEvent::Security(_) => {}
+            HubEvent::Report { ticket, report } => {
+                self.hub.reports.push((ticket.kid(), report));
+                self.hub.uncommitted_reports.push(ticket);
+                if self.hub.commit_at.is_none() {
+                    self.hub.commit_at = Some(self.now.plus(self.hub.commit_delay_ms));
+                }
+            }
+            HubEvent::BlockServed { kid, num, .. } => {
+                *self.hub.blocks_served.entry((kid, num)).or_default() += 1
+            }
         }
     }
 
@@ -313,6 +340,7 @@ impl Harness {
             SensorEvent::Delivered(id) => s.delivered.push(id),
             SensorEvent::LeaseNeeded(lease) => s.writing = Some((lease, now.plus(FLASH_WRITE_MS))),
             SensorEvent::LinkError(_) | SensorEvent::Refused(_) => {}
+            e => s.firmware.push(e),
         }
     }
 
@@ -332,6 +360,7 @@ impl Harness {
     /// come back `Unknown` and Echo recovers them.
     pub fn restart_hub(&mut self, keep_windows: bool) {
         self.hub.uncommitted.clear();
+        self.hub.uncommitted_reports.clear();
         self.hub.commit_at = None;
         let mut link = HubLink::new(HubConfig::default());
         for (kid, params) in &self.hub.contexts {
