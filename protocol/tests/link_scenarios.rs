@@ -2,7 +2,7 @@
 
 mod harness;
 
-use harness::{Harness, lossy, piv_of};
+use harness::{HOUR, Harness, lossy, paired, piv_of};
 use protocol::netsim::Faults;
 use protocol::time::Millis;
 use rand_core::Rng;

@@ -12,7 +12,7 @@ mod hub;
 mod sensor;
 
 pub use hub::{
-    AckTicket, HubConfig, HubEvent, HubLink, Payload, PeerState, PinError, SecurityCounters,
-    SecurityEvent, Transmit,
+    AckTicket, FirmwareOffer, HubConfig, HubEvent, HubLink, Payload, PeerState, PinError,
+    SecurityCounters, SecurityEvent, Transmit,
 };
 pub use sensor::{SensorEvent, SensorLink};

@@ -436,3 +436,19 @@ pub fn piv_of(bytes: &[u8]) -> Option<Piv> {
     let p = Packet::from_bytes(bytes).ok()?;
     OscoreOption::parse(p.get_first_option(CoapOption::Oscore)?).ok()?.piv
 }
+
+pub const HOUR: u64 = 3_600_000;
+
+/// A harness whose `sensors` sensors have all paired.
+pub fn paired(seed: u64, faults: Faults, sensors: usize) -> Harness {
+    let mut h = Harness::new(seed, faults, sensors);
+    h.open_pairing();
+    for i in 0..sensors {
+        h.start_pairing(i);
+    }
+    let ok = h.run_until(Millis(HOUR), |h| {
+        h.sensors.iter().all(|s| s.paired) && h.hub.contexts.len() == sensors
+    });
+    assert!(ok, "pairing did not finish");
+    h
+}
