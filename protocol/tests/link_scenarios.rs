@@ -7,21 +7,6 @@ use protocol::netsim::Faults;
 use protocol::time::Millis;
 use rand_core::Rng;
 
-const HOUR: u64 = 3_600_000;
-
-fn paired(seed: u64, faults: Faults, sensors: usize) -> Harness {
-    let mut h = Harness::new(seed, faults, sensors);
-    h.open_pairing();
-    for i in 0..sensors {
-        h.start_pairing(i);
-    }
-    let ok = h.run_until(Millis(HOUR), |h| {
-        h.sensors.iter().all(|s| s.paired) && h.hub.contexts.len() == sensors
-    });
-    assert!(ok, "pairing did not finish");
-    h
-}
-
 #[test]
 fn pairing_then_10000_readings_over_a_lossy_network_arrive_exactly_once() {
     let mut h = paired(42, lossy(), 1);
