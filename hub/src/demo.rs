@@ -105,6 +105,12 @@ pub async fn run(sensors: u32, shutdown: CancellationToken) -> Result<(), DemoEr
                 }
                 Some(FleetEvent::Delivered { .. }) => delivered += 1,
                 Some(FleetEvent::Refused { index }) => println!("  sensor {index}: a reading was refused by the hub"),
+                Some(FleetEvent::UpdateProgress { index, version, done, total }) => {
+                    println!("  sensor {index}: writing v{version} to its inactive slot, {done}/{total} blocks");
+                }
+                Some(FleetEvent::Updated { index, version, running, outcome, reason }) => {
+                    println!("  sensor {index}: update to v{version}: {outcome:?}, running v{running} {reason}");
+                }
                 None => return Ok(()),
             },
             _ = tick.tick() => {

@@ -11,6 +11,19 @@ use serde::{Deserialize, Serialize};
 use crate::model::ModelKind;
 
 const SENSORS: TableDefinition<u32, &[u8]> = TableDefinition::new("sensors");
+/// The inactive slot's image, block by block: (sensor, block number) → bytes.
+const SLOT_BLOCKS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("slot_blocks");
+
+/// One durable write: records, slot blocks, and slots to erase first.
+#[derive(Debug, Default)]
+pub struct FlashBatch {
+    /// Records to write.
+    pub records: Vec<(u32, FlashRecord)>,
+    /// Sensors whose inactive slot is erased (before `blocks` are written).
+    pub erase: Vec<u32>,
+    /// Blocks to write: (sensor, block number, bytes).
+    pub blocks: Vec<(u32, u32, Vec<u8>)>,
+}
 
 /// Why flash could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +84,8 @@ pub struct FlashRecord {
     pub serial: String,
     /// Model.
     pub model: ModelKind,
-    /// Installed firmware version.
-    pub firmware: u32,
+    /// Firmware slots (A/B) and the version each holds.
+    pub slots: crate::firmware::Slots,
     /// The OSCORE context, once paired.
     pub context: Option<StoredContext>,
     /// The last durable sequence lease (RFC 8613 B.1.1).
@@ -93,6 +106,7 @@ impl Flash {
         let db = Database::create(path).map_err(dberr)?;
         let tx = db.begin_write().map_err(dberr)?;
         tx.open_table(SENSORS).map_err(dberr)?;
+        tx.open_table(SLOT_BLOCKS).map_err(dberr)?;
         tx.commit().map_err(dberr)?;
         Ok(Self { db })
     }
@@ -121,14 +135,43 @@ impl Flash {
 
     /// Writes records durably (one transaction, one fsync).
     pub fn write(&self, records: &[(u32, FlashRecord)]) -> Result<(), FlashError> {
+        self.write_batch(&FlashBatch { records: records.to_vec(), ..FlashBatch::default() })
+    }
+
+    /// Writes a batch durably (one transaction, one fsync).
+    pub fn write_batch(&self, batch: &FlashBatch) -> Result<(), FlashError> {
         let tx = self.db.begin_write().map_err(dberr)?;
         {
             let mut table = tx.open_table(SENSORS).map_err(dberr)?;
-            for (i, rec) in records {
+            for (i, rec) in &batch.records {
                 let bytes = serde_json::to_vec(rec).map_err(dberr)?;
                 table.insert(*i, bytes.as_slice()).map_err(dberr)?;
             }
+            let mut blocks = tx.open_table(SLOT_BLOCKS).map_err(dberr)?;
+            for &i in &batch.erase {
+                blocks.retain_in((i, 0)..=(i, u32::MAX), |_, _| false).map_err(dberr)?;
+            }
+            for (i, num, data) in &batch.blocks {
+                blocks.insert((*i, *num), data.as_slice()).map_err(dberr)?;
+            }
         }
         tx.commit().map_err(dberr)
+    }
+
+    /// The inactive slot's contents: the contiguous blocks from block 0.
+    pub fn read_slot(&self, index: u32) -> Result<Vec<u8>, FlashError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let table = tx.open_table(SLOT_BLOCKS).map_err(dberr)?;
+        let mut out = Vec::new();
+        for (expected, row) in
+            table.range((index, 0)..=(index, u32::MAX)).map_err(dberr)?.enumerate()
+        {
+            let (k, v) = row.map_err(dberr)?;
+            if k.value().1 as usize != expected {
+                break;
+            }
+            out.extend_from_slice(v.value());
+        }
+        Ok(out)
     }
 }

@@ -6,6 +6,7 @@
 pub mod clock;
 pub mod ctl;
 pub mod export;
+pub mod firmware;
 pub mod flash;
 pub mod fleet;
 pub mod load;

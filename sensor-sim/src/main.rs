@@ -259,6 +259,12 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
                     println!("DELIVERED sensor={index} kid={kid} id={id} time_ms={time_ms} latency_us={latency_us}");
                 }
                 Some(FleetEvent::Refused { index }) => println!("REFUSED sensor={index}"),
+                Some(FleetEvent::UpdateProgress { index, version, done, total }) => {
+                    println!("UPDATE-PROGRESS sensor={index} version={version} blocks={done}/{total}");
+                }
+                Some(FleetEvent::Updated { index, version, running, outcome, reason }) => {
+                    println!("UPDATED sensor={index} version={version} running={running} outcome={outcome:?} reason={reason:?}");
+                }
                 None => return Ok(()),
             },
             _ = status_tick.tick(), if a.status_ms > 0 => {

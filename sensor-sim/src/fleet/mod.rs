@@ -20,8 +20,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+mod update;
+
+pub use update::CutPoint;
+
 use crate::clock;
-use crate::flash::{Flash, FlashError, FlashRecord, StoredContext};
+use crate::firmware::Slots;
+use crate::flash::{Flash, FlashBatch, FlashError, FlashRecord, StoredContext};
 use crate::model::{Environment, ModelKind};
 
 /// Faults the fleet injects on its side of the network.
@@ -67,6 +72,8 @@ pub struct FleetConfig {
     pub lease_block: u64,
     /// Record every (key, nonce) on the wire and count reuses (tests; costs memory).
     pub audit_nonces: bool,
+    /// The manufacturer keys built into sensors that verify update signatures themselves.
+    pub trust: Option<protocol::update::TrustAnchors>,
 }
 
 impl FleetConfig {
@@ -82,6 +89,7 @@ impl FleetConfig {
             flash: None,
             lease_block: protocol::oscore::DEFAULT_LEASE_BLOCK,
             audit_nonces: false,
+            trust: None,
         }
     }
 }
@@ -130,6 +138,30 @@ pub enum FleetEvent {
         /// Sensor index.
         index: u32,
     },
+    /// Blocks of an update written so far.
+    UpdateProgress {
+        /// Sensor index.
+        index: u32,
+        /// Version being written.
+        version: u32,
+        /// Blocks written.
+        done: u32,
+        /// Blocks in the image.
+        total: u32,
+    },
+    /// An update attempt ended (reported to the hub).
+    Updated {
+        /// Sensor index.
+        index: u32,
+        /// Version attempted.
+        version: u32,
+        /// Version running now.
+        running: u32,
+        /// Outcome.
+        outcome: protocol::link::fw::Outcome,
+        /// Why, for rollbacks and failures.
+        reason: String,
+    },
 }
 
 /// A summary of the fleet.
@@ -166,6 +198,8 @@ enum Command {
     Latencies { reply: oneshot::Sender<Vec<u64>> },
     Unpaired { reply: oneshot::Sender<Vec<u32>> },
     PowerCut { index: u32 },
+    CutPowerAt { index: u32, at: CutPoint },
+    Running { reply: oneshot::Sender<Vec<u32>> },
 }
 
 /// Controls a running fleet.
@@ -217,6 +251,18 @@ impl FleetHandle {
         let _ = self.tx.send(Command::PowerCut { index });
     }
 
+    /// Arms a power cut of sensor `index` at a step of its next update.
+    pub fn cut_power_at(&self, index: u32, at: CutPoint) {
+        let _ = self.tx.send(Command::CutPowerAt { index, at });
+    }
+
+    /// The firmware version each sensor runs.
+    pub async fn running(&self) -> Result<Vec<u32>, FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Running { reply }).map_err(|_| FleetError::Stopped)?;
+        rx.await.map_err(|_| FleetError::Stopped)
+    }
+
     /// The fleet's counters.
     pub async fn status(&self) -> Result<FleetStatus, FleetError> {
         let (reply, rx) = oneshot::channel();
@@ -242,7 +288,7 @@ impl FleetHandle {
 struct Sensor {
     serial: String,
     model: ModelKind,
-    firmware: u32,
+    fw: update::Fw,
     link: SensorLink,
     env: Environment,
     display: Option<String>,
@@ -278,9 +324,11 @@ struct FleetTask {
     heap: BinaryHeap<Reverse<(Millis, u32)>>,
     net: Option<NetSim<Endpoint>>,
     flash: Option<Arc<Flash>>,
-    flash_tx: Option<std::sync::mpsc::Sender<Vec<(u32, FlashRecord)>>>,
+    flash_tx: Option<std::sync::mpsc::Sender<FlashBatch>>,
     flash_done: mpsc::UnboundedReceiver<Vec<(u32, u64)>>,
     pending_flash: Vec<u32>,
+    flash_erase: Vec<u32>,
+    flash_blocks: Vec<(u32, u32, Vec<u8>)>,
     flash_busy: bool,
     events: Option<mpsc::UnboundedSender<FleetEvent>>,
     status: FleetStatus,
@@ -367,7 +415,7 @@ pub async fn spawn(
         let mut s = Sensor {
             serial,
             model,
-            firmware: rec.map_or(1, |r| r.firmware),
+            fw: update::Fw::new(rec.map_or_else(|| Slots::factory(1), |r| r.slots.clone())),
             link,
             env: Environment::default(),
             display: None,
@@ -393,6 +441,11 @@ pub async fn spawn(
                     .with_lease_block(config.lease_block)
                     .with_token_prefix(index);
             }
+        }
+        if let (Some(f), true) =
+            (&flash, s.fw.slots.as_ref().is_some_and(|sl| sl.download.is_some()))
+        {
+            s.fw.slot = f.read_slot(index)?;
         }
         sensors.push(s);
     }
@@ -422,13 +475,13 @@ pub async fn spawn(
     }
     let (flash_done_tx, flash_done) = mpsc::unbounded_channel();
     let flash_tx = flash.clone().map(|f| {
-        let (tx, rx) = std::sync::mpsc::channel::<Vec<(u32, FlashRecord)>>();
+        let (tx, rx) = std::sync::mpsc::channel::<FlashBatch>();
         std::thread::Builder::new()
             .name("sim-flash".into())
             .spawn(move || {
                 while let Ok(batch) = rx.recv() {
-                    let written = batch.iter().map(|(i, r)| (*i, r.lease)).collect();
-                    if let Err(e) = f.write(&batch) {
+                    let written = batch.records.iter().map(|(i, r)| (*i, r.lease)).collect();
+                    if let Err(e) = f.write_batch(&batch) {
                         tracing::error!(error = %e, "flash write failed");
                         continue;
                     }
@@ -461,6 +514,8 @@ pub async fn spawn(
         flash_tx,
         flash_done,
         pending_flash: Vec::new(),
+        flash_erase: Vec::new(),
+        flash_blocks: Vec::new(),
         flash_busy: false,
         events,
         status,
@@ -558,7 +613,7 @@ impl FleetTask {
                 if s.link.is_paired() {
                     return;
                 }
-                let descriptor = s.model.descriptor(&s.serial, s.firmware);
+                let descriptor = s.model.descriptor(&s.serial, s.fw.running());
                 s.link = SensorLink::unpaired(&mut self.rng)
                     .with_lease_block(self.config.lease_block)
                     .with_token_prefix(index);
@@ -596,6 +651,14 @@ impl FleetTask {
                 let _ = reply.send(std::mem::take(&mut self.latencies));
             }
             Command::PowerCut { index } => self.power_cut(index),
+            Command::CutPowerAt { index, at } => {
+                if let Some(s) = self.sensors.get_mut(index as usize) {
+                    s.fw.cut = Some(at);
+                }
+            }
+            Command::Running { reply } => {
+                let _ = reply.send(self.sensors.iter().map(|s| s.fw.running()).collect());
+            }
         }
     }
 
@@ -618,6 +681,13 @@ impl FleetTask {
         };
         s.queued_at.clear();
         s.display = None;
+        // RAM is gone; flash keeps the slots and the inactive slot's blocks.
+        let slots = s.fw.slots.take();
+        let slot = std::mem::take(&mut s.fw.slot);
+        s.fw = update::Fw::new(slots.unwrap_or_else(|| Slots::factory(1)));
+        s.fw.slot = slot;
+        self.boot_after_power_cut(index, clock::now());
+        self.service(index);
     }
 
     fn measure(&mut self, index: u32, now: Millis) {
@@ -721,12 +791,11 @@ impl FleetTask {
                 }
             }
             SensorEvent::LinkError(_) => {}
-            // Firmware updates are not taken by this fleet yet: offers are ignored.
-            SensorEvent::UpdateOffered(_)
+            e @ (SensorEvent::UpdateOffered(_)
             | SensorEvent::Manifest { .. }
             | SensorEvent::Block { .. }
             | SensorEvent::FirmwareRefused { .. }
-            | SensorEvent::ReportDelivered { .. } => {}
+            | SensorEvent::ReportDelivered { .. }) => self.on_firmware(index, e, now),
         }
     }
 
@@ -852,14 +921,22 @@ impl FleetTask {
     }
 
     fn flush_flash(&mut self) {
-        if self.flash_busy || self.pending_flash.is_empty() {
+        let idle = self.pending_flash.is_empty()
+            && self.flash_erase.is_empty()
+            && self.flash_blocks.is_empty();
+        if self.flash_busy || idle {
             return;
         }
-        let Some(tx) = &self.flash_tx else { return };
+        let Some(tx) = &self.flash_tx else {
+            // No flash file: RAM is the flash.
+            self.flash_erase.clear();
+            self.flash_blocks.clear();
+            return;
+        };
         let mut ids = std::mem::take(&mut self.pending_flash);
         ids.sort_unstable();
         ids.dedup();
-        let batch: Vec<(u32, FlashRecord)> = ids
+        let records: Vec<(u32, FlashRecord)> = ids
             .iter()
             .map(|&i| {
                 let s = &self.sensors[i as usize];
@@ -868,7 +945,7 @@ impl FleetTask {
                     FlashRecord {
                         serial: s.serial.clone(),
                         model: s.model,
-                        firmware: s.firmware,
+                        slots: s.fw.slots.clone().unwrap_or_else(|| Slots::factory(1)),
                         context: s.stored.clone(),
                         lease: s.lease,
                         exported: s.exported,
@@ -876,6 +953,11 @@ impl FleetTask {
                 )
             })
             .collect();
+        let batch = FlashBatch {
+            records,
+            erase: std::mem::take(&mut self.flash_erase),
+            blocks: std::mem::take(&mut self.flash_blocks),
+        };
         if tx.send(batch).is_ok() {
             self.flash_busy = true;
         }
