@@ -54,6 +54,48 @@ pub enum Request {
     },
     /// Security-event counters (EN 303 645 5.10-1).
     Security,
+    /// Updates: releases, refusals, devices waiting or under way.
+    Updates,
+    /// Add a release given by the owner (manifest and image as hex).
+    UpdateAdd {
+        /// COSE_Sign1 manifest, hex.
+        manifest_hex: String,
+        /// Image, hex.
+        image_hex: String,
+    },
+    /// Pin a manufacturer key for a model.
+    Trust {
+        /// Model designation.
+        model: String,
+        /// Hex SEC1 public key.
+        key: String,
+    },
+    /// Set the update policy for the hub or one device.
+    UpdatePolicy {
+        /// Device (none: the hub's default).
+        #[serde(default)]
+        device: Option<String>,
+        /// The policy (`null` on a device: follow the hub's).
+        policy: Option<crate::updates::Policy>,
+    },
+    /// Approve a version (disruptive or notify-only) for one device or all.
+    UpdateApprove {
+        /// Device (none: all).
+        #[serde(default)]
+        device: Option<String>,
+        /// Version.
+        version: u32,
+    },
+    /// Cancel delivery to a device.
+    UpdateCancel {
+        /// Device.
+        device: String,
+    },
+    /// Retry a device's update now (clears its back-off).
+    UpdateRetry {
+        /// Device.
+        device: String,
+    },
 }
 
 /// Pairing status.
@@ -119,6 +161,9 @@ pub struct DeviceView {
     pub info: DeviceInfo,
     /// Readings stored.
     pub readings: u64,
+    /// Update state and history (in `device` answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<crate::updates::DeviceUpdate>,
 }
 
 /// What the link driver is asked to do.
@@ -146,6 +191,42 @@ pub(crate) enum LinkCommand {
     },
     Security {
         reply: oneshot::Sender<SecurityReport>,
+    },
+    Updates {
+        reply: oneshot::Sender<crate::updates::UpdatesView>,
+    },
+    UpdateAdd {
+        manifest: Vec<u8>,
+        image: Vec<u8>,
+        source: &'static str,
+        reply: oneshot::Sender<Result<(String, u32), String>>,
+    },
+    Trust {
+        model: String,
+        key: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    UpdatePolicy {
+        device: Option<Kid>,
+        policy: Option<crate::updates::Policy>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    UpdateApprove {
+        device: Option<Kid>,
+        version: u32,
+        reply: oneshot::Sender<()>,
+    },
+    UpdateCancel {
+        device: Kid,
+        reply: oneshot::Sender<Option<u32>>,
+    },
+    UpdateRetry {
+        device: Kid,
+        reply: oneshot::Sender<()>,
+    },
+    History {
+        device: Kid,
+        reply: oneshot::Sender<Option<crate::updates::DeviceUpdate>>,
     },
 }
 
@@ -227,7 +308,7 @@ impl HubApi {
             let mut out = Vec::new();
             for info in store.devices()? {
                 let kid = parse_id(&info.id)?;
-                out.push(DeviceView { readings: store.reading_count(&kid)?, info });
+                out.push(DeviceView { readings: store.reading_count(&kid)?, info, update: None });
             }
             Ok(out)
         })
@@ -236,14 +317,72 @@ impl HubApi {
         Ok(views)
     }
 
-    /// One device.
+    /// One device, with its update history.
     pub async fn device(&self, id: &str) -> Result<DeviceView, ApiError> {
-        parse_id(id)?;
-        self.devices()
+        let kid = parse_id(id)?;
+        let mut d = self
+            .devices()
             .await?
             .into_iter()
             .find(|d| d.info.id == id)
-            .ok_or_else(|| ApiError::NotFound(id.into()))
+            .ok_or_else(|| ApiError::NotFound(id.into()))?;
+        d.update = self.ask(|reply| LinkCommand::History { device: kid, reply }).await?;
+        if let Some(u) = &d.update {
+            d.info.firmware_version = u.installed;
+        }
+        Ok(d)
+    }
+
+    /// The update overview.
+    pub async fn updates(&self) -> Result<crate::updates::UpdatesView, ApiError> {
+        self.ask(|reply| LinkCommand::Updates { reply }).await
+    }
+
+    /// Adds a release (owner upload, or the feed): verified before anything else.
+    pub async fn update_add(
+        &self,
+        manifest: Vec<u8>,
+        image: Vec<u8>,
+        source: &'static str,
+    ) -> Result<(String, u32), ApiError> {
+        self.ask(|reply| LinkCommand::UpdateAdd { manifest, image, source, reply })
+            .await?
+            .map_err(ApiError::BadRequest)
+    }
+
+    /// Pins a manufacturer key; returns its key id.
+    pub async fn trust(&self, model: String, key: String) -> Result<String, ApiError> {
+        self.ask(|reply| LinkCommand::Trust { model, key, reply }).await?.map_err(ApiError::BadRequest)
+    }
+
+    /// Sets a policy.
+    pub async fn update_policy(
+        &self,
+        device: Option<&str>,
+        policy: Option<crate::updates::Policy>,
+    ) -> Result<(), ApiError> {
+        let device = device.map(parse_id).transpose()?;
+        self.ask(|reply| LinkCommand::UpdatePolicy { device, policy, reply })
+            .await?
+            .map_err(ApiError::BadRequest)
+    }
+
+    /// Approves a version.
+    pub async fn update_approve(&self, device: Option<&str>, version: u32) -> Result<(), ApiError> {
+        let device = device.map(parse_id).transpose()?;
+        self.ask(|reply| LinkCommand::UpdateApprove { device, version, reply }).await
+    }
+
+    /// Cancels delivery to a device.
+    pub async fn update_cancel(&self, device: &str) -> Result<Option<u32>, ApiError> {
+        let device = parse_id(device)?;
+        self.ask(|reply| LinkCommand::UpdateCancel { device, reply }).await
+    }
+
+    /// Retries now.
+    pub async fn update_retry(&self, device: &str) -> Result<(), ApiError> {
+        let device = parse_id(device)?;
+        self.ask(|reply| LinkCommand::UpdateRetry { device, reply }).await
     }
 
     /// A device's newest readings, oldest first.
@@ -296,6 +435,33 @@ impl HubApi {
                 self.remove(&id).await.map(|()| serde_json::json!({"removed": id}))
             }
             Request::Security => self.security().await.map(|v| serde_json::json!(v)),
+            Request::Updates => self.updates().await.map(|v| serde_json::json!(v)),
+            Request::UpdateAdd { manifest_hex, image_hex } => {
+                match (protocol::hex::decode(&manifest_hex), protocol::hex::decode(&image_hex)) {
+                    (Some(m), Some(i)) => self
+                        .update_add(m, i, "owner")
+                        .await
+                        .map(|(model, version)| serde_json::json!({"model": model, "version": version})),
+                    _ => Err(ApiError::BadRequest("manifest and image must be hex".into())),
+                }
+            }
+            Request::Trust { model, key } => {
+                self.trust(model, key).await.map(|kid| serde_json::json!({"trusted": kid}))
+            }
+            Request::UpdatePolicy { device, policy } => self
+                .update_policy(device.as_deref(), policy)
+                .await
+                .map(|()| serde_json::json!({"ok": true})),
+            Request::UpdateApprove { device, version } => self
+                .update_approve(device.as_deref(), version)
+                .await
+                .map(|()| serde_json::json!({"approved": version})),
+            Request::UpdateCancel { device } => {
+                self.update_cancel(&device).await.map(|v| serde_json::json!({"cancelled": v}))
+            }
+            Request::UpdateRetry { device } => {
+                self.update_retry(&device).await.map(|()| serde_json::json!({"ok": true}))
+            }
         };
         result.unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
     }

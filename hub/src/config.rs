@@ -15,6 +15,40 @@ pub struct Config {
     pub pairing: Pairing,
     /// Store limits.
     pub store: Store,
+    /// Updates.
+    pub updates: Updates,
+}
+
+/// A manufacturer key the hub trusts for a model (pinned at installation).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKey {
+    /// Model designation.
+    pub model: String,
+    /// Hex SEC1 P-256 public key.
+    pub key: String,
+}
+
+/// Update settings (EN 303 645 5.3, TR 103 621 6.13).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Updates {
+    /// Devices updated at once.
+    pub max_concurrent: usize,
+    /// Manufacturer keys to pin at start.
+    pub trust: Vec<TrustedKey>,
+    /// The manufacturer's update feed (`https://host:port/`), if any.
+    pub feed_url: Option<String>,
+    /// The feed server's certificate (PEM file) to pin.
+    pub feed_cert: Option<PathBuf>,
+    /// Mean seconds between feed checks (each check is at a random time around it).
+    pub check_interval_s: u64,
+}
+
+impl Default for Updates {
+    fn default() -> Self {
+        Self { max_concurrent: 10, trust: Vec::new(), feed_url: None, feed_cert: None, check_interval_s: 6 * 3600 }
+    }
 }
 
 /// Pairing window limits (EN 303 645 5.1-5 applied to pairing).
@@ -49,6 +83,7 @@ impl Default for Config {
             coap_bind: SocketAddr::from(([0, 0, 0, 0], 5683)),
             pairing: Pairing::default(),
             store: Store::default(),
+            updates: Updates::default(),
         }
     }
 }

@@ -101,7 +101,11 @@ pub async fn start(
         .map_err(|e| StartError::Bind(control.display().to_string(), e))?;
     let (tx, rx) = mpsc::channel(256);
     let api = HubApi { link: tx, store: store.clone() };
-    let driver = crate::link::Driver::new(link, Arc::new(socket), store, config);
+    let updates = load_updates(&store, data_dir, &config, &peers)?;
+    for (kid, offer) in updates.active_offers() {
+        link.set_offer(&kid, Some(offer));
+    }
+    let driver = crate::link::Driver::new(updates, link, Arc::new(socket), store, config);
     let tasks = vec![
         tokio::spawn(driver.run(rx, shutdown.clone())),
         tokio::spawn(crate::control::serve(listener, control.clone(), api.clone(), shutdown)),
@@ -119,4 +123,36 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
+}
+
+/// The update manager as persisted, with the devices it must know and the configured trust.
+fn load_updates(
+    store: &RedbStore,
+    data_dir: &Path,
+    config: &Config,
+    peers: &[crate::store::PeerRecord],
+) -> Result<crate::updates::Updates, StartError> {
+    let now = protocol::time::UnixTime(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    );
+    let doc = store.meta(crate::updates::META_KEY)?;
+    let mut updates = crate::updates::Updates::load(
+        &data_dir.join("updates"),
+        doc.as_deref(),
+        config.updates.max_concurrent,
+        now,
+    );
+    for t in &config.updates.trust {
+        if let Err(e) = updates.trust(&t.model, &t.key) {
+            tracing::error!(model = %t.model, error = %e, "configured trust anchor refused");
+        }
+    }
+    let devices = store.devices()?;
+    for p in peers {
+        let id = p.params.recipient_id.to_string();
+        if let Some(d) = devices.iter().find(|d| d.id == id) {
+            updates.device(&p.params.recipient_id, &d.model, d.firmware_version, d.updatable);
+        }
+    }
+    Ok(updates)
 }

@@ -7,6 +7,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod feed;
 pub mod link;
 pub mod rng;
 pub mod store;
+pub mod updates;

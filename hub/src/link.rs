@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{LinkCommand, PairingStatus, SecurityReport, Waiting};
 use crate::config::Config;
 use crate::store::{DeviceInfo, RedbStore, Store, Write};
+use crate::updates::{META_KEY, Updates};
 
 /// A group commit: what to write, and what to release once it is durable.
 #[derive(Default)]
@@ -60,10 +61,13 @@ pub(crate) struct Driver {
     retry_at: Option<tokio::time::Instant>,
     failed: Option<Batch>,
     bad_payload: u64,
+    updates: Updates,
+    replan: bool,
 }
 
 impl Driver {
     pub(crate) fn new(
+        updates: Updates,
         link: HubLink<SocketAddr>,
         socket: Arc<UdpSocket>,
         store: RedbStore,
@@ -100,6 +104,8 @@ impl Driver {
             retry_at: None,
             failed: None,
             bad_payload: 0,
+            updates,
+            replan: true,
         }
     }
 
@@ -113,6 +119,8 @@ impl Driver {
         shutdown: CancellationToken,
     ) {
         let mut buf = vec![0u8; 2048];
+        // Postponements and back-offs end with time: re-plan deliveries every second.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let retry = self.retry_at;
             // Backpressure: while a full batch waits behind the commit in flight, leave new
@@ -143,9 +151,11 @@ impl Driver {
                         self.send_batch(batch);
                     }
                 }
+                _ = tick.tick() => self.replan = true,
                 () = shutdown.cancelled() => break,
             }
             self.events();
+            self.plan_updates();
             self.maybe_commit();
             self.transmit().await;
         }
@@ -194,6 +204,8 @@ impl Driver {
                     }
                 }
                 HubEvent::Paired { kid, params, descriptor } => {
+                    self.updates.device(&kid, &descriptor.model, descriptor.firmware_version, descriptor.updatable);
+                    self.replan = true;
                     tracing::info!(device = %kid, model = %descriptor.model, serial = %descriptor.serial, "paired");
                     let info = DeviceInfo::new(&kid, &descriptor, unix_now().0);
                     self.pending.writes.push(Write::Device { info, params });
@@ -209,15 +221,36 @@ impl Driver {
                     tracing::warn!(device = %kid, ?reason, "key nearing its usage limit: re-pair the device");
                 }
                 HubEvent::Security(e) => log_security(&e),
-                // No update is offered by this hub yet: reports are acknowledged once durable
-                // with the window that accepted them, like readings, and blocks are not served.
+                // A report is acknowledged once it is durable (with the window that accepted it).
                 HubEvent::Report { ticket, report } => {
-                    tracing::info!(device = %ticket.kid(), version = report.version, outcome = ?report.outcome, "update report");
+                    tracing::info!(device = %ticket.kid(), version = report.version, running = report.running, outcome = ?report.outcome, reason = %report.reason, "update report");
+                    self.updates.report(&ticket.kid(), &report, unix_now());
                     self.pending.readings.entry(ticket.kid()).or_default();
                     self.pending.acks.push(ticket);
+                    self.replan = true;
                 }
-                HubEvent::BlockServed { .. } => {}
+                HubEvent::BlockServed { kid, version, num, total } => {
+                    self.updates.block_served(&kid, version, num, total);
+                }
             }
+        }
+    }
+
+    /// Applies the update manager's decisions to the link and queues its state for the next
+    /// group commit.
+    fn plan_updates(&mut self) {
+        if std::mem::take(&mut self.replan) {
+            for (kid, offer) in self.updates.plan(unix_now()) {
+                match &offer {
+                    Some(o) => tracing::info!(device = %kid, version = o.offer.version, "offering update"),
+                    None => tracing::info!(device = %kid, "update offer withdrawn"),
+                }
+                self.link.set_offer(&kid, offer);
+            }
+        }
+        if let Some(doc) = self.updates.take_dirty() {
+            self.pending.writes.retain(|w| !matches!(w, Write::Meta { key, .. } if key == META_KEY));
+            self.pending.writes.push(Write::Meta { key: META_KEY.into(), value: doc });
         }
     }
 
@@ -352,11 +385,47 @@ impl Driver {
             LinkCommand::Remove { kid, reply } => {
                 let existed = self.link.remove_peer(&kid);
                 if existed {
+                    self.updates.forget(&kid);
                     tracing::info!(device = %kid, "device removed; erasing its keys and readings");
                     self.pending.readings.remove(&kid);
                     self.pending.writes.push(Write::Remove { kid });
                 }
                 let _ = reply.send(existed);
+            }
+            LinkCommand::Updates { reply } => {
+                let _ = reply.send(self.updates.view(unix_now()));
+            }
+            LinkCommand::UpdateAdd { manifest, image, source, reply } => {
+                let r = self.updates.add_release(manifest, image, source, unix_now()).map_err(|e| e.to_string());
+                self.replan = true;
+                let _ = reply.send(r);
+            }
+            LinkCommand::Trust { model, key, reply } => {
+                let _ = reply.send(self.updates.trust(&model, &key).map_err(|e| e.to_string()));
+            }
+            LinkCommand::UpdatePolicy { device, policy, reply } => {
+                let r = self.updates.set_policy(device.as_ref(), policy).map_err(|e| e.to_string());
+                self.replan = true;
+                let _ = reply.send(r);
+            }
+            LinkCommand::UpdateApprove { device, version, reply } => {
+                self.updates.approve(device.as_ref(), version);
+                self.replan = true;
+                let _ = reply.send(());
+            }
+            LinkCommand::UpdateCancel { device, reply } => {
+                let v = self.updates.cancel(&device, unix_now());
+                self.link.set_offer(&device, None);
+                self.replan = true;
+                let _ = reply.send(v);
+            }
+            LinkCommand::UpdateRetry { device, reply } => {
+                self.updates.retry_now(&device);
+                self.replan = true;
+                let _ = reply.send(());
+            }
+            LinkCommand::History { device, reply } => {
+                let _ = reply.send(self.updates.history(&device));
             }
             LinkCommand::Security { reply } => {
                 let c = self.link.counters();

@@ -10,5 +10,6 @@ pub mod firmware;
 pub mod flash;
 pub mod fleet;
 pub mod load;
+pub mod maker;
 pub mod model;
 pub mod net;

@@ -109,6 +109,13 @@ pub enum Write {
         /// Usage after accepting them.
         usage: KeyUsage,
     },
+    /// A named document (e.g. the update manager's state), replaced whole.
+    Meta {
+        /// Name.
+        key: String,
+        /// Contents.
+        value: Vec<u8>,
+    },
     /// A device removed: its context, state and readings are erased.
     Remove {
         /// Device.
@@ -145,4 +152,6 @@ pub trait Store: Send + Sync + 'static {
     fn readings(&self, kid: &Kid, limit: usize) -> Result<Vec<StoredReading>, StoreError>;
     /// How many readings a device has.
     fn reading_count(&self, kid: &Kid) -> Result<u64, StoreError>;
+    /// A named document written with [`Write::Meta`].
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }

@@ -16,6 +16,7 @@ const SECRETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("secrets");
 const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("link_state");
 const READINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("readings");
 const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("reading_counts");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// redb page cache size.
 const CACHE_BYTES: usize = 32 << 20;
@@ -77,6 +78,7 @@ impl RedbStore {
             tx.open_table(t).map_err(db)?;
         }
         tx.open_table(COUNTS).map_err(db)?;
+        tx.open_table(META).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok((
             Self { db: Arc::new(database), kek: Arc::new(kek), max_readings: max_readings.max(1) },
@@ -242,8 +244,12 @@ impl Store for RedbStore {
             let mut state = tx.open_table(STATE).map_err(db)?;
             let mut readings = tx.open_table(READINGS).map_err(db)?;
             let mut counts = tx.open_table(COUNTS).map_err(db)?;
+            let mut meta = tx.open_table(META).map_err(db)?;
             for w in writes {
                 match w {
+                    Write::Meta { key, value } => {
+                        meta.insert(key.as_str(), value.as_slice()).map_err(db)?;
+                    }
                     Write::Device { info, params } => {
                         let kid = params.recipient_id;
                         let json = serde_json::to_vec(info).map_err(db)?;
@@ -353,6 +359,12 @@ impl Store for RedbStore {
         }
         out.reverse();
         Ok(out)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(META).map_err(db)?;
+        Ok(table.get(key).map_err(db)?.map(|v| v.value().to_vec()))
     }
 
     fn reading_count(&self, kid: &Kid) -> Result<u64, StoreError> {

@@ -1,0 +1,546 @@
+//! The hub's update manager (EN 303 645 5.3; TR 103 621 6.13–6.20): trust anchors per model,
+//! releases that passed every check (signature, model, anti-rollback, expiry, digest) — refused
+//! ones are kept with their reason and never relayed —, the owner's policy (automatic by
+//! default, notify-only, postponed, disabled; disruptive updates wait for approval), bounded
+//! concurrent delivery, retries with back-off, and per-device history.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use protocol::link::FirmwareOffer;
+use protocol::link::fw::{DEFAULT_SZX, Outcome, UpdateOffer, UpdateReport};
+use protocol::oscore::Kid;
+use protocol::time::UnixTime;
+use protocol::update::{PublicKey, TrustAnchors, VerifiedManifest, verify_image, verify_manifest};
+use serde::{Deserialize, Serialize};
+
+/// The owner's update policy (6.14), for the hub or one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Policy {
+    /// Install automatically (the default).
+    Auto,
+    /// Tell the owner, install nothing.
+    NotifyOnly,
+    /// Install automatically from this time on (Unix seconds).
+    Postponed {
+        /// When.
+        until: u64,
+    },
+    /// Never install.
+    Disabled,
+}
+
+/// A release refused at the hub, with the reason (6.17 example 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// When (Unix seconds).
+    pub at: u64,
+    /// Where it came from ("feed", "owner").
+    pub source: String,
+    /// The reason.
+    pub reason: String,
+}
+
+/// One line of a device's update history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When (Unix seconds).
+    pub at: u64,
+    /// Version concerned.
+    pub version: u32,
+    /// What happened: offered, installed, rolled_back, failed, cancelled.
+    pub event: String,
+    /// Details (reason).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// Per-device update state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceUpdate {
+    /// Model designation.
+    pub model: String,
+    /// Installed version.
+    pub installed: u32,
+    /// Whether it can be updated at all.
+    pub updatable: bool,
+    /// Policy override.
+    #[serde(default)]
+    pub policy: Option<Policy>,
+    /// History, oldest first.
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+    /// The version being delivered.
+    #[serde(default)]
+    pub offered: Option<u32>,
+    /// Blocks served for it / blocks in the image.
+    #[serde(default)]
+    pub progress: (u32, u32),
+    /// Blocks served in total for the current version (re-sends included).
+    #[serde(default)]
+    pub blocks_served: u64,
+    /// Failed attempts of the current version.
+    #[serde(default)]
+    pub failures: u32,
+    /// No new attempt before this time (back-off).
+    #[serde(default)]
+    pub retry_at: u64,
+}
+
+/// What the manager persists (releases are re-verified from their files at start).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Persisted {
+    trust: Vec<(String, String)>,
+    releases: Vec<(String, u32)>,
+    refused: Vec<Refusal>,
+    devices: BTreeMap<String, DeviceUpdate>,
+    policy: Option<Policy>,
+    approvals: Vec<(String, u32)>,
+    cancelled: Vec<(String, u32)>,
+}
+
+/// A verified release.
+struct Release {
+    manifest: VerifiedManifest,
+    offer: Arc<FirmwareOffer>,
+}
+
+/// Why something could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdatesError {
+    /// Bad input from the owner.
+    #[error("{0}")]
+    Bad(String),
+    /// The release was refused (and recorded).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Files.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// A release as shown to the owner (6.19: what it fixes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseView {
+    /// Model.
+    pub model: String,
+    /// Version.
+    pub version: u32,
+    /// Risks mitigated (5.3-11).
+    pub risks_mitigated: String,
+    /// Needs the owner's approval (5.3-12 / 6.20).
+    pub disruptive: bool,
+    /// Manifest expiry.
+    pub expires: u64,
+    /// Image size.
+    pub size: u32,
+}
+
+/// The state shown by `hub ctl updates`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdatesView {
+    /// Hub-wide policy.
+    pub policy: Policy,
+    /// Trusted manufacturer keys: (model, key id).
+    pub trust: Vec<(String, String)>,
+    /// Verified releases.
+    pub releases: Vec<ReleaseView>,
+    /// Refused releases with their reasons.
+    pub refused: Vec<Refusal>,
+    /// Devices with an update available or under way.
+    pub devices: Vec<DeviceView>,
+}
+
+/// One device's update status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceView {
+    /// Device id.
+    pub id: String,
+    /// Model.
+    pub model: String,
+    /// Installed version.
+    pub installed: u32,
+    /// Newest applicable release, if any.
+    pub available: Option<u32>,
+    /// Why it is not being installed, if it is not.
+    pub waiting_for: Option<String>,
+    /// Version being delivered, with blocks served / total.
+    pub delivering: Option<(u32, u32, u32)>,
+}
+
+/// The update manager.
+pub struct Updates {
+    dir: std::path::PathBuf,
+    state: Persisted,
+    anchors: TrustAnchors,
+    releases: BTreeMap<(String, u32), Release>,
+    max_concurrent: usize,
+    dirty: bool,
+}
+
+impl std::fmt::Debug for Updates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Updates").field("releases", &self.releases.len()).finish_non_exhaustive()
+    }
+}
+
+const BACKOFF_BASE_S: u64 = 30;
+const MAX_FAILURES: u32 = 5;
+/// Key of the manager's document in the store.
+pub const META_KEY: &str = "updates";
+
+fn kid_id(kid: &Kid) -> String {
+    kid.to_string()
+}
+
+impl Updates {
+    /// Loads the manager from its persisted document; releases are re-verified from the files
+    /// in `dir` (an expired or tampered one drops out).
+    pub fn load(dir: &std::path::Path, persisted: Option<&[u8]>, max_concurrent: usize, now: UnixTime) -> Self {
+        let state: Persisted = persisted.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+        let mut me = Self { dir: dir.to_path_buf(), state, anchors: TrustAnchors::default(), releases: BTreeMap::new(), max_concurrent: max_concurrent.max(1), dirty: false };
+        for (model, key) in me.state.trust.clone() {
+            if let Some(k) = protocol::hex::decode(&key).and_then(|b| PublicKey::from_sec1(&b).ok()) {
+                me.anchors.add(&model, k);
+            }
+        }
+        for (model, version) in me.state.releases.clone() {
+            let (m, i) = me.paths(&model, version);
+            match (std::fs::read(&m), std::fs::read(&i)) {
+                (Ok(manifest), Ok(image)) => {
+                    if let Err(e) = me.verify_and_keep(manifest, image, now) {
+                        tracing::warn!(%model, version, reason = %e, "stored release no longer valid");
+                    }
+                }
+                _ => tracing::warn!(%model, version, "stored release files missing"),
+            }
+        }
+        me
+    }
+
+    fn paths(&self, model: &str, version: u32) -> (std::path::PathBuf, std::path::PathBuf) {
+        let base = self.dir.join(format!("{model}-{version}"));
+        (base.with_extension("cose"), base.with_extension("bin"))
+    }
+
+    /// The document to persist, if anything changed.
+    pub fn take_dirty(&mut self) -> Option<Vec<u8>> {
+        if !std::mem::take(&mut self.dirty) {
+            return None;
+        }
+        serde_json::to_vec(&self.state).ok()
+    }
+
+    /// Pins a manufacturer key for a model (the owner's or the installer's decision).
+    pub fn trust(&mut self, model: &str, key_hex: &str) -> Result<String, UpdatesError> {
+        let key = protocol::hex::decode(key_hex)
+            .and_then(|b| PublicKey::from_sec1(&b).ok())
+            .ok_or_else(|| UpdatesError::Bad("the key must be a hex SEC1 P-256 public key".into()))?;
+        let kid = protocol::hex::encode(&key.kid().0);
+        let entry = (model.to_string(), protocol::hex::encode(&key.to_sec1_compressed()));
+        if !self.state.trust.contains(&entry) {
+            self.state.trust.push(entry);
+            self.anchors.add(model, key);
+            self.dirty = true;
+        }
+        Ok(kid)
+    }
+
+    fn verify_and_keep(&mut self, manifest: Vec<u8>, image: Vec<u8>, now: UnixTime) -> Result<(String, u32), String> {
+        let verified = verify_manifest(&manifest, &self.anchors, now).map_err(|e| e.to_string())?;
+        let checked = verify_image(&verified, &image).map_err(|e| e.to_string())?;
+        let offer = UpdateOffer { version: verified.version(), size: verified.image_size(), sha256: *checked.sha256(), szx: DEFAULT_SZX };
+        let key = (verified.model().to_string(), verified.version());
+        let fw = Arc::new(FirmwareOffer { offer, manifest, image: checked.into_bytes() });
+        self.releases.insert(key.clone(), Release { manifest: verified, offer: fw });
+        Ok(key)
+    }
+
+    /// Checks a release (from the feed or the owner) and keeps it, or records the refusal.
+    pub fn add_release(&mut self, manifest: Vec<u8>, image: Vec<u8>, source: &str, now: UnixTime) -> Result<(String, u32), UpdatesError> {
+        let refuse = |me: &mut Self, reason: String| {
+            tracing::warn!(source, %reason, "update refused; it will not reach any sensor");
+            me.state.refused.push(Refusal { at: now.0, source: source.into(), reason: reason.clone() });
+            me.dirty = true;
+            UpdatesError::Refused(reason)
+        };
+        let verified = match verify_manifest(&manifest, &self.anchors, now) {
+            Ok(v) => v,
+            Err(e) => return Err(refuse(self, format!("manifest: {e}"))),
+        };
+        let (model, version) = (verified.model().to_string(), verified.version());
+        if self.releases.contains_key(&(model.clone(), version)) {
+            return Ok((model, version));
+        }
+        // Anti-rollback (6.17 ex. 3): never accept a release not newer than what runs or was
+        // already accepted for this model.
+        let newest_known = self.releases.keys().filter(|(m, _)| *m == model).map(|(_, v)| *v).max().unwrap_or(0);
+        let newest_installed = self.state.devices.values().filter(|d| d.model == model).map(|d| d.installed).max().unwrap_or(0);
+        let floor = newest_known.max(newest_installed);
+        if version <= floor {
+            return Err(refuse(self, format!("{model} v{version}: not newer than v{floor} (anti-rollback)")));
+        }
+        if let Err(e) = verify_image(&verified, &image) {
+            return Err(refuse(self, format!("{model} v{version}: image: {e}")));
+        }
+        let (m, i) = self.paths(&model, version);
+        let write = |p: &std::path::Path, b: &[u8]| -> Result<(), UpdatesError> {
+            let tmp = p.with_extension("tmp");
+            std::fs::write(&tmp, b).and_then(|()| std::fs::rename(&tmp, p)).map_err(|e| UpdatesError::Io(p.display().to_string(), e))
+        };
+        std::fs::create_dir_all(&self.dir).map_err(|e| UpdatesError::Io(self.dir.display().to_string(), e))?;
+        write(&m, &manifest)?;
+        write(&i, &image)?;
+        let key = self.verify_and_keep(manifest, image, now).map_err(UpdatesError::Refused)?;
+        self.state.releases.push(key.clone());
+        self.dirty = true;
+        tracing::info!(model = %key.0, version = key.1, risks = %verified.risks_mitigated(), "update verified and available");
+        Ok(key)
+    }
+
+    /// Whether a release for (model, version) is known.
+    pub fn knows(&self, model: &str, version: u32) -> bool {
+        self.releases.contains_key(&(model.to_string(), version))
+    }
+
+    /// A device paired (or was loaded).
+    pub fn device(&mut self, kid: &Kid, model: &str, installed: u32, updatable: bool) {
+        let d = self.state.devices.entry(kid_id(kid)).or_default();
+        if d.model.is_empty() {
+            *d = DeviceUpdate { model: model.into(), installed, updatable, ..DeviceUpdate::default() };
+            self.dirty = true;
+        }
+    }
+
+    /// A device was removed.
+    pub fn forget(&mut self, kid: &Kid) {
+        self.dirty |= self.state.devices.remove(&kid_id(kid)).is_some();
+    }
+
+    /// Sets the hub's policy, or one device's (`None` device).
+    pub fn set_policy(&mut self, device: Option<&Kid>, policy: Option<Policy>) -> Result<(), UpdatesError> {
+        match device {
+            None => self.state.policy = policy,
+            Some(k) => {
+                let d = self.state.devices.get_mut(&kid_id(k)).ok_or_else(|| UpdatesError::Bad("no such device".into()))?;
+                d.policy = policy;
+            }
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// The owner approves a (disruptive) version for one device or all (`None`).
+    pub fn approve(&mut self, device: Option<&Kid>, version: u32) {
+        let who = device.map_or_else(|| "*".to_string(), kid_id);
+        self.state.approvals.push((who, version));
+        self.state.cancelled.retain(|(d, v)| !(*v == version && device.is_none_or(|k| *d == kid_id(k))));
+        self.dirty = true;
+    }
+
+    /// The owner cancels the delivery to a device (until approved again).
+    pub fn cancel(&mut self, device: &Kid, now: UnixTime) -> Option<u32> {
+        let d = self.state.devices.get_mut(&kid_id(device))?;
+        let v = d.offered.take()?;
+        d.history.push(HistoryEntry { at: now.0, version: v, event: "cancelled".into(), detail: String::new() });
+        self.state.cancelled.push((kid_id(device), v));
+        self.dirty = true;
+        Some(v)
+    }
+
+    fn policy_for(&self, d: &DeviceUpdate) -> Policy {
+        d.policy.or(self.state.policy).unwrap_or(Policy::Auto)
+    }
+
+    /// The newest release applicable to a device, and why it is not being installed (if not).
+    fn candidate(&self, id: &str, d: &DeviceUpdate, now: UnixTime) -> Option<(&Release, Option<String>)> {
+        let r = self
+            .releases
+            .iter()
+            .filter(|((m, v), r)| *m == d.model && *v > d.installed && r.manifest.min_version() <= d.installed && r.manifest.expires() >= now)
+            .map(|(_, r)| r)
+            .next_back()?;
+        let v = r.manifest.version();
+        let approved = self.state.approvals.iter().any(|(who, av)| *av == v && (who == "*" || who == id));
+        let cancelled = self.state.cancelled.iter().any(|(who, cv)| *cv == v && who == id);
+        let why = if !d.updatable {
+            Some("the device cannot be updated".into())
+        } else if cancelled {
+            Some("cancelled by the owner".into())
+        } else {
+            match self.policy_for(d) {
+                Policy::Disabled => Some("updates are disabled".into()),
+                Policy::NotifyOnly if !approved => Some("notify-only: approve to install".into()),
+                Policy::Postponed { until } if now.0 < until && !approved => Some(format!("postponed until {until}")),
+                _ if r.manifest.disruptive() && !approved => Some("disruptive: waiting for the owner's approval".into()),
+                _ if d.failures >= MAX_FAILURES => Some(format!("{} failed attempts", d.failures)),
+                _ if now.0 < d.retry_at => Some(format!("retrying at {}", d.retry_at)),
+                _ => None,
+            }
+        };
+        Some((r, why))
+    }
+
+    /// Decides which devices get which offer now (bounded concurrency); returns the changes.
+    pub fn plan(&mut self, now: UnixTime) -> Vec<(Kid, Option<Arc<FirmwareOffer>>)> {
+        let mut changes = Vec::new();
+        let mut active = self.state.devices.values().filter(|d| d.offered.is_some()).count();
+        let ids: Vec<String> = self.state.devices.keys().cloned().collect();
+        for id in ids {
+            let Some(d) = self.state.devices.get(&id) else { continue };
+            let want = self.candidate(&id, d, now).and_then(|(r, why)| why.is_none().then(|| r.offer.clone()));
+            let Some(kid) = protocol::hex::decode(&id).and_then(|b| Kid::new(&b).ok()) else { continue };
+            let current = d.offered;
+            match (current, want) {
+                (Some(c), Some(w)) if c == w.offer.version => {}
+                (Some(_), None) => {
+                    if let Some(d) = self.state.devices.get_mut(&id) {
+                        d.offered = None;
+                    }
+                    active -= 1;
+                    changes.push((kid, None));
+                    self.dirty = true;
+                }
+                (None, Some(w)) if active < self.max_concurrent => {
+                    active += 1;
+                    if let Some(d) = self.state.devices.get_mut(&id) {
+                        d.offered = Some(w.offer.version);
+                        d.progress = (0, w.offer.blocks());
+                        d.blocks_served = 0;
+                        d.history.push(HistoryEntry { at: now.0, version: w.offer.version, event: "offered".into(), detail: String::new() });
+                    }
+                    changes.push((kid, Some(w)));
+                    self.dirty = true;
+                }
+                (Some(_), Some(w)) => {
+                    if let Some(d) = self.state.devices.get_mut(&id) {
+                        d.offered = Some(w.offer.version);
+                        d.progress = (0, w.offer.blocks());
+                    }
+                    changes.push((kid, Some(w)));
+                    self.dirty = true;
+                }
+                _ => {}
+            }
+        }
+        changes
+    }
+
+    /// The offers to restore into the link after a restart.
+    pub fn active_offers(&self) -> Vec<(Kid, Arc<FirmwareOffer>)> {
+        self.state
+            .devices
+            .iter()
+            .filter_map(|(id, d)| {
+                let v = d.offered?;
+                let r = self.releases.get(&(d.model.clone(), v))?;
+                let kid = protocol::hex::decode(id).and_then(|b| Kid::new(&b).ok())?;
+                Some((kid, r.offer.clone()))
+            })
+            .collect()
+    }
+
+    /// A block was served (progress, and counts re-sends).
+    pub fn block_served(&mut self, kid: &Kid, version: u32, num: u32, total: u32) {
+        if let Some(d) = self.state.devices.get_mut(&kid_id(kid))
+            && d.offered == Some(version)
+        {
+            d.blocks_served += 1;
+            d.progress = (d.progress.0.max(num + 1), total);
+        }
+    }
+
+    /// A sensor reported an outcome.
+    pub fn report(&mut self, kid: &Kid, r: &UpdateReport, now: UnixTime) {
+        let Some(d) = self.state.devices.get_mut(&kid_id(kid)) else { return };
+        let event = match r.outcome {
+            Outcome::Installed => "installed",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Failed => "failed",
+        };
+        d.history.push(HistoryEntry { at: now.0, version: r.version, event: event.into(), detail: r.reason.clone() });
+        d.installed = r.running;
+        if r.outcome == Outcome::Installed {
+            d.failures = 0;
+            d.retry_at = 0;
+        } else {
+            d.failures += 1;
+            d.retry_at = now.0 + (BACKOFF_BASE_S << d.failures.min(10));
+        }
+        if d.offered == Some(r.version) {
+            d.offered = None;
+        }
+        self.dirty = true;
+    }
+
+    /// Per-device history.
+    pub fn history(&self, kid: &Kid) -> Option<DeviceUpdate> {
+        self.state.devices.get(&kid_id(kid)).cloned()
+    }
+
+    /// Resets the back-off of a device (the owner asks to retry now).
+    pub fn retry_now(&mut self, kid: &Kid) {
+        if let Some(d) = self.state.devices.get_mut(&kid_id(kid)) {
+            d.retry_at = 0;
+            d.failures = 0;
+            self.dirty = true;
+        }
+    }
+
+    /// What `hub ctl updates` shows.
+    pub fn view(&self, now: UnixTime) -> UpdatesView {
+        let releases = self
+            .releases
+            .values()
+            .map(|r| ReleaseView {
+                model: r.manifest.model().into(),
+                version: r.manifest.version(),
+                risks_mitigated: r.manifest.risks_mitigated().into(),
+                disruptive: r.manifest.disruptive(),
+                expires: r.manifest.expires().0,
+                size: r.manifest.image_size(),
+            })
+            .collect();
+        let devices = self
+            .state
+            .devices
+            .iter()
+            .filter_map(|(id, d)| {
+                let cand = self.candidate(id, d, now);
+                if cand.is_none() && d.offered.is_none() {
+                    return None;
+                }
+                Some(DeviceView {
+                    id: id.clone(),
+                    model: d.model.clone(),
+                    installed: d.installed,
+                    available: cand.as_ref().map(|(r, _)| r.manifest.version()),
+                    waiting_for: cand.and_then(|(_, why)| why),
+                    delivering: d.offered.map(|v| (v, d.progress.0, d.progress.1)),
+                })
+            })
+            .collect();
+        let trust = self.state.trust.iter().map(|(m, k)| {
+            let kid = protocol::hex::decode(k).and_then(|b| PublicKey::from_sec1(&b).ok()).map(|p| protocol::hex::encode(&p.kid().0)).unwrap_or_default();
+            (m.clone(), kid)
+        });
+        UpdatesView {
+            policy: self.state.policy.unwrap_or(Policy::Auto),
+            trust: trust.collect(),
+            releases,
+            refused: self.state.refused.clone(),
+            devices,
+        }
+    }
+
+    /// Known (model, version) pairs, to skip feed entries already handled.
+    pub fn seen(&self) -> HashSet<(String, u32)> {
+        self.releases.keys().cloned().collect()
+    }
+
+    /// Devices' installed versions by id (for the device view).
+    pub fn installed(&self) -> HashMap<String, u32> {
+        self.state.devices.iter().map(|(k, d)| (k.clone(), d.installed)).collect()
+    }
+}
