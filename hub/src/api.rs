@@ -352,7 +352,9 @@ impl HubApi {
 
     /// Pins a manufacturer key; returns its key id.
     pub async fn trust(&self, model: String, key: String) -> Result<String, ApiError> {
-        self.ask(|reply| LinkCommand::Trust { model, key, reply }).await?.map_err(ApiError::BadRequest)
+        self.ask(|reply| LinkCommand::Trust { model, key, reply })
+            .await?
+            .map_err(ApiError::BadRequest)
     }
 
     /// Sets a policy.
@@ -438,10 +440,9 @@ impl HubApi {
             Request::Updates => self.updates().await.map(|v| serde_json::json!(v)),
             Request::UpdateAdd { manifest_hex, image_hex } => {
                 match (protocol::hex::decode(&manifest_hex), protocol::hex::decode(&image_hex)) {
-                    (Some(m), Some(i)) => self
-                        .update_add(m, i, "owner")
-                        .await
-                        .map(|(model, version)| serde_json::json!({"model": model, "version": version})),
+                    (Some(m), Some(i)) => self.update_add(m, i, "owner").await.map(
+                        |(model, version)| serde_json::json!({"model": model, "version": version}),
+                    ),
                     _ => Err(ApiError::BadRequest("manifest and image must be hex".into())),
                 }
             }

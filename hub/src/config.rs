@@ -43,11 +43,20 @@ pub struct Updates {
     pub feed_cert: Option<PathBuf>,
     /// Mean seconds between feed checks (each check is at a random time around it).
     pub check_interval_s: u64,
+    /// Back-off after a failed attempt on a device: this many seconds, doubling.
+    pub retry_base_s: u64,
 }
 
 impl Default for Updates {
     fn default() -> Self {
-        Self { max_concurrent: 10, trust: Vec::new(), feed_url: None, feed_cert: None, check_interval_s: 6 * 3600 }
+        Self {
+            max_concurrent: 10,
+            trust: Vec::new(),
+            feed_url: None,
+            feed_cert: None,
+            check_interval_s: 6 * 3600,
+            retry_base_s: 30,
+        }
     }
 }
 

@@ -105,11 +105,13 @@ pub async fn start(
     for (kid, offer) in updates.active_offers() {
         link.set_offer(&kid, Some(offer));
     }
-    let driver = crate::link::Driver::new(updates, link, Arc::new(socket), store, config);
-    let tasks = vec![
+    let driver = crate::link::Driver::new(updates, link, Arc::new(socket), store, config.clone());
+    let feed = feed_task(&config.updates, api.clone(), shutdown.clone());
+    let mut tasks = vec![
         tokio::spawn(driver.run(rx, shutdown.clone())),
         tokio::spawn(crate::control::serve(listener, control.clone(), api.clone(), shutdown)),
     ];
+    tasks.extend(feed.map(tokio::spawn));
     Ok(Running { coap, control, api, devices: peers.len(), moved_aside, tasks })
 }
 
@@ -133,13 +135,16 @@ fn load_updates(
     peers: &[crate::store::PeerRecord],
 ) -> Result<crate::updates::Updates, StartError> {
     let now = protocol::time::UnixTime(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     );
     let doc = store.meta(crate::updates::META_KEY)?;
     let mut updates = crate::updates::Updates::load(
         &data_dir.join("updates"),
         doc.as_deref(),
         config.updates.max_concurrent,
+        config.updates.retry_base_s,
         now,
     );
     for t in &config.updates.trust {
@@ -155,4 +160,64 @@ fn load_updates(
         }
     }
     Ok(updates)
+}
+
+/// The feed checker (TR 103 621 6.13): checks the manufacturer's feed right after start, then
+/// at a random time around every `check_interval_s`; new releases go through the same checks
+/// as an owner's upload.
+fn feed_task(
+    cfg: &crate::config::Updates,
+    api: HubApi,
+    shutdown: CancellationToken,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    let (url, cert) = (cfg.feed_url.clone()?, cfg.feed_cert.clone()?);
+    let interval = cfg.check_interval_s;
+    Some(async move {
+        let client = match std::fs::read_to_string(&cert)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| crate::feed::FeedClient::new(&url, &pem).map_err(|e| e.to_string()))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(%url, error = %e, "update feed unusable");
+                return;
+            }
+        };
+        let mut rng = crate::rng::os_seeded();
+        let mut done: std::collections::HashSet<(String, u32, String)> = Default::default();
+        let mut delay = std::time::Duration::ZERO;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => return,
+            }
+            delay = crate::feed::next_check_delay(interval, &mut rng);
+            let index = match client.index().await {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(error = %e, "update feed check failed");
+                    continue;
+                }
+            };
+            for e in index.releases {
+                let key = (e.model.clone(), e.version, e.manifest.clone());
+                if done.contains(&key) {
+                    continue;
+                }
+                let (m, i) = match (client.get(&e.manifest).await, client.get(&e.image).await) {
+                    (Ok(m), Ok(i)) => (m, i),
+                    (Err(err), _) | (_, Err(err)) => {
+                        tracing::warn!(model = %e.model, version = e.version, error = %err, "feed download failed");
+                        continue;
+                    }
+                };
+                match api.update_add(m, i, "feed").await {
+                    Ok(_) | Err(crate::api::ApiError::BadRequest(_)) => {
+                        done.insert(key);
+                    }
+                    Err(err) => tracing::warn!(error = %err, "feed release not handled"),
+                }
+            }
+        }
+    })
 }

@@ -2,8 +2,8 @@
 //! pinned certificate, with size limits, and the randomized check schedule. EN 303 645 5.3-5 and
 //! 5.3-7 (TR 103 621 6.13: update checks at a randomized time), 5.13-1 (bounded input parsing).
 
-use sensor_sim::maker;
 pub use maker::{FeedEntry, FeedIndex};
+use sensor_sim::maker;
 
 use std::fmt;
 use std::io;

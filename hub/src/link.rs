@@ -204,7 +204,12 @@ impl Driver {
                     }
                 }
                 HubEvent::Paired { kid, params, descriptor } => {
-                    self.updates.device(&kid, &descriptor.model, descriptor.firmware_version, descriptor.updatable);
+                    self.updates.device(
+                        &kid,
+                        &descriptor.model,
+                        descriptor.firmware_version,
+                        descriptor.updatable,
+                    );
                     self.replan = true;
                     tracing::info!(device = %kid, model = %descriptor.model, serial = %descriptor.serial, "paired");
                     let info = DeviceInfo::new(&kid, &descriptor, unix_now().0);
@@ -242,14 +247,18 @@ impl Driver {
         if std::mem::take(&mut self.replan) {
             for (kid, offer) in self.updates.plan(unix_now()) {
                 match &offer {
-                    Some(o) => tracing::info!(device = %kid, version = o.offer.version, "offering update"),
+                    Some(o) => {
+                        tracing::info!(device = %kid, version = o.offer.version, "offering update")
+                    }
                     None => tracing::info!(device = %kid, "update offer withdrawn"),
                 }
                 self.link.set_offer(&kid, offer);
             }
         }
         if let Some(doc) = self.updates.take_dirty() {
-            self.pending.writes.retain(|w| !matches!(w, Write::Meta { key, .. } if key == META_KEY));
+            self.pending
+                .writes
+                .retain(|w| !matches!(w, Write::Meta { key, .. } if key == META_KEY));
             self.pending.writes.push(Write::Meta { key: META_KEY.into(), value: doc });
         }
     }
@@ -396,7 +405,10 @@ impl Driver {
                 let _ = reply.send(self.updates.view(unix_now()));
             }
             LinkCommand::UpdateAdd { manifest, image, source, reply } => {
-                let r = self.updates.add_release(manifest, image, source, unix_now()).map_err(|e| e.to_string());
+                let r = self
+                    .updates
+                    .add_release(manifest, image, source, unix_now())
+                    .map_err(|e| e.to_string());
                 self.replan = true;
                 let _ = reply.send(r);
             }

@@ -74,6 +74,67 @@ enum CtlCmd {
     },
     /// Security-event counters.
     Security,
+    /// Updates: releases, refused ones with reasons, devices waiting or updating.
+    Updates,
+    /// Act on updates.
+    Update {
+        #[command(subcommand)]
+        cmd: UpdateCmd,
+    },
+    /// Pin a manufacturer's public key for a model.
+    Trust {
+        /// Model designation.
+        #[arg(long)]
+        model: String,
+        /// Hex SEC1 public key.
+        #[arg(long)]
+        key: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UpdateCmd {
+    /// Add a release from files (verified like the feed's).
+    Add {
+        /// Signed manifest (COSE_Sign1).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Firmware image.
+        #[arg(long)]
+        image: PathBuf,
+    },
+    /// Set the policy for the hub, or for one device.
+    Policy {
+        /// auto, notify, disabled, postpone, or follow (a device follows the hub).
+        mode: String,
+        /// Postpone until this Unix time.
+        #[arg(long)]
+        until: Option<u64>,
+        /// One device.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Approve a version (disruptive or notify-only).
+    Approve {
+        /// Version.
+        #[arg(long)]
+        version: u32,
+        /// One device (default: all).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Cancel delivery to a device.
+    Cancel {
+        /// Device.
+        #[arg(long)]
+        device: String,
+    },
+    /// Retry a device's update now.
+    Retry {
+        /// Device.
+        #[arg(long)]
+        device: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -201,6 +262,15 @@ async fn ctl(data_dir: Option<PathBuf>, socket: Option<PathBuf>, cmd: CtlCmd) ->
         CtlCmd::Readings { id, limit } => Request::Readings { id, limit },
         CtlCmd::Remove { id } => Request::Remove { id },
         CtlCmd::Security => Request::Security,
+        CtlCmd::Updates => Request::Updates,
+        CtlCmd::Trust { model, key } => Request::Trust { model, key },
+        CtlCmd::Update { cmd } => match update_request(cmd) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("hub ctl: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     match hub::control::request(&socket, &req).await {
         Ok(v) => {
@@ -218,4 +288,32 @@ async fn ctl(data_dir: Option<PathBuf>, socket: Option<PathBuf>, cmd: CtlCmd) ->
             ExitCode::FAILURE
         }
     }
+}
+
+fn update_request(cmd: UpdateCmd) -> Result<Request, String> {
+    use hub::updates::Policy;
+    Ok(match cmd {
+        UpdateCmd::Add { manifest, image } => {
+            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            Request::UpdateAdd {
+                manifest_hex: protocol::hex::encode(&read(&manifest)?),
+                image_hex: protocol::hex::encode(&read(&image)?),
+            }
+        }
+        UpdateCmd::Policy { mode, until, device } => {
+            let policy = match (mode.as_str(), until) {
+                ("auto", _) => Some(Policy::Auto),
+                ("notify", _) => Some(Policy::NotifyOnly),
+                ("disabled", _) => Some(Policy::Disabled),
+                ("postpone", Some(until)) => Some(Policy::Postponed { until }),
+                ("postpone", None) => return Err("postpone needs --until <unix time>".into()),
+                ("follow", _) if device.is_some() => None,
+                _ => return Err(format!("unknown policy {mode:?}")),
+            };
+            Request::UpdatePolicy { device, policy }
+        }
+        UpdateCmd::Approve { version, device } => Request::UpdateApprove { device, version },
+        UpdateCmd::Cancel { device } => Request::UpdateCancel { device },
+        UpdateCmd::Retry { device } => Request::UpdateRetry { device },
+    })
 }

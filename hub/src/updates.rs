@@ -176,6 +176,7 @@ pub struct Updates {
     anchors: TrustAnchors,
     releases: BTreeMap<(String, u32), Release>,
     max_concurrent: usize,
+    retry_base_s: u64,
     dirty: bool,
 }
 
@@ -185,7 +186,6 @@ impl std::fmt::Debug for Updates {
     }
 }
 
-const BACKOFF_BASE_S: u64 = 30;
 const MAX_FAILURES: u32 = 5;
 /// Key of the manager's document in the store.
 pub const META_KEY: &str = "updates";
@@ -197,11 +197,27 @@ fn kid_id(kid: &Kid) -> String {
 impl Updates {
     /// Loads the manager from its persisted document; releases are re-verified from the files
     /// in `dir` (an expired or tampered one drops out).
-    pub fn load(dir: &std::path::Path, persisted: Option<&[u8]>, max_concurrent: usize, now: UnixTime) -> Self {
-        let state: Persisted = persisted.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
-        let mut me = Self { dir: dir.to_path_buf(), state, anchors: TrustAnchors::default(), releases: BTreeMap::new(), max_concurrent: max_concurrent.max(1), dirty: false };
+    pub fn load(
+        dir: &std::path::Path,
+        persisted: Option<&[u8]>,
+        max_concurrent: usize,
+        retry_base_s: u64,
+        now: UnixTime,
+    ) -> Self {
+        let state: Persisted =
+            persisted.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+        let mut me = Self {
+            dir: dir.to_path_buf(),
+            state,
+            anchors: TrustAnchors::default(),
+            releases: BTreeMap::new(),
+            max_concurrent: max_concurrent.max(1),
+            retry_base_s,
+            dirty: false,
+        };
         for (model, key) in me.state.trust.clone() {
-            if let Some(k) = protocol::hex::decode(&key).and_then(|b| PublicKey::from_sec1(&b).ok()) {
+            if let Some(k) = protocol::hex::decode(&key).and_then(|b| PublicKey::from_sec1(&b).ok())
+            {
                 me.anchors.add(&model, k);
             }
         }
@@ -234,9 +250,10 @@ impl Updates {
 
     /// Pins a manufacturer key for a model (the owner's or the installer's decision).
     pub fn trust(&mut self, model: &str, key_hex: &str) -> Result<String, UpdatesError> {
-        let key = protocol::hex::decode(key_hex)
-            .and_then(|b| PublicKey::from_sec1(&b).ok())
-            .ok_or_else(|| UpdatesError::Bad("the key must be a hex SEC1 P-256 public key".into()))?;
+        let key =
+            protocol::hex::decode(key_hex).and_then(|b| PublicKey::from_sec1(&b).ok()).ok_or_else(
+                || UpdatesError::Bad("the key must be a hex SEC1 P-256 public key".into()),
+            )?;
         let kid = protocol::hex::encode(&key.kid().0);
         let entry = (model.to_string(), protocol::hex::encode(&key.to_sec1_compressed()));
         if !self.state.trust.contains(&entry) {
@@ -247,10 +264,20 @@ impl Updates {
         Ok(kid)
     }
 
-    fn verify_and_keep(&mut self, manifest: Vec<u8>, image: Vec<u8>, now: UnixTime) -> Result<(String, u32), String> {
+    fn verify_and_keep(
+        &mut self,
+        manifest: Vec<u8>,
+        image: Vec<u8>,
+        now: UnixTime,
+    ) -> Result<(String, u32), String> {
         let verified = verify_manifest(&manifest, &self.anchors, now).map_err(|e| e.to_string())?;
         let checked = verify_image(&verified, &image).map_err(|e| e.to_string())?;
-        let offer = UpdateOffer { version: verified.version(), size: verified.image_size(), sha256: *checked.sha256(), szx: DEFAULT_SZX };
+        let offer = UpdateOffer {
+            version: verified.version(),
+            size: verified.image_size(),
+            sha256: *checked.sha256(),
+            szx: DEFAULT_SZX,
+        };
         let key = (verified.model().to_string(), verified.version());
         let fw = Arc::new(FirmwareOffer { offer, manifest, image: checked.into_bytes() });
         self.releases.insert(key.clone(), Release { manifest: verified, offer: fw });
@@ -258,15 +285,33 @@ impl Updates {
     }
 
     /// Checks a release (from the feed or the owner) and keeps it, or records the refusal.
-    pub fn add_release(&mut self, manifest: Vec<u8>, image: Vec<u8>, source: &str, now: UnixTime) -> Result<(String, u32), UpdatesError> {
+    pub fn add_release(
+        &mut self,
+        manifest: Vec<u8>,
+        image: Vec<u8>,
+        source: &str,
+        now: UnixTime,
+    ) -> Result<(String, u32), UpdatesError> {
         let refuse = |me: &mut Self, reason: String| {
             tracing::warn!(source, %reason, "update refused; it will not reach any sensor");
-            me.state.refused.push(Refusal { at: now.0, source: source.into(), reason: reason.clone() });
+            me.state.refused.push(Refusal {
+                at: now.0,
+                source: source.into(),
+                reason: reason.clone(),
+            });
             me.dirty = true;
             UpdatesError::Refused(reason)
         };
         let verified = match verify_manifest(&manifest, &self.anchors, now) {
             Ok(v) => v,
+            Err(protocol::update::UpdateError::UnknownKey)
+                if self.key_of_another_model(&manifest) =>
+            {
+                return Err(refuse(
+                    self,
+                    "manifest: wrong model (signed with the key of another model)".into(),
+                ));
+            }
             Err(e) => return Err(refuse(self, format!("manifest: {e}"))),
         };
         let (model, version) = (verified.model().to_string(), verified.version());
@@ -275,11 +320,22 @@ impl Updates {
         }
         // Anti-rollback (6.17 ex. 3): never accept a release not newer than what runs or was
         // already accepted for this model.
-        let newest_known = self.releases.keys().filter(|(m, _)| *m == model).map(|(_, v)| *v).max().unwrap_or(0);
-        let newest_installed = self.state.devices.values().filter(|d| d.model == model).map(|d| d.installed).max().unwrap_or(0);
+        let newest_known =
+            self.releases.keys().filter(|(m, _)| *m == model).map(|(_, v)| *v).max().unwrap_or(0);
+        let newest_installed = self
+            .state
+            .devices
+            .values()
+            .filter(|d| d.model == model)
+            .map(|d| d.installed)
+            .max()
+            .unwrap_or(0);
         let floor = newest_known.max(newest_installed);
         if version <= floor {
-            return Err(refuse(self, format!("{model} v{version}: not newer than v{floor} (anti-rollback)")));
+            return Err(refuse(
+                self,
+                format!("{model} v{version}: not newer than v{floor} (anti-rollback)"),
+            ));
         }
         if let Err(e) = verify_image(&verified, &image) {
             return Err(refuse(self, format!("{model} v{version}: image: {e}")));
@@ -287,9 +343,12 @@ impl Updates {
         let (m, i) = self.paths(&model, version);
         let write = |p: &std::path::Path, b: &[u8]| -> Result<(), UpdatesError> {
             let tmp = p.with_extension("tmp");
-            std::fs::write(&tmp, b).and_then(|()| std::fs::rename(&tmp, p)).map_err(|e| UpdatesError::Io(p.display().to_string(), e))
+            std::fs::write(&tmp, b)
+                .and_then(|()| std::fs::rename(&tmp, p))
+                .map_err(|e| UpdatesError::Io(p.display().to_string(), e))
         };
-        std::fs::create_dir_all(&self.dir).map_err(|e| UpdatesError::Io(self.dir.display().to_string(), e))?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| UpdatesError::Io(self.dir.display().to_string(), e))?;
         write(&m, &manifest)?;
         write(&i, &image)?;
         let key = self.verify_and_keep(manifest, image, now).map_err(UpdatesError::Refused)?;
@@ -297,6 +356,16 @@ impl Updates {
         self.dirty = true;
         tracing::info!(model = %key.0, version = key.1, risks = %verified.risks_mitigated(), "update verified and available");
         Ok(key)
+    }
+
+    /// Whether the manifest names a signing key that is pinned — for another model.
+    fn key_of_another_model(&self, manifest: &[u8]) -> bool {
+        let Ok(kid) = protocol::update::signer_kid(manifest) else { return false };
+        self.state.trust.iter().any(|(_, key)| {
+            protocol::hex::decode(key)
+                .and_then(|b| PublicKey::from_sec1(&b).ok())
+                .is_some_and(|k| k.kid() == kid)
+        })
     }
 
     /// Whether a release for (model, version) is known.
@@ -308,7 +377,12 @@ impl Updates {
     pub fn device(&mut self, kid: &Kid, model: &str, installed: u32, updatable: bool) {
         let d = self.state.devices.entry(kid_id(kid)).or_default();
         if d.model.is_empty() {
-            *d = DeviceUpdate { model: model.into(), installed, updatable, ..DeviceUpdate::default() };
+            *d = DeviceUpdate {
+                model: model.into(),
+                installed,
+                updatable,
+                ..DeviceUpdate::default()
+            };
             self.dirty = true;
         }
     }
@@ -319,11 +393,19 @@ impl Updates {
     }
 
     /// Sets the hub's policy, or one device's (`None` device).
-    pub fn set_policy(&mut self, device: Option<&Kid>, policy: Option<Policy>) -> Result<(), UpdatesError> {
+    pub fn set_policy(
+        &mut self,
+        device: Option<&Kid>,
+        policy: Option<Policy>,
+    ) -> Result<(), UpdatesError> {
         match device {
             None => self.state.policy = policy,
             Some(k) => {
-                let d = self.state.devices.get_mut(&kid_id(k)).ok_or_else(|| UpdatesError::Bad("no such device".into()))?;
+                let d = self
+                    .state
+                    .devices
+                    .get_mut(&kid_id(k))
+                    .ok_or_else(|| UpdatesError::Bad("no such device".into()))?;
                 d.policy = policy;
             }
         }
@@ -335,7 +417,9 @@ impl Updates {
     pub fn approve(&mut self, device: Option<&Kid>, version: u32) {
         let who = device.map_or_else(|| "*".to_string(), kid_id);
         self.state.approvals.push((who, version));
-        self.state.cancelled.retain(|(d, v)| !(*v == version && device.is_none_or(|k| *d == kid_id(k))));
+        self.state
+            .cancelled
+            .retain(|(d, v)| !(*v == version && device.is_none_or(|k| *d == kid_id(k))));
         self.dirty = true;
     }
 
@@ -343,7 +427,12 @@ impl Updates {
     pub fn cancel(&mut self, device: &Kid, now: UnixTime) -> Option<u32> {
         let d = self.state.devices.get_mut(&kid_id(device))?;
         let v = d.offered.take()?;
-        d.history.push(HistoryEntry { at: now.0, version: v, event: "cancelled".into(), detail: String::new() });
+        d.history.push(HistoryEntry {
+            at: now.0,
+            version: v,
+            event: "cancelled".into(),
+            detail: String::new(),
+        });
         self.state.cancelled.push((kid_id(device), v));
         self.dirty = true;
         Some(v)
@@ -354,15 +443,26 @@ impl Updates {
     }
 
     /// The newest release applicable to a device, and why it is not being installed (if not).
-    fn candidate(&self, id: &str, d: &DeviceUpdate, now: UnixTime) -> Option<(&Release, Option<String>)> {
+    fn candidate(
+        &self,
+        id: &str,
+        d: &DeviceUpdate,
+        now: UnixTime,
+    ) -> Option<(&Release, Option<String>)> {
         let r = self
             .releases
             .iter()
-            .filter(|((m, v), r)| *m == d.model && *v > d.installed && r.manifest.min_version() <= d.installed && r.manifest.expires() >= now)
+            .filter(|((m, v), r)| {
+                *m == d.model
+                    && *v > d.installed
+                    && r.manifest.min_version() <= d.installed
+                    && r.manifest.expires() >= now
+            })
             .map(|(_, r)| r)
             .next_back()?;
         let v = r.manifest.version();
-        let approved = self.state.approvals.iter().any(|(who, av)| *av == v && (who == "*" || who == id));
+        let approved =
+            self.state.approvals.iter().any(|(who, av)| *av == v && (who == "*" || who == id));
         let cancelled = self.state.cancelled.iter().any(|(who, cv)| *cv == v && who == id);
         let why = if !d.updatable {
             Some("the device cannot be updated".into())
@@ -372,8 +472,12 @@ impl Updates {
             match self.policy_for(d) {
                 Policy::Disabled => Some("updates are disabled".into()),
                 Policy::NotifyOnly if !approved => Some("notify-only: approve to install".into()),
-                Policy::Postponed { until } if now.0 < until && !approved => Some(format!("postponed until {until}")),
-                _ if r.manifest.disruptive() && !approved => Some("disruptive: waiting for the owner's approval".into()),
+                Policy::Postponed { until } if now.0 < until && !approved => {
+                    Some(format!("postponed until {until}"))
+                }
+                _ if r.manifest.disruptive() && !approved => {
+                    Some("disruptive: waiting for the owner's approval".into())
+                }
                 _ if d.failures >= MAX_FAILURES => Some(format!("{} failed attempts", d.failures)),
                 _ if now.0 < d.retry_at => Some(format!("retrying at {}", d.retry_at)),
                 _ => None,
@@ -389,8 +493,12 @@ impl Updates {
         let ids: Vec<String> = self.state.devices.keys().cloned().collect();
         for id in ids {
             let Some(d) = self.state.devices.get(&id) else { continue };
-            let want = self.candidate(&id, d, now).and_then(|(r, why)| why.is_none().then(|| r.offer.clone()));
-            let Some(kid) = protocol::hex::decode(&id).and_then(|b| Kid::new(&b).ok()) else { continue };
+            let want = self
+                .candidate(&id, d, now)
+                .and_then(|(r, why)| why.is_none().then(|| r.offer.clone()));
+            let Some(kid) = protocol::hex::decode(&id).and_then(|b| Kid::new(&b).ok()) else {
+                continue;
+            };
             let current = d.offered;
             match (current, want) {
                 (Some(c), Some(w)) if c == w.offer.version => {}
@@ -408,7 +516,12 @@ impl Updates {
                         d.offered = Some(w.offer.version);
                         d.progress = (0, w.offer.blocks());
                         d.blocks_served = 0;
-                        d.history.push(HistoryEntry { at: now.0, version: w.offer.version, event: "offered".into(), detail: String::new() });
+                        d.history.push(HistoryEntry {
+                            at: now.0,
+                            version: w.offer.version,
+                            event: "offered".into(),
+                            detail: String::new(),
+                        });
                     }
                     changes.push((kid, Some(w)));
                     self.dirty = true;
@@ -459,14 +572,19 @@ impl Updates {
             Outcome::RolledBack => "rolled_back",
             Outcome::Failed => "failed",
         };
-        d.history.push(HistoryEntry { at: now.0, version: r.version, event: event.into(), detail: r.reason.clone() });
+        d.history.push(HistoryEntry {
+            at: now.0,
+            version: r.version,
+            event: event.into(),
+            detail: r.reason.clone(),
+        });
         d.installed = r.running;
         if r.outcome == Outcome::Installed {
             d.failures = 0;
             d.retry_at = 0;
         } else {
             d.failures += 1;
-            d.retry_at = now.0 + (BACKOFF_BASE_S << d.failures.min(10));
+            d.retry_at = now.0 + (self.retry_base_s << (d.failures - 1).min(10));
         }
         if d.offered == Some(r.version) {
             d.offered = None;
@@ -522,7 +640,10 @@ impl Updates {
             })
             .collect();
         let trust = self.state.trust.iter().map(|(m, k)| {
-            let kid = protocol::hex::decode(k).and_then(|b| PublicKey::from_sec1(&b).ok()).map(|p| protocol::hex::encode(&p.kid().0)).unwrap_or_default();
+            let kid = protocol::hex::decode(k)
+                .and_then(|b| PublicKey::from_sec1(&b).ok())
+                .map(|p| protocol::hex::encode(&p.kid().0))
+                .unwrap_or_default();
             (m.clone(), kid)
         });
         UpdatesView {

@@ -6,17 +6,9 @@
 use protocol::link::fw::{Outcome, UpdateReport};
 use serde::{Deserialize, Serialize};
 
-/// Firmware images start with this 16-byte header: magic, version, flags (bit 0: the image
-/// fails its health check — how the simulated manufacturer builds a bad release for tests).
-pub const MAGIC: &[u8; 8] = b"HEARTHFW";
-
-/// Whether an image would fail the health check after booting.
-pub fn fails_health_check(image: &[u8]) -> bool {
-    match image.get(..16) {
-        Some(h) if &h[..8] == MAGIC => h[15] & 1 == 1,
-        _ => true, // not a firmware image at all
-    }
-}
+/// Whether an image fails its health check after booting (its header says so, or it is not a
+/// firmware image at all); the simulated manufacturer builds such images for tests.
+pub use crate::maker::image_fails_health_check as fails_health_check;
 
 /// A slot switch that has been asked for but not confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,11 +149,7 @@ mod tests {
     use super::*;
 
     fn image(healthy: bool) -> Vec<u8> {
-        let mut v = MAGIC.to_vec();
-        v.extend_from_slice(&2u32.to_be_bytes());
-        v.extend_from_slice(&u32::from(!healthy).to_be_bytes());
-        v.extend_from_slice(&[7; 100]);
-        v
+        crate::maker::build_image("hearth-thermo-1", 2, 4096, healthy)
     }
 
     #[test]

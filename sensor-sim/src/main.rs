@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use protocol::netsim::Faults;
 use sensor_sim::fleet::{self, FleetConfig, FleetEvent, SimFaults};
-use sensor_sim::{ctl, export, flash, load};
+use sensor_sim::{ctl, export, flash, load, maker};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,11 @@ enum Cmd {
     Fleet(FleetArgs),
     /// Offer load and print one JSON line with the results.
     Load(LoadArgs),
+    /// The simulated manufacturer: keys, firmware releases, the HTTPS update feed.
+    Maker {
+        #[command(subcommand)]
+        cmd: MakerCmd,
+    },
     /// Write a paired sensor's OSCORE context in aiocoap's format (the sim never uses it again).
     ExportContext {
         /// Sensor index or serial.
@@ -34,6 +39,64 @@ enum Cmd {
         /// Directory to write the aiocoap context into.
         #[arg(long)]
         aiocoap: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum MakerCmd {
+    /// Generate the signing key pair (the private key file is 0600 and never printed).
+    Keygen {
+        /// Key directory.
+        #[arg(long)]
+        keys: PathBuf,
+    },
+    /// Build a firmware image, sign its manifest, and publish both in the feed directory.
+    Publish {
+        /// Key directory.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Feed directory.
+        #[arg(long)]
+        feed: PathBuf,
+        /// Model designation.
+        #[arg(long)]
+        model: String,
+        /// Version.
+        #[arg(long)]
+        version: u32,
+        /// Image size in bytes.
+        #[arg(long, default_value_t = 256 * 1024)]
+        size: usize,
+        /// Lowest installed version it applies to.
+        #[arg(long, default_value_t = 1)]
+        min_version: u32,
+        /// Days until the manifest expires.
+        #[arg(long, default_value_t = 90)]
+        expires_days: u64,
+        /// Needs the owner's approval (disruptive).
+        #[arg(long)]
+        disruptive: bool,
+        /// Build an image that fails its health check after boot (tests).
+        #[arg(long)]
+        unhealthy: bool,
+        /// Sign a manifest that has already expired (tests).
+        #[arg(long)]
+        expired: bool,
+        /// What it fixes (shown to the owner).
+        #[arg(long, default_value = "Security fixes.")]
+        risks: String,
+    },
+    /// Serve the feed directory over HTTPS until Ctrl-C (prints `FEED <url> <cert file>`).
+    Serve {
+        /// Feed directory.
+        #[arg(long)]
+        feed: PathBuf,
+        /// Directory for the server's self-signed certificate.
+        #[arg(long)]
+        tls: PathBuf,
+        /// Address.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: SocketAddr,
     },
 }
 
@@ -67,6 +130,16 @@ struct FleetArgs {
     /// UDP sockets the fleet shares.
     #[arg(long, default_value_t = 4)]
     sockets: usize,
+    /// Manufacturer key directory whose public key is built into sensors that verify update
+    /// signatures themselves (all models).
+    #[arg(long)]
+    maker_keys: Option<PathBuf>,
+    /// Models to cycle through: thermostat, climate, door, button (default: all).
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    /// Cut a sensor's power during its next update: `INDEX:write:BLOCKS` or `INDEX:switch`.
+    #[arg(long)]
+    cut: Vec<String>,
     /// Print a `STATUS` JSON line this often (0: never).
     #[arg(long, default_value_t = 0)]
     status_ms: u64,
@@ -181,6 +254,10 @@ enum Error {
     Flash(#[from] flash::FlashError),
     #[error(transparent)]
     Ctl(#[from] ctl::CtlError),
+    #[error(transparent)]
+    Maker(#[from] maker::MakerError),
+    #[error("{0}")]
+    Usage(String),
 }
 
 async fn run(cmd: Cmd) -> Result<(), Error> {
@@ -203,6 +280,7 @@ async fn run(cmd: Cmd) -> Result<(), Error> {
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
             Ok(())
         }
+        Cmd::Maker { cmd } => run_maker(cmd).await,
         Cmd::ExportContext { sensor, flash: path, aiocoap } => {
             let f = flash::Flash::open(&path)?;
             let serial = export::export_aiocoap(&f, &sensor, &aiocoap)?;
@@ -214,6 +292,17 @@ async fn run(cmd: Cmd) -> Result<(), Error> {
 
 async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
+    let trust = match &a.maker_keys {
+        Some(dir) => {
+            let key = maker::load_public_key(dir)?;
+            let mut anchors = protocol::update::TrustAnchors::default();
+            for m in sensor_sim::model::ModelKind::ALL {
+                anchors.add(m.designation(), key.clone());
+            }
+            Some(anchors)
+        }
+        None => None,
+    };
     let (tx, mut events) = mpsc::unbounded_channel();
     let config = FleetConfig {
         seed: a.seed,
@@ -222,9 +311,28 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
         faults: a.faults.faults(),
         audit_nonces: a.audit_nonces,
         sockets: a.sockets,
+        trust,
+        models: a
+            .models
+            .iter()
+            .map(|m| serde_json::from_value(serde_json::Value::String(m.clone())))
+            .collect::<Result<_, _>>()
+            .map_err(|_| Error::Usage(format!("unknown model in {:?}", a.models)))?,
         ..FleetConfig::new(a.hub, a.sensors)
     };
     let fleet = fleet::spawn(config, Some(tx), shutdown.clone()).await?;
+    for c in &a.cut {
+        let parts: Vec<&str> = c.split(':').collect();
+        let at = match parts.as_slice() {
+            [i, "write", n] => {
+                i.parse().ok().zip(n.parse().ok()).map(|(i, n)| (i, fleet::CutPoint::MidWrite(n)))
+            }
+            [i, "switch"] => i.parse().ok().map(|i| (i, fleet::CutPoint::MidSwitch)),
+            _ => None,
+        };
+        let Some((index, point)) = at else { return Err(Error::Usage(format!("bad --cut {c:?}"))) };
+        fleet.cut_power_at(index, point);
+    }
     let mut status_tick =
         tokio::time::interval(std::time::Duration::from_millis(a.status_ms.max(1)));
     let status = fleet.status().await?;
@@ -277,4 +385,57 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
             }
         }
     }
+}
+
+async fn run_maker(cmd: MakerCmd) -> Result<(), Error> {
+    match cmd {
+        MakerCmd::Keygen { keys } => {
+            let public = maker::keygen(&keys)?;
+            println!("KEY {}", protocol::hex::encode(&public.to_sec1_compressed()));
+        }
+        MakerCmd::Publish {
+            keys,
+            feed,
+            model,
+            version,
+            size,
+            min_version,
+            expires_days,
+            disruptive,
+            unhealthy,
+            expired,
+            risks,
+        } => {
+            let key = maker::load_key(&keys)?;
+            let now = sensor_sim::clock::unix_now();
+            let release = maker::Release {
+                model: model.clone(),
+                version,
+                min_version,
+                expires: protocol::time::UnixTime(if expired {
+                    now.0 - 60
+                } else {
+                    now.0 + expires_days * 86_400
+                }),
+                disruptive,
+                risks,
+                released: now,
+            };
+            let image = maker::build_image(&model, version, size, !unhealthy);
+            let entry = maker::publish(&feed, &key, &release, &image)?;
+            println!(
+                "PUBLISHED model={} version={} manifest={} image={}",
+                entry.model, entry.version, entry.manifest, entry.image
+            );
+        }
+        MakerCmd::Serve { feed, tls, bind } => {
+            let t = maker::feed_tls(&tls, &["localhost", "127.0.0.1"])?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let server = maker::serve_feed(feed, &t, bind, stop_rx).await?;
+            println!("FEED https://{}/ {}", server.addr, tls.join(maker::TLS_CERT_FILE).display());
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = stop_tx.send(true);
+        }
+    }
+    Ok(())
 }

@@ -175,6 +175,13 @@ pub fn verify_manifest(
     Ok(VerifiedManifest { manifest, kid: sign1.kid, signed: envelope.to_vec() })
 }
 
+/// The key id a signed envelope names in its protected header. A hint only — nothing about the
+/// envelope is trusted until [`verify_manifest`] or [`super::verify_advisory`] accepts it — used
+/// to explain a refusal (e.g. "signed with the key of another model").
+pub fn signer_kid(envelope: &[u8]) -> Result<KeyId, UpdateError> {
+    cose::parse(envelope).map(|s| s.kid)
+}
+
 impl VerifiedManifest {
     /// Whether this update may be installed on a `model` device running `installed_version`:
     /// same model, strictly newer (anti-rollback, 6.17 ex. 3), installed at least the minimum.

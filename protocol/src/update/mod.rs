@@ -22,7 +22,7 @@ mod manifest;
 pub use advisory::{Advisory, Severity, VerifiedAdvisory, verify_advisory};
 pub use cose::{KeyId, PublicKey, SigningKeyPair, TrustAnchors};
 pub use image::{ImageAssembler, Progress, VerifiedImage, verify_image};
-pub use manifest::{Manifest, VerifiedManifest, verify_manifest};
+pub use manifest::{Manifest, VerifiedManifest, signer_kid, verify_manifest};
 
 use crate::time::UnixTime;
 

@@ -74,6 +74,8 @@ pub struct FleetConfig {
     pub audit_nonces: bool,
     /// The manufacturer keys built into sensors that verify update signatures themselves.
     pub trust: Option<protocol::update::TrustAnchors>,
+    /// Models the sensors cycle through (sensor i is `models[i % len]`).
+    pub models: Vec<ModelKind>,
 }
 
 impl FleetConfig {
@@ -90,6 +92,7 @@ impl FleetConfig {
             lease_block: protocol::oscore::DEFAULT_LEASE_BLOCK,
             audit_nonces: false,
             trust: None,
+            models: ModelKind::ALL.to_vec(),
         }
     }
 }
@@ -405,7 +408,9 @@ pub async fn spawn(
     };
     let mut sensors = Vec::with_capacity(config.sensors as usize);
     for index in 0..config.sensors {
-        let model = ModelKind::ALL[index as usize % ModelKind::ALL.len()];
+        let models =
+            if config.models.is_empty() { &ModelKind::ALL[..] } else { &config.models[..] };
+        let model = models[index as usize % models.len()];
         let rec = records.get(&index);
         let serial =
             rec.map_or_else(|| format!("{}-{:05}", model.prefix(), index), |r| r.serial.clone());
