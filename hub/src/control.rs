@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{HubApi, Request};
 
-/// Longest request line accepted.
-const MAX_LINE: usize = 64 * 1024;
+/// Longest request line accepted (an owner's firmware upload travels hex-encoded: up to the
+/// 16 MiB image limit, doubled, plus its manifest).
+const MAX_LINE: usize = 34 * 1024 * 1024;
 
 /// Binds the control socket at `path` (replacing a stale one) with mode 0600.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -52,7 +53,7 @@ pub async fn serve(
 
 async fn connection(stream: UnixStream, api: HubApi) {
     let (r, mut w) = stream.into_split();
-    let mut lines = BufReader::new(r.take(MAX_LINE as u64 * 64));
+    let mut lines = BufReader::new(r.take(MAX_LINE as u64 * 4));
     let mut line = String::new();
     loop {
         line.clear();

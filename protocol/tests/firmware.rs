@@ -264,3 +264,20 @@ fn a_cancelled_offer_is_no_longer_served() {
     let refused = download(&mut h, 0, &link_offer, &mut asm, None);
     assert!(matches!(refused, Err(SensorEvent::FirmwareRefused { version: 2 })), "{refused:?}");
 }
+
+#[test]
+fn a_download_continues_after_the_hub_restarts() {
+    let mut h = paired(55, lossy(), 1);
+    let r = release(6, 2, 24 * 1024);
+    offer(&mut h, &r, None);
+    let link_offer = take_offer(&mut h, 0);
+    let mut asm = ImageAssembler::for_link_offer(&link_offer, MODEL);
+    assert_eq!(download(&mut h, 0, &link_offer, &mut asm, Some(9)).ok(), Some(false));
+    // Power cut at the hub: its sequence resumes from the last durable lease, so its first
+    // answers wait for a new lease instead of being lost.
+    h.restart_hub(true);
+    offer(&mut h, &r, None);
+    assert_eq!(download(&mut h, 0, &link_offer, &mut asm, None).ok(), Some(true));
+    assert_eq!(asm.finish().expect("digest").bytes(), r.image.as_slice());
+    assert_eq!(h.nonces.reuses, 0);
+}

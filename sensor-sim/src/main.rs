@@ -419,7 +419,7 @@ async fn run_maker(cmd: MakerCmd) -> Result<(), Error> {
                 }),
                 disruptive,
                 risks,
-                released: now,
+                released: if expired { protocol::time::UnixTime(now.0 - 120) } else { now },
             };
             let image = maker::build_image(&model, version, size, !unhealthy);
             let entry = maker::publish(&feed, &key, &release, &image)?;

@@ -281,6 +281,17 @@ struct Peer<A> {
     last_echo: Option<Millis>,
     rekey_reported: bool,
     offer: Option<std::sync::Arc<FirmwareOffer>>,
+    /// An answer that needs our own Partial IV and waits for a durable lease (after a restart
+    /// the sequence has none until the caller persists one).
+    deferred: Option<Deferred>,
+}
+
+struct Deferred {
+    request: Packet,
+    binding: RequestBinding,
+    code: ResponseType,
+    payload: Vec<u8>,
+    block: Option<Block>,
 }
 
 impl<A: Copy> Session<A> {
@@ -354,6 +365,7 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
                 last_echo: None,
                 rekey_reported: false,
                 offer: None,
+                deferred: None,
             },
         );
     }
@@ -439,10 +451,12 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
         }
     }
 
-    /// Reports a lease durable.
+    /// Reports a lease durable (and sends an answer that waited for it).
     pub fn lease_durable(&mut self, kid: &Kid, lease: Lease) {
-        if let Some(p) = self.peers.get_mut(kid) {
-            p.ctx.lease_durable(lease);
+        let Some(p) = self.peers.get_mut(kid) else { return };
+        p.ctx.lease_durable(lease);
+        if let Some(d) = p.deferred.take() {
+            self.answer_now(*kid, &d.request, &d.binding, d.code, d.payload, d.block);
         }
     }
 
@@ -745,7 +759,16 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
         if let Some(b) = block {
             plain.add_option(CoapOption::Unknown(BLOCK2), b.encode());
         }
-        if let Ok(sealed) = peer.ctx.protect_response(&plain, binding, true)
+        let sealed = match peer.ctx.protect_response(&plain, binding, true) {
+            Err(OscoreError::LeaseNotDurable) => {
+                let (request, binding) = (request.clone(), binding.clone());
+                peer.deferred =
+                    Some(Deferred { request, binding, code, payload: plain.payload, block });
+                return self.check_peer(kid);
+            }
+            other => other,
+        };
+        if let Ok(sealed) = sealed
             && let (Some(bytes), Some(to)) = (coap::encode(&sealed.packet), peer.addr)
         {
             if let Some(last) = &mut peer.last
@@ -940,6 +963,7 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
                         last_echo: None,
                         rekey_reported: false,
                         offer: None,
+                        deferred: None,
                     },
                 );
                 self.events.push_back(HubEvent::Paired {

@@ -727,11 +727,20 @@ impl FleetTask {
     fn service(&mut self, index: u32) {
         let now = clock::now();
         let i = index as usize;
-        while let Some(bytes) = self.sensors[i].link.poll_transmit() {
-            self.outbound(index, bytes);
-        }
-        while let Some(e) = self.sensors[i].link.poll_event() {
-            self.on_event(index, e, now);
+        // Events can make the sensor send (e.g. the next image block): repeat until both are empty.
+        loop {
+            let mut busy = false;
+            while let Some(bytes) = self.sensors[i].link.poll_transmit() {
+                busy = true;
+                self.outbound(index, bytes);
+            }
+            while let Some(e) = self.sensors[i].link.poll_event() {
+                busy = true;
+                self.on_event(index, e, now);
+            }
+            if !busy {
+                break;
+            }
         }
         self.schedule(index);
     }
