@@ -27,6 +27,9 @@ pub enum DemoError {
     /// The API.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// The simulated manufacturer.
+    #[error(transparent)]
+    Maker(#[from] sensor_sim::maker::MakerError),
 }
 
 /// Plays the owner: waits until the hub lists the sensor as waiting, then types its PIN.
@@ -49,8 +52,28 @@ async fn type_pin(
 pub async fn run(sensors: u32, shutdown: CancellationToken) -> Result<(), DemoError> {
     let dir =
         tempfile::Builder::new().prefix("hearth-demo-").tempdir().map_err(DemoError::TempDir)?;
-    let mut config =
-        Config { coap_bind: SocketAddr::from(([127, 0, 0, 1], 0)), ..Config::default() };
+    // The simulated manufacturer: a signing key, a feed served over HTTPS (TLS 1.3).
+    use sensor_sim::maker;
+    let maker_dir = dir.path().join("manufacturer");
+    let public = maker::keygen(&maker_dir.join("keys"))?;
+    let key_hex = protocol::hex::encode(&public.to_sec1_compressed());
+    let feed_dir = maker_dir.join("feed");
+    std::fs::create_dir_all(&feed_dir).map_err(DemoError::TempDir)?;
+    let tls = maker::feed_tls(&maker_dir.join("tls"), &["localhost", "127.0.0.1"])?;
+    let (stop_feed, feed_stop) = tokio::sync::watch::channel(false);
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let feed = maker::serve_feed(feed_dir.clone(), &tls, loopback, feed_stop).await?;
+    let mut config = Config { coap_bind: loopback, ..Config::default() };
+    // The hub pins the manufacturer's key per model and its feed's certificate, and checks the
+    // feed at a random time around every 20 s (hours in real life; TR 103 621 6.13).
+    let models = ["hearth-thermo-1", "hearth-climate-1", "hearth-door-1"];
+    config.updates.trust = models
+        .iter()
+        .map(|m| crate::config::TrustedKey { model: (*m).into(), key: key_hex.clone() })
+        .collect();
+    config.updates.feed_url = Some(format!("https://{}/", feed.addr));
+    config.updates.feed_cert = Some(maker_dir.join("tls").join(maker::TLS_CERT_FILE));
+    config.updates.check_interval_s = 20;
     // The simulated fleet shares a few sockets, so many sensors pair from one address.
     config.pairing.max_sessions = config.pairing.max_sessions.max(sensors as usize);
     config.pairing.sessions_per_source = config.pairing.max_sessions;
@@ -62,7 +85,15 @@ pub async fn run(sensors: u32, shutdown: CancellationToken) -> Result<(), DemoEr
     );
     println!("Owner's control socket: {}", hub.control.display());
     let (tx, mut events) = mpsc::unbounded_channel();
-    let fc = FleetConfig { report_interval_ms: 5_000, ..FleetConfig::new(hub.coap, sensors) };
+    let mut anchors = protocol::update::TrustAnchors::default();
+    for m in models {
+        anchors.add(m, public.clone());
+    }
+    let fc = FleetConfig {
+        report_interval_ms: 5_000,
+        trust: Some(anchors),
+        ..FleetConfig::new(hub.coap, sensors)
+    };
     let fleet = fleet::spawn(fc, Some(tx), shutdown.clone()).await?;
     let status = hub.api.pair_open(Some(300)).await?;
     println!(
@@ -76,6 +107,8 @@ pub async fn run(sensors: u32, shutdown: CancellationToken) -> Result<(), DemoEr
         fleet.pair(i);
     }
     let mut paired = 0u32;
+    let mut announced = std::collections::HashSet::new();
+    let mut announced_refusals = std::collections::HashSet::new();
     let mut delivered = 0u64;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
@@ -97,6 +130,7 @@ pub async fn run(sensors: u32, shutdown: CancellationToken) -> Result<(), DemoEr
                     if paired == sensors {
                         let _ = hub.api.pair_close().await;
                         println!("All {sensors} sensors paired; pairing window closed. Readings every 5 s per sensor.");
+                        publish_later(maker_dir.clone(), feed_dir.clone());
                     }
                 }
                 Some(FleetEvent::PairingFailed { index }) => {
@@ -106,7 +140,10 @@ pub async fn run(sensors: u32, shutdown: CancellationToken) -> Result<(), DemoEr
                 Some(FleetEvent::Delivered { .. }) => delivered += 1,
                 Some(FleetEvent::Refused { index }) => println!("  sensor {index}: a reading was refused by the hub"),
                 Some(FleetEvent::UpdateProgress { index, version, done, total }) => {
-                    println!("  sensor {index}: writing v{version} to its inactive slot, {done}/{total} blocks");
+                    // Progress arrives every 16 blocks; show the start and the middle.
+                    if done == 1 || (done <= total / 2 && done + 16 > total / 2) {
+                        println!("  sensor {index}: writing v{version} to its inactive slot (Block2 over OSCORE), {done}/{total} blocks");
+                    }
                 }
                 Some(FleetEvent::Updated { index, version, running, outcome, reason }) => {
                     println!("  sensor {index}: update to v{version}: {outcome:?}, running v{running} {reason}");
@@ -117,6 +154,17 @@ pub async fn run(sensors: u32, shutdown: CancellationToken) -> Result<(), DemoEr
                 let devices = hub.api.devices().await?;
                 let stored: u64 = devices.iter().map(|d| d.readings).sum();
                 let sec = hub.api.security().await?;
+                let updates = hub.api.updates().await?;
+                for r in &updates.releases {
+                    if announced.insert((r.model.clone(), r.version)) {
+                        println!("[hub] verified {} v{} from the manufacturer's feed (signature, model, anti-rollback, expiry, digest): \"{}\" — delivering it", r.model, r.version, r.risks_mitigated);
+                    }
+                }
+                for r in &updates.refused {
+                    if announced_refusals.insert(r.reason.clone()) {
+                        println!("[hub] refused an update: {}", r.reason);
+                    }
+                }
                 print!("[hub] {} devices, {stored} readings stored, {delivered} acknowledged, {} security events", devices.len(), sec.total);
                 let latest = match devices.first() {
                     Some(d) => hub.api.readings(&d.info.id, Some(1)).await?.pop().map(|r| (d.info.serial.clone(), r)),
@@ -137,5 +185,37 @@ pub async fn run(sensors: u32, shutdown: CancellationToken) -> Result<(), DemoEr
         }
     }
     hub.join().await;
+    let _ = stop_feed.send(true);
     Ok(())
+}
+
+/// The manufacturer publishes v2 for the thermostat and climate models 15 s after the fleet paired.
+fn publish_later(maker_dir: std::path::PathBuf, feed_dir: std::path::PathBuf) {
+    use sensor_sim::maker;
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let Ok(key) = maker::load_key(&maker_dir.join("keys")) else { return };
+        let now = sensor_sim::clock::unix_now();
+        for (model, risks) in [
+            ("hearth-thermo-1", "Fixes a buffer overflow in the setpoint parser (CVE-2026-0001)."),
+            ("hearth-climate-1", "Fixes a timing leak in the humidity calibration command."),
+        ] {
+            let release = maker::Release {
+                model: model.into(),
+                version: 2,
+                min_version: 1,
+                expires: protocol::time::UnixTime(now.0 + 90 * 86_400),
+                disruptive: false,
+                risks: risks.into(),
+                released: now,
+            };
+            let image = maker::build_image(model, 2, 256 * 1024, true);
+            match maker::publish(&feed_dir, &key, &release, &image) {
+                Ok(_) => println!(
+                    "[manufacturer] signed and published {model} v2 (256 KiB) on its HTTPS feed"
+                ),
+                Err(e) => println!("[manufacturer] publishing {model} failed: {e}"),
+            }
+        }
+    });
 }
