@@ -145,7 +145,7 @@ pub async fn run(sensors: u32, shutdown: CancellationToken) -> Result<(), DemoEr
                         println!("  sensor {index}: writing v{version} to its inactive slot (Block2 over OSCORE), {done}/{total} blocks");
                     }
                 }
-                Some(FleetEvent::Updated { index, version, running, outcome, reason }) => {
+                Some(FleetEvent::Updated { index, version, running, outcome, reason, .. }) => {
                     println!("  sensor {index}: update to v{version}: {outcome:?}, running v{running} {reason}");
                 }
                 None => return Ok(()),

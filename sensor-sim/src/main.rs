@@ -86,6 +86,33 @@ enum MakerCmd {
         #[arg(long, default_value = "Security fixes.")]
         risks: String,
     },
+    /// Sign a security advisory and publish it in the feed directory.
+    Advisory {
+        /// Key directory.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Feed directory.
+        #[arg(long)]
+        feed: PathBuf,
+        /// Affected model.
+        #[arg(long)]
+        model: String,
+        /// Lowest affected version.
+        #[arg(long)]
+        low: u32,
+        /// Highest affected version.
+        #[arg(long)]
+        high: u32,
+        /// low, medium, high or critical.
+        #[arg(long, default_value = "high")]
+        severity: String,
+        /// Version that fixes it, if any.
+        #[arg(long)]
+        fixed_in: Option<u32>,
+        /// Description.
+        #[arg(long)]
+        text: String,
+    },
     /// Serve the feed directory over HTTPS until Ctrl-C (prints `FEED <url> <cert file>`).
     Serve {
         /// Feed directory.
@@ -370,8 +397,8 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
                 Some(FleetEvent::UpdateProgress { index, version, done, total }) => {
                     println!("UPDATE-PROGRESS sensor={index} version={version} blocks={done}/{total}");
                 }
-                Some(FleetEvent::Updated { index, version, running, outcome, reason }) => {
-                    println!("UPDATED sensor={index} version={version} running={running} outcome={outcome:?} reason={reason:?}");
+                Some(FleetEvent::Updated { index, version, running, outcome, reason, blocks }) => {
+                    println!("UPDATED sensor={index} version={version} running={running} outcome={outcome:?} blocks={blocks} reason={reason:?}");
                 }
                 None => return Ok(()),
             },
@@ -427,6 +454,28 @@ async fn run_maker(cmd: MakerCmd) -> Result<(), Error> {
                 "PUBLISHED model={} version={} manifest={} image={}",
                 entry.model, entry.version, entry.manifest, entry.image
             );
+        }
+        MakerCmd::Advisory { keys, feed, model, low, high, severity, fixed_in, text } => {
+            use protocol::update::Severity;
+            let severity = match severity.as_str() {
+                "low" => Severity::Low,
+                "medium" => Severity::Medium,
+                "high" => Severity::High,
+                "critical" => Severity::Critical,
+                other => return Err(Error::Usage(format!("unknown severity {other:?}"))),
+            };
+            let key = maker::load_key(&keys)?;
+            let advisory = protocol::update::Advisory {
+                model,
+                affected_low: low,
+                affected_high: high,
+                severity,
+                fixed_in,
+                text,
+                issued: sensor_sim::clock::unix_now(),
+            };
+            let path = maker::publish_advisory(&feed, &key, &advisory)?;
+            println!("PUBLISHED advisory={path}");
         }
         MakerCmd::Serve { feed, tls, bind } => {
             let t = maker::feed_tls(&tls, &["localhost", "127.0.0.1"])?;

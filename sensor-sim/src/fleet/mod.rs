@@ -164,6 +164,8 @@ pub enum FleetEvent {
         outcome: protocol::link::fw::Outcome,
         /// Why, for rollbacks and failures.
         reason: String,
+        /// Image blocks this sensor received for this version, re-fetches included.
+        blocks: u32,
     },
 }
 
@@ -689,8 +691,10 @@ impl FleetTask {
         // RAM is gone; flash keeps the slots and the inactive slot's blocks.
         let slots = s.fw.slots.take();
         let slot = std::mem::take(&mut s.fw.slot);
+        let received = std::mem::take(&mut s.fw.received);
         s.fw = update::Fw::new(slots.unwrap_or_else(|| Slots::factory(1)));
         s.fw.slot = slot;
+        s.fw.received = received;
         self.boot_after_power_cut(index, clock::now());
         self.service(index);
     }

@@ -33,6 +33,8 @@ pub(super) struct Fw {
     written_blocks: u32,
     pub cut: Option<CutPoint>,
     reported: u32,
+    /// Blocks received per version (kept across power cuts: the observer's count, not flash).
+    pub received: std::collections::HashMap<u32, u32>,
 }
 
 impl Fw {
@@ -155,6 +157,7 @@ impl FleetTask {
         let done = asm.offset();
         let num = (offset / u64::from(o.block_size())) as u32;
         let s = &mut self.sensors[i];
+        *s.fw.received.entry(version).or_default() += 1;
         s.fw.slot.extend_from_slice(data);
         s.fw.written_blocks = num + 1;
         self.flash_blocks.push((index, num, data.to_vec()));
@@ -234,12 +237,14 @@ impl FleetTask {
 
     fn finish_update(&mut self, index: u32, report: UpdateReport, now: Millis) {
         let i = index as usize;
+        let blocks = self.sensors[i].fw.received.get(&report.version).copied().unwrap_or(0);
         self.emit(FleetEvent::Updated {
             index,
             version: report.version,
             running: report.running,
             outcome: report.outcome,
             reason: report.reason.clone(),
+            blocks,
         });
         let s = &mut self.sensors[i];
         s.fw.busy = true; // until the report is delivered
