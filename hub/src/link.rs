@@ -31,6 +31,7 @@ struct Batch {
     acks: Vec<AckTicket>,
     rejects: Vec<(AckTicket, String)>,
     leases: Vec<(Kid, Lease)>,
+    paired: Vec<Kid>,
     count: usize,
 }
 
@@ -40,6 +41,7 @@ impl Batch {
             && self.readings.is_empty()
             && self.acks.is_empty()
             && self.rejects.is_empty()
+            && self.paired.is_empty()
     }
 }
 
@@ -214,6 +216,7 @@ impl Driver {
                     tracing::info!(device = %kid, model = %descriptor.model, serial = %descriptor.serial, "paired");
                     let info = DeviceInfo::new(&kid, &descriptor, unix_now().0);
                     self.pending.writes.push(Write::Device { info, params });
+                    self.pending.paired.push(kid);
                 }
                 HubEvent::LeaseNeeded { kid, lease } => {
                     self.pending.writes.push(Write::Lease { kid, lease: lease.0 });
@@ -306,6 +309,10 @@ impl Driver {
         }
         for (kid, lease) in batch.leases {
             self.link.lease_durable(&kid, lease);
+        }
+        let now = self.now();
+        for kid in batch.paired {
+            self.link.paired_durable(now, &kid);
         }
     }
 

@@ -136,9 +136,13 @@ pub fn hub_datagram(data: &[u8]) {
         rest = tail;
         hub.handle_datagram(Millis(1), 7, dgram, &mut rng);
         while let Some(e) = hub.poll_event() {
-            if let crate::link::HubEvent::Reading { ticket, .. } = e {
-                assert!(released.insert(ticket.piv()), "reading released twice");
-                hub.acknowledge(ticket);
+            match e {
+                crate::link::HubEvent::Reading { ticket, .. } => {
+                    assert!(released.insert(ticket.piv()), "reading released twice");
+                    hub.acknowledge(ticket);
+                }
+                crate::link::HubEvent::Paired { kid, .. } => hub.paired_durable(Millis(1), &kid),
+                _ => {}
             }
         }
         while hub.poll_transmit().is_some() {}

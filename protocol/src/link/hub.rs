@@ -128,7 +128,8 @@ pub enum HubEvent {
         /// What the sensor says it is.
         descriptor: Descriptor,
     },
-    /// Pairing succeeded: persist the context (secret, encrypted at rest), then the sensor is live.
+    /// Pairing succeeded: persist the context (secret, encrypted at rest), then call
+    /// [`HubLink::paired_durable`] — only then is the sensor told it is paired.
     Paired {
         /// The sensor's kid.
         kid: Kid,
@@ -256,8 +257,10 @@ pub enum PinError {
     Pairing(#[from] PairingError),
 }
 
-/// An answered unprotected exchange: (source, message id, token), when, and the response.
-type PlainExchange<A> = ((A, u16, Vec<u8>), Millis, Vec<u8>);
+/// An unprotected exchange's identity: (source, message id, token), RFC 7252 §4.5.
+type PlainKey<A> = (A, u16, Vec<u8>);
+/// An answered unprotected exchange: its identity, when, and the response.
+type PlainExchange<A> = (PlainKey<A>, Millis, Vec<u8>);
 
 struct LastExchange {
     piv: u64,
@@ -313,6 +316,8 @@ pub struct HubLink<A> {
     peers: HashMap<Kid, Peer<A>>,
     window: Option<PairingWindow>,
     sessions: HashMap<Kid, Session<A>>,
+    /// Pairings whose "paired" answer waits for the context to be durable.
+    unconfirmed: HashMap<Kid, (PlainKey<A>, Vec<u8>)>,
     /// (source, message id, token) → response, with when it was made.
     dedup: VecDeque<PlainExchange<A>>,
     transmits: VecDeque<Transmit<A>>,
@@ -338,6 +343,7 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
             peers: HashMap::new(),
             window: None,
             sessions: HashMap::new(),
+            unconfirmed: HashMap::new(),
             dedup: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -449,6 +455,17 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
                 Err(PinError::Pairing(e))
             }
         }
+    }
+
+    /// The context of the sensor paired as `kid` is durable: tell the sensor it is paired.
+    pub fn paired_durable(&mut self, now: Millis, kid: &Kid) {
+        let Some((key, bytes)) = self.unconfirmed.remove(kid) else { return };
+        let to = key.0;
+        if self.dedup.len() >= self.config.dedup_entries {
+            self.dedup.pop_front();
+        }
+        self.dedup.push_back((key, now, bytes.clone()));
+        self.transmits.push_back(Transmit { to, bytes });
     }
 
     /// Reports a lease durable (and sends an answer that waited for it).
@@ -936,6 +953,9 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
             self.malformed("pairing confirmation");
             return self.reply(from, packet, ResponseType::BadRequest, b"bad confirmation");
         };
+        if self.unconfirmed.contains_key(&kid) {
+            return; // a retransmission while the new context is being made durable
+        }
         // Only the address that started the session may finish (or abort) it.
         let Some(Session::AwaitingConfirm { addr, .. }) = self.sessions.get(&kid) else {
             return self.reply(from, packet, ResponseType::NotFound, b"no such pairing");
@@ -972,7 +992,13 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
                     descriptor: paired.descriptor,
                 });
                 self.check_peer(kid);
-                self.reply(from, packet, ResponseType::Changed, &[]);
+                // The sensor hears "paired" only once its context is durable here
+                // ([`HubLink::paired_durable`]); retransmissions meanwhile are ignored.
+                let answer = coap::response(packet, ResponseType::Changed, Vec::new());
+                let key = (from, packet.header.message_id, packet.get_token().to_vec());
+                if let Some(bytes) = coap::encode(&answer) {
+                    self.unconfirmed.insert(kid, (key, bytes));
+                }
             }
             Err(e) => {
                 self.fail_pairing(now, kid, e);

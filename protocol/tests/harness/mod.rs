@@ -300,7 +300,10 @@ impl Harness {
                 let _ = self.hub.link.enter_pin(self.now, Some(kid), &typed);
             }
             HubEvent::Paired { kid, params, .. } => {
+                // Durable at once in the harness's store.
                 self.hub.contexts.insert(kid, params);
+                let now = self.now;
+                self.hub.link.paired_durable(now, &kid);
             }
             HubEvent::Reading { ticket, payload } => {
                 let id = u64::from_be_bytes(payload.0.as_slice().try_into().expect("8-byte id"));
