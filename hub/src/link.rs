@@ -238,7 +238,7 @@ impl Driver {
                     self.replan = true;
                 }
                 HubEvent::BlockServed { kid, version, num, total } => {
-                    self.updates.block_served(&kid, version, num, total);
+                    self.updates.block_served(&kid, version, num, total, unix_now());
                 }
             }
         }

@@ -86,10 +86,17 @@ pub struct DeviceUpdate {
     /// No new attempt before this time (back-off).
     #[serde(default)]
     pub retry_at: u64,
+    /// The version the failures count for (a newer release starts afresh).
+    #[serde(default)]
+    pub failed_version: Option<u32>,
+    /// When the offer last made progress (offered, or a block served), Unix seconds.
+    #[serde(default)]
+    pub progress_at: u64,
 }
 
 /// What the manager persists (releases are re-verified from their files at start).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 struct Persisted {
     trust: Vec<(String, String)>,
     releases: Vec<(String, u32)>,
@@ -187,6 +194,9 @@ impl std::fmt::Debug for Updates {
 }
 
 const MAX_FAILURES: u32 = 5;
+/// An offer that made no progress for this long is withdrawn (the device is offline or stuck),
+/// freeing its delivery slot; it counts as a failed attempt.
+const OFFER_TIMEOUT_S: u64 = 600;
 /// Key of the manager's document in the store.
 pub const META_KEY: &str = "updates";
 
@@ -204,8 +214,15 @@ impl Updates {
         retry_base_s: u64,
         now: UnixTime,
     ) -> Self {
-        let state: Persisted =
-            persisted.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+        let state: Persisted = match persisted.map(serde_json::from_slice::<Persisted>) {
+            None => Persisted::default(),
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                // Never fall back to automatic installs when the owner's settings are unreadable.
+                tracing::error!(error = %e, "update settings unreadable; updates set to notify-only");
+                Persisted { policy: Some(Policy::NotifyOnly), ..Persisted::default() }
+            }
+        };
         let mut me = Self {
             dir: dir.to_path_buf(),
             state,
@@ -449,7 +466,7 @@ impl Updates {
         d: &DeviceUpdate,
         now: UnixTime,
     ) -> Option<(&Release, Option<String>)> {
-        let r = self
+        let applicable: Vec<&Release> = self
             .releases
             .iter()
             .filter(|((m, v), r)| {
@@ -459,31 +476,39 @@ impl Updates {
                     && r.manifest.expires() >= now
             })
             .map(|(_, r)| r)
-            .next_back()?;
+            .collect();
+        // The newest release that may go now; else the newest, with the reason it waits (a
+        // disruptive release awaiting approval must not hide a newer-than-installed safe one).
+        let judged: Vec<(&Release, Option<String>)> =
+            applicable.iter().rev().map(|r| (*r, self.why_not(id, d, r, now))).collect();
+        judged.iter().find(|(_, why)| why.is_none()).cloned().or_else(|| judged.first().cloned())
+    }
+
+    fn why_not(&self, id: &str, d: &DeviceUpdate, r: &Release, now: UnixTime) -> Option<String> {
         let v = r.manifest.version();
         let approved =
             self.state.approvals.iter().any(|(who, av)| *av == v && (who == "*" || who == id));
         let cancelled = self.state.cancelled.iter().any(|(who, cv)| *cv == v && who == id);
-        let why = if !d.updatable {
-            Some("the device cannot be updated".into())
-        } else if cancelled {
-            Some("cancelled by the owner".into())
-        } else {
-            match self.policy_for(d) {
-                Policy::Disabled => Some("updates are disabled".into()),
-                Policy::NotifyOnly if !approved => Some("notify-only: approve to install".into()),
-                Policy::Postponed { until } if now.0 < until && !approved => {
-                    Some(format!("postponed until {until}"))
-                }
-                _ if r.manifest.disruptive() && !approved => {
-                    Some("disruptive: waiting for the owner's approval".into())
-                }
-                _ if d.failures >= MAX_FAILURES => Some(format!("{} failed attempts", d.failures)),
-                _ if now.0 < d.retry_at => Some(format!("retrying at {}", d.retry_at)),
-                _ => None,
+        let failures = if d.failed_version == Some(v) { d.failures } else { 0 };
+        if !d.updatable {
+            return Some("the device cannot be updated".into());
+        }
+        if cancelled {
+            return Some("cancelled by the owner".into());
+        }
+        match self.policy_for(d) {
+            Policy::Disabled => Some("updates are disabled".into()),
+            Policy::NotifyOnly if !approved => Some("notify-only: approve to install".into()),
+            Policy::Postponed { until } if now.0 < until && !approved => {
+                Some(format!("postponed until {until}"))
             }
-        };
-        Some((r, why))
+            _ if r.manifest.disruptive() && !approved => {
+                Some("disruptive: waiting for the owner's approval".into())
+            }
+            _ if failures >= MAX_FAILURES => Some(format!("{failures} failed attempts")),
+            _ if failures > 0 && now.0 < d.retry_at => Some(format!("retrying at {}", d.retry_at)),
+            _ => None,
+        }
     }
 
     /// Decides which devices get which offer now (bounded concurrency); returns the changes.
@@ -491,6 +516,21 @@ impl Updates {
         let mut changes = Vec::new();
         let mut active = self.state.devices.values().filter(|d| d.offered.is_some()).count();
         let ids: Vec<String> = self.state.devices.keys().cloned().collect();
+        for id in &ids {
+            let Some(d) = self.state.devices.get_mut(id) else { continue };
+            if let Some(v) = d.offered
+                && now.0 > d.progress_at.saturating_add(OFFER_TIMEOUT_S)
+            {
+                d.history.push(HistoryEntry {
+                    at: now.0,
+                    version: v,
+                    event: "timed_out".into(),
+                    detail: "no progress".into(),
+                });
+                Self::count_failure(d, v, now, self.retry_base_s);
+                // Left offered; the comparison below withdraws it (the back-off forbids it).
+            }
+        }
         for id in ids {
             let Some(d) = self.state.devices.get(&id) else { continue };
             let want = self
@@ -515,6 +555,7 @@ impl Updates {
                     if let Some(d) = self.state.devices.get_mut(&id) {
                         d.offered = Some(w.offer.version);
                         d.progress = (0, w.offer.blocks());
+                        d.progress_at = now.0;
                         d.blocks_served = 0;
                         d.history.push(HistoryEntry {
                             at: now.0,
@@ -555,18 +596,32 @@ impl Updates {
     }
 
     /// A block was served (progress, and counts re-sends).
-    pub fn block_served(&mut self, kid: &Kid, version: u32, num: u32, total: u32) {
+    pub fn block_served(&mut self, kid: &Kid, version: u32, num: u32, total: u32, now: UnixTime) {
         if let Some(d) = self.state.devices.get_mut(&kid_id(kid))
             && d.offered == Some(version)
         {
             d.blocks_served += 1;
-            d.progress = (d.progress.0.max(num + 1), total);
+            d.progress = (d.progress.0.max(num.saturating_add(1)), total);
+            d.progress_at = now.0;
         }
+    }
+
+    fn count_failure(d: &mut DeviceUpdate, version: u32, now: UnixTime, base: u64) {
+        if d.failed_version != Some(version) {
+            d.failed_version = Some(version);
+            d.failures = 0;
+        }
+        d.failures += 1;
+        let wait = base.saturating_mul(1u64 << (d.failures - 1).min(20));
+        d.retry_at = now.0.saturating_add(wait);
     }
 
     /// A sensor reported an outcome.
     pub fn report(&mut self, kid: &Kid, r: &UpdateReport, now: UnixTime) {
-        let Some(d) = self.state.devices.get_mut(&kid_id(kid)) else { return };
+        let id = kid_id(kid);
+        let Some(model) = self.state.devices.get(&id).map(|d| d.model.clone()) else { return };
+        let known = self.knows(&model, r.version);
+        let Some(d) = self.state.devices.get_mut(&id) else { return };
         let event = match r.outcome {
             Outcome::Installed => "installed",
             Outcome::RolledBack => "rolled_back",
@@ -578,13 +633,20 @@ impl Updates {
             event: event.into(),
             detail: r.reason.clone(),
         });
-        d.installed = r.running;
+        // Only versions the hub knows it could be running are believed (a buggy or hostile
+        // sensor must not raise the anti-rollback floor of its whole model).
+        if r.running == d.installed
+            || Some(r.running) == d.offered
+            || (r.running == r.version && known)
+        {
+            d.installed = r.running;
+        }
         if r.outcome == Outcome::Installed {
             d.failures = 0;
+            d.failed_version = None;
             d.retry_at = 0;
         } else {
-            d.failures += 1;
-            d.retry_at = now.0 + (self.retry_base_s << (d.failures - 1).min(10));
+            Self::count_failure(d, r.version, now, self.retry_base_s);
         }
         if d.offered == Some(r.version) {
             d.offered = None;
@@ -826,5 +888,70 @@ mod tests {
             history.iter().filter(|h| h.event == "rolled_back").count(),
             MAX_FAILURES as usize
         );
+    }
+
+    #[test]
+    fn a_waiting_disruptive_release_does_not_hide_an_allowed_one() {
+        let mut f = fixture(1, 10);
+        release(&mut f, 2, false);
+        release(&mut f, 3, true);
+        let changes = f.updates.plan(T0);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            changes[0].1.as_ref().map(|o| o.offer.version),
+            Some(2),
+            "v2 goes while v3 waits"
+        );
+    }
+
+    #[test]
+    fn failures_count_per_version_and_stale_offers_free_their_slot() {
+        let mut f = fixture(2, 1);
+        release(&mut f, 2, false);
+        assert_eq!(offered(&f.updates.plan(T0)), 1);
+        let stuck = f
+            .kids
+            .iter()
+            .find(|k| f.updates.history(k).is_some_and(|d| d.offered.is_some()))
+            .copied()
+            .expect("one");
+        // No progress for longer than the timeout: withdrawn, and the other device gets the slot.
+        let later = UnixTime(T0.0 + OFFER_TIMEOUT_S + 1);
+        let changes = f.updates.plan(later);
+        assert!(changes.iter().any(|(k, o)| *k == stuck && o.is_none()), "stale offer withdrawn");
+        assert!(changes.iter().any(|(k, o)| *k != stuck && o.is_some()), "slot reused");
+        // Failures of v2 do not hold back v3.
+        let failed =
+            UpdateReport { version: 2, running: 1, outcome: Outcome::Failed, reason: "x".into() };
+        for _ in 0..MAX_FAILURES {
+            f.updates.report(&stuck, &failed, later);
+        }
+        release(&mut f, 3, false);
+        let d = f.updates.history(&stuck).expect("device");
+        assert!(
+            f.updates
+                .why_not(
+                    &protocol::hex::encode(stuck.as_bytes()),
+                    &d,
+                    f.updates.releases.values().last().expect("v3"),
+                    later
+                )
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_sensor_cannot_claim_a_version_the_hub_never_offered() {
+        let mut f = fixture(1, 10);
+        release(&mut f, 2, false);
+        let lie = UpdateReport {
+            version: 9,
+            running: u32::MAX,
+            outcome: Outcome::Installed,
+            reason: String::new(),
+        };
+        f.updates.report(&f.kids[0], &lie, T0);
+        assert_eq!(f.updates.history(&f.kids[0]).map(|d| d.installed), Some(1));
+        release(&mut f, 3, false); // still accepted: the floor did not move
     }
 }
