@@ -20,6 +20,9 @@ use super::fw::{
 };
 use super::hub::encode_done;
 
+/// Firmware requests sent in a row before a waiting reading goes out.
+const CONTROL_BURST: u8 = 8;
+
 /// What the sensor link tells its caller.
 #[derive(Debug)]
 pub enum SensorEvent {
@@ -122,6 +125,7 @@ pub struct SensorLink {
     out: Option<Outstanding>,
     readings: VecDeque<(u64, Vec<u8>)>,
     control: VecDeque<Control>,
+    control_streak: u8,
     echo: Option<Vec<u8>>,
     lease_block: u64,
     token_prefix: Option<u32>,
@@ -149,6 +153,7 @@ impl SensorLink {
             out: None,
             readings: VecDeque::new(),
             control: VecDeque::new(),
+            control_streak: 0,
             echo: None,
             lease_block: crate::oscore::DEFAULT_LEASE_BLOCK,
             token_prefix: None,
@@ -579,10 +584,26 @@ impl SensorLink {
                 let request = coap::post(self.mid(), &token, PATH_DONE, body);
                 self.send(now, rng, request, token, Purpose::Done);
             }
-            Phase::Linked(_) => match self.control.pop_front() {
-                Some(c) => self.send_control(now, rng, c),
-                None => self.send_reading(now, rng),
-            },
+            // Firmware requests go first, but a waiting reading still goes out after every few
+            // of them: a long download must not starve the sensor's data.
+            Phase::Linked(_) => {
+                let reading_due = !self.readings.is_empty() && self.control_streak >= CONTROL_BURST;
+                match self.control.pop_front() {
+                    Some(c) if !reading_due => {
+                        self.control_streak += 1;
+                        self.send_control(now, rng, c);
+                    }
+                    Some(c) => {
+                        self.control.push_front(c);
+                        self.control_streak = 0;
+                        self.send_reading(now, rng);
+                    }
+                    None => {
+                        self.control_streak = 0;
+                        self.send_reading(now, rng);
+                    }
+                }
+            }
         }
     }
 

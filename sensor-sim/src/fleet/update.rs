@@ -54,7 +54,23 @@ impl FleetTask {
             SensorEvent::UpdateOffered(offer) => {
                 let s = &self.sensors[i];
                 let updatable = s.model.descriptor(&s.serial, 0).updatable;
-                if !updatable || s.fw.busy || offer.offer().version <= s.fw.running() {
+                let (version, running) = (offer.offer().version, s.fw.running());
+                if !updatable || s.fw.busy {
+                    return;
+                }
+                if version <= running {
+                    // Already there (e.g. the report was lost in a power cut): say so once, so
+                    // the hub closes the delivery instead of offering it forever.
+                    if s.fw.reported != version {
+                        self.sensors[i].fw.reported = version;
+                        let report = UpdateReport {
+                            version,
+                            running,
+                            outcome: Outcome::Installed,
+                            reason: "already running".into(),
+                        };
+                        self.finish_update(index, report, now);
+                    }
                     return;
                 }
                 let version = offer.offer().version;
@@ -77,6 +93,12 @@ impl FleetTask {
                         .map_err(|e| e.to_string()),
                     None => Err("no manufacturer key built in".into()),
                 };
+                let model = self.sensors[i].model.designation();
+                let running = self.sensors[i].fw.running();
+                let verdict = verdict.and_then(|m| match m.check_applicable(model, running) {
+                    Ok(()) => Ok(m),
+                    Err(e) => Err(e.to_string()),
+                });
                 let matches = verdict.as_ref().is_ok_and(|m| {
                     m.version() == o.version
                         && *m.image_sha256() == o.sha256
@@ -130,6 +152,8 @@ impl FleetTask {
             s.fw.slot.clear();
             s.fw.written_blocks = 0;
             asm = ImageAssembler::for_link_offer(&offer, model);
+            // Blocks of an earlier download still queued for flash must not land after the erase.
+            self.flash_blocks.retain(|(s, _, _)| *s != index);
             self.flash_erase.push(index);
             self.pending_flash.push(index);
         }
