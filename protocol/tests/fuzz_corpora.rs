@@ -1,5 +1,6 @@
 //! Replays every fuzz target's corpus (`fuzz/corpus/<target>/`) on stable Rust, so CI exercises
-//! the targets' invariants without nightly. Inputs the fuzzer found are added to the corpus.
+//! the targets' invariants without nightly. The corpora are the hand-written seeds plus the
+//! inputs of a `cargo fuzz cmin` after fuzzing runs (files under 2 KiB).
 
 use std::fs;
 use std::path::Path;
@@ -15,7 +16,7 @@ fn replay(target: &str, f: fn(&[u8])) {
         for cut in 0..data.len().min(64) {
             f(&data[..cut]);
         }
-        for i in 0..data.len() {
+        for i in 0..data.len().min(256) {
             let mut m = data.clone();
             m[i] ^= 0x5a;
             f(&m);
