@@ -80,9 +80,12 @@ pub enum Request {
     },
     /// Approve a version (disruptive or notify-only) for one device or all.
     UpdateApprove {
-        /// Device (none: all).
+        /// One device.
         #[serde(default)]
         device: Option<String>,
+        /// Or every device of this model.
+        #[serde(default)]
+        model: Option<String>,
         /// Version.
         version: u32,
     },
@@ -213,8 +216,9 @@ pub(crate) enum LinkCommand {
     },
     UpdateApprove {
         device: Option<Kid>,
+        model: Option<String>,
         version: u32,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     UpdateCancel {
         device: Kid,
@@ -370,9 +374,16 @@ impl HubApi {
     }
 
     /// Approves a version.
-    pub async fn update_approve(&self, device: Option<&str>, version: u32) -> Result<(), ApiError> {
+    pub async fn update_approve(
+        &self,
+        device: Option<&str>,
+        model: Option<String>,
+        version: u32,
+    ) -> Result<(), ApiError> {
         let device = device.map(parse_id).transpose()?;
-        self.ask(|reply| LinkCommand::UpdateApprove { device, version, reply }).await
+        self.ask(|reply| LinkCommand::UpdateApprove { device, model, version, reply })
+            .await?
+            .map_err(ApiError::BadRequest)
     }
 
     /// Cancels delivery to a device.
@@ -453,8 +464,8 @@ impl HubApi {
                 .update_policy(device.as_deref(), policy)
                 .await
                 .map(|()| serde_json::json!({"ok": true})),
-            Request::UpdateApprove { device, version } => self
-                .update_approve(device.as_deref(), version)
+            Request::UpdateApprove { device, model, version } => self
+                .update_approve(device.as_deref(), model, version)
                 .await
                 .map(|()| serde_json::json!({"approved": version})),
             Request::UpdateCancel { device } => {

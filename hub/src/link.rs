@@ -427,10 +427,10 @@ impl Driver {
                 self.replan = true;
                 let _ = reply.send(r);
             }
-            LinkCommand::UpdateApprove { device, version, reply } => {
-                self.updates.approve(device.as_ref(), version);
+            LinkCommand::UpdateApprove { device, model, version, reply } => {
+                let r = self.updates.approve(device.as_ref(), model.as_deref(), version);
                 self.replan = true;
-                let _ = reply.send(());
+                let _ = reply.send(r.map_err(|e| e.to_string()));
             }
             LinkCommand::UpdateCancel { device, reply } => {
                 let v = self.updates.cancel(&device, unix_now());

@@ -119,9 +119,12 @@ enum UpdateCmd {
         /// Version.
         #[arg(long)]
         version: u32,
-        /// One device (default: all).
+        /// One device.
         #[arg(long)]
         device: Option<String>,
+        /// Or every device of this model.
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Cancel delivery to a device.
     Cancel {
@@ -312,7 +315,9 @@ fn update_request(cmd: UpdateCmd) -> Result<Request, String> {
             };
             Request::UpdatePolicy { device, policy }
         }
-        UpdateCmd::Approve { version, device } => Request::UpdateApprove { device, version },
+        UpdateCmd::Approve { version, device, model } => {
+            Request::UpdateApprove { device, model, version }
+        }
         UpdateCmd::Cancel { device } => Request::UpdateCancel { device },
         UpdateCmd::Retry { device } => Request::UpdateRetry { device },
     })

@@ -103,7 +103,8 @@ struct Persisted {
     refused: Vec<Refusal>,
     devices: BTreeMap<String, DeviceUpdate>,
     policy: Option<Policy>,
-    approvals: Vec<(String, u32)>,
+    /// (device id or "*", model, version).
+    approvals: Vec<(String, String, u32)>,
     cancelled: Vec<(String, u32)>,
 }
 
@@ -430,14 +431,32 @@ impl Updates {
         Ok(())
     }
 
-    /// The owner approves a (disruptive) version for one device or all (`None`).
-    pub fn approve(&mut self, device: Option<&Kid>, version: u32) {
-        let who = device.map_or_else(|| "*".to_string(), kid_id);
-        self.state.approvals.push((who, version));
+    /// The owner approves a model's (disruptive or notify-only) version for one device, or for
+    /// every device of `model`.
+    pub fn approve(
+        &mut self,
+        device: Option<&Kid>,
+        model: Option<&str>,
+        version: u32,
+    ) -> Result<(), UpdatesError> {
+        let (who, model) = match (device, model) {
+            (Some(k), _) => {
+                let d = self
+                    .state
+                    .devices
+                    .get(&kid_id(k))
+                    .ok_or_else(|| UpdatesError::Bad("no such device".into()))?;
+                (kid_id(k), d.model.clone())
+            }
+            (None, Some(m)) => ("*".to_string(), m.to_string()),
+            (None, None) => return Err(UpdatesError::Bad("name a device or a model".into())),
+        };
+        self.state.approvals.push((who, model, version));
         self.state
             .cancelled
             .retain(|(d, v)| !(*v == version && device.is_none_or(|k| *d == kid_id(k))));
         self.dirty = true;
+        Ok(())
     }
 
     /// The owner cancels the delivery to a device (until approved again).
@@ -486,8 +505,11 @@ impl Updates {
 
     fn why_not(&self, id: &str, d: &DeviceUpdate, r: &Release, now: UnixTime) -> Option<String> {
         let v = r.manifest.version();
-        let approved =
-            self.state.approvals.iter().any(|(who, av)| *av == v && (who == "*" || who == id));
+        let approved = self
+            .state
+            .approvals
+            .iter()
+            .any(|(who, am, av)| *av == v && *am == d.model && (who == "*" || who == id));
         let cancelled = self.state.cancelled.iter().any(|(who, cv)| *cv == v && who == id);
         let failures = if d.failed_version == Some(v) { d.failures } else { 0 };
         if !d.updatable {
@@ -820,7 +842,7 @@ mod tests {
             f.updates.view(T0).devices[0].waiting_for.as_deref(),
             Some("disruptive: waiting for the owner's approval")
         );
-        f.updates.approve(Some(&f.kids[0]), 2);
+        f.updates.approve(Some(&f.kids[0]), None, 2).expect("approve");
         let changes = f.updates.plan(T0);
         assert_eq!(offered(&changes), 1);
         assert_eq!(changes[0].0, f.kids[0], "only the approved device");
@@ -832,7 +854,10 @@ mod tests {
             "notify-only offers nothing: {}",
             changes.len()
         );
-        f.updates.approve(None, 3);
+        assert!(f.updates.approve(None, None, 3).is_err(), "all devices of which model?");
+        f.updates.approve(None, Some("hearth-thermo-1"), 3).expect("approve");
+        assert_eq!(offered(&f.updates.plan(T0)), 0, "another model's v3 approves nothing here");
+        f.updates.approve(None, Some(MODEL), 3).expect("approve");
         assert_eq!(offered(&f.updates.plan(T0)), 2, "approved for all");
     }
 
