@@ -252,6 +252,20 @@ impl Sim {
         }
     }
 
+    /// Waits until `n` sensors printed `PAIRED`; returns their device ids by sensor index.
+    pub fn paired(&mut self, n: usize, timeout: Duration) -> Vec<String> {
+        let mut kids = std::collections::BTreeMap::new();
+        self.until(&format!("{n} sensors paired"), timeout, |l| {
+            if l.starts_with("PAIRED") {
+                let index: usize =
+                    field(l, "sensor").and_then(|i| i.parse().ok()).expect("sensor index");
+                kids.insert(index, field(l, "kid").expect("kid").to_string());
+            }
+            (kids.len() == n).then_some(())
+        });
+        kids.into_values().collect()
+    }
+
     /// Takes the lines that arrived so far without waiting.
     pub fn drain(&mut self) {
         while let Ok(l) = self.lines.try_recv() {

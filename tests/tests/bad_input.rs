@@ -9,7 +9,7 @@ use coap_lite::{CoapOption, MessageClass, Packet, RequestType};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use serde_json::Value;
-use tests::{Hub, Sim, field, free_udp_port};
+use tests::{Hub, Sim, free_udp_port};
 
 fn post(mid: u64, path: &str, payload: Vec<u8>) -> Packet {
     // Distinct message ids: the hub deduplicates by (source, message id, token), RFC 7252 §4.5.
@@ -55,13 +55,11 @@ fn malformed_datagrams_never_crash_the_hub_and_the_fleet_keeps_reporting() {
         "--status-ms",
         "200",
     ]);
-    let mut kids = Vec::new();
-    sim.until("20 sensors paired", Duration::from_secs(60), |l| {
-        if l.starts_with("PAIRED") {
-            kids.push(protocol::hex::decode(field(l, "kid").unwrap_or_default()).expect("kid hex"));
-        }
-        (kids.len() == 20).then_some(())
-    });
+    let kids: Vec<Vec<u8>> = sim
+        .paired(20, Duration::from_secs(60))
+        .iter()
+        .map(|k| protocol::hex::decode(k).expect("kid hex"))
+        .collect();
     let before = status(&mut sim)["acknowledged"].as_u64().expect("acked");
     hub.ctl(&["pair", "close"]);
 

@@ -47,11 +47,7 @@ fn acknowledged_readings_survive_sigkill_and_no_replay_or_nonce_reuse_follows() 
         "--sockets",
         "1",
     ]);
-    let mut paired = 0;
-    sim.until("all sensors paired", Duration::from_secs(180), |l| {
-        paired += usize::from(l.starts_with("PAIRED"));
-        (paired == SENSORS).then_some(())
-    });
+    sim.paired(SENSORS, Duration::from_secs(180));
 
     let mut acked: HashMap<String, HashSet<i64>> = HashMap::new();
     let mut record = |l: &str| {

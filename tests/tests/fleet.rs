@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use tests::{Hub, Sim, field, free_udp_port, wait_for};
+use tests::{Hub, Sim, free_udp_port, wait_for};
 
 const SENSORS: usize = 50;
 
@@ -43,13 +43,8 @@ fn fifty_sensors_pair_report_and_survive_a_hub_restart() {
     ]);
 
     // Every sensor pairs (the simulator plays the owner typing each display's PIN).
-    let mut paired = HashSet::new();
-    sim.until("50 sensors paired", Duration::from_secs(120), |l| {
-        if l.starts_with("PAIRED") {
-            paired.insert(field(l, "kid").expect("kid").to_string());
-        }
-        (paired.len() == SENSORS).then_some(())
-    });
+    let paired: HashSet<String> =
+        sim.paired(SENSORS, Duration::from_secs(120)).into_iter().collect();
     let devices = wait_for("hub lists 50 devices with readings", Duration::from_secs(60), || {
         let c = device_counts(&hub);
         (c.len() == SENSORS && c.values().all(|&n| n >= 2)).then_some(c)

@@ -43,16 +43,9 @@ fn fleet(
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut sim = Sim::start(&argv);
-    let mut kids = std::collections::BTreeMap::new();
-    sim.until("the fleet to pair", Duration::from_secs(120), |l| {
-        if l.starts_with("PAIRED") {
-            let index: usize = field(l, "sensor").and_then(|i| i.parse().ok()).expect("sensor");
-            kids.insert(index, field(l, "kid").expect("kid").to_string());
-        }
-        (kids.len() == n).then_some(())
-    });
     // Device ids by sensor index (models alternate: even thermostat, odd climate).
-    (sim, kids.into_values().collect())
+    let kids = sim.paired(n, Duration::from_secs(120));
+    (sim, kids)
 }
 
 /// Waits until `n` sensors reported `outcome` for `version`; returns their lines.
