@@ -3,6 +3,7 @@
 //! and events; it never touches sockets, files, clocks or a global RNG (see `clippy.toml`).
 #![forbid(unsafe_code)]
 
+mod cbor;
 pub mod fuzzing;
 pub mod hex;
 pub mod link;

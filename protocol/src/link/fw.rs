@@ -3,7 +3,9 @@
 //! manifest (`GET /fw/m`) and the image block by block (`GET /fw/i`, CoAP Block2, RFC 7959),
 //! resuming from its last good block, and reports the outcome (`POST /fw/r`).
 
-use minicbor::{Decoder, Encoder};
+use minicbor::Decoder;
+
+use crate::cbor::encode_with;
 
 /// Manifest resource.
 pub const PATH_MANIFEST: &str = "fw/m";
@@ -83,17 +85,6 @@ pub struct UpdateReport {
 
 const MAX_REASON: usize = 200;
 
-fn enc(
-    f: impl FnOnce(
-        &mut Encoder<&mut Vec<u8>>,
-    ) -> Result<(), minicbor::encode::Error<core::convert::Infallible>>,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    let written = f(&mut Encoder::new(&mut out));
-    debug_assert!(written.is_ok(), "writing to a Vec cannot fail");
-    out
-}
-
 fn bad(_: minicbor::decode::Error) -> FwError {
     FwError::Malformed
 }
@@ -101,7 +92,7 @@ fn bad(_: minicbor::decode::Error) -> FwError {
 impl UpdateOffer {
     /// `[version, size, sha256, szx]`.
     pub fn encode(&self) -> Vec<u8> {
-        enc(|e| {
+        encode_with(|e| {
             e.array(4)?.u32(self.version)?.u32(self.size)?.bytes(&self.sha256)?.u8(self.szx)?;
             Ok(())
         })
@@ -143,7 +134,7 @@ impl UpdateReport {
             Outcome::Failed => 2,
         };
         let reason: String = self.reason.chars().take(MAX_REASON).collect();
-        enc(|e| {
+        encode_with(|e| {
             e.array(4)?.u32(self.version)?.u32(self.running)?.u8(outcome)?.str(&reason)?;
             Ok(())
         })

@@ -89,9 +89,7 @@ fn expand(hk: &Hkdf<Sha256>, id: &[u8], id_context: Option<&[u8]>, kind: &str, o
 
 /// `info = [id: bstr, id_context: bstr / nil, alg_aead: int, type: tstr, L: uint]` (§3.2.1).
 pub(crate) fn info(id: &[u8], id_context: Option<&[u8]>, kind: &str, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32);
-    let mut e = minicbor::Encoder::new(&mut out);
-    let written = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
+    crate::cbor::encode_with(|e| {
         e.array(5)?.bytes(id)?;
         match id_context {
             Some(c) => e.bytes(c)?,
@@ -99,7 +97,5 @@ pub(crate) fn info(id: &[u8], id_context: Option<&[u8]>, kind: &str, len: usize)
         };
         e.u8(ALG_AES_CCM_16_64_128)?.str(kind)?.u64(len as u64)?;
         Ok(())
-    })();
-    debug_assert!(written.is_ok(), "writing to a Vec cannot fail");
-    out
+    })
 }

@@ -1,7 +1,8 @@
 //! Pairing messages on the wire (CBOR arrays) and the sensor descriptor, with explicit limits.
 
-use minicbor::{Decoder, Encoder};
+use minicbor::Decoder;
 
+use crate::cbor::{Enc, EncResult, encode_with};
 use crate::oscore::Kid;
 use crate::time::UnixTime;
 
@@ -65,17 +66,6 @@ pub struct HubHello {
 pub struct Confirm {
     /// HMAC-SHA256 over the transcript hash.
     pub mac: [u8; 32],
-}
-
-type Enc<'a> = Encoder<&'a mut Vec<u8>>;
-type EncResult = Result<(), minicbor::encode::Error<core::convert::Infallible>>;
-
-fn encode_with(f: impl FnOnce(&mut Enc<'_>) -> EncResult) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    let mut e = Encoder::new(&mut out);
-    let written = f(&mut e);
-    debug_assert!(written.is_ok(), "writing to a Vec cannot fail");
-    out
 }
 
 fn malformed(_: minicbor::decode::Error) -> PairingError {
