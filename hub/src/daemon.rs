@@ -134,11 +134,7 @@ fn load_updates(
     config: &Config,
     peers: &[crate::store::PeerRecord],
 ) -> Result<crate::updates::Updates, StartError> {
-    let now = protocol::time::UnixTime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    );
+    let now = crate::link::unix_now();
     let doc = store.meta(crate::updates::META_KEY)?;
     let mut updates = crate::updates::Updates::load(
         &data_dir.join("updates"),

@@ -497,7 +497,8 @@ fn log_security(e: &SecurityEvent) {
     }
 }
 
-fn unix_now() -> UnixTime {
+/// Wall-clock time for the protocol core's time-dependent checks.
+pub(crate) fn unix_now() -> UnixTime {
     UnixTime(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -416,9 +416,10 @@ pub async fn spawn(
         let rec = records.get(&index);
         let serial =
             rec.map_or_else(|| format!("{}-{:05}", model.prefix(), index), |r| r.serial.clone());
-        let link = SensorLink::unpaired(&mut rng)
-            .with_lease_block(config.lease_block)
-            .with_token_prefix(index);
+        let stored =
+            rec.and_then(|r| r.context.clone()).filter(|_| !rec.is_some_and(|r| r.exported));
+        let lease = rec.map_or(0, |r| r.lease);
+        let link = boot_link(&mut rng, stored.as_ref(), lease, config.lease_block, index);
         let mut s = Sensor {
             serial,
             model,
@@ -437,18 +438,7 @@ pub async fn spawn(
             announce: false,
             lease: rec.map_or(0, |r| r.lease),
         };
-        if let (Some(stored), false) = (&s.stored, s.exported)
-            && let Some(params) = stored.to_params()
-        {
-            {
-                s.kid = Some(params.sender_id);
-                let seq = SenderSequence::resume(Lease(s.lease), config.lease_block);
-                let ctx = SecurityContext::new(&params, seq, ReplayWindow::Empty);
-                s.link = SensorLink::paired(&mut rng, ctx)
-                    .with_lease_block(config.lease_block)
-                    .with_token_prefix(index);
-            }
-        }
+        s.kid = s.link.context().map(SecurityContext::sender_id);
         if let (Some(f), true) =
             (&flash, s.fw.slots.as_ref().is_some_and(|sl| sl.download.is_some()))
         {
@@ -621,9 +611,7 @@ impl FleetTask {
                     return;
                 }
                 let descriptor = s.model.descriptor(&s.serial, s.fw.running());
-                s.link = SensorLink::unpaired(&mut self.rng)
-                    .with_lease_block(self.config.lease_block)
-                    .with_token_prefix(index);
+                s.link = boot_link(&mut self.rng, None, 0, self.config.lease_block, index);
                 s.kid = None;
                 s.link.start_pairing(now, &mut self.rng, descriptor, s.model.width());
                 self.service(index);
@@ -672,20 +660,8 @@ impl FleetTask {
     fn power_cut(&mut self, index: u32) {
         let block = self.config.lease_block;
         let Some(s) = self.sensors.get_mut(index as usize) else { return };
-        let fresh =
-            SensorLink::unpaired(&mut self.rng).with_lease_block(block).with_token_prefix(index);
-        s.link = match s.stored.as_ref().and_then(StoredContext::to_params) {
-            Some(params) if !s.exported => {
-                let seq = SenderSequence::resume(Lease(s.lease), block);
-                SensorLink::paired(
-                    &mut self.rng,
-                    SecurityContext::new(&params, seq, ReplayWindow::Empty),
-                )
-                .with_lease_block(block)
-                .with_token_prefix(index)
-            }
-            _ => fresh,
-        };
+        let stored = s.stored.as_ref().filter(|_| !s.exported);
+        s.link = boot_link(&mut self.rng, stored, s.lease, block, index);
         s.queued_at.clear();
         s.display = None;
         // RAM is gone; flash keeps the slots and the inactive slot's blocks.
@@ -999,6 +975,25 @@ impl FleetTask {
         }
         self.flush_flash();
     }
+}
+
+/// A sensor's link as it boots from flash: paired, with its sequence resumed above the last
+/// durable lease (RFC 8613 B.1.1), or unpaired. Tokens carry the sensor's index for routing.
+fn boot_link<R: rand_core::CryptoRng + ?Sized>(
+    rng: &mut R,
+    stored: Option<&StoredContext>,
+    lease: u64,
+    block: u64,
+    index: u32,
+) -> SensorLink {
+    let link = match stored.and_then(StoredContext::to_params) {
+        Some(params) => {
+            let seq = SenderSequence::resume(Lease(lease), block);
+            SensorLink::paired(rng, SecurityContext::new(&params, seq, ReplayWindow::Empty))
+        }
+        None => SensorLink::unpaired(rng),
+    };
+    link.with_lease_block(block).with_token_prefix(index)
 }
 
 fn chance<R: Rng + ?Sized>(rng: &mut R, p: f64) -> bool {
