@@ -635,7 +635,7 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
                             self.transmits.push_back(Transmit { to: from, bytes });
                         }
                     }
-                    Err(_) => self.want_lease(kid),
+                    Err(_) => self.check_peer(kid), // no durable lease yet: ask for one
                 }
             }
             Err(OscoreError::Replay) => {
@@ -807,10 +807,6 @@ impl<A: Copy + Eq + Hash> HubLink<A> {
             peer.rekey_reported = true;
             self.events.push_back(HubEvent::NeedsRekey { kid, reason });
         }
-    }
-
-    fn want_lease(&mut self, kid: Kid) {
-        self.check_peer(kid);
     }
 
     fn handle_plain<R: CryptoRng + ?Sized>(

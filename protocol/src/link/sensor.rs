@@ -357,9 +357,9 @@ impl SensorLink {
         }
         let Some(out) = self.out.take() else { return };
         match out.purpose {
-            Purpose::Hello => self.on_hello_response(now, rng, &packet),
-            Purpose::Proof => self.on_proof_response(now, rng, &packet),
-            Purpose::Done => self.on_done_response(now, rng, &packet),
+            Purpose::Hello => self.on_hello_response(now, &packet),
+            Purpose::Proof => self.on_proof_response(now, &packet),
+            Purpose::Done => self.on_done_response(&packet),
             Purpose::Protected { .. } => {}
         }
         self.pump(now, rng);
@@ -404,12 +404,12 @@ impl SensorLink {
         });
     }
 
-    fn fail<R: CryptoRng + ?Sized>(&mut self, e: PairingError, _rng: &mut R) {
+    fn fail(&mut self, e: PairingError) {
         self.phase = Phase::Unpaired;
         self.events.push_back(SensorEvent::PairingFailed(e));
     }
 
-    fn on_hello_response<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R, p: &Packet) {
+    fn on_hello_response(&mut self, now: Millis, p: &Packet) {
         if p.header.code != MessageClass::Response(ResponseType::Created) {
             self.phase = Phase::Unpaired;
             self.events.push_back(SensorEvent::PairingRefused);
@@ -420,7 +420,7 @@ impl SensorLink {
         };
         let hub = match HubHello::decode(&p.payload) {
             Ok(h) => h,
-            Err(e) => return self.fail(e, rng),
+            Err(e) => return self.fail(e),
         };
         let kid = hub.sensor_kid;
         match state.on_hub_hello(hub) {
@@ -428,11 +428,11 @@ impl SensorLink {
                 self.phase = Phase::Proof { state, kid };
                 self.not_before = now;
             }
-            Err(e) => self.fail(e, rng),
+            Err(e) => self.fail(e),
         }
     }
 
-    fn on_proof_response<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R, p: &Packet) {
+    fn on_proof_response(&mut self, now: Millis, p: &Packet) {
         if p.header.code == MessageClass::Response(ResponseType::ServiceUnavailable) {
             let secs = p
                 .get_first_option(CoapOption::MaxAge)
@@ -445,7 +445,7 @@ impl SensorLink {
             return;
         };
         if p.header.code != MessageClass::Response(ResponseType::Content) {
-            return self.fail(PairingError::Malformed, rng);
+            return self.fail(PairingError::Malformed);
         }
         let result = Confirm::decode(&p.payload).and_then(|c| state.on_hub_confirm(&c));
         match result {
@@ -464,13 +464,13 @@ impl SensorLink {
         }
     }
 
-    fn on_done_response<R: CryptoRng + ?Sized>(&mut self, _now: Millis, rng: &mut R, p: &Packet) {
+    fn on_done_response(&mut self, p: &Packet) {
         let Phase::Done { paired, .. } = core::mem::replace(&mut self.phase, Phase::Unpaired)
         else {
             return;
         };
         if p.header.code != MessageClass::Response(ResponseType::Changed) {
-            return self.fail(PairingError::SensorProofInvalid, rng);
+            return self.fail(PairingError::SensorProofInvalid);
         }
         let seq = crate::oscore::SenderSequence::new(self.lease_block);
         let ctx = SecurityContext::new(&paired.context, seq, crate::oscore::ReplayWindow::Empty);
