@@ -112,6 +112,10 @@ pub struct PairingStatus {
     pub attempts_left: u32,
     /// Sensors waiting for their PIN.
     pub waiting: Vec<Waiting>,
+    /// The device whose typed PIN is being confirmed (one attempt at a time).
+    pub confirming: Option<String>,
+    /// PINs typed meanwhile, waiting for that attempt to end.
+    pub pins_queued: usize,
 }
 
 /// A sensor waiting for its PIN.
@@ -136,6 +140,8 @@ pub struct SecurityReport {
     pub replays: u64,
     /// Authentication (tag) failures.
     pub bad_tag: u64,
+    /// Datagrams dropped unverified because their kid's failure budget was spent (a flood).
+    pub throttled: u64,
     /// Malformed OSCORE.
     pub bad_oscore: u64,
     /// Readings refused for breaking a limit (SenML).
@@ -287,7 +293,8 @@ impl HubApi {
         self.ask(|reply| LinkCommand::PairClose { reply }).await
     }
 
-    /// Types a PIN; returns the device id being paired.
+    /// Types a PIN and waits for the attempt to end (one attempt at a time); returns the id of
+    /// the paired device, or why the attempt failed.
     pub async fn pair_pin(
         &self,
         pin: String,

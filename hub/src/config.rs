@@ -72,8 +72,11 @@ pub struct Pairing {
     pub backoff_base_ms: u64,
     /// Sensors that may wait for their PIN at once.
     pub max_sessions: usize,
-    /// Of those, from one source address.
+    /// Of those, from one source host (IP address, whatever its ports).
     pub sessions_per_source: usize,
+    /// A session that hears nothing from its sensor for this long ends (an attempt whose PIN
+    /// was typed counts as failed).
+    pub session_idle_s: u64,
 }
 
 /// Store limits.
@@ -105,6 +108,7 @@ impl Default for Pairing {
             backoff_base_ms: 2000,
             max_sessions: 32,
             sessions_per_source: 4,
+            session_idle_s: 60,
         }
     }
 }

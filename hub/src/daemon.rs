@@ -2,7 +2,6 @@
 //! (mini-redis style `start(config, shutdown)`).
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::HubApi;
 use crate::config::Config;
-use crate::store::{OpenOutcome, RedbStore, Store, StoreError};
+use crate::store::{OpenOutcome, RedbStore, Store, StoreError, Write};
 
 /// A running hub.
 #[derive(Debug)]
@@ -62,9 +61,12 @@ pub async fn start(
     data_dir: &Path,
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| StartError::DataDir(data_dir.into(), e))?;
-    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+    crate::private_fs::create_dir(data_dir).map_err(|e| StartError::DataDir(data_dir.into(), e))?;
+    let loosened = crate::private_fs::restrict(data_dir)
         .map_err(|e| StartError::DataDir(data_dir.into(), e))?;
+    for path in loosened {
+        tracing::warn!(file = %path.display(), "data directory file was readable by others; made private (0600/0700)");
+    }
     let dir = data_dir.to_path_buf();
     let max = config.store.max_readings_per_device;
     let (store, outcome) = tokio::task::spawn_blocking(move || RedbStore::open(&dir, max))
@@ -83,6 +85,7 @@ pub async fn start(
     let hub_config = HubConfig {
         max_sessions: config.pairing.max_sessions,
         sessions_per_source: config.pairing.sessions_per_source,
+        session_idle_ms: config.pairing.session_idle_s.saturating_mul(1000),
         ..HubConfig::default()
     };
     let mut link = HubLink::new(hub_config);
@@ -90,10 +93,12 @@ pub async fn start(
         // A context with no durable window may have been used: Echo re-establishes freshness
         // (RFC 8613 B.1.2). Never start such a context `Empty`.
         let window = p.window.map_or(ReplayWindow::Unknown, ReplayWindow::Known);
-        link.add_peer(&p.params, Lease(p.lease), window, p.usage);
+        link.add_peer(&p.params, Lease(p.lease), window, p.usage, p.endpoint);
     }
+    // Bind before the start-up checkpoint: a start that cannot serve must not spend headroom.
     let socket = bind_udp(config.coap_bind)
         .map_err(|e| StartError::Bind(config.coap_bind.to_string(), e))?;
+    startup_checkpoint(&store, &mut link).await?;
     let coap =
         socket.local_addr().map_err(|e| StartError::Bind(config.coap_bind.to_string(), e))?;
     let control = data_dir.join("control.sock");
@@ -113,6 +118,34 @@ pub async fn start(
     ];
     tasks.extend(feed.map(tokio::spawn));
     Ok(Running { coap, control, api, devices: peers.len(), moved_aside, tasks })
+}
+
+/// Usage counters resume at their durable ceilings; before serving, fresh ceilings above them
+/// are made durable for every sensor in one commit (so no count is ever restored lower).
+async fn startup_checkpoint(
+    store: &RedbStore,
+    link: &mut HubLink<SocketAddr>,
+) -> Result<(), StartError> {
+    let states: Vec<_> = link
+        .peer_kids()
+        .into_iter()
+        .filter_map(|kid| link.checkpoint(&kid).map(|state| (kid, state)))
+        .collect();
+    if states.is_empty() {
+        return Ok(());
+    }
+    let writes: Vec<Write> = states
+        .iter()
+        .map(|(kid, state)| Write::State { kid: *kid, state: state.clone() })
+        .collect();
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.commit(&writes))
+        .await
+        .map_err(|e| StoreError::Db(e.to_string()))??;
+    for (kid, state) in &states {
+        link.checkpoint_durable(kid, state);
+    }
+    Ok(())
 }
 
 /// The CoAP socket, with large kernel buffers so that bursts from a fleet queue instead of being

@@ -9,6 +9,8 @@ pub mod daemon;
 pub mod demo;
 pub mod feed;
 pub mod link;
+pub mod private_fs;
 pub mod rng;
+pub mod seclog;
 pub mod store;
 pub mod updates;

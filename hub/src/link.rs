@@ -1,15 +1,16 @@
 //! The link driver: one task owns the CoAP/UDP socket and the sans-IO `HubLink` (sensors are
 //! demultiplexed by OSCORE kid, not by address). Readings are validated, handed to the store
-//! thread in group commits (one fsync per batch, one batch in flight), and acknowledged only
-//! after their batch is durable — together with the replay windows that accepted them.
+//! thread in group commits (one fsync per batch, one batch in flight). Every accepted request
+//! is answered only after its batch is durable — together with the checkpoint (replay window,
+//! usage ceilings) that accepted it — so no request is answered twice across a restart.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coap_lite::ResponseType;
-use protocol::link::{AckTicket, HubEvent, HubLink, SecurityEvent};
+use protocol::link::{AckTicket, HubEvent, HubLink, PeerState, PinError, SecurityEvent};
 use protocol::oscore::{Kid, Lease};
 use protocol::senml::{self, Reading};
 use protocol::time::{Millis, UnixTime};
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{LinkCommand, PairingStatus, SecurityReport, Waiting};
 use crate::config::Config;
+use crate::seclog::SecurityLog;
 use crate::store::{DeviceInfo, RedbStore, Store, Write};
 use crate::updates::{META_KEY, Updates};
 
@@ -28,21 +30,37 @@ use crate::updates::{META_KEY, Updates};
 struct Batch {
     writes: Vec<Write>,
     readings: HashMap<Kid, Vec<Reading>>,
-    acks: Vec<AckTicket>,
-    rejects: Vec<(AckTicket, String)>,
+    /// Devices whose checkpoint this batch persists.
+    states: BTreeSet<Kid>,
+    /// The checkpoints written (reported durable after the commit).
+    checkpoints: Vec<(Kid, PeerState<SocketAddr>)>,
+    acks: Vec<Ticket>,
+    rejects: Vec<(Ticket, String)>,
     leases: Vec<(Kid, Lease)>,
     paired: Vec<Kid>,
     count: usize,
 }
 
+type Ticket = AckTicket<SocketAddr>;
+
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.writes.is_empty()
-            && self.readings.is_empty()
-            && self.acks.is_empty()
-            && self.rejects.is_empty()
-            && self.paired.is_empty()
+        self.writes.is_empty() && self.readings.is_empty() && self.states.is_empty()
     }
+
+    /// Answers `ticket` once this batch (with its device's checkpoint) is durable.
+    fn answer(&mut self, ticket: Ticket) {
+        self.states.insert(ticket.kid());
+        self.acks.push(ticket);
+    }
+}
+
+/// A PIN the owner typed, waiting for the attempt before it to end (one at a time).
+struct PinEntry {
+    pin: String,
+    serial: Option<String>,
+    device: Option<Kid>,
+    reply: tokio::sync::oneshot::Sender<Result<String, String>>,
 }
 
 struct Done {
@@ -65,6 +83,10 @@ pub(crate) struct Driver {
     bad_payload: u64,
     updates: Updates,
     replan: bool,
+    seclog: SecurityLog,
+    pins: VecDeque<PinEntry>,
+    /// The attempt being confirmed, and who waits for its outcome.
+    pin_attempt: Option<(Kid, tokio::sync::oneshot::Sender<Result<String, String>>)>,
 }
 
 impl Driver {
@@ -108,6 +130,9 @@ impl Driver {
             bad_payload: 0,
             updates,
             replan: true,
+            seclog: SecurityLog::default(),
+            pins: VecDeque::new(),
+            pin_attempt: None,
         }
     }
 
@@ -153,7 +178,13 @@ impl Driver {
                         self.send_batch(batch);
                     }
                 }
-                _ = tick.tick() => self.replan = true,
+                _ = tick.tick() => {
+                    self.replan = true;
+                    let now = self.now();
+                    self.link.handle_timeout(now);
+                    self.next_pin();
+                    self.seclog.flush(Instant::now());
+                }
                 () = shutdown.cancelled() => break,
             }
             self.events();
@@ -193,14 +224,14 @@ impl Driver {
                         Ok(readings) => {
                             self.pending.count += readings.len();
                             self.pending.readings.entry(ticket.kid()).or_default().extend(readings);
-                            self.pending.acks.push(ticket);
+                            self.pending.answer(ticket);
                         }
                         Err(e) => {
                             self.bad_payload += 1;
                             tracing::warn!(device = %ticket.kid(), error = %e, "reading refused");
                             // The refusal goes out after the window that accepted the request is
                             // durable, like an acknowledgement (one answer per request nonce).
-                            self.pending.readings.entry(ticket.kid()).or_default();
+                            self.pending.states.insert(ticket.kid());
                             self.pending.rejects.push((ticket, e.to_string()));
                         }
                     }
@@ -216,6 +247,7 @@ impl Driver {
                     tracing::info!(device = %kid, model = %descriptor.model, serial = %descriptor.serial, "paired");
                     let info = DeviceInfo::new(&kid, &descriptor, unix_now().0);
                     self.pending.writes.push(Write::Device { info, params });
+                    self.pending.states.insert(kid);
                     self.pending.paired.push(kid);
                 }
                 HubEvent::LeaseNeeded { kid, lease } => {
@@ -228,13 +260,27 @@ impl Driver {
                 HubEvent::NeedsRekey { kid, reason } => {
                     tracing::warn!(device = %kid, ?reason, "key nearing its usage limit: re-pair the device");
                 }
-                HubEvent::Security(e) => log_security(&e),
+                HubEvent::Security(e) => {
+                    if let SecurityEvent::PairingFailed { kid, reason } = &e {
+                        self.pin_resolved(kid, Err(format!("pairing failed: {reason}")));
+                    }
+                    self.seclog.event(&e);
+                }
+                HubEvent::PairingConfirmed { kid } => self.pin_resolved(&kid, Ok(kid.to_string())),
+                HubEvent::CheckpointNeeded { kid } => {
+                    self.pending.states.insert(kid);
+                }
+                // Firmware manifest or block, or an unknown resource: answered after durability.
+                HubEvent::Request { ticket } => self.pending.answer(ticket),
                 // A report is acknowledged once it is durable (with the window that accepted it).
                 HubEvent::Report { ticket, report } => {
                     tracing::info!(device = %ticket.kid(), version = report.version, running = report.running, outcome = ?report.outcome, reason = %report.reason, "update report");
-                    self.updates.report(&ticket.kid(), &report, unix_now());
-                    self.pending.readings.entry(ticket.kid()).or_default();
-                    self.pending.acks.push(ticket);
+                    if self.updates.report(&ticket.kid(), &report, unix_now()) {
+                        // The offer ended (installed, refused or failed): stop carrying it, so
+                        // a retry waits for the back-off.
+                        self.link.set_offer(&ticket.kid(), None);
+                    }
+                    self.pending.answer(ticket);
                     self.replan = true;
                 }
                 HubEvent::BlockServed { kid, version, num, total } => {
@@ -271,11 +317,17 @@ impl Driver {
             return;
         }
         let mut batch = std::mem::take(&mut self.pending);
-        // Each device's readings go with the replay window and usage that accepted them.
         for (kid, readings) in std::mem::take(&mut batch.readings) {
-            let state = self.link.peer_state(&kid);
-            let (window, usage) = state.map(|s| (s.window, s.usage)).unwrap_or_default();
-            batch.writes.push(Write::Readings { kid, readings, window, usage });
+            batch.states.insert(kid);
+            batch.writes.push(Write::Readings { kid, readings });
+        }
+        // Each device's checkpoint (the replay window that accepted its requests, fresh usage
+        // ceilings) is durable in the same commit as what it accepted.
+        for kid in &batch.states {
+            if let Some(state) = self.link.checkpoint(kid) {
+                batch.writes.push(Write::State { kid: *kid, state: state.clone() });
+                batch.checkpoints.push((*kid, state));
+            }
         }
         self.send_batch(batch);
     }
@@ -300,6 +352,9 @@ impl Driver {
             self.failed = Some(batch);
             self.retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
             return;
+        }
+        for (kid, state) in &batch.checkpoints {
+            self.link.checkpoint_durable(kid, state);
         }
         for t in batch.acks {
             self.link.acknowledge(t);
@@ -328,11 +383,83 @@ impl Driver {
         }
     }
 
+    /// Types the next queued PIN if no attempt is being confirmed (one attempt at a time: the
+    /// window's failure count is always up to date before another PIN is tried).
+    fn next_pin(&mut self) {
+        while self.pin_attempt.is_none() && !self.link.pin_unresolved() {
+            let Some(entry) = self.pins.pop_front() else { return };
+            let now = self.now();
+            let kid = match (entry.device, &entry.serial) {
+                (Some(k), _) => Some(k),
+                (None, Some(serial)) => {
+                    let matches: Vec<Kid> = self
+                        .link
+                        .waiting_for_pin()
+                        .into_iter()
+                        .filter(|(_, d)| &d.serial == serial)
+                        .map(|(k, _)| k)
+                        .collect();
+                    let why = match matches.as_slice() {
+                        [k] => Ok(*k),
+                        [] => Err(format!("no sensor with serial {serial} is waiting for a PIN")),
+                        // A second sensor claims the same serial: someone may pose as it. The
+                        // owner picks by device id (`hub ctl pair status`).
+                        _ => Err(format!(
+                            "several sensors claim serial {serial}; choose one with --device"
+                        )),
+                    };
+                    match why {
+                        Ok(k) => Some(k),
+                        Err(why) => {
+                            let _ = entry.reply.send(Err(why));
+                            continue;
+                        }
+                    }
+                }
+                (None, None) => None,
+            };
+            match self.link.enter_pin(now, kid, &entry.pin) {
+                Ok(kid) => self.pin_attempt = Some((kid, entry.reply)),
+                Err(e) => {
+                    if !matches!(e, PinError::Unresolved) {
+                        tracing::warn!(error = %e, "PIN entry refused");
+                    }
+                    let _ = entry.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// The attempt for `kid` ended: tell whoever typed its PIN, and take the next PIN.
+    fn pin_resolved(&mut self, kid: &Kid, outcome: Result<String, String>) {
+        if self.pin_attempt.as_ref().is_some_and(|(k, _)| k == kid)
+            && let Some((_, reply)) = self.pin_attempt.take()
+        {
+            let _ = reply.send(outcome);
+        }
+        self.next_pin();
+    }
+
+    /// The window was closed or re-opened: PINs not yet typed are refused; an attempt the link
+    /// dropped with its sessions ends (one already confirmed keeps waiting to be durable).
+    fn pin_window_changed(&mut self, why: &str) {
+        for entry in self.pins.drain(..) {
+            let _ = entry.reply.send(Err(why.to_string()));
+        }
+        if !self.link.pin_unresolved()
+            && let Some((_, reply)) = self.pin_attempt.take()
+        {
+            let _ = reply.send(Err(why.to_string()));
+        }
+    }
+
     fn status(&self) -> PairingStatus {
         let now = self.now();
         let Some(w) = self.link.pairing_window() else { return PairingStatus::default() };
         let open = w.admit(now).is_ok();
         PairingStatus {
+            confirming: self.pin_attempt.as_ref().map(|(k, _)| k.to_string()),
+            pins_queued: self.pins.len(),
             open,
             closes_in_s: w.closes_at().0.saturating_sub(now.0) / 1000,
             attempts_left: w.attempts_left(),
@@ -354,6 +481,7 @@ impl Driver {
         match cmd {
             LinkCommand::PairOpen { seconds, reply } => {
                 self.link.open_pairing(now, self.config.window(seconds));
+                self.pin_window_changed("a new pairing window was opened");
                 tracing::info!(
                     seconds = seconds.unwrap_or(self.config.pairing.window_seconds),
                     "pairing window opened"
@@ -362,38 +490,12 @@ impl Driver {
             }
             LinkCommand::PairClose { reply } => {
                 self.link.close_pairing();
+                self.pin_window_changed("the pairing window was closed");
                 let _ = reply.send(self.status());
             }
             LinkCommand::PairPin { pin, serial, device, reply } => {
-                let kid = match (device, serial) {
-                    (Some(k), _) => Some(k),
-                    (None, Some(serial)) => {
-                        match self
-                            .link
-                            .waiting_for_pin()
-                            .into_iter()
-                            .find(|(_, d)| d.serial == serial)
-                        {
-                            Some((k, _)) => Some(k),
-                            None => {
-                                let _ = reply.send(Err(format!(
-                                    "no sensor with serial {serial} is waiting for a PIN"
-                                )));
-                                return;
-                            }
-                        }
-                    }
-                    (None, None) => None,
-                };
-                let result = self
-                    .link
-                    .enter_pin(now, kid, &pin)
-                    .map(|k| k.to_string())
-                    .map_err(|e| e.to_string());
-                if let Err(e) = &result {
-                    tracing::warn!(error = %e, "PIN entry refused");
-                }
-                let _ = reply.send(result);
+                self.pins.push_back(PinEntry { pin, serial, device, reply });
+                self.next_pin();
             }
             LinkCommand::Pairing { reply } => {
                 let _ = reply.send(self.status());
@@ -404,6 +506,7 @@ impl Driver {
                     self.updates.forget(&kid);
                     tracing::info!(device = %kid, "device removed; erasing its keys and readings");
                     self.pending.readings.remove(&kid);
+                    self.pending.states.remove(&kid);
                     self.pending.writes.push(Write::Remove { kid });
                 }
                 let _ = reply.send(existed);
@@ -453,6 +556,7 @@ impl Driver {
                     unknown_kid: c.unknown_kid,
                     replays: c.replays,
                     bad_tag: c.bad_tag,
+                    throttled: c.throttled,
                     bad_oscore: c.bad_oscore,
                     bad_payload: self.bad_payload,
                     pairing_refused: c.pairing_refused,
@@ -467,6 +571,7 @@ impl Driver {
                     + r.unknown_kid
                     + r.replays
                     + r.bad_tag
+                    + r.throttled
                     + r.bad_oscore
                     + r.bad_payload
                     + r.pairing_refused
@@ -475,24 +580,6 @@ impl Driver {
                     + r.key_limit;
                 let _ = reply.send(r);
             }
-        }
-    }
-}
-
-fn log_security(e: &SecurityEvent) {
-    match e {
-        SecurityEvent::Replay { kid } => tracing::warn!(device = %kid, "replay refused"),
-        SecurityEvent::BadTag { kid } => {
-            tracing::warn!(device = %kid, "message failed authentication")
-        }
-        SecurityEvent::UnknownKid => tracing::warn!("OSCORE message for an unknown device"),
-        SecurityEvent::Malformed(what) => tracing::debug!(what, "malformed input"),
-        SecurityEvent::PairingRefused(why) => tracing::warn!(%why, "pairing request refused"),
-        SecurityEvent::PairingFailed { kid, reason } => {
-            tracing::warn!(session = %kid, %reason, "pairing attempt failed")
-        }
-        SecurityEvent::KeyLimit { kid } => {
-            tracing::error!(device = %kid, "key usage limit reached: re-pair the device")
         }
     }
 }

@@ -360,12 +360,9 @@ impl Updates {
         }
         let (m, i) = self.paths(&model, version);
         let write = |p: &std::path::Path, b: &[u8]| -> Result<(), UpdatesError> {
-            let tmp = p.with_extension("tmp");
-            std::fs::write(&tmp, b)
-                .and_then(|()| std::fs::rename(&tmp, p))
-                .map_err(|e| UpdatesError::Io(p.display().to_string(), e))
+            crate::private_fs::write(p, b).map_err(|e| UpdatesError::Io(p.display().to_string(), e))
         };
-        std::fs::create_dir_all(&self.dir)
+        crate::private_fs::create_dir(&self.dir)
             .map_err(|e| UpdatesError::Io(self.dir.display().to_string(), e))?;
         write(&m, &manifest)?;
         write(&i, &image)?;
@@ -638,12 +635,16 @@ impl Updates {
         d.retry_at = now.0.saturating_add(wait);
     }
 
-    /// A sensor reported an outcome.
-    pub fn report(&mut self, kid: &Kid, r: &UpdateReport, now: UnixTime) {
+    /// A sensor reported an outcome. Returns whether its offer ended with it: the caller must
+    /// then withdraw the offer from the link too, or it would ride on every acknowledgement
+    /// (a refused update would be retried at once, ignoring the back-off).
+    pub fn report(&mut self, kid: &Kid, r: &UpdateReport, now: UnixTime) -> bool {
         let id = kid_id(kid);
-        let Some(model) = self.state.devices.get(&id).map(|d| d.model.clone()) else { return };
+        let Some(model) = self.state.devices.get(&id).map(|d| d.model.clone()) else {
+            return false;
+        };
         let known = self.knows(&model, r.version);
-        let Some(d) = self.state.devices.get_mut(&id) else { return };
+        let Some(d) = self.state.devices.get_mut(&id) else { return false };
         let event = match r.outcome {
             Outcome::Installed => "installed",
             Outcome::RolledBack => "rolled_back",
@@ -670,10 +671,12 @@ impl Updates {
         } else {
             Self::count_failure(d, r.version, now, self.retry_base_s);
         }
-        if d.offered == Some(r.version) {
+        let ended = d.offered == Some(r.version);
+        if ended {
             d.offered = None;
         }
         self.dirty = true;
+        ended
     }
 
     /// Per-device history.

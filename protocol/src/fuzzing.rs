@@ -114,7 +114,7 @@ pub fn replay_window(data: &[u8]) {
 /// sensor) and an open pairing window. Invariant: nothing panics and no reading is released
 /// twice for the same Partial IV.
 pub fn hub_datagram(data: &[u8]) {
-    let mut hub: HubLink<u8> = HubLink::new(HubConfig {
+    let mut hub: HubLink<std::net::SocketAddr> = HubLink::new(HubConfig {
         hub_kid: Kid::new(&[1]).unwrap_or_default(),
         ..HubConfig::default()
     });
@@ -125,7 +125,14 @@ pub fn hub_datagram(data: &[u8]) {
         recipient_id: Kid::default(),
         id_context: None,
     };
-    hub.add_peer(&params, Lease(0), ReplayWindow::Empty, Default::default());
+    hub.add_peer(&params, Lease(0), ReplayWindow::Empty, Default::default(), None);
+    let from = std::net::SocketAddr::from(([127, 0, 0, 1], 7));
+    let durable = |hub: &mut HubLink<std::net::SocketAddr>, kid: &Kid| {
+        if let Some(state) = hub.checkpoint(kid) {
+            hub.checkpoint_durable(kid, &state);
+        }
+    };
+    durable(&mut hub, &Kid::default());
     hub.open_pairing(Millis(0), Default::default());
     let mut rng = FuzzRng(0x9e37_79b9_7f4a_7c15);
     let mut released = BTreeSet::new();
@@ -134,13 +141,20 @@ pub fn hub_datagram(data: &[u8]) {
     while let Some((&len, tail)) = rest.split_first() {
         let (dgram, tail) = tail.split_at(usize::from(len).min(tail.len()));
         rest = tail;
-        hub.handle_datagram(Millis(1), 7, dgram, &mut rng);
+        hub.handle_datagram(Millis(1), from, dgram, &mut rng);
         while let Some(e) = hub.poll_event() {
             match e {
                 crate::link::HubEvent::Reading { ticket, .. } => {
                     assert!(released.insert(ticket.piv()), "reading released twice");
+                    durable(&mut hub, &ticket.kid());
                     hub.acknowledge(ticket);
                 }
+                crate::link::HubEvent::Request { ticket }
+                | crate::link::HubEvent::Report { ticket, .. } => {
+                    durable(&mut hub, &ticket.kid());
+                    hub.acknowledge(ticket);
+                }
+                crate::link::HubEvent::CheckpointNeeded { kid } => durable(&mut hub, &kid),
                 crate::link::HubEvent::Paired { kid, .. } => hub.paired_durable(Millis(1), &kid),
                 _ => {}
             }

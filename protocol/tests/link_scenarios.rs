@@ -160,6 +160,40 @@ fn hub_restart_without_windows_recovers_by_echo_and_refuses_old_replays() {
 }
 
 #[test]
+fn echo_recovery_survives_one_old_request_replayed_from_many_ports() {
+    let mut h = paired(13, protocol::netsim::Faults::none(5), 2);
+    h.capture = true;
+    for id in 0..10 {
+        h.queue_reading((id % 2) as usize, id);
+    }
+    assert!(h.run_until(Millis(h.now.0 + HOUR), |h| {
+        h.sensors.iter().map(|s| s.delivered.len()).sum::<usize>() == 10
+    }));
+    let old = h.captured.iter().find(|b| piv_of(b).is_some()).cloned().expect("a request");
+    h.restart_hub(false);
+    for id in 10..20 {
+        h.queue_reading((id % 2) as usize, id);
+    }
+    // Every 50 ms the attacker replays the same old request from a new port, for 20 s.
+    let start = h.now;
+    for port in 0..400u16 {
+        h.inject_from(port, old.clone());
+        let next = Millis(h.now.0 + 50);
+        h.run_until(next, |_| false);
+        h.now = h.now.max(next);
+    }
+    let delivered = h.sensors.iter().map(|s| s.delivered.len()).sum::<usize>();
+    assert_eq!(delivered, 20, "the sensors recovered by Echo meanwhile");
+    // Echo challenges to the attacker's ports: the shared burst, then one per refill.
+    let secs = (h.now.0 - start.0) / 1000;
+    let bound =
+        u64::from(protocol::link::ECHO_BURST) + secs * 1000 / protocol::link::ECHO_REFILL_MS;
+    assert!(h.to_attacker_ports <= bound, "{} protected answers", h.to_attacker_ports);
+    assert!(h.hub.link.counters().echo_limited > 0);
+    assert_eq!(h.nonces.reuses, 0);
+}
+
+#[test]
 fn hub_power_cut_mid_traffic_loses_no_acknowledged_reading() {
     let mut h = paired(21, lossy(), 4);
     let mut next = 0u64;

@@ -92,12 +92,17 @@ impl Hub {
     /// Starts a hub with extra configuration (TOML sections).
     pub fn start_with(dir: &Path, port: u16, extra: &str) -> Hub {
         let config = write_config(dir.parent().unwrap_or(dir), port, extra);
+        Self::start_configured(dir, &config)
+    }
+
+    /// Starts a hub with the configuration file `config`.
+    pub fn start_configured(dir: &Path, config: &Path) -> Hub {
         let log = unique(dir.with_extension("log"));
         let mut child = Command::new(bin("hub"))
             .args(["run", "--data-dir"])
             .arg(dir)
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -160,6 +165,12 @@ impl Hub {
     /// Kills the hub with SIGKILL and reaps it.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the hub gracefully (SIGTERM) and waits for it to exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let _ = self.child.wait();
     }
 
@@ -287,6 +298,61 @@ impl Drop for Sim {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A CoAP request as an attacker would forge it: confirmable POST to `/r` with an OSCORE option
+/// naming `kid` and `piv`, and `ciphertext` as payload.
+pub fn forged_oscore(kid: &[u8], piv: u64, mid: u16, ciphertext: &[u8]) -> Vec<u8> {
+    let piv_bytes: Vec<u8> = piv.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+    let piv_bytes = if piv_bytes.is_empty() { vec![0] } else { piv_bytes };
+    let mut option = vec![0x08 | piv_bytes.len() as u8];
+    option.extend_from_slice(&piv_bytes);
+    option.extend_from_slice(kid);
+    let mut p = coap_lite::Packet::new();
+    p.header.set_type(coap_lite::MessageType::Confirmable);
+    p.header.code = coap_lite::MessageClass::Request(coap_lite::RequestType::Post);
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    p.add_option(coap_lite::CoapOption::Oscore, option);
+    p.payload = ciphertext.to_vec();
+    p.to_bytes().expect("encode")
+}
+
+/// Sends `datagram` to `to` from a fresh socket (a new source port) and returns the answer's
+/// code and payload, if one comes within a few seconds.
+pub fn send_from_new_port(to: SocketAddr, datagram: &[u8]) -> Option<(String, Vec<u8>, bool)> {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("socket");
+    s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    s.send_to(datagram, to).expect("send");
+    let mut buf = [0u8; 1500];
+    let (n, _) = s.recv_from(&mut buf).ok()?;
+    let p = coap_lite::Packet::from_bytes(&buf[..n]).ok()?;
+    let code = match p.header.code {
+        coap_lite::MessageClass::Response(r) => format!("{r:?}"),
+        other => format!("{other:?}"),
+    };
+    let protected = p.get_option(coap_lite::CoapOption::Oscore).is_some();
+    Some((code, p.payload, protected))
+}
+
+/// Files and folders below `dir` whose mode lets anyone but the owner in.
+pub fn open_to_others(dir: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 && !meta.file_type().is_symlink() {
+                out.push((e.path(), mode));
+            }
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
 }
 
 /// The value of `key=` in a `KEY=value` line.

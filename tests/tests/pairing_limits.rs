@@ -54,6 +54,10 @@ fn pairing_is_refused_outside_a_window_and_the_window_closes_on_time_and_after_t
     // Wrong PINs: each counted, back-off in between, closed after the third.
     hub.ctl(&["pair", "open", "--seconds", "120"]);
     for failure in 1..=3u64 {
+        // A hello during the back-off after a failure is refused: wait for it to end.
+        wait_for("the back-off to end", Duration::from_secs(30), || {
+            (hub.ctl(&["pair", "status"])["open"] == true).then_some(())
+        });
         let (sim, pin) = attempt(&hub);
         let pin = pin.expect("pin");
         let serial = wait_for("the sensor to wait for its PIN", Duration::from_secs(30), || {

@@ -9,6 +9,9 @@ mod seal;
 pub use redb_store::{OpenOutcome, RedbStore};
 pub use seal::{Kek, SealError};
 
+use std::net::SocketAddr;
+
+use protocol::link::PeerState;
 use protocol::oscore::{ContextParams, KeyUsage, Kid, WindowState};
 use protocol::pairing::Descriptor;
 use protocol::senml::Reading;
@@ -77,8 +80,10 @@ pub struct PeerRecord {
     pub lease: u64,
     /// Replay window as of the last durable reading.
     pub window: Option<WindowState>,
-    /// Key-usage counters.
+    /// Key-usage ceilings of the last durable checkpoint (counters resume at them).
     pub usage: KeyUsage,
+    /// The endpoint of the sensor's last authenticated request.
+    pub endpoint: Option<SocketAddr>,
 }
 
 /// One change in a group commit.
@@ -98,16 +103,20 @@ pub enum Write {
         /// Value.
         lease: u64,
     },
-    /// Readings, with the replay window and usage that accepted them.
+    /// Readings (their device's checkpoint goes in the same commit).
     Readings {
         /// Device.
         kid: Kid,
         /// Validated readings.
         readings: Vec<Reading>,
-        /// Window after accepting them.
-        window: Option<WindowState>,
-        /// Usage after accepting them.
-        usage: KeyUsage,
+    },
+    /// A device's link checkpoint: replay window, usage ceilings, endpoint. Written with (or
+    /// before) every answer to what that window accepted.
+    State {
+        /// Device.
+        kid: Kid,
+        /// The checkpoint.
+        state: PeerState<SocketAddr>,
     },
     /// A named document (e.g. the update manager's state), replaced whole.
     Meta {

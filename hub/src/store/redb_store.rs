@@ -2,6 +2,7 @@
 //! so a device's readings are one contiguous, time-ordered range, and the same reading stored
 //! twice (a sensor resending after a lost acknowledgement) is one record.
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -57,6 +58,9 @@ impl RedbStore {
     pub fn open(dir: &Path, max_readings: u64) -> Result<(Self, OpenOutcome), StoreError> {
         let kek = Kek::load_or_create(&dir.join("kek"))?;
         let path = dir.join("hearth.redb");
+        // Created 0600 before redb opens it (it holds personal data and sealed keys).
+        crate::private_fs::touch(&path)
+            .map_err(|e| StoreError::Io(path.display().to_string(), e))?;
         let (database, outcome) = match open_db(&path) {
             Ok(d) => (d, OpenOutcome::Opened),
             Err(OpenFailure::Fatal(e)) => return Err(e),
@@ -69,6 +73,8 @@ impl RedbStore {
                 std::fs::rename(&path, &aside)
                     .map_err(|e| StoreError::Io(path.display().to_string(), e))?;
                 tracing::error!(file = %aside.display(), reason = %why, "store was corrupt; moved aside, starting with an empty store (sensors must pair again)");
+                crate::private_fs::touch(&path)
+                    .map_err(|e| StoreError::Io(path.display().to_string(), e))?;
                 let d = open_db(&path).map_err(|_| StoreError::Corrupt("fresh database"))?;
                 (d, OpenOutcome::MovedAside(aside))
             }
@@ -168,17 +174,22 @@ fn decode_params(bytes: &[u8]) -> Option<ContextParams> {
     })
 }
 
-/// Link state record: lease, window (flag, highest, seen), usage (encryptions, failures).
+/// Link state record: lease, window (flag, highest, seen), usage ceilings (encryptions,
+/// failures), then optionally the endpoint (family, 16-byte address, port).
 #[derive(Default)]
 struct LinkState {
     lease: u64,
     window: Option<WindowState>,
     usage: KeyUsage,
+    endpoint: Option<SocketAddr>,
 }
 
+const STATE_LEN: usize = 37;
+const ENDPOINT_LEN: usize = 19;
+
 impl LinkState {
-    fn encode(&self) -> [u8; 37] {
-        let mut b = [0u8; 37];
+    fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; STATE_LEN];
         b[..8].copy_from_slice(&self.lease.to_be_bytes());
         if let Some(w) = self.window {
             b[8] = 1;
@@ -187,24 +198,48 @@ impl LinkState {
         }
         b[21..29].copy_from_slice(&self.usage.encryptions.to_be_bytes());
         b[29..37].copy_from_slice(&self.usage.failed_decryptions.to_be_bytes());
+        if let Some(e) = self.endpoint {
+            let (family, ip) = match e.ip() {
+                IpAddr::V4(v4) => (4u8, v4.to_ipv6_mapped().octets()),
+                IpAddr::V6(v6) => (6u8, v6.octets()),
+            };
+            b.push(family);
+            b.extend_from_slice(&ip);
+            b.extend_from_slice(&e.port().to_be_bytes());
+        }
         b
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        let b: &[u8; 37] = b.try_into().ok()?;
-        let u64_at = |i: usize| b[i..i + 8].try_into().ok().map(u64::from_be_bytes);
-        let window = match b[8] {
+        let (fixed, rest) = b.split_at_checked(STATE_LEN)?;
+        let u64_at = |i: usize| fixed[i..i + 8].try_into().ok().map(u64::from_be_bytes);
+        let window = match fixed[8] {
             0 => None,
             1 => Some(WindowState {
                 highest: u64_at(9)?,
-                seen: u32::from_be_bytes(b[17..21].try_into().ok()?),
+                seen: u32::from_be_bytes(fixed[17..21].try_into().ok()?),
             }),
+            _ => return None,
+        };
+        let endpoint = match rest.len() {
+            0 => None,
+            ENDPOINT_LEN => {
+                let ip: [u8; 16] = rest[1..17].try_into().ok()?;
+                let port = u16::from_be_bytes(rest[17..19].try_into().ok()?);
+                let ip = match rest[0] {
+                    4 => IpAddr::V4(Ipv6Addr::from(ip).to_ipv4_mapped()?),
+                    6 => IpAddr::V6(Ipv6Addr::from(ip)),
+                    _ => return None,
+                };
+                Some(SocketAddr::new(ip, port))
+            }
             _ => return None,
         };
         Some(Self {
             lease: u64_at(0)?,
             window,
             usage: KeyUsage { encryptions: u64_at(21)?, failed_decryptions: u64_at(29)? },
+            endpoint,
         })
     }
 }
@@ -231,7 +266,13 @@ impl Store for RedbStore {
                 Some(s) => LinkState::decode(s.value()).ok_or(StoreError::Corrupt("link state"))?,
                 None => LinkState::default(),
             };
-            out.push(PeerRecord { params, lease: s.lease, window: s.window, usage: s.usage });
+            out.push(PeerRecord {
+                params,
+                lease: s.lease,
+                window: s.window,
+                usage: s.usage,
+                endpoint: s.endpoint,
+            });
         }
         Ok(out)
     }
@@ -268,14 +309,23 @@ impl Store for RedbStore {
                         s.lease = s.lease.max(*lease);
                         state.insert(kid.as_bytes(), s.encode().as_slice()).map_err(db)?;
                     }
-                    Write::Readings { kid, readings: rs, window, usage } => {
+                    Write::State { kid, state: checkpoint } => {
                         let mut s = match state.get(kid.as_bytes()).map_err(db)? {
                             Some(v) => LinkState::decode(v.value()).unwrap_or_default(),
-                            None => continue,
+                            None => continue, // removed meanwhile
                         };
-                        s.window = *window;
-                        s.usage = *usage;
+                        s.window = checkpoint.window;
+                        // Ceilings only grow (a restart resumes at them: never lower).
+                        s.usage.encryptions = s.usage.encryptions.max(checkpoint.usage.encryptions);
+                        s.usage.failed_decryptions =
+                            s.usage.failed_decryptions.max(checkpoint.usage.failed_decryptions);
+                        s.endpoint = checkpoint.endpoint.or(s.endpoint);
                         state.insert(kid.as_bytes(), s.encode().as_slice()).map_err(db)?;
+                    }
+                    Write::Readings { kid, readings: rs } => {
+                        if devices.get(kid.as_bytes()).map_err(db)?.is_none() {
+                            continue; // removed meanwhile
+                        }
                         let mut added = 0;
                         for r in rs {
                             let key = reading_key(kid, r.time.0, &r.name);

@@ -12,7 +12,8 @@ mod hub;
 mod sensor;
 
 pub use hub::{
-    AckTicket, FirmwareOffer, HubConfig, HubEvent, HubLink, Payload, PeerState, PinError,
-    SecurityCounters, SecurityEvent, Transmit,
+    AckTicket, ECHO_BURST, ECHO_INTERVAL_MS, ECHO_REFILL_MS, ENCRYPTION_HEADROOM, Endpoint,
+    FAIL_BURST, FAIL_REFILL_MS, FAILURE_HEADROOM, FirmwareOffer, HubConfig, HubEvent, HubLink,
+    Payload, PeerState, PinError, SecurityCounters, SecurityEvent, Transmit,
 };
 pub use sensor::{SensorEvent, SensorLink};

@@ -75,6 +75,10 @@ pub enum PairingError {
     /// The hub assigned unusable OSCORE IDs (equal IDs).
     #[error("invalid OSCORE IDs")]
     BadIds,
+    /// The owner typed the PIN but the sensor never finished (counted as a failed attempt, so
+    /// that abandoning attempts cannot be used to try PINs past the window's limit).
+    #[error("the sensor did not finish pairing after its PIN was entered")]
+    Abandoned,
 }
 
 /// The result of a successful pairing on either side.

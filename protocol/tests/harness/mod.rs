@@ -5,14 +5,17 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use coap_lite::{CoapOption, Packet};
-use protocol::link::{AckTicket, HubConfig, HubEvent, HubLink, SensorEvent, SensorLink};
+use protocol::link::{
+    AckTicket, Endpoint, HubConfig, HubEvent, HubLink, PeerState, SecurityEvent, SensorEvent,
+    SensorLink,
+};
 use protocol::netsim::{Datagram, Faults, NetSim};
 use protocol::oscore::{
-    ContextParams, KeyUsage, Kid, Lease, OscoreOption, Piv, ReplayWindow, SecurityContext,
-    SenderSequence, nonce,
+    ContextParams, Kid, Lease, OscoreOption, Piv, ReplayWindow, SecurityContext, SenderSequence,
+    nonce,
 };
 use protocol::pairing::{Descriptor, MaskWidth, Pin, WindowConfig};
 use protocol::time::{Millis, UnixTime};
@@ -24,6 +27,18 @@ pub enum Node {
     Hub,
     Sensor(usize),
     Attacker,
+    /// Another source port on the attacker's host.
+    AttackerPort(u16),
+}
+
+impl Endpoint for Node {
+    type Host = Node;
+    fn host(&self) -> Node {
+        match self {
+            Node::AttackerPort(_) => Node::Attacker,
+            n => *n,
+        }
+    }
 }
 
 /// What a sensor keeps in flash across power cuts.
@@ -53,14 +68,22 @@ pub struct HubSide {
     pub leases: HashMap<Kid, Lease>,
     pub contexts: HashMap<Kid, ContextParams>,
     pub windows: HashMap<Kid, ReplayWindow>,
-    pub uncommitted: Vec<(AckTicket, u64)>,
+    /// Durable checkpoints (window, usage ceilings, endpoint) by device.
+    pub states: HashMap<Kid, PeerState<Node>>,
+    pub uncommitted: Vec<(AckTicket<Node>, u64)>,
+    /// Other requests (firmware, unknown paths) waiting for the commit.
+    pub uncommitted_requests: Vec<AckTicket<Node>>,
+    /// Devices whose checkpoint the next commit persists.
+    pub dirty: BTreeSet<Kid>,
+    /// Sensors whose PIN the owner will type, one attempt at a time.
+    pub pin_queue: VecDeque<Kid>,
     pub commit_at: Option<Millis>,
     pub commit_delay_ms: u64,
     /// The owner types the PIN shown on the sensor's display (or this wrong one).
     pub typo: Option<String>,
     /// Update reports received, and their tickets awaiting the commit.
     pub reports: Vec<(Kid, protocol::link::fw::UpdateReport)>,
-    pub uncommitted_reports: Vec<AckTicket>,
+    pub uncommitted_reports: Vec<AckTicket<Node>>,
     /// Image blocks served, by (device, block number).
     pub blocks_served: BTreeMap<(Kid, u32), u32>,
 }
@@ -90,6 +113,8 @@ pub struct Harness {
     pub capture: bool,
     /// The attacker answers every sensor request at once with this forged response builder.
     pub forge: Option<Forger>,
+    /// Protected answers (each one an encryption) the hub sent to the attacker's many ports.
+    pub to_attacker_ports: u64,
 }
 
 /// A small lease block, so that leases and crashes interleave often.
@@ -130,7 +155,11 @@ impl Harness {
             leases: HashMap::new(),
             contexts: HashMap::new(),
             windows: HashMap::new(),
+            states: HashMap::new(),
             uncommitted: Vec::new(),
+            uncommitted_requests: Vec::new(),
+            dirty: BTreeSet::new(),
+            pin_queue: VecDeque::new(),
             commit_at: None,
             commit_delay_ms: 3,
             typo: None,
@@ -148,6 +177,7 @@ impl Harness {
             captured: Vec::new(),
             capture: false,
             forge: None,
+            to_attacker_ports: 0,
         }
     }
 
@@ -207,6 +237,11 @@ impl Harness {
                     self.sensors[i].link.handle_datagram(now, &d.bytes, &mut self.rng)
                 }
                 Node::Attacker => {}
+                Node::AttackerPort(_) => {
+                    let protected = Packet::from_bytes(&d.bytes)
+                        .is_ok_and(|p| p.get_option(CoapOption::Oscore).is_some());
+                    self.to_attacker_ports += u64::from(protected);
+                }
             }
             self.flush();
         }
@@ -228,22 +263,58 @@ impl Harness {
         self.flush();
     }
 
-    /// Group commit: every reading received since the last commit becomes durable at once, then
-    /// all of them are acknowledged.
+    /// Group commit: every reading received since the last commit becomes durable at once,
+    /// with the checkpoint (window, usage ceilings) of every device involved; then all of them
+    /// are answered.
     fn commit(&mut self) {
         self.hub.commit_at = None;
-        for ticket in std::mem::take(&mut self.hub.uncommitted_reports) {
-            if let Some(w) = self.hub.link.peer_state(&ticket.kid()).and_then(|s| s.window) {
-                self.hub.windows.insert(ticket.kid(), ReplayWindow::Known(w));
+        let mut kids = std::mem::take(&mut self.hub.dirty);
+        kids.extend(self.hub.uncommitted.iter().map(|(t, _)| t.kid()));
+        kids.extend(self.hub.uncommitted_reports.iter().map(|t| t.kid()));
+        kids.extend(self.hub.uncommitted_requests.iter().map(|t| t.kid()));
+        for (ticket, id) in &self.hub.uncommitted {
+            *self.hub.stored.entry((ticket.kid(), *id)).or_default() += 1;
+        }
+        for kid in kids {
+            let Some(state) = self.hub.link.checkpoint(&kid) else { continue };
+            if let Some(w) = state.window {
+                self.hub.windows.insert(kid, ReplayWindow::Known(w));
             }
+            self.hub.link.checkpoint_durable(&kid, &state);
+            self.hub.states.insert(kid, state);
+        }
+        for ticket in std::mem::take(&mut self.hub.uncommitted_reports) {
             self.hub.link.acknowledge(ticket);
         }
-        for (ticket, id) in std::mem::take(&mut self.hub.uncommitted) {
-            *self.hub.stored.entry((ticket.kid(), id)).or_default() += 1;
-            if let Some(w) = self.hub.link.peer_state(&ticket.kid()).and_then(|s| s.window) {
-                self.hub.windows.insert(ticket.kid(), ReplayWindow::Known(w));
-            }
+        for ticket in std::mem::take(&mut self.hub.uncommitted_requests) {
             self.hub.link.acknowledge(ticket);
+        }
+        for (ticket, _) in std::mem::take(&mut self.hub.uncommitted) {
+            self.hub.link.acknowledge(ticket);
+        }
+    }
+
+    fn schedule_commit(&mut self) {
+        if self.hub.commit_at.is_none() {
+            self.hub.commit_at = Some(self.now.plus(self.hub.commit_delay_ms));
+        }
+    }
+
+    /// The owner types the next queued PIN once no attempt is unresolved.
+    fn type_pins(&mut self) {
+        while !self.hub.link.pin_unresolved() {
+            let Some(kid) = self.hub.pin_queue.pop_front() else { return };
+            let Some((_, d)) = self.hub.link.waiting_for_pin().into_iter().find(|(k, _)| *k == kid)
+            else {
+                continue;
+            };
+            let i: usize = d.serial[2..].parse().expect("serial");
+            let typed = match (&self.hub.typo, self.sensors[i].pin) {
+                (Some(t), _) => t.clone(),
+                (None, Some(pin)) => pin.to_string(),
+                (None, None) => continue,
+            };
+            let _ = self.hub.link.enter_pin(self.now, Some(kid), &typed);
         }
     }
 
@@ -287,30 +358,37 @@ impl Harness {
         }
     }
 
-    fn on_hub_event(&mut self, e: HubEvent) {
+    fn on_hub_event(&mut self, e: HubEvent<Node>) {
         match e {
-            HubEvent::PairingRequested { kid, descriptor } => {
+            HubEvent::PairingRequested { kid, .. } => {
                 // The owner reads the display of the sensor with this serial and types its PIN.
-                let i: usize = descriptor.serial[2..].parse().expect("serial");
-                let typed = match (&self.hub.typo, self.sensors[i].pin) {
-                    (Some(t), _) => t.clone(),
-                    (None, Some(pin)) => pin.to_string(),
-                    (None, None) => return,
-                };
-                let _ = self.hub.link.enter_pin(self.now, Some(kid), &typed);
+                self.hub.pin_queue.push_back(kid);
+                self.type_pins();
             }
             HubEvent::Paired { kid, params, .. } => {
-                // Durable at once in the harness's store.
+                // Durable at once in the harness's store, with its first checkpoint.
                 self.hub.contexts.insert(kid, params);
+                if let Some(state) = self.hub.link.checkpoint(&kid) {
+                    self.hub.link.checkpoint_durable(&kid, &state);
+                    self.hub.states.insert(kid, state);
+                }
                 let now = self.now;
                 self.hub.link.paired_durable(now, &kid);
             }
+            HubEvent::PairingConfirmed { .. }
+            | HubEvent::Security(SecurityEvent::PairingFailed { .. }) => self.type_pins(),
             HubEvent::Reading { ticket, payload } => {
                 let id = u64::from_be_bytes(payload.0.as_slice().try_into().expect("8-byte id"));
                 self.hub.uncommitted.push((ticket, id));
-                if self.hub.commit_at.is_none() {
-                    self.hub.commit_at = Some(self.now.plus(self.hub.commit_delay_ms));
-                }
+                self.schedule_commit();
+            }
+            HubEvent::Request { ticket } => {
+                self.hub.uncommitted_requests.push(ticket);
+                self.schedule_commit();
+            }
+            HubEvent::CheckpointNeeded { kid } => {
+                self.hub.dirty.insert(kid);
+                self.schedule_commit();
             }
             HubEvent::LeaseNeeded { kid, lease } => {
                 self.hub.leases.insert(kid, lease);
@@ -320,9 +398,7 @@ impl Harness {
             HubEvent::Report { ticket, report } => {
                 self.hub.reports.push((ticket.kid(), report));
                 self.hub.uncommitted_reports.push(ticket);
-                if self.hub.commit_at.is_none() {
-                    self.hub.commit_at = Some(self.now.plus(self.hub.commit_delay_ms));
-                }
+                self.schedule_commit();
             }
             HubEvent::BlockServed { kid, num, .. } => {
                 *self.hub.blocks_served.entry((kid, num)).or_default() += 1
@@ -364,6 +440,8 @@ impl Harness {
     pub fn restart_hub(&mut self, keep_windows: bool) {
         self.hub.uncommitted.clear();
         self.hub.uncommitted_reports.clear();
+        self.hub.uncommitted_requests.clear();
+        self.hub.dirty.clear();
         self.hub.commit_at = None;
         let mut link = HubLink::new(HubConfig::default());
         for (kid, params) in &self.hub.contexts {
@@ -374,7 +452,14 @@ impl Harness {
                 (true, None) => ReplayWindow::Unknown,
                 (false, _) => ReplayWindow::Unknown,
             };
-            link.add_peer(params, lease, window, KeyUsage::default());
+            let state = self.hub.states.get(kid);
+            let usage = state.map(|s| s.usage).unwrap_or_default();
+            link.add_peer(params, lease, window, usage, state.and_then(|s| s.endpoint));
+            // The daemon's start-up checkpoint: fresh ceilings above the restored counts.
+            if let Some(state) = link.checkpoint(kid) {
+                link.checkpoint_durable(kid, &state);
+                self.hub.states.insert(*kid, state);
+            }
         }
         self.hub.link = link;
     }
@@ -382,6 +467,12 @@ impl Harness {
     /// Sends raw bytes to the hub as the attacker.
     pub fn inject(&mut self, bytes: Vec<u8>) {
         let d = Datagram { from: Node::Attacker, to: Node::Hub, bytes };
+        self.net.send(self.now, &mut self.rng, d);
+    }
+
+    /// Sends raw bytes to the hub from one of the attacker's many source ports.
+    pub fn inject_from(&mut self, port: u16, bytes: Vec<u8>) {
+        let d = Datagram { from: Node::AttackerPort(port), to: Node::Hub, bytes };
         self.net.send(self.now, &mut self.rng, d);
     }
 

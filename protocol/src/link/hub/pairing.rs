@@ -1,0 +1,376 @@
+//! Pairing sessions on the hub (TR 103 621 6.29 ex. 3; EN 303 645 5.1-5 applied to pairing):
+//! unprotected `/p/hello`, `/p/proof`, `/p/done` with CoAP deduplication; sessions bounded in
+//! number and per source host (not per port), ended when idle; one PIN attempt at a time, and
+//! an attempt whose PIN was typed but that never finishes counts as a failure.
+
+use coap_lite::{MessageClass, Packet, RequestType, ResponseType};
+use rand_core::CryptoRng;
+
+use crate::oscore::{Kid, ReplayWindow, SecurityContext, SenderSequence};
+use crate::pairing::{
+    AwaitingPin, AwaitingSensorConfirm, Confirm, Descriptor, HubPairing, PairingError,
+    PairingRefused, PairingWindow, Pin, SensorHello, WindowConfig,
+};
+use crate::time::Millis;
+
+use super::super::coap::{self, PATH_DONE, PATH_HELLO, PATH_PROOF};
+use super::{
+    EXCHANGE_LIFETIME_MS, Endpoint, HubEvent, HubLink, Peer, PinError, SecurityEvent, Transmit,
+};
+use crate::oscore::KeyUsage;
+
+pub(super) enum Session<A> {
+    /// Waiting for the owner's PIN. The sensor's `/p/proof` request is held unanswered (it
+    /// retransmits) and answered the moment the PIN is typed.
+    AwaitingPin { state: AwaitingPin, addr: A, seen: Millis, proof_request: Option<Packet> },
+    /// The PIN was typed: waiting for the sensor's confirmation (an unresolved attempt).
+    AwaitingConfirm { state: AwaitingSensorConfirm, proof: Confirm, addr: A, seen: Millis },
+}
+
+impl<A: Copy> Session<A> {
+    fn addr(&self) -> A {
+        match self {
+            Self::AwaitingPin { addr, .. } | Self::AwaitingConfirm { addr, .. } => *addr,
+        }
+    }
+
+    fn seen(&self) -> Millis {
+        match self {
+            Self::AwaitingPin { seen, .. } | Self::AwaitingConfirm { seen, .. } => *seen,
+        }
+    }
+}
+
+impl<A: Endpoint> HubLink<A> {
+    /// Arms pairing for a bounded window (the owner's explicit action).
+    pub fn open_pairing(&mut self, now: Millis, config: WindowConfig) {
+        self.window = Some(PairingWindow::open(now, config));
+        self.sessions.clear();
+    }
+
+    /// Disarms pairing and drops unfinished sessions.
+    pub fn close_pairing(&mut self) {
+        self.window = None;
+        self.sessions.clear();
+    }
+
+    /// The current window, if one was opened.
+    pub fn pairing_window(&self) -> Option<&PairingWindow> {
+        self.window.as_ref()
+    }
+
+    /// Sensors waiting for their PIN to be typed.
+    pub fn waiting_for_pin(&self) -> Vec<(Kid, Descriptor)> {
+        let mut v: Vec<_> = self
+            .sessions
+            .iter()
+            .filter_map(|(k, s)| match s {
+                Session::AwaitingPin { state, .. } => Some((*k, state.descriptor().clone())),
+                Session::AwaitingConfirm { .. } => None,
+            })
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    /// Whether a typed PIN is still being confirmed (no second PIN is taken meanwhile).
+    pub fn pin_unresolved(&self) -> bool {
+        self.sessions.values().any(|s| matches!(s, Session::AwaitingConfirm { .. }))
+            || !self.unconfirmed.is_empty()
+    }
+
+    /// The owner typed `pin` for the sensor `kid` (or for the only waiting one). The attempt
+    /// is resolved by [`HubEvent::PairingConfirmed`] or a
+    /// [`SecurityEvent::PairingFailed`] for the returned kid.
+    pub fn enter_pin(&mut self, now: Millis, kid: Option<Kid>, pin: &str) -> Result<Kid, PinError> {
+        let window = self.window.as_mut().ok_or(PinError::Refused(PairingRefused::Closed))?;
+        window.admit(now)?;
+        if self.pin_unresolved() {
+            return Err(PinError::Unresolved);
+        }
+        let waiting = self.waiting_for_pin();
+        let kid = match (kid, waiting.as_slice()) {
+            (Some(k), _) => k,
+            (None, [(k, _)]) => *k,
+            (None, []) => return Err(PinError::NoSession),
+            (None, _) => return Err(PinError::Ambiguous),
+        };
+        let Some(Session::AwaitingPin { state, .. }) = self.sessions.get(&kid) else {
+            return Err(PinError::NoSession);
+        };
+        // Parse first: a mistyped PIN (wrong length) is not an attempt.
+        let pin = Pin::parse(pin, state.width()).map_err(PinError::Pairing)?;
+        let Some(Session::AwaitingPin { state, addr, proof_request, .. }) =
+            self.sessions.remove(&kid)
+        else {
+            return Err(PinError::NoSession);
+        };
+        match state.enter_pin(&pin) {
+            Ok((state, proof)) => {
+                if let Some(request) = proof_request {
+                    self.reply(addr, &request, ResponseType::Content, &proof.encode());
+                    self.remember_plain(now, addr, &request);
+                }
+                let seen = now;
+                self.sessions.insert(kid, Session::AwaitingConfirm { state, proof, addr, seen });
+                Ok(kid)
+            }
+            Err(e) => {
+                self.fail_pairing(now, kid, e);
+                Err(PinError::Pairing(e))
+            }
+        }
+    }
+
+    /// The context of the sensor paired as `kid` is durable: tell the sensor it is paired.
+    pub fn paired_durable(&mut self, now: Millis, kid: &Kid) {
+        let Some((key, bytes)) = self.unconfirmed.remove(kid) else { return };
+        let to = key.0;
+        self.push_dedup(key, now, bytes.clone());
+        self.transmits.push_back(Transmit { to, bytes });
+        self.events.push_back(HubEvent::PairingConfirmed { kid: *kid });
+    }
+
+    /// Ends sessions that have heard nothing for the idle limit; an unresolved attempt counts as
+    /// a failure.
+    pub(super) fn expire_sessions(&mut self, now: Millis) {
+        let idle = self.config.session_idle_ms;
+        let expired: Vec<Kid> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now >= s.seen().plus(idle))
+            .map(|(k, _)| *k)
+            .collect();
+        for kid in expired {
+            if let Some(Session::AwaitingConfirm { .. }) = self.sessions.remove(&kid) {
+                self.fail_pairing(now, kid, PairingError::Abandoned);
+            }
+        }
+    }
+
+    pub(super) fn handle_plain<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        from: A,
+        packet: &Packet,
+        rng: &mut R,
+    ) {
+        while self.dedup.front().is_some_and(|(_, at, _)| now >= at.plus(EXCHANGE_LIFETIME_MS)) {
+            self.dedup.pop_front();
+        }
+        let key = (from, packet.header.message_id, packet.get_token().to_vec());
+        if let Some((_, _, bytes)) = self.dedup.iter().find(|(k, _, _)| *k == key) {
+            self.counters.duplicates += 1;
+            self.transmits.push_back(Transmit { to: from, bytes: bytes.clone() });
+            return;
+        }
+        let before = self.transmits.len();
+        let is_post = packet.header.code == MessageClass::Request(RequestType::Post);
+        match (is_post, coap::path(packet).as_str()) {
+            (true, PATH_HELLO) => self.on_hello(now, from, packet, rng),
+            (true, PATH_PROOF) => self.on_proof(now, from, packet),
+            (true, PATH_DONE) => self.on_done(now, from, packet),
+            _ => {
+                // Everything except pairing must be OSCORE-protected (5.5-5: authenticate first).
+                self.counters.bad_request += 1;
+                self.reply(from, packet, ResponseType::Unauthorized, b"OSCORE required");
+            }
+        }
+        // Successful answers are remembered (a retransmitted hello must not start a second
+        // session); refusals are stateless and recomputed, so junk cannot flush the cache.
+        if self.transmits.len() == before + 1
+            && self.transmits.back().is_some_and(|t| t.bytes.get(1).is_some_and(|c| c >> 5 == 2))
+        {
+            self.remember_plain(now, from, packet);
+        }
+    }
+
+    /// Remembers the last transmit as the answer to `packet` from `from` (deduplication).
+    fn remember_plain(&mut self, now: Millis, from: A, packet: &Packet) {
+        if let Some(t) = self.transmits.back() {
+            let key = (from, packet.header.message_id, packet.get_token().to_vec());
+            let bytes = t.bytes.clone();
+            self.push_dedup(key, now, bytes);
+        }
+    }
+
+    fn push_dedup(&mut self, key: super::PlainKey<A>, now: Millis, bytes: Vec<u8>) {
+        if self.dedup.len() >= self.config.dedup_entries {
+            self.dedup.pop_front();
+        }
+        self.dedup.push_back((key, now, bytes));
+    }
+
+    fn refuse(&mut self, from: A, packet: &Packet, why: PairingRefused) {
+        self.counters.pairing_refused += 1;
+        self.security(SecurityEvent::PairingRefused(why));
+        let code = match why {
+            PairingRefused::BackingOff { .. } | PairingRefused::Busy => {
+                ResponseType::ServiceUnavailable
+            }
+            _ => ResponseType::Forbidden,
+        };
+        self.reply(from, packet, code, why.to_string().as_bytes());
+    }
+
+    fn on_hello<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        from: A,
+        packet: &Packet,
+        rng: &mut R,
+    ) {
+        let admitted = self.window.as_ref().map_or(Err(PairingRefused::Closed), |w| w.admit(now));
+        if let Err(why) = admitted {
+            return self.refuse(from, packet, why);
+        }
+        let hello = match SensorHello::decode(&packet.payload) {
+            Ok(h) => h,
+            Err(e) => {
+                self.malformed("pairing hello");
+                let why = e.to_string();
+                return self.reply(from, packet, ResponseType::BadRequest, why.as_bytes());
+            }
+        };
+        self.expire_sessions(now);
+        // A sensor that restarts pairing (fresh key, fresh PIN) supersedes its own earlier attempt
+        // from the same endpoint, so the owner's PIN goes to the attempt the display shows.
+        self.sessions.retain(|_, s| match s {
+            Session::AwaitingPin { state, addr, .. } => {
+                *addr != from || state.descriptor().serial != hello.descriptor.serial
+            }
+            Session::AwaitingConfirm { .. } => true,
+        });
+        let host = from.host();
+        let from_host = self.sessions.values().filter(|s| s.addr().host() == host).count();
+        if self.sessions.len() >= self.config.max_sessions
+            || from_host >= self.config.sessions_per_source
+        {
+            return self.refuse(from, packet, PairingRefused::Busy);
+        }
+        let kid = self.fresh_kid(rng);
+        match HubPairing::start(rng, hello, kid, self.config.hub_kid) {
+            Ok((state, hub_hello)) => {
+                let descriptor = state.descriptor().clone();
+                let session =
+                    Session::AwaitingPin { state, addr: from, seen: now, proof_request: None };
+                self.sessions.insert(kid, session);
+                self.events.push_back(HubEvent::PairingRequested { kid, descriptor });
+                self.reply(from, packet, ResponseType::Created, &hub_hello.encode());
+            }
+            Err(e) => self.reply(from, packet, ResponseType::BadRequest, e.to_string().as_bytes()),
+        }
+    }
+
+    fn fresh_kid<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Kid {
+        loop {
+            let mut b = [0u8; 4];
+            rng.fill_bytes(&mut b);
+            let Ok(kid) = Kid::new(&b) else { continue };
+            let taken = kid == self.config.hub_kid
+                || self.peers.contains_key(&kid)
+                || self.sessions.contains_key(&kid);
+            if !taken {
+                return kid;
+            }
+        }
+    }
+
+    fn on_proof(&mut self, now: Millis, from: A, packet: &Packet) {
+        let Ok(kid) = Kid::new(&packet.payload) else {
+            self.malformed("pairing proof request");
+            return self.reply(from, packet, ResponseType::BadRequest, b"bad kid");
+        };
+        match self.sessions.get_mut(&kid) {
+            // An attempt whose PIN was typed ends a fixed time after the PIN (its `seen` is not
+            // refreshed), so a peer that keeps asking cannot hold it unresolved.
+            Some(Session::AwaitingConfirm { proof, addr, .. }) if *addr == from => {
+                let body = proof.encode();
+                self.reply(from, packet, ResponseType::Content, &body);
+            }
+            Some(Session::AwaitingPin { addr, seen, proof_request, .. }) if *addr == from => {
+                // Not yet: the owner has not typed the PIN. Hold the request; it is answered the
+                // moment the PIN is typed (its retransmissions keep the session alive).
+                *seen = now;
+                *proof_request = Some(packet.clone());
+            }
+            _ => self.reply(from, packet, ResponseType::NotFound, b"no such pairing"),
+        }
+    }
+
+    fn on_done(&mut self, now: Millis, from: A, packet: &Packet) {
+        let Some((kid, confirm)) = decode_done(&packet.payload) else {
+            self.malformed("pairing confirmation");
+            return self.reply(from, packet, ResponseType::BadRequest, b"bad confirmation");
+        };
+        if self.unconfirmed.contains_key(&kid) {
+            return; // a retransmission while the new context is being made durable
+        }
+        // Only the endpoint that started the session may finish (or abort) it.
+        match self.sessions.get(&kid) {
+            Some(s @ Session::AwaitingConfirm { .. }) if s.addr() == from => {}
+            _ => return self.reply(from, packet, ResponseType::NotFound, b"no such pairing"),
+        }
+        let Some(Session::AwaitingConfirm { state, .. }) = self.sessions.remove(&kid) else {
+            return;
+        };
+        let result = match confirm {
+            Some(c) => state.finish(&c),
+            None => Err(PairingError::HubProofInvalid), // the sensor refused our proof
+        };
+        match result {
+            Ok(paired) => {
+                let seq = SenderSequence::new(self.config.lease_block);
+                let ctx = SecurityContext::new(&paired.context, seq, ReplayWindow::Empty);
+                self.peers.insert(kid, Peer::new(ctx, Some(from), KeyUsage::default()));
+                self.events.push_back(HubEvent::Paired {
+                    kid,
+                    params: paired.context,
+                    descriptor: paired.descriptor,
+                });
+                self.check_peer(kid);
+                // The sensor hears "paired" only once its context is durable here
+                // ([`HubLink::paired_durable`]); retransmissions meanwhile are ignored.
+                let answer = coap::response(packet, ResponseType::Changed, Vec::new());
+                let key = (from, packet.header.message_id, packet.get_token().to_vec());
+                if let Some(bytes) = coap::encode(&answer) {
+                    self.unconfirmed.insert(kid, (key, bytes));
+                }
+            }
+            Err(e) => {
+                self.fail_pairing(now, kid, e);
+                self.reply(from, packet, ResponseType::Unauthorized, b"pairing failed");
+            }
+        }
+    }
+
+    fn fail_pairing(&mut self, now: Millis, kid: Kid, reason: PairingError) {
+        self.counters.pairing_failed += 1;
+        if let Some(w) = self.window.as_mut() {
+            w.record_failure(now);
+        }
+        self.security(SecurityEvent::PairingFailed { kid, reason });
+    }
+}
+
+/// `/p/done` payload: the sensor's kid, then 32 bytes of MAC, or nothing when the sensor refused
+/// the hub's proof.
+pub(crate) fn encode_done(kid: &Kid, confirm: Option<&Confirm>) -> Vec<u8> {
+    let mut out = vec![kid.as_bytes().len() as u8];
+    out.extend_from_slice(kid.as_bytes());
+    if let Some(c) = confirm {
+        out.extend_from_slice(&c.mac);
+    }
+    out
+}
+
+fn decode_done(payload: &[u8]) -> Option<(Kid, Option<Confirm>)> {
+    let (&len, rest) = payload.split_first()?;
+    let (kid, rest) = rest.split_at_checked(usize::from(len))?;
+    let kid = Kid::new(kid).ok()?;
+    match rest.len() {
+        0 => Some((kid, None)),
+        32 => Some((kid, Some(Confirm { mac: rest.try_into().ok()? }))),
+        _ => None,
+    }
+}

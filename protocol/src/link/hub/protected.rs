@@ -1,0 +1,256 @@
+//! The OSCORE-protected path (RFC 8613 §8.2, §7.4; RFC 7252 §4.5): deduplication by source
+//! endpoint and Message ID with the whole datagram compared, the failure budget before
+//! verification, replay refusal, Echo recovery (B.1.2), and answers that leave only after the
+//! sensor's checkpoint is durable, to the endpoint the request came from.
+
+use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
+use rand_core::CryptoRng;
+
+use crate::oscore::{Kid, OscoreError, OscoreOption, RequestBinding, Verified};
+use crate::time::Millis;
+
+use super::super::coap::{self, PATH_READINGS};
+use super::super::fw::{PATH_REPORT, UpdateReport};
+use super::guard::Hold;
+use super::types::Asked;
+use super::{
+    AckTicket, EXCHANGE_LIFETIME_MS, Endpoint, HubEvent, HubLink, Payload, SecurityEvent, Transmit,
+};
+
+/// Exchanges remembered per sensor (a sensor has one request in flight; a CoAP client such as
+/// aiocoap may have a few).
+const RECENT: usize = 4;
+
+/// An accepted request: who sent it, its Message ID and bytes, and its answer once made
+/// (resent byte for byte on retransmission; never re-protected, which would reuse its nonce).
+pub(super) struct Exchange<A> {
+    from: A,
+    mid: u16,
+    piv: u64,
+    request: Vec<u8>,
+    at: Millis,
+    response: Option<Vec<u8>>,
+}
+
+/// A prepared answer: code, payload, and the Block2 option value if any.
+pub(super) struct Answer {
+    code: ResponseType,
+    payload: Vec<u8>,
+    block: Option<Vec<u8>>,
+}
+
+/// Answers that may wait for a checkpoint per sensor (one request in flight is normal).
+const WAITING: usize = 16;
+
+impl<A: Endpoint> HubLink<A> {
+    pub(super) fn handle_protected<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        from: A,
+        bytes: &[u8],
+        packet: &Packet,
+        rng: &mut R,
+    ) {
+        let parsed = packet
+            .get_first_option(CoapOption::Oscore)
+            .map(|v| OscoreOption::parse(v))
+            .unwrap_or(Err(OscoreError::NotOscore("no option")));
+        // Hearth assigns kids at pairing and uses no ID Context: a kid context is refused.
+        let kid = match parsed {
+            Ok(OscoreOption { kid: Some(kid), piv: Some(_), kid_context: None }) => kid,
+            _ => {
+                self.counters.bad_oscore += 1;
+                self.security(SecurityEvent::Malformed("OSCORE option"));
+                return self.reply(from, packet, ResponseType::BadOption, b"bad OSCORE option");
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&kid) else {
+            self.counters.unknown_kid += 1;
+            self.security(SecurityEvent::UnknownKid);
+            return self.reply(
+                from,
+                packet,
+                ResponseType::Unauthorized,
+                b"Security context not found",
+            );
+        };
+        // CoAP deduplication (RFC 7252 §4.5): the same endpoint's retransmission of the same
+        // message gets the same answer. Anything else goes through OSCORE.
+        peer.recent.retain(|e| now < e.at.plus(EXCHANGE_LIFETIME_MS));
+        let mid = packet.header.message_id;
+        if let Some(e) =
+            peer.recent.iter().find(|e| e.from == from && e.mid == mid && e.request == bytes)
+        {
+            self.counters.duplicates += 1;
+            if let Some(bytes) = e.response.clone() {
+                self.transmits.push_back(Transmit { to: from, bytes });
+            }
+            return; // otherwise its answer is still waiting for durability
+        }
+        match peer.guard.may_verify(now, from, peer.ctx.usage()) {
+            Ok(()) => {}
+            Err(Hold::KeyRetired) => {
+                self.counters.key_limit += 1;
+                self.security(SecurityEvent::KeyLimit { kid });
+                return self.reply(from, packet, ResponseType::Unauthorized, b"Key limit reached");
+            }
+            Err(hold) => {
+                let reserve = peer.guard.can_reserve(peer.ctx.usage());
+                self.counters.throttled += 1;
+                self.security(SecurityEvent::Throttled { kid });
+                if hold == Hold::NeedsCheckpoint && reserve {
+                    self.events.push_back(HubEvent::CheckpointNeeded { kid });
+                }
+                return;
+            }
+        }
+        match peer.ctx.unprotect_request(packet) {
+            Ok(Verified::Request { request: inner, binding }) => {
+                peer.guard.authenticated(from);
+                // A new exchange with this endpoint and Message ID replaces an older one.
+                peer.recent.retain(|e| !(e.from == from && e.mid == mid));
+                if peer.recent.len() >= RECENT {
+                    peer.recent.pop_front();
+                }
+                let piv = binding.piv.value();
+                let request = bytes.to_vec();
+                let at = now;
+                peer.recent.push_back(Exchange { from, mid, piv, request, at, response: None });
+                self.accepted(kid, from, inner, binding);
+            }
+            Ok(Verified::NeedsEcho { binding }) => {
+                if !peer.guard.may_encrypt(peer.ctx.usage()) || !peer.guard.echo(now, from) {
+                    self.counters.echo_limited += 1;
+                } else {
+                    match peer.ctx.echo_challenge(packet, &binding, rng) {
+                        Ok(sealed) => {
+                            if let Some(bytes) = coap::encode(&sealed.packet) {
+                                self.transmits.push_back(Transmit { to: from, bytes });
+                            }
+                        }
+                        Err(_) => self.counters.echo_limited += 1, // no durable lease yet
+                    }
+                }
+            }
+            Err(OscoreError::Replay) => {
+                self.counters.replays += 1;
+                self.security(SecurityEvent::Replay { kid });
+                self.reply(from, packet, ResponseType::Unauthorized, b"Replay detected");
+            }
+            Err(OscoreError::DecryptionFailed) => {
+                peer.guard.failed(now, from);
+                self.counters.bad_tag += 1;
+                self.security(SecurityEvent::BadTag { kid });
+                self.reply(from, packet, ResponseType::BadRequest, b"Decryption failed");
+            }
+            Err(OscoreError::KeyLimitReached) => {
+                self.counters.key_limit += 1;
+                self.security(SecurityEvent::KeyLimit { kid });
+                self.reply(from, packet, ResponseType::Unauthorized, b"Key limit reached");
+            }
+            Err(_) => {
+                self.counters.bad_oscore += 1;
+                self.security(SecurityEvent::Malformed("OSCORE message"));
+                self.reply(from, packet, ResponseType::BadOption, b"bad OSCORE message");
+            }
+        }
+        self.check_peer(kid);
+    }
+
+    /// An authenticated, fresh request becomes a ticket: nothing is answered before the caller
+    /// has made the window that accepted it durable.
+    fn accepted(&mut self, kid: Kid, from: A, request: Packet, binding: RequestBinding) {
+        let post = request.header.code == MessageClass::Request(RequestType::Post);
+        let path = coap::path(&request);
+        let mut ticket =
+            AckTicket { kid, from, binding, request, asked: super::types::Asked::Other };
+        let event = match (post, path.as_str()) {
+            (true, PATH_READINGS) => {
+                ticket.asked = Asked::Reading;
+                let payload = Payload(ticket.request.payload.clone());
+                HubEvent::Reading { ticket, payload }
+            }
+            (true, PATH_REPORT) => match UpdateReport::decode(&ticket.request.payload) {
+                Ok(report) => {
+                    ticket.asked = Asked::Report;
+                    HubEvent::Report { ticket, report }
+                }
+                Err(_) => HubEvent::Request { ticket },
+            },
+            _ => HubEvent::Request { ticket },
+        };
+        self.events.push_back(event);
+    }
+
+    /// The request behind `ticket` and the checkpoint that accepted it are durable: answer it
+    /// (a reading or report gets 2.04 carrying the sensor's update offer, if any; any other
+    /// request gets its resource) under the request's nonce, to the endpoint it came from.
+    pub fn acknowledge(&mut self, ticket: AckTicket<A>) {
+        let answer = match ticket.asked {
+            Asked::Reading | Asked::Report => {
+                let offer = self
+                    .peers
+                    .get(&ticket.kid)
+                    .and_then(|p| p.offer.as_ref().map(|o| o.offer.encode()));
+                Answer {
+                    code: ResponseType::Changed,
+                    payload: offer.unwrap_or_default(),
+                    block: None,
+                }
+            }
+            Asked::Other => {
+                let (code, payload, block) = self.resource(&ticket);
+                Answer { code, payload, block }
+            }
+        };
+        self.respond(ticket, answer);
+    }
+
+    /// Refuses the reading behind `ticket` (e.g. its payload broke a limit) with a protected
+    /// error response, so the sensor stops resending it. Like [`HubLink::acknowledge`], only
+    /// after the checkpoint is durable.
+    pub fn reject(&mut self, ticket: AckTicket<A>, code: ResponseType, diagnostic: &str) {
+        let payload = diagnostic.as_bytes().to_vec();
+        self.respond(ticket, Answer { code, payload, block: None });
+    }
+
+    /// Seals `answer` under the request's nonce and sends it to the request's source — or
+    /// parks it until the next durable checkpoint raises the usage ceiling.
+    pub(super) fn respond(&mut self, ticket: AckTicket<A>, answer: Answer) {
+        let kid = ticket.kid;
+        let Some(peer) = self.peers.get_mut(&kid) else { return };
+        if !peer.guard.may_encrypt(peer.ctx.usage()) {
+            if peer.guard.can_reserve(peer.ctx.usage()) && peer.waiting.len() < WAITING {
+                peer.waiting.push((ticket, answer));
+                self.events.push_back(HubEvent::CheckpointNeeded { kid });
+            } else if !peer.guard.can_reserve(peer.ctx.usage()) {
+                // The encryption limit is spent: nothing more is sealed under this key.
+                self.counters.key_limit += 1;
+                self.security(SecurityEvent::KeyLimit { kid });
+            }
+            return;
+        }
+        let mut plain = coap::response(&ticket.request, answer.code, answer.payload);
+        if let Some(b) = answer.block {
+            plain.add_option(CoapOption::Unknown(super::super::fw::BLOCK2), b);
+        }
+        let sealed = match peer.ctx.protect_response(&plain, &ticket.binding, false) {
+            Ok(s) => s,
+            Err(OscoreError::KeyLimitReached) => {
+                self.counters.key_limit += 1;
+                self.security(SecurityEvent::KeyLimit { kid });
+                return;
+            }
+            Err(_) => return,
+        };
+        let Some(bytes) = coap::encode(&sealed.packet) else { return };
+        let (from, mid, piv) = (ticket.from, ticket.request.header.message_id, ticket.piv());
+        if let Some(e) =
+            peer.recent.iter_mut().find(|e| e.from == from && e.mid == mid && e.piv == piv)
+        {
+            e.response = Some(bytes.clone());
+        }
+        self.transmits.push_back(Transmit { to: from, bytes });
+        self.check_peer(kid);
+    }
+}
