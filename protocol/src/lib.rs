@@ -4,9 +4,11 @@
 #![forbid(unsafe_code)]
 
 mod cbor;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hex;
 pub mod link;
+#[cfg(feature = "netsim")]
 pub mod netsim;
 pub mod oscore;
 pub mod pairing;

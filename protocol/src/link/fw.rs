@@ -3,9 +3,7 @@
 //! manifest (`GET /fw/m`) and the image block by block (`GET /fw/i`, CoAP Block2, RFC 7959),
 //! resuming from its last good block, and reports the outcome (`POST /fw/r`).
 
-use minicbor::Decoder;
-
-use crate::cbor::encode_with;
+use crate::cbor::{CborError, Reader, Writer};
 
 /// Manifest resource.
 pub const PATH_MANIFEST: &str = "fw/m";
@@ -85,30 +83,33 @@ pub struct UpdateReport {
 
 const MAX_REASON: usize = 200;
 
-fn bad(_: minicbor::decode::Error) -> FwError {
-    FwError::Malformed
+impl From<CborError> for FwError {
+    fn from(_: CborError) -> Self {
+        FwError::Malformed
+    }
 }
 
 impl UpdateOffer {
     /// `[version, size, sha256, szx]`.
     pub fn encode(&self) -> Vec<u8> {
-        encode_with(|e| {
-            e.array(4)?.u32(self.version)?.u32(self.size)?.bytes(&self.sha256)?.u8(self.szx)?;
-            Ok(())
+        Writer::build(|w| {
+            w.array(4).uint(self.version.into()).uint(self.size.into());
+            w.bytes(&self.sha256).uint(self.szx.into());
         })
     }
 
     /// Parses an offer.
     pub fn decode(bytes: &[u8]) -> Result<Self, FwError> {
-        let mut d = Decoder::new(bytes);
-        if d.array().map_err(bad)? != Some(4) {
+        let mut r = Reader::new(bytes);
+        if r.array("offer")? != 4 {
             return Err(FwError::Malformed);
         }
-        let version = d.u32().map_err(bad)?;
-        let size = d.u32().map_err(bad)?;
-        let sha256 = d.bytes().map_err(bad)?.try_into().map_err(|_| FwError::Malformed)?;
-        let szx = d.u8().map_err(bad)?;
-        if szx > 6 || d.position() != bytes.len() {
+        let version = r.u32("version")?;
+        let size = r.u32("size")?;
+        let sha256 = r.bytes("sha256")?.try_into().map_err(|_| FwError::Malformed)?;
+        let szx = r.u8("szx")?;
+        r.finish()?;
+        if szx > 6 {
             return Err(FwError::Malformed);
         }
         Ok(Self { version, size, sha256, szx })
@@ -134,28 +135,29 @@ impl UpdateReport {
             Outcome::Failed => 2,
         };
         let reason: String = self.reason.chars().take(MAX_REASON).collect();
-        encode_with(|e| {
-            e.array(4)?.u32(self.version)?.u32(self.running)?.u8(outcome)?.str(&reason)?;
-            Ok(())
+        Writer::build(|w| {
+            w.array(4).uint(self.version.into()).uint(self.running.into());
+            w.uint(outcome.into()).text(&reason);
         })
     }
 
     /// Parses a report.
     pub fn decode(bytes: &[u8]) -> Result<Self, FwError> {
-        let mut d = Decoder::new(bytes);
-        if d.array().map_err(bad)? != Some(4) {
+        let mut r = Reader::new(bytes);
+        if r.array("report")? != 4 {
             return Err(FwError::Malformed);
         }
-        let version = d.u32().map_err(bad)?;
-        let running = d.u32().map_err(bad)?;
-        let outcome = match d.u8().map_err(bad)? {
+        let version = r.u32("version")?;
+        let running = r.u32("running")?;
+        let outcome = match r.u8("outcome")? {
             0 => Outcome::Installed,
             1 => Outcome::RolledBack,
             2 => Outcome::Failed,
             _ => return Err(FwError::Malformed),
         };
-        let reason = d.str().map_err(bad)?;
-        if reason.len() > MAX_REASON || d.position() != bytes.len() {
+        let reason = r.text("reason")?;
+        r.finish()?;
+        if reason.len() > MAX_REASON {
             return Err(FwError::Malformed);
         }
         Ok(Self { version, running, outcome, reason: reason.to_owned() })

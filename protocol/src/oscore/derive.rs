@@ -89,13 +89,12 @@ fn expand(hk: &Hkdf<Sha256>, id: &[u8], id_context: Option<&[u8]>, kind: &str, o
 
 /// `info = [id: bstr, id_context: bstr / nil, alg_aead: int, type: tstr, L: uint]` (§3.2.1).
 pub(crate) fn info(id: &[u8], id_context: Option<&[u8]>, kind: &str, len: usize) -> Vec<u8> {
-    crate::cbor::encode_with(|e| {
-        e.array(5)?.bytes(id)?;
+    crate::cbor::Writer::build(|w| {
+        w.array(5).bytes(id);
         match id_context {
-            Some(c) => e.bytes(c)?,
-            None => e.null()?,
+            Some(c) => w.bytes(c),
+            None => w.null(),
         };
-        e.u8(ALG_AES_CCM_16_64_128)?.str(kind)?.u64(len as u64)?;
-        Ok(())
+        w.uint(ALG_AES_CCM_16_64_128.into()).text(kind).uint(len as u64);
     })
 }

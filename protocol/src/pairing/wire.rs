@@ -1,8 +1,6 @@
 //! Pairing messages on the wire (CBOR arrays) and the sensor descriptor, with explicit limits.
 
-use minicbor::Decoder;
-
-use crate::cbor::{Enc, EncResult, encode_with};
+use crate::cbor::{CborError, Reader, Writer};
 use crate::oscore::Kid;
 use crate::time::UnixTime;
 
@@ -68,19 +66,21 @@ pub struct Confirm {
     pub mac: [u8; 32],
 }
 
-fn malformed(_: minicbor::decode::Error) -> PairingError {
-    PairingError::Malformed
-}
-
-fn array(d: &mut Decoder<'_>, len: u64) -> Result<(), PairingError> {
-    match d.array().map_err(malformed)? {
-        Some(n) if n == len => Ok(()),
-        _ => Err(PairingError::Malformed),
+impl From<CborError> for PairingError {
+    fn from(_: CborError) -> Self {
+        PairingError::Malformed
     }
 }
 
-fn text(d: &mut Decoder<'_>, max: usize) -> Result<String, PairingError> {
-    let s = d.str().map_err(malformed)?;
+fn array(r: &mut Reader<'_>, len: u64) -> Result<(), PairingError> {
+    if r.array("message")? != len {
+        return Err(PairingError::Malformed);
+    }
+    Ok(())
+}
+
+fn text(r: &mut Reader<'_>, max: usize) -> Result<String, PairingError> {
+    let s = r.text("text")?;
     let ok =
         !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
     if !ok {
@@ -89,51 +89,43 @@ fn text(d: &mut Decoder<'_>, max: usize) -> Result<String, PairingError> {
     Ok(s.to_owned())
 }
 
-fn fixed<const N: usize>(d: &mut Decoder<'_>) -> Result<[u8; N], PairingError> {
-    d.bytes().map_err(malformed)?.try_into().map_err(|_| PairingError::Malformed)
+fn fixed<const N: usize>(r: &mut Reader<'_>) -> Result<[u8; N], PairingError> {
+    r.bytes("fixed-length bytes")?.try_into().map_err(|_| PairingError::Malformed)
 }
 
-fn kid(d: &mut Decoder<'_>) -> Result<Kid, PairingError> {
-    Kid::new(d.bytes().map_err(malformed)?).map_err(|_| PairingError::Malformed)
-}
-
-fn end(d: &Decoder<'_>) -> Result<(), PairingError> {
-    if d.position() != d.input().len() {
-        return Err(PairingError::Malformed);
-    }
-    Ok(())
+fn kid(r: &mut Reader<'_>) -> Result<Kid, PairingError> {
+    Kid::new(r.bytes("kid")?).map_err(|_| PairingError::Malformed)
 }
 
 impl Descriptor {
-    pub(crate) fn encode_into(&self, e: &mut Enc<'_>) -> EncResult {
-        e.array(7)?.str(&self.model)?.str(&self.serial)?.u32(self.firmware_version)?;
-        e.bool(self.updatable)?.bool(self.verifies_signatures)?;
-        e.array(self.capabilities.len() as u64)?;
+    pub(crate) fn encode_into(&self, w: &mut Writer) {
+        w.array(7).text(&self.model).text(&self.serial).uint(self.firmware_version.into());
+        w.bool(self.updatable).bool(self.verifies_signatures);
+        w.array(self.capabilities.len() as u64);
         for c in &self.capabilities {
-            e.str(c)?;
+            w.text(c);
         }
-        e.u64(self.support_end.0)?;
-        Ok(())
+        w.uint(self.support_end.0);
     }
 
     /// Canonical encoding (also what the transcript hashes).
     pub fn encode(&self) -> Vec<u8> {
-        encode_with(|e| self.encode_into(e))
+        Writer::build(|w| self.encode_into(w))
     }
 
-    fn decode_from(d: &mut Decoder<'_>) -> Result<Self, PairingError> {
-        array(d, 7)?;
-        let model = text(d, MAX_TEXT)?;
-        let serial = text(d, MAX_TEXT)?;
-        let firmware_version = d.u32().map_err(malformed)?;
-        let updatable = d.bool().map_err(malformed)?;
-        let verifies_signatures = d.bool().map_err(malformed)?;
-        let n = d.array().map_err(malformed)?.ok_or(PairingError::Malformed)?;
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, PairingError> {
+        array(r, 7)?;
+        let model = text(r, MAX_TEXT)?;
+        let serial = text(r, MAX_TEXT)?;
+        let firmware_version = r.u32("firmware version")?;
+        let updatable = r.bool("updatable")?;
+        let verifies_signatures = r.bool("verifies signatures")?;
+        let n = r.array("capabilities")?;
         if n > MAX_CAPABILITIES as u64 {
             return Err(PairingError::BadDescriptor);
         }
-        let capabilities = (0..n).map(|_| text(d, MAX_TEXT)).collect::<Result<_, _>>()?;
-        let support_end = UnixTime(d.u64().map_err(malformed)?);
+        let capabilities = (0..n).map(|_| text(r, MAX_TEXT)).collect::<Result<_, _>>()?;
+        let support_end = UnixTime(r.uint("support end")?);
         Ok(Self {
             model,
             serial,
@@ -147,9 +139,9 @@ impl Descriptor {
 
     /// Parses a descriptor encoded by [`Descriptor::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, PairingError> {
-        let mut d = Decoder::new(bytes);
-        let desc = Self::decode_from(&mut d)?;
-        end(&d)?;
+        let mut r = Reader::new(bytes);
+        let desc = Self::decode_from(&mut r)?;
+        r.finish()?;
         Ok(desc)
     }
 }
@@ -157,30 +149,30 @@ impl Descriptor {
 impl SensorHello {
     /// Encodes `[1, w, masked_key, nonce, descriptor]`.
     pub fn encode(&self) -> Vec<u8> {
-        encode_with(|e| {
-            e.array(5)?.u8(VERSION)?.u8(self.width.get())?;
-            e.bytes(&self.masked_key)?.bytes(&self.nonce)?;
-            self.descriptor.encode_into(e)
+        Writer::build(|w| {
+            w.array(5).uint(VERSION.into()).uint(self.width.get().into());
+            w.bytes(&self.masked_key).bytes(&self.nonce);
+            self.descriptor.encode_into(w);
         })
     }
 
     /// Parses a sensor hello; the key itself is validated when the PIN completes it.
     pub fn decode(bytes: &[u8]) -> Result<Self, PairingError> {
-        let mut d = Decoder::new(bytes);
-        array(&mut d, 5)?;
-        if d.u8().map_err(malformed)? != VERSION {
+        let mut r = Reader::new(bytes);
+        array(&mut r, 5)?;
+        if r.u8("version")? != VERSION {
             return Err(PairingError::UnsupportedVersion);
         }
-        let width = MaskWidth::new(d.u8().map_err(malformed)?)?;
-        let key = d.bytes().map_err(malformed)?;
+        let width = MaskWidth::new(r.u8("width")?)?;
+        let key = r.bytes("key")?;
         let masked_key: [u8; COMPRESSED_KEY_LEN] =
             key.try_into().map_err(|_| PairingError::NotCompressed)?;
         if !matches!(masked_key[0], 0x02 | 0x03) {
             return Err(PairingError::NotCompressed);
         }
-        let nonce = fixed(&mut d)?;
-        let descriptor = Descriptor::decode_from(&mut d)?;
-        end(&d)?;
+        let nonce = fixed(&mut r)?;
+        let descriptor = Descriptor::decode_from(&mut r)?;
+        r.finish()?;
         Ok(Self { width, masked_key, nonce, descriptor })
     }
 }
@@ -188,27 +180,26 @@ impl SensorHello {
 impl HubHello {
     /// Encodes `[1, key, nonce, sensor_kid, hub_kid]`.
     pub fn encode(&self) -> Vec<u8> {
-        encode_with(|e| {
-            e.array(5)?.u8(VERSION)?.bytes(&self.key)?.bytes(&self.nonce)?;
-            e.bytes(self.sensor_kid.as_bytes())?.bytes(self.hub_kid.as_bytes())?;
-            Ok(())
+        Writer::build(|w| {
+            w.array(5).uint(VERSION.into()).bytes(&self.key).bytes(&self.nonce);
+            w.bytes(self.sensor_kid.as_bytes()).bytes(self.hub_kid.as_bytes());
         })
     }
 
     /// Parses a hub hello.
     pub fn decode(bytes: &[u8]) -> Result<Self, PairingError> {
-        let mut d = Decoder::new(bytes);
-        array(&mut d, 5)?;
-        if d.u8().map_err(malformed)? != VERSION {
+        let mut r = Reader::new(bytes);
+        array(&mut r, 5)?;
+        if r.u8("version")? != VERSION {
             return Err(PairingError::UnsupportedVersion);
         }
-        let key = d.bytes().map_err(malformed)?;
+        let key = r.bytes("key")?;
         let key: [u8; COMPRESSED_KEY_LEN] =
             key.try_into().map_err(|_| PairingError::NotCompressed)?;
-        let nonce = fixed(&mut d)?;
-        let sensor_kid = kid(&mut d)?;
-        let hub_kid = kid(&mut d)?;
-        end(&d)?;
+        let nonce = fixed(&mut r)?;
+        let sensor_kid = kid(&mut r)?;
+        let hub_kid = kid(&mut r)?;
+        r.finish()?;
         Ok(Self { key, nonce, sensor_kid, hub_kid })
     }
 }
@@ -216,18 +207,15 @@ impl HubHello {
 impl Confirm {
     /// Encodes `[mac]`.
     pub fn encode(&self) -> Vec<u8> {
-        encode_with(|e| {
-            e.array(1)?.bytes(&self.mac)?;
-            Ok(())
-        })
+        Writer::build(|w| _ = w.array(1).bytes(&self.mac))
     }
 
     /// Parses a confirmation.
     pub fn decode(bytes: &[u8]) -> Result<Self, PairingError> {
-        let mut d = Decoder::new(bytes);
-        array(&mut d, 1)?;
-        let mac = fixed(&mut d)?;
-        end(&d)?;
+        let mut r = Reader::new(bytes);
+        array(&mut r, 1)?;
+        let mac = fixed(&mut r)?;
+        r.finish()?;
         Ok(Self { mac })
     }
 }

@@ -4,9 +4,9 @@
 
 use std::ops::RangeInclusive;
 
-use super::cbor::{Reader, Writer, set_once};
 use super::cose::{self, KeyId, SigningKeyPair, TrustAnchors};
 use super::{UpdateError, validate_model, validate_text};
+use crate::cbor::{Reader, Writer, set_once};
 use crate::time::UnixTime;
 
 const PAYLOAD_TYPE: u64 = 2;

@@ -10,8 +10,8 @@ use p256::elliptic_curve::Generate;
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
 
-use super::cbor::{Reader, Writer, set_once};
 use super::{MAX_ENVELOPE_LEN, UpdateError};
+use crate::cbor::{Reader, Writer, set_once};
 
 /// COSE algorithm identifier for ECDSA P-256 with SHA-256.
 const ALG_ES256: i64 = -7;
@@ -166,7 +166,7 @@ pub(super) fn parse(envelope: &[u8]) -> Result<Sign1<'_>, UpdateError> {
         return Err(UpdateError::EnvelopeTooLarge { len: envelope.len(), max: MAX_ENVELOPE_LEN });
     }
     let mut r = Reader::new(envelope);
-    if r.peek("COSE_Sign1")? == minicbor::data::Type::Tag {
+    if r.peek("COSE_Sign1")? == crate::cbor::Kind::Tag {
         return Err(UpdateError::Malformed("tagged COSE_Sign1; send it untagged"));
     }
     if r.array("COSE_Sign1")? != 4 {

@@ -2,9 +2,9 @@
 //! type. EN 303 645 5.3-9/5.3-10 (authenticity, anti-rollback: TR 103 621 6.17 ex. 3), 5.3-11
 //! (risks mitigated) and 5.3-12 (disruptive flag).
 
-use super::cbor::{Reader, Writer, set_once};
 use super::cose::{self, KeyId, SigningKeyPair, TrustAnchors};
 use super::{MAX_IMAGE_SIZE, UpdateError, validate_model, validate_text};
+use crate::cbor::{Reader, Writer, set_once};
 use crate::time::UnixTime;
 
 const PAYLOAD_TYPE: u64 = 1;

@@ -14,7 +14,6 @@
 //!   version uint (omitted when none), 6: text tstr, 7: issued uint (Unix s)}`.
 
 mod advisory;
-mod cbor;
 mod cose;
 mod image;
 mod manifest;
@@ -34,6 +33,19 @@ pub const MAX_IMAGE_SIZE: u32 = 16 * 1024 * 1024;
 pub const MAX_MODEL_LEN: usize = 64;
 /// Longest free text (risks mitigated, advisory text), in bytes.
 pub const MAX_TEXT_LEN: usize = 1024;
+
+impl From<crate::cbor::CborError> for UpdateError {
+    fn from(e: crate::cbor::CborError) -> Self {
+        use crate::cbor::CborError;
+        match e {
+            CborError::Truncated => Self::TruncatedEnvelope,
+            CborError::Malformed(what) => Self::Malformed(what),
+            CborError::Nested => Self::Malformed("unexpected array, map or tag"),
+            CborError::NonCanonical => Self::NonCanonical,
+            CborError::Trailing => Self::TrailingBytes,
+        }
+    }
+}
 
 /// Why an envelope, manifest, advisory or image was refused (reported to the user, 6.17 ex. 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
