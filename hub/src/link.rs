@@ -297,7 +297,7 @@ impl Driver {
             for (kid, offer) in self.updates.plan(unix_now()) {
                 match &offer {
                     Some(o) => {
-                        tracing::info!(device = %kid, version = o.offer.version, "offering update")
+                        tracing::info!(device = %kid, version = o.offer().version, "offering update")
                     }
                     None => tracing::info!(device = %kid, "update offer withdrawn"),
                 }

@@ -67,11 +67,12 @@ fn offer(h: &mut Harness, r: &Release, manifest_override: Option<Vec<u8>>) -> Up
         sha256: *image.sha256(),
         szx: DEFAULT_SZX,
     };
-    let fw = Arc::new(FirmwareOffer {
-        offer: offer.clone(),
-        manifest: manifest_override.unwrap_or_else(|| r.manifest.clone()),
-        image: r.image.clone(),
-    });
+    let fw = match manifest_override {
+        // A compromised hub relays a manifest it should have refused.
+        Some(m) => FirmwareOffer::forged(offer.clone(), m, r.image.clone()),
+        None => FirmwareOffer::new(&verified, image, DEFAULT_SZX).expect("image of this manifest"),
+    };
+    let fw = Arc::new(fw);
     for kid in h.hub.contexts.keys().copied().collect::<Vec<_>>() {
         assert!(h.hub.link.set_offer(&kid, Some(fw.clone())));
     }

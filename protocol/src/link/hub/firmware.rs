@@ -21,7 +21,7 @@ impl<A: Endpoint> HubLink<A> {
         let get = request.header.code == MessageClass::Request(RequestType::Get);
         match (get, coap::path(request).as_str()) {
             (true, PATH_MANIFEST) => match self.offer_for(&ticket.kid, request) {
-                Some(o) => (ResponseType::Content, o.manifest.clone(), None),
+                Some(o) => (ResponseType::Content, o.manifest().to_vec(), None),
                 None => (ResponseType::NotFound, Vec::new(), None),
             },
             (true, PATH_IMAGE) => self.block(ticket.kid, request),
@@ -44,7 +44,7 @@ impl<A: Endpoint> HubLink<A> {
             .into_iter()
             .flatten()
             .find_map(|q| std::str::from_utf8(q).ok()?.strip_prefix("v=")?.parse::<u32>().ok());
-        (asked == Some(offer.offer.version)).then_some(offer)
+        (asked == Some(offer.offer().version)).then_some(offer)
     }
 
     fn block(&mut self, kid: Kid, request: &Packet) -> Answer {
@@ -52,16 +52,16 @@ impl<A: Endpoint> HubLink<A> {
         let (Some(offer), Some(Ok(block))) = (self.offer_for(&kid, request), asked) else {
             return (ResponseType::NotFound, Vec::new(), None);
         };
-        let size = offer.image.len() as u64;
+        let size = offer.image().len() as u64;
         let start = block.offset();
         if start >= size {
             return (ResponseType::BadOption, Vec::new(), None);
         }
         let end = (start + (16u64 << block.szx)).min(size);
-        let data = offer.image[start as usize..end as usize].to_vec();
+        let data = offer.image()[start as usize..end as usize].to_vec();
         let reply = Block { num: block.num, more: end < size, szx: block.szx };
         let total = size.div_ceil(16u64 << block.szx) as u32;
-        let version = offer.offer.version;
+        let version = offer.offer().version;
         self.events.push_back(HubEvent::BlockServed { kid, version, num: block.num, total });
         (ResponseType::Content, data, Some(reply.encode()))
     }

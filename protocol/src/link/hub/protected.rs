@@ -191,7 +191,7 @@ impl<A: Endpoint> HubLink<A> {
                 let offer = self
                     .peers
                     .get(&ticket.kid)
-                    .and_then(|p| p.offer.as_ref().map(|o| o.offer.encode()));
+                    .and_then(|p| p.offer.as_ref().map(|o| o.offer().encode()));
                 Answer {
                     code: ResponseType::Changed,
                     payload: offer.unwrap_or_default(),

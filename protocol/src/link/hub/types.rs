@@ -8,6 +8,7 @@ use coap_lite::Packet;
 
 use crate::oscore::{ContextParams, KeyUsage, Kid, Lease, NeedsRekey, RequestBinding, WindowState};
 use crate::pairing::{Descriptor, PairingError, PairingRefused};
+use crate::update::{VerifiedImage, VerifiedManifest};
 
 use super::super::fw::{UpdateOffer, UpdateReport};
 
@@ -220,15 +221,54 @@ pub enum HubEvent<A> {
 }
 
 /// An update the hub offers to a sensor: the offer itself, the signed manifest (for sensors that
-/// verify signatures) and the verified image, shared by every sensor it is offered to.
+/// verify signatures) and the image, shared by every sensor it is offered to. Only a
+/// [`VerifiedManifest`] and the [`VerifiedImage`] checked against it can make one (TR 103 621
+/// 6.18: nothing unverified reaches a sensor).
 #[derive(Debug)]
 pub struct FirmwareOffer {
+    offer: UpdateOffer,
+    manifest: Vec<u8>,
+    image: Vec<u8>,
+}
+
+impl FirmwareOffer {
+    /// The offer for `image`, verified against `manifest`, in blocks of `16 << szx` bytes.
+    /// `None` if the image was verified for another manifest (model or version differ).
+    pub fn new(manifest: &VerifiedManifest, image: VerifiedImage, szx: u8) -> Option<Self> {
+        if image.model() != manifest.model() || image.version() != manifest.version() {
+            return None;
+        }
+        let offer = UpdateOffer {
+            version: manifest.version(),
+            size: manifest.image_size(),
+            sha256: *image.sha256(),
+            szx,
+        };
+        let envelope = manifest.signed_bytes().to_vec();
+        Some(Self { offer, manifest: envelope, image: image.into_bytes() })
+    }
+
+    /// What a compromised hub could offer: anything. For simulations and tests of the sensors'
+    /// own checks (example 5); never used by the hub.
+    #[cfg(feature = "netsim")]
+    pub fn forged(offer: UpdateOffer, manifest: Vec<u8>, image: Vec<u8>) -> Self {
+        Self { offer, manifest, image }
+    }
+
     /// What the sensor is told.
-    pub offer: UpdateOffer,
+    pub fn offer(&self) -> &UpdateOffer {
+        &self.offer
+    }
+
     /// COSE_Sign1 manifest bytes.
-    pub manifest: Vec<u8>,
-    /// Image bytes (their digest was verified against the manifest before this was made).
-    pub image: Vec<u8>,
+    pub fn manifest(&self) -> &[u8] {
+        &self.manifest
+    }
+
+    /// Image bytes.
+    pub fn image(&self) -> &[u8] {
+        &self.image
+    }
 }
 
 /// A reading's payload; its `Debug` shows only the length (readings are personal data,

@@ -1,0 +1,143 @@
+//! Releases (EN 303 645 5.3-9/5.3-10; TR 103 621 6.17/6.18): pinned manufacturer keys per
+//! model, and every check a release passes — signature, model, anti-rollback, expiry, image
+//! digest — before it is kept; a refusal is recorded with its reason and nothing is relayed.
+
+use std::sync::Arc;
+
+use protocol::link::FirmwareOffer;
+use protocol::link::fw::DEFAULT_SZX;
+use protocol::time::UnixTime;
+use protocol::update::{PublicKey, UpdateError, verify_image, verify_manifest};
+
+use super::{Refusal, Release, Updates, UpdatesError};
+
+impl Updates {
+    pub(super) fn paths(
+        &self,
+        model: &str,
+        version: u32,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let base = self.dir.join(format!("{model}-{version}"));
+        (base.with_extension("cose"), base.with_extension("bin"))
+    }
+
+    /// Pins a manufacturer key for a model (the owner's or the installer's decision).
+    pub fn trust(&mut self, model: &str, key_hex: &str) -> Result<String, UpdatesError> {
+        let key =
+            protocol::hex::decode(key_hex).and_then(|b| PublicKey::from_sec1(&b).ok()).ok_or_else(
+                || UpdatesError::Bad("the key must be a hex SEC1 P-256 public key".into()),
+            )?;
+        let kid = protocol::hex::encode(&key.kid().0);
+        let entry = (model.to_string(), protocol::hex::encode(&key.to_sec1_compressed()));
+        if !self.state.trust.contains(&entry) {
+            self.state.trust.push(entry);
+            self.anchors.add(model, key);
+            self.dirty = true;
+        }
+        Ok(kid)
+    }
+
+    pub(super) fn verify_and_keep(
+        &mut self,
+        manifest: Vec<u8>,
+        image: Vec<u8>,
+        now: UnixTime,
+    ) -> Result<(String, u32), UpdateError> {
+        let verified = verify_manifest(&manifest, &self.anchors, now)?;
+        let checked = verify_image(&verified, &image)?;
+        let key = (verified.model().to_string(), verified.version());
+        let fw = FirmwareOffer::new(&verified, checked, DEFAULT_SZX)
+            .ok_or(UpdateError::Malformed("image verified against another manifest"))?;
+        let fw = Arc::new(fw);
+        self.releases.insert(key.clone(), Release { manifest: verified, offer: fw });
+        Ok(key)
+    }
+
+    /// Checks a release (from the feed or the owner) and keeps it, or records the refusal.
+    pub fn add_release(
+        &mut self,
+        manifest: Vec<u8>,
+        image: Vec<u8>,
+        source: &str,
+        now: UnixTime,
+    ) -> Result<(String, u32), UpdatesError> {
+        let refuse = |me: &mut Self, reason: String| {
+            tracing::warn!(source, %reason, "update refused; it will not reach any sensor");
+            me.state.refused.push(Refusal {
+                at: now.0,
+                source: source.into(),
+                reason: reason.clone(),
+            });
+            me.dirty = true;
+            UpdatesError::Refused(reason)
+        };
+        let verified = match verify_manifest(&manifest, &self.anchors, now) {
+            Ok(v) => v,
+            Err(protocol::update::UpdateError::UnknownKey)
+                if self.key_of_another_model(&manifest) =>
+            {
+                return Err(refuse(
+                    self,
+                    "manifest: wrong model (signed with the key of another model)".into(),
+                ));
+            }
+            Err(e) => return Err(refuse(self, format!("manifest: {e}"))),
+        };
+        let (model, version) = (verified.model().to_string(), verified.version());
+        if self.releases.contains_key(&(model.clone(), version)) {
+            return Ok((model, version));
+        }
+        // Anti-rollback (6.17 ex. 3): never accept a release not newer than what runs or was
+        // already accepted for this model.
+        let newest_known =
+            self.releases.keys().filter(|(m, _)| *m == model).map(|(_, v)| *v).max().unwrap_or(0);
+        let newest_installed = self
+            .state
+            .devices
+            .values()
+            .filter(|d| d.model == model)
+            .map(|d| d.installed)
+            .max()
+            .unwrap_or(0);
+        let floor = newest_known.max(newest_installed);
+        if version <= floor {
+            return Err(refuse(
+                self,
+                format!("{model} v{version}: not newer than v{floor} (anti-rollback)"),
+            ));
+        }
+        if let Err(e) = verify_image(&verified, &image) {
+            return Err(refuse(self, format!("{model} v{version}: image: {e}")));
+        }
+        let (m, i) = self.paths(&model, version);
+        let write = |p: &std::path::Path, b: &[u8]| -> Result<(), UpdatesError> {
+            crate::private_fs::write(p, b).map_err(|e| UpdatesError::Io(p.display().to_string(), e))
+        };
+        crate::private_fs::create_dir(&self.dir)
+            .map_err(|e| UpdatesError::Io(self.dir.display().to_string(), e))?;
+        write(&m, &manifest)?;
+        write(&i, &image)?;
+        let key = self
+            .verify_and_keep(manifest, image, now)
+            .map_err(|e| UpdatesError::Refused(e.to_string()))?;
+        self.state.releases.push(key.clone());
+        self.dirty = true;
+        tracing::info!(model = %key.0, version = key.1, risks = %verified.risks_mitigated(), "update verified and available");
+        Ok(key)
+    }
+
+    /// Whether the manifest names a signing key that is pinned — for another model.
+    fn key_of_another_model(&self, manifest: &[u8]) -> bool {
+        let Ok(kid) = protocol::update::signer_kid(manifest) else { return false };
+        self.state.trust.iter().any(|(_, key)| {
+            protocol::hex::decode(key)
+                .and_then(|b| PublicKey::from_sec1(&b).ok())
+                .is_some_and(|k| k.kid() == kid)
+        })
+    }
+
+    /// Whether a release for (model, version) is known.
+    pub fn knows(&self, model: &str, version: u32) -> bool {
+        self.releases.contains_key(&(model.to_string(), version))
+    }
+}

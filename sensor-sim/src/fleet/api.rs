@@ -1,0 +1,276 @@
+//! The fleet's interface: its configuration and faults, the events it reports, its status, and
+//! the handle that sends it commands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use protocol::netsim::Faults;
+use protocol::oscore::Kid;
+use protocol::time::Millis;
+use tokio::sync::{mpsc, oneshot};
+
+use super::update::CutPoint;
+use crate::clock;
+use crate::flash::FlashError;
+use crate::model::ModelKind;
+
+/// Faults the fleet injects on its side of the network.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimFaults {
+    /// Loss, duplication, delay and reordering, both directions.
+    pub net: Faults,
+    /// Probability that a copy of an outgoing datagram with one byte flipped is sent too.
+    pub tamper: f64,
+    /// Probability that an outgoing datagram is sent again later (a replay).
+    pub replay: f64,
+}
+
+impl SimFaults {
+    /// No faults.
+    pub fn none() -> Self {
+        Self { net: Faults::none(0), tamper: 0.0, replay: 0.0 }
+    }
+
+    pub(super) fn active(&self) -> bool {
+        self.net != Faults::none(0) || self.tamper > 0.0 || self.replay > 0.0
+    }
+}
+
+/// How to build a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The hub's CoAP address.
+    pub hub: SocketAddr,
+    /// Number of sensors (models cycle through [`ModelKind::ALL`]).
+    pub sensors: u32,
+    /// UDP sockets shared by the sensors.
+    pub sockets: usize,
+    /// Seed for everything random in the fleet.
+    pub seed: u64,
+    /// Each paired sensor measures and reports this often (0: only when offered load).
+    pub report_interval_ms: u64,
+    /// Injected faults.
+    pub faults: SimFaults,
+    /// Flash file; `None` keeps state in memory only.
+    pub flash: Option<PathBuf>,
+    /// Sequence lease block (RFC 8613 B.1.1).
+    pub lease_block: u64,
+    /// Record every (key, nonce) on the wire and count reuses (tests; costs memory).
+    pub audit_nonces: bool,
+    /// The manufacturer keys built into sensors that verify update signatures themselves.
+    pub trust: Option<protocol::update::TrustAnchors>,
+    /// Models the sensors cycle through (sensor i is `models[i % len]`).
+    pub models: Vec<ModelKind>,
+}
+
+impl FleetConfig {
+    /// A fleet of `sensors` reporting to `hub`, no faults, in memory.
+    pub fn new(hub: SocketAddr, sensors: u32) -> Self {
+        Self {
+            hub,
+            sensors,
+            sockets: 4,
+            seed: 1,
+            report_interval_ms: 0,
+            faults: SimFaults::none(),
+            flash: None,
+            lease_block: protocol::oscore::DEFAULT_LEASE_BLOCK,
+            audit_nonces: false,
+            trust: None,
+            models: ModelKind::ALL.to_vec(),
+        }
+    }
+}
+
+/// What the fleet reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FleetEvent {
+    /// A sensor's display shows a pairing PIN.
+    PinShown {
+        /// Sensor index.
+        index: u32,
+        /// Serial.
+        serial: String,
+        /// The digits on the display.
+        pin: String,
+    },
+    /// A sensor paired.
+    Paired {
+        /// Sensor index.
+        index: u32,
+        /// Serial.
+        serial: String,
+        /// Its OSCORE kid (the hub's device id).
+        kid: Kid,
+    },
+    /// A pairing attempt failed or was refused.
+    PairingFailed {
+        /// Sensor index.
+        index: u32,
+    },
+    /// A reading was acknowledged by the hub.
+    Delivered {
+        /// Sensor index.
+        index: u32,
+        /// The sensor's kid (device id at the hub).
+        kid: Option<Kid>,
+        /// Reading id.
+        id: u64,
+        /// The SenML time of the reading, Unix ms (with its names, its identity in the store).
+        time_ms: i64,
+        /// Time from measurement to acknowledgement.
+        latency_us: u64,
+    },
+    /// The hub refused a reading.
+    Refused {
+        /// Sensor index.
+        index: u32,
+    },
+    /// Blocks of an update written so far.
+    UpdateProgress {
+        /// Sensor index.
+        index: u32,
+        /// Version being written.
+        version: u32,
+        /// Blocks written.
+        done: u32,
+        /// Blocks in the image.
+        total: u32,
+    },
+    /// An update attempt ended (reported to the hub).
+    Updated {
+        /// Sensor index.
+        index: u32,
+        /// Version attempted.
+        version: u32,
+        /// Version running now.
+        running: u32,
+        /// Outcome.
+        outcome: protocol::link::fw::Outcome,
+        /// Why, for rollbacks and failures.
+        reason: String,
+        /// Image blocks this sensor received for this version, re-fetches included.
+        blocks: u32,
+    },
+}
+
+/// A summary of the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FleetStatus {
+    /// Sensors in the fleet.
+    pub sensors: u32,
+    /// Paired sensors.
+    pub paired: u32,
+    /// Readings measured.
+    pub offered: u64,
+    /// Readings acknowledged.
+    pub acknowledged: u64,
+    /// Readings refused by the hub.
+    pub refused: u64,
+    /// Readings waiting in sensor buffers.
+    pub queued: u64,
+    /// Datagrams sent.
+    pub sent: u64,
+    /// Datagrams received.
+    pub received: u64,
+    /// Protected datagrams whose nonce was audited.
+    pub nonces_audited: u64,
+    /// Key/nonce pairs seen with two different ciphertexts (must stay 0).
+    pub nonce_reuses: u64,
+}
+
+pub(super) enum Command {
+    Pair { index: u32 },
+    Display { index: u32, reply: oneshot::Sender<Option<String>> },
+    Measure { index: u32 },
+    Offer { rate: f64, until: Millis },
+    Status { reply: oneshot::Sender<FleetStatus> },
+    Latencies { reply: oneshot::Sender<Vec<u64>> },
+    Unpaired { reply: oneshot::Sender<Vec<u32>> },
+    PowerCut { index: u32 },
+    CutPowerAt { index: u32, at: CutPoint },
+    Running { reply: oneshot::Sender<Vec<u32>> },
+}
+
+/// Controls a running fleet.
+#[derive(Debug, Clone)]
+pub struct FleetHandle {
+    pub(super) tx: mpsc::UnboundedSender<Command>,
+}
+
+/// Why the fleet could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Flash failed.
+    #[error(transparent)]
+    Flash(#[from] FlashError),
+    /// Sockets failed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The fleet task ended.
+    #[error("the fleet has stopped")]
+    Stopped,
+}
+
+impl FleetHandle {
+    /// Starts pairing on sensor `index` if it is not paired (its display then shows a PIN).
+    pub fn pair(&self, index: u32) {
+        let _ = self.tx.send(Command::Pair { index });
+    }
+
+    /// What sensor `index`'s display shows (the PIN while pairing).
+    pub async fn display(&self, index: u32) -> Option<String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Display { index, reply }).ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Makes sensor `index` measure and report now.
+    pub fn measure(&self, index: u32) {
+        let _ = self.tx.send(Command::Measure { index });
+    }
+
+    /// Offers `rate` readings/s in total, round-robin over paired sensors, for `seconds`.
+    pub fn offer(&self, rate: f64, seconds: f64) {
+        let until = clock::now().plus((seconds * 1000.0) as u64);
+        let _ = self.tx.send(Command::Offer { rate, until });
+    }
+
+    /// Cuts sensor `index`'s power: RAM is lost, flash is kept, it reboots at once.
+    pub fn power_cut(&self, index: u32) {
+        let _ = self.tx.send(Command::PowerCut { index });
+    }
+
+    /// Arms a power cut of sensor `index` at a step of its next update.
+    pub fn cut_power_at(&self, index: u32, at: CutPoint) {
+        let _ = self.tx.send(Command::CutPowerAt { index, at });
+    }
+
+    /// The firmware version each sensor runs.
+    pub async fn running(&self) -> Result<Vec<u32>, FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Running { reply }).map_err(|_| FleetError::Stopped)?;
+        rx.await.map_err(|_| FleetError::Stopped)
+    }
+
+    /// The fleet's counters.
+    pub async fn status(&self) -> Result<FleetStatus, FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Status { reply }).map_err(|_| FleetError::Stopped)?;
+        rx.await.map_err(|_| FleetError::Stopped)
+    }
+
+    /// Indices of the sensors that are not paired.
+    pub async fn unpaired(&self) -> Result<Vec<u32>, FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Unpaired { reply }).map_err(|_| FleetError::Stopped)?;
+        rx.await.map_err(|_| FleetError::Stopped)
+    }
+
+    /// Every acknowledgement latency so far, in microseconds (and clears them).
+    pub async fn take_latencies(&self) -> Result<Vec<u64>, FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Latencies { reply }).map_err(|_| FleetError::Stopped)?;
+        rx.await.map_err(|_| FleetError::Stopped)
+    }
+}
