@@ -128,6 +128,16 @@ pub enum ConfigError {
     /// The file is not valid.
     #[error("{0}: {1}")]
     Parse(PathBuf, toml::de::Error),
+    /// A setting is out of range or inconsistent with another.
+    #[error("{path}: `{key}` {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The setting, as written in the file (e.g. `updates.feed_cert`).
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Config {
@@ -135,7 +145,79 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else { return Ok(Self::default()) };
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))
+        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))?;
+        config.validate().map_err(|(key, reason)| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks ranges and combinations; the error names the offending key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
+        let p = &self.pairing;
+        if !(1..=3600).contains(&p.window_seconds) {
+            return bad("pairing.window_seconds", "must be 1 to 3600");
+        }
+        if !(1..=10).contains(&p.max_failures) {
+            return bad("pairing.max_failures", "must be 1 to 10");
+        }
+        if p.max_sessions == 0 || p.max_sessions > 65_536 {
+            return bad("pairing.max_sessions", "must be 1 to 65536");
+        }
+        if p.sessions_per_source == 0 || p.sessions_per_source > p.max_sessions {
+            return bad("pairing.sessions_per_source", "must be 1 to pairing.max_sessions");
+        }
+        if !(1..=3600).contains(&p.session_idle_s) {
+            return bad("pairing.session_idle_s", "must be 1 to 3600");
+        }
+        if p.backoff_base_ms > 600_000 {
+            return bad("pairing.backoff_base_ms", "must be at most 600000");
+        }
+        if self.store.max_readings_per_device == 0 {
+            return bad("store.max_readings_per_device", "must be at least 1");
+        }
+        if self.store.max_batch == 0 {
+            return bad("store.max_batch", "must be at least 1");
+        }
+        let u = &self.updates;
+        match (&u.feed_url, &u.feed_cert) {
+            (Some(url), Some(_)) if !url.starts_with("https://") => {
+                return bad("updates.feed_url", "must be an https:// URL");
+            }
+            (Some(_), None) => {
+                return bad(
+                    "updates.feed_cert",
+                    "is required with updates.feed_url (the feed's certificate to pin)",
+                );
+            }
+            (None, Some(_)) => {
+                return bad("updates.feed_url", "is required with updates.feed_cert");
+            }
+            _ => {}
+        }
+        if u.max_concurrent == 0 {
+            return bad("updates.max_concurrent", "must be at least 1");
+        }
+        if u.check_interval_s == 0 {
+            return bad("updates.check_interval_s", "must be at least 1");
+        }
+        for (i, t) in u.trust.iter().enumerate() {
+            let key_ok = protocol::hex::decode(&t.key)
+                .is_some_and(|b| protocol::update::PublicKey::from_sec1(&b).is_ok());
+            if !key_ok {
+                return bad(
+                    &format!("updates.trust[{i}].key"),
+                    "must be a hex SEC1 P-256 public key",
+                );
+            }
+            if t.model.is_empty() {
+                return bad(&format!("updates.trust[{i}].model"), "must not be empty");
+            }
+        }
+        Ok(())
     }
 
     /// The pairing window settings for `seconds` (or the default length).
@@ -159,4 +241,47 @@ pub fn default_data_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
     home.join(".local/state/hearth")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, text).expect("write");
+        Config::load(Some(&path))
+    }
+
+    fn invalid_key(text: &str) -> String {
+        match load(text) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key for {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_their_key() {
+        assert!(Config::default().validate().is_ok());
+        assert!(load("").is_ok());
+        assert_eq!(invalid_key("[pairing]\nwindow_seconds = 0"), "pairing.window_seconds");
+        assert_eq!(
+            invalid_key("[pairing]\nmax_sessions = 2\nsessions_per_source = 3"),
+            "pairing.sessions_per_source"
+        );
+        assert_eq!(
+            invalid_key("[updates]\nfeed_url = \"https://127.0.0.1:1/\""),
+            "updates.feed_cert"
+        );
+        assert_eq!(
+            invalid_key("[updates]\nfeed_url = \"http://x/\"\nfeed_cert = \"c.pem\""),
+            "updates.feed_url"
+        );
+        assert_eq!(
+            invalid_key("[[updates.trust]]\nmodel = \"m\"\nkey = \"00\""),
+            "updates.trust[0].key"
+        );
+        assert!(matches!(load("[pairing]\nnope = 1"), Err(ConfigError::Parse(..))));
+    }
 }
