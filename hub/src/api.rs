@@ -189,7 +189,7 @@ pub(crate) enum LinkCommand {
         pin: String,
         serial: Option<String>,
         device: Option<Kid>,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: oneshot::Sender<Result<Kid, CommandError>>,
     },
     Pairing {
         reply: oneshot::Sender<PairingStatus>,
@@ -208,23 +208,23 @@ pub(crate) enum LinkCommand {
         manifest: Vec<u8>,
         image: Vec<u8>,
         source: &'static str,
-        reply: oneshot::Sender<Result<(String, u32), String>>,
+        reply: oneshot::Sender<Result<(String, u32), CommandError>>,
     },
     Trust {
         model: String,
         key: String,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: oneshot::Sender<Result<String, CommandError>>,
     },
     UpdatePolicy {
         device: Option<Kid>,
         policy: Option<crate::updates::Policy>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), CommandError>>,
     },
     UpdateApprove {
         device: Option<Kid>,
         model: Option<String>,
         version: u32,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), CommandError>>,
     },
     UpdateCancel {
         device: Kid,
@@ -240,12 +240,38 @@ pub(crate) enum LinkCommand {
     },
 }
 
+/// Why the link driver refused a command.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The PIN was not used (no such session, window closed, backing off, wrong length, ...).
+    #[error(transparent)]
+    Pin(#[from] protocol::link::PinError),
+    /// No waiting sensor has that serial.
+    #[error("no sensor with serial {0} is waiting for a PIN")]
+    NoSuchSerial(String),
+    /// Several waiting sensors claim that serial: someone may pose as one of them.
+    #[error("several sensors claim serial {0}; choose one with --device")]
+    AmbiguousSerial(String),
+    /// The attempt ended without pairing.
+    #[error("pairing failed: {0}")]
+    PairingFailed(protocol::pairing::PairingError),
+    /// The window was closed or re-opened before the attempt was made.
+    #[error("the pairing window was {0} before this PIN was tried")]
+    WindowChanged(&'static str),
+    /// The update manager refused.
+    #[error(transparent)]
+    Updates(#[from] crate::updates::UpdatesError),
+}
+
 /// Why a request failed (sent to the client as `{"error": "..."}`).
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// Bad arguments.
     #[error("{0}")]
     BadRequest(String),
+    /// The hub refused the command.
+    #[error(transparent)]
+    Command(#[from] CommandError),
     /// No such device.
     #[error("no device {0}")]
     NotFound(String),
@@ -302,9 +328,11 @@ impl HubApi {
         device: Option<String>,
     ) -> Result<String, ApiError> {
         let device = device.as_deref().map(parse_id).transpose()?;
-        self.ask(|reply| LinkCommand::PairPin { pin, serial, device, reply })
+        let kid = self
+            .ask(|reply| LinkCommand::PairPin { pin, serial, device, reply })
             .await?
-            .map_err(ApiError::BadRequest)
+            .map_err(ApiError::Command)?;
+        Ok(kid.to_string())
     }
 
     /// Pairing status.
@@ -358,14 +386,12 @@ impl HubApi {
     ) -> Result<(String, u32), ApiError> {
         self.ask(|reply| LinkCommand::UpdateAdd { manifest, image, source, reply })
             .await?
-            .map_err(ApiError::BadRequest)
+            .map_err(ApiError::Command)
     }
 
     /// Pins a manufacturer key; returns its key id.
     pub async fn trust(&self, model: String, key: String) -> Result<String, ApiError> {
-        self.ask(|reply| LinkCommand::Trust { model, key, reply })
-            .await?
-            .map_err(ApiError::BadRequest)
+        self.ask(|reply| LinkCommand::Trust { model, key, reply }).await?.map_err(ApiError::Command)
     }
 
     /// Sets a policy.
@@ -377,7 +403,7 @@ impl HubApi {
         let device = device.map(parse_id).transpose()?;
         self.ask(|reply| LinkCommand::UpdatePolicy { device, policy, reply })
             .await?
-            .map_err(ApiError::BadRequest)
+            .map_err(ApiError::Command)
     }
 
     /// Approves a version.
@@ -390,7 +416,7 @@ impl HubApi {
         let device = device.map(parse_id).transpose()?;
         self.ask(|reply| LinkCommand::UpdateApprove { device, model, version, reply })
             .await?
-            .map_err(ApiError::BadRequest)
+            .map_err(ApiError::Command)
     }
 
     /// Cancels delivery to a device.

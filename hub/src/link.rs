@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{LinkCommand, PairingStatus, SecurityReport, Waiting};
+use crate::api::{CommandError, LinkCommand, PairingStatus, SecurityReport, Waiting};
 use crate::config::Config;
 use crate::seclog::SecurityLog;
 use crate::store::{DeviceInfo, RedbStore, Store, Write};
@@ -60,7 +60,7 @@ struct PinEntry {
     pin: String,
     serial: Option<String>,
     device: Option<Kid>,
-    reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    reply: tokio::sync::oneshot::Sender<Result<Kid, CommandError>>,
 }
 
 struct Done {
@@ -86,7 +86,7 @@ pub(crate) struct Driver {
     seclog: SecurityLog,
     pins: VecDeque<PinEntry>,
     /// The attempt being confirmed, and who waits for its outcome.
-    pin_attempt: Option<(Kid, tokio::sync::oneshot::Sender<Result<String, String>>)>,
+    pin_attempt: Option<(Kid, tokio::sync::oneshot::Sender<Result<Kid, CommandError>>)>,
 }
 
 impl Driver {
@@ -262,11 +262,11 @@ impl Driver {
                 }
                 HubEvent::Security(e) => {
                     if let SecurityEvent::PairingFailed { kid, reason } = &e {
-                        self.pin_resolved(kid, Err(format!("pairing failed: {reason}")));
+                        self.pin_resolved(kid, Err(CommandError::PairingFailed(*reason)));
                     }
                     self.seclog.event(&e);
                 }
-                HubEvent::PairingConfirmed { kid } => self.pin_resolved(&kid, Ok(kid.to_string())),
+                HubEvent::PairingConfirmed { kid } => self.pin_resolved(&kid, Ok(kid)),
                 HubEvent::CheckpointNeeded { kid } => {
                     self.pending.states.insert(kid);
                 }
@@ -401,12 +401,10 @@ impl Driver {
                         .collect();
                     let why = match matches.as_slice() {
                         [k] => Ok(*k),
-                        [] => Err(format!("no sensor with serial {serial} is waiting for a PIN")),
+                        [] => Err(CommandError::NoSuchSerial(serial.clone())),
                         // A second sensor claims the same serial: someone may pose as it. The
                         // owner picks by device id (`hub ctl pair status`).
-                        _ => Err(format!(
-                            "several sensors claim serial {serial}; choose one with --device"
-                        )),
+                        _ => Err(CommandError::AmbiguousSerial(serial.clone())),
                     };
                     match why {
                         Ok(k) => Some(k),
@@ -424,14 +422,14 @@ impl Driver {
                     if !matches!(e, PinError::Unresolved) {
                         tracing::warn!(error = %e, "PIN entry refused");
                     }
-                    let _ = entry.reply.send(Err(e.to_string()));
+                    let _ = entry.reply.send(Err(e.into()));
                 }
             }
         }
     }
 
     /// The attempt for `kid` ended: tell whoever typed its PIN, and take the next PIN.
-    fn pin_resolved(&mut self, kid: &Kid, outcome: Result<String, String>) {
+    fn pin_resolved(&mut self, kid: &Kid, outcome: Result<Kid, CommandError>) {
         if self.pin_attempt.as_ref().is_some_and(|(k, _)| k == kid)
             && let Some((_, reply)) = self.pin_attempt.take()
         {
@@ -442,14 +440,14 @@ impl Driver {
 
     /// The window was closed or re-opened: PINs not yet typed are refused; an attempt the link
     /// dropped with its sessions ends (one already confirmed keeps waiting to be durable).
-    fn pin_window_changed(&mut self, why: &str) {
+    fn pin_window_changed(&mut self, why: &'static str) {
         for entry in self.pins.drain(..) {
-            let _ = entry.reply.send(Err(why.to_string()));
+            let _ = entry.reply.send(Err(CommandError::WindowChanged(why)));
         }
         if !self.link.pin_unresolved()
             && let Some((_, reply)) = self.pin_attempt.take()
         {
-            let _ = reply.send(Err(why.to_string()));
+            let _ = reply.send(Err(CommandError::WindowChanged(why)));
         }
     }
 
@@ -481,7 +479,7 @@ impl Driver {
         match cmd {
             LinkCommand::PairOpen { seconds, reply } => {
                 self.link.open_pairing(now, self.config.window(seconds));
-                self.pin_window_changed("a new pairing window was opened");
+                self.pin_window_changed("re-opened");
                 tracing::info!(
                     seconds = seconds.unwrap_or(self.config.pairing.window_seconds),
                     "pairing window opened"
@@ -490,7 +488,7 @@ impl Driver {
             }
             LinkCommand::PairClose { reply } => {
                 self.link.close_pairing();
-                self.pin_window_changed("the pairing window was closed");
+                self.pin_window_changed("closed");
                 let _ = reply.send(self.status());
             }
             LinkCommand::PairPin { pin, serial, device, reply } => {
@@ -518,22 +516,23 @@ impl Driver {
                 let r = self
                     .updates
                     .add_release(manifest, image, source, unix_now())
-                    .map_err(|e| e.to_string());
+                    .map_err(CommandError::from);
                 self.replan = true;
                 let _ = reply.send(r);
             }
             LinkCommand::Trust { model, key, reply } => {
-                let _ = reply.send(self.updates.trust(&model, &key).map_err(|e| e.to_string()));
+                let _ = reply.send(self.updates.trust(&model, &key).map_err(CommandError::from));
             }
             LinkCommand::UpdatePolicy { device, policy, reply } => {
-                let r = self.updates.set_policy(device.as_ref(), policy).map_err(|e| e.to_string());
+                let r =
+                    self.updates.set_policy(device.as_ref(), policy).map_err(CommandError::from);
                 self.replan = true;
                 let _ = reply.send(r);
             }
             LinkCommand::UpdateApprove { device, model, version, reply } => {
                 let r = self.updates.approve(device.as_ref(), model.as_deref(), version);
                 self.replan = true;
-                let _ = reply.send(r.map_err(|e| e.to_string()));
+                let _ = reply.send(r.map_err(CommandError::from));
             }
             LinkCommand::UpdateCancel { device, reply } => {
                 let v = self.updates.cancel(&device, unix_now());

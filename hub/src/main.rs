@@ -293,11 +293,23 @@ async fn ctl(data_dir: Option<PathBuf>, socket: Option<PathBuf>, cmd: CtlCmd) ->
     }
 }
 
-fn update_request(cmd: UpdateCmd) -> Result<Request, String> {
+/// Why a `hub ctl update` command could not be sent.
+#[derive(Debug, thiserror::Error)]
+enum UpdateArgError {
+    #[error("{0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("postpone needs --until <unix time>")]
+    PostponeNeedsUntil,
+    #[error("unknown policy {0:?} (auto, notify, disabled, postpone, or follow with --device)")]
+    UnknownPolicy(String),
+}
+
+fn update_request(cmd: UpdateCmd) -> Result<Request, UpdateArgError> {
     use hub::updates::Policy;
     Ok(match cmd {
         UpdateCmd::Add { manifest, image } => {
-            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            let read =
+                |p: &PathBuf| std::fs::read(p).map_err(|e| UpdateArgError::Read(p.clone(), e));
             Request::UpdateAdd {
                 manifest_hex: protocol::hex::encode(&read(&manifest)?),
                 image_hex: protocol::hex::encode(&read(&image)?),
@@ -309,9 +321,9 @@ fn update_request(cmd: UpdateCmd) -> Result<Request, String> {
                 ("notify", _) => Some(Policy::NotifyOnly),
                 ("disabled", _) => Some(Policy::Disabled),
                 ("postpone", Some(until)) => Some(Policy::Postponed { until }),
-                ("postpone", None) => return Err("postpone needs --until <unix time>".into()),
+                ("postpone", None) => return Err(UpdateArgError::PostponeNeedsUntil),
                 ("follow", _) if device.is_some() => None,
-                _ => return Err(format!("unknown policy {mode:?}")),
+                _ => return Err(UpdateArgError::UnknownPolicy(mode)),
             };
             Request::UpdatePolicy { device, policy }
         }
