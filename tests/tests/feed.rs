@@ -211,7 +211,8 @@ async fn hostile_responses_are_errors_within_the_limits() {
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
         chunk.repeat(20)
     );
-    let replies: Vec<(&str, Option<Vec<u8>>, fn(&FeedError) -> bool)> = vec![
+    type Case = (&'static str, Option<Vec<u8>>, fn(&FeedError) -> bool);
+    let replies: Vec<Case> = vec![
         (
             "index announced over 1 MiB",
             Some(b"HTTP/1.1 200 OK\r\nContent-Length: 1048577\r\n\r\n".to_vec()),
