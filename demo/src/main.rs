@@ -58,7 +58,8 @@ enum DemoError {
     Timeout(Duration, &'static str),
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -67,14 +68,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("demo: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
+    match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(DemoError::Interrupted) => {
             println!("Stopped.");

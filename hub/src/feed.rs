@@ -23,6 +23,10 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject;
 
+/// Largest response status line plus headers (hyper's read buffer; it refuses a longer head).
+pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// Most response header fields.
+const MAX_RESPONSE_HEADERS: usize = 32;
 /// Default deadline for one whole request (connect, handshake, response, body).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest check interval honoured by [`next_check_delay`] (about 34 000 years).
@@ -140,7 +144,11 @@ impl FeedClient {
             .enable_http1()
             .wrap_connector(http);
         // One request per connection, as the feed server closes after each response.
-        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(https);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .http1_max_buf_size(MAX_RESPONSE_HEAD)
+            .http1_max_headers(MAX_RESPONSE_HEADERS)
+            .build(https);
         Ok(FeedClient { base, client, timeout: DEFAULT_TIMEOUT })
     }
 
@@ -156,9 +164,9 @@ impl FeedClient {
         serde_json::from_slice(&bytes).map_err(FeedError::Index)
     }
 
-    /// Fetches `rel_path` under the base URL (at most 32 MiB). The path must be a safe feed path:
-    /// relative, `[A-Za-z0-9._-]` segments separated by single slashes, none empty, starting
-    /// with `.` or holding `..`.
+    /// Fetches `rel_path` under the base URL (at most 32 MiB). The path must be a safe feed path
+    /// (refused before any request otherwise): relative, `[A-Za-z0-9._-]` segments separated by
+    /// single slashes, none of them empty, starting with `.` or containing `..`.
     pub async fn get(&self, rel_path: &str) -> Result<Vec<u8>, FeedError> {
         if !is_safe_path(rel_path) {
             return Err(FeedError::InvalidPath(rel_path.to_owned()));
@@ -166,7 +174,7 @@ impl FeedClient {
         self.fetch(rel_path, MAX_FILE_LEN).await
     }
 
-    /// One GET of `rel` (sent as is) under the deadline, its body at most `limit` bytes.
+    /// One GET of `rel` under the base path within the deadline, its body at most `limit` bytes.
     async fn fetch(&self, rel: &str, limit: u64) -> Result<Vec<u8>, FeedError> {
         let mut request = Request::get(self.base.join(rel)?)
             .body(Empty::new())

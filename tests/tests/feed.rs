@@ -106,25 +106,22 @@ async fn round_trip_over_tls_fetches_index_manifest_and_image() {
     assert!(matches!(after, Err(FeedError::Connect(_))), "{after:?}");
 }
 
+/// A server presenting a certificate other than the pinned one, or the pinned one without the
+/// feed URL's IP address among its names, fails the handshake before any request.
 #[tokio::test]
-async fn client_pinning_another_certificate_fails_with_tls_error() {
-    let f = fixture(&["localhost", "127.0.0.1"]).await;
+async fn only_the_pinned_certificate_for_the_feed_address_is_trusted() {
     let other_dir = tempfile::tempdir().expect("tempdir");
     let other = maker::feed_tls(other_dir.path(), &["localhost", "127.0.0.1"]).expect("tls");
-    let client = FeedClient::new(&f.url(), &other.cert_pem).expect("client");
-    let r = client.index().await;
-    assert!(matches!(r, Err(FeedError::Tls(rustls::Error::InvalidCertificate(_)))), "{r:?}");
-    assert_eq!(f.requests(), 0);
-    f.stop().await;
-}
-
-#[tokio::test]
-async fn certificate_without_the_ip_san_is_refused() {
-    let f = fixture(&["localhost"]).await;
-    let r = f.client().index().await;
-    assert!(matches!(r, Err(FeedError::Tls(rustls::Error::InvalidCertificate(_)))), "{r:?}");
-    assert_eq!(f.requests(), 0);
-    f.stop().await;
+    for (hostnames, pin_other) in [(&["localhost", "127.0.0.1"][..], true), (&["localhost"], false)]
+    {
+        let f = fixture(hostnames).await;
+        let pem = if pin_other { &other.cert_pem } else { &f.tls.cert_pem };
+        let r = FeedClient::new(&f.url(), pem).expect("client").index().await;
+        let tls_refusal = matches!(r, Err(FeedError::Tls(rustls::Error::InvalidCertificate(_))));
+        assert!(tls_refusal, "{hostnames:?}, pin other: {pin_other}: {r:?}");
+        assert_eq!(f.requests(), 0);
+        f.stop().await;
+    }
 }
 
 #[tokio::test]
@@ -233,6 +230,19 @@ async fn hostile_responses_are_errors_within_the_limits() {
             "two Content-Lengths",
             Some(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello".to_vec(),
+            ),
+            |e| matches!(e, FeedError::Request(_)),
+        ),
+        (
+            "response head over 16 KiB",
+            Some(format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(17 * 1024)).into_bytes()),
+            |e| matches!(e, FeedError::Request(_)),
+        ),
+        (
+            "more than 32 header fields",
+            Some(
+                format!("HTTP/1.1 200 OK\r\n{}Content-Length: 0\r\n\r\n", "X: a\r\n".repeat(40))
+                    .into_bytes(),
             ),
             |e| matches!(e, FeedError::Request(_)),
         ),
