@@ -1,12 +1,11 @@
 //! The Hearth hub daemon: the I/O shell around `protocol` — the CoAP/UDP link driver, the
-//! durable store, the owner's control socket, and the demo.
+//! durable store, the owner's control socket, the update manager and its feed client.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod demo;
 pub mod feed;
 pub mod link;
 pub mod private_fs;

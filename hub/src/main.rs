@@ -1,4 +1,4 @@
-//! `hub`: run the daemon, control it, or run the demo.
+//! `hub`: run the daemon, or control a running one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,12 +36,6 @@ enum Cmd {
         socket: Option<PathBuf>,
         #[command(subcommand)]
         cmd: CtlCmd,
-    },
-    /// A hub with a temporary data directory and a simulated fleet that pairs and reports.
-    Demo {
-        /// Simulated sensors.
-        #[arg(long, default_value_t = 20)]
-        sensors: u32,
     },
 }
 
@@ -169,7 +163,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.cmd {
         Cmd::Run { .. } => "info",
-        Cmd::Demo { .. } => "error",
         Cmd::Ctl { .. } => "warn",
     };
     tracing_subscriber::fmt()
@@ -190,15 +183,6 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Run { data_dir, config } => run(data_dir, config).await,
             Cmd::Ctl { data_dir, socket, cmd } => ctl(data_dir, socket, cmd).await,
-            Cmd::Demo { sensors } => {
-                match hub::demo::run(sensors, CancellationToken::new()).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("hub demo: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            }
         }
     })
 }

@@ -2,13 +2,14 @@
 //! written to the inactive slot, its digest checked, then marked pending; the next boot tries it
 //! once, runs a health check and confirms it — or rolls back. Because the trial is recorded
 //! before it starts, a power cut at any step leaves a sensor that boots a known-good version.
+//! [`image`] is the image format it boots.
+
+pub mod image;
 
 use protocol::link::fw::{Outcome, UpdateReport};
 use serde::{Deserialize, Serialize};
 
-/// Whether an image fails its health check after booting (its header says so, or it is not a
-/// firmware image at all); the simulated manufacturer builds such images for tests.
-pub use crate::maker::image_fails_health_check as fails_health_check;
+pub use image::fails_health_check;
 
 /// A slot switch that has been asked for but not confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,8 +149,8 @@ pub enum Boot {
 mod tests {
     use super::*;
 
-    fn image(healthy: bool) -> Vec<u8> {
-        crate::maker::build_image("hearth-thermo-1", 2, 4096, healthy)
+    fn sample(healthy: bool) -> Vec<u8> {
+        image::build_image("hearth-thermo-1", 2, 4096, healthy)
     }
 
     #[test]
@@ -158,7 +159,7 @@ mod tests {
         s.request_switch(2);
         assert_eq!(s.running(), 1, "nothing changes before the reboot");
         assert_eq!(s.begin_boot(), Boot::Trial { slot: 1, version: 2 });
-        let r = s.finish_trial(!fails_health_check(&image(true)));
+        let r = s.finish_trial(!fails_health_check(&sample(true)));
         assert_eq!((r.outcome, r.running, s.running()), (Outcome::Installed, 2, 2));
         assert_eq!(s.begin_boot(), Boot::Normal);
         assert_eq!(s.inactive(), 0, "the next update goes to the old slot");
@@ -169,7 +170,7 @@ mod tests {
         let mut s = Slots::factory(1);
         s.request_switch(2);
         assert!(matches!(s.begin_boot(), Boot::Trial { .. }));
-        let r = s.finish_trial(!fails_health_check(&image(false)));
+        let r = s.finish_trial(!fails_health_check(&sample(false)));
         assert_eq!((r.outcome, r.running, s.running()), (Outcome::RolledBack, 1, 1));
         assert_eq!(s.begin_boot(), Boot::Normal);
     }

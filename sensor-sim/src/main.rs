@@ -448,7 +448,7 @@ async fn run_maker(cmd: MakerCmd) -> Result<(), Error> {
                 risks,
                 released: if expired { protocol::time::UnixTime(now.0 - 120) } else { now },
             };
-            let image = maker::build_image(&model, version, size, !unhealthy);
+            let image = sensor_sim::firmware::image::build_image(&model, version, size, !unhealthy);
             let entry = maker::publish(&feed, &key, &release, &image)?;
             println!(
                 "PUBLISHED model={} version={} manifest={} image={}",
@@ -479,11 +479,12 @@ async fn run_maker(cmd: MakerCmd) -> Result<(), Error> {
         }
         MakerCmd::Serve { feed, tls, bind } => {
             let t = maker::feed_tls(&tls, &["localhost", "127.0.0.1"])?;
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let server = maker::serve_feed(feed, &t, bind, stop_rx).await?;
+            let stop = CancellationToken::new();
+            let server = maker::serve_feed(feed, &t, bind, stop.clone()).await?;
             println!("FEED https://{}/ {}", server.addr, tls.join(maker::TLS_CERT_FILE).display());
             let _ = tokio::signal::ctrl_c().await;
-            let _ = stop_tx.send(true);
+            stop.cancel();
+            let _ = server.task.await;
         }
     }
     Ok(())

@@ -26,7 +26,7 @@ pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--bin", "hub", "--bin", "sensor-sim"])
+            .args(["build", "--quiet", "--bin", "hub", "--bin", "sensor-sim", "--bin", "demo"])
             .current_dir(root())
             .status()
             .expect("run cargo build");

@@ -15,6 +15,7 @@
 
 mod advisory;
 mod cose;
+pub mod feed;
 mod image;
 mod manifest;
 
