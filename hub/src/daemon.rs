@@ -62,7 +62,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
     crate::private_fs::create_dir(data_dir).map_err(|e| StartError::DataDir(data_dir.into(), e))?;
-    let loosened = crate::private_fs::restrict(data_dir)
+    // The key-encryption key is left alone: if others could read it, the store refuses it.
+    let loosened = crate::private_fs::restrict(data_dir, &[data_dir.join("kek")])
         .map_err(|e| StartError::DataDir(data_dir.into(), e))?;
     for path in loosened {
         tracing::warn!(file = %path.display(), "data directory file was readable by others; made private (0600/0700)");

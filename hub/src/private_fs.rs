@@ -30,8 +30,10 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// Tightens every file below `dir` to 0600 and every folder to 0700; returns what it changed.
-pub fn restrict(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// Tightens every file below `dir` to 0600 and every folder to 0700, except `keep` (a secret that
+/// was readable by others cannot be made secret again by `chmod`: its owner refuses it); returns
+/// what it changed.
+pub fn restrict(dir: &Path, keep: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     let mut changed = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -40,7 +42,7 @@ pub fn restrict(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             let meta = entry.metadata()?;
             let path = entry.path();
             let (want, is_dir) = if meta.is_dir() { (0o700, true) } else { (0o600, false) };
-            if meta.file_type().is_symlink() {
+            if meta.file_type().is_symlink() || keep.contains(&path) {
                 continue;
             }
             if meta.permissions().mode() & 0o077 != 0 {
@@ -72,7 +74,9 @@ mod tests {
         }
         fs::write(dir.join("open"), b"y").expect("write");
         fs::set_permissions(dir.join("open"), fs::Permissions::from_mode(0o644)).expect("chmod");
-        let changed = restrict(&dir).expect("restrict");
+        fs::write(dir.join("secret"), b"z").expect("write");
+        fs::set_permissions(dir.join("secret"), fs::Permissions::from_mode(0o644)).expect("chmod");
+        let changed = restrict(&dir, &[dir.join("secret")]).expect("restrict");
         assert_eq!(changed, vec![dir.join("open")]);
         let mode = fs::metadata(dir.join("open")).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
