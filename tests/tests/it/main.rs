@@ -1,0 +1,13 @@
+//! The integration tests, one binary (it links the workspace once): each module starts the real
+//! executables (hub, sensor-sim, demo, aiocoap) in temporary directories.
+
+mod adversary;
+mod aiocoap_interop;
+mod bad_input;
+mod crash;
+mod demo;
+mod feed;
+mod fleet;
+mod pairing_limits;
+mod store;
+mod updates;
