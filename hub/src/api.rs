@@ -129,36 +129,16 @@ pub struct Waiting {
     pub model: String,
 }
 
-/// Counters of rejected input and security events.
+/// Counters of rejected input and security events (EN 303 645 5.10-1).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SecurityReport {
-    /// Malformed datagrams.
-    pub malformed: u64,
-    /// Unknown OSCORE kid.
-    pub unknown_kid: u64,
-    /// Replays refused.
-    pub replays: u64,
-    /// Authentication (tag) failures.
-    pub bad_tag: u64,
-    /// Datagrams dropped unverified because their kid's failure budget was spent (a flood).
-    pub throttled: u64,
-    /// Malformed OSCORE.
-    pub bad_oscore: u64,
+    /// The link's counters (malformed, replays, bad tags, throttled, pairing, ...).
+    #[serde(flatten)]
+    pub link: protocol::link::SecurityCounters,
     /// Readings refused for breaking a limit (SenML).
     pub bad_payload: u64,
-    /// Pairing requests refused.
-    pub pairing_refused: u64,
-    /// Failed pairing confirmations.
-    pub pairing_failed: u64,
-    /// Requests to unknown or unprotected resources.
-    pub bad_request: u64,
-    /// Contexts that reached a key-usage limit.
-    pub key_limit: u64,
-    /// Echo challenges suppressed by rate limit.
-    pub echo_limited: u64,
-    /// Retransmissions answered from cache (not a security event).
-    pub duplicates: u64,
-    /// Total of the security-relevant counters above.
+    /// Total of the security-relevant counters (retransmissions and Echo rate limiting are
+    /// not security events).
     pub total: u64,
 }
 

@@ -549,35 +549,9 @@ impl Driver {
                 let _ = reply.send(self.updates.history(&device));
             }
             LinkCommand::Security { reply } => {
-                let c = self.link.counters();
-                let mut r = SecurityReport {
-                    malformed: c.malformed,
-                    unknown_kid: c.unknown_kid,
-                    replays: c.replays,
-                    bad_tag: c.bad_tag,
-                    throttled: c.throttled,
-                    bad_oscore: c.bad_oscore,
-                    bad_payload: self.bad_payload,
-                    pairing_refused: c.pairing_refused,
-                    pairing_failed: c.pairing_failed,
-                    bad_request: c.bad_request,
-                    key_limit: c.key_limit,
-                    echo_limited: c.echo_limited,
-                    duplicates: c.duplicates,
-                    total: 0,
-                };
-                r.total = r.malformed
-                    + r.unknown_kid
-                    + r.replays
-                    + r.bad_tag
-                    + r.throttled
-                    + r.bad_oscore
-                    + r.bad_payload
-                    + r.pairing_refused
-                    + r.pairing_failed
-                    + r.bad_request
-                    + r.key_limit;
-                let _ = reply.send(r);
+                let link = self.link.counters();
+                let total = link.security_total() + self.bad_payload;
+                let _ = reply.send(SecurityReport { link, bad_payload: self.bad_payload, total });
             }
         }
     }

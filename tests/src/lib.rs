@@ -157,6 +157,13 @@ impl Hub {
         serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
     }
 
+    /// `hub ctl update add` with a manifest and an image: the hub's answer, or its error text.
+    pub fn update_add(&self, manifest: &Path, image: &Path) -> Result<Value, String> {
+        let path = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+        let (m, i) = (path(manifest), path(image));
+        self.try_ctl(&["update", "add", "--manifest", &m, "--image", &i])
+    }
+
     /// `hub ctl security` as JSON.
     pub fn security(&self) -> Value {
         self.ctl(&["security"])

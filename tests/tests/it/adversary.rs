@@ -298,14 +298,7 @@ fn replayed_firmware_gets_after_restarts_are_refused_and_progress_does_not_move(
     );
     let kid = sim.paired(1, Duration::from_secs(60)).remove(0);
     let (m, i) = maker.files(THERMO, 2);
-    hub.ctl(&[
-        "update",
-        "add",
-        "--manifest",
-        m.to_str().expect("p"),
-        "--image",
-        i.to_str().expect("p"),
-    ]);
+    hub.update_add(&m, &i).expect("update add");
     sim.until("a few blocks", Duration::from_secs(60), |l| {
         let done = field(l, "blocks")?.split('/').next()?.parse::<u32>().ok()?;
         (l.starts_with("UPDATE-PROGRESS") && done >= 20).then_some(())
@@ -379,14 +372,7 @@ fn a_refused_update_is_not_offered_again_before_its_back_off() {
     );
     let kids = sim.paired(2, Duration::from_secs(60));
     let (m, i) = maker.files(THERMO, 2);
-    hub.ctl(&[
-        "update",
-        "add",
-        "--manifest",
-        m.to_str().expect("p"),
-        "--image",
-        i.to_str().expect("p"),
-    ]);
+    hub.update_add(&m, &i).expect("update add");
     let mut refused = std::collections::BTreeMap::new();
     sim.until("both refuse", Duration::from_secs(60), |l| {
         if l.starts_with("UPDATED") && field(l, "outcome") == Some("Failed") {

@@ -119,16 +119,7 @@ fn invalid_releases_are_refused_at_the_hub_with_their_reason_and_never_relayed()
     let extra = format!("[updates]\nmax_concurrent = 20\n{}", maker.trust_toml(&[THERMO, CLIMATE]));
     let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &extra);
     let (mut sim, _) = fleet(&hub, &maker, tmp.path(), 2, &[]);
-    let add = |m: &std::path::Path, i: &std::path::Path| {
-        hub.try_ctl(&[
-            "update",
-            "add",
-            "--manifest",
-            m.to_str().expect("p"),
-            "--image",
-            i.to_str().expect("p"),
-        ])
-    };
+    let add = |m: &std::path::Path, i: &std::path::Path| hub.update_add(m, i);
     let tampered = |p: &std::path::Path, f: &dyn Fn(&mut Vec<u8>)| {
         let mut b = std::fs::read(p).expect("read");
         f(&mut b);
@@ -226,14 +217,7 @@ fn deliveries_survive_power_cuts_and_a_failed_health_check_rolls_back() {
     maker.publish(THERMO, 2, 256 * 1024, &[]);
     let add = |hub: &Hub, model: &str, v: u32| {
         let (m, i) = maker.files(model, v);
-        hub.ctl(&[
-            "update",
-            "add",
-            "--manifest",
-            m.to_str().expect("p"),
-            "--image",
-            i.to_str().expect("p"),
-        ])
+        hub.update_add(&m, &i).expect("update add")
     };
     add(&hub, CLIMATE, 2);
     add(&hub, THERMO, 2);

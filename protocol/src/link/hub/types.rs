@@ -70,7 +70,7 @@ pub struct Transmit<A> {
 }
 
 /// Counts of rejected input, by kind (EN 303 645 5.10-1, 5.13-1).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SecurityCounters {
     /// Datagrams that are not CoAP, or break a limit.
     pub malformed: u64,
@@ -97,6 +97,22 @@ pub struct SecurityCounters {
     pub echo_limited: u64,
     /// Requests refused because their key reached a usage limit (re-pair the device).
     pub key_limit: u64,
+}
+
+impl SecurityCounters {
+    /// The security-relevant counts summed (retransmissions and Echo rate limiting excluded).
+    pub fn security_total(&self) -> u64 {
+        self.malformed
+            + self.unknown_kid
+            + self.replays
+            + self.bad_tag
+            + self.throttled
+            + self.bad_oscore
+            + self.pairing_refused
+            + self.pairing_failed
+            + self.bad_request
+            + self.key_limit
+    }
 }
 
 /// A security-relevant rejection, for the event log.
