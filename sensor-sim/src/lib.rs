@@ -1,8 +1,9 @@
-//! Simulated Hearth sensors: models with displays, persisted "flash", fleets of thousands of
-//! sensors on a few sockets with one deadline heap, fault injection, the load generator, and
-//! the aiocoap context export.
+//! Simulated Hearth sensors: models with displays, persisted "flash", outage buffers, fleets of
+//! thousands of sensors on a few sockets with one deadline heap, fault injection, the physical
+//! interface, the load generator and outage benchmark, and the aiocoap context export.
 #![forbid(unsafe_code)]
 
+pub mod buffer;
 pub mod clock;
 pub mod ctl;
 pub mod export;

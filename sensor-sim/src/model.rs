@@ -70,6 +70,88 @@ impl ModelKind {
     }
 }
 
+/// One measurement, compact (24 bytes in flash): its time and up to two values whose meaning
+/// the model gives ([`ModelKind::quantities`]; booleans are 0 or 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// When it was measured, Unix milliseconds (the SenML time the hub stores).
+    pub time_ms: i64,
+    /// The values, in the order of the model's quantities.
+    pub values: [f64; 2],
+}
+
+/// Bytes of a [`Sample`] in flash.
+pub const SAMPLE_BYTES: usize = 24;
+
+impl Sample {
+    /// Flash encoding: time, then both values, big-endian.
+    pub fn to_bytes(&self) -> [u8; SAMPLE_BYTES] {
+        let mut out = [0u8; SAMPLE_BYTES];
+        out[..8].copy_from_slice(&self.time_ms.to_be_bytes());
+        out[8..16].copy_from_slice(&self.values[0].to_be_bytes());
+        out[16..].copy_from_slice(&self.values[1].to_be_bytes());
+        out
+    }
+
+    /// Back from flash; `None` if the length is wrong.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: &[u8; SAMPLE_BYTES] = b.try_into().ok()?;
+        let f = |at: usize| b[at..at + 8].try_into().ok().map(f64::from_be_bytes);
+        let time_ms = i64::from_be_bytes(b[..8].try_into().ok()?);
+        Some(Self { time_ms, values: [f(8)?, f(16)?] })
+    }
+}
+
+/// What one value of a model means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quantity {
+    /// Last segment of the SenML name (`urn:dev:<serial>:<name>`).
+    pub name: &'static str,
+    /// SenML unit, if any.
+    pub unit: Option<&'static str>,
+    /// Sent as a boolean (`vb`) rather than a number.
+    pub boolean: bool,
+}
+
+const fn number(name: &'static str, unit: &'static str) -> Quantity {
+    Quantity { name, unit: Some(unit), boolean: false }
+}
+
+const fn flag(name: &'static str) -> Quantity {
+    Quantity { name, unit: None, boolean: true }
+}
+
+impl ModelKind {
+    /// What this model measures, in the order of [`Sample::values`].
+    pub fn quantities(self) -> &'static [Quantity] {
+        const THERMOSTAT: [Quantity; 2] = [number("temp", "Cel"), number("setpoint", "Cel")];
+        const CLIMATE: [Quantity; 2] = [number("temp", "Cel"), number("hum", "%RH")];
+        const DOOR: [Quantity; 1] = [flag("open")];
+        const BUTTON: [Quantity; 1] = [flag("press")];
+        match self {
+            Self::Thermostat => &THERMOSTAT,
+            Self::Climate => &CLIMATE,
+            Self::Door => &DOOR,
+            Self::Button => &BUTTON,
+        }
+    }
+
+    /// A sample as SenML records named `urn:dev:<serial>:<quantity>`, at the sample's time.
+    pub fn readings(self, serial: &str, sample: &Sample) -> Vec<Reading> {
+        let time = UnixTimeMillis(sample.time_ms);
+        self.quantities()
+            .iter()
+            .zip(sample.values)
+            .map(|(q, v)| Reading {
+                name: format!("urn:dev:{serial}:{}", q.name),
+                unit: q.unit.map(str::to_owned),
+                value: if q.boolean { Value::Bool(v != 0.0) } else { Value::Number(v) },
+                time,
+            })
+            .collect()
+    }
+}
+
 /// What a sensor is measuring right now (a random walk per quantity).
 #[derive(Debug, Clone)]
 pub struct Environment {
@@ -91,6 +173,29 @@ fn step<R: Rng + ?Sized>(rng: &mut R, v: f64, amp: f64, lo: f64, hi: f64) -> f64
 }
 
 impl Environment {
+    /// One measurement at `time_ms`, in the model's quantities.
+    pub fn sample<R: Rng + ?Sized>(&mut self, kind: ModelKind, rng: &mut R, time_ms: i64) -> Sample {
+        let values = match kind {
+            ModelKind::Thermostat => {
+                self.temperature = step(rng, self.temperature, 0.2, 10.0, 30.0);
+                [self.temperature, self.setpoint]
+            }
+            ModelKind::Climate => {
+                self.temperature = step(rng, self.temperature, 0.2, 10.0, 30.0);
+                self.humidity = step(rng, self.humidity, 0.5, 20.0, 80.0);
+                [self.temperature, self.humidity]
+            }
+            ModelKind::Door => {
+                if rng.next_u32().is_multiple_of(5) {
+                    self.open = !self.open;
+                }
+                [f64::from(u8::from(self.open)), 0.0]
+            }
+            ModelKind::Button => [f64::from(u8::from(rng.next_u32().is_multiple_of(2))), 0.0],
+        };
+        Sample { time_ms, values }
+    }
+
     /// One measurement as SenML records named `urn:dev:<serial>:<quantity>`.
     pub fn measure<R: Rng + ?Sized>(
         &mut self,
@@ -99,49 +204,28 @@ impl Environment {
         rng: &mut R,
         time_ms: i64,
     ) -> Vec<Reading> {
-        let name = |q: &str| format!("urn:dev:{serial}:{q}");
-        let time = UnixTimeMillis(time_ms);
-        let num = |n: String, unit: &str, v: f64| Reading {
-            name: n,
-            unit: Some(unit.into()),
-            value: Value::Number(v),
-            time,
-        };
-        match kind {
-            ModelKind::Thermostat => {
-                self.temperature = step(rng, self.temperature, 0.2, 10.0, 30.0);
-                vec![
-                    num(name("temp"), "Cel", self.temperature),
-                    num(name("setpoint"), "Cel", self.setpoint),
-                ]
-            }
-            ModelKind::Climate => {
-                self.temperature = step(rng, self.temperature, 0.2, 10.0, 30.0);
-                self.humidity = step(rng, self.humidity, 0.5, 20.0, 80.0);
-                vec![
-                    num(name("temp"), "Cel", self.temperature),
-                    num(name("hum"), "%RH", self.humidity),
-                ]
-            }
-            ModelKind::Door => {
-                if rng.next_u32().is_multiple_of(5) {
-                    self.open = !self.open;
-                }
-                vec![Reading {
-                    name: name("open"),
-                    unit: None,
-                    value: Value::Bool(self.open),
-                    time,
-                }]
-            }
-            ModelKind::Button => {
-                vec![Reading {
-                    name: name("press"),
-                    unit: None,
-                    value: Value::Bool(rng.next_u32().is_multiple_of(2)),
-                    time,
-                }]
-            }
-        }
+        let sample = self.sample(kind, rng, time_ms);
+        kind.readings(serial, &sample)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_round_trip_through_flash_bytes_and_become_named_records() {
+        let s = Sample { time_ms: 1_700_000_123_456, values: [20.13, 45.5] };
+        assert_eq!(Sample::from_bytes(&s.to_bytes()), Some(s));
+        assert_eq!(Sample::from_bytes(&[0; 23]), None);
+        let r = ModelKind::Climate.readings("CL-00001", &s);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].name, "urn:dev:CL-00001:hum");
+        assert_eq!(r[1].unit.as_deref(), Some("%RH"));
+        assert_eq!(r[1].value, Value::Number(45.5));
+        assert_eq!(r[0].time, UnixTimeMillis(1_700_000_123_456));
+        let door = ModelKind::Door.readings("DR-00002", &Sample { time_ms: 1, values: [1.0, 0.0] });
+        assert_eq!(door.len(), 1);
+        assert_eq!(door[0].value, Value::Bool(true));
     }
 }
