@@ -47,8 +47,9 @@ pub struct Entry {
     pub backlog: bool,
     /// Written to flash.
     pub persisted: bool,
-    /// When it was measured (monotonic); `None` for entries restored from flash.
-    pub measured: Option<Millis>,
+    /// When it was measured, in the caller's monotonic microseconds (for latency); `None` for
+    /// entries restored from flash.
+    pub measured_us: Option<u64>,
 }
 
 /// A pack to send: measurements in order, plus the drop counter if it changed.
@@ -144,7 +145,13 @@ impl Buffer {
         backlog.sort_by_key(|(id, _)| *id);
         let entries: VecDeque<Entry> = backlog
             .into_iter()
-            .map(|(id, sample)| Entry { id, sample, backlog: true, persisted: true, measured: None })
+            .map(|(id, sample)| Entry {
+                id,
+                sample,
+                backlog: true,
+                persisted: true,
+                measured_us: None,
+            })
             .collect();
         let mode = if entries.is_empty() { Mode::Online } else { Mode::Offline };
         Self {
@@ -196,12 +203,13 @@ impl Buffer {
         matches!(self.mode, Mode::Waiting { .. } | Mode::Draining)
     }
 
-    /// Adds a measurement. When full, the oldest measurement not in flight is dropped, counted,
-    /// and returned (so that the caller can erase it from flash).
-    pub fn push(&mut self, now: Millis, id: u64, sample: Sample) -> Option<Entry> {
+    /// Adds a measurement taken at `measured_us`. When full, the oldest measurement not in
+    /// flight is dropped, counted, and returned (so that the caller can erase it from flash).
+    pub fn push(&mut self, id: u64, sample: Sample, measured_us: u64) -> Option<Entry> {
         let mut dropped = None;
         if self.entries.len() >= self.config.capacity {
-            let in_flight = |e: &Entry| self.in_flight.as_ref().is_some_and(|f| f.ids.contains(&e.id));
+            let in_flight =
+                |e: &Entry| self.in_flight.as_ref().is_some_and(|f| f.ids.contains(&e.id));
             if let Some(at) = self.entries.iter().position(|e| !in_flight(e)) {
                 dropped = self.entries.remove(at);
                 self.dropped += 1;
@@ -209,7 +217,8 @@ impl Buffer {
         }
         let backlog = self.mode == Mode::Offline;
         self.unpersisted |= backlog;
-        self.entries.push_back(Entry { id, sample, backlog, persisted: false, measured: Some(now) });
+        let measured_us = Some(measured_us);
+        self.entries.push_back(Entry { id, sample, backlog, persisted: false, measured_us });
         dropped
     }
 
@@ -252,7 +261,9 @@ impl Buffer {
         let live = self.entries.iter().position(|e| !e.backlog);
         let (ids, backlog): (Vec<u64>, bool) = match self.mode {
             // Online nothing is backlog; offline this is the probe that finds the hub again.
-            Mode::Online | Mode::Offline => (vec![self.entries.front()?.id], self.mode == Mode::Offline),
+            Mode::Online | Mode::Offline => {
+                (vec![self.entries.front()?.id], self.mode == Mode::Offline)
+            }
             Mode::Waiting { .. } => (vec![self.entries.get(live?)?.id], false),
             Mode::Draining => match live {
                 Some(at) => (vec![self.entries[at].id], false),
@@ -327,7 +338,9 @@ impl Buffer {
             (Mode::Waiting { until, .. }, _) => Some(until),
             (Mode::Offline, _) => None,
             (_, Some(f)) => Some(f.sent.max(heard).plus(self.config.offline_after_ms)),
-            (Mode::Draining, None) if self.next_backlog_at > Millis(0) => Some(self.next_backlog_at),
+            (Mode::Draining, None) if self.next_backlog_at > Millis(0) => {
+                Some(self.next_backlog_at)
+            }
             _ => None,
         }
     }
@@ -345,6 +358,15 @@ impl Buffer {
                 (e.id, e.sample)
             })
             .collect()
+    }
+
+    /// A power cut: RAM is gone (the pack in flight and what was never persisted); the persisted
+    /// backlog stays and drains once the hub has answered again.
+    pub fn power_cut(&mut self) {
+        self.entries.retain(|e| e.persisted);
+        self.in_flight = None;
+        self.gap_ms = 0;
+        self.mode = if self.entries.is_empty() { Mode::Online } else { Mode::Offline };
     }
 
     /// Makes every held measurement backlog (before a shutdown: it is drained after the restart).

@@ -15,6 +15,11 @@ pub fn now() -> Millis {
     Millis(origin().elapsed().as_millis() as u64 + 1)
 }
 
+/// Monotonic microseconds since the process started (for latencies finer than [`now`]).
+pub fn now_us() -> u64 {
+    origin().elapsed().as_micros() as u64
+}
+
 /// The monotonic instant of `m`.
 pub fn instant(m: Millis) -> Instant {
     origin() + std::time::Duration::from_millis(m.0.saturating_sub(1))

@@ -27,9 +27,9 @@ pub enum ExportError {
 
 /// Exports sensor `which` (index or serial) from `flash` into `dir`.
 pub fn export_aiocoap(flash: &Flash, which: &str, dir: &Path) -> Result<String, ExportError> {
-    let records = flash.load_all()?;
-    let found = records.into_iter().find(|(i, r)| r.serial == which || i.to_string() == which);
-    let Some((index, mut rec)) = found else { return Err(ExportError::NotPaired(which.into())) };
+    let Some((index, mut rec)) = flash.find(which)? else {
+        return Err(ExportError::NotPaired(which.into()));
+    };
     if rec.exported {
         return Err(ExportError::AlreadyExported(rec.serial));
     }

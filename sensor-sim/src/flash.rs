@@ -1,20 +1,28 @@
-//! A sensor's persisted state ("flash"): its OSCORE context, its durable sequence lease and its
-//! firmware version, so a simulated sensor survives restarts without re-pairing. One redb file
-//! holds a whole fleet; each write is one fsync'd transaction.
+//! A sensor's persisted state ("flash"): its OSCORE context, its durable sequence lease, its
+//! firmware slots, its outage backlog and drop counter (TR 103 621 6.53), and its local log of
+//! measurements (what the physical interface shows), so a simulated sensor survives restarts
+//! without re-pairing or losing buffered data. One redb file holds a whole fleet; each write is
+//! one fsync'd transaction.
 
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::path::Path;
 
 use protocol::oscore::{ContextParams, Kid};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::model::ModelKind;
+use crate::model::{ModelKind, Sample};
 
 const SENSORS: TableDefinition<u32, &[u8]> = TableDefinition::new("sensors");
 /// The inactive slot's image, block by block: (sensor, block number) → bytes.
 const SLOT_BLOCKS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("slot_blocks");
+/// The outage backlog: (sensor, measurement id) → [`Sample`] bytes, until the hub acknowledges.
+const BACKLOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("backlog");
+/// The local log, the last few measurements whatever the hub did: (sensor, id) → [`Sample`].
+const LOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("log");
 
-/// One durable write: records, slot blocks, and slots to erase first.
+/// One durable write: records, slot blocks, slots to erase first, backlog and log changes.
 #[derive(Debug, Default)]
 pub struct FlashBatch {
     /// Records to write.
@@ -23,6 +31,43 @@ pub struct FlashBatch {
     pub erase: Vec<u32>,
     /// Blocks to write: (sensor, block number, bytes).
     pub blocks: Vec<(u32, u32, Vec<u8>)>,
+    /// Backlog measurements to keep: (sensor, id, sample).
+    pub backlog_put: Vec<(u32, u64, Sample)>,
+    /// Backlog measurements acknowledged or dropped: (sensor, id).
+    pub backlog_del: Vec<(u32, u64)>,
+    /// Measurements for the local log: (sensor, id, sample).
+    pub log: Vec<(u32, u64, Sample)>,
+    /// Log entries kept per sensor: writing id `n` erases id `n - log_keep`.
+    pub log_keep: u64,
+}
+
+impl FlashBatch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+            && self.erase.is_empty()
+            && self.blocks.is_empty()
+            && self.backlog_put.is_empty()
+            && self.backlog_del.is_empty()
+            && self.log.is_empty()
+    }
+}
+
+/// A sensor's measurements as flash holds them.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Measurements {
+    /// The backlog, by id.
+    pub backlog: Vec<(u64, Sample)>,
+    /// The local log, by id.
+    pub log: Vec<(u64, Sample)>,
+}
+
+impl Measurements {
+    /// The id after every one held (measurement ids keep growing across restarts).
+    pub fn next_id(&self) -> u64 {
+        let last = self.backlog.last().into_iter().chain(self.log.last()).map(|(id, _)| id + 1);
+        last.max().unwrap_or(0)
+    }
 }
 
 /// Why flash could not be read or written.
@@ -92,6 +137,12 @@ pub struct FlashRecord {
     pub lease: u64,
     /// The context was exported to another endpoint (aiocoap) and must not be used here again.
     pub exported: bool,
+    /// Measurements dropped from a full outage buffer, in total.
+    #[serde(default)]
+    pub buffer_dropped: u64,
+    /// The value of `buffer_dropped` the hub has acknowledged.
+    #[serde(default)]
+    pub dropped_reported: u64,
 }
 
 /// A fleet's flash.
@@ -107,8 +158,22 @@ impl Flash {
         let tx = db.begin_write().map_err(dberr)?;
         tx.open_table(SENSORS).map_err(dberr)?;
         tx.open_table(SLOT_BLOCKS).map_err(dberr)?;
+        tx.open_table(BACKLOG).map_err(dberr)?;
+        tx.open_table(LOG).map_err(dberr)?;
         tx.commit().map_err(dberr)?;
         Ok(Self { db })
+    }
+
+    /// Opens an existing flash file without creating anything (tables an older file lacks read
+    /// as empty).
+    pub fn open_existing(path: &Path) -> Result<Self, FlashError> {
+        Ok(Self { db: Database::open(path).map_err(dberr)? })
+    }
+
+    /// The sensor whose index or serial is `which`.
+    pub fn find(&self, which: &str) -> Result<Option<(u32, FlashRecord)>, FlashError> {
+        let records = self.load_all()?;
+        Ok(records.into_iter().find(|(i, r)| r.serial == which || i.to_string() == which))
     }
 
     /// Every record, by sensor index.
@@ -154,8 +219,56 @@ impl Flash {
             for (i, num, data) in &batch.blocks {
                 blocks.insert((*i, *num), data.as_slice()).map_err(dberr)?;
             }
+            let mut backlog = tx.open_table(BACKLOG).map_err(dberr)?;
+            for (i, id, sample) in &batch.backlog_put {
+                backlog.insert((*i, *id), sample.to_bytes().as_slice()).map_err(dberr)?;
+            }
+            for key in &batch.backlog_del {
+                backlog.remove(key).map_err(dberr)?;
+            }
+            let mut log = tx.open_table(LOG).map_err(dberr)?;
+            for (i, id, sample) in &batch.log {
+                log.insert((*i, *id), sample.to_bytes().as_slice()).map_err(dberr)?;
+                if let Some(old) = id.checked_sub(batch.log_keep) {
+                    log.remove((*i, old)).map_err(dberr)?;
+                }
+            }
         }
         tx.commit().map_err(dberr)
+    }
+
+    /// Every sensor's backlog and log, by sensor index.
+    pub fn load_measurements(&self) -> Result<HashMap<u32, Measurements>, FlashError> {
+        self.scan((0, 0)..=(u32::MAX, u64::MAX))
+    }
+
+    /// One sensor's backlog and log.
+    pub fn measurements(&self, index: u32) -> Result<Measurements, FlashError> {
+        let mut all = self.scan((index, 0)..=(index, u64::MAX))?;
+        Ok(all.remove(&index).unwrap_or_default())
+    }
+
+    fn scan(
+        &self,
+        range: RangeInclusive<(u32, u64)>,
+    ) -> Result<HashMap<u32, Measurements>, FlashError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let mut out: HashMap<u32, Measurements> = HashMap::new();
+        for (table, is_log) in [(BACKLOG, false), (LOG, true)] {
+            let table = match tx.open_table(table) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(dberr(e)),
+            };
+            for row in table.range(range.clone()).map_err(dberr)? {
+                let (k, v) = row.map_err(dberr)?;
+                let (index, id) = k.value();
+                let sample = Sample::from_bytes(v.value()).ok_or(FlashError::Corrupt(index))?;
+                let m = out.entry(index).or_default();
+                if is_log { &mut m.log } else { &mut m.backlog }.push((id, sample));
+            }
+        }
+        Ok(out)
     }
 
     /// The inactive slot's contents: the contiguous blocks from block 0.

@@ -14,3 +14,4 @@ pub mod load;
 pub mod maker;
 pub mod model;
 pub mod net;
+pub mod physical;

@@ -1,4 +1,5 @@
-//! `sensor-sim`: run a simulated fleet, generate load, export a sensor's context for aiocoap.
+//! `sensor-sim`: run a simulated fleet, generate load, benchmark an outage's drain, read a
+//! sensor's physical interface, export a sensor's context for aiocoap.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,8 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use protocol::netsim::Faults;
-use sensor_sim::fleet::{self, FleetConfig, FleetEvent, SimFaults};
-use sensor_sim::{ctl, export, flash, load, maker};
+use sensor_sim::buffer::BufferConfig;
+use sensor_sim::fleet::{self, FleetConfig, FleetEvent, FleetHandle, SimFaults};
+use sensor_sim::{ctl, export, flash, load, maker, physical};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +31,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: MakerCmd,
     },
+    /// What a sensor recorded locally, as its display or USB port would show it (reads the
+    /// flash file of a stopped fleet; needs neither the hub nor the sensor's keys).
+    Physical {
+        /// Sensor index or serial.
+        sensor: String,
+        #[command(subcommand)]
+        cmd: PhysicalCmd,
+    },
     /// Write a paired sensor's OSCORE context in aiocoap's format (the sim never uses it again).
     ExportContext {
         /// Sensor index or serial.
@@ -39,6 +49,19 @@ enum Cmd {
         /// Directory to write the aiocoap context into.
         #[arg(long)]
         aiocoap: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PhysicalCmd {
+    /// Print the local log and the outage backlog, oldest first.
+    Dump {
+        /// The fleet's flash file.
+        #[arg(long)]
+        flash: PathBuf,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -171,7 +194,52 @@ struct FleetArgs {
     #[arg(long, default_value_t = 0)]
     status_ms: u64,
     #[command(flatten)]
+    buffer: BufferArgs,
+    #[command(flatten)]
     faults: FaultArgs,
+}
+
+/// Outage buffering (TR 103 621 6.53) and retries.
+#[derive(Args)]
+struct BufferArgs {
+    /// Measurements each sensor buffers while its hub is unreachable (oldest dropped first).
+    #[arg(long = "buffer", default_value_t = 1024)]
+    capacity: usize,
+    /// No answer for this long: the hub is unreachable and the sensor buffers in flash.
+    #[arg(long, default_value_t = 5000)]
+    offline_after_ms: u64,
+    /// Once the hub answers again, wait a random delay up to this before draining.
+    #[arg(long, default_value_t = 10_000)]
+    drain_jitter_ms: u64,
+    /// Drain pacing: back off while round trips exceed this.
+    #[arg(long, default_value_t = 20)]
+    drain_target_rtt_ms: u64,
+    /// Measurements each sensor keeps in its local log (the physical interface; 0: none).
+    #[arg(long, default_value_t = 256)]
+    local_log: u64,
+    /// Longest retransmission interval, i.e. how often an offline sensor probes (≥ 2000).
+    #[arg(long, default_value_t = protocol::link::coap::MAX_BACKOFF_MS)]
+    probe_max_ms: u64,
+    /// Retry refused or failed pairing with a fresh PIN, back-off up to this (0: never).
+    #[arg(long, default_value_t = 16_000)]
+    pair_retry_max_ms: u64,
+}
+
+impl BufferArgs {
+    fn apply(&self, config: FleetConfig) -> FleetConfig {
+        FleetConfig {
+            buffer: BufferConfig {
+                capacity: self.capacity,
+                offline_after_ms: self.offline_after_ms,
+                drain_jitter_ms: self.drain_jitter_ms,
+                target_rtt_ms: self.drain_target_rtt_ms,
+            },
+            local_log: self.local_log,
+            probe_max_ms: self.probe_max_ms,
+            pair_retry_max_ms: self.pair_retry_max_ms,
+            ..config
+        }
+    }
 }
 
 #[derive(Args)]
@@ -283,6 +351,8 @@ enum Error {
     Ctl(#[from] ctl::CtlError),
     #[error(transparent)]
     Maker(#[from] maker::MakerError),
+    #[error(transparent)]
+    Physical(#[from] physical::PhysicalError),
     #[error("{0}")]
     Usage(String),
 }
@@ -308,6 +378,12 @@ async fn run(cmd: Cmd) -> Result<(), Error> {
             Ok(())
         }
         Cmd::Maker { cmd } => run_maker(cmd).await,
+        Cmd::Physical { sensor, cmd: PhysicalCmd::Dump { flash: path, json } } => {
+            let f = flash::Flash::open_existing(&path)?;
+            let dump = physical::dump(&f, &sensor)?;
+            print!("{}", if json { dump.json_lines() } else { dump.table() });
+            Ok(())
+        }
         Cmd::ExportContext { sensor, flash: path, aiocoap } => {
             let f = flash::Flash::open(&path)?;
             let serial = export::export_aiocoap(&f, &sensor, &aiocoap)?;
@@ -345,7 +421,7 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
             .map(|m| serde_json::from_value(serde_json::Value::String(m.clone())))
             .collect::<Result<_, _>>()
             .map_err(|_| Error::Usage(format!("unknown model in {:?}", a.models)))?,
-        ..FleetConfig::new(a.hub, a.sensors)
+        ..a.buffer.apply(FleetConfig::new(a.hub, a.sensors))
     };
     let fleet = fleet::spawn(config, Some(tx), shutdown.clone()).await?;
     for c in &a.cut {
@@ -374,42 +450,79 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
             fleet.pair(i);
         }
     }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(fleet::FleetError::Io)?;
     loop {
         tokio::select! {
             e = events.recv() => match e {
-                Some(FleetEvent::PinShown { serial, pin, index }) => {
-                    println!("PIN sensor={index} serial={serial} pin={pin}");
-                    if let Some(sock) = a.ctl.clone() {
-                        tokio::spawn(async move {
-                            if let Err(e) = ctl::pair_pin(&sock, &pin, &serial).await {
-                                eprintln!("PIN entry for {serial} failed: {e}");
-                            }
-                        });
-                    }
-                }
-                Some(FleetEvent::Paired { index, serial, kid }) => println!("PAIRED sensor={index} serial={serial} kid={kid}"),
-                Some(FleetEvent::PairingFailed { index }) => println!("PAIRING-FAILED sensor={index}"),
-                Some(FleetEvent::Delivered { index, kid, id, time_ms, latency_us }) => {
-                    let kid = kid.map(|k| k.to_string()).unwrap_or_default();
-                    println!("DELIVERED sensor={index} kid={kid} id={id} time_ms={time_ms} latency_us={latency_us}");
-                }
-                Some(FleetEvent::Refused { index }) => println!("REFUSED sensor={index}"),
-                Some(FleetEvent::UpdateProgress { index, version, done, total }) => {
-                    println!("UPDATE-PROGRESS sensor={index} version={version} blocks={done}/{total}");
-                }
-                Some(FleetEvent::Updated { index, version, running, outcome, reason, blocks }) => {
-                    println!("UPDATED sensor={index} version={version} running={running} outcome={outcome:?} blocks={blocks} reason={reason:?}");
-                }
+                Some(e) => print_event(e, a.ctl.as_ref()),
                 None => return Ok(()),
             },
             _ = status_tick.tick(), if a.status_ms > 0 => {
                 let s = fleet.status().await?;
                 println!("STATUS {}", serde_json::to_string(&s).unwrap_or_default());
             }
-            _ = tokio::signal::ctrl_c() => {
-                shutdown.cancel();
-                return Ok(());
+            _ = tokio::signal::ctrl_c() => return stop_fleet(&fleet, &shutdown).await,
+            _ = term.recv() => return stop_fleet(&fleet, &shutdown).await,
+        }
+    }
+}
+
+/// Stops gracefully: unacknowledged measurements are written to flash first.
+async fn stop_fleet(fleet: &FleetHandle, shutdown: &CancellationToken) -> Result<(), Error> {
+    let result = fleet.shutdown().await;
+    shutdown.cancel();
+    println!("STOPPED");
+    Ok(result?)
+}
+
+/// Prints one fleet event as a line (`KIND key=value ...`); types the PIN shown if playing the
+/// owner through the hub's control socket.
+fn print_event(e: FleetEvent, ctl: Option<&PathBuf>) {
+    let at = sensor_sim::clock::now().0;
+    match e {
+        FleetEvent::PinShown { serial, pin, index } => {
+            println!("PIN sensor={index} serial={serial} pin={pin}");
+            if let Some(sock) = ctl.cloned() {
+                tokio::spawn(async move {
+                    if let Err(e) = ctl::pair_pin(&sock, &pin, &serial).await {
+                        eprintln!("PIN entry for {serial} failed: {e}");
+                    }
+                });
             }
+        }
+        FleetEvent::Paired { index, serial, kid } => {
+            println!("PAIRED sensor={index} serial={serial} kid={kid}");
+        }
+        FleetEvent::PairingFailed { index } => println!("PAIRING-FAILED sensor={index}"),
+        FleetEvent::PairingRetry { index, in_ms } => {
+            println!("PAIRING-RETRY sensor={index} in_ms={in_ms}");
+        }
+        FleetEvent::Delivered { index, kid, id, time_ms, latency_us, backlog } => {
+            let kid = kid.map(|k| k.to_string()).unwrap_or_default();
+            println!(
+                "DELIVERED sensor={index} kid={kid} id={id} time_ms={time_ms} \
+                 latency_us={latency_us} backlog={backlog}"
+            );
+        }
+        FleetEvent::Refused { index } => println!("REFUSED sensor={index}"),
+        FleetEvent::Offline { index, backlog } => {
+            println!("OFFLINE sensor={index} backlog={backlog} at_ms={at}");
+        }
+        FleetEvent::DrainStarted { index, backlog, waited_ms } => {
+            println!("DRAIN sensor={index} backlog={backlog} waited_ms={waited_ms} at_ms={at}");
+        }
+        FleetEvent::Drained { index, dropped } => {
+            println!("DRAINED sensor={index} dropped={dropped} at_ms={at}");
+        }
+        FleetEvent::UpdateProgress { index, version, done, total } => {
+            println!("UPDATE-PROGRESS sensor={index} version={version} blocks={done}/{total}");
+        }
+        FleetEvent::Updated { index, version, running, outcome, reason, blocks } => {
+            println!(
+                "UPDATED sensor={index} version={version} running={running} \
+                 outcome={outcome:?} blocks={blocks} reason={reason:?}"
+            );
         }
     }
 }

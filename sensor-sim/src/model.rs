@@ -174,7 +174,12 @@ fn step<R: Rng + ?Sized>(rng: &mut R, v: f64, amp: f64, lo: f64, hi: f64) -> f64
 
 impl Environment {
     /// One measurement at `time_ms`, in the model's quantities.
-    pub fn sample<R: Rng + ?Sized>(&mut self, kind: ModelKind, rng: &mut R, time_ms: i64) -> Sample {
+    pub fn sample<R: Rng + ?Sized>(
+        &mut self,
+        kind: ModelKind,
+        rng: &mut R,
+        time_ms: i64,
+    ) -> Sample {
         let values = match kind {
             ModelKind::Thermostat => {
                 self.temperature = step(rng, self.temperature, 0.2, 10.0, 30.0);

@@ -32,7 +32,8 @@ pub enum SensorEvent {
     Paired(Box<Paired>),
     /// Pairing failed; the attempt's key is gone. Start again for a new PIN.
     PairingFailed(PairingError),
-    /// The hub refused pairing (window closed or backing off).
+    /// The hub refused pairing (window closed or backing off), or forgot the attempt (its window
+    /// closed or the session expired before the PIN was typed).
     PairingRefused,
     /// The hub acknowledged reading `id`: it is durable there and can be dropped here.
     Delivered(u64),
@@ -132,6 +133,10 @@ pub struct SensorLink {
     next_mid: u16,
     next_token: u32,
     not_before: Millis,
+    /// Retransmission intervals double at most this many times (a probing sensor's cap).
+    max_doublings: u32,
+    /// When an authenticated answer last arrived.
+    last_answer: Millis,
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<SensorEvent>,
 }
@@ -160,6 +165,8 @@ impl SensorLink {
             next_mid: rng.next_u32() as u16,
             next_token: rng.next_u32(),
             not_before: Millis(0),
+            max_doublings: u32::MAX,
+            last_answer: Millis(0),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -176,6 +183,18 @@ impl SensorLink {
     pub fn with_lease_block(mut self, k: u64) -> Self {
         self.lease_block = k.max(1);
         self
+    }
+
+    /// Caps the retransmission interval near `ms` (at least [`coap::ACK_TIMEOUT_MS`]): how often
+    /// a sensor whose hub is unreachable tries again (default: [`coap::MAX_BACKOFF_MS`]).
+    pub fn with_max_backoff(mut self, ms: u64) -> Self {
+        self.max_doublings = (ms / coap::ACK_TIMEOUT_MS).max(1).ilog2();
+        self
+    }
+
+    /// When the hub last answered a protected request authentically (`Millis(0)`: never).
+    pub fn last_answer(&self) -> Millis {
+        self.last_answer
     }
 
     /// Prefixes every token with `prefix` (8-byte tokens), so that a fleet sharing one socket
@@ -321,15 +340,21 @@ impl SensorLink {
                     self.control.push_front(c);
                 }
                 self.pump(now, rng);
+                let wait = self.retransmit_timeout(retries, rng);
                 if let Some(o) = &mut self.out {
                     o.retries = retries;
-                    o.next_retry = now.plus(coap::retransmit_timeout(retries, jitter(rng)));
+                    o.next_retry = now.plus(wait);
                 }
                 return;
             }
             o.retries += 1;
-            o.next_retry = now.plus(coap::retransmit_timeout(o.retries, jitter(rng)));
-            self.transmits.push_back(o.bytes.clone());
+            let retries = o.retries;
+            let bytes = o.bytes.clone();
+            let wait = self.retransmit_timeout(retries, rng);
+            if let Some(o) = &mut self.out {
+                o.next_retry = now.plus(wait);
+            }
+            self.transmits.push_back(bytes);
             return;
         }
         self.pump(now, rng);
@@ -393,7 +418,7 @@ impl SensorLink {
             return;
         };
         self.transmits.push_back(bytes.clone());
-        let next_retry = now.plus(coap::retransmit_timeout(0, jitter(rng)));
+        let next_retry = now.plus(self.retransmit_timeout(0, rng));
         self.out = Some(Outstanding {
             bytes,
             unverified_error: false,
@@ -402,6 +427,10 @@ impl SensorLink {
             next_retry,
             purpose,
         });
+    }
+
+    fn retransmit_timeout<R: CryptoRng + ?Sized>(&self, retries: u32, rng: &mut R) -> u64 {
+        coap::retransmit_timeout(retries.min(self.max_doublings), jitter(rng))
     }
 
     fn fail(&mut self, e: PairingError) {
@@ -444,6 +473,11 @@ impl SensorLink {
         else {
             return;
         };
+        if p.header.code == MessageClass::Response(ResponseType::NotFound) {
+            // The hub no longer holds this attempt (its window closed or the session expired).
+            self.events.push_back(SensorEvent::PairingRefused);
+            return;
+        }
         if p.header.code != MessageClass::Response(ResponseType::Content) {
             return self.fail(PairingError::Malformed);
         }
@@ -499,6 +533,7 @@ impl SensorLink {
         let Ok(inner) = ctx.unprotect_response(p, binding) else { return };
         let what = what.clone();
         self.out = None;
+        self.last_answer = now;
         if inner.header.code == MessageClass::Response(ResponseType::Unauthorized) {
             // B.1.2: the hub restarted and asks us to echo its challenge; the request goes again.
             self.echo = echo_value(&inner).map(<[u8]>::to_vec);

@@ -24,7 +24,7 @@ fn ids(p: &Pack) -> Vec<u64> {
 /// measured `more` times (ids 1..=more) at 10 ms steps.
 fn offline_with(capacity: usize, more: u64) -> (Buffer, Vec<Entry>, Millis) {
     let mut b = Buffer::new(config(capacity));
-    b.push(Millis(1), 0, sample(0));
+    b.push(0, sample(0), 1_000);
     let probe = b.poll_pack(Millis(1), 8).expect("probe");
     assert_eq!(ids(&probe), [0]);
     assert_eq!(b.check(Millis(900), Millis(1)), None, "not yet");
@@ -33,7 +33,7 @@ fn offline_with(capacity: usize, more: u64) -> (Buffer, Vec<Entry>, Millis) {
     let mut now = Millis(1_001);
     for id in 1..=more {
         now = now.plus(10);
-        dropped.extend(b.push(now, id, sample(id)));
+        dropped.extend(b.push(id, sample(id), now.0 * 1000));
     }
     (b, dropped, now)
 }
@@ -125,7 +125,7 @@ fn live_readings_go_first_during_the_wait_and_the_drain() {
     b.on_answer(now, &mut rng, 0);
     // During the randomized wait only live measurements go, one per pack.
     now = now.plus(1);
-    b.push(now, 41, sample(41));
+    b.push(41, sample(41), now.0 * 1000);
     let live = b.poll_pack(now, 8).expect("live pack");
     assert_eq!(ids(&live), [41]);
     assert!(!live.entries[0].backlog);
@@ -138,7 +138,7 @@ fn live_readings_go_first_during_the_wait_and_the_drain() {
     let first = b.poll_pack(now, 8).expect("backlog");
     assert_eq!(ids(&first), (1..=8).collect::<Vec<_>>());
     // A live measurement taken while a backlog pack is in flight goes next.
-    b.push(now, 42, sample(42));
+    b.push(42, sample(42), now.0 * 1000);
     b.on_answer(now.plus(1), &mut rng, first.id);
     let next = b.poll_pack(now.plus(5_000), 8).expect("next");
     assert_eq!(ids(&next), [42], "live before the rest of the backlog");
@@ -184,7 +184,7 @@ fn a_slow_hub_spaces_backlog_packs_and_a_fast_one_closes_the_gap() {
 #[test]
 fn offline_is_declared_only_when_nothing_at_all_was_heard() {
     let mut b = Buffer::new(config(10));
-    b.push(Millis(1), 0, sample(0));
+    b.push(0, sample(0), 1_000);
     b.poll_pack(Millis(1), 8).expect("pack");
     // The link heard the hub (e.g. firmware answers) recently: not offline.
     assert_eq!(b.check(Millis(1_500), Millis(1_000)), None);
@@ -216,9 +216,21 @@ fn a_restart_keeps_the_persisted_backlog_and_drains_it_after_the_wait() {
 fn keep_all_makes_every_held_measurement_backlog_for_a_shutdown() {
     let mut b = Buffer::new(config(10));
     for id in 0..3 {
-        b.push(Millis(1), id, sample(id));
+        b.push(id, sample(id), 1_000);
     }
     assert!(b.take_unpersisted().is_empty(), "live measurements stay in RAM");
     b.keep_all();
     assert_eq!(b.take_unpersisted().len(), 3);
+}
+
+#[test]
+fn a_power_cut_keeps_only_the_persisted_backlog() {
+    let (mut b, _, now) = offline_with(10, 4);
+    let persisted = b.take_unpersisted().len();
+    b.push(5, sample(5), now.0 * 1000);
+    b.power_cut();
+    assert_eq!(b.len(), persisted, "measurement 5 was never written to flash");
+    assert!(b.is_offline());
+    let probe = b.poll_pack(now, 8).expect("a new probe: the old one was in RAM");
+    assert_eq!(ids(&probe), [0]);
 }

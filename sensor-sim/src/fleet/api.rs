@@ -10,6 +10,7 @@ use protocol::time::Millis;
 use tokio::sync::{mpsc, oneshot};
 
 use super::update::CutPoint;
+use crate::buffer::BufferConfig;
 use crate::clock;
 use crate::flash::FlashError;
 use crate::model::ModelKind;
@@ -61,6 +62,17 @@ pub struct FleetConfig {
     pub trust: Option<protocol::update::TrustAnchors>,
     /// Models the sensors cycle through (sensor i is `models[i % len]`).
     pub models: Vec<ModelKind>,
+    /// Outage buffering and draining (TR 103 621 6.53).
+    pub buffer: BufferConfig,
+    /// Measurements each sensor keeps in its local log in flash (0: none), for the physical
+    /// interface.
+    pub local_log: u64,
+    /// Longest interval between retransmissions, i.e. how often a sensor whose hub is
+    /// unreachable probes for it (RFC 7252 back-off capped here; at least 2 s).
+    pub probe_max_ms: u64,
+    /// A refused or failed pairing is retried with a fresh key and PIN, the interval doubling
+    /// from 2 s up to this (0: no automatic retry).
+    pub pair_retry_max_ms: u64,
 }
 
 impl FleetConfig {
@@ -78,6 +90,10 @@ impl FleetConfig {
             audit_nonces: false,
             trust: None,
             models: ModelKind::ALL.to_vec(),
+            buffer: BufferConfig::default(),
+            local_log: 0,
+            probe_max_ms: protocol::link::coap::MAX_BACKOFF_MS,
+            pair_retry_max_ms: 16_000,
         }
     }
 }
@@ -108,6 +124,13 @@ pub enum FleetEvent {
         /// Sensor index.
         index: u32,
     },
+    /// The sensor will try pairing again, with a fresh key and PIN.
+    PairingRetry {
+        /// Sensor index.
+        index: u32,
+        /// In how long.
+        in_ms: u64,
+    },
     /// A reading was acknowledged by the hub.
     Delivered {
         /// Sensor index.
@@ -120,6 +143,31 @@ pub enum FleetEvent {
         time_ms: i64,
         /// Time from measurement to acknowledgement.
         latency_us: u64,
+        /// It was measured while the hub was unreachable (delivered by the drain).
+        backlog: bool,
+    },
+    /// The hub stopped answering: the sensor buffers what it measures (in flash).
+    Offline {
+        /// Sensor index.
+        index: u32,
+        /// Measurements buffered so far.
+        backlog: usize,
+    },
+    /// The hub answered again and the randomized wait is over: the backlog drains now.
+    DrainStarted {
+        /// Sensor index.
+        index: u32,
+        /// Measurements to drain.
+        backlog: usize,
+        /// How long the sensor waited after the hub's first answer (TR 103 621 6.53 ex. 1).
+        waited_ms: u64,
+    },
+    /// The backlog is empty again.
+    Drained {
+        /// Sensor index.
+        index: u32,
+        /// Measurements the sensor dropped from its full buffer, in total.
+        dropped: u64,
     },
     /// The hub refused a reading.
     Refused {
@@ -177,6 +225,16 @@ pub struct FleetStatus {
     pub nonces_audited: u64,
     /// Key/nonce pairs seen with two different ciphertexts (must stay 0).
     pub nonce_reuses: u64,
+    /// Sensors that consider their hub unreachable.
+    pub offline: u32,
+    /// Sensors waiting to drain or draining.
+    pub draining: u32,
+    /// Backlog measurements held, in total.
+    pub backlog: u64,
+    /// The smallest backlog among paired sensors.
+    pub backlog_min: u64,
+    /// Measurements dropped from full buffers, in total.
+    pub buffer_dropped: u64,
 }
 
 pub(super) enum Command {
@@ -190,6 +248,7 @@ pub(super) enum Command {
     PowerCut { index: u32 },
     CutPowerAt { index: u32, at: CutPoint },
     Running { reply: oneshot::Sender<Vec<u32>> },
+    Shutdown { reply: oneshot::Sender<()> },
 }
 
 /// Controls a running fleet.
@@ -250,6 +309,14 @@ impl FleetHandle {
     pub async fn running(&self) -> Result<Vec<u32>, FleetError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Running { reply }).map_err(|_| FleetError::Stopped)?;
+        rx.await.map_err(|_| FleetError::Stopped)
+    }
+
+    /// Stops the fleet after writing every unacknowledged measurement to flash as backlog, so a
+    /// restarted fleet drains it (a SIGKILL keeps only what was written by then).
+    pub async fn shutdown(&self) -> Result<(), FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Shutdown { reply }).map_err(|_| FleetError::Stopped)?;
         rx.await.map_err(|_| FleetError::Stopped)
     }
 

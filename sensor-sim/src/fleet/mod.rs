@@ -1,9 +1,10 @@
 //! A fleet of simulated sensors in one task: N sensors on a few UDP sockets, one deadline heap
-//! (not a task per sensor), responses routed by token prefix, persisted flash, and fault
-//! injection (loss, duplication, reordering, delay, tampering, replay). Reproducible from a seed.
+//! (not a task per sensor), responses routed by token prefix, persisted flash, outage buffers
+//! (`backlog`), pairing retries, and fault injection (loss, duplication, reordering, delay,
+//! tampering, replay). Reproducible from a seed.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 mod api;
 mod audit;
+mod backlog;
+mod pairing;
+mod persist;
 mod update;
 
 use api::Command;
@@ -29,6 +33,7 @@ use audit::NonceAudit;
 
 pub use update::CutPoint;
 
+use crate::buffer::Buffer;
 use crate::clock;
 use crate::firmware::Slots;
 use crate::flash::{Flash, FlashBatch, FlashRecord, StoredContext};
@@ -43,9 +48,16 @@ struct Sensor {
     display: Option<String>,
     kid: Option<Kid>,
     exported: bool,
+    /// The next measurement's id (ids keep growing across restarts).
     next_id: u64,
-    /// Queued readings (id, measured at, SenML time), oldest first (delivered in order).
-    queued_at: VecDeque<(u64, Instant, i64)>,
+    /// Measurements not acknowledged yet; the outage backlog.
+    buffer: Buffer,
+    /// Measurements per backlog pack (what fits in one datagram).
+    per_pack: usize,
+    /// When to retry pairing, after a refusal or failure.
+    pair_retry: Option<Millis>,
+    /// Pairing attempts since the last success (for the retry back-off).
+    pair_attempts: u32,
     /// Common IV of the context, for the nonce audit.
     iv: Option<[u8; 13]>,
     next_measure: Option<Millis>,
@@ -75,9 +87,10 @@ struct FleetTask {
     flash: Option<Arc<Flash>>,
     flash_tx: Option<std::sync::mpsc::Sender<FlashBatch>>,
     flash_done: mpsc::UnboundedReceiver<Vec<(u32, u64)>>,
+    /// Sensors whose record the next flash write carries.
     pending_flash: Vec<u32>,
-    flash_erase: Vec<u32>,
-    flash_blocks: Vec<(u32, u32, Vec<u8>)>,
+    /// Everything else the next flash write carries (slots, backlog, log).
+    staged: FlashBatch,
     flash_busy: bool,
     events: Option<mpsc::UnboundedSender<FleetEvent>>,
     status: FleetStatus,
@@ -108,6 +121,10 @@ pub async fn spawn(
         Some(f) => f.load_all()?.into_iter().collect(),
         None => Default::default(),
     };
+    let mut measurements = match &flash {
+        Some(f) => f.load_measurements()?,
+        None => Default::default(),
+    };
     let mut sensors = Vec::with_capacity(config.sensors as usize);
     for index in 0..config.sensors {
         let models =
@@ -116,10 +133,18 @@ pub async fn spawn(
         let rec = records.get(&index);
         let serial =
             rec.map_or_else(|| format!("{}-{:05}", model.prefix(), index), |r| r.serial.clone());
+        let serial_for_pack = serial.clone();
         let stored =
             rec.and_then(|r| r.context.clone()).filter(|_| !rec.is_some_and(|r| r.exported));
         let lease = rec.map_or(0, |r| r.lease);
-        let link = boot_link(&mut rng, stored.as_ref(), lease, config.lease_block, index);
+        let link = boot_link(&mut rng, stored.as_ref(), lease, &config, index);
+        let held = measurements.remove(&index).unwrap_or_default();
+        let buffer = Buffer::restore(
+            config.buffer,
+            held.backlog.clone(),
+            rec.map_or(0, |r| r.buffer_dropped),
+            rec.map_or(0, |r| r.dropped_reported),
+        );
         let mut s = Sensor {
             serial,
             model,
@@ -129,8 +154,11 @@ pub async fn spawn(
             display: None,
             kid: None,
             exported: rec.is_some_and(|r| r.exported),
-            next_id: 0,
-            queued_at: VecDeque::new(),
+            next_id: held.next_id(),
+            buffer,
+            per_pack: backlog::per_pack(model, &serial_for_pack),
+            pair_retry: None,
+            pair_attempts: 0,
             next_measure: None,
             scheduled: None,
             stored: rec.and_then(|r| r.context.clone()),
@@ -170,30 +198,7 @@ pub async fn spawn(
         });
         sockets.push(sock);
     }
-    let (flash_done_tx, flash_done) = mpsc::unbounded_channel();
-    let flash_tx = flash.clone().map(|f| {
-        let (tx, rx) = std::sync::mpsc::channel::<FlashBatch>();
-        std::thread::Builder::new()
-            .name("sim-flash".into())
-            .spawn(move || {
-                while let Ok(batch) = rx.recv() {
-                    let written = batch.records.iter().map(|(i, r)| (*i, r.lease)).collect();
-                    if let Err(e) = f.write_batch(&batch) {
-                        tracing::error!(error = %e, "flash write failed");
-                        continue;
-                    }
-                    if flash_done_tx.send(written).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map(|_| tx)
-    });
-    let flash_tx = match flash_tx {
-        Some(Ok(tx)) => Some(tx),
-        Some(Err(e)) => return Err(e.into()),
-        None => None,
-    };
+    let (flash_tx, flash_done) = persist::spawn_writer(flash.clone())?;
     let net = config.faults.active().then(|| NetSim::new(config.faults.net));
     let audit = config.audit_nonces.then(NonceAudit::default);
     for s in &mut sensors {
@@ -211,8 +216,7 @@ pub async fn spawn(
         flash_tx,
         flash_done,
         pending_flash: Vec::new(),
-        flash_erase: Vec::new(),
-        flash_blocks: Vec::new(),
+        staged: FlashBatch::default(),
         flash_busy: false,
         events,
         status,
@@ -253,7 +257,14 @@ impl FleetTask {
                         }
                     }
                 }
-                Some(cmd) = commands.recv() => self.command(cmd),
+                Some(cmd) = commands.recv() => match cmd {
+                    Command::Shutdown { reply } => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    cmd => self.command(cmd),
+                },
                 Some(ids) = self.flash_done.recv() => self.flash_durable(ids),
                 _ = sleep => {}
                 _ = shutdown.cancelled() => return,
@@ -305,22 +316,12 @@ impl FleetTask {
     fn command(&mut self, cmd: Command) {
         let now = clock::now();
         match cmd {
-            Command::Pair { index } => {
-                let Some(s) = self.sensors.get_mut(index as usize) else { return };
-                if s.link.is_paired() {
-                    return;
-                }
-                let descriptor = s.model.descriptor(&s.serial, s.fw.running());
-                s.link = boot_link(&mut self.rng, None, 0, self.config.lease_block, index);
-                s.kid = None;
-                s.link.start_pairing(now, &mut self.rng, descriptor, s.model.width());
-                self.service(index);
-            }
+            Command::Pair { index } => self.start_pairing(index, now),
             Command::Display { index, reply } => {
                 let _ =
                     reply.send(self.sensors.get(index as usize).and_then(|s| s.display.clone()));
             }
-            Command::Measure { index } => self.measure(index, now),
+            Command::Measure { index } => self.measure(index),
             Command::Offer { rate, until } => {
                 self.offer = (rate > 0.0).then(|| Offer {
                     rate,
@@ -331,10 +332,7 @@ impl FleetTask {
                 });
             }
             Command::Status { reply } => {
-                self.status.paired =
-                    self.sensors.iter().filter(|s| s.link.is_paired()).count() as u32;
-                self.status.queued = self.sensors.iter().map(|s| s.link.queued() as u64).sum();
-                let _ = reply.send(self.status.clone());
+                let _ = reply.send(self.status());
             }
             Command::Unpaired { reply } => {
                 let v = (0..self.sensors.len() as u32)
@@ -354,15 +352,29 @@ impl FleetTask {
             Command::Running { reply } => {
                 let _ = reply.send(self.sensors.iter().map(|s| s.fw.running()).collect());
             }
+            // Handled by `run`, which must await the flash.
+            Command::Shutdown { reply } => drop(reply),
         }
     }
 
+    fn status(&mut self) -> FleetStatus {
+        let mut st = self.status.clone();
+        let paired = || self.sensors.iter().filter(|s| s.link.is_paired());
+        st.paired = paired().count() as u32;
+        st.queued = self.sensors.iter().map(|s| s.buffer.len() as u64).sum();
+        st.offline = paired().filter(|s| s.buffer.is_offline()).count() as u32;
+        st.draining = paired().filter(|s| s.buffer.is_draining()).count() as u32;
+        st.backlog = self.sensors.iter().map(|s| s.buffer.backlog() as u64).sum();
+        st.backlog_min = paired().map(|s| s.buffer.backlog() as u64).min().unwrap_or(0);
+        st.buffer_dropped = self.sensors.iter().map(|s| s.buffer.dropped()).sum();
+        st
+    }
+
     fn power_cut(&mut self, index: u32) {
-        let block = self.config.lease_block;
         let Some(s) = self.sensors.get_mut(index as usize) else { return };
         let stored = s.stored.as_ref().filter(|_| !s.exported);
-        s.link = boot_link(&mut self.rng, stored, s.lease, block, index);
-        s.queued_at.clear();
+        s.link = boot_link(&mut self.rng, stored, s.lease, &self.config, index);
+        s.buffer.power_cut();
         s.display = None;
         // RAM is gone; flash keeps the slots and the inactive slot's blocks.
         let slots = s.fw.slots.take();
@@ -372,22 +384,6 @@ impl FleetTask {
         s.fw.slot = slot;
         s.fw.received = received;
         self.boot_after_power_cut(index, clock::now());
-        self.service(index);
-    }
-
-    fn measure(&mut self, index: u32, now: Millis) {
-        let Some(s) = self.sensors.get_mut(index as usize) else { return };
-        if !s.link.is_paired() {
-            return;
-        }
-        let time_ms = clock::unix_millis();
-        let readings = s.env.measure(s.model, &s.serial, &mut self.rng, time_ms);
-        let payload = protocol::senml::encode(&readings);
-        let id = s.next_id;
-        s.next_id += 1;
-        s.queued_at.push_back((id, Instant::now(), time_ms));
-        s.link.queue_reading(now, &mut self.rng, id, payload);
-        self.status.offered += 1;
         self.service(index);
     }
 
@@ -409,6 +405,8 @@ impl FleetTask {
         let i = index as usize;
         // Events can make the sensor send (e.g. the next image block): repeat until both are empty.
         loop {
+            self.check_buffer(index, now);
+            self.feed(index, now);
             let mut busy = false;
             while let Some(bytes) = self.sensors[i].link.poll_transmit() {
                 busy = true;
@@ -442,6 +440,8 @@ impl FleetTask {
                 s.iv = Some(p.context.common_iv());
                 s.lease = 0;
                 s.exported = false;
+                s.pair_attempts = 0;
+                s.pair_retry = None;
                 let (serial, kid) = (s.serial.clone(), p.context.sender_id);
                 if self.flash.is_some() {
                     // Announced once the context is durable in flash.
@@ -455,27 +455,10 @@ impl FleetTask {
             SensorEvent::PairingFailed(_) | SensorEvent::PairingRefused => {
                 self.sensors[i].display = None;
                 self.emit(FleetEvent::PairingFailed { index });
+                self.schedule_pair_retry(index, now);
             }
-            SensorEvent::Delivered(id) => {
-                self.status.acknowledged += 1;
-                while let Some((qid, at, time_ms)) = self.sensors[i].queued_at.front().copied() {
-                    if qid > id {
-                        break;
-                    }
-                    self.sensors[i].queued_at.pop_front();
-                    if qid == id {
-                        let latency_us = at.elapsed().as_micros() as u64;
-                        self.latencies.push(latency_us);
-                        let kid = self.sensors[i].kid;
-                        self.emit(FleetEvent::Delivered { index, kid, id, time_ms, latency_us });
-                    }
-                }
-            }
-            SensorEvent::Refused(_) => {
-                self.status.refused += 1;
-                self.sensors[i].queued_at.pop_front();
-                self.emit(FleetEvent::Refused { index });
-            }
+            SensorEvent::Delivered(pack) => self.on_answer(index, pack, true, now),
+            SensorEvent::Refused(pack) => self.on_answer(index, pack, false, now),
             SensorEvent::LeaseNeeded(lease) => {
                 self.sensors[i].lease = lease.0;
                 if self.flash.is_some() {
@@ -500,8 +483,13 @@ impl FleetTask {
     }
 
     fn schedule(&mut self, index: u32) {
+        let now = clock::now();
         let s = &mut self.sensors[index as usize];
-        let next = [s.link.poll_timeout(), s.next_measure].into_iter().flatten().min();
+        let buffer = s.buffer.poll_timeout(s.link.last_answer()).filter(|t| *t > now);
+        let next = [s.link.poll_timeout(), s.next_measure, buffer, s.pair_retry]
+            .into_iter()
+            .flatten()
+            .min();
         if let Some(t) = next
             && s.scheduled.is_none_or(|cur| t < cur)
         {
@@ -528,7 +516,12 @@ impl FleetTask {
             if s.next_measure.is_some_and(|d| d <= now) {
                 let interval = self.config.report_interval_ms;
                 s.next_measure = (interval > 0).then(|| now.plus(interval));
-                self.measure(index, now);
+                self.measure(index);
+            }
+            let s = &mut self.sensors[index as usize];
+            if s.pair_retry.is_some_and(|d| d <= now) {
+                s.pair_retry = None;
+                self.start_pairing(index, now);
             }
             self.service(index);
         }
@@ -567,7 +560,7 @@ impl FleetTask {
                     break;
                 }
             }
-            self.measure(cursor, now);
+            self.measure(cursor);
         }
         if let Some(o) = &mut self.offer {
             o.cursor = cursor;
@@ -613,68 +606,6 @@ impl FleetTask {
         // handles like any other.
         let _ = s.try_send_to(&bytes, self.config.hub);
     }
-
-    fn flush_flash(&mut self) {
-        let idle = self.pending_flash.is_empty()
-            && self.flash_erase.is_empty()
-            && self.flash_blocks.is_empty();
-        if self.flash_busy || idle {
-            return;
-        }
-        let Some(tx) = &self.flash_tx else {
-            // No flash file: RAM is the flash.
-            self.flash_erase.clear();
-            self.flash_blocks.clear();
-            return;
-        };
-        let mut ids = std::mem::take(&mut self.pending_flash);
-        ids.sort_unstable();
-        ids.dedup();
-        let records: Vec<(u32, FlashRecord)> = ids
-            .iter()
-            .map(|&i| {
-                let s = &self.sensors[i as usize];
-                (
-                    i,
-                    FlashRecord {
-                        serial: s.serial.clone(),
-                        model: s.model,
-                        slots: s.fw.slots.clone().unwrap_or_else(|| Slots::factory(1)),
-                        context: s.stored.clone(),
-                        lease: s.lease,
-                        exported: s.exported,
-                    },
-                )
-            })
-            .collect();
-        let batch = FlashBatch {
-            records,
-            erase: std::mem::take(&mut self.flash_erase),
-            blocks: std::mem::take(&mut self.flash_blocks),
-        };
-        if tx.send(batch).is_ok() {
-            self.flash_busy = true;
-        }
-    }
-
-    /// A flash write finished: the leases it carried (not any newer ones) are now durable.
-    fn flash_durable(&mut self, written: Vec<(u32, u64)>) {
-        self.flash_busy = false;
-        let now = clock::now();
-        for (index, lease) in written {
-            let s = &mut self.sensors[index as usize];
-            if std::mem::take(&mut s.announce)
-                && let Some(kid) = s.kid
-            {
-                let serial = s.serial.clone();
-                self.emit(FleetEvent::Paired { index, serial, kid });
-            }
-            let s = &mut self.sensors[index as usize];
-            s.link.lease_durable(now, &mut self.rng, Lease(lease));
-            self.service(index);
-        }
-        self.flush_flash();
-    }
 }
 
 /// A sensor's link as it boots from flash: paired, with its sequence resumed above the last
@@ -683,9 +614,10 @@ fn boot_link<R: rand_core::CryptoRng + ?Sized>(
     rng: &mut R,
     stored: Option<&StoredContext>,
     lease: u64,
-    block: u64,
+    config: &FleetConfig,
     index: u32,
 ) -> SensorLink {
+    let block = config.lease_block;
     let link = match stored.and_then(StoredContext::to_params) {
         Some(params) => {
             let seq = SenderSequence::resume(Lease(lease), block);
@@ -693,7 +625,7 @@ fn boot_link<R: rand_core::CryptoRng + ?Sized>(
         }
         None => SensorLink::unpaired(rng),
     };
-    link.with_lease_block(block).with_token_prefix(index)
+    link.with_lease_block(block).with_token_prefix(index).with_max_backoff(config.probe_max_ms)
 }
 
 fn chance<R: Rng + ?Sized>(rng: &mut R, p: f64) -> bool {

@@ -153,8 +153,8 @@ impl FleetTask {
             s.fw.written_blocks = 0;
             asm = ImageAssembler::for_link_offer(&offer, model);
             // Blocks of an earlier download still queued for flash must not land after the erase.
-            self.flash_blocks.retain(|(s, _, _)| *s != index);
-            self.flash_erase.push(index);
+            self.staged.blocks.retain(|(s, _, _)| *s != index);
+            self.staged.erase.push(index);
             self.pending_flash.push(index);
         }
         let num = (asm.offset() / u64::from(o.block_size())) as u32;
@@ -184,7 +184,7 @@ impl FleetTask {
         *s.fw.received.entry(version).or_default() += 1;
         s.fw.slot.extend_from_slice(data);
         s.fw.written_blocks = num + 1;
-        self.flash_blocks.push((index, num, data.to_vec()));
+        self.staged.blocks.push((index, num, data.to_vec()));
         let total = o.blocks();
         if num.is_multiple_of(16) || !more {
             self.emit(FleetEvent::UpdateProgress { index, version, done: num + 1, total });
