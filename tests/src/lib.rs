@@ -291,6 +291,21 @@ impl Sim {
         }
     }
 
+    /// Stops the simulator gracefully (SIGTERM: unacknowledged measurements are written to
+    /// flash first) and waits for it to exit.
+    pub fn terminate(mut self) -> Vec<String> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        self.drain_until_closed();
+        std::mem::take(&mut self.seen)
+    }
+
+    fn drain_until_closed(&mut self) {
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            self.seen.push(l);
+        }
+    }
+
     /// Stops the simulator (SIGKILL: its flash is durable anyway).
     pub fn stop(mut self) -> Vec<String> {
         let _ = self.child.kill();
