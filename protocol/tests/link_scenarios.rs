@@ -262,3 +262,49 @@ fn forged_responses_neither_end_an_exchange_nor_cause_resends() {
         assert!((0..200).all(|id| h.hub.stored.get(&(kid, id)) == Some(&1)));
     }
 }
+
+/// The retransmission intervals of one reading that is never answered, under `cap` (if any).
+fn unanswered_intervals(cap: Option<u64>, tries: usize) -> Vec<u64> {
+    use protocol::link::{SensorEvent, SensorLink};
+    use protocol::oscore::{ContextParams, Kid, ReplayWindow, SecurityContext, SenderSequence};
+    use rand_core::SeedableRng;
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+    let params = ContextParams {
+        master_secret: vec![7; 16],
+        master_salt: vec![],
+        sender_id: Kid::new(&[1]).expect("kid"),
+        recipient_id: Kid::new(&[2]).expect("kid"),
+        id_context: None,
+    };
+    let ctx = SecurityContext::new(&params, SenderSequence::new(100), ReplayWindow::Empty);
+    let mut link = SensorLink::paired(&mut rng, ctx);
+    if let Some(ms) = cap {
+        link = link.with_max_backoff(ms);
+    }
+    let mut now = Millis(1);
+    link.queue_reading(now, &mut rng, 0, vec![0x80]);
+    while let Some(e) = link.poll_event() {
+        if let SensorEvent::LeaseNeeded(l) = e {
+            link.lease_durable(now, &mut rng, l);
+        }
+    }
+    assert!(link.poll_transmit().is_some(), "the reading goes out");
+    let mut intervals = Vec::new();
+    for _ in 0..tries {
+        let next = link.poll_timeout().expect("a retransmission is due");
+        intervals.push(next.0 - now.0);
+        now = next;
+        link.handle_timeout(now, &mut rng);
+        assert!(link.poll_transmit().is_some(), "retransmitted");
+    }
+    intervals
+}
+
+#[test]
+fn an_unanswered_sensor_probes_at_its_cap_instead_of_backing_off_to_32_s() {
+    let default = unanswered_intervals(None, 8);
+    assert!(default.iter().rev().take(2).all(|ms| *ms >= 32_000), "{default:?}");
+    let capped = unanswered_intervals(Some(4_000), 8);
+    assert!(capped.iter().all(|ms| (2_000..=6_000).contains(ms)), "{capped:?}");
+    assert!(capped.iter().skip(1).all(|ms| *ms >= 4_000), "doubles once: {capped:?}");
+}

@@ -14,4 +14,5 @@ pub mod load;
 pub mod maker;
 pub mod model;
 pub mod net;
+pub mod outage;
 pub mod physical;

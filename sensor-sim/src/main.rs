@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use protocol::netsim::Faults;
 use sensor_sim::buffer::BufferConfig;
 use sensor_sim::fleet::{self, FleetConfig, FleetEvent, FleetHandle, SimFaults};
-use sensor_sim::{ctl, export, flash, load, maker, physical};
+use sensor_sim::{ctl, export, flash, load, maker, outage, physical};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +26,9 @@ enum Cmd {
     Fleet(FleetArgs),
     /// Offer load and print one JSON line with the results.
     Load(LoadArgs),
+    /// Benchmark an outage: run the hub (the command after `--`), kill it while the sensors
+    /// buffer, restart it, and print one JSON line with the drain rate and live latency.
+    Outage(OutageArgs),
     /// The simulated manufacturer: keys, firmware releases, the HTTPS update feed.
     Maker {
         #[command(subcommand)]
@@ -313,6 +316,39 @@ struct LoadArgs {
     sockets: usize,
 }
 
+#[derive(Args)]
+struct OutageArgs {
+    /// The hub's CoAP address (its `coap_bind`).
+    #[arg(long)]
+    hub: SocketAddr,
+    /// The hub's control socket.
+    #[arg(long)]
+    ctl: PathBuf,
+    /// Flash file (reuse it to skip pairing).
+    #[arg(long)]
+    flash: PathBuf,
+    /// Sensors.
+    #[arg(long, default_value_t = 1000)]
+    sensors: u32,
+    /// Live measurement interval of each sensor.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Backlog per sensor to build during the outage (720: an hour at one reading per 5 s).
+    #[arg(long, default_value_t = 720)]
+    backlog: u64,
+    /// Extra measurements per second while the hub is down (compresses the outage in time).
+    #[arg(long, default_value_t = 20_000.0)]
+    outage_rate: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[command(flatten)]
+    buffer: BufferArgs,
+    /// The hub's command line, e.g. `-- target/release/hub run --data-dir D --config C`.
+    #[arg(last = true, required = true)]
+    hub_cmd: Vec<String>,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -353,6 +389,8 @@ enum Error {
     Maker(#[from] maker::MakerError),
     #[error(transparent)]
     Physical(#[from] physical::PhysicalError),
+    #[error(transparent)]
+    Outage(#[from] outage::OutageError),
     #[error("{0}")]
     Usage(String),
 }
@@ -372,6 +410,24 @@ async fn run(cmd: Cmd) -> Result<(), Error> {
                 plain: a.plain,
                 seed: a.seed,
                 sockets: a.sockets,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            Ok(())
+        }
+        Cmd::Outage(a) => {
+            let fleet = FleetConfig {
+                flash: Some(a.flash),
+                report_interval_ms: a.interval_ms,
+                seed: a.seed,
+                ..a.buffer.apply(FleetConfig::new(a.hub, a.sensors))
+            };
+            let report = outage::run(outage::OutageConfig {
+                hub_cmd: a.hub_cmd,
+                ctl: a.ctl,
+                backlog: a.backlog,
+                outage_rate: a.outage_rate,
+                fleet,
             })
             .await?;
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
