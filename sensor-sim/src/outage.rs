@@ -161,7 +161,7 @@ pub async fn run(config: OutageConfig) -> Result<OutageReport, OutageError> {
     let outage_s = down.elapsed().as_secs_f64();
     let mut r = OutageReport {
         mode: "outage",
-        sensors: sensors,
+        sensors,
         backlog,
         outage_s,
         drain_jitter_ms: config.fleet.buffer.drain_jitter_ms,
