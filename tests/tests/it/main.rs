@@ -8,6 +8,8 @@ mod crash;
 mod demo;
 mod feed;
 mod fleet;
+mod outage;
 mod pairing_limits;
+mod pairing_retry;
 mod store;
 mod updates;

@@ -5,7 +5,7 @@
 //! simulator restart. Every wait is on a line or a condition, with a deadline.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,8 +52,50 @@ fn fleet_args(hub: &Hub, flash: &Path, n: usize, interval_ms: u64, extra: &[&str
     args
 }
 
-fn start(args: &[String]) -> Sim {
-    Sim::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+/// A hub's data and a fleet's flash in one temporary directory, restartable on the same port.
+struct Home {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    port: u16,
+    flash: PathBuf,
+    args: Vec<String>,
+}
+
+impl Home {
+    fn hub(&self) -> Hub {
+        Hub::start(&self.data, self.port)
+    }
+
+    fn sim(&self) -> Sim {
+        Sim::start(&self.args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Serials by sensor index, from the fleet's `PAIRED` lines.
+    fn serials(sim: &Sim) -> BTreeMap<usize, String> {
+        let paired = sim.seen.iter().filter(|l| l.starts_with("PAIRED"));
+        paired
+            .map(|l| (num(l, "sensor"), field(l, "serial").expect("serial").to_string()))
+            .collect()
+    }
+}
+
+/// A hub and `n` sensors reporting every `interval_ms`, paired within `within`: the home, the
+/// hub, the fleet, and the device ids by sensor index.
+fn paired_home(
+    n: usize,
+    interval_ms: u64,
+    within: Duration,
+    extra: &[&str],
+) -> (Home, Hub, Sim, Vec<String>) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (data, flash, port) =
+        (tmp.path().join("hub"), tmp.path().join("flash.redb"), free_udp_port());
+    let home = Home { _tmp: tmp, data, port, flash, args: Vec::new() };
+    let hub = home.hub();
+    let home = Home { args: fleet_args(&hub, &home.flash, n, interval_ms, extra), ..home };
+    let mut sim = home.sim();
+    let kids = sim.paired(n, within);
+    (home, hub, sim, kids)
 }
 
 /// A delivery the fleet reported.
@@ -111,15 +153,9 @@ fn hub_down_while_500_sensors_measure_every_reading_arrives_once_in_order_after_
     const SENSORS: usize = 500;
     const JITTER_MS: u64 = 3_000;
     const BUFFERED: u64 = 6;
-    let tmp = tempfile::tempdir().expect("tmp");
-    let data = tmp.path().join("hub");
-    let port = free_udp_port();
-    let hub = Hub::start(&data, port);
-    let flash = tmp.path().join("flash.redb");
-    let args =
-        fleet_args(&hub, &flash, SENSORS, 500, &["--drain-jitter-ms", &JITTER_MS.to_string()]);
-    let mut sim = start(&args);
-    let kids = sim.paired(SENSORS, Duration::from_secs(120));
+    let jitter = JITTER_MS.to_string();
+    let (home, hub, mut sim, kids) =
+        paired_home(SENSORS, 500, Duration::from_secs(120), &["--drain-jitter-ms", &jitter]);
 
     // The outage: bounded by events — until every sensor is offline with a backlog in flash.
     hub.kill9();
@@ -129,7 +165,7 @@ fn hub_down_while_500_sensors_measure_every_reading_arrives_once_in_order_after_
         let all = s["offline"].as_u64() == Some(SENSORS as u64);
         (all && s["backlog_min"].as_u64() >= Some(BUFFERED)).then_some(())
     });
-    let hub = Hub::start(&data, port);
+    let hub = home.hub();
     let restarted_at = unix_ms();
     let (drain, _) = until_drained(&mut sim, SENSORS, Duration::from_secs(60));
     let lines = sim.stop();
@@ -198,21 +234,9 @@ fn hub_down_while_500_sensors_measure_every_reading_arrives_once_in_order_after_
 #[test]
 fn a_full_buffer_drops_its_oldest_and_the_drop_count_reaches_the_hub() {
     const SENSORS: usize = 4;
-    let tmp = tempfile::tempdir().expect("tmp");
-    let data = tmp.path().join("hub");
-    let port = free_udp_port();
-    let hub = Hub::start(&data, port);
-    let flash = tmp.path().join("flash.redb");
-    let args =
-        fleet_args(&hub, &flash, SENSORS, 100, &["--buffer", "20", "--drain-jitter-ms", "500"]);
-    let mut sim = start(&args);
-    let kids = sim.paired(SENSORS, Duration::from_secs(60));
-    let serials: BTreeMap<usize, String> = sim
-        .seen
-        .iter()
-        .filter(|l| l.starts_with("PAIRED"))
-        .map(|l| (num(l, "sensor"), field(l, "serial").expect("serial").to_string()))
-        .collect();
+    let extra = ["--buffer", "20", "--drain-jitter-ms", "500"];
+    let (home, hub, mut sim, kids) = paired_home(SENSORS, 100, Duration::from_secs(60), &extra);
+    let serials = Home::serials(&sim);
 
     hub.kill9();
     sim.until("every buffer overflowing", Duration::from_secs(30), |l| {
@@ -220,7 +244,7 @@ fn a_full_buffer_drops_its_oldest_and_the_drop_count_reaches_the_hub() {
         let full = s["backlog_min"].as_u64() >= Some(19);
         (full && s["buffer_dropped"].as_u64() >= Some(10 * SENSORS as u64)).then_some(())
     });
-    let hub = Hub::start(&data, port);
+    let hub = home.hub();
     let (_, drained) = until_drained(&mut sim, SENSORS, Duration::from_secs(30));
     let dropped: BTreeMap<usize, u64> =
         (0..SENSORS).map(|i| (i, num(&drained[&i], "dropped"))).collect();
@@ -262,7 +286,7 @@ fn a_full_buffer_drops_its_oldest_and_the_drop_count_reaches_the_hub() {
 
     // The sensor's local log still shows the dropped readings; the hub never got them.
     let delivered: BTreeSet<u64> = by_sensor[&0].iter().map(|d| d.id).collect();
-    let logged: BTreeMap<u64, i64> = physical(&flash, &serials[&0], true)
+    let logged: BTreeMap<u64, i64> = physical(&home.flash, &serials[&0], true)
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).expect("json line"))
         .map(|v| (v["id"].as_u64().expect("id"), v["time_ms"].as_i64().expect("time")))
@@ -294,21 +318,9 @@ fn physical(flash: &Path, sensor: &str, json: bool) -> String {
 #[test]
 fn the_physical_dump_shows_readings_taken_while_the_hub_was_down_and_they_survive_a_sim_restart() {
     const SENSORS: usize = 4;
-    let tmp = tempfile::tempdir().expect("tmp");
-    let data = tmp.path().join("hub");
-    let port = free_udp_port();
-    let hub = Hub::start(&data, port);
-    let flash = tmp.path().join("flash.redb");
-    let args = fleet_args(&hub, &flash, SENSORS, 200, &["--drain-jitter-ms", "500"]);
-    let mut sim = start(&args);
-    let kids = sim.paired(SENSORS, Duration::from_secs(60));
-    let serial = sim
-        .seen
-        .iter()
-        .find(|l| l.starts_with("PAIRED") && field(l, "sensor") == Some("0"))
-        .and_then(|l| field(l, "serial"))
-        .expect("sensor 0 paired")
-        .to_string();
+    let extra = ["--drain-jitter-ms", "500"];
+    let (home, hub, mut sim, kids) = paired_home(SENSORS, 200, Duration::from_secs(60), &extra);
+    let serial = Home::serials(&sim)[&0].clone();
     sim.until("sensor 0 reports", Duration::from_secs(30), |l| {
         (l.starts_with("DELIVERED") && field(l, "sensor") == Some("0")).then_some(())
     });
@@ -323,9 +335,9 @@ fn the_physical_dump_shows_readings_taken_while_the_hub_was_down_and_they_surviv
     assert!(lines.iter().any(|l| l == "STOPPED"), "graceful stop");
 
     // The physical interface, with the hub down and the fleet stopped: the flash file alone.
-    let table = physical(&flash, &serial, false);
+    let table = physical(&home.flash, &serial, false);
     assert!(table.starts_with(&serial) && table.contains("(buffered)"), "{table}");
-    let recorded: Vec<Value> = physical(&flash, &serial, true)
+    let recorded: Vec<Value> = physical(&home.flash, &serial, true)
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
@@ -339,8 +351,8 @@ fn the_physical_dump_shows_readings_taken_while_the_hub_was_down_and_they_surviv
     assert!(before > 0, "the log also holds readings from before the outage");
 
     // Hub and fleet back: the backlog in flash drains after the restart, each reading once.
-    let hub = Hub::start(&data, port);
-    let mut sim = start(&args);
+    let hub = home.hub();
+    let mut sim = home.sim();
     until_drained(&mut sim, SENSORS, Duration::from_secs(30));
     let lines = sim.stop();
     let times: Vec<i64> =
