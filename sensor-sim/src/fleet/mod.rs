@@ -133,15 +133,16 @@ pub async fn spawn(
         let rec = records.get(&index);
         let serial =
             rec.map_or_else(|| format!("{}-{:05}", model.prefix(), index), |r| r.serial.clone());
-        let serial_for_pack = serial.clone();
+        let per_pack = backlog::per_pack(model, &serial);
         let stored =
             rec.and_then(|r| r.context.clone()).filter(|_| !rec.is_some_and(|r| r.exported));
         let lease = rec.map_or(0, |r| r.lease);
         let link = boot_link(&mut rng, stored.as_ref(), lease, &config, index);
         let held = measurements.remove(&index).unwrap_or_default();
+        let next_id = held.next_id();
         let buffer = Buffer::restore(
             config.buffer,
-            held.backlog.clone(),
+            held.backlog,
             rec.map_or(0, |r| r.buffer_dropped),
             rec.map_or(0, |r| r.dropped_reported),
         );
@@ -154,9 +155,9 @@ pub async fn spawn(
             display: None,
             kid: None,
             exported: rec.is_some_and(|r| r.exported),
-            next_id: held.next_id(),
+            next_id,
             buffer,
-            per_pack: backlog::per_pack(model, &serial_for_pack),
+            per_pack,
             pair_retry: None,
             pair_attempts: 0,
             next_measure: None,
@@ -357,7 +358,7 @@ impl FleetTask {
         }
     }
 
-    fn status(&mut self) -> FleetStatus {
+    fn status(&self) -> FleetStatus {
         let mut st = self.status.clone();
         let paired = || self.sensors.iter().filter(|s| s.link.is_paired());
         st.paired = paired().count() as u32;
