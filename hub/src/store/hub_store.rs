@@ -287,3 +287,235 @@ impl Store for HubStore {
         self.inner.catalog.meta(key)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::os::unix::fs::PermissionsExt;
+
+    use protocol::link::PeerState;
+    use protocol::oscore::{ContextParams, KeyUsage, WindowState};
+    use protocol::senml::{Reading, UnixTimeMillis, Value};
+
+    use super::*;
+
+    fn kid(n: u8) -> Kid {
+        Kid::new(&[n, 0xaa, n, 0xbb]).expect("kid")
+    }
+
+    fn device(k: Kid) -> Write {
+        let info = DeviceInfo {
+            id: k.to_string(),
+            model: "hearth-temp-1".into(),
+            serial: format!("s{k}"),
+            firmware_version: 1,
+            updatable: true,
+            verifies_signatures: false,
+            capabilities: vec!["temperature".into()],
+            support_end: 2_000_000_000,
+            paired_at: 1_700_000_000,
+        };
+        let params = ContextParams {
+            master_secret: vec![7; 16],
+            master_salt: vec![1, 2],
+            sender_id: Kid::new(&[0]).expect("kid"),
+            recipient_id: k,
+            id_context: None,
+        };
+        Write::Device { info, params }
+    }
+
+    fn readings(k: Kid, times: impl IntoIterator<Item = i64>) -> Write {
+        let readings = times
+            .into_iter()
+            .map(|t| Reading {
+                name: format!("urn:dev:{k}:temp"),
+                unit: Some("Cel".into()),
+                value: Value::Number(t as f64 / 100.0),
+                time: UnixTimeMillis(t),
+            })
+            .collect();
+        Write::Readings { kid: k, readings }
+    }
+
+    fn checkpoint(k: Kid, highest: u64, port: u16) -> Write {
+        let state = PeerState {
+            window: Some(WindowState { highest, seen: 1 }),
+            usage: KeyUsage { encryptions: highest * 2, failed_decryptions: 1 },
+            endpoint: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        };
+        Write::State { kid: k, state }
+    }
+
+    fn config(segment_bytes: u64) -> StoreConfig {
+        StoreConfig { max_readings_per_device: 1 << 40, segment_bytes, max_log_bytes: 1 << 40 }
+    }
+
+    fn times(store: &HubStore, k: Kid, limit: usize) -> Vec<i64> {
+        store.readings(&k, limit).expect("readings").iter().map(|r| r.time_ms).collect()
+    }
+
+    fn peer(store: &HubStore, k: Kid) -> PeerRecord {
+        let peers = store.load_peers().expect("peers");
+        peers.into_iter().find(|p| p.params.recipient_id == k).expect("peer")
+    }
+
+    #[test]
+    fn link_states_recover_from_the_snapshot_and_the_frames_after_it() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (a, b) = (kid(1), kid(2));
+        {
+            let (store, _) = HubStore::open(tmp.path(), config(4096)).expect("open");
+            store.commit(&[device(a), device(b)]).expect("pair");
+            // Enough frames to seal several segments (each seal snapshots), then a few more.
+            for i in 1..=300u64 {
+                let mut w = vec![readings(a, [i as i64 * 1000]), checkpoint(a, i, 4000)];
+                if i % 100 == 0 {
+                    w.push(Write::Lease { kid: a, lease: i * 10 });
+                }
+                if i == 150 {
+                    w.push(checkpoint(b, 77, 5000));
+                }
+                store.commit(&w).expect("commit");
+            }
+            assert!(store.live().log.sealed_segments() >= 3);
+        }
+        let (store, _) = HubStore::open(tmp.path(), config(4096)).expect("reopen");
+        let p = peer(&store, a);
+        assert_eq!(p.window.map(|w| w.highest), Some(300));
+        assert_eq!(p.usage.encryptions, 600);
+        assert_eq!(p.lease, 3000);
+        assert_eq!(p.endpoint, Some(SocketAddr::from(([127, 0, 0, 1], 4000))));
+        assert_eq!(peer(&store, b).window.map(|w| w.highest), Some(77));
+        assert_eq!(store.reading_count(&a).expect("count"), 300);
+        assert_eq!(times(&store, a, 3), vec![298_000, 299_000, 300_000]);
+        assert_eq!(times(&store, a, 1000).len(), 300);
+    }
+
+    #[test]
+    fn newest_readings_come_from_every_segment_in_time_order_without_duplicates() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (a, b) = (kid(1), kid(2));
+        let (store, _) = HubStore::open(tmp.path(), config(2048)).expect("open");
+        store.commit(&[device(a), device(b)]).expect("pair");
+        for i in 0..200i64 {
+            store.commit(&[readings(a, [10_000 + i]), readings(b, [i])]).expect("commit");
+        }
+        // A buffered batch drained late (old times), and a reading resent after a lost ack.
+        store.commit(&[readings(a, [5, 6, 7])]).expect("late");
+        store.commit(&[readings(a, [10_199])]).expect("resent");
+        assert_eq!(times(&store, a, 2), vec![10_198, 10_199]);
+        let all = times(&store, a, 10_000);
+        assert_eq!(all.len(), 203);
+        assert_eq!(&all[..4], &[5, 6, 7, 10_000]);
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        let r = store.readings(&b, 1).expect("readings");
+        assert_eq!(r[0].name, format!("urn:dev:{b}:temp"));
+        assert_eq!(r[0].unit.as_deref(), Some("Cel"));
+        assert_eq!(r[0].value, serde_json::json!(1.99));
+        // The duplicate is stored (and counted) but returned once.
+        assert_eq!(store.reading_count(&a).expect("count"), 204);
+        assert!(store.readings(&kid(9), 10).expect("unknown").is_empty());
+    }
+
+    #[test]
+    fn erase_hides_readings_at_once_and_after_restart_and_a_reused_id_starts_clean() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (a, b) = (kid(1), kid(2));
+        {
+            let (store, _) = HubStore::open(tmp.path(), config(2048)).expect("open");
+            store.commit(&[device(a), device(b)]).expect("pair");
+            for i in 0..100 {
+                store
+                    .commit(&[readings(a, [i]), readings(b, [i]), checkpoint(a, 90, 1)])
+                    .expect("c");
+            }
+            // Removed with its last readings in the same batch: none of them counts.
+            store
+                .commit(&[readings(a, [500]), Write::Remove { kid: a }, readings(a, [501])])
+                .expect("remove");
+            assert_eq!(store.reading_count(&a).expect("count"), 0);
+            assert!(store.readings(&a, 100).expect("r").is_empty());
+            assert!(store.devices().expect("devices").iter().all(|d| d.id != a.to_string()));
+        }
+        let (store, _) = HubStore::open(tmp.path(), config(2048)).expect("reopen");
+        assert!(store.readings(&a, 100).expect("r").is_empty());
+        assert_eq!(store.reading_count(&b).expect("count"), 100);
+        assert!(store.load_peers().expect("peers").iter().all(|p| p.params.recipient_id != a));
+        // The same id paired again: no old readings, no old replay window.
+        store.commit(&[device(a), readings(a, [1000])]).expect("again");
+        drop(store);
+        let (store, _) = HubStore::open(tmp.path(), config(2048)).expect("reopen");
+        assert_eq!(times(&store, a, 100), vec![1000]);
+        assert_eq!(peer(&store, a).window, None);
+    }
+
+    #[test]
+    fn retention_drops_whole_old_segments_by_size_and_by_per_device_count() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let a = kid(1);
+        let by_size = StoreConfig { max_log_bytes: 16 << 10, ..config(4096) };
+        let (store, _) = HubStore::open(tmp.path(), by_size).expect("open");
+        store.commit(&[device(a)]).expect("pair");
+        for i in 0..2000 {
+            store.commit(&[readings(a, [i]), checkpoint(a, i as u64, 1)]).expect("c");
+        }
+        let live = store.live();
+        assert!(live.log.bytes() <= (16 << 10) + 4096 + 512, "{}", live.log.bytes());
+        drop(live);
+        let kept = store.reading_count(&a).expect("count");
+        assert!(kept > 100 && kept < 2000, "{kept}");
+        let t = times(&store, a, 10_000);
+        assert_eq!(t.len() as u64, kept);
+        assert_eq!(*t.last().expect("newest"), 1999);
+        drop(store);
+
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (a, b) = (kid(1), kid(2));
+        let by_count = StoreConfig { max_readings_per_device: 300, ..config(4096) };
+        let (store, _) = HubStore::open(tmp.path(), by_count).expect("open");
+        store.commit(&[device(a), device(b)]).expect("pair");
+        store.commit(&[readings(b, [1])]).expect("b");
+        for i in 0..3000 {
+            store.commit(&[readings(a, [i])]).expect("c");
+        }
+        // `b` has nothing newer: the segment holding its reading stays, and with it every later
+        // one (segments go oldest first).
+        assert_eq!(store.reading_count(&a).expect("count"), 3000);
+        store.commit(&[Write::Remove { kid: b }]).expect("remove b");
+        for i in 3000..3200 {
+            store.commit(&[readings(a, [i])]).expect("c");
+        }
+        let kept = store.reading_count(&a).expect("count");
+        assert!((300..=300 + 400).contains(&kept), "{kept}");
+        drop(store);
+        let (store, _) = HubStore::open(tmp.path(), by_count).expect("reopen");
+        assert_eq!(store.reading_count(&a).expect("count"), kept);
+    }
+
+    #[test]
+    fn every_file_is_private() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (store, _) = HubStore::open(tmp.path(), config(2048)).expect("open");
+        store.commit(&[device(kid(1))]).expect("pair");
+        for i in 0..200 {
+            store.commit(&[readings(kid(1), [i])]).expect("c");
+        }
+        let mut stack = vec![tmp.path().to_path_buf()];
+        let mut files = 0;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("list") {
+                let e = e.expect("entry");
+                let mode = e.metadata().expect("meta").permissions().mode() & 0o777;
+                if e.file_type().expect("type").is_dir() {
+                    assert_eq!(mode, 0o700, "{}", e.path().display());
+                    stack.push(e.path());
+                } else {
+                    assert_eq!(mode, 0o600, "{}", e.path().display());
+                    files += 1;
+                }
+            }
+        }
+        assert!(files > 5, "segments and indexes expected");
+    }
+}

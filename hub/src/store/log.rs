@@ -805,3 +805,162 @@ fn load_index(idx_path: &Path, first_seq: u64, seg_len: u64) -> Option<Sealed> {
         devices,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use protocol::link::PeerState;
+    use protocol::oscore::{KeyUsage, WindowState};
+    use protocol::senml::{Reading, UnixTimeMillis, Value};
+
+    use super::*;
+
+    fn kid() -> Kid {
+        Kid::new(&[1, 2, 3]).expect("kid")
+    }
+
+    /// A frame with one reading at `t` and a checkpoint whose window is at `t`.
+    fn payload(t: i64) -> Payload {
+        let mut p = Payload::default();
+        let r = Reading {
+            name: "urn:dev:x:temp".into(),
+            unit: Some("Cel".into()),
+            value: Value::Number(20.5),
+            time: UnixTimeMillis(t),
+        };
+        p.readings(&kid(), &[r]);
+        let cp = PeerState {
+            window: Some(WindowState { highest: t as u64, seen: 1 }),
+            usage: KeyUsage::default(),
+            endpoint: None,
+        };
+        p.change(&kid(), Change::Checkpoint(cp));
+        p
+    }
+
+    struct Opened {
+        log: SegmentLog,
+        report: OpenReport,
+        /// Highest window replayed.
+        window: u64,
+    }
+
+    fn open(dir: &Path, segment_bytes: u64) -> Opened {
+        let mut window = 0;
+        let mut replay = |_: u64, _: Kid, c: Change| {
+            if let Change::Checkpoint(cp) = c {
+                window = cp.window.map_or(0, |w| w.highest);
+            }
+        };
+        let (log, report) =
+            SegmentLog::open(dir, LogConfig { segment_bytes }, &HashMap::new(), 0, 1, &mut replay)
+                .expect("open");
+        Opened { log, report, window }
+    }
+
+    fn times(log: &SegmentLog) -> Vec<i64> {
+        read(&log.sources(&kid()), &kid(), 1000).expect("read").iter().map(|r| r.time_ms).collect()
+    }
+
+    fn segment(dir: &Path) -> PathBuf {
+        dir.join(format!("{:020}.seg", 1))
+    }
+
+    #[test]
+    fn a_torn_last_frame_is_cut_off_and_the_log_goes_on() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut o = open(tmp.path(), 1 << 20);
+        for t in 1..=3 {
+            o.log.append(&payload(t)).expect("append");
+        }
+        let good = std::fs::metadata(segment(tmp.path())).expect("meta").len();
+        drop(o);
+        // A crash in the middle of writing frame 4.
+        let frame = encode_frame(4, &payload(4).bytes);
+        for cut in [3, FRAME_HEADER as usize, frame.len() - 1] {
+            let f = std::fs::OpenOptions::new().write(true).open(segment(tmp.path())).expect("f");
+            f.write_all_at(&frame[..cut], good).expect("write");
+            drop(f);
+            let mut o = open(tmp.path(), 1 << 20);
+            assert_eq!(o.report.torn_bytes, cut as u64);
+            assert_eq!(o.report.damaged_copy, None);
+            assert_eq!((o.log.next_seq(), o.window), (4, 3));
+            assert_eq!(times(&o.log), vec![1, 2, 3]);
+            assert_eq!(std::fs::metadata(segment(tmp.path())).expect("meta").len(), good);
+            drop(o.log);
+            o = open(tmp.path(), 1 << 20);
+            assert_eq!(o.report, OpenReport { replayed_frames: 3, ..Default::default() });
+        }
+        let mut o = open(tmp.path(), 1 << 20);
+        o.log.append(&payload(4)).expect("append after recovery");
+        drop(o);
+        let o = open(tmp.path(), 1 << 20);
+        assert_eq!((times(&o.log), o.window), (vec![1, 2, 3, 4], 4));
+    }
+
+    #[test]
+    fn a_crc_mismatch_ends_the_log_and_damage_before_the_end_is_kept_aside() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut o = open(tmp.path(), 1 << 20);
+        let mut ends = vec![];
+        for t in 1..=3 {
+            o.log.append(&payload(t)).expect("append");
+            ends.push(o.log.active.len);
+        }
+        drop(o);
+        let flip = |at: u64| {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(segment(tmp.path()))
+                .expect("f");
+            let mut b = [0u8];
+            f.read_exact_at(&mut b, at).expect("read");
+            f.write_all_at(&[b[0] ^ 0x10], at).expect("write");
+        };
+        // A bit flipped in the last frame's payload: it never verified, like a torn write.
+        flip(ends[2] - 2);
+        let o = open(tmp.path(), 1 << 20);
+        assert_eq!(o.report.torn_bytes, ends[2] - ends[1]);
+        assert_eq!((times(&o.log), o.window), (vec![1, 2], 2));
+        drop(o);
+        // Damage in the middle (frame 1 of 2): the file is copied aside before it is cut.
+        let before = std::fs::read(segment(tmp.path())).expect("read");
+        flip(ends[0] - 2);
+        let o = open(tmp.path(), 1 << 20);
+        let copy = o.report.damaged_copy.clone().expect("copy kept");
+        assert_eq!(std::fs::read(&copy).expect("copy").len(), before.len());
+        assert_eq!(times(&o.log), Vec::<i64>::new());
+        assert_eq!(o.log.next_seq(), 1);
+    }
+
+    #[test]
+    fn sealed_segments_are_indexed_and_a_lost_index_is_rebuilt() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut o = open(tmp.path(), 1024);
+        for t in 1..=100 {
+            o.log.append(&payload(t)).expect("append");
+            if o.log.wants_seal() {
+                o.log.seal().expect("seal");
+            }
+        }
+        let sealed = o.log.sealed_segments();
+        assert!(sealed >= 3, "{sealed}");
+        assert_eq!(times(&o.log), (1..=100).collect::<Vec<_>>());
+        assert_eq!(o.log.count(&kid()), 100);
+        drop(o);
+        let o = open(tmp.path(), 1024);
+        assert_eq!(o.report.reindexed, 0);
+        assert_eq!(o.window, 100, "replays every frame after the snapshot (none here)");
+        drop(o);
+        for e in std::fs::read_dir(tmp.path()).expect("list") {
+            let p = e.expect("entry").path();
+            if p.extension().is_some_and(|x| x == "idx") {
+                std::fs::write(&p, b"garbage").expect("spoil");
+            }
+        }
+        let o = open(tmp.path(), 1024);
+        assert_eq!(o.report.reindexed, sealed);
+        assert_eq!(times(&o.log), (1..=100).collect::<Vec<_>>());
+        assert_eq!(o.log.count(&kid()), 100);
+    }
+}
