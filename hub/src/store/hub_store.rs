@@ -81,7 +81,8 @@ impl HubStore {
         let floors = snapshot.floors;
         let mut states = snapshot.states;
         let mut dirty = HashSet::new();
-        let min_next = floors.values().copied().max().unwrap_or(0).max(snapshot.seq) + 1;
+        // Frames from each floor on count, and the snapshot covers up to its sequence.
+        let min_next = floors.values().copied().max().unwrap_or(0).max(snapshot.seq + 1);
         let log_config = LogConfig { segment_bytes: config.segment_bytes.clamp(4096, 1 << 30) };
         let mut replay = |seq: u64, kid: Kid, change: Change| {
             if floors.get(&kid).is_some_and(|&f| seq < f) {

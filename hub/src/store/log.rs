@@ -34,9 +34,6 @@ pub enum LogError {
     /// File system.
     #[error("readings log {0}: {1}")]
     Io(PathBuf, std::io::Error),
-    /// A stored block did not decode.
-    #[error("readings log {0}: malformed block: {1}")]
-    Record(PathBuf, &'static str),
     /// The segment is past what a block offset can address.
     #[error("readings log segment {0} is full")]
     Full(PathBuf),
@@ -117,6 +114,8 @@ pub(super) struct OpenReport {
     pub(super) reindexed: usize,
     /// Frames whose link-state changes were replayed.
     pub(super) replayed_frames: u64,
+    /// Damaged frames skipped over.
+    pub(super) skipped_frames: u64,
 }
 
 /// The log.
@@ -296,12 +295,15 @@ impl SegmentLog {
 
     /// Seals the active segment (writes its index) and starts a new one.
     pub(super) fn seal(&mut self) -> Result<(), LogError> {
+        if self.active.len <= SEG_HEADER && self.active.first_seq == self.next_seq {
+            return Ok(()); // empty, and the next frame belongs at its start
+        }
         let next = new_active(&self.dir, self.next_seq)?;
         let old = std::mem::replace(&mut self.active, next);
         if old.len <= SEG_HEADER {
             // Nothing in it: no need to keep it.
             remove_file(&old.path);
-            return Ok(());
+            return crate::private_fs::sync_dir(&self.dir).map_err(io(&self.dir));
         }
         let last_seq = self.next_seq - 1;
         let sealed = write_index(&self.dir, old, last_seq)?;
@@ -429,6 +431,7 @@ pub(super) fn read(
     limit: usize,
 ) -> Result<Vec<StoredReading>, LogError> {
     let mut out: Vec<StoredReading> = Vec::new();
+    let mut skipped = Vec::new();
     if limit == 0 {
         return Ok(out);
     }
@@ -453,16 +456,22 @@ pub(super) fn read(
             let at = u64::from(at);
             let avail = src.len.saturating_sub(at);
             let want = avail.min(head.len() as u64) as usize;
-            let bad = |why| LogError::Record(src.path.clone(), why);
             if want == 0 {
-                return Err(bad("block offset"));
+                skipped.push((at, "block offset"));
+                continue;
             }
             src.file.read_exact_at(&mut head[..want], at).map_err(io(&src.path))?;
-            let len = records::block_len(&head[..want])
-                .map_err(|e| LogError::Record(src.path.clone(), e.0))?;
-            if len as u64 > avail {
-                return Err(bad("block length"));
-            }
+            let len = match records::block_len(&head[..want]) {
+                Ok(len) if len as u64 <= avail => len,
+                Ok(_) => {
+                    skipped.push((at, "block length"));
+                    continue;
+                }
+                Err(e) => {
+                    skipped.push((at, e.0));
+                    continue;
+                }
+            };
             let block = if len <= want {
                 &head[..len]
             } else {
@@ -470,10 +479,15 @@ pub(super) fn read(
                 src.file.read_exact_at(&mut big, at).map_err(io(&src.path))?;
                 &big[..]
             };
-            out.extend(
-                records::decode_block(block, kid)
-                    .map_err(|e| LogError::Record(src.path.clone(), e.0))?,
-            );
+            match records::decode_block(block, kid) {
+                Ok(readings) => out.extend(readings),
+                // Damage in one block (bit rot) costs its readings, not the whole query.
+                Err(e) => skipped.push((at, e.0)),
+            }
+        }
+        if let Some((at, why)) = skipped.first() {
+            tracing::warn!(segment = %src.path.display(), blocks = skipped.len(), first_at = at, reason = why, "skipped damaged blocks of readings");
+            skipped.clear();
         }
         out.sort_by(|a, b| a.time_ms.cmp(&b.time_ms).then_with(|| a.name.cmp(&b.name)));
         out.dedup_by(|a, b| a.time_ms == b.time_ms && a.name == b.name);
@@ -519,12 +533,15 @@ fn new_active(dir: &Path, first_seq: u64) -> Result<Active, LogError> {
 enum End {
     /// At the end of the file.
     Clean,
-    /// At a frame that is incomplete or fails its check and reaches the end of the file: the
-    /// last write was torn by a crash.
+    /// At a frame that is incomplete or fails its check, within one group commit of the end of
+    /// the file and with nothing valid after it: the last write was torn by a crash.
     Torn,
     /// At a bad frame with more data after it: damage, not a crash.
     Damaged,
 }
+
+/// More than this after the last valid frame is not one torn group commit.
+const TORN_MAX: u64 = 8 << 20;
 
 struct Scan {
     /// Where the valid frames end.
@@ -533,10 +550,52 @@ struct Scan {
     devices: HashMap<Kid, ActiveDevice>,
     end: End,
     replayed: u64,
+    /// Damaged frames skipped over (a valid frame followed them).
+    skipped: u64,
+}
+
+/// A frame that passes its checks: its end and payload.
+fn frame_at(file: &File, at: u64, size: u64, seq: u64) -> Option<(u64, Vec<u8>)> {
+    let mut h = [0u8; FRAME_HEADER as usize];
+    file.read_exact_at(&mut h, at).ok()?;
+    let len = u64::from(u32::from_le_bytes([h[0], h[1], h[2], h[3]]));
+    let end = at + FRAME_HEADER + len;
+    if len > MAX_FRAME || end > size || h[8..16] != seq.to_le_bytes() {
+        return None;
+    }
+    let mut frame = vec![0u8; (FRAME_HEADER + len) as usize];
+    file.read_exact_at(&mut frame, at).ok()?;
+    frame_ok(&frame).then(|| (end, frame.split_off(FRAME_HEADER as usize)))
+}
+
+/// Whether `frame` (header and payload, exactly) passes its CRC.
+fn frame_ok(frame: &[u8]) -> bool {
+    let Some((h, payload)) = frame.split_at_checked(FRAME_HEADER as usize) else { return false };
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&h[8..16]);
+    hasher.update(payload);
+    payload.len() as u64 == u64::from(u32::from_le_bytes([h[0], h[1], h[2], h[3]]))
+        && hasher.finalize() == u32::from_le_bytes([h[4], h[5], h[6], h[7]])
+}
+
+/// The first valid frame at or after `from` whose sequence is `min_seq` or later (but not
+/// later than that many frames could reach): where it starts, and its sequence.
+fn find_frame(file: &File, from: u64, size: u64, min_seq: u64) -> Option<(u64, u64)> {
+    let mut rest = vec![0u8; usize::try_from(size.checked_sub(from)?).ok()?];
+    file.read_exact_at(&mut rest, from).ok()?;
+    let max_seq = min_seq + rest.len() as u64 / FRAME_HEADER;
+    (0..rest.len().saturating_sub(FRAME_HEADER as usize - 1)).find_map(|i| {
+        let h = &rest[i..i + FRAME_HEADER as usize];
+        let seq = u64::from_le_bytes(h[8..16].try_into().ok()?);
+        let len = u32::from_le_bytes(h[..4].try_into().ok()?) as usize;
+        let frame = rest.get(i..i + FRAME_HEADER as usize + len)?;
+        ((min_seq..=max_seq).contains(&seq) && frame_ok(frame)).then_some((from + i as u64, seq))
+    })
 }
 
 /// Reads a segment's frames in order, indexing blocks (those not hidden by a floor) and
-/// replaying link-state changes of frames after `replay_after`.
+/// replaying link-state changes of frames after `replay_after`. A damaged frame followed by a
+/// valid one is skipped; one with nothing valid after it ends the scan.
 fn scan(
     file: &File,
     path: &Path,
@@ -547,11 +606,12 @@ fn scan(
 ) -> Result<Scan, LogError> {
     let size = file.metadata().map_err(io(path))?.len();
     let mut s = Scan {
-        len: SEG_HEADER,
+        len: 0,
         last_seq: first_seq - 1,
         devices: HashMap::new(),
         end: End::Clean,
         replayed: 0,
+        skipped: 0,
     };
     let mut header = [0u8; SEG_HEADER as usize];
     if size < SEG_HEADER || file.read_exact_at(&mut header, 0).is_err() {
@@ -562,38 +622,19 @@ fn scan(
         s.end = End::Damaged;
         return Ok(s);
     }
-    let mut payload = Vec::new();
-    loop {
-        let at = s.len;
-        if at == size {
-            return Ok(s);
-        }
-        let mut h = [0u8; FRAME_HEADER as usize];
-        if at + FRAME_HEADER > size {
-            s.end = End::Torn;
-            return Ok(s);
-        }
-        file.read_exact_at(&mut h, at).map_err(io(path))?;
-        let len = u64::from(u32::from_le_bytes([h[0], h[1], h[2], h[3]]));
-        let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-        let seq = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
-        let end = at + FRAME_HEADER + len;
-        if len > MAX_FRAME || end > size {
-            s.end = End::Torn;
-            return Ok(s);
-        }
-        payload.resize(len as usize, 0);
-        file.read_exact_at(&mut payload, at + FRAME_HEADER).map_err(io(path))?;
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&seq.to_le_bytes());
-        hasher.update(&payload);
-        let items = if hasher.finalize() == crc && seq == s.last_seq + 1 {
-            records::scan(&payload).ok()
-        } else {
-            None
-        };
-        let Some(items) = items else {
-            s.end = if end == size { End::Torn } else { End::Damaged };
+    s.len = SEG_HEADER;
+    while s.len < size {
+        let (at, seq) = (s.len, s.last_seq + 1);
+        let found = frame_at(file, at, size, seq)
+            .and_then(|(end, payload)| Some((end, records::scan(&payload).ok()?)));
+        let Some((end, items)) = found else {
+            // Damage, if a valid next frame follows; the torn tail of a crash, if none does.
+            if let Some((next, next_seq)) = find_frame(file, at + 1, size, seq + 1) {
+                s.skipped += next_seq - seq;
+                (s.len, s.last_seq) = (next, next_seq - 1);
+                continue;
+            }
+            s.end = if size - at <= TORN_MAX { End::Torn } else { End::Damaged };
             return Ok(s);
         };
         let replaying = seq > replay_after;
@@ -612,9 +653,9 @@ fn scan(
             }
         }
         s.replayed += u64::from(replaying);
-        s.len = end;
-        s.last_seq = seq;
+        (s.len, s.last_seq) = (end, seq);
     }
+    Ok(s)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -630,6 +671,10 @@ fn open_active(
 ) -> Result<(Active, u64), LogError> {
     let s = scan(&file, &path, first_seq, floors, replay_after, replay)?;
     report.replayed_frames += s.replayed;
+    report.skipped_frames += s.skipped;
+    if s.skipped > 0 {
+        tracing::error!(segment = %path.display(), frames = s.skipped, "readings log: damaged frames skipped");
+    }
     let size = file.metadata().map_err(io(&path))?.len();
     if s.end == End::Damaged {
         let stamp = std::time::SystemTime::now()
@@ -681,17 +726,19 @@ fn open_sealed(
     // Its changes must be replayed, or its index is missing: read it through.
     let s = scan(&file, &path, first_seq, floors, replay_after, replay)?;
     report.replayed_frames += s.replayed;
-    if s.end != End::Clean {
-        tracing::error!(segment = %path.display(), valid_bytes = s.len, "sealed readings log segment is damaged; using its valid part");
+    report.skipped_frames += s.skipped;
+    if s.end != End::Clean || s.skipped > 0 {
+        tracing::error!(segment = %path.display(), valid_bytes = s.len, skipped = s.skipped, "sealed readings log segment is damaged; using what is valid");
     }
     match loaded {
-        Some(mut sealed) if sealed.len == s.len => {
+        // The index was written when the segment was whole: it still locates every block.
+        Some(mut sealed) => {
             sealed.file = Arc::new(file);
             sealed.path = path;
             apply_floors(&mut sealed, floors);
             Ok(sealed)
         }
-        _ => {
+        None => {
             report.reindexed += 1;
             let active =
                 Active { first_seq, len: s.len, path, file: Arc::new(file), devices: s.devices };
@@ -898,39 +945,33 @@ mod tests {
     }
 
     #[test]
-    fn a_crc_mismatch_ends_the_log_and_damage_before_the_end_is_kept_aside() {
+    fn a_crc_mismatch_at_the_end_is_a_torn_write_and_before_it_damage_that_is_skipped() {
         let tmp = tempfile::tempdir().expect("tmp");
         let mut o = open(tmp.path(), 1 << 20);
-        let mut ends = vec![];
-        for t in 1..=3 {
+        let mut ends = vec![SEG_HEADER];
+        for t in 1..=4 {
             o.log.append(&payload(t)).expect("append");
             ends.push(o.log.active.len);
         }
         drop(o);
-        let flip = |at: u64| {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(segment(tmp.path()))
-                .expect("f");
-            let mut b = [0u8];
-            f.read_exact_at(&mut b, at).expect("read");
-            f.write_all_at(&[b[0] ^ 0x10], at).expect("write");
+        let spoil = |at: u64, bytes: &[u8]| {
+            let f = std::fs::OpenOptions::new().write(true).open(segment(tmp.path())).expect("f");
+            f.write_all_at(bytes, at).expect("write");
         };
-        // A bit flipped in the last frame's payload: it never verified, like a torn write.
-        flip(ends[2] - 2);
+        // A byte changed in the last frame's payload: it never verified, like a torn write.
+        spoil(ends[4] - 2, &[0x55]);
         let o = open(tmp.path(), 1 << 20);
-        assert_eq!(o.report.torn_bytes, ends[2] - ends[1]);
-        assert_eq!((times(&o.log), o.window), (vec![1, 2], 2));
+        assert_eq!(o.report.torn_bytes, ends[4] - ends[3]);
+        assert_eq!((times(&o.log), o.window), (vec![1, 2, 3], 3));
         drop(o);
-        // Damage in the middle (frame 1 of 2): the file is copied aside before it is cut.
-        let before = std::fs::read(segment(tmp.path())).expect("read");
-        flip(ends[0] - 2);
+        // Damage before the end, in a payload and in a length: those frames are skipped, the
+        // frames after them are kept.
+        spoil(ends[0] + FRAME_HEADER + 3, &[0x55]);
+        spoil(ends[1], &[0xff, 0xff, 0, 0]);
         let o = open(tmp.path(), 1 << 20);
-        let copy = o.report.damaged_copy.clone().expect("copy kept");
-        assert_eq!(std::fs::read(&copy).expect("copy").len(), before.len());
-        assert_eq!(times(&o.log), Vec::<i64>::new());
-        assert_eq!(o.log.next_seq(), 1);
+        assert_eq!((o.report.skipped_frames, o.report.torn_bytes), (2, 0));
+        assert_eq!((times(&o.log), o.window), (vec![3], 3));
+        assert_eq!(o.log.next_seq(), 4);
     }
 
     #[test]
@@ -962,5 +1003,35 @@ mod tests {
         assert_eq!(o.report.reindexed, sealed);
         assert_eq!(times(&o.log), (1..=100).collect::<Vec<_>>());
         assert_eq!(o.log.count(&kid()), 100);
+    }
+
+    #[test]
+    fn a_damaged_block_costs_its_readings_not_the_query_and_a_damaged_header_a_segment() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut o = open(tmp.path(), 1024);
+        for t in 1..=20 {
+            o.log.append(&payload(t)).expect("append");
+            if o.log.wants_seal() {
+                o.log.seal().expect("seal");
+            }
+        }
+        drop(o);
+        // The first frame's block starts right after the segment and frame headers.
+        let f = std::fs::OpenOptions::new().write(true).open(segment(tmp.path())).expect("f");
+        f.write_all_at(&[0xee], SEG_HEADER + FRAME_HEADER).expect("write");
+        drop(f);
+        let o = open(tmp.path(), 1024);
+        assert_eq!(times(&o.log), (2..=20).collect::<Vec<_>>());
+        let active = o.log.active.path.clone();
+        drop(o);
+        std::fs::write(&active, b"not a segment at all").expect("spoil");
+        let mut o = open(tmp.path(), 1024);
+        assert!(o.report.damaged_copy.is_some());
+        let lost = o.log.next_seq();
+        o.log.append(&payload(21)).expect("append");
+        drop(o);
+        let o = open(tmp.path(), 1024);
+        assert_eq!(o.log.next_seq(), lost + 1);
+        assert_eq!(*times(&o.log).last().expect("newest"), 21);
     }
 }
