@@ -25,8 +25,8 @@ const SNAPSHOT_SEQ: &str = "snapshot_seq";
 const LEGACY_READINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("readings");
 const LEGACY_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("reading_counts");
 
-/// redb page cache size.
-const CACHE_BYTES: usize = 32 << 20;
+/// redb page cache size: the catalog is small and rarely read (readings live in the log).
+const CACHE_BYTES: usize = 4 << 20;
 
 fn db<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
