@@ -356,6 +356,13 @@ mod tests {
         store.readings(&k, limit).expect("readings").iter().map(|r| r.time_ms).collect()
     }
 
+    /// A store in `dir` with devices 1 and 2 paired.
+    fn paired(dir: &Path, c: StoreConfig) -> (HubStore, Kid, Kid) {
+        let (store, _) = HubStore::open(dir, c).expect("open");
+        store.commit(&[device(kid(1)), device(kid(2))]).expect("pair");
+        (store, kid(1), kid(2))
+    }
+
     fn peer(store: &HubStore, k: Kid) -> PeerRecord {
         let peers = store.load_peers().expect("peers");
         peers.into_iter().find(|p| p.params.recipient_id == k).expect("peer")
@@ -366,8 +373,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let (a, b) = (kid(1), kid(2));
         {
-            let (store, _) = HubStore::open(tmp.path(), config(4096)).expect("open");
-            store.commit(&[device(a), device(b)]).expect("pair");
+            let (store, ..) = paired(tmp.path(), config(4096));
             // Enough frames to seal several segments (each seal snapshots), then a few more.
             for i in 1..=300u64 {
                 let mut w = vec![readings(a, [i as i64 * 1000]), checkpoint(a, i, 4000)];
@@ -396,9 +402,7 @@ mod tests {
     #[test]
     fn newest_readings_come_from_every_segment_in_time_order_without_duplicates() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let (a, b) = (kid(1), kid(2));
-        let (store, _) = HubStore::open(tmp.path(), config(2048)).expect("open");
-        store.commit(&[device(a), device(b)]).expect("pair");
+        let (store, a, b) = paired(tmp.path(), config(2048));
         for i in 0..200i64 {
             store.commit(&[readings(a, [10_000 + i]), readings(b, [i])]).expect("commit");
         }
@@ -424,8 +428,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let (a, b) = (kid(1), kid(2));
         {
-            let (store, _) = HubStore::open(tmp.path(), config(2048)).expect("open");
-            store.commit(&[device(a), device(b)]).expect("pair");
+            let (store, ..) = paired(tmp.path(), config(2048));
             for i in 0..100 {
                 store
                     .commit(&[readings(a, [i]), readings(b, [i]), checkpoint(a, 90, 1)])
@@ -472,10 +475,8 @@ mod tests {
         drop(store);
 
         let tmp = tempfile::tempdir().expect("tmp");
-        let (a, b) = (kid(1), kid(2));
         let by_count = StoreConfig { max_readings_per_device: 300, ..config(4096) };
-        let (store, _) = HubStore::open(tmp.path(), by_count).expect("open");
-        store.commit(&[device(a), device(b)]).expect("pair");
+        let (store, a, b) = paired(tmp.path(), by_count);
         store.commit(&[readings(b, [1])]).expect("b");
         for i in 0..3000 {
             store.commit(&[readings(a, [i])]).expect("c");

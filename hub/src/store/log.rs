@@ -178,7 +178,7 @@ impl SegmentLog {
         replay: &mut dyn FnMut(u64, Kid, Change),
     ) -> Result<(Self, OpenReport), LogError> {
         crate::private_fs::create_dir(dir).map_err(io(dir))?;
-        let mut report = OpenReport::default();
+        let mut r = Recovery { dir, floors, replay_after, replay, report: OpenReport::default() };
         let mut firsts: Vec<u64> = std::fs::read_dir(dir)
             .map_err(io(dir))?
             .filter_map(|e| {
@@ -198,29 +198,12 @@ impl SegmentLog {
                 .open(&path)
                 .map_err(io(&path))?;
             if last {
-                active = Some(open_active(
-                    dir,
-                    path,
-                    file,
-                    first,
-                    floors,
-                    replay_after,
-                    replay,
-                    &mut report,
-                )?);
+                active = Some(r.active(path, file, first)?);
             } else {
-                sealed.push(open_sealed(
-                    dir,
-                    path,
-                    file,
-                    first,
-                    floors,
-                    replay_after,
-                    replay,
-                    &mut report,
-                )?);
+                sealed.push(r.sealed(path, file, first)?);
             }
         }
+        let report = r.report;
         let mut log = match active {
             Some((active, next_seq)) => {
                 Self { dir: dir.to_path_buf(), config, sealed, active, next_seq, broken: false }
@@ -658,91 +641,100 @@ fn scan(
     Ok(s)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn open_active(
-    dir: &Path,
-    path: PathBuf,
-    file: File,
-    first_seq: u64,
-    floors: &HashMap<Kid, u64>,
+/// What opening needs while it reads the segments, and what it found.
+struct Recovery<'a> {
+    dir: &'a Path,
+    floors: &'a HashMap<Kid, u64>,
     replay_after: u64,
-    replay: &mut dyn FnMut(u64, Kid, Change),
-    report: &mut OpenReport,
-) -> Result<(Active, u64), LogError> {
-    let s = scan(&file, &path, first_seq, floors, replay_after, replay)?;
-    report.replayed_frames += s.replayed;
-    report.skipped_frames += s.skipped;
-    if s.skipped > 0 {
-        tracing::error!(segment = %path.display(), frames = s.skipped, "readings log: damaged frames skipped");
-    }
-    let size = file.metadata().map_err(io(&path))?.len();
-    if s.end == End::Damaged {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let copy = path.with_extension(format!("seg.damaged-{stamp}"));
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
-        crate::private_fs::write(&copy, &bytes).map_err(io(&copy))?;
-        tracing::error!(segment = %path.display(), copy = %copy.display(), valid_bytes = s.len, "readings log damaged: kept a copy, continuing after the last valid frame");
-        report.damaged_copy = Some(copy);
-    } else if s.end == End::Torn {
-        tracing::warn!(segment = %path.display(), bytes = size - s.len, "cut off a torn last frame (a crash during a group commit that was never acknowledged)");
-        report.torn_bytes += size - s.len;
-    }
-    if s.len < SEG_HEADER {
-        // Not even a header: start the segment anew.
-        drop(file);
-        let active = new_active(dir, first_seq)?;
-        return Ok((active, first_seq));
-    }
-    if size != s.len {
-        file.set_len(s.len).map_err(io(&path))?;
-        file.sync_all().map_err(io(&path))?;
-    }
-    let next = s.last_seq + 1;
-    Ok((Active { first_seq, len: s.len, path, file: Arc::new(file), devices: s.devices }, next))
+    replay: &'a mut dyn FnMut(u64, Kid, Change),
+    report: OpenReport,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn open_sealed(
-    dir: &Path,
-    path: PathBuf,
-    file: File,
-    first_seq: u64,
-    floors: &HashMap<Kid, u64>,
-    replay_after: u64,
-    replay: &mut dyn FnMut(u64, Kid, Change),
-    report: &mut OpenReport,
-) -> Result<Sealed, LogError> {
-    let idx_path = dir.join(format!("{first_seq:020}.idx"));
-    let size = file.metadata().map_err(io(&path))?.len();
-    let mut loaded = load_index(&idx_path, first_seq, size);
-    if let Some(mut sealed) = loaded.take_if(|s| s.last_seq <= replay_after) {
-        sealed.file = Arc::new(file);
-        sealed.path = path;
-        apply_floors(&mut sealed, floors);
-        return Ok(sealed);
+impl Recovery<'_> {
+    fn scan(&mut self, file: &File, path: &Path, first_seq: u64) -> Result<Scan, LogError> {
+        let s = scan(file, path, first_seq, self.floors, self.replay_after, self.replay)?;
+        self.report.replayed_frames += s.replayed;
+        self.report.skipped_frames += s.skipped;
+        Ok(s)
     }
-    // Its changes must be replayed, or its index is missing: read it through.
-    let s = scan(&file, &path, first_seq, floors, replay_after, replay)?;
-    report.replayed_frames += s.replayed;
-    report.skipped_frames += s.skipped;
-    if s.end != End::Clean || s.skipped > 0 {
-        tracing::error!(segment = %path.display(), valid_bytes = s.len, skipped = s.skipped, "sealed readings log segment is damaged; using what is valid");
+
+    /// The last segment: torn tail cut off, damage kept aside; with the next sequence number.
+    fn active(
+        &mut self,
+        path: PathBuf,
+        file: File,
+        first_seq: u64,
+    ) -> Result<(Active, u64), LogError> {
+        let s = self.scan(&file, &path, first_seq)?;
+        let (dir, report) = (self.dir, &mut self.report);
+        if s.skipped > 0 {
+            tracing::error!(segment = %path.display(), frames = s.skipped, "readings log: damaged frames skipped");
+        }
+        let size = file.metadata().map_err(io(&path))?.len();
+        if s.end == End::Damaged {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let copy = path.with_extension(format!("seg.damaged-{stamp}"));
+            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            crate::private_fs::write(&copy, &bytes).map_err(io(&copy))?;
+            tracing::error!(segment = %path.display(), copy = %copy.display(), valid_bytes = s.len, "readings log damaged: kept a copy, continuing after the last valid frame");
+            report.damaged_copy = Some(copy);
+        } else if s.end == End::Torn {
+            tracing::warn!(segment = %path.display(), bytes = size - s.len, "cut off a torn last frame (a crash during a group commit that was never acknowledged)");
+            report.torn_bytes += size - s.len;
+        }
+        if s.len < SEG_HEADER {
+            // Not even a header: start the segment anew.
+            drop(file);
+            let active = new_active(dir, first_seq)?;
+            return Ok((active, first_seq));
+        }
+        if size != s.len {
+            file.set_len(s.len).map_err(io(&path))?;
+            file.sync_all().map_err(io(&path))?;
+        }
+        let next = s.last_seq + 1;
+        Ok((Active { first_seq, len: s.len, path, file: Arc::new(file), devices: s.devices }, next))
     }
-    match loaded {
-        // The index was written when the segment was whole: it still locates every block.
-        Some(mut sealed) => {
+
+    /// A sealed segment: its index (rebuilt if missing), its frames read only if their changes
+    /// are not in the snapshot.
+    fn sealed(&mut self, path: PathBuf, file: File, first_seq: u64) -> Result<Sealed, LogError> {
+        let (dir, floors, replay_after) = (self.dir, self.floors, self.replay_after);
+        let idx_path = dir.join(format!("{first_seq:020}.idx"));
+        let size = file.metadata().map_err(io(&path))?.len();
+        let mut loaded = load_index(&idx_path, first_seq, size);
+        if let Some(mut sealed) = loaded.take_if(|s| s.last_seq <= replay_after) {
             sealed.file = Arc::new(file);
             sealed.path = path;
             apply_floors(&mut sealed, floors);
-            Ok(sealed)
+            return Ok(sealed);
         }
-        None => {
-            report.reindexed += 1;
-            let active =
-                Active { first_seq, len: s.len, path, file: Arc::new(file), devices: s.devices };
-            write_index(dir, active, s.last_seq)
+        // Its changes must be replayed, or its index is missing: read it through.
+        let s = self.scan(&file, &path, first_seq)?;
+        if s.end != End::Clean || s.skipped > 0 {
+            tracing::error!(segment = %path.display(), valid_bytes = s.len, skipped = s.skipped, "sealed readings log segment is damaged; using what is valid");
+        }
+        match loaded {
+            // The index was written when the segment was whole: it still locates every block.
+            Some(mut sealed) => {
+                sealed.file = Arc::new(file);
+                sealed.path = path;
+                apply_floors(&mut sealed, floors);
+                Ok(sealed)
+            }
+            None => {
+                self.report.reindexed += 1;
+                let active = Active {
+                    first_seq,
+                    len: s.len,
+                    path,
+                    file: Arc::new(file),
+                    devices: s.devices,
+                };
+                write_index(dir, active, s.last_seq)
+            }
         }
     }
 }
