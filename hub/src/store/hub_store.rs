@@ -520,4 +520,41 @@ mod tests {
         }
         assert!(files > 5, "segments and indexes expected");
     }
+
+    #[test]
+    fn readings_of_the_first_store_format_move_to_the_log_once() {
+        use redb::{ReadableDatabase, TableDefinition};
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (store, a, _) = paired(tmp.path(), config(4096));
+        drop(store);
+        // The first format: key len(kid) ‖ kid ‖ time (sign bit flipped, big-endian) ‖ name.
+        let old: TableDefinition<&[u8], &[u8]> = TableDefinition::new("readings");
+        let db = redb::Database::open(tmp.path().join("hearth.redb")).expect("db");
+        let tx = db.begin_write().expect("tx");
+        {
+            let mut t = tx.open_table(old).expect("table");
+            for (time, v) in
+                [(1_000i64, r#"{"u":"Cel","v":20.5}"#), (2_000, r#"{"u":null,"v":true}"#)]
+            {
+                let mut k = vec![4];
+                k.extend_from_slice(a.as_bytes());
+                k.extend_from_slice(&((time as u64) ^ (1 << 63)).to_be_bytes());
+                k.extend_from_slice(b"urn:dev:x:temp");
+                t.insert(k.as_slice(), v.as_bytes()).expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+        drop(db);
+        for _ in 0..2 {
+            let (store, _) = HubStore::open(tmp.path(), config(4096)).expect("open");
+            let r = store.readings(&a, 10).expect("readings");
+            assert_eq!(r.len(), 2);
+            assert_eq!((r[0].time_ms, r[0].unit.as_deref()), (1_000, Some("Cel")));
+            assert_eq!((r[1].time_ms, &r[1].value), (2_000, &serde_json::json!(true)));
+            assert_eq!(store.reading_count(&a).expect("count"), 2, "moved once");
+        }
+        let db = redb::Database::open(tmp.path().join("hearth.redb")).expect("db");
+        let tx = db.begin_read().expect("tx");
+        assert!(tx.open_table(old).is_err(), "the old table is gone");
+    }
 }
