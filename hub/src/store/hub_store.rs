@@ -1,18 +1,19 @@
 //! [`Store`] for the hub: readings and link-state changes (checkpoints, leases) go to the
 //! segment log — one frame and one fdatasync per group commit, so a device's checkpoint is
 //! durable with the readings it accepted — and everything small and rare to the redb catalog.
-//! Link states are snapshotted into the catalog whenever a segment is sealed; recovery is that
+//! Link states are snapshotted into the catalog whenever a segment is sealed (by a maintenance
+//! thread, off the commit path, with the sealed segment's index and retention); recovery is that
 //! snapshot plus a replay of the frames after it (RFC 8613 B.1.1/B.1.2 across any crash).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 
 use protocol::oscore::Kid;
 
 use super::catalog::Catalog;
 use super::link_state::{Change, LinkState};
-use super::log::{self, LogConfig, Retention, SegmentLog};
+use super::log::{self, IndexJob, LogConfig, Retention, SegmentLog};
 use super::records::Payload;
 use super::{DeviceInfo, OpenOutcome, PeerRecord, Store, StoreError, StoredReading, Write};
 
@@ -47,9 +48,47 @@ impl core::fmt::Debug for HubStore {
 }
 
 struct Inner {
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     config: StoreConfig,
-    live: Mutex<Live>,
+    live: Arc<Mutex<Live>>,
+    maintenance: Option<Maintenance>,
+}
+
+/// The thread that finishes seals: index file, link-state snapshot, retention.
+struct Maintenance {
+    jobs: mpsc::Sender<Job>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+enum Job {
+    Seal(SealJob),
+    /// Answered once every job before it is done.
+    #[cfg(test)]
+    Settle(mpsc::Sender<()>),
+}
+
+/// A segment that was rolled over, and the link states changed before it ended.
+struct SealJob {
+    index: IndexJob,
+    states: Vec<(Kid, LinkState)>,
+    /// The last sequence number those states include.
+    seq: u64,
+    /// The log's first sequence number then.
+    first_seq: u64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Pending seals finish before the catalog closes.
+        if let Some(m) = self.maintenance.take() {
+            drop(m.jobs);
+            let _ = m.thread.join();
+        }
+    }
+}
+
+fn lock(live: &Mutex<Live>) -> MutexGuard<'_, Live> {
+    live.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What commits change; queries take it briefly.
@@ -96,19 +135,24 @@ impl HubStore {
         let (log, report) =
             SegmentLog::open(&log_dir, log_config, &floors, snapshot.seq, min_next, &mut replay)?;
         tracing::debug!(?report, "readings log opened");
-        let store = Self {
-            inner: Arc::new(Inner {
-                catalog,
-                config,
-                live: Mutex::new(Live { log, states, dirty }),
-            }),
+        let catalog = Arc::new(catalog);
+        let live = Arc::new(Mutex::new(Live { log, states, dirty }));
+        let (jobs, rx) = mpsc::channel();
+        let thread = {
+            let (catalog, live) = (catalog.clone(), live.clone());
+            std::thread::Builder::new()
+                .name("hub-store-seal".into())
+                .spawn(move || maintain(&catalog, &live, config, rx))
+                .map_err(|e| StoreError::Io("store maintenance thread".into(), e))?
         };
+        let maintenance = Some(Maintenance { jobs, thread });
+        let store = Self { inner: Arc::new(Inner { catalog, config, live, maintenance }) };
         store.migrate()?;
         Ok((store, outcome))
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
-        self.inner.live.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner.live)
     }
 
     /// Moves readings of the first store format (kept in redb) into the log, once.
@@ -143,19 +187,73 @@ impl HubStore {
         Ok(())
     }
 
-    /// Seals the active segment, snapshots link states, applies retention.
-    fn seal(&self, live: &mut Live) -> Result<(), StoreError> {
-        live.log.seal()?;
-        let seq = live.log.last_seq();
-        let changed: Vec<(Kid, LinkState)> =
-            live.dirty.iter().filter_map(|k| live.states.get(k).map(|s| (*k, s.clone()))).collect();
-        self.inner.catalog.save_snapshot(&changed, seq, live.log.first_seq())?;
-        live.dirty.clear();
-        let c = &self.inner.config;
-        let dropped = live.log.retain(Retention {
-            max_bytes: c.max_log_bytes,
-            max_per_device: c.max_readings_per_device.max(1),
-            snapshot_seq: seq,
+    /// Rolls the log over to a new segment and hands the rest of the seal to the maintenance
+    /// thread: the commit that filled the segment is not held up by it.
+    fn start_seal(&self, live: &mut Live) {
+        let index = match live.log.roll() {
+            Ok(Some(index)) => index,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a new readings log segment");
+                return;
+            }
+        };
+        let states: Vec<(Kid, LinkState)> = live
+            .dirty
+            .drain()
+            .filter_map(|k| live.states.get(&k).map(|s| (k, s.clone())))
+            .collect();
+        let (seq, first_seq) = (live.log.last_seq(), live.log.first_seq());
+        let job = Job::Seal(SealJob { index, states, seq, first_seq });
+        let sent = self.inner.maintenance.as_ref().map(|m| m.jobs.send(job));
+        if let Some(Err(mpsc::SendError(Job::Seal(job)))) = sent {
+            tracing::error!("store maintenance thread has stopped; snapshot deferred to a restart");
+            live.dirty.extend(job.states.into_iter().map(|(k, _)| k));
+        }
+    }
+
+    /// Waits until the maintenance thread has finished every seal started so far.
+    #[cfg(test)]
+    fn settle(&self) {
+        let (tx, rx) = mpsc::channel();
+        if let Some(m) = &self.inner.maintenance
+            && m.jobs.send(Job::Settle(tx)).is_ok()
+        {
+            let _ = rx.recv();
+        }
+    }
+}
+
+/// The maintenance thread: for every rolled-over segment, writes its index, snapshots the link
+/// states into the catalog, then applies retention (never past the snapshot).
+fn maintain(catalog: &Catalog, live: &Mutex<Live>, config: StoreConfig, jobs: mpsc::Receiver<Job>) {
+    for job in jobs {
+        let job = match job {
+            Job::Seal(job) => job,
+            #[cfg(test)]
+            Job::Settle(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        match job.index.write() {
+            Ok(index) => lock(live).log.indexed(index),
+            // The segment stays indexed in memory; the next start rebuilds its index file.
+            Err(e) => tracing::error!(error = %e, "cannot write a readings log index"),
+        }
+        if let Err(e) = catalog.save_snapshot(&job.states, job.seq, job.first_seq) {
+            tracing::error!(error = %e, "cannot snapshot link states; retrying at the next seal");
+            let mut live = lock(live);
+            let live = &mut *live;
+            let known =
+                job.states.into_iter().map(|(k, _)| k).filter(|k| live.states.contains_key(k));
+            live.dirty.extend(known);
+            continue;
+        }
+        let dropped = lock(live).log.retain(Retention {
+            max_bytes: config.max_log_bytes,
+            max_per_device: config.max_readings_per_device.max(1),
+            snapshot_seq: job.seq,
         });
         if let (Some(first), Some(last)) = (dropped.first(), dropped.last()) {
             tracing::info!(
@@ -165,7 +263,6 @@ impl HubStore {
                 "retention dropped old readings"
             );
         }
-        Ok(())
     }
 }
 
@@ -262,11 +359,8 @@ impl Store for HubStore {
                 }
             }
         }
-        if live.log.wants_seal()
-            && let Err(e) = self.seal(live)
-        {
-            // The commit itself is durable; sealing is retried after the next one.
-            tracing::error!(error = %e, "cannot seal the readings log segment");
+        if live.log.wants_seal() {
+            self.start_seal(live);
         }
         Ok(())
     }
@@ -385,6 +479,7 @@ mod tests {
                 }
                 store.commit(&w).expect("commit");
             }
+            store.settle();
             assert!(store.live().log.sealed_segments() >= 3);
         }
         let (store, _) = HubStore::open(tmp.path(), config(4096)).expect("reopen");
@@ -464,6 +559,7 @@ mod tests {
         for i in 0..2000 {
             store.commit(&[readings(a, [i]), checkpoint(a, i as u64, 1)]).expect("c");
         }
+        store.settle();
         let live = store.live();
         assert!(live.log.bytes() <= (16 << 10) + 4096 + 512, "{}", live.log.bytes());
         drop(live);
@@ -483,11 +579,13 @@ mod tests {
         }
         // `b` has nothing newer: the segment holding its reading stays, and with it every later
         // one (segments go oldest first).
+        store.settle();
         assert_eq!(store.reading_count(&a).expect("count"), 3000);
         store.commit(&[Write::Remove { kid: b }]).expect("remove b");
         for i in 3000..3200 {
             store.commit(&[readings(a, [i])]).expect("c");
         }
+        store.settle();
         let kept = store.reading_count(&a).expect("count");
         assert!((300..=300 + 400).contains(&kept), "{kept}");
         drop(store);

@@ -5,7 +5,7 @@
 //! get an index file (`.idx`: per device, where its blocks are; derived, rebuilt when missing),
 //! so queries never scan; retention drops whole segments, oldest first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -103,6 +103,34 @@ struct Active {
     devices: HashMap<Kid, ActiveDevice>,
 }
 
+/// A full segment waiting for its index file, which is written off the commit path.
+#[derive(Debug)]
+struct Sealing {
+    active: Active,
+    last_seq: u64,
+    /// Devices erased meanwhile (their blocks are still in the index being written).
+    erased: HashSet<Kid>,
+}
+
+/// What writing a sealed segment's index file needs (no access to the log).
+#[derive(Debug)]
+pub(super) struct IndexJob {
+    dir: PathBuf,
+    first_seq: u64,
+    last_seq: u64,
+    len: u64,
+    devices: Vec<(Kid, Span, Vec<u32>)>,
+}
+
+/// A written index file.
+#[derive(Debug)]
+pub(super) struct Index {
+    first_seq: u64,
+    idx_path: PathBuf,
+    idx: Arc<File>,
+    devices: HashMap<Kid, SealedDevice>,
+}
+
 /// What opening found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct OpenReport {
@@ -124,6 +152,8 @@ pub(super) struct SegmentLog {
     dir: PathBuf,
     config: LogConfig,
     sealed: Vec<Sealed>,
+    /// Newer than every sealed segment, oldest first.
+    sealing: Vec<Sealing>,
     active: Active,
     next_seq: u64,
     /// A write or sync failed: cut the file back before the next append.
@@ -206,7 +236,8 @@ impl SegmentLog {
         let report = r.report;
         let mut log = match active {
             Some((active, next_seq)) => {
-                Self { dir: dir.to_path_buf(), config, sealed, active, next_seq, broken: false }
+                let dir = dir.to_path_buf();
+                Self { dir, config, sealed, sealing: Vec::new(), active, next_seq, broken: false }
             }
             None => {
                 let first = min_next_seq.max(1);
@@ -215,6 +246,7 @@ impl SegmentLog {
                     dir: dir.to_path_buf(),
                     config,
                     sealed,
+                    sealing: Vec::new(),
                     active,
                     next_seq: first,
                     broken: false,
@@ -276,21 +308,42 @@ impl SegmentLog {
         self.active.len >= self.config.segment_bytes
     }
 
-    /// Seals the active segment (writes its index) and starts a new one.
-    pub(super) fn seal(&mut self) -> Result<(), LogError> {
+    /// Starts a new segment; the full one waits for its index: write it with
+    /// [`IndexJob::write`] (no lock needed) and hand it back with [`SegmentLog::indexed`].
+    pub(super) fn roll(&mut self) -> Result<Option<IndexJob>, LogError> {
         if self.active.len <= SEG_HEADER && self.active.first_seq == self.next_seq {
-            return Ok(()); // empty, and the next frame belongs at its start
+            return Ok(None); // empty, and the next frame belongs at its start
         }
         let next = new_active(&self.dir, self.next_seq)?;
         let old = std::mem::replace(&mut self.active, next);
         if old.len <= SEG_HEADER {
             // Nothing in it: no need to keep it.
             remove_file(&old.path);
-            return crate::private_fs::sync_dir(&self.dir).map_err(io(&self.dir));
+            crate::private_fs::sync_dir(&self.dir).map_err(io(&self.dir))?;
+            return Ok(None);
         }
-        let last_seq = self.next_seq - 1;
-        let sealed = write_index(&self.dir, old, last_seq)?;
-        self.sealed.push(sealed);
+        let job = IndexJob::of(&self.dir, &old, self.next_seq - 1);
+        self.sealing.push(Sealing { active: old, last_seq: job.last_seq, erased: HashSet::new() });
+        Ok(Some(job))
+    }
+
+    /// A full segment's index is written: it becomes a sealed segment.
+    pub(super) fn indexed(&mut self, mut index: Index) {
+        let Some(i) = self.sealing.iter().position(|s| s.active.first_seq == index.first_seq)
+        else {
+            return;
+        };
+        let s = self.sealing.remove(i);
+        index.devices.retain(|kid, _| !s.erased.contains(kid));
+        self.sealed.push(Sealed::new(s.active, s.last_seq, index));
+    }
+
+    /// Seals the active segment (writes its index now) and starts a new one.
+    pub(super) fn seal(&mut self) -> Result<(), LogError> {
+        if let Some(job) = self.roll()? {
+            let index = job.write()?;
+            self.indexed(index);
+        }
         Ok(())
     }
 
@@ -299,6 +352,10 @@ impl SegmentLog {
         for s in &mut self.sealed {
             s.devices.remove(kid);
         }
+        for s in &mut self.sealing {
+            s.active.devices.remove(kid);
+            s.erased.insert(*kid);
+        }
         self.active.devices.remove(kid);
     }
 
@@ -306,35 +363,46 @@ impl SegmentLog {
     pub(super) fn count(&self, kid: &Kid) -> u64 {
         let sealed: u64 =
             self.sealed.iter().filter_map(|s| s.devices.get(kid)).map(|d| d.span.count).sum();
-        let active = self.active.devices.get(kid).and_then(|d| d.span).map_or(0, |span| span.count);
+        let active: u64 = self
+            .unsealed()
+            .filter_map(|a| a.devices.get(kid).and_then(|d| d.span))
+            .map(|span| span.count)
+            .sum();
         sealed + active
     }
 
     /// Bytes in all segments.
     pub(super) fn bytes(&self) -> u64 {
-        self.sealed.iter().map(|s| s.len).sum::<u64>() + self.active.len
+        self.sealed.iter().map(|s| s.len).sum::<u64>() + self.unsealed().map(|a| a.len).sum::<u64>()
+    }
+
+    /// The active segment, then the full ones waiting for their index, newest first.
+    fn unsealed(&self) -> impl Iterator<Item = &Active> {
+        std::iter::once(&self.active).chain(self.sealing.iter().rev().map(|s| &s.active))
     }
 
     /// Sealed segments.
     #[cfg(test)]
     pub(super) fn sealed_segments(&self) -> usize {
-        self.sealed.len()
+        self.sealed.len() + self.sealing.len()
     }
 
     /// Where `kid`'s readings are, newest segment first. Read them with [`read`] after
     /// releasing the log (files stay readable after retention unlinks them).
     pub(super) fn sources(&self, kid: &Kid) -> Vec<Source> {
         let mut out = Vec::new();
-        if let Some(d) = self.active.devices.get(kid)
-            && let Some(span) = d.span
-        {
-            out.push(Source {
-                file: self.active.file.clone(),
-                path: self.active.path.clone(),
-                len: self.active.len,
-                span,
-                blocks: Blocks::Listed(d.blocks.clone()),
-            });
+        for a in self.unsealed() {
+            if let Some(d) = a.devices.get(kid)
+                && let Some(span) = d.span
+            {
+                out.push(Source {
+                    file: a.file.clone(),
+                    path: a.path.clone(),
+                    len: a.len,
+                    span,
+                    blocks: Blocks::Listed(d.blocks.clone()),
+                });
+            }
         }
         for s in self.sealed.iter().rev() {
             if let Some(d) = s.devices.get(kid) {
@@ -359,8 +427,10 @@ impl SegmentLog {
                 *totals.entry(*kid).or_default() += d.span.count;
             }
         }
-        for (kid, d) in &self.active.devices {
-            *totals.entry(*kid).or_default() += d.span.map_or(0, |s| s.count);
+        for a in self.unsealed() {
+            for (kid, d) in &a.devices {
+                *totals.entry(*kid).or_default() += d.span.map_or(0, |s| s.count);
+            }
         }
         let mut bytes = self.bytes();
         let mut dropped = Vec::new();
@@ -733,7 +803,8 @@ impl Recovery<'_> {
                     file: Arc::new(file),
                     devices: s.devices,
                 };
-                write_index(dir, active, s.last_seq)
+                let index = IndexJob::of(dir, &active, s.last_seq).write()?;
+                Ok(Sealed::new(active, s.last_seq, index))
             }
         }
     }
@@ -744,54 +815,70 @@ fn apply_floors(sealed: &mut Sealed, floors: &HashMap<Kid, u64>) {
     sealed.devices.retain(|kid, _| floors.get(kid).is_none_or(|&f| last >= f));
 }
 
-/// Writes the index of a finished segment and returns it sealed.
-fn write_index(dir: &Path, a: Active, last_seq: u64) -> Result<Sealed, LogError> {
-    let idx_path = dir.join(format!("{:020}.idx", a.first_seq));
-    let mut entries = Vec::new();
-    let mut kids: Vec<&Kid> = a.devices.keys().collect();
-    kids.sort_unstable();
-    let dir_len: usize = kids.iter().map(|k| 1 + k.as_bytes().len() + 36).sum();
-    let mut offsets_at = (IDX_HEADER + dir_len + 4) as u64;
-    let mut devices = HashMap::with_capacity(kids.len());
-    let mut offsets = Vec::new();
-    for kid in kids {
-        let d = &a.devices[kid];
-        let span = d.span.unwrap_or(Span::EMPTY);
-        entries.push(kid.as_bytes().len() as u8);
-        entries.extend_from_slice(kid.as_bytes());
-        entries.extend_from_slice(&span.count.to_le_bytes());
-        entries.extend_from_slice(&span.min_t.to_le_bytes());
-        entries.extend_from_slice(&span.max_t.to_le_bytes());
-        entries.extend_from_slice(&(d.blocks.len() as u32).to_le_bytes());
-        entries.extend_from_slice(&offsets_at.to_le_bytes());
-        devices.insert(*kid, SealedDevice { span, blocks: d.blocks.len() as u32, offsets_at });
-        offsets_at += d.blocks.len() as u64 * 4;
-        for o in &d.blocks {
-            offsets.extend_from_slice(&o.to_le_bytes());
+impl IndexJob {
+    fn of(dir: &Path, a: &Active, last_seq: u64) -> Self {
+        let mut devices: Vec<(Kid, Span, Vec<u32>)> = a
+            .devices
+            .iter()
+            .map(|(kid, d)| (*kid, d.span.unwrap_or(Span::EMPTY), d.blocks.clone()))
+            .collect();
+        devices.sort_unstable_by_key(|d| d.0);
+        Self { dir: dir.to_path_buf(), first_seq: a.first_seq, last_seq, len: a.len, devices }
+    }
+
+    /// Writes the index file (`<first seq>.idx`: a directory with its CRC, then the block
+    /// offsets). Derived data: a lost or damaged index is rebuilt from its segment at start.
+    pub(super) fn write(&self) -> Result<Index, LogError> {
+        let idx_path = self.dir.join(format!("{:020}.idx", self.first_seq));
+        let dir_len: usize = self.devices.iter().map(|(k, ..)| 1 + k.as_bytes().len() + 36).sum();
+        let mut offsets_at = (IDX_HEADER + dir_len + 4) as u64;
+        let mut entries = Vec::with_capacity(dir_len);
+        let mut devices = HashMap::with_capacity(self.devices.len());
+        let mut offsets = Vec::new();
+        for (kid, span, blocks) in &self.devices {
+            entries.push(kid.as_bytes().len() as u8);
+            entries.extend_from_slice(kid.as_bytes());
+            entries.extend_from_slice(&span.count.to_le_bytes());
+            entries.extend_from_slice(&span.min_t.to_le_bytes());
+            entries.extend_from_slice(&span.max_t.to_le_bytes());
+            entries.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+            entries.extend_from_slice(&offsets_at.to_le_bytes());
+            let d = SealedDevice { span: *span, blocks: blocks.len() as u32, offsets_at };
+            devices.insert(*kid, d);
+            offsets_at += blocks.len() as u64 * 4;
+            for o in blocks {
+                offsets.extend_from_slice(&o.to_le_bytes());
+            }
+        }
+        let mut out = Vec::with_capacity(IDX_HEADER + entries.len() + 4 + offsets.len());
+        out.extend_from_slice(IDX_MAGIC);
+        out.extend_from_slice(&self.first_seq.to_le_bytes());
+        out.extend_from_slice(&self.last_seq.to_le_bytes());
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.extend_from_slice(&(devices.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        out.extend_from_slice(&entries);
+        out.extend_from_slice(&crc32fast::hash(&out).to_le_bytes());
+        out.extend_from_slice(&offsets);
+        crate::private_fs::write(&idx_path, &out).map_err(io(&idx_path))?;
+        let idx = File::open(&idx_path).map_err(io(&idx_path))?;
+        Ok(Index { first_seq: self.first_seq, idx_path, idx: Arc::new(idx), devices })
+    }
+}
+
+impl Sealed {
+    fn new(a: Active, last_seq: u64, index: Index) -> Self {
+        Sealed {
+            first_seq: a.first_seq,
+            last_seq,
+            len: a.len,
+            path: a.path,
+            idx_path: index.idx_path,
+            file: a.file,
+            idx: index.idx,
+            devices: index.devices,
         }
     }
-    let mut out = Vec::with_capacity(IDX_HEADER + entries.len() + 4 + offsets.len());
-    out.extend_from_slice(IDX_MAGIC);
-    out.extend_from_slice(&a.first_seq.to_le_bytes());
-    out.extend_from_slice(&last_seq.to_le_bytes());
-    out.extend_from_slice(&a.len.to_le_bytes());
-    out.extend_from_slice(&(devices.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    out.extend_from_slice(&entries);
-    out.extend_from_slice(&crc32fast::hash(&out).to_le_bytes());
-    out.extend_from_slice(&offsets);
-    crate::private_fs::write(&idx_path, &out).map_err(io(&idx_path))?;
-    let idx = File::open(&idx_path).map_err(io(&idx_path))?;
-    Ok(Sealed {
-        first_seq: a.first_seq,
-        last_seq,
-        len: a.len,
-        path: a.path,
-        idx_path,
-        file: a.file,
-        idx: Arc::new(idx),
-        devices,
-    })
 }
 
 /// A segment's index, if it is there, intact and of this segment (`seg_len` long).
