@@ -5,7 +5,7 @@ use protocol::oscore::Kid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{DeviceInfo, RedbStore, Store, StoredReading};
+use crate::store::{DeviceInfo, HubStore, Store, StoredReading};
 
 /// A request to the hub.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,7 +267,7 @@ pub enum ApiError {
 #[derive(Debug, Clone)]
 pub struct HubApi {
     pub(crate) link: mpsc::Sender<LinkCommand>,
-    pub(crate) store: RedbStore,
+    pub(crate) store: HubStore,
 }
 
 fn parse_id(id: &str) -> Result<Kid, ApiError> {

@@ -79,14 +79,31 @@ pub struct Pairing {
     pub session_idle_s: u64,
 }
 
-/// Store limits.
+/// Store limits. Readings are kept in log segments that are dropped whole, oldest first
+/// (README, "Storage"), so both bounds are approximate: up to one segment more is kept.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Store {
-    /// Readings kept per device; the oldest are dropped beyond it.
+    /// Readings kept per device at least: an old segment is dropped once every device in it
+    /// has this many newer readings.
     pub max_readings_per_device: u64,
     /// Readings per group commit at most.
     pub max_batch: usize,
+    /// Size of one readings log segment, MiB.
+    pub segment_mb: u64,
+    /// Size bound of the readings log, MiB: the oldest segments are dropped beyond it.
+    pub max_log_mb: u64,
+}
+
+impl Store {
+    /// The store's settings.
+    pub fn store_config(&self) -> crate::store::StoreConfig {
+        crate::store::StoreConfig {
+            max_readings_per_device: self.max_readings_per_device,
+            segment_bytes: self.segment_mb.clamp(1, 1024) << 20,
+            max_log_bytes: self.max_log_mb.max(1) << 20,
+        }
+    }
 }
 
 impl Default for Config {
@@ -115,7 +132,7 @@ impl Default for Pairing {
 
 impl Default for Store {
     fn default() -> Self {
-        Self { max_readings_per_device: 100_000, max_batch: 4096 }
+        Self { max_readings_per_device: 100_000, max_batch: 4096, segment_mb: 32, max_log_mb: 4096 }
     }
 }
 

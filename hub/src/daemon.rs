@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::HubApi;
 use crate::config::Config;
-use crate::store::{OpenOutcome, RedbStore, Store, StoreError, Write};
+use crate::store::{HubStore, OpenOutcome, Store, StoreError, Write};
 
 /// A running hub.
 #[derive(Debug)]
@@ -69,8 +69,8 @@ pub async fn start(
         tracing::warn!(file = %path.display(), "data directory file was readable by others; made private (0600/0700)");
     }
     let dir = data_dir.to_path_buf();
-    let max = config.store.max_readings_per_device;
-    let (store, outcome) = tokio::task::spawn_blocking(move || RedbStore::open(&dir, max))
+    let store_config = config.store.store_config();
+    let (store, outcome) = tokio::task::spawn_blocking(move || HubStore::open(&dir, store_config))
         .await
         .map_err(|e| StoreError::Db(e.to_string()))??;
     let moved_aside = match outcome {
@@ -124,7 +124,7 @@ pub async fn start(
 /// Usage counters resume at their durable ceilings; before serving, fresh ceilings above them
 /// are made durable for every sensor in one commit (so no count is ever restored lower).
 async fn startup_checkpoint(
-    store: &RedbStore,
+    store: &HubStore,
     link: &mut HubLink<SocketAddr>,
 ) -> Result<(), StartError> {
     let states: Vec<_> = link
@@ -163,7 +163,7 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 
 /// The update manager as persisted, with the devices it must know and the configured trust.
 fn load_updates(
-    store: &RedbStore,
+    store: &HubStore,
     data_dir: &Path,
     config: &Config,
     peers: &[crate::store::PeerRecord],

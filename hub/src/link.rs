@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{CommandError, LinkCommand, PairingStatus, SecurityReport, Waiting};
 use crate::config::Config;
 use crate::seclog::SecurityLog;
-use crate::store::{DeviceInfo, RedbStore, Store, Write};
+use crate::store::{DeviceInfo, HubStore, Store, Write};
 use crate::updates::{META_KEY, Updates};
 
 /// A group commit: what to write, and what to release once it is durable.
@@ -94,7 +94,7 @@ impl Driver {
         updates: Updates,
         link: HubLink<SocketAddr>,
         socket: Arc<UdpSocket>,
-        store: RedbStore,
+        store: HubStore,
         config: Config,
     ) -> Self {
         let (commit_tx, commit_rx) = std::sync::mpsc::channel::<Batch>();

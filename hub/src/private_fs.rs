@@ -20,6 +20,16 @@ pub fn touch(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Opens `path` for reading and writing, created empty (or truncated) with mode 0600.
+pub fn create(path: &Path) -> std::io::Result<fs::File> {
+    OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(path)
+}
+
+/// Makes the entries of `dir` (files created, renamed or deleted in it) durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
 /// Writes `bytes` to `path` atomically (temporary file, then rename), mode 0600.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");

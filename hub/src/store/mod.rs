@@ -1,12 +1,18 @@
 //! The hub's durable state behind one narrow trait: devices and descriptors, OSCORE contexts
 //! (secrets sealed under a key-encryption key kept outside the database, EN 303 645 5.4-1),
-//! sequence leases, replay windows, key-usage counters, and readings (time-ordered per device,
-//! bounded). [`Store::commit`] is one transaction with one fsync: the group commit.
+//! sequence leases, replay windows, key-usage counters, and readings (bounded by retention).
+//! [`Store::commit`] is the group commit: everything in it is durable when it returns.
 
-mod redb_store;
+mod catalog;
+mod hub_store;
+mod link_state;
+mod log;
+mod records;
 mod seal;
 
-pub use redb_store::{OpenOutcome, RedbStore};
+pub use catalog::OpenOutcome;
+pub use hub_store::{HubStore, StoreConfig};
+pub use log::LogError;
 pub use seal::{Kek, SealError};
 
 use std::net::SocketAddr;
@@ -147,19 +153,24 @@ pub enum StoreError {
     /// File system.
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// The readings log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
 }
 
 /// The hub's storage.
 pub trait Store: Send + Sync + 'static {
     /// Every paired device's link state.
     fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError>;
-    /// Applies `writes` in one transaction with one fsync.
+    /// Makes `writes` durable, a device's readings together with its checkpoint. After an
+    /// error the caller retries the same writes (applying them twice is harmless).
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
     /// All devices.
     fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError>;
-    /// The newest `limit` readings of a device, oldest first.
+    /// The newest `limit` readings of a device, oldest first; a reading stored twice (the same
+    /// time and name, resent after a lost acknowledgement) is returned once.
     fn readings(&self, kid: &Kid, limit: usize) -> Result<Vec<StoredReading>, StoreError>;
-    /// How many readings a device has.
+    /// How many readings of a device are stored (a resent duplicate counts twice).
     fn reading_count(&self, kid: &Kid) -> Result<u64, StoreError>;
     /// A named document written with [`Write::Meta`].
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

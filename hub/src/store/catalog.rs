@@ -1,0 +1,348 @@
+//! The catalog, on redb: what is small and rarely written — devices, their sealed contexts
+//! (EN 303 645 5.4-1), the snapshot of every device's link state with the log sequence it covers,
+//! erase floors, and named documents. Each change is one redb transaction (one fsync).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use protocol::oscore::{ContextParams, Kid};
+use protocol::senml::{Reading, UnixTimeMillis, Value};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+
+use super::link_state::LinkState;
+use super::{DeviceInfo, Kek, StoreError, Write};
+
+const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices");
+const SECRETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("secrets");
+/// Link-state snapshot, as of `LOG["snapshot_seq"]`.
+const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("link_state");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Erased devices: log frames before this sequence hold nothing of theirs that counts.
+const ERASED: TableDefinition<&[u8], u64> = TableDefinition::new("erased");
+const LOG: TableDefinition<&str, u64> = TableDefinition::new("log");
+const SNAPSHOT_SEQ: &str = "snapshot_seq";
+/// The first format kept readings in redb; they move to the log once.
+const LEGACY_READINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("readings");
+const LEGACY_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("reading_counts");
+
+/// redb page cache size: the catalog is small and rarely read (readings live in the log).
+const CACHE_BYTES: usize = 4 << 20;
+
+fn db<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// The catalog.
+pub(super) struct Catalog {
+    db: Database,
+    kek: Kek,
+}
+
+impl core::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Catalog").finish_non_exhaustive()
+    }
+}
+
+/// How opening went.
+#[derive(Debug)]
+pub enum OpenOutcome {
+    /// The database opened (or was created).
+    Opened,
+    /// The file was corrupt: it was moved aside to this path and a fresh store created.
+    MovedAside(PathBuf),
+}
+
+impl Catalog {
+    /// Opens `dir/hearth.redb` with the key-encryption key `dir/kek`. A corrupt database file
+    /// is moved aside (never deleted) and a fresh one created, so a bad file cannot make the hub
+    /// crash in a loop; the caller reports the outcome.
+    pub(super) fn open(dir: &Path) -> Result<(Self, OpenOutcome), StoreError> {
+        let kek = Kek::load_or_create(&dir.join("kek"))?;
+        let path = dir.join("hearth.redb");
+        // Created 0600 before redb opens it (it holds personal data and sealed keys).
+        crate::private_fs::touch(&path)
+            .map_err(|e| StoreError::Io(path.display().to_string(), e))?;
+        let (database, outcome) = match open_db(&path) {
+            Ok(d) => (d, OpenOutcome::Opened),
+            Err(OpenFailure::Fatal(e)) => return Err(e),
+            Err(OpenFailure::Corrupt(why)) => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = dir.join(format!("hearth.redb.corrupt-{stamp}"));
+                std::fs::rename(&path, &aside)
+                    .map_err(|e| StoreError::Io(path.display().to_string(), e))?;
+                tracing::error!(file = %aside.display(), reason = %why, "store was corrupt; moved aside, starting with an empty store (sensors must pair again)");
+                crate::private_fs::touch(&path)
+                    .map_err(|e| StoreError::Io(path.display().to_string(), e))?;
+                let d = open_db(&path).map_err(|_| StoreError::Corrupt("fresh database"))?;
+                (d, OpenOutcome::MovedAside(aside))
+            }
+        };
+        let tx = database.begin_write().map_err(db)?;
+        for t in [DEVICES, SECRETS, STATE] {
+            tx.open_table(t).map_err(db)?;
+        }
+        tx.open_table(META).map_err(db)?;
+        tx.open_table(ERASED).map_err(db)?;
+        tx.open_table(LOG).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok((Self { db: database, kek }, outcome))
+    }
+}
+
+enum OpenFailure {
+    Corrupt(String),
+    Fatal(StoreError),
+}
+
+fn open_db(path: &Path) -> Result<Database, OpenFailure> {
+    // redb's debug builds panic on some corruption checks; treat a panic as corruption too.
+    let p = path.to_path_buf();
+    // A bounded page cache keeps the hub within its memory budget (redb defaults to 1 GiB).
+    let result = std::panic::catch_unwind(move || {
+        Database::builder().set_cache_size(CACHE_BYTES).create(&p)
+    });
+    match result {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(
+            redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch,
+        )) => Err(OpenFailure::Fatal(StoreError::Db(
+            "the store is in use by another hub process".into(),
+        ))),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+            if e.kind() != std::io::ErrorKind::InvalidData
+                && e.kind() != std::io::ErrorKind::UnexpectedEof =>
+        {
+            Err(OpenFailure::Fatal(StoreError::Io(path.display().to_string(), e)))
+        }
+        Ok(Err(e)) => Err(OpenFailure::Corrupt(e.to_string())),
+        Err(_) => Err(OpenFailure::Corrupt("database check failed".into())),
+    }
+}
+
+fn encode_params(p: &ContextParams) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48);
+    for part in
+        [&p.master_secret[..], &p.master_salt, p.sender_id.as_bytes(), p.recipient_id.as_bytes()]
+    {
+        out.push(part.len() as u8);
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+fn decode_params(bytes: &[u8]) -> Option<ContextParams> {
+    let mut rest = bytes;
+    let mut take = || {
+        let (&n, r) = rest.split_first()?;
+        let (part, r) = r.split_at_checked(usize::from(n))?;
+        rest = r;
+        Some(part.to_vec())
+    };
+    let (secret, salt, sender, recipient) = (take()?, take()?, take()?, take()?);
+    Some(ContextParams {
+        master_secret: secret,
+        master_salt: salt,
+        sender_id: Kid::new(&sender).ok()?,
+        recipient_id: Kid::new(&recipient).ok()?,
+        id_context: None,
+    })
+}
+
+impl Catalog {
+    /// Every device's sealed context, opened.
+    pub(super) fn contexts(&self) -> Result<Vec<ContextParams>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let secrets = tx.open_table(SECRETS).map_err(db)?;
+        let mut out = Vec::new();
+        for row in secrets.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            let plain = self.kek.open(k.value(), v.value())?;
+            out.push(decode_params(&plain).ok_or(StoreError::Corrupt("sealed context"))?);
+        }
+        Ok(out)
+    }
+
+    /// Every device's link state as of the snapshot, the sequence the snapshot covers, and
+    /// the erase floors.
+    pub(super) fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let secrets = tx.open_table(SECRETS).map_err(db)?;
+        let state = tx.open_table(STATE).map_err(db)?;
+        let mut states = HashMap::new();
+        for row in secrets.iter().map_err(db)? {
+            let (k, _) = row.map_err(db)?;
+            let kid = Kid::new(k.value()).map_err(|_| StoreError::Corrupt("device id"))?;
+            let s = match state.get(k.value()).map_err(db)? {
+                Some(s) => LinkState::decode(s.value()).ok_or(StoreError::Corrupt("link state"))?,
+                None => LinkState::default(),
+            };
+            states.insert(kid, s);
+        }
+        let mut floors = HashMap::new();
+        for row in tx.open_table(ERASED).map_err(db)?.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            let kid = Kid::new(k.value()).map_err(|_| StoreError::Corrupt("device id"))?;
+            floors.insert(kid, v.value());
+        }
+        let seq =
+            tx.open_table(LOG).map_err(db)?.get(SNAPSHOT_SEQ).map_err(db)?.map_or(0, |v| v.value());
+        Ok(Snapshot { states, seq, floors })
+    }
+
+    /// Applies devices added and removed and named documents, in one transaction. A removed
+    /// device's readings in log frames before `floor` no longer count.
+    pub(super) fn apply(&self, writes: &[&Write], floor: u64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut devices = tx.open_table(DEVICES).map_err(db)?;
+            let mut secrets = tx.open_table(SECRETS).map_err(db)?;
+            let mut state = tx.open_table(STATE).map_err(db)?;
+            let mut meta = tx.open_table(META).map_err(db)?;
+            let mut erased = tx.open_table(ERASED).map_err(db)?;
+            for w in writes {
+                match w {
+                    Write::Meta { key, value } => {
+                        meta.insert(key.as_str(), value.as_slice()).map_err(db)?;
+                    }
+                    Write::Device { info, params } => {
+                        let kid = params.recipient_id;
+                        let json = serde_json::to_vec(info).map_err(db)?;
+                        devices.insert(kid.as_bytes(), json.as_slice()).map_err(db)?;
+                        let sealed = self.kek.seal(kid.as_bytes(), &encode_params(params))?;
+                        secrets.insert(kid.as_bytes(), sealed.as_slice()).map_err(db)?;
+                        state
+                            .insert(kid.as_bytes(), LinkState::default().encode().as_slice())
+                            .map_err(db)?;
+                    }
+                    Write::Remove { kid } => {
+                        devices.remove(kid.as_bytes()).map_err(db)?;
+                        secrets.remove(kid.as_bytes()).map_err(db)?;
+                        state.remove(kid.as_bytes()).map_err(db)?;
+                        erased.insert(kid.as_bytes(), floor).map_err(db)?;
+                    }
+                    Write::Readings { .. } | Write::State { .. } | Write::Lease { .. } => {}
+                }
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Stores `states` (the link states changed since the last snapshot) as of log sequence
+    /// `seq`, and forgets erase floors at or below `first_seq` (no frame before them is left).
+    pub(super) fn save_snapshot(
+        &self,
+        states: &[(Kid, LinkState)],
+        seq: u64,
+        first_seq: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut table = tx.open_table(STATE).map_err(db)?;
+            for (kid, s) in states {
+                table.insert(kid.as_bytes(), s.encode().as_slice()).map_err(db)?;
+            }
+            tx.open_table(LOG).map_err(db)?.insert(SNAPSHOT_SEQ, seq).map_err(db)?;
+            tx.open_table(ERASED).map_err(db)?.retain(|_, floor| floor > first_seq).map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    pub(super) fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let devices = tx.open_table(DEVICES).map_err(db)?;
+        let mut out = Vec::new();
+        for row in devices.iter().map_err(db)? {
+            let (_, v) = row.map_err(db)?;
+            out.push(serde_json::from_slice(v.value()).map_err(|_| StoreError::Corrupt("device"))?);
+        }
+        Ok(out)
+    }
+
+    pub(super) fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(META).map_err(db)?;
+        Ok(table.get(key).map_err(db)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Whether the first store format's reading tables are still there.
+    pub(super) fn has_legacy(&self) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        Ok(tx.list_tables().map_err(db)?.any(|t| t.name() == LEGACY_READINGS.name()))
+    }
+
+    /// Up to `max` readings kept by the first store format (in redb), after key `after`, by
+    /// device; with the key to continue after, if any are left.
+    pub(super) fn legacy_readings(
+        &self,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<LegacyChunk, StoreError> {
+        use std::ops::Bound;
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(LEGACY_READINGS).map_err(db)?;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut out: Vec<(Kid, Vec<Reading>)> = Vec::new();
+        let mut last = None;
+        for row in table.range::<&[u8]>((from, Bound::Unbounded)).map_err(db)?.take(max) {
+            let (k, v) = row.map_err(db)?;
+            last = Some(k.value().to_vec());
+            let Some((kid, reading)) = decode_legacy(k.value(), v.value()) else {
+                continue;
+            };
+            match out.last_mut() {
+                Some((prev, rs)) if *prev == kid => rs.push(reading),
+                _ => out.push((kid, vec![reading])),
+            }
+        }
+        Ok((out, last))
+    }
+
+    /// Deletes the first format's reading tables (after their readings moved to the log).
+    pub(super) fn drop_legacy(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        tx.delete_table(LEGACY_READINGS).map_err(db)?;
+        tx.delete_table(LEGACY_COUNTS).map_err(db)?;
+        tx.commit().map_err(db)
+    }
+}
+
+/// First-format readings by device, and the key to continue after.
+pub(super) type LegacyChunk = (Vec<(Kid, Vec<Reading>)>, Option<Vec<u8>>);
+
+/// What the catalog holds about the log.
+#[derive(Debug, Default)]
+pub(super) struct Snapshot {
+    /// Every device's link state as of `seq`.
+    pub(super) states: HashMap<Kid, LinkState>,
+    /// The last log sequence the snapshot includes.
+    pub(super) seq: u64,
+    /// Erase floors.
+    pub(super) floors: HashMap<Kid, u64>,
+}
+
+/// A first-format reading: key `len(kid) ‖ kid ‖ time (sign bit flipped) ‖ name`, value JSON
+/// `{"u": unit, "v": value}`.
+fn decode_legacy(key: &[u8], value: &[u8]) -> Option<(Kid, Reading)> {
+    let (&n, rest) = key.split_first()?;
+    let (kid, rest) = rest.split_at_checked(usize::from(n))?;
+    let (time, name) = rest.split_at_checked(8)?;
+    let time = (u64::from_be_bytes(time.try_into().ok()?) ^ (1 << 63)) as i64;
+    let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+    let value = match &v["v"] {
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        n => Value::Number(n.as_f64()?),
+    };
+    Some((
+        Kid::new(kid).ok()?,
+        Reading {
+            name: String::from_utf8(name.to_vec()).ok()?,
+            unit: v["u"].as_str().map(str::to_owned),
+            value,
+            time: UnixTimeMillis(time),
+        },
+    ))
+}
