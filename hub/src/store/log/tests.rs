@@ -1,0 +1,181 @@
+//! Segment log tests: torn tails, damaged frames, index rebuilds, retention, erase.
+
+use protocol::link::PeerState;
+use protocol::oscore::{KeyUsage, WindowState};
+use protocol::senml::{Reading, UnixTimeMillis, Value};
+
+use super::*;
+
+fn kid() -> Kid {
+    Kid::new(&[1, 2, 3]).expect("kid")
+}
+
+/// A frame with one reading at `t` and a checkpoint whose window is at `t`.
+fn payload(t: i64) -> Payload {
+    let mut p = Payload::default();
+    let r = Reading {
+        name: "urn:dev:x:temp".into(),
+        unit: Some("Cel".into()),
+        value: Value::Number(20.5),
+        time: UnixTimeMillis(t),
+    };
+    p.readings(&kid(), &[r]);
+    let cp = PeerState {
+        window: Some(WindowState { highest: t as u64, seen: 1 }),
+        usage: KeyUsage::default(),
+        endpoint: None,
+    };
+    p.change(&kid(), Change::Checkpoint(cp));
+    p
+}
+
+struct Opened {
+    log: SegmentLog,
+    report: OpenReport,
+    /// Highest window replayed.
+    window: u64,
+}
+
+fn open(dir: &Path, segment_bytes: u64) -> Opened {
+    let mut window = 0;
+    let mut replay = |_: u64, _: Kid, c: Change| {
+        if let Change::Checkpoint(cp) = c {
+            window = cp.window.map_or(0, |w| w.highest);
+        }
+    };
+    let (log, report) =
+        SegmentLog::open(dir, LogConfig { segment_bytes }, &HashMap::new(), 0, 1, &mut replay)
+            .expect("open");
+    Opened { log, report, window }
+}
+
+fn times(log: &SegmentLog) -> Vec<i64> {
+    read(&log.sources(&kid()), &kid(), 1000).expect("read").iter().map(|r| r.time_ms).collect()
+}
+
+fn segment(dir: &Path) -> PathBuf {
+    dir.join(format!("{:020}.seg", 1))
+}
+
+#[test]
+fn a_torn_last_frame_is_cut_off_and_the_log_goes_on() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut o = open(tmp.path(), 1 << 20);
+    for t in 1..=3 {
+        o.log.append(&payload(t)).expect("append");
+    }
+    let good = std::fs::metadata(segment(tmp.path())).expect("meta").len();
+    drop(o);
+    // A crash in the middle of writing frame 4.
+    let frame = encode_frame(4, &payload(4).bytes);
+    for cut in [3, FRAME_HEADER as usize, frame.len() - 1] {
+        let f = std::fs::OpenOptions::new().write(true).open(segment(tmp.path())).expect("f");
+        f.write_all_at(&frame[..cut], good).expect("write");
+        drop(f);
+        let mut o = open(tmp.path(), 1 << 20);
+        assert_eq!(o.report.torn_bytes, cut as u64);
+        assert_eq!(o.report.damaged_copy, None);
+        assert_eq!((o.log.next_seq(), o.window), (4, 3));
+        assert_eq!(times(&o.log), vec![1, 2, 3]);
+        assert_eq!(std::fs::metadata(segment(tmp.path())).expect("meta").len(), good);
+        drop(o.log);
+        o = open(tmp.path(), 1 << 20);
+        assert_eq!(o.report, OpenReport { replayed_frames: 3, ..Default::default() });
+    }
+    let mut o = open(tmp.path(), 1 << 20);
+    o.log.append(&payload(4)).expect("append after recovery");
+    drop(o);
+    let o = open(tmp.path(), 1 << 20);
+    assert_eq!((times(&o.log), o.window), (vec![1, 2, 3, 4], 4));
+}
+
+#[test]
+fn a_crc_mismatch_at_the_end_is_a_torn_write_and_before_it_damage_that_is_skipped() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut o = open(tmp.path(), 1 << 20);
+    let mut ends = vec![SEG_HEADER];
+    for t in 1..=4 {
+        o.log.append(&payload(t)).expect("append");
+        ends.push(o.log.active.len);
+    }
+    drop(o);
+    let spoil = |at: u64, bytes: &[u8]| {
+        let f = std::fs::OpenOptions::new().write(true).open(segment(tmp.path())).expect("f");
+        f.write_all_at(bytes, at).expect("write");
+    };
+    // A byte changed in the last frame's payload: it never verified, like a torn write.
+    spoil(ends[4] - 2, &[0x55]);
+    let o = open(tmp.path(), 1 << 20);
+    assert_eq!(o.report.torn_bytes, ends[4] - ends[3]);
+    assert_eq!((times(&o.log), o.window), (vec![1, 2, 3], 3));
+    drop(o);
+    // Damage before the end, in a payload and in a length: those frames are skipped, the
+    // frames after them are kept.
+    spoil(ends[0] + FRAME_HEADER + 3, &[0x55]);
+    spoil(ends[1], &[0xff, 0xff, 0, 0]);
+    let o = open(tmp.path(), 1 << 20);
+    assert_eq!((o.report.skipped_frames, o.report.torn_bytes), (2, 0));
+    assert_eq!((times(&o.log), o.window), (vec![3], 3));
+    assert_eq!(o.log.next_seq(), 4);
+}
+
+#[test]
+fn sealed_segments_are_indexed_and_a_lost_index_is_rebuilt() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut o = open(tmp.path(), 1024);
+    for t in 1..=100 {
+        o.log.append(&payload(t)).expect("append");
+        if o.log.wants_seal() {
+            o.log.seal().expect("seal");
+        }
+    }
+    let sealed = o.log.sealed_segments();
+    assert!(sealed >= 3, "{sealed}");
+    assert_eq!(times(&o.log), (1..=100).collect::<Vec<_>>());
+    assert_eq!(o.log.count(&kid()), 100);
+    drop(o);
+    let o = open(tmp.path(), 1024);
+    assert_eq!(o.report.reindexed, 0);
+    assert_eq!(o.window, 100, "replays every frame after the snapshot (none here)");
+    drop(o);
+    for e in std::fs::read_dir(tmp.path()).expect("list") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "idx") {
+            std::fs::write(&p, b"garbage").expect("spoil");
+        }
+    }
+    let o = open(tmp.path(), 1024);
+    assert_eq!(o.report.reindexed, sealed);
+    assert_eq!(times(&o.log), (1..=100).collect::<Vec<_>>());
+    assert_eq!(o.log.count(&kid()), 100);
+}
+
+#[test]
+fn a_damaged_block_costs_its_readings_not_the_query_and_a_damaged_header_a_segment() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut o = open(tmp.path(), 1024);
+    for t in 1..=20 {
+        o.log.append(&payload(t)).expect("append");
+        if o.log.wants_seal() {
+            o.log.seal().expect("seal");
+        }
+    }
+    drop(o);
+    // The first frame's block starts right after the segment and frame headers.
+    let f = std::fs::OpenOptions::new().write(true).open(segment(tmp.path())).expect("f");
+    f.write_all_at(&[0xee], SEG_HEADER + FRAME_HEADER).expect("write");
+    drop(f);
+    let o = open(tmp.path(), 1024);
+    assert_eq!(times(&o.log), (2..=20).collect::<Vec<_>>());
+    let active = o.log.active.path.clone();
+    drop(o);
+    std::fs::write(&active, b"not a segment at all").expect("spoil");
+    let mut o = open(tmp.path(), 1024);
+    assert!(o.report.damaged_copy.is_some());
+    let lost = o.log.next_seq();
+    o.log.append(&payload(21)).expect("append");
+    drop(o);
+    let o = open(tmp.path(), 1024);
+    assert_eq!(o.log.next_seq(), lost + 1);
+    assert_eq!(*times(&o.log).last().expect("newest"), 21);
+}
