@@ -260,7 +260,7 @@ impl Demo {
         }
         println!("  {acknowledged} readings acknowledged after a durable commit; latest stored:");
         for d in self.api.devices().await? {
-            let latest = self.api.readings(&d.info.id, Some(1)).await?.pop();
+            let latest = self.api.readings(d.info.id, Some(1)).await?.pop();
             let Some(r) = latest else { continue };
             let quantity = r.name.rsplit(':').next().unwrap_or("");
             let unit = r.unit.map(|u| format!(" {u}")).unwrap_or_default();

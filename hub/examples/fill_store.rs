@@ -19,14 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = PathBuf::from(dir);
     let total: u64 = total.parse()?;
     let (store, _) = HubStore::open(&dir, StoreConfig::default())?;
-    let devices: Vec<(Kid, String)> = store
-        .devices()?
-        .into_iter()
-        .filter_map(|d| {
-            let bytes = protocol::hex::decode(&d.id)?;
-            Some((Kid::new(&bytes).ok()?, d.serial))
-        })
-        .collect();
+    let devices: Vec<(Kid, String)> =
+        store.devices()?.into_iter().map(|d| (d.id.kid(), d.serial)).collect();
     if devices.is_empty() {
         return Err("no paired devices in that store".into());
     }

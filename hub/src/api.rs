@@ -1,6 +1,7 @@
 //! The owner's command API: one implementation behind both fronts (the control socket now, the
 //! web UI later). Requests and answers are serde types, so every front speaks the same JSON.
 
+use crate::device_id::DeviceId;
 use protocol::oscore::Kid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -28,7 +29,7 @@ pub enum Request {
         serial: Option<String>,
         /// Or its device id.
         #[serde(default)]
-        device: Option<String>,
+        device: Option<DeviceId>,
     },
     /// Pairing window and waiting sensors.
     Pairing,
@@ -37,12 +38,12 @@ pub enum Request {
     /// One device.
     Device {
         /// Device id.
-        id: String,
+        id: DeviceId,
     },
     /// A device's newest readings.
     Readings {
         /// Device id.
-        id: String,
+        id: DeviceId,
         /// How many (default 20, at most 10,000).
         #[serde(default)]
         limit: Option<usize>,
@@ -50,7 +51,7 @@ pub enum Request {
     /// Remove a device: its keys, state and readings are erased.
     Remove {
         /// Device id.
-        id: String,
+        id: DeviceId,
     },
     /// Security-event counters (EN 303 645 5.10-1).
     Security,
@@ -74,7 +75,7 @@ pub enum Request {
     UpdatePolicy {
         /// Device (none: the hub's default).
         #[serde(default)]
-        device: Option<String>,
+        device: Option<DeviceId>,
         /// The policy (`null` on a device: follow the hub's).
         policy: Option<crate::updates::Policy>,
     },
@@ -82,7 +83,7 @@ pub enum Request {
     UpdateApprove {
         /// One device.
         #[serde(default)]
-        device: Option<String>,
+        device: Option<DeviceId>,
         /// Or every device of this model.
         #[serde(default)]
         model: Option<String>,
@@ -92,12 +93,12 @@ pub enum Request {
     /// Cancel delivery to a device.
     UpdateCancel {
         /// Device.
-        device: String,
+        device: DeviceId,
     },
     /// Retry a device's update now (clears its back-off).
     UpdateRetry {
         /// Device.
-        device: String,
+        device: DeviceId,
     },
 }
 
@@ -254,7 +255,7 @@ pub enum ApiError {
     Command(#[from] CommandError),
     /// No such device.
     #[error("no device {0}")]
-    NotFound(String),
+    NotFound(DeviceId),
     /// The hub is shutting down.
     #[error("the hub is shutting down")]
     Stopped,
@@ -268,12 +269,6 @@ pub enum ApiError {
 pub struct HubApi {
     pub(crate) link: mpsc::Sender<LinkCommand>,
     pub(crate) store: HubStore,
-}
-
-fn parse_id(id: &str) -> Result<Kid, ApiError> {
-    protocol::hex::decode(id)
-        .and_then(|b| Kid::new(&b).ok())
-        .ok_or_else(|| ApiError::BadRequest(format!("bad device id {id:?}")))
 }
 
 impl HubApi {
@@ -305,9 +300,9 @@ impl HubApi {
         &self,
         pin: String,
         serial: Option<String>,
-        device: Option<String>,
+        device: Option<DeviceId>,
     ) -> Result<String, ApiError> {
-        let device = device.as_deref().map(parse_id).transpose()?;
+        let device = device.map(|d| d.kid());
         let kid = self
             .ask(|reply| LinkCommand::PairPin { pin, serial, device, reply })
             .await?
@@ -326,7 +321,7 @@ impl HubApi {
         let views = tokio::task::spawn_blocking(move || -> Result<Vec<DeviceView>, ApiError> {
             let mut out = Vec::new();
             for info in store.devices()? {
-                let kid = parse_id(&info.id)?;
+                let kid = info.id.kid();
                 out.push(DeviceView { readings: store.reading_count(&kid)?, info, update: None });
             }
             Ok(out)
@@ -337,14 +332,14 @@ impl HubApi {
     }
 
     /// One device, with its update history.
-    pub async fn device(&self, id: &str) -> Result<DeviceView, ApiError> {
-        let kid = parse_id(id)?;
+    pub async fn device(&self, id: DeviceId) -> Result<DeviceView, ApiError> {
+        let kid = id.kid();
         let mut d = self
             .devices()
             .await?
             .into_iter()
-            .find(|d| d.info.id == id)
-            .ok_or_else(|| ApiError::NotFound(id.into()))?;
+            .find(|d| d.info.id.kid() == kid)
+            .ok_or(ApiError::NotFound(id))?;
         d.update = self.ask(|reply| LinkCommand::History { device: kid, reply }).await?;
         if let Some(u) = &d.update {
             d.info.firmware_version = u.installed;
@@ -377,10 +372,10 @@ impl HubApi {
     /// Sets a policy.
     pub async fn update_policy(
         &self,
-        device: Option<&str>,
+        device: Option<DeviceId>,
         policy: Option<crate::updates::Policy>,
     ) -> Result<(), ApiError> {
-        let device = device.map(parse_id).transpose()?;
+        let device = device.map(|d| d.kid());
         self.ask(|reply| LinkCommand::UpdatePolicy { device, policy, reply })
             .await?
             .map_err(ApiError::Command)
@@ -389,35 +384,35 @@ impl HubApi {
     /// Approves a version.
     pub async fn update_approve(
         &self,
-        device: Option<&str>,
+        device: Option<DeviceId>,
         model: Option<String>,
         version: u32,
     ) -> Result<(), ApiError> {
-        let device = device.map(parse_id).transpose()?;
+        let device = device.map(|d| d.kid());
         self.ask(|reply| LinkCommand::UpdateApprove { device, model, version, reply })
             .await?
             .map_err(ApiError::Command)
     }
 
     /// Cancels delivery to a device.
-    pub async fn update_cancel(&self, device: &str) -> Result<Option<u32>, ApiError> {
-        let device = parse_id(device)?;
+    pub async fn update_cancel(&self, device: DeviceId) -> Result<Option<u32>, ApiError> {
+        let device = device.kid();
         self.ask(|reply| LinkCommand::UpdateCancel { device, reply }).await
     }
 
     /// Retries now.
-    pub async fn update_retry(&self, device: &str) -> Result<(), ApiError> {
-        let device = parse_id(device)?;
+    pub async fn update_retry(&self, device: DeviceId) -> Result<(), ApiError> {
+        let device = device.kid();
         self.ask(|reply| LinkCommand::UpdateRetry { device, reply }).await
     }
 
     /// A device's newest readings, oldest first.
     pub async fn readings(
         &self,
-        id: &str,
+        id: DeviceId,
         limit: Option<usize>,
     ) -> Result<Vec<StoredReading>, ApiError> {
-        let kid = parse_id(id)?;
+        let kid = id.kid();
         let limit = limit.unwrap_or(20).min(10_000);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.readings(&kid, limit))
@@ -427,12 +422,12 @@ impl HubApi {
     }
 
     /// Removes a device (EN 303 645 5.11-1: its data is erased with it).
-    pub async fn remove(&self, id: &str) -> Result<(), ApiError> {
-        let kid = parse_id(id)?;
+    pub async fn remove(&self, id: DeviceId) -> Result<(), ApiError> {
+        let kid = id.kid();
         if self.ask(|reply| LinkCommand::Remove { kid, reply }).await? {
             Ok(())
         } else {
-            Err(ApiError::NotFound(id.into()))
+            Err(ApiError::NotFound(id))
         }
     }
 
@@ -453,12 +448,12 @@ impl HubApi {
             }
             Request::Pairing => self.pairing().await.map(|v| serde_json::json!(v)),
             Request::Devices => self.devices().await.map(|v| serde_json::json!(v)),
-            Request::Device { id } => self.device(&id).await.map(|v| serde_json::json!(v)),
+            Request::Device { id } => self.device(id).await.map(|v| serde_json::json!(v)),
             Request::Readings { id, limit } => {
-                self.readings(&id, limit).await.map(|v| serde_json::json!(v))
+                self.readings(id, limit).await.map(|v| serde_json::json!(v))
             }
             Request::Remove { id } => {
-                self.remove(&id).await.map(|()| serde_json::json!({"removed": id}))
+                self.remove(id).await.map(|()| serde_json::json!({"removed": id}))
             }
             Request::Security => self.security().await.map(|v| serde_json::json!(v)),
             Request::Updates => self.updates().await.map(|v| serde_json::json!(v)),
@@ -473,19 +468,18 @@ impl HubApi {
             Request::Trust { model, key } => {
                 self.trust(model, key).await.map(|kid| serde_json::json!({"trusted": kid}))
             }
-            Request::UpdatePolicy { device, policy } => self
-                .update_policy(device.as_deref(), policy)
-                .await
-                .map(|()| serde_json::json!({"ok": true})),
+            Request::UpdatePolicy { device, policy } => {
+                self.update_policy(device, policy).await.map(|()| serde_json::json!({"ok": true}))
+            }
             Request::UpdateApprove { device, model, version } => self
-                .update_approve(device.as_deref(), model, version)
+                .update_approve(device, model, version)
                 .await
                 .map(|()| serde_json::json!({"approved": version})),
             Request::UpdateCancel { device } => {
-                self.update_cancel(&device).await.map(|v| serde_json::json!({"cancelled": v}))
+                self.update_cancel(device).await.map(|v| serde_json::json!({"cancelled": v}))
             }
             Request::UpdateRetry { device } => {
-                self.update_retry(&device).await.map(|()| serde_json::json!({"ok": true}))
+                self.update_retry(device).await.map(|()| serde_json::json!({"ok": true}))
             }
         };
         result.unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))

@@ -184,8 +184,7 @@ fn load_updates(
     }
     let devices = store.devices()?;
     for p in peers {
-        let id = p.params.recipient_id.to_string();
-        if let Some(d) = devices.iter().find(|d| d.id == id) {
+        if let Some(d) = devices.iter().find(|d| d.id.kid() == p.params.recipient_id) {
             updates.device(&p.params.recipient_id, &d.model, d.firmware_version, d.updatable);
         }
     }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod device_id;
 pub mod feed;
 pub mod link;
 pub mod private_fs;

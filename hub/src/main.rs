@@ -1,5 +1,6 @@
 //! `hub`: run the daemon, or control a running one.
 
+use hub::device_id::DeviceId;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,12 +52,12 @@ enum CtlCmd {
     /// Show one device.
     Device {
         /// Device id.
-        id: String,
+        id: DeviceId,
     },
     /// Show a device's newest readings.
     Readings {
         /// Device id.
-        id: String,
+        id: DeviceId,
         /// How many.
         #[arg(long)]
         limit: Option<usize>,
@@ -64,7 +65,7 @@ enum CtlCmd {
     /// Remove a device and erase its data.
     Remove {
         /// Device id.
-        id: String,
+        id: DeviceId,
     },
     /// Security-event counters.
     Security,
@@ -106,7 +107,7 @@ enum UpdateCmd {
         until: Option<u64>,
         /// One device.
         #[arg(long)]
-        device: Option<String>,
+        device: Option<DeviceId>,
     },
     /// Approve a version (disruptive or notify-only).
     Approve {
@@ -115,7 +116,7 @@ enum UpdateCmd {
         version: u32,
         /// One device.
         #[arg(long)]
-        device: Option<String>,
+        device: Option<DeviceId>,
         /// Or every device of this model.
         #[arg(long)]
         model: Option<String>,
@@ -124,13 +125,13 @@ enum UpdateCmd {
     Cancel {
         /// Device.
         #[arg(long)]
-        device: String,
+        device: DeviceId,
     },
     /// Retry a device's update now.
     Retry {
         /// Device.
         #[arg(long)]
-        device: String,
+        device: DeviceId,
     },
 }
 
@@ -153,7 +154,7 @@ enum PairCmd {
         serial: Option<String>,
         /// Or its device id.
         #[arg(long)]
-        device: Option<String>,
+        device: Option<DeviceId>,
     },
     /// Window and waiting sensors.
     Status,

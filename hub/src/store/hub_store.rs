@@ -402,7 +402,7 @@ mod tests {
 
     fn device(k: Kid) -> Write {
         let info = DeviceInfo {
-            id: k.to_string(),
+            id: k.into(),
             model: "hearth-temp-1".into(),
             serial: format!("s{k}"),
             firmware_version: 1,
@@ -537,7 +537,7 @@ mod tests {
                 .expect("remove");
             assert_eq!(store.reading_count(&a).expect("count"), 0);
             assert!(store.readings(&a, 100).expect("r").is_empty());
-            assert!(store.devices().expect("devices").iter().all(|d| d.id != a.to_string()));
+            assert!(store.devices().expect("devices").iter().all(|d| d.id.kid() != a));
         }
         let (store, _) = HubStore::open(tmp.path(), config(2048)).expect("reopen");
         assert!(store.readings(&a, 100).expect("r").is_empty());

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceInfo {
     /// Device id: the sensor's OSCORE kid in hex.
-    pub id: String,
+    pub id: crate::device_id::DeviceId,
     /// Model designation (5.3-16).
     pub model: String,
     /// Serial number.
@@ -50,7 +50,7 @@ impl DeviceInfo {
     /// From a pairing's descriptor.
     pub fn new(kid: &Kid, d: &Descriptor, paired_at: u64) -> Self {
         Self {
-            id: kid.to_string(),
+            id: (*kid).into(),
             model: d.model.clone(),
             serial: d.serial.clone(),
             firmware_version: d.firmware_version,

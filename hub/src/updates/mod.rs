@@ -10,13 +10,14 @@ mod releases;
 mod tests;
 mod types;
 
+use crate::device_id::DeviceId;
 pub use types::{
     DeviceUpdate, DeviceView, HistoryEntry, HistoryEvent, Policy, Refusal, ReleaseView,
     UpdatesError, UpdatesView,
 };
 use types::{Persisted, Release};
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use protocol::link::FirmwareOffer;
@@ -49,8 +50,8 @@ const OFFER_TIMEOUT_S: u64 = 600;
 /// Key of the manager's document in the store.
 pub const META_KEY: &str = "updates";
 
-fn kid_id(kid: &Kid) -> String {
-    kid.to_string()
+fn kid_id(kid: &Kid) -> DeviceId {
+    DeviceId::from(*kid)
 }
 
 impl Updates {
@@ -164,7 +165,7 @@ impl Updates {
                     .devices
                     .get(&kid_id(k))
                     .ok_or_else(|| UpdatesError::Bad("no such device".into()))?;
-                (kid_id(k), d.model.clone())
+                (kid_id(k).to_string(), d.model.clone())
             }
             (None, Some(m)) => ("*".to_string(), m.to_string()),
             (None, None) => return Err(UpdatesError::Bad("name a device or a model".into())),
@@ -199,7 +200,7 @@ impl Updates {
     /// The newest release applicable to a device, and why it is not being installed (if not).
     fn candidate(
         &self,
-        id: &str,
+        id: &DeviceId,
         d: &DeviceUpdate,
         now: UnixTime,
     ) -> Option<(&Release, Option<String>)> {
@@ -221,13 +222,17 @@ impl Updates {
         judged.iter().find(|(_, why)| why.is_none()).cloned().or_else(|| judged.first().cloned())
     }
 
-    fn why_not(&self, id: &str, d: &DeviceUpdate, r: &Release, now: UnixTime) -> Option<String> {
+    fn why_not(
+        &self,
+        id: &DeviceId,
+        d: &DeviceUpdate,
+        r: &Release,
+        now: UnixTime,
+    ) -> Option<String> {
         let v = r.manifest.version();
-        let approved = self
-            .state
-            .approvals
-            .iter()
-            .any(|(who, am, av)| *av == v && *am == d.model && (who == "*" || who == id));
+        let approved = self.state.approvals.iter().any(|(who, am, av)| {
+            *av == v && *am == d.model && (who == "*" || *who == id.to_string())
+        });
         let cancelled = self.state.cancelled.iter().any(|(who, cv)| *cv == v && who == id);
         let failures = if d.failed_version == Some(v) { d.failures } else { 0 };
         if !d.updatable {
@@ -255,7 +260,7 @@ impl Updates {
     pub fn plan(&mut self, now: UnixTime) -> Vec<(Kid, Option<Arc<FirmwareOffer>>)> {
         let mut changes = Vec::new();
         let mut active = self.state.devices.values().filter(|d| d.offered.is_some()).count();
-        let ids: Vec<String> = self.state.devices.keys().cloned().collect();
+        let ids: Vec<DeviceId> = self.state.devices.keys().copied().collect();
         for id in &ids {
             let Some(d) = self.state.devices.get_mut(id) else { continue };
             if let Some(v) = d.offered
@@ -276,9 +281,7 @@ impl Updates {
             let want = self
                 .candidate(&id, d, now)
                 .and_then(|(r, why)| why.is_none().then(|| r.offer.clone()));
-            let Some(kid) = protocol::hex::decode(&id).and_then(|b| Kid::new(&b).ok()) else {
-                continue;
-            };
+            let kid = id.kid();
             let current = d.offered;
             match (current, want) {
                 (Some(c), Some(w)) if c == w.offer().version => {}
@@ -329,7 +332,7 @@ impl Updates {
             .filter_map(|(id, d)| {
                 let v = d.offered?;
                 let r = self.releases.get(&(d.model.clone(), v))?;
-                let kid = protocol::hex::decode(id).and_then(|b| Kid::new(&b).ok())?;
+                let kid = id.kid();
                 Some((kid, r.offer.clone()))
             })
             .collect()
@@ -438,7 +441,7 @@ impl Updates {
                     return None;
                 }
                 Some(DeviceView {
-                    id: id.clone(),
+                    id: *id,
                     model: d.model.clone(),
                     installed: d.installed,
                     available: cand.as_ref().map(|(r, _)| r.manifest.version()),
@@ -461,15 +464,5 @@ impl Updates {
             refused: self.state.refused.clone(),
             devices,
         }
-    }
-
-    /// Known (model, version) pairs, to skip feed entries already handled.
-    pub fn seen(&self) -> HashSet<(String, u32)> {
-        self.releases.keys().cloned().collect()
-    }
-
-    /// Devices' installed versions by id (for the device view).
-    pub fn installed(&self) -> HashMap<String, u32> {
-        self.state.devices.iter().map(|(k, d)| (k.clone(), d.installed)).collect()
     }
 }

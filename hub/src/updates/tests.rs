@@ -1,6 +1,7 @@
 //! Update manager policy tests with a controllable clock.
 
 use super::*;
+use crate::device_id::DeviceId;
 use protocol::update::{Manifest, SigningKeyPair};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -196,7 +197,7 @@ fn failures_count_per_version_and_stale_offers_free_their_slot() {
     assert!(
         f.updates
             .why_not(
-                &protocol::hex::encode(stuck.as_bytes()),
+                &DeviceId::from(stuck),
                 &d,
                 f.updates.releases.values().last().expect("v3"),
                 later

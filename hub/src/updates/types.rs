@@ -7,6 +7,8 @@ use protocol::link::FirmwareOffer;
 use protocol::update::VerifiedManifest;
 use serde::{Deserialize, Serialize};
 
+use crate::device_id::DeviceId;
+
 /// The owner's update policy (6.14), for the hub or one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
@@ -112,11 +114,11 @@ pub(super) struct Persisted {
     pub(super) trust: Vec<(String, String)>,
     pub(super) releases: Vec<(String, u32)>,
     pub(super) refused: Vec<Refusal>,
-    pub(super) devices: BTreeMap<String, DeviceUpdate>,
+    pub(super) devices: BTreeMap<DeviceId, DeviceUpdate>,
     pub(super) policy: Option<Policy>,
     /// (device id or "*", model, version).
     pub(super) approvals: Vec<(String, String, u32)>,
-    pub(super) cancelled: Vec<(String, u32)>,
+    pub(super) cancelled: Vec<(DeviceId, u32)>,
 }
 
 /// A verified release.
@@ -175,7 +177,7 @@ pub struct UpdatesView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceView {
     /// Device id.
-    pub id: String,
+    pub id: DeviceId,
     /// Model.
     pub model: String,
     /// Installed version.
