@@ -25,6 +25,9 @@ use crate::seclog::SecurityLog;
 use crate::store::{DeviceInfo, HubStore, Store, Write};
 use crate::updates::{META_KEY, Updates};
 
+/// Key of the persisted security counters in the store's meta table.
+pub(crate) const COUNTERS_KEY: &str = "security_counters";
+
 /// A group commit: what to write, and what to release once it is durable.
 #[derive(Default)]
 struct Batch {
@@ -84,6 +87,8 @@ pub(crate) struct Driver {
     updates: Updates,
     replan: bool,
     seclog: SecurityLog,
+    /// The security counters as last queued for the store.
+    persisted_counters: Option<SecurityReport>,
     pins: VecDeque<PinEntry>,
     /// The attempt being confirmed, and who waits for its outcome.
     pin_attempt: Option<(Kid, tokio::sync::oneshot::Sender<Result<Kid, CommandError>>)>,
@@ -92,11 +97,17 @@ pub(crate) struct Driver {
 impl Driver {
     pub(crate) fn new(
         updates: Updates,
-        link: HubLink<SocketAddr>,
+        mut link: HubLink<SocketAddr>,
         socket: Arc<UdpSocket>,
         store: HubStore,
         config: Config,
     ) -> Self {
+        // Security counters survive restarts (EN 303 645 5.10-1); unreadable ones start at 0.
+        let restored: Option<SecurityReport> =
+            store.meta(COUNTERS_KEY).ok().flatten().and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(r) = &restored {
+            link.restore_counters(r.link);
+        }
         let (commit_tx, commit_rx) = std::sync::mpsc::channel::<Batch>();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let spawned = std::thread::Builder::new().name("hub-store".into()).spawn(move || {
@@ -127,10 +138,11 @@ impl Driver {
             done_rx,
             retry_at: None,
             failed: None,
-            bad_payload: 0,
+            bad_payload: restored.as_ref().map_or(0, |r| r.bad_payload),
             updates,
             replan: true,
             seclog: SecurityLog::default(),
+            persisted_counters: restored,
             pins: VecDeque::new(),
             pin_attempt: None,
         }
@@ -138,6 +150,28 @@ impl Driver {
 
     fn now(&self) -> Millis {
         Millis(self.origin.elapsed().as_millis() as u64 + 1)
+    }
+
+    /// Queues the security counters for the next commit if they changed (called every second
+    /// and at shutdown), so they survive restarts.
+    fn persist_counters(&mut self) {
+        let report = self.security_report();
+        if self.persisted_counters.as_ref() == Some(&report) {
+            return;
+        }
+        if let Ok(value) = serde_json::to_vec(&report) {
+            self.pending
+                .writes
+                .retain(|w| !matches!(w, Write::Meta { key, .. } if key == COUNTERS_KEY));
+            self.pending.writes.push(Write::Meta { key: COUNTERS_KEY.into(), value });
+            self.persisted_counters = Some(report);
+        }
+    }
+
+    fn security_report(&self) -> SecurityReport {
+        let link = self.link.counters();
+        let total = link.security_total() + self.bad_payload;
+        SecurityReport { link, bad_payload: self.bad_payload, total }
     }
 
     pub(crate) async fn run(
@@ -183,6 +217,7 @@ impl Driver {
                     let now = self.now();
                     self.link.handle_timeout(now);
                     self.next_pin();
+                    self.persist_counters();
                     self.seclog.flush(Instant::now());
                 }
                 () = shutdown.cancelled() => break,
@@ -197,6 +232,7 @@ impl Driver {
 
     /// Lets the commit in flight and the pending batch finish, so nothing received is lost.
     async fn drain_on_shutdown(&mut self) {
+        self.persist_counters();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while (self.in_flight || !self.pending.is_empty()) && tokio::time::Instant::now() < deadline
         {
@@ -549,9 +585,7 @@ impl Driver {
                 let _ = reply.send(self.updates.history(&device));
             }
             LinkCommand::Security { reply } => {
-                let link = self.link.counters();
-                let total = link.security_total() + self.bad_payload;
-                let _ = reply.send(SecurityReport { link, bad_payload: self.bad_payload, total });
+                let _ = reply.send(self.security_report());
             }
         }
     }

@@ -273,6 +273,8 @@ async fn ctl(data_dir: Option<PathBuf>, socket: Option<PathBuf>, cmd: CtlCmd) ->
         }
         Err(e) => {
             eprintln!("hub ctl: {}: {e}", socket.display());
+            let dir = socket.parent().map(|d| d.display().to_string()).unwrap_or_default();
+            eprintln!("hub ctl: is the hub running? Start it with `hub run --data-dir {dir}`");
             ExitCode::FAILURE
         }
     }

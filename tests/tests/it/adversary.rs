@@ -400,3 +400,35 @@ fn a_refused_update_is_not_offered_again_before_its_back_off() {
         assert!(d["update"]["retry_at"].as_u64() > Some(0), "a back-off is set: {d}");
     }
 }
+
+#[test]
+fn security_counters_survive_a_restart_and_ctl_says_how_to_start_a_stopped_hub() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("hub");
+    let port = free_udp_port();
+    let hub = Hub::start(&dir, port);
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for i in 0..25u16 {
+        s.send_to(&forged_oscore(&[0xde, 0xad], u64::from(i), i, &[0u8; 16]), hub.coap)
+            .expect("send");
+    }
+    let before = wait_for("counted", Duration::from_secs(20), || {
+        let s = hub.security();
+        (s["unknown_kid"].as_u64() >= Some(25)).then_some(s)
+    });
+    let control = hub.control.clone();
+    hub.stop();
+    // With the hub stopped, ctl fails and says how to start it.
+    let out = std::process::Command::new(tests::bin("hub"))
+        .args(["ctl", "--socket"])
+        .arg(&control)
+        .arg("security")
+        .output()
+        .expect("ctl");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hub run --data-dir"), "{out:?}");
+    let hub = Hub::start(&dir, port);
+    let after = hub.security();
+    assert_eq!(after["unknown_kid"], before["unknown_kid"], "{after}");
+    assert!(after["total"].as_u64() >= before["total"].as_u64(), "{after}");
+}

@@ -142,6 +142,12 @@ impl<A: Endpoint> HubLink<A> {
         self.peers.keys().copied().collect()
     }
 
+    /// Restores counters persisted before a restart (EN 303 645 5.10-1: the record of attacks
+    /// survives the hub's restarts).
+    pub fn restore_counters(&mut self, counters: SecurityCounters) {
+        self.counters = counters;
+    }
+
     /// Counters of rejected input.
     pub fn counters(&self) -> SecurityCounters {
         self.counters
