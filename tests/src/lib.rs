@@ -214,6 +214,16 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// Starts a fleet reporting to `hub_addr` (the hub or a relay in front of it) that plays the
+    /// owner typing PINs on `hub`'s control socket and keeps its flash in `flash`.
+    pub fn fleet(hub_addr: &str, hub: &Hub, flash: &Path, extra: &[&str]) -> Sim {
+        let ctl = hub.control.to_str().expect("utf-8");
+        let flash = flash.to_str().expect("utf-8");
+        let mut args = vec!["fleet", "--hub", hub_addr, "--ctl", ctl, "--flash", flash];
+        args.extend(extra);
+        Sim::start(&args)
+    }
+
     /// Starts `sensor-sim <args>`.
     pub fn start(args: &[&str]) -> Sim {
         let mut child = Command::new(bin("sensor-sim"))

@@ -14,15 +14,6 @@ use tests::{
     send_from_new_port, wait_for,
 };
 
-fn fleet(hub_addr: &str, hub: &Hub, flash: &std::path::Path, extra: &[&str]) -> Sim {
-    let ctl = hub.control.to_str().expect("utf-8").to_string();
-    let mut args = vec!["fleet", "--hub", hub_addr, "--ctl", &ctl];
-    let flash = flash.to_str().expect("utf-8");
-    args.extend(["--flash", flash]);
-    args.extend(extra);
-    Sim::start(&args)
-}
-
 /// Waits for `n` more DELIVERED lines.
 fn deliveries(sim: &mut Sim, n: usize, what: &str) {
     let mut seen = 0;
@@ -70,7 +61,7 @@ fn a_forgery_flood_on_one_kid_does_not_stop_its_sensor_and_the_data_dir_is_priva
     let mut hub = Hub::start(&dir, port);
     let flash = tmp.path().join("flash.redb");
     let addr = hub.coap.to_string();
-    let mut sim = fleet(&addr, &hub, &flash, &["--sensors", "1", "--interval-ms", "100"]);
+    let mut sim = Sim::fleet(&addr, &hub, &flash, &["--sensors", "1", "--interval-ms", "100"]);
     let kid = sim.paired(1, Duration::from_secs(60)).remove(0);
     let kid_bytes = protocol::hex::decode(&kid).expect("hex kid");
     deliveries(&mut sim, 3, "first readings");
@@ -281,7 +272,7 @@ fn replayed_firmware_gets_after_restarts_are_refused_and_progress_does_not_move(
     let via = relay.addr.to_string();
     // A thermostat verifies signatures itself: it GETs the manifest, then the blocks.
     let keys = maker.keys.to_str().expect("utf-8").to_string();
-    let mut sim = fleet(
+    let mut sim = Sim::fleet(
         &via,
         &hub,
         &flash,
@@ -364,7 +355,7 @@ fn a_refused_update_is_not_offered_again_before_its_back_off() {
     // manifest and refuse the update.
     let flash = tmp.path().join("flash.redb");
     let addr = hub.coap.to_string();
-    let mut sim = fleet(
+    let mut sim = Sim::fleet(
         &addr,
         &hub,
         &flash,

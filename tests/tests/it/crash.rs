@@ -28,25 +28,23 @@ fn acknowledged_readings_survive_sigkill_and_no_replay_or_nonce_reuse_follows() 
     let mut hub = Hub::start(&data, port);
     let relay = Relay::start(hub.coap);
     let flash = tmp.path().join("flash.redb");
-    let ctl = hub.control.to_str().expect("utf-8").to_string();
-    let mut sim = Sim::start(&[
-        "fleet",
-        "--hub",
+    let sensors = SENSORS.to_string();
+    let mut sim = Sim::fleet(
         &relay.addr.to_string(),
-        "--sensors",
-        &SENSORS.to_string(),
-        "--flash",
-        flash.to_str().expect("utf-8"),
-        "--ctl",
-        &ctl,
-        "--interval-ms",
-        "200",
-        "--audit-nonces",
-        "--status-ms",
-        "250",
-        "--sockets",
-        "1",
-    ]);
+        &hub,
+        &flash,
+        &[
+            "--sensors",
+            &sensors,
+            "--interval-ms",
+            "200",
+            "--audit-nonces",
+            "--status-ms",
+            "250",
+            "--sockets",
+            "1",
+        ],
+    );
     sim.paired(SENSORS, Duration::from_secs(180));
 
     let mut acked: HashMap<String, HashSet<i64>> = HashMap::new();

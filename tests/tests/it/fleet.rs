@@ -27,20 +27,13 @@ fn fifty_sensors_pair_report_and_survive_a_hub_restart() {
     let port = free_udp_port();
     let hub = Hub::start(&data, port);
     let flash = tmp.path().join("flash.redb");
-    let ctl = hub.control.to_str().expect("utf-8").to_string();
-    let mut sim = Sim::start(&[
-        "fleet",
-        "--hub",
+    let sensors = SENSORS.to_string();
+    let mut sim = Sim::fleet(
         &hub.coap.to_string(),
-        "--sensors",
-        &SENSORS.to_string(),
-        "--flash",
-        flash.to_str().expect("utf-8"),
-        "--ctl",
-        &ctl,
-        "--interval-ms",
-        "300",
-    ]);
+        &hub,
+        &flash,
+        &["--sensors", &sensors, "--interval-ms", "300"],
+    );
 
     // Every sensor pairs (the simulator plays the owner typing each display's PIN).
     let paired: HashSet<String> =
