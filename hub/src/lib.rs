@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod device_id;
 pub mod feed;
+pub mod identity;
 pub mod link;
 pub mod private_fs;
 pub mod rng;
