@@ -6,7 +6,7 @@ use protocol::oscore::Kid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{DeviceInfo, HubStore, Store, StoredReading};
+use crate::store::{HubStore, Store, StoredReading};
 
 /// A request to the hub.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,9 +146,9 @@ pub struct SecurityReport {
 /// A device with its live state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceView {
-    /// Stored info.
+    /// Pairing record, name, room, availability, isolation, last seen, current state.
     #[serde(flatten)]
-    pub info: DeviceInfo,
+    pub device: crate::devices::DeviceSnapshot,
     /// Readings stored.
     pub readings: u64,
     /// Update state and history (in `device` answers).
@@ -269,6 +269,9 @@ pub enum ApiError {
 pub struct HubApi {
     pub(crate) link: mpsc::Sender<LinkCommand>,
     pub(crate) store: HubStore,
+    /// Names, rooms, availability, isolation and current state of every device; subscribe to
+    /// its notices for live data (isolated devices' data is never in them).
+    pub directory: crate::devices::Directory,
 }
 
 impl HubApi {
@@ -315,14 +318,15 @@ impl HubApi {
         self.ask(|reply| LinkCommand::Pairing { reply }).await
     }
 
-    /// All devices.
+    /// All devices, by name.
     pub async fn devices(&self) -> Result<Vec<DeviceView>, ApiError> {
         let store = self.store.clone();
+        let snapshots = self.directory.list();
         let views = tokio::task::spawn_blocking(move || -> Result<Vec<DeviceView>, ApiError> {
-            let mut out = Vec::new();
-            for info in store.devices()? {
-                let kid = info.id.kid();
-                out.push(DeviceView { readings: store.reading_count(&kid)?, info, update: None });
+            let mut out = Vec::with_capacity(snapshots.len());
+            for device in snapshots {
+                let kid = device.info.id.kid();
+                out.push(DeviceView { readings: store.reading_count(&kid)?, device, update: None });
             }
             Ok(out)
         })
@@ -334,15 +338,15 @@ impl HubApi {
     /// One device, with its update history.
     pub async fn device(&self, id: DeviceId) -> Result<DeviceView, ApiError> {
         let kid = id.kid();
-        let mut d = self
-            .devices()
-            .await?
-            .into_iter()
-            .find(|d| d.info.id.kid() == kid)
-            .ok_or(ApiError::NotFound(id))?;
+        let device = self.directory.get(&id).ok_or(ApiError::NotFound(id))?;
+        let store = self.store.clone();
+        let readings = tokio::task::spawn_blocking(move || store.reading_count(&kid))
+            .await
+            .map_err(|_| ApiError::Stopped)??;
+        let mut d = DeviceView { device, readings, update: None };
         d.update = self.ask(|reply| LinkCommand::History { device: kid, reply }).await?;
         if let Some(u) = &d.update {
-            d.info.firmware_version = u.installed;
+            d.device.info.firmware_version = u.installed;
         }
         Ok(d)
     }

@@ -105,13 +105,24 @@ pub async fn start(
     let control = data_dir.join("control.sock");
     let listener = crate::control::bind(&control)
         .map_err(|e| StartError::Bind(control.display().to_string(), e))?;
+    let directory = {
+        let doc = store.meta(crate::devices::META_KEY)?;
+        let devices = store.devices()?;
+        crate::devices::Directory::new(
+            devices,
+            doc.as_deref(),
+            config.availability.directory_config(),
+            crate::link::unix_now_ms(),
+        )
+    };
     let (tx, rx) = mpsc::channel(256);
-    let api = HubApi { link: tx, store: store.clone() };
+    let api = HubApi { link: tx, store: store.clone(), directory: directory.clone() };
     let updates = load_updates(&store, data_dir, &config, &peers)?;
     for (kid, offer) in updates.active_offers() {
         link.set_offer(&kid, Some(offer));
     }
-    let driver = crate::link::Driver::new(updates, link, Arc::new(socket), store, config.clone());
+    let driver =
+        crate::link::Driver::new(updates, link, Arc::new(socket), store, config.clone(), directory);
     let feed = feed_task(&config.updates, api.clone(), shutdown.clone());
     let mut tasks = vec![
         tokio::spawn(driver.run(rx, shutdown.clone())),

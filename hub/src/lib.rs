@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod device_id;
+pub mod devices;
 pub mod feed;
 pub mod identity;
 pub mod link;

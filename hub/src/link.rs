@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{CommandError, LinkCommand, PairingStatus, SecurityReport, Waiting};
 use crate::config::Config;
+use crate::devices::Directory;
 use crate::seclog::SecurityLog;
 use crate::store::{DeviceInfo, HubStore, Store, Write};
 use crate::updates::{META_KEY, Updates};
@@ -92,6 +93,8 @@ pub(crate) struct Driver {
     pins: VecDeque<PinEntry>,
     /// The attempt being confirmed, and who waits for its outcome.
     pin_attempt: Option<(Kid, tokio::sync::oneshot::Sender<Result<Kid, CommandError>>)>,
+    /// What people and the outgoing paths see of each device.
+    directory: Directory,
 }
 
 impl Driver {
@@ -101,6 +104,7 @@ impl Driver {
         socket: Arc<UdpSocket>,
         store: HubStore,
         config: Config,
+        directory: Directory,
     ) -> Self {
         // Security counters survive restarts (EN 303 645 5.10-1); unreadable ones start at 0.
         let restored: Option<SecurityReport> =
@@ -145,6 +149,7 @@ impl Driver {
             persisted_counters: restored,
             pins: VecDeque::new(),
             pin_attempt: None,
+            directory,
         }
     }
 
@@ -165,6 +170,18 @@ impl Driver {
                 .retain(|w| !matches!(w, Write::Meta { key, .. } if key == COUNTERS_KEY));
             self.pending.writes.push(Write::Meta { key: COUNTERS_KEY.into(), value });
             self.persisted_counters = Some(report);
+        }
+    }
+
+    /// Queues the device profiles (names, rooms, availability, isolation) for the next commit
+    /// when they changed, or whole with last-seen times at shutdown.
+    fn persist_directory(&mut self, shutdown: bool) {
+        let doc =
+            if shutdown { Some(self.directory.document()) } else { self.directory.take_dirty() };
+        if let Some(value) = doc {
+            let key = crate::devices::META_KEY;
+            self.pending.writes.retain(|w| !matches!(w, Write::Meta { key: k, .. } if k == key));
+            self.pending.writes.push(Write::Meta { key: key.into(), value });
         }
     }
 
@@ -218,6 +235,8 @@ impl Driver {
                     self.link.handle_timeout(now);
                     self.next_pin();
                     self.persist_counters();
+                    self.directory.tick(unix_now_ms());
+                    self.persist_directory(false);
                     self.seclog.flush(Instant::now());
                 }
                 () = shutdown.cancelled() => break,
@@ -233,6 +252,7 @@ impl Driver {
     /// Lets the commit in flight and the pending batch finish, so nothing received is lost.
     async fn drain_on_shutdown(&mut self) {
         self.persist_counters();
+        self.persist_directory(true);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while (self.in_flight || !self.pending.is_empty()) && tokio::time::Instant::now() < deadline
         {
@@ -402,8 +422,18 @@ impl Driver {
             self.link.lease_durable(&kid, lease);
         }
         let now = self.now();
+        let now_ms = unix_now_ms();
         for kid in batch.paired {
             self.link.paired_durable(now, &kid);
+        }
+        for w in &batch.writes {
+            match w {
+                Write::Device { info, .. } => self.directory.paired(info.clone(), now_ms),
+                Write::Readings { kid, readings } => {
+                    self.directory.readings(&(*kid).into(), readings, now_ms);
+                }
+                _ => {}
+            }
         }
     }
 
@@ -542,6 +572,7 @@ impl Driver {
                     self.pending.readings.remove(&kid);
                     self.pending.states.remove(&kid);
                     self.pending.writes.push(Write::Remove { kid });
+                    self.directory.removed(&kid.into());
                 }
                 let _ = reply.send(existed);
             }
@@ -589,6 +620,14 @@ impl Driver {
             }
         }
     }
+}
+
+/// Wall-clock time in Unix milliseconds (last seen, availability).
+pub(crate) fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Wall-clock time for the protocol core's time-dependent checks.

@@ -77,6 +77,20 @@ pub struct StoredReading {
     pub value: serde_json::Value,
 }
 
+impl From<&Reading> for StoredReading {
+    fn from(r: &Reading) -> Self {
+        Self {
+            time_ms: r.time.0,
+            name: r.name.clone(),
+            unit: r.unit.clone(),
+            value: match r.value {
+                protocol::senml::Value::Number(v) => serde_json::json!(v),
+                protocol::senml::Value::Bool(b) => serde_json::json!(b),
+            },
+        }
+    }
+}
+
 /// A paired device's link state, as loaded at start.
 #[derive(Debug, Clone)]
 pub struct PeerRecord {
