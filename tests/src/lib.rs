@@ -158,6 +158,20 @@ impl Hub {
         serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
     }
 
+    /// Runs `hub ctl <args>` as a person would (tables, no `--json`): whether it succeeded,
+    /// its standard output and its standard error.
+    pub fn ctl_human(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin("hub"))
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&self.control)
+            .args(args)
+            .output()
+            .expect("hub ctl");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    }
+
     /// `hub ctl update add` with a manifest and an image: the hub's answer, or its error text.
     pub fn update_add(&self, manifest: &Path, image: &Path) -> Result<Value, String> {
         let path = |p: &Path| p.to_str().expect("utf-8 path").to_string();

@@ -165,6 +165,20 @@ fn advisories_isolate_buttons_schedule_fixes_and_a_replacement_inherits_the_butt
     });
     new.stop();
 
+    // The owner's explicit override: the other button's readings are accepted again, and the
+    // override is on record.
+    let before = device(&hub, buttons[1])["readings"].as_u64().expect("n");
+    hub.ctl(&["unisolate", buttons[1]]);
+    let d = wait_for("readings from the unisolated button", Duration::from_secs(30), || {
+        let d = device(&hub, buttons[1]);
+        (d["readings"].as_u64() > Some(before + 2)).then_some(d)
+    });
+    assert_ne!(d["availability"], "isolated", "{d}");
+    assert!(d["isolation"]["overridden_at"].as_u64().is_some(), "{d}");
+    let why: Vec<&str> =
+        d["transitions"].as_array().expect("t").iter().filter_map(|t| t["why"].as_str()).collect();
+    assert!(why.iter().any(|w| w.contains("overridden by the owner")), "{d}");
+
     // The buttons kept recording: their physical interface shows measurements taken after the
     // isolation (read with the fleet stopped, as from the device itself).
     sim.terminate();

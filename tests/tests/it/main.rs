@@ -5,6 +5,7 @@ mod adversary;
 mod aiocoap_interop;
 mod bad_input;
 mod crash;
+mod ctl;
 mod demo;
 mod feed;
 mod fleet;
