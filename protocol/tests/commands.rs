@@ -41,9 +41,8 @@ fn a_queued_command_rides_the_next_acknowledgement_once() {
     assert_eq!(h.hub.link.pending_command(&kid), None);
     let other = 1 - i;
     assert!(commands(&h, other).is_empty(), "only its own sensor gets it");
-    assert!(!h.hub.link.queue_command(&protocol::oscore::Kid::default(), Command {
-        id: 3,
-        name: "setpoint".into(),
-        value: 1.0
-    }));
+    assert!(!h.hub.link.queue_command(
+        &protocol::oscore::Kid::default(),
+        Command { id: 3, name: "setpoint".into(), value: 1.0 }
+    ));
 }
