@@ -8,6 +8,7 @@ mod crash;
 mod demo;
 mod feed;
 mod fleet;
+mod mqtt;
 mod outage;
 mod pairing_limits;
 mod pairing_retry;
