@@ -184,7 +184,7 @@ pub struct SecurityReport {
     /// Readings refused for breaking a limit (SenML).
     pub bad_payload: u64,
     /// MQTT logins refused or throttled, malformed MQTT, forged publications.
-    #[serde(default)]
+    #[serde(flatten)]
     pub mqtt: crate::mqtt::auth::MqttCounters,
     /// Total of the security-relevant counters (retransmissions and Echo rate limiting are
     /// not security events).

@@ -74,16 +74,21 @@ pub enum UserError {
     Seal(#[from] crate::store::SealError),
 }
 
-/// Counters of MQTT security events (EN 303 645 5.10-1), shown by `hub ctl security`.
+/// Counters of MQTT security events (EN 303 645 5.10-1), shown by `hub ctl security` (named
+/// `mqtt_*` there, beside the link's counters).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MqttCounters {
     /// Logins refused: unknown user, wrong password, or no credentials.
+    #[serde(rename = "mqtt_login_failed", default)]
     pub login_failed: u64,
     /// Connections refused unverified during a back-off.
+    #[serde(rename = "mqtt_throttled", default)]
     pub throttled: u64,
     /// Malformed MQTT (first packet not CONNECT, bad framing, unsupported protocol).
+    #[serde(rename = "mqtt_malformed", default)]
     pub malformed: u64,
     /// Publications refused because the topic is the hub's own (device state, discovery).
+    #[serde(rename = "mqtt_denied_publish", default)]
     pub denied_publish: u64,
 }
 

@@ -36,7 +36,7 @@ fn mqtt_config(p: &Ports) -> String {
 
 fn add_user(hub: &Hub, name: &str, password: Option<&str>) -> Value {
     let mut child = Command::new(bin("hub"))
-        .args(["ctl", "--socket"])
+        .args(["ctl", "--json", "--socket"])
         .arg(&hub.control)
         .args(["mqtt-user", "add", name])
         .stdin(Stdio::piped())
@@ -124,7 +124,12 @@ fn publish(args: &[&str]) -> (bool, String) {
 }
 
 fn mqtt_counters(hub: &Hub) -> Value {
-    hub.security()["mqtt"].clone()
+    let s = hub.security();
+    serde_json::json!({
+        "login_failed": s["mqtt_login_failed"],
+        "throttled": s["mqtt_throttled"],
+        "denied_publish": s["mqtt_denied_publish"],
+    })
 }
 
 /// The address a listener on `port` is bound to, from /proc/net/tcp (LISTEN state).
@@ -362,4 +367,98 @@ fn wait_for_log(log: &Path, needle: &str) {
     });
     let text = std::fs::read_to_string(log).unwrap_or_default();
     assert!(!text.contains(PASSWORD), "no password in the log");
+}
+
+#[test]
+fn an_isolated_device_leaves_mqtt_its_configs_and_state_withdrawn() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut maker = tests::Maker::new(tmp.path());
+    let (url, cert) = maker.serve(tmp.path());
+    let ports = Ports { plain: free_tcp_port(), tls: free_tcp_port(), broker: free_tcp_port() };
+    let extra = format!(
+        "[updates]\nfeed_url = \"{url}\"\nfeed_cert = \"{}\"\ncheck_interval_s = 2\n{}\n{}",
+        cert.display(),
+        maker.trust_toml(&["hearth-button-1"]),
+        mqtt_config(&ports)
+    );
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &extra);
+    add_user(&hub, "ha", Some(PASSWORD));
+    let flash = tmp.path().join("flash.redb");
+    let mut sim = Sim::fleet(
+        &hub.coap.to_string(),
+        &hub,
+        &flash,
+        &["--sensors", "1", "--models", "button", "--interval-ms", "200"],
+    );
+    let button = sim.paired(1, Duration::from_secs(60)).remove(0);
+    let plain = ports.plain.to_string();
+    let (cfg, dev) =
+        (format!("homeassistant/+/hearth_{button}/+/config"), format!("hearth/{button}/#"));
+    let sub = Sub::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &plain,
+        "-u",
+        "ha",
+        "-P",
+        PASSWORD,
+        "-t",
+        &cfg,
+        "-t",
+        &dev,
+    ]);
+    let config_topic =
+        sub.until("the button's discovery config", Duration::from_secs(30), |t, p| {
+            (t.ends_with("/config") && !p.is_empty()).then(|| t.to_owned())
+        });
+    let state = format!("hearth/{button}/state");
+    sub.until("a button state", Duration::from_secs(30), |t, _| (t == state).then_some(()));
+
+    maker.advisory(
+        "hearth-button-1",
+        1,
+        1,
+        None,
+        "The radio stack accepts unauthenticated frames.",
+    );
+    let (mut isolated, mut config_gone, mut state_gone) = (false, false, false);
+    sub.until(
+        "availability isolated, config and state withdrawn",
+        Duration::from_secs(30),
+        |t, p| {
+            isolated |= t.ends_with("/availability") && p == "isolated";
+            config_gone |= t == config_topic && p.is_empty();
+            state_gone |= t == state && p.is_empty();
+            (isolated && config_gone && state_gone).then_some(())
+        },
+    );
+    // From now on nothing of its data leaves: a new subscriber sees only "isolated".
+    let fresh = Sub::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &plain,
+        "-u",
+        "ha",
+        "-P",
+        PASSWORD,
+        "-t",
+        &dev,
+        "-t",
+        &cfg,
+    ]);
+    let first = fresh.until("the retained availability", Duration::from_secs(10), |t, p| {
+        Some((t.to_owned(), p.to_owned()))
+    });
+    assert_eq!(first, (format!("hearth/{button}/availability"), "isolated".to_owned()));
+    // An observation window for absence (the button keeps reporting every 200 ms).
+    let settled = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settled {
+        if let Ok(l) = fresh.lines.recv_timeout(Duration::from_millis(100)) {
+            panic!("an isolated device's data left the hub: {l}");
+        }
+    }
+    assert_eq!(hub.ctl(&["device", &button])["availability"], "isolated");
+    sim.stop();
 }
