@@ -240,21 +240,13 @@ impl Bridge {
                 }
                 let Some(d) = self.api.directory.get(&device) else { return };
                 let entry = self.devices.entry(device).or_default();
-                let mut retained = entry.state_ms;
                 let messages = topics::state_messages(&d, &readings);
-                let mut out = Vec::with_capacity(messages.len());
-                for m in messages {
-                    // Only the newest state is retained; backfill older than it is published
-                    // (with its original time) without replacing it.
-                    let retain = retained.is_none_or(|t| m.time_ms >= t);
-                    if retain {
-                        retained = Some(m.time_ms);
-                    }
-                    out.push((m.payload, retain));
-                }
+                // Only the newest state is retained; backfill older than it is published (with
+                // its original time) without replacing it.
+                let (flags, retained) = topics::retain_flags(entry.state_ms, &messages);
                 entry.state_ms = retained;
-                for (payload, retain) in out {
-                    self.publish_json(topics::state(&device), &payload, retain);
+                for (m, retain) in messages.into_iter().zip(flags) {
+                    self.publish_json(topics::state(&device), &m.payload, retain);
                 }
             }
             Notice::Availability { device, availability } => {

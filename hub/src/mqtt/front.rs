@@ -107,6 +107,8 @@ impl Front {
         let frame = match first {
             Ok(Ok(frame)) => frame,
             Ok(Err(Refusal::Malformed(what))) => return self.auth.malformed(ip, &what),
+            // A client that sent part of a packet and then nothing until the deadline.
+            Err(_) if !buf.is_empty() => return self.auth.malformed(ip, "incomplete CONNECT"),
             Ok(Err(Refusal::Closed | Refusal::Io)) | Err(_) => return,
         };
         let parsed = V4.read_mut(&mut BytesMut::from(&frame[..]), self.max_packet);
@@ -237,13 +239,17 @@ impl Front {
     }
 }
 
-/// Reads one whole MQTT frame into `buf` and splits it off.
+/// Reads the client's first MQTT frame (CONNECT) into `buf` and splits it off.
 async fn read_frame<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<BytesMut, Refusal> {
     loop {
+        // The first packet must be CONNECT: refuse anything else at its first byte.
+        if buf.first().is_some_and(|b| b >> 4 != 1) {
+            return Err(Refusal::Malformed("first packet is not CONNECT".into()));
+        }
         match rumqttd::protocol::v4::check(buf.iter(), max) {
             Ok(h) => return Ok(buf.split_to(h.frame_length())),
             Err(rumqttd::protocol::Error::InsufficientBytes(_)) => {}

@@ -141,6 +141,24 @@ pub fn state_messages(device: &DeviceSnapshot, readings: &[LiveReading]) -> Vec<
         .collect()
 }
 
+/// Which of `messages` (in order) to retain, given the time of the state retained so far: only
+/// one at least as new as it (backfill older than the retained state is published with its
+/// original time but does not replace it). Returns the flags and the new retained time.
+pub fn retain_flags(retained: Option<i64>, messages: &[StateMessage]) -> (Vec<bool>, Option<i64>) {
+    let mut newest = retained;
+    let flags = messages
+        .iter()
+        .map(|m| {
+            let retain = newest.is_none_or(|t| m.time_ms >= t);
+            if retain {
+                newest = Some(m.time_ms);
+            }
+            retain
+        })
+        .collect();
+    (flags, newest)
+}
+
 /// The current state of `device` from its snapshot (newest value of each quantity), if any.
 pub fn snapshot_state(device: &DeviceSnapshot) -> Option<StateMessage> {
     let time_ms = device.state.values().map(|r| r.time_ms).max()?;
@@ -238,6 +256,58 @@ mod tests {
         assert!(!client_may_publish("homeassistant/sensor/x/y/config", p));
         assert!(!client_may_publish("homeassistant", p));
         assert!(!client_may_publish("a/+/b", p));
+    }
+
+    #[test]
+    fn backfill_keeps_its_time_and_flag_and_never_replaces_newer_retained_state() {
+        use crate::devices::{Availability, LiveReading};
+        use crate::store::{DeviceInfo, StoredReading};
+        let device = DeviceSnapshot {
+            info: DeviceInfo {
+                id: "0a1b".parse().expect("id"),
+                model: "hearth-climate-1".into(),
+                serial: "CL-1".into(),
+                firmware_version: 1,
+                updatable: true,
+                verifies_signatures: false,
+                capabilities: vec!["temperature".into()],
+                support_end: 0,
+                paired_at: 0,
+            },
+            name: "Kitchen".into(),
+            room: None,
+            availability: Availability::Online,
+            isolation: None,
+            last_seen_ms: None,
+            battery: None,
+            state: BTreeMap::new(),
+            period_ms: 1000,
+            transitions: Vec::new(),
+            replaces: Vec::new(),
+        };
+        let r = |t: i64, name: &str, v: f64, backfill: bool| LiveReading {
+            reading: StoredReading {
+                time_ms: t,
+                name: format!("urn:dev:CL-1:{name}"),
+                unit: None,
+                value: json!(v),
+            },
+            backfill,
+        };
+        let readings = [
+            r(2_000, "temp", 20.5, true),
+            r(2_000, "hum", 40.0, true),
+            r(1_000, "temp", 20.0, true),
+        ];
+        let m = state_messages(&device, &readings);
+        assert_eq!(m.iter().map(|m| m.time_ms).collect::<Vec<_>>(), vec![1_000, 2_000]);
+        assert!(m.iter().all(|m| m.backfill && m.payload["backfill"] == true));
+        assert_eq!(m[1].payload["values"], json!({"temp": 20.5, "hum": 40.0}));
+        assert_eq!(m[0].payload["timestamp"], "1970-01-01T00:00:01.000Z");
+        // The retained state is from t=1500: the older message is not retained, the newer is.
+        assert_eq!(retain_flags(Some(1_500), &m), (vec![false, true], Some(2_000)));
+        assert_eq!(retain_flags(Some(5_000), &m), (vec![false, false], Some(5_000)));
+        assert_eq!(retain_flags(None, &m), (vec![true, true], Some(2_000)));
     }
 
     #[test]

@@ -383,6 +383,15 @@ fn an_isolated_device_leaves_mqtt_its_configs_and_state_withdrawn() {
     );
     let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &extra);
     add_user(&hub, "ha", Some(PASSWORD));
+    // Malformed MQTT (here HTTP) is refused with a disconnect and counted, never a crash.
+    let mut s = TcpStream::connect(("127.0.0.1", ports.plain)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: hub\r\n\r\n").expect("write");
+    let mut buf = [0u8; 16];
+    assert_eq!(std::io::Read::read(&mut s, &mut buf).ok(), Some(0), "closed without an answer");
+    wait_for("the malformed input counted", Duration::from_secs(5), || {
+        (hub.security()["mqtt_malformed"].as_u64() >= Some(1)).then_some(())
+    });
     let flash = tmp.path().join("flash.redb");
     let mut sim = Sim::fleet(
         &hub.coap.to_string(),
