@@ -18,6 +18,8 @@ use crate::store::{HubStore, Kek, Store, StoreError, Write};
 
 /// Key of the sealed users document in the store's meta table.
 pub const META_KEY: &str = "mqtt_users";
+/// Key of the persisted counters (they survive restarts, like the link's).
+pub const COUNTERS_KEY: &str = "mqtt_counters";
 /// Associated data binding the sealed document to its purpose.
 const SEAL_ID: &[u8] = b"hearth mqtt users";
 /// Users at most.
@@ -238,6 +240,8 @@ pub struct Auth {
     dummy: String,
     events: broadcast::Sender<MqttEvent>,
     log: Mutex<LogLimit>,
+    /// The counters as last written to the store.
+    saved: Mutex<MqttCounters>,
 }
 
 impl core::fmt::Debug for Auth {
@@ -269,6 +273,11 @@ impl Auth {
             }
             None => Vec::new(),
         };
+        // Counters survive restarts (EN 303 645 5.10-1); unreadable ones start at 0.
+        let counters: MqttCounters = store
+            .meta(COUNTERS_KEY)?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         let mut salt = [0u8; 16];
         crate::rng::fill(&mut salt).map_err(|_| UserError::Rng)?;
         let dummy = Argon2::default()
@@ -281,7 +290,7 @@ impl Auth {
                 users,
                 by_address: Ledger::new(),
                 by_user: Ledger::new(),
-                counters: MqttCounters::default(),
+                counters,
                 verdicts: Vec::new(),
             }),
             kek,
@@ -290,6 +299,7 @@ impl Auth {
             dummy,
             events,
             log: Mutex::new(LogLimit::default()),
+            saved: Mutex::new(counters),
         })
     }
 
@@ -305,6 +315,20 @@ impl Auth {
     /// The counters.
     pub fn counters(&self) -> MqttCounters {
         self.lock().counters
+    }
+
+    /// Writes the counters to the store if they changed since the last call (blocking: an
+    /// fsync).
+    pub fn save_counters(&self) -> Result<(), StoreError> {
+        let now = self.counters();
+        let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        if *saved == now {
+            return Ok(());
+        }
+        let value = serde_json::to_vec(&now).map_err(|_| StoreError::Corrupt("mqtt counters"))?;
+        self.store.commit(&[Write::Meta { key: COUNTERS_KEY.into(), value }])?;
+        *saved = now;
+        Ok(())
     }
 
     /// The users, by name.

@@ -150,11 +150,13 @@ impl Bridge {
                 _ = tick.tick() => {
                     self.updates().await;
                     self.counters().await;
+                    self.save_counters().await;
                 }
                 () = shutdown.cancelled() => break,
             }
         }
         self.publish(topics::HUB_STATUS.into(), b"offline".to_vec(), true);
+        self.save_counters().await;
         // Let the outgoing thread hand it to the broker before the process ends.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         while self.out.capacity() < self.out.max_capacity()
@@ -317,6 +319,13 @@ impl Bridge {
     fn security(&mut self, e: &MqttEvent) {
         if let Ok(v) = serde_json::to_value(e) {
             self.publish_json(topics::HUB_SECURITY.into(), &v, false);
+        }
+    }
+
+    async fn save_counters(&self) {
+        let auth = self.auth.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || auth.save_counters()).await {
+            tracing::warn!(error = %e, "MQTT security counters not saved");
         }
     }
 

@@ -470,4 +470,9 @@ fn an_isolated_device_leaves_mqtt_its_configs_and_state_withdrawn() {
     }
     assert_eq!(hub.ctl(&["device", &button])["availability"], "isolated");
     sim.stop();
+    // The MQTT security counters survive a restart (EN 303 645 5.10-1).
+    let (dir, udp) = (hub.dir.clone(), hub.coap.port());
+    hub.stop();
+    let hub = Hub::start_with(&dir, udp, &extra);
+    assert!(hub.security()["mqtt_malformed"].as_u64() >= Some(1), "{}", hub.security());
 }
