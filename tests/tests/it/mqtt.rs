@@ -476,3 +476,27 @@ fn an_isolated_device_leaves_mqtt_its_configs_and_state_withdrawn() {
     let hub = Hub::start_with(&dir, udp, &extra);
     assert!(hub.security()["mqtt_malformed"].as_u64() >= Some(1), "{}", hub.security());
 }
+
+#[test]
+fn a_taken_mqtt_port_fails_the_start_with_a_clear_error() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // Another process holds the broker's port: rumqttd alone would return quietly.
+    let squatter = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let ports = Ports {
+        plain: free_tcp_port(),
+        tls: free_tcp_port(),
+        broker: squatter.local_addr().expect("addr").port(),
+    };
+    let config = tests::write_config(tmp.path(), free_udp_port(), &mqtt_config(&ports));
+    let out = Command::new(bin("hub"))
+        .args(["run", "--data-dir"])
+        .arg(tmp.path().join("hub"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run hub");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{}", ports.broker)), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("READY"));
+}
