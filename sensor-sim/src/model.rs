@@ -213,6 +213,19 @@ impl Environment {
         Sample { time_ms, values }
     }
 
+    /// A command from the hub: sets quantity `name` if the model has it as a setting (the
+    /// thermostat's `setpoint`, clamped to 5–35 °C); the next sample reports it. Returns the
+    /// value now in effect, or `None` if the model has no such setting.
+    pub fn apply(&mut self, kind: ModelKind, name: &str, value: f64) -> Option<f64> {
+        match (kind, name) {
+            (ModelKind::Thermostat, "setpoint") if value.is_finite() => {
+                self.setpoint = (value.clamp(5.0, 35.0) * 100.0).round() / 100.0;
+                Some(self.setpoint)
+            }
+            _ => None,
+        }
+    }
+
     /// One measurement as SenML records named `urn:dev:<serial>:<quantity>`.
     pub fn measure<R: Rng + ?Sized>(
         &mut self,
