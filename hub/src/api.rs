@@ -100,6 +100,8 @@ pub enum Request {
         /// Device.
         device: DeviceId,
     },
+    /// The upstream bridge: connected, outbox lag, forwarded, dropped.
+    Upstream,
 }
 
 /// Pairing status.
@@ -272,6 +274,8 @@ pub struct HubApi {
     /// Names, rooms, availability, isolation and current state of every device; subscribe to
     /// its notices for live data (isolated devices' data is never in them).
     pub directory: crate::devices::Directory,
+    /// The upstream bridge, when one is configured.
+    pub upstream: Option<crate::upstream::UpstreamHandle>,
 }
 
 impl HubApi {
@@ -440,6 +444,18 @@ impl HubApi {
         self.ask(|reply| LinkCommand::Security { reply }).await
     }
 
+    /// The upstream bridge's status (`configured: false` without one: the hub is local only).
+    pub fn upstream(&self) -> serde_json::Value {
+        match &self.upstream {
+            Some(u) => {
+                let mut v = serde_json::json!(u.status());
+                v["configured"] = true.into();
+                v
+            }
+            None => serde_json::json!({"configured": false}),
+        }
+    }
+
     /// Runs one request and renders the answer as JSON.
     pub async fn handle(&self, req: Request) -> serde_json::Value {
         let result = match req {
@@ -485,6 +501,7 @@ impl HubApi {
             Request::UpdateRetry { device } => {
                 self.update_retry(device).await.map(|()| serde_json::json!({"ok": true}))
             }
+            Request::Upstream => Ok(self.upstream()),
         };
         result.unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
     }

@@ -53,6 +53,9 @@ pub enum StartError {
     /// A socket.
     #[error("cannot bind {0}: {1}")]
     Bind(String, std::io::Error),
+    /// The upstream bridge's settings.
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
 }
 
 /// Starts the hub in `data_dir`.
@@ -116,7 +119,18 @@ pub async fn start(
         )
     };
     let (tx, rx) = mpsc::channel(256);
-    let api = HubApi { link: tx, store: store.clone(), directory: directory.clone() };
+    let upstream = match &config.upstream {
+        Some(cfg) => Some(crate::upstream::bridge(
+            cfg,
+            data_dir,
+            store.clone(),
+            directory.clone(),
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
+    let (upstream, bridge) = upstream.unzip();
+    let api = HubApi { link: tx, store: store.clone(), directory: directory.clone(), upstream };
     let updates = load_updates(&store, data_dir, &config, &peers)?;
     for (kid, offer) in updates.active_offers() {
         link.set_offer(&kid, Some(offer));
@@ -129,6 +143,7 @@ pub async fn start(
         tokio::spawn(crate::control::serve(listener, control.clone(), api.clone(), shutdown)),
     ];
     tasks.extend(feed.map(tokio::spawn));
+    tasks.extend(bridge.map(tokio::spawn));
     Ok(Running { coap, control, api, devices: peers.len(), moved_aside, tasks })
 }
 

@@ -76,6 +76,8 @@ enum CtlCmd {
         #[command(subcommand)]
         cmd: UpdateCmd,
     },
+    /// The upstream bridge: connected, outbox lag (pending), forwarded, dropped.
+    Upstream,
     /// Pin a manufacturer's public key for a model.
     Trust {
         /// Model designation.
@@ -252,6 +254,7 @@ async fn ctl(data_dir: Option<PathBuf>, socket: Option<PathBuf>, cmd: CtlCmd) ->
         CtlCmd::Security => Request::Security,
         CtlCmd::Updates => Request::Updates,
         CtlCmd::Trust { model, key } => Request::Trust { model, key },
+        CtlCmd::Upstream => Request::Upstream,
         CtlCmd::Update { cmd } => match update_request(cmd) {
             Ok(r) => r,
             Err(e) => {
