@@ -33,6 +33,15 @@ pub struct UpstreamConfig {
     /// Longest wait between reconnection attempts, milliseconds (jittered exponential back-off).
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// QoS 2 publishes in flight at most. It must not exceed what the broker accepts from one
+    /// client (mosquitto's `max_inflight_messages`, default 20): MQTT 3.1.1 has no way to say
+    /// so, and mosquitto 2.0 silently discards a publish beyond it.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u16,
+}
+
+fn default_max_in_flight() -> u16 {
+    16
 }
 
 fn default_max_pending() -> u64 {
@@ -109,6 +118,9 @@ impl UpstreamConfig {
         }
         if !(100..=3_600_000).contains(&self.reconnect_max_ms) {
             return Err(invalid("reconnect_max_ms", "must be 100 to 3600000"));
+        }
+        if !(1..=1000).contains(&self.max_in_flight) {
+            return Err(invalid("max_in_flight", "must be 1 to 1000"));
         }
         Ok(endpoint)
     }
@@ -242,6 +254,7 @@ mod tests {
             client_id: None,
             max_pending: 10,
             reconnect_max_ms: 1000,
+            max_in_flight: 16,
         }
     }
 
@@ -285,6 +298,7 @@ mod tests {
         assert_eq!(c(&|c| c.client_id = Some("a b".into())), "client_id");
         assert_eq!(c(&|c| c.max_pending = 0), "max_pending");
         assert_eq!(c(&|c| c.reconnect_max_ms = 1), "reconnect_max_ms");
+        assert_eq!(c(&|c| c.max_in_flight = 0), "max_in_flight");
     }
 
     #[test]

@@ -22,10 +22,9 @@ use crate::store::{HubStore, StoredReading};
 
 pub use config::{UpstreamConfig, UpstreamConfigError};
 
-/// Publishes handed to the MQTT client and not yet completed, at most.
-const WINDOW: usize = 64;
-/// The client's own in-flight limit (above the window, so packet ids rarely collide).
-const MQTT_INFLIGHT: u16 = 200;
+/// The client's own in-flight limit: packet ids wrap here, far above the window, so that
+/// they rarely collide.
+const MQTT_INFLIGHT: u16 = 2000;
 /// How often the outbox is measured, bounded and persisted.
 const TICK: Duration = Duration::from_millis(200);
 /// First reconnection delay (doubling, jittered, up to the configured maximum).
@@ -101,7 +100,7 @@ pub fn bridge(
     opts.set_keep_alive(Duration::from_secs(30));
     // The broker keeps the session (QoS 2 states) across its restarts and ours.
     opts.set_clean_session(false);
-    opts.set_inflight(MQTT_INFLIGHT);
+    opts.set_inflight(MQTT_INFLIGHT.max(cfg.max_in_flight.saturating_mul(4)));
     opts.set_max_packet_size(64 * 1024, 64 * 1024);
     if let Some(password) = cfg.password()? {
         opts.set_credentials(cfg.username.clone().unwrap_or_default(), password);
@@ -153,6 +152,7 @@ pub fn bridge(
         inflight: VecDeque::new(),
         status,
         max_pending: cfg.max_pending,
+        window: usize::from(cfg.max_in_flight),
         reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
     };
     Ok((handle, bridge.run(opts, shutdown)))
@@ -211,12 +211,14 @@ struct Bridge {
     inflight: VecDeque<Sent>,
     status: Arc<Mutex<UpstreamStatus>>,
     max_pending: u64,
+    /// Publishes handed to the client and not yet completed, at most.
+    window: usize,
     reconnect_max: Duration,
 }
 
 impl Bridge {
     async fn run(mut self, opts: MqttOptions, shutdown: CancellationToken) {
-        let (client, mut events) = AsyncClient::new(opts, WINDOW * 2);
+        let (client, mut events) = AsyncClient::new(opts, self.window * 2);
         let mut connected = false;
         let mut failures = 0u32;
         let mut rng = crate::rng::os_seeded();
@@ -286,7 +288,7 @@ impl Bridge {
 
     /// Hands readings to the client until the window is full or the outbox is empty.
     fn fill(&mut self, client: &AsyncClient) {
-        while self.inflight.len() < WINDOW {
+        while self.inflight.len() < self.window {
             let Some(p) = self.frame.as_mut() else {
                 match self.reader.next() {
                     Step::Frame(mut frame) => {
