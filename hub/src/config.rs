@@ -255,7 +255,8 @@ impl Config {
             _ => {}
         }
         if let Some(up) = &self.upstream
-            && let Err(crate::upstream::UpstreamConfigError::Invalid { key, reason }) = up.validate()
+            && let Err(crate::upstream::UpstreamConfigError::Invalid { key, reason }) =
+                up.validate()
         {
             return bad(&format!("upstream.{key}"), &reason);
         }

@@ -166,7 +166,10 @@ impl OutboxReader {
         let (views, _) = self.store.frames(u64::MAX);
         let cur_first = self.cur.as_ref().map(|c| c.first_seq);
         let here = self.cur.as_ref().map_or(0, |c| {
-            let total = views.iter().find(|v| v.first_seq == c.first_seq).map_or(c.readings, |v| v.readings);
+            let total = views
+                .iter()
+                .find(|v| v.first_seq == c.first_seq)
+                .map_or(c.readings, |v| v.readings);
             total.saturating_sub(c.passed)
         });
         let later: u64 = views
@@ -181,8 +184,10 @@ impl OutboxReader {
     /// counting the readings before it).
     fn position(&mut self, views: &[SegmentView]) {
         self.cur = None;
-        let Some(v) =
-            views.iter().rev().find(|v| v.first_seq <= self.next_seq && self.next_seq <= v.last_seq + 1)
+        let Some(v) = views
+            .iter()
+            .rev()
+            .find(|v| v.first_seq <= self.next_seq && self.next_seq <= v.last_seq + 1)
         else {
             return; // before the oldest segment: `next` reports the gap
         };
@@ -211,7 +216,7 @@ impl OutboxReader {
     }
 
     /// The next frame with readings (or what was lost before it).
-    pub fn next(&mut self) -> Step {
+    pub fn next_step(&mut self) -> Step {
         loop {
             match self.advance() {
                 Adv::Frame { seq, payload } => {
@@ -320,7 +325,11 @@ impl OutboxReader {
             // Damage (recovery kept what is valid after it): skip to the next valid frame.
             return match find_frame(&cur.file, self.offset + 1, cur.len, seq + 1) {
                 Some((at, next_seq)) => {
-                    tracing::warn!(from_seq = seq, to_seq = next_seq, "upstream outbox: damaged log frames skipped");
+                    tracing::warn!(
+                        from_seq = seq,
+                        to_seq = next_seq,
+                        "upstream outbox: damaged log frames skipped"
+                    );
                     (self.offset, self.next_seq) = (at, next_seq);
                     Adv::Lost(Step::Lost { from_seq: seq, to_seq: next_seq, readings: 0 })
                 }
@@ -339,7 +348,8 @@ impl OutboxReader {
     /// Moves to the segment holding `next_seq`, or past a gap to the next one there is.
     fn enter(&mut self) -> Adv {
         let (views, retired) = self.store.frames(self.next_seq);
-        if let Some(v) = views.iter().find(|v| v.first_seq <= self.next_seq && self.next_seq <= v.last_seq)
+        if let Some(v) =
+            views.iter().find(|v| v.first_seq <= self.next_seq && self.next_seq <= v.last_seq)
         {
             let v = v.clone();
             self.position(std::slice::from_ref(&v));
@@ -408,4 +418,197 @@ fn decode_frame(payload: &[u8]) -> Vec<(Kid, StoredReading)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::oscore::{ContextParams, Kid};
+    use protocol::senml::{Reading, UnixTimeMillis, Value};
+
+    use super::*;
+    use crate::store::{DeviceInfo, Store, StoreConfig, Write};
+
+    fn kid(n: u8) -> Kid {
+        Kid::new(&[n, 0x0b]).expect("kid")
+    }
+
+    fn device(k: Kid) -> Write {
+        let info = DeviceInfo {
+            id: k.into(),
+            model: "m".into(),
+            serial: format!("s{k}"),
+            firmware_version: 1,
+            updatable: true,
+            verifies_signatures: false,
+            capabilities: vec![],
+            support_end: 0,
+            paired_at: 0,
+        };
+        let params = ContextParams {
+            master_secret: vec![7; 16],
+            master_salt: vec![],
+            sender_id: Kid::new(&[0]).expect("kid"),
+            recipient_id: k,
+            id_context: None,
+        };
+        Write::Device { info, params }
+    }
+
+    fn readings(k: Kid, times: impl IntoIterator<Item = i64>) -> Write {
+        let readings = times
+            .into_iter()
+            .map(|t| Reading {
+                name: format!("urn:dev:{k}:temp"),
+                unit: Some("Cel".into()),
+                value: Value::Number(t as f64),
+                time: UnixTimeMillis(t),
+            })
+            .collect();
+        Write::Readings { kid: k, readings }
+    }
+
+    fn config(max_log_bytes: u64) -> StoreConfig {
+        StoreConfig { max_readings_per_device: 1 << 40, segment_bytes: 4096, max_log_bytes }
+    }
+
+    /// A store with devices 1 and 2 and `frames` commits of 3 readings of 1 and 2 of 2 each
+    /// (times `i*10 + j`), with a lease-only frame between them.
+    fn filled(dir: &Path, c: StoreConfig, frames: i64) -> HubStore {
+        let (store, _) = HubStore::open(dir, c).expect("open");
+        store.commit(&[device(kid(1)), device(kid(2))]).expect("pair");
+        append(&store, 0..frames);
+        store
+    }
+
+    fn append(store: &HubStore, frames: std::ops::Range<i64>) {
+        for i in frames {
+            let w = [
+                readings(kid(1), (0..3).map(|j| i * 10 + j)),
+                readings(kid(2), [i * 10 + 5, i * 10 + 6]),
+            ];
+            store.commit(&w).expect("commit");
+            store.commit(&[Write::Lease { kid: kid(1), lease: i as u64 }]).expect("lease");
+        }
+    }
+
+    /// Everything the reader gives until idle: (kid byte, time) and readings lost.
+    fn read_all(r: &mut OutboxReader) -> (Vec<(Kid, i64)>, u64) {
+        let (mut out, mut lost) = (Vec::new(), 0);
+        loop {
+            match r.next_step() {
+                Step::Frame(f) => out.extend(f.readings.into_iter().map(|(k, x)| (k, x.time_ms))),
+                Step::Lost { readings, .. } => lost += readings,
+                Step::Idle => return (out, lost),
+            }
+        }
+    }
+
+    fn expected(frames: std::ops::Range<i64>) -> Vec<(Kid, i64)> {
+        frames
+            .flat_map(|i| {
+                (0..3)
+                    .map(move |j| (kid(1), i * 10 + j))
+                    .chain([(kid(2), i * 10 + 5), (kid(2), i * 10 + 6)])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_every_reading_in_commit_order_across_segments_and_follows_new_commits() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = filled(tmp.path(), config(1 << 40), 200);
+        store.seal_now();
+        assert!(store.frames(0).0.len() >= 3, "several segments");
+        let mut r = OutboxReader::open(&store, Some(&Cursor { next_seq: 1, ..Cursor::default() }));
+        assert_eq!(r.pending(), 1000);
+        assert_eq!(read_all(&mut r), (expected(0..200), 0));
+        assert_eq!(r.pending(), 0);
+        append(&store, 200..203);
+        assert_eq!(r.pending(), 15);
+        assert_eq!(read_all(&mut r), (expected(200..203), 0));
+        // A new outbox starts at the end of the log.
+        let mut fresh = OutboxReader::open(&store, None);
+        assert_eq!(read_all(&mut fresh), (vec![], 0));
+    }
+
+    #[test]
+    fn resumes_at_a_saved_cursor_after_a_restart() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let cursor_path = tmp.path().join("upstream.cursor");
+        let all = {
+            let store = filled(tmp.path(), config(1 << 40), 120);
+            let mut r =
+                OutboxReader::open(&store, Some(&Cursor { next_seq: 1, ..Cursor::default() }));
+            let mut seen = Vec::new();
+            // Forward 50 frames with readings, then save the cursor two readings into the next.
+            while seen.len() < 50 {
+                let Step::Frame(f) = r.next_step() else { panic!("a frame") };
+                seen.push(f);
+            }
+            let Step::Frame(next) = r.next_step() else { panic!("a frame") };
+            let c = Cursor { next_seq: next.seq, index: 2, forwarded: 252, ..Cursor::default() };
+            c.save(&cursor_path).expect("save");
+            expected(0..120)
+        }; // the store closes: as after a crash, only what is on disk counts
+        let (store, _) = HubStore::open(tmp.path(), config(1 << 40)).expect("reopen");
+        let c = Cursor::load(&cursor_path).expect("load").expect("a cursor");
+        assert_eq!(c.forwarded, 252);
+        let mut r = OutboxReader::open(&store, Some(&c));
+        assert_eq!(r.pending(), 70 * 5);
+        let Step::Frame(first) = r.next_step() else { panic!("a frame") };
+        assert_eq!(first.seq, c.next_seq);
+        let mut rest: Vec<(Kid, i64)> =
+            first.readings.into_iter().skip(2).map(|(k, x)| (k, x.time_ms)).collect();
+        rest.extend(read_all(&mut r).0);
+        assert_eq!(rest[..], all[50 * 5 + 2..]);
+    }
+
+    #[test]
+    fn segments_dropped_by_retention_before_forwarding_are_counted() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = filled(tmp.path(), config(3 * 4096), 10);
+        let mut r = OutboxReader::open(&store, Some(&Cursor { next_seq: 1, ..Cursor::default() }));
+        // Read a little: the reader holds its segment open.
+        let Step::Frame(_) = r.next_step() else { panic!("a frame") };
+        append(&store, 10..400);
+        store.seal_now();
+        let kept: u64 = store.frames(0).0.iter().map(|v| v.readings).sum();
+        assert!(kept < 1500, "retention dropped segments ({kept} readings kept)");
+        let accounted = r.account_retired();
+        assert!(accounted > 0);
+        let (read, lost) = read_all(&mut r);
+        assert_eq!(lost, 0, "counted once, by account_retired");
+        assert_eq!(5 + read.len() as u64 + accounted, 2000, "every reading read or counted");
+        // In commit order, through to the newest.
+        let all = expected(0..400);
+        let at = |x: &(Kid, i64)| all.iter().position(|y| y == x).expect("a committed reading");
+        assert!(read.windows(2).all(|w| at(&w[0]) < at(&w[1])), "out of order");
+        assert_eq!(read.last(), all.last());
+        // A reader started behind the drop finds the gap and counts it.
+        let mut behind =
+            OutboxReader::open(&store, Some(&Cursor { next_seq: 1, ..Cursor::default() }));
+        let (read, lost) = read_all(&mut behind);
+        assert_eq!(read.len() as u64 + lost, 2000);
+    }
+
+    #[test]
+    fn dropping_the_oldest_skips_whole_frames_and_survives_a_resume() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = filled(tmp.path(), config(1 << 40), 300);
+        store.seal_now();
+        let start = Cursor { next_seq: 1, ..Cursor::default() };
+        let mut r = OutboxReader::open(&store, Some(&start));
+        let dropped = r.drop_oldest(1001);
+        assert!((1001..1001 + 5).contains(&dropped), "at least 1001, one frame more at most");
+        assert_eq!(dropped % 5, 0, "whole frames");
+        assert_eq!(r.pending(), 1500 - dropped);
+        let first_kept = (dropped / 5) as i64;
+        let (read, _) = read_all(&mut r);
+        assert_eq!(read, expected(first_kept..300));
+        // The cursor has not moved (nothing was acknowledged): its skips keep them dropped.
+        let c = Cursor { skips: r.skips(start.next_seq), ..start };
+        assert!(!c.skips.is_empty());
+        let mut again = OutboxReader::open(&store, Some(&c));
+        assert_eq!(read_all(&mut again).0, expected(first_kept..300));
+    }
 }

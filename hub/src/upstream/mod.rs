@@ -110,9 +110,9 @@ pub fn bridge(
     if endpoint.tls {
         let pem = cfg.ca_pem()?.unwrap_or_default();
         let tls = tls_config(&pem).map_err(UpstreamError::Tls)?;
-        opts.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
-        ));
+        opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+            Arc::new(tls),
+        )));
     }
     let cursor_path = config::cursor_path(data_dir);
     let cursor = match Cursor::load(&cursor_path) {
@@ -290,7 +290,7 @@ impl Bridge {
     fn fill(&mut self, client: &AsyncClient) {
         while self.inflight.len() < self.window {
             let Some(p) = self.frame.as_mut() else {
-                match self.reader.next() {
+                match self.reader.next_step() {
                     Step::Frame(mut frame) => {
                         let mut next = 0;
                         if frame.seq == self.cursor.next_seq {
@@ -302,7 +302,9 @@ impl Bridge {
                         frame.readings.shrink_to_fit();
                         self.frame = Some(Partial { frame, next });
                     }
-                    Step::Lost { from_seq, to_seq, readings } => self.lost(from_seq, to_seq, readings),
+                    Step::Lost { from_seq, to_seq, readings } => {
+                        self.lost(from_seq, to_seq, readings)
+                    }
                     Step::Idle => return,
                 }
                 continue;
@@ -387,7 +389,8 @@ impl Bridge {
     /// Sends again what the client holds in outbox order (its own order after a disconnect
     /// is by packet id, which wraps), so that the broker releases them in order.
     fn order_resends(&self, pending: &mut VecDeque<Request>) {
-        let position = |pkid: u16| self.inflight.iter().position(|s| !s.done && s.pkid == Some(pkid));
+        let position =
+            |pkid: u16| self.inflight.iter().position(|s| !s.done && s.pkid == Some(pkid));
         let mut keyed: Vec<(usize, usize, Request)> = pending
             .drain(..)
             .enumerate()
@@ -410,7 +413,10 @@ impl Bridge {
         if self.inflight.is_empty() && self.frame.is_none() {
             return;
         }
-        tracing::warn!(in_flight = self.inflight.len(), "upstream session lost; resending from the cursor");
+        tracing::warn!(
+            in_flight = self.inflight.len(),
+            "upstream session lost; resending from the cursor"
+        );
         self.inflight.clear();
         self.frame = None;
         let mut cursor = self.cursor.clone();
@@ -421,7 +427,12 @@ impl Bridge {
     /// Frames gone before they were read.
     fn lost(&mut self, from_seq: u64, to_seq: u64, readings: u64) {
         if readings > 0 {
-            tracing::warn!(readings, from_seq, to_seq, "upstream outbox: readings dropped by retention before they were forwarded");
+            tracing::warn!(
+                readings,
+                from_seq,
+                to_seq,
+                "upstream outbox: readings dropped by retention before they were forwarded"
+            );
         }
         self.cursor.dropped += readings;
         self.dirty = true;
@@ -431,18 +442,24 @@ impl Bridge {
     fn maintain(&mut self, connected: bool) {
         let retired = self.reader.account_retired();
         if retired > 0 {
-            tracing::warn!(readings = retired, "upstream outbox: readings dropped by retention before they were forwarded");
+            tracing::warn!(
+                readings = retired,
+                "upstream outbox: readings dropped by retention before they were forwarded"
+            );
             self.cursor.dropped += retired;
             self.dirty = true;
         }
-        let buffered =
-            self.frame.as_ref().map_or(0, |p| (p.frame.readings.len() - p.next) as u64);
+        let buffered = self.frame.as_ref().map_or(0, |p| (p.frame.readings.len() - p.next) as u64);
         let unacked = self.inflight.iter().filter(|s| !s.done).count() as u64;
         let mut pending = self.reader.pending() + buffered + unacked;
         if pending > self.max_pending {
             let given_up = self.reader.drop_oldest(pending - self.max_pending);
             if given_up > 0 {
-                tracing::warn!(readings = given_up, max_pending = self.max_pending, "upstream outbox full: oldest readings dropped");
+                tracing::warn!(
+                    readings = given_up,
+                    max_pending = self.max_pending,
+                    "upstream outbox full: oldest readings dropped"
+                );
                 self.cursor.dropped += given_up;
                 self.dirty = true;
                 pending = pending.saturating_sub(given_up);

@@ -18,9 +18,8 @@ const PREFIX: &str = "hearth/test";
 
 /// mosquitto from PATH, or where Debian puts it.
 fn mosquitto() -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p).map(|d| d.join("mosquitto")).find(|p| p.is_file())
-    });
+    let on_path = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("mosquitto")).find(|p| p.is_file()));
     on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
 }
 
@@ -55,11 +54,11 @@ impl Broker {
         let user = std::env::var("USER").ok().filter(|u| !u.is_empty());
         let user = match user {
             Some(u) => u,
-            None => String::from_utf8_lossy(
-                &Command::new("id").arg("-un").output().expect("id").stdout,
-            )
-            .trim()
-            .to_string(),
+            None => {
+                String::from_utf8_lossy(&Command::new("id").arg("-un").output().expect("id").stdout)
+                    .trim()
+                    .to_string()
+            }
         };
         let d = dir.display();
         let conf = format!(

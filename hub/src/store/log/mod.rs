@@ -635,5 +635,5 @@ mod recovery;
 mod tests;
 
 use index::load_index;
-pub(super) use recovery::{find_frame, frame_at};
 use recovery::*;
+pub(super) use recovery::{find_frame, frame_at};
