@@ -346,5 +346,5 @@ async fn type_pin(api: &HubApi, pin: &str, serial: &str) -> Result<String, ApiEr
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    api.pair_pin(pin.to_string(), Some(serial.to_string()), None).await
+    api.pair_pin(pin.to_string(), Some(serial.to_string()), None, None).await
 }

@@ -30,6 +30,9 @@ pub enum Request {
         /// Or its device id.
         #[serde(default)]
         device: Option<DeviceId>,
+        /// An isolated device the new sensor replaces (it inherits name, room and history).
+        #[serde(default)]
+        replaces: Option<DeviceId>,
     },
     /// Pairing window and waiting sensors.
     Pairing,
@@ -50,6 +53,33 @@ pub enum Request {
     },
     /// Remove a device: its keys, state and readings are erased.
     Remove {
+        /// Device id.
+        id: DeviceId,
+    },
+    /// Name a device.
+    Rename {
+        /// Device id.
+        id: DeviceId,
+        /// New name.
+        name: String,
+    },
+    /// Put a device in a room (none: no room).
+    Room {
+        /// Device id.
+        id: DeviceId,
+        /// Room.
+        #[serde(default)]
+        room: Option<String>,
+    },
+    /// Security advisories and what the hub did about them.
+    Advisories,
+    /// Add an advisory given by the owner (COSE_Sign1, hex).
+    AdvisoryAdd {
+        /// The signed advisory, hex.
+        advisory_hex: String,
+    },
+    /// The owner's explicit override of an isolation (logged).
+    Unisolate {
         /// Device id.
         id: DeviceId,
     },
@@ -221,6 +251,23 @@ pub(crate) enum LinkCommand {
         device: Kid,
         reply: oneshot::Sender<Option<crate::updates::DeviceUpdate>>,
     },
+    Advisory {
+        signed: Vec<u8>,
+        source: &'static str,
+        reply: oneshot::Sender<Result<crate::isolation::AdvisoryRecord, CommandError>>,
+    },
+    Advisories {
+        reply: oneshot::Sender<Vec<crate::isolation::AdvisoryRecord>>,
+    },
+    Unisolate {
+        device: DeviceId,
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
+    Replace {
+        old: DeviceId,
+        new: DeviceId,
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
 }
 
 /// Why the link driver refused a command.
@@ -244,6 +291,12 @@ pub enum CommandError {
     /// The update manager refused.
     #[error(transparent)]
     Updates(#[from] crate::updates::UpdatesError),
+    /// An advisory was refused or is known.
+    #[error(transparent)]
+    Advisory(#[from] crate::isolation::AdvisoryError),
+    /// The device directory refused (bad name, not isolated, ...).
+    #[error(transparent)]
+    Directory(#[from] crate::devices::DirectoryError),
 }
 
 /// Why a request failed (sent to the client as `{"error": "..."}`).
@@ -264,6 +317,13 @@ pub enum ApiError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+}
+
+fn directory_error(id: DeviceId, e: crate::devices::DirectoryError) -> ApiError {
+    match e {
+        crate::devices::DirectoryError::Unknown => ApiError::NotFound(id),
+        e => ApiError::Command(e.into()),
+    }
 }
 
 /// Handle to the running hub.
@@ -308,12 +368,25 @@ impl HubApi {
         pin: String,
         serial: Option<String>,
         device: Option<DeviceId>,
+        replaces: Option<DeviceId>,
     ) -> Result<String, ApiError> {
+        if let Some(old) = &replaces {
+            self.directory.replaceable(old).map_err(|e| match e {
+                crate::devices::DirectoryError::Unknown => ApiError::NotFound(*old),
+                e => ApiError::Command(e.into()),
+            })?;
+        }
         let device = device.map(|d| d.kid());
         let kid = self
             .ask(|reply| LinkCommand::PairPin { pin, serial, device, reply })
             .await?
             .map_err(ApiError::Command)?;
+        if let Some(old) = replaces {
+            let new = kid.into();
+            self.ask(|reply| LinkCommand::Replace { old, new, reply })
+                .await?
+                .map_err(ApiError::Command)?;
+        }
         Ok(kid.to_string())
     }
 
@@ -414,19 +487,30 @@ impl HubApi {
         self.ask(|reply| LinkCommand::UpdateRetry { device, reply }).await
     }
 
-    /// A device's newest readings, oldest first.
+    /// A device's newest readings, oldest first; a replacement's include those of the devices
+    /// it replaced (its history, TR 103 621 6.23 example 1).
     pub async fn readings(
         &self,
         id: DeviceId,
         limit: Option<usize>,
     ) -> Result<Vec<StoredReading>, ApiError> {
-        let kid = id.kid();
+        let mut kids = vec![id.kid()];
+        if let Some(d) = self.directory.get(&id) {
+            kids.extend(d.replaces.iter().map(DeviceId::kid));
+        }
         let limit = limit.unwrap_or(20).min(10_000);
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.readings(&kid, limit))
-            .await
-            .map_err(|_| ApiError::Stopped)?
-            .map_err(Into::into)
+        tokio::task::spawn_blocking(move || -> Result<Vec<StoredReading>, ApiError> {
+            let mut all = Vec::new();
+            for kid in &kids {
+                all.extend(store.readings(kid, limit)?);
+            }
+            all.sort_by_key(|r| r.time_ms);
+            let skip = all.len().saturating_sub(limit);
+            Ok(all.split_off(skip))
+        })
+        .await
+        .map_err(|_| ApiError::Stopped)?
     }
 
     /// Removes a device (EN 303 645 5.11-1: its data is erased with it).
@@ -437,6 +521,41 @@ impl HubApi {
         } else {
             Err(ApiError::NotFound(id))
         }
+    }
+
+    /// Names a device.
+    pub async fn rename(&self, id: DeviceId, name: &str) -> Result<(), ApiError> {
+        self.directory.rename(&id, name).map_err(|e| directory_error(id, e))
+    }
+
+    /// Puts a device in a room.
+    pub async fn set_room(&self, id: DeviceId, room: Option<&str>) -> Result<(), ApiError> {
+        self.directory.set_room(&id, room).map_err(|e| directory_error(id, e))
+    }
+
+    /// Security advisories, oldest first, with the action taken per affected device.
+    pub async fn advisories(&self) -> Result<Vec<crate::isolation::AdvisoryRecord>, ApiError> {
+        self.ask(|reply| LinkCommand::Advisories { reply }).await
+    }
+
+    /// Adds a signed advisory (from the feed or the owner): verified like a manifest, then
+    /// every affected device gets its fix scheduled or is isolated.
+    pub async fn advisory_add(
+        &self,
+        signed: Vec<u8>,
+        source: &'static str,
+    ) -> Result<crate::isolation::AdvisoryRecord, ApiError> {
+        self.ask(|reply| LinkCommand::Advisory { signed, source, reply })
+            .await?
+            .map_err(ApiError::Command)
+    }
+
+    /// The owner overrides a device's isolation (explicit and logged, TR 103 621 6.23).
+    pub async fn unisolate(&self, id: DeviceId) -> Result<(), ApiError> {
+        self.ask(|reply| LinkCommand::Unisolate { device: id, reply }).await?.map_err(|e| match e {
+            CommandError::Directory(e) => directory_error(id, e),
+            e => ApiError::Command(e),
+        })
     }
 
     /// Security counters.
@@ -463,8 +582,9 @@ impl HubApi {
                 self.pair_open(seconds).await.map(|v| serde_json::json!(v))
             }
             Request::PairClose => self.pair_close().await.map(|v| serde_json::json!(v)),
-            Request::PairPin { pin, serial, device } => {
-                self.pair_pin(pin, serial, device).await.map(|d| serde_json::json!({"pairing": d}))
+            Request::PairPin { pin, serial, device, replaces } => {
+                let r = self.pair_pin(pin, serial, device, replaces).await;
+                r.map(|d| serde_json::json!({"pairing": d, "replaces": replaces}))
             }
             Request::Pairing => self.pairing().await.map(|v| serde_json::json!(v)),
             Request::Devices => self.devices().await.map(|v| serde_json::json!(v)),
@@ -474,6 +594,20 @@ impl HubApi {
             }
             Request::Remove { id } => {
                 self.remove(id).await.map(|()| serde_json::json!({"removed": id}))
+            }
+            Request::Rename { id, name } => {
+                self.rename(id, &name).await.map(|()| serde_json::json!({"renamed": id}))
+            }
+            Request::Room { id, room } => {
+                self.set_room(id, room.as_deref()).await.map(|()| serde_json::json!({"room": room}))
+            }
+            Request::Advisories => self.advisories().await.map(|v| serde_json::json!(v)),
+            Request::AdvisoryAdd { advisory_hex } => match protocol::hex::decode(&advisory_hex) {
+                Some(b) => self.advisory_add(b, "owner").await.map(|v| serde_json::json!(v)),
+                None => Err(ApiError::BadRequest("the advisory must be hex".into())),
+            },
+            Request::Unisolate { id } => {
+                self.unisolate(id).await.map(|()| serde_json::json!({"unisolated": id}))
             }
             Request::Security => self.security().await.map(|v| serde_json::json!(v)),
             Request::Updates => self.updates().await.map(|v| serde_json::json!(v)),

@@ -151,6 +151,12 @@ pub enum Write {
         /// Device.
         kid: Kid,
     },
+    /// A device replaced by another (TR 103 621 6.23 example 1): its keys and link state are
+    /// erased, its readings stay as the replacement's history.
+    Retire {
+        /// Device.
+        kid: Kid,
+    },
 }
 
 /// Store failures.
