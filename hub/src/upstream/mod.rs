@@ -224,14 +224,18 @@ impl Bridge {
         let mut rng = crate::rng::os_seeded();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // While backing off, the outbox is still measured and bounded every tick.
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             if connected {
                 self.fill(&client);
             }
+            let wake = retry_at.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => self.maintain(connected),
-                ev = events.poll() => match ev {
+                () = tokio::time::sleep_until(wake), if retry_at.is_some() => retry_at = None,
+                ev = events.poll(), if retry_at.is_none() => match ev {
                     Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                         connected = true;
                         failures = 0;
@@ -266,10 +270,7 @@ impl Bridge {
                         let delay = backoff(failures, self.reconnect_max, &mut rng);
                         failures = failures.saturating_add(1);
                         tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "upstream reconnect after a delay");
-                        tokio::select! {
-                            () = shutdown.cancelled() => break,
-                            () = tokio::time::sleep(delay) => {}
-                        }
+                        retry_at = Some(tokio::time::Instant::now() + delay);
                     }
                 },
             }
