@@ -235,7 +235,7 @@ fn parse_url(url: &str) -> Result<Endpoint, UpstreamConfigError> {
     Ok(Endpoint { tls, host: host.to_string(), port })
 }
 
-/// A path for messages (kept here so tests can name it).
+/// Where the outbox cursor is kept in the data directory.
 pub fn cursor_path(data_dir: &Path) -> PathBuf {
     data_dir.join("upstream.cursor")
 }
