@@ -29,6 +29,8 @@ pub struct Running {
     pub devices: usize,
     /// Set when a corrupt store was moved aside at start.
     pub moved_aside: Option<PathBuf>,
+    /// MQTT listeners (plain, TLS), if MQTT is enabled.
+    pub mqtt: Option<(SocketAddr, Option<SocketAddr>)>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -56,6 +58,9 @@ pub enum StartError {
     /// The upstream bridge's settings.
     #[error(transparent)]
     Upstream(#[from] crate::upstream::UpstreamError),
+    /// MQTT.
+    #[error(transparent)]
+    Mqtt(#[from] crate::mqtt::MqttError),
 }
 
 /// Starts the hub in `data_dir`.
@@ -130,7 +135,17 @@ pub async fn start(
         None => None,
     };
     let (upstream, bridge) = upstream.unzip();
-    let api = HubApi { link: tx, store: store.clone(), directory: directory.clone(), upstream };
+    let mqtt_auth = match config.mqtt.enabled {
+        true => Some(crate::mqtt::load_auth(&config.mqtt, store.clone(), data_dir)?),
+        false => None,
+    };
+    let api = HubApi {
+        link: tx,
+        store: store.clone(),
+        directory: directory.clone(),
+        mqtt: mqtt_auth.clone(),
+        upstream,
+    };
     let updates = load_updates(&store, data_dir, &config, &peers)?;
     let store_advisories = store.meta(crate::isolation::META_KEY)?;
     for (kid, offer) in updates.active_offers() {
@@ -146,13 +161,29 @@ pub async fn start(
         crate::isolation::Advisories::load(store_advisories.as_deref()),
     );
     let feed = feed_task(&config.updates, api.clone(), shutdown.clone());
+    let mqtt = match mqtt_auth {
+        Some(auth) => {
+            let names = crate::identity::default_names(&config.mqtt.tls_names);
+            let identity = crate::identity::Identity::load_or_create(data_dir, &names)
+                .map_err(crate::mqtt::MqttError::from)?;
+            let m =
+                crate::mqtt::start(&config.mqtt, auth, &identity, api.clone(), shutdown.clone())
+                    .await?;
+            Some(m)
+        }
+        None => None,
+    };
     let mut tasks = vec![
         tokio::spawn(driver.run(rx, shutdown.clone())),
         tokio::spawn(crate::control::serve(listener, control.clone(), api.clone(), shutdown)),
     ];
     tasks.extend(feed.map(tokio::spawn));
     tasks.extend(bridge.map(tokio::spawn));
-    Ok(Running { coap, control, api, devices: peers.len(), moved_aside, tasks })
+    let mqtt = mqtt.map(|m| {
+        tasks.extend(m.tasks);
+        (m.plain, m.tls)
+    });
+    Ok(Running { coap, control, api, devices: peers.len(), moved_aside, mqtt, tasks })
 }
 
 /// Usage counters resume at their durable ceilings; before serving, fresh ceilings above them
