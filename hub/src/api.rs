@@ -130,6 +130,8 @@ pub enum Request {
         /// Device.
         device: DeviceId,
     },
+    /// The upstream bridge: connected, outbox lag, forwarded, dropped.
+    Upstream,
     /// Add an MQTT user (EN 303 645 5.1-1: there is no default one).
     MqttUserAdd {
         /// User name.
@@ -356,6 +358,8 @@ pub struct HubApi {
     /// Names, rooms, availability, isolation and current state of every device; subscribe to
     /// its notices for live data (isolated devices' data is never in them).
     pub directory: crate::devices::Directory,
+    /// The upstream bridge, when one is configured.
+    pub upstream: Option<crate::upstream::UpstreamHandle>,
     /// MQTT users, login throttling and counters (none when MQTT is disabled).
     pub(crate) mqtt: Option<std::sync::Arc<crate::mqtt::auth::Auth>>,
 }
@@ -642,6 +646,18 @@ impl HubApi {
         Ok(self.mqtt_auth()?.users())
     }
 
+    /// The upstream bridge's status (`configured: false` without one: the hub is local only).
+    pub fn upstream(&self) -> serde_json::Value {
+        match &self.upstream {
+            Some(u) => {
+                let mut v = serde_json::json!(u.status());
+                v["configured"] = true.into();
+                v
+            }
+            None => serde_json::json!({"configured": false}),
+        }
+    }
+
     /// Runs one request and renders the answer as JSON.
     pub async fn handle(&self, req: Request) -> serde_json::Value {
         let result = match req {
@@ -702,6 +718,7 @@ impl HubApi {
             Request::UpdateRetry { device } => {
                 self.update_retry(device).await.map(|()| serde_json::json!({"ok": true}))
             }
+            Request::Upstream => Ok(self.upstream()),
             Request::MqttUserAdd { name, password } => {
                 self.mqtt_user_add(name.clone(), password).await.map(|generated| match generated {
                     Some(p) => serde_json::json!({"added": name, "password": p}),

@@ -19,6 +19,8 @@ pub struct Config {
     pub updates: Updates,
     /// When a sensor counts as offline.
     pub availability: Availability,
+    /// The upstream MQTT broker readings are forwarded to (none: the hub stays local).
+    pub upstream: Option<crate::upstream::UpstreamConfig>,
     /// The MQTT broker and its listeners.
     pub mqtt: Mqtt,
 }
@@ -202,6 +204,7 @@ impl Default for Config {
             store: Store::default(),
             updates: Updates::default(),
             availability: Availability::default(),
+            upstream: None,
             mqtt: Mqtt::default(),
         }
     }
@@ -345,6 +348,12 @@ impl Config {
             }
             _ => {}
         }
+        if let Some(up) = &self.upstream
+            && let Err(crate::upstream::UpstreamConfigError::Invalid { key, reason }) =
+                up.validate()
+        {
+            return bad(&format!("upstream.{key}"), &reason);
+        }
         if u.max_concurrent == 0 {
             return bad("updates.max_concurrent", "must be at least 1");
         }
@@ -434,6 +443,8 @@ mod tests {
             "availability.missed_periods"
         );
         assert!(matches!(load("[pairing]\nnope = 1"), Err(ConfigError::Parse(..))));
+        assert_eq!(invalid_key("[upstream]\nurl = \"mqtt://10.1.1.1\""), "upstream.url");
+        assert!(load("[upstream]\nurl = \"mqtt://127.0.0.1:1883\"").is_ok());
         assert_eq!(invalid_key("[mqtt]\nplain_bind = \"0.0.0.0:1883\""), "mqtt.plain_bind");
         assert_eq!(invalid_key("[mqtt]\nbroker_port = 1883"), "mqtt.broker_port");
     }

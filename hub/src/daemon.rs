@@ -55,6 +55,9 @@ pub enum StartError {
     /// A socket.
     #[error("cannot bind {0}: {1}")]
     Bind(String, std::io::Error),
+    /// The upstream bridge's settings.
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
     /// MQTT.
     #[error(transparent)]
     Mqtt(#[from] crate::mqtt::MqttError),
@@ -121,6 +124,17 @@ pub async fn start(
         )
     };
     let (tx, rx) = mpsc::channel(256);
+    let upstream = match &config.upstream {
+        Some(cfg) => Some(crate::upstream::bridge(
+            cfg,
+            data_dir,
+            store.clone(),
+            directory.clone(),
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
+    let (upstream, bridge) = upstream.unzip();
     let mqtt_auth = match config.mqtt.enabled {
         true => Some(crate::mqtt::load_auth(&config.mqtt, store.clone(), data_dir)?),
         false => None,
@@ -130,6 +144,7 @@ pub async fn start(
         store: store.clone(),
         directory: directory.clone(),
         mqtt: mqtt_auth.clone(),
+        upstream,
     };
     let updates = load_updates(&store, data_dir, &config, &peers)?;
     let store_advisories = store.meta(crate::isolation::META_KEY)?;
@@ -163,6 +178,7 @@ pub async fn start(
         tokio::spawn(crate::control::serve(listener, control.clone(), api.clone(), shutdown)),
     ];
     tasks.extend(feed.map(tokio::spawn));
+    tasks.extend(bridge.map(tokio::spawn));
     let mqtt = mqtt.map(|m| {
         tasks.extend(m.tasks);
         (m.plain, m.tls)

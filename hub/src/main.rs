@@ -109,6 +109,8 @@ enum CtlCmd {
         #[command(subcommand)]
         cmd: UpdateCmd,
     },
+    /// The upstream bridge: connected, outbox lag (pending), forwarded, dropped.
+    Upstream,
     /// MQTT users (there is no default one; every MQTT client logs in as one).
     MqttUser {
         #[command(subcommand)]
@@ -337,6 +339,7 @@ async fn ctl(
         CtlCmd::Security => (Request::Security, View::Security),
         CtlCmd::Updates => (Request::Updates, View::Plain),
         CtlCmd::Trust { model, key } => (Request::Trust { model, key }, View::Plain),
+        CtlCmd::Upstream => (Request::Upstream, View::Upstream),
         CtlCmd::MqttUser { cmd: MqttUserCmd::Add { name } } => {
             (Request::MqttUserAdd { name, password: password_from_stdin() }, View::Plain)
         }

@@ -20,6 +20,8 @@ pub enum View {
     Security,
     /// Advisories.
     Advisories,
+    /// The upstream bridge.
+    Upstream,
     /// Anything else: keys and values.
     Plain,
 }
@@ -33,6 +35,7 @@ pub fn render(view: View, answer: &Value, now_ms: i64) -> String {
         View::Pairing => pairing(answer),
         View::Security => security(answer),
         View::Advisories => advisories(answer),
+        View::Upstream => upstream(answer),
         View::Plain => plain(answer, 0),
     }
 }
@@ -298,6 +301,33 @@ fn security(s: &Value) -> String {
         .collect();
     let mut out = table(&["EVENT", "COUNT"], &rows);
     let _ = writeln!(out, "\nSecurity events in total: {}", s["total"]);
+    out
+}
+
+fn upstream(u: &Value) -> String {
+    if u["configured"] != true {
+        return "No upstream broker configured: the hub works locally only.\n".into();
+    }
+    let state = if u["connected"] == true { "connected" } else { "disconnected" };
+    let mut out = format!(
+        "Upstream {} ({state}), topics {}/<device>/reading\n",
+        text(u, "url"),
+        text(u, "topic_prefix")
+    );
+    let rows = [
+        ("pending (not yet acknowledged)", &u["pending"]),
+        ("in flight", &u["in_flight"]),
+        ("forwarded", &u["forwarded"]),
+        ("dropped (outbox full or retention)", &u["dropped"]),
+        ("withheld (isolated devices)", &u["withheld"]),
+    ];
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|(k, v)| vec![(*k).into(), v.to_string()]).collect();
+    out.push_str(&table(&["OUTBOX", "READINGS"], &rows));
+    let _ = writeln!(out, "Connections since start: {}", u["connections"]);
+    if let Some(e) = u["last_error"].as_str() {
+        let _ = writeln!(out, "Last connection error: {e}");
+    }
     out
 }
 

@@ -5,7 +5,7 @@
 //! thread, off the commit path, with the sealed segment's index and retention); recovery is that
 //! snapshot plus a replay of the frames after it (RFC 8613 B.1.1/B.1.2 across any crash).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 
@@ -98,7 +98,13 @@ struct Live {
     states: HashMap<Kid, LinkState>,
     /// Devices whose state changed since the last snapshot.
     dirty: HashSet<Kid>,
+    /// Segments retention dropped since the store opened, oldest first (the newest
+    /// [`RETIRED_KEPT`]): what the upstream outbox counts when it finds them gone.
+    retired: VecDeque<log::Dropped>,
 }
+
+/// Retention records kept in memory for the outbox.
+const RETIRED_KEPT: usize = 4096;
 
 impl HubStore {
     /// Opens the store in `dir`: the catalog `hearth.redb` (with the key-encryption key
@@ -136,7 +142,7 @@ impl HubStore {
             SegmentLog::open(&log_dir, log_config, &floors, snapshot.seq, min_next, &mut replay)?;
         tracing::debug!(?report, "readings log opened");
         let catalog = Arc::new(catalog);
-        let live = Arc::new(Mutex::new(Live { log, states, dirty }));
+        let live = Arc::new(Mutex::new(Live { log, states, dirty, retired: VecDeque::new() }));
         let (jobs, rx) = mpsc::channel();
         let thread = {
             let (catalog, live) = (catalog.clone(), live.clone());
@@ -212,6 +218,24 @@ impl HubStore {
         }
     }
 
+    /// The log's segments as the outbox reads them, and the segments retention dropped that
+    /// end at `from_seq` or later. Brief: no I/O under the lock.
+    pub(super) fn frames(&self, from_seq: u64) -> (Vec<log::SegmentView>, Vec<log::Dropped>) {
+        let live = self.live();
+        let retired = live.retired.iter().filter(|d| d.last_seq >= from_seq).copied().collect();
+        (live.log.views(), retired)
+    }
+
+    /// Seals the active segment now and waits for its index and retention (tests).
+    #[cfg(test)]
+    pub(super) fn seal_now(&self) {
+        {
+            let mut live = self.live();
+            self.start_seal(&mut live);
+        }
+        self.settle();
+    }
+
     /// Waits until the maintenance thread has finished every seal started so far.
     #[cfg(test)]
     fn settle(&self) {
@@ -252,11 +276,18 @@ fn maintain(catalog: &Catalog, live: &Mutex<Live>, config: StoreConfig, jobs: mp
             live.dirty.extend(known);
             continue;
         }
-        let dropped = lock(live).log.retain(Retention {
-            max_bytes: config.max_log_bytes,
-            max_per_device: config.max_readings_per_device.max(1),
-            snapshot_seq: job.seq,
-        });
+        let dropped = {
+            let mut live = lock(live);
+            let dropped = live.log.retain(Retention {
+                max_bytes: config.max_log_bytes,
+                max_per_device: config.max_readings_per_device.max(1),
+                snapshot_seq: job.seq,
+            });
+            live.retired.extend(dropped.iter().copied());
+            let excess = live.retired.len().saturating_sub(RETIRED_KEPT);
+            live.retired.drain(..excess);
+            dropped
+        };
         if let (Some(first), Some(last)) = (dropped.first(), dropped.last()) {
             tracing::info!(
                 segments = dropped.len(),

@@ -7,6 +7,7 @@ mod catalog;
 mod hub_store;
 mod link_state;
 mod log;
+pub mod outbox;
 mod records;
 mod seal;
 

@@ -16,3 +16,4 @@ mod pairing_limits;
 mod pairing_retry;
 mod store;
 mod updates;
+mod upstream;

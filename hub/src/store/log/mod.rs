@@ -19,9 +19,9 @@ use super::records::{self, MAX_BLOCK_HEADER, Payload};
 
 const SEG_MAGIC: &[u8; 8] = b"HRTHLOG1";
 /// Magic, then the segment's first sequence number.
-const SEG_HEADER: u64 = 16;
+pub(super) const SEG_HEADER: u64 = 16;
 /// Payload length (u32), CRC32 of sequence and payload (u32), sequence number (u64).
-const FRAME_HEADER: u64 = 16;
+pub(super) const FRAME_HEADER: u64 = 16;
 /// A longer frame is taken for garbage.
 const MAX_FRAME: u64 = 256 << 20;
 const IDX_MAGIC: &[u8; 8] = b"HRTHIDX1";
@@ -181,6 +181,24 @@ enum Blocks {
 pub(super) struct Dropped {
     pub(super) first_seq: u64,
     pub(super) last_seq: u64,
+    /// Readings it held (of devices not erased).
+    pub(super) readings: u64,
+}
+
+/// A segment as a reader of frames (the upstream outbox) sees it: its own file handle, which
+/// stays readable after retention unlinks the file, and how far its frames are durable.
+#[derive(Debug, Clone)]
+pub(super) struct SegmentView {
+    pub(super) first_seq: u64,
+    /// Its last frame's sequence (of the active segment: the last durable frame so far).
+    pub(super) last_seq: u64,
+    /// Bytes of durable frames (with the header).
+    pub(super) len: u64,
+    /// Readings in it (of devices not erased).
+    pub(super) readings: u64,
+    /// Whether frames are still appended to it.
+    pub(super) active: bool,
+    pub(super) file: Arc<File>,
 }
 
 /// Retention bounds.
@@ -453,12 +471,42 @@ impl SegmentLog {
             bytes -= s.len;
             remove_file(&s.path);
             remove_file(&s.idx_path);
-            dropped.push(Dropped { first_seq: s.first_seq, last_seq: s.last_seq });
+            let readings = s.devices.values().map(|d| d.span.count).sum();
+            dropped.push(Dropped { first_seq: s.first_seq, last_seq: s.last_seq, readings });
         }
         if !dropped.is_empty() {
             let _ = crate::private_fs::sync_dir(&self.dir);
         }
         dropped
+    }
+
+    /// Every segment, oldest first, as a frame reader sees it (no I/O: handles are shared).
+    pub(super) fn views(&self) -> Vec<SegmentView> {
+        let mut out = Vec::with_capacity(self.sealed.len() + self.sealing.len() + 1);
+        for s in &self.sealed {
+            out.push(SegmentView {
+                first_seq: s.first_seq,
+                last_seq: s.last_seq,
+                len: s.len,
+                readings: s.devices.values().map(|d| d.span.count).sum(),
+                active: false,
+                file: s.file.clone(),
+            });
+        }
+        let unsealed = self.sealing.iter().map(|s| (&s.active, s.last_seq, false));
+        for (a, last_seq, active) in
+            unsealed.chain(std::iter::once((&self.active, self.next_seq - 1, true)))
+        {
+            out.push(SegmentView {
+                first_seq: a.first_seq,
+                last_seq,
+                len: a.len,
+                readings: a.devices.values().filter_map(|d| d.span).map(|s| s.count).sum(),
+                active,
+                file: a.file.clone(),
+            });
+        }
+        out
     }
 
     /// The first sequence number still stored.
@@ -588,3 +636,4 @@ mod tests;
 
 use index::load_index;
 use recovery::*;
+pub(super) use recovery::{find_frame, frame_at};
