@@ -17,6 +17,25 @@ pub struct Config {
     pub store: Store,
     /// Updates.
     pub updates: Updates,
+    /// The owner's web UI.
+    pub web: Web,
+}
+
+/// The owner's web UI over HTTPS (EN 303 645 5.5-1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Web {
+    /// Listen address (HTTPS only; plain HTTP on it gets no answer).
+    pub bind: SocketAddr,
+    /// Host names and addresses the certificate names besides localhost, loopback and the host
+    /// name (used when the certificate is first made).
+    pub names: Vec<String>,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Self { bind: SocketAddr::from(([0, 0, 0, 0], 8443)), names: Vec::new() }
+    }
 }
 
 /// A manufacturer key the hub trusts for a model (pinned at installation).
@@ -113,6 +132,7 @@ impl Default for Config {
             pairing: Pairing::default(),
             store: Store::default(),
             updates: Updates::default(),
+            web: Web::default(),
         }
     }
 }

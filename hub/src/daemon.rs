@@ -29,6 +29,8 @@ pub struct Running {
     pub devices: usize,
     /// Set when a corrupt store was moved aside at start.
     pub moved_aside: Option<PathBuf>,
+    /// The owner's web UI.
+    pub web: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -53,6 +55,9 @@ pub enum StartError {
     /// A socket.
     #[error("cannot bind {0}: {1}")]
     Bind(String, std::io::Error),
+    /// The web UI.
+    #[error(transparent)]
+    Web(#[from] crate::web::WebStartError),
 }
 
 /// Starts the hub in `data_dir`.
@@ -113,12 +118,14 @@ pub async fn start(
     }
     let driver = crate::link::Driver::new(updates, link, Arc::new(socket), store, config.clone());
     let feed = feed_task(&config.updates, api.clone(), shutdown.clone());
+    let web = crate::web::start(&config.web, data_dir, api.clone(), shutdown.clone()).await?;
     let mut tasks = vec![
         tokio::spawn(driver.run(rx, shutdown.clone())),
         tokio::spawn(crate::control::serve(listener, control.clone(), api.clone(), shutdown)),
     ];
     tasks.extend(feed.map(tokio::spawn));
-    Ok(Running { coap, control, api, devices: peers.len(), moved_aside, tasks })
+    tasks.push(web.task);
+    Ok(Running { coap, control, api, devices: peers.len(), moved_aside, web: web.addr, tasks })
 }
 
 /// Usage counters resume at their durable ceilings; before serving, fresh ceilings above them

@@ -1,5 +1,6 @@
 //! The Hearth hub daemon: the I/O shell around `protocol` — the CoAP/UDP link driver, the
-//! durable store, the owner's control socket, the update manager and its feed client.
+//! durable store, the owner's control socket, the update manager and its feed client,
+//! the owner's web UI.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -15,3 +16,4 @@ pub mod rng;
 pub mod seclog;
 pub mod store;
 pub mod updates;
+pub mod web;

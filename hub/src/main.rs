@@ -216,6 +216,7 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         "coap": running.coap.to_string(),
         "control": running.control.display().to_string(),
         "devices": running.devices,
+        "web": running.web.to_string(),
         "pid": std::process::id(),
     });
     println!("READY {ready}");

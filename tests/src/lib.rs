@@ -77,7 +77,7 @@ pub struct Hub {
 pub fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let path = dir.join("hub.toml");
     let text = format!(
-        "coap_bind = \"127.0.0.1:{port}\"\n[pairing]\nmax_sessions = 1024\nsessions_per_source = 1024\n{extra}"
+        "coap_bind = \"127.0.0.1:{port}\"\n[web]\nbind = \"127.0.0.1:0\"\n[pairing]\nmax_sessions = 1024\nsessions_per_source = 1024\n{extra}"
     );
     std::fs::write(&path, text).expect("write config");
     path

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -84,5 +84,4 @@ async fn connection(
             let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
         }
     }
-    let _ = TokioExecutor::new();
 }
