@@ -93,7 +93,7 @@ pub fn threshold(name: &str) -> u64 {
     match name {
         "web_login_failed" | "web_setup_code_refused" | "pairing_failed" => 5,
         "web_csrf_refused" | "web_cross_site_refused" | "web_too_large" | "key_limit" => 3,
-        "bad_tag" | "replay" | "throttled" | "web_login_throttled" => 10,
+        "bad_tag" | "replays" | "throttled" | "web_login_throttled" => 10,
         "web_unauthenticated" => 100,
         _ => 20,
     }
