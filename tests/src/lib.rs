@@ -70,6 +70,10 @@ pub struct Hub {
     pub control: PathBuf,
     /// Its stderr log file.
     pub log: PathBuf,
+    /// The web UI's address (HTTPS).
+    pub web: SocketAddr,
+    /// What it printed before `READY` (web UI address, certificate fingerprint, setup code).
+    pub printed: Vec<String>,
 }
 
 /// Writes a test configuration: fixed port, generous pairing limits for a simulated fleet, and
@@ -117,10 +121,11 @@ impl Hub {
                 }
             }
         });
+        let mut printed = Vec::new();
         let ready = loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(l) if l.starts_with("READY ") => break l,
-                Ok(_) => continue,
+                Ok(l) => printed.push(l),
                 Err(_) => panic!(
                     "hub did not print READY; log:\n{}",
                     std::fs::read_to_string(&log).unwrap_or_default()
@@ -134,6 +139,8 @@ impl Hub {
             coap: v["coap"].as_str().and_then(|s| s.parse().ok()).expect("coap addr"),
             control: PathBuf::from(v["control"].as_str().expect("control")),
             log,
+            web: v["web"].as_str().and_then(|s| s.parse().ok()).expect("web addr"),
+            printed,
         }
     }
 

@@ -13,3 +13,4 @@ mod pairing_limits;
 mod pairing_retry;
 mod store;
 mod updates;
+mod web;
