@@ -168,11 +168,23 @@ impl HubOwner {
             Some(u) => u.installed,
             None => info.firmware_version,
         };
-        let last = self.api.readings(info.id, Some(1)).await.ok().and_then(|mut r| r.pop());
-        let last = last.map(reading);
+        // The newest reading of each quantity (a sensor sends several per measurement).
+        let recent = self.api.readings(info.id, Some(16)).await.unwrap_or_default();
+        let newest_ms = recent.last().map(|r| r.time_ms);
+        let mut last: Vec<Reading> = Vec::new();
+        for r in recent.into_iter().rev().map(reading) {
+            if !last.iter().any(|l| l.name == r.name) {
+                last.push(r);
+            }
+        }
+        // In the order of the declared capabilities (`temp` reports `temperature`).
+        let rank = |r: &Reading| {
+            info.capabilities.iter().position(|c| c.starts_with(&r.name) || r.name.starts_with(c))
+        };
+        last.sort_by_key(|r| rank(r).unwrap_or(usize::MAX));
         let now_ms = i64::try_from(crate::link::unix_now().0.saturating_mul(1000)).unwrap_or(0);
-        let availability = match &last {
-            Some(r) if now_ms - r.time_ms < OFFLINE_AFTER_MS => Availability::Online,
+        let availability = match newest_ms {
+            Some(t) if now_ms - t < OFFLINE_AFTER_MS => Availability::Online,
             _ => Availability::Offline,
         };
         Device {
@@ -209,7 +221,9 @@ fn reading(r: crate::store::StoredReading) -> Reading {
         serde_json::Value::String(s) => (None, s.clone()),
         other => (None, other.to_string()),
     };
-    Reading { time_ms: r.time_ms, name: r.name, unit: r.unit, value, text }
+    // SenML names are `urn:dev:<serial>:<quantity>`: the quantity is what the owner reads.
+    let name = r.name.rsplit(':').next().unwrap_or_default().to_owned();
+    Reading { time_ms: r.time_ms, name, unit: r.unit, value, text }
 }
 
 fn web_err(e: ApiError) -> WebError {

@@ -82,8 +82,8 @@ pub struct Device {
     pub paired_at: u64,
     /// Reachability.
     pub availability: Availability,
-    /// Newest reading.
-    pub last: Option<Reading>,
+    /// Newest reading of each quantity it reports (temperature, humidity, ...).
+    pub last: Vec<Reading>,
 }
 
 /// One line of a device's update history.

@@ -113,18 +113,20 @@ impl FromRequestParts<Arc<Web>> for Owner {
 }
 
 /// Whether a state change comes from another site: a `Sec-Fetch-Site` other than
-/// `same-origin`, or an `Origin` other than this host's.
+/// `same-origin`, or an `Origin` naming another host. Browsers send `Origin: null` on a
+/// same-origin form POST under `Referrer-Policy: no-referrer`, so `null` passes only when
+/// `Sec-Fetch-Site` vouches for the request.
 fn cross_site(headers: &HeaderMap) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site")
-        && site.as_bytes() != b"same-origin"
-    {
+    let fetch_site = headers.get("sec-fetch-site");
+    if fetch_site.is_some_and(|site| site.as_bytes() != b"same-origin") {
         return true;
     }
-    match headers.get(header::ORIGIN) {
+    match headers.get(header::ORIGIN).map(HeaderValue::as_bytes) {
         None => false,
+        Some(b"null") => fetch_site.is_none(),
         Some(origin) => {
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-            origin.to_str().ok() != Some(format!("https://{host}").as_str()) || host.is_empty()
+            let host = headers.get(header::HOST).map_or(&b""[..], HeaderValue::as_bytes);
+            host.is_empty() || origin != [&b"https://"[..], host].concat().as_slice()
         }
     }
 }

@@ -107,6 +107,21 @@ pub fn reading_text(r: &Reading) -> String {
     }
 }
 
+/// The newest readings as one line: `temperature 21.3 Cel · setpoint 21.0 Cel` (or a dash).
+pub fn readings_text(last: &[Reading]) -> String {
+    if last.is_empty() {
+        return "—".into();
+    }
+    last.iter().map(|r| format!("{} {}", r.name, reading_text(r))).collect::<Vec<_>>().join(" · ")
+}
+
+/// The chart of one quantity: the readings named like the newest of `last`'s first.
+pub fn chart_of(readings: &[Reading], last: &[Reading], width: u32, height: u32) -> String {
+    let name = last.first().map(|r| r.name.as_str()).unwrap_or("");
+    let same: Vec<Reading> = readings.iter().filter(|r| r.name == name).cloned().collect();
+    chart(&same, width, height)
+}
+
 /// An SVG line chart of the numeric readings (oldest first), or a note when there are none.
 pub fn chart(readings: &[Reading], width: u32, height: u32) -> String {
     let points: Vec<(i64, f64)> = readings

@@ -13,7 +13,9 @@ use serde::Deserialize;
 
 use crate::api::{ApiError, Availability, Check, Device, Policy, Updates};
 use crate::guard::{CsrfForm, Owner, Post, SESSION_COOKIE, cookie, unprocessable};
-use crate::html::{chart, csrf_field, date, datetime, esc, notice, page, reading_text};
+use crate::html::{
+    chart_of, csrf_field, date, datetime, esc, notice, page, reading_text, readings_text,
+};
 use crate::routes::{CsrfOnly, forms};
 use crate::state::{Web, WebEvent};
 
@@ -109,7 +111,7 @@ pub async fn dashboard(State(web): State<Arc<Web>>, owner: Owner) -> Response {
         let history =
             if i < 50 { web.api.readings(&d.id, 40).await.unwrap_or_default() } else { Vec::new() };
         let (class, text) = availability(&d.availability);
-        let last = d.last.as_ref().map(reading_text).unwrap_or_else(|| "—".into());
+        let last = readings_text(&d.last);
         let _ = write!(
             body,
             "<tr><td><a href=\"/devices/{id}\">{name}</a><br><span class=\"muted\">{model}</span></td>\
@@ -119,7 +121,7 @@ pub async fn dashboard(State(web): State<Arc<Web>>, owner: Owner) -> Response {
             name = esc(&device_name(d)),
             model = esc(&d.model),
             last = esc(&last),
-            chart = chart(&history, 240, 48),
+            chart = chart_of(&history, &d.last, 240, 48),
         );
     }
     body.push_str("</tbody></table>");
@@ -294,7 +296,7 @@ pub async fn device(State(web): State<Arc<Web>>, owner: Owner, Path(id): Path<St
     let _ = write!(
         b,
         "<h2>Recent readings</h2>{}<table><thead><tr><th>Time</th><th>Name</th><th>Value</th></tr></thead><tbody>",
-        chart(&readings, 480, 96)
+        chart_of(&readings, &d.last, 480, 96)
     );
     for r in readings.iter().rev().take(20) {
         let _ = write!(
@@ -412,11 +414,11 @@ pub async fn updates(
         "<h2>Policy</h2><p>Now: <strong>{now}</strong>. Security updates install automatically \
          unless you choose otherwise; updates that interrupt a device always wait for your approval.</p>\
          <form method=\"post\" action=\"/updates/policy\" class=\"card\">{c}\
-         <label><input type=\"radio\" name=\"mode\" value=\"auto\"{a}> Install automatically</label>\
-         <label><input type=\"radio\" name=\"mode\" value=\"notify_only\"{n}> Tell me; install what I approve</label>\
-         <label><input type=\"radio\" name=\"mode\" value=\"postponed\"{p}> Postpone by \
+         <label class=\"choice\"><input type=\"radio\" name=\"mode\" value=\"auto\"{a}> Install automatically</label>\
+         <label class=\"choice\"><input type=\"radio\" name=\"mode\" value=\"notify_only\"{n}> Tell me; install what I approve</label>\
+         <label class=\"choice\"><input type=\"radio\" name=\"mode\" value=\"postponed\"{p}> Postpone by \
          <input name=\"days\" inputmode=\"numeric\" size=\"3\" maxlength=\"2\" value=\"7\"> days</label>\
-         <label><input type=\"radio\" name=\"mode\" value=\"disabled\"{d}> Never install (not recommended)</label>\
+         <label class=\"choice\"><input type=\"radio\" name=\"mode\" value=\"disabled\"{d}> Never install (not recommended)</label>\
          <button>Save the policy</button></form><h2>Available releases</h2>",
         now = esc(&policy_text(u.policy)),
         a = checked("auto"),
@@ -775,7 +777,7 @@ pub(crate) async fn live_snapshot(web: &Web) -> serde_json::Value {
     let devices = web.api.devices().await.unwrap_or_default();
     let mut live = serde_json::Map::new();
     for d in &devices {
-        let reading = d.last.as_ref().map(reading_text).unwrap_or_else(|| "—".into());
+        let reading = readings_text(&d.last);
         live.insert(
             d.id.clone(),
             serde_json::json!({"reading": reading, "availability": availability(&d.availability).1}),

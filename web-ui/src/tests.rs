@@ -65,7 +65,7 @@ fn device(id: &str, availability: Availability) -> Device {
         support_end: 4_102_444_800,
         paired_at: 1_700_000_000,
         availability,
-        last: Some(reading(3, 21.5)),
+        last: vec![reading(3, 21.5)],
     }
 }
 
@@ -564,24 +564,37 @@ async fn state_changes_need_the_session_token_and_the_same_origin() {
         StatusCode::FORBIDDEN
     );
     let body = format!("csrf={csrf}&seconds=120");
-    for (k, v) in [
-        ("sec-fetch-site", "cross-site"),
-        ("sec-fetch-site", "same-site"),
-        ("origin", "https://evil.example"),
-        ("origin", "null"),
-    ] {
+    let refused: [&[(&str, &str)]; 5] = [
+        &[("sec-fetch-site", "cross-site")],
+        &[("sec-fetch-site", "same-site")],
+        &[("sec-fetch-site", "none")],
+        &[("origin", "https://evil.example")],
+        &[("origin", "https://hub.local:8444")],
+    ];
+    for headers in refused {
         let mut req =
             App::post_req("/pairing/open", &s, &body).body(Body::from(body.clone())).expect("req");
-        req.headers_mut().insert(k, v.parse().expect("value"));
+        for (k, v) in headers {
+            req.headers_mut().insert(*k, v.parse().expect("value"));
+        }
         let r = app.send(req).await;
-        assert_eq!(r.status, StatusCode::FORBIDDEN, "{k}: {v}");
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}");
     }
-    assert_eq!(app.total(crate::state::WebEvent::CrossSite), 4);
+    // `Origin: null` (sent under no-referrer) passes only with Sec-Fetch-Site: same-origin.
+    let mut req =
+        App::post_req("/pairing/open", &s, &body).body(Body::from(body.clone())).expect("req");
+    req.headers_mut().insert("origin", "null".parse().expect("value"));
+    req.headers_mut().remove("sec-fetch-site");
+    assert_eq!(app.send(req).await.status, StatusCode::FORBIDDEN, "null origin alone");
+    assert_eq!(app.total(crate::state::WebEvent::CrossSite), 6);
     assert!(!app.fake.s().pairing.open, "nothing refused took effect");
     // Login forms need the pre-login token too.
     let r = app.post("/login", "", "csrf=abc&user=owner&password=blue+tomato+7").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    let r = app.post("/pairing/open", &s, &body).await;
+    let mut req =
+        App::post_req("/pairing/open", &s, &body).body(Body::from(body.clone())).expect("req");
+    req.headers_mut().insert("origin", "null".parse().expect("value"));
+    let r = app.send(req).await;
     assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/pairing?m=opened"));
     assert!(app.fake.s().pairing.open);
 }
@@ -656,7 +669,7 @@ async fn dashboard_device_and_isolated_pages_show_the_hubs_state() {
     assert_eq!(dash.status, StatusCode::OK);
     for want in [
         "data-ids=\"01,02\"",
-        "data-reading=\"01\">21.5 Cel",
+        "data-reading=\"01\">temp 21.5 Cel",
         "<svg class=\"chart\"",
         "<polyline",
         "badge isolated",
@@ -904,7 +917,7 @@ async fn password_change_logout_and_the_live_stream() {
     let json: serde_json::Value =
         serde_json::from_str(text.trim().strip_prefix("data: ").expect("data line")).expect("json");
     assert_eq!(json["ids"], "01,02");
-    assert_eq!(json["devices"]["01"]["reading"], "21.5 Cel");
+    assert_eq!(json["devices"]["01"]["reading"], "temp 21.5 Cel");
     assert_eq!(json["devices"]["02"]["availability"], "isolated");
     assert_eq!(json["progress"]["01"]["pct"], 0);
 

@@ -4,6 +4,7 @@
 mod adversary;
 mod aiocoap_interop;
 mod bad_input;
+mod browser;
 mod crash;
 mod demo;
 mod feed;
