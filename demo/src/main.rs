@@ -261,11 +261,14 @@ impl Demo {
         }
         println!("  {acknowledged} readings acknowledged after a durable commit; latest stored:");
         for d in self.api.devices().await? {
-            let latest = self.api.readings(d.info.id, Some(1)).await?.pop();
+            let latest = self.api.readings(d.device.info.id, Some(1)).await?.pop();
             let Some(r) = latest else { continue };
             let quantity = r.name.rsplit(':').next().unwrap_or("");
             let unit = r.unit.map(|u| format!(" {u}")).unwrap_or_default();
-            println!("  {} ({}): {quantity} = {}{unit}", d.info.serial, d.info.model, r.value);
+            println!(
+                "  {} ({}): {quantity} = {}{unit}",
+                d.device.info.serial, d.device.info.model, r.value
+            );
         }
         Ok(())
     }
@@ -288,7 +291,8 @@ impl Demo {
     /// Act 4: the hub verifies `model` v2 and delivers it block-wise over OSCORE; each sensor
     /// writes its inactive slot, switches, checks its health and reports.
     async fn delivery(&mut self, model: &str) -> Result<(), DemoError> {
-        let targets = self.api.devices().await?.into_iter().filter(|d| d.info.model == model);
+        let targets =
+            self.api.devices().await?.into_iter().filter(|d| d.device.info.model == model);
         let expected = targets.count();
         let mut announced = false;
         let mut quarters: HashMap<u32, u32> = HashMap::new();
@@ -343,5 +347,5 @@ async fn type_pin(api: &HubApi, pin: &str, serial: &str) -> Result<String, ApiEr
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    api.pair_pin(pin.to_string(), Some(serial.to_string()), None).await
+    api.pair_pin(pin.to_string(), Some(serial.to_string()), None, None).await
 }

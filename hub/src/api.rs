@@ -6,7 +6,7 @@ use protocol::oscore::Kid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{DeviceInfo, HubStore, Store, StoredReading};
+use crate::store::{HubStore, Store, StoredReading};
 
 /// A request to the hub.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +30,9 @@ pub enum Request {
         /// Or its device id.
         #[serde(default)]
         device: Option<DeviceId>,
+        /// An isolated device the new sensor replaces (it inherits name, room and history).
+        #[serde(default)]
+        replaces: Option<DeviceId>,
     },
     /// Pairing window and waiting sensors.
     Pairing,
@@ -50,6 +53,33 @@ pub enum Request {
     },
     /// Remove a device: its keys, state and readings are erased.
     Remove {
+        /// Device id.
+        id: DeviceId,
+    },
+    /// Name a device.
+    Rename {
+        /// Device id.
+        id: DeviceId,
+        /// New name.
+        name: String,
+    },
+    /// Put a device in a room (none: no room).
+    Room {
+        /// Device id.
+        id: DeviceId,
+        /// Room.
+        #[serde(default)]
+        room: Option<String>,
+    },
+    /// Security advisories and what the hub did about them.
+    Advisories,
+    /// Add an advisory given by the owner (COSE_Sign1, hex).
+    AdvisoryAdd {
+        /// The signed advisory, hex.
+        advisory_hex: String,
+    },
+    /// The owner's explicit override of an isolation (logged).
+    Unisolate {
         /// Device id.
         id: DeviceId,
     },
@@ -146,9 +176,9 @@ pub struct SecurityReport {
 /// A device with its live state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceView {
-    /// Stored info.
+    /// Pairing record, name, room, availability, isolation, last seen, current state.
     #[serde(flatten)]
-    pub info: DeviceInfo,
+    pub device: crate::devices::DeviceSnapshot,
     /// Readings stored.
     pub readings: u64,
     /// Update state and history (in `device` answers).
@@ -219,6 +249,23 @@ pub(crate) enum LinkCommand {
         device: Kid,
         reply: oneshot::Sender<Option<crate::updates::DeviceUpdate>>,
     },
+    Advisory {
+        signed: Vec<u8>,
+        source: &'static str,
+        reply: oneshot::Sender<Result<crate::isolation::AdvisoryRecord, CommandError>>,
+    },
+    Advisories {
+        reply: oneshot::Sender<Vec<crate::isolation::AdvisoryRecord>>,
+    },
+    Unisolate {
+        device: DeviceId,
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
+    Replace {
+        old: DeviceId,
+        new: DeviceId,
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
 }
 
 /// Why the link driver refused a command.
@@ -242,6 +289,12 @@ pub enum CommandError {
     /// The update manager refused.
     #[error(transparent)]
     Updates(#[from] crate::updates::UpdatesError),
+    /// An advisory was refused or is known.
+    #[error(transparent)]
+    Advisory(#[from] crate::isolation::AdvisoryError),
+    /// The device directory refused (bad name, not isolated, ...).
+    #[error(transparent)]
+    Directory(#[from] crate::devices::DirectoryError),
 }
 
 /// Why a request failed (sent to the client as `{"error": "..."}`).
@@ -264,11 +317,21 @@ pub enum ApiError {
     Store(#[from] crate::store::StoreError),
 }
 
+fn directory_error(id: DeviceId, e: crate::devices::DirectoryError) -> ApiError {
+    match e {
+        crate::devices::DirectoryError::Unknown => ApiError::NotFound(id),
+        e => ApiError::Command(e.into()),
+    }
+}
+
 /// Handle to the running hub.
 #[derive(Debug, Clone)]
 pub struct HubApi {
     pub(crate) link: mpsc::Sender<LinkCommand>,
     pub(crate) store: HubStore,
+    /// Names, rooms, availability, isolation and current state of every device; subscribe to
+    /// its notices for live data (isolated devices' data is never in them).
+    pub directory: crate::devices::Directory,
 }
 
 impl HubApi {
@@ -301,12 +364,25 @@ impl HubApi {
         pin: String,
         serial: Option<String>,
         device: Option<DeviceId>,
+        replaces: Option<DeviceId>,
     ) -> Result<String, ApiError> {
+        if let Some(old) = &replaces {
+            self.directory.replaceable(old).map_err(|e| match e {
+                crate::devices::DirectoryError::Unknown => ApiError::NotFound(*old),
+                e => ApiError::Command(e.into()),
+            })?;
+        }
         let device = device.map(|d| d.kid());
         let kid = self
             .ask(|reply| LinkCommand::PairPin { pin, serial, device, reply })
             .await?
             .map_err(ApiError::Command)?;
+        if let Some(old) = replaces {
+            let new = kid.into();
+            self.ask(|reply| LinkCommand::Replace { old, new, reply })
+                .await?
+                .map_err(ApiError::Command)?;
+        }
         Ok(kid.to_string())
     }
 
@@ -315,14 +391,15 @@ impl HubApi {
         self.ask(|reply| LinkCommand::Pairing { reply }).await
     }
 
-    /// All devices.
+    /// All devices, by name.
     pub async fn devices(&self) -> Result<Vec<DeviceView>, ApiError> {
         let store = self.store.clone();
+        let snapshots = self.directory.list();
         let views = tokio::task::spawn_blocking(move || -> Result<Vec<DeviceView>, ApiError> {
-            let mut out = Vec::new();
-            for info in store.devices()? {
-                let kid = info.id.kid();
-                out.push(DeviceView { readings: store.reading_count(&kid)?, info, update: None });
+            let mut out = Vec::with_capacity(snapshots.len());
+            for device in snapshots {
+                let kid = device.info.id.kid();
+                out.push(DeviceView { readings: store.reading_count(&kid)?, device, update: None });
             }
             Ok(out)
         })
@@ -334,15 +411,15 @@ impl HubApi {
     /// One device, with its update history.
     pub async fn device(&self, id: DeviceId) -> Result<DeviceView, ApiError> {
         let kid = id.kid();
-        let mut d = self
-            .devices()
-            .await?
-            .into_iter()
-            .find(|d| d.info.id.kid() == kid)
-            .ok_or(ApiError::NotFound(id))?;
+        let device = self.directory.get(&id).ok_or(ApiError::NotFound(id))?;
+        let store = self.store.clone();
+        let readings = tokio::task::spawn_blocking(move || store.reading_count(&kid))
+            .await
+            .map_err(|_| ApiError::Stopped)??;
+        let mut d = DeviceView { device, readings, update: None };
         d.update = self.ask(|reply| LinkCommand::History { device: kid, reply }).await?;
         if let Some(u) = &d.update {
-            d.info.firmware_version = u.installed;
+            d.device.info.firmware_version = u.installed;
         }
         Ok(d)
     }
@@ -406,19 +483,30 @@ impl HubApi {
         self.ask(|reply| LinkCommand::UpdateRetry { device, reply }).await
     }
 
-    /// A device's newest readings, oldest first.
+    /// A device's newest readings, oldest first; a replacement's include those of the devices
+    /// it replaced (its history, TR 103 621 6.23 example 1).
     pub async fn readings(
         &self,
         id: DeviceId,
         limit: Option<usize>,
     ) -> Result<Vec<StoredReading>, ApiError> {
-        let kid = id.kid();
+        let mut kids = vec![id.kid()];
+        if let Some(d) = self.directory.get(&id) {
+            kids.extend(d.replaces.iter().map(DeviceId::kid));
+        }
         let limit = limit.unwrap_or(20).min(10_000);
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.readings(&kid, limit))
-            .await
-            .map_err(|_| ApiError::Stopped)?
-            .map_err(Into::into)
+        tokio::task::spawn_blocking(move || -> Result<Vec<StoredReading>, ApiError> {
+            let mut all = Vec::new();
+            for kid in &kids {
+                all.extend(store.readings(kid, limit)?);
+            }
+            all.sort_by_key(|r| r.time_ms);
+            let skip = all.len().saturating_sub(limit);
+            Ok(all.split_off(skip))
+        })
+        .await
+        .map_err(|_| ApiError::Stopped)?
     }
 
     /// Removes a device (EN 303 645 5.11-1: its data is erased with it).
@@ -429,6 +517,41 @@ impl HubApi {
         } else {
             Err(ApiError::NotFound(id))
         }
+    }
+
+    /// Names a device.
+    pub async fn rename(&self, id: DeviceId, name: &str) -> Result<(), ApiError> {
+        self.directory.rename(&id, name).map_err(|e| directory_error(id, e))
+    }
+
+    /// Puts a device in a room.
+    pub async fn set_room(&self, id: DeviceId, room: Option<&str>) -> Result<(), ApiError> {
+        self.directory.set_room(&id, room).map_err(|e| directory_error(id, e))
+    }
+
+    /// Security advisories, oldest first, with the action taken per affected device.
+    pub async fn advisories(&self) -> Result<Vec<crate::isolation::AdvisoryRecord>, ApiError> {
+        self.ask(|reply| LinkCommand::Advisories { reply }).await
+    }
+
+    /// Adds a signed advisory (from the feed or the owner): verified like a manifest, then
+    /// every affected device gets its fix scheduled or is isolated.
+    pub async fn advisory_add(
+        &self,
+        signed: Vec<u8>,
+        source: &'static str,
+    ) -> Result<crate::isolation::AdvisoryRecord, ApiError> {
+        self.ask(|reply| LinkCommand::Advisory { signed, source, reply })
+            .await?
+            .map_err(ApiError::Command)
+    }
+
+    /// The owner overrides a device's isolation (explicit and logged, TR 103 621 6.23).
+    pub async fn unisolate(&self, id: DeviceId) -> Result<(), ApiError> {
+        self.ask(|reply| LinkCommand::Unisolate { device: id, reply }).await?.map_err(|e| match e {
+            CommandError::Directory(e) => directory_error(id, e),
+            e => ApiError::Command(e),
+        })
     }
 
     /// Security counters.
@@ -443,8 +566,9 @@ impl HubApi {
                 self.pair_open(seconds).await.map(|v| serde_json::json!(v))
             }
             Request::PairClose => self.pair_close().await.map(|v| serde_json::json!(v)),
-            Request::PairPin { pin, serial, device } => {
-                self.pair_pin(pin, serial, device).await.map(|d| serde_json::json!({"pairing": d}))
+            Request::PairPin { pin, serial, device, replaces } => {
+                let r = self.pair_pin(pin, serial, device, replaces).await;
+                r.map(|d| serde_json::json!({"pairing": d, "replaces": replaces}))
             }
             Request::Pairing => self.pairing().await.map(|v| serde_json::json!(v)),
             Request::Devices => self.devices().await.map(|v| serde_json::json!(v)),
@@ -454,6 +578,20 @@ impl HubApi {
             }
             Request::Remove { id } => {
                 self.remove(id).await.map(|()| serde_json::json!({"removed": id}))
+            }
+            Request::Rename { id, name } => {
+                self.rename(id, &name).await.map(|()| serde_json::json!({"renamed": id}))
+            }
+            Request::Room { id, room } => {
+                self.set_room(id, room.as_deref()).await.map(|()| serde_json::json!({"room": room}))
+            }
+            Request::Advisories => self.advisories().await.map(|v| serde_json::json!(v)),
+            Request::AdvisoryAdd { advisory_hex } => match protocol::hex::decode(&advisory_hex) {
+                Some(b) => self.advisory_add(b, "owner").await.map(|v| serde_json::json!(v)),
+                None => Err(ApiError::BadRequest("the advisory must be hex".into())),
+            },
+            Request::Unisolate { id } => {
+                self.unisolate(id).await.map(|()| serde_json::json!({"unisolated": id}))
             }
             Request::Security => self.security().await.map(|v| serde_json::json!(v)),
             Request::Updates => self.updates().await.map(|v| serde_json::json!(v)),

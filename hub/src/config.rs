@@ -17,8 +17,37 @@ pub struct Config {
     pub store: Store,
     /// Updates.
     pub updates: Updates,
+    /// When a sensor counts as offline.
+    pub availability: Availability,
     /// The owner's web UI.
     pub web: Web,
+}
+
+/// Availability (DESIGN capability 5): offline after `missed_periods` reporting periods without
+/// a report; each sensor's period is learned, `default_period_s` is assumed until then.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Availability {
+    /// Periods without a report before a sensor is offline.
+    pub missed_periods: u32,
+    /// Reporting period assumed until one is learned, seconds.
+    pub default_period_s: u64,
+}
+
+impl Default for Availability {
+    fn default() -> Self {
+        Self { missed_periods: 3, default_period_s: 60 }
+    }
+}
+
+impl Availability {
+    /// The directory's settings.
+    pub fn directory_config(&self) -> crate::devices::AvailabilityConfig {
+        crate::devices::AvailabilityConfig {
+            default_period_ms: self.default_period_s.saturating_mul(1000),
+            missed_periods: self.missed_periods,
+        }
+    }
 }
 
 /// The owner's web UI over HTTPS (EN 303 645 5.5-1).
@@ -132,6 +161,7 @@ impl Default for Config {
             pairing: Pairing::default(),
             store: Store::default(),
             updates: Updates::default(),
+            availability: Availability::default(),
             web: Web::default(),
         }
     }
@@ -218,6 +248,12 @@ impl Config {
         }
         if self.store.max_batch == 0 {
             return bad("store.max_batch", "must be at least 1");
+        }
+        if !(1..=100).contains(&self.availability.missed_periods) {
+            return bad("availability.missed_periods", "must be 1 to 100");
+        }
+        if !(1..=86_400).contains(&self.availability.default_period_s) {
+            return bad("availability.default_period_s", "must be 1 to 86400");
         }
         let u = &self.updates;
         match (&u.feed_url, &u.feed_cert) {
@@ -318,6 +354,10 @@ mod tests {
         assert_eq!(
             invalid_key("[[updates.trust]]\nmodel = \"m\"\nkey = \"00\""),
             "updates.trust[0].key"
+        );
+        assert_eq!(
+            invalid_key("[availability]\nmissed_periods = 0"),
+            "availability.missed_periods"
         );
         assert!(matches!(load("[pairing]\nnope = 1"), Err(ConfigError::Parse(..))));
     }

@@ -110,13 +110,32 @@ pub async fn start(
     let control = data_dir.join("control.sock");
     let listener = crate::control::bind(&control)
         .map_err(|e| StartError::Bind(control.display().to_string(), e))?;
+    let directory = {
+        let doc = store.meta(crate::devices::META_KEY)?;
+        let devices = store.devices()?;
+        crate::devices::Directory::new(
+            devices,
+            doc.as_deref(),
+            config.availability.directory_config(),
+            crate::link::unix_now_ms(),
+        )
+    };
     let (tx, rx) = mpsc::channel(256);
-    let api = HubApi { link: tx, store: store.clone() };
+    let api = HubApi { link: tx, store: store.clone(), directory: directory.clone() };
     let updates = load_updates(&store, data_dir, &config, &peers)?;
+    let store_advisories = store.meta(crate::isolation::META_KEY)?;
     for (kid, offer) in updates.active_offers() {
         link.set_offer(&kid, Some(offer));
     }
-    let driver = crate::link::Driver::new(updates, link, Arc::new(socket), store, config.clone());
+    let driver = crate::link::Driver::new(
+        updates,
+        link,
+        Arc::new(socket),
+        store,
+        config.clone(),
+        directory,
+        crate::isolation::Advisories::load(store_advisories.as_deref()),
+    );
     let feed = feed_task(&config.updates, api.clone(), shutdown.clone());
     let web = crate::web::start(&config.web, data_dir, api.clone(), shutdown.clone()).await?;
     let mut tasks = vec![
@@ -221,6 +240,7 @@ fn feed_task(
         };
         let mut rng = crate::rng::os_seeded();
         let mut done: std::collections::HashSet<(String, u32, String)> = Default::default();
+        let mut seen_advisories: std::collections::HashSet<String> = Default::default();
         let mut delay = std::time::Duration::ZERO;
         loop {
             tokio::select! {
@@ -252,6 +272,31 @@ fn feed_task(
                         done.insert(key);
                     }
                     Err(err) => tracing::warn!(error = %err, "feed release not handled"),
+                }
+            }
+            // Advisories (TR 103 621 6.22): verified like manifests, then acted on at once.
+            for path in index.advisories {
+                if seen_advisories.contains(&path) {
+                    continue;
+                }
+                let signed = match client.get(&path).await {
+                    Ok(b) => b,
+                    Err(err) => {
+                        tracing::warn!(%path, error = %err, "advisory download failed");
+                        continue;
+                    }
+                };
+                match api.advisory_add(signed, "feed").await {
+                    Ok(_) => {
+                        seen_advisories.insert(path);
+                    }
+                    Err(crate::api::ApiError::Command(crate::api::CommandError::Advisory(e))) => {
+                        if !matches!(e, crate::isolation::AdvisoryError::Known(_)) {
+                            tracing::warn!(%path, error = %e, "feed advisory refused");
+                        }
+                        seen_advisories.insert(path);
+                    }
+                    Err(err) => tracing::warn!(error = %err, "feed advisory not handled"),
                 }
             }
         }

@@ -21,9 +21,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{CommandError, LinkCommand, PairingStatus, SecurityReport, Waiting};
 use crate::config::Config;
+use crate::devices::{Directory, Isolation};
+use crate::isolation::{Action, Advisories, Decision};
 use crate::seclog::SecurityLog;
 use crate::store::{DeviceInfo, HubStore, Store, Write};
 use crate::updates::{META_KEY, Updates};
+
+/// The answer to an isolated sensor's readings and requests.
+const ISOLATED: &str = "isolated by the hub: see the hub's device list";
 
 /// Key of the persisted security counters in the store's meta table.
 pub(crate) const COUNTERS_KEY: &str = "security_counters";
@@ -38,7 +43,7 @@ struct Batch {
     /// The checkpoints written (reported durable after the commit).
     checkpoints: Vec<(Kid, PeerState<SocketAddr>)>,
     acks: Vec<Ticket>,
-    rejects: Vec<(Ticket, String)>,
+    rejects: Vec<(Ticket, ResponseType, String)>,
     leases: Vec<(Kid, Lease)>,
     paired: Vec<Kid>,
     count: usize,
@@ -92,6 +97,12 @@ pub(crate) struct Driver {
     pins: VecDeque<PinEntry>,
     /// The attempt being confirmed, and who waits for its outcome.
     pin_attempt: Option<(Kid, tokio::sync::oneshot::Sender<Result<Kid, CommandError>>)>,
+    /// What people and the outgoing paths see of each device.
+    directory: Directory,
+    /// Security advisories and the actions taken.
+    advisories: Advisories,
+    /// A device or release arrived: re-decide under the advisories.
+    advisories_due: bool,
 }
 
 impl Driver {
@@ -101,6 +112,8 @@ impl Driver {
         socket: Arc<UdpSocket>,
         store: HubStore,
         config: Config,
+        directory: Directory,
+        advisories: Advisories,
     ) -> Self {
         // Security counters survive restarts (EN 303 645 5.10-1); unreadable ones start at 0.
         let restored: Option<SecurityReport> =
@@ -145,6 +158,9 @@ impl Driver {
             persisted_counters: restored,
             pins: VecDeque::new(),
             pin_attempt: None,
+            directory,
+            advisories,
+            advisories_due: false,
         }
     }
 
@@ -165,6 +181,23 @@ impl Driver {
                 .retain(|w| !matches!(w, Write::Meta { key, .. } if key == COUNTERS_KEY));
             self.pending.writes.push(Write::Meta { key: COUNTERS_KEY.into(), value });
             self.persisted_counters = Some(report);
+        }
+    }
+
+    /// Queues the device profiles (names, rooms, availability, isolation) for the next commit
+    /// when they changed, or whole with last-seen times at shutdown.
+    fn persist_directory(&mut self, shutdown: bool) {
+        let doc =
+            if shutdown { Some(self.directory.document()) } else { self.directory.take_dirty() };
+        if let Some(value) = self.advisories.take_dirty() {
+            let key = crate::isolation::META_KEY;
+            self.pending.writes.retain(|w| !matches!(w, Write::Meta { key: k, .. } if k == key));
+            self.pending.writes.push(Write::Meta { key: key.into(), value });
+        }
+        if let Some(value) = doc {
+            let key = crate::devices::META_KEY;
+            self.pending.writes.retain(|w| !matches!(w, Write::Meta { key: k, .. } if k == key));
+            self.pending.writes.push(Write::Meta { key: key.into(), value });
         }
     }
 
@@ -218,11 +251,16 @@ impl Driver {
                     self.link.handle_timeout(now);
                     self.next_pin();
                     self.persist_counters();
+                    self.directory.tick(unix_now_ms());
+                    self.persist_directory(false);
                     self.seclog.flush(Instant::now());
                 }
                 () = shutdown.cancelled() => break,
             }
             self.events();
+            if std::mem::take(&mut self.advisories_due) {
+                self.apply_advisories();
+            }
             self.plan_updates();
             self.maybe_commit();
             self.transmit().await;
@@ -233,6 +271,7 @@ impl Driver {
     /// Lets the commit in flight and the pending batch finish, so nothing received is lost.
     async fn drain_on_shutdown(&mut self) {
         self.persist_counters();
+        self.persist_directory(true);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while (self.in_flight || !self.pending.is_empty()) && tokio::time::Instant::now() < deadline
         {
@@ -254,6 +293,15 @@ impl Driver {
     fn events(&mut self) {
         while let Some(e) = self.link.poll_event() {
             match e {
+                HubEvent::Reading { ticket, .. } | HubEvent::Request { ticket }
+                    if !self.directory.outgoing_allowed(&ticket.kid().into())
+                        && self.directory.get(&ticket.kid().into()).is_some() =>
+                {
+                    // Isolated (TR 103 621 6.23 ex. 2): only what erase and replacement need is
+                    // accepted; the sensor keeps its data (its physical interface shows it).
+                    self.pending.states.insert(ticket.kid());
+                    self.pending.rejects.push((ticket, ResponseType::Forbidden, ISOLATED.into()));
+                }
                 HubEvent::Reading { ticket, payload } => {
                     let now = unix_now();
                     match senml::decode(&payload.0, &senml::Limits::with_now(now), now) {
@@ -268,7 +316,11 @@ impl Driver {
                             // The refusal goes out after the window that accepted the request is
                             // durable, like an acknowledgement (one answer per request nonce).
                             self.pending.states.insert(ticket.kid());
-                            self.pending.rejects.push((ticket, e.to_string()));
+                            self.pending.rejects.push((
+                                ticket,
+                                ResponseType::BadRequest,
+                                e.to_string(),
+                            ));
                         }
                     }
                 }
@@ -395,15 +447,28 @@ impl Driver {
         for t in batch.acks {
             self.link.acknowledge(t);
         }
-        for (t, why) in batch.rejects {
-            self.link.reject(t, ResponseType::BadRequest, &why);
+        for (t, code, why) in batch.rejects {
+            self.link.reject(t, code, &why);
         }
         for (kid, lease) in batch.leases {
             self.link.lease_durable(&kid, lease);
         }
         let now = self.now();
+        let now_ms = unix_now_ms();
         for kid in batch.paired {
             self.link.paired_durable(now, &kid);
+        }
+        for w in &batch.writes {
+            match w {
+                Write::Device { info, .. } => {
+                    self.directory.paired(info.clone(), now_ms);
+                    self.advisories_due = true;
+                }
+                Write::Readings { kid, readings } => {
+                    self.directory.readings(&(*kid).into(), readings, now_ms);
+                }
+                _ => {}
+            }
         }
     }
 
@@ -542,6 +607,7 @@ impl Driver {
                     self.pending.readings.remove(&kid);
                     self.pending.states.remove(&kid);
                     self.pending.writes.push(Write::Remove { kid });
+                    self.directory.removed(&kid.into());
                 }
                 let _ = reply.send(existed);
             }
@@ -554,6 +620,7 @@ impl Driver {
                     .add_release(manifest, image, source, unix_now())
                     .map_err(CommandError::from);
                 self.replan = true;
+                self.advisories_due = r.is_ok();
                 let _ = reply.send(r);
             }
             LinkCommand::Trust { model, key, reply } => {
@@ -587,8 +654,117 @@ impl Driver {
             LinkCommand::Security { reply } => {
                 let _ = reply.send(self.security_report());
             }
+            LinkCommand::Advisory { signed, source, reply } => {
+                let r = self.add_advisory(&signed, source);
+                let _ = reply.send(r);
+            }
+            LinkCommand::Advisories { reply } => {
+                let _ = reply.send(self.advisories.records().to_vec());
+            }
+            LinkCommand::Unisolate { device, reply } => {
+                let r = self.directory.override_isolation(&device, unix_now_ms());
+                if r.is_ok() {
+                    tracing::warn!(%device, "the owner overrode the isolation of a vulnerable device; its data leaves the hub again");
+                    self.persist_directory(false);
+                }
+                let _ = reply.send(r.map_err(CommandError::from));
+            }
+            LinkCommand::Replace { old, new, reply } => {
+                let r = self.directory.replaceable(&old).map_err(CommandError::from);
+                if r.is_ok() {
+                    let kid = old.kid();
+                    // The old sensor's keys and link state are erased; its readings stay as
+                    // the new sensor's history (TR 103 621 6.23 example 1).
+                    self.link.remove_peer(&kid);
+                    self.updates.forget(&kid);
+                    self.pending.readings.remove(&kid);
+                    self.pending.states.remove(&kid);
+                    self.pending.writes.push(Write::Retire { kid });
+                    self.directory.replace(&old, &new, unix_now_ms());
+                    self.persist_directory(false);
+                    tracing::info!(%old, %new, "isolated device replaced; its keys are erased");
+                }
+                let _ = reply.send(r);
+            }
         }
     }
+
+    /// Verifies a signed advisory like a manifest (trusted key for its model, EN 303 645
+    /// 5.3-10) and acts on it.
+    fn add_advisory(
+        &mut self,
+        signed: &[u8],
+        source: &'static str,
+    ) -> Result<crate::isolation::AdvisoryRecord, CommandError> {
+        let now = unix_now();
+        let verified = protocol::update::verify_advisory(signed, self.updates.anchors(), now)
+            .map_err(crate::isolation::AdvisoryError::from)?;
+        let index = self.advisories.add(&verified, source, now.0)?;
+        tracing::warn!(advisory = %self.advisories.records()[index].summary(), source, "security advisory received");
+        self.apply_advisories();
+        Ok(self.advisories.records()[index].clone())
+    }
+
+    /// Decides for every paired device under every advisory (TR 103 621 6.23): the fix is
+    /// approved for updatable devices in support, the others are isolated. Runs when an
+    /// advisory, a device or a release arrives.
+    fn apply_advisories(&mut self) {
+        let now = unix_now();
+        let devices = self.directory.list();
+        for index in 0..self.advisories.records().len() {
+            for d in &devices {
+                let kid = d.info.id.kid();
+                let subject = crate::isolation::Subject {
+                    model: &d.info.model,
+                    installed: self.updates.installed(&kid).unwrap_or(d.info.firmware_version),
+                    updatable: d.info.updatable,
+                    support_end: d.info.support_end,
+                };
+                let advisory = &self.advisories.records()[index];
+                match crate::isolation::decide(subject, advisory, now.0) {
+                    Decision::Unaffected => {}
+                    Decision::ScheduleFix => {
+                        let fix = advisory.fixed_in.unwrap_or(u32::MAX);
+                        let version =
+                            self.updates.newest_release(&d.info.model).filter(|v| *v >= fix);
+                        if let Some(v) = version
+                            && !self.updates.approved(&kid, &d.info.model, v)
+                        {
+                            // A security fix is installed even under a notify-only policy
+                            // (the owner is told why, EN 303 645 5.3-11).
+                            let _ = self.updates.approve(Some(&kid), None, v);
+                            self.replan = true;
+                            tracing::warn!(device = %d.info.id, version = v, "vulnerable device: security fix scheduled");
+                        }
+                        self.advisories.act(index, d.info.id, Action::FixScheduled { version });
+                    }
+                    Decision::Isolate(reason) => {
+                        let isolation = Isolation {
+                            reason: reason.clone(),
+                            advisory: Some(advisory.summary()),
+                            since: now.0,
+                            replacement: crate::isolation::replacement_path(&d.info.id),
+                            overridden_at: None,
+                        };
+                        if self.directory.isolate(&d.info.id, isolation, unix_now_ms()) {
+                            tracing::warn!(device = %d.info.id, %reason, "vulnerable device isolated: its data and commands no longer leave the hub");
+                            self.link.set_offer(&kid, None);
+                        }
+                        self.advisories.act(index, d.info.id, Action::Isolated { reason });
+                    }
+                }
+            }
+        }
+        self.persist_directory(false);
+    }
+}
+
+/// Wall-clock time in Unix milliseconds (last seen, availability).
+pub(crate) fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Wall-clock time for the protocol core's time-dependent checks.

@@ -35,6 +35,9 @@ enum Cmd {
         /// The control socket itself.
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Print the hub's JSON answer (for scripts) instead of tables.
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         cmd: CtlCmd,
     },
@@ -64,6 +67,36 @@ enum CtlCmd {
     },
     /// Remove a device and erase its data.
     Remove {
+        /// Device id.
+        id: DeviceId,
+    },
+    /// Name a device.
+    Rename {
+        /// Device id.
+        id: DeviceId,
+        /// New name (1 to 64 characters).
+        name: String,
+    },
+    /// Put a device in a room (no room: `--clear`).
+    Room {
+        /// Device id.
+        id: DeviceId,
+        /// Room.
+        #[arg(required_unless_present = "clear")]
+        room: Option<String>,
+        /// Take it out of any room.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Security advisories and what the hub did about each affected device.
+    Advisories,
+    /// Add a signed security advisory from a file (verified like the feed's).
+    Advisory {
+        /// The advisory (COSE_Sign1).
+        file: PathBuf,
+    },
+    /// Override a device's isolation (explicit and logged: its data leaves the hub again).
+    Unisolate {
         /// Device id.
         id: DeviceId,
     },
@@ -155,6 +188,9 @@ enum PairCmd {
         /// Or its device id.
         #[arg(long)]
         device: Option<DeviceId>,
+        /// An isolated device the new sensor replaces (name, room and history carry over).
+        #[arg(long)]
+        replaces: Option<DeviceId>,
     },
     /// Window and waiting sensors.
     Status,
@@ -183,7 +219,7 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Run { data_dir, config } => run(data_dir, config).await,
-            Cmd::Ctl { data_dir, socket, cmd } => ctl(data_dir, socket, cmd).await,
+            Cmd::Ctl { data_dir, socket, json, cmd } => ctl(data_dir, socket, json, cmd).await,
         }
     })
 }
@@ -236,25 +272,48 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn ctl(data_dir: Option<PathBuf>, socket: Option<PathBuf>, cmd: CtlCmd) -> ExitCode {
+async fn ctl(
+    data_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    json: bool,
+    cmd: CtlCmd,
+) -> ExitCode {
+    use hub::render::View;
     let socket = socket
         .unwrap_or_else(|| data_dir.unwrap_or_else(config::default_data_dir).join("control.sock"));
-    let req = match cmd {
-        CtlCmd::Pair { cmd: PairCmd::Open { seconds } } => Request::PairOpen { seconds },
-        CtlCmd::Pair { cmd: PairCmd::Close } => Request::PairClose,
-        CtlCmd::Pair { cmd: PairCmd::Pin { digits, serial, device } } => {
-            Request::PairPin { pin: digits, serial, device }
+    let (req, view) = match cmd {
+        CtlCmd::Pair { cmd: PairCmd::Open { seconds } } => {
+            (Request::PairOpen { seconds }, View::Pairing)
         }
-        CtlCmd::Pair { cmd: PairCmd::Status } => Request::Pairing,
-        CtlCmd::Devices => Request::Devices,
-        CtlCmd::Device { id } => Request::Device { id },
-        CtlCmd::Readings { id, limit } => Request::Readings { id, limit },
-        CtlCmd::Remove { id } => Request::Remove { id },
-        CtlCmd::Security => Request::Security,
-        CtlCmd::Updates => Request::Updates,
-        CtlCmd::Trust { model, key } => Request::Trust { model, key },
+        CtlCmd::Pair { cmd: PairCmd::Close } => (Request::PairClose, View::Pairing),
+        CtlCmd::Pair { cmd: PairCmd::Pin { digits, serial, device, replaces } } => {
+            (Request::PairPin { pin: digits, serial, device, replaces }, View::Plain)
+        }
+        CtlCmd::Pair { cmd: PairCmd::Status } => (Request::Pairing, View::Pairing),
+        CtlCmd::Devices => (Request::Devices, View::Devices),
+        CtlCmd::Device { id } => (Request::Device { id }, View::Device),
+        CtlCmd::Readings { id, limit } => (Request::Readings { id, limit }, View::Readings),
+        CtlCmd::Remove { id } => (Request::Remove { id }, View::Plain),
+        CtlCmd::Rename { id, name } => (Request::Rename { id, name }, View::Plain),
+        CtlCmd::Room { id, room, clear } => {
+            (Request::Room { id, room: if clear { None } else { room } }, View::Plain)
+        }
+        CtlCmd::Advisories => (Request::Advisories, View::Advisories),
+        CtlCmd::Advisory { file } => match std::fs::read(&file) {
+            Ok(b) => {
+                (Request::AdvisoryAdd { advisory_hex: protocol::hex::encode(&b) }, View::Plain)
+            }
+            Err(e) => {
+                eprintln!("hub ctl: {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        },
+        CtlCmd::Unisolate { id } => (Request::Unisolate { id }, View::Plain),
+        CtlCmd::Security => (Request::Security, View::Security),
+        CtlCmd::Updates => (Request::Updates, View::Plain),
+        CtlCmd::Trust { model, key } => (Request::Trust { model, key }, View::Plain),
         CtlCmd::Update { cmd } => match update_request(cmd) {
-            Ok(r) => r,
+            Ok(r) => (r, View::Plain),
             Err(e) => {
                 eprintln!("hub ctl: {e}");
                 return ExitCode::from(2);
@@ -263,12 +322,20 @@ async fn ctl(data_dir: Option<PathBuf>, socket: Option<PathBuf>, cmd: CtlCmd) ->
     };
     match hub::control::request(&socket, &req).await {
         Ok(v) => {
-            let pretty = serde_json::to_string_pretty(&v).unwrap_or_default();
             if let Some(e) = v.get("error") {
                 eprintln!("hub ctl: {}", e.as_str().unwrap_or("error"));
+                if let Some(hint) = hint(e.as_str().unwrap_or("")) {
+                    eprintln!("hub ctl: {hint}");
+                }
                 ExitCode::FAILURE
+            } else if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                ExitCode::SUCCESS
             } else {
-                println!("{pretty}");
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                print!("{}", hub::render::render(view, &v, now_ms));
                 ExitCode::SUCCESS
             }
         }
@@ -278,6 +345,24 @@ async fn ctl(data_dir: Option<PathBuf>, socket: Option<PathBuf>, cmd: CtlCmd) ->
             eprintln!("hub ctl: is the hub running? Start it with `hub run --data-dir {dir}`");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What to do about a refusal, when there is something to say.
+fn hint(error: &str) -> Option<&'static str> {
+    if error.starts_with("no device") {
+        Some("list the device ids with `hub ctl devices`")
+    } else if error.contains("no sensor with serial")
+        || error.contains("no sensor is waiting")
+        || error.contains("several sensors")
+    {
+        Some("see which sensors wait for a PIN with `hub ctl pair status`")
+    } else if error.contains("window") && error.contains("closed") {
+        Some("open the pairing window with `hub ctl pair open`")
+    } else if error.contains("only an isolated device can be replaced") {
+        Some("see each device's availability with `hub ctl devices`")
+    } else {
+        None
     }
 }
 

@@ -19,6 +19,7 @@ use web_ui::api::{
 
 use crate::api::{ApiError, HubApi, LinkCommand};
 use crate::device_id::DeviceId;
+use crate::devices::Availability as DirAvailability;
 use crate::store::{Kek, SealError};
 use crate::updates::Policy;
 
@@ -26,8 +27,6 @@ use crate::updates::Policy;
 pub const SETUP_CODE_FILE: &str = "setup-code";
 const VAULT_FILE: &str = "web-vault.sealed";
 const VAULT_ID: &[u8] = b"hearth web vault";
-/// A device not heard from for this long shows as offline.
-const OFFLINE_AFTER_MS: i64 = 10 * 60_000;
 
 /// The running web UI.
 #[derive(Debug)]
@@ -163,34 +162,38 @@ impl HubOwner {
     }
 
     async fn to_device(&self, view: crate::api::DeviceView) -> Device {
-        let info = view.info;
+        let d = view.device;
+        let info = d.info;
         let firmware = match self.history(info.id).await {
             Some(u) => u.installed,
             None => info.firmware_version,
         };
-        // The newest reading of each quantity (a sensor sends several per measurement).
-        let recent = self.api.readings(info.id, Some(16)).await.unwrap_or_default();
-        let newest_ms = recent.last().map(|r| r.time_ms);
-        let mut last: Vec<Reading> = Vec::new();
-        for r in recent.into_iter().rev().map(reading) {
-            if !last.iter().any(|l| l.name == r.name) {
-                last.push(r);
-            }
-        }
-        // In the order of the declared capabilities (`temp` reports `temperature`).
+        // The newest value of each quantity, in the order of the declared capabilities
+        // (`temp` reports `temperature`).
+        let mut last: Vec<Reading> = d.state.into_values().map(reading).collect();
         let rank = |r: &Reading| {
             info.capabilities.iter().position(|c| c.starts_with(&r.name) || r.name.starts_with(c))
         };
         last.sort_by_key(|r| rank(r).unwrap_or(usize::MAX));
-        let now_ms = i64::try_from(crate::link::unix_now().0.saturating_mul(1000)).unwrap_or(0);
-        let availability = match newest_ms {
-            Some(t) if now_ms - t < OFFLINE_AFTER_MS => Availability::Online,
-            _ => Availability::Offline,
+        let availability = match (d.availability, d.isolation.filter(|i| i.active())) {
+            (DirAvailability::Isolated, Some(i)) => {
+                let reason = match i.advisory {
+                    Some(a) => format!("{} (advisory: {a})", i.reason),
+                    None => i.reason,
+                };
+                Availability::Isolated { reason, replacement: i.replacement }
+            }
+            (DirAvailability::Isolated, None) => Availability::Isolated {
+                reason: "isolated by the hub".into(),
+                replacement: "Replace it: pair a new sensor in its place.".into(),
+            },
+            (DirAvailability::Online, _) => Availability::Online,
+            (DirAvailability::Offline, _) => Availability::Offline,
         };
         Device {
             id: info.id.to_string(),
-            name: None,
-            room: None,
+            name: (d.name != info.serial).then_some(d.name),
+            room: d.room,
             model: info.model,
             serial: info.serial,
             firmware,
@@ -332,8 +335,25 @@ impl web_ui::OwnerApi for HubOwner {
         Box::pin(async move { self.api.pair_close().await.map(pairing).map_err(web_err) })
     }
 
-    fn pair_pin(&self, pin: String, serial: Option<String>) -> ApiFuture<'_, String> {
-        Box::pin(async move { self.api.pair_pin(pin, serial, None).await.map_err(web_err) })
+    fn pair_pin(
+        &self,
+        pin: String,
+        serial: Option<String>,
+        replaces: Option<String>,
+    ) -> ApiFuture<'_, String> {
+        let replaces = replaces.map(|r| device_id(&r)).transpose();
+        Box::pin(
+            async move { self.api.pair_pin(pin, serial, None, replaces?).await.map_err(web_err) },
+        )
+    }
+
+    fn label(&self, id: &str, name: String, room: Option<String>) -> ApiFuture<'_, ()> {
+        let id = device_id(id);
+        Box::pin(async move {
+            let id = id?;
+            self.api.rename(id, &name).await.map_err(web_err)?;
+            self.api.set_room(id, room.as_deref()).await.map_err(web_err)
+        })
     }
 
     fn updates(&self) -> ApiFuture<'_, Updates> {
@@ -416,7 +436,7 @@ impl web_ui::OwnerApi for HubOwner {
             let updates = self.api.updates().await.map_err(web_err)?;
             let security = self.api.security().await.map_err(web_err)?;
             let now = crate::link::unix_now().0;
-            let expired = devices.iter().filter(|d| d.info.support_end <= now).count();
+            let expired = devices.iter().filter(|d| d.device.info.support_end <= now).count();
             let c = |provision: &str, title: &str, ok: bool, state: String| Check {
                 provision: provision.into(),
                 title: title.into(),
@@ -516,7 +536,7 @@ impl web_ui::OwnerApi for HubOwner {
     fn erase_all(&self) -> ApiFuture<'_, ()> {
         Box::pin(async move {
             for d in self.api.devices().await.map_err(web_err)? {
-                match self.api.remove(d.info.id).await {
+                match self.api.remove(d.device.info.id).await {
                     Ok(()) | Err(ApiError::NotFound(_)) => {}
                     Err(e) => return Err(web_err(e)),
                 }

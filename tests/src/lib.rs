@@ -155,6 +155,7 @@ impl Hub {
             .arg("ctl")
             .arg("--socket")
             .arg(&self.control)
+            .arg("--json")
             .args(args)
             .output()
             .map_err(|e| e.to_string())?;
@@ -162,6 +163,20 @@ impl Hub {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
         serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// Runs `hub ctl <args>` as a person would (tables, no `--json`): whether it succeeded,
+    /// its standard output and its standard error.
+    pub fn ctl_human(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin("hub"))
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&self.control)
+            .args(args)
+            .output()
+            .expect("hub ctl");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
     }
 
     /// `hub ctl update add` with a manifest and an image: the hub's answer, or its error text.
@@ -299,6 +314,11 @@ impl Sim {
             (kids.len() == n).then_some(())
         });
         kids.into_values().collect()
+    }
+
+    /// Every line read so far.
+    pub fn seen_lines(&self) -> &[String] {
+        &self.seen
     }
 
     /// Takes the lines that arrived so far without waiting.
@@ -528,6 +548,26 @@ impl Maker {
             .output()
             .expect("publish");
         assert!(out.status.success(), "publish: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Signs and publishes an advisory for `model` versions `low..=high`.
+    pub fn advisory(&self, model: &str, low: u32, high: u32, fixed_in: Option<u32>, text: &str) {
+        let (low, high) = (low.to_string(), high.to_string());
+        let fixed = fixed_in.map(|v| v.to_string());
+        let mut args = vec!["--model", model, "--low", &low, "--high", &high, "--text", text];
+        if let Some(f) = &fixed {
+            args.extend(["--fixed-in", f.as_str()]);
+        }
+        let out = Command::new(bin("sensor-sim"))
+            .args(["maker", "advisory", "--keys"])
+            .arg(&self.keys)
+            .arg("--feed")
+            .arg(&self.feed)
+            .args(["--severity", "critical"])
+            .args(&args)
+            .output()
+            .expect("advisory");
+        assert!(out.status.success(), "advisory: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Paths of a published release's manifest and image.

@@ -212,8 +212,16 @@ pub trait OwnerApi: Send + Sync + 'static {
     fn pair_open(&self, seconds: u64) -> ApiFuture<'_, Pairing>;
     /// Closes it.
     fn pair_close(&self) -> ApiFuture<'_, Pairing>;
-    /// Types a PIN (for the sensor with `serial` if several wait); answers the new device's id.
-    fn pair_pin(&self, pin: String, serial: Option<String>) -> ApiFuture<'_, String>;
+    /// Types a PIN (for the sensor with `serial` if several wait); the new device takes over
+    /// the name, room and history of `replaces`, whose keys are erased. Answers the new id.
+    fn pair_pin(
+        &self,
+        pin: String,
+        serial: Option<String>,
+        replaces: Option<String>,
+    ) -> ApiFuture<'_, String>;
+    /// Names a device and puts it in a room (`None`: no room).
+    fn label(&self, id: &str, name: String, room: Option<String>) -> ApiFuture<'_, ()>;
     /// The update overview.
     fn updates(&self) -> ApiFuture<'_, Updates>;
     /// Sets the hub-wide update policy.

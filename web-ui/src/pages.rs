@@ -21,7 +21,8 @@ use crate::state::{Web, WebEvent};
 
 forms! {
     PairOpenForm { seconds: u64 }
-    PinForm { pin: String, serial: String }
+    PinForm { pin: String, serial: String, replaces: String }
+    LabelForm { name: String, room: String }
     PolicyForm { mode: String, days: String }
     ApproveForm { model: String, version: u32 }
     ConsentForm { consent: String }
@@ -35,6 +36,8 @@ pub const ERASE_WORD: &str = "ERASE";
 #[derive(Debug, Deserialize)]
 pub struct MsgQuery {
     m: Option<String>,
+    /// On the pairing page: the device the new sensor will replace (preselected if it exists).
+    replaces: Option<String>,
 }
 
 impl MsgQuery {
@@ -48,6 +51,7 @@ impl MsgQuery {
             "consent" => "Your choice was saved.",
             "password" => "Password changed; other sessions were ended.",
             "opened" => "Pairing window open.",
+            "labelled" => "Name and room saved.",
             "closed" => "Pairing window closed.",
             _ => return None,
         };
@@ -128,7 +132,13 @@ pub async fn dashboard(State(web): State<Arc<Web>>, owner: Owner) -> Response {
     Html(page("Dashboard", Some(&owner.csrf), true, &body)).into_response()
 }
 
-fn pairing_body(owner: &Owner, p: &crate::api::Pairing, msg: Option<String>) -> String {
+fn pairing_body(
+    owner: &Owner,
+    p: &crate::api::Pairing,
+    devices: &[Device],
+    replaces: Option<&str>,
+    msg: Option<String>,
+) -> String {
     let c = csrf_field(&owner.csrf);
     let mut b = msg.unwrap_or_default();
     b.push_str(
@@ -165,6 +175,7 @@ fn pairing_body(owner: &Owner, p: &crate::api::Pairing, msg: Option<String>) -> 
     if p.waiting.is_empty() {
         b.push_str("<li class=\"muted\">none yet — start pairing on the sensor</li>");
     }
+    let replacing = replace_options(devices, replaces);
     let mut options = String::from("<option value=\"\">the only one waiting</option>");
     for (serial, model) in &p.waiting {
         let _ = write!(b, "<li>{} — serial {}</li>", esc(model), esc(serial));
@@ -177,9 +188,30 @@ fn pairing_body(owner: &Owner, p: &crate::api::Pairing, msg: Option<String>) -> 
          <label>PIN shown on the sensor <input name=\"pin\" inputmode=\"numeric\" autocomplete=\"off\" \
          pattern=\"[0-9]{{4,10}}\" required maxlength=\"10\"></label>\
          <label>Sensor <select name=\"serial\">{options}</select></label>\
+         <label>Replaces (takes over its name, room and history; its keys are erased) \
+         <select name=\"replaces\">{replacing}</select></label>\
          <button>Pair</button></form>"
     );
     b
+}
+
+fn replace_options(devices: &[Device], chosen: Option<&str>) -> String {
+    let mut out = String::from("<option value=\"\">nothing — a new device</option>");
+    for d in devices {
+        let selected = if chosen == Some(d.id.as_str()) { " selected" } else { "" };
+        let isolated = if matches!(d.availability, Availability::Isolated { .. }) {
+            " (isolated)"
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "<option value=\"{id}\"{selected}>{name}{isolated}</option>",
+            id = esc(&d.id),
+            name = esc(&device_name(d)),
+        );
+    }
+    out
 }
 
 /// The pairing page.
@@ -188,13 +220,12 @@ pub async fn pairing(
     owner: Owner,
     Query(q): Query<MsgQuery>,
 ) -> Response {
-    match web.api.pairing().await {
-        Ok(p) => {
-            Html(page("Pairing", Some(&owner.csrf), true, &pairing_body(&owner, &p, q.notice())))
-                .into_response()
-        }
-        Err(e) => api_failure(&owner, "Pairing", &e),
-    }
+    let (p, devices) = match (web.api.pairing().await, web.api.devices().await) {
+        (Ok(p), Ok(d)) => (p, d),
+        (Err(e), _) | (_, Err(e)) => return api_failure(&owner, "Pairing", &e),
+    };
+    let body = pairing_body(&owner, &p, &devices, q.replaces.as_deref(), q.notice());
+    Html(page("Pairing", Some(&owner.csrf), true, &body)).into_response()
 }
 
 /// Opens the window.
@@ -237,12 +268,18 @@ pub async fn pair_pin(
     if f.serial.len() > 64 || f.serial.chars().any(char::is_control) {
         return unprocessable(&web, "malformed serial");
     }
+    if !f.replaces.is_empty() && !valid_id(&f.replaces) {
+        return bad_id(&web);
+    }
     let serial = (!f.serial.is_empty()).then(|| f.serial.clone());
-    match web.api.pair_pin(pin.to_owned(), serial).await {
+    let replaces = (!f.replaces.is_empty()).then(|| f.replaces.clone());
+    match web.api.pair_pin(pin.to_owned(), serial, replaces).await {
         Ok(_) => Redirect::to("/pairing?m=paired").into_response(),
         Err(e) => {
             let p = web.api.pairing().await.unwrap_or_default();
-            let body = pairing_body(&owner, &p, Some(notice("error", &format!("Not paired: {e}"))));
+            let devices = web.api.devices().await.unwrap_or_default();
+            let msg = Some(notice("error", &format!("Not paired: {e}")));
+            let body = pairing_body(&owner, &p, &devices, Some(&f.replaces), msg);
             (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Html(page("Pairing", Some(&owner.csrf), true, &body)),
@@ -253,7 +290,12 @@ pub async fn pair_pin(
 }
 
 /// One device.
-pub async fn device(State(web): State<Arc<Web>>, owner: Owner, Path(id): Path<String>) -> Response {
+pub async fn device(
+    State(web): State<Arc<Web>>,
+    owner: Owner,
+    Path(id): Path<String>,
+    Query(q): Query<MsgQuery>,
+) -> Response {
     if !valid_id(&id) {
         return bad_id(&web);
     }
@@ -269,7 +311,9 @@ pub async fn device(State(web): State<Arc<Web>>, owner: Owner, Path(id): Path<St
         format!("<strong>ended {}</strong> — no more security updates", date(d.support_end))
     };
     let (class, avail) = availability(&d.availability);
-    let mut b = format!(
+    let mut b = q.notice().unwrap_or_default();
+    let _ = write!(
+        b,
         "<dl class=\"facts\"><dt>Model designation</dt><dd>{model}</dd><dt>Serial</dt><dd>{serial}</dd>\
          <dt>Device id</dt><dd><code>{id}</code></dd><dt>Firmware</dt><dd>version {fw}{upd}</dd>\
          <dt>Verifies update signatures itself</dt><dd>{sig}</dd>\
@@ -323,8 +367,20 @@ pub async fn device(State(web): State<Arc<Web>>, owner: Owner, Path(id): Path<St
     }
     let _ = write!(
         b,
-        "</ul><h2>Remove or replace</h2><p>Removing erases the device's keys and readings from \
-         the hub. To replace it, remove it and pair the new sensor.</p>\
+        "</ul><h2>Name and room</h2><form method=\"post\" action=\"/devices/{id}/label\" class=\"card\">{c}\
+         <label>Name <input name=\"name\" required maxlength=\"64\" value=\"{name}\"></label>\
+         <label>Room <input name=\"room\" maxlength=\"64\" value=\"{room}\"></label>\
+         <button>Save</button></form>",
+        id = esc(&d.id),
+        c = csrf_field(&owner.csrf),
+        name = esc(d.name.as_deref().unwrap_or(&d.serial)),
+        room = esc(d.room.as_deref().unwrap_or("")),
+    );
+    let _ = write!(
+        b,
+        "<h2>Remove or replace</h2><p>Removing erases the device's keys and readings from \
+         the hub. <a href=\"/pairing?replaces={id}\">Pair a replacement</a> to have a new sensor \
+         take over its name, room and history (this one's keys are then erased).</p>\
          <form method=\"post\" action=\"/devices/{id}/remove\" class=\"inline\">{c}\
          <button class=\"danger\">Remove this device</button></form>",
         id = esc(&d.id),
@@ -345,6 +401,28 @@ pub async fn remove(
     }
     match web.api.remove(&id).await {
         Ok(()) => Redirect::to("/?m=removed").into_response(),
+        Err(e) => api_failure(&owner, "Device", &e),
+    }
+}
+
+/// Names a device and puts it in a room.
+pub async fn label(
+    State(web): State<Arc<Web>>,
+    owner: Owner,
+    Path(id): Path<String>,
+    Post(f): Post<LabelForm>,
+) -> Response {
+    if !valid_id(&id) {
+        return bad_id(&web);
+    }
+    let (name, room) = (f.name.trim(), f.room.trim());
+    let ok = |s: &str| s.chars().count() <= 64 && !s.chars().any(char::is_control);
+    if name.is_empty() || !ok(name) || !ok(room) {
+        return unprocessable(&web, "name and room are 1 to 64 printable characters");
+    }
+    let room = (!room.is_empty()).then(|| room.to_owned());
+    match web.api.label(&id, name.to_owned(), room).await {
+        Ok(()) => Redirect::to(&format!("/devices/{id}?m=labelled")).into_response(),
         Err(e) => api_failure(&owner, "Device", &e),
     }
 }
@@ -538,7 +616,8 @@ pub async fn isolated(State(web): State<Arc<Web>>, owner: Owner) -> Response {
                 b,
                 "<section class=\"card isolated\" data-isolated=\"{id}\"><h3><a href=\"/devices/{id}\">{name}</a></h3>\
                  <p><strong>Why:</strong> <span class=\"reason\">{reason}</span></p>\
-                 <p><strong>Support period:</strong> until {end}</p><p><strong>What to do:</strong> {repl}</p></section>",
+                 <p><strong>Support period:</strong> until {end}</p><p><strong>What to do:</strong> {repl} \
+                 <a href=\"/pairing?replaces={id}\">Pair a replacement</a></p></section>",
                 id = esc(&d.id),
                 name = esc(&device_name(d)),
                 reason = esc(reason),

@@ -38,6 +38,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/pairing/pin", post(pages::pair_pin))
         .route("/devices/{id}", get(pages::device))
         .route("/devices/{id}/remove", post(pages::remove))
+        .route("/devices/{id}/label", post(pages::label))
         .route("/updates", get(pages::updates))
         .route("/updates/policy", post(pages::set_policy))
         .route("/updates/approve", post(pages::approve))

@@ -124,16 +124,37 @@ impl OwnerApi for Fake {
         self.s().pairing = Pairing::default();
         ready(Ok(Pairing::default()))
     }
-    fn pair_pin(&self, pin: String, _serial: Option<String>) -> ApiFuture<'_, String> {
+    fn pair_pin(
+        &self,
+        pin: String,
+        _serial: Option<String>,
+        replaces: Option<String>,
+    ) -> ApiFuture<'_, String> {
         let mut s = self.s();
         s.pins.push(pin.clone());
         ready(if pin == "12345" {
-            s.devices.push(device("0a", Availability::Online));
+            let mut new = device("0a", Availability::Online);
+            if let Some(old) = replaces {
+                let Some(at) = s.devices.iter().position(|d| d.id == old) else {
+                    return ready(Err(ApiError::NotFound));
+                };
+                new.name = s.devices.remove(at).name.or(Some("inherited".into()));
+            }
+            s.devices.push(new);
             Ok("0a".into())
         } else {
             s.pairing.attempts_left = s.pairing.attempts_left.saturating_sub(1);
             Err(ApiError::Refused("the sensor did not confirm: wrong PIN".into()))
         })
+    }
+    fn label(&self, id: &str, name: String, room: Option<String>) -> ApiFuture<'_, ()> {
+        let mut s = self.s();
+        let Some(d) = s.devices.iter_mut().find(|d| d.id == id) else {
+            return ready(Err(ApiError::NotFound));
+        };
+        d.name = Some(name);
+        d.room = room;
+        ready(Ok(()))
     }
     fn updates(&self) -> ApiFuture<'_, Updates> {
         let s = self.s();
@@ -622,10 +643,14 @@ async fn oversized_and_malformed_input_is_refused_and_counted() {
         ),
         (
             "/pairing/pin",
-            format!("csrf={csrf}&pin=12a45&serial="),
+            format!("csrf={csrf}&pin=12a45&serial=&replaces="),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
-        ("/pairing/pin", format!("csrf={csrf}&pin=123&serial="), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            "/pairing/pin",
+            format!("csrf={csrf}&pin=123&serial=&replaces="),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         ("/pairing/open", format!("csrf={csrf}&seconds=999999"), StatusCode::UNPROCESSABLE_ENTITY),
         (
             "/updates/policy",
@@ -643,6 +668,17 @@ async fn oversized_and_malformed_input_is_refused_and_counted() {
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         ("/devices/zz/remove", format!("csrf={csrf}"), StatusCode::BAD_REQUEST),
+        (
+            "/pairing/pin",
+            format!("csrf={csrf}&pin=12345&serial=&replaces=../x"),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/devices/01/label", format!("csrf={csrf}&name=&room="), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            "/devices/01/label",
+            format!("csrf={csrf}&name={}&room=", "n".repeat(65)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
     ];
     for (path, body, status) in &cases {
         let r = app.post(path, &s, body).await;
@@ -726,19 +762,48 @@ async fn pairing_opens_counts_down_takes_a_pin_and_closes() {
     {
         assert!(p.body.contains(want), "pairing page lacks {want}");
     }
-    let r = app.post("/pairing/pin", &s, &format!("csrf={csrf}&pin=11111&serial=SN-9")).await;
+    let r =
+        app.post("/pairing/pin", &s, &format!("csrf={csrf}&pin=11111&serial=SN-9&replaces=")).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         r.body.contains("Not paired: the sensor did not confirm")
             && r.body.contains("<span data-attempts>2</span>")
     );
-    let r = app.post("/pairing/pin", &s, &format!("csrf={csrf}&pin=12345&serial=")).await;
+    let r = app.post("/pairing/pin", &s, &format!("csrf={csrf}&pin=12345&serial=&replaces=")).await;
     assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/pairing?m=paired"));
     assert_eq!(app.fake.s().pins, ["11111", "12345"]);
     assert!(app.get("/", &s).await.body.contains("data-reading=\"0a\""));
     let r = app.post("/pairing/close", &s, &format!("csrf={csrf}")).await;
     assert_eq!(r.location(), "/pairing?m=closed");
     assert!(!app.fake.s().pairing.open);
+
+    // Naming, and a replacement for the isolated sensor that takes over its name.
+    let r = app
+        .post("/devices/02/label", &s, &format!("csrf={csrf}&name=Hall+thermostat&room=Hall"))
+        .await;
+    assert_eq!(r.location(), "/devices/02?m=labelled");
+    let d = app.get("/devices/02?m=labelled", &s).await;
+    assert!(
+        d.body.contains("Name and room saved.") && d.body.contains("Hall thermostat (Hall)"),
+        "{}",
+        d.body
+    );
+    assert!(d.body.contains("href=\"/pairing?replaces=02\""));
+    let p = app.get("/pairing?replaces=02", &s).await;
+    assert!(
+        p.body.contains("<option value=\"02\" selected>Hall thermostat (Hall) (isolated)</option>"),
+        "{}",
+        p.body
+    );
+    assert!(!app.get("/pairing?replaces=%3Cb%3E", &s).await.body.contains("<b>"));
+    let r =
+        app.post("/pairing/pin", &s, &format!("csrf={csrf}&pin=12345&serial=&replaces=02")).await;
+    assert_eq!(r.location(), "/pairing?m=paired");
+    let devices = app.fake.s().devices.clone();
+    assert!(devices.iter().all(|d| d.id != "02"));
+    assert!(devices.iter().any(|d| d.name.as_deref() == Some("Hall thermostat")));
+    let r = app.post("/devices/0f/label", &s, &format!("csrf={csrf}&name=x&room=")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

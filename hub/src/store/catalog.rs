@@ -224,6 +224,11 @@ impl Catalog {
                         state.remove(kid.as_bytes()).map_err(db)?;
                         erased.insert(kid.as_bytes(), floor).map_err(db)?;
                     }
+                    Write::Retire { kid } => {
+                        devices.remove(kid.as_bytes()).map_err(db)?;
+                        secrets.remove(kid.as_bytes()).map_err(db)?;
+                        state.remove(kid.as_bytes()).map_err(db)?;
+                    }
                     Write::Readings { .. } | Write::State { .. } | Write::Lease { .. } => {}
                 }
             }

@@ -312,7 +312,7 @@ impl Store for HubStore {
                     exists.insert(params.recipient_id, true);
                     catalog.push(w);
                 }
-                Write::Remove { kid } => {
+                Write::Remove { kid } | Write::Retire { kid } => {
                     exists.insert(*kid, false);
                     catalog.push(w);
                 }
@@ -347,6 +347,10 @@ impl Store for HubStore {
                         live.states.remove(kid);
                         live.dirty.remove(kid);
                         live.log.erase(kid);
+                    }
+                    Write::Retire { kid } => {
+                        live.states.remove(kid);
+                        live.dirty.remove(kid);
                     }
                     _ => {}
                 }
@@ -549,6 +553,26 @@ mod tests {
         let (store, _) = HubStore::open(tmp.path(), config(2048)).expect("reopen");
         assert_eq!(times(&store, a, 100), vec![1000]);
         assert_eq!(peer(&store, a).window, None);
+    }
+
+    #[test]
+    fn a_retired_device_loses_its_keys_and_keeps_its_readings() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (a, b) = (kid(1), kid(2));
+        {
+            let (store, ..) = paired(tmp.path(), config(2048));
+            for i in 0..50 {
+                store.commit(&[readings(a, [i]), checkpoint(a, 40, 1)]).expect("c");
+            }
+            store.commit(&[readings(a, [50]), Write::Retire { kid: a }]).expect("retire");
+            assert!(store.load_peers().expect("peers").iter().all(|p| p.params.recipient_id != a));
+            assert!(store.devices().expect("devices").iter().all(|d| d.id.kid() != a));
+            assert_eq!(store.reading_count(&a).expect("count"), 51);
+        }
+        let (store, _) = HubStore::open(tmp.path(), config(2048)).expect("reopen");
+        assert_eq!(times(&store, a, 100), (0..=50).collect::<Vec<_>>());
+        let peers = store.load_peers().expect("peers");
+        assert_eq!(peers.iter().map(|p| p.params.recipient_id).collect::<Vec<_>>(), [b]);
     }
 
     #[test]

@@ -77,6 +77,20 @@ pub struct StoredReading {
     pub value: serde_json::Value,
 }
 
+impl From<&Reading> for StoredReading {
+    fn from(r: &Reading) -> Self {
+        Self {
+            time_ms: r.time.0,
+            name: r.name.clone(),
+            unit: r.unit.clone(),
+            value: match r.value {
+                protocol::senml::Value::Number(v) => serde_json::json!(v),
+                protocol::senml::Value::Bool(b) => serde_json::json!(b),
+            },
+        }
+    }
+}
+
 /// A paired device's link state, as loaded at start.
 #[derive(Debug, Clone)]
 pub struct PeerRecord {
@@ -133,6 +147,12 @@ pub enum Write {
     },
     /// A device removed: its context, state and readings are erased.
     Remove {
+        /// Device.
+        kid: Kid,
+    },
+    /// A device replaced by another (TR 103 621 6.23 example 1): its keys and link state are
+    /// erased, its readings stay as the replacement's history.
+    Retire {
         /// Device.
         kid: Kid,
     },

@@ -10,6 +10,8 @@ use protocol::time::UnixTime;
 use protocol::update::{PublicKey, UpdateError, verify_image, verify_manifest};
 
 use super::{Refusal, Release, Updates, UpdatesError};
+use crate::device_id::DeviceId;
+use protocol::oscore::Kid;
 
 impl Updates {
     pub(super) fn paths(
@@ -139,5 +141,31 @@ impl Updates {
     /// Whether a release for (model, version) is known.
     pub fn knows(&self, model: &str, version: u32) -> bool {
         self.releases.contains_key(&(model.to_string(), version))
+    }
+}
+
+impl Updates {
+    /// The trust anchors (manufacturer keys per model), for checking advisories like manifests.
+    pub fn anchors(&self) -> &protocol::update::TrustAnchors {
+        &self.anchors
+    }
+
+    /// The newest known release of `model`.
+    pub fn newest_release(&self, model: &str) -> Option<u32> {
+        self.releases.keys().filter(|(m, _)| m == model).map(|(_, v)| *v).max()
+    }
+
+    /// A device's installed version, as the manager knows it.
+    pub fn installed(&self, kid: &Kid) -> Option<u32> {
+        self.state.devices.get(&DeviceId::from(*kid)).map(|d| d.installed)
+    }
+
+    /// Whether `version` is approved for the device (or its whole model).
+    pub fn approved(&self, kid: &Kid, model: &str, version: u32) -> bool {
+        let id = DeviceId::from(*kid).to_string();
+        self.state
+            .approvals
+            .iter()
+            .any(|(who, m, v)| *v == version && m == model && (*who == id || who == "*"))
     }
 }

@@ -1,6 +1,7 @@
 //! The owner's journey in headless Debian Chromium driven by playwright-core
 //! (`tests/browser/owner-journey.mjs`): this test runs the real hub, the simulated sensor and the
-//! manufacturer, answers the script's questions (a sensor's PIN, a published update) and checks
+//! manufacturer, answers the script's questions (a sensor's PIN, a published update, an
+//! isolated button) and checks
 //! the hub's state afterwards. Screenshots land in `tests/screenshots-out/` (CI artifacts).
 
 use std::io::{BufRead, BufReader, Write};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use tests::{Hub, Maker, Sim, field, free_udp_port, root, wait_for};
 
 const THERMO: &str = "hearth-thermo-1";
+const BUTTON: &str = "hearth-button-1";
 
 #[test]
 fn the_owner_sets_up_pairs_watches_a_reading_approves_an_update_and_erases_in_a_browser() {
@@ -22,7 +24,7 @@ fn the_owner_sets_up_pairs_watches_a_reading_approves_an_update_and_erases_in_a_
     );
     let tmp = tempfile::tempdir().expect("tmp");
     let maker = Maker::new(tmp.path());
-    let extra = format!("[updates]\nmax_concurrent = 4\n{}", maker.trust_toml(&[THERMO]));
+    let extra = format!("[updates]\nmax_concurrent = 4\n{}", maker.trust_toml(&[THERMO, BUTTON]));
     let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &extra);
 
     // The browser skips its own certificate check; this pins the served certificate to the
@@ -57,6 +59,7 @@ fn the_owner_sets_up_pairs_watches_a_reading_approves_an_update_and_erases_in_a_
 
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut sim: Option<Sim> = None;
+    let mut buttons: Option<Sim> = None;
     let mut steps = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -114,8 +117,38 @@ fn the_owner_sets_up_pairs_watches_a_reading_approves_an_update_and_erases_in_a_
                 writeln!(to_node, "ok").expect("answer");
             }
             ("ASK", "isolated") => {
-                // Isolation is not in the hub's API yet: the page must say that none is isolated.
-                writeln!(to_node, "none").expect("answer");
+                // A button (not updatable) pairs; the maker's advisory makes the hub isolate it.
+                let flash = tmp.path().join("buttons.redb");
+                let mut b = Sim::fleet(
+                    &hub.coap.to_string(),
+                    &hub,
+                    &flash,
+                    &[
+                        "--sensors",
+                        "1",
+                        "--models",
+                        "button",
+                        "--seed",
+                        "7",
+                        "--interval-ms",
+                        "400",
+                    ],
+                );
+                let kid = b.paired(1, Duration::from_secs(60)).remove(0);
+                maker.advisory(
+                    BUTTON,
+                    1,
+                    1,
+                    None,
+                    "The radio stack accepts unauthenticated frames.",
+                );
+                let file = maker.feed.join("advisories/1.cose");
+                hub.ctl(&["advisory", file.to_str().expect("utf-8")]);
+                wait_for("the button to be isolated", Duration::from_secs(30), || {
+                    (hub.ctl(&["device", &kid])["availability"] == "isolated").then_some(())
+                });
+                writeln!(to_node, "cannot be updated").expect("answer");
+                buttons = Some(b);
             }
             ("DONE", _) => break,
             ("FAIL", why) => {
@@ -141,6 +174,7 @@ fn the_owner_sets_up_pairs_watches_a_reading_approves_an_update_and_erases_in_a_
     sim.until("the sensor running version 2", Duration::from_secs(10), |l| {
         (l.starts_with("UPDATED") && field(l, "outcome") == Some("Installed")).then_some(())
     });
+    drop(buttons);
     assert!(hub.ctl(&["devices"]).as_array().is_some_and(Vec::is_empty));
     let new_code = super::web::setup_code(&hub);
     assert_ne!(new_code, code);

@@ -1,0 +1,543 @@
+//! The device directory: what people and the outgoing paths (MQTT, upstream) see of each paired
+//! device — name, room, availability, isolation (TR 103 621 6.23), last seen, battery, current
+//! state — and the notices published when any of it changes. The link driver makes every
+//! change; fronts read snapshots. An isolated device's data never reaches a notice.
+
+pub mod availability;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+pub use availability::{Availability, Period};
+
+use crate::device_id::DeviceId;
+use protocol::senml::Reading;
+
+use crate::store::{DeviceInfo, StoredReading};
+
+/// Key of the persisted profiles in the store's meta table.
+pub const META_KEY: &str = "devices";
+/// Transitions kept per device.
+const TRANSITIONS: usize = 32;
+/// A reading that arrives this much later than it was taken is backfill (from an outage buffer).
+const BACKFILL_AFTER_MS: i64 = 30_000;
+/// Longest name or room.
+pub const MAX_LABEL: usize = 64;
+
+/// Why a device is isolated, and what the owner can do (EN 303 645 5.3-13/5.3-14).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isolation {
+    /// Why, in words.
+    pub reason: String,
+    /// The advisory that caused it, if any (`model v<low>-<high>: text`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advisory: Option<String>,
+    /// When, Unix seconds.
+    pub since: u64,
+    /// What the owner can do.
+    pub replacement: String,
+    /// Set when the owner overrode it (the device is then not isolated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overridden_at: Option<u64>,
+}
+
+impl Isolation {
+    /// Whether it is in force.
+    pub fn active(&self) -> bool {
+        self.overridden_at.is_none()
+    }
+}
+
+/// One availability change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// New availability.
+    pub to: Availability,
+    /// Why.
+    pub why: String,
+}
+
+/// What is persisted of a device beyond its pairing record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Profile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    room: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reachable: Option<bool>,
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    transitions: VecDeque<Transition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    isolation: Option<Isolation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_seen_ms: Option<i64>,
+    /// Devices this one replaced (their readings are its history).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    replaces: Vec<DeviceId>,
+}
+
+/// A device as people see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSnapshot {
+    /// Pairing record (model, serial, firmware, support period, capabilities).
+    #[serde(flatten)]
+    pub info: DeviceInfo,
+    /// Name (the serial until the owner names it).
+    pub name: String,
+    /// Room, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// Online, offline or isolated.
+    pub availability: Availability,
+    /// Set while isolated, or after an override (then `overridden_at` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
+    /// Last report, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ms: Option<i64>,
+    /// Battery level in percent, where the model reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery: Option<f64>,
+    /// The newest value of each quantity, by short name (`temperature`, `contact`, ...).
+    pub state: BTreeMap<String, StoredReading>,
+    /// The learned reporting period, milliseconds.
+    pub period_ms: u64,
+    /// Availability changes, oldest first.
+    pub transitions: Vec<Transition>,
+    /// Devices this one replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<DeviceId>,
+}
+
+/// A reading as published: durable, with whether it is backfill from an outage buffer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LiveReading {
+    /// The reading.
+    #[serde(flatten)]
+    pub reading: StoredReading,
+    /// Taken long before it arrived (replayed from the sensor's buffer).
+    pub backfill: bool,
+}
+
+/// What changed, for the outgoing paths and live views.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// Durable readings of a device that is not isolated.
+    Readings {
+        /// Device.
+        device: DeviceId,
+        /// In the order received.
+        readings: Arc<[LiveReading]>,
+    },
+    /// A device's availability changed.
+    Availability {
+        /// Device.
+        device: DeviceId,
+        /// New value.
+        availability: Availability,
+    },
+    /// A device was paired, renamed or moved (re-read its snapshot).
+    Changed {
+        /// Device.
+        device: DeviceId,
+    },
+    /// A device was removed or replaced; forget it.
+    Removed {
+        /// Device.
+        device: DeviceId,
+    },
+}
+
+#[derive(Debug)]
+struct Entry {
+    info: DeviceInfo,
+    profile: Profile,
+    period: Period,
+    state: BTreeMap<String, StoredReading>,
+}
+
+impl Entry {
+    fn availability(&self) -> Availability {
+        match (&self.profile.isolation, self.profile.reachable) {
+            (Some(i), _) if i.active() => Availability::Isolated,
+            (_, Some(false)) => Availability::Offline,
+            _ => Availability::Online,
+        }
+    }
+
+    fn snapshot(&self, default_period_ms: u64) -> DeviceSnapshot {
+        DeviceSnapshot {
+            info: self.info.clone(),
+            name: self.profile.name.clone().unwrap_or_else(|| self.info.serial.clone()),
+            room: self.profile.room.clone(),
+            availability: self.availability(),
+            isolation: self.profile.isolation.clone(),
+            last_seen_ms: self.profile.last_seen_ms,
+            battery: self.state.get("battery").and_then(|r| r.value.as_f64()),
+            state: self.state.clone(),
+            period_ms: self.period.period_ms(default_period_ms),
+            transitions: self.profile.transitions.iter().cloned().collect(),
+            replaces: self.profile.replaces.clone(),
+        }
+    }
+
+    fn record(&mut self, at_ms: i64, why: &str) {
+        let to = self.availability();
+        if self.profile.transitions.back().is_some_and(|t| t.to == to) {
+            return;
+        }
+        if self.profile.transitions.len() == TRANSITIONS {
+            self.profile.transitions.pop_front();
+        }
+        self.profile.transitions.push_back(Transition { at_ms, to, why: why.into() });
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    devices: HashMap<DeviceId, Entry>,
+    /// Profiles changed since the last persisted document.
+    dirty: bool,
+    /// Wall clock of this start, Unix ms: nobody is overdue before a full allowance after it.
+    started_ms: i64,
+}
+
+/// Availability settings.
+#[derive(Debug, Clone, Copy)]
+pub struct AvailabilityConfig {
+    /// Period assumed until one is learned, ms.
+    pub default_period_ms: u64,
+    /// Offline after this many periods without a report.
+    pub missed_periods: u32,
+}
+
+/// Why a directory change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryError {
+    /// No such device.
+    #[error("no such device")]
+    Unknown,
+    /// A name or room that is empty, too long or has control characters.
+    #[error("{0} must be 1 to 64 printable characters")]
+    BadLabel(&'static str),
+    /// The override needs an isolated device.
+    #[error("the device is not isolated")]
+    NotIsolated,
+    /// A replacement needs an isolated device to replace.
+    #[error("only an isolated device can be replaced (remove it instead)")]
+    NotReplaceable,
+}
+
+/// The shared directory (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Directory {
+    inner: Arc<RwLock<Inner>>,
+    notices: broadcast::Sender<Notice>,
+    config: AvailabilityConfig,
+}
+
+impl Directory {
+    /// The directory of `devices`, with the profiles persisted in `doc`.
+    pub fn new(
+        devices: Vec<DeviceInfo>,
+        doc: Option<&[u8]>,
+        config: AvailabilityConfig,
+        now_ms: i64,
+    ) -> Self {
+        let mut profiles: HashMap<DeviceId, Profile> =
+            doc.and_then(|d| serde_json::from_slice(d).ok()).unwrap_or_default();
+        let devices = devices
+            .into_iter()
+            .map(|info| {
+                let profile = profiles.remove(&info.id).unwrap_or_default();
+                let entry =
+                    Entry { info, profile, period: Period::default(), state: BTreeMap::new() };
+                (entry.info.id, entry)
+            })
+            .collect();
+        let (notices, _) = broadcast::channel(4096);
+        Self {
+            inner: Arc::new(RwLock::new(Inner { devices, dirty: false, started_ms: now_ms })),
+            notices,
+            config,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self, n: Notice) {
+        // No subscriber is fine: nothing listens for an absent front.
+        let _ = self.notices.send(n);
+    }
+
+    /// Notices from now on. A subscriber that falls behind gets `Lagged` and should re-read
+    /// the snapshots.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    /// Whether `device`'s data and commands may leave the hub (paired and not isolated).
+    pub fn outgoing_allowed(&self, device: &DeviceId) -> bool {
+        self.read().devices.get(device).is_some_and(|e| e.availability() != Availability::Isolated)
+    }
+
+    /// One device.
+    pub fn get(&self, device: &DeviceId) -> Option<DeviceSnapshot> {
+        self.read().devices.get(device).map(|e| e.snapshot(self.config.default_period_ms))
+    }
+
+    /// All devices, by name.
+    pub fn list(&self) -> Vec<DeviceSnapshot> {
+        let mut all: Vec<_> = self
+            .read()
+            .devices
+            .values()
+            .map(|e| e.snapshot(self.config.default_period_ms))
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name).then(a.info.id.cmp(&b.info.id)));
+        all
+    }
+
+    /// A newly paired device (online from now).
+    pub fn paired(&self, info: DeviceInfo, now_ms: i64) {
+        let id = info.id;
+        {
+            let mut inner = self.write();
+            let mut entry = Entry {
+                info,
+                profile: Profile::default(),
+                period: Period::default(),
+                state: BTreeMap::new(),
+            };
+            entry.profile.last_seen_ms = Some(now_ms);
+            entry.record(now_ms, "paired");
+            inner.devices.insert(id, entry);
+            inner.dirty = true;
+        }
+        self.notify(Notice::Changed { device: id });
+    }
+
+    /// A removed device.
+    pub fn removed(&self, device: &DeviceId) {
+        let mut inner = self.write();
+        if inner.devices.remove(device).is_some() {
+            inner.dirty = true;
+            drop(inner);
+            self.notify(Notice::Removed { device: *device });
+        }
+    }
+
+    /// Durable readings of `device`, received at `now_ms`: updates last seen, state and the
+    /// period, and publishes them unless the device is isolated (or nobody listens).
+    pub fn readings(&self, device: &DeviceId, readings: &[Reading], now_ms: i64) {
+        let mut came_back = false;
+        let publish = {
+            let mut inner = self.write();
+            let Some(e) = inner.devices.get_mut(device) else { return };
+            e.period.report(now_ms.max(0) as u64);
+            e.profile.last_seen_ms = Some(now_ms);
+            for r in readings {
+                let short = r.name.rsplit(':').next().unwrap_or(&r.name);
+                match e.state.get_mut(short) {
+                    Some(old) if old.time_ms > r.time.0 => {}
+                    Some(old) => *old = r.into(),
+                    None => {
+                        e.state.insert(short.to_owned(), r.into());
+                    }
+                }
+            }
+            if e.profile.reachable == Some(false) {
+                e.profile.reachable = Some(true);
+                e.record(now_ms, "reporting again");
+                came_back = e.availability() == Availability::Online;
+                inner.dirty = true;
+            }
+            inner.devices[device].availability() != Availability::Isolated
+        };
+        if came_back {
+            self.notify(Notice::Availability {
+                device: *device,
+                availability: Availability::Online,
+            });
+        }
+        if publish && self.notices.receiver_count() > 0 {
+            let readings = readings
+                .iter()
+                .map(|r| LiveReading {
+                    reading: r.into(),
+                    backfill: now_ms - r.time.0 > BACKFILL_AFTER_MS,
+                })
+                .collect();
+            self.notify(Notice::Readings { device: *device, readings });
+        }
+    }
+
+    /// Marks overdue devices offline (called about once a second).
+    pub fn tick(&self, now_ms: i64) {
+        let mut offline = Vec::new();
+        {
+            let mut inner = self.write();
+            let started = inner.started_ms;
+            for (id, e) in inner.devices.iter_mut() {
+                if e.profile.reachable == Some(false) {
+                    continue;
+                }
+                let last = e.profile.last_seen_ms.unwrap_or(started).max(started);
+                let overdue = e.period.overdue(
+                    last.max(0) as u64,
+                    now_ms.max(0) as u64,
+                    self.config.default_period_ms,
+                    self.config.missed_periods,
+                );
+                if overdue {
+                    let was = e.availability();
+                    e.profile.reachable = Some(false);
+                    e.record(now_ms, "no report for the configured number of periods");
+                    if was == Availability::Online {
+                        offline.push(*id);
+                    }
+                }
+            }
+            if !offline.is_empty() {
+                inner.dirty = true;
+            }
+        }
+        for device in offline {
+            self.notify(Notice::Availability { device, availability: Availability::Offline });
+        }
+    }
+
+    fn edit<T>(
+        &self,
+        device: &DeviceId,
+        f: impl FnOnce(&mut Entry) -> Result<T, DirectoryError>,
+    ) -> Result<T, DirectoryError> {
+        let mut inner = self.write();
+        let e = inner.devices.get_mut(device).ok_or(DirectoryError::Unknown)?;
+        let before = e.availability();
+        let out = f(e)?;
+        let after = e.availability();
+        inner.dirty = true;
+        drop(inner);
+        if before != after {
+            self.notify(Notice::Availability { device: *device, availability: after });
+        }
+        self.notify(Notice::Changed { device: *device });
+        Ok(out)
+    }
+
+    /// Names a device.
+    pub fn rename(&self, device: &DeviceId, name: &str) -> Result<(), DirectoryError> {
+        let name = label(name, "a name")?;
+        self.edit(device, |e| {
+            e.profile.name = Some(name);
+            Ok(())
+        })
+    }
+
+    /// Puts a device in a room (`None`: no room).
+    pub fn set_room(&self, device: &DeviceId, room: Option<&str>) -> Result<(), DirectoryError> {
+        let room = room.map(|r| label(r, "a room")).transpose()?;
+        self.edit(device, |e| {
+            e.profile.room = room;
+            Ok(())
+        })
+    }
+
+    /// Isolates a device (TR 103 621 6.23 example 2). Returns false if it already was
+    /// (or the owner overrode an isolation for the same advisory).
+    pub fn isolate(&self, device: &DeviceId, isolation: Isolation, now_ms: i64) -> bool {
+        self.edit(device, |e| {
+            if let Some(old) = &e.profile.isolation
+                && (old.active() || old.advisory == isolation.advisory)
+            {
+                return Ok(false);
+            }
+            e.profile.isolation = Some(isolation);
+            e.record(now_ms, "isolated");
+            Ok(true)
+        })
+        .unwrap_or(false)
+    }
+
+    /// The owner's explicit override of an isolation (logged by the caller).
+    pub fn override_isolation(&self, device: &DeviceId, now_ms: i64) -> Result<(), DirectoryError> {
+        self.edit(device, |e| {
+            let i = e.profile.isolation.as_mut().filter(|i| i.active());
+            let i = i.ok_or(DirectoryError::NotIsolated)?;
+            i.overridden_at = Some((now_ms / 1000).max(0) as u64);
+            e.record(now_ms, "isolation overridden by the owner");
+            Ok(())
+        })
+    }
+
+    /// Whether `device` can be replaced (it is isolated).
+    pub fn replaceable(&self, device: &DeviceId) -> Result<(), DirectoryError> {
+        match self.read().devices.get(device) {
+            None => Err(DirectoryError::Unknown),
+            Some(e) if e.availability() == Availability::Isolated => Ok(()),
+            Some(_) => Err(DirectoryError::NotReplaceable),
+        }
+    }
+
+    /// `new` takes over `old`'s name, room and history; `old` leaves the directory.
+    pub fn replace(&self, old: &DeviceId, new: &DeviceId, now_ms: i64) {
+        {
+            let mut inner = self.write();
+            let Some(old_entry) = inner.devices.remove(old) else { return };
+            if let Some(e) = inner.devices.get_mut(new) {
+                e.profile.name = old_entry.profile.name.or(Some(old_entry.info.serial));
+                e.profile.room = old_entry.profile.room;
+                e.profile.replaces = old_entry.profile.replaces;
+                e.profile.replaces.push(*old);
+                e.record(now_ms, "replaced an isolated device");
+            }
+            inner.dirty = true;
+        }
+        self.notify(Notice::Removed { device: *old });
+        self.notify(Notice::Changed { device: *new });
+    }
+
+    /// The profiles document if anything changed since the last call.
+    pub fn take_dirty(&self) -> Option<Vec<u8>> {
+        let mut inner = self.write();
+        if !std::mem::take(&mut inner.dirty) {
+            return None;
+        }
+        Some(doc(&inner))
+    }
+
+    /// The profiles document (with last-seen times), for a clean shutdown.
+    pub fn document(&self) -> Vec<u8> {
+        doc(&self.read())
+    }
+}
+
+fn doc(inner: &Inner) -> Vec<u8> {
+    let profiles: HashMap<&DeviceId, &Profile> =
+        inner.devices.iter().map(|(id, e)| (id, &e.profile)).collect();
+    serde_json::to_vec(&profiles).unwrap_or_default()
+}
+
+fn label(s: &str, what: &'static str) -> Result<String, DirectoryError> {
+    let s = s.trim();
+    if s.is_empty() || s.chars().count() > MAX_LABEL || s.chars().any(char::is_control) {
+        return Err(DirectoryError::BadLabel(what));
+    }
+    Ok(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests;

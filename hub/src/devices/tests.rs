@@ -1,0 +1,149 @@
+use super::*;
+use protocol::oscore::Kid;
+
+const CONFIG: AvailabilityConfig =
+    AvailabilityConfig { default_period_ms: 10_000, missed_periods: 3 };
+
+fn info(n: u8, model: &str) -> DeviceInfo {
+    DeviceInfo {
+        id: Kid::new(&[n]).expect("kid").into(),
+        model: model.into(),
+        serial: format!("SN{n}"),
+        firmware_version: 1,
+        updatable: true,
+        verifies_signatures: false,
+        capabilities: vec!["temperature".into()],
+        support_end: 2_000_000_000,
+        paired_at: 0,
+    }
+}
+
+fn reading(t: i64, name: &str, v: f64) -> Reading {
+    Reading {
+        name: format!("urn:dev:SN1:{name}"),
+        unit: None,
+        value: protocol::senml::Value::Number(v),
+        time: protocol::senml::UnixTimeMillis(t),
+    }
+}
+
+fn isolation(advisory: &str) -> Isolation {
+    Isolation {
+        reason: "vulnerable".into(),
+        advisory: Some(advisory.into()),
+        since: 1,
+        replacement: "replace it".into(),
+        overridden_at: None,
+    }
+}
+
+#[test]
+fn offline_after_missed_periods_online_again_on_a_report_and_survives_a_restart() {
+    let d = Directory::new(vec![info(1, "m")], None, CONFIG, 0);
+    let id = info(1, "m").id;
+    let mut notices = d.subscribe();
+    for t in [1_000, 2_000, 3_000, 4_000] {
+        d.readings(&id, &[reading(t, "temperature", 20.0)], t);
+    }
+    d.tick(7_000);
+    assert_eq!(d.get(&id).expect("dev").availability, Availability::Online);
+    d.tick(7_001);
+    assert_eq!(d.get(&id).expect("dev").availability, Availability::Offline);
+    let doc = d.take_dirty().expect("offline is persisted");
+    assert!(d.take_dirty().is_none(), "nothing new to persist");
+    // After a restart the device is still offline, with its transitions.
+    let again = Directory::new(vec![info(1, "m")], Some(&doc), CONFIG, 100_000);
+    let snap = again.get(&id).expect("dev");
+    assert_eq!(snap.availability, Availability::Offline);
+    assert_eq!(snap.transitions.iter().map(|t| t.to).collect::<Vec<_>>(), [Availability::Offline]);
+    again.readings(&id, &[reading(100_500, "temperature", 21.0)], 100_500);
+    assert_eq!(again.get(&id).expect("dev").availability, Availability::Online);
+    // Notices: readings then offline, in order.
+    assert!(matches!(notices.try_recv(), Ok(Notice::Readings { .. })));
+    let mut saw_offline = false;
+    while let Ok(n) = notices.try_recv() {
+        saw_offline |=
+            matches!(n, Notice::Availability { availability: Availability::Offline, .. });
+    }
+    assert!(saw_offline);
+}
+
+#[test]
+fn nobody_is_offline_right_after_a_restart() {
+    let mut doc_dir = Directory::new(vec![info(1, "m")], None, CONFIG, 0);
+    let id = info(1, "m").id;
+    doc_dir.readings(&id, &[reading(0, "temperature", 1.0)], 0);
+    let doc = doc_dir.document();
+    // The hub was down for an hour: the sensor gets a full allowance from the start.
+    doc_dir = Directory::new(vec![info(1, "m")], Some(&doc), CONFIG, 3_600_000);
+    doc_dir.tick(3_600_000 + 29_000);
+    assert_eq!(doc_dir.get(&id).expect("dev").availability, Availability::Online);
+    doc_dir.tick(3_600_000 + 31_000);
+    assert_eq!(doc_dir.get(&id).expect("dev").availability, Availability::Offline);
+}
+
+#[test]
+fn isolated_devices_publish_nothing_and_the_override_is_explicit() {
+    let d = Directory::new(vec![info(1, "m")], None, CONFIG, 0);
+    let id = info(1, "m").id;
+    let mut notices = d.subscribe();
+    assert!(d.outgoing_allowed(&id));
+    assert!(d.isolate(&id, isolation("adv-1"), 10));
+    assert!(!d.isolate(&id, isolation("adv-1"), 11), "already isolated");
+    assert!(!d.outgoing_allowed(&id));
+    assert_eq!(d.get(&id).expect("dev").availability, Availability::Isolated);
+    while notices.try_recv().is_ok() {}
+    d.readings(&id, &[reading(20, "temperature", 3.0)], 20);
+    assert!(notices.try_recv().is_err(), "an isolated device's reading was published");
+    // It keeps its local state (the owner sees it on the hub).
+    assert_eq!(d.get(&id).expect("dev").state["temperature"].value, 3.0);
+    // Offline does not hide isolation.
+    d.tick(1_000_000);
+    assert_eq!(d.get(&id).expect("dev").availability, Availability::Isolated);
+    d.override_isolation(&id, 30_000).expect("override");
+    assert!(d.outgoing_allowed(&id));
+    assert_eq!(d.override_isolation(&id, 31_000), Err(DirectoryError::NotIsolated));
+    // The same advisory does not isolate it again; a new one does.
+    assert!(!d.isolate(&id, isolation("adv-1"), 40));
+    assert!(d.isolate(&id, isolation("adv-2"), 41));
+    // Unknown devices are not allowed out.
+    assert!(!d.outgoing_allowed(&info(9, "m").id));
+}
+
+#[test]
+fn labels_are_validated_and_replacement_inherits_name_room_and_history() {
+    let d = Directory::new(vec![info(1, "m"), info(2, "m")], None, CONFIG, 0);
+    let (old, new) = (info(1, "m").id, info(2, "m").id);
+    assert_eq!(d.get(&old).expect("dev").name, "SN1");
+    assert_eq!(d.rename(&old, "  "), Err(DirectoryError::BadLabel("a name")));
+    assert_eq!(d.rename(&old, &"x".repeat(65)), Err(DirectoryError::BadLabel("a name")));
+    assert_eq!(d.rename(&old, "a\nb"), Err(DirectoryError::BadLabel("a name")));
+    d.rename(&old, "Front door").expect("rename");
+    d.set_room(&old, Some("Hall")).expect("room");
+    assert_eq!(d.replaceable(&old), Err(DirectoryError::NotReplaceable));
+    assert!(d.isolate(&old, isolation("adv"), 1));
+    d.replaceable(&old).expect("isolated can be replaced");
+    d.replace(&old, &new, 2);
+    assert!(d.get(&old).is_none());
+    let n = d.get(&new).expect("new");
+    assert_eq!((n.name.as_str(), n.room.as_deref()), ("Front door", Some("Hall")));
+    assert_eq!(n.replaces, [old]);
+    assert_eq!(d.rename(&old, "x"), Err(DirectoryError::Unknown));
+}
+
+#[test]
+fn backfill_is_marked_and_state_keeps_the_newest_value() {
+    let d = Directory::new(vec![info(1, "m")], None, CONFIG, 0);
+    let id = info(1, "m").id;
+    let mut notices = d.subscribe();
+    d.readings(
+        &id,
+        &[reading(100_000, "temperature", 5.0), reading(10_000, "temperature", 1.0)],
+        100_000,
+    );
+    let Ok(Notice::Readings { readings, .. }) = notices.try_recv() else { panic!("no readings") };
+    assert_eq!(readings.iter().map(|r| r.backfill).collect::<Vec<_>>(), [false, true]);
+    assert_eq!(d.get(&id).expect("dev").state["temperature"].value, 5.0);
+    d.readings(&id, &[reading(100_001, "battery", 87.0)], 100_001);
+    assert_eq!(d.get(&id).expect("dev").battery, Some(87.0));
+}
