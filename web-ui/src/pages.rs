@@ -609,6 +609,7 @@ pub async fn isolated(State(web): State<Arc<Web>>, owner: Owner) -> Response {
          nothing from or to it beyond the hub.</p>",
     );
     let mut any = false;
+    let now_ms = web.now_ms();
     for d in &devices {
         if let Availability::Isolated { reason, replacement } = &d.availability {
             any = true;
@@ -616,12 +617,16 @@ pub async fn isolated(State(web): State<Arc<Web>>, owner: Owner) -> Response {
                 b,
                 "<section class=\"card isolated\" data-isolated=\"{id}\"><h3><a href=\"/devices/{id}\">{name}</a></h3>\
                  <p><strong>Why:</strong> <span class=\"reason\">{reason}</span></p>\
-                 <p><strong>Support period:</strong> until {end}</p><p><strong>What to do:</strong> {repl} \
+                 <p><strong>Support period:</strong> {end}</p><p><strong>What to do:</strong> {repl} \
                  <a href=\"/pairing?replaces={id}\">Pair a replacement</a></p></section>",
                 id = esc(&d.id),
                 name = esc(&device_name(d)),
                 reason = esc(reason),
-                end = date(d.support_end),
+                end = if d.support_end * 1000 > now_ms {
+                    format!("until {}", date(d.support_end))
+                } else {
+                    format!("ended {}", date(d.support_end))
+                },
                 repl = esc(replacement),
             );
         }
