@@ -91,7 +91,8 @@ try {
   const before = Number(await page.locator('[data-countdown]').textContent());
   await page.waitForFunction((b) => Number(document.querySelector('[data-countdown]').textContent) < b, before);
   const pin = await ask('pin');
-  await page.reload();
+  // The page reloads itself when the live stream reports a sensor waiting for its PIN.
+  await page.locator('ul[data-waiting="1"]').waitFor();
   await page.fill('input[name=pin]', pin);
   await shot('02-pairing');
   await page.click('button:has-text("Pair")');
