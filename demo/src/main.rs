@@ -137,6 +137,8 @@ fn hub_config(maker: &Manufacturer, sensors: u32) -> Config {
     config.updates.feed_url = Some(maker.url());
     config.updates.feed_cert = Some(maker.cert.clone());
     config.updates.check_interval_s = 2;
+    // The demo shows the link, updates and outages; MQTT's fixed ports stay free.
+    config.mqtt.enabled = false;
     config.pairing.max_sessions = config.pairing.max_sessions.max(sensors as usize);
     config.pairing.sessions_per_source = config.pairing.max_sessions;
     config

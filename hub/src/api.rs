@@ -130,6 +130,21 @@ pub enum Request {
         /// Device.
         device: DeviceId,
     },
+    /// Add an MQTT user (EN 303 645 5.1-1: there is no default one).
+    MqttUserAdd {
+        /// User name.
+        name: String,
+        /// Password (none: one is generated and returned once).
+        #[serde(default)]
+        password: Option<String>,
+    },
+    /// Remove an MQTT user.
+    MqttUserRemove {
+        /// User name.
+        name: String,
+    },
+    /// List the MQTT users.
+    MqttUsers,
 }
 
 /// Pairing status.
@@ -168,6 +183,9 @@ pub struct SecurityReport {
     pub link: protocol::link::SecurityCounters,
     /// Readings refused for breaking a limit (SenML).
     pub bad_payload: u64,
+    /// MQTT logins refused or throttled, malformed MQTT, forged publications.
+    #[serde(flatten)]
+    pub mqtt: crate::mqtt::auth::MqttCounters,
     /// Total of the security-relevant counters (retransmissions and Echo rate limiting are
     /// not security events).
     pub total: u64,
@@ -248,6 +266,12 @@ pub(crate) enum LinkCommand {
     History {
         device: Kid,
         reply: oneshot::Sender<Option<crate::updates::DeviceUpdate>>,
+    },
+    /// Queue a command for an actuator's next request (MQTT `…/set`).
+    Command {
+        device: Kid,
+        command: protocol::link::command::Command,
+        reply: oneshot::Sender<bool>,
     },
     Advisory {
         signed: Vec<u8>,
@@ -332,6 +356,8 @@ pub struct HubApi {
     /// Names, rooms, availability, isolation and current state of every device; subscribe to
     /// its notices for live data (isolated devices' data is never in them).
     pub directory: crate::devices::Directory,
+    /// MQTT users, login throttling and counters (none when MQTT is disabled).
+    pub(crate) mqtt: Option<std::sync::Arc<crate::mqtt::auth::Auth>>,
 }
 
 impl HubApi {
@@ -556,7 +582,64 @@ impl HubApi {
 
     /// Security counters.
     pub async fn security(&self) -> Result<SecurityReport, ApiError> {
-        self.ask(|reply| LinkCommand::Security { reply }).await
+        let mut report = self.ask(|reply| LinkCommand::Security { reply }).await?;
+        if let Some(m) = &self.mqtt {
+            report.mqtt = m.counters();
+            report.total += report.mqtt.total();
+        }
+        Ok(report)
+    }
+
+    /// Queues a command for `device` (an actuator that is not isolated), sent with the
+    /// acknowledgement of its next report.
+    pub async fn command(
+        &self,
+        device: DeviceId,
+        command: protocol::link::command::Command,
+    ) -> Result<(), ApiError> {
+        if !self.directory.outgoing_allowed(&device) {
+            return Err(ApiError::NotFound(device));
+        }
+        let kid = device.kid();
+        if self.ask(|reply| LinkCommand::Command { device: kid, command, reply }).await? {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound(device))
+        }
+    }
+
+    fn mqtt_auth(&self) -> Result<std::sync::Arc<crate::mqtt::auth::Auth>, ApiError> {
+        self.mqtt.clone().ok_or_else(|| ApiError::BadRequest("MQTT is disabled".into()))
+    }
+
+    /// Adds an MQTT user; returns the generated password if none was given (shown once).
+    pub async fn mqtt_user_add(
+        &self,
+        name: String,
+        password: Option<String>,
+    ) -> Result<Option<String>, ApiError> {
+        let auth = self.mqtt_auth()?;
+        let password = password.map(zeroize::Zeroizing::new);
+        tokio::task::spawn_blocking(move || {
+            auth.add_user(&name, password.as_deref().map(|p| p.as_str()))
+        })
+        .await
+        .map_err(|_| ApiError::Stopped)?
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+
+    /// Removes an MQTT user.
+    pub async fn mqtt_user_remove(&self, name: String) -> Result<(), ApiError> {
+        let auth = self.mqtt_auth()?;
+        tokio::task::spawn_blocking(move || auth.remove_user(&name))
+            .await
+            .map_err(|_| ApiError::Stopped)?
+            .map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+
+    /// The MQTT users.
+    pub fn mqtt_users(&self) -> Result<Vec<crate::mqtt::auth::UserView>, ApiError> {
+        Ok(self.mqtt_auth()?.users())
     }
 
     /// Runs one request and renders the answer as JSON.
@@ -619,6 +702,17 @@ impl HubApi {
             Request::UpdateRetry { device } => {
                 self.update_retry(device).await.map(|()| serde_json::json!({"ok": true}))
             }
+            Request::MqttUserAdd { name, password } => {
+                self.mqtt_user_add(name.clone(), password).await.map(|generated| match generated {
+                    Some(p) => serde_json::json!({"added": name, "password": p}),
+                    None => serde_json::json!({"added": name}),
+                })
+            }
+            Request::MqttUserRemove { name } => self
+                .mqtt_user_remove(name.clone())
+                .await
+                .map(|()| serde_json::json!({"removed": name})),
+            Request::MqttUsers => self.mqtt_users().map(|v| serde_json::json!(v)),
         };
         result.unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
     }

@@ -19,8 +19,67 @@ pub struct Config {
     pub updates: Updates,
     /// When a sensor counts as offline.
     pub availability: Availability,
+    /// The MQTT broker and its listeners.
+    pub mqtt: Mqtt,
     /// The owner's web UI.
     pub web: Web,
+}
+
+/// MQTT (DESIGN "MQTT"): the embedded broker listens on loopback only; the hub's own fronts
+/// take clients — plain on loopback, TLS (the hub certificate) for the LAN — authenticate and
+/// throttle them (EN 303 645 5.1-5, 5.5-4) and forward to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mqtt {
+    /// Whether MQTT runs at all.
+    pub enabled: bool,
+    /// Plain (unencrypted) listener; must be a loopback address.
+    pub plain_bind: SocketAddr,
+    /// TLS listener for the LAN (none: no TLS listener).
+    pub tls_bind: Option<SocketAddr>,
+    /// Port of the embedded broker's own listener on 127.0.0.1 (reached through the fronts).
+    pub broker_port: u16,
+    /// Extra names (host names, IP addresses) for the hub certificate made at first start.
+    pub tls_names: Vec<String>,
+    /// Client connections at once (each front; the broker allows twice this).
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted, bytes.
+    pub max_packet_bytes: usize,
+    /// QoS 1/2 messages in flight per client.
+    pub max_inflight: usize,
+    /// A client must send CONNECT (after TLS) within this time, ms.
+    pub connect_timeout_ms: u16,
+    /// Failed logins per user or address allowed before back-off starts.
+    pub free_failures: u32,
+    /// First back-off after that, ms; it doubles with each further failure.
+    pub backoff_base_ms: u64,
+    /// Longest back-off, ms.
+    pub backoff_max_ms: u64,
+    /// A user's or address's failures are forgotten this long after the last one, s.
+    pub forget_after_s: u64,
+    /// Home Assistant discovery prefix.
+    pub discovery_prefix: String,
+}
+
+impl Default for Mqtt {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            plain_bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            tls_bind: Some(SocketAddr::from(([0, 0, 0, 0], 8883))),
+            broker_port: 18830,
+            tls_names: Vec::new(),
+            max_connections: 256,
+            max_packet_bytes: 256 * 1024,
+            max_inflight: 100,
+            connect_timeout_ms: 10_000,
+            free_failures: 3,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            forget_after_s: 900,
+            discovery_prefix: "homeassistant".into(),
+        }
+    }
 }
 
 /// Availability (DESIGN capability 5): offline after `missed_periods` reporting periods without
@@ -162,6 +221,7 @@ impl Default for Config {
             store: Store::default(),
             updates: Updates::default(),
             availability: Availability::default(),
+            mqtt: Mqtt::default(),
             web: Web::default(),
         }
     }
@@ -254,6 +314,40 @@ impl Config {
         }
         if !(1..=86_400).contains(&self.availability.default_period_s) {
             return bad("availability.default_period_s", "must be 1 to 86400");
+        }
+        let m = &self.mqtt;
+        if !m.plain_bind.ip().is_loopback() {
+            return bad("mqtt.plain_bind", "must be a loopback address (use tls_bind for the LAN)");
+        }
+        if m.broker_port == 0 || m.broker_port == m.plain_bind.port() {
+            return bad("mqtt.broker_port", "must be a port other than plain_bind's");
+        }
+        if !(1..=65_536).contains(&m.max_connections) {
+            return bad("mqtt.max_connections", "must be 1 to 65536");
+        }
+        if !(1024..=16 << 20).contains(&m.max_packet_bytes) {
+            return bad("mqtt.max_packet_bytes", "must be 1024 to 16777216");
+        }
+        if !(1..=65_535).contains(&m.max_inflight) {
+            return bad("mqtt.max_inflight", "must be 1 to 65535");
+        }
+        if m.connect_timeout_ms < 100 {
+            return bad("mqtt.connect_timeout_ms", "must be at least 100");
+        }
+        if m.backoff_base_ms == 0 || m.backoff_max_ms < m.backoff_base_ms {
+            return bad(
+                "mqtt.backoff_max_ms",
+                "must be at least backoff_base_ms (and that at least 1)",
+            );
+        }
+        if m.forget_after_s == 0 {
+            return bad("mqtt.forget_after_s", "must be at least 1");
+        }
+        let prefix_ok = !m.discovery_prefix.is_empty()
+            && m.discovery_prefix.len() <= 64
+            && !m.discovery_prefix.contains(['+', '#', '\0']);
+        if !prefix_ok {
+            return bad("mqtt.discovery_prefix", "must be 1 to 64 characters without + # or NUL");
         }
         let u = &self.updates;
         match (&u.feed_url, &u.feed_cert) {
@@ -360,5 +454,7 @@ mod tests {
             "availability.missed_periods"
         );
         assert!(matches!(load("[pairing]\nnope = 1"), Err(ConfigError::Parse(..))));
+        assert_eq!(invalid_key("[mqtt]\nplain_bind = \"0.0.0.0:1883\""), "mqtt.plain_bind");
+        assert_eq!(invalid_key("[mqtt]\nbroker_port = 1883"), "mqtt.broker_port");
     }
 }

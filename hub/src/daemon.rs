@@ -29,6 +29,8 @@ pub struct Running {
     pub devices: usize,
     /// Set when a corrupt store was moved aside at start.
     pub moved_aside: Option<PathBuf>,
+    /// MQTT listeners (plain, TLS), if MQTT is enabled.
+    pub mqtt: Option<(SocketAddr, Option<SocketAddr>)>,
     /// The owner's web UI.
     pub web: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
@@ -55,6 +57,9 @@ pub enum StartError {
     /// A socket.
     #[error("cannot bind {0}: {1}")]
     Bind(String, std::io::Error),
+    /// MQTT.
+    #[error(transparent)]
+    Mqtt(#[from] crate::mqtt::MqttError),
     /// The web UI.
     #[error(transparent)]
     Web(#[from] crate::web::WebStartError),
@@ -121,7 +126,16 @@ pub async fn start(
         )
     };
     let (tx, rx) = mpsc::channel(256);
-    let api = HubApi { link: tx, store: store.clone(), directory: directory.clone() };
+    let mqtt_auth = match config.mqtt.enabled {
+        true => Some(crate::mqtt::load_auth(&config.mqtt, store.clone(), data_dir)?),
+        false => None,
+    };
+    let api = HubApi {
+        link: tx,
+        store: store.clone(),
+        directory: directory.clone(),
+        mqtt: mqtt_auth.clone(),
+    };
     let updates = load_updates(&store, data_dir, &config, &peers)?;
     let store_advisories = store.meta(crate::isolation::META_KEY)?;
     for (kid, offer) in updates.active_offers() {
@@ -137,6 +151,18 @@ pub async fn start(
         crate::isolation::Advisories::load(store_advisories.as_deref()),
     );
     let feed = feed_task(&config.updates, api.clone(), shutdown.clone());
+    let mqtt = match mqtt_auth {
+        Some(auth) => {
+            let names = crate::identity::default_names(&config.mqtt.tls_names);
+            let identity = crate::identity::Identity::load_or_create(data_dir, &names)
+                .map_err(crate::mqtt::MqttError::from)?;
+            let m =
+                crate::mqtt::start(&config.mqtt, auth, &identity, api.clone(), shutdown.clone())
+                    .await?;
+            Some(m)
+        }
+        None => None,
+    };
     let web = crate::web::start(&config.web, data_dir, api.clone(), shutdown.clone()).await?;
     let mut tasks = vec![
         tokio::spawn(driver.run(rx, shutdown.clone())),
@@ -144,7 +170,11 @@ pub async fn start(
     ];
     tasks.extend(feed.map(tokio::spawn));
     tasks.push(web.task);
-    Ok(Running { coap, control, api, devices: peers.len(), moved_aside, web: web.addr, tasks })
+    let mqtt = mqtt.map(|m| {
+        tasks.extend(m.tasks);
+        (m.plain, m.tls)
+    });
+    Ok(Running { coap, control, api, devices: peers.len(), moved_aside, mqtt, web: web.addr, tasks })
 }
 
 /// Usage counters resume at their durable ceilings; before serving, fresh ceilings above them

@@ -1,6 +1,6 @@
 //! The Hearth hub daemon: the I/O shell around `protocol` — the CoAP/UDP link driver, the
-//! durable store, the owner's control socket, the update manager and its feed client,
-//! the owner's web UI.
+//! durable store, the owner's control socket, the update manager and its feed client, MQTT,
+//! and the owner's web UI.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -13,6 +13,7 @@ pub mod feed;
 pub mod identity;
 pub mod isolation;
 pub mod link;
+pub mod mqtt;
 pub mod private_fs;
 pub mod render;
 pub mod rng;

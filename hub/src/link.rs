@@ -204,7 +204,7 @@ impl Driver {
     fn security_report(&self) -> SecurityReport {
         let link = self.link.counters();
         let total = link.security_total() + self.bad_payload;
-        SecurityReport { link, bad_payload: self.bad_payload, total }
+        SecurityReport { link, bad_payload: self.bad_payload, total, ..Default::default() }
     }
 
     pub(crate) async fn run(
@@ -653,6 +653,9 @@ impl Driver {
             }
             LinkCommand::Security { reply } => {
                 let _ = reply.send(self.security_report());
+            }
+            LinkCommand::Command { device, command, reply } => {
+                let _ = reply.send(self.link.queue_command(&device, command));
             }
             LinkCommand::Advisory { signed, source, reply } => {
                 let r = self.add_advisory(&signed, source);

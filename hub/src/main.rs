@@ -109,6 +109,11 @@ enum CtlCmd {
         #[command(subcommand)]
         cmd: UpdateCmd,
     },
+    /// MQTT users (there is no default one; every MQTT client logs in as one).
+    MqttUser {
+        #[command(subcommand)]
+        cmd: MqttUserCmd,
+    },
     /// Pin a manufacturer's public key for a model.
     Trust {
         /// Model designation.
@@ -118,6 +123,23 @@ enum CtlCmd {
         #[arg(long)]
         key: String,
     },
+}
+
+#[derive(Subcommand)]
+enum MqttUserCmd {
+    /// Add a user: the password is read from standard input (first line) when it is not a
+    /// terminal and not empty; otherwise one is generated and printed once.
+    Add {
+        /// User name (A-Z a-z 0-9 . _ -).
+        name: String,
+    },
+    /// Remove a user.
+    Remove {
+        /// User name.
+        name: String,
+    },
+    /// List the users.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -199,7 +221,9 @@ enum PairCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.cmd {
-        Cmd::Run { .. } => "info",
+        // rumqttd logs every connection at info and refused logins as errors; the fronts
+        // count and log those (rate-limited) themselves.
+        Cmd::Run { .. } => "info,rumqttd=warn,rumqttd::server::broker=off",
         Cmd::Ctl { .. } => "warn",
     };
     tracing_subscriber::fmt()
@@ -252,6 +276,8 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         "coap": running.coap.to_string(),
         "control": running.control.display().to_string(),
         "devices": running.devices,
+        "mqtt": running.mqtt.map(|(plain, _)| plain.to_string()),
+        "mqtt_tls": running.mqtt.and_then(|(_, tls)| tls).map(|a| a.to_string()),
         "web": running.web.to_string(),
         "pid": std::process::id(),
     });
@@ -312,6 +338,13 @@ async fn ctl(
         CtlCmd::Security => (Request::Security, View::Security),
         CtlCmd::Updates => (Request::Updates, View::Plain),
         CtlCmd::Trust { model, key } => (Request::Trust { model, key }, View::Plain),
+        CtlCmd::MqttUser { cmd: MqttUserCmd::Add { name } } => {
+            (Request::MqttUserAdd { name, password: password_from_stdin() }, View::Plain)
+        }
+        CtlCmd::MqttUser { cmd: MqttUserCmd::Remove { name } } => {
+            (Request::MqttUserRemove { name }, View::Plain)
+        }
+        CtlCmd::MqttUser { cmd: MqttUserCmd::List } => (Request::MqttUsers, View::Plain),
         CtlCmd::Update { cmd } => match update_request(cmd) {
             Ok(r) => (r, View::Plain),
             Err(e) => {
@@ -346,6 +379,20 @@ async fn ctl(
             ExitCode::FAILURE
         }
     }
+}
+
+/// The first line of standard input, unless it is a terminal or empty (then the hub generates a
+/// password).
+fn password_from_stdin() -> Option<String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return None;
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line).ok()?;
+    let p = line.trim_end_matches(['\r', '\n']);
+    (!p.is_empty()).then(|| p.to_owned())
 }
 
 /// What to do about a refusal, when there is something to say.

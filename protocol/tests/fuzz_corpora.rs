@@ -60,3 +60,8 @@ fn replay_window() {
 fn hub_datagram() {
     replay("hub_datagram", protocol::fuzzing::hub_datagram);
 }
+
+#[test]
+fn link_command() {
+    replay("link_command", protocol::fuzzing::link_command);
+}

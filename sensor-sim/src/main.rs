@@ -562,6 +562,10 @@ fn print_event(e: FleetEvent, ctl: Option<&PathBuf>) {
             );
         }
         FleetEvent::Refused { index } => println!("REFUSED sensor={index}"),
+        FleetEvent::Command { index, name, value, applied } => {
+            let applied = applied.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
+            println!("COMMAND sensor={index} name={name} value={value} applied={applied}");
+        }
         FleetEvent::Offline { index, backlog } => {
             println!("OFFLINE sensor={index} backlog={backlog} at_ms={at}");
         }

@@ -126,8 +126,9 @@ impl ModelKind {
     pub fn quantities(self) -> &'static [Quantity] {
         const THERMOSTAT: [Quantity; 2] = [number("temp", "Cel"), number("setpoint", "Cel")];
         const CLIMATE: [Quantity; 2] = [number("temp", "Cel"), number("hum", "%RH")];
-        const DOOR: [Quantity; 1] = [flag("open")];
-        const BUTTON: [Quantity; 1] = [flag("press")];
+        // Battery-powered models report their level (SenML `%EL`, percent of full charge).
+        const DOOR: [Quantity; 2] = [flag("open"), number("battery", "%EL")];
+        const BUTTON: [Quantity; 2] = [flag("press"), number("battery", "%EL")];
         match self {
             Self::Thermostat => &THERMOSTAT,
             Self::Climate => &CLIMATE,
@@ -159,11 +160,12 @@ pub struct Environment {
     humidity: f64,
     setpoint: f64,
     open: bool,
+    battery: f64,
 }
 
 impl Default for Environment {
     fn default() -> Self {
-        Self { temperature: 20.0, humidity: 45.0, setpoint: 21.0, open: false }
+        Self { temperature: 20.0, humidity: 45.0, setpoint: 21.0, open: false, battery: 100.0 }
     }
 }
 
@@ -173,6 +175,14 @@ fn step<R: Rng + ?Sized>(rng: &mut R, v: f64, amp: f64, lo: f64, hi: f64) -> f64
 }
 
 impl Environment {
+    /// The battery level after one more measurement: about 0.1 % per 100 measurements.
+    fn drain_battery<R: Rng + ?Sized>(&mut self, rng: &mut R) -> f64 {
+        if rng.next_u32().is_multiple_of(1000) {
+            self.battery = (self.battery - 1.0).max(0.0);
+        }
+        self.battery
+    }
+
     /// One measurement at `time_ms`, in the model's quantities.
     pub fn sample<R: Rng + ?Sized>(
         &mut self,
@@ -194,11 +204,26 @@ impl Environment {
                 if rng.next_u32().is_multiple_of(5) {
                     self.open = !self.open;
                 }
-                [f64::from(u8::from(self.open)), 0.0]
+                [f64::from(u8::from(self.open)), self.drain_battery(rng)]
             }
-            ModelKind::Button => [f64::from(u8::from(rng.next_u32().is_multiple_of(2))), 0.0],
+            ModelKind::Button => {
+                [f64::from(u8::from(rng.next_u32().is_multiple_of(2))), self.drain_battery(rng)]
+            }
         };
         Sample { time_ms, values }
+    }
+
+    /// A command from the hub: sets quantity `name` if the model has it as a setting (the
+    /// thermostat's `setpoint`, clamped to 5–35 °C); the next sample reports it. Returns the
+    /// value now in effect, or `None` if the model has no such setting.
+    pub fn apply(&mut self, kind: ModelKind, name: &str, value: f64) -> Option<f64> {
+        match (kind, name) {
+            (ModelKind::Thermostat, "setpoint") if value.is_finite() => {
+                self.setpoint = (value.clamp(5.0, 35.0) * 100.0).round() / 100.0;
+                Some(self.setpoint)
+            }
+            _ => None,
+        }
     }
 
     /// One measurement as SenML records named `urn:dev:<serial>:<quantity>`.
@@ -229,8 +254,11 @@ mod tests {
         assert_eq!(r[1].unit.as_deref(), Some("%RH"));
         assert_eq!(r[1].value, Value::Number(45.5));
         assert_eq!(r[0].time, UnixTimeMillis(1_700_000_123_456));
-        let door = ModelKind::Door.readings("DR-00002", &Sample { time_ms: 1, values: [1.0, 0.0] });
-        assert_eq!(door.len(), 1);
+        let door =
+            ModelKind::Door.readings("DR-00002", &Sample { time_ms: 1, values: [1.0, 97.0] });
+        assert_eq!(door.len(), 2);
+        assert_eq!(door[1].name, "urn:dev:DR-00002:battery");
+        assert_eq!(door[1].value, Value::Number(97.0));
         assert_eq!(door[0].value, Value::Bool(true));
     }
 }

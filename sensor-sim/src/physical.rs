@@ -185,7 +185,7 @@ mod tests {
             buffer_dropped: 3,
             dropped_reported: 0,
         };
-        let s = |id: i64, v: f64| Sample { time_ms: 1_700_000_000_000 + id, values: [v, 0.0] };
+        let s = |id: i64, v: f64| Sample { time_ms: 1_700_000_000_000 + id, values: [v, 97.0] };
         let batch = FlashBatch {
             records: vec![(2, rec)],
             log: vec![(2, 0, s(0, 1.0)), (2, 1, s(1, 0.0)), (2, 2, s(2, 1.0))],
@@ -202,7 +202,7 @@ mod tests {
         assert_eq!(d.recorded[0].readings[0].value, serde_json::Value::Bool(false));
         assert_eq!(d.buffer_dropped, 3);
         assert_eq!(d.json_lines().lines().count(), 3);
-        assert!(d.table().contains("open=true  (buffered)"), "{}", d.table());
+        assert!(d.table().contains("open=true  battery=97.0 %EL  (buffered)"), "{}", d.table());
         assert!(matches!(dump(&flash, "nope"), Err(PhysicalError::NoSuchSensor(_))));
         assert_eq!(dump(&flash, "2").expect("by index").serial, "DR-00002");
     }

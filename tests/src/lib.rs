@@ -77,11 +77,12 @@ pub struct Hub {
 }
 
 /// Writes a test configuration: fixed port, generous pairing limits for a simulated fleet, and
-/// `extra` TOML sections.
+/// `extra` TOML sections. MQTT (fixed ports by default) is off unless `extra` has `[mqtt]`.
 pub fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let path = dir.join("hub.toml");
+    let mqtt = if extra.contains("[mqtt]") { "" } else { "[mqtt]\nenabled = false\n" };
     let text = format!(
-        "coap_bind = \"127.0.0.1:{port}\"\n[web]\nbind = \"127.0.0.1:0\"\n[pairing]\nmax_sessions = 1024\nsessions_per_source = 1024\n{extra}"
+        "coap_bind = \"127.0.0.1:{port}\"\n[web]\nbind = \"127.0.0.1:0\"\n[pairing]\nmax_sessions = 1024\nsessions_per_source = 1024\n{mqtt}{extra}"
     );
     std::fs::write(&path, text).expect("write config");
     path

@@ -4,9 +4,11 @@
 //!
 //! Resources (CoAP, RFC 7252): unprotected `POST /p/hello`, `/p/proof`, `/p/done` for pairing;
 //! OSCORE-protected `POST /r` for SenML readings. Readings are acknowledged only after the
-//! caller reports them durable (DESIGN.md, durability contract).
+//! caller reports them durable (DESIGN.md, durability contract). Commands to actuators ride in
+//! those acknowledgements (`command`).
 
 pub mod coap;
+pub mod command;
 pub mod fw;
 mod hub;
 mod sensor;

@@ -71,6 +71,9 @@ pub enum SensorEvent {
     },
     /// Persist this lease, then report it with [`SensorLink::lease_durable`].
     LeaseNeeded(Lease),
+    /// The hub sent a command (inside an authenticated acknowledgement): apply it and report
+    /// the result in the next reading.
+    Command(super::command::Command),
     /// The hub answered a protected request with an error this sensor cannot recover from
     /// by itself (e.g. it was removed): the reading stays queued.
     LinkError(&'static str),
@@ -560,6 +563,12 @@ impl SensorLink {
                 // An acknowledgement may carry an update offer (authenticated with it).
                 if let Ok(offer) = UpdateOffer::decode(&inner.payload) {
                     self.events.push_back(SensorEvent::UpdateOffered(LinkOffer::new(offer)));
+                }
+                let command = inner
+                    .get_first_option(CoapOption::Unknown(super::command::COMMAND_OPTION))
+                    .and_then(|v| super::command::Command::decode(v).ok());
+                if let Some(c) = command {
+                    self.events.push_back(SensorEvent::Command(c));
                 }
             }
             // The hub authenticated and refused this reading (e.g. it broke a limit):

@@ -131,6 +131,17 @@ pub enum FleetEvent {
         /// In how long.
         in_ms: u64,
     },
+    /// The hub sent a command (inside an authenticated acknowledgement).
+    Command {
+        /// Sensor index.
+        index: u32,
+        /// The quantity.
+        name: String,
+        /// The value asked for.
+        value: f64,
+        /// The value now in effect, if the model has that quantity (clamped to its range).
+        applied: Option<f64>,
+    },
     /// A reading was acknowledged by the hub.
     Delivered {
         /// Sensor index.

@@ -469,6 +469,12 @@ impl FleetTask {
                 }
             }
             SensorEvent::LinkError(_) => {}
+            SensorEvent::Command(c) => {
+                let s = &mut self.sensors[i];
+                let applied = s.env.apply(s.model, &c.name, c.value);
+                let (name, value) = (c.name, c.value);
+                self.emit(FleetEvent::Command { index, name, value, applied });
+            }
             e @ (SensorEvent::UpdateOffered(_)
             | SensorEvent::Manifest { .. }
             | SensorEvent::Block { .. }

@@ -52,6 +52,8 @@ struct Peer<A> {
     guard: Guard<A>,
     rekey_reported: bool,
     offer: Option<Arc<FirmwareOffer>>,
+    /// A command waiting for the sensor's next request (the newest replaces an older one).
+    command: Option<super::command::Command>,
     /// Answers that wait for a durable checkpoint (usage ceiling).
     waiting: Vec<(AckTicket<A>, protected::Answer)>,
 }
@@ -64,6 +66,7 @@ impl<A: Endpoint> Peer<A> {
             guard: Guard::new(known, ceiling),
             rekey_reported: false,
             offer: None,
+            command: None,
             waiting: Vec::new(),
         }
     }
@@ -184,6 +187,24 @@ impl<A: Endpoint> HubLink<A> {
             }
             None => false,
         }
+    }
+
+    /// Queues `command` for sensor `kid`: the acknowledgement of its next reading or report
+    /// carries it (queue mode; a newer command replaces one not yet sent). Returns whether
+    /// `kid` is known.
+    pub fn queue_command(&mut self, kid: &Kid, command: super::command::Command) -> bool {
+        match self.peers.get_mut(kid) {
+            Some(p) => {
+                p.command = Some(command);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The command waiting for `kid`'s next request, if any.
+    pub fn pending_command(&self, kid: &Kid) -> Option<&super::command::Command> {
+        self.peers.get(kid)?.command.as_ref()
     }
 
     /// Reports a lease durable.

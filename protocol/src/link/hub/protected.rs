@@ -10,6 +10,7 @@ use crate::oscore::{Kid, OscoreError, OscoreOption, RequestBinding, Verified};
 use crate::time::Millis;
 
 use super::super::coap::{self, PATH_READINGS};
+use super::super::command::COMMAND_OPTION;
 use super::super::fw::{PATH_REPORT, UpdateReport};
 use super::guard::Hold;
 use super::types::Asked;
@@ -37,6 +38,8 @@ pub(super) struct Answer {
     code: ResponseType,
     payload: Vec<u8>,
     block: Option<Vec<u8>>,
+    /// An encoded command for the sensor (inner option [`COMMAND_OPTION`]).
+    command: Option<Vec<u8>>,
 }
 
 /// Answers that may wait for a checkpoint per sensor (one request in flight is normal).
@@ -188,19 +191,24 @@ impl<A: Endpoint> HubLink<A> {
     pub fn acknowledge(&mut self, ticket: AckTicket<A>) {
         let answer = match ticket.asked {
             Asked::Reading | Asked::Report => {
-                let offer = self
-                    .peers
-                    .get(&ticket.kid)
-                    .and_then(|p| p.offer.as_ref().map(|o| o.offer().encode()));
+                let peer = self.peers.get_mut(&ticket.kid);
+                let (offer, command) = match peer {
+                    Some(p) => (
+                        p.offer.as_ref().map(|o| o.offer().encode()),
+                        p.command.take().map(|c| c.encode()),
+                    ),
+                    None => (None, None),
+                };
                 Answer {
                     code: ResponseType::Changed,
                     payload: offer.unwrap_or_default(),
                     block: None,
+                    command,
                 }
             }
             Asked::Other => {
                 let (code, payload, block) = self.resource(&ticket);
-                Answer { code, payload, block }
+                Answer { code, payload, block, command: None }
             }
         };
         self.respond(ticket, answer);
@@ -211,7 +219,7 @@ impl<A: Endpoint> HubLink<A> {
     /// after the checkpoint is durable.
     pub fn reject(&mut self, ticket: AckTicket<A>, code: ResponseType, diagnostic: &str) {
         let payload = diagnostic.as_bytes().to_vec();
-        self.respond(ticket, Answer { code, payload, block: None });
+        self.respond(ticket, Answer { code, payload, block: None, command: None });
     }
 
     /// Seals `answer` under the request's nonce and sends it to the request's source — or
@@ -233,6 +241,9 @@ impl<A: Endpoint> HubLink<A> {
         let mut plain = coap::response(&ticket.request, answer.code, answer.payload);
         if let Some(b) = answer.block {
             plain.add_option(CoapOption::Unknown(super::super::fw::BLOCK2), b);
+        }
+        if let Some(c) = answer.command {
+            plain.add_option(CoapOption::Unknown(COMMAND_OPTION), c);
         }
         let sealed = match peer.ctx.protect_response(&plain, &ticket.binding, false) {
             Ok(s) => s,

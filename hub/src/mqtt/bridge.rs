@@ -1,0 +1,383 @@
+//! The hub's own link into its broker: publishes what the device directory allows to leave the
+//! hub (retained state and availability, discovery configs, update state; TR 103 621 6.23: an
+//! isolated device's data and configs are withdrawn), relays `…/set` commands to the link
+//! (EN 303 645 5.5-1: over OSCORE only), republishes discovery when Home Assistant comes
+//! online, and publishes hub status and security events (5.10-1).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use protocol::link::command::Command;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::auth::{Auth, MqttEvent};
+use super::{discovery, topics};
+use crate::api::HubApi;
+use crate::device_id::DeviceId;
+use crate::devices::{Availability, DeviceSnapshot, Notice};
+
+/// Messages queued for the broker at most (a burst beyond it is dropped and counted).
+const OUT_QUEUE: usize = 65_536;
+
+/// One publication.
+struct Out {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+}
+
+/// What the bridge publishes per device, to withdraw it later.
+#[derive(Default)]
+struct Published {
+    configs: Vec<String>,
+    /// Time of the retained state, Unix ms.
+    state_ms: Option<i64>,
+    update: Option<Value>,
+}
+
+struct Bridge {
+    api: HubApi,
+    auth: Arc<Auth>,
+    prefix: String,
+    out: mpsc::Sender<Out>,
+    devices: HashMap<DeviceId, Published>,
+    next_command: u32,
+    dropped: u64,
+    /// Installed versions seen in the update overview.
+    installed: HashMap<DeviceId, u32>,
+    last_counters: Option<Value>,
+}
+
+/// Starts the outgoing thread (it owns the link's sender, whose sends may block) and returns the
+/// bridge task.
+pub(crate) fn start(
+    link: (LinkTx, LinkRx),
+    api: HubApi,
+    auth: Arc<Auth>,
+    prefix: String,
+    shutdown: CancellationToken,
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let (mut tx, rx) = link;
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
+    let filters = ["hearth/+/set".to_owned(), format!("{prefix}/status")];
+    std::thread::Builder::new().name("mqtt-bridge-out".into()).spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else { return };
+        rt.block_on(async move {
+            for f in filters {
+                if tx.subscribe(f).is_err() {
+                    tracing::error!("MQTT bridge cannot subscribe");
+                }
+            }
+            while let Some(m) = out_rx.recv().await {
+                let publish = Publish::new(Bytes::from(m.topic), Bytes::from(m.payload), m.retain);
+                if tx.send(Packet::Publish(publish, None)).await.is_err() {
+                    tracing::error!("MQTT broker link closed");
+                    return;
+                }
+            }
+        });
+    })?;
+    let bridge = Bridge {
+        api,
+        auth,
+        prefix,
+        out: out_tx,
+        devices: HashMap::new(),
+        next_command: 0,
+        dropped: 0,
+        installed: HashMap::new(),
+        last_counters: None,
+    };
+    Ok(bridge.run(rx, shutdown))
+}
+
+impl Bridge {
+    fn publish(&mut self, topic: String, payload: Vec<u8>, retain: bool) {
+        if self.out.try_send(Out { topic, payload, retain }).is_err() {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = self.dropped,
+                    "MQTT publications dropped (broker link behind)"
+                );
+            }
+        }
+    }
+
+    fn publish_json(&mut self, topic: String, v: &Value, retain: bool) {
+        self.publish(topic, v.to_string().into_bytes(), retain);
+    }
+
+    async fn run(mut self, mut rx: LinkRx, shutdown: CancellationToken) {
+        let mut notices = self.api.directory.subscribe();
+        let mut events = self.auth.subscribe();
+        let (in_tx, mut incoming) = mpsc::channel::<(String, Bytes)>(1024);
+        tokio::spawn(async move {
+            while let Ok(n) = rx.next().await {
+                if let Some(rumqttd::Notification::Forward(f)) = n {
+                    let topic = String::from_utf8_lossy(&f.publish.topic).into_owned();
+                    if in_tx.send((topic, f.publish.payload)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        self.publish(topics::HUB_STATUS.into(), b"online".to_vec(), true);
+        self.resync();
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                n = notices.recv() => match n {
+                    Ok(n) => self.notice(n),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.resync(),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                Some((topic, payload)) = incoming.recv() => self.incoming(&topic, &payload).await,
+                e = events.recv() => match e {
+                    Ok(e) => self.security(&e),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let v = json!({"event": "events_dropped", "count": n});
+                        self.publish_json(topics::HUB_SECURITY.into(), &v, false);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {}
+                },
+                _ = tick.tick() => {
+                    self.updates().await;
+                    self.counters().await;
+                    self.save_counters().await;
+                }
+                () = shutdown.cancelled() => break,
+            }
+        }
+        self.publish(topics::HUB_STATUS.into(), b"offline".to_vec(), true);
+        self.save_counters().await;
+        // Let the outgoing thread hand it to the broker before the process ends.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.out.capacity() < self.out.max_capacity()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Publishes everything about every device again (at start, and after falling behind).
+    fn resync(&mut self) {
+        let list = self.api.directory.list();
+        let gone: Vec<DeviceId> = self
+            .devices
+            .keys()
+            .filter(|id| !list.iter().any(|d| d.info.id == **id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.withdraw(&id, true);
+        }
+        for d in &list {
+            self.sync(d);
+        }
+    }
+
+    /// Availability, discovery and current state of one device, as the directory allows.
+    fn sync(&mut self, d: &DeviceSnapshot) {
+        let id = d.info.id;
+        self.publish(topics::availability(&id), d.availability.as_str().as_bytes().to_vec(), true);
+        if d.availability == Availability::Isolated {
+            self.withdraw(&id, false);
+            return;
+        }
+        let configs = discovery::configs(&self.prefix, d);
+        let old = std::mem::take(&mut self.devices.entry(id).or_default().configs);
+        for stale in old.iter().filter(|t| !configs.iter().any(|c| &c.topic == *t)) {
+            self.publish(stale.clone(), Vec::new(), true);
+        }
+        let topics: Vec<String> = configs.iter().map(|c| c.topic.clone()).collect();
+        for c in configs {
+            self.publish_json(c.topic, &c.payload, true);
+        }
+        let state = topics::snapshot_state(d);
+        let entry = self.devices.entry(id).or_default();
+        entry.configs = topics;
+        if let Some(s) = state
+            && entry.state_ms.is_none_or(|t| s.time_ms >= t)
+        {
+            entry.state_ms = Some(s.time_ms);
+            self.publish_json(topics::state(&id), &s.payload, true);
+        }
+    }
+
+    /// Removes a device's discovery configs and retained state (isolated or removed; a removed
+    /// device's availability and update state go too).
+    fn withdraw(&mut self, id: &DeviceId, removed: bool) {
+        let Some(p) = self.devices.remove(id) else {
+            if removed {
+                self.publish(topics::availability(id), Vec::new(), true);
+            }
+            return;
+        };
+        for t in p.configs {
+            self.publish(t, Vec::new(), true);
+        }
+        if p.state_ms.is_some() {
+            self.publish(topics::state(id), Vec::new(), true);
+        }
+        if p.update.is_some() {
+            self.publish(topics::update(id), Vec::new(), true);
+        }
+        if removed {
+            self.publish(topics::availability(id), Vec::new(), true);
+        }
+    }
+
+    fn notice(&mut self, n: Notice) {
+        match n {
+            Notice::Readings { device, readings } => {
+                if !self.api.directory.outgoing_allowed(&device) {
+                    return;
+                }
+                let Some(d) = self.api.directory.get(&device) else { return };
+                let entry = self.devices.entry(device).or_default();
+                let messages = topics::state_messages(&d, &readings);
+                // Only the newest state is retained; backfill older than it is published (with
+                // its original time) without replacing it.
+                let (flags, retained) = topics::retain_flags(entry.state_ms, &messages);
+                entry.state_ms = retained;
+                for (m, retain) in messages.into_iter().zip(flags) {
+                    self.publish_json(topics::state(&device), &m.payload, retain);
+                }
+            }
+            Notice::Availability { device, availability } => {
+                match (availability, self.api.directory.get(&device)) {
+                    (Availability::Isolated, _) => {
+                        self.publish(topics::availability(&device), b"isolated".to_vec(), true);
+                        self.withdraw(&device, false);
+                    }
+                    (_, Some(d)) => self.sync(&d),
+                    (_, None) => {}
+                }
+            }
+            Notice::Changed { device } => {
+                if let Some(d) = self.api.directory.get(&device) {
+                    self.sync(&d);
+                }
+            }
+            Notice::Removed { device } => self.withdraw(&device, true),
+        }
+    }
+
+    async fn incoming(&mut self, topic: &str, payload: &[u8]) {
+        if topic == format!("{}/status", self.prefix) {
+            if payload == b"online" {
+                // Home Assistant (re)started: it wants every config again.
+                tracing::info!("Home Assistant is online; republishing discovery");
+                for d in self.api.directory.list() {
+                    self.sync(&d);
+                }
+            }
+            return;
+        }
+        let Some(device) = topics::parse_set(topic) else { return };
+        let result = self.command(device, payload).await;
+        let v = match result {
+            Ok((id, value)) => json!({"status": "queued", "id": id, "setpoint": value,
+                "note": "sent with the acknowledgement of the sensor's next report"}),
+            Err(e) => json!({"status": "refused", "reason": e.to_string()}),
+        };
+        self.publish_json(topics::set_result(&device), &v, false);
+    }
+
+    async fn command(
+        &mut self,
+        device: DeviceId,
+        payload: &[u8],
+    ) -> Result<(u32, f64), topics::SetError> {
+        let value = topics::parse_setpoint(payload)?;
+        let takes = self.api.directory.get(&device).is_some_and(|d| {
+            d.availability != Availability::Isolated
+                && d.info.capabilities.iter().any(|c| c == "setpoint")
+        });
+        if !takes {
+            return Err(topics::SetError::NotAllowed);
+        }
+        self.next_command = self.next_command.wrapping_add(1);
+        let id = self.next_command;
+        let command = Command { id, name: "setpoint".into(), value };
+        match self.api.command(device, command).await {
+            Ok(()) => {
+                tracing::info!(%device, id, "setpoint command queued for the sensor's next report");
+                Ok((id, value))
+            }
+            Err(_) => Err(topics::SetError::NotAllowed),
+        }
+    }
+
+    fn security(&mut self, e: &MqttEvent) {
+        if let Ok(v) = serde_json::to_value(e) {
+            self.publish_json(topics::HUB_SECURITY.into(), &v, false);
+        }
+    }
+
+    async fn save_counters(&self) {
+        let auth = self.auth.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || auth.save_counters()).await {
+            tracing::warn!(error = %e, "MQTT security counters not saved");
+        }
+    }
+
+    /// Publishes the security counters on `hearth/hub/security` when they change.
+    async fn counters(&mut self) {
+        let Ok(report) = self.api.security().await else { return };
+        let Ok(mut v) = serde_json::to_value(&report) else { return };
+        if self.last_counters.as_ref() == Some(&v) {
+            return;
+        }
+        self.last_counters = Some(v.clone());
+        v["event"] = json!("counters");
+        self.publish_json(topics::HUB_SECURITY.into(), &v, false);
+    }
+
+    /// The `update` entities' state: installed and latest version, progress.
+    async fn updates(&mut self) {
+        let Ok(view) = self.api.updates().await else { return };
+        let list = self.api.directory.list();
+        for d in
+            list.iter().filter(|d| d.info.updatable && d.availability != Availability::Isolated)
+        {
+            let id = d.info.id;
+            let in_view = view.devices.iter().find(|v| v.id == id);
+            let state = match in_view {
+                Some(v) => {
+                    self.installed.insert(id, v.installed);
+                    let progress = v.delivering.map(|(_, done, total)| (done, total));
+                    discovery::update_state(v.installed, v.available, progress)
+                }
+                None => {
+                    let installed = match self.installed.remove(&id) {
+                        // It just left the overview (installed, refused...): ask once.
+                        Some(_) => match self.api.device(id).await {
+                            Ok(v) => v.device.info.firmware_version,
+                            Err(_) => continue,
+                        },
+                        None => self
+                            .devices
+                            .get(&id)
+                            .and_then(|p| p.update.as_ref())
+                            .and_then(|u| u["installed_version"].as_str()?.parse().ok())
+                            .unwrap_or(d.info.firmware_version),
+                    };
+                    discovery::update_state(installed, None, None)
+                }
+            };
+            let entry = self.devices.entry(id).or_default();
+            if entry.update.as_ref() != Some(&state) {
+                entry.update = Some(state.clone());
+                self.publish_json(topics::update(&id), &state, true);
+            }
+        }
+    }
+}

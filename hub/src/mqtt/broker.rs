@@ -1,0 +1,168 @@
+//! The embedded rumqttd broker: an explicit configuration (every router and connection limit
+//! set), one MQTT 3.1.1 listener on 127.0.0.1 only, the hub's own local link taken before the
+//! broker starts, and readiness proven by a probe that only this broker can answer (rumqttd
+//! gives no signal and returns quietly if its port is taken). Its listener authenticates every
+//! client (EN 303 645 5.5-4): a local process cannot bypass the fronts' checks.
+
+use std::collections::HashMap;
+use std::io::{Read, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Connect, Login, Packet, Protocol, v4::V4};
+use rumqttd::{ConnectionSettings, RouterConfig, ServerSettings};
+
+use super::MqttError;
+use super::auth::Auth;
+use crate::config::Mqtt;
+
+/// How long the broker has to prove it serves its port.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
+/// A started broker: its address and the hub's own link into it.
+pub(crate) struct Started {
+    /// The broker's listener (127.0.0.1).
+    pub addr: SocketAddr,
+    /// The hub's local link (bypasses the network and authentication: it is the hub itself).
+    pub link: (LinkTx, LinkRx),
+    /// The hub link's client id (refused to network clients, so none can take it over).
+    pub client_id: String,
+}
+
+/// The probe's identity, known only to this process for this start.
+struct Probe {
+    client_id: String,
+    seen: AtomicBool,
+}
+
+/// The rumqttd configuration: no `Config::default()` (its zero limits refuse every client and
+/// panic on segment size 0); every limit explicit.
+fn config(
+    cfg: &Mqtt,
+    addr: SocketAddr,
+    auth: Arc<Auth>,
+    probe: Arc<Probe>,
+    runtime: tokio::runtime::Handle,
+) -> rumqttd::Config {
+    let mut connections = ConnectionSettings {
+        connection_timeout_ms: cfg.connect_timeout_ms,
+        max_payload_size: cfg.max_packet_bytes,
+        max_inflight_count: cfg.max_inflight,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    connections.set_auth_handler(move |client_id: String, user: String, password: String| {
+        let (auth, probe, runtime) = (auth.clone(), probe.clone(), runtime.clone());
+        async move {
+            if client_id == probe.client_id && password == probe.client_id {
+                probe.seen.store(true, Ordering::SeqCst);
+                return false; // proven; no session needed
+            }
+            // argon2 is slow by design: on the hub's blocking pool, not on the broker's
+            // single-threaded runtime.
+            runtime
+                .spawn_blocking(move || auth.broker_login(&user, password.as_bytes()))
+                .await
+                .unwrap_or(false)
+        }
+    });
+    let server = ServerSettings {
+        name: "hearth-mqtt-broker".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    let router = RouterConfig {
+        // The fronts' connections plus the hub's own link and local clients.
+        max_connections: cfg.max_connections.saturating_mul(2).saturating_add(8),
+        max_outgoing_packet_count: 1024,
+        max_segment_size: 4 << 20,
+        max_segment_count: 8,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    };
+    rumqttd::Config {
+        id: 0,
+        router,
+        v4: Some(HashMap::from([("hearth".to_owned(), server)])),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    }
+}
+
+/// Starts the broker on its own named thread and waits until it provably serves its port.
+pub(crate) fn start(
+    cfg: &Mqtt,
+    auth: Arc<Auth>,
+    runtime: tokio::runtime::Handle,
+) -> Result<Started, MqttError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], cfg.broker_port));
+    // rumqttd would return quietly if the port were taken: check first, and prove it after.
+    drop(std::net::TcpListener::bind(addr).map_err(|e| MqttError::Bind(addr, e))?);
+    let mut nonce = [0u8; 16];
+    crate::rng::fill(&mut nonce).map_err(|_| MqttError::Rng)?;
+    let probe = Arc::new(Probe {
+        client_id: format!("hearth-probe-{}", protocol::hex::encode(&nonce)),
+        seen: AtomicBool::new(false),
+    });
+    crate::rng::fill(&mut nonce).map_err(|_| MqttError::Rng)?;
+    let client_id =
+        format!("{}{}", super::RESERVED_CLIENT_PREFIX, protocol::hex::encode(&nonce[..6]));
+    let mut broker = rumqttd::Broker::new(config(cfg, addr, auth, probe.clone(), runtime));
+    let link = broker.link(&client_id).map_err(|e| MqttError::Broker(e.to_string()))?;
+    let thread = std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "MQTT broker stopped");
+            }
+        })
+        .map_err(|e| MqttError::Broker(e.to_string()))?;
+    let deadline = Instant::now() + READY_WITHIN;
+    loop {
+        if thread.is_finished() {
+            return Err(MqttError::NotServing(addr));
+        }
+        if send_probe(addr, &probe.client_id) && probe.seen.load(Ordering::SeqCst) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(MqttError::NotServing(addr));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(Started { addr, link, client_id })
+}
+
+/// Connects to `addr` and sends a CONNECT that only this process's broker recognizes; true
+/// once the connection was answered (closed) after it.
+fn send_probe(addr: SocketAddr, id: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let connect = Connect { keep_alive: 10, client_id: id.to_owned(), clean_session: true };
+    let login = Login { username: "probe".into(), password: id.to_owned() };
+    let mut buf = BytesMut::new();
+    if V4.write(Packet::Connect(connect, None, None, None, Some(login)), &mut buf).is_err() {
+        return false;
+    }
+    if s.write_all(&buf).is_err() {
+        return false;
+    }
+    // The broker refuses the probe by closing the connection.
+    let mut byte = [0u8; 1];
+    matches!(s.read(&mut byte), Ok(0) | Err(_))
+}

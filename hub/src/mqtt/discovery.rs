@@ -1,0 +1,394 @@
+//! Home Assistant MQTT discovery: one retained config per entity under
+//! `<prefix>/<component>/hearth_<device>/<object>/config` (sensor, binary_sensor, climate,
+//! update), each with `unique_id`, a `device` block and an availability topic. Only devices whose
+//! data may leave the hub get configs (isolated ones have theirs removed: TR 103 621 6.23), and
+//! the device block names the model and firmware (EN 303 645 5.3-16).
+
+use serde_json::{Value, json};
+
+use super::topics;
+use crate::devices::DeviceSnapshot;
+
+/// Manufacturer named in device blocks.
+pub const MANUFACTURER: &str = "Hearth";
+
+/// One entity's config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityConfig {
+    /// The config topic.
+    pub topic: String,
+    /// The config (JSON).
+    pub payload: Value,
+}
+
+/// Home Assistant's component for an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// A measurement.
+    Sensor,
+    /// On/off (door contact, button).
+    BinarySensor,
+    /// The thermostat.
+    Climate,
+    /// Firmware.
+    Update,
+}
+
+impl Component {
+    /// As in the topic.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sensor => "sensor",
+            Self::BinarySensor => "binary_sensor",
+            Self::Climate => "climate",
+            Self::Update => "update",
+        }
+    }
+}
+
+/// The config topic of one entity.
+pub fn config_topic(prefix: &str, component: Component, device: &str, object: &str) -> String {
+    format!("{prefix}/{}/hearth_{device}/{object}/config", component.as_str())
+}
+
+/// Every entity config for `device` (none for an isolated device).
+pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
+    if device.availability == crate::devices::Availability::Isolated {
+        return Vec::new();
+    }
+    let id = device.info.id.to_string();
+    let state = topics::state(&device.info.id);
+    let caps = &device.info.capabilities;
+    let has = |c: &str| caps.iter().any(|x| x == c);
+    let mut out = Vec::new();
+    let mut entity = |component: Component, object: &str, name: &str, extra: Value| {
+        let mut payload = json!({
+            "name": name,
+            "unique_id": format!("hearth_{id}_{object}"),
+            "object_id": format!("hearth_{id}_{object}"),
+            "availability_topic": topics::availability(&device.info.id),
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "device": device_block(device),
+            "origin": {"name": "Hearth"},
+        });
+        if let (Some(p), Value::Object(extra)) = (payload.as_object_mut(), extra) {
+            p.extend(extra);
+        }
+        out.push(EntityConfig { topic: config_topic(prefix, component, &id, object), payload });
+    };
+    let thermostat = has("setpoint");
+    if has("temperature") && !thermostat {
+        entity(
+            Component::Sensor,
+            "temperature",
+            "Temperature",
+            json!({
+                "state_topic": state,
+                "device_class": "temperature",
+                "unit_of_measurement": "°C",
+                "state_class": "measurement",
+                "value_template": "{{ value_json['values']['temp'] }}",
+            }),
+        );
+    }
+    if thermostat {
+        // The climate entity shows the temperature; a sensor too, for history graphs.
+        entity(
+            Component::Sensor,
+            "temperature",
+            "Temperature",
+            json!({
+                "state_topic": state,
+                "device_class": "temperature",
+                "unit_of_measurement": "°C",
+                "state_class": "measurement",
+                "value_template": "{{ value_json['values']['temp'] }}",
+            }),
+        );
+        entity(
+            Component::Climate,
+            "thermostat",
+            "Thermostat",
+            json!({
+                "modes": ["heat"],
+                "current_temperature_topic": state,
+                "current_temperature_template": "{{ value_json['values']['temp'] }}",
+                "temperature_state_topic": state,
+                "temperature_state_template": "{{ value_json['values']['setpoint'] }}",
+                "temperature_command_topic": topics::set(&device.info.id),
+                "min_temp": *topics::SETPOINT_RANGE.start(),
+                "max_temp": *topics::SETPOINT_RANGE.end(),
+                "temp_step": 0.5,
+                "temperature_unit": "C",
+                "precision": 0.1,
+            }),
+        );
+    }
+    if has("humidity") {
+        entity(
+            Component::Sensor,
+            "humidity",
+            "Humidity",
+            json!({
+                "state_topic": state,
+                "device_class": "humidity",
+                "unit_of_measurement": "%",
+                "state_class": "measurement",
+                "value_template": "{{ value_json['values']['hum'] }}",
+            }),
+        );
+    }
+    if has("battery") || device.battery.is_some() {
+        entity(
+            Component::Sensor,
+            "battery",
+            "Battery",
+            json!({
+                "state_topic": state,
+                "device_class": "battery",
+                "unit_of_measurement": "%",
+                "state_class": "measurement",
+                "entity_category": "diagnostic",
+                "value_template": "{{ value_json['battery'] }}",
+            }),
+        );
+    }
+    if has("contact") {
+        entity(
+            Component::BinarySensor,
+            "contact",
+            "Door",
+            json!({
+                "state_topic": state,
+                "device_class": "door",
+                "value_template": "{{ 'ON' if value_json['values']['open'] else 'OFF' }}",
+                "payload_on": "ON",
+                "payload_off": "OFF",
+            }),
+        );
+    }
+    if has("button") {
+        entity(
+            Component::BinarySensor,
+            "button",
+            "Button",
+            json!({
+                "state_topic": state,
+                "value_template": "{{ 'ON' if value_json['values']['press'] else 'OFF' }}",
+                "payload_on": "ON",
+                "payload_off": "OFF",
+            }),
+        );
+    }
+    if device.info.updatable {
+        entity(
+            Component::Update,
+            "firmware",
+            "Firmware",
+            json!({
+                "state_topic": topics::update(&device.info.id),
+                "device_class": "firmware",
+                "entity_category": "diagnostic",
+            }),
+        );
+    }
+    out
+}
+
+fn device_block(device: &DeviceSnapshot) -> Value {
+    let mut d = json!({
+        "identifiers": [format!("hearth_{}", device.info.id)],
+        "name": device.name,
+        "model": device.info.model,
+        "manufacturer": MANUFACTURER,
+        "sw_version": device.info.firmware_version.to_string(),
+        "serial_number": device.info.serial,
+    });
+    if let Some(room) = &device.room {
+        d["suggested_area"] = json!(room);
+    }
+    d
+}
+
+/// The `update` entity's state: installed and latest version, and progress while delivering.
+pub fn update_state(installed: u32, latest: Option<u32>, progress: Option<(u32, u32)>) -> Value {
+    let percent = progress
+        .filter(|(_, total)| *total > 0)
+        .map(|(done, total)| (u64::from(done.min(total)) * 100 / u64::from(total)) as u32);
+    json!({
+        "installed_version": installed.to_string(),
+        "latest_version": latest.unwrap_or(installed).max(installed).to_string(),
+        "in_progress": progress.is_some(),
+        "update_percentage": percent,
+    })
+}
+
+/// Keys Home Assistant's MQTT discovery documentation requires (or that Hearth's entities
+/// need to work) per component; checked by tests against every config Hearth publishes.
+pub fn required_keys(component: &str) -> &'static [&'static str] {
+    match component {
+        "sensor" | "binary_sensor" => &["state_topic"],
+        "climate" => &["temperature_command_topic", "modes"],
+        "update" => &["state_topic"],
+        _ => &[],
+    }
+}
+
+/// Checks a discovery config against Home Assistant's documented schema: the component's
+/// required keys, `unique_id`, a `device` block with identifiers and name, an availability
+/// topic, and valid sensor device classes with matching units. Returns what is wrong.
+pub fn schema_problems(topic: &str, payload: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let parts: Vec<&str> = topic.split('/').collect();
+    let (component, node, object) = match parts.as_slice() {
+        [_, c, n, o, "config"] => (*c, *n, *o),
+        _ => {
+            return vec![format!(
+                "topic {topic} is not <prefix>/<component>/<node>/<object>/config"
+            )];
+        }
+    };
+    let id_ok = |s: &str| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    if !id_ok(node) || !id_ok(object) {
+        problems.push(format!("node_id/object_id {node}/{object} has characters HA refuses"));
+    }
+    if !matches!(component, "sensor" | "binary_sensor" | "climate" | "update") {
+        problems.push(format!("unexpected component {component}"));
+    }
+    for k in required_keys(component) {
+        if payload.get(k).is_none() {
+            problems.push(format!("{component} lacks {k}"));
+        }
+    }
+    if payload.get("unique_id").and_then(Value::as_str).is_none_or(str::is_empty) {
+        problems.push("no unique_id".into());
+    }
+    let device = payload.get("device");
+    let identifiers = device.and_then(|d| d.get("identifiers")).and_then(Value::as_array);
+    if identifiers.is_none_or(|i| i.is_empty()) {
+        problems.push("device block without identifiers".into());
+    }
+    for k in ["name", "model", "manufacturer", "sw_version"] {
+        if device.and_then(|d| d.get(k)).and_then(Value::as_str).is_none() {
+            problems.push(format!("device block without {k}"));
+        }
+    }
+    let availability = payload.get("availability_topic").and_then(Value::as_str);
+    if availability.is_none_or(|t| t.is_empty() || t.contains(['+', '#'])) {
+        problems.push("no availability_topic".into());
+    }
+    if component == "sensor" {
+        let class = payload.get("device_class").and_then(Value::as_str);
+        let unit = payload.get("unit_of_measurement").and_then(Value::as_str);
+        let units: &[&str] = match class {
+            Some("temperature") => &["°C", "°F", "K"],
+            Some("humidity" | "battery") => &["%"],
+            Some(other) => {
+                problems.push(format!("unexpected device_class {other}"));
+                &[]
+            }
+            None => &[],
+        };
+        if class.is_some() && !unit.is_some_and(|u| units.contains(&u)) {
+            problems.push(format!("unit {unit:?} does not fit device_class {class:?}"));
+        }
+        let state_class = payload.get("state_class").and_then(Value::as_str);
+        if !state_class.is_none_or(|s| matches!(s, "measurement" | "total" | "total_increasing")) {
+            problems.push(format!("bad state_class {state_class:?}"));
+        }
+    }
+    if component == "binary_sensor"
+        && let Some(c) = payload.get("device_class").and_then(Value::as_str)
+        && !matches!(c, "door" | "opening" | "window" | "motion" | "occupancy")
+    {
+        problems.push(format!("unexpected binary_sensor device_class {c}"));
+    }
+    if component == "update"
+        && payload.get("device_class").and_then(Value::as_str).is_some_and(|c| c != "firmware")
+    {
+        problems.push("update device_class must be firmware".into());
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::Availability;
+    use crate::store::DeviceInfo;
+    use std::collections::BTreeMap;
+
+    fn snapshot(caps: &[&str], updatable: bool, availability: Availability) -> DeviceSnapshot {
+        DeviceSnapshot {
+            info: DeviceInfo {
+                id: "0a1b".parse().expect("id"),
+                model: "hearth-thermo-1".into(),
+                serial: "TH-00001".into(),
+                firmware_version: 3,
+                updatable,
+                verifies_signatures: true,
+                capabilities: caps.iter().map(|c| (*c).to_string()).collect(),
+                support_end: 2_000_000_000,
+                paired_at: 1_700_000_000,
+            },
+            name: "Hall thermostat".into(),
+            room: Some("Hall".into()),
+            availability,
+            isolation: None,
+            last_seen_ms: None,
+            battery: None,
+            state: BTreeMap::new(),
+            period_ms: 1000,
+            transitions: Vec::new(),
+            replaces: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn every_model_gets_configs_that_fit_the_schema() {
+        let models: [&[&str]; 4] =
+            [&["temperature", "setpoint"], &["temperature", "humidity"], &["contact"], &["button"]];
+        for caps in models {
+            let d = snapshot(caps, true, Availability::Online);
+            let configs = configs("homeassistant", &d);
+            assert!(!configs.is_empty());
+            for c in &configs {
+                assert_eq!(schema_problems(&c.topic, &c.payload), Vec::<String>::new(), "{c:?}");
+            }
+            let ids: std::collections::HashSet<_> =
+                configs.iter().map(|c| c.payload["unique_id"].to_string()).collect();
+            assert_eq!(ids.len(), configs.len(), "unique ids are unique");
+        }
+        let thermo = configs("homeassistant", &snapshot(models[0], true, Availability::Online));
+        let climate = thermo.iter().find(|c| c.topic.contains("/climate/")).expect("climate");
+        assert_eq!(climate.topic, "homeassistant/climate/hearth_0a1b/thermostat/config");
+        assert_eq!(climate.payload["temperature_command_topic"], "hearth/0a1b/set");
+        assert!(thermo.iter().any(|c| c.topic.contains("/update/")));
+    }
+
+    #[test]
+    fn isolated_devices_get_none_and_the_checker_catches_gaps() {
+        let d = snapshot(&["temperature"], false, Availability::Isolated);
+        assert!(configs("homeassistant", &d).is_empty());
+        let bad = json!({"name": "x", "device_class": "temperature", "unit_of_measurement": "%"});
+        let problems = schema_problems("homeassistant/sensor/n/o/config", &bad);
+        for needle in ["state_topic", "unique_id", "identifiers", "availability_topic", "unit"] {
+            assert!(problems.iter().any(|p| p.contains(needle)), "{needle}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn update_state_reports_versions_and_progress() {
+        let s = update_state(3, Some(4), Some((5, 20)));
+        assert_eq!(s["installed_version"], "3");
+        assert_eq!(s["latest_version"], "4");
+        assert_eq!(s["in_progress"], true);
+        assert_eq!(s["update_percentage"], 25);
+        let idle = update_state(4, None, None);
+        assert_eq!(idle["latest_version"], "4");
+        assert_eq!(idle["update_percentage"], Value::Null);
+    }
+}

@@ -1,0 +1,133 @@
+//! MQTT for home automation (DESIGN "MQTT"): the embedded broker on loopback (`broker`), the
+//! plain and TLS fronts that authenticate and throttle clients (`front`, `auth`; EN 303 645
+//! 5.1-1, 5.1-5, 5.5-4), Hearth's topics (`topics`), Home Assistant discovery (`discovery`) and
+//! the hub's own link that publishes and relays commands (`bridge`).
+
+pub mod auth;
+mod bridge;
+mod broker;
+pub mod discovery;
+mod front;
+pub mod topics;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::HubApi;
+use crate::config::Mqtt;
+use auth::{Auth, Throttle};
+
+/// Client ids starting with this belong to the hub's own link; network clients may not use
+/// them (a client with the same id would take the hub's session over).
+pub const RESERVED_CLIENT_PREFIX: &str = "hearth-hub";
+
+/// Why MQTT could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// A listener's address is taken or not allowed.
+    #[error("MQTT: cannot bind {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// The broker did not come up serving its port.
+    #[error(
+        "MQTT: the embedded broker is not serving 127.0.0.1:{}: the port is taken by another \
+         process, or the broker failed (set [mqtt] broker_port)",
+        .0.port()
+    )]
+    NotServing(SocketAddr),
+    /// The broker refused its configuration or the hub's link.
+    #[error("MQTT broker: {0}")]
+    Broker(String),
+    /// The users could not be loaded.
+    #[error("MQTT users: {0}")]
+    Users(#[from] auth::UserError),
+    /// The hub certificate.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The random generator failed.
+    #[error("random number generator failed")]
+    Rng,
+}
+
+/// A running MQTT service.
+#[derive(Debug)]
+pub struct Running {
+    /// Plain listener (loopback).
+    pub plain: SocketAddr,
+    /// TLS listener, if any.
+    pub tls: Option<SocketAddr>,
+    /// The certificate clients pin (PEM) and its SHA-256 fingerprint.
+    pub fingerprint: String,
+    /// The tasks.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Loads the MQTT users (sealed in the store; there are none at first start).
+pub fn load_auth(
+    cfg: &Mqtt,
+    store: crate::store::HubStore,
+    data_dir: &Path,
+) -> Result<Arc<Auth>, MqttError> {
+    let kek =
+        crate::store::Kek::load_or_create(&data_dir.join("kek")).map_err(auth::UserError::from)?;
+    let throttle = Throttle {
+        free_failures: cfg.free_failures,
+        base: Duration::from_millis(cfg.backoff_base_ms),
+        max: Duration::from_millis(cfg.backoff_max_ms),
+        forget_after: Duration::from_secs(cfg.forget_after_s),
+    };
+    Ok(Arc::new(Auth::load(store, kek, throttle)?))
+}
+
+/// Starts the broker, both fronts and the bridge.
+pub async fn start(
+    cfg: &Mqtt,
+    auth: Arc<Auth>,
+    identity: &crate::identity::Identity,
+    api: HubApi,
+    shutdown: CancellationToken,
+) -> Result<Running, MqttError> {
+    // Bind the fronts first: a start that cannot serve fails before the broker runs.
+    let plain =
+        TcpListener::bind(cfg.plain_bind).await.map_err(|e| MqttError::Bind(cfg.plain_bind, e))?;
+    let tls = match cfg.tls_bind {
+        Some(a) => Some(TcpListener::bind(a).await.map_err(|e| MqttError::Bind(a, e))?),
+        None => None,
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&[b"mqtt"])?);
+    let started = {
+        let (cfg, auth, rt) = (cfg.clone(), auth.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || broker::start(&cfg, auth, rt))
+            .await
+            .map_err(|e| MqttError::Broker(e.to_string()))??
+    };
+    tracing::debug!(client = %started.client_id, "hub link into the MQTT broker");
+    let front = Arc::new(front::Front {
+        auth: auth.clone(),
+        upstream: started.addr,
+        max_packet: cfg.max_packet_bytes,
+        connect_timeout: Duration::from_millis(u64::from(cfg.connect_timeout_ms)),
+        discovery_prefix: cfg.discovery_prefix.clone(),
+        limit: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+    });
+    let plain_addr = plain.local_addr().map_err(|e| MqttError::Bind(cfg.plain_bind, e))?;
+    let mut tasks = vec![tokio::spawn(front::serve(plain, None, front.clone(), shutdown.clone()))];
+    let tls_addr = match tls {
+        Some(l) => {
+            let a = l.local_addr().map_err(|e| MqttError::Bind(plain_addr, e))?;
+            tasks.push(tokio::spawn(front::serve(l, Some(acceptor), front, shutdown.clone())));
+            Some(a)
+        }
+        None => None,
+    };
+    let bridge = bridge::start(started.link, api, auth, cfg.discovery_prefix.clone(), shutdown)
+        .map_err(|e| MqttError::Broker(e.to_string()))?;
+    tasks.push(tokio::spawn(bridge));
+    tracing::info!(plain = %plain_addr, tls = ?tls_addr, fingerprint = %identity.fingerprint(), "MQTT serving");
+    Ok(Running { plain: plain_addr, tls: tls_addr, fingerprint: identity.fingerprint(), tasks })
+}

@@ -1,0 +1,319 @@
+//! Hearth's MQTT topics and payloads (DESIGN "MQTT"): retained device state with timestamps,
+//! retained availability, `…/set` commands parsed into typed values with limits (EN 303 645
+//! 5.13-1), hub status and security events; and which topics clients may publish to (the hub's
+//! own topics are not theirs to forge).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::device_id::DeviceId;
+use crate::devices::{DeviceSnapshot, LiveReading};
+
+/// Root of every Hearth topic.
+pub const ROOT: &str = "hearth";
+/// Hub status (retained `online`/`offline`).
+pub const HUB_STATUS: &str = "hearth/hub/status";
+/// Security events (JSON, not retained).
+pub const HUB_SECURITY: &str = "hearth/hub/security";
+/// Setpoints accepted by `…/set`, °C.
+pub const SETPOINT_RANGE: std::ops::RangeInclusive<f64> = 5.0..=35.0;
+/// Longest `…/set` payload.
+const MAX_SET_PAYLOAD: usize = 128;
+
+/// `hearth/<device>/state`.
+pub fn state(d: &DeviceId) -> String {
+    format!("{ROOT}/{d}/state")
+}
+
+/// `hearth/<device>/availability`.
+pub fn availability(d: &DeviceId) -> String {
+    format!("{ROOT}/{d}/availability")
+}
+
+/// `hearth/<device>/set`.
+pub fn set(d: &DeviceId) -> String {
+    format!("{ROOT}/{d}/set")
+}
+
+/// `hearth/<device>/set/result`: what became of a command.
+pub fn set_result(d: &DeviceId) -> String {
+    format!("{ROOT}/{d}/set/result")
+}
+
+/// `hearth/<device>/update`: firmware state for the Home Assistant `update` entity.
+pub fn update(d: &DeviceId) -> String {
+    format!("{ROOT}/{d}/update")
+}
+
+/// The device a `hearth/<device>/set` topic names.
+pub fn parse_set(topic: &str) -> Option<DeviceId> {
+    let rest = topic.strip_prefix("hearth/")?.strip_suffix("/set")?;
+    if rest.contains('/') {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetError {
+    /// Not a number or `{"setpoint": number}`.
+    #[error("payload must be a number or {{\"setpoint\": number}}")]
+    Malformed,
+    /// Out of range.
+    #[error("setpoint must be 5 to 35 °C")]
+    OutOfRange,
+    /// Unknown, isolated, or without that setting.
+    #[error("the device does not take that command")]
+    NotAllowed,
+}
+
+/// A parsed `…/set` payload: the thermostat's setpoint (a plain number, as Home Assistant's
+/// climate entity sends, or `{"setpoint": n}`).
+pub fn parse_setpoint(payload: &[u8]) -> Result<f64, SetError> {
+    if payload.len() > MAX_SET_PAYLOAD {
+        return Err(SetError::Malformed);
+    }
+    let text = std::str::from_utf8(payload).map_err(|_| SetError::Malformed)?.trim();
+    let value = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Number(n)) => n.as_f64(),
+        Ok(Value::Object(o)) if o.len() == 1 => o.get("setpoint").and_then(Value::as_f64),
+        Ok(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    let value = value.filter(|v| v.is_finite()).ok_or(SetError::Malformed)?;
+    if !SETPOINT_RANGE.contains(&value) {
+        return Err(SetError::OutOfRange);
+    }
+    Ok((value * 100.0).round() / 100.0)
+}
+
+/// Whether a client may publish to `topic`: not to the hub's own topics (device state,
+/// availability, hub status, discovery configs), which would let it forge what other clients
+/// see. Commands (`hearth/<device>/set`) and Home Assistant's birth message are allowed, as is
+/// anything outside `hearth/` and the discovery prefix.
+pub fn client_may_publish(topic: &str, discovery_prefix: &str) -> bool {
+    if topic.is_empty() || topic.contains(['+', '#']) {
+        return false;
+    }
+    if topic == ROOT || topic.starts_with("hearth/") {
+        return parse_set(topic).is_some();
+    }
+    match topic.strip_prefix(discovery_prefix) {
+        Some("") => false,
+        Some(rest) if rest.starts_with('/') => rest == "/status",
+        _ => true,
+    }
+}
+
+/// The short name of a SenML record (`urn:dev:<serial>:temp` → `temp`).
+pub fn short_name(name: &str) -> &str {
+    name.rsplit(':').next().unwrap_or(name)
+}
+
+/// One state message: the values measured at one time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateMessage {
+    /// When measured, Unix ms.
+    pub time_ms: i64,
+    /// Replayed from the sensor's outage buffer.
+    pub backfill: bool,
+    /// The JSON.
+    pub payload: Value,
+}
+
+/// State messages for `readings` of `device` (one per distinct time, in time order).
+pub fn state_messages(device: &DeviceSnapshot, readings: &[LiveReading]) -> Vec<StateMessage> {
+    let mut by_time: BTreeMap<i64, (bool, BTreeMap<String, Value>)> = BTreeMap::new();
+    for r in readings {
+        let e = by_time.entry(r.reading.time_ms).or_insert((false, BTreeMap::new()));
+        e.0 |= r.backfill;
+        e.1.insert(short_name(&r.reading.name).to_owned(), r.reading.value.clone());
+    }
+    by_time
+        .into_iter()
+        .map(|(time_ms, (backfill, values))| StateMessage {
+            time_ms,
+            backfill,
+            payload: state_payload(device, time_ms, values, backfill),
+        })
+        .collect()
+}
+
+/// Which of `messages` (in order) to retain, given the time of the state retained so far: only
+/// one at least as new as it (backfill older than the retained state is published with its
+/// original time but does not replace it). Returns the flags and the new retained time.
+pub fn retain_flags(retained: Option<i64>, messages: &[StateMessage]) -> (Vec<bool>, Option<i64>) {
+    let mut newest = retained;
+    let flags = messages
+        .iter()
+        .map(|m| {
+            let retain = newest.is_none_or(|t| m.time_ms >= t);
+            if retain {
+                newest = Some(m.time_ms);
+            }
+            retain
+        })
+        .collect();
+    (flags, newest)
+}
+
+/// The current state of `device` from its snapshot (newest value of each quantity), if any.
+pub fn snapshot_state(device: &DeviceSnapshot) -> Option<StateMessage> {
+    let time_ms = device.state.values().map(|r| r.time_ms).max()?;
+    let values =
+        device.state.iter().map(|(k, r)| (short_name(k).to_owned(), r.value.clone())).collect();
+    Some(StateMessage {
+        time_ms,
+        backfill: false,
+        payload: state_payload(device, time_ms, values, false),
+    })
+}
+
+fn state_payload(
+    device: &DeviceSnapshot,
+    time_ms: i64,
+    values: BTreeMap<String, Value>,
+    backfill: bool,
+) -> Value {
+    let battery = values.get("battery").and_then(Value::as_f64).or(device.battery);
+    let mut v = json!({
+        "device": device.info.id,
+        "name": device.name,
+        "time_ms": time_ms,
+        "timestamp": rfc3339_ms(time_ms),
+        "values": values,
+        "backfill": backfill,
+    });
+    if let Some(room) = &device.room {
+        v["room"] = json!(room);
+    }
+    if let Some(b) = battery {
+        v["battery"] = json!(b);
+    }
+    v
+}
+
+/// Unix milliseconds as RFC 3339 UTC (`2026-12-04T19:00:00.123Z`).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let milli = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_topics_and_payloads_are_parsed_with_limits() {
+        let d: DeviceId = "0a1b".parse().expect("id");
+        assert_eq!(parse_set(&set(&d)), Some(d));
+        assert_eq!(parse_set("hearth/0a1b/state"), None);
+        assert_eq!(parse_set("hearth/x/y/set"), None);
+        assert_eq!(parse_set("hearth/zz/set"), None);
+        assert_eq!(parse_setpoint(b"22.5"), Ok(22.5));
+        assert_eq!(parse_setpoint(b" 21 "), Ok(21.0));
+        assert_eq!(parse_setpoint(br#"{"setpoint": 19.25}"#), Ok(19.25));
+        assert_eq!(parse_setpoint(br#""20""#), Ok(20.0));
+        assert_eq!(parse_setpoint(b"99"), Err(SetError::OutOfRange));
+        assert_eq!(parse_setpoint(b"NaN"), Err(SetError::Malformed));
+        assert_eq!(parse_setpoint(b"\xff"), Err(SetError::Malformed));
+        assert_eq!(parse_setpoint(br#"{"setpoint": 20, "x": 1}"#), Err(SetError::Malformed));
+        assert_eq!(parse_setpoint(&[b'1'; 200]), Err(SetError::Malformed));
+    }
+
+    #[test]
+    fn clients_cannot_publish_to_the_hubs_own_topics() {
+        let p = "homeassistant";
+        assert!(client_may_publish("hearth/0a1b/set", p));
+        assert!(client_may_publish("homeassistant/status", p));
+        assert!(client_may_publish("home/kitchen/light", p));
+        assert!(client_may_publish("homeassistantx/foo", p));
+        assert!(!client_may_publish("hearth/0a1b/state", p));
+        assert!(!client_may_publish("hearth/0a1b/availability", p));
+        assert!(!client_may_publish("hearth/hub/status", p));
+        assert!(!client_may_publish("hearth/hub/security", p));
+        assert!(!client_may_publish("hearth", p));
+        assert!(!client_may_publish("homeassistant/sensor/x/y/config", p));
+        assert!(!client_may_publish("homeassistant", p));
+        assert!(!client_may_publish("a/+/b", p));
+    }
+
+    #[test]
+    fn backfill_keeps_its_time_and_flag_and_never_replaces_newer_retained_state() {
+        use crate::devices::{Availability, LiveReading};
+        use crate::store::{DeviceInfo, StoredReading};
+        let device = DeviceSnapshot {
+            info: DeviceInfo {
+                id: "0a1b".parse().expect("id"),
+                model: "hearth-climate-1".into(),
+                serial: "CL-1".into(),
+                firmware_version: 1,
+                updatable: true,
+                verifies_signatures: false,
+                capabilities: vec!["temperature".into()],
+                support_end: 0,
+                paired_at: 0,
+            },
+            name: "Kitchen".into(),
+            room: None,
+            availability: Availability::Online,
+            isolation: None,
+            last_seen_ms: None,
+            battery: None,
+            state: BTreeMap::new(),
+            period_ms: 1000,
+            transitions: Vec::new(),
+            replaces: Vec::new(),
+        };
+        let r = |t: i64, name: &str, v: f64, backfill: bool| LiveReading {
+            reading: StoredReading {
+                time_ms: t,
+                name: format!("urn:dev:CL-1:{name}"),
+                unit: None,
+                value: json!(v),
+            },
+            backfill,
+        };
+        let readings = [
+            r(2_000, "temp", 20.5, true),
+            r(2_000, "hum", 40.0, true),
+            r(1_000, "temp", 20.0, true),
+        ];
+        let m = state_messages(&device, &readings);
+        assert_eq!(m.iter().map(|m| m.time_ms).collect::<Vec<_>>(), vec![1_000, 2_000]);
+        assert!(m.iter().all(|m| m.backfill && m.payload["backfill"] == true));
+        assert_eq!(m[1].payload["values"], json!({"temp": 20.5, "hum": 40.0}));
+        assert_eq!(m[0].payload["timestamp"], "1970-01-01T00:00:01.000Z");
+        // The retained state is from t=1500: the older message is not retained, the newer is.
+        assert_eq!(retain_flags(Some(1_500), &m), (vec![false, true], Some(2_000)));
+        assert_eq!(retain_flags(Some(5_000), &m), (vec![false, false], Some(5_000)));
+        assert_eq!(retain_flags(None, &m), (vec![true, true], Some(2_000)));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_700_000_123_456), "2023-11-14T22:15:23.456Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}
