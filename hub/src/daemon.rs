@@ -174,7 +174,16 @@ pub async fn start(
         tasks.extend(m.tasks);
         (m.plain, m.tls)
     });
-    Ok(Running { coap, control, api, devices: peers.len(), moved_aside, mqtt, web: web.addr, tasks })
+    Ok(Running {
+        coap,
+        control,
+        api,
+        devices: peers.len(),
+        moved_aside,
+        mqtt,
+        web: web.addr,
+        tasks,
+    })
 }
 
 /// Usage counters resume at their durable ceilings; before serving, fresh ceilings above them
