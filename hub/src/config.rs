@@ -268,6 +268,14 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Extra names for the one hub certificate (HTTPS and MQTT over TLS), from both sections:
+    /// whichever starts first makes the certificate.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut names = self.web.names.clone();
+        names.extend(self.mqtt.tls_names.iter().filter(|n| !self.web.names.contains(n)).cloned());
+        names
+    }
+
     /// Reads `path`, or returns the defaults when there is none.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else { return Ok(Self::default()) };

@@ -153,7 +153,7 @@ pub async fn start(
     let feed = feed_task(&config.updates, api.clone(), shutdown.clone());
     let mqtt = match mqtt_auth {
         Some(auth) => {
-            let names = crate::identity::default_names(&config.mqtt.tls_names);
+            let names = crate::identity::default_names(&config.certificate_names());
             let identity = crate::identity::Identity::load_or_create(data_dir, &names)
                 .map_err(crate::mqtt::MqttError::from)?;
             let m =
@@ -163,7 +163,7 @@ pub async fn start(
         }
         None => None,
     };
-    let web = crate::web::start(&config.web, data_dir, api.clone(), shutdown.clone()).await?;
+    let web = crate::web::start(&config, data_dir, api.clone(), shutdown.clone()).await?;
     let mut tasks = vec![
         tokio::spawn(driver.run(rx, shutdown.clone())),
         tokio::spawn(crate::control::serve(listener, control.clone(), api.clone(), shutdown)),

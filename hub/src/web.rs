@@ -62,13 +62,13 @@ pub enum WebStartError {
 /// Starts the web UI: prints the address, the certificate fingerprint and, while
 /// no owner account exists, the one-time setup code.
 pub async fn start(
-    config: &crate::config::Web,
+    config: &crate::config::Config,
     data_dir: &Path,
     api: HubApi,
     shutdown: CancellationToken,
 ) -> Result<WebInfo, WebStartError> {
-    let bind = config.bind;
-    let names = crate::identity::default_names(&config.names);
+    let bind = config.web.bind;
+    let names = crate::identity::default_names(&config.certificate_names());
     let identity = crate::identity::Identity::load_or_create(data_dir, &names)?;
     let tls = identity.server_config(&[b"http/1.1"])?;
     let owner = Arc::new(HubOwner {
