@@ -128,6 +128,7 @@ async fn run(args: Args) -> Result<(), DemoError> {
 /// TR 103 621 6.13), and pairing limits wide enough for a fleet sharing a few sockets.
 fn hub_config(maker: &Manufacturer, sensors: u32) -> Config {
     let mut config = Config { coap_bind: ([127, 0, 0, 1], 0).into(), ..Config::default() };
+    config.web.bind = ([127, 0, 0, 1], 0).into();
     let key = protocol::hex::encode(&maker.public.to_sec1_compressed());
     config.updates.trust = ModelKind::ALL
         .iter()

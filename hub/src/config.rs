@@ -23,6 +23,8 @@ pub struct Config {
     pub upstream: Option<crate::upstream::UpstreamConfig>,
     /// The MQTT broker and its listeners.
     pub mqtt: Mqtt,
+    /// The owner's web UI.
+    pub web: Web,
 }
 
 /// MQTT (DESIGN "MQTT"): the embedded broker listens on loopback only; the hub's own fronts
@@ -106,6 +108,23 @@ impl Availability {
             default_period_ms: self.default_period_s.saturating_mul(1000),
             missed_periods: self.missed_periods,
         }
+    }
+}
+
+/// The owner's web UI over HTTPS (EN 303 645 5.5-1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Web {
+    /// Listen address (HTTPS only; plain HTTP on it gets no answer).
+    pub bind: SocketAddr,
+    /// Host names and addresses the certificate names besides localhost, loopback and the host
+    /// name (used when the certificate is first made).
+    pub names: Vec<String>,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Self { bind: SocketAddr::from(([0, 0, 0, 0], 8443)), names: Vec::new() }
     }
 }
 
@@ -206,6 +225,7 @@ impl Default for Config {
             availability: Availability::default(),
             upstream: None,
             mqtt: Mqtt::default(),
+            web: Web::default(),
         }
     }
 }
@@ -251,6 +271,14 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Extra names for the one hub certificate (HTTPS and MQTT over TLS), from both sections:
+    /// whichever starts first makes the certificate.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut names = self.web.names.clone();
+        names.extend(self.mqtt.tls_names.iter().filter(|n| !self.web.names.contains(n)).cloned());
+        names
+    }
+
     /// Reads `path`, or returns the defaults when there is none.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else { return Ok(Self::default()) };

@@ -31,6 +31,8 @@ pub struct Running {
     pub moved_aside: Option<PathBuf>,
     /// MQTT listeners (plain, TLS), if MQTT is enabled.
     pub mqtt: Option<(SocketAddr, Option<SocketAddr>)>,
+    /// The owner's web UI.
+    pub web: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -61,6 +63,9 @@ pub enum StartError {
     /// MQTT.
     #[error(transparent)]
     Mqtt(#[from] crate::mqtt::MqttError),
+    /// The web UI.
+    #[error(transparent)]
+    Web(#[from] crate::web::WebStartError),
 }
 
 /// Starts the hub in `data_dir`.
@@ -163,7 +168,7 @@ pub async fn start(
     let feed = feed_task(&config.updates, api.clone(), shutdown.clone());
     let mqtt = match mqtt_auth {
         Some(auth) => {
-            let names = crate::identity::default_names(&config.mqtt.tls_names);
+            let names = crate::identity::default_names(&config.certificate_names());
             let identity = crate::identity::Identity::load_or_create(data_dir, &names)
                 .map_err(crate::mqtt::MqttError::from)?;
             let m =
@@ -173,17 +178,28 @@ pub async fn start(
         }
         None => None,
     };
+    let web = crate::web::start(&config, data_dir, api.clone(), shutdown.clone()).await?;
     let mut tasks = vec![
         tokio::spawn(driver.run(rx, shutdown.clone())),
         tokio::spawn(crate::control::serve(listener, control.clone(), api.clone(), shutdown)),
     ];
     tasks.extend(feed.map(tokio::spawn));
     tasks.extend(bridge.map(tokio::spawn));
+    tasks.push(web.task);
     let mqtt = mqtt.map(|m| {
         tasks.extend(m.tasks);
         (m.plain, m.tls)
     });
-    Ok(Running { coap, control, api, devices: peers.len(), moved_aside, mqtt, tasks })
+    Ok(Running {
+        coap,
+        control,
+        api,
+        devices: peers.len(),
+        moved_aside,
+        mqtt,
+        web: web.addr,
+        tasks,
+    })
 }
 
 /// Usage counters resume at their durable ceilings; before serving, fresh ceilings above them

@@ -1,6 +1,6 @@
 //! The Hearth hub daemon: the I/O shell around `protocol` — the CoAP/UDP link driver, the
 //! durable store, the owner's control socket, the update manager and its feed client, MQTT,
-//! and the upstream bridge.
+//! the upstream bridge and the owner's web UI.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -21,3 +21,4 @@ pub mod seclog;
 pub mod store;
 pub mod updates;
 pub mod upstream;
+pub mod web;

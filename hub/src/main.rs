@@ -280,6 +280,7 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         "devices": running.devices,
         "mqtt": running.mqtt.map(|(plain, _)| plain.to_string()),
         "mqtt_tls": running.mqtt.and_then(|(_, tls)| tls).map(|a| a.to_string()),
+        "web": running.web.to_string(),
         "pid": std::process::id(),
     });
     println!("READY {ready}");

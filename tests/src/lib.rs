@@ -70,6 +70,10 @@ pub struct Hub {
     pub control: PathBuf,
     /// Its stderr log file.
     pub log: PathBuf,
+    /// The web UI's address (HTTPS).
+    pub web: SocketAddr,
+    /// What it printed before `READY` (web UI address, certificate fingerprint, setup code).
+    pub printed: Vec<String>,
 }
 
 /// Writes a test configuration: fixed port, generous pairing limits for a simulated fleet, and
@@ -78,7 +82,7 @@ pub fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let path = dir.join("hub.toml");
     let mqtt = if extra.contains("[mqtt]") { "" } else { "[mqtt]\nenabled = false\n" };
     let text = format!(
-        "coap_bind = \"127.0.0.1:{port}\"\n[pairing]\nmax_sessions = 1024\nsessions_per_source = 1024\n{mqtt}{extra}"
+        "coap_bind = \"127.0.0.1:{port}\"\n[web]\nbind = \"127.0.0.1:0\"\n[pairing]\nmax_sessions = 1024\nsessions_per_source = 1024\n{mqtt}{extra}"
     );
     std::fs::write(&path, text).expect("write config");
     path
@@ -118,10 +122,11 @@ impl Hub {
                 }
             }
         });
+        let mut printed = Vec::new();
         let ready = loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(l) if l.starts_with("READY ") => break l,
-                Ok(_) => continue,
+                Ok(l) => printed.push(l),
                 Err(_) => panic!(
                     "hub did not print READY; log:\n{}",
                     std::fs::read_to_string(&log).unwrap_or_default()
@@ -135,6 +140,8 @@ impl Hub {
             coap: v["coap"].as_str().and_then(|s| s.parse().ok()).expect("coap addr"),
             control: PathBuf::from(v["control"].as_str().expect("control")),
             log,
+            web: v["web"].as_str().and_then(|s| s.parse().ok()).expect("web addr"),
+            printed,
         }
     }
 

@@ -1,1 +1,21 @@
-//! web-ui
+//! Hearth's web UI for the owner (EN 303 645 5.1, 5.3, 5.5-1, 5.6-2, 5.10-1, 5.11, 5.12-3,
+//! 5.13-1, 6): axum routes over HTTPS, server-rendered pages, one small script for live data; it
+//! talks to the hub only through the [`OwnerApi`] trait it defines.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod guard;
+mod html;
+mod pages;
+mod routes;
+pub mod serve;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+pub use api::OwnerApi;
+pub use auth::{Cost, Vault, setup_code};
+pub use routes::router;
+pub use serve::serve;
+pub use state::{Clock, Web, system_clock};

@@ -4,6 +4,7 @@
 mod adversary;
 mod aiocoap_interop;
 mod bad_input;
+mod browser;
 mod crash;
 mod ctl;
 mod demo;
@@ -17,3 +18,4 @@ mod pairing_retry;
 mod store;
 mod updates;
 mod upstream;
+mod web;

@@ -1,0 +1,557 @@
+//! The owner's web UI in the hub: `web_ui::OwnerApi` implemented on the one command API
+//! ([`HubApi`]), the web vault (owner account) sealed under the key-encryption key (EN 303 645
+//! 5.4-1), the one-time setup code made from the hub's CSPRNG at first start and after an erase
+//! (5.1-1/5.1-2), and HTTPS with the hub's own certificate (5.5-1).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::Rng;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use web_ui::api::{
+    ApiError as WebError, ApiFuture, Availability, Check, Counter, Device, HistoryLine, Pairing,
+    Policy as WebPolicy, Reading, Release, Updates,
+};
+
+use crate::api::{ApiError, HubApi, LinkCommand};
+use crate::device_id::DeviceId;
+use crate::devices::Availability as DirAvailability;
+use crate::store::{Kek, SealError};
+use crate::updates::Policy;
+
+/// The sticker: the one-time setup code, readable by the hub's user only.
+pub const SETUP_CODE_FILE: &str = "setup-code";
+const VAULT_FILE: &str = "web-vault.sealed";
+const VAULT_ID: &[u8] = b"hearth web vault";
+
+/// The running web UI.
+#[derive(Debug)]
+pub struct WebInfo {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// SHA-256 fingerprint of the certificate it serves.
+    pub fingerprint: String,
+    /// The server task.
+    pub task: JoinHandle<()>,
+}
+
+/// Why the web UI could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebStartError {
+    /// The certificate.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The vault or the setup code.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// Files.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// The port.
+    #[error("cannot bind the web UI to {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// The setup code could not be hashed.
+    #[error("setup code: {0}")]
+    Setup(#[from] web_ui::auth::AuthError),
+}
+
+/// Starts the web UI: prints the address, the certificate fingerprint and, while
+/// no owner account exists, the one-time setup code.
+pub async fn start(
+    config: &crate::config::Config,
+    data_dir: &Path,
+    api: HubApi,
+    shutdown: CancellationToken,
+) -> Result<WebInfo, WebStartError> {
+    let bind = config.web.bind;
+    let names = crate::identity::default_names(&config.certificate_names());
+    let identity = crate::identity::Identity::load_or_create(data_dir, &names)?;
+    let tls = identity.server_config(&[b"http/1.1"])?;
+    let owner = Arc::new(HubOwner {
+        api,
+        data_dir: data_dir.to_path_buf(),
+        kek: Kek::load_or_create(&data_dir.join("kek"))?,
+        rng: Mutex::new(crate::rng::os_seeded()),
+        fingerprint: identity.fingerprint(),
+        cost: web_ui::Cost::default(),
+    });
+    owner.ensure_setup_code()?;
+    let listener =
+        tokio::net::TcpListener::bind(bind).await.map_err(|e| WebStartError::Bind(bind, e))?;
+    let addr = listener.local_addr().map_err(|e| WebStartError::Bind(bind, e))?;
+    let fingerprint = identity.fingerprint();
+    println!("Web UI: https://{addr}/ — certificate SHA-256 fingerprint {fingerprint}");
+    let web = web_ui::Web::new(owner.clone(), owner.cost, web_ui::system_clock()).await;
+    let router = web_ui::router(web);
+    let task = tokio::spawn(web_ui::serve(listener, tls, router, shutdown));
+    Ok(WebInfo { addr, fingerprint, task })
+}
+
+/// The hub as the web UI sees it.
+struct HubOwner {
+    api: HubApi,
+    data_dir: PathBuf,
+    kek: Kek,
+    rng: Mutex<ChaCha20Rng>,
+    fingerprint: String,
+    cost: web_ui::Cost,
+}
+
+impl HubOwner {
+    fn vault_path(&self) -> PathBuf {
+        self.data_dir.join(VAULT_FILE)
+    }
+
+    fn read_vault(&self) -> Result<Option<Vec<u8>>, WebStartError> {
+        let path = self.vault_path();
+        match std::fs::read(&path) {
+            Ok(sealed) => Ok(Some(self.kek.open(VAULT_ID, &sealed)?.to_vec())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(WebStartError::Io(path, e)),
+        }
+    }
+
+    fn write_vault(&self, doc: &[u8]) -> Result<(), WebStartError> {
+        let path = self.vault_path();
+        crate::private_fs::write(&path, &self.kek.seal(VAULT_ID, doc)?)
+            .map_err(|e| WebStartError::Io(path, e))
+    }
+
+    /// While no owner exists there is a setup code: the sticker file, and its hash in the vault.
+    /// A new one is made at first start, after an erase, or when the sticker was lost.
+    fn ensure_setup_code(&self) -> Result<(), WebStartError> {
+        let vault = self.read_vault()?.and_then(|b| web_ui::Vault::parse(&b));
+        if vault.as_ref().is_some_and(|v| !v.needs_setup()) {
+            return Ok(());
+        }
+        let sticker = self.data_dir.join(SETUP_CODE_FILE);
+        let code = match (&vault, std::fs::read_to_string(&sticker)) {
+            (Some(v), Ok(code)) if v.setup.is_some() => code.trim().to_owned(),
+            _ => self.new_setup_code()?,
+        };
+        println!(
+            "Hearth setup: no owner account yet. One-time setup code: {code} (also in {})",
+            sticker.display()
+        );
+        Ok(())
+    }
+
+    fn new_setup_code(&self) -> Result<String, WebStartError> {
+        let mut random = [0u8; web_ui::auth::CODE_LEN];
+        self.random_bytes(&mut random);
+        let code = web_ui::setup_code(&random);
+        let sticker = self.data_dir.join(SETUP_CODE_FILE);
+        crate::private_fs::write(&sticker, format!("{code}\n").as_bytes())
+            .map_err(|e| WebStartError::Io(sticker, e))?;
+        self.write_vault(&web_ui::Vault::first_run(&code, self.cost)?)?;
+        Ok(code)
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) {
+        self.rng.lock().unwrap_or_else(|e| e.into_inner()).fill_bytes(buf);
+    }
+
+    async fn history(&self, id: DeviceId) -> Option<crate::updates::DeviceUpdate> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.api.link.send(LinkCommand::History { device: id.kid(), reply: tx }).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
+    async fn to_device(&self, view: crate::api::DeviceView) -> Device {
+        let d = view.device;
+        let info = d.info;
+        let firmware = match self.history(info.id).await {
+            Some(u) => u.installed,
+            None => info.firmware_version,
+        };
+        // The newest value of each quantity, in the order of the declared capabilities
+        // (`temp` reports `temperature`).
+        let mut last: Vec<Reading> = d.state.into_values().map(reading).collect();
+        let rank = |r: &Reading| {
+            info.capabilities.iter().position(|c| c.starts_with(&r.name) || r.name.starts_with(c))
+        };
+        last.sort_by_key(|r| rank(r).unwrap_or(usize::MAX));
+        let availability = match (d.availability, d.isolation.filter(|i| i.active())) {
+            (DirAvailability::Isolated, Some(i)) => {
+                let reason = match i.advisory {
+                    Some(a) => format!("{} (advisory: {a})", i.reason),
+                    None => i.reason,
+                };
+                Availability::Isolated { reason, replacement: i.replacement }
+            }
+            (DirAvailability::Isolated, None) => Availability::Isolated {
+                reason: "isolated by the hub".into(),
+                replacement: "Replace it: pair a new sensor in its place.".into(),
+            },
+            (DirAvailability::Online, _) => Availability::Online,
+            (DirAvailability::Offline, _) => Availability::Offline,
+        };
+        Device {
+            id: info.id.to_string(),
+            name: (d.name != info.serial).then_some(d.name),
+            room: d.room,
+            model: info.model,
+            serial: info.serial,
+            firmware,
+            updatable: info.updatable,
+            verifies_signatures: info.verifies_signatures,
+            capabilities: info.capabilities,
+            support_end: info.support_end,
+            paired_at: info.paired_at,
+            availability,
+            last,
+        }
+    }
+}
+
+fn reading(r: crate::store::StoredReading) -> Reading {
+    let (value, text) = match &r.value {
+        serde_json::Value::Bool(b) => {
+            (Some(f64::from(u8::from(*b))), if *b { "on" } else { "off" }.to_owned())
+        }
+        serde_json::Value::Number(n) => {
+            let v = n.as_f64();
+            let text = match v {
+                Some(v) if v.fract() != 0.0 => format!("{v:.1}"),
+                _ => n.to_string(),
+            };
+            (v, text)
+        }
+        serde_json::Value::String(s) => (None, s.clone()),
+        other => (None, other.to_string()),
+    };
+    // SenML names are `urn:dev:<serial>:<quantity>`: the quantity is what the owner reads.
+    let name = r.name.rsplit(':').next().unwrap_or_default().to_owned();
+    Reading { time_ms: r.time_ms, name, unit: r.unit, value, text }
+}
+
+fn web_err(e: ApiError) -> WebError {
+    match e {
+        ApiError::NotFound(_) => WebError::NotFound,
+        ApiError::BadRequest(s) => WebError::Refused(s),
+        ApiError::Command(c) => WebError::Refused(c.to_string()),
+        ApiError::Stopped => WebError::Unavailable("the hub is shutting down".into()),
+        ApiError::Store(s) => WebError::Unavailable(s.to_string()),
+    }
+}
+
+fn device_id(id: &str) -> Result<DeviceId, WebError> {
+    id.parse().map_err(|_| WebError::NotFound)
+}
+
+fn pairing(p: crate::api::PairingStatus) -> Pairing {
+    Pairing {
+        open: p.open,
+        closes_in_s: p.closes_in_s,
+        attempts_left: p.attempts_left,
+        waiting: p.waiting.into_iter().map(|w| (w.serial, w.model)).collect(),
+    }
+}
+
+fn unavailable(e: WebStartError) -> WebError {
+    WebError::Unavailable(e.to_string())
+}
+
+/// What each hub counter means, for the security-events page.
+fn counter_label(name: &str) -> String {
+    match name {
+        "malformed" => "Malformed CoAP datagrams".into(),
+        "unknown_kid" => "OSCORE messages for an unknown device".into(),
+        "replays" => "Replayed messages refused".into(),
+        "bad_tag" => "Messages failing authentication (bad tags)".into(),
+        "throttled" => "Forged-looking datagrams dropped unverified".into(),
+        "bad_oscore" => "Malformed OSCORE messages".into(),
+        "pairing_refused" => "Pairing requests refused (no window, back-off, limits)".into(),
+        "pairing_failed" => "Failed pairing attempts (wrong PIN)".into(),
+        "bad_request" => "Requests for missing or unprotected resources".into(),
+        "key_limit" => "Requests refused at a key-usage limit".into(),
+        "bad_payload" => "Readings refused for breaking a limit".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+impl web_ui::OwnerApi for HubOwner {
+    fn devices(&self) -> ApiFuture<'_, Vec<Device>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for v in self.api.devices().await.map_err(web_err)? {
+                out.push(self.to_device(v).await);
+            }
+            Ok(out)
+        })
+    }
+
+    fn device(&self, id: &str) -> ApiFuture<'_, (Device, Vec<HistoryLine>)> {
+        let id = device_id(id);
+        Box::pin(async move {
+            let view = self.api.device(id?).await.map_err(web_err)?;
+            let history = view
+                .update
+                .as_ref()
+                .map(|u| {
+                    u.history
+                        .iter()
+                        .map(|h| HistoryLine {
+                            at: h.at,
+                            version: h.version,
+                            event: format!("{:?}", h.event).to_lowercase(),
+                            detail: h.detail.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok((self.to_device(view).await, history))
+        })
+    }
+
+    fn readings(&self, id: &str, limit: usize) -> ApiFuture<'_, Vec<Reading>> {
+        let id = device_id(id);
+        Box::pin(async move {
+            let r = self.api.readings(id?, Some(limit)).await.map_err(web_err)?;
+            Ok(r.into_iter().map(reading).collect())
+        })
+    }
+
+    fn remove(&self, id: &str) -> ApiFuture<'_, ()> {
+        let id = device_id(id);
+        Box::pin(async move { self.api.remove(id?).await.map_err(web_err) })
+    }
+
+    fn pairing(&self) -> ApiFuture<'_, Pairing> {
+        Box::pin(async move { self.api.pairing().await.map(pairing).map_err(web_err) })
+    }
+
+    fn pair_open(&self, seconds: u64) -> ApiFuture<'_, Pairing> {
+        Box::pin(
+            async move { self.api.pair_open(Some(seconds)).await.map(pairing).map_err(web_err) },
+        )
+    }
+
+    fn pair_close(&self) -> ApiFuture<'_, Pairing> {
+        Box::pin(async move { self.api.pair_close().await.map(pairing).map_err(web_err) })
+    }
+
+    fn pair_pin(
+        &self,
+        pin: String,
+        serial: Option<String>,
+        replaces: Option<String>,
+    ) -> ApiFuture<'_, String> {
+        let replaces = replaces.map(|r| device_id(&r)).transpose();
+        Box::pin(
+            async move { self.api.pair_pin(pin, serial, None, replaces?).await.map_err(web_err) },
+        )
+    }
+
+    fn label(&self, id: &str, name: String, room: Option<String>) -> ApiFuture<'_, ()> {
+        let id = device_id(id);
+        Box::pin(async move {
+            let id = id?;
+            self.api.rename(id, &name).await.map_err(web_err)?;
+            self.api.set_room(id, room.as_deref()).await.map_err(web_err)
+        })
+    }
+
+    fn updates(&self) -> ApiFuture<'_, Updates> {
+        Box::pin(async move {
+            let u = self.api.updates().await.map_err(web_err)?;
+            Ok(Updates {
+                policy: match u.policy {
+                    Policy::Auto => WebPolicy::Auto,
+                    Policy::NotifyOnly => WebPolicy::NotifyOnly,
+                    Policy::Postponed { until } => WebPolicy::Postponed(until),
+                    Policy::Disabled => WebPolicy::Disabled,
+                },
+                releases: u
+                    .releases
+                    .into_iter()
+                    .map(|r| Release {
+                        model: r.model,
+                        version: r.version,
+                        risks_mitigated: r.risks_mitigated,
+                        disruptive: r.disruptive,
+                        size: r.size,
+                    })
+                    .collect(),
+                refused: u.refused.into_iter().map(|r| (r.at, r.source, r.reason)).collect(),
+                devices: u
+                    .devices
+                    .into_iter()
+                    .map(|d| web_ui::api::DeviceUpdate {
+                        id: d.id.to_string(),
+                        model: d.model,
+                        installed: d.installed,
+                        available: d.available,
+                        waiting_for: d.waiting_for,
+                        delivering: d.delivering,
+                    })
+                    .collect(),
+            })
+        })
+    }
+
+    fn set_policy(&self, policy: WebPolicy) -> ApiFuture<'_, ()> {
+        let policy = match policy {
+            WebPolicy::Auto => Policy::Auto,
+            WebPolicy::NotifyOnly => Policy::NotifyOnly,
+            WebPolicy::Postponed(until) => Policy::Postponed { until },
+            WebPolicy::Disabled => Policy::Disabled,
+        };
+        Box::pin(async move { self.api.update_policy(None, Some(policy)).await.map_err(web_err) })
+    }
+
+    fn approve(&self, model: String, version: u32) -> ApiFuture<'_, ()> {
+        Box::pin(async move {
+            self.api.update_approve(None, Some(model), version).await.map_err(web_err)
+        })
+    }
+
+    fn counters(&self) -> ApiFuture<'_, Vec<Counter>> {
+        Box::pin(async move {
+            let report = self.api.security().await.map_err(web_err)?;
+            let json = serde_json::to_value(&report).unwrap_or_default();
+            let mut out = Vec::new();
+            for (name, v) in json.as_object().into_iter().flatten() {
+                if matches!(name.as_str(), "total" | "duplicates" | "echo_limited") {
+                    continue; // a sum, and two counters that are not security events
+                }
+                if let Some(value) = v.as_u64() {
+                    out.push(Counter { name: name.clone(), label: counter_label(name), value });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn checks(&self) -> ApiFuture<'_, Vec<Check>> {
+        Box::pin(async move {
+            let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).ok();
+            let kek_mode = mode(&self.data_dir.join("kek"));
+            let dir_mode = mode(&self.data_dir);
+            let devices = self.api.devices().await.map_err(web_err)?;
+            let updates = self.api.updates().await.map_err(web_err)?;
+            let security = self.api.security().await.map_err(web_err)?;
+            let now = crate::link::unix_now().0;
+            let expired = devices.iter().filter(|d| d.device.info.support_end <= now).count();
+            let c = |provision: &str, title: &str, ok: bool, state: String| Check {
+                provision: provision.into(),
+                title: title.into(),
+                ok,
+                state,
+            };
+            Ok(vec![
+                c(
+                    "5.3-2",
+                    "Updates are verified and installed securely",
+                    !updates.trust.is_empty() || devices.is_empty(),
+                    format!(
+                        "{} trusted manufacturer key(s); {} verified release(s); {} refused; policy {:?}.",
+                        updates.trust.len(),
+                        updates.releases.len(),
+                        updates.refused.len(),
+                        updates.policy
+                    ),
+                ),
+                c(
+                    "5.3-13",
+                    "Support period published; devices past it are isolated",
+                    expired == 0,
+                    format!(
+                        "{} device(s), {expired} past the end of their support period.",
+                        devices.len()
+                    ),
+                ),
+                c(
+                    "5.4-1",
+                    "Secrets at rest are protected",
+                    kek_mode == Some(0o600),
+                    format!(
+                        "Link keys, the TLS key and the owner account are sealed with AES-256-CCM under a key-encryption key in a file with mode {}.",
+                        kek_mode.map_or("missing".into(), |m| format!("{m:o}"))
+                    ),
+                ),
+                c(
+                    "5.4-3",
+                    "No hard-coded secrets",
+                    true,
+                    format!(
+                        "The TLS key, key-encryption key and setup code were generated on this hub; certificate SHA-256 {}.",
+                        self.fingerprint
+                    ),
+                ),
+                c(
+                    "5.5-1",
+                    "Sensor links are encrypted and authenticated",
+                    true,
+                    format!(
+                        "{} device(s) on OSCORE (AES-CCM, per-device keys from PIN-authenticated ECDH).",
+                        devices.len()
+                    ),
+                ),
+                c(
+                    "5.6-1",
+                    "The hub's data is private to it",
+                    dir_mode == Some(0o700),
+                    format!(
+                        "Data directory mode {}.",
+                        dir_mode.map_or("missing".into(), |m| format!("{m:o}"))
+                    ),
+                ),
+                c(
+                    "5.13-1",
+                    "Sensor input is validated",
+                    true,
+                    format!(
+                        "{} malformed datagrams, {} bad OSCORE messages and {} oversized readings refused.",
+                        security.link.malformed, security.link.bad_oscore, security.bad_payload
+                    ),
+                ),
+            ])
+        })
+    }
+
+    fn load_vault(&self) -> ApiFuture<'_, Option<Vec<u8>>> {
+        Box::pin(async move { self.read_vault().map_err(unavailable) })
+    }
+
+    fn store_vault(&self, doc: Vec<u8>) -> ApiFuture<'_, ()> {
+        Box::pin(async move { self.write_vault(&doc).map_err(unavailable) })
+    }
+
+    fn setup_done(&self) -> ApiFuture<'_, ()> {
+        Box::pin(async move {
+            let path = self.data_dir.join(SETUP_CODE_FILE);
+            match std::fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(unavailable(WebStartError::Io(path, e))),
+            }
+        })
+    }
+
+    fn erase_all(&self) -> ApiFuture<'_, ()> {
+        Box::pin(async move {
+            for d in self.api.devices().await.map_err(web_err)? {
+                match self.api.remove(d.device.info.id).await {
+                    Ok(()) | Err(ApiError::NotFound(_)) => {}
+                    Err(e) => return Err(web_err(e)),
+                }
+            }
+            let code = self.new_setup_code().map_err(unavailable)?;
+            tracing::warn!("all user data erased; back to first-run setup");
+            println!(
+                "Hearth setup: all data erased. New one-time setup code: {code} (also in {})",
+                self.data_dir.join(SETUP_CODE_FILE).display()
+            );
+            Ok(())
+        })
+    }
+
+    fn random(&self, buf: &mut [u8]) {
+        self.random_bytes(buf);
+    }
+}

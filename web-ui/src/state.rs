@@ -1,0 +1,280 @@
+//! The web UI's shared state: the hub API, the cached vault, sessions, login throttling, and the
+//! web side's security-event counters with anomaly flags over a sliding window (EN 303 645
+//! 5.10-1). Time comes from an injected clock so tests control it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::api::{Counter, OwnerApi};
+use crate::auth::{Cost, Sessions, Throttle, Vault};
+
+/// Unix milliseconds now (injected: tests move time by hand).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    })
+}
+
+/// Anomalies are counted over this window.
+pub const WINDOW_MS: u64 = 5 * 60_000;
+
+/// A security event seen by the web UI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebEvent {
+    /// A wrong user name or password.
+    LoginFailed,
+    /// A login refused unchecked because its account or address was backing off.
+    LoginThrottled,
+    /// A wrong one-time setup code.
+    SetupCodeRefused,
+    /// A state change without the right CSRF token.
+    CsrfRefused,
+    /// A state change from another site.
+    CrossSite,
+    /// A malformed request (400/422).
+    Malformed,
+    /// A request body over the limit (413).
+    TooLarge,
+    /// A request for a page or data without a session.
+    Unauthenticated,
+}
+
+impl WebEvent {
+    const ALL: [WebEvent; 8] = [
+        WebEvent::LoginFailed,
+        WebEvent::LoginThrottled,
+        WebEvent::SetupCodeRefused,
+        WebEvent::CsrfRefused,
+        WebEvent::CrossSite,
+        WebEvent::Malformed,
+        WebEvent::TooLarge,
+        WebEvent::Unauthenticated,
+    ];
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|e| *e == self).unwrap_or(0)
+    }
+
+    /// Machine name.
+    pub fn name(self) -> &'static str {
+        match self {
+            WebEvent::LoginFailed => "web_login_failed",
+            WebEvent::LoginThrottled => "web_login_throttled",
+            WebEvent::SetupCodeRefused => "web_setup_code_refused",
+            WebEvent::CsrfRefused => "web_csrf_refused",
+            WebEvent::CrossSite => "web_cross_site_refused",
+            WebEvent::Malformed => "web_malformed",
+            WebEvent::TooLarge => "web_too_large",
+            WebEvent::Unauthenticated => "web_unauthenticated",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            WebEvent::LoginFailed => "Failed web logins",
+            WebEvent::LoginThrottled => "Web logins refused during back-off",
+            WebEvent::SetupCodeRefused => "Wrong setup codes",
+            WebEvent::CsrfRefused => "State changes without a valid CSRF token",
+            WebEvent::CrossSite => "State changes from another site",
+            WebEvent::Malformed => "Malformed web requests",
+            WebEvent::TooLarge => "Oversized web requests",
+            WebEvent::Unauthenticated => "Requests without a session",
+        }
+    }
+}
+
+/// How many events of a kind within [`WINDOW_MS`] raise an anomaly flag.
+pub fn threshold(name: &str) -> u64 {
+    match name {
+        "web_login_failed" | "web_setup_code_refused" | "pairing_failed" => 5,
+        "web_csrf_refused" | "web_cross_site_refused" | "web_too_large" | "key_limit" => 3,
+        "bad_tag" | "replays" | "throttled" | "web_login_throttled" => 10,
+        "web_unauthenticated" => 100,
+        _ => 20,
+    }
+}
+
+/// One row of the security-events page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    /// Machine name.
+    pub name: String,
+    /// What it counts.
+    pub label: String,
+    /// Total.
+    pub total: u64,
+    /// Within the window.
+    pub recent: u64,
+    /// Whether `recent` reached the kind's threshold.
+    pub anomaly: bool,
+}
+
+#[derive(Debug, Default)]
+struct Events {
+    totals: [u64; 8],
+    recent: VecDeque<(u64, WebEvent)>,
+    hub: VecDeque<(u64, Vec<Counter>)>,
+}
+
+const MAX_RECENT: usize = 10_000;
+
+/// Everything behind the lock.
+#[derive(Debug, Default)]
+pub struct Inner {
+    /// The vault as last stored.
+    pub vault: Vault,
+    /// Sessions.
+    pub sessions: Sessions,
+    /// Login throttling.
+    pub throttle: Throttle,
+    events: Events,
+}
+
+/// The web UI.
+pub struct Web {
+    /// The hub.
+    pub api: Arc<dyn OwnerApi>,
+    /// Password hashing cost.
+    pub cost: Cost,
+    /// Held while the account changes (setup, password change, erase): one at a time.
+    pub account_lock: tokio::sync::Mutex<()>,
+    clock: Clock,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Web {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Web").finish_non_exhaustive()
+    }
+}
+
+impl Web {
+    /// The web UI over `api`, its vault loaded.
+    pub async fn new(api: Arc<dyn OwnerApi>, cost: Cost, clock: Clock) -> Arc<Self> {
+        let web = Arc::new(Self {
+            api,
+            cost,
+            account_lock: tokio::sync::Mutex::new(()),
+            clock,
+            inner: Mutex::default(),
+        });
+        web.reload_vault().await;
+        web
+    }
+
+    /// Re-reads the vault from the hub (at start, after an erase).
+    pub async fn reload_vault(&self) {
+        let vault = match self.api.load_vault().await {
+            Ok(Some(bytes)) => Vault::parse(&bytes).unwrap_or_else(|| {
+                tracing::error!("web vault unreadable; setup needs a new code (erase)");
+                Vault::default()
+            }),
+            Ok(None) => Vault::default(),
+            Err(e) => {
+                tracing::error!(error = %e, "web vault could not be loaded");
+                Vault::default()
+            }
+        };
+        self.lock().vault = vault;
+    }
+
+    /// Unix milliseconds now.
+    pub fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// The state.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A random token (32 bytes, hex) from the hub's CSPRNG.
+    pub fn token(&self) -> String {
+        let mut b = [0u8; 32];
+        self.api.random(&mut b);
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// Counts a security event.
+    pub fn event(&self, e: WebEvent) {
+        let now = self.now_ms();
+        let mut inner = self.lock();
+        let ev = &mut inner.events;
+        ev.totals[e.index()] += 1;
+        if ev.recent.len() >= MAX_RECENT {
+            ev.recent.pop_front();
+        }
+        ev.recent.push_back((now, e));
+        if matches!(e, WebEvent::LoginFailed | WebEvent::LoginThrottled | WebEvent::CrossSite) {
+            tracing::warn!(event = e.name(), "web security event");
+        }
+    }
+
+    /// Total of one web event kind.
+    pub fn total(&self, e: WebEvent) -> u64 {
+        self.lock().events.totals[e.index()]
+    }
+
+    /// Records a snapshot of the hub's counters (the baseline for their anomaly flags).
+    pub fn sample_hub(&self, counters: Vec<Counter>) {
+        let now = self.now_ms();
+        let mut inner = self.lock();
+        let hub = &mut inner.events.hub;
+        // Keep one snapshot older than the window as the baseline, and at most one per 10 s.
+        while hub.len() >= 2 && hub.get(1).is_some_and(|(t, _)| now.saturating_sub(*t) >= WINDOW_MS)
+        {
+            hub.pop_front();
+        }
+        if hub.back().is_none_or(|(t, _)| now.saturating_sub(*t) >= 10_000) {
+            hub.push_back((now, counters));
+        }
+    }
+
+    /// Every counter (the web UI's, then the hub's `current` ones) with its recent count and
+    /// anomaly flag.
+    pub fn event_rows(&self, current: &[Counter]) -> Vec<EventRow> {
+        let now = self.now_ms();
+        let inner = self.lock();
+        let ev = &inner.events;
+        let mut rows: Vec<EventRow> = WebEvent::ALL
+            .iter()
+            .map(|e| {
+                let recent = ev
+                    .recent
+                    .iter()
+                    .filter(|(t, k)| k == e && now.saturating_sub(*t) < WINDOW_MS)
+                    .count() as u64;
+                row(e.name(), e.label(), ev.totals[e.index()], recent)
+            })
+            .collect();
+        // Baseline: the newest snapshot at least a window old, else the oldest one.
+        let base = ev
+            .hub
+            .iter()
+            .rev()
+            .find(|(t, _)| now.saturating_sub(*t) >= WINDOW_MS)
+            .or_else(|| ev.hub.front())
+            .map(|(_, c)| c.as_slice())
+            .unwrap_or(&[]);
+        for c in current {
+            let before = base.iter().find(|b| b.name == c.name).map_or(c.value, |b| b.value);
+            rows.push(row(&c.name, &c.label, c.value, c.value.saturating_sub(before)));
+        }
+        rows
+    }
+}
+
+fn row(name: &str, label: &str, total: u64, recent: u64) -> EventRow {
+    EventRow {
+        name: name.to_owned(),
+        label: label.to_owned(),
+        total,
+        recent,
+        anomaly: recent >= threshold(name),
+    }
+}
