@@ -226,7 +226,10 @@ fn reading(r: crate::store::StoredReading) -> Reading {
     };
     // SenML names are `urn:dev:<serial>:<quantity>`: the quantity is what the owner reads.
     let name = r.name.rsplit(':').next().unwrap_or_default().to_owned();
-    Reading { time_ms: r.time_ms, name, unit: r.unit, value, text }
+    // Units as people write them (°C, % RH), the same as `hub ctl` shows.
+    let unit =
+        r.unit.as_deref().map(crate::render::unit).filter(|u| !u.is_empty()).map(str::to_owned);
+    Reading { time_ms: r.time_ms, name, unit, value, text }
 }
 
 fn web_err(e: ApiError) -> WebError {
