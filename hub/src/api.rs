@@ -397,10 +397,7 @@ impl HubApi {
         replaces: Option<DeviceId>,
     ) -> Result<String, ApiError> {
         if let Some(old) = &replaces {
-            self.directory.replaceable(old).map_err(|e| match e {
-                crate::devices::DirectoryError::Unknown => ApiError::NotFound(*old),
-                e => ApiError::Command(e.into()),
-            })?;
+            self.directory.replaceable(old).map_err(|e| directory_error(*old, e))?;
         }
         let device = device.map(|d| d.kid());
         let kid = self

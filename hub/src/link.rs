@@ -101,8 +101,6 @@ pub(crate) struct Driver {
     directory: Directory,
     /// Security advisories and the actions taken.
     advisories: Advisories,
-    /// A device or release arrived: re-decide under the advisories.
-    advisories_due: bool,
 }
 
 impl Driver {
@@ -160,7 +158,6 @@ impl Driver {
             pin_attempt: None,
             directory,
             advisories,
-            advisories_due: false,
         }
     }
 
@@ -258,9 +255,6 @@ impl Driver {
                 () = shutdown.cancelled() => break,
             }
             self.events();
-            if std::mem::take(&mut self.advisories_due) {
-                self.apply_advisories();
-            }
             self.plan_updates();
             self.maybe_commit();
             self.transmit().await;
@@ -294,8 +288,7 @@ impl Driver {
         while let Some(e) = self.link.poll_event() {
             match e {
                 HubEvent::Reading { ticket, .. } | HubEvent::Request { ticket }
-                    if !self.directory.outgoing_allowed(&ticket.kid().into())
-                        && self.directory.get(&ticket.kid().into()).is_some() =>
+                    if self.directory.isolated(&ticket.kid().into()) =>
                 {
                     // Isolated (TR 103 621 6.23 ex. 2): only what erase and replacement need is
                     // accepted; the sensor keeps its data (its physical interface shows it).
@@ -462,7 +455,7 @@ impl Driver {
             match w {
                 Write::Device { info, .. } => {
                     self.directory.paired(info.clone(), now_ms);
-                    self.advisories_due = true;
+                    self.apply_advisories(Some(&info.id));
                 }
                 Write::Readings { kid, readings } => {
                     self.directory.readings(&(*kid).into(), readings, now_ms);
@@ -620,7 +613,9 @@ impl Driver {
                     .add_release(manifest, image, source, unix_now())
                     .map_err(CommandError::from);
                 self.replan = true;
-                self.advisories_due = r.is_ok();
+                if r.is_ok() {
+                    self.apply_advisories(None);
+                }
                 let _ = reply.send(r);
             }
             LinkCommand::Trust { model, key, reply } => {
@@ -704,16 +699,22 @@ impl Driver {
             .map_err(crate::isolation::AdvisoryError::from)?;
         let index = self.advisories.add(&verified, source, now.0)?;
         tracing::warn!(advisory = %self.advisories.records()[index].summary(), source, "security advisory received");
-        self.apply_advisories();
+        self.apply_advisories(None);
         Ok(self.advisories.records()[index].clone())
     }
 
     /// Decides for every paired device under every advisory (TR 103 621 6.23): the fix is
-    /// approved for updatable devices in support, the others are isolated. Runs when an
-    /// advisory, a device or a release arrives.
-    fn apply_advisories(&mut self) {
+    /// approved for updatable devices in support, the others are isolated. Runs for every
+    /// device when an advisory or a release arrives, and for `only` a device that paired.
+    fn apply_advisories(&mut self, only: Option<&crate::device_id::DeviceId>) {
+        if self.advisories.records().is_empty() {
+            return;
+        }
         let now = unix_now();
-        let devices = self.directory.list();
+        let devices = match only {
+            Some(id) => self.directory.get(id).into_iter().collect(),
+            None => self.directory.list(),
+        };
         for index in 0..self.advisories.records().len() {
             for d in &devices {
                 let kid = d.info.id.kid();

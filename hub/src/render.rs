@@ -85,7 +85,6 @@ fn value(v: &Value, u: Option<&str>) -> String {
     let n = number.unwrap_or_else(|| v.to_string());
     match u.map(unit) {
         Some("") | None => n,
-        Some(u) if u.starts_with('%') || u.starts_with('°') => format!("{n} {u}"),
         Some(u) => format!("{n} {u}"),
     }
 }

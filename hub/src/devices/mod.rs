@@ -293,6 +293,11 @@ impl Directory {
         self.read().devices.get(device).is_some_and(|e| e.availability() != Availability::Isolated)
     }
 
+    /// Whether `device` is paired and isolated (cheap: for the link's hot path).
+    pub fn isolated(&self, device: &DeviceId) -> bool {
+        self.read().devices.get(device).is_some_and(|e| e.availability() == Availability::Isolated)
+    }
+
     /// One device.
     pub fn get(&self, device: &DeviceId) -> Option<DeviceSnapshot> {
         self.read().devices.get(device).map(|e| e.snapshot(self.config.default_period_ms))

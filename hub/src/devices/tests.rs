@@ -92,6 +92,7 @@ fn isolated_devices_publish_nothing_and_the_override_is_explicit() {
     assert!(!d.isolate(&id, isolation("adv-1"), 11), "already isolated");
     assert!(!d.outgoing_allowed(&id));
     assert_eq!(d.get(&id).expect("dev").availability, Availability::Isolated);
+    assert!(d.isolated(&id) && !d.isolated(&info(9, "m").id));
     while notices.try_recv().is_ok() {}
     d.readings(&id, &[reading(20, "temperature", 3.0)], 20);
     assert!(notices.try_recv().is_err(), "an isolated device's reading was published");

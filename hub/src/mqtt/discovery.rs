@@ -78,7 +78,8 @@ pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
         out.push(EntityConfig { topic: config_topic(prefix, component, &id, object), payload });
     };
     let thermostat = has("setpoint");
-    if has("temperature") && !thermostat {
+    // A thermostat's climate entity shows the temperature too; the sensor keeps its history.
+    if has("temperature") || thermostat {
         entity(
             Component::Sensor,
             "temperature",
@@ -93,19 +94,6 @@ pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
         );
     }
     if thermostat {
-        // The climate entity shows the temperature; a sensor too, for history graphs.
-        entity(
-            Component::Sensor,
-            "temperature",
-            "Temperature",
-            json!({
-                "state_topic": state,
-                "device_class": "temperature",
-                "unit_of_measurement": "°C",
-                "state_class": "measurement",
-                "value_template": "{{ value_json['values']['temp'] }}",
-            }),
-        );
         entity(
             Component::Climate,
             "thermostat",

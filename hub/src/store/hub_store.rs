@@ -421,7 +421,7 @@ impl Store for HubStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::SocketAddr;
     use std::os::unix::fs::PermissionsExt;
 
@@ -435,7 +435,8 @@ mod tests {
         Kid::new(&[n, 0xaa, n, 0xbb]).expect("kid")
     }
 
-    fn device(k: Kid) -> Write {
+    /// A paired device record for tests (also used by the outbox's tests).
+    pub(in crate::store) fn device(k: Kid) -> Write {
         let info = DeviceInfo {
             id: k.into(),
             model: "hearth-temp-1".into(),
@@ -457,7 +458,8 @@ mod tests {
         Write::Device { info, params }
     }
 
-    fn readings(k: Kid, times: impl IntoIterator<Item = i64>) -> Write {
+    /// Readings at `times` for tests (also used by the outbox's tests).
+    pub(in crate::store) fn readings(k: Kid, times: impl IntoIterator<Item = i64>) -> Write {
         let readings = times
             .into_iter()
             .map(|t| Reading {

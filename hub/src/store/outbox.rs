@@ -422,49 +422,14 @@ fn decode_frame(payload: &[u8]) -> Vec<(Kid, StoredReading)> {
 
 #[cfg(test)]
 mod tests {
-    use protocol::oscore::{ContextParams, Kid};
-    use protocol::senml::{Reading, UnixTimeMillis, Value};
+    use protocol::oscore::Kid;
 
     use super::*;
-    use crate::store::{DeviceInfo, Store, StoreConfig, Write};
+    use crate::store::hub_store::tests::{device, readings};
+    use crate::store::{Store, StoreConfig, Write};
 
     fn kid(n: u8) -> Kid {
         Kid::new(&[n, 0x0b]).expect("kid")
-    }
-
-    fn device(k: Kid) -> Write {
-        let info = DeviceInfo {
-            id: k.into(),
-            model: "m".into(),
-            serial: format!("s{k}"),
-            firmware_version: 1,
-            updatable: true,
-            verifies_signatures: false,
-            capabilities: vec![],
-            support_end: 0,
-            paired_at: 0,
-        };
-        let params = ContextParams {
-            master_secret: vec![7; 16],
-            master_salt: vec![],
-            sender_id: Kid::new(&[0]).expect("kid"),
-            recipient_id: k,
-            id_context: None,
-        };
-        Write::Device { info, params }
-    }
-
-    fn readings(k: Kid, times: impl IntoIterator<Item = i64>) -> Write {
-        let readings = times
-            .into_iter()
-            .map(|t| Reading {
-                name: format!("urn:dev:{k}:temp"),
-                unit: Some("Cel".into()),
-                value: Value::Number(t as f64),
-                time: UnixTimeMillis(t),
-            })
-            .collect();
-        Write::Readings { kid: k, readings }
     }
 
     fn config(max_log_bytes: u64) -> StoreConfig {
