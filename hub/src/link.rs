@@ -759,7 +759,7 @@ impl Driver {
                 }
             }
         }
-        self.persist_directory(false);
+        // Isolations reach the store with the next tick's profile document (within a second).
     }
 }
 
