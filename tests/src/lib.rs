@@ -494,7 +494,8 @@ impl Relay {
                 {
                     a2.lock().unwrap_or_else(|e| e.into_inner()).insert(p.get_token().to_vec());
                 }
-                if let Some(c) = *c2.lock().unwrap_or_else(|e| e.into_inner()) {
+                let client = *c2.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(c) = client {
                     let _ = f2.send_to(&buf[..n], c);
                 }
             }

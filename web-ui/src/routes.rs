@@ -141,7 +141,8 @@ async fn setup(
     }
     let key = format!("setup:{ip}");
     let now = web.now_ms();
-    if let Some(wait) = web.lock().throttle.wait_ms(&key, now) {
+    let wait = web.lock().throttle.wait_ms(&key, now);
+    if let Some(wait) = wait {
         web.event(WebEvent::LoginThrottled);
         return throttled(&web, &headers, wait, "Set up Hearth", |c| {
             setup_form(c, Some("Too many wrong setup codes."))
