@@ -277,6 +277,11 @@ impl Slot {
         self.evict.is_cancelled()
     }
 
+    /// Counts this connection as cut by the listener for being too slow.
+    pub fn count_slow(&self) {
+        self.slots.count_slow();
+    }
+
     /// The client's address (canonical: IPv4-mapped IPv6 addresses as IPv4).
     pub fn addr(&self) -> IpAddr {
         self.addr
