@@ -532,7 +532,10 @@ mod tests {
             "mqtt.connections_per_address"
         );
         assert_eq!(invalid_key("[mqtt]\nrepublish_interval_s = 0"), "mqtt.republish_interval_s");
-        assert_eq!(invalid_key("[web]\nconnections_per_address = 0"), "web.connections_per_address");
+        assert_eq!(
+            invalid_key("[web]\nconnections_per_address = 0"),
+            "web.connections_per_address"
+        );
         assert_eq!(invalid_key("[web]\nbody_timeout_ms = 99"), "web.body_timeout_ms");
         assert!(load("[web]\nmax_connections = 4\nconnections_per_address = 4").is_ok());
     }

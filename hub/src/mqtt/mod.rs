@@ -146,15 +146,9 @@ pub async fn start(
         None => None,
     };
     let republish = Duration::from_secs(cfg.republish_interval_s);
-    let bridge = bridge::start(
-        started.link,
-        api,
-        auth,
-        cfg.discovery_prefix.clone(),
-        republish,
-        shutdown,
-    )
-    .map_err(|e| MqttError::Broker(e.to_string()))?;
+    let bridge =
+        bridge::start(started.link, api, auth, cfg.discovery_prefix.clone(), republish, shutdown)
+            .map_err(|e| MqttError::Broker(e.to_string()))?;
     tasks.push(tokio::spawn(bridge));
     tracing::info!(plain = %plain_addr, tls = ?tls_addr, fingerprint = %identity.fingerprint(), "MQTT serving");
     Ok(Running { plain: plain_addr, tls: tls_addr, fingerprint: identity.fingerprint(), tasks })
