@@ -361,7 +361,8 @@ impl Front {
 }
 
 /// Client ids the front refuses (CONNACK 2, MQTT 3.1.1 §3.1.3.1): the hub's own, overlong
-/// ones, and an empty one that asks for a persistent session [MQTT-3.1.3-8].
+/// ones, ones with characters the broker refuses (`+ $ # /`), and an empty one that asks for a
+/// persistent session [MQTT-3.1.3-8].
 fn check_client_id(connect: &Connect) -> Result<(), &'static str> {
     let id = &connect.client_id;
     if id.starts_with(super::RESERVED_CLIENT_PREFIX) {
@@ -370,18 +371,21 @@ fn check_client_id(connect: &Connect) -> Result<(), &'static str> {
     if id.len() > MAX_CLIENT_ID {
         return Err("client id too long");
     }
+    if id.contains(['+', '$', '#', '/']) {
+        return Err("client id with + $ # or /");
+    }
     if id.is_empty() && !connect.clean_session {
         return Err("empty client id with a persistent session");
     }
     Ok(())
 }
 
-/// The client id the broker sees for client id `id` of `user`: `<user>/<id>`. User names have
-/// no `/`, so two users' ids never meet, and a client can only take over (or resume) sessions
+/// The client id the broker sees for client id `id` of `user`: `<user>:<id>`. User names have
+/// no `:`, so two users' ids never meet, and a client can only take over (or resume) sessions
 /// of its own user. An empty id (the client asks the server to pick one, with a clean
-/// session) becomes `<user>/~<random>`.
+/// session) becomes `<user>:~<random>`.
 fn broker_client_id(user: &str, id: &str, random: &str) -> String {
-    if id.is_empty() { format!("{user}/~{random}") } else { format!("{user}/{id}") }
+    if id.is_empty() { format!("{user}:~{random}") } else { format!("{user}:{id}") }
 }
 
 /// Reads the client's first MQTT frame (CONNECT) into `buf` and splits it off.
@@ -432,11 +436,12 @@ mod tests {
 
     #[test]
     fn client_ids_are_bound_to_their_user() {
-        assert_eq!(broker_client_id("ha", "paho-ha", "r"), "ha/paho-ha");
+        assert_eq!(broker_client_id("ha", "paho-ha", "r"), "ha:paho-ha");
         assert_ne!(broker_client_id("ha", "x", "r"), broker_client_id("mallory", "x", "r"));
-        // Another user cannot name ha's id: user names have no '/', so the prefix is theirs.
-        assert_ne!(broker_client_id("mallory", "ha/x", "r"), broker_client_id("ha", "x", "r"));
-        assert_eq!(broker_client_id("ha", "", "0a1b"), "ha/~0a1b");
+        // Another user cannot name ha's id: user names have no ':', so the prefix is theirs.
+        assert_ne!(broker_client_id("mal", "lory:x", "r"), broker_client_id("mallory", "x", "r"));
+        assert_ne!(broker_client_id("mallory", "ha:x", "r"), broker_client_id("ha", "x", "r"));
+        assert_eq!(broker_client_id("ha", "", "0a1b"), "ha:~0a1b");
         assert_ne!(broker_client_id("ha", "", "0a1b"), broker_client_id("ha", "", "ffff"));
     }
 
@@ -447,6 +452,9 @@ mod tests {
         assert!(check_client_id(&connect(&"x".repeat(MAX_CLIENT_ID + 1), true)).is_err());
         assert!(check_client_id(&connect("", true)).is_ok());
         assert!(check_client_id(&connect("", false)).is_err());
+        for bad in ["a/b", "a+", "#", "$SYS"] {
+            assert!(check_client_id(&connect(bad, true)).is_err(), "{bad}");
+        }
         let reserved = format!("{}abc", super::super::RESERVED_CLIENT_PREFIX);
         assert!(check_client_id(&connect(&reserved, true)).is_err());
     }
@@ -454,24 +462,24 @@ mod tests {
     #[test]
     fn tickets_are_used_once_and_bound_to_their_client_id_and_user() {
         let t = Tickets::new(Duration::from_secs(10), 4);
-        assert!(!t.redeem("ha/x", "ha", "00"), "none issued");
-        let a = t.issue("ha/x", "ha").expect("ticket");
-        assert!(!t.redeem("ha/x", "mallory", &a), "another user's name");
-        let b = t.issue("ha/x", "ha").expect("ticket");
-        assert!(!t.redeem("ha/y", "ha", &b), "another client id");
-        let c = t.issue("ha/x", "ha").expect("ticket");
-        let d = t.issue("ha/x", "ha").expect("two reconnections racing get one each");
+        assert!(!t.redeem("ha:x", "ha", "00"), "none issued");
+        let a = t.issue("ha:x", "ha").expect("ticket");
+        assert!(!t.redeem("ha:x", "mallory", &a), "another user's name");
+        let b = t.issue("ha:x", "ha").expect("ticket");
+        assert!(!t.redeem("ha:y", "ha", &b), "another client id");
+        let c = t.issue("ha:x", "ha").expect("ticket");
+        let d = t.issue("ha:x", "ha").expect("two reconnections racing get one each");
         assert_ne!(c, d);
-        assert!(t.redeem("ha/x", "ha", &c) && t.redeem("ha/x", "ha", &d));
-        assert!(!t.redeem("ha/x", "ha", &c), "used once");
+        assert!(t.redeem("ha:x", "ha", &c) && t.redeem("ha:x", "ha", &d));
+        assert!(!t.redeem("ha:x", "ha", &c), "used once");
         // Bounded.
         let open: Vec<String> =
-            (0..4).map(|i| t.issue(&format!("u/{i}"), "u").expect("ticket")).collect();
-        assert!(t.issue("u/9", "u").is_none(), "too many open");
-        assert!(t.redeem("u/0", "u", &open[0]));
+            (0..4).map(|i| t.issue(&format!("u:{i}"), "u").expect("ticket")).collect();
+        assert!(t.issue("u:9", "u").is_none(), "too many open");
+        assert!(t.redeem("u:0", "u", &open[0]));
         // Expired tickets are refused.
         let short = Tickets::new(Duration::ZERO, 4);
-        let e = short.issue("ha/x", "ha").expect("ticket");
-        assert!(!short.redeem("ha/x", "ha", &e));
+        let e = short.issue("ha:x", "ha").expect("ticket");
+        assert!(!short.redeem("ha:x", "ha", &e));
     }
 }
