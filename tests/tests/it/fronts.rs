@@ -184,7 +184,7 @@ fn open(kind: Kind, from: IpAddr, to: SocketAddr, tls: &Arc<rustls::ClientConfig
         if kind == Kind::HalfConnect {
             tcp.write_all(half_connect).ok()?;
         }
-        tcp.set_read_timeout(Some(Duration::from_millis(1))).ok()?;
+        tcp.set_nonblocking(true).ok()?;
         return Some(Held::Tcp(tcp));
     }
     let name = ServerName::IpAddress(to.ip().into());
@@ -205,7 +205,7 @@ fn open(kind: Kind, from: IpAddr, to: SocketAddr, tls: &Arc<rustls::ClientConfig
         _ => {}
     }
     s.flush().ok()?;
-    s.sock.set_read_timeout(Some(Duration::from_millis(1))).ok()?;
+    s.sock.set_nonblocking(true).ok()?;
     Some(Held::Tls(Box::new(s)))
 }
 
@@ -290,9 +290,8 @@ fn owner_logs_in(client: &Client, what: &str) -> Duration {
 #[test]
 fn web_slow_body_and_idle_slot_attacks_leave_the_owner_logging_in_first_try() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let extra =
-        "[web]\nhandshake_timeout_ms = 3000\nheader_timeout_ms = 3000\nbody_timeout_ms = 3000\n";
-    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), extra);
+    // The default limits: 256 connections, 32 per address, 10 s for each phase.
+    let hub = Hub::start(&tmp.path().join("hub"), free_udp_port());
     let web = Client::new(&hub);
     let code = super::web::setup_code(&hub);
     assert_eq!(web.setup(&code, "owner", OWNER_PASSWORD).status, 303);
@@ -326,7 +325,8 @@ fn web_slow_body_and_idle_slot_attacks_leave_the_owner_logging_in_first_try() {
         Held::Tcp(_) => unreachable!(),
     });
     let s = s.as_mut().expect("a slow-body connection");
-    s.sock.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.sock.set_nonblocking(false).expect("blocking");
+    s.sock.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
@@ -335,10 +335,11 @@ fn web_slow_body_and_idle_slot_attacks_leave_the_owner_logging_in_first_try() {
     let to = from + 10_000;
     fleet.follow(to + 1_000);
     assert_fleet_kept_up(&fleet, normal, from, to, "web, one attacking address");
-    drop(attack);
 
     // Many addresses: 20 of them with 30 slow bodies each (600 connections for 256 slots).
     let many: Vec<IpAddr> = (10..30).map(ip).collect();
+    let phase_one = attack.opened.load(Ordering::Relaxed);
+    drop(attack);
     let mut attack = Attack::new();
     attack.hold(Kind::SlowBody, hub.web, many[..10].to_vec(), 300, tls.clone());
     attack.hold(Kind::SlowBody, hub.web, many[10..].to_vec(), 300, tls.clone());
@@ -360,8 +361,8 @@ fn web_slow_body_and_idle_slot_attacks_leave_the_owner_logging_in_first_try() {
     let checked = fleet.all_stored(&hub);
     let sec = hub.security();
     eprintln!(
-        "web attack: {opened} attacking connections in phase 2; {checked} readings stored; \
-         shed {} slow {}",
+        "web attack: {phase_one} then {opened} attacking connections; {checked} readings \
+         stored; shed {} slow {}",
         sec["web_connections_shed"], sec["web_slow_requests"]
     );
     assert!(sec["web_slow_requests"].as_u64() > Some(0), "{sec}");
@@ -424,11 +425,8 @@ fn mosquitto_pub(from: IpAddr, port: u16, cafile: Option<&Path>, user: &str) -> 
 fn mqtt_idle_and_half_connect_attacks_on_both_fronts_leave_the_owner_logging_in_first_try() {
     let tmp = tempfile::tempdir().expect("tmp");
     let ports = MqttPorts::new();
-    let hub = Hub::start_with(
-        &tmp.path().join("hub"),
-        free_udp_port(),
-        &ports.config("connect_timeout_ms = 3000\n"),
-    );
+    // The default limits: 256 connections per front, 32 per address, 10 s for TLS and CONNECT.
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &ports.config(""));
     add_user(&hub, "ha");
     let cafile = hub.dir.join("hub-cert.pem");
     let tls = hub_tls(&hub.dir);
