@@ -593,10 +593,15 @@ impl HubApi {
             report.mqtt = m.counters();
             report.total += report.mqtt.total();
         }
-        let upstream = self.upstream.as_ref().map_or(0, |u| u.status().tls_refused);
-        report.connections = self.listeners.counters(upstream);
+        report.connections = self.connection_counters();
         report.total += report.connections.total();
         Ok(report)
+    }
+
+    /// The listeners' connection counters (with the upstream bridge's certificate refusals).
+    pub fn connection_counters(&self) -> crate::connections::ConnectionCounters {
+        let upstream = self.upstream.as_ref().map_or(0, |u| u.status().tls_refused);
+        self.listeners.counters(upstream)
     }
 
     /// Queues a command for `device` (an actuator that is not isolated), sent with the

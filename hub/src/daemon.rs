@@ -144,7 +144,7 @@ pub async fn start(
         true => Some(crate::mqtt::load_auth(&config.mqtt, store.clone(), data_dir)?),
         false => None,
     };
-    let listeners = crate::connections::Listeners::new(&config);
+    let listeners = crate::connections::Listeners::new(&config, crate::connections::load(&store)?);
     let api = HubApi {
         link: tx,
         store: store.clone(),
@@ -189,6 +189,7 @@ pub async fn start(
     let web = crate::web::start(&config, data_dir, api.clone(), shutdown.clone()).await?;
     let mut tasks = vec![
         tokio::spawn(driver.run(rx, shutdown.clone())),
+        tokio::spawn(crate::connections::keep_saved(api.clone(), shutdown.clone())),
         tokio::spawn(crate::control::serve(listener, control.clone(), api.clone(), shutdown)),
     ];
     tasks.extend(feed.map(tokio::spawn));
