@@ -231,7 +231,9 @@ impl Front {
             return connack(&mut client, NOT_AUTHORIZED).await;
         }
         let Some(forwarded) = self.forwarded_connect(connect, will, &user) else {
-            tracing::warn!("MQTT: too many connections waiting for the broker");
+            tracing::warn!(
+                "MQTT: a CONNECT could not be forwarded (too many waiting for the broker)"
+            );
             return;
         };
         let Ok(mut upstream) = TcpStream::connect(self.upstream).await else {
