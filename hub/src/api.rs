@@ -188,6 +188,9 @@ pub struct SecurityReport {
     /// MQTT logins refused or throttled, malformed MQTT, forged publications.
     #[serde(flatten)]
     pub mqtt: crate::mqtt::auth::MqttCounters,
+    /// Connections shed or cut for being slow, fronts bypassed, upstream certificates refused.
+    #[serde(flatten)]
+    pub connections: crate::connections::ConnectionCounters,
     /// Total of the security-relevant counters (retransmissions and Echo rate limiting are
     /// not security events).
     pub total: u64,
@@ -362,6 +365,8 @@ pub struct HubApi {
     pub upstream: Option<crate::upstream::UpstreamHandle>,
     /// MQTT users, login throttling and counters (none when MQTT is disabled).
     pub(crate) mqtt: Option<std::sync::Arc<crate::mqtt::auth::Auth>>,
+    /// The listeners' connection slots and counters.
+    pub listeners: crate::connections::Listeners,
 }
 
 impl HubApi {
@@ -588,7 +593,15 @@ impl HubApi {
             report.mqtt = m.counters();
             report.total += report.mqtt.total();
         }
+        report.connections = self.connection_counters();
+        report.total += report.connections.total();
         Ok(report)
+    }
+
+    /// The listeners' connection counters (with the upstream bridge's certificate refusals).
+    pub fn connection_counters(&self) -> crate::connections::ConnectionCounters {
+        let upstream = self.upstream.as_ref().map_or(0, |u| u.status().tls_refused);
+        self.listeners.counters(upstream)
     }
 
     /// Queues a command for `device` (an actuator that is not isolated), sent with the

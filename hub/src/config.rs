@@ -45,11 +45,14 @@ pub struct Mqtt {
     pub tls_names: Vec<String>,
     /// Client connections at once (each front; the broker allows twice this).
     pub max_connections: usize,
+    /// Client connections at once from one address (each front): beyond it, that address's
+    /// oldest connection that has not logged in is closed.
+    pub connections_per_address: usize,
     /// Largest MQTT packet accepted, bytes.
     pub max_packet_bytes: usize,
     /// QoS 1/2 messages in flight per client.
     pub max_inflight: usize,
-    /// A client must send CONNECT (after TLS) within this time, ms.
+    /// A client must finish TLS and send its CONNECT within this time of connecting, ms.
     pub connect_timeout_ms: u16,
     /// Failed logins per user or address allowed before back-off starts.
     pub free_failures: u32,
@@ -61,6 +64,10 @@ pub struct Mqtt {
     pub forget_after_s: u64,
     /// Home Assistant discovery prefix.
     pub discovery_prefix: String,
+    /// Discovery is republished for Home Assistant's birth message (`<prefix>/status`
+    /// `online`) at most once per this interval, s: births within it are coalesced into one
+    /// republication at its end.
+    pub republish_interval_s: u64,
 }
 
 impl Default for Mqtt {
@@ -72,6 +79,7 @@ impl Default for Mqtt {
             broker_port: 18830,
             tls_names: Vec::new(),
             max_connections: 256,
+            connections_per_address: 32,
             max_packet_bytes: 256 * 1024,
             max_inflight: 100,
             connect_timeout_ms: 10_000,
@@ -80,6 +88,7 @@ impl Default for Mqtt {
             backoff_max_ms: 300_000,
             forget_after_s: 900,
             discovery_prefix: "homeassistant".into(),
+            republish_interval_s: 10,
         }
     }
 }
@@ -118,13 +127,34 @@ pub struct Web {
     /// Listen address (HTTPS only; plain HTTP on it gets no answer).
     pub bind: SocketAddr,
     /// Host names and addresses the certificate names besides localhost, loopback and the host
-    /// name (used when the certificate is first made).
+    /// name (used when the certificate is first made). State changes are accepted only from
+    /// pages served under one of these names (the `Origin` check).
     pub names: Vec<String>,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once from one address: beyond it, that address's oldest connection
+    /// without a session is closed.
+    pub connections_per_address: usize,
+    /// A TLS handshake must finish within this time of connecting, ms.
+    pub handshake_timeout_ms: u64,
+    /// A request's headers must arrive within this time; a kept-alive connection that sends no
+    /// request for this long is closed, ms.
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive within this time of its headers, ms.
+    pub body_timeout_ms: u64,
 }
 
 impl Default for Web {
     fn default() -> Self {
-        Self { bind: SocketAddr::from(([0, 0, 0, 0], 8443)), names: Vec::new() }
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            names: Vec::new(),
+            max_connections: 256,
+            connections_per_address: 32,
+            handshake_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -336,6 +366,12 @@ impl Config {
         if !(1..=65_536).contains(&m.max_connections) {
             return bad("mqtt.max_connections", "must be 1 to 65536");
         }
+        if !(1..=m.max_connections).contains(&m.connections_per_address) {
+            return bad("mqtt.connections_per_address", "must be 1 to mqtt.max_connections");
+        }
+        if !(1..=3600).contains(&m.republish_interval_s) {
+            return bad("mqtt.republish_interval_s", "must be 1 to 3600");
+        }
         if !(1024..=16 << 20).contains(&m.max_packet_bytes) {
             return bad("mqtt.max_packet_bytes", "must be 1024 to 16777216");
         }
@@ -359,6 +395,22 @@ impl Config {
             && !m.discovery_prefix.contains(['+', '#', '\0']);
         if !prefix_ok {
             return bad("mqtt.discovery_prefix", "must be 1 to 64 characters without + # or NUL");
+        }
+        let w = &self.web;
+        if !(1..=65_536).contains(&w.max_connections) {
+            return bad("web.max_connections", "must be 1 to 65536");
+        }
+        if !(1..=w.max_connections).contains(&w.connections_per_address) {
+            return bad("web.connections_per_address", "must be 1 to web.max_connections");
+        }
+        for (key, ms) in [
+            ("web.handshake_timeout_ms", w.handshake_timeout_ms),
+            ("web.header_timeout_ms", w.header_timeout_ms),
+            ("web.body_timeout_ms", w.body_timeout_ms),
+        ] {
+            if !(100..=600_000).contains(&ms) {
+                return bad(key, "must be 100 to 600000");
+            }
         }
         let u = &self.updates;
         match (&u.feed_url, &u.feed_cert) {
@@ -475,5 +527,16 @@ mod tests {
         assert!(load("[upstream]\nurl = \"mqtt://127.0.0.1:1883\"").is_ok());
         assert_eq!(invalid_key("[mqtt]\nplain_bind = \"0.0.0.0:1883\""), "mqtt.plain_bind");
         assert_eq!(invalid_key("[mqtt]\nbroker_port = 1883"), "mqtt.broker_port");
+        assert_eq!(
+            invalid_key("[mqtt]\nmax_connections = 8\nconnections_per_address = 9"),
+            "mqtt.connections_per_address"
+        );
+        assert_eq!(invalid_key("[mqtt]\nrepublish_interval_s = 0"), "mqtt.republish_interval_s");
+        assert_eq!(
+            invalid_key("[web]\nconnections_per_address = 0"),
+            "web.connections_per_address"
+        );
+        assert_eq!(invalid_key("[web]\nbody_timeout_ms = 99"), "web.body_timeout_ms");
+        assert!(load("[web]\nmax_connections = 4\nconnections_per_address = 4").is_ok());
     }
 }

@@ -144,12 +144,14 @@ pub async fn start(
         true => Some(crate::mqtt::load_auth(&config.mqtt, store.clone(), data_dir)?),
         false => None,
     };
+    let listeners = crate::connections::Listeners::new(&config, crate::connections::load(&store)?);
     let api = HubApi {
         link: tx,
         store: store.clone(),
         directory: directory.clone(),
         mqtt: mqtt_auth.clone(),
         upstream,
+        listeners: listeners.clone(),
     };
     let updates = load_updates(&store, data_dir, &config, &peers)?;
     let store_advisories = store.meta(crate::isolation::META_KEY)?;
@@ -171,9 +173,15 @@ pub async fn start(
             let names = crate::identity::default_names(&config.certificate_names());
             let identity = crate::identity::Identity::load_or_create(data_dir, &names)
                 .map_err(crate::mqtt::MqttError::from)?;
-            let m =
-                crate::mqtt::start(&config.mqtt, auth, &identity, api.clone(), shutdown.clone())
-                    .await?;
+            let m = crate::mqtt::start(
+                &config.mqtt,
+                auth,
+                &identity,
+                api.clone(),
+                &listeners,
+                shutdown.clone(),
+            )
+            .await?;
             Some(m)
         }
         None => None,
@@ -181,6 +189,7 @@ pub async fn start(
     let web = crate::web::start(&config, data_dir, api.clone(), shutdown.clone()).await?;
     let mut tasks = vec![
         tokio::spawn(driver.run(rx, shutdown.clone())),
+        tokio::spawn(crate::connections::keep_saved(api.clone(), shutdown.clone())),
         tokio::spawn(crate::control::serve(listener, control.clone(), api.clone(), shutdown)),
     ];
     tasks.extend(feed.map(tokio::spawn));

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod daemon;
 pub mod device_id;

@@ -324,6 +324,13 @@ fn upstream(u: &Value) -> String {
         rows.iter().map(|(k, v)| vec![(*k).into(), v.to_string()]).collect();
     out.push_str(&table(&["OUTBOX", "READINGS"], &rows));
     let _ = writeln!(out, "Connections since start: {}", u["connections"]);
+    if u["tls_refused"].as_u64().is_some_and(|n| n > 0) {
+        let _ = writeln!(
+            out,
+            "Broker certificate refused {} time(s) since start: a possible man in the middle (see the log)",
+            u["tls_refused"]
+        );
+    }
     if let Some(e) = u["last_error"].as_str() {
         let _ = writeln!(out, "Last connection error: {e}");
     }

@@ -1,12 +1,16 @@
 //! The owner's web UI in the hub: `web_ui::OwnerApi` implemented on the one command API
 //! ([`HubApi`]), the web vault (owner account) sealed under the key-encryption key (EN 303 645
 //! 5.4-1), the one-time setup code made from the hub's CSPRNG at first start and after an erase
-//! (5.1-1/5.1-2), and HTTPS with the hub's own certificate (5.5-1).
+//! (5.1-1/5.1-2) — kept only in its 0600 file, never printed or logged (the console and the
+//! journal say where the file is) — and HTTPS with the hub's own certificate (5.5-1), served
+//! within the web listener's slots and deadlines and accepting state changes only from pages
+//! served under the certificate's names.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
@@ -59,14 +63,15 @@ pub enum WebStartError {
     Setup(#[from] web_ui::auth::AuthError),
 }
 
-/// Starts the web UI: prints the address, the certificate fingerprint and, while
-/// no owner account exists, the one-time setup code.
+/// Starts the web UI: prints the address, the certificate fingerprint and, while no owner
+/// account exists, where the one-time setup code is.
 pub async fn start(
     config: &crate::config::Config,
     data_dir: &Path,
     api: HubApi,
     shutdown: CancellationToken,
 ) -> Result<WebInfo, WebStartError> {
+    let slots = api.listeners.web.clone();
     let bind = config.web.bind;
     let names = crate::identity::default_names(&config.certificate_names());
     let identity = crate::identity::Identity::load_or_create(data_dir, &names)?;
@@ -87,7 +92,16 @@ pub async fn start(
     println!("Web UI: https://{addr}/ — certificate SHA-256 fingerprint {fingerprint}");
     let web = web_ui::Web::new(owner.clone(), owner.cost, web_ui::system_clock()).await;
     let router = web_ui::router(web);
-    let task = tokio::spawn(web_ui::serve(listener, tls, router, shutdown));
+    let w = &config.web;
+    let options = web_ui::serve::ServeOptions {
+        slots,
+        handshake_timeout: Duration::from_millis(w.handshake_timeout_ms),
+        header_timeout: Duration::from_millis(w.header_timeout_ms),
+        body_timeout: Duration::from_millis(w.body_timeout_ms),
+        // The names the certificate carries, on the port actually served.
+        origins: Arc::new(web_ui::guard::Origins::new(&names, addr.port())),
+    };
+    let task = tokio::spawn(web_ui::serve(listener, tls, router, options, shutdown));
     Ok(WebInfo { addr, fingerprint, task })
 }
 
@@ -129,18 +143,20 @@ impl HubOwner {
             return Ok(());
         }
         let sticker = self.data_dir.join(SETUP_CODE_FILE);
-        let code = match (&vault, std::fs::read_to_string(&sticker)) {
-            (Some(v), Ok(code)) if v.setup.is_some() => code.trim().to_owned(),
-            _ => self.new_setup_code()?,
-        };
+        let kept = matches!((&vault, std::fs::read_to_string(&sticker)), (Some(v), Ok(_)) if v.setup.is_some());
+        if !kept {
+            self.new_setup_code()?;
+        }
+        // The code itself goes to no console or journal: only into the file.
         println!(
-            "Hearth setup: no owner account yet. One-time setup code: {code} (also in {})",
+            "Hearth setup: no owner account yet. The one-time setup code is in {} (readable by \
+             the hub's user only)",
             sticker.display()
         );
         Ok(())
     }
 
-    fn new_setup_code(&self) -> Result<String, WebStartError> {
+    fn new_setup_code(&self) -> Result<(), WebStartError> {
         let mut random = [0u8; web_ui::auth::CODE_LEN];
         self.random_bytes(&mut random);
         let code = web_ui::setup_code(&random);
@@ -148,7 +164,7 @@ impl HubOwner {
         crate::private_fs::write(&sticker, format!("{code}\n").as_bytes())
             .map_err(|e| WebStartError::Io(sticker, e))?;
         self.write_vault(&web_ui::Vault::first_run(&code, self.cost)?)?;
-        Ok(code)
+        Ok(())
     }
 
     fn random_bytes(&self, buf: &mut [u8]) {
@@ -273,6 +289,16 @@ fn counter_label(name: &str) -> String {
         "bad_request" => "Requests for missing or unprotected resources".into(),
         "key_limit" => "Requests refused at a key-usage limit".into(),
         "bad_payload" => "Readings refused for breaking a limit".into(),
+        "web_connections_shed" => {
+            "Web connections closed or refused to make room (per-address cap, full)".into()
+        }
+        "web_slow_requests" => "Web connections cut for a late handshake, headers or body".into(),
+        "mqtt_connections_shed" => {
+            "MQTT connections closed or refused to make room (per-address cap, full)".into()
+        }
+        "mqtt_slow_connects" => "MQTT connections without TLS and CONNECT in time".into(),
+        "mqtt_bypass_refused" => "Connections to the MQTT broker that skipped the fronts".into(),
+        "upstream_tls_refused" => "Upstream broker certificates refused (possible MITM)".into(),
         other => other.replace('_', " "),
     }
 }
@@ -544,10 +570,11 @@ impl web_ui::OwnerApi for HubOwner {
                     Err(e) => return Err(web_err(e)),
                 }
             }
-            let code = self.new_setup_code().map_err(unavailable)?;
+            self.new_setup_code().map_err(unavailable)?;
             tracing::warn!("all user data erased; back to first-run setup");
             println!(
-                "Hearth setup: all data erased. New one-time setup code: {code} (also in {})",
+                "Hearth setup: all data erased. The new one-time setup code is in {} (readable \
+                 by the hub's user only)",
                 self.data_dir.join(SETUP_CODE_FILE).display()
             );
             Ok(())

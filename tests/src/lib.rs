@@ -77,12 +77,14 @@ pub struct Hub {
 }
 
 /// Writes a test configuration: fixed port, generous pairing limits for a simulated fleet, and
-/// `extra` TOML sections. MQTT (fixed ports by default) is off unless `extra` has `[mqtt]`.
+/// `extra` TOML sections. MQTT (fixed ports by default) is off unless `extra` has `[mqtt]`; the
+/// web UI listens on a free loopback port unless `extra` has `[web]` (then it says `bind`).
 pub fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let path = dir.join("hub.toml");
     let mqtt = if extra.contains("[mqtt]") { "" } else { "[mqtt]\nenabled = false\n" };
+    let web = if extra.contains("[web]") { "" } else { "[web]\nbind = \"127.0.0.1:0\"\n" };
     let text = format!(
-        "coap_bind = \"127.0.0.1:{port}\"\n[web]\nbind = \"127.0.0.1:0\"\n[pairing]\nmax_sessions = 1024\nsessions_per_source = 1024\n{mqtt}{extra}"
+        "coap_bind = \"127.0.0.1:{port}\"\n{web}[pairing]\nmax_sessions = 1024\nsessions_per_source = 1024\n{mqtt}{extra}"
     );
     std::fs::write(&path, text).expect("write config");
     path

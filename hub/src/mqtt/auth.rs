@@ -89,7 +89,8 @@ pub struct MqttCounters {
     /// Malformed MQTT (first packet not CONNECT, bad framing, unsupported protocol).
     #[serde(rename = "mqtt_malformed", default)]
     pub malformed: u64,
-    /// Publications refused because the topic is the hub's own (device state, discovery).
+    /// Publications refused because the topic is the hub's own (device state, discovery),
+    /// as PUBLISH or as a CONNECT's Will.
     #[serde(rename = "mqtt_denied_publish", default)]
     pub denied_publish: u64,
 }
@@ -132,6 +133,13 @@ pub enum MqttEvent {
         /// The user.
         user: String,
         /// The topic.
+        topic: String,
+    },
+    /// A CONNECT whose Will goes to a topic that belongs to the hub was refused.
+    DeniedWill {
+        /// The user.
+        user: String,
+        /// The Will's topic.
         topic: String,
     },
 }
@@ -518,6 +526,13 @@ impl Auth {
         });
     }
 
+    /// A CONNECT was refused for its Will's topic (counted with the refused publications: a
+    /// Will is a publication made on the client's behalf).
+    pub fn denied_will(&self, user: &str, topic: &str) {
+        self.lock().counters.denied_publish += 1;
+        self.event(MqttEvent::DeniedWill { user: truncate(user, 64), topic: truncate(topic, 128) });
+    }
+
     fn event(&self, e: MqttEvent) {
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner()).allow(kind(&e));
         if log {
@@ -565,7 +580,7 @@ fn kind(e: &MqttEvent) -> &'static str {
         MqttEvent::LoginFailed { .. } => "mqtt_login_failed",
         MqttEvent::Throttled { .. } => "mqtt_throttled",
         MqttEvent::Malformed { .. } => "mqtt_malformed",
-        MqttEvent::DeniedPublish { .. } => "mqtt_denied_publish",
+        MqttEvent::DeniedPublish { .. } | MqttEvent::DeniedWill { .. } => "mqtt_denied_publish",
     }
 }
 

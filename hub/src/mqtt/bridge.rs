@@ -2,7 +2,9 @@
 //! hub (retained state and availability, discovery configs, update state; TR 103 621 6.23: an
 //! isolated device's data and configs are withdrawn), relays `…/set` commands to the link
 //! (EN 303 645 5.5-1: over OSCORE only), republishes discovery when Home Assistant comes
-//! online, and publishes hub status and security events (5.10-1).
+//! online (at once after a quiet interval; births within the interval coalesce into one
+//! republication at its end, so a storm of birth messages cannot make the hub flood every
+//! subscriber with configs), and publishes hub status and security events (5.10-1).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +54,12 @@ struct Bridge {
     /// Installed versions seen in the update overview.
     installed: HashMap<DeviceId, u32>,
     last_counters: Option<Value>,
+    /// Discovery is republished at most once per this interval.
+    republish_interval: Duration,
+    /// When discovery was last republished for a birth message.
+    republished: Option<tokio::time::Instant>,
+    /// A republication owed to births within the interval, due then.
+    republish_due: Option<tokio::time::Instant>,
 }
 
 /// Starts the outgoing thread (it owns the link's sender, whose sends may block) and returns the
@@ -61,6 +69,7 @@ pub(crate) fn start(
     api: HubApi,
     auth: Arc<Auth>,
     prefix: String,
+    republish_interval: Duration,
     shutdown: CancellationToken,
 ) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     let (mut tx, rx) = link;
@@ -93,6 +102,9 @@ pub(crate) fn start(
         dropped: 0,
         installed: HashMap::new(),
         last_counters: None,
+        republish_interval,
+        republished: None,
+        republish_due: None,
     };
     Ok(bridge.run(rx, shutdown))
 }
@@ -132,7 +144,13 @@ impl Bridge {
         self.resync();
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
+            let due = self.republish_due;
             tokio::select! {
+                () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
+                    if due.is_some() => {
+                    self.republish_due = None;
+                    self.republish();
+                }
                 n = notices.recv() => match n {
                     Ok(n) => self.notice(n),
                     Err(broadcast::error::RecvError::Lagged(_)) => self.resync(),
@@ -273,11 +291,7 @@ impl Bridge {
     async fn incoming(&mut self, topic: &str, payload: &[u8]) {
         if topic == format!("{}/status", self.prefix) {
             if payload == b"online" {
-                // Home Assistant (re)started: it wants every config again.
-                tracing::info!("Home Assistant is online; republishing discovery");
-                for d in self.api.directory.list() {
-                    self.sync(&d);
-                }
+                self.birth(tokio::time::Instant::now());
             }
             return;
         }
@@ -289,6 +303,28 @@ impl Bridge {
             Err(e) => json!({"status": "refused", "reason": e.to_string()}),
         };
         self.publish_json(topics::set_result(&device), &v, false);
+    }
+
+    /// Home Assistant (re)started and wants every config again: republished now, or — within
+    /// the interval since the last time — once at its end, however many births came.
+    fn birth(&mut self, now: tokio::time::Instant) {
+        match self.republished.map(|t| t + self.republish_interval) {
+            Some(next) if now < next => {
+                if self.republish_due.is_none() {
+                    tracing::debug!("Home Assistant birth again soon; discovery republished later");
+                    self.republish_due = Some(next);
+                }
+            }
+            _ => self.republish(),
+        }
+    }
+
+    fn republish(&mut self) {
+        tracing::info!("Home Assistant is online; republishing discovery");
+        self.republished = Some(tokio::time::Instant::now());
+        for d in self.api.directory.list() {
+            self.sync(&d);
+        }
     }
 
     async fn command(

@@ -1,14 +1,16 @@
 //! The embedded rumqttd broker: an explicit configuration (every router and connection limit
 //! set), one MQTT 3.1.1 listener on 127.0.0.1 only, the hub's own local link taken before the
 //! broker starts, and readiness proven by a probe that only this broker can answer (rumqttd
-//! gives no signal and returns quietly if its port is taken). Its listener authenticates every
-//! client (EN 303 645 5.5-4): a local process cannot bypass the fronts' checks.
+//! gives no signal and returns quietly if its port is taken). Its listener accepts only the
+//! connections a front prepared — a one-time ticket for the client id and user the front
+//! checked (EN 303 645 5.5-4) — so a local process cannot bypass the fronts' checks (login,
+//! Will, client id, topics); others are refused and counted.
 
 use std::collections::HashMap;
 use std::io::{Read, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -17,7 +19,7 @@ use rumqttd::protocol::{Connect, Login, Packet, Protocol, v4::V4};
 use rumqttd::{ConnectionSettings, RouterConfig, ServerSettings};
 
 use super::MqttError;
-use super::auth::Auth;
+use super::front::Tickets;
 use crate::config::Mqtt;
 
 /// How long the broker has to prove it serves its port.
@@ -44,9 +46,9 @@ struct Probe {
 fn config(
     cfg: &Mqtt,
     addr: SocketAddr,
-    auth: Arc<Auth>,
+    tickets: Arc<Tickets>,
+    bypass: Arc<AtomicU64>,
     probe: Arc<Probe>,
-    runtime: tokio::runtime::Handle,
 ) -> rumqttd::Config {
     let mut connections = ConnectionSettings {
         connection_timeout_ms: cfg.connect_timeout_ms,
@@ -57,18 +59,25 @@ fn config(
         dynamic_filters: true,
     };
     connections.set_auth_handler(move |client_id: String, user: String, password: String| {
-        let (auth, probe, runtime) = (auth.clone(), probe.clone(), runtime.clone());
+        let (tickets, bypass, probe) = (tickets.clone(), bypass.clone(), probe.clone());
         async move {
             if client_id == probe.client_id && password == probe.client_id {
                 probe.seen.store(true, Ordering::SeqCst);
                 return false; // proven; no session needed
             }
-            // argon2 is slow by design: on the hub's blocking pool, not on the broker's
-            // single-threaded runtime.
-            runtime
-                .spawn_blocking(move || auth.broker_login(&user, password.as_bytes()))
-                .await
-                .unwrap_or(false)
+            // The front checked the login; the ticket proves the connection came from it.
+            if tickets.redeem(&client_id, &user, &password) {
+                return true;
+            }
+            let n = bypass.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    refused = n,
+                    "MQTT: a connection to the broker's own port did not come through the \
+                     hub's fronts (a process on the hub skipping their checks); refused"
+                );
+            }
+            false
         }
     });
     let server = ServerSettings {
@@ -105,8 +114,8 @@ fn config(
 /// Starts the broker on its own named thread and waits until it provably serves its port.
 pub(crate) fn start(
     cfg: &Mqtt,
-    auth: Arc<Auth>,
-    runtime: tokio::runtime::Handle,
+    tickets: Arc<Tickets>,
+    bypass: Arc<AtomicU64>,
 ) -> Result<Started, MqttError> {
     let addr = SocketAddr::from(([127, 0, 0, 1], cfg.broker_port));
     // rumqttd would return quietly if the port were taken: check first, and prove it after.
@@ -120,7 +129,7 @@ pub(crate) fn start(
     crate::rng::fill(&mut nonce).map_err(|_| MqttError::Rng)?;
     let client_id =
         format!("{}{}", super::RESERVED_CLIENT_PREFIX, protocol::hex::encode(&nonce[..6]));
-    let mut broker = rumqttd::Broker::new(config(cfg, addr, auth, probe.clone(), runtime));
+    let mut broker = rumqttd::Broker::new(config(cfg, addr, tickets, bypass, probe.clone()));
     let link = broker.link(&client_id).map_err(|e| MqttError::Broker(e.to_string()))?;
     let thread = std::thread::Builder::new()
         .name("mqtt-broker".into())

@@ -1,20 +1,27 @@
 //! The MQTT fronts: the TLS listener for the LAN (the hub's own rustls and certificate, so
 //! clients may name the hub by IP address or host name) and the plain listener on loopback.
-//! Each reads the client's CONNECT, refuses throttled, unauthenticated and malformed clients
-//! (EN 303 645 5.1-5, 5.5-4, 5.13-1), and forwards accepted ones to the broker's loopback
-//! listener, checking every PUBLISH against the topics clients may write. Its sockets set
+//! Each holds its own connection slots (a cap per address; a newcomer evicts the oldest client
+//! that has not logged in: `admission::slots`) and gives a client `connect_timeout_ms` to finish
+//! TLS and send CONNECT. It reads the client's CONNECT, refuses throttled, unauthenticated and
+//! malformed clients (EN 303 645 5.1-5, 5.5-4, 5.13-1) and Wills to topics clients may not
+//! publish to, binds the client id to its user (the broker sees `<user>/<client id>`, so no
+//! user can take over another's session), and forwards accepted clients to the broker's
+//! loopback listener with a one-time ticket (the broker refuses connections no front
+//! prepared), checking every PUBLISH against the topics clients may write. Its sockets set
 //! TCP_NODELAY, and it acknowledges the broker's segments at once (TCP_QUICKACK) so the broker's
 //! own sockets, which leave Nagle on, never wait for a delayed ACK (no 40 ms stalls).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use admission::slots::{Slot, Slots};
 use bytes::BytesMut;
-use rumqttd::protocol::{Packet, Protocol, v4::V4};
+use rumqttd::protocol::{Connect, LastWill, Login, Packet, Protocol, v4::V4};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +32,8 @@ const UNACCEPTABLE_PROTOCOL: u8 = 0x01;
 const IDENTIFIER_REJECTED: u8 = 0x02;
 const BAD_USER_OR_PASSWORD: u8 = 0x04;
 const NOT_AUTHORIZED: u8 = 0x05;
+/// Longest client id accepted, bytes (MQTT 3.1.1 requires servers to take 1 to 23 characters).
+const MAX_CLIENT_ID: usize = 256;
 
 /// What every connection of a front shares.
 #[derive(Debug)]
@@ -35,7 +44,54 @@ pub(crate) struct Front {
     pub max_packet: usize,
     pub connect_timeout: Duration,
     pub discovery_prefix: String,
-    pub limit: Arc<Semaphore>,
+    /// One-time tickets for the CONNECTs this front forwards (the broker's check redeems them).
+    pub tickets: Arc<Tickets>,
+}
+
+/// The CONNECTs the fronts forwarded and the broker has not yet checked. A forwarded CONNECT
+/// carries a one-time ticket as its password (never the client's own: the front checked that):
+/// the broker accepts a connection only with an open ticket issued for its client id and user,
+/// so a process on the hub that connects to the broker's port directly cannot skip the fronts'
+/// checks (Wills, client ids, topics) and costs no password hashing. Tickets are used once and
+/// expire.
+#[derive(Debug)]
+pub(crate) struct Tickets {
+    /// By ticket: the client id and user it was issued for, and when.
+    open: Mutex<HashMap<String, (String, String, std::time::Instant)>>,
+    ttl: Duration,
+    max: usize,
+}
+
+impl Tickets {
+    /// Tickets that expire after `ttl`, at most `max` open at once.
+    pub fn new(ttl: Duration, max: usize) -> Self {
+        Self { open: Mutex::new(HashMap::new()), ttl, max: max.max(1) }
+    }
+
+    /// A ticket for `client_id` of `user`; none if too many are open or randomness failed.
+    fn issue(&self, client_id: &str, user: &str) -> Option<String> {
+        let mut random = [0u8; 16];
+        crate::rng::fill(&mut random).ok()?;
+        let ticket = protocol::hex::encode(&random);
+        let now = std::time::Instant::now();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.len() >= self.max {
+            open.retain(|_, (_, _, at)| now.duration_since(*at) < self.ttl);
+            if open.len() >= self.max {
+                return None;
+            }
+        }
+        open.insert(ticket.clone(), (client_id.to_owned(), user.to_owned(), now));
+        Some(ticket)
+    }
+
+    /// Uses `ticket` for `client_id` of `user`: true if it was open, fresh and issued for them.
+    pub fn redeem(&self, client_id: &str, user: &str, ticket: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((id, u, at)) = open.remove(ticket) else { return false };
+        id == client_id && u == user && now.duration_since(at) < self.ttl
+    }
 }
 
 /// Why a client's byte stream was refused.
@@ -49,11 +105,13 @@ enum Refusal {
     Io,
 }
 
-/// Serves one listener until `shutdown` (`tls`: the TLS front; none: the plain one).
+/// Serves one listener, with its own `slots`, until `shutdown` (`tls`: the TLS front; none:
+/// the plain one).
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     front: Arc<Front>,
+    slots: Arc<Slots>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -67,16 +125,21 @@ pub(crate) async fn serve(
             },
             () = shutdown.cancelled() => return,
         };
-        let Ok(permit) = front.limit.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "MQTT connection refused: connection limit reached");
-            continue;
+        let slot = match slots.acquire(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::debug!(%peer, %why, "MQTT connection refused");
+                continue;
+            }
         };
         let (front, tls, shutdown) = (front.clone(), tls.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let _permit = permit;
             let _ = tcp.set_nodelay(true);
             tokio::select! {
-                () = front.connection(tcp, peer, tls) => {}
+                () = front.connection(tcp, peer, tls, &slot) => {}
+                () = slot.evicted() => {
+                    tracing::debug!(%peer, "MQTT connection closed to make room (not logged in)");
+                }
                 () = shutdown.cancelled() => {}
             }
         });
@@ -84,36 +147,51 @@ pub(crate) async fn serve(
 }
 
 impl Front {
-    async fn connection(&self, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+    /// TLS (if any) and CONNECT must both be done within `connect_timeout` of connecting.
+    async fn connection(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        slot: &Slot,
+    ) {
+        let deadline = Instant::now() + self.connect_timeout;
         match tls {
-            Some(acceptor) => {
-                match tokio::time::timeout(self.connect_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => self.session(stream, peer.ip()).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "MQTT TLS handshake timed out"),
+            Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => self.session(stream, peer.ip(), deadline, slot).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed"),
+                Err(_) => {
+                    slot.count_slow();
+                    tracing::debug!(%peer, "MQTT TLS handshake timed out");
                 }
-            }
-            None => self.session(tcp, peer.ip()).await,
+            },
+            None => self.session(tcp, peer.ip(), deadline, slot).await,
         }
     }
 
-    async fn session<S: AsyncRead + AsyncWrite + Unpin>(&self, mut client: S, ip: IpAddr) {
+    async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut client: S,
+        ip: IpAddr,
+        deadline: Instant,
+        slot: &Slot,
+    ) {
         let mut buf = BytesMut::with_capacity(1024);
-        let first = tokio::time::timeout(
-            self.connect_timeout,
-            read_frame(&mut client, &mut buf, self.max_packet),
-        )
-        .await;
-        let frame = match first {
+        let first =
+            tokio::time::timeout_at(deadline, read_frame(&mut client, &mut buf, self.max_packet))
+                .await;
+        let mut frame = match first {
             Ok(Ok(frame)) => frame,
             Ok(Err(Refusal::Malformed(what))) => return self.auth.malformed(ip, &what),
             // A client that sent part of a packet and then nothing until the deadline.
             Err(_) if !buf.is_empty() => return self.auth.malformed(ip, "incomplete CONNECT"),
-            Ok(Err(Refusal::Closed | Refusal::Io)) | Err(_) => return,
+            Err(_) => return slot.count_slow(),
+            Ok(Err(Refusal::Closed | Refusal::Io)) => return,
         };
         let parsed = V4.read_mut(&mut BytesMut::from(&frame[..]), self.max_packet);
-        let (connect, login) = match parsed {
-            Ok(Packet::Connect(connect, _, _, _, login)) => (connect, login),
+        frame.as_mut().fill(0); // it holds the password
+        let (connect, will, login) = match parsed {
+            Ok(Packet::Connect(connect, _, will, _, login)) => (connect, will, login),
             Ok(_) => return self.auth.malformed(ip, "first packet is not CONNECT"),
             Err(rumqttd::protocol::Error::InvalidProtocolLevel(level)) => {
                 // A client of another MQTT version: refuse it the way 3.1.1 says.
@@ -122,12 +200,15 @@ impl Front {
             }
             Err(e) => return self.auth.malformed(ip, &format!("bad CONNECT: {e:?}")),
         };
-        if connect.client_id.starts_with(super::RESERVED_CLIENT_PREFIX) {
-            self.auth.malformed(ip, "reserved client id");
+        if let Err(what) = check_client_id(&connect) {
+            self.auth.malformed(ip, what);
             return connack(&mut client, IDENTIFIER_REJECTED).await;
         }
-        let user = login.as_ref().map(|l| l.username.clone()).filter(|u| !u.is_empty());
-        let password = zeroize::Zeroizing::new(login.map(|l| l.password).unwrap_or_default());
+        let (user, password) = match login {
+            Some(l) => (Some(l.username).filter(|u| !u.is_empty()), l.password),
+            None => (None, String::new()),
+        };
+        let password = zeroize::Zeroizing::new(password);
         let verdict = {
             let (auth, user, password) = (self.auth.clone(), user.clone(), password.clone());
             tokio::task::spawn_blocking(move || {
@@ -141,17 +222,59 @@ impl Front {
             Verdict::Refused => return connack(&mut client, BAD_USER_OR_PASSWORD).await,
             Verdict::Throttled(_) => return connack(&mut client, NOT_AUTHORIZED).await,
         }
+        let user = user.unwrap_or_default();
+        if let Some(w) = &will
+            && let Err(topic) = self.will_allowed(w)
+        {
+            // A Will is a publication made on the client's behalf: the same rules apply.
+            self.auth.denied_will(&user, &topic);
+            return connack(&mut client, NOT_AUTHORIZED).await;
+        }
+        let Some(forwarded) = self.forwarded_connect(connect, will, &user) else {
+            tracing::warn!(
+                "MQTT: a CONNECT could not be forwarded (too many waiting for the broker)"
+            );
+            return;
+        };
         let Ok(mut upstream) = TcpStream::connect(self.upstream).await else {
             tracing::warn!("MQTT broker unreachable on loopback");
             return;
         };
         let _ = upstream.set_nodelay(true);
         quickack(&upstream);
-        if upstream.write_all(&frame).await.is_err() {
+        if upstream.write_all(&forwarded).await.is_err() {
             return;
         }
-        let user = user.unwrap_or_default();
+        // Logged in: never evicted to make room from now on.
+        slot.establish();
         self.pump(client, upstream, buf, &user, ip).await;
+    }
+
+    /// `Err(topic)` if the Will goes to a topic clients may not publish to (or is not UTF-8).
+    fn will_allowed(&self, will: &LastWill) -> Result<(), String> {
+        match std::str::from_utf8(&will.topic) {
+            Ok(t) if super::topics::client_may_publish(t, &self.discovery_prefix) => Ok(()),
+            Ok(t) => Err(t.to_owned()),
+            Err(_) => Err(String::from_utf8_lossy(&will.topic).into_owned()),
+        }
+    }
+
+    /// The CONNECT the broker gets: the client id bound to `user`, and a ticket as password.
+    fn forwarded_connect(
+        &self,
+        mut connect: Connect,
+        will: Option<LastWill>,
+        user: &str,
+    ) -> Option<BytesMut> {
+        let mut random = [0u8; 16];
+        crate::rng::fill(&mut random).ok()?;
+        connect.client_id =
+            broker_client_id(user, &connect.client_id, &protocol::hex::encode(&random));
+        let ticket = self.tickets.issue(&connect.client_id, user)?;
+        let login = Login { username: user.to_owned(), password: ticket };
+        let mut out = BytesMut::with_capacity(256);
+        V4.write(Packet::Connect(connect, None, will, None, Some(login)), &mut out).ok()?;
+        Some(out)
     }
 
     /// Forwards both ways until either side closes: client packets one frame at a time (each
@@ -239,6 +362,34 @@ impl Front {
     }
 }
 
+/// Client ids the front refuses (CONNACK 2, MQTT 3.1.1 §3.1.3.1): the hub's own, overlong
+/// ones, ones with characters the broker refuses (`+ $ # /`), and an empty one that asks for a
+/// persistent session [MQTT-3.1.3-8].
+fn check_client_id(connect: &Connect) -> Result<(), &'static str> {
+    let id = &connect.client_id;
+    if id.starts_with(super::RESERVED_CLIENT_PREFIX) {
+        return Err("reserved client id");
+    }
+    if id.len() > MAX_CLIENT_ID {
+        return Err("client id too long");
+    }
+    if id.contains(['+', '$', '#', '/']) {
+        return Err("client id with + $ # or /");
+    }
+    if id.is_empty() && !connect.clean_session {
+        return Err("empty client id with a persistent session");
+    }
+    Ok(())
+}
+
+/// The client id the broker sees for client id `id` of `user`: `<user>:<id>`. User names have
+/// no `:`, so two users' ids never meet, and a client can only take over (or resume) sessions
+/// of its own user. An empty id (the client asks the server to pick one, with a clean
+/// session) becomes `<user>:~<random>`.
+fn broker_client_id(user: &str, id: &str, random: &str) -> String {
+    if id.is_empty() { format!("{user}:~{random}") } else { format!("{user}:{id}") }
+}
+
 /// Reads the client's first MQTT frame (CONNECT) into `buf` and splits it off.
 async fn read_frame<S: AsyncRead + Unpin>(
     s: &mut S,
@@ -275,4 +426,62 @@ async fn connack<S: AsyncWrite + Unpin>(s: &mut S, code: u8) {
 /// this is set after every read).
 fn quickack(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_tcp_quickack(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(id: &str, clean_session: bool) -> Connect {
+        Connect { keep_alive: 30, client_id: id.into(), clean_session }
+    }
+
+    #[test]
+    fn client_ids_are_bound_to_their_user() {
+        assert_eq!(broker_client_id("ha", "paho-ha", "r"), "ha:paho-ha");
+        assert_ne!(broker_client_id("ha", "x", "r"), broker_client_id("mallory", "x", "r"));
+        // Another user cannot name ha's id: user names have no ':', so the prefix is theirs.
+        assert_ne!(broker_client_id("mal", "lory:x", "r"), broker_client_id("mallory", "x", "r"));
+        assert_ne!(broker_client_id("mallory", "ha:x", "r"), broker_client_id("ha", "x", "r"));
+        assert_eq!(broker_client_id("ha", "", "0a1b"), "ha:~0a1b");
+        assert_ne!(broker_client_id("ha", "", "0a1b"), broker_client_id("ha", "", "ffff"));
+    }
+
+    #[test]
+    fn client_id_edges() {
+        assert!(check_client_id(&connect("paho-ha", false)).is_ok());
+        assert!(check_client_id(&connect(&"x".repeat(MAX_CLIENT_ID), false)).is_ok());
+        assert!(check_client_id(&connect(&"x".repeat(MAX_CLIENT_ID + 1), true)).is_err());
+        assert!(check_client_id(&connect("", true)).is_ok());
+        assert!(check_client_id(&connect("", false)).is_err());
+        for bad in ["a/b", "a+", "#", "$SYS"] {
+            assert!(check_client_id(&connect(bad, true)).is_err(), "{bad}");
+        }
+        let reserved = format!("{}abc", super::super::RESERVED_CLIENT_PREFIX);
+        assert!(check_client_id(&connect(&reserved, true)).is_err());
+    }
+
+    #[test]
+    fn tickets_are_used_once_and_bound_to_their_client_id_and_user() {
+        let t = Tickets::new(Duration::from_secs(10), 4);
+        assert!(!t.redeem("ha:x", "ha", "00"), "none issued");
+        let a = t.issue("ha:x", "ha").expect("ticket");
+        assert!(!t.redeem("ha:x", "mallory", &a), "another user's name");
+        let b = t.issue("ha:x", "ha").expect("ticket");
+        assert!(!t.redeem("ha:y", "ha", &b), "another client id");
+        let c = t.issue("ha:x", "ha").expect("ticket");
+        let d = t.issue("ha:x", "ha").expect("two reconnections racing get one each");
+        assert_ne!(c, d);
+        assert!(t.redeem("ha:x", "ha", &c) && t.redeem("ha:x", "ha", &d));
+        assert!(!t.redeem("ha:x", "ha", &c), "used once");
+        // Bounded.
+        let open: Vec<String> =
+            (0..4).map(|i| t.issue(&format!("u:{i}"), "u").expect("ticket")).collect();
+        assert!(t.issue("u:9", "u").is_none(), "too many open");
+        assert!(t.redeem("u:0", "u", &open[0]));
+        // Expired tickets are refused.
+        let short = Tickets::new(Duration::ZERO, 4);
+        let e = short.issue("ha:x", "ha").expect("ticket");
+        assert!(!short.redeem("ha:x", "ha", &e));
+    }
 }

@@ -84,12 +84,13 @@ pub fn load_auth(
     Ok(Arc::new(Auth::load(store, kek, throttle)?))
 }
 
-/// Starts the broker, both fronts and the bridge.
+/// Starts the broker, both fronts (each with its own slots in `listeners`) and the bridge.
 pub async fn start(
     cfg: &Mqtt,
     auth: Arc<Auth>,
     identity: &crate::identity::Identity,
     api: HubApi,
+    listeners: &crate::connections::Listeners,
     shutdown: CancellationToken,
 ) -> Result<Running, MqttError> {
     // Bind the fronts first: a start that cannot serve fails before the broker runs.
@@ -100,9 +101,15 @@ pub async fn start(
         None => None,
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&[b"mqtt"])?);
+    let connect_timeout = Duration::from_millis(u64::from(cfg.connect_timeout_ms));
+    // Every connection both fronts may be forwarding at once.
+    let tickets = Arc::new(front::Tickets::new(
+        connect_timeout.max(Duration::from_secs(10)),
+        cfg.max_connections.saturating_mul(2),
+    ));
     let started = {
-        let (cfg, auth, rt) = (cfg.clone(), auth.clone(), tokio::runtime::Handle::current());
-        tokio::task::spawn_blocking(move || broker::start(&cfg, auth, rt))
+        let (cfg, tickets, bypass) = (cfg.clone(), tickets.clone(), listeners.mqtt_bypass.clone());
+        tokio::task::spawn_blocking(move || broker::start(&cfg, tickets, bypass))
             .await
             .map_err(|e| MqttError::Broker(e.to_string()))??
     };
@@ -111,22 +118,37 @@ pub async fn start(
         auth: auth.clone(),
         upstream: started.addr,
         max_packet: cfg.max_packet_bytes,
-        connect_timeout: Duration::from_millis(u64::from(cfg.connect_timeout_ms)),
+        connect_timeout,
         discovery_prefix: cfg.discovery_prefix.clone(),
-        limit: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+        tickets,
     });
     let plain_addr = plain.local_addr().map_err(|e| MqttError::Bind(cfg.plain_bind, e))?;
-    let mut tasks = vec![tokio::spawn(front::serve(plain, None, front.clone(), shutdown.clone()))];
+    let mut tasks = vec![tokio::spawn(front::serve(
+        plain,
+        None,
+        front.clone(),
+        listeners.mqtt_plain.clone(),
+        shutdown.clone(),
+    ))];
     let tls_addr = match tls {
         Some(l) => {
             let a = l.local_addr().map_err(|e| MqttError::Bind(plain_addr, e))?;
-            tasks.push(tokio::spawn(front::serve(l, Some(acceptor), front, shutdown.clone())));
+            let slots = listeners.mqtt_tls.clone();
+            tasks.push(tokio::spawn(front::serve(
+                l,
+                Some(acceptor),
+                front,
+                slots,
+                shutdown.clone(),
+            )));
             Some(a)
         }
         None => None,
     };
-    let bridge = bridge::start(started.link, api, auth, cfg.discovery_prefix.clone(), shutdown)
-        .map_err(|e| MqttError::Broker(e.to_string()))?;
+    let republish = Duration::from_secs(cfg.republish_interval_s);
+    let bridge =
+        bridge::start(started.link, api, auth, cfg.discovery_prefix.clone(), republish, shutdown)
+            .map_err(|e| MqttError::Broker(e.to_string()))?;
     tasks.push(tokio::spawn(bridge));
     tracing::info!(plain = %plain_addr, tls = ?tls_addr, fingerprint = %identity.fingerprint(), "MQTT serving");
     Ok(Running { plain: plain_addr, tls: tls_addr, fingerprint: identity.fingerprint(), tasks })

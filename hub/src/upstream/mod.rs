@@ -3,6 +3,7 @@
 //! QoS 2, persistent session) in log order, never those of isolated devices (6.23).
 
 pub mod config;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -56,18 +57,25 @@ pub struct UpstreamStatus {
     /// The last connection error, if the last attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The broker's certificate was refused this many times since start (a possible man in
+    /// the middle: `upstream_tls_refused` in `hub ctl security`).
+    #[serde(default)]
+    pub tls_refused: u64,
 }
 
 /// Handle to the bridge's status.
 #[derive(Debug, Clone)]
 pub struct UpstreamHandle {
     status: Arc<Mutex<UpstreamStatus>>,
+    refusals: Arc<tls::Refusals>,
 }
 
 impl UpstreamHandle {
     /// The current status.
     pub fn status(&self) -> UpstreamStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        s.tls_refused = self.refusals.count();
+        s
     }
 }
 
@@ -107,9 +115,12 @@ pub fn bridge(
     } else if let Some(user) = &cfg.username {
         opts.set_credentials(user.clone(), "");
     }
+    let scheme = if endpoint.tls { "mqtts" } else { "mqtt" };
+    let url = format!("{scheme}://{}:{}", endpoint.host, endpoint.port);
+    let refusals = Arc::new(tls::Refusals::default());
     if endpoint.tls {
         let pem = cfg.ca_pem()?.unwrap_or_default();
-        let tls = tls_config(&pem).map_err(UpstreamError::Tls)?;
+        let tls = tls_config(&pem, refusals.clone(), &url).map_err(UpstreamError::Tls)?;
         opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
             Arc::new(tls),
         )));
@@ -126,8 +137,6 @@ pub fn bridge(
     let reader = OutboxReader::open(&store, cursor.as_ref());
     let cursor = cursor.unwrap_or(Cursor { next_seq: reader.next_seq(), ..Cursor::default() });
     cursor.save(&cursor_path)?;
-    let scheme = if endpoint.tls { "mqtts" } else { "mqtt" };
-    let url = format!("{scheme}://{}:{}", endpoint.host, endpoint.port);
     let status = Arc::new(Mutex::new(UpstreamStatus {
         url: url.clone(),
         topic_prefix: prefix.clone(),
@@ -137,7 +146,7 @@ pub fn bridge(
         cursor: cursor.next_seq,
         ..UpstreamStatus::default()
     }));
-    let handle = UpstreamHandle { status: status.clone() };
+    let handle = UpstreamHandle { status: status.clone(), refusals };
     tracing::info!(%url, topic_prefix = %prefix, cursor = cursor.next_seq, "upstream bridge configured");
     let bridge = Bridge {
         store,
@@ -158,8 +167,12 @@ pub fn bridge(
     Ok((handle, bridge.run(opts, shutdown)))
 }
 
-/// rustls (ring) trusting only the configured certificates.
-fn tls_config(pem: &str) -> Result<rustls::ClientConfig, String> {
+/// rustls (ring) trusting only the configured certificates; refusals counted and logged.
+fn tls_config(
+    pem: &str,
+    refusals: Arc<tls::Refusals>,
+    url: &str,
+) -> Result<rustls::ClientConfig, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -169,13 +182,14 @@ fn tls_config(pem: &str) -> Result<rustls::ClientConfig, String> {
     if roots.is_empty() {
         return Err("holds no certificate".into());
     }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = tls::Watched::new(roots, provider.clone(), refusals, url.to_owned())?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
 }
 
 /// One reading handed to the client (or withheld), in outbox order.

@@ -10,6 +10,7 @@ mod ctl;
 mod demo;
 mod feed;
 mod fleet;
+mod fronts;
 mod isolation;
 mod mqtt;
 mod outage;

@@ -1,6 +1,8 @@
 //! The upstream bridge against a real broker (Debian's mosquitto, started by the test on
 //! loopback with TLS and a password file): readings reach it exactly once and in order across a
-//! broker restart while the hub keeps working locally; the outbox bound drops the oldest.
+//! broker restart while the hub keeps working locally; the outbox bound drops the oldest; a
+//! broker certificate that does not check out (another CA, another name) is refused, counted
+//! and logged at warn, once a minute.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
@@ -458,4 +460,66 @@ fn a_full_outbox_drops_the_oldest_and_counts_them() {
         kept_any.insert(kid.clone(), got.len());
     }
     assert!(kept_any.values().sum::<usize>() as u64 <= MAX_PENDING + 64, "{kept_any:?}");
+}
+
+/// The hub's log lines about refused upstream certificates.
+fn refusal_lines(hub: &Hub) -> Vec<String> {
+    std::fs::read_to_string(&hub.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("upstream broker's certificate refused"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the hub refused the broker's certificate `n` times; returns `hub ctl upstream`.
+fn refused(hub: &Hub, n: u64) -> Value {
+    wait_for("certificate refusals counted", Duration::from_secs(60), || {
+        (hub.security()["upstream_tls_refused"].as_u64()? >= n).then_some(())
+    });
+    upstream(hub)
+}
+
+#[test]
+fn upstream_certificates_that_do_not_check_out_are_refused_counted_and_logged() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // A broker (or a man in the middle) whose certificate was not made by the CA the hub pins.
+    let mut broker = Broker::new(&tmp.path().join("broker"));
+    broker.start();
+    let other = sensor_sim::maker::feed_tls(&tmp.path().join("other"), &["127.0.0.1"]).expect("ca");
+    let pinned = tmp.path().join("pinned-ca.pem");
+    std::fs::write(&pinned, &other.cert_pem).expect("ca");
+    let config = broker
+        .hub_config("")
+        .replace(&broker.cafile().display().to_string(), &pinned.display().to_string());
+    let dir = tmp.path().join("hub");
+    let hub = Hub::start_with(&dir, free_udp_port(), &config);
+    let status = refused(&hub, 5);
+    assert_eq!(status["connected"], false, "{status}");
+    assert!(status["tls_refused"].as_u64() >= Some(5), "{status}");
+    assert!(hub.security()["total"].as_u64() >= Some(5));
+    // Logged at warn, in words, once for several refusals within a minute.
+    let lines = refusal_lines(&hub);
+    assert_eq!(lines.len(), 1, "rate-limited: {lines:#?}");
+    assert!(lines[0].contains("WARN") && lines[0].contains("configured CA"), "{}", lines[0]);
+    let (ok, human, _) = hub.ctl_human(&["upstream"]);
+    assert!(ok && human.contains("man in the middle"), "{human}");
+    let port = hub.coap.port();
+    hub.stop();
+    broker.stop();
+
+    // The right CA, but a certificate for another name than the one the hub connects to.
+    let named = tmp.path().join("named");
+    sensor_sim::maker::feed_tls(&named.join("tls"), &["broker.example"]).expect("cert");
+    let mut broker = Broker::new(&named);
+    broker.start();
+    let hub = Hub::start_with(&dir, port, &broker.hub_config(""));
+    // The count survived the restart (the hub reconnects after 200 ms, 400 ms, ...: five more
+    // refusals take seconds).
+    let counted = hub.security()["upstream_tls_refused"].as_u64().unwrap_or_default();
+    assert!(counted >= 5, "the refusals counted before the restart are kept: {counted}");
+    let status = refused(&hub, counted + 1);
+    assert_eq!(status["connected"], false, "{status}");
+    let lines = refusal_lines(&hub);
+    assert!(lines.iter().any(|l| l.contains("does not name the host")), "{lines:#?}");
 }

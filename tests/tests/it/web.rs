@@ -70,12 +70,14 @@ impl ServerCertVerifier for Pinned {
 }
 
 /// An HTTPS client for one hub's web UI.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Client {
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     /// The fingerprint the hub printed.
     pub fingerprint: String,
+    /// The local address connections come from (none: the system's choice).
+    source: Option<std::net::IpAddr>,
 }
 
 /// An answer.
@@ -122,7 +124,12 @@ impl Client {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
-        Client { addr: hub.web, config: Arc::new(config), fingerprint }
+        Client { addr: hub.web, config: Arc::new(config), fingerprint, source: None }
+    }
+
+    /// The same client, connecting from `source` (any 127.0.0.0/8 address on loopback).
+    pub fn from(&self, source: std::net::IpAddr) -> Client {
+        Client { source: Some(source), ..self.clone() }
     }
 
     /// One request on a fresh connection.
@@ -134,13 +141,28 @@ impl Client {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Res {
-        let tcp = TcpStream::connect(self.addr).expect("connect");
+        self.send_to_host(&self.addr.to_string(), method, path, cookie, headers, body)
+    }
+
+    /// One request on a fresh connection, naming `host` in its `Host` header.
+    pub fn send_to_host(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        cookie: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Res {
+        let tcp = match self.source {
+            Some(ip) => super::fronts::connect_from(ip, self.addr).expect("connect"),
+            None => TcpStream::connect(self.addr).expect("connect"),
+        };
         tcp.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
         let name = ServerName::IpAddress(self.addr.ip().into());
         let conn = rustls::ClientConnection::new(self.config.clone(), name).expect("tls");
         let mut tls = rustls::StreamOwned::new(conn, tcp);
-        let mut req =
-            format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
         if !cookie.is_empty() {
             req.push_str(&format!("Cookie: {cookie}\r\n"));
         }
@@ -288,9 +310,19 @@ fn https_only_nothing_before_login_setup_once_throttling_and_csrf() {
         !setup_page.body.contains("hearth-") && !setup_page.body.to_lowercase().contains("version")
     );
 
-    // The setup code works once; a wrong one is refused and counted.
+    // The setup code is only in its 0600 file: the console (the journal) says where, never the
+    // code, and the log never has it.
     let code = setup_code(&hub);
-    assert!(hub.printed.iter().any(|l| l.contains(&code)), "the code is printed too");
+    assert!(!hub.printed.iter().any(|l| l.contains(&code)), "the code is not printed");
+    let sticker = hub.dir.join("setup-code").display().to_string();
+    assert!(
+        hub.printed.iter().any(|l| l.contains(&sticker)),
+        "where the code is: {:?}",
+        hub.printed
+    );
+    assert!(!std::fs::read_to_string(&hub.log).unwrap_or_default().contains(&code), "not logged");
+
+    // The setup code works once; a wrong one is refused and counted.
     assert_eq!(web.setup("AAAA-BBBB-CCCC", "owner", PASSWORD).status, 403);
     assert_eq!(
         web.setup(&code, "owner", "password123").status,
@@ -355,13 +387,27 @@ fn https_only_nothing_before_login_setup_once_throttling_and_csrf() {
         &format!("csrf={csrf}&seconds=120"),
     );
     assert_eq!(cross.status, 403);
+    // The Origin must be one of the certificate's names on the served port; the request's own
+    // Host vouches for nothing (a name rebound to the hub by DNS sends a matching one).
+    let port = web.addr.port();
+    let body = format!("csrf={csrf}&seconds=120");
+    for (host, origin) in [
+        (format!("evil.example:{port}"), format!("https://evil.example:{port}")),
+        (format!("127.0.0.1:{}", port + 1), format!("https://127.0.0.1:{}", port + 1)),
+        (format!("localhost:{port}"), format!("http://localhost:{port}")),
+    ] {
+        let headers = [("Origin", origin.as_str()), ("Sec-Fetch-Site", "same-origin")];
+        let r = web.send_to_host(&host, "POST", "/pairing/open", &session, &headers, &body);
+        assert_eq!(r.status, 403, "{origin}: {}", r.body);
+    }
     assert_eq!(hub.ctl(&["pair", "status"])["open"], false, "nothing refused took effect");
     let big = format!("csrf={csrf}&pin={}", "1".repeat(20_000));
     assert_eq!(web.post("/pairing/pin", &session, &big).status, 413);
-    assert_eq!(
-        web.post("/pairing/open", &session, &format!("csrf={csrf}&seconds=120")).status,
-        303
-    );
+    // Another of the hub's own names passes.
+    let own = format!("https://localhost:{port}");
+    let headers = [("Origin", own.as_str()), ("Sec-Fetch-Site", "same-origin")];
+    let r = web.send("POST", "/pairing/open", &session, &headers, &body);
+    assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(hub.ctl(&["pair", "status"])["open"], true);
 
     // Wrong passwords: counted, then backed off (even the right one is not checked), and the
