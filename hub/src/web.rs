@@ -1,7 +1,8 @@
 //! The owner's web UI in the hub: `web_ui::OwnerApi` implemented on the one command API
-//! ([`HubApi`]), the web vault (owner account) sealed under the key-encryption key (EN 303 645
-//! 5.4-1), the one-time setup code made from the hub's CSPRNG at first start and after an erase
-//! (5.1-1/5.1-2), and HTTPS with the hub's own certificate (5.5-1).
+//! ([`HubApi`]), the web vault (owner account) and the web login records (per-account back-offs,
+//! device cookies; a restart must not reset them, EN 303 645 5.1-5) sealed under the
+//! key-encryption key (5.4-1), the one-time setup code made from the hub's CSPRNG at first start
+//! and after an erase (5.1-1/5.1-2), and HTTPS with the hub's own certificate (5.5-1).
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -27,6 +28,8 @@ use crate::updates::Policy;
 pub const SETUP_CODE_FILE: &str = "setup-code";
 const VAULT_FILE: &str = "web-vault.sealed";
 const VAULT_ID: &[u8] = b"hearth web vault";
+const LOGINS_FILE: &str = "web-logins.sealed";
+const LOGINS_ID: &[u8] = b"hearth web logins";
 
 /// The running web UI.
 #[derive(Debug)]
@@ -57,6 +60,9 @@ pub enum WebStartError {
     /// The setup code could not be hashed.
     #[error("setup code: {0}")]
     Setup(#[from] web_ui::auth::AuthError),
+    /// The hashing budget refused the setup code's hash.
+    #[error("setup code: {0}")]
+    Hashing(#[from] admission::Refused),
 }
 
 /// Starts the web UI: prints the address, the certificate fingerprint and, while
@@ -65,6 +71,7 @@ pub async fn start(
     config: &crate::config::Config,
     data_dir: &Path,
     api: HubApi,
+    budget: admission::HashBudget,
     shutdown: CancellationToken,
 ) -> Result<WebInfo, WebStartError> {
     let bind = config.web.bind;
@@ -77,15 +84,17 @@ pub async fn start(
         kek: Kek::load_or_create(&data_dir.join("kek"))?,
         rng: Mutex::new(crate::rng::os_seeded()),
         fingerprint: identity.fingerprint(),
-        cost: web_ui::Cost::default(),
+        budget: budget.clone(),
     });
-    owner.ensure_setup_code()?;
+    owner.ensure_setup_code().await?;
     let listener =
         tokio::net::TcpListener::bind(bind).await.map_err(|e| WebStartError::Bind(bind, e))?;
     let addr = listener.local_addr().map_err(|e| WebStartError::Bind(bind, e))?;
     let fingerprint = identity.fingerprint();
     println!("Web UI: https://{addr}/ — certificate SHA-256 fingerprint {fingerprint}");
-    let web = web_ui::Web::new(owner.clone(), owner.cost, web_ui::system_clock()).await;
+    let web =
+        web_ui::Web::new(owner.clone(), budget, config.login.policy(), web_ui::system_clock())
+            .await;
     let router = web_ui::router(web);
     let task = tokio::spawn(web_ui::serve(listener, tls, router, shutdown));
     Ok(WebInfo { addr, fingerprint, task })
@@ -98,7 +107,7 @@ struct HubOwner {
     kek: Kek,
     rng: Mutex<ChaCha20Rng>,
     fingerprint: String,
-    cost: web_ui::Cost,
+    budget: admission::HashBudget,
 }
 
 impl HubOwner {
@@ -121,9 +130,25 @@ impl HubOwner {
             .map_err(|e| WebStartError::Io(path, e))
     }
 
+    fn read_logins(&self) -> Result<Option<Vec<u8>>, WebStartError> {
+        let path = self.data_dir.join(LOGINS_FILE);
+        match std::fs::read(&path) {
+            Ok(sealed) => Ok(Some(self.kek.open(LOGINS_ID, &sealed)?.to_vec())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(WebStartError::Io(path, e)),
+        }
+    }
+
+    /// Written atomically and made durable (fsync, rename) before the web UI answers.
+    fn write_logins(&self, doc: &[u8]) -> Result<(), WebStartError> {
+        let path = self.data_dir.join(LOGINS_FILE);
+        crate::private_fs::write(&path, &self.kek.seal(LOGINS_ID, doc)?)
+            .map_err(|e| WebStartError::Io(path, e))
+    }
+
     /// While no owner exists there is a setup code: the sticker file, and its hash in the vault.
     /// A new one is made at first start, after an erase, or when the sticker was lost.
-    fn ensure_setup_code(&self) -> Result<(), WebStartError> {
+    async fn ensure_setup_code(&self) -> Result<(), WebStartError> {
         let vault = self.read_vault()?.and_then(|b| web_ui::Vault::parse(&b));
         if vault.as_ref().is_some_and(|v| !v.needs_setup()) {
             return Ok(());
@@ -131,7 +156,7 @@ impl HubOwner {
         let sticker = self.data_dir.join(SETUP_CODE_FILE);
         let code = match (&vault, std::fs::read_to_string(&sticker)) {
             (Some(v), Ok(code)) if v.setup.is_some() => code.trim().to_owned(),
-            _ => self.new_setup_code()?,
+            _ => self.new_setup_code().await?,
         };
         println!(
             "Hearth setup: no owner account yet. One-time setup code: {code} (also in {})",
@@ -140,14 +165,16 @@ impl HubOwner {
         Ok(())
     }
 
-    fn new_setup_code(&self) -> Result<String, WebStartError> {
+    async fn new_setup_code(&self) -> Result<String, WebStartError> {
         let mut random = [0u8; web_ui::auth::CODE_LEN];
         self.random_bytes(&mut random);
         let code = web_ui::setup_code(&random);
         let sticker = self.data_dir.join(SETUP_CODE_FILE);
         crate::private_fs::write(&sticker, format!("{code}\n").as_bytes())
             .map_err(|e| WebStartError::Io(sticker, e))?;
-        self.write_vault(&web_ui::Vault::first_run(&code, self.cost)?)?;
+        let hashed = code.clone();
+        let vault = self.budget.run(move |h| web_ui::Vault::first_run(&hashed, h)).await??;
+        self.write_vault(&vault)?;
         Ok(code)
     }
 
@@ -525,6 +552,14 @@ impl web_ui::OwnerApi for HubOwner {
         Box::pin(async move { self.write_vault(&doc).map_err(unavailable) })
     }
 
+    fn load_logins(&self) -> ApiFuture<'_, Option<Vec<u8>>> {
+        Box::pin(async move { self.read_logins().map_err(unavailable) })
+    }
+
+    fn store_logins(&self, doc: Vec<u8>) -> ApiFuture<'_, ()> {
+        Box::pin(async move { self.write_logins(&doc).map_err(unavailable) })
+    }
+
     fn setup_done(&self) -> ApiFuture<'_, ()> {
         Box::pin(async move {
             let path = self.data_dir.join(SETUP_CODE_FILE);
@@ -544,7 +579,7 @@ impl web_ui::OwnerApi for HubOwner {
                     Err(e) => return Err(web_err(e)),
                 }
             }
-            let code = self.new_setup_code().map_err(unavailable)?;
+            let code = self.new_setup_code().await.map_err(unavailable)?;
             tracing::warn!("all user data erased; back to first-run setup");
             println!(
                 "Hearth setup: all data erased. New one-time setup code: {code} (also in {})",

@@ -63,10 +63,12 @@ fn config(
                 probe.seen.store(true, Ordering::SeqCst);
                 return false; // proven; no session needed
             }
-            // argon2 is slow by design: on the hub's blocking pool, not on the broker's
-            // single-threaded runtime.
+            // argon2 is slow by design: on the hub's runtime (under its hashing budget), not on
+            // the broker's single-threaded one.
             runtime
-                .spawn_blocking(move || auth.broker_login(&user, password.as_bytes()))
+                .spawn(
+                    async move { auth.broker_login(&user, password.as_bytes(), &client_id).await },
+                )
                 .await
                 .unwrap_or(false)
         }

@@ -23,6 +23,7 @@ use super::auth::{Auth, Verdict};
 /// CONNACK return codes (MQTT 3.1.1 §3.2.2.3).
 const UNACCEPTABLE_PROTOCOL: u8 = 0x01;
 const IDENTIFIER_REJECTED: u8 = 0x02;
+const SERVER_UNAVAILABLE: u8 = 0x03;
 const BAD_USER_OR_PASSWORD: u8 = 0x04;
 const NOT_AUTHORIZED: u8 = 0x05;
 
@@ -128,18 +129,13 @@ impl Front {
         }
         let user = login.as_ref().map(|l| l.username.clone()).filter(|u| !u.is_empty());
         let password = zeroize::Zeroizing::new(login.map(|l| l.password).unwrap_or_default());
-        let verdict = {
-            let (auth, user, password) = (self.auth.clone(), user.clone(), password.clone());
-            tokio::task::spawn_blocking(move || {
-                auth.login(ip, user.as_deref(), password.as_bytes())
-            })
-            .await
-            .unwrap_or(Verdict::Refused)
-        };
+        let verdict =
+            self.auth.login(ip, user.as_deref(), &connect.client_id, password.as_bytes()).await;
         match verdict {
             Verdict::Accepted => {}
             Verdict::Refused => return connack(&mut client, BAD_USER_OR_PASSWORD).await,
             Verdict::Throttled(_) => return connack(&mut client, NOT_AUTHORIZED).await,
+            Verdict::Busy => return connack(&mut client, SERVER_UNAVAILABLE).await,
         }
         let Ok(mut upstream) = TcpStream::connect(self.upstream).await else {
             tracing::warn!("MQTT broker unreachable on loopback");
