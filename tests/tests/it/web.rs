@@ -135,9 +135,42 @@ impl Client {
         body: &str,
     ) -> Res {
         let tcp = TcpStream::connect(self.addr).expect("connect");
-        tcp.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        self.send_on(tcp, method, path, cookie, headers, body)
+    }
+
+    /// The hub's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// One request on `tcp` (a fresh connection, e.g. from a chosen source address).
+    pub fn send_on(
+        &self,
+        tcp: TcpStream,
+        method: &str,
+        path: &str,
+        cookie: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Res {
+        self.try_send_on(tcp, method, path, cookie, headers, body).expect("an HTTP answer")
+    }
+
+    /// One request on `tcp`: the answer, or what went wrong (the hub closed the connection
+    /// without an answer, a TLS failure).
+    pub fn try_send_on(
+        &self,
+        tcp: TcpStream,
+        method: &str,
+        path: &str,
+        cookie: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<Res, String> {
+        tcp.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
         let name = ServerName::IpAddress(self.addr.ip().into());
-        let conn = rustls::ClientConnection::new(self.config.clone(), name).expect("tls");
+        let conn =
+            rustls::ClientConnection::new(self.config.clone(), name).map_err(|e| e.to_string())?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         let mut req =
             format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
@@ -155,23 +188,23 @@ impl Client {
         }
         req.push_str("\r\n");
         req.push_str(body);
-        tls.write_all(req.as_bytes()).expect("send");
+        tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
         let mut raw = Vec::new();
         // The server may close without close_notify once the answer is complete.
         let _ = tls.read_to_end(&mut raw);
         let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
         let mut lines = head.lines();
         let status = lines
             .next()
             .and_then(|l| l.split(' ').nth(1))
             .and_then(|s| s.parse().ok())
-            .expect("status");
+            .ok_or("no status")?;
         let headers = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
             .collect();
-        Res { status, headers, body: body.to_owned() }
+        Ok(Res { status, headers, body: body.to_owned() })
     }
 
     pub fn get(&self, path: &str, cookie: &str) -> Res {
