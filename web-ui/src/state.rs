@@ -127,9 +127,15 @@ struct Events {
     totals: [u64; 9],
     recent: VecDeque<(u64, WebEvent)>,
     hub: VecDeque<(u64, Vec<Counter>)>,
+    /// Per kind: the log interval's start, events logged in it, events not logged.
+    logged: [(u64, u32, u64); 9],
 }
 
 const MAX_RECENT: usize = 10_000;
+/// Security events of one kind logged one by one per interval at most (all are counted); the
+/// rest are summarized, so an attacker cannot flood the log.
+const LOG_PER_INTERVAL: u32 = 5;
+const LOG_INTERVAL_MS: u64 = 10_000;
 
 /// Everything behind the lock.
 #[derive(Debug)]
@@ -275,13 +281,36 @@ impl Web {
             ev.recent.pop_front();
         }
         ev.recent.push_back((now, e));
-        if matches!(
+        if !matches!(
             e,
             WebEvent::LoginFailed
                 | WebEvent::LoginThrottled
                 | WebEvent::CrossSite
                 | WebEvent::LoginShed
         ) {
+            return;
+        }
+        let (since, logged, more) = &mut ev.logged[e.index()];
+        let mut summary = 0;
+        if now.saturating_sub(*since) >= LOG_INTERVAL_MS {
+            summary = *more;
+            (*since, *logged, *more) = (now, 0, 0);
+        }
+        let log = *logged < LOG_PER_INTERVAL;
+        if log {
+            *logged += 1;
+        } else {
+            *more += 1;
+        }
+        drop(inner);
+        if summary > 0 {
+            tracing::warn!(
+                event = e.name(),
+                more = summary,
+                "further web security events not logged one by one (all are counted: Security events page)"
+            );
+        }
+        if log {
             tracing::warn!(event = e.name(), "web security event");
         }
     }

@@ -447,7 +447,7 @@ impl Auth {
         password: &[u8],
     ) -> Verdict {
         let now = now_ms();
-        let Some(user) = user else {
+        let Some(user) = user.filter(|u| !u.is_empty()) else {
             // Nothing to check (no hash): refused, and the address's failures grow.
             let admitted = self.lock().throttle.admit(now, Claim::Nobody, address, None);
             return match admitted {
