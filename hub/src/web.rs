@@ -166,16 +166,28 @@ impl HubOwner {
     }
 
     async fn new_setup_code(&self) -> Result<String, WebStartError> {
+        let (code, vault) = self.make_setup_code().await?;
+        self.install_setup_code(&code, &vault)?;
+        Ok(code)
+    }
+
+    /// A new one-time setup code and the first-run vault holding its hash (made under the
+    /// hashing budget: it may wait in its queue, or be refused while the budget is full).
+    async fn make_setup_code(&self) -> Result<(String, Vec<u8>), WebStartError> {
         let mut random = [0u8; web_ui::auth::CODE_LEN];
         self.random_bytes(&mut random);
         let code = web_ui::setup_code(&random);
+        let hashed = code.clone();
+        let vault = self.budget.run(move |h| web_ui::Vault::first_run(&hashed, h)).await??;
+        Ok((code, vault))
+    }
+
+    /// Writes the sticker file and the vault that accepts only its code.
+    fn install_setup_code(&self, code: &str, vault: &[u8]) -> Result<(), WebStartError> {
         let sticker = self.data_dir.join(SETUP_CODE_FILE);
         crate::private_fs::write(&sticker, format!("{code}\n").as_bytes())
             .map_err(|e| WebStartError::Io(sticker, e))?;
-        let hashed = code.clone();
-        let vault = self.budget.run(move |h| web_ui::Vault::first_run(&hashed, h)).await??;
-        self.write_vault(&vault)?;
-        Ok(code)
+        self.write_vault(vault)
     }
 
     fn random_bytes(&self, buf: &mut [u8]) {
@@ -573,13 +585,15 @@ impl web_ui::OwnerApi for HubOwner {
 
     fn erase_all(&self) -> ApiFuture<'_, ()> {
         Box::pin(async move {
+            // The new code's hash first: if the hashing budget refuses it, nothing is erased.
+            let (code, vault) = self.make_setup_code().await.map_err(unavailable)?;
             for d in self.api.devices().await.map_err(web_err)? {
                 match self.api.remove(d.device.info.id).await {
                     Ok(()) | Err(ApiError::NotFound(_)) => {}
                     Err(e) => return Err(web_err(e)),
                 }
             }
-            let code = self.new_setup_code().await.map_err(unavailable)?;
+            self.install_setup_code(&code, &vault).map_err(unavailable)?;
             tracing::warn!("all user data erased; back to first-run setup");
             println!(
                 "Hearth setup: all data erased. New one-time setup code: {code} (also in {})",
