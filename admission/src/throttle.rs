@@ -387,11 +387,16 @@ impl Throttle {
                     t.failures = t.failures.saturating_sub(1);
                 }
             }
-            Path::Open { account, address, .. } => {
-                if let Some(r) = self.account_mut(&account) {
+            Path::Open { account, address, successes } => {
+                // A record a success cleared since no longer holds this attempt's failure.
+                if let Some(r) = self.account_mut(&account)
+                    && r.cleared_at <= successes
+                {
                     r.give_back(&p);
                 }
-                if let Some(r) = self.address_mut(address, false) {
+                if let Some(r) = self.address_mut(address, false)
+                    && r.cleared_at <= successes
+                {
                     r.give_back(&p);
                 }
             }
@@ -666,6 +671,21 @@ mod tests {
             t.fail(a, 0);
         }
         assert_eq!(t.snapshot().accounts["owner"].failures, 2, "late failures still count");
+    }
+
+    #[test]
+    fn an_attempt_settled_after_a_success_cleared_its_records_leaves_newer_ones_alone() {
+        let mut t = throttle();
+        let owner = Claim::Name("owner");
+        let old = t.admit(0, owner, ip(1), None).expect("first");
+        let ok = t.admit(0, owner, ip(1), None).expect("second");
+        t.succeed(ok, 0);
+        let new = t.admit(0, owner, ip(1), None).expect("after the success");
+        // The old attempt is shed: the new one's provisional failure stays.
+        t.cancel(old);
+        assert_eq!(t.snapshot().accounts["owner"].failures, 1);
+        t.fail(new, 0);
+        assert_eq!(t.snapshot().accounts["owner"].failures, 1);
     }
 
     #[test]
