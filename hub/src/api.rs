@@ -634,12 +634,9 @@ impl HubApi {
     ) -> Result<Option<String>, ApiError> {
         let auth = self.mqtt_auth()?;
         let password = password.map(zeroize::Zeroizing::new);
-        tokio::task::spawn_blocking(move || {
-            auth.add_user(&name, password.as_deref().map(|p| p.as_str()))
-        })
-        .await
-        .map_err(|_| ApiError::Stopped)?
-        .map_err(|e| ApiError::BadRequest(e.to_string()))
+        auth.add_user(&name, password.as_deref().map(|p| p.as_str()))
+            .await
+            .map_err(|e| ApiError::BadRequest(e.to_string()))
     }
 
     /// Removes an MQTT user.

@@ -25,6 +25,66 @@ pub struct Config {
     pub mqtt: Mqtt,
     /// The owner's web UI.
     pub web: Web,
+    /// Password hashing and login throttling, for the web UI and MQTT together.
+    pub login: Login,
+}
+
+/// Logins to the web UI and MQTT (DESIGN "Failure domains and budgets"; EN 303 645 5.1-5): one
+/// budget for all password hashing in the hub, and one throttle policy (each service keeps its
+/// own records).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Login {
+    /// Password hashes (argon2id, 19 MiB each) computed at once, web and MQTT together.
+    pub hash_slots: usize,
+    /// Logins waiting for a hashing slot at most; further ones are refused at once (web 503,
+    /// MQTT CONNACK "server unavailable") and counted.
+    pub hash_queue: usize,
+    /// Failed logins per account or address allowed before back-off starts.
+    pub free_failures: u32,
+    /// First back-off after that, ms; it doubles with each further failure.
+    pub backoff_base_ms: u64,
+    /// Longest back-off, ms (nobody waits longer).
+    pub backoff_max_ms: u64,
+    /// An account's or address's failures are forgotten this long after the last one, s.
+    pub forget_after_s: u64,
+}
+
+impl Default for Login {
+    fn default() -> Self {
+        let budget = admission::Limits::default();
+        let policy = admission::Policy::default();
+        Self {
+            hash_slots: budget.slots,
+            hash_queue: budget.queue,
+            free_failures: policy.free_failures,
+            backoff_base_ms: policy.base_ms,
+            backoff_max_ms: policy.max_ms,
+            forget_after_s: policy.forget_ms / 1000,
+        }
+    }
+}
+
+impl Login {
+    /// The hashing budget's limits.
+    pub fn limits(&self) -> admission::Limits {
+        admission::Limits {
+            slots: self.hash_slots,
+            queue: self.hash_queue,
+            ..admission::Limits::default()
+        }
+    }
+
+    /// The throttle policy.
+    pub fn policy(&self) -> admission::Policy {
+        admission::Policy {
+            free_failures: self.free_failures,
+            base_ms: self.backoff_base_ms,
+            max_ms: self.backoff_max_ms,
+            forget_ms: self.forget_after_s.saturating_mul(1000),
+            ..admission::Policy::default()
+        }
+    }
 }
 
 /// MQTT (DESIGN "MQTT"): the embedded broker listens on loopback only; the hub's own fronts
@@ -54,14 +114,6 @@ pub struct Mqtt {
     pub max_inflight: usize,
     /// A client must finish TLS and send its CONNECT within this time of connecting, ms.
     pub connect_timeout_ms: u16,
-    /// Failed logins per user or address allowed before back-off starts.
-    pub free_failures: u32,
-    /// First back-off after that, ms; it doubles with each further failure.
-    pub backoff_base_ms: u64,
-    /// Longest back-off, ms.
-    pub backoff_max_ms: u64,
-    /// A user's or address's failures are forgotten this long after the last one, s.
-    pub forget_after_s: u64,
     /// Home Assistant discovery prefix.
     pub discovery_prefix: String,
     /// Discovery is republished for Home Assistant's birth message (`<prefix>/status`
@@ -83,10 +135,6 @@ impl Default for Mqtt {
             max_packet_bytes: 256 * 1024,
             max_inflight: 100,
             connect_timeout_ms: 10_000,
-            free_failures: 3,
-            backoff_base_ms: 1_000,
-            backoff_max_ms: 300_000,
-            forget_after_s: 900,
             discovery_prefix: "homeassistant".into(),
             republish_interval_s: 10,
         }
@@ -256,6 +304,7 @@ impl Default for Config {
             upstream: None,
             mqtt: Mqtt::default(),
             web: Web::default(),
+            login: Login::default(),
         }
     }
 }
@@ -381,14 +430,27 @@ impl Config {
         if m.connect_timeout_ms < 100 {
             return bad("mqtt.connect_timeout_ms", "must be at least 100");
         }
-        if m.backoff_base_ms == 0 || m.backoff_max_ms < m.backoff_base_ms {
+        let l = &self.login;
+        if !(1..=16).contains(&l.hash_slots) {
+            return bad("login.hash_slots", "must be 1 to 16");
+        }
+        if l.hash_queue > 1024 {
+            return bad("login.hash_queue", "must be at most 1024");
+        }
+        if !(1..=100).contains(&l.free_failures) {
+            return bad("login.free_failures", "must be 1 to 100");
+        }
+        if l.backoff_base_ms == 0 || l.backoff_max_ms < l.backoff_base_ms {
             return bad(
-                "mqtt.backoff_max_ms",
+                "login.backoff_max_ms",
                 "must be at least backoff_base_ms (and that at least 1)",
             );
         }
-        if m.forget_after_s == 0 {
-            return bad("mqtt.forget_after_s", "must be at least 1");
+        if l.backoff_max_ms > 3_600_000 {
+            return bad("login.backoff_max_ms", "must be at most 3600000 (back-offs always end)");
+        }
+        if l.forget_after_s.saturating_mul(1000) < l.backoff_max_ms {
+            return bad("login.forget_after_s", "must be at least backoff_max_ms");
         }
         let prefix_ok = !m.discovery_prefix.is_empty()
             && m.discovery_prefix.len() <= 64
@@ -538,5 +600,13 @@ mod tests {
         );
         assert_eq!(invalid_key("[web]\nbody_timeout_ms = 99"), "web.body_timeout_ms");
         assert!(load("[web]\nmax_connections = 4\nconnections_per_address = 4").is_ok());
+        assert_eq!(invalid_key("[login]\nhash_slots = 0"), "login.hash_slots");
+        assert_eq!(invalid_key("[login]\nbackoff_max_ms = 10"), "login.backoff_max_ms");
+        assert_eq!(
+            invalid_key("[login]\nbackoff_max_ms = 7200000\nforget_after_s = 9000"),
+            "login.backoff_max_ms"
+        );
+        assert_eq!(invalid_key("[login]\nforget_after_s = 60"), "login.forget_after_s");
+        assert!(load("[login]\nhash_slots = 2\nhash_queue = 0\nfree_failures = 5").is_ok());
     }
 }

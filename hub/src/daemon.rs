@@ -66,6 +66,9 @@ pub enum StartError {
     /// The web UI.
     #[error(transparent)]
     Web(#[from] crate::web::WebStartError),
+    /// The password hashing budget.
+    #[error("password hashing: {0}")]
+    Hashing(#[from] admission::hashing::HashError),
 }
 
 /// Starts the hub in `data_dir`.
@@ -140,8 +143,15 @@ pub async fn start(
         None => None,
     };
     let (upstream, bridge) = upstream.unzip();
+    // One budget for all password hashing in the hub (web and MQTT), one throttle policy.
+    let budget = admission::HashBudget::new(config.login.limits(), admission::Cost::default())?;
     let mqtt_auth = match config.mqtt.enabled {
-        true => Some(crate::mqtt::load_auth(&config.mqtt, store.clone(), data_dir)?),
+        true => Some(crate::mqtt::load_auth(
+            config.login.policy(),
+            budget.clone(),
+            store.clone(),
+            data_dir,
+        )?),
         false => None,
     };
     let listeners = crate::connections::Listeners::new(&config, crate::connections::load(&store)?);
@@ -186,7 +196,7 @@ pub async fn start(
         }
         None => None,
     };
-    let web = crate::web::start(&config, data_dir, api.clone(), shutdown.clone()).await?;
+    let web = crate::web::start(&config, data_dir, api.clone(), budget, shutdown.clone()).await?;
     let mut tasks = vec![
         tokio::spawn(driver.run(rx, shutdown.clone())),
         tokio::spawn(crate::connections::keep_saved(api.clone(), shutdown.clone())),

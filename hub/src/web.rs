@@ -1,10 +1,11 @@
 //! The owner's web UI in the hub: `web_ui::OwnerApi` implemented on the one command API
-//! ([`HubApi`]), the web vault (owner account) sealed under the key-encryption key (EN 303 645
-//! 5.4-1), the one-time setup code made from the hub's CSPRNG at first start and after an erase
-//! (5.1-1/5.1-2) — kept only in its 0600 file, never printed or logged (the console and the
-//! journal say where the file is) — and HTTPS with the hub's own certificate (5.5-1), served
-//! within the web listener's slots and deadlines and accepting state changes only from pages
-//! served under the certificate's names.
+//! ([`HubApi`]), the web vault (owner account) and the web login records (per-account back-offs,
+//! device cookies; a restart must not reset them, EN 303 645 5.1-5) sealed under the
+//! key-encryption key (5.4-1), the one-time setup code made from the hub's CSPRNG at first start
+//! and after an erase (5.1-1/5.1-2) — kept only in its 0600 file, never printed or logged (the
+//! console and the journal say where the file is) — and HTTPS with the hub's own certificate
+//! (5.5-1), served within the web listener's slots and deadlines and accepting state changes
+//! only from pages served under the certificate's names.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -31,6 +32,8 @@ use crate::updates::Policy;
 pub const SETUP_CODE_FILE: &str = "setup-code";
 const VAULT_FILE: &str = "web-vault.sealed";
 const VAULT_ID: &[u8] = b"hearth web vault";
+const LOGINS_FILE: &str = "web-logins.sealed";
+const LOGINS_ID: &[u8] = b"hearth web logins";
 
 /// The running web UI.
 #[derive(Debug)]
@@ -61,6 +64,9 @@ pub enum WebStartError {
     /// The setup code could not be hashed.
     #[error("setup code: {0}")]
     Setup(#[from] web_ui::auth::AuthError),
+    /// The hashing budget refused the setup code's hash.
+    #[error("setup code: {0}")]
+    Hashing(#[from] admission::Refused),
 }
 
 /// Starts the web UI: prints the address, the certificate fingerprint and, while no owner
@@ -69,6 +75,7 @@ pub async fn start(
     config: &crate::config::Config,
     data_dir: &Path,
     api: HubApi,
+    budget: admission::HashBudget,
     shutdown: CancellationToken,
 ) -> Result<WebInfo, WebStartError> {
     let slots = api.listeners.web.clone();
@@ -82,15 +89,17 @@ pub async fn start(
         kek: Kek::load_or_create(&data_dir.join("kek"))?,
         rng: Mutex::new(crate::rng::os_seeded()),
         fingerprint: identity.fingerprint(),
-        cost: web_ui::Cost::default(),
+        budget: budget.clone(),
     });
-    owner.ensure_setup_code()?;
+    owner.ensure_setup_code().await?;
     let listener =
         tokio::net::TcpListener::bind(bind).await.map_err(|e| WebStartError::Bind(bind, e))?;
     let addr = listener.local_addr().map_err(|e| WebStartError::Bind(bind, e))?;
     let fingerprint = identity.fingerprint();
     println!("Web UI: https://{addr}/ — certificate SHA-256 fingerprint {fingerprint}");
-    let web = web_ui::Web::new(owner.clone(), owner.cost, web_ui::system_clock()).await;
+    let web =
+        web_ui::Web::new(owner.clone(), budget, config.login.policy(), web_ui::system_clock())
+            .await;
     let router = web_ui::router(web);
     let w = &config.web;
     let options = web_ui::serve::ServeOptions {
@@ -112,7 +121,7 @@ struct HubOwner {
     kek: Kek,
     rng: Mutex<ChaCha20Rng>,
     fingerprint: String,
-    cost: web_ui::Cost,
+    budget: admission::HashBudget,
 }
 
 impl HubOwner {
@@ -135,9 +144,25 @@ impl HubOwner {
             .map_err(|e| WebStartError::Io(path, e))
     }
 
+    fn read_logins(&self) -> Result<Option<Vec<u8>>, WebStartError> {
+        let path = self.data_dir.join(LOGINS_FILE);
+        match std::fs::read(&path) {
+            Ok(sealed) => Ok(Some(self.kek.open(LOGINS_ID, &sealed)?.to_vec())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(WebStartError::Io(path, e)),
+        }
+    }
+
+    /// Written atomically and made durable (fsync, rename) before the web UI answers.
+    fn write_logins(&self, doc: &[u8]) -> Result<(), WebStartError> {
+        let path = self.data_dir.join(LOGINS_FILE);
+        crate::private_fs::write(&path, &self.kek.seal(LOGINS_ID, doc)?)
+            .map_err(|e| WebStartError::Io(path, e))
+    }
+
     /// While no owner exists there is a setup code: the sticker file, and its hash in the vault.
     /// A new one is made at first start, after an erase, or when the sticker was lost.
-    fn ensure_setup_code(&self) -> Result<(), WebStartError> {
+    async fn ensure_setup_code(&self) -> Result<(), WebStartError> {
         let vault = self.read_vault()?.and_then(|b| web_ui::Vault::parse(&b));
         if vault.as_ref().is_some_and(|v| !v.needs_setup()) {
             return Ok(());
@@ -145,7 +170,7 @@ impl HubOwner {
         let sticker = self.data_dir.join(SETUP_CODE_FILE);
         let kept = matches!((&vault, std::fs::read_to_string(&sticker)), (Some(v), Ok(_)) if v.setup.is_some());
         if !kept {
-            self.new_setup_code()?;
+            self.new_setup_code().await?;
         }
         // The code itself goes to no console or journal: only into the file.
         println!(
@@ -156,15 +181,28 @@ impl HubOwner {
         Ok(())
     }
 
-    fn new_setup_code(&self) -> Result<(), WebStartError> {
+    async fn new_setup_code(&self) -> Result<(), WebStartError> {
+        let (code, vault) = self.make_setup_code().await?;
+        self.install_setup_code(&code, &vault)
+    }
+
+    /// A new one-time setup code and the first-run vault holding its hash (made under the
+    /// hashing budget: it may wait in its queue, or be refused while the budget is full).
+    async fn make_setup_code(&self) -> Result<(String, Vec<u8>), WebStartError> {
         let mut random = [0u8; web_ui::auth::CODE_LEN];
         self.random_bytes(&mut random);
         let code = web_ui::setup_code(&random);
+        let hashed = code.clone();
+        let vault = self.budget.run(move |h| web_ui::Vault::first_run(&hashed, h)).await??;
+        Ok((code, vault))
+    }
+
+    /// Writes the sticker file and the vault that accepts only its code.
+    fn install_setup_code(&self, code: &str, vault: &[u8]) -> Result<(), WebStartError> {
         let sticker = self.data_dir.join(SETUP_CODE_FILE);
         crate::private_fs::write(&sticker, format!("{code}\n").as_bytes())
             .map_err(|e| WebStartError::Io(sticker, e))?;
-        self.write_vault(&web_ui::Vault::first_run(&code, self.cost)?)?;
-        Ok(())
+        self.write_vault(vault)
     }
 
     fn random_bytes(&self, buf: &mut [u8]) {
@@ -551,6 +589,14 @@ impl web_ui::OwnerApi for HubOwner {
         Box::pin(async move { self.write_vault(&doc).map_err(unavailable) })
     }
 
+    fn load_logins(&self) -> ApiFuture<'_, Option<Vec<u8>>> {
+        Box::pin(async move { self.read_logins().map_err(unavailable) })
+    }
+
+    fn store_logins(&self, doc: Vec<u8>) -> ApiFuture<'_, ()> {
+        Box::pin(async move { self.write_logins(&doc).map_err(unavailable) })
+    }
+
     fn setup_done(&self) -> ApiFuture<'_, ()> {
         Box::pin(async move {
             let path = self.data_dir.join(SETUP_CODE_FILE);
@@ -564,13 +610,15 @@ impl web_ui::OwnerApi for HubOwner {
 
     fn erase_all(&self) -> ApiFuture<'_, ()> {
         Box::pin(async move {
+            // The new code's hash first: if the hashing budget refuses it, nothing is erased.
+            let (code, vault) = self.make_setup_code().await.map_err(unavailable)?;
             for d in self.api.devices().await.map_err(web_err)? {
                 match self.api.remove(d.device.info.id).await {
                     Ok(()) | Err(ApiError::NotFound(_)) => {}
                     Err(e) => return Err(web_err(e)),
                 }
             }
-            self.new_setup_code().map_err(unavailable)?;
+            self.install_setup_code(&code, &vault).map_err(unavailable)?;
             tracing::warn!("all user data erased; back to first-run setup");
             println!(
                 "Hearth setup: all data erased. The new one-time setup code is in {} (readable \

@@ -236,6 +236,11 @@ pub trait OwnerApi: Send + Sync + 'static {
     fn load_vault(&self) -> ApiFuture<'_, Option<Vec<u8>>>;
     /// Replaces the vault (sealed under the key-encryption key before it is written).
     fn store_vault(&self, doc: Vec<u8>) -> ApiFuture<'_, ()>;
+    /// The web login throttle's durable records (per-account back-offs, device cookies), if any.
+    fn load_logins(&self) -> ApiFuture<'_, Option<Vec<u8>>>;
+    /// Replaces them (sealed and made durable before it answers: a restart must not reset a
+    /// back-off).
+    fn store_logins(&self, doc: Vec<u8>) -> ApiFuture<'_, ()>;
     /// The one-time setup code was used: the sticker file goes.
     fn setup_done(&self) -> ApiFuture<'_, ()>;
     /// Erases all user data (every device with its keys and readings, the account) and returns to

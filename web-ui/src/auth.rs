@@ -1,45 +1,22 @@
 //! The owner account: one-time setup code (EN 303 645 5.1-1/5.1-2), argon2id password hashes
-//! kept in the hub's sealed vault (5.4-1), password rules and change (5.1-4), login throttling with
-//! exponential back-off that expires (5.1-5), and sessions with per-session CSRF tokens.
+//! kept in the hub's sealed vault (5.4-1) and computed under the hub's one hashing budget
+//! ([`admission::hashing`]), the password policy shared with MQTT ([`admission::password`]) and
+//! password change (5.1-4), device cookies (a browser that logged in before is not locked out by a
+//! back-off someone else caused: OWASP "device cookies", with [`admission::throttle`] keeping
+//! their failure budgets), and sessions with per-session CSRF tokens.
 
 use std::collections::HashMap;
 
-use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use admission::Hasher;
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Setup-code alphabet: no 0/O or 1/I (32 symbols, so a byte's low five bits pick one evenly).
 const CODE_ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 /// Symbols in a setup code (12 × 5 bits = 60 bits).
 pub const CODE_LEN: usize = 12;
-/// Shortest password accepted.
-pub const MIN_PASSWORD: usize = 10;
-/// Longest password accepted (the hash's cost must stay bounded).
-pub const MAX_PASSWORD: usize = 128;
-/// Passwords refused whatever their length (the most common ones of 10 or more characters).
-const COMMON: &[&str] = &[
-    "1234567890",
-    "12345678910",
-    "123456789a",
-    "0987654321",
-    "1q2w3e4r5t",
-    "qwertyuiop",
-    "1qaz2wsx3edc",
-    "password123",
-    "password1234",
-    "passw0rd123",
-    "iloveyou123",
-    "administrator",
-    "letmein1234",
-    "welcome123",
-    "qwerty12345",
-    "qwerty123456",
-    "abcdefghij",
-    "aaaaaaaaaa",
-    "changeme123",
-    "hearthhearth",
-    "smarthome123",
-];
 
 /// Makes a one-time setup code from `random` bytes: 12 symbols shown as `XXXX-XXXX-XXXX`.
 pub fn setup_code(random: &[u8; CODE_LEN]) -> String {
@@ -81,30 +58,14 @@ pub enum AuthError {
     Hash,
 }
 
-/// Checks a new password; `code` and `user` must not be reused as one.
+/// Checks a new password against the hub's one policy; the setup `code` must not be reused as
+/// one either.
 pub fn password_problem(password: &str, user: &str, code: Option<&str>) -> Option<&'static str> {
-    let chars = password.chars().count();
-    if chars < MIN_PASSWORD {
-        return Some("use at least 10 characters");
-    }
-    if chars > MAX_PASSWORD {
-        return Some("use at most 128 characters");
-    }
-    let lower = password.to_lowercase();
-    if COMMON.contains(&lower.as_str()) {
-        return Some("this is one of the most common passwords");
-    }
-    if lower == user.to_lowercase() {
-        return Some("the password must differ from the user name");
+    if let Some(why) = admission::password::problem(password, user) {
+        return Some(why);
     }
     if code.is_some_and(|c| normalize_code(password) == normalize_code(c)) {
         return Some("the password must differ from the setup code");
-    }
-    let mut distinct: Vec<char> = password.chars().collect();
-    distinct.sort_unstable();
-    distinct.dedup();
-    if distinct.len() < 4 {
-        return Some("use at least 4 different characters");
     }
     None
 }
@@ -113,38 +74,6 @@ pub fn password_problem(password: &str, user: &str, code: Option<&str>) -> Optio
 pub fn valid_user(user: &str) -> bool {
     (1..=32).contains(&user.len())
         && user.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
-/// Argon2id cost (memory KiB, passes, lanes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cost {
-    /// Memory in KiB.
-    pub m_kib: u32,
-    /// Passes.
-    pub t: u32,
-}
-
-impl Default for Cost {
-    /// OWASP's argon2id recommendation: 19 MiB, 2 passes, 1 lane.
-    fn default() -> Self {
-        Self { m_kib: 19 * 1024, t: 2 }
-    }
-}
-
-fn hasher(cost: Cost) -> Result<Argon2<'static>, AuthError> {
-    let params = Params::new(cost.m_kib, cost.t, 1, None).map_err(|_| AuthError::Hash)?;
-    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
-}
-
-/// An argon2id PHC string for `secret`.
-pub fn hash(secret: &str, cost: Cost) -> Result<String, AuthError> {
-    let h = hasher(cost)?.hash_password(secret.as_bytes()).map_err(|_| AuthError::Hash)?;
-    Ok(h.to_string())
-}
-
-/// Whether `secret` matches the PHC string `phc` (its own parameters are used).
-pub fn verify(secret: &str, phc: &str) -> bool {
-    Argon2::default().verify_password(secret.as_bytes(), phc).is_ok()
 }
 
 /// The owner's account.
@@ -168,11 +97,15 @@ pub struct Vault {
     pub telemetry_consent: bool,
 }
 
+/// Hex digits of a device cookie's id (16 random bytes).
+pub const DEVICE_ID_HEX: usize = 32;
+const DEVICE_MAC_HEX: usize = 64;
+
 impl Vault {
     /// A first-run vault that accepts only `code` (the hub prints and writes the code itself).
-    pub fn first_run(code: &str, cost: Cost) -> Result<Vec<u8>, AuthError> {
-        let v = Vault { setup: Some(hash(&normalize_code(code), cost)?), ..Vault::default() };
-        Ok(v.to_bytes())
+    pub fn first_run(code: &str, hasher: &mut Hasher<'_>) -> Result<Vec<u8>, AuthError> {
+        let setup = hasher.hash(normalize_code(code).as_bytes()).map_err(|_| AuthError::Hash)?;
+        Ok(Vault { setup: Some(setup), ..Vault::default() }.to_bytes())
     }
 
     /// Parses a stored vault (an unreadable one counts as empty: setup needs a fresh code).
@@ -190,19 +123,24 @@ impl Vault {
         self.owner.is_none()
     }
 
+    /// The owner's user name, if set up.
+    pub fn owner_name(&self) -> Option<&str> {
+        self.owner.as_ref().map(|a| a.user.as_str())
+    }
+
     /// Creates the owner account with the one-time `code`, which is consumed.
     pub fn create_owner(
         &mut self,
         code: &str,
         user: &str,
         password: &str,
-        cost: Cost,
+        hasher: &mut Hasher<'_>,
     ) -> Result<(), AuthError> {
         if self.owner.is_some() {
             return Err(AuthError::AccountExists);
         }
         let Some(code_hash) = &self.setup else { return Err(AuthError::BadCode) };
-        if !verify(&normalize_code(code), code_hash) {
+        if !hasher.verify(normalize_code(code).as_bytes(), code_hash) {
             return Err(AuthError::BadCode);
         }
         if !valid_user(user) {
@@ -211,27 +149,33 @@ impl Vault {
         if let Some(why) = password_problem(password, user, Some(code)) {
             return Err(AuthError::WeakPassword(why));
         }
-        self.owner = Some(Account { user: user.to_owned(), hash: hash(password, cost)? });
+        let hash = hasher.hash(password.as_bytes()).map_err(|_| AuthError::Hash)?;
+        self.owner = Some(Account { user: user.to_owned(), hash });
         self.setup = None;
         Ok(())
     }
 
     /// Checks a login.
-    pub fn login(&self, user: &str, password: &str) -> bool {
+    pub fn login(&self, user: &str, password: &str, hasher: &mut Hasher<'_>) -> bool {
         match &self.owner {
             Some(a) => {
                 let name_ok: bool = a.user.as_bytes().ct_eq(user.as_bytes()).into();
                 // Verify even for a wrong name so both cost the same.
-                verify(password, &a.hash) & name_ok
+                hasher.verify(password.as_bytes(), &a.hash) & name_ok
             }
             None => false,
         }
     }
 
-    /// Changes the owner's password.
-    pub fn change_password(&mut self, old: &str, new: &str, cost: Cost) -> Result<(), AuthError> {
+    /// Changes the owner's password (`new` must have passed [`password_problem`]).
+    pub fn change_password(
+        &mut self,
+        old: &str,
+        new: &str,
+        hasher: &mut Hasher<'_>,
+    ) -> Result<(), AuthError> {
         let Some(a) = &mut self.owner else { return Err(AuthError::WrongPassword) };
-        if !verify(old, &a.hash) {
+        if !hasher.verify(old.as_bytes(), &a.hash) {
             return Err(AuthError::WrongPassword);
         }
         if let Some(why) = password_problem(new, &a.user, None) {
@@ -240,80 +184,69 @@ impl Vault {
         if new == old {
             return Err(AuthError::WeakPassword("the new password must differ from the old one"));
         }
-        a.hash = hash(new, cost)?;
+        a.hash = hasher.hash(new.as_bytes()).map_err(|_| AuthError::Hash)?;
         Ok(())
     }
-}
 
-/// Failed logins allowed before back-off starts (typos happen).
-pub const FREE_FAILURES: u32 = 3;
-/// First back-off, doubling with each further failure.
-pub const BACKOFF_BASE_MS: u64 = 1_000;
-/// Longest back-off: the owner is never locked out for longer (5.1-5).
-pub const BACKOFF_MAX_MS: u64 = 5 * 60_000;
-/// A key with no failure for this long is forgotten.
-pub const FORGET_MS: u64 = 60 * 60_000;
-
-#[derive(Debug, Clone, Copy)]
-struct Strikes {
-    failures: u32,
-    until_ms: u64,
-    last_ms: u64,
-}
-
-/// Login throttling per key (the account, the client address): after [`FREE_FAILURES`] failures
-/// each further one blocks the key for a doubling time up to [`BACKOFF_MAX_MS`].
-#[derive(Debug, Default)]
-pub struct Throttle {
-    keys: HashMap<String, Strikes>,
-}
-
-/// Most keys tracked at once (an attacker with many addresses cannot grow memory unbounded; the
-/// account key is tracked regardless, so the bound costs no protection).
-const MAX_KEYS: usize = 4096;
-
-impl Throttle {
-    /// Milliseconds until `key` may try again, if it must wait.
-    pub fn wait_ms(&self, key: &str, now_ms: u64) -> Option<u64> {
-        self.keys.get(key).filter(|s| s.until_ms > now_ms).map(|s| s.until_ms - now_ms)
+    /// The key device cookies are MAC'd with: derived from the owner's password hash, whose
+    /// salt is random and sealed with the vault, so a password change or an erase revokes every
+    /// device cookie at once.
+    fn device_key(&self) -> Option<[u8; 32]> {
+        let a = self.owner.as_ref()?;
+        let mut d = Sha256::new();
+        d.update(b"hearth web device cookie v1\0");
+        d.update(a.user.as_bytes());
+        d.update([0]);
+        d.update(a.hash.as_bytes());
+        Some(d.finalize().into())
     }
 
-    /// Records a failure.
-    pub fn fail(&mut self, key: &str, now_ms: u64) {
-        self.expire(now_ms);
-        if self.keys.len() >= MAX_KEYS
-            && !self.keys.contains_key(key)
-            && let Some(oldest) =
-                self.keys.iter().min_by_key(|(_, s)| s.last_ms).map(|(k, _)| k.clone())
-        {
-            self.keys.remove(&oldest);
+    fn device_mac(&self, id: &str, user: &str) -> Option<Hmac<Sha256>> {
+        let key = self.device_key()?;
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).ok()?;
+        mac.update(id.as_bytes());
+        mac.update(&[0]);
+        mac.update(user.as_bytes());
+        Some(mac)
+    }
+
+    /// The device cookie value for the owner's browser `id` ([`DEVICE_ID_HEX`] hex digits):
+    /// the id, its MAC and the user name (hex), all hex digits.
+    pub fn device_cookie(&self, id: &str) -> Option<String> {
+        let user = &self.owner.as_ref()?.user;
+        if id.len() != DEVICE_ID_HEX || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
         }
-        let s = self.keys.entry(key.to_owned()).or_insert(Strikes {
-            failures: 0,
-            until_ms: 0,
-            last_ms: now_ms,
-        });
-        s.failures = s.failures.saturating_add(1);
-        s.last_ms = now_ms;
-        if s.failures >= FREE_FAILURES {
-            let shift = (s.failures - FREE_FAILURES).min(20);
-            s.until_ms = now_ms + (BACKOFF_BASE_MS << shift).min(BACKOFF_MAX_MS);
+        let tag = self.device_mac(id, user)?.finalize().into_bytes();
+        Some(format!("{id}{}{}", hex(&tag), hex(user.as_bytes())))
+    }
+
+    /// The (user, id) a device cookie value names, if its MAC is the owner's (constant time).
+    pub fn device_id(&self, value: &str) -> Option<(String, String)> {
+        if value.len() <= DEVICE_ID_HEX + DEVICE_MAC_HEX || value.len() > 256 {
+            return None;
         }
+        let (id, rest) = value.split_at_checked(DEVICE_ID_HEX)?;
+        let (tag, user) = rest.split_at_checked(DEVICE_MAC_HEX)?;
+        let user = String::from_utf8(unhex(user)?).ok()?;
+        let tag = unhex(tag)?;
+        if !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.device_mac(id, &user)?.verify_slice(&tag).ok()?;
+        Some((user, id.to_ascii_lowercase()))
     }
+}
 
-    /// A successful login clears the key.
-    pub fn succeed(&mut self, key: &str) {
-        self.keys.remove(key);
-    }
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
-    /// Keys currently backing off.
-    pub fn active(&self, now_ms: u64) -> usize {
-        self.keys.values().filter(|s| s.until_ms > now_ms).count()
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
     }
-
-    fn expire(&mut self, now_ms: u64) {
-        self.keys.retain(|_, s| now_ms.saturating_sub(s.last_ms) < FORGET_MS);
-    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// A session ends after this long without a request.
@@ -386,60 +319,76 @@ fn alive(s: &Session, now_ms: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use admission::{Cost, HashBudget, Limits};
 
-    const CHEAP: Cost = Cost { m_kib: 64, t: 1 };
+    fn budget() -> HashBudget {
+        HashBudget::new(Limits::default(), Cost { m_kib: 64, t: 1 }).expect("budget")
+    }
 
     #[test]
     fn setup_code_is_formatted_and_used_once() {
-        let code = setup_code(&[7, 200, 31, 0, 255, 9, 100, 50, 3, 4, 5, 6]);
-        assert_eq!(code.len(), 14);
-        assert!(code.chars().all(|c| c == '-' || CODE_ALPHABET.contains(&(c as u8))));
-        let mut v = Vault::parse(&Vault::first_run(&code, CHEAP).expect("vault")).expect("parse");
-        assert_eq!(
-            v.create_owner("AAAA-AAAA-AAAA", "me", "correct horse", CHEAP),
-            Err(AuthError::BadCode)
-        );
-        let weak = v.create_owner(&code, "me", &code.to_lowercase(), CHEAP);
-        assert!(matches!(weak, Err(AuthError::WeakPassword(_))), "{weak:?}");
-        v.create_owner(&code.to_lowercase(), "me", "correct horse", CHEAP).expect("created");
-        assert!(v.setup.is_none());
-        assert_eq!(
-            v.create_owner(&code, "me", "correct horse", CHEAP),
-            Err(AuthError::AccountExists)
-        );
-        assert!(v.login("me", "correct horse"));
-        assert!(!v.login("me", "correct hors"));
-        assert!(!v.login("you", "correct horse"));
+        let b = budget();
+        b.run_now(|h| {
+            let code = setup_code(&[7, 200, 31, 0, 255, 9, 100, 50, 3, 4, 5, 6]);
+            assert_eq!(code.len(), 14);
+            assert!(code.chars().all(|c| c == '-' || CODE_ALPHABET.contains(&(c as u8))));
+            let mut v = Vault::parse(&Vault::first_run(&code, h).expect("vault")).expect("parse");
+            assert_eq!(
+                v.create_owner("AAAA-AAAA-AAAA", "me", "correct horse", h),
+                Err(AuthError::BadCode)
+            );
+            let weak = v.create_owner(&code, "me", &code.to_lowercase(), h);
+            assert!(matches!(weak, Err(AuthError::WeakPassword(_))), "{weak:?}");
+            v.create_owner(&code.to_lowercase(), "me", "correct horse", h).expect("created");
+            assert!(v.setup.is_none());
+            assert_eq!(
+                v.create_owner(&code, "me", "correct horse", h),
+                Err(AuthError::AccountExists)
+            );
+            assert!(v.login("me", "correct horse", h));
+            assert!(!v.login("me", "correct hors", h));
+            assert!(!v.login("you", "correct horse", h));
+        })
+        .expect("slot");
     }
 
     #[test]
     fn password_rules() {
         assert!(password_problem("short", "me", None).is_some());
-        assert!(password_problem("Password123", "me", None).is_some());
-        assert!(password_problem("aaaaabbbbb", "me", None).is_some());
-        assert!(password_problem("owner-name", "OWNER-NAME", None).is_some());
+        assert!(password_problem("Password1234", "me", None).is_some());
+        assert!(password_problem("aaaaabbbbbbb", "me", None).is_some());
+        assert!(password_problem("owner-name-1", "OWNER-NAME-1", None).is_some());
         assert!(password_problem(&"x".repeat(129), "me", None).is_some());
+        assert!(password_problem("ABCD-EFGH-JKLM", "me", Some("abcdefghjklm")).is_some());
         assert_eq!(password_problem("blue tomato 7", "me", None), None);
     }
 
     #[test]
-    fn throttle_backs_off_doubling_and_expires() {
-        let mut t = Throttle::default();
-        for _ in 0..FREE_FAILURES - 1 {
-            t.fail("k", 0);
-        }
-        assert_eq!(t.wait_ms("k", 0), None);
-        t.fail("k", 0);
-        assert_eq!(t.wait_ms("k", 0), Some(1_000));
-        t.fail("k", 1_000);
-        assert_eq!(t.wait_ms("k", 1_000), Some(2_000));
-        for _ in 0..30 {
-            t.fail("k", 3_000);
-        }
-        assert_eq!(t.wait_ms("k", 3_000), Some(BACKOFF_MAX_MS));
-        assert_eq!(t.wait_ms("k", 3_000 + BACKOFF_MAX_MS), None, "never permanent");
-        t.fail("other", 3_000 + FORGET_MS);
-        assert!(!t.keys.contains_key("k"), "forgotten after an hour");
+    fn device_cookies_name_the_owner_and_die_with_the_password() {
+        let b = budget();
+        b.run_now(|h| {
+            let mut v = Vault::parse(&Vault::first_run("ABCD", h).expect("vault")).expect("parse");
+            assert_eq!(v.device_cookie(&"a".repeat(32)), None, "no owner yet");
+            v.create_owner("ABCD", "owner", "blue tomato 7", h).expect("owner");
+            let id = "0123456789abcdef0123456789abcdef";
+            let cookie = v.device_cookie(id).expect("cookie");
+            assert!(cookie.bytes().all(|b| b.is_ascii_hexdigit()), "{cookie}");
+            assert_eq!(v.device_id(&cookie), Some(("owner".into(), id.into())));
+            // Any change to the id, the MAC or the name is refused.
+            for at in [0, 40, cookie.len() - 1] {
+                let mut bad = cookie.clone().into_bytes();
+                bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
+                let bad = String::from_utf8(bad).expect("utf-8");
+                assert_eq!(v.device_id(&bad), None, "flipped at {at}");
+            }
+            assert_eq!(v.device_id(&cookie[..96]), None);
+            assert_eq!(v.device_id("zz"), None);
+            assert_eq!(v.device_cookie("not hex"), None);
+            // A password change revokes every device cookie.
+            v.change_password("blue tomato 7", "red kettle 42", h).expect("changed");
+            assert_eq!(v.device_id(&cookie), None);
+        })
+        .expect("slot");
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub const BODY_LIMIT: usize = 8 * 1024;
 pub const SESSION_COOKIE: &str = "__Host-hearth";
 /// The pre-login cookie whose value the login and setup forms echo (login CSRF).
 pub const PRE_COOKIE: &str = "__Host-hearth-pre";
+/// The device cookie: this browser logged in as the owner before (OWASP "device cookies"); a
+/// login with it is not refused by a back-off someone else caused.
+pub const DEVICE_COOKIE: &str = "__Host-hearth-device";
+/// How long a browser keeps its device cookie (the hub forgets an unused one as long after).
+pub const DEVICE_COOKIE_S: u64 = 180 * 24 * 60 * 60;
 /// The Content-Security-Policy of every answer.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
                        frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
@@ -55,16 +60,36 @@ pub fn cookie(name: &str, value: &str) -> HeaderValue {
     .unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
 }
 
-/// The value of cookie `name` in the request, if it looks like one of our tokens.
-pub fn read_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// A `Set-Cookie` value for the device cookie (kept by the browser for [`DEVICE_COOKIE_S`]).
+pub fn device_cookie(value: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{DEVICE_COOKIE}={value}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={DEVICE_COOKIE_S}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
+}
+
+/// The device cookie's value in the request, if it has one of the right shape (hex digits; the
+/// MAC is checked by [`crate::auth::Vault::device_id`]).
+pub fn read_device_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie_values(headers, DEVICE_COOKIE)
+        .find(|v| (97..=256).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(move |(k, _)| *k == name)
         .map(|(_, v)| v)
+}
+
+/// The value of cookie `name` in the request, if it looks like one of our tokens.
+pub fn read_cookie<'a>(headers: &'a HeaderMap, name: &'a str) -> Option<&'a str> {
+    cookie_values(headers, name)
+        .next()
         .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 

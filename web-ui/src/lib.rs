@@ -15,7 +15,7 @@ pub mod state;
 mod tests;
 
 pub use api::OwnerApi;
-pub use auth::{Cost, Vault, setup_code};
+pub use auth::{Vault, setup_code};
 pub use routes::router;
 pub use serve::serve;
 pub use state::{Clock, Web, system_clock};

@@ -655,7 +655,8 @@ fn web_checks(
             "No account yet: setup needs this hub's one-time code (printed at first start).".into()
         }
     };
-    let backing_off = inner.throttle.active(now);
+    let backing_off = inner.throttle.backing_off(now);
+    let policy = *inner.throttle.policy();
     let consent = inner.vault.telemetry_consent;
     drop(inner);
     let pairing = match pairing {
@@ -674,7 +675,7 @@ fn web_checks(
     vec![
         c("5.1-1", "No universal default passwords", true, account),
         c("5.1-4", "The user can change the authentication value", true, "Password change on the Account page; argon2id hash sealed under the hub's key-encryption key.".into()),
-        c("5.1-5", "Brute-force protection", true, format!("Web login: back-off after {} failures, doubling up to 5 min, always expiring; {backing_off} client(s)/account(s) backing off now. Sensors: {pairing}.", crate::auth::FREE_FAILURES)),
+        c("5.1-5", "Brute-force protection", true, format!("Web login: back-off after {} failures, doubling up to {} min, always expiring, taken before the password is checked; browsers that logged in before keep their own budget (device cookies); {backing_off} client(s)/account(s) backing off now. Sensors: {pairing}.", policy.free_failures, policy.max_ms.div_ceil(60_000))),
         c("5.5-1", "Communication is encrypted", true, "This page came over HTTPS (TLS 1.2/1.3 with the hub's own certificate); plain HTTP on this port gets no answer.".into()),
         c("5.6-2", "Nothing disclosed before authentication", true, "Every page and data stream needs a session; the login page names no version or model.".into()),
         c("5.10-1", "Security events are monitored", anomalies == 0, format!("{events} security events counted; {anomalies} anomaly flag(s) in the last 5 minutes.")),
@@ -850,6 +851,8 @@ pub async fn erase(
     }
     web.reload_vault().await;
     web.lock().sessions.retain_only(None);
+    // The owner's records and device cookies went with the account.
+    web.save_logins().await;
     tracing::warn!("all user data erased by the owner; back to first-run setup");
     let mut res = Redirect::to("/erased").into_response();
     res.headers_mut().append(header::SET_COOKIE, cookie(SESSION_COOKIE, ""));

@@ -1,6 +1,7 @@
 //! The router: first-run setup with the one-time code (EN 303 645 5.1-1), login with throttling
-//! (5.1-5), log-out, password change (5.1-4), static assets, and the live-data stream (SSE); the
-//! owner's pages are in [`crate::pages`].
+//! (5.1-5: a failure slot taken before the hash, device cookies past others' back-offs) under the
+//! hub's hashing budget (excess shed with 503), log-out, password change (5.1-4), static assets,
+//! and the live-data stream (SSE); the owner's pages are in [`crate::pages`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +15,13 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use crate::auth::{AuthError, MAX_PASSWORD, Vault};
+use admission::password::{MAX_CHARS, MAX_LOGIN_BYTES};
+use admission::{Attempt, Claim, Refused};
+
+use crate::auth::{AuthError, DEVICE_ID_HEX, Vault, password_problem, valid_user};
 use crate::guard::{
-    BODY_LIMIT, ClientAddr, CsrfForm, Owner, PRE_COOKIE, Post, SESSION_COOKIE, cookie, read_cookie,
-    unprocessable,
+    BODY_LIMIT, ClientAddr, CsrfForm, Owner, PRE_COOKIE, Post, SESSION_COOKIE, cookie,
+    device_cookie, read_cookie, read_device_cookie, unprocessable,
 };
 use crate::html::{csrf_field, esc, notice, page};
 use crate::pages;
@@ -107,7 +111,7 @@ fn setup_form(csrf: &str, error: Option<&str>) -> String {
          <form method=\"post\" action=\"/setup\" class=\"card\">{c}\
          <label>Setup code <input name=\"code\" autocomplete=\"off\" required maxlength=\"32\"></label>\
          <label>User name <input name=\"user\" autocomplete=\"username\" required maxlength=\"32\"></label>\
-         <label>Password (at least 10 characters) <input type=\"password\" name=\"password\" autocomplete=\"new-password\" required minlength=\"10\" maxlength=\"128\"></label>\
+         <label>Password (at least 12 characters) <input type=\"password\" name=\"password\" autocomplete=\"new-password\" required minlength=\"12\" maxlength=\"128\"></label>\
          <label>Repeat it <input type=\"password\" name=\"confirm\" autocomplete=\"new-password\" required maxlength=\"128\"></label>\
          <button>Create the owner account</button></form>",
         err = error.map(|e| notice("error", e)).unwrap_or_default(),
@@ -130,8 +134,8 @@ async fn setup(
 ) -> Response {
     if f.code.len() > 32
         || f.user.len() > 64
-        || f.password.len() > 4 * MAX_PASSWORD
-        || f.confirm.len() > 4 * MAX_PASSWORD
+        || f.password.len() > 4 * MAX_CHARS
+        || f.confirm.len() > 4 * MAX_CHARS
     {
         return unprocessable(&web, "field too long");
     }
@@ -139,51 +143,123 @@ async fn setup(
     if !web.lock().vault.needs_setup() {
         return Redirect::to("/login").into_response();
     }
-    let key = format!("setup:{ip}");
-    let now = web.now_ms();
-    let wait = web.lock().throttle.wait_ms(&key, now);
-    if let Some(wait) = wait {
-        web.event(WebEvent::LoginThrottled);
-        return throttled(&web, &headers, wait, "Set up Hearth", |c| {
-            setup_form(c, Some("Too many wrong setup codes."))
-        });
-    }
     let refuse = |status, text: &str| {
         public_page(&web, &headers, status, "Set up Hearth", |c| setup_form(c, Some(text)))
     };
-    if f.password != f.confirm {
+    // What needs no hash is refused before any: the code is checked only for an acceptable
+    // account.
+    let problem = if f.password != f.confirm {
+        Some("The two passwords differ.".to_owned())
+    } else if !valid_user(&f.user) {
+        Some(AuthError::BadUser.to_string())
+    } else {
+        password_problem(&f.password, &f.user, Some(&f.code))
+            .map(|why| AuthError::WeakPassword(why).to_string())
+    };
+    if let Some(problem) = problem {
         web.event(WebEvent::Malformed);
-        return refuse(StatusCode::UNPROCESSABLE_ENTITY, "The two passwords differ.");
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, &problem);
     }
+    // Wrong codes back the address off (the code has 60 bits: the throttle guards the hashing,
+    // not the code).
+    let now = web.now_ms();
+    let admitted = web.lock().throttle.admit(now, Claim::Nobody, ip, None);
+    let attempt = match admitted {
+        Ok(a) => a,
+        Err(b) => {
+            web.event(WebEvent::LoginThrottled);
+            return throttled(&web, &headers, b.wait_ms, "Set up Hearth", |c| {
+                setup_form(c, Some("Too many wrong setup codes."))
+            });
+        }
+    };
     let mut vault = web.lock().vault.clone();
-    let cost = web.cost;
-    let result = tokio::task::spawn_blocking(move || {
-        vault.create_owner(&f.code, &f.user, &f.password, cost).map(|()| vault)
-    })
-    .await
-    .unwrap_or(Err(AuthError::Hash));
-    let vault = match result {
-        Ok(v) => v,
-        Err(AuthError::BadCode) => {
+    let user = f.user.clone();
+    let created = web
+        .budget
+        .run(move |h| vault.create_owner(&f.code, &f.user, &f.password, h).map(|()| vault))
+        .await;
+    let vault = match created {
+        Ok(Ok(v)) => v,
+        Ok(Err(AuthError::BadCode)) => {
+            web.lock().throttle.fail(attempt, now);
             web.event(WebEvent::SetupCodeRefused);
-            web.lock().throttle.fail(&key, now);
             return refuse(StatusCode::FORBIDDEN, &AuthError::BadCode.to_string());
         }
-        Err(e) => {
+        Ok(Err(e)) => {
+            web.lock().throttle.cancel(attempt);
             web.event(WebEvent::Malformed);
             return refuse(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
         }
+        Err(refused) => {
+            return shed(&web, &headers, attempt, refused, "Set up Hearth", |c| {
+                setup_form(c, None)
+            });
+        }
     };
     if let Err(e) = web.api.store_vault(vault.to_bytes()).await {
+        web.lock().throttle.cancel(attempt);
         return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
     }
     if let Err(e) = web.api.setup_done().await {
         tracing::error!(error = %e, "could not remove the used setup code file");
     }
-    web.lock().vault = vault;
-    web.lock().throttle.succeed(&key);
+    web.set_vault(vault);
+    web.lock().throttle.succeed(attempt, now);
     tracing::info!("owner account created; the setup code is void");
-    start_session(&web, "/")
+    let mut res = start_session(&web, "/");
+    trust_device(&web, &user, None, now, &mut res).await;
+    res
+}
+
+/// Remembers this browser as the owner's (`known`: the id of its valid device cookie) and sets
+/// its device cookie; saves the throttle's records.
+async fn trust_device(web: &Web, user: &str, known: Option<String>, now: u64, res: &mut Response) {
+    let id = known.unwrap_or_else(|| web.token()[..DEVICE_ID_HEX].to_owned());
+    let value = {
+        let mut inner = web.lock();
+        let trusted = inner.throttle.trust(user, &id, now);
+        trusted.then(|| inner.vault.device_cookie(&id)).flatten()
+    };
+    web.save_logins().await;
+    if let Some(v) = value {
+        res.headers_mut().append(header::SET_COOKIE, device_cookie(&v));
+    }
+}
+
+/// The id of the request's device cookie if it is valid for `user`.
+fn device_for(web: &Web, headers: &axum::http::HeaderMap, user: &str) -> Option<String> {
+    let value = read_device_cookie(headers)?;
+    let (named, id) = web.lock().vault.device_id(value)?;
+    (named == user).then_some(id)
+}
+
+/// Hashing was at its limit: the attempt gives its failure slot back, is counted, and the
+/// client is asked to come back (503 with Retry-After).
+fn shed(
+    web: &Web,
+    headers: &axum::http::HeaderMap,
+    attempt: Attempt,
+    refused: Refused,
+    title: &str,
+    form: impl FnOnce(&str) -> String,
+) -> Response {
+    web.lock().throttle.cancel(attempt);
+    if refused == Refused::Shed {
+        web.event(WebEvent::LoginShed);
+    }
+    let mut res = public_page(web, headers, StatusCode::SERVICE_UNAVAILABLE, title, |c| {
+        format!(
+            "{}{}",
+            notice(
+                "error",
+                "The hub is busy checking other passwords; nothing was checked. Try again in a few seconds."
+            ),
+            form(c)
+        )
+    });
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    res
 }
 
 fn start_session(web: &Web, to: &str) -> Response {
@@ -221,13 +297,14 @@ fn throttled(
     form: impl FnOnce(&str) -> String,
 ) -> Response {
     let secs = wait_ms.div_ceil(1000);
+    let max_min = web.lock().throttle.policy().max_ms.div_ceil(60_000);
     let mut res = public_page(web, headers, StatusCode::TOO_MANY_REQUESTS, title, |c| {
         format!(
             "{}{}",
             notice(
                 "error",
                 &format!(
-                    "Too many failed attempts: wait {secs} s before the next one (the wait doubles with each failure, up to 5 minutes, and always ends)."
+                    "Too many failed attempts: wait {secs} s before the next one (the wait doubles with each failure, up to {max_min} minutes, and always ends; a browser that logged in here before is not held back)."
                 )
             ),
             form(c)
@@ -245,43 +322,45 @@ async fn login(
     headers: axum::http::HeaderMap,
     Post(f): Post<LoginForm>,
 ) -> Response {
-    if f.user.len() > 64 || f.password.len() > 4 * MAX_PASSWORD {
+    if f.user.len() > 64 || f.password.len() > MAX_LOGIN_BYTES {
         return unprocessable(&web, "field too long");
     }
     if web.lock().vault.needs_setup() {
         return Redirect::to("/setup").into_response();
     }
     let now = web.now_ms();
-    let (account, addr) = (format!("user:{}", f.user.to_lowercase()), format!("ip:{ip}"));
-    let wait = {
-        let inner = web.lock();
-        inner.throttle.wait_ms(&account, now).max(inner.throttle.wait_ms(&addr, now))
-    };
-    if let Some(wait) = wait {
-        web.event(WebEvent::LoginThrottled);
-        return throttled(&web, &headers, wait, "Log in", |c| login_form(c, None));
-    }
-    let vault = web.lock().vault.clone();
-    let ok = tokio::task::spawn_blocking(move || vault.login(&f.user, &f.password))
-        .await
-        .unwrap_or(false);
-    if !ok {
-        web.event(WebEvent::LoginFailed);
-        {
-            let mut inner = web.lock();
-            inner.throttle.fail(&account, now);
-            inner.throttle.fail(&addr, now);
+    let device = device_for(&web, &headers, &f.user);
+    // The failure slot is taken before the hash: concurrent guesses cannot outrun the back-off.
+    let admitted = web.lock().throttle.admit(now, Claim::Name(&f.user), ip, device.as_deref());
+    let attempt = match admitted {
+        Ok(a) => a,
+        Err(b) => {
+            web.event(WebEvent::LoginThrottled);
+            return throttled(&web, &headers, b.wait_ms, "Log in", |c| login_form(c, None));
         }
+    };
+    let vault = web.lock().vault.clone();
+    let user = f.user.clone();
+    let checked = web.budget.run(move |h| vault.login(&f.user, &f.password, h)).await;
+    let ok = match checked {
+        Ok(ok) => ok,
+        Err(refused) => {
+            return shed(&web, &headers, attempt, refused, "Log in", |c| login_form(c, None));
+        }
+    };
+    if !ok {
+        web.lock().throttle.fail(attempt, now);
+        web.event(WebEvent::LoginFailed);
+        web.save_logins().await;
         return public_page(&web, &headers, StatusCode::UNAUTHORIZED, "Log in", |c| {
             login_form(c, Some("Wrong user name or password."))
         });
     }
-    {
-        let mut inner = web.lock();
-        inner.throttle.succeed(&account);
-        inner.throttle.succeed(&addr);
-    }
-    start_session(&web, "/")
+    let known = device.filter(|_| attempt.trusted());
+    web.lock().throttle.succeed(attempt, now);
+    let mut res = start_session(&web, "/");
+    trust_device(&web, &user, known, now, &mut res).await;
+    res
 }
 
 async fn logout(State(web): State<Arc<Web>>, owner: Owner, Post(_): Post<CsrfOnly>) -> Response {
@@ -297,7 +376,7 @@ fn account_body(owner: &Owner, user: &str, msg: Option<&str>) -> String {
          <h2>Change the password</h2>\
          <form method=\"post\" action=\"/account/password\" class=\"card\">{c}\
          <label>Current password <input type=\"password\" name=\"current\" autocomplete=\"current-password\" required maxlength=\"128\"></label>\
-         <label>New password (at least 10 characters) <input type=\"password\" name=\"password\" autocomplete=\"new-password\" required minlength=\"10\" maxlength=\"128\"></label>\
+         <label>New password (at least 12 characters) <input type=\"password\" name=\"password\" autocomplete=\"new-password\" required minlength=\"12\" maxlength=\"128\"></label>\
          <label>Repeat it <input type=\"password\" name=\"confirm\" autocomplete=\"new-password\" required maxlength=\"128\"></label>\
          <button>Change the password</button></form>\
          <p class=\"muted\">Changing it ends every other session.</p>",
@@ -320,17 +399,19 @@ async fn account_page(
 
 async fn change_password(
     State(web): State<Arc<Web>>,
+    ClientAddr(ip): ClientAddr,
+    headers: axum::http::HeaderMap,
     owner: Owner,
     Post(f): Post<PasswordForm>,
 ) -> Response {
-    if f.current.len() > 4 * MAX_PASSWORD
-        || f.password.len() > 4 * MAX_PASSWORD
-        || f.confirm.len() > 4 * MAX_PASSWORD
+    if f.current.len() > MAX_LOGIN_BYTES
+        || f.password.len() > 4 * MAX_CHARS
+        || f.confirm.len() > 4 * MAX_CHARS
     {
         return unprocessable(&web, "field too long");
     }
     let _one_at_a_time = web.account_lock.lock().await;
-    let user = web.lock().vault.owner.as_ref().map(|a| a.user.clone()).unwrap_or_default();
+    let user = web.lock().vault.owner_name().map(str::to_owned).unwrap_or_default();
     let refuse = |status: StatusCode, text: &str| {
         (
             status,
@@ -343,38 +424,75 @@ async fn change_password(
         )
             .into_response()
     };
-    if f.password != f.confirm {
+    let problem = if f.password != f.confirm {
+        Some("The two new passwords differ.".to_owned())
+    } else if f.password == f.current {
+        Some(AuthError::WeakPassword("the new password must differ from the old one").to_string())
+    } else {
+        password_problem(&f.password, &user, None)
+            .map(|why| AuthError::WeakPassword(why).to_string())
+    };
+    if let Some(problem) = problem {
         web.event(WebEvent::Malformed);
-        return refuse(StatusCode::UNPROCESSABLE_ENTITY, "The two new passwords differ.");
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, &problem);
     }
+    // The current password is checked like a login (a stolen session cannot guess it faster).
+    let now = web.now_ms();
+    let device = device_for(&web, &headers, &user);
+    let admitted = web.lock().throttle.admit(now, Claim::Name(&user), ip, device.as_deref());
+    let attempt = match admitted {
+        Ok(a) => a,
+        Err(b) => {
+            web.event(WebEvent::LoginThrottled);
+            let secs = b.wait_ms.div_ceil(1000);
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("Too many failed attempts: wait {secs} s before the next one."),
+            );
+        }
+    };
     let mut vault: Vault = web.lock().vault.clone();
-    let cost = web.cost;
-    let result = tokio::task::spawn_blocking(move || {
-        vault.change_password(&f.current, &f.password, cost).map(|()| vault)
-    })
-    .await
-    .unwrap_or(Err(AuthError::Hash));
-    match result {
-        Ok(vault) => {
-            if let Err(e) = web.api.store_vault(vault.to_bytes()).await {
-                return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-            }
-            let mut inner = web.lock();
-            inner.vault = vault;
-            inner.sessions.retain_only(Some(&owner.token));
-            drop(inner);
-            tracing::info!("owner password changed; other sessions ended");
-            Redirect::to("/account?m=password").into_response()
-        }
-        Err(AuthError::WrongPassword) => {
+    let result = web
+        .budget
+        .run(move |h| vault.change_password(&f.current, &f.password, h).map(|()| vault))
+        .await;
+    let vault = match result {
+        Ok(Ok(vault)) => vault,
+        Ok(Err(AuthError::WrongPassword)) => {
+            web.lock().throttle.fail(attempt, now);
             web.event(WebEvent::LoginFailed);
-            refuse(StatusCode::FORBIDDEN, &AuthError::WrongPassword.to_string())
+            web.save_logins().await;
+            return refuse(StatusCode::FORBIDDEN, &AuthError::WrongPassword.to_string());
         }
-        Err(e) => {
+        Ok(Err(e)) => {
+            web.lock().throttle.cancel(attempt);
             web.event(WebEvent::Malformed);
-            refuse(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())
+            return refuse(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
         }
+        Err(refused) => {
+            web.lock().throttle.cancel(attempt);
+            if refused == Refused::Shed {
+                web.event(WebEvent::LoginShed);
+            }
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, &refused.to_string());
+        }
+    };
+    if let Err(e) = web.api.store_vault(vault.to_bytes()).await {
+        web.lock().throttle.cancel(attempt);
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
     }
+    {
+        let mut inner = web.lock();
+        inner.throttle.succeed(attempt, now);
+        // Every device cookie dies with the old password (their MAC key changed too).
+        inner.throttle.revoke_all(&user);
+        inner.vault = vault;
+        inner.sessions.retain_only(Some(&owner.token));
+    }
+    tracing::info!("owner password changed; other sessions and device cookies ended");
+    let mut res = Redirect::to("/account?m=password").into_response();
+    trust_device(&web, &user, None, now, &mut res).await;
+    res
 }
 
 /// Shown after an erase (only while the hub waits for setup: it says nothing about anyone's data).

@@ -1,12 +1,15 @@
-//! The web UI's shared state: the hub API, the cached vault, sessions, login throttling, and the
-//! web side's security-event counters with anomaly flags over a sliding window (EN 303 645
-//! 5.10-1). Time comes from an injected clock so tests control it.
+//! The web UI's shared state: the hub API, the cached vault, sessions, the login throttle (its
+//! per-account records and device cookies persisted through the hub), the hub's hashing budget,
+//! and the web side's security-event counters with anomaly flags over a sliding window
+//! (EN 303 645 5.10-1). Time comes from an injected clock so tests control it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use admission::{HashBudget, Throttle};
+
 use crate::api::{Counter, OwnerApi};
-use crate::auth::{Cost, Sessions, Throttle, Vault};
+use crate::auth::{Sessions, Vault};
 
 /// Unix milliseconds now (injected: tests move time by hand).
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -42,10 +45,12 @@ pub enum WebEvent {
     TooLarge,
     /// A request for a page or data without a session.
     Unauthenticated,
+    /// A login or setup not checked because the hub's password hashing was at its limit.
+    LoginShed,
 }
 
 impl WebEvent {
-    const ALL: [WebEvent; 8] = [
+    const ALL: [WebEvent; 9] = [
         WebEvent::LoginFailed,
         WebEvent::LoginThrottled,
         WebEvent::SetupCodeRefused,
@@ -54,6 +59,7 @@ impl WebEvent {
         WebEvent::Malformed,
         WebEvent::TooLarge,
         WebEvent::Unauthenticated,
+        WebEvent::LoginShed,
     ];
 
     fn index(self) -> usize {
@@ -71,6 +77,7 @@ impl WebEvent {
             WebEvent::Malformed => "web_malformed",
             WebEvent::TooLarge => "web_too_large",
             WebEvent::Unauthenticated => "web_unauthenticated",
+            WebEvent::LoginShed => "web_login_shed",
         }
     }
 
@@ -84,6 +91,7 @@ impl WebEvent {
             WebEvent::Malformed => "Malformed web requests",
             WebEvent::TooLarge => "Oversized web requests",
             WebEvent::Unauthenticated => "Requests without a session",
+            WebEvent::LoginShed => "Logins refused unchecked while password hashing was busy",
         }
     }
 }
@@ -93,7 +101,7 @@ pub fn threshold(name: &str) -> u64 {
     match name {
         "web_login_failed" | "web_setup_code_refused" | "pairing_failed" => 5,
         "web_csrf_refused" | "web_cross_site_refused" | "web_too_large" | "key_limit" => 3,
-        "bad_tag" | "replays" | "throttled" | "web_login_throttled" => 10,
+        "bad_tag" | "replays" | "throttled" | "web_login_throttled" | "web_login_shed" => 10,
         "web_unauthenticated" => 100,
         _ => 20,
     }
@@ -116,21 +124,27 @@ pub struct EventRow {
 
 #[derive(Debug, Default)]
 struct Events {
-    totals: [u64; 8],
+    totals: [u64; 9],
     recent: VecDeque<(u64, WebEvent)>,
     hub: VecDeque<(u64, Vec<Counter>)>,
+    /// Per kind: the log interval's start, events logged in it, events not logged.
+    logged: [(u64, u32, u64); 9],
 }
 
 const MAX_RECENT: usize = 10_000;
+/// Security events of one kind logged one by one per interval at most (all are counted); the
+/// rest are summarized, so an attacker cannot flood the log.
+const LOG_PER_INTERVAL: u32 = 5;
+const LOG_INTERVAL_MS: u64 = 10_000;
 
 /// Everything behind the lock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Inner {
     /// The vault as last stored.
     pub vault: Vault,
     /// Sessions.
     pub sessions: Sessions,
-    /// Login throttling.
+    /// Login throttling (owner account, unknown names, addresses, device cookies).
     pub throttle: Throttle,
     events: Events,
 }
@@ -139,10 +153,12 @@ pub struct Inner {
 pub struct Web {
     /// The hub.
     pub api: Arc<dyn OwnerApi>,
-    /// Password hashing cost.
-    pub cost: Cost,
+    /// The hub's one budget for password hashing (shared with MQTT).
+    pub budget: HashBudget,
     /// Held while the account changes (setup, password change, erase): one at a time.
     pub account_lock: tokio::sync::Mutex<()>,
+    /// The throttle version last written to the hub (held while writing: writes stay in order).
+    saved: tokio::sync::Mutex<u64>,
     clock: Clock,
     inner: Mutex<Inner>,
 }
@@ -154,17 +170,72 @@ impl std::fmt::Debug for Web {
 }
 
 impl Web {
-    /// The web UI over `api`, its vault loaded.
-    pub async fn new(api: Arc<dyn OwnerApi>, cost: Cost, clock: Clock) -> Arc<Self> {
+    /// The web UI over `api`, hashing under `budget`, throttling logins by `policy`; its vault
+    /// and its persisted login records loaded.
+    pub async fn new(
+        api: Arc<dyn OwnerApi>,
+        budget: HashBudget,
+        policy: admission::Policy,
+        clock: Clock,
+    ) -> Arc<Self> {
         let web = Arc::new(Self {
             api,
-            cost,
+            budget,
             account_lock: tokio::sync::Mutex::new(()),
+            saved: tokio::sync::Mutex::new(0),
             clock,
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner {
+                vault: Vault::default(),
+                sessions: Sessions::default(),
+                throttle: Throttle::new(policy),
+                events: Events::default(),
+            }),
         });
         web.reload_vault().await;
+        let durable = match web.api.load_logins().await {
+            Ok(Some(bytes)) => serde_json::from_slice::<admission::Durable>(&bytes)
+                .map_err(
+                    |e| tracing::error!(error = %e, "web login records unreadable; starting empty"),
+                )
+                .ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "web login records could not be loaded");
+                None
+            }
+        };
+        if let Some(d) = durable {
+            let now = web.now_ms();
+            web.lock().throttle.restore(d, now);
+        }
         web
+    }
+
+    /// Replaces the cached vault; the throttle's accounts follow it (the owner, or none).
+    pub fn set_vault(&self, vault: Vault) {
+        let mut inner = self.lock();
+        let owner = vault.owner_name().map(str::to_owned);
+        inner.throttle.set_accounts(owner.as_deref());
+        inner.vault = vault;
+    }
+
+    /// Writes the login throttle's durable records (per-account back-offs, device cookies)
+    /// through the hub if they changed, in order; call it before answering a failed login, so a
+    /// crash cannot forget a failure whose answer the client saw.
+    pub async fn save_logins(&self) {
+        let mut saved = self.saved.lock().await;
+        let (version, doc) = {
+            let inner = self.lock();
+            (inner.throttle.version(), serde_json::to_vec(&inner.throttle.snapshot()))
+        };
+        if version == *saved {
+            return;
+        }
+        let Ok(doc) = doc else { return };
+        match self.api.store_logins(doc).await {
+            Ok(()) => *saved = version,
+            Err(e) => tracing::error!(error = %e, "web login records not saved"),
+        }
     }
 
     /// Re-reads the vault from the hub (at start, after an erase).
@@ -180,7 +251,7 @@ impl Web {
                 Vault::default()
             }
         };
-        self.lock().vault = vault;
+        self.set_vault(vault);
     }
 
     /// Unix milliseconds now.
@@ -210,7 +281,36 @@ impl Web {
             ev.recent.pop_front();
         }
         ev.recent.push_back((now, e));
-        if matches!(e, WebEvent::LoginFailed | WebEvent::LoginThrottled | WebEvent::CrossSite) {
+        if !matches!(
+            e,
+            WebEvent::LoginFailed
+                | WebEvent::LoginThrottled
+                | WebEvent::CrossSite
+                | WebEvent::LoginShed
+        ) {
+            return;
+        }
+        let (since, logged, more) = &mut ev.logged[e.index()];
+        let mut summary = 0;
+        if now.saturating_sub(*since) >= LOG_INTERVAL_MS {
+            summary = *more;
+            (*since, *logged, *more) = (now, 0, 0);
+        }
+        let log = *logged < LOG_PER_INTERVAL;
+        if log {
+            *logged += 1;
+        } else {
+            *more += 1;
+        }
+        drop(inner);
+        if summary > 0 {
+            tracing::warn!(
+                event = e.name(),
+                more = summary,
+                "further web security events not logged one by one (all are counted: Security events page)"
+            );
+        }
+        if log {
             tracing::warn!(event = e.name(), "web security event");
         }
     }

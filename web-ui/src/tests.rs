@@ -10,14 +10,23 @@ use axum::http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+use admission::{Cost, HashBudget, Limits};
+
 use crate::api::*;
-use crate::auth::Cost;
-use crate::guard::{ClientAddr, SESSION_COOKIE};
-use crate::state::{Clock, Web};
+use crate::guard::{ClientAddr, DEVICE_COOKIE, SESSION_COOKIE};
+use crate::state::{Clock, Web, WebEvent};
 
 const CODE: &str = "ABCD-EFGH-JKLM";
 const PASSWORD: &str = "blue tomato 7";
 const CHEAP: Cost = Cost { m_kib: 64, t: 1 };
+
+fn budget() -> HashBudget {
+    HashBudget::new(Limits::default(), CHEAP).expect("budget")
+}
+
+fn first_run(code: &str) -> Vec<u8> {
+    budget().run_now(|h| crate::Vault::first_run(code, h)).expect("slot").expect("vault")
+}
 const MODEL: &str = "hearth-thermo-1";
 
 #[derive(Default)]
@@ -29,6 +38,8 @@ struct FakeState {
     pins: Vec<String>,
     removed: Vec<String>,
     vault: Option<Vec<u8>>,
+    logins: Option<Vec<u8>>,
+    logins_stored: u32,
     setup_done: u32,
     erased: u32,
     counters: Vec<Counter>,
@@ -211,6 +222,15 @@ impl OwnerApi for Fake {
         self.s().vault = Some(doc);
         ready(Ok(()))
     }
+    fn load_logins(&self) -> ApiFuture<'_, Option<Vec<u8>>> {
+        ready(Ok(self.s().logins.clone()))
+    }
+    fn store_logins(&self, doc: Vec<u8>) -> ApiFuture<'_, ()> {
+        let mut s = self.s();
+        s.logins = Some(doc);
+        s.logins_stored += 1;
+        ready(Ok(()))
+    }
     fn setup_done(&self) -> ApiFuture<'_, ()> {
         self.s().setup_done += 1;
         ready(Ok(()))
@@ -219,7 +239,7 @@ impl OwnerApi for Fake {
         let mut s = self.s();
         s.devices.clear();
         s.erased += 1;
-        s.vault = Some(crate::Vault::first_run("NEWC-ODEN-EWCO", CHEAP).expect("vault"));
+        s.vault = Some(first_run("NEWC-ODEN-EWCO"));
         ready(Ok(()))
     }
     fn random(&self, buf: &mut [u8]) {
@@ -238,10 +258,17 @@ struct App {
 }
 
 async fn app() -> App {
-    let fake = Arc::new(Fake::default());
-    {
+    app_with(Arc::new(Fake::default()), budget()).await
+}
+
+fn policy() -> admission::Policy {
+    admission::Policy::default()
+}
+
+async fn app_with(fake: Arc<Fake>, budget: HashBudget) -> App {
+    if fake.s().vault.is_none() {
         let mut s = fake.s();
-        s.vault = Some(crate::Vault::first_run(CODE, CHEAP).expect("vault"));
+        s.vault = Some(first_run(CODE));
         s.devices = vec![
             device("01", Availability::Online),
             device(
@@ -257,7 +284,7 @@ async fn app() -> App {
     let now = Arc::new(AtomicU64::new(1_800_000_000_000));
     let n = now.clone();
     let clock: Clock = Arc::new(move || n.load(Ordering::Relaxed));
-    let web = Web::new(fake.clone(), CHEAP, clock).await;
+    let web = Web::new(fake.clone(), budget, policy(), clock).await;
     App { router: crate::router(web.clone()), web, fake, now }
 }
 
@@ -363,7 +390,13 @@ impl App {
     }
 
     async fn login(&self, ip: [u8; 4], user: &str, password: &str) -> Res {
+        self.login_with(ip, user, password, "").await
+    }
+
+    /// Logs in from a browser that also sends `device` (`__Host-hearth-device=...`, or empty).
+    async fn login_with(&self, ip: [u8; 4], user: &str, password: &str, device: &str) -> Res {
         let (cookie, csrf) = self.pre("/login").await;
+        let cookie = if device.is_empty() { cookie } else { format!("{cookie}; {device}") };
         let body = format!("csrf={csrf}&user={user}&password={}", password.replace(' ', "+"));
         self.post_from(ip, "/login", &cookie, &body).await
     }
@@ -568,7 +601,7 @@ async fn wrong_passwords_back_off_exponentially_per_account_and_address_and_the_
     // Never permanent: after many failures the wait is capped at five minutes.
     for _ in 0..40 {
         app.login(other, "e", "whatever12").await;
-        app.advance(crate::auth::BACKOFF_MAX_MS);
+        app.advance(policy().max_ms);
     }
     assert_eq!(app.login(other, "owner", PASSWORD).await.status, StatusCode::SEE_OTHER);
 }
@@ -998,4 +1031,178 @@ async fn password_change_logout_and_the_live_stream() {
     let (s2, _) = app.session(&app.login([10, 0, 0, 3], "owner", "red kettle 42").await).await;
     app.advance(crate::auth::SESSION_IDLE_MS);
     assert_eq!(app.get("/", &s2).await.location(), "/login");
+}
+
+/// The device cookie an answer set, as a request's `Cookie` pair.
+fn device_of(r: &Res) -> String {
+    format!("{DEVICE_COOKIE}={}", r.cookie(DEVICE_COOKIE).expect("a device cookie"))
+}
+
+#[tokio::test]
+async fn fifty_concurrent_wrong_passwords_are_checked_only_free_failures_times() {
+    let app = Arc::new(app().await);
+    app.owner().await;
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..50u8 {
+        let app = app.clone();
+        guesses.spawn(async move { app.login([203, 0, 113, i], "owner", "wrong password!").await });
+    }
+    let mut statuses = Vec::new();
+    while let Some(r) = guesses.join_next().await {
+        statuses.push(r.expect("task").status);
+    }
+    let failed = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    let held = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((failed, held), (3, 47), "the slot is taken before the hash");
+    assert_eq!(app.total(WebEvent::LoginFailed), 3);
+    assert_eq!(app.total(WebEvent::LoginThrottled), 47);
+    assert_eq!(app.web.budget.stats().done, 3 + 1, "three guesses and the setup were hashed");
+}
+
+#[tokio::test]
+async fn a_login_over_the_hashing_budget_is_shed_with_503_and_costs_no_failure() {
+    let limits = Limits { slots: 1, queue: 0, max_wait: std::time::Duration::from_secs(30) };
+    let budget = HashBudget::new(limits, CHEAP).expect("budget");
+    let app = app_with(Arc::new(Fake::default()), budget.clone()).await;
+    app.owner().await;
+    // Someone else holds the only slot.
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let holder = tokio::spawn({
+        let budget = budget.clone();
+        async move { budget.run(move |_| gate.recv().is_ok()).await }
+    });
+    while budget.stats().running == 0 {
+        tokio::task::yield_now().await;
+    }
+    let r = app.login([192, 0, 2, 1], "owner", "wrong password!").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers[header::RETRY_AFTER], "2");
+    assert!(r.body.contains("busy") && r.body.contains("name=\"password\""), "{}", r.body);
+    assert_eq!((app.total(WebEvent::LoginShed), app.total(WebEvent::LoginFailed)), (1, 0));
+    release.send(()).expect("release");
+    assert_eq!(holder.await.expect("task"), Ok(true));
+    // The shed attempt gave its failure slot back: three free failures remain.
+    for _ in 0..3 {
+        assert_eq!(
+            app.login([192, 0, 2, 1], "owner", "wrong password!").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        app.login([192, 0, 2, 1], "owner", PASSWORD).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn a_device_cookie_logs_the_owner_in_through_a_back_off_others_caused() {
+    let app = app().await;
+    let (cookie, csrf) = app.pre("/setup").await;
+    let body =
+        format!("csrf={csrf}&code={CODE}&user=owner&password=blue+tomato+7&confirm=blue+tomato+7");
+    let made = app.post("/setup", &cookie, &body).await;
+    let set = made
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with(DEVICE_COOKIE))
+        .expect("setup sets a device cookie")
+        .to_owned();
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(set.contains(flag), "{set}");
+    }
+    let device = device_of(&made);
+    // An attacker who knows the name backs the account off from rotating addresses.
+    for i in 0..20u8 {
+        let _ = app.login([198, 18, 0, i], "owner", "guess guess guess").await;
+    }
+    assert_eq!(
+        app.login([10, 1, 1, 1], "owner", PASSWORD).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The owner's browser, first try, right password: in (and its cookie is renewed).
+    let r = app.login_with([10, 1, 1, 1], "owner", PASSWORD, &device).await;
+    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/"), "{}", r.body);
+    assert_eq!(device_of(&r), device, "the same device id, renewed");
+    // A forged or altered cookie is worth nothing.
+    let mut forged = device.clone();
+    let last = forged.pop().map_or('0', |c| if c == '0' { '1' } else { '0' });
+    forged.push(last);
+    assert_eq!(
+        app.login_with([10, 1, 1, 1], "owner", PASSWORD, &forged).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The cookie has its own failure budget: a thief who has it gets three guesses, then it
+    // is revoked and the back-off applies to it too.
+    for _ in 0..3 {
+        let r = app.login_with([10, 9, 9, 9], "owner", "thief guessing", &device).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        app.login_with([10, 1, 1, 1], "owner", PASSWORD, &device).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "revoked"
+    );
+    // Once the back-off ends, the owner logs in and gets a new device cookie.
+    app.advance(policy().max_ms);
+    let r = app.login_with([10, 1, 1, 1], "owner", PASSWORD, &device).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let renewed = device_of(&r);
+    assert_ne!(renewed, device);
+    // A password change revokes every device cookie and gives this browser a new one.
+    let (s, csrf) = app.session(&r).await;
+    let form =
+        format!("csrf={csrf}&current=blue+tomato+7&password=red+kettle+42&confirm=red+kettle+42");
+    let changed = app
+        .send(
+            App::post_req("/account/password", &format!("{s}; {renewed}"), "")
+                .body(Body::from(form))
+                .expect("req"),
+        )
+        .await;
+    assert_eq!(changed.location(), "/account?m=password");
+    let after = device_of(&changed);
+    for i in 0..20u8 {
+        let _ = app.login([198, 18, 1, i], "owner", "guess guess guess").await;
+    }
+    assert_eq!(
+        app.login_with([10, 1, 1, 1], "owner", "red kettle 42", &renewed).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the old cookie died with the old password"
+    );
+    assert_eq!(
+        app.login_with([10, 1, 1, 1], "owner", "red kettle 42", &after).await.status,
+        StatusCode::SEE_OTHER
+    );
+}
+
+#[tokio::test]
+async fn back_offs_and_device_cookies_survive_a_restart() {
+    let fake = Arc::new(Fake::default());
+    let app = app_with(fake.clone(), budget()).await;
+    let (cookie, csrf) = app.pre("/setup").await;
+    let body =
+        format!("csrf={csrf}&code={CODE}&user=owner&password=blue+tomato+7&confirm=blue+tomato+7");
+    let device = device_of(&app.post("/setup", &cookie, &body).await);
+    for i in 0..8u8 {
+        let _ = app.login([198, 18, 2, i], "owner", "guess guess guess").await;
+    }
+    let stored = fake.s().logins_stored;
+    assert!(stored >= 4, "every failure was written before it was answered: {stored}");
+    drop(app);
+    // The hub restarts: the back-off is still there, and so is the owner's device.
+    let app = app_with(fake.clone(), budget()).await;
+    let r = app.login([10, 2, 2, 2], "owner", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "a restart does not reset a back-off");
+    let r = app.login_with([10, 2, 2, 2], "owner", PASSWORD, &device).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    // Erasing everything forgets the account's records and devices.
+    let (s, csrf) = app.session(&r).await;
+    let r = app.post("/privacy/erase", &s, &format!("csrf={csrf}&confirm=ERASE")).await;
+    assert_eq!(r.location(), "/erased");
+    let logins: serde_json::Value =
+        serde_json::from_slice(fake.s().logins.as_deref().unwrap_or(b"{}")).expect("json");
+    assert_eq!(logins["accounts"], serde_json::json!({}), "{logins}");
+    assert_eq!(logins["trusted"], serde_json::json!({}), "{logins}");
 }

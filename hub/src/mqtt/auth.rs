@@ -1,17 +1,21 @@
-//! MQTT users and logins: no default user, users made by the owner (EN 303 645 5.1-1, 5.5-4),
-//! argon2id hashes stored sealed under the key-encryption key (5.4-1), failed logins throttled
-//! per client address and per user with an exponential back-off that expires (5.1-5), counted
-//! and reported as security events (5.10-1).
+//! MQTT users and logins: no default user, users made by the owner (EN 303 645 5.1-1, 5.5-4)
+//! under the hub's one password policy, argon2id hashes stored sealed under the key-encryption
+//! key (5.4-1) and checked under the hub's one hashing budget (excess refused with CONNACK
+//! "server unavailable"), failed logins throttled by the hub's one login throttle — a failure
+//! slot taken before the hash, per user (unknown names together) and per address, with an
+//! exponential back-off that expires (5.1-5), records persisted in the store, and remembered
+//! clients (user, client id and address that logged in before) past back-offs others caused —
+//! all counted and reported as security events (5.10-1).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use admission::password::MAX_LOGIN_BYTES;
+use admission::{Backoff, Claim, HashBudget, Policy, Refused, Throttle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 
 use crate::store::{HubStore, Kek, Store, StoreError, Write};
@@ -20,29 +24,14 @@ use crate::store::{HubStore, Kek, Store, StoreError, Write};
 pub const META_KEY: &str = "mqtt_users";
 /// Key of the persisted counters (they survive restarts, like the link's).
 pub const COUNTERS_KEY: &str = "mqtt_counters";
+/// Key of the sealed login records (per-user back-offs, remembered clients).
+pub const LOGINS_KEY: &str = "mqtt_logins";
 /// Associated data binding the sealed document to its purpose.
 const SEAL_ID: &[u8] = b"hearth mqtt users";
+/// Associated data of the sealed login records.
+const LOGINS_SEAL_ID: &[u8] = b"hearth mqtt logins";
 /// Users at most.
 pub const MAX_USERS: usize = 64;
-/// Throttle entries kept per kind (addresses, user names) at most.
-const MAX_TRACKED: usize = 4096;
-/// Shortest and longest password an owner may choose.
-const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 12..=256;
-/// A front's verdict is reused by the broker's check for this long (one use).
-const VERDICT_TTL: Duration = Duration::from_secs(10);
-
-/// Login throttling settings.
-#[derive(Debug, Clone, Copy)]
-pub struct Throttle {
-    /// Failures allowed before back-off starts.
-    pub free_failures: u32,
-    /// First back-off.
-    pub base: Duration,
-    /// Longest back-off.
-    pub max: Duration,
-    /// Failures are forgotten this long after the last one.
-    pub forget_after: Duration,
-}
 
 /// Why a user could not be added or removed.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +39,9 @@ pub enum UserError {
     /// A name that is empty, too long, or has characters other than `A-Z a-z 0-9 . _ -`.
     #[error("user name must be 1 to 64 characters from A-Z a-z 0-9 . _ -")]
     BadName,
-    /// A password out of bounds.
-    #[error("password must be 12 to 256 bytes without control characters")]
-    BadPassword,
+    /// A password the hub's policy refuses.
+    #[error("password refused: {0}")]
+    BadPassword(&'static str),
     /// The name is taken.
     #[error("user {0} exists")]
     Exists(String),
@@ -65,6 +54,9 @@ pub enum UserError {
     /// Hashing failed.
     #[error("password hashing failed")]
     Hash,
+    /// The hashing budget is full.
+    #[error(transparent)]
+    Busy(#[from] Refused),
     /// The random generator failed.
     #[error("random number generator failed")]
     Rng,
@@ -86,6 +78,9 @@ pub struct MqttCounters {
     /// Connections refused unverified during a back-off.
     #[serde(rename = "mqtt_throttled", default)]
     pub throttled: u64,
+    /// Logins refused unverified because the hub's password hashing was at its limit.
+    #[serde(rename = "mqtt_login_shed", default)]
+    pub login_shed: u64,
     /// Malformed MQTT (first packet not CONNECT, bad framing, unsupported protocol).
     #[serde(rename = "mqtt_malformed", default)]
     pub malformed: u64,
@@ -98,7 +93,7 @@ pub struct MqttCounters {
 impl MqttCounters {
     /// The sum.
     pub fn total(&self) -> u64 {
-        self.login_failed + self.throttled + self.malformed + self.denied_publish
+        self.login_failed + self.throttled + self.login_shed + self.malformed + self.denied_publish
     }
 }
 
@@ -120,6 +115,11 @@ pub enum MqttEvent {
         address: String,
         /// Seconds until attempts are accepted again.
         retry_after_s: u64,
+    },
+    /// A login was refused unchecked: password hashing was at its limit.
+    LoginShed {
+        /// The client's address.
+        address: String,
     },
     /// Malformed MQTT.
     Malformed {
@@ -166,95 +166,32 @@ pub struct UserView {
     pub created: u64,
 }
 
-/// Failures of one address or user name.
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    last: Instant,
-    until: Option<Instant>,
-}
-
-/// Failure records with an exponential back-off that expires.
-#[derive(Debug)]
-struct Ledger<K> {
-    entries: HashMap<K, Failures>,
-}
-
-impl<K: std::hash::Hash + Eq + Clone> Ledger<K> {
-    fn new() -> Self {
-        Self { entries: HashMap::new() }
-    }
-
-    /// `Err(wait)` while `key` is backing off.
-    fn admit(&mut self, key: &K, now: Instant, t: &Throttle) -> Result<(), Duration> {
-        let Some(f) = self.entries.get(key) else { return Ok(()) };
-        if now.duration_since(f.last) >= t.forget_after {
-            self.entries.remove(key);
-            return Ok(());
-        }
-        match f.until {
-            Some(until) if until > now => Err(until - now),
-            _ => Ok(()),
-        }
-    }
-
-    fn fail(&mut self, key: K, now: Instant, t: &Throttle) {
-        if self.entries.len() >= MAX_TRACKED && !self.entries.contains_key(&key) {
-            self.entries.retain(|_, f| now.duration_since(f.last) < t.forget_after);
-            if self.entries.len() >= MAX_TRACKED {
-                // Full of fresh entries (a spray of names or addresses): drop the oldest.
-                if let Some(oldest) =
-                    self.entries.iter().min_by_key(|(_, f)| f.last).map(|(k, _)| k.clone())
-                {
-                    self.entries.remove(&oldest);
-                }
-            }
-        }
-        let f = self.entries.entry(key).or_insert(Failures { count: 0, last: now, until: None });
-        if now.duration_since(f.last) >= t.forget_after {
-            f.count = 0;
-        }
-        f.count = f.count.saturating_add(1);
-        f.last = now;
-        if f.count > t.free_failures {
-            let doublings = (f.count - t.free_failures - 1).min(30);
-            let wait = t.base.saturating_mul(1u32 << doublings).min(t.max);
-            f.until = Some(now + wait);
-        }
-    }
-
-    fn succeed(&mut self, key: &K) {
-        self.entries.remove(key);
-    }
-}
-
 #[derive(Debug)]
 struct Inner {
     users: Vec<UserRecord>,
-    by_address: Ledger<IpAddr>,
-    by_user: Ledger<String>,
+    throttle: Throttle,
     counters: MqttCounters,
-    /// Logins the front verified, by (user, SHA-256 of the password), for the broker's check.
-    verdicts: Vec<(String, [u8; 32], Instant)>,
 }
 
-/// Users, throttles and counters (shared by the fronts, the broker's check and the API).
+/// Users, throttles and counters (shared by the fronts and the API).
 pub struct Auth {
     inner: Mutex<Inner>,
     kek: Kek,
     store: HubStore,
-    throttle: Throttle,
+    budget: HashBudget,
     /// Hash compared against for unknown users, so that they take as long as known ones.
     dummy: String,
     events: broadcast::Sender<MqttEvent>,
     log: Mutex<LogLimit>,
     /// The counters as last written to the store.
     saved: Mutex<MqttCounters>,
+    /// The login records' (version, urgent version) as last written (held while writing).
+    logins_saved: Mutex<(u64, u64)>,
 }
 
 impl core::fmt::Debug for Auth {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Auth").field("throttle", &self.throttle).finish_non_exhaustive()
+        f.debug_struct("Auth").field("budget", &self.budget).finish_non_exhaustive()
     }
 }
 
@@ -267,11 +204,35 @@ pub enum Verdict {
     Refused,
     /// Backing off: not even checked (counted).
     Throttled(Duration),
+    /// Password hashing is at its limit: not checked (counted); try again shortly.
+    Busy,
+}
+
+/// The remembered-client id of `client_id` from `address` (none for an empty client id): a
+/// digest, so ids of any length fit and the store holds no client ids.
+fn remembered_id(client_id: &str, address: IpAddr) -> Option<String> {
+    if client_id.is_empty() {
+        return None;
+    }
+    let mut d = Sha256::new();
+    d.update(b"hearth mqtt remembered client v1\0");
+    d.update(client_id.as_bytes());
+    d.update([0]);
+    d.update(address.to_string().as_bytes());
+    let digest: [u8; 32] = d.finalize().into();
+    Some(protocol::hex::encode(&digest[..16]))
 }
 
 impl Auth {
-    /// Loads the users sealed in `store` (none at first start: there is no default user).
-    pub fn load(store: HubStore, kek: Kek, throttle: Throttle) -> Result<Self, UserError> {
+    /// Loads the users sealed in `store` (none at first start: there is no default user) and
+    /// the login records of the last run; logins are throttled by `policy` and hashed under
+    /// `budget`.
+    pub fn load(
+        store: HubStore,
+        kek: Kek,
+        policy: Policy,
+        budget: HashBudget,
+    ) -> Result<Self, UserError> {
         let users = match store.meta(META_KEY)? {
             Some(sealed) => {
                 let doc = kek.open(SEAL_ID, &sealed)?;
@@ -286,28 +247,32 @@ impl Auth {
             .meta(COUNTERS_KEY)?
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let mut salt = [0u8; 16];
-        crate::rng::fill(&mut salt).map_err(|_| UserError::Rng)?;
-        let dummy = Argon2::default()
-            .hash_password_with_salt(b"not a password of anyone", &salt)
-            .map_err(|_| UserError::Hash)?
-            .to_string();
+        let mut throttle = Throttle::new(policy);
+        throttle.set_accounts(users.iter().map(|u| u.name.as_str()));
+        // Back-offs survive restarts too; unreadable records start empty (and say so).
+        if let Some(sealed) = store.meta(LOGINS_KEY)? {
+            let durable = kek
+                .open(LOGINS_SEAL_ID, &sealed)
+                .ok()
+                .and_then(|doc| serde_json::from_slice::<admission::Durable>(&doc).ok());
+            match durable {
+                Some(d) => throttle.restore(d, now_ms()),
+                None => tracing::error!("MQTT login records unreadable; starting empty"),
+            }
+        }
+        let dummy = budget.decoy().map_err(|_| UserError::Rng)?;
         let (events, _) = broadcast::channel(256);
+        let versions = (throttle.version(), throttle.urgent_version());
         Ok(Self {
-            inner: Mutex::new(Inner {
-                users,
-                by_address: Ledger::new(),
-                by_user: Ledger::new(),
-                counters,
-                verdicts: Vec::new(),
-            }),
+            inner: Mutex::new(Inner { users, throttle, counters }),
             kek,
             store,
-            throttle,
+            budget,
             dummy,
             events,
             log: Mutex::new(LogLimit::default()),
             saved: Mutex::new(counters),
+            logins_saved: Mutex::new(versions),
         })
     }
 
@@ -325,9 +290,10 @@ impl Auth {
         self.lock().counters
     }
 
-    /// Writes the counters to the store if they changed since the last call (blocking: an
-    /// fsync).
+    /// Writes the counters, and the login records (remembered clients are written lazily,
+    /// here), to the store if they changed since the last call (blocking: an fsync).
     pub fn save_counters(&self) -> Result<(), StoreError> {
+        self.save_logins()?;
         let now = self.counters();
         let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         if *saved == now {
@@ -337,6 +303,42 @@ impl Auth {
         self.store.commit(&[Write::Meta { key: COUNTERS_KEY.into(), value }])?;
         *saved = now;
         Ok(())
+    }
+
+    /// Writes the login records if they changed (blocking; writes stay in order).
+    fn save_logins(&self) -> Result<(), StoreError> {
+        let mut saved = self.logins_saved.lock().unwrap_or_else(|e| e.into_inner());
+        let (versions, doc) = {
+            let inner = self.lock();
+            let t = &inner.throttle;
+            ((t.version(), t.urgent_version()), serde_json::to_vec(&t.snapshot()))
+        };
+        if versions.0 == saved.0 {
+            return Ok(());
+        }
+        let doc = doc.map_err(|_| StoreError::Corrupt("mqtt logins"))?;
+        let value = self
+            .kek
+            .seal(LOGINS_SEAL_ID, &doc)
+            .map_err(|_| StoreError::Corrupt("mqtt logins sealing"))?;
+        self.store.commit(&[Write::Meta { key: LOGINS_KEY.into(), value }])?;
+        *saved = versions;
+        Ok(())
+    }
+
+    /// Writes the login records now if a change must not wait (a failure, a revocation): a
+    /// restart must not reset a back-off, and a crash must not forget a failure whose answer
+    /// the client saw.
+    async fn save_urgent(self: &Arc<Self>) {
+        let urgent = self.lock().throttle.urgent_version();
+        let saved = self.logins_saved.lock().unwrap_or_else(|e| e.into_inner()).1;
+        if urgent == saved {
+            return;
+        }
+        let this = self.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || this.save_logins()).await {
+            tracing::warn!(error = %e, "MQTT login records not saved");
+        }
     }
 
     /// The users, by name.
@@ -351,29 +353,26 @@ impl Auth {
         v
     }
 
-    /// Adds a user with `password`, or a generated one (returned: shown once, never stored).
-    /// Blocking (argon2 and an fsync): call it off the async threads.
-    pub fn add_user(
-        &self,
+    /// Adds a user with `password` (checked against the hub's password policy), or a generated
+    /// one (returned: shown once, never stored). The hash waits for the hashing budget.
+    pub async fn add_user(
+        self: &Arc<Self>,
         name: &str,
         password: Option<&str>,
     ) -> Result<Option<String>, UserError> {
         valid_name(name)?;
         let generated = match password {
             Some(p) => {
-                let ok = PASSWORD_LEN.contains(&p.len()) && !p.chars().any(char::is_control);
-                if !ok {
-                    return Err(UserError::BadPassword);
+                if let Some(why) = admission::password::problem(p, name) {
+                    return Err(UserError::BadPassword(why));
                 }
                 None
             }
-            None => {
-                let mut raw = [0u8; 18];
-                crate::rng::fill(&mut raw).map_err(|_| UserError::Rng)?;
-                Some(protocol::hex::encode(&raw))
-            }
+            None => Some(generate_password(name)?),
         };
-        let password = generated.as_deref().or(password).unwrap_or_default();
+        let password = zeroize::Zeroizing::new(
+            generated.as_deref().or(password).unwrap_or_default().to_owned(),
+        );
         {
             let inner = self.lock();
             if inner.users.iter().any(|u| u.name == name) {
@@ -383,23 +382,33 @@ impl Auth {
                 return Err(UserError::TooMany);
             }
         }
-        let hash = Argon2::default()
-            .hash_password(password.as_bytes())
-            .map_err(|_| UserError::Hash)?
-            .to_string();
-        let created = crate::link::unix_now().0;
-        let mut users = self.lock().users.clone();
-        if users.iter().any(|u| u.name == name) {
-            return Err(UserError::Exists(name.into()));
-        }
-        users.push(UserRecord { name: name.into(), hash, created });
-        self.persist(&users)?;
-        self.lock().users = users;
-        tracing::info!(user = name, "MQTT user added");
+        let hash = self
+            .budget
+            .run(move |h| h.hash(password.as_bytes()))
+            .await?
+            .map_err(|_| UserError::Hash)?;
+        let (this, name) = (self.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || this.insert_user(name, hash))
+            .await
+            .map_err(|_| UserError::Busy(Refused::Interrupted))??;
         Ok(generated)
     }
 
-    /// Removes a user (existing sessions of that user are not cut; new logins fail).
+    fn insert_user(&self, name: String, hash: String) -> Result<(), UserError> {
+        let created = crate::link::unix_now().0;
+        let mut users = self.lock().users.clone();
+        if users.iter().any(|u| u.name == name) {
+            return Err(UserError::Exists(name));
+        }
+        users.push(UserRecord { name: name.clone(), hash, created });
+        self.persist(&users)?;
+        self.set_users(users);
+        tracing::info!(user = name, "MQTT user added");
+        Ok(())
+    }
+
+    /// Removes a user (existing sessions of that user are not cut; new logins fail). Its
+    /// records and remembered clients go too. Blocking (an fsync).
     pub fn remove_user(&self, name: &str) -> Result<(), UserError> {
         let mut users = self.lock().users.clone();
         let before = users.len();
@@ -408,9 +417,16 @@ impl Auth {
             return Err(UserError::Unknown(name.into()));
         }
         self.persist(&users)?;
-        self.lock().users = users;
+        self.set_users(users);
+        self.save_logins()?;
         tracing::info!(user = name, "MQTT user removed");
         Ok(())
+    }
+
+    fn set_users(&self, users: Vec<UserRecord>) {
+        let mut inner = self.lock();
+        inner.throttle.set_accounts(users.iter().map(|u| u.name.as_str()));
+        inner.users = users;
     }
 
     fn persist(&self, users: &[UserRecord]) -> Result<(), UserError> {
@@ -421,51 +437,77 @@ impl Auth {
         Ok(())
     }
 
-    /// Whether `address` may try to log in as `user` now (before any password is checked).
-    pub fn admit(&self, address: IpAddr, user: Option<&str>) -> Result<(), Duration> {
-        let now = Instant::now();
-        let t = self.throttle;
-        let mut inner = self.lock();
-        let by_address = inner.by_address.admit(&address, now, &t);
-        let by_user = match user {
-            Some(u) => inner.by_user.admit(&u.to_owned(), now, &t),
-            None => Ok(()),
+    /// Checks a login of `client_id` from `address`: the throttle takes a failure slot first
+    /// (refused unchecked while backing off, unless this client logged in before), then
+    /// argon2id under the hashing budget; records the outcome.
+    pub async fn login(
+        self: &Arc<Self>,
+        address: IpAddr,
+        user: Option<&str>,
+        client_id: &str,
+        password: &[u8],
+    ) -> Verdict {
+        let now = now_ms();
+        let Some(user) = user.filter(|u| !u.is_empty()) else {
+            // Nothing to check (no hash): refused, and the address's failures grow.
+            let admitted = self.lock().throttle.admit(now, Claim::Nobody, address, None);
+            return match admitted {
+                Err(b) => self.throttled(address, b),
+                Ok(a) => {
+                    self.lock().throttle.fail(a, now);
+                    self.refused(address, None)
+                }
+            };
         };
-        match (by_address, by_user) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(a), Err(b)) => Err(a.max(b)),
-            (Err(w), _) | (_, Err(w)) => Err(w),
+        let client = remembered_id(client_id, address);
+        let admitted =
+            self.lock().throttle.admit(now, Claim::Name(user), address, client.as_deref());
+        let attempt = match admitted {
+            Ok(a) => a,
+            Err(b) => return self.throttled(address, b),
+        };
+        let stored = self.lock().users.iter().find(|u| u.name == user).map(|u| u.hash.clone());
+        let ok = if password.len() > MAX_LOGIN_BYTES {
+            false // no password of this hub is that long: refused without hashing it
+        } else {
+            let known = stored.is_some();
+            let hash = stored.unwrap_or_else(|| self.dummy.clone());
+            let secret = zeroize::Zeroizing::new(password.to_vec());
+            match self.budget.run(move |h| h.verify(&secret, &hash)).await {
+                Ok(ok) => ok && known,
+                Err(refused) => {
+                    self.lock().throttle.cancel(attempt);
+                    return self.shed(address, refused);
+                }
+            }
+        };
+        if !ok {
+            self.lock().throttle.fail(attempt, now);
+            self.save_urgent().await;
+            return self.refused(address, Some(user));
         }
+        {
+            let mut inner = self.lock();
+            inner.throttle.succeed(attempt, now);
+            if let Some(c) = &client {
+                inner.throttle.trust(user, c, now);
+            }
+        }
+        self.save_urgent().await;
+        Verdict::Accepted
     }
 
-    /// Checks a login from `address` (throttled first, then argon2id; blocking). Records
-    /// the outcome for both the address and the user.
-    pub fn login(&self, address: IpAddr, user: Option<&str>, password: &[u8]) -> Verdict {
-        if let Err(wait) = self.admit(address, user) {
-            self.throttled(address, wait);
-            return Verdict::Throttled(wait);
-        }
-        let ok = user.is_some_and(|u| self.verify(u, password));
-        let now = Instant::now();
-        let t = self.throttle;
-        let mut inner = self.lock();
-        if ok {
-            let user = user.unwrap_or_default().to_owned();
-            inner.by_address.succeed(&address);
-            inner.by_user.succeed(&user);
-            let digest: [u8; 32] = Sha256::digest(password).into();
-            inner.verdicts.retain(|(_, _, at)| now.duration_since(*at) < VERDICT_TTL);
-            if inner.verdicts.len() < MAX_TRACKED {
-                inner.verdicts.push((user, digest, now));
-            }
-            return Verdict::Accepted;
-        }
-        inner.by_address.fail(address, now, &t);
-        if let Some(u) = user {
-            inner.by_user.fail(u.to_owned(), now, &t);
-        }
-        inner.counters.login_failed += 1;
-        drop(inner);
+    /// A connection refused during a back-off.
+    fn throttled(&self, address: IpAddr, b: Backoff) -> Verdict {
+        self.lock().counters.throttled += 1;
+        let retry_after_s = b.wait_ms.div_ceil(1000);
+        self.event(MqttEvent::Throttled { address: address.to_string(), retry_after_s });
+        Verdict::Throttled(Duration::from_millis(b.wait_ms))
+    }
+
+    /// A login refused after its check (or without credentials).
+    fn refused(&self, address: IpAddr, user: Option<&str>) -> Verdict {
+        self.lock().counters.login_failed += 1;
         self.event(MqttEvent::LoginFailed {
             address: address.to_string(),
             user: user.map(|u| truncate(u, 64)),
@@ -473,46 +515,21 @@ impl Auth {
         Verdict::Refused
     }
 
-    /// The broker's own check (its listener is on loopback; the fronts forward logins they
-    /// accepted, whose verdict is reused once, so argon2 runs once per login).
-    pub fn broker_login(&self, user: &str, password: &[u8]) -> bool {
-        let digest: [u8; 32] = Sha256::digest(password).into();
-        {
-            let now = Instant::now();
-            let mut inner = self.lock();
-            let found = inner.verdicts.iter().position(|(u, d, at)| {
-                u == user && bool::from(d.ct_eq(&digest)) && now.duration_since(*at) < VERDICT_TTL
-            });
-            if let Some(i) = found {
-                inner.verdicts.swap_remove(i);
-                return true;
-            }
+    /// A login not checked: the hashing budget was full.
+    fn shed(&self, address: IpAddr, refused: Refused) -> Verdict {
+        if refused == Refused::Shed {
+            self.lock().counters.login_shed += 1;
+            self.event(MqttEvent::LoginShed { address: address.to_string() });
         }
-        self.login(IpAddr::from([127, 0, 0, 1]), Some(user), password) == Verdict::Accepted
-    }
-
-    fn verify(&self, user: &str, password: &[u8]) -> bool {
-        let hash = self.lock().users.iter().find(|u| u.name == user).map(|u| u.hash.clone());
-        let known = hash.is_some();
-        let hash = hash.unwrap_or_else(|| self.dummy.clone());
-        let ok = Argon2::default().verify_password(password, hash.as_str()).is_ok();
-        ok && known
-    }
-
-    /// A connection refused during a back-off.
-    pub fn throttled(&self, address: IpAddr, wait: Duration) {
-        self.lock().counters.throttled += 1;
-        let retry_after_s = wait.as_secs() + 1;
-        self.event(MqttEvent::Throttled { address: address.to_string(), retry_after_s });
+        Verdict::Busy
     }
 
     /// A client sent malformed MQTT (counted; its address's failures grow as for a bad login).
     pub fn malformed(&self, address: IpAddr, what: &str) {
-        let now = Instant::now();
-        let t = self.throttle;
+        let now = now_ms();
         let mut inner = self.lock();
         inner.counters.malformed += 1;
-        inner.by_address.fail(address, now, &t);
+        inner.throttle.note_failure(address, now);
         drop(inner);
         self.event(MqttEvent::Malformed { address: address.to_string(), what: truncate(what, 80) });
     }
@@ -539,6 +556,23 @@ impl Auth {
             tracing::warn!(event = ?e, "MQTT security event");
         }
         let _ = self.events.send(e);
+    }
+}
+
+/// Unix milliseconds now (the throttle's clock: its records outlive the process).
+fn now_ms() -> u64 {
+    u64::try_from(crate::link::unix_now_ms()).unwrap_or(0)
+}
+
+/// A generated password (18 random bytes as hex) that passes the hub's password policy.
+fn generate_password(name: &str) -> Result<String, UserError> {
+    loop {
+        let mut raw = [0u8; 18];
+        crate::rng::fill(&mut raw).map_err(|_| UserError::Rng)?;
+        let p = protocol::hex::encode(&raw);
+        if admission::password::problem(&p, name).is_none() {
+            return Ok(p);
+        }
     }
 }
 
@@ -579,6 +613,7 @@ fn kind(e: &MqttEvent) -> &'static str {
     match e {
         MqttEvent::LoginFailed { .. } => "mqtt_login_failed",
         MqttEvent::Throttled { .. } => "mqtt_throttled",
+        MqttEvent::LoginShed { .. } => "mqtt_login_shed",
         MqttEvent::Malformed { .. } => "mqtt_malformed",
         MqttEvent::DeniedPublish { .. } | MqttEvent::DeniedWill { .. } => "mqtt_denied_publish",
     }
@@ -601,53 +636,6 @@ pub type SharedAuth = Arc<Auth>;
 mod tests {
     use super::*;
 
-    fn throttle() -> Throttle {
-        Throttle {
-            free_failures: 2,
-            base: Duration::from_millis(100),
-            max: Duration::from_millis(400),
-            forget_after: Duration::from_secs(60),
-        }
-    }
-
-    #[test]
-    fn back_off_starts_after_the_free_failures_doubles_caps_and_expires() {
-        let t = throttle();
-        let mut l: Ledger<u8> = Ledger::new();
-        let now = Instant::now();
-        l.fail(1, now, &t);
-        l.fail(1, now, &t);
-        assert_eq!(l.admit(&1, now, &t), Ok(()), "two free failures");
-        l.fail(1, now, &t);
-        assert_eq!(l.admit(&1, now, &t), Err(Duration::from_millis(100)));
-        l.fail(1, now, &t);
-        assert_eq!(l.admit(&1, now, &t), Err(Duration::from_millis(200)));
-        for _ in 0..10 {
-            l.fail(1, now, &t);
-        }
-        assert_eq!(l.admit(&1, now, &t), Err(Duration::from_millis(400)), "capped");
-        assert_eq!(l.admit(&1, now + Duration::from_millis(400), &t), Ok(()), "back-off ends");
-        assert_eq!(l.admit(&2, now, &t), Ok(()), "others are not affected");
-        // Forgotten after a quiet period: the free failures are free again.
-        let later = now + Duration::from_secs(61);
-        assert_eq!(l.admit(&1, later, &t), Ok(()));
-        l.fail(1, later, &t);
-        assert_eq!(l.admit(&1, later, &t), Ok(()));
-        l.succeed(&1);
-        assert!(l.entries.is_empty());
-    }
-
-    #[test]
-    fn the_ledger_stays_bounded_under_a_spray() {
-        let t = throttle();
-        let mut l: Ledger<u32> = Ledger::new();
-        let now = Instant::now();
-        for k in 0..(MAX_TRACKED as u32 + 100) {
-            l.fail(k, now, &t);
-        }
-        assert!(l.entries.len() <= MAX_TRACKED);
-    }
-
     #[test]
     fn names_are_checked() {
         assert!(valid_name("ha").is_ok());
@@ -655,5 +643,19 @@ mod tests {
         assert!(valid_name("").is_err());
         assert!(valid_name("a b").is_err());
         assert!(valid_name(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn generated_passwords_pass_the_policy_and_remembered_ids_bind_client_and_address() {
+        let p = generate_password("ha").expect("rng");
+        assert_eq!(p.len(), 36);
+        assert_eq!(admission::password::problem(&p, "ha"), None);
+        let here = IpAddr::from([192, 168, 1, 20]);
+        let id = remembered_id("ha-client", here).expect("id");
+        assert_eq!(id.len(), 32);
+        assert_eq!(remembered_id("ha-client", here), Some(id.clone()));
+        assert_ne!(remembered_id("ha-client2", here), Some(id.clone()));
+        assert_ne!(remembered_id("ha-client", IpAddr::from([192, 168, 1, 21])), Some(id));
+        assert_eq!(remembered_id("", here), None, "an empty client id is never remembered");
     }
 }

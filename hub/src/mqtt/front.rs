@@ -30,6 +30,7 @@ use super::auth::{Auth, Verdict};
 /// CONNACK return codes (MQTT 3.1.1 §3.2.2.3).
 const UNACCEPTABLE_PROTOCOL: u8 = 0x01;
 const IDENTIFIER_REJECTED: u8 = 0x02;
+const SERVER_UNAVAILABLE: u8 = 0x03;
 const BAD_USER_OR_PASSWORD: u8 = 0x04;
 const NOT_AUTHORIZED: u8 = 0x05;
 /// Longest client id accepted, bytes (MQTT 3.1.1 requires servers to take 1 to 23 characters).
@@ -209,18 +210,13 @@ impl Front {
             None => (None, String::new()),
         };
         let password = zeroize::Zeroizing::new(password);
-        let verdict = {
-            let (auth, user, password) = (self.auth.clone(), user.clone(), password.clone());
-            tokio::task::spawn_blocking(move || {
-                auth.login(ip, user.as_deref(), password.as_bytes())
-            })
-            .await
-            .unwrap_or(Verdict::Refused)
-        };
+        let verdict =
+            self.auth.login(ip, user.as_deref(), &connect.client_id, password.as_bytes()).await;
         match verdict {
             Verdict::Accepted => {}
             Verdict::Refused => return connack(&mut client, BAD_USER_OR_PASSWORD).await,
             Verdict::Throttled(_) => return connack(&mut client, NOT_AUTHORIZED).await,
+            Verdict::Busy => return connack(&mut client, SERVER_UNAVAILABLE).await,
         }
         let user = user.unwrap_or_default();
         if let Some(w) = &will

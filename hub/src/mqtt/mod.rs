@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::HubApi;
 use crate::config::Mqtt;
-use auth::{Auth, Throttle};
+use auth::Auth;
 
 /// Client ids starting with this belong to the hub's own link; network clients may not use
 /// them (a client with the same id would take the hub's session over).
@@ -67,21 +67,17 @@ pub struct Running {
     pub tasks: Vec<JoinHandle<()>>,
 }
 
-/// Loads the MQTT users (sealed in the store; there are none at first start).
+/// Loads the MQTT users (sealed in the store; there are none at first start) and their login
+/// records; logins are throttled by the hub's login `policy` and hashed under its `budget`.
 pub fn load_auth(
-    cfg: &Mqtt,
+    policy: admission::Policy,
+    budget: admission::HashBudget,
     store: crate::store::HubStore,
     data_dir: &Path,
 ) -> Result<Arc<Auth>, MqttError> {
     let kek =
         crate::store::Kek::load_or_create(&data_dir.join("kek")).map_err(auth::UserError::from)?;
-    let throttle = Throttle {
-        free_failures: cfg.free_failures,
-        base: Duration::from_millis(cfg.backoff_base_ms),
-        max: Duration::from_millis(cfg.backoff_max_ms),
-        forget_after: Duration::from_secs(cfg.forget_after_s),
-    };
-    Ok(Arc::new(Auth::load(store, kek, throttle)?))
+    Ok(Arc::new(Auth::load(store, kek, policy, budget)?))
 }
 
 /// Starts the broker, both fronts (each with its own slots in `listeners`) and the bridge.

@@ -12,6 +12,7 @@ mod feed;
 mod fleet;
 mod fronts;
 mod isolation;
+mod logins;
 mod mqtt;
 mod outage;
 mod pairing_limits;

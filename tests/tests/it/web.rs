@@ -144,6 +144,19 @@ impl Client {
         self.send_to_host(&self.addr.to_string(), method, path, cookie, headers, body)
     }
 
+    /// The hub's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A fresh connection to the hub (from this client's source address, if it has one).
+    fn connect(&self) -> TcpStream {
+        match self.source {
+            Some(ip) => super::fronts::connect_from(ip, self.addr).expect("connect"),
+            None => TcpStream::connect(self.addr).expect("connect"),
+        }
+    }
+
     /// One request on a fresh connection, naming `host` in its `Host` header.
     pub fn send_to_host(
         &self,
@@ -154,13 +167,39 @@ impl Client {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Res {
-        let tcp = match self.source {
-            Some(ip) => super::fronts::connect_from(ip, self.addr).expect("connect"),
-            None => TcpStream::connect(self.addr).expect("connect"),
-        };
-        tcp.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        self.request(self.connect(), host, method, path, cookie, headers, body)
+            .expect("an HTTP answer")
+    }
+
+    /// One request on `tcp`: the answer, or what went wrong (the hub closed the connection
+    /// without an answer, a TLS failure).
+    pub fn try_send_on(
+        &self,
+        tcp: TcpStream,
+        method: &str,
+        path: &str,
+        cookie: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<Res, String> {
+        self.request(tcp, &self.addr.to_string(), method, path, cookie, headers, body)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+        method: &str,
+        path: &str,
+        cookie: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<Res, String> {
+        tcp.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
         let name = ServerName::IpAddress(self.addr.ip().into());
-        let conn = rustls::ClientConnection::new(self.config.clone(), name).expect("tls");
+        let conn =
+            rustls::ClientConnection::new(self.config.clone(), name).map_err(|e| e.to_string())?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
         if !cookie.is_empty() {
@@ -177,23 +216,23 @@ impl Client {
         }
         req.push_str("\r\n");
         req.push_str(body);
-        tls.write_all(req.as_bytes()).expect("send");
+        tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
         let mut raw = Vec::new();
         // The server may close without close_notify once the answer is complete.
         let _ = tls.read_to_end(&mut raw);
         let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
         let mut lines = head.lines();
         let status = lines
             .next()
             .and_then(|l| l.split(' ').nth(1))
             .and_then(|s| s.parse().ok())
-            .expect("status");
+            .ok_or("no status")?;
         let headers = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
             .collect();
-        Res { status, headers, body: body.to_owned() }
+        Ok(Res { status, headers, body: body.to_owned() })
     }
 
     pub fn get(&self, path: &str, cookie: &str) -> Res {
