@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod meter;
+pub use meter::Meter;
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
@@ -21,12 +24,15 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
 }
 
-/// Path of a workspace binary, built (debug) on first use.
+/// Path of a workspace binary, built (debug) on first use. The hub is built with its
+/// `fault-injection` feature (hidden control commands that wedge other subsystems on purpose;
+/// see [`Hub::fault`]).
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
         let status = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "--bin", "hub", "--bin", "sensor-sim", "--bin", "demo"])
+            .args(["--features", "hub/fault-injection"])
             .current_dir(root())
             .status()
             .expect("run cargo build");
@@ -190,6 +196,37 @@ impl Hub {
     /// `hub ctl security` as JSON.
     pub fn security(&self) -> Value {
         self.ctl(&["security"])
+    }
+
+    /// Injects a fault (test builds: the hub's `fault-injection` feature) through the control
+    /// socket, e.g. `wedge_main_runtime`; returns the hub's answer.
+    pub fn fault(&self, fault: &str) -> Value {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.control).expect("control socket");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let req = serde_json::json!({"cmd": "fault", "fault": fault});
+        writeln!(s, "{req}").expect("send");
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).expect("answer");
+        serde_json::from_str(&line).expect("json answer")
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the process to end; its exit status, or
+    /// `None` if it was still running (it is then killed).
+    pub fn terminate_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kills the hub with SIGKILL and reaps it.

@@ -8,6 +8,7 @@ mod browser;
 mod crash;
 mod ctl;
 mod demo;
+mod domains;
 mod feed;
 mod fleet;
 mod isolation;

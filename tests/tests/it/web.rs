@@ -174,6 +174,25 @@ impl Client {
         Res { status, headers, body: body.to_owned() }
     }
 
+    /// A GET on a fresh connection, or `None` if no answer comes within `timeout` (connect,
+    /// TLS handshake and the answer together).
+    pub fn try_get(&self, path: &str, timeout: Duration) -> Option<Res> {
+        let tcp = TcpStream::connect_timeout(&self.addr, timeout).ok()?;
+        tcp.set_read_timeout(Some(timeout)).ok()?;
+        tcp.set_write_timeout(Some(timeout)).ok()?;
+        let name = ServerName::IpAddress(self.addr.ip().into());
+        let conn = rustls::ClientConnection::new(self.config.clone(), name).ok()?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
+        tls.write_all(req.as_bytes()).ok()?;
+        let mut raw = Vec::new();
+        let _ = tls.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        Some(Res { status, headers: Vec::new(), body: text })
+    }
+
     pub fn get(&self, path: &str, cookie: &str) -> Res {
         self.send("GET", path, cookie, &[], "")
     }
