@@ -435,6 +435,9 @@ fn write_loop(store: &Weak<Inner>, jobs: &mpsc::Receiver<WriteJob>) {
                 .sum();
             tracing::warn!(ms, readings, "slow group commit");
         }
+        // Let go of the store before anyone hears back: whoever drops the last handle after
+        // its commit then closes the store on its own thread, at once.
+        drop(store);
         // The first job gets the error itself, the others a copy of its text.
         let copy = result.as_ref().err().map(ToString::to_string);
         let mut result = Some(result);
@@ -777,6 +780,52 @@ pub(super) mod tests {
         drop(store);
         let (store, _) = HubStore::open(tmp.path(), by_count).expect("reopen");
         assert_eq!(store.reading_count(&a).expect("count"), kept);
+    }
+
+    #[test]
+    fn writes_from_many_threads_go_through_the_one_writer_in_order() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (store, a, _) = paired(tmp.path(), config(1 << 20));
+        // Submitted back to back: merged into shared commits, each job's writes in order, every
+        // job called back once, in submission order.
+        let (tx, rx) = mpsc::channel();
+        for i in 0..200i64 {
+            let tx = tx.clone();
+            let writes =
+                vec![readings(a, [i]), Write::Meta { key: "k".into(), value: vec![i as u8] }];
+            store.submit(
+                writes,
+                Box::new(move |writes, result| {
+                    let _ = tx.send((i, writes.len(), result.is_ok()));
+                }),
+            );
+        }
+        let done: Vec<_> = (0..200).map(|_| rx.recv().expect("called back")).collect();
+        assert_eq!(done, (0..200).map(|i| (i, 2, true)).collect::<Vec<_>>());
+        assert_eq!(store.meta("k").expect("meta"), Some(vec![199]));
+        assert_eq!(times(&store, a, 1000), (0..200).collect::<Vec<_>>());
+        // Blocking commits from other threads meanwhile.
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20u8 {
+                        let key = format!("t{t}");
+                        store.commit(&[Write::Meta { key, value: vec![i] }]).expect("commit");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        for t in 0..4 {
+            assert_eq!(store.meta(&format!("t{t}")).expect("meta"), Some(vec![19]));
+        }
+        // Dropping the last handle closes the store at once: it can be opened again.
+        drop(store);
+        let (store, _) = HubStore::open(tmp.path(), config(1 << 20)).expect("reopen");
+        assert_eq!(store.reading_count(&a).expect("count"), 200);
     }
 
     #[test]
