@@ -162,6 +162,8 @@ pub async fn start(
         max_sessions: config.pairing.max_sessions,
         sessions_per_source: config.pairing.sessions_per_source,
         session_idle_ms: config.pairing.session_idle_s.saturating_mul(1000),
+        session_max_ms: config.pairing.session_max_s.saturating_mul(1000),
+        hello: config.pairing.hello_limits(),
         ..HubConfig::default()
     };
     let mut link = HubLink::new(hub_config);

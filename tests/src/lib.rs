@@ -82,13 +82,16 @@ pub struct Hub {
     pub printed: Vec<String>,
 }
 
+/// Pairing limits for a simulated fleet: all its sensors pair from one host, at once.
+pub const FLEET_PAIRING: &str = "max_sessions = 1024\nsessions_per_source = 1024\nhello_rate = 100000\nhello_burst = 100000\nhost_hello_interval_ms = 1\nhost_hello_burst = 100000\n";
+
 /// Writes a test configuration: fixed port, generous pairing limits for a simulated fleet, and
 /// `extra` TOML sections. MQTT (fixed ports by default) is off unless `extra` has `[mqtt]`.
 pub fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let path = dir.join("hub.toml");
     let mqtt = if extra.contains("[mqtt]") { "" } else { "[mqtt]\nenabled = false\n" };
     let text = format!(
-        "coap_bind = \"127.0.0.1:{port}\"\n[web]\nbind = \"127.0.0.1:0\"\n[pairing]\nmax_sessions = 1024\nsessions_per_source = 1024\n{mqtt}{extra}"
+        "coap_bind = \"127.0.0.1:{port}\"\n[web]\nbind = \"127.0.0.1:0\"\n[pairing]\n{FLEET_PAIRING}{mqtt}{extra}"
     );
     std::fs::write(&path, text).expect("write config");
     path
@@ -430,6 +433,34 @@ pub fn send_from_new_port(to: SocketAddr, datagram: &[u8]) -> Option<(String, Ve
     };
     let protected = p.get_option(coap_lite::CoapOption::Oscore).is_some();
     Some((code, p.payload, protected))
+}
+
+/// Sends a pairing hello from a fresh socket (a new source port) as a sensor does: when the hub
+/// answers 4.01 with an Echo option (its return-routability cookie, RFC 9175), sends it again
+/// with that option. The final answer's code and payload, if one comes within a few seconds.
+pub fn hello_from_new_port(to: SocketAddr, datagram: &[u8]) -> Option<(String, Vec<u8>)> {
+    let s = UdpSocket::bind(SocketAddr::new(to.ip(), 0)).expect("socket");
+    s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let mut request = coap_lite::Packet::from_bytes(datagram).expect("a CoAP request");
+    let echo = coap_lite::CoapOption::Unknown(protocol::pairing::ECHO_OPTION);
+    for _ in 0..3 {
+        s.send_to(&request.to_bytes().expect("encode"), to).expect("send");
+        let mut buf = [0u8; 1500];
+        let (n, _) = s.recv_from(&mut buf).ok()?;
+        let p = coap_lite::Packet::from_bytes(&buf[..n]).ok()?;
+        let code = match p.header.code {
+            coap_lite::MessageClass::Response(r) => format!("{r:?}"),
+            other => format!("{other:?}"),
+        };
+        match p.get_first_option(echo) {
+            Some(cookie) if code == "Unauthorized" => {
+                request.header.message_id = request.header.message_id.wrapping_add(1);
+                request.set_option(echo, [cookie.clone()].into_iter().collect());
+            }
+            _ => return Some((code, p.payload)),
+        }
+    }
+    None
 }
 
 /// Files and folders below `dir` whose mode lets anyone but the owner in.
