@@ -52,10 +52,11 @@ fn hello(rng: &mut ChaCha20Rng, serial: &str, mid: u16, echo: Option<&[u8]>) -> 
     request(mid, "p/hello", hello.encode(), echo)
 }
 
-/// The hub's answers to `to` since the last call: (code, echo value, payload).
-fn answers(
-    hub: &mut HubLink<SocketAddr>,
-) -> Vec<(SocketAddr, ResponseType, Option<Vec<u8>>, Vec<u8>)> {
+/// An answer of the hub: to whom, its code, its Echo value, its payload.
+type Answer = (SocketAddr, ResponseType, Option<Vec<u8>>, Vec<u8>);
+
+/// The hub's answers since the last call.
+fn answers(hub: &mut HubLink<SocketAddr>) -> Vec<Answer> {
     let mut out = Vec::new();
     while let Some(t) = hub.poll_transmit() {
         let p = Packet::from_bytes(&t.bytes).expect("hub sends CoAP");
@@ -268,13 +269,13 @@ fn a_real_sensor_pairs_within_10_s_while_65_hosts_flood_hellos() {
         }
         // Every flooder sends a hello every 20 ms (with its cookie once it has one) and asks
         // for the proof of each session it holds every second (keeping them alive).
-        if now.0 % 20 == 0 {
+        if now.0.is_multiple_of(20) {
             for f in &mut flooders {
                 f.mid = f.mid.wrapping_add(1);
                 let payload = pool[usize::from(f.mid) % pool.len()].clone();
                 let bytes = request(f.mid, "p/hello", payload, f.cookie.as_deref());
                 hub.handle_datagram(now, f.at, &bytes, &mut rng);
-                if now.0 % 1_000 == 0 {
+                if now.0.is_multiple_of(1_000) {
                     for k in &f.sessions {
                         f.mid = f.mid.wrapping_add(1);
                         let proof = request(f.mid, "p/proof", k.as_bytes().to_vec(), None);
@@ -348,7 +349,7 @@ fn a_real_sensor_pairs_within_10_s_while_65_hosts_flood_hellos() {
             listed_at = None;
         }
         now = now.plus(1);
-        if now.0 % 1_000 == 0 {
+        if now.0.is_multiple_of(1_000) {
             hub.handle_timeout(now);
         }
     }
