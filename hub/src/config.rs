@@ -197,6 +197,11 @@ pub struct Pairing {
     pub host_hello_interval_ms: u64,
     /// Key generations one host can save up.
     pub host_hello_burst: u32,
+    /// Unprotected datagrams (pairing requests, anything not OSCORE) one host may send per
+    /// second; the excess is dropped unread and counted.
+    pub host_request_rate: u32,
+    /// Unprotected datagrams one host can save up.
+    pub host_request_burst: u32,
 }
 
 impl Pairing {
@@ -208,6 +213,8 @@ impl Pairing {
             reserve: self.hello_burst / 2,
             host_interval_ms: self.host_hello_interval_ms,
             host_burst: self.host_hello_burst,
+            request_rate: self.host_request_rate,
+            request_burst: self.host_request_burst,
             ..protocol::pairing::HelloLimits::default()
         }
     }
@@ -269,6 +276,8 @@ impl Default for Pairing {
             hello_burst: 20,
             host_hello_interval_ms: 1_000,
             host_hello_burst: 4,
+            host_request_rate: 20,
+            host_request_burst: 40,
         }
     }
 }
@@ -355,6 +364,12 @@ impl Config {
         }
         if !(1..=1_000_000).contains(&p.host_hello_burst) {
             return bad("pairing.host_hello_burst", "must be 1 to 1000000");
+        }
+        if !(1..=1_000_000).contains(&p.host_request_rate) {
+            return bad("pairing.host_request_rate", "must be 1 to 1000000");
+        }
+        if !(1..=1_000_000).contains(&p.host_request_burst) {
+            return bad("pairing.host_request_burst", "must be 1 to 1000000");
         }
         if p.backoff_base_ms > 600_000 {
             return bad("pairing.backoff_base_ms", "must be at most 600000");

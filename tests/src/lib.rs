@@ -83,7 +83,7 @@ pub struct Hub {
 }
 
 /// Pairing limits for a simulated fleet: all its sensors pair from one host, at once.
-pub const FLEET_PAIRING: &str = "max_sessions = 1024\nsessions_per_source = 1024\nhello_rate = 100000\nhello_burst = 100000\nhost_hello_interval_ms = 1\nhost_hello_burst = 100000\n";
+pub const FLEET_PAIRING: &str = "max_sessions = 1024\nsessions_per_source = 1024\nhello_rate = 100000\nhello_burst = 100000\nhost_hello_interval_ms = 1\nhost_hello_burst = 100000\nhost_request_rate = 1000000\nhost_request_burst = 1000000\n";
 
 /// Writes a test configuration: fixed port, generous pairing limits for a simulated fleet, and
 /// `extra` TOML sections. MQTT (fixed ports by default) is off unless `extra` has `[mqtt]`.

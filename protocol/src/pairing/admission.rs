@@ -1,7 +1,13 @@
 //! Admission of pairing hellos: what an unauthenticated host can make the hub do before the
 //! owner types a PIN is budgeted (EN 303 645 5.6-6 and 5.1-5 applied to pairing; DESIGN.md
-//! "Failure domains and budgets"). Three pieces, each small and tested at its edges:
+//! "Failure domains and budgets"). Four pieces, each small and tested at its edges:
 //!
+//! 0. **Unprotected datagrams per host** ([`RequestFilter`]). Before anything is parsed, a
+//!    datagram without an OSCORE option (pairing, junk) is admitted only within its host's
+//!    share (`request_rate` per second, `request_burst` saved); the rest is dropped at the cost
+//!    of a table lookup, so a flood from a few hosts cannot take the link's time from the
+//!    sensors' readings, which share the socket. Hosts beyond the bounded table share one
+//!    overflow bucket.
 //! 1. **Return routability** ([`HelloCookie`]). A hello is served only with an Echo option
 //!    (RFC 9175 §2.2, used for reachability as in §2.4) that the hub minted for that very source
 //!    endpoint within the last one to two minutes: a stateless MAC, like DTLS's
@@ -51,6 +57,11 @@ pub struct HelloLimits {
     pub active_window_ms: u64,
     /// Hosts remembered at most.
     pub max_hosts: usize,
+    /// Unprotected datagrams one host may send per second (pairing requests, anything that is
+    /// not OSCORE).
+    pub request_rate: u32,
+    /// Unprotected datagrams one host can save up.
+    pub request_burst: u32,
 }
 
 impl Default for HelloLimits {
@@ -63,6 +74,8 @@ impl Default for HelloLimits {
             host_burst: 4,
             active_window_ms: 60_000,
             max_hosts: 1_024,
+            request_rate: 20,
+            request_burst: 40,
         }
     }
 }
@@ -80,6 +93,90 @@ pub enum Shed {
         /// When the next grant is due.
         retry_at: Millis,
     },
+}
+
+// ------------------------------------------------------------------------------------------
+// Unprotected datagrams per host
+
+/// Hosts the request filter remembers at most (beyond them, one shared overflow bucket).
+pub const FILTER_HOSTS: usize = 4_096;
+
+/// A token bucket in microseconds of refill time.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    credit_us: u64,
+    at: Millis,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Millis, cost_us: u64, cap_us: u64) -> bool {
+        let elapsed = now.0.saturating_sub(self.at.0);
+        self.credit_us = (self.credit_us + elapsed.saturating_mul(1000)).min(cap_us);
+        self.at = self.at.max(now);
+        if self.credit_us < cost_us {
+            return false;
+        }
+        self.credit_us -= cost_us;
+        true
+    }
+
+    fn full(&self, now: Millis, cap_us: u64) -> bool {
+        self.credit_us + now.0.saturating_sub(self.at.0).saturating_mul(1000) >= cap_us
+    }
+}
+
+/// The per-host share of unprotected datagrams (see the module documentation).
+#[derive(Debug)]
+pub struct RequestFilter<H> {
+    cost_us: u64,
+    cap_us: u64,
+    max_hosts: usize,
+    hosts: HashMap<H, Bucket>,
+    overflow: Bucket,
+    pruned_at: Millis,
+}
+
+impl<H: Copy + Eq + Hash> RequestFilter<H> {
+    /// A filter admitting `rate` datagrams per second per host, `burst` saved up, for at most
+    /// `max_hosts` hosts (the others share one bucket of the same size).
+    pub fn new(rate: u32, burst: u32, max_hosts: usize) -> Self {
+        let cost_us = 1_000_000 / u64::from(rate.max(1));
+        let cap_us = cost_us * u64::from(burst.max(1));
+        Self {
+            cost_us,
+            cap_us,
+            max_hosts: max_hosts.max(1),
+            hosts: HashMap::new(),
+            overflow: Bucket { credit_us: cap_us, at: Millis(0) },
+            pruned_at: Millis(0),
+        }
+    }
+
+    /// Whether a datagram from `host` at `now` is admitted (and its share spent).
+    pub fn admit(&mut self, now: Millis, host: &H) -> bool {
+        let (cost, cap) = (self.cost_us, self.cap_us);
+        if let Some(b) = self.hosts.get_mut(host) {
+            return b.take(now, cost, cap);
+        }
+        if self.hosts.len() >= self.max_hosts && now.0 >= self.pruned_at.0.saturating_add(1_000) {
+            // At most once a second (a flood of new sources must not make every datagram
+            // scan the table): hosts whose bucket is full again are as good as unknown.
+            self.pruned_at = now;
+            self.hosts.retain(|_, b| !b.full(now, cap));
+        }
+        if self.hosts.len() >= self.max_hosts {
+            return self.overflow.take(now, cost, cap);
+        }
+        let mut b = Bucket { credit_us: cap, at: now };
+        let ok = b.take(now, cost, cap);
+        self.hosts.insert(*host, b);
+        ok
+    }
+
+    /// Hosts remembered.
+    pub fn hosts(&self) -> usize {
+        self.hosts.len()
+    }
 }
 
 // ------------------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ mod window;
 mod wire;
 
 pub use admission::{
-    COOKIE_LEN, COOKIE_SLOT_MS, ECHO_OPTION, Held, HelloBudget, HelloCookie, HelloLimits, Seat,
-    Shed, endpoint_bytes, seat,
+    COOKIE_LEN, COOKIE_SLOT_MS, ECHO_OPTION, FILTER_HOSTS, Held, HelloBudget, HelloCookie,
+    HelloLimits, RequestFilter, Seat, Shed, endpoint_bytes, seat,
 };
 pub use hub::{AwaitingPin, AwaitingSensorConfirm, HubPairing};
 pub use keys::{MaskWidth, Pin};

@@ -139,7 +139,7 @@ fn pairing_limits_hold_against_one_host_with_many_ports() {
     std::fs::write(
         &config,
         format!(
-            "coap_bind = \"127.0.0.1:{port}\"\n[web]\nbind = \"127.0.0.1:0\"\n[pairing]\nmax_sessions = 32\nsessions_per_source = 3\nsession_idle_s = 2\nbackoff_base_ms = 100\n[mqtt]\nenabled = false\n"
+            "coap_bind = \"127.0.0.1:{port}\"\n[web]\nbind = \"127.0.0.1:0\"\n[pairing]\nmax_sessions = 32\nsessions_per_source = 3\nsession_idle_s = 2\nbackoff_base_ms = 100\nhost_request_burst = 200\n[mqtt]\nenabled = false\n"
         ),
     )
     .expect("config");

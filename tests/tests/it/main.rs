@@ -14,6 +14,7 @@ mod fleet;
 mod isolation;
 mod mqtt;
 mod outage;
+mod pairing_flood;
 mod pairing_limits;
 mod pairing_retry;
 mod store;

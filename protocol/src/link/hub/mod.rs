@@ -19,7 +19,7 @@ use rand_core::CryptoRng;
 use crate::oscore::{
     ContextParams, KeyUsage, Kid, Lease, ReplayWindow, SecurityContext, SenderSequence,
 };
-use crate::pairing::{HelloBudget, HelloCookie, PairingWindow};
+use crate::pairing::{FILTER_HOSTS, HelloBudget, HelloCookie, PairingWindow, RequestFilter};
 use crate::time::Millis;
 
 use super::coap;
@@ -84,6 +84,8 @@ pub struct HubLink<A: Endpoint> {
     cookie: Option<HelloCookie>,
     /// Key generations for pairing hellos, globally and per host.
     budget: HelloBudget<A::Host>,
+    /// Each host's share of unprotected datagrams.
+    requests: RequestFilter<A::Host>,
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<HubEvent<A>>,
     counters: SecurityCounters,
@@ -110,6 +112,11 @@ impl<A: Endpoint> HubLink<A> {
             dedup: Dedup::new(config.dedup_entries),
             cookie: None,
             budget: HelloBudget::new(config.hello),
+            requests: RequestFilter::new(
+                config.hello.request_rate,
+                config.hello.request_burst,
+                FILTER_HOSTS,
+            ),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: SecurityCounters::default(),
@@ -250,6 +257,12 @@ impl<A: Endpoint> HubLink<A> {
     ) {
         if bytes.len() > coap::MAX_DATAGRAM {
             return self.malformed("datagram too large");
+        }
+        // Unprotected datagrams (pairing, junk) only within their host's share, decided before
+        // anything is parsed: a flood costs a lookup per datagram, not the readings' time.
+        if !pairing::carries_oscore(bytes) && !self.requests.admit(now, &from.host()) {
+            self.counters.unprotected_throttled += 1;
+            return;
         }
         let Ok(packet) = Packet::from_bytes(bytes) else {
             return self.malformed("not a CoAP message");

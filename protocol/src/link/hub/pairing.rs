@@ -482,6 +482,44 @@ impl<A: Endpoint> HubLink<A> {
     }
 }
 
+/// Whether a datagram carries an OSCORE option (number 9), read from the raw bytes without
+/// parsing the message (RFC 7252 §3.1: header, token, then options by ascending number). A
+/// malformed datagram reads as unprotected.
+pub(super) fn carries_oscore(bytes: &[u8]) -> bool {
+    const OSCORE: u32 = 9;
+    let Some(&first) = bytes.first() else { return false };
+    let mut i = 4 + usize::from(first & 0x0f);
+    let mut number = 0u32;
+    // An extended delta or length nibble (13: one more byte + 13; 14: two more + 269).
+    let extended = |nibble: u8, i: &mut usize| -> Option<u32> {
+        match nibble {
+            13 => {
+                let v = *bytes.get(*i)?;
+                *i += 1;
+                Some(u32::from(v) + 13)
+            }
+            14 => {
+                let v = u16::from_be_bytes([*bytes.get(*i)?, *bytes.get(*i + 1)?]);
+                *i += 2;
+                Some(u32::from(v) + 269)
+            }
+            15 => None,
+            n => Some(u32::from(n)),
+        }
+    };
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
+        let Some(delta) = extended(b >> 4, &mut i) else { return false };
+        let Some(len) = extended(b & 0x0f, &mut i) else { return false };
+        number += delta;
+        if number >= OSCORE {
+            return number == OSCORE;
+        }
+        i += len as usize;
+    }
+    false
+}
+
 /// `/p/done` payload: the sensor's kid, then 32 bytes of MAC, or nothing when the sensor refused
 /// the hub's proof.
 pub(crate) fn encode_done(kid: &Kid, confirm: Option<&Confirm>) -> Vec<u8> {
@@ -501,5 +539,48 @@ fn decode_done(payload: &[u8]) -> Option<(Kid, Option<Confirm>)> {
         0 => Some((kid, None)),
         32 => Some((kid, Some(Confirm { mac: rest.try_into().ok()? }))),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use coap_lite::{CoapOption, MessageClass, Packet, RequestType};
+    use proptest::prelude::*;
+
+    use super::carries_oscore;
+
+    proptest! {
+        /// The raw scan agrees with the full parser on any request the parser can encode:
+        /// options below, at and above 9, long values (extended lengths), large numbers
+        /// (extended deltas), tokens of every length, payloads.
+        #[test]
+        fn the_oscore_scan_agrees_with_the_parser(
+            token in proptest::collection::vec(any::<u8>(), 0..=8),
+            options in proptest::collection::vec((1u16..2000, proptest::collection::vec(any::<u8>(), 0..300)), 0..6),
+            oscore in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+            payload in proptest::collection::vec(any::<u8>(), 0..50),
+        ) {
+            let mut p = Packet::new();
+            p.header.code = MessageClass::Request(RequestType::Post);
+            p.set_token(token);
+            for (n, v) in options {
+                if n != 9 {
+                    p.add_option(CoapOption::from(n), v);
+                }
+            }
+            if let Some(v) = oscore {
+                p.add_option(CoapOption::Oscore, v);
+            }
+            p.payload = payload;
+            let bytes = p.to_bytes_unlimited().expect("encode");
+            let parsed = Packet::from_bytes(&bytes).expect("parse");
+            prop_assert_eq!(carries_oscore(&bytes), parsed.get_option(CoapOption::Oscore).is_some());
+        }
+
+        /// Junk never panics the scan.
+        #[test]
+        fn the_oscore_scan_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = carries_oscore(&bytes);
+        }
     }
 }

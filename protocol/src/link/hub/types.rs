@@ -99,6 +99,9 @@ pub struct SecurityCounters {
     /// Pairing hellos dropped unanswered because their host's share or the global budget of
     /// key generations was used up (a hello flood; see `pairing::HelloBudget`).
     pub pairing_throttled: u64,
+    /// Unprotected datagrams (pairing requests, junk) dropped unread because their host sent
+    /// more than its share (a flood; see `pairing::RequestFilter`).
+    pub unprotected_throttled: u64,
     /// Failed pairing confirmations (wrong PIN, attacker, or an attempt abandoned after its PIN).
     pub pairing_failed: u64,
     /// Requests for resources that do not exist or are not allowed unprotected.
@@ -122,6 +125,7 @@ impl SecurityCounters {
             + self.bad_oscore
             + self.pairing_refused
             + self.pairing_throttled
+            + self.unprotected_throttled
             + self.pairing_failed
             + self.bad_request
             + self.key_limit

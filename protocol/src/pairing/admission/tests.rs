@@ -54,6 +54,28 @@ fn endpoint_bytes_tell_endpoints_apart() {
     assert_ne!(ep("[::1]:1"), ep("[::2]:1"));
 }
 
+#[test]
+fn each_host_gets_its_share_of_unprotected_datagrams_and_the_table_stays_bounded() {
+    let mut f = RequestFilter::new(20, 40, 8);
+    let a = 1u32;
+    assert_eq!((0..100).filter(|_| f.admit(Millis(0), &a)).count(), 40, "the burst");
+    assert!(!f.admit(Millis(49), &a));
+    assert!(f.admit(Millis(50), &a), "one per 50 ms at 20/s");
+    // Other hosts are untouched by the first one's flood.
+    assert_eq!((0..40).filter(|_| f.admit(Millis(50), &2)).count(), 40);
+    // More hosts than the table holds share one overflow bucket.
+    for h in 3..9 {
+        assert!(f.admit(Millis(60), &h));
+    }
+    assert_eq!(f.hosts(), 8);
+    assert_eq!((100..200u32).filter(|h| f.admit(Millis(60), h)).count(), 40, "overflow bucket");
+    assert_eq!(f.hosts(), 8);
+    // A second later, hosts whose bucket is full again are forgotten and new ones get seats.
+    assert!(f.admit(Millis(3_000), &500));
+    assert!(f.hosts() <= 8);
+    assert_eq!((0..40).filter(|_| f.admit(Millis(3_000), &500)).count(), 39, "its own bucket");
+}
+
 fn limits() -> HelloLimits {
     HelloLimits {
         rate_per_s: 20,
@@ -63,6 +85,8 @@ fn limits() -> HelloLimits {
         host_burst: 4,
         active_window_ms: 60_000,
         max_hosts: 1_024,
+        request_rate: 20,
+        request_burst: 40,
     }
 }
 
