@@ -17,6 +17,7 @@ mod outage;
 mod pairing_flood;
 mod pairing_limits;
 mod pairing_retry;
+mod setup_freeze;
 mod store;
 mod updates;
 mod upstream;

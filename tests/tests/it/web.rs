@@ -70,12 +70,14 @@ impl ServerCertVerifier for Pinned {
 }
 
 /// An HTTPS client for one hub's web UI.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Client {
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     /// The fingerprint the hub printed.
     pub fingerprint: String,
+    /// The local address to connect from (default: the system's choice).
+    from: Option<std::net::IpAddr>,
 }
 
 /// An answer.
@@ -122,7 +124,24 @@ impl Client {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
-        Client { addr: hub.web, config: Arc::new(config), fingerprint }
+        Client { addr: hub.web, config: Arc::new(config), fingerprint, from: None }
+    }
+
+    /// The same client, connecting from `ip` (another loopback address: another client).
+    pub fn from(&self, ip: std::net::IpAddr) -> Client {
+        Client { from: Some(ip), ..self.clone() }
+    }
+
+    fn connect(&self, timeout: Duration) -> std::io::Result<TcpStream> {
+        let Some(ip) = self.from else { return TcpStream::connect_timeout(&self.addr, timeout) };
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(self.addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        s.bind(&SocketAddr::new(ip, 0).into())?;
+        s.connect_timeout(&self.addr.into(), timeout)?;
+        Ok(s.into())
     }
 
     /// One request on a fresh connection.
@@ -134,7 +153,7 @@ impl Client {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Res {
-        let tcp = TcpStream::connect(self.addr).expect("connect");
+        let tcp = self.connect(Duration::from_secs(20)).expect("connect");
         tcp.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
         let name = ServerName::IpAddress(self.addr.ip().into());
         let conn = rustls::ClientConnection::new(self.config.clone(), name).expect("tls");
@@ -177,7 +196,7 @@ impl Client {
     /// A GET on a fresh connection, or `None` if no answer comes within `timeout` (connect,
     /// TLS handshake and the answer together).
     pub fn try_get(&self, path: &str, timeout: Duration) -> Option<Res> {
-        let tcp = TcpStream::connect_timeout(&self.addr, timeout).ok()?;
+        let tcp = self.connect(timeout).ok()?;
         tcp.set_read_timeout(Some(timeout)).ok()?;
         tcp.set_write_timeout(Some(timeout)).ok()?;
         let name = ServerName::IpAddress(self.addr.ip().into());
