@@ -79,21 +79,44 @@ struct Domain {
     stopped: CancellationToken,
 }
 
-fn domain_runtime(name: &'static str) -> Result<tokio::runtime::Runtime, StartError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name(name)
-        .build()
-        .map_err(|e| StartError::Bind(format!("the {name} runtime"), e))
+/// A failure domain's runtime before its thread runs it. Dropped unused (a start that fails
+/// later), it shuts down without blocking: `start` runs inside the main runtime, where
+/// dropping a runtime the ordinary way is not allowed.
+struct DomainRuntime(Option<tokio::runtime::Runtime>);
+
+impl DomainRuntime {
+    fn new(name: &'static str) -> Result<Self, StartError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(name)
+            .build()
+            .map_err(|e| StartError::Thread(format!("the {name} runtime"), e))?;
+        Ok(Self(Some(rt)))
+    }
+
+    fn enter(&self) -> Option<tokio::runtime::EnterGuard<'_>> {
+        self.0.as_ref().map(tokio::runtime::Runtime::enter)
+    }
+}
+
+impl Drop for DomainRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 fn spawn_domain(
     name: &'static str,
-    rt: tokio::runtime::Runtime,
+    mut rt: DomainRuntime,
     run: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Domain, StartError> {
     let stopped = CancellationToken::new();
     let guard = stopped.clone().drop_guard();
+    let Some(rt) = rt.0.take() else {
+        return Err(StartError::Thread(name.into(), std::io::ErrorKind::NotFound.into()));
+    };
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
@@ -103,7 +126,7 @@ fn spawn_domain(
             drop(guard);
             rt.shutdown_timeout(Duration::from_secs(1));
         })
-        .map_err(|e| StartError::Bind(format!("the {name} thread"), e))?;
+        .map_err(|e| StartError::Thread(format!("the {name} thread"), e))?;
     Ok(Domain { name, stopped })
 }
 
@@ -128,6 +151,9 @@ pub enum StartError {
     /// The web UI.
     #[error(transparent)]
     Web(#[from] crate::web::WebStartError),
+    /// A failure domain's thread or runtime.
+    #[error("cannot start {0}: {1}")]
+    Thread(String, std::io::Error),
 }
 
 /// Starts the hub in `data_dir`.
@@ -175,7 +201,7 @@ pub async fn start(
     }
     // Bind before the start-up checkpoint: a start that cannot serve must not spend headroom.
     // The socket belongs to the link's own runtime (its I/O driver), not the main one.
-    let link_rt = domain_runtime(LINK_THREAD)?;
+    let link_rt = DomainRuntime::new(LINK_THREAD)?;
     let socket = {
         let _in_link_runtime = link_rt.enter();
         bind_udp(config.coap_bind).map_err(|e| StartError::Bind(config.coap_bind.to_string(), e))?
@@ -184,7 +210,7 @@ pub async fn start(
     let coap =
         socket.local_addr().map_err(|e| StartError::Bind(config.coap_bind.to_string(), e))?;
     let control = data_dir.join("control.sock");
-    let control_rt = domain_runtime("hub-control")?;
+    let control_rt = DomainRuntime::new("hub-control")?;
     let listener = {
         let _in_control_runtime = control_rt.enter();
         crate::control::bind(&control)
@@ -304,7 +330,7 @@ pub fn stop_on_signal(
         signal(SignalKind::terminate())?
     };
     std::thread::Builder::new().name("hub-signals".into()).spawn(move || {
-        rt.block_on(async {
+        let drained = rt.block_on(async {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -313,13 +339,18 @@ pub fn stop_on_signal(
             shutdown.cancel();
             let drained = tokio::time::timeout(LINK_DRAIN_BOUND, link_stopped.cancelled()).await;
             if drained.is_err() {
-                tracing::error!("the sensor link did not stop in time");
+                tracing::error!(
+                    seconds = LINK_DRAIN_BOUND.as_secs(),
+                    "the sensor link did not stop in time"
+                );
             }
             tokio::time::sleep(STOP_GRACE).await;
+            drained.is_ok()
         });
         tracing::error!(
             grace_s = STOP_GRACE.as_secs(),
-            "a subsystem did not stop after the shutdown signal (the sensor link had stopped); exiting"
+            link_drained = drained,
+            "a subsystem did not stop after the shutdown signal; exiting"
         );
         std::process::exit(1);
     })?;

@@ -5,7 +5,7 @@
 //! window, usage ceilings) that accepted it — so no request is answered twice across a restart.
 //!
 //! **Failure domain** (DESIGN.md): the driver runs on its own OS thread with its own
-//! single-threaded runtime ([`spawn`]), so nothing the web UI, MQTT or the control socket does
+//! single-threaded runtime (`daemon::start`), so nothing the web UI, MQTT or the control socket does
 //! — a deadlock, a busy loop, every worker of the main runtime wedged — can stop readings from
 //! being acknowledged. What it shares with them never blocks it: commands arrive on a channel,
 //! answers leave on one-shot channels, notices on a broadcast channel; the store's writer

@@ -41,6 +41,26 @@ pub fn bin(name: &str) -> PathBuf {
     target_dir().join("debug").join(name)
 }
 
+/// Taken by the tests that compare a fleet's delivery rate under an attack with its normal
+/// rate: they run one at a time (each one keeps the machine's two cores busy by itself).
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: Mutex<()> = Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Lowers the calling thread's CPU priority to the least (`renice 19` on its thread id): for
+/// attack generators, which on this shared test machine would otherwise take CPU time from the
+/// hub they attack — an attacker on the LAN brings its own.
+pub fn lowest_priority() {
+    let Ok(link) = std::fs::read_link("/proc/thread-self") else { return };
+    let Some(tid) = link.file_name().and_then(|t| t.to_str()).map(str::to_owned) else { return };
+    let _ = Command::new("renice")
+        .args(["-n", "19", "-p", &tid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// Polls `f` until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -15,6 +15,7 @@ const WINDOW: Duration = Duration::from_secs(12);
 
 #[test]
 fn the_link_keeps_acknowledging_with_the_main_runtime_wedged_and_sigterm_still_ends_the_hub() {
+    let _one_at_a_time = tests::exclusive();
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("hub");
     let port = free_udp_port();

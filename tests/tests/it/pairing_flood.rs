@@ -1,7 +1,8 @@
 //! Pairing under a hello flood, at the process level (issue 15 finding 9): 64 hosts
 //! (127.0.0.2–127.0.0.65) and 16 ports of ::1 send pairing hellos as fast as one sending thread
-//! can — answering the hub's cookie challenge like a real peer would — while a fleet reports. A
-//! real sensor pairs within 10 s of the owner opening the window, the fleet keeps at least 95 %
+//! can — answering the hub's cookie challenge like a real peer would — while a fleet reports
+//! (that thread runs at the lowest CPU priority: it shares this machine's two cores with the
+//! hub, which an attacker on the LAN would not). A real sensor pairs within 10 s of the owner opening the window, the fleet keeps at least 95 %
 //! of its normal deliveries, the hub's key generations stay within the budget, the flood is
 //! counted, and every acknowledged reading is stored. The hub runs with its default pairing
 //! limits.
@@ -84,6 +85,7 @@ impl Flood {
         let created = Arc::new(AtomicU64::new(0));
         let (s2, n2, c2) = (stop.clone(), sent.clone(), created.clone());
         let thread = std::thread::spawn(move || {
+            tests::lowest_priority();
             let mut cookies: Vec<Option<Vec<u8>>> = vec![None; sockets.len()];
             let mut mid = 0u16;
             let mut buf = [0u8; 1500];
@@ -142,6 +144,7 @@ fn log_count(hub: &Hub, what: &str) -> usize {
 
 #[test]
 fn a_sensor_pairs_within_10_s_while_64_hosts_flood_hellos_and_the_fleet_keeps_reporting() {
+    let _one_at_a_time = tests::exclusive();
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("hub");
     std::fs::create_dir_all(&dir).expect("dir");

@@ -75,6 +75,7 @@ fn reporting(hub: &Hub, flash: &std::path::Path) -> Meter {
 
 #[test]
 fn wrong_setup_codes_before_and_after_an_erase_freeze_nothing() {
+    let _one_at_a_time = tests::exclusive();
     let tmp = tempfile::tempdir().expect("tmp");
     let mut hub = Hub::start(&tmp.path().join("hub"), free_udp_port());
     let web = Client::new(&hub);
