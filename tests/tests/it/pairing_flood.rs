@@ -133,6 +133,23 @@ impl Drop for Flood {
     }
 }
 
+/// CPU time (user + system, in clock ticks) of the hub's thread named `name`.
+fn thread_ticks(hub: &Hub, name: &str) -> u64 {
+    let dir = format!("/proc/{}/task", hub.child.id());
+    let Ok(tasks) = std::fs::read_dir(dir) else { return 0 };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name: state is 3rd, utime 14th, stime 15th.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
 /// Lines of the hub's log containing `what`.
 fn log_count(hub: &Hub, what: &str) -> usize {
     std::fs::read_to_string(&hub.log)
@@ -193,7 +210,10 @@ fn a_sensor_pairs_within_10_s_while_64_hosts_flood_hellos_and_the_fleet_keeps_re
     });
     let keygens_before = log_count(&hub, "sensor asks to pair");
 
-    let (ratio, (took, flood_start, flood)) = fleet.during(WINDOW, || {
+    let ticks_normal = thread_ticks(&hub, "hub-link");
+    let normal_start = Instant::now();
+    let (ratio, (took, flood_start, flood, ticks_flood)) = fleet.during(WINDOW, || {
+        let ticks_flood = thread_ticks(&hub, "hub-link");
         let flood_start = Instant::now();
         let flood = Flood::start(port);
         // The flood gets going (and is refused: no window), then the owner opens the window.
@@ -230,10 +250,17 @@ fn a_sensor_pairs_within_10_s_while_64_hosts_flood_hellos_and_the_fleet_keeps_re
         while flood_start.elapsed() < WINDOW {
             std::thread::sleep(Duration::from_millis(100));
         }
-        (paired, flood_start, flood)
+        (paired, flood_start, flood, ticks_flood)
     });
     let flood_s = flood_start.elapsed().as_secs_f64();
     let (sent, created) = flood.stop();
+    // The link thread's share of a core, normally and during the flood (ticks of 10 ms).
+    let normal_s = flood_start.duration_since(normal_start).as_secs_f64();
+    let cpu_normal = (ticks_flood - ticks_normal) as f64 / 100.0 / normal_s;
+    let cpu_flood = (thread_ticks(&hub, "hub-link") - ticks_flood) as f64 / 100.0 / flood_s;
+    println!(
+        "hub-link thread: {cpu_normal:.2} of a core normally, {cpu_flood:.2} during the flood"
+    );
     let sec = hub.security();
     let keygens = log_count(&hub, "sensor asks to pair") - keygens_before;
     real.drain();
