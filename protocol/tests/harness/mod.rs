@@ -39,6 +39,20 @@ impl Endpoint for Node {
             n => *n,
         }
     }
+    fn write_id(&self, out: &mut Vec<u8>) {
+        match self {
+            Node::Hub => out.push(0),
+            Node::Sensor(i) => {
+                out.push(1);
+                out.extend_from_slice(&(*i as u64).to_be_bytes());
+            }
+            Node::Attacker => out.push(2),
+            Node::AttackerPort(p) => {
+                out.push(3);
+                out.extend_from_slice(&p.to_be_bytes());
+            }
+        }
+    }
 }
 
 /// What a sensor keeps in flash across power cuts.
@@ -276,7 +290,7 @@ impl Harness {
             *self.hub.stored.entry((ticket.kid(), *id)).or_default() += 1;
         }
         for kid in kids {
-            let Some(state) = self.hub.link.checkpoint(&kid) else { continue };
+            let Some(state) = self.hub.link.checkpoint(&kid, self.now) else { continue };
             if let Some(w) = state.window {
                 self.hub.windows.insert(kid, ReplayWindow::Known(w));
             }
@@ -368,7 +382,7 @@ impl Harness {
             HubEvent::Paired { kid, params, .. } => {
                 // Durable at once in the harness's store, with its first checkpoint.
                 self.hub.contexts.insert(kid, params);
-                if let Some(state) = self.hub.link.checkpoint(&kid) {
+                if let Some(state) = self.hub.link.checkpoint(&kid, self.now) {
                     self.hub.link.checkpoint_durable(&kid, &state);
                     self.hub.states.insert(kid, state);
                 }
@@ -454,9 +468,11 @@ impl Harness {
             };
             let state = self.hub.states.get(kid);
             let usage = state.map(|s| s.usage).unwrap_or_default();
-            link.add_peer(params, lease, window, usage, state.and_then(|s| s.endpoint));
-            // The daemon's start-up checkpoint: fresh ceilings above the restored counts.
-            if let Some(state) = link.checkpoint(kid) {
+            let endpoint = state.and_then(|s| s.endpoint);
+            let budget = state.and_then(|s| s.budget.as_ref());
+            link.add_peer(params, lease, window, usage, endpoint, budget);
+            // The daemon's start-up checkpoint.
+            if let Some(state) = link.checkpoint(kid, self.now) {
                 link.checkpoint_durable(kid, &state);
                 self.hub.states.insert(*kid, state);
             }
@@ -473,6 +489,13 @@ impl Harness {
     /// Sends raw bytes to the hub from one of the attacker's many source ports.
     pub fn inject_from(&mut self, port: u16, bytes: Vec<u8>) {
         let d = Datagram { from: Node::AttackerPort(port), to: Node::Hub, bytes };
+        self.net.send(self.now, &mut self.rng, d);
+    }
+
+    /// Sends raw bytes to the hub with `from` as their source (a spoofer of that endpoint: it
+    /// does not receive what the hub answers there).
+    pub fn inject_as(&mut self, from: Node, bytes: Vec<u8>) {
+        let d = Datagram { from, to: Node::Hub, bytes };
         self.net.send(self.now, &mut self.rng, d);
     }
 
@@ -532,6 +555,20 @@ pub fn piv_of(bytes: &[u8]) -> Option<Piv> {
 }
 
 pub const HOUR: u64 = 3_600_000;
+
+/// A forged OSCORE request naming `kid` with Partial IV `piv` and a random-looking body.
+pub fn forged(kid: &Kid, piv: u64, mid: u16) -> Vec<u8> {
+    let option =
+        OscoreOption { piv: Some(Piv::new(piv).expect("piv")), kid_context: None, kid: Some(*kid) };
+    let mut p = Packet::new();
+    p.header.set_type(coap_lite::MessageType::Confirmable);
+    p.header.code = coap_lite::MessageClass::Request(coap_lite::RequestType::Post);
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    p.add_option(CoapOption::Oscore, option.encode());
+    p.payload = (0..24u64).map(|i| (piv.wrapping_mul(31).wrapping_add(i * 17)) as u8).collect();
+    p.to_bytes().expect("encode")
+}
 
 /// A harness whose `sensors` sensors have all paired.
 pub fn paired(seed: u64, faults: Faults, sensors: usize) -> Harness {
