@@ -2,7 +2,9 @@
 //! demultiplexed by OSCORE kid, not by address). Readings are validated, handed to the store
 //! thread in group commits (one fsync per batch, one batch in flight). Every accepted request
 //! is answered only after its batch is durable — together with the checkpoint (replay window,
-//! usage ceilings) that accepted it — so no request is answered twice across a restart.
+//! key usage, failure budgets) that accepted it — so no request is answered twice across a
+//! restart; the security counters ride in the same commits, so they are durable with the
+//! failures they count.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -137,6 +139,8 @@ impl Driver {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the store thread");
         }
+        // Failure budgets refill on the wall clock (they are persisted with it).
+        link.set_clock(Millis(1), unix_now_ms().max(0) as u64);
         Self {
             link,
             socket,
@@ -165,8 +169,10 @@ impl Driver {
         Millis(self.origin.elapsed().as_millis() as u64 + 1)
     }
 
-    /// Queues the security counters for the next commit if they changed (called every second
-    /// and at shutdown), so they survive restarts.
+    /// Queues the security counters for the next commit if they changed (with every commit,
+    /// every second and at shutdown): they are logged with the checkpoints of that commit, so a
+    /// failure and its count are durable together (EN 303 645 5.10-1: a crash does not erase
+    /// the record of an attack).
     fn persist_counters(&mut self) {
         let report = self.security_report();
         if self.persisted_counters.as_ref() == Some(&report) {
@@ -175,8 +181,8 @@ impl Driver {
         if let Ok(value) = serde_json::to_vec(&report) {
             self.pending
                 .writes
-                .retain(|w| !matches!(w, Write::Meta { key, .. } if key == COUNTERS_KEY));
-            self.pending.writes.push(Write::Meta { key: COUNTERS_KEY.into(), value });
+                .retain(|w| !matches!(w, Write::LogMeta { key, .. } if key == COUNTERS_KEY));
+            self.pending.writes.push(Write::LogMeta { key: COUNTERS_KEY.into(), value });
             self.persisted_counters = Some(report);
         }
     }
@@ -245,6 +251,7 @@ impl Driver {
                 _ = tick.tick() => {
                     self.replan = true;
                     let now = self.now();
+                    self.link.set_clock(now, unix_now_ms().max(0) as u64);
                     self.link.handle_timeout(now);
                     self.next_pin();
                     self.persist_counters();
@@ -397,6 +404,7 @@ impl Driver {
         if self.in_flight || self.failed.is_some() || self.pending.is_empty() {
             return;
         }
+        self.persist_counters();
         let mut batch = std::mem::take(&mut self.pending);
         for (kid, readings) in std::mem::take(&mut batch.readings) {
             batch.states.insert(kid);

@@ -137,7 +137,7 @@ pub fn hub_datagram(data: &[u8]) {
     hub.add_peer(&params, Lease(0), ReplayWindow::Empty, Default::default(), None, None);
     let from = std::net::SocketAddr::from(([127, 0, 0, 1], 7));
     let durable = |hub: &mut HubLink<std::net::SocketAddr>, kid: &Kid| {
-        if let Some(state) = hub.checkpoint(kid, Millis(1)) {
+        if let Some(state) = hub.checkpoint(kid) {
             hub.checkpoint_durable(kid, &state);
         }
     };

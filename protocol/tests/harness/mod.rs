@@ -290,7 +290,7 @@ impl Harness {
             *self.hub.stored.entry((ticket.kid(), *id)).or_default() += 1;
         }
         for kid in kids {
-            let Some(state) = self.hub.link.checkpoint(&kid, self.now) else { continue };
+            let Some(state) = self.hub.link.checkpoint(&kid) else { continue };
             if let Some(w) = state.window {
                 self.hub.windows.insert(kid, ReplayWindow::Known(w));
             }
@@ -382,7 +382,7 @@ impl Harness {
             HubEvent::Paired { kid, params, .. } => {
                 // Durable at once in the harness's store, with its first checkpoint.
                 self.hub.contexts.insert(kid, params);
-                if let Some(state) = self.hub.link.checkpoint(&kid, self.now) {
+                if let Some(state) = self.hub.link.checkpoint(&kid) {
                     self.hub.link.checkpoint_durable(&kid, &state);
                     self.hub.states.insert(kid, state);
                 }
@@ -472,7 +472,7 @@ impl Harness {
             let budget = state.and_then(|s| s.budget.as_ref());
             link.add_peer(params, lease, window, usage, endpoint, budget);
             // The daemon's start-up checkpoint.
-            if let Some(state) = link.checkpoint(kid, self.now) {
+            if let Some(state) = link.checkpoint(kid) {
                 link.checkpoint_durable(kid, &state);
                 self.hub.states.insert(*kid, state);
             }

@@ -114,6 +114,8 @@ pub struct HubLink<A: Endpoint> {
     routability: Routability<A>,
     /// Unix ms minus monotonic ms, as last reported by [`HubLink::set_clock`].
     wall_offset: u64,
+    /// The latest monotonic time given to any input.
+    last_now: Millis,
     window: Option<PairingWindow>,
     sessions: HashMap<Kid, Session<A>>,
     /// Pairings whose "paired" answer waits for the context to be durable.
@@ -143,6 +145,7 @@ impl<A: Endpoint> HubLink<A> {
             peers: HashMap::new(),
             routability: Routability::new(),
             wall_offset: 0,
+            last_now: Millis(0),
             window: None,
             sessions: HashMap::new(),
             unconfirmed: HashMap::new(),
@@ -179,10 +182,15 @@ impl<A: Endpoint> HubLink<A> {
     /// a checkpoint earn nothing (a clock that goes back earns nothing until it catches up).
     pub fn set_clock(&mut self, now: Millis, unix_ms: u64) {
         self.wall_offset = unix_ms.saturating_sub(now.0);
+        self.tick(now);
     }
 
     fn wall(&self, now: Millis) -> u64 {
         now.0.saturating_add(self.wall_offset)
+    }
+
+    fn tick(&mut self, now: Millis) {
+        self.last_now = self.last_now.max(now);
     }
 
     /// Forgets a sensor (removal or replacement). Its kid is refused from now on.
@@ -215,8 +223,8 @@ impl<A: Endpoint> HubLink<A> {
     /// window, the exact count of failed decryptions with the budgets that allowed them, an
     /// encryption ceiling covering the answers waiting for this checkpoint, and its endpoint.
     /// One checkpoint per sensor at a time: call it again after reporting the last one durable.
-    pub fn checkpoint(&mut self, kid: &Kid, now: Millis) -> Option<PeerState<A>> {
-        let wall = self.wall(now);
+    pub fn checkpoint(&mut self, kid: &Kid) -> Option<PeerState<A>> {
+        let wall = self.wall(self.last_now);
         let p = self.peers.get_mut(kid)?;
         let answers = p.unanswered + u64::from(p.parked.challenge.is_some());
         let (usage, budget) = p.guard.checkpoint(wall, p.ctx.usage(), answers);
@@ -305,6 +313,7 @@ impl<A: Endpoint> HubLink<A> {
 
     /// Time passes: idle pairing sessions end (call it every second or so).
     pub fn handle_timeout(&mut self, now: Millis) {
+        self.tick(now);
         self.expire_sessions(now);
     }
 
@@ -316,6 +325,7 @@ impl<A: Endpoint> HubLink<A> {
         bytes: &[u8],
         rng: &mut R,
     ) {
+        self.tick(now);
         if bytes.len() > coap::MAX_DATAGRAM {
             return self.malformed("datagram too large");
         }
