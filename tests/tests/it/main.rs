@@ -11,6 +11,7 @@ mod demo;
 mod feed;
 mod fleet;
 mod isolation;
+mod link_budgets;
 mod mqtt;
 mod outage;
 mod pairing_limits;
