@@ -409,3 +409,38 @@ fn hub_restarts_between_forgeries_neither_refill_budgets_nor_stop_the_sensor() {
     assert!(recorded >= u64::from(protocol::link::FAIL_BURST) / 2, "forgeries were verified");
     assert_eq!(h.nonces.reuses, 0);
 }
+
+#[test]
+fn nothing_reveals_a_verification_before_the_checkpoint_recording_it_is_durable() {
+    let mut h = paired(34, Faults::none(1), 1);
+    let kid = kid_of(&h, 0);
+    h.queue_reading(0, 0);
+    assert!(h.run_until(Millis(h.now.0 + 5_000), |h| h.sensors[0].delivered.len() == 1));
+    // Slow group commits: a window of 2 s between each verification and its durability.
+    h.hub.commit_delay_ms = 2_000;
+    h.capture = true;
+    h.queue_reading(0, 1);
+    assert!(h.run_until(Millis(h.now.0 + 1_000), |h| !h.hub.uncommitted.is_empty()));
+    // The accepted request, replayed from another port; a forgery; both before the commit.
+    let request = h.captured.iter().rev().find(|b| piv_of(b).is_some()).cloned().expect("req");
+    h.inject_from(1, request.clone());
+    h.inject_from(2, forged(&kid, 7_000_000, 7));
+    let commit_at = h.hub.commit_at.expect("a commit is pending");
+    h.run_until(Millis(commit_at.0 - 1), |_| false);
+    assert!(h.attacker_inbox.is_empty(), "answered before durability: {:?}", h.attacker_inbox);
+    assert_eq!(h.sensors[0].delivered.len(), 1, "acknowledged before durability");
+    // Once durable, each gets its answer: the replay refused, the forgery refused.
+    assert!(h.run_until(Millis(commit_at.0 + 1_000), |h| h.attacker_inbox.len() == 2));
+    let answers: Vec<(u16, Vec<u8>)> = h
+        .attacker_inbox
+        .iter()
+        .map(|(port, b)| (*port, coap_lite::Packet::from_bytes(b).expect("coap").payload))
+        .collect();
+    assert!(answers.contains(&(1, b"Replay detected".to_vec())), "{answers:?}");
+    assert!(answers.contains(&(2, b"Decryption failed".to_vec())), "{answers:?}");
+    assert!(h.run_until(Millis(h.now.0 + 5_000), |h| h.sensors[0].delivered.len() == 2));
+    // Older replays (already refused by the durable window) are answered at once.
+    h.inject_from(3, request);
+    let now = h.now;
+    assert!(h.run_until(Millis(now.0 + 50), |h| h.attacker_inbox.len() == 3));
+}

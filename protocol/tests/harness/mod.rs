@@ -129,6 +129,8 @@ pub struct Harness {
     pub forge: Option<Forger>,
     /// Protected answers (each one an encryption) the hub sent to the attacker's many ports.
     pub to_attacker_ports: u64,
+    /// Everything the hub sent to the attacker's ports, in order.
+    pub attacker_inbox: Vec<(u16, Vec<u8>)>,
 }
 
 /// A small lease block, so that leases and crashes interleave often.
@@ -192,6 +194,7 @@ impl Harness {
             capture: false,
             forge: None,
             to_attacker_ports: 0,
+            attacker_inbox: Vec::new(),
         }
     }
 
@@ -251,10 +254,11 @@ impl Harness {
                     self.sensors[i].link.handle_datagram(now, &d.bytes, &mut self.rng)
                 }
                 Node::Attacker => {}
-                Node::AttackerPort(_) => {
+                Node::AttackerPort(port) => {
                     let protected = Packet::from_bytes(&d.bytes)
                         .is_ok_and(|p| p.get_option(CoapOption::Oscore).is_some());
                     self.to_attacker_ports += u64::from(protected);
+                    self.attacker_inbox.push((port, d.bytes));
                 }
             }
             self.flush();

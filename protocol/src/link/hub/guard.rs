@@ -1,6 +1,7 @@
 //! Per-sensor limits that keep an unauthenticated sender from spending a legitimate key or
-//! silencing its sensor, across any number of restarts (EN 303 645 5.5-1, 5.6-9 resilience to
-//! DoS; RFC 8613 §7.4, B.1.1/B.1.2; RFC 9175 §2.4; the AES-CCM limits in `oscore::usage`).
+//! silencing its sensor, across any number of restarts (EN 303 645 5.5-1, 5.9-1 resilience to
+//! power loss, 5.10-1; RFC 8613 §7.4, B.1.1/B.1.2; RFC 9175 §2.4; the AES-CCM limits in
+//! `oscore::usage`).
 //!
 //! **Failed verifications** are budgeted per *source class*, each a token bucket on the wall
 //! clock whose state is part of the sensor's durable checkpoint:
@@ -180,8 +181,12 @@ impl Budget {
 /// One sensor's budgets.
 #[derive(Debug, Clone)]
 pub struct Guard<A: Endpoint> {
-    /// The endpoint of the last authenticated request.
+    /// The endpoint of the last authenticated request whose checkpoint is durable.
     known: Option<A>,
+    /// A newer authenticated endpoint, not yet in a checkpoint / in the one being written
+    /// (classifying by it before then would reveal that a tag verified).
+    known_pending: Option<A>,
+    known_inflight: Option<A>,
     known_budget: Budget,
     others: Budget,
     routable: Vec<(A::Host, Budget)>,
@@ -214,6 +219,8 @@ impl<A: Endpoint> Guard<A> {
         };
         Self {
             known,
+            known_pending: None,
+            known_inflight: None,
             known_budget,
             others,
             routable,
@@ -223,9 +230,14 @@ impl<A: Endpoint> Guard<A> {
         }
     }
 
-    /// The endpoint of the last authenticated request.
+    /// The endpoint of the last authenticated request, as durable.
     pub fn known(&self) -> Option<A> {
         self.known
+    }
+
+    /// The endpoint to persist: the newest authenticated one.
+    pub fn newest_known(&self) -> Option<A> {
+        self.known_pending.or(self.known_inflight).or(self.known)
     }
 
     /// May a datagram from `from` be verified now (`wall`: Unix ms)? `routable` says it carried
@@ -258,10 +270,10 @@ impl<A: Endpoint> Guard<A> {
         }
     }
 
-    /// A fresh request from `from` authenticated: answers go there, and it is the sensor's
-    /// known endpoint from now on.
+    /// A fresh request from `from` authenticated: it becomes the sensor's known endpoint once
+    /// a checkpoint recording it is durable.
     pub fn authenticated(&mut self, from: A) {
-        self.known = Some(from);
+        self.known_pending = Some(from);
     }
 
     /// May an encryption be made now (below the durable ceiling)?
@@ -293,6 +305,9 @@ impl<A: Endpoint> Guard<A> {
                 .max(self.encryptions),
             failed_decryptions: used.failed_decryptions,
         };
+        if let Some(k) = self.known_pending.take() {
+            self.known_inflight = Some(k);
+        }
         self.routable.retain_mut(|(_, b)| !b.idle(wall, ROUTABLE_BURST, ROUTABLE_REFILL_MS));
         let mut all = self.budgets();
         for b in &mut all {
@@ -306,10 +321,13 @@ impl<A: Endpoint> Guard<A> {
         (ceiling, state)
     }
 
-    /// The checkpoint with `ceiling` is durable: its encryptions may be used, and the tokens of
-    /// the tags it recorded as verified come back.
+    /// The checkpoint with `ceiling` is durable: its encryptions may be used, the tokens of the
+    /// tags it recorded as verified come back, and the endpoint it recorded is the known one.
     pub fn durable(&mut self, ceiling: KeyUsage) {
         self.encryptions = self.encryptions.max(ceiling.encryptions);
+        if let Some(k) = self.known_inflight.take() {
+            self.known = Some(k);
+        }
         let give = |b: &mut Budget, burst| {
             let n = std::mem::take(&mut b.refund_inflight);
             b.give_back(n, burst);

@@ -83,6 +83,11 @@ struct Peer<A: Endpoint> {
     /// Outcome-dependent answers not yet in a checkpoint, and those in the one being written.
     parked: Parked<A>,
     parked_inflight: Parked<A>,
+    /// The replay window as last made durable, and the one being written: a replay is refused
+    /// at once only if the durable window already refuses it (otherwise the refusal would
+    /// reveal a verification not yet recorded).
+    durable_window: ReplayWindow,
+    window_inflight: Option<crate::oscore::WindowState>,
 }
 
 impl<A: Endpoint> Peer<A> {
@@ -92,6 +97,8 @@ impl<A: Endpoint> Peer<A> {
 
     fn with_guard(ctx: SecurityContext, guard: Guard<A>) -> Self {
         Self {
+            durable_window: ctx.replay_window().clone(),
+            window_inflight: None,
             ctx,
             recent: VecDeque::new(),
             guard,
@@ -233,12 +240,9 @@ impl<A: Endpoint> HubLink<A> {
         if parked.challenge.is_some() {
             p.parked_inflight.challenge = parked.challenge;
         }
-        Some(PeerState {
-            window: p.ctx.replay_window().state(),
-            usage,
-            endpoint: p.guard.known(),
-            budget: Some(budget),
-        })
+        let window = p.ctx.replay_window().state();
+        p.window_inflight = window;
+        Some(PeerState { window, usage, endpoint: p.guard.newest_known(), budget: Some(budget) })
     }
 
     /// `state` (from [`HubLink::checkpoint`]) is durable: its encryptions may be used, what
@@ -246,6 +250,9 @@ impl<A: Endpoint> HubLink<A> {
     pub fn checkpoint_durable(&mut self, kid: &Kid, state: &PeerState<A>) {
         let Some(p) = self.peers.get_mut(kid) else { return };
         p.guard.durable(state.usage);
+        if let Some(w) = p.window_inflight.take() {
+            p.durable_window = ReplayWindow::Known(w);
+        }
         let parked = std::mem::take(&mut p.parked_inflight);
         self.transmits.extend(parked.replies);
         if let Some((to, request, binding)) = parked.challenge {

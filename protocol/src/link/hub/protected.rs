@@ -62,8 +62,8 @@ impl<A: Endpoint> HubLink<A> {
             .map(|v| OscoreOption::parse(v))
             .unwrap_or(Err(OscoreError::NotOscore("no option")));
         // Hearth assigns kids at pairing and uses no ID Context: a kid context is refused.
-        let kid = match parsed {
-            Ok(OscoreOption { kid: Some(kid), piv: Some(_), kid_context: None }) => kid,
+        let (kid, piv) = match parsed {
+            Ok(OscoreOption { kid: Some(kid), piv: Some(piv), kid_context: None }) => (kid, piv),
             _ => {
                 self.counters.bad_oscore += 1;
                 self.security(SecurityEvent::Malformed("OSCORE option"));
@@ -159,7 +159,14 @@ impl<A: Endpoint> HubLink<A> {
             Err(OscoreError::Replay) => {
                 self.counters.replays += 1;
                 self.security(SecurityEvent::Replay { kid });
-                self.reply(from, packet, ResponseType::Unauthorized, b"Replay detected");
+                let Some(peer) = self.peers.get_mut(&kid) else { return };
+                if peer.durable_window.check(piv.value()) == Err(OscoreError::Replay) {
+                    self.reply(from, packet, ResponseType::Unauthorized, b"Replay detected");
+                } else {
+                    // Refused only because of a verification not yet durable.
+                    self.events.push_back(HubEvent::CheckpointNeeded { kid });
+                    self.park(kid, from, packet, ResponseType::Unauthorized, b"Replay detected");
+                }
             }
             Err(OscoreError::DecryptionFailed) => {
                 self.counters.bad_tag += 1;

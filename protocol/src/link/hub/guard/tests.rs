@@ -165,6 +165,22 @@ fn encryptions_are_reserved_exactly_for_the_answers_waiting() {
 }
 
 #[test]
+fn a_new_known_endpoint_counts_only_once_durable() {
+    let mut g: Guard<Ep> = Guard::new(Some(KNOWN), KeyUsage::default());
+    let moved = Ep(5, 5);
+    g.authenticated(moved);
+    // Before the checkpoint that records it is durable, nothing may reveal that a tag verified.
+    assert_eq!(g.known(), Some(KNOWN));
+    assert_eq!(g.admit(T0, moved, false, used(0)), Admit::Verify(Class::Others));
+    let _ = g.checkpoint(T0, used(0), 0);
+    assert_eq!(g.newest_known(), Some(moved), "the checkpoint records the new endpoint");
+    assert_eq!(g.known(), Some(KNOWN));
+    g.durable(KeyUsage::default());
+    assert_eq!(g.known(), Some(moved));
+    assert_eq!(g.admit(T0, moved, false, used(0)), Admit::Verify(Class::Known));
+}
+
+#[test]
 fn routable_hosts_are_bounded_and_an_idle_one_makes_room() {
     let mut g: Guard<Ep> = Guard::new(Some(KNOWN), KeyUsage::default());
     for h in 10..10 + ROUTABLE_HOSTS as u8 {
