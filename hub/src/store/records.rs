@@ -423,7 +423,7 @@ impl<'a> Reader<'a> {
     fn budget(&mut self) -> Result<GuardState<IpAddr>, RecordError> {
         let (known, others) = (self.bucket()?, self.bucket()?);
         let n = self.len()?;
-        if n > protocol::link::ROUTABLE_HOSTS {
+        if n > protocol::link::ROUTABLE_HOSTS + 1 {
             return Err(RecordError("routable hosts"));
         }
         let mut routable = Vec::with_capacity(n);

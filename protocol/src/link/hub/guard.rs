@@ -9,7 +9,8 @@
 //! - `Known`: the endpoint of the sensor's last authenticated request;
 //! - `Others`: every other source that has not proved it can receive at its address;
 //! - `Routable(host)`: a source that echoed a fresh return-routability value ([`super::echo`])
-//!   minted for its exact endpoint; one small bucket per host, at most [`ROUTABLE_HOSTS`].
+//!   minted for its exact endpoint; one small bucket per host: the sensor's own host, and at
+//!   most [`ROUTABLE_HOSTS`] others.
 //!
 //! A datagram is verified only if its class has a token, and the token is taken *before* the
 //! tag is checked, whatever the outcome (so the throttle reveals nothing about an outcome). A
@@ -23,9 +24,9 @@
 //! failures be recorded (or observed) than the running hub allows**, and no restart charges
 //! the genuine sensor anything (there are no reservations to forfeit).
 //!
-//! Sustained, the classes regain 4 + 4 + 8 × 1 failures an hour ([`FAIL_REFILL_MS`],
-//! [`ROUTABLE_REFILL_MS`]): the 2^14 hard limit is at least 42 days of continuous attack away,
-//! and the re-key warning (7/8) comes days before it. A blind spoofer of the sensor's endpoint
+//! Sustained, the classes regain 4 + 4 + 9 × 1 failures an hour ([`FAIL_REFILL_MS`],
+//! [`ROUTABLE_REFILL_MS`]): the 2^14 hard limit is at least 40 days of continuous attack away,
+//! and the re-key warning (7/8) comes 5 days before it. A blind spoofer of the sensor's endpoint
 //! drains `Known`; a flood from other hosts drains `Others`; the sensor then proves it is
 //! reachable (one round trip) and is verified from its host's `Routable` bucket, which an
 //! off-path attacker cannot reach.
@@ -50,7 +51,8 @@ pub const FAIL_REFILL_MS: u64 = 15 * 60 * 1000;
 pub const ROUTABLE_BURST: u32 = 4;
 /// One failed verification is regained per routable host every this many ms (1 h).
 pub const ROUTABLE_REFILL_MS: u64 = 60 * 60 * 1000;
-/// Routable hosts with a budget per sensor; further hosts wait for one to be idle again.
+/// Routable hosts with a budget per sensor besides the sensor's own host (which always has
+/// one); further hosts wait for one to be idle again.
 pub const ROUTABLE_HOSTS: usize = 8;
 /// Minimum spacing of B.1.2 Echo challenges (protected, one encryption each) to one source.
 pub const ECHO_INTERVAL_MS: u64 = 250;
@@ -211,7 +213,7 @@ impl<A: Endpoint> Guard<A> {
                 Budget::restored(s.others, FAIL_BURST),
                 s.routable
                     .iter()
-                    .take(ROUTABLE_HOSTS)
+                    .take(ROUTABLE_HOSTS + 1)
                     .map(|(h, b)| (*h, Budget::restored(*b, ROUTABLE_BURST)))
                     .collect(),
             ),
@@ -369,23 +371,28 @@ impl<A: Endpoint> Guard<A> {
         v
     }
 
-    /// `host`'s routable budget, made if there is room (a full, settled one may be replaced).
+    /// `host`'s routable budget, made if there is room: [`ROUTABLE_HOSTS`] hosts besides the
+    /// sensor's own (whose slot attackers elsewhere cannot take); a full, settled one may be
+    /// replaced.
     fn routable_budget(&mut self, wall: u64, host: A::Host) -> Option<&mut Budget> {
-        let at = match self.routable.iter().position(|(h, _)| *h == host) {
-            Some(i) => i,
-            None => {
-                if self.routable.len() >= ROUTABLE_HOSTS {
-                    let idle = self
-                        .routable
-                        .iter_mut()
-                        .position(|(_, b)| b.idle(wall, ROUTABLE_BURST, ROUTABLE_REFILL_MS))?;
-                    self.routable.swap_remove(idle);
-                }
-                self.routable.push((host, Budget::full(ROUTABLE_BURST)));
-                self.routable.len() - 1
-            }
+        if let Some(i) = self.routable.iter().position(|(h, _)| *h == host) {
+            return self.routable.get_mut(i).map(|(_, b)| b);
+        }
+        let own = self.known.map(|k| k.host());
+        let others = self.routable.iter().filter(|(h, _)| Some(*h) != own).count();
+        let full = if Some(host) == own {
+            self.routable.len() > ROUTABLE_HOSTS
+        } else {
+            others >= ROUTABLE_HOSTS
         };
-        self.routable.get_mut(at).map(|(_, b)| b)
+        if full {
+            let idle = self.routable.iter_mut().position(|(h, b)| {
+                Some(*h) != own && b.idle(wall, ROUTABLE_BURST, ROUTABLE_REFILL_MS)
+            })?;
+            self.routable.swap_remove(idle);
+        }
+        self.routable.push((host, Budget::full(ROUTABLE_BURST)));
+        self.routable.last_mut().map(|(_, b)| b)
     }
 }
 

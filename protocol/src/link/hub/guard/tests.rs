@@ -186,8 +186,12 @@ fn routable_hosts_are_bounded_and_an_idle_one_makes_room() {
     for h in 10..10 + ROUTABLE_HOSTS as u8 {
         assert!(forge(&mut g, T0, Ep(h, 1), true).is_some());
     }
-    // Every slot owes a failure: a new host falls back to its unproven class.
+    // Every slot owes a failure: a new host falls back to its unproven class...
     assert_eq!(g.admit(T0, Ep(99, 1), true, used(0)), Admit::Verify(Class::Others));
+    // ...but the sensor's own host keeps its slot (a spoofer of its address plus attackers
+    // on many hosts cannot shut it out).
+    assert_eq!(g.admit(T0, KNOWN, true, used(0)), Admit::Verify(Class::Routable(1)));
+    assert_eq!(g.checkpoint(T0, used(0), 0).1.routable.len(), ROUTABLE_HOSTS + 1);
     // Once one has earned its token back (it is idle), a new host takes its place.
     let later = T0 + ROUTABLE_REFILL_MS;
     assert_eq!(g.admit(later, Ep(99, 1), true, used(0)), Admit::Verify(Class::Routable(99)));
