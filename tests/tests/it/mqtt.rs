@@ -34,7 +34,7 @@ fn mqtt_config(p: &Ports) -> String {
     )
 }
 
-fn add_user(hub: &Hub, name: &str, password: Option<&str>) -> Value {
+pub(crate) fn add_user(hub: &Hub, name: &str, password: Option<&str>) -> Value {
     let mut child = Command::new(bin("hub"))
         .args(["ctl", "--json", "--socket"])
         .arg(&hub.control)

@@ -1,0 +1,191 @@
+//! Interop with a real Home Assistant Core (2024.3.3): set up through its own onboarding API and
+//! MQTT config flow, connected to the hub's MQTT broker as an owner would connect it, with a
+//! fleet of every model. Asserts what an owner sees in HA: every entity of every device present
+//! and available within 10 s of pairing, and again after a hub restart and an HA restart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::ha::HomeAssistant;
+use tests::{Hub, Sim, field, free_udp_port, wait_for};
+
+const PASSWORD: &str = "ha-interop-password-2f9c";
+/// Sensors of each model in the fleet.
+const PER_MODEL: usize = 5;
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+/// The entities an owner must see for a device, by its serial's model prefix (the test's own
+/// statement of each model's entity set, not read from the hub).
+fn expected_entities(serial: &str, id: &str) -> Vec<String> {
+    let objects: &[&str] = match &serial[..2] {
+        "TH" => &["sensor/temperature", "climate/thermostat", "update/firmware"],
+        "CL" => &["sensor/temperature", "sensor/humidity", "update/firmware"],
+        "DR" => &["binary_sensor/contact", "sensor/battery", "update/firmware"],
+        "BT" => &["binary_sensor/button", "sensor/battery"],
+        other => panic!("unknown model prefix {other}"),
+    };
+    objects
+        .iter()
+        .map(|o| {
+            let (domain, object) = o.split_once('/').expect("domain/object");
+            format!("{domain}.hearth_{id}_{object}")
+        })
+        .collect()
+}
+
+/// Entities of `want` that HA lacks or shows `unavailable` (with their state).
+fn missing(ha: &HomeAssistant, want: &BTreeSet<String>) -> BTreeMap<String, String> {
+    let states = ha.states();
+    want.iter()
+        .filter_map(|e| match states.get(e).and_then(|s| s["state"].as_str()) {
+            None => Some((e.clone(), "absent".to_owned())),
+            Some("unavailable") => Some((e.clone(), "unavailable".to_owned())),
+            Some(_) => None,
+        })
+        .collect()
+}
+
+/// Waits until every entity of `want` is present and not unavailable; returns how long it took.
+fn all_available(ha: &HomeAssistant, want: &BTreeSet<String>, within: Duration, what: &str) {
+    let start = Instant::now();
+    let mut last = BTreeMap::new();
+    while start.elapsed() < within {
+        last = missing(ha, want);
+        if last.is_empty() {
+            eprintln!(
+                "home_assistant: {what}: all {} entities in {:?}",
+                want.len(),
+                start.elapsed()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "{what}: {} of {} entities missing or unavailable after {within:?}: {last:#?}\n{}",
+        last.len(),
+        want.len(),
+        ha.log_tail()
+    );
+}
+
+pub(crate) struct Setup {
+    pub hub: Option<Hub>,
+    pub ha: HomeAssistant,
+    pub sim: Sim,
+    pub config: String,
+    pub data: std::path::PathBuf,
+    pub coap: u16,
+    /// Serial and device id of each sensor.
+    pub devices: Vec<(String, String)>,
+    pub _tmp: tempfile::TempDir,
+}
+
+impl Setup {
+    /// The running hub.
+    pub fn hub(&self) -> &Hub {
+        self.hub.as_ref().expect("hub running")
+    }
+
+    /// Stops the hub (SIGTERM) and starts it again on the same data and ports.
+    pub fn restart_hub(&mut self) {
+        if let Some(h) = self.hub.take() {
+            h.stop();
+        }
+        let config =
+            tests::write_config(self.data.parent().expect("parent"), self.coap, &self.config);
+        self.hub = Some(Hub::start_configured(&self.data, &config));
+    }
+}
+
+/// A hub with MQTT, a Home Assistant with the MQTT integration on it, and a paired fleet of
+/// `per_model` sensors of each model reporting every `interval_ms`.
+pub(crate) fn setup(per_model: usize, interval_ms: u32) -> Setup {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("hub");
+    let plain = free_tcp_port();
+    let config = format!(
+        "[mqtt]\nplain_bind = \"127.0.0.1:{plain}\"\ntls_bind = \"127.0.0.1:{}\"\nbroker_port = {}\n",
+        free_tcp_port(),
+        free_tcp_port()
+    );
+    let coap = free_udp_port();
+    let hub = Hub::start_with(&data, coap, &config);
+    crate::mqtt::add_user(&hub, "ha", Some(PASSWORD));
+    let mut ha = HomeAssistant::start(&tmp.path().join("ha"));
+    ha.onboard();
+    let entry = ha.add_mqtt(plain, "ha", PASSWORD);
+    assert_eq!(entry["state"], "loaded", "{entry}");
+
+    let flash = tmp.path().join("flash.redb");
+    let n = (per_model * 4).to_string();
+    let interval = interval_ms.to_string();
+    let mut sim = Sim::fleet(
+        &hub.coap.to_string(),
+        &hub,
+        &flash,
+        &[
+            "--sensors",
+            &n,
+            "--interval-ms",
+            &interval,
+            "--models",
+            "thermostat,climate,door,button",
+        ],
+    );
+    let mut devices = BTreeMap::new();
+    sim.until("the fleet paired", Duration::from_secs(120), |l| {
+        if l.starts_with("PAIRED") {
+            let index: usize = field(l, "sensor").and_then(|i| i.parse().ok()).expect("index");
+            let serial = field(l, "serial").expect("serial").to_owned();
+            devices.insert(index, (serial, field(l, "kid").expect("kid").to_owned()));
+        }
+        (devices.len() == per_model * 4).then_some(())
+    });
+    Setup {
+        hub: Some(hub),
+        ha,
+        sim,
+        config,
+        data,
+        coap,
+        devices: devices.into_values().collect(),
+        _tmp: tmp,
+    }
+}
+
+#[test]
+fn home_assistant_shows_every_entity_of_every_device_after_pairing_and_restarts() {
+    let mut s = setup(PER_MODEL, 1000);
+    let want: BTreeSet<String> =
+        s.devices.iter().flat_map(|(serial, id)| expected_entities(serial, id)).collect();
+    assert_eq!(want.len(), PER_MODEL * 11);
+    all_available(&s.ha, &want, Duration::from_secs(10), "after pairing");
+    // Battery levels are real numbers, not placeholders.
+    let states = s.ha.states();
+    for e in want.iter().filter(|e| e.ends_with("_battery")) {
+        let v = states[e]["state"].as_str().unwrap_or_default();
+        assert!(v.parse::<f64>().is_ok_and(|b| (0.0..=100.0).contains(&b)), "{e}: {v}");
+    }
+
+    // A hub restart: HA reconnects (its client retries every 10 s) and sees everything again.
+    s.restart_hub();
+    all_available(&s.ha, &want, Duration::from_secs(20), "after a hub restart");
+
+    // An HA restart: it learns everything from the retained configs and states.
+    s.ha.restart();
+    all_available(&s.ha, &want, Duration::from_secs(10), "after an HA restart");
+    let log = s.ha.log();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("extra keys not allowed") || (l.contains("ERROR") && l.contains("mqtt"))
+        })
+        .collect();
+    assert!(errors.is_empty(), "HA's MQTT integration logged errors: {errors:#?}");
+}
