@@ -15,3 +15,4 @@ pub mod pairing;
 pub mod senml;
 pub mod time;
 pub mod update;
+pub mod vocabulary;

@@ -389,6 +389,28 @@ impl Directory {
         }
     }
 
+    /// Restores `device`'s current state from its newest stored `readings` (at start: the
+    /// directory begins empty); a value received since is newer and wins. Announces the device
+    /// as changed if anything was restored, so the outgoing paths publish it.
+    pub fn restore_state(&self, device: &DeviceId, readings: &[StoredReading]) {
+        let restored = {
+            let mut inner = self.write();
+            let Some(e) = inner.devices.get_mut(device) else { return };
+            let mut restored = false;
+            for r in readings {
+                let short = r.name.rsplit(':').next().unwrap_or(&r.name);
+                if e.state.get(short).is_none_or(|old| old.time_ms < r.time_ms) {
+                    e.state.insert(short.to_owned(), r.clone());
+                    restored = true;
+                }
+            }
+            restored
+        };
+        if restored {
+            self.notify(Notice::Changed { device: *device });
+        }
+    }
+
     /// Marks overdue devices offline (called about once a second).
     pub fn tick(&self, now_ms: i64) {
         let mut offline = Vec::new();

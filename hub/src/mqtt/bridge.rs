@@ -40,6 +40,8 @@ struct Published {
     configs: Vec<String>,
     /// Time of the retained state, Unix ms.
     state_ms: Option<i64>,
+    /// What the published configs were made from ([`config_key`]); a change re-syncs them.
+    config_key: Option<u64>,
     update: Option<Value>,
 }
 
@@ -60,6 +62,16 @@ struct Bridge {
     republished: Option<tokio::time::Instant>,
     /// A republication owed to births within the interval, due then.
     republish_due: Option<tokio::time::Instant>,
+}
+
+/// A digest of what a device's discovery configs are made from (name, room, model, firmware,
+/// capabilities, availability): when it changes, the configs are published again.
+fn config_key(d: &DeviceSnapshot) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&d.name, &d.room, &d.info.model, &d.info.serial, d.info.firmware_version).hash(&mut h);
+    (&d.info.capabilities, d.info.updatable, d.availability.as_str()).hash(&mut h);
+    h.finish()
 }
 
 /// Starts the outgoing thread (it owns the link's sender, whose sends may block) and returns the
@@ -218,14 +230,20 @@ impl Bridge {
         for c in configs {
             self.publish_json(c.topic, &c.payload, true);
         }
-        let state = topics::snapshot_state(d);
         let entry = self.devices.entry(id).or_default();
         entry.configs = topics;
-        if let Some(s) = state
-            && entry.state_ms.is_none_or(|t| s.time_ms >= t)
-        {
+        entry.config_key = Some(config_key(d));
+        self.publish_state(d);
+    }
+
+    /// The device's current state (the newest value of each quantity), retained, if it is newer
+    /// than what was published.
+    fn publish_state(&mut self, d: &DeviceSnapshot) {
+        let Some(s) = topics::snapshot_state(d) else { return };
+        let entry = self.devices.entry(d.info.id).or_default();
+        if entry.state_ms.is_none_or(|t| s.time_ms > t) {
             entry.state_ms = Some(s.time_ms);
-            self.publish_json(topics::state(&id), &s.payload, true);
+            self.publish_json(topics::state(&d.info.id), &s.payload, true);
         }
     }
 
@@ -260,13 +278,20 @@ impl Bridge {
                 }
                 let Some(d) = self.api.directory.get(&device) else { return };
                 let entry = self.devices.entry(device).or_default();
-                let messages = topics::state_messages(&d, &readings);
-                // Only the newest state is retained; backfill older than it is published (with
-                // its original time) without replacing it.
-                let (flags, retained) = topics::retain_flags(entry.state_ms, &messages);
-                entry.state_ms = retained;
-                for (m, retain) in messages.into_iter().zip(flags) {
-                    self.publish_json(topics::state(&device), &m.payload, retain);
+                if entry.config_key != Some(config_key(&d)) {
+                    // Its config set changed (or was never published): configs and state.
+                    self.sync(&d);
+                } else {
+                    self.publish_state(&d);
+                }
+                // Only the newest value of each quantity drives `…/state`; readings replayed
+                // from an outage buffer, or older than the state, go to `…/history` with their
+                // original time (they are in Hearth's history and upstream anyway).
+                let current = d.state.values().map(|r| r.time_ms).max();
+                for m in topics::state_messages(&d, &readings) {
+                    if m.backfill || current.is_some_and(|t| m.time_ms < t) {
+                        self.publish_json(topics::history(&device), &m.payload, false);
+                    }
                 }
             }
             Notice::Availability { device, availability } => {

@@ -6,6 +6,8 @@
 
 use serde_json::{Value, json};
 
+use protocol::vocabulary::{Capability, capabilities};
+
 use super::topics;
 use crate::devices::DeviceSnapshot;
 
@@ -51,21 +53,26 @@ pub fn config_topic(prefix: &str, component: Component, device: &str, object: &s
     format!("{prefix}/{}/hearth_{device}/{object}/config", component.as_str())
 }
 
-/// Every entity config for `device` (none for an isolated device).
+/// Every entity config for `device` (none for an isolated device): one or more entities per
+/// capability its model declared at pairing (`protocol::vocabulary`), the firmware `update`
+/// entity if it can be updated — never depending on which readings have arrived.
 pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
     if device.availability == crate::devices::Availability::Isolated {
         return Vec::new();
     }
     let id = device.info.id.to_string();
     let state = topics::state(&device.info.id);
-    let caps = &device.info.capabilities;
-    let has = |c: &str| caps.iter().any(|x| x == c);
+    let caps = capabilities(&device.info.capabilities);
     let mut out = Vec::new();
     let mut entity = |component: Component, object: &str, name: &str, extra: Value| {
+        let object_id = format!("hearth_{id}_{object}");
         let mut payload = json!({
             "name": name,
-            "unique_id": format!("hearth_{id}_{object}"),
-            "object_id": format!("hearth_{id}_{object}"),
+            "unique_id": object_id,
+            // `object_id` for HA before 2025.10, `default_entity_id` from then on (HA 2024.3's
+            // schemas drop the key they do not know).
+            "object_id": object_id,
+            "default_entity_id": format!("{}.{object_id}", component.as_str()),
             "availability_topic": topics::availability(&device.info.id),
             "payload_available": "online",
             "payload_not_available": "offline",
@@ -77,97 +84,113 @@ pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
         }
         out.push(EntityConfig { topic: config_topic(prefix, component, &id, object), payload });
     };
-    let thermostat = has("setpoint");
-    // A thermostat's climate entity shows the temperature too; the sensor keeps its history.
-    if has("temperature") || thermostat {
-        entity(
-            Component::Sensor,
-            "temperature",
-            "Temperature",
-            json!({
-                "state_topic": state,
-                "device_class": "temperature",
-                "unit_of_measurement": "°C",
-                "state_class": "measurement",
-                "value_template": "{{ value_json['values']['temp'] }}",
-            }),
-        );
-    }
-    if thermostat {
-        entity(
-            Component::Climate,
-            "thermostat",
-            "Thermostat",
-            json!({
-                "modes": ["heat"],
-                "current_temperature_topic": state,
-                "current_temperature_template": "{{ value_json['values']['temp'] }}",
-                "temperature_state_topic": state,
-                "temperature_state_template": "{{ value_json['values']['setpoint'] }}",
-                "temperature_command_topic": topics::set(&device.info.id),
-                "min_temp": *topics::SETPOINT_RANGE.start(),
-                "max_temp": *topics::SETPOINT_RANGE.end(),
-                "temp_step": 0.5,
-                "temperature_unit": "C",
-                "precision": 0.1,
-            }),
-        );
-    }
-    if has("humidity") {
-        entity(
-            Component::Sensor,
-            "humidity",
-            "Humidity",
-            json!({
-                "state_topic": state,
-                "device_class": "humidity",
-                "unit_of_measurement": "%",
-                "state_class": "measurement",
-                "value_template": "{{ value_json['values']['hum'] }}",
-            }),
-        );
-    }
-    if has("battery") || device.battery.is_some() {
-        entity(
-            Component::Sensor,
-            "battery",
-            "Battery",
-            json!({
-                "state_topic": state,
-                "device_class": "battery",
-                "unit_of_measurement": "%",
-                "state_class": "measurement",
-                "entity_category": "diagnostic",
-                "value_template": "{{ value_json['battery'] }}",
-            }),
-        );
-    }
-    if has("contact") {
-        entity(
-            Component::BinarySensor,
-            "contact",
-            "Door",
-            json!({
-                "state_topic": state,
-                "device_class": "door",
-                "value_template": "{{ 'ON' if value_json['values']['open'] else 'OFF' }}",
-                "payload_on": "ON",
-                "payload_off": "OFF",
-            }),
-        );
-    }
-    if has("button") {
-        entity(
-            Component::BinarySensor,
-            "button",
-            "Button",
-            json!({
-                "state_topic": state,
-                "value_template": "{{ 'ON' if value_json['values']['press'] else 'OFF' }}",
-                "payload_on": "ON",
-                "payload_off": "OFF",
-            }),
-        );
+    // A quantity's value in the state message; `None` (HA: unknown) until one was measured.
+    let value = |c: Capability| format!("{{{{ value_json['values'].get('{}') }}}}", c.quantity());
+    for cap in caps {
+        match cap {
+            Capability::Temperature => entity(
+                Component::Sensor,
+                "temperature",
+                "Temperature",
+                json!({
+                    "state_topic": state,
+                    "device_class": "temperature",
+                    "unit_of_measurement": "°C",
+                    "state_class": "measurement",
+                    "value_template": value(cap),
+                }),
+            ),
+            Capability::Humidity => entity(
+                Component::Sensor,
+                "humidity",
+                "Humidity",
+                json!({
+                    "state_topic": state,
+                    "device_class": "humidity",
+                    "unit_of_measurement": "%",
+                    "state_class": "measurement",
+                    "value_template": value(cap),
+                }),
+            ),
+            Capability::Setpoint => {
+                entity(
+                    Component::Climate,
+                    "thermostat",
+                    "Thermostat",
+                    json!({
+                        // Heating only: the mode is always `heat`, and HA shows it as such.
+                        "modes": ["heat"],
+                        "mode_state_topic": state,
+                        "mode_state_template": "heat",
+                        "current_temperature_topic": state,
+                        "current_temperature_template": value(Capability::Temperature),
+                        "temperature_state_topic": state,
+                        "temperature_state_template": value(Capability::Setpoint),
+                        "temperature_command_topic": topics::set(&device.info.id),
+                        "min_temp": *topics::SETPOINT_RANGE.start(),
+                        "max_temp": *topics::SETPOINT_RANGE.end(),
+                        "temp_step": 0.5,
+                        "temperature_unit": "C",
+                        "precision": 0.1,
+                    }),
+                );
+                // What became of the last command: a refusal is visible, with its reason.
+                entity(
+                    Component::Sensor,
+                    "command",
+                    "Last command",
+                    json!({
+                        "state_topic": topics::set_result(&device.info.id),
+                        "value_template": "{{ value_json['status'] }}",
+                        "json_attributes_topic": topics::set_result(&device.info.id),
+                        "entity_category": "diagnostic",
+                        "icon": "mdi:message-reply-text",
+                    }),
+                );
+            }
+            Capability::Contact => entity(
+                Component::BinarySensor,
+                "contact",
+                "Door",
+                json!({
+                    "state_topic": state,
+                    "device_class": "door",
+                    "value_template": format!(
+                        "{{{{ {{true: 'ON', false: 'OFF'}}.get(value_json['values'].get('{}'), 'None') }}}}",
+                        cap.quantity()
+                    ),
+                    "payload_on": "ON",
+                    "payload_off": "OFF",
+                }),
+            ),
+            Capability::Button => entity(
+                Component::BinarySensor,
+                "button",
+                "Button",
+                json!({
+                    "state_topic": state,
+                    "value_template": format!(
+                        "{{{{ {{true: 'ON', false: 'OFF'}}.get(value_json['values'].get('{}'), 'None') }}}}",
+                        cap.quantity()
+                    ),
+                    "payload_on": "ON",
+                    "payload_off": "OFF",
+                }),
+            ),
+            Capability::Battery => entity(
+                Component::Sensor,
+                "battery",
+                "Battery",
+                json!({
+                    "state_topic": state,
+                    "device_class": "battery",
+                    "unit_of_measurement": "%",
+                    "state_class": "measurement",
+                    "entity_category": "diagnostic",
+                    "value_template": value(cap),
+                }),
+            ),
+        }
     }
     if device.info.updatable {
         entity(

@@ -31,6 +31,12 @@ pub fn availability(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/availability")
 }
 
+/// `hearth/<device>/history`: readings that do not drive the current state (replayed from an
+/// outage buffer, or older than it), with their original time; never retained.
+pub fn history(d: &DeviceId) -> String {
+    format!("{ROOT}/{d}/history")
+}
+
 /// `hearth/<device>/set`.
 pub fn set(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/set")

@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tests::ha::HomeAssistant;
 use tests::{Hub, Sim, field, free_udp_port, wait_for};
 
@@ -23,7 +22,7 @@ fn free_tcp_port() -> u16 {
 /// statement of each model's entity set, not read from the hub).
 fn expected_entities(serial: &str, id: &str) -> Vec<String> {
     let objects: &[&str] = match &serial[..2] {
-        "TH" => &["sensor/temperature", "climate/thermostat", "update/firmware"],
+        "TH" => &["sensor/temperature", "climate/thermostat", "sensor/command", "update/firmware"],
         "CL" => &["sensor/temperature", "sensor/humidity", "update/firmware"],
         "DR" => &["binary_sensor/contact", "sensor/battery", "update/firmware"],
         "BT" => &["binary_sensor/button", "sensor/battery"],
@@ -38,13 +37,21 @@ fn expected_entities(serial: &str, id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Entities of `want` that HA lacks or shows `unavailable` (with their state).
+/// Entities of `want` that HA lacks or shows `unavailable`, and battery entities without a
+/// level (with their state).
 fn missing(ha: &HomeAssistant, want: &BTreeSet<String>) -> BTreeMap<String, String> {
     let states = ha.states();
     want.iter()
         .filter_map(|e| match states.get(e).and_then(|s| s["state"].as_str()) {
             None => Some((e.clone(), "absent".to_owned())),
             Some("unavailable") => Some((e.clone(), "unavailable".to_owned())),
+            // A battery level is known from the first report on, and restored after restarts.
+            Some(v)
+                if e.ends_with("_battery")
+                    && !v.parse::<f64>().is_ok_and(|b| (0.0..=100.0).contains(&b)) =>
+            {
+                Some((e.clone(), format!("battery {v}")))
+            }
             Some(_) => None,
         })
         .collect()
@@ -87,11 +94,6 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
-    /// The running hub.
-    pub fn hub(&self) -> &Hub {
-        self.hub.as_ref().expect("hub running")
-    }
-
     /// Stops the hub (SIGTERM) and starts it again on the same data and ports.
     pub fn restart_hub(&mut self) {
         if let Some(h) = self.hub.take() {
@@ -164,14 +166,9 @@ fn home_assistant_shows_every_entity_of_every_device_after_pairing_and_restarts(
     let mut s = setup(PER_MODEL, 1000);
     let want: BTreeSet<String> =
         s.devices.iter().flat_map(|(serial, id)| expected_entities(serial, id)).collect();
-    assert_eq!(want.len(), PER_MODEL * 11);
+    assert_eq!(want.len(), PER_MODEL * 12);
     all_available(&s.ha, &want, Duration::from_secs(10), "after pairing");
-    // Battery levels are real numbers, not placeholders.
-    let states = s.ha.states();
-    for e in want.iter().filter(|e| e.ends_with("_battery")) {
-        let v = states[e]["state"].as_str().unwrap_or_default();
-        assert!(v.parse::<f64>().is_ok_and(|b| (0.0..=100.0).contains(&b)), "{e}: {v}");
-    }
+    climate(&mut s);
 
     // A hub restart: HA reconnects (its client retries every 10 s) and sees everything again.
     s.restart_hub();
@@ -188,4 +185,45 @@ fn home_assistant_shows_every_entity_of_every_device_after_pairing_and_restarts(
         })
         .collect();
     assert!(errors.is_empty(), "HA's MQTT integration logged errors: {errors:#?}");
+}
+
+/// The thermostat in HA: mode `heat`, current and target temperature from the sensor; a
+/// setpoint set in HA reaches the sensor and comes back as the target; a refused one leaves
+/// the target where it was and shows why on the device's "Last command" entity.
+fn climate(s: &mut Setup) {
+    let (index, (_, th)) = s
+        .devices
+        .iter()
+        .enumerate()
+        .find(|(_, (serial, _))| serial.starts_with("TH"))
+        .expect("thermostat");
+    let entity = format!("climate.hearth_{th}_thermostat");
+    let state = |ha: &HomeAssistant| ha.states().remove(&entity).expect("climate entity");
+    let c = state(&s.ha);
+    assert_eq!(c["state"], "heat", "{c}");
+    assert_eq!(c["attributes"]["hvac_modes"], serde_json::json!(["heat"]), "{c}");
+    assert!(c["attributes"]["current_temperature"].as_f64().is_some(), "{c}");
+    assert!(c["attributes"]["temperature"].as_f64().is_some(), "{c}");
+
+    let body = serde_json::json!({"entity_id": entity, "temperature": 23.5});
+    s.ha.call("climate", "set_temperature", &body).expect("set_temperature");
+    let applied = format!("COMMAND sensor={index} name=setpoint value=23.5 applied=23.5");
+    s.sim.until("the thermostat applied HA's setpoint", Duration::from_secs(30), |l| {
+        l.starts_with(&applied).then_some(())
+    });
+    wait_for("HA's target temperature 23.5", Duration::from_secs(30), || {
+        (state(&s.ha)["attributes"]["temperature"].as_f64() == Some(23.5)).then_some(())
+    });
+
+    // Refused by the hub (out of range): the target stays, the reason is shown.
+    let body = serde_json::json!({"topic": format!("hearth/{th}/set"), "payload": "99"});
+    s.ha.call("mqtt", "publish", &body).expect("mqtt.publish");
+    let command = format!("sensor.hearth_{th}_command");
+    let shown = wait_for("the refusal in HA", Duration::from_secs(30), || {
+        let c = s.ha.states().remove(&command)?;
+        (c["state"] == "refused").then_some(c)
+    });
+    let reason = shown["attributes"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("5 to 35"), "{shown}");
+    assert_eq!(state(&s.ha)["attributes"]["temperature"].as_f64(), Some(23.5));
 }

@@ -279,15 +279,16 @@ while len(again) < len(configs) and time.time() < deadline:
 c.loop_stop()
 print(json.dumps({"configs": configs, "again": sorted(again)}))
 "#;
-    // Thermostat: temperature, climate, firmware; climate sensor: temperature, humidity, firmware.
+    // Thermostat: temperature, climate, last command, firmware; climate sensor: temperature,
+    // humidity, firmware.
     let out = Command::new(python())
-        .args(["-c", script, &tls, cafile, "ha", PASSWORD, "6"])
+        .args(["-c", script, &tls, cafile, "ha", PASSWORD, "7"])
         .output()
         .expect("python");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     let configs = v["configs"].as_object().expect("configs");
-    assert_eq!(configs.len(), 6, "{:?}", configs.keys());
+    assert_eq!(configs.len(), 7, "{:?}", configs.keys());
     for (topic, payload) in configs {
         let problems = hub::mqtt::discovery::schema_problems(topic, payload);
         assert!(problems.is_empty(), "{topic}: {problems:?}");
@@ -296,7 +297,7 @@ print(json.dumps({"configs": configs, "again": sorted(again)}))
     }
     let climate_cfg = format!("homeassistant/climate/hearth_{thermo}/thermostat/config");
     assert_eq!(configs[&climate_cfg]["temperature_command_topic"], set_topic);
-    assert_eq!(v["again"].as_array().map(Vec::len), Some(6), "republished after HA's birth");
+    assert_eq!(v["again"].as_array().map(Vec::len), Some(7), "republished after HA's birth");
 
     // Removing a device withdraws its discovery configs (empty retained messages).
     let filter = format!("homeassistant/+/hearth_{climate}/+/config");
@@ -500,4 +501,89 @@ fn a_taken_mqtt_port_fails_the_start_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("127.0.0.1:{}", ports.broker)), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("READY"));
+}
+
+#[test]
+fn a_client_that_subscribes_again_gets_the_retained_message_again_without_a_gap() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ports = Ports { plain: free_tcp_port(), tls: free_tcp_port(), broker: free_tcp_port() };
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &mqtt_config(&ports));
+    add_user(&hub, "ha", Some(PASSWORD));
+    // One client subscribes to the hub's retained status and to a live counter another client
+    // publishes; it subscribes to the status three more times (once together with the counter
+    // again) and counts: each SUBSCRIBE brings the retained message, no UNSUBACK reaches it,
+    // and the counter has no gap.
+    let script = r#"
+import json, sys, threading, time
+import paho.mqtt.client as mqtt
+port, user, pw = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+retained, unsubacks, subacks, counter = [], [], [], []
+def on_message(c, u, m):
+    if m.topic == "hearth/hub/status":
+        retained.append((m.retain, m.payload.decode()))
+    else:
+        counter.append(int(m.payload))
+def client(cid):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid)
+    c.username_pw_set(user, pw)
+    c.connect("127.0.0.1", port)
+    return c
+sub = client("resub")
+sub.on_message = on_message
+sub.on_subscribe = lambda c, u, mid, rc, p: subacks.append(mid)
+sub.on_unsubscribe = lambda c, u, mid, rc, p: unsubacks.append(mid)
+sub.loop_start()
+def wait(cond, what):
+    deadline = time.time() + 20
+    while not cond():
+        if time.time() > deadline:
+            sys.exit("timed out: " + what)
+        time.sleep(0.01)
+sub.subscribe([("hearth/hub/status", 1), ("test/counter", 1)])
+wait(lambda: len(retained) == 1 and len(subacks) == 1, "first retained")
+pub = client("counter")
+pub.loop_start()
+stop = threading.Event()
+def publish():
+    i = 0
+    while not stop.is_set():
+        pub.publish("test/counter", str(i), qos=1).wait_for_publish()
+        i += 1
+threading.Thread(target=publish).start()
+wait(lambda: len(counter) > 20, "the counter flowing")
+sub.subscribe("hearth/hub/status", 0)
+wait(lambda: len(retained) == 2, "retained after the second subscribe")
+sub.subscribe([("hearth/hub/status", 1), ("test/counter", 1)])
+wait(lambda: len(retained) == 3, "retained after the third subscribe")
+sub.subscribe("hearth/hub/status", 1)
+wait(lambda: len(retained) == 4 and len(subacks) == 4, "retained after the fourth subscribe")
+n = len(counter)
+wait(lambda: len(counter) > n + 20, "the counter still flowing")
+stop.set()
+time.sleep(0.3)
+print(json.dumps({"retained": retained, "unsubacks": unsubacks, "subacks": len(subacks),
+                  "counter": counter}))
+"#;
+    let out = Command::new(python())
+        .args(["-c", script, &ports.plain.to_string(), "ha", PASSWORD])
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let retained = v["retained"].as_array().expect("retained");
+    assert_eq!(retained.len(), 4, "{v}");
+    assert!(retained.iter().all(|r| r == &serde_json::json!([true, "online"])), "{v}");
+    assert_eq!(v["unsubacks"], serde_json::json!([]), "no UNSUBACK reached the client");
+    assert_eq!(v["subacks"], 4);
+    let counter: Vec<i64> =
+        v["counter"].as_array().expect("counter").iter().filter_map(Value::as_i64).collect();
+    let first = counter[0];
+    let gaps: Vec<(usize, i64)> = counter
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| **c != first + *i as i64)
+        .map(|(i, c)| (i, *c))
+        .take(5)
+        .collect();
+    assert!(gaps.is_empty(), "the live flow had a gap or repeat: {gaps:?} of {}", counter.len());
 }
