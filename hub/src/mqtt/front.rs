@@ -33,6 +33,8 @@ const IDENTIFIER_REJECTED: u8 = 0x02;
 const SERVER_UNAVAILABLE: u8 = 0x03;
 const BAD_USER_OR_PASSWORD: u8 = 0x04;
 const NOT_AUTHORIZED: u8 = 0x05;
+/// How long the broker has to close a connection whose client sent DISCONNECT.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 /// Longest client id accepted, bytes (MQTT 3.1.1 requires servers to take 1 to 23 characters).
 const MAX_CLIENT_ID: usize = 256;
 
@@ -100,6 +102,8 @@ impl Tickets {
 enum Refusal {
     /// Closed cleanly.
     Closed,
+    /// The client sent DISCONNECT (forwarded).
+    Disconnected,
     /// Not MQTT 3.1.1 framing or packets.
     Malformed(String),
     /// A socket error.
@@ -187,13 +191,19 @@ impl Front {
             // A client that sent part of a packet and then nothing until the deadline.
             Err(_) if !buf.is_empty() => return self.auth.malformed(ip, "incomplete CONNECT"),
             Err(_) => return slot.count_slow(),
-            Ok(Err(Refusal::Closed | Refusal::Io)) => return,
+            Ok(Err(Refusal::Closed | Refusal::Io | Refusal::Disconnected)) => return,
         };
+        let mqtt31 = protocol_name(&frame) == Some(b"MQIsdp".as_slice());
         let parsed = V4.read_mut(&mut BytesMut::from(&frame[..]), self.max_packet);
         frame.as_mut().fill(0); // it holds the password
         let (connect, will, login) = match parsed {
             Ok(Packet::Connect(connect, _, will, _, login)) => (connect, will, login),
             Ok(_) => return self.auth.malformed(ip, "first packet is not CONNECT"),
+            Err(rumqttd::protocol::Error::InvalidProtocol) if mqtt31 => {
+                // MQTT 3.1 names its protocol MQIsdp: a client of another version, not garbage.
+                tracing::debug!(%ip, "MQTT 3.1 client refused: only MQTT 3.1.1 is served");
+                return connack(&mut client, UNACCEPTABLE_PROTOCOL).await;
+            }
             Err(rumqttd::protocol::Error::InvalidProtocolLevel(level)) => {
                 // A client of another MQTT version: refuse it the way 3.1.1 says.
                 tracing::debug!(%ip, level, "MQTT client refused: only MQTT 3.1.1 is served");
@@ -301,6 +311,11 @@ impl Front {
                             let before = lock(&resubscribe).client_packet(&frame, self.max_packet);
                             out.extend_from_slice(&before);
                             out.extend_from_slice(&frame);
+                            if frame.first() == Some(&0xE0) {
+                                // DISCONNECT: nothing after it counts.
+                                let _ = up_tx.write_all(&out).await;
+                                return Some(Refusal::Disconnected);
+                            }
                         }
                         Err(rumqttd::protocol::Error::InsufficientBytes(_)) => break,
                         Err(e) => return Some(Refusal::Malformed(format!("{e:?}"))),
@@ -353,12 +368,19 @@ impl Front {
                 }
             }
         };
+        tokio::pin!(inbound, outbound);
         tokio::select! {
-            refusal = inbound => match refusal {
+            refusal = &mut inbound => match refusal {
                 Some(Refusal::Malformed(what)) => self.auth.malformed(ip, &what),
+                Some(Refusal::Disconnected) => {
+                    // The broker closes the connection once it has handled the DISCONNECT;
+                    // closing it first would make rumqttd handle the disconnection twice
+                    // (and log an ERROR for a normal disconnect).
+                    let _ = tokio::time::timeout(DISCONNECT_GRACE, &mut outbound).await;
+                }
                 Some(Refusal::Closed | Refusal::Io) | None => {}
             },
-            () = outbound => {}
+            () = &mut outbound => {}
         }
     }
 
@@ -495,6 +517,14 @@ fn broker_client_id(user: &str, id: &str, random: &str) -> String {
     if id.is_empty() { format!("{user}:~{random}") } else { format!("{user}:{id}") }
 }
 
+/// The protocol name a CONNECT frame carries (after the fixed header's remaining length).
+fn protocol_name(frame: &[u8]) -> Option<&[u8]> {
+    let header = 2 + frame.iter().skip(1).take(3).take_while(|b| **b & 0x80 != 0).count();
+    let len = frame.get(header..header + 2)?;
+    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    frame.get(header + 2..header + 2 + len)
+}
+
 /// Reads the client's first MQTT frame (CONNECT) into `buf` and splits it off.
 async fn read_frame<S: AsyncRead + Unpin>(
     s: &mut S,
@@ -550,6 +580,20 @@ mod tests {
         assert_ne!(broker_client_id("mallory", "ha:x", "r"), broker_client_id("ha", "x", "r"));
         assert_eq!(broker_client_id("ha", "", "0a1b"), "ha:~0a1b");
         assert_ne!(broker_client_id("ha", "", "0a1b"), broker_client_id("ha", "", "ffff"));
+    }
+
+    #[test]
+    fn mqtt_31_is_recognized_by_its_protocol_name() {
+        let v31 = [
+            0x10, 0x11, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 2, 0, 60, 0, 3, b'a', b'b',
+            b'c',
+        ];
+        assert_eq!(protocol_name(&v31), Some(b"MQIsdp".as_slice()));
+        assert_eq!(protocol_name(&[0x10, 0x02, 0, 9]), None, "truncated");
+        let mut v311 = BytesMut::new();
+        V4.write(Packet::Connect(connect("x", true), None, None, None, None), &mut v311)
+            .expect("connect");
+        assert_eq!(protocol_name(&v311), Some(b"MQTT".as_slice()));
     }
 
     #[test]

@@ -514,7 +514,7 @@ fn a_client_that_subscribes_again_gets_the_retained_message_again_without_a_gap(
     // again) and counts: each SUBSCRIBE brings the retained message, no UNSUBACK reaches it,
     // and the counter has no gap.
     let script = r#"
-import json, sys, threading, time
+import json, os, sys, threading, time
 import paho.mqtt.client as mqtt
 port, user, pw = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 retained, unsubacks, subacks, counter = [], [], [], []
@@ -537,7 +537,8 @@ def wait(cond, what):
     deadline = time.time() + 20
     while not cond():
         if time.time() > deadline:
-            sys.exit("timed out: " + what)
+            print("timed out: " + what, file=sys.stderr, flush=True)
+            os._exit(1)
         time.sleep(0.01)
 sub.subscribe([("hearth/hub/status", 1), ("test/counter", 1)])
 wait(lambda: len(retained) == 1 and len(subacks) == 1, "first retained")
@@ -549,7 +550,7 @@ def publish():
     while not stop.is_set():
         pub.publish("test/counter", str(i), qos=1).wait_for_publish()
         i += 1
-threading.Thread(target=publish).start()
+threading.Thread(target=publish, daemon=True).start()
 wait(lambda: len(counter) > 20, "the counter flowing")
 sub.subscribe("hearth/hub/status", 0)
 wait(lambda: len(retained) == 2, "retained after the second subscribe")
@@ -586,4 +587,44 @@ print(json.dumps({"retained": retained, "unsubacks": unsubacks, "subacks": len(s
         .take(5)
         .collect();
     assert!(gaps.is_empty(), "the live flow had a gap or repeat: {gaps:?} of {}", counter.len());
+}
+
+#[test]
+fn normal_disconnects_log_no_error_and_mqtt_31_clients_are_refused_with_code_1() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ports = Ports { plain: free_tcp_port(), tls: free_tcp_port(), broker: free_tcp_port() };
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &mqtt_config(&ports));
+    add_user(&hub, "script", Some(PASSWORD));
+    let plain = ports.plain.to_string();
+    let base = ["-h", "127.0.0.1", "-p", &plain, "-u", "script", "-P", PASSWORD];
+    // Short connections that end with DISCONNECT, as scripts make them.
+    for i in 0..5 {
+        let mut args = base.to_vec();
+        let m = i.to_string();
+        args.extend(["-t", "scripts/x", "-m", &m]);
+        let (ok, err) = publish(&args);
+        assert!(ok, "{err}");
+    }
+    // An MQTT 3.1 client (Debian's mosquitto_pub speaking 3.1) is told its version is not
+    // served (CONNACK return code 1), not counted as malformed input.
+    let before = hub.security()["mqtt_malformed"].as_u64().unwrap_or(0);
+    let mut args = base.to_vec();
+    args.extend(["-V", "mqttv31", "-t", "scripts/x", "-m", "old"]);
+    let (ok, err) = publish(&args);
+    assert!(!ok && err.contains("unacceptable protocol version"), "{err}");
+    assert_eq!(hub.security()["mqtt_malformed"].as_u64().unwrap_or(0), before);
+    // Another connection after them all, seen by a subscriber: the broker's router handles
+    // events in order, so it has handled the earlier disconnections by then.
+    let mut args = base.to_vec();
+    args.extend(["-t", "scripts/x"]);
+    let sub = Sub::start(&args);
+    wait_for("the subscriber", Duration::from_secs(20), || {
+        let mut a = base.to_vec();
+        a.extend(["-t", "scripts/x", "-m", "last"]);
+        assert!(publish(&a).0);
+        sub.lines.recv_timeout(Duration::from_millis(300)).ok()
+    });
+    let log = std::fs::read_to_string(&hub.log).expect("hub log");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }
