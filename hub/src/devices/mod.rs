@@ -351,7 +351,13 @@ impl Directory {
         let publish = {
             let mut inner = self.write();
             let Some(e) = inner.devices.get_mut(device) else { return };
-            e.period.report(now_ms.max(0) as u64);
+            // The period is learned from when the sensor measured, not when reports arrived:
+            // a backlog drained after an outage arrives faster than the sensor measures, and
+            // learning from it would shrink the allowance until the next live report is
+            // "late" (an offline flap right after the drain).
+            if let Some(measured) = readings.iter().map(|r| r.time.0).max() {
+                e.period.report(measured.max(0) as u64);
+            }
             e.profile.last_seen_ms = Some(now_ms);
             for r in readings {
                 let short = r.name.rsplit(':').next().unwrap_or(&r.name);
