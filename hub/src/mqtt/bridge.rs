@@ -86,7 +86,11 @@ pub(crate) fn start(
 ) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     let (mut tx, rx) = link;
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
-    let filters = ["hearth/+/set".to_owned(), format!("{prefix}/status")];
+    let filters = [
+        "hearth/+/set".to_owned(),
+        "hearth/+/update/install".to_owned(),
+        format!("{prefix}/status"),
+    ];
     std::thread::Builder::new().name("mqtt-bridge-out".into()).spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else { return };
         rt.block_on(async move {
@@ -320,6 +324,14 @@ impl Bridge {
             }
             return;
         }
+        if let Some(device) = topics::parse_update_install(topic) {
+            let v = match self.install(device, payload).await {
+                Ok(version) => json!({"status": "approved", "version": version}),
+                Err(reason) => json!({"status": "refused", "reason": reason}),
+            };
+            self.publish_json(topics::update_result(&device), &v, false);
+            return;
+        }
         let Some(device) = topics::parse_set(topic) else { return };
         let result = self.command(device, payload).await;
         let v = match result {
@@ -377,6 +389,25 @@ impl Bridge {
         }
     }
 
+    /// Home Assistant's `update` entity asked to install: the owner approves the release the
+    /// entity shows for this device (the same approval as `hub ctl update approve`).
+    async fn install(&mut self, device: DeviceId, payload: &[u8]) -> Result<u32, String> {
+        if payload != b"install" {
+            return Err("payload must be \"install\"".into());
+        }
+        if !self.api.directory.outgoing_allowed(&device) {
+            return Err("no such device, or it is isolated".into());
+        }
+        let view = self.api.updates().await.map_err(|e| e.to_string())?;
+        let Some(version) = view.devices.iter().find(|d| d.id == device).and_then(|d| d.available)
+        else {
+            return Err("no update available for this device".into());
+        };
+        self.api.update_approve(Some(device), None, version).await.map_err(|e| e.to_string())?;
+        tracing::info!(%device, version, "update approved from MQTT (Home Assistant)");
+        Ok(version)
+    }
+
     fn security(&mut self, e: &MqttEvent) {
         if let Ok(v) = serde_json::to_value(e) {
             self.publish_json(topics::HUB_SECURITY.into(), &v, false);
@@ -415,7 +446,18 @@ impl Bridge {
                 Some(v) => {
                     self.installed.insert(id, v.installed);
                     let progress = v.delivering.map(|(_, done, total)| (done, total));
-                    discovery::update_state(v.installed, v.available, progress)
+                    let fixes = view
+                        .releases
+                        .iter()
+                        .find(|r| r.model == v.model && Some(r.version) == v.available)
+                        .map(|r| r.risks_mitigated.clone());
+                    let summary = match (fixes, &v.waiting_for) {
+                        (Some(f), Some(w)) => Some(format!("{f}\n\nNot installed yet: {w}")),
+                        (Some(f), None) => Some(f),
+                        (None, Some(w)) => Some(format!("Not installed yet: {w}")),
+                        (None, None) => None,
+                    };
+                    discovery::update_state(v.installed, v.available, progress, summary)
                 }
                 None => {
                     let installed = match self.installed.remove(&id) {
@@ -431,7 +473,7 @@ impl Bridge {
                             .and_then(|u| u["installed_version"].as_str()?.parse().ok())
                             .unwrap_or(d.info.firmware_version),
                     };
-                    discovery::update_state(installed, None, None)
+                    discovery::update_state(installed, None, None, None)
                 }
             };
             let entry = self.devices.entry(id).or_default();

@@ -199,6 +199,9 @@ pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
             "Firmware",
             json!({
                 "state_topic": topics::update(&device.info.id),
+                // Install = the owner approves the release shown for this device.
+                "command_topic": topics::update_install(&device.info.id),
+                "payload_install": "install",
                 "device_class": "firmware",
                 "entity_category": "diagnostic",
             }),
@@ -222,17 +225,30 @@ fn device_block(device: &DeviceSnapshot) -> Value {
     d
 }
 
-/// The `update` entity's state: installed and latest version, and progress while delivering.
-pub fn update_state(installed: u32, latest: Option<u32>, progress: Option<(u32, u32)>) -> Value {
+/// The `update` entity's state: installed and latest version, progress while delivering, and
+/// what the release fixes and why it is not being installed (if so) as its summary.
+pub fn update_state(
+    installed: u32,
+    latest: Option<u32>,
+    progress: Option<(u32, u32)>,
+    summary: Option<String>,
+) -> Value {
     let percent = progress
         .filter(|(_, total)| *total > 0)
         .map(|(done, total)| (u64::from(done.min(total)) * 100 / u64::from(total)) as u32);
-    json!({
+    let latest = latest.unwrap_or(installed).max(installed);
+    let mut v = json!({
         "installed_version": installed.to_string(),
-        "latest_version": latest.unwrap_or(installed).max(installed).to_string(),
+        "latest_version": latest.to_string(),
+        "title": format!("Firmware v{latest}"),
         "in_progress": progress.is_some(),
         "update_percentage": percent,
-    })
+    });
+    if let Some(s) = summary {
+        // HA shows at most 255 characters.
+        v["release_summary"] = json!(s.chars().take(255).collect::<String>());
+    }
+    v
 }
 
 /// Keys Home Assistant's MQTT discovery documentation requires (or that Hearth's entities
@@ -393,12 +409,13 @@ mod tests {
 
     #[test]
     fn update_state_reports_versions_and_progress() {
-        let s = update_state(3, Some(4), Some((5, 20)));
+        let s = update_state(3, Some(4), Some((5, 20)), Some("Fixes it.".into()));
         assert_eq!(s["installed_version"], "3");
         assert_eq!(s["latest_version"], "4");
         assert_eq!(s["in_progress"], true);
         assert_eq!(s["update_percentage"], 25);
-        let idle = update_state(4, None, None);
+        assert_eq!(s["release_summary"], "Fixes it.");
+        let idle = update_state(4, None, None, None);
         assert_eq!(idle["latest_version"], "4");
         assert_eq!(idle["update_percentage"], Value::Null);
     }

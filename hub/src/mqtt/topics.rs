@@ -52,6 +52,26 @@ pub fn update(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/update")
 }
 
+/// `hearth/<device>/update/install`: Home Assistant's `update` entity installs (= the owner
+/// approves) the release it shows.
+pub fn update_install(d: &DeviceId) -> String {
+    format!("{ROOT}/{d}/update/install")
+}
+
+/// `hearth/<device>/update/result`: what became of an install request.
+pub fn update_result(d: &DeviceId) -> String {
+    format!("{ROOT}/{d}/update/result")
+}
+
+/// The device a `hearth/<device>/update/install` topic names.
+pub fn parse_update_install(topic: &str) -> Option<DeviceId> {
+    let rest = topic.strip_prefix("hearth/")?.strip_suffix("/update/install")?;
+    if rest.contains('/') {
+        return None;
+    }
+    rest.parse().ok()
+}
+
 /// The device a `hearth/<device>/set` topic names.
 pub fn parse_set(topic: &str) -> Option<DeviceId> {
     let rest = topic.strip_prefix("hearth/")?.strip_suffix("/set")?;
@@ -97,14 +117,15 @@ pub fn parse_setpoint(payload: &[u8]) -> Result<f64, SetError> {
 
 /// Whether a client may publish to `topic`: not to the hub's own topics (device state,
 /// availability, hub status, discovery configs), which would let it forge what other clients
-/// see. Commands (`hearth/<device>/set`) and Home Assistant's birth message are allowed, as is
+/// see. Commands (`hearth/<device>/set`, `…/update/install`) and Home Assistant's birth
+/// message are allowed, as is
 /// anything outside `hearth/` and the discovery prefix.
 pub fn client_may_publish(topic: &str, discovery_prefix: &str) -> bool {
     if topic.is_empty() || topic.contains(['+', '#']) {
         return false;
     }
     if topic == ROOT || topic.starts_with("hearth/") {
-        return parse_set(topic).is_some();
+        return parse_set(topic).is_some() || parse_update_install(topic).is_some();
     }
     match topic.strip_prefix(discovery_prefix) {
         Some("") => false,
@@ -251,6 +272,9 @@ mod tests {
     fn clients_cannot_publish_to_the_hubs_own_topics() {
         let p = "homeassistant";
         assert!(client_may_publish("hearth/0a1b/set", p));
+        assert!(client_may_publish("hearth/0a1b/update/install", p));
+        assert!(!client_may_publish("hearth/0a1b/update", p));
+        assert!(!client_may_publish("hearth/0a1b/update/result", p));
         assert!(client_may_publish("homeassistant/status", p));
         assert!(client_may_publish("home/kitchen/light", p));
         assert!(client_may_publish("homeassistantx/foo", p));

@@ -8,8 +8,9 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use tests::ha::HomeAssistant;
-use tests::{Hub, Sim, field, free_udp_port, wait_for};
+use tests::{Hub, Maker, Sim, field, free_udp_port, wait_for};
 
+const THERMO: &str = "hearth-thermo-1";
 const PASSWORD: &str = "ha-interop-password-2f9c";
 /// Sensors of each model in the fleet.
 const PER_MODEL: usize = 5;
@@ -90,6 +91,7 @@ pub(crate) struct Setup {
     pub coap: u16,
     /// Serial and device id of each sensor.
     pub devices: Vec<(String, String)>,
+    pub maker: Maker,
     pub _tmp: tempfile::TempDir,
 }
 
@@ -116,6 +118,9 @@ pub(crate) fn setup(per_model: usize, interval_ms: u32) -> Setup {
         free_tcp_port(),
         free_tcp_port()
     );
+    // The maker whose releases the hub trusts (for installing an update from HA).
+    let maker = Maker::new(tmp.path());
+    let config = format!("{config}{}", maker.trust_toml(&[THERMO]));
     let coap = free_udp_port();
     let hub = Hub::start_with(&data, coap, &config);
     crate::mqtt::add_user(&hub, "ha", Some(PASSWORD));
@@ -138,6 +143,8 @@ pub(crate) fn setup(per_model: usize, interval_ms: u32) -> Setup {
             &interval,
             "--models",
             "thermostat,climate,door,button",
+            "--maker-keys",
+            maker.keys.to_str().expect("utf-8"),
         ],
     );
     let mut devices = BTreeMap::new();
@@ -157,6 +164,7 @@ pub(crate) fn setup(per_model: usize, interval_ms: u32) -> Setup {
         data,
         coap,
         devices: devices.into_values().collect(),
+        maker,
         _tmp: tmp,
     }
 }
@@ -169,6 +177,7 @@ fn home_assistant_shows_every_entity_of_every_device_after_pairing_and_restarts(
     assert_eq!(want.len(), PER_MODEL * 12);
     all_available(&s.ha, &want, Duration::from_secs(10), "after pairing");
     climate(&mut s);
+    update(&mut s);
 
     // A hub restart: HA reconnects (its client retries every 10 s) and sees everything again.
     s.restart_hub();
@@ -226,4 +235,47 @@ fn climate(s: &mut Setup) {
     let reason = shown["attributes"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("5 to 35"), "{shown}");
     assert_eq!(state(&s.ha)["attributes"]["temperature"].as_f64(), Some(23.5));
+}
+
+/// A release that needs the owner's approval shows on the thermostats' `update` entities with
+/// what it fixes; installing it from HA approves it for that device only, which installs it.
+fn update(s: &mut Setup) {
+    s.maker.publish(THERMO, 2, 16 * 1024, &["--disruptive", "--risks", "Fixes CVE-2026-0002."]);
+    let (m, i) = s.maker.files(THERMO, 2);
+    s.hub.as_ref().expect("hub").update_add(&m, &i).expect("the hub takes the release");
+    let thermostats: Vec<(usize, &str)> = s
+        .devices
+        .iter()
+        .enumerate()
+        .filter(|(_, (serial, _))| serial.starts_with("TH"))
+        .map(|(i, (_, id))| (i, id.as_str()))
+        .collect();
+    let (index, th) = thermostats[0];
+    let entity = format!("update.hearth_{th}_firmware");
+    let shown = wait_for("HA's update entity offering v2", Duration::from_secs(30), || {
+        let u = s.ha.states().remove(&entity)?;
+        (u["state"] == "on" && u["attributes"]["latest_version"] == "2").then_some(u)
+    });
+    let summary = shown["attributes"]["release_summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("CVE-2026-0002"), "{shown}");
+    assert_eq!(shown["attributes"]["installed_version"], "1", "{shown}");
+    s.ha.call("update", "install", &serde_json::json!({"entity_id": entity})).expect("install");
+    let updated = format!("UPDATED sensor={index} version=2");
+    let line = s.sim.until("the thermostat installed v2", Duration::from_secs(120), |l| {
+        l.starts_with(&updated).then(|| l.to_owned())
+    });
+    assert_eq!(field(&line, "outcome"), Some("Installed"), "{line}");
+    let mut last = serde_json::Value::Null;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        last = s.ha.states().remove(&entity).unwrap_or(last);
+        if last["attributes"]["installed_version"] == "2" && last["state"] == "off" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "HA does not show v2 installed: {last}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The other thermostats were not approved: they still offer it.
+    let other = format!("update.hearth_{}_firmware", thermostats[1].1);
+    assert_eq!(s.ha.states()[&other]["state"], "on");
 }
