@@ -291,6 +291,9 @@ impl Bridge {
                 // Only the newest value of each quantity drives `…/state`; readings replayed
                 // from an outage buffer, or older than the state, go to `…/history` with their
                 // original time (they are in Hearth's history and upstream anyway).
+                for e in topics::press_events(&readings) {
+                    self.publish_json(topics::event(&device), &e, false);
+                }
                 let current = d.state.values().map(|r| r.time_ms).max();
                 for m in topics::state_messages(&d, &readings) {
                     if m.backfill || current.is_some_and(|t| m.time_ms < t) {

@@ -1,6 +1,6 @@
 //! Home Assistant MQTT discovery: one retained config per entity under
 //! `<prefix>/<component>/hearth_<device>/<object>/config` (sensor, binary_sensor, climate,
-//! update), each with `unique_id`, a `device` block and an availability topic. Only devices whose
+//! update, event), each with `unique_id`, a `device` block and an availability topic. Only devices whose
 //! data may leave the hub get configs (isolated ones have theirs removed: TR 103 621 6.23), and
 //! the device block names the model and firmware (EN 303 645 5.3-16).
 
@@ -34,6 +34,8 @@ pub enum Component {
     Climate,
     /// Firmware.
     Update,
+    /// Button presses.
+    Event,
 }
 
 impl Component {
@@ -44,6 +46,7 @@ impl Component {
             Self::BinarySensor => "binary_sensor",
             Self::Climate => "climate",
             Self::Update => "update",
+            Self::Event => "event",
         }
     }
 }
@@ -163,18 +166,16 @@ pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
                     "payload_off": "OFF",
                 }),
             ),
+            // Every press is an event (HA's `event` entity, usable as a trigger), not a state
+            // sampled at reports.
             Capability::Button => entity(
-                Component::BinarySensor,
+                Component::Event,
                 "button",
                 "Button",
                 json!({
-                    "state_topic": state,
-                    "value_template": format!(
-                        "{{{{ {{true: 'ON', false: 'OFF'}}.get(value_json['values'].get('{}'), 'None') }}}}",
-                        cap.quantity()
-                    ),
-                    "payload_on": "ON",
-                    "payload_off": "OFF",
+                    "state_topic": topics::event(&device.info.id),
+                    "event_types": ["press"],
+                    "device_class": "button",
                 }),
             ),
             Capability::Battery => entity(
@@ -258,6 +259,7 @@ pub fn required_keys(component: &str) -> &'static [&'static str] {
         "sensor" | "binary_sensor" => &["state_topic"],
         "climate" => &["temperature_command_topic", "modes"],
         "update" => &["state_topic"],
+        "event" => &["state_topic", "event_types"],
         _ => &[],
     }
 }
@@ -282,7 +284,7 @@ pub fn schema_problems(topic: &str, payload: &Value) -> Vec<String> {
     if !id_ok(node) || !id_ok(object) {
         problems.push(format!("node_id/object_id {node}/{object} has characters HA refuses"));
     }
-    if !matches!(component, "sensor" | "binary_sensor" | "climate" | "update") {
+    if !matches!(component, "sensor" | "binary_sensor" | "climate" | "update" | "event") {
         problems.push(format!("unexpected component {component}"));
     }
     for k in required_keys(component) {

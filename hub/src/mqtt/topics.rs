@@ -37,6 +37,30 @@ pub fn history(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/history")
 }
 
+/// `hearth/<device>/event`: one message per button press (`{"event_type": "press", ...}`),
+/// never retained.
+pub fn event(d: &DeviceId) -> String {
+    format!("{ROOT}/{d}/event")
+}
+
+/// The events in `readings` (live ones only: a press replayed from an outage buffer is
+/// history, not something to react to now): a button's presses.
+pub fn press_events(readings: &[LiveReading]) -> Vec<Value> {
+    use protocol::vocabulary::Capability;
+    readings
+        .iter()
+        .filter(|r| !r.backfill && short_name(&r.reading.name) == Capability::Button.quantity())
+        .filter(|r| r.reading.value == Value::Bool(true))
+        .map(|r| {
+            json!({
+                "event_type": "press",
+                "time_ms": r.reading.time_ms,
+                "timestamp": rfc3339_ms(r.reading.time_ms),
+            })
+        })
+        .collect()
+}
+
 /// `hearth/<device>/set`.
 pub fn set(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/set")
@@ -338,6 +362,30 @@ mod tests {
         assert_eq!(retain_flags(Some(1_500), &m), (vec![false, true], Some(2_000)));
         assert_eq!(retain_flags(Some(5_000), &m), (vec![false, false], Some(5_000)));
         assert_eq!(retain_flags(None, &m), (vec![true, true], Some(2_000)));
+    }
+
+    #[test]
+    fn live_presses_become_events_and_replayed_ones_do_not() {
+        use crate::store::StoredReading;
+        let r = |t: i64, name: &str, v: Value, backfill: bool| LiveReading {
+            reading: StoredReading {
+                time_ms: t,
+                name: format!("urn:dev:BT-1:{name}"),
+                unit: None,
+                value: v,
+            },
+            backfill,
+        };
+        let readings = [
+            r(1_000, "press", json!(true), true),
+            r(2_000, "press", json!(false), false),
+            r(2_000, "battery", json!(90.0), false),
+            r(3_000, "press", json!(true), false),
+        ];
+        let events = press_events(&readings);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["event_type"], "press");
+        assert_eq!(events[0]["time_ms"], 3_000);
     }
 
     #[test]

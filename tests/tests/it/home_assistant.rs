@@ -26,7 +26,7 @@ fn expected_entities(serial: &str, id: &str) -> Vec<String> {
         "TH" => &["sensor/temperature", "climate/thermostat", "sensor/command", "update/firmware"],
         "CL" => &["sensor/temperature", "sensor/humidity", "update/firmware"],
         "DR" => &["binary_sensor/contact", "sensor/battery", "update/firmware"],
-        "BT" => &["binary_sensor/button", "sensor/battery"],
+        "BT" => &["event/button", "sensor/battery"],
         other => panic!("unknown model prefix {other}"),
     };
     objects
@@ -177,6 +177,14 @@ fn home_assistant_shows_every_entity_of_every_device_after_pairing_and_restarts(
     assert_eq!(want.len(), PER_MODEL * 12);
     all_available(&s.ha, &want, Duration::from_secs(10), "after pairing");
     climate(&mut s);
+    // Button presses arrive as events (each one, not a sampled state).
+    let (_, button) =
+        s.devices.iter().find(|(serial, _)| serial.starts_with("BT")).expect("button");
+    let event = format!("event.hearth_{button}_button");
+    wait_for("a press event in HA", Duration::from_secs(30), || {
+        let e = s.ha.states().remove(&event)?;
+        (e["attributes"]["event_type"] == "press").then_some(())
+    });
     update(&mut s);
 
     // A hub restart: HA reconnects (its client retries every 10 s) and sees everything again.
