@@ -43,7 +43,9 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Taken by the tests that compare a fleet's delivery rate under an attack with its normal
-/// rate: they run one at a time (each one keeps the machine's two cores busy by itself).
+/// rate, and by the heaviest others (a real Home Assistant, 500 sensors through an outage):
+/// they run one at a time (each one keeps the machine's two cores busy by itself), so that no
+/// rate under attack is measured against another heavy test.
 pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static ONE: Mutex<()> = Mutex::new(());
     ONE.lock().unwrap_or_else(|e| e.into_inner())
