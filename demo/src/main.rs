@@ -61,13 +61,7 @@ enum DemoError {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    hub::logs::init("demo", "error");
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(DemoError::Interrupted) => {

@@ -10,7 +10,7 @@ use hub::config::{self, Config};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "hub", about = "Hearth, a security-first smart-home hub")]
+#[command(name = "hub", version, about = "Hearth, a security-first smart-home hub")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -228,13 +228,7 @@ fn main() -> ExitCode {
         Cmd::Run { .. } => "info,rumqttd=warn,rumqttd::server::broker=off",
         Cmd::Ctl { .. } => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    hub::logs::init("hub", default_level);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "sensor-sim", about = "Simulated Hearth sensors and the load generator")]
+#[command(name = "sensor-sim", version, about = "Simulated Hearth sensors and the load generator")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -42,6 +42,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PhysicalCmd,
     },
+    /// MQTT publish→subscribe latency through a running hub (`scripts/bench-mqtt`): prints one
+    /// `RESULT {json}` line.
+    MqttBench(sensor_sim::mqtt_bench::BenchArgs),
     /// Write a paired sensor's OSCORE context in aiocoap's format (the sim never uses it again).
     ExportContext {
         /// Sensor index or serial.
@@ -350,10 +353,14 @@ struct OutageArgs {
 }
 
 fn main() -> ExitCode {
+    // Colour only on a terminal, never with NO_COLOR set (as the hub's logs).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -393,6 +400,8 @@ enum Error {
     Outage(#[from] outage::OutageError),
     #[error("{0}")]
     Usage(String),
+    #[error("mqtt-bench: {0}")]
+    MqttBench(sensor_sim::mqtt_bench::BenchError),
 }
 
 async fn run(cmd: Cmd) -> Result<(), Error> {
@@ -434,6 +443,11 @@ async fn run(cmd: Cmd) -> Result<(), Error> {
             Ok(())
         }
         Cmd::Maker { cmd } => run_maker(cmd).await,
+        Cmd::MqttBench(a) => {
+            let report = sensor_sim::mqtt_bench::run(a).await.map_err(Error::MqttBench)?;
+            println!("RESULT {report}");
+            Ok(())
+        }
         Cmd::Physical { sensor, cmd: PhysicalCmd::Dump { flash: path, json } } => {
             let f = flash::Flash::open_existing(&path)?;
             let dump = physical::dump(&f, &sensor)?;
