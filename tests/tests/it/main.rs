@@ -15,6 +15,7 @@ mod isolation;
 mod logins;
 mod mqtt;
 mod outage;
+mod package;
 mod pairing_limits;
 mod pairing_retry;
 mod store;
