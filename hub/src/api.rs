@@ -367,6 +367,8 @@ pub struct HubApi {
     pub(crate) mqtt: Option<std::sync::Arc<crate::mqtt::auth::Auth>>,
     /// The listeners' connection slots and counters.
     pub listeners: crate::connections::Listeners,
+    /// The update feed checker's last and next check (none: no feed configured).
+    pub feed: crate::feed::FeedState,
 }
 
 impl HubApi {
@@ -700,7 +702,11 @@ impl HubApi {
                 self.unisolate(id).await.map(|()| serde_json::json!({"unisolated": id}))
             }
             Request::Security => self.security().await.map(|v| serde_json::json!(v)),
-            Request::Updates => self.updates().await.map(|v| serde_json::json!(v)),
+            Request::Updates => self.updates().await.map(|v| {
+                let mut answer = serde_json::json!(v);
+                answer["feed"] = serde_json::json!(self.feed.get());
+                answer
+            }),
             Request::UpdateAdd { manifest_hex, image_hex } => {
                 match (protocol::hex::decode(&manifest_hex), protocol::hex::decode(&image_hex)) {
                     (Some(m), Some(i)) => self.update_add(m, i, "owner").await.map(

@@ -162,6 +162,7 @@ pub async fn start(
         mqtt: mqtt_auth.clone(),
         upstream,
         listeners: listeners.clone(),
+        feed: crate::feed::FeedState::default(),
     };
     let updates = load_updates(&store, data_dir, &config, &peers)?;
     let store_advisories = store.meta(crate::isolation::META_KEY)?;
@@ -301,6 +302,7 @@ fn feed_task(
 ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
     let (url, cert) = (cfg.feed_url.clone()?, cfg.feed_cert.clone()?);
     let interval = cfg.check_interval_s;
+    api.feed.configured(&url);
     Some(async move {
         let client = match std::fs::read_to_string(&cert)
             .map_err(|e| e.to_string())
@@ -309,6 +311,7 @@ fn feed_task(
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(%url, error = %e, "update feed unusable");
+                api.feed.checked(Err(e), crate::link::unix_now_ms(), None);
                 return;
             }
         };
@@ -322,13 +325,20 @@ fn feed_task(
                 () = shutdown.cancelled() => return,
             }
             delay = crate::feed::next_check_delay(interval, &mut rng);
+            let next_ms = || {
+                let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                Some(crate::link::unix_now_ms().saturating_add(delay_ms))
+            };
             let index = match client.index().await {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::warn!(error = %e, "update feed check failed");
+                    api.feed.checked(Err(e.to_string()), crate::link::unix_now_ms(), next_ms());
                     continue;
                 }
             };
+            let listed = (index.releases.len(), index.advisories.len());
+            let (mut new_releases, mut new_advisories) = (0usize, 0usize);
             for e in index.releases {
                 let key = (e.model.clone(), e.version, e.manifest.clone());
                 if done.contains(&key) {
@@ -342,7 +352,11 @@ fn feed_task(
                     }
                 };
                 match api.update_add(m, i, "feed").await {
-                    Ok(_) | Err(crate::api::ApiError::BadRequest(_)) => {
+                    Ok(_) => {
+                        new_releases += 1;
+                        done.insert(key);
+                    }
+                    Err(crate::api::ApiError::BadRequest(_)) => {
                         done.insert(key);
                     }
                     Err(err) => tracing::warn!(error = %err, "feed release not handled"),
@@ -362,6 +376,7 @@ fn feed_task(
                 };
                 match api.advisory_add(signed, "feed").await {
                     Ok(_) => {
+                        new_advisories += 1;
                         seen_advisories.insert(path);
                     }
                     Err(crate::api::ApiError::Command(crate::api::CommandError::Advisory(e))) => {
@@ -373,6 +388,16 @@ fn feed_task(
                     Err(err) => tracing::warn!(error = %err, "feed advisory not handled"),
                 }
             }
+            tracing::info!(
+                %url,
+                releases = listed.0,
+                advisories = listed.1,
+                new_releases,
+                new_advisories,
+                next_check_in_s = delay.as_secs(),
+                "update feed checked"
+            );
+            api.feed.checked(Ok(listed), crate::link::unix_now_ms(), next_ms());
         }
     })
 }

@@ -277,6 +277,13 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         "web": running.web.to_string(),
         "pid": std::process::id(),
     });
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        coap = %running.coap,
+        web = %running.web,
+        devices = running.devices,
+        "hub running"
+    );
     println!("READY {ready}");
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -332,7 +339,7 @@ async fn ctl(
         },
         CtlCmd::Unisolate { id } => (Request::Unisolate { id }, View::Plain),
         CtlCmd::Security => (Request::Security, View::Security),
-        CtlCmd::Updates => (Request::Updates, View::Plain),
+        CtlCmd::Updates => (Request::Updates, View::Updates),
         CtlCmd::Trust { model, key } => (Request::Trust { model, key }, View::Plain),
         CtlCmd::Upstream => (Request::Upstream, View::Upstream),
         CtlCmd::MqttUser { cmd: MqttUserCmd::Add { name } } => {

@@ -14,6 +14,7 @@ mod fronts;
 mod isolation;
 mod logins;
 mod mqtt;
+mod ops;
 mod outage;
 mod package;
 mod pairing_limits;

@@ -232,8 +232,10 @@ fn the_debian_package_installs_and_its_unit_runs_the_hub() {
     let verify = run("systemd-analyze", &["verify", UNIT]);
     let said = text(&verify.stdout) + &text(&verify.stderr);
     assert!(verify.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
-    let security =
-        run("systemd-analyze", &["security", "--offline=yes", "--threshold=20", "--no-pager", UNIT]);
+    let security = run(
+        "systemd-analyze",
+        &["security", "--offline=yes", "--threshold=20", "--no-pager", UNIT],
+    );
     let rating = text(&security.stdout);
     assert!(
         security.status.success(),
