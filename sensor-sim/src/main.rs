@@ -583,8 +583,10 @@ fn print_event(e: FleetEvent, ctl: Option<&PathBuf>) {
         FleetEvent::Offline { index, backlog } => {
             println!("OFFLINE sensor={index} backlog={backlog} at_ms={at}");
         }
-        FleetEvent::DrainStarted { index, backlog, waited_ms } => {
-            println!("DRAIN sensor={index} backlog={backlog} waited_ms={waited_ms} at_ms={at}");
+        FleetEvent::DrainStarted { index, backlog, waited_ms, late_ms } => {
+            println!(
+                "DRAIN sensor={index} backlog={backlog} waited_ms={waited_ms} late_ms={late_ms} at_ms={at}"
+            );
         }
         FleetEvent::Drained { index, dropped } => {
             println!("DRAINED sensor={index} dropped={dropped} at_ms={at}");

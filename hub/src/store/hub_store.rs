@@ -4,10 +4,16 @@
 //! Link states are snapshotted into the catalog whenever a segment is sealed (by a maintenance
 //! thread, off the commit path, with the sealed segment's index and retention); recovery is that
 //! snapshot plus a replay of the frames after it (RFC 8613 B.1.1/B.1.2 across any crash).
+//!
+//! **One writer.** Every write — the link's group commits and anyone else's (MQTT counters and
+//! users, ...) — goes through one writer thread, in order, with what is queued together in one
+//! commit: nobody outside that thread ever holds the log's lock or redb's write transaction
+//! across I/O, so no other subsystem can stall the link's commits (DESIGN.md, "Failure domains").
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak, mpsc};
+use std::time::Instant;
 
 use protocol::oscore::Kid;
 
@@ -52,7 +58,28 @@ struct Inner {
     config: StoreConfig,
     live: Arc<Mutex<Live>>,
     maintenance: Option<Maintenance>,
+    /// The one writer thread (set right after the store is made: it holds a weak reference).
+    writer: OnceLock<Writer>,
 }
+
+/// What a submitted commit calls when it is durable (or failed), with its writes handed back.
+/// It runs on the writer thread: it must not block, and must never commit itself.
+pub type Committed = Box<dyn FnOnce(Vec<Write>, Result<(), StoreError>) + Send>;
+
+/// A commit waiting for the writer thread.
+struct WriteJob {
+    writes: Vec<Write>,
+    done: Committed,
+}
+
+/// The writer thread and its queue.
+struct Writer {
+    jobs: mpsc::Sender<WriteJob>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Jobs merged into one commit at most.
+const MAX_GROUP: usize = 64;
 
 /// The thread that finishes seals: index file, link-state snapshot, retention.
 struct Maintenance {
@@ -79,7 +106,14 @@ struct SealJob {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Pending seals finish before the catalog closes.
+        // Queued commits finish first (unless this runs on the writer thread itself, which then
+        // ends on its own once its queue is closed), then pending seals, then the catalog closes.
+        if let Some(w) = self.writer.take() {
+            drop(w.jobs);
+            if w.thread.thread().id() != std::thread::current().id() {
+                let _ = w.thread.join();
+            }
+        }
         if let Some(m) = self.maintenance.take() {
             drop(m.jobs);
             let _ = m.thread.join();
@@ -152,9 +186,30 @@ impl HubStore {
                 .map_err(|e| StoreError::Io("store maintenance thread".into(), e))?
         };
         let maintenance = Some(Maintenance { jobs, thread });
-        let store = Self { inner: Arc::new(Inner { catalog, config, live, maintenance }) };
+        let writer = OnceLock::new();
+        let store = Self { inner: Arc::new(Inner { catalog, config, live, maintenance, writer }) };
         store.migrate()?;
+        let (jobs, rx) = mpsc::channel();
+        let weak = Arc::downgrade(&store.inner);
+        let thread = std::thread::Builder::new()
+            .name("hub-store".into())
+            .spawn(move || write_loop(&weak, &rx))
+            .map_err(|e| StoreError::Io("store writer thread".into(), e))?;
+        let _ = store.inner.writer.set(Writer { jobs, thread });
         Ok((store, outcome))
+    }
+
+    /// Queues `writes` for the writer thread; `done` is called there once they are durable
+    /// (or failed: then retry the same writes, applying them twice is harmless). Never blocks.
+    pub fn submit(&self, writes: Vec<Write>, done: Committed) {
+        let job = WriteJob { writes, done };
+        let refused = match self.inner.writer.get() {
+            Some(w) => w.jobs.send(job).err().map(|e| e.0),
+            None => Some(job),
+        };
+        if let Some(job) = refused {
+            (job.done)(job.writes, Err(StoreError::Db("the store writer has stopped".into())));
+        }
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
@@ -218,107 +273,8 @@ impl HubStore {
         }
     }
 
-    /// The log's segments as the outbox reads them, and the segments retention dropped that
-    /// end at `from_seq` or later. Brief: no I/O under the lock.
-    pub(super) fn frames(&self, from_seq: u64) -> (Vec<log::SegmentView>, Vec<log::Dropped>) {
-        let live = self.live();
-        let retired = live.retired.iter().filter(|d| d.last_seq >= from_seq).copied().collect();
-        (live.log.views(), retired)
-    }
-
-    /// Seals the active segment now and waits for its index and retention (tests).
-    #[cfg(test)]
-    pub(super) fn seal_now(&self) {
-        {
-            let mut live = self.live();
-            self.start_seal(&mut live);
-        }
-        self.settle();
-    }
-
-    /// Waits until the maintenance thread has finished every seal started so far.
-    #[cfg(test)]
-    fn settle(&self) {
-        let (tx, rx) = mpsc::channel();
-        if let Some(m) = &self.inner.maintenance
-            && m.jobs.send(Job::Settle(tx)).is_ok()
-        {
-            let _ = rx.recv();
-        }
-    }
-}
-
-/// The maintenance thread: for every rolled-over segment, writes its index, snapshots the link
-/// states into the catalog, then applies retention (never past the snapshot).
-// Outside tests `Job` has one variant.
-#[cfg_attr(not(test), allow(clippy::infallible_destructuring_match))]
-fn maintain(catalog: &Catalog, live: &Mutex<Live>, config: StoreConfig, jobs: mpsc::Receiver<Job>) {
-    for job in jobs {
-        let job = match job {
-            Job::Seal(job) => job,
-            #[cfg(test)]
-            Job::Settle(done) => {
-                let _ = done.send(());
-                continue;
-            }
-        };
-        match job.index.write() {
-            Ok(index) => lock(live).log.indexed(index),
-            // The segment stays indexed in memory; the next start rebuilds its index file.
-            Err(e) => tracing::error!(error = %e, "cannot write a readings log index"),
-        }
-        if let Err(e) = catalog.save_snapshot(&job.states, job.seq, job.first_seq) {
-            tracing::error!(error = %e, "cannot snapshot link states; retrying at the next seal");
-            let mut live = lock(live);
-            let live = &mut *live;
-            let known =
-                job.states.into_iter().map(|(k, _)| k).filter(|k| live.states.contains_key(k));
-            live.dirty.extend(known);
-            continue;
-        }
-        let dropped = {
-            let mut live = lock(live);
-            let dropped = live.log.retain(Retention {
-                max_bytes: config.max_log_bytes,
-                max_per_device: config.max_readings_per_device.max(1),
-                snapshot_seq: job.seq,
-            });
-            live.retired.extend(dropped.iter().copied());
-            let excess = live.retired.len().saturating_sub(RETIRED_KEPT);
-            live.retired.drain(..excess);
-            dropped
-        };
-        if let (Some(first), Some(last)) = (dropped.first(), dropped.last()) {
-            tracing::info!(
-                segments = dropped.len(),
-                from_seq = first.first_seq,
-                to_seq = last.last_seq,
-                "retention dropped old readings"
-            );
-        }
-    }
-}
-
-impl Store for HubStore {
-    fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
-        let contexts = self.inner.catalog.contexts()?;
-        let live = self.live();
-        Ok(contexts
-            .into_iter()
-            .map(|params| {
-                let s = live.states.get(&params.recipient_id).cloned().unwrap_or_default();
-                PeerRecord {
-                    params,
-                    lease: s.lease,
-                    window: s.window,
-                    usage: s.usage,
-                    endpoint: s.endpoint,
-                }
-            })
-            .collect())
-    }
-
-    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+    /// Makes `writes` durable now. Only the writer thread calls it.
+    fn write_now(&self, writes: &[Write]) -> Result<(), StoreError> {
         let mut live = self.live();
         let live = &mut *live;
         // What a device removed in this batch wrote earlier in it is moot.
@@ -400,6 +356,180 @@ impl Store for HubStore {
             self.start_seal(live);
         }
         Ok(())
+    }
+
+    /// The log's segments as the outbox reads them, and the segments retention dropped that
+    /// end at `from_seq` or later. Brief: no I/O under the lock.
+    pub(super) fn frames(&self, from_seq: u64) -> (Vec<log::SegmentView>, Vec<log::Dropped>) {
+        let live = self.live();
+        let retired = live.retired.iter().filter(|d| d.last_seq >= from_seq).copied().collect();
+        (live.log.views(), retired)
+    }
+
+    /// Seals the active segment now and waits for its index and retention (tests).
+    #[cfg(test)]
+    pub(super) fn seal_now(&self) {
+        {
+            let mut live = self.live();
+            self.start_seal(&mut live);
+        }
+        self.settle();
+    }
+
+    /// Waits until the maintenance thread has finished every seal started so far.
+    #[cfg(test)]
+    fn settle(&self) {
+        let (tx, rx) = mpsc::channel();
+        if let Some(m) = &self.inner.maintenance
+            && m.jobs.send(Job::Settle(tx)).is_ok()
+        {
+            let _ = rx.recv();
+        }
+    }
+}
+
+/// The writer thread: takes what is queued (up to [`MAX_GROUP`] jobs), makes it durable in one
+/// commit — each job's writes in order, jobs in the order they came — and calls each job back.
+fn write_loop(store: &Weak<Inner>, jobs: &mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = store.upgrade() else {
+            for job in group {
+                (job.done)(job.writes, Err(StoreError::Db("the store is closed".into())));
+            }
+            return;
+        };
+        let store = HubStore { inner };
+        let started = Instant::now();
+        let (result, group) = if group.len() == 1 {
+            let result = store.write_now(&group[0].writes);
+            (result, group)
+        } else {
+            let lens: Vec<usize> = group.iter().map(|j| j.writes.len()).collect();
+            let mut all = Vec::with_capacity(lens.iter().sum());
+            for job in &mut group {
+                all.append(&mut job.writes);
+            }
+            let result = store.write_now(&all);
+            let mut rest = all.into_iter();
+            for (job, len) in group.iter_mut().zip(lens) {
+                job.writes = rest.by_ref().take(len).collect();
+            }
+            (result, group)
+        };
+        let ms = started.elapsed().as_millis();
+        if ms > 50 {
+            let readings: usize = group
+                .iter()
+                .flat_map(|j| &j.writes)
+                .map(|w| match w {
+                    Write::Readings { readings, .. } => readings.len(),
+                    _ => 0,
+                })
+                .sum();
+            tracing::warn!(ms, readings, "slow group commit");
+        }
+        // Let go of the store before anyone hears back: whoever drops the last handle after
+        // its commit then closes the store on its own thread, at once.
+        drop(store);
+        // The first job gets the error itself, the others a copy of its text.
+        let copy = result.as_ref().err().map(ToString::to_string);
+        let mut result = Some(result);
+        for job in group {
+            let r = result.take().unwrap_or_else(|| match &copy {
+                None => Ok(()),
+                Some(e) => Err(StoreError::Db(e.clone())),
+            });
+            (job.done)(job.writes, r);
+        }
+    }
+}
+
+/// The maintenance thread: for every rolled-over segment, writes its index, snapshots the link
+/// states into the catalog, then applies retention (never past the snapshot).
+// Outside tests `Job` has one variant.
+#[cfg_attr(not(test), allow(clippy::infallible_destructuring_match))]
+fn maintain(catalog: &Catalog, live: &Mutex<Live>, config: StoreConfig, jobs: mpsc::Receiver<Job>) {
+    for job in jobs {
+        let job = match job {
+            Job::Seal(job) => job,
+            #[cfg(test)]
+            Job::Settle(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        match job.index.write() {
+            Ok(index) => lock(live).log.indexed(index),
+            // The segment stays indexed in memory; the next start rebuilds its index file.
+            Err(e) => tracing::error!(error = %e, "cannot write a readings log index"),
+        }
+        if let Err(e) = catalog.save_snapshot(&job.states, job.seq, job.first_seq) {
+            tracing::error!(error = %e, "cannot snapshot link states; retrying at the next seal");
+            let mut live = lock(live);
+            let live = &mut *live;
+            let known =
+                job.states.into_iter().map(|(k, _)| k).filter(|k| live.states.contains_key(k));
+            live.dirty.extend(known);
+            continue;
+        }
+        let dropped = {
+            let mut live = lock(live);
+            let dropped = live.log.retain(Retention {
+                max_bytes: config.max_log_bytes,
+                max_per_device: config.max_readings_per_device.max(1),
+                snapshot_seq: job.seq,
+            });
+            live.retired.extend(dropped.iter().copied());
+            let excess = live.retired.len().saturating_sub(RETIRED_KEPT);
+            live.retired.drain(..excess);
+            dropped
+        };
+        if let (Some(first), Some(last)) = (dropped.first(), dropped.last()) {
+            tracing::info!(
+                segments = dropped.len(),
+                from_seq = first.first_seq,
+                to_seq = last.last_seq,
+                "retention dropped old readings"
+            );
+        }
+    }
+}
+
+impl Store for HubStore {
+    fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
+        let contexts = self.inner.catalog.contexts()?;
+        let live = self.live();
+        Ok(contexts
+            .into_iter()
+            .map(|params| {
+                let s = live.states.get(&params.recipient_id).cloned().unwrap_or_default();
+                PeerRecord {
+                    params,
+                    lease: s.lease,
+                    window: s.window,
+                    usage: s.usage,
+                    endpoint: s.endpoint,
+                }
+            })
+            .collect())
+    }
+
+    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(
+            writes.to_vec(),
+            Box::new(move |_, result| {
+                let _ = tx.send(result);
+            }),
+        );
+        rx.recv().unwrap_or_else(|_| Err(StoreError::Db("the store writer has stopped".into())))
     }
 
     fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError> {
@@ -650,6 +780,52 @@ pub(super) mod tests {
         drop(store);
         let (store, _) = HubStore::open(tmp.path(), by_count).expect("reopen");
         assert_eq!(store.reading_count(&a).expect("count"), kept);
+    }
+
+    #[test]
+    fn writes_from_many_threads_go_through_the_one_writer_in_order() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (store, a, _) = paired(tmp.path(), config(1 << 20));
+        // Submitted back to back: merged into shared commits, each job's writes in order, every
+        // job called back once, in submission order.
+        let (tx, rx) = mpsc::channel();
+        for i in 0..200i64 {
+            let tx = tx.clone();
+            let writes =
+                vec![readings(a, [i]), Write::Meta { key: "k".into(), value: vec![i as u8] }];
+            store.submit(
+                writes,
+                Box::new(move |writes, result| {
+                    let _ = tx.send((i, writes.len(), result.is_ok()));
+                }),
+            );
+        }
+        let done: Vec<_> = (0..200).map(|_| rx.recv().expect("called back")).collect();
+        assert_eq!(done, (0..200).map(|i| (i, 2, true)).collect::<Vec<_>>());
+        assert_eq!(store.meta("k").expect("meta"), Some(vec![199]));
+        assert_eq!(times(&store, a, 1000), (0..200).collect::<Vec<_>>());
+        // Blocking commits from other threads meanwhile.
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20u8 {
+                        let key = format!("t{t}");
+                        store.commit(&[Write::Meta { key, value: vec![i] }]).expect("commit");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        for t in 0..4 {
+            assert_eq!(store.meta(&format!("t{t}")).expect("meta"), Some(vec![19]));
+        }
+        // Dropping the last handle closes the store at once: it can be opened again.
+        drop(store);
+        let (store, _) = HubStore::open(tmp.path(), config(1 << 20)).expect("reopen");
+        assert_eq!(store.reading_count(&a).expect("count"), 200);
     }
 
     #[test]

@@ -12,7 +12,7 @@ mod records;
 mod seal;
 
 pub use catalog::OpenOutcome;
-pub use hub_store::{HubStore, StoreConfig};
+pub use hub_store::{Committed, HubStore, StoreConfig};
 pub use log::LogError;
 pub use seal::{Kek, SealError};
 
@@ -184,7 +184,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every paired device's link state.
     fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError>;
     /// Makes `writes` durable, a device's readings together with its checkpoint. After an
-    /// error the caller retries the same writes (applying them twice is harmless).
+    /// error the caller retries the same writes (applying them twice is harmless). Blocking:
+    /// [`HubStore`] queues them for its one writer thread and waits (never call it from a
+    /// [`HubStore::submit`] callback, which runs on that thread).
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
     /// All devices.
     fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError>;

@@ -88,7 +88,10 @@ enum Phase {
 }
 
 enum Purpose {
-    Hello,
+    /// A hello; `echoes` counts the hub's cookie challenges answered in this attempt.
+    Hello {
+        echoes: u8,
+    },
     Proof,
     Done,
     /// An OSCORE-protected exchange.
@@ -245,7 +248,7 @@ impl SensorLink {
         self.events.push_back(SensorEvent::ShowPin(pin));
         let token = self.token();
         let request = coap::post(self.mid(), &token, PATH_HELLO, hello.encode());
-        self.send(now, rng, request, token, Purpose::Hello);
+        self.send(now, rng, request, token, Purpose::Hello { echoes: 0 });
     }
 
     /// Queues a reading (a SenML payload) under the caller's id.
@@ -385,7 +388,11 @@ impl SensorLink {
         }
         let Some(out) = self.out.take() else { return };
         match out.purpose {
-            Purpose::Hello => self.on_hello_response(now, &packet),
+            Purpose::Hello { echoes } => {
+                if !self.echo_hello(now, rng, &packet, &out.bytes, echoes) {
+                    self.on_hello_response(now, &packet);
+                }
+            }
             Purpose::Proof => self.on_proof_response(now, &packet),
             Purpose::Done => self.on_done_response(&packet),
             Purpose::Protected { .. } => {}
@@ -439,6 +446,34 @@ impl SensorLink {
     fn fail(&mut self, e: PairingError) {
         self.phase = Phase::Unpaired;
         self.events.push_back(SensorEvent::PairingFailed(e));
+    }
+
+    /// The hub asks the hello to prove its source address (4.01 with an Echo option, RFC 9175
+    /// §2.4): sends the same hello again with the Echo value, at most twice per attempt (a
+    /// cookie may expire in between once). Returns whether it did.
+    fn echo_hello<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        rng: &mut R,
+        p: &Packet,
+        hello: &[u8],
+        echoes: u8,
+    ) -> bool {
+        let echo = CoapOption::Unknown(crate::pairing::ECHO_OPTION);
+        let challenge = p.header.code == MessageClass::Response(ResponseType::Unauthorized);
+        let (Some(value), true, true) = (p.get_first_option(echo), challenge, echoes < 2) else {
+            return false;
+        };
+        if value.len() > 40 || !matches!(self.phase, Phase::Hello(_)) {
+            return false; // RFC 9175 §2.2: Echo values are 1 to 40 bytes
+        }
+        let Ok(mut request) = Packet::from_bytes(hello) else { return false };
+        let token = self.token();
+        request.header.message_id = self.mid();
+        request.set_token(token.clone());
+        request.set_option(echo, [value.clone()].into_iter().collect());
+        self.send(now, rng, request, token, Purpose::Hello { echoes: echoes + 1 });
+        true
     }
 
     fn on_hello_response(&mut self, now: Millis, p: &Packet) {

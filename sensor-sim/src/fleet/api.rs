@@ -170,8 +170,10 @@ pub enum FleetEvent {
         index: u32,
         /// Measurements to drain.
         backlog: usize,
-        /// How long the sensor waited after the hub's first answer (TR 103 621 6.53 ex. 1).
+        /// The randomized wait drawn after the hub's first answer (TR 103 621 6.53 ex. 1).
         waited_ms: u64,
+        /// How much later than that the drain started (scheduling delay of a busy machine).
+        late_ms: u64,
     },
     /// The backlog is empty again.
     Drained {

@@ -19,13 +19,13 @@ use rand_core::CryptoRng;
 use crate::oscore::{
     ContextParams, KeyUsage, Kid, Lease, ReplayWindow, SecurityContext, SenderSequence,
 };
-use crate::pairing::PairingWindow;
+use crate::pairing::{FILTER_HOSTS, HelloBudget, HelloCookie, PairingWindow, RequestFilter};
 use crate::time::Millis;
 
 use super::coap;
 use guard::Guard;
-use pairing::Session;
 pub(crate) use pairing::encode_done;
+use pairing::{Dedup, Session};
 use protected::Exchange;
 
 pub use guard::{
@@ -39,8 +39,6 @@ pub use types::{
 
 /// An unprotected exchange's identity: (source, message id, token), RFC 7252 §4.5.
 type PlainKey<A> = (A, u16, Vec<u8>);
-/// An answered unprotected exchange: its identity, when, and the response.
-type PlainExchange<A> = (PlainKey<A>, Millis, Vec<u8>);
 
 /// How long an exchange is remembered for deduplication (RFC 7252 EXCHANGE_LIFETIME).
 const EXCHANGE_LIFETIME_MS: u64 = 247_000;
@@ -73,7 +71,7 @@ impl<A: Endpoint> Peer<A> {
 }
 
 /// The hub's side of every sensor link.
-pub struct HubLink<A> {
+pub struct HubLink<A: Endpoint> {
     config: HubConfig,
     peers: HashMap<Kid, Peer<A>>,
     window: Option<PairingWindow>,
@@ -81,13 +79,19 @@ pub struct HubLink<A> {
     /// Pairings whose "paired" answer waits for the context to be durable.
     unconfirmed: HashMap<Kid, (PlainKey<A>, Vec<u8>)>,
     /// (source, message id, token) → response, with when it was made.
-    dedup: VecDeque<PlainExchange<A>>,
+    dedup: Dedup<A>,
+    /// The key of this window's hello cookies (made at the first hello after a window opens).
+    cookie: Option<HelloCookie>,
+    /// Key generations for pairing hellos, globally and per host.
+    budget: HelloBudget<A::Host>,
+    /// Each host's share of unprotected datagrams.
+    requests: RequestFilter<A::Host>,
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<HubEvent<A>>,
     counters: SecurityCounters,
 }
 
-impl<A> core::fmt::Debug for HubLink<A> {
+impl<A: Endpoint> core::fmt::Debug for HubLink<A> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("HubLink")
             .field("peers", &self.peers.len())
@@ -101,15 +105,22 @@ impl<A: Endpoint> HubLink<A> {
     /// An empty hub link.
     pub fn new(config: HubConfig) -> Self {
         Self {
-            config,
             peers: HashMap::new(),
             window: None,
             sessions: HashMap::new(),
             unconfirmed: HashMap::new(),
-            dedup: VecDeque::new(),
+            dedup: Dedup::new(config.dedup_entries),
+            cookie: None,
+            budget: HelloBudget::new(config.hello),
+            requests: RequestFilter::new(
+                config.hello.request_rate,
+                config.hello.request_burst,
+                FILTER_HOSTS,
+            ),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: SecurityCounters::default(),
+            config,
         }
     }
 
@@ -246,6 +257,12 @@ impl<A: Endpoint> HubLink<A> {
     ) {
         if bytes.len() > coap::MAX_DATAGRAM {
             return self.malformed("datagram too large");
+        }
+        // Unprotected datagrams (pairing, junk) only within their host's share, decided before
+        // anything is parsed: a flood costs a lookup per datagram, not the readings' time.
+        if !pairing::carries_oscore(bytes) && !self.requests.admit(now, &from.host()) {
+            self.counters.unprotected_throttled += 1;
+            return;
         }
         let Ok(packet) = Packet::from_bytes(bytes) else {
             return self.malformed("not a CoAP message");

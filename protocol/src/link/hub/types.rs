@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use coap_lite::Packet;
 
 use crate::oscore::{ContextParams, KeyUsage, Kid, Lease, NeedsRekey, RequestBinding, WindowState};
-use crate::pairing::{Descriptor, PairingError, PairingRefused};
+use crate::pairing::{Descriptor, HelloLimits, PairingError, PairingRefused};
 use crate::update::{VerifiedImage, VerifiedManifest};
 
 use super::super::fw::{UpdateOffer, UpdateReport};
@@ -43,8 +43,13 @@ pub struct HubConfig {
     /// A pairing session that hears nothing from its sensor for this long is dropped (and, if
     /// the owner had typed its PIN, counted as a failed attempt).
     pub session_idle_ms: u64,
+    /// A session waiting for its PIN ends this long after it started, however active its
+    /// sensor is (the sensor then starts over with a new key and PIN).
+    pub session_max_ms: u64,
     /// Remembered unprotected exchanges, for CoAP deduplication of pairing requests.
     pub dedup_entries: usize,
+    /// The P-256 budget of pairing hellos (global, per host).
+    pub hello: HelloLimits,
 }
 
 impl Default for HubConfig {
@@ -52,10 +57,12 @@ impl Default for HubConfig {
         Self {
             hub_kid: Kid::default(),
             lease_block: crate::oscore::DEFAULT_LEASE_BLOCK,
-            max_sessions: 32,
+            max_sessions: 128,
             sessions_per_source: 4,
             session_idle_ms: 60_000,
+            session_max_ms: 180_000,
             dedup_entries: 1024,
+            hello: HelloLimits::default(),
         }
     }
 }
@@ -69,8 +76,10 @@ pub struct Transmit<A> {
     pub bytes: Vec<u8>,
 }
 
-/// Counts of rejected input, by kind (EN 303 645 5.10-1, 5.13-1).
+/// Counts of rejected input, by kind (EN 303 645 5.10-1, 5.13-1). A count missing from a
+/// persisted record (one written before it existed) restores as 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SecurityCounters {
     /// Datagrams that are not CoAP, or break a limit.
     pub malformed: u64,
@@ -87,6 +96,12 @@ pub struct SecurityCounters {
     pub bad_oscore: u64,
     /// Pairing requests outside a window, during back-off, or over the session limit.
     pub pairing_refused: u64,
+    /// Pairing hellos dropped unanswered because their host's share or the global budget of
+    /// key generations was used up (a hello flood; see `pairing::HelloBudget`).
+    pub pairing_throttled: u64,
+    /// Unprotected datagrams (pairing requests, junk) dropped unread because their host sent
+    /// more than its share (a flood; see `pairing::RequestFilter`).
+    pub unprotected_throttled: u64,
     /// Failed pairing confirmations (wrong PIN, attacker, or an attempt abandoned after its PIN).
     pub pairing_failed: u64,
     /// Requests for resources that do not exist or are not allowed unprotected.
@@ -109,6 +124,8 @@ impl SecurityCounters {
             + self.throttled
             + self.bad_oscore
             + self.pairing_refused
+            + self.pairing_throttled
+            + self.unprotected_throttled
             + self.pairing_failed
             + self.bad_request
             + self.key_limit
