@@ -105,7 +105,7 @@ fn command_line(exec: &str, env: &BTreeMap<String, String>) -> Vec<String> {
                         chars.next();
                         break;
                     }
-                    if !braced && !(n.is_ascii_alphanumeric() || n == '_') {
+                    if !(braced || n.is_ascii_alphanumeric() || n == '_') {
                         break;
                     }
                     name.push(n);
