@@ -200,7 +200,7 @@ pub async fn start(
         // A context with no durable window may have been used: Echo re-establishes freshness
         // (RFC 8613 B.1.2). Never start such a context `Empty`.
         let window = p.window.map_or(ReplayWindow::Unknown, ReplayWindow::Known);
-        link.add_peer(&p.params, Lease(p.lease), window, p.usage, p.endpoint);
+        link.add_peer(&p.params, Lease(p.lease), window, p.usage, p.endpoint, p.budget.as_ref());
     }
     // Bind before the start-up checkpoint: a start that cannot serve must not spend headroom.
     // The socket belongs to the link's own runtime (its I/O driver), not the main one.

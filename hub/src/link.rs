@@ -2,7 +2,9 @@
 //! demultiplexed by OSCORE kid, not by address). Readings are validated, handed to the store's
 //! writer thread in group commits (one fsync per batch, one batch in flight). Every accepted
 //! request is answered only after its batch is durable — together with the checkpoint (replay
-//! window, usage ceilings) that accepted it — so no request is answered twice across a restart.
+//! window, key usage, failure budgets) that accepted it — so no request is answered twice
+//! across a restart; the security counters ride in the same commits, so they are durable with
+//! the failures they count.
 //!
 //! **Failure domain** (DESIGN.md): the driver runs on its own OS thread with its own
 //! single-threaded runtime (`daemon::start`), so nothing the web UI, MQTT or the control socket does
@@ -129,6 +131,8 @@ impl Driver {
             link.restore_counters(r.link);
         }
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        // Failure budgets refill on the wall clock (they are persisted with it).
+        link.set_clock(Millis(1), unix_now_ms().max(0) as u64);
         Self {
             link,
             socket,
@@ -158,8 +162,10 @@ impl Driver {
         Millis(self.origin.elapsed().as_millis() as u64 + 1)
     }
 
-    /// Queues the security counters for the next commit if they changed (called every second
-    /// and at shutdown), so they survive restarts.
+    /// Queues the security counters for the next commit if they changed (with every commit,
+    /// every second and at shutdown): they are logged with the checkpoints of that commit, so a
+    /// failure and its count are durable together (EN 303 645 5.10-1: a crash does not erase
+    /// the record of an attack).
     fn persist_counters(&mut self) {
         let report = self.security_report();
         if self.persisted_counters.as_ref() == Some(&report) {
@@ -168,8 +174,8 @@ impl Driver {
         if let Ok(value) = serde_json::to_vec(&report) {
             self.pending
                 .writes
-                .retain(|w| !matches!(w, Write::Meta { key, .. } if key == COUNTERS_KEY));
-            self.pending.writes.push(Write::Meta { key: COUNTERS_KEY.into(), value });
+                .retain(|w| !matches!(w, Write::LogMeta { key, .. } if key == COUNTERS_KEY));
+            self.pending.writes.push(Write::LogMeta { key: COUNTERS_KEY.into(), value });
             self.persisted_counters = Some(report);
         }
     }
@@ -238,6 +244,7 @@ impl Driver {
                 _ = tick.tick() => {
                     self.replan = true;
                     let now = self.now();
+                    self.link.set_clock(now, unix_now_ms().max(0) as u64);
                     self.link.handle_timeout(now);
                     self.next_pin();
                     self.persist_counters();
@@ -390,6 +397,7 @@ impl Driver {
         if self.in_flight || self.failed.is_some() || self.pending.is_empty() {
             return;
         }
+        self.persist_counters();
         let mut batch = std::mem::take(&mut self.pending);
         for (kid, readings) in std::mem::take(&mut batch.readings) {
             batch.states.insert(kid);

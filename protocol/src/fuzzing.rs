@@ -144,7 +144,7 @@ pub fn hub_datagram(data: &[u8]) {
         recipient_id: Kid::default(),
         id_context: None,
     };
-    hub.add_peer(&params, Lease(0), ReplayWindow::Empty, Default::default(), None);
+    hub.add_peer(&params, Lease(0), ReplayWindow::Empty, Default::default(), None, None);
     let from = std::net::SocketAddr::from(([127, 0, 0, 1], 7));
     let durable = |hub: &mut HubLink<std::net::SocketAddr>, kid: &Kid| {
         if let Some(state) = hub.checkpoint(kid) {

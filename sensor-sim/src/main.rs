@@ -186,6 +186,10 @@ struct FleetArgs {
     /// UDP sockets the fleet shares.
     #[arg(long, default_value_t = 4)]
     sockets: usize,
+    /// Local address to send from, `IP` or `IP:PORT` (default: the hub's address on loopback,
+    /// any address otherwise; ports chosen by the system).
+    #[arg(long, value_parser = parse_bind)]
+    bind: Option<SocketAddr>,
     /// Manufacturer key directory whose public key is built into sensors that verify update
     /// signatures themselves (all models).
     #[arg(long)]
@@ -484,6 +488,7 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
         faults: a.faults.faults(),
         audit_nonces: a.audit_nonces,
         sockets: a.sockets,
+        bind: a.bind,
         trust,
         models: a
             .models
@@ -536,6 +541,13 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
             _ = term.recv() => return stop_fleet(&fleet, &shutdown).await,
         }
     }
+}
+
+/// `IP` (any port) or `IP:PORT`.
+fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 0)))
+        .map_err(|_| format!("{s:?} is neither IP nor IP:PORT"))
 }
 
 /// Stops gracefully: unacknowledged measurements are written to flash first.

@@ -378,6 +378,26 @@ impl Sim {
         }
     }
 
+    /// Reads lines for `window` (a measurement window, not a wait for a condition), handing each
+    /// to `f`.
+    pub fn read_for(&mut self, window: Duration, mut f: impl FnMut(&str)) {
+        let end = Instant::now() + window;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    f(&line);
+                    self.seen.push(line);
+                }
+                Err(RecvTimeoutError::Timeout) => return,
+                Err(RecvTimeoutError::Disconnected) => panic!("sensor-sim exited"),
+            }
+        }
+    }
+
     /// Waits until `n` sensors printed `PAIRED`; returns their device ids by sensor index.
     pub fn paired(&mut self, n: usize, timeout: Duration) -> Vec<String> {
         let mut kids = std::collections::BTreeMap::new();
@@ -451,6 +471,184 @@ pub fn forged_oscore(kid: &[u8], piv: u64, mid: u16, ciphertext: &[u8]) -> Vec<u
     p.add_option(coap_lite::CoapOption::Oscore, option);
     p.payload = ciphertext.to_vec();
     p.to_bytes().expect("encode")
+}
+
+/// An attacker on `host` that forges requests for one kid from several source ports and reads
+/// what the hub answers: 4.00 "Decryption failed" (a verification it was told failed) and
+/// return-routability challenges (an unprotected 4.01 with an Echo option, which it can answer
+/// when it really is at that address).
+#[derive(Debug)]
+pub struct Attacker {
+    sockets: Vec<UdpSocket>,
+    to: SocketAddr,
+    kid: Vec<u8>,
+    piv: u64,
+    /// Forgeries sent.
+    pub sent: u64,
+    /// "Decryption failed" answers received.
+    pub failures_seen: u64,
+    /// Routability challenges received.
+    pub challenges_seen: u64,
+    /// Forgeries sent again with a challenge's Echo (proving this address).
+    pub answered: u64,
+}
+
+impl Attacker {
+    /// `ports` sockets on `host`, forging for `kid` at the hub `to`.
+    pub fn new(to: SocketAddr, host: std::net::IpAddr, kid: &[u8], ports: usize) -> Attacker {
+        let sockets = (0..ports.max(1))
+            .map(|_| {
+                let s = UdpSocket::bind(SocketAddr::new(host, 0)).expect("attacker bind");
+                s.set_nonblocking(true).expect("nonblocking");
+                s
+            })
+            .collect();
+        let piv = 1_000_000 + u64::from(host_byte(host)) * 10_000_000;
+        Attacker {
+            sockets,
+            to,
+            kid: kid.to_vec(),
+            piv,
+            sent: 0,
+            failures_seen: 0,
+            challenges_seen: 0,
+            answered: 0,
+        }
+    }
+
+    fn forgery(&mut self, echo: Option<&[u8]>) -> Vec<u8> {
+        self.piv += 1;
+        let body: Vec<u8> =
+            (0..24u64).map(|i| (self.piv.wrapping_mul(2_654_435_761) >> (i % 24)) as u8).collect();
+        let d = forged_oscore(&self.kid, self.piv, self.piv as u16, &body);
+        match echo {
+            None => d,
+            Some(v) => {
+                let mut p = coap_lite::Packet::from_bytes(&d).expect("own forgery");
+                p.add_option(
+                    coap_lite::CoapOption::Unknown(protocol::link::ECHO_OPTION),
+                    v.to_vec(),
+                );
+                p.to_bytes().expect("encode")
+            }
+        }
+    }
+
+    /// Sends `n` forgeries, round robin over the ports.
+    pub fn forge(&mut self, n: u64) {
+        for _ in 0..n {
+            let d = self.forgery(None);
+            let i = (self.sent % self.sockets.len() as u64) as usize;
+            let _ = self.sockets[i].send_to(&d, self.to);
+            self.sent += 1;
+        }
+    }
+
+    /// Reads every answer waiting; with `answer`, each challenge is answered once with a new
+    /// forgery carrying its Echo from the port it came to.
+    pub fn drain(&mut self, answer: bool) {
+        let mut buf = [0u8; 1500];
+        for i in 0..self.sockets.len() {
+            while let Ok(n) = self.sockets[i].recv(&mut buf) {
+                let Ok(p) = coap_lite::Packet::from_bytes(&buf[..n]) else { continue };
+                let code = p.header.code;
+                if code == coap_lite::MessageClass::Response(coap_lite::ResponseType::BadRequest)
+                    && p.payload == b"Decryption failed"
+                {
+                    self.failures_seen += 1;
+                }
+                let echo = p
+                    .get_first_option(coap_lite::CoapOption::Unknown(protocol::link::ECHO_OPTION))
+                    .cloned();
+                if let Some(echo) = echo {
+                    self.challenges_seen += 1;
+                    if answer {
+                        let d = self.forgery(Some(&echo));
+                        let _ = self.sockets[i].send_to(&d, self.to);
+                        self.sent += 1;
+                        self.answered += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs an attacker on its own thread: `rate` forgeries a second (answering challenges if
+    /// `answer`) until `stop`; returns it with its counts when joined.
+    pub fn flood(
+        mut self,
+        rate: u64,
+        answer: bool,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<Attacker> {
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let due = started.elapsed().as_millis() as u64 * rate / 1000;
+                if self.sent < due {
+                    self.forge((due - self.sent).min(64));
+                }
+                self.drain(answer);
+                // Pacing the attack, not waiting for a condition.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            self.drain(answer);
+            self
+        })
+    }
+}
+
+fn host_byte(host: std::net::IpAddr) -> u8 {
+    match host {
+        std::net::IpAddr::V4(v4) => v4.octets()[3],
+        std::net::IpAddr::V6(v6) => v6.octets()[15],
+    }
+}
+
+/// A blind spoofer: sends UDP datagrams with any IPv4 source address and port through a raw
+/// socket, and never receives what is sent back there (needs root or CAP_NET_RAW).
+#[derive(Debug)]
+pub struct Spoofer {
+    socket: socket2::Socket,
+}
+
+impl Spoofer {
+    /// A raw IPv4 socket (`IPPROTO_RAW`: the datagram carries its own IP header).
+    pub fn new() -> std::io::Result<Spoofer> {
+        const SOCK_RAW: i32 = 3;
+        const IPPROTO_RAW: i32 = 255;
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::from(SOCK_RAW),
+            Some(socket2::Protocol::from(IPPROTO_RAW)),
+        )?;
+        Ok(Spoofer { socket })
+    }
+
+    /// Sends `payload` as a UDP datagram from `from` to `to` (the kernel fills in the IP
+    /// checksum and id; the UDP checksum is left out, which IPv4 allows).
+    pub fn send(
+        &self,
+        from: std::net::SocketAddrV4,
+        to: std::net::SocketAddrV4,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let udp_len = 8 + payload.len();
+        let total = 20 + udp_len;
+        let mut p = Vec::with_capacity(total);
+        p.extend_from_slice(&[0x45, 0]);
+        p.extend_from_slice(&(total as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
+        p.extend_from_slice(&from.ip().octets());
+        p.extend_from_slice(&to.ip().octets());
+        p.extend_from_slice(&from.port().to_be_bytes());
+        p.extend_from_slice(&to.port().to_be_bytes());
+        p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        self.socket.send_to(&p, &SocketAddr::V4(to).into())?;
+        Ok(())
+    }
 }
 
 /// Sends `datagram` to `to` from a fresh socket (a new source port) and returns the answer's

@@ -20,7 +20,7 @@ use protocol::oscore::Kid;
 use super::catalog::Catalog;
 use super::link_state::{Change, LinkState};
 use super::log::{self, IndexJob, LogConfig, Retention, SegmentLog};
-use super::records::Payload;
+use super::records::{Payload, Replayed};
 use super::{DeviceInfo, OpenOutcome, PeerRecord, Store, StoreError, StoredReading, Write};
 
 /// Storage settings.
@@ -88,7 +88,7 @@ struct Maintenance {
 }
 
 enum Job {
-    Seal(SealJob),
+    Seal(Box<SealJob>),
     /// Answered once every job before it is done.
     #[cfg(test)]
     Settle(mpsc::Sender<()>),
@@ -98,6 +98,8 @@ enum Job {
 struct SealJob {
     index: IndexJob,
     states: Vec<(Kid, LinkState)>,
+    /// The logged documents' newest values.
+    metas: Vec<(String, Vec<u8>)>,
     /// The last sequence number those states include.
     seq: u64,
     /// The log's first sequence number then.
@@ -132,6 +134,8 @@ struct Live {
     states: HashMap<Kid, LinkState>,
     /// Devices whose state changed since the last snapshot.
     dirty: HashSet<Kid>,
+    /// The newest value of every document logged since the snapshot (it holds older ones).
+    logged: HashMap<String, Vec<u8>>,
     /// Segments retention dropped since the store opened, oldest first (the newest
     /// [`RETIRED_KEPT`]): what the upstream outbox counts when it finds them gone.
     retired: VecDeque<log::Dropped>,
@@ -163,20 +167,27 @@ impl HubStore {
         // Frames from each floor on count, and the snapshot covers up to its sequence.
         let min_next = floors.values().copied().max().unwrap_or(0).max(snapshot.seq + 1);
         let log_config = LogConfig { segment_bytes: config.segment_bytes.clamp(4096, 1 << 30) };
-        let mut replay = |seq: u64, kid: Kid, change: Change| {
-            if floors.get(&kid).is_some_and(|&f| seq < f) {
-                return;
+        let mut logged = HashMap::new();
+        let mut replay = |seq: u64, item: Replayed| match item {
+            Replayed::Change(kid, change) => {
+                if floors.get(&kid).is_some_and(|&f| seq < f) {
+                    return;
+                }
+                if let Some(s) = states.get_mut(&kid) {
+                    s.apply(&change);
+                    dirty.insert(kid);
+                }
             }
-            if let Some(s) = states.get_mut(&kid) {
-                s.apply(&change);
-                dirty.insert(kid);
+            Replayed::Meta(key, value) => {
+                logged.insert(key, value);
             }
         };
         let (log, report) =
             SegmentLog::open(&log_dir, log_config, &floors, snapshot.seq, min_next, &mut replay)?;
         tracing::debug!(?report, "readings log opened");
         let catalog = Arc::new(catalog);
-        let live = Arc::new(Mutex::new(Live { log, states, dirty, retired: VecDeque::new() }));
+        let live =
+            Arc::new(Mutex::new(Live { log, states, dirty, logged, retired: VecDeque::new() }));
         let (jobs, rx) = mpsc::channel();
         let thread = {
             let (catalog, live) = (catalog.clone(), live.clone());
@@ -264,8 +275,9 @@ impl HubStore {
             .drain()
             .filter_map(|k| live.states.get(&k).map(|s| (k, s.clone())))
             .collect();
+        let metas = live.logged.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let (seq, first_seq) = (live.log.last_seq(), live.log.first_seq());
-        let job = Job::Seal(SealJob { index, states, seq, first_seq });
+        let job = Job::Seal(Box::new(SealJob { index, states, metas, seq, first_seq }));
         let sent = self.inner.maintenance.as_ref().map(|m| m.jobs.send(job));
         if let Some(Err(mpsc::SendError(Job::Seal(job)))) = sent {
             tracing::error!("store maintenance thread has stopped; snapshot deferred to a restart");
@@ -319,6 +331,7 @@ impl HubStore {
                         payload.change(kid, Change::Lease(*lease));
                     }
                 }
+                Write::LogMeta { key, value } => payload.meta(key, value),
             }
         }
         if !catalog.is_empty() {
@@ -350,6 +363,9 @@ impl HubStore {
                     s.apply(change);
                     live.dirty.insert(*kid);
                 }
+            }
+            for (key, value) in std::mem::take(&mut payload.metas) {
+                live.logged.insert(key, value);
             }
         }
         if live.log.wants_seal() {
@@ -470,7 +486,7 @@ fn maintain(catalog: &Catalog, live: &Mutex<Live>, config: StoreConfig, jobs: mp
             // The segment stays indexed in memory; the next start rebuilds its index file.
             Err(e) => tracing::error!(error = %e, "cannot write a readings log index"),
         }
-        if let Err(e) = catalog.save_snapshot(&job.states, job.seq, job.first_seq) {
+        if let Err(e) = catalog.save_snapshot(&job.states, &job.metas, job.seq, job.first_seq) {
             tracing::error!(error = %e, "cannot snapshot link states; retrying at the next seal");
             let mut live = lock(live);
             let live = &mut *live;
@@ -516,6 +532,7 @@ impl Store for HubStore {
                     window: s.window,
                     usage: s.usage,
                     endpoint: s.endpoint,
+                    budget: s.budget,
                 }
             })
             .collect())
@@ -546,6 +563,9 @@ impl Store for HubStore {
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.live().logged.get(key) {
+            return Ok(Some(v.clone()));
+        }
         self.inner.catalog.meta(key)
     }
 }
@@ -607,6 +627,7 @@ pub(super) mod tests {
             window: Some(WindowState { highest, seen: 1 }),
             usage: KeyUsage { encryptions: highest * 2, failed_decryptions: 1 },
             endpoint: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            budget: None,
         };
         Write::State { kid: k, state }
     }
@@ -661,6 +682,50 @@ pub(super) mod tests {
         assert_eq!(store.reading_count(&a).expect("count"), 300);
         assert_eq!(times(&store, a, 3), vec![298_000, 299_000, 300_000]);
         assert_eq!(times(&store, a, 1000).len(), 300);
+    }
+
+    #[test]
+    fn logged_documents_and_budgets_are_durable_with_their_commit_across_seals_and_reopens() {
+        use protocol::link::{BucketState, GuardState};
+        let tmp = tempfile::tempdir().expect("tmp");
+        let a = kid(1);
+        let budget = |tokens| GuardState {
+            known: BucketState { tokens, at: 1_700_000_000_000 + u64::from(tokens) },
+            others: BucketState { tokens: 0, at: 5 },
+            routable: vec![("192.0.2.9".parse().expect("ip"), BucketState { tokens: 1, at: 6 })],
+        };
+        let counters = |n: u32| Write::LogMeta {
+            key: "security_counters".into(),
+            value: format!("{{\"bad_tag\":{n}}}").into_bytes(),
+        };
+        {
+            let (store, ..) = paired(tmp.path(), config(4096));
+            // An old-format value in the catalog is what a store from before logging returns.
+            let old = Write::Meta { key: "security_counters".into(), value: b"old".to_vec() };
+            store.commit(&[old]).expect("commit");
+            assert_eq!(store.meta("security_counters").expect("meta"), Some(b"old".to_vec()));
+            for i in 1..=200u32 {
+                let Write::State { kid, mut state } = checkpoint(a, u64::from(i), 4000) else {
+                    unreachable!()
+                };
+                state.budget = Some(budget(i % 32));
+                let w = [readings(a, [i64::from(i)]), Write::State { kid, state }, counters(i)];
+                store.commit(&w).expect("commit");
+                let newest = format!("{{\"bad_tag\":{i}}}").into_bytes();
+                assert_eq!(store.meta("security_counters").expect("meta"), Some(newest));
+            }
+            store.settle();
+            assert!(store.live().log.sealed_segments() >= 2, "snapshots were taken");
+        }
+        let (store, _) = HubStore::open(tmp.path(), config(4096)).expect("reopen");
+        assert_eq!(
+            store.meta("security_counters").expect("meta"),
+            Some(br#"{"bad_tag":200}"#.to_vec())
+        );
+        assert_eq!(peer(&store, a).budget, Some(budget(200 % 32)));
+        // The catalog alone (the last snapshot) holds a logged value too.
+        let snap = store.inner.catalog.meta("security_counters").expect("meta");
+        assert!(snap.is_some_and(|v| v != b"old"), "the snapshot carries the logged value");
     }
 
     #[test]

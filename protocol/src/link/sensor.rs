@@ -1,6 +1,9 @@
 //! The sensor's link endpoint: pairing as a CoAP client, then readings over OSCORE with one
 //! confirmable request in flight, retransmitted with back-off until the hub acknowledges it
-//! (RFC 7252 §4.2); Echo recovery after a hub restart (RFC 8613 B.1.2).
+//! (RFC 7252 §4.2); Echo recovery after a hub restart (RFC 8613 B.1.2); and return routability
+//! (RFC 9175): when the hub answers with an unprotected 4.01 carrying an outer Echo (its
+//! budget for our source is spent, e.g. by someone spoofing our address), the request goes
+//! again at once with that Echo as an outer option, and later requests carry it while fresh.
 
 use std::collections::VecDeque;
 
@@ -22,6 +25,12 @@ use super::hub::encode_done;
 
 /// Firmware requests sent in a row before a waiting reading goes out.
 const CONTROL_BURST: u8 = 8;
+/// A return-routability value is attached to new requests for this long after it arrived (the
+/// hub accepts it for at least [`super::hub::ROUTABILITY_SLOT_MS`]).
+const ROUTABILITY_REUSE_MS: u64 = super::hub::ROUTABILITY_SLOT_MS - 2_000;
+/// Immediate resends one exchange may make in answer to routability challenges (an on-path
+/// forger could send many; later ones wait for the retransmission timer).
+const ROUTABILITY_RESENDS: u8 = 2;
 
 /// What the sensor link tells its caller.
 #[derive(Debug)]
@@ -120,6 +129,8 @@ struct Outstanding {
     bytes: Vec<u8>,
     /// An unprotected error answered this request: retransmit it as a fresh request.
     unverified_error: bool,
+    /// Resends made at once in answer to routability challenges.
+    routability_resends: u8,
     token: Vec<u8>,
     retries: u32,
     next_retry: Millis,
@@ -134,6 +145,8 @@ pub struct SensorLink {
     control: VecDeque<Control>,
     control_streak: u8,
     echo: Option<Vec<u8>>,
+    /// The hub's last return-routability value for our address, and when it came.
+    routability: Option<(Vec<u8>, Millis)>,
     lease_block: u64,
     token_prefix: Option<u32>,
     next_mid: u16,
@@ -166,6 +179,7 @@ impl SensorLink {
             control: VecDeque::new(),
             control_streak: 0,
             echo: None,
+            routability: None,
             lease_block: crate::oscore::DEFAULT_LEASE_BLOCK,
             token_prefix: None,
             next_mid: rng.next_u32() as u16,
@@ -432,6 +446,7 @@ impl SensorLink {
         self.out = Some(Outstanding {
             bytes,
             unverified_error: false,
+            routability_resends: 0,
             token,
             retries: 0,
             next_retry,
@@ -563,6 +578,11 @@ impl SensorLink {
         let Some(out) = &mut self.out else { return };
         let Purpose::Protected { binding, what } = &out.purpose else { return };
         if p.get_option(CoapOption::Oscore).is_none() {
+            if p.header.code == MessageClass::Response(ResponseType::Unauthorized)
+                && let Some(value) = echo_value(p)
+            {
+                return self.on_routability_challenge(now, value.to_vec());
+            }
             // E.g. "Replay detected" from a hub that restarted and lost our answer: the next
             // retransmission goes out as a fresh request (the hub stores a reading idempotently).
             out.unverified_error = true;
@@ -586,6 +606,28 @@ impl SensorLink {
             What::Control(c) => self.on_control_answer(c, &inner),
         }
         self.pump(now, rng);
+    }
+
+    /// The hub asks us to prove we receive at our address (RFC 9175): the request in flight goes
+    /// again with its value as an outer Echo (same protected request, new Message ID). The
+    /// challenge is unauthenticated, so it changes nothing else: a forged one costs a resend.
+    fn on_routability_challenge(&mut self, now: Millis, value: Vec<u8>) {
+        if value.is_empty() || value.len() > 40 {
+            return; // RFC 9175 §2.2.1: 1 to 40 bytes
+        }
+        self.routability = Some((value.clone(), now));
+        let mid = self.mid();
+        let Some(out) = &mut self.out else { return };
+        let Ok(mut packet) = Packet::from_bytes(&out.bytes) else { return };
+        packet.header.message_id = mid;
+        packet.clear_option(CoapOption::Unknown(super::hub::ECHO_OPTION));
+        packet.add_option(CoapOption::Unknown(super::hub::ECHO_OPTION), value);
+        let Some(bytes) = coap::encode(&packet) else { return };
+        out.bytes = bytes.clone();
+        if out.routability_resends < ROUTABILITY_RESENDS {
+            out.routability_resends += 1;
+            self.transmits.push_back(bytes);
+        }
     }
 
     fn on_reading_answer(&mut self, id: u64, inner: &Packet) {
@@ -722,11 +764,19 @@ impl SensorLink {
         if let Some(echo) = &self.echo {
             request.add_option(CoapOption::Unknown(252), echo.clone());
         }
+        let routability = self
+            .routability
+            .as_ref()
+            .filter(|(_, at)| now < at.plus(ROUTABILITY_REUSE_MS))
+            .map(|(v, _)| v.clone());
         let Phase::Linked(ctx) = &mut self.phase else { return };
         match ctx.protect_request(&request) {
-            Ok((sealed, binding)) => {
+            Ok((mut sealed, binding)) => {
                 if let Some(lease) = ctx.poll_lease() {
                     self.events.push_back(SensorEvent::LeaseNeeded(lease));
+                }
+                if let Some(v) = routability {
+                    sealed.packet.add_option(CoapOption::Unknown(super::hub::ECHO_OPTION), v);
                 }
                 self.send(now, rng, sealed.packet, token, Purpose::Protected { binding, what });
             }

@@ -13,6 +13,7 @@ mod feed;
 mod fleet;
 mod fronts;
 mod isolation;
+mod link_budgets;
 mod logins;
 mod mqtt;
 mod ops;

@@ -11,20 +11,38 @@ use crate::pairing::{Descriptor, HelloLimits, PairingError, PairingRefused};
 use crate::update::{VerifiedImage, VerifiedManifest};
 
 use super::super::fw::{UpdateOffer, UpdateReport};
+use super::guard::GuardState;
 
 /// A datagram source: an endpoint on a host. Limits that must hold against one host using many
-/// source ports (pairing sessions) count by [`Endpoint::host`]; answers go to the endpoint.
+/// source ports (pairing sessions, routable budgets) count by [`Endpoint::host`]; answers go to
+/// the endpoint.
 pub trait Endpoint: Copy + Eq + Hash {
     /// The host part (an IP address for UDP).
-    type Host: Copy + Eq + Hash;
+    type Host: Copy + Eq + Hash + core::fmt::Debug;
     /// The host this endpoint is on.
     fn host(&self) -> Self::Host;
+    /// Appends bytes that identify this endpoint exactly (what a return-routability value is
+    /// bound to).
+    fn write_id(&self, out: &mut Vec<u8>);
 }
 
 impl Endpoint for SocketAddr {
     type Host = IpAddr;
     fn host(&self) -> IpAddr {
         self.ip()
+    }
+    fn write_id(&self, out: &mut Vec<u8>) {
+        match self.ip() {
+            IpAddr::V4(v4) => {
+                out.push(4);
+                out.extend_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                out.push(6);
+                out.extend_from_slice(&v6.octets());
+            }
+        }
+        out.extend_from_slice(&self.port().to_be_bytes());
     }
 }
 
@@ -76,7 +94,8 @@ pub struct Transmit<A> {
     pub bytes: Vec<u8>,
 }
 
-/// Counts of rejected input, by kind (EN 303 645 5.10-1, 5.13-1). A count missing from a
+/// Counts of rejected input, by kind (EN 303 645 5.10-1, 5.13-1). Durable in the same group
+/// commits as the checkpoints that record the failures they count; a count missing from a
 /// persisted record (one written before it existed) restores as 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -89,8 +108,8 @@ pub struct SecurityCounters {
     pub replays: u64,
     /// AEAD tags that failed (tampering, wrong key).
     pub bad_tag: u64,
-    /// Datagrams for a known kid dropped without verification because that kid's budget of
-    /// failed verifications is spent for now (a forgery flood; see `guard`).
+    /// Datagrams for a known kid dropped without verification because their source's budget
+    /// of failed verifications is spent for now (a forgery flood; see `guard`).
     pub throttled: u64,
     /// Malformed OSCORE options or inner messages, or OSCORE features Hearth does not use.
     pub bad_oscore: u64,
@@ -112,6 +131,11 @@ pub struct SecurityCounters {
     pub echo_limited: u64,
     /// Requests refused because their key reached a usage limit (re-pair the device).
     pub key_limit: u64,
+    /// Return-routability challenges sent to sources over budget (an outer Echo; not a
+    /// security event in itself: each answers a datagram counted as `throttled`).
+    pub echo_challenges: u64,
+    /// Requests verified under a routable source's budget (the source echoed a challenge).
+    pub routable: u64,
 }
 
 impl SecurityCounters {
@@ -359,14 +383,17 @@ impl<A> AckTicket<A> {
 /// Durable per-sensor link state: persist it (fsync) before answering any request it covers,
 /// then report it with [`HubLink::checkpoint_durable`](super::HubLink::checkpoint_durable).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerState<A> {
+pub struct PeerState<A: Endpoint> {
     /// Replay window (None while unknown).
     pub window: Option<WindowState>,
-    /// Key-usage ceilings: the counters may grow up to these values before the next checkpoint,
-    /// and a restart resumes at them, so a count is never restored lower than it was.
+    /// Key usage: the encryption *ceiling* (encryptions may grow up to it before the next
+    /// checkpoint, and a restart resumes at it) and the exact count of failed decryptions
+    /// (nothing that depends on a failure leaves the hub before it is recorded here).
     pub usage: KeyUsage,
     /// The endpoint the sensor's last authenticated request came from.
     pub endpoint: Option<A>,
+    /// The failure budgets (`None` in checkpoints written before they were persisted).
+    pub budget: Option<GuardState<A::Host>>,
 }
 
 /// Why a typed PIN was not used.
