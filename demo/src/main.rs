@@ -201,8 +201,10 @@ impl Demo {
                     }
                 });
             }
-            FleetEvent::PairingFailed { index } => {
-                println!("  sensor {index}: pairing failed; retrying with a fresh key and PIN");
+            FleetEvent::PairingFailed { index, reason } => {
+                println!(
+                    "  sensor {index}: pairing failed ({reason}); retrying with a fresh key and PIN"
+                );
                 self.fleet.pair(*index);
             }
             _ => {}
@@ -349,5 +351,5 @@ async fn type_pin(api: &HubApi, pin: &str, serial: &str) -> Result<String, ApiEr
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    api.pair_pin(pin.to_string(), Some(serial.to_string()), None, None).await
+    api.pair_pin(pin.to_string(), Some(serial.to_string()), None, None, true).await
 }

@@ -267,7 +267,10 @@ pub struct Pairing {
     pub backoff_base_ms: u64,
     /// Sensors that may wait for their PIN at once.
     pub max_sessions: usize,
-    /// Of those, from one source host (IP address, whatever its ports).
+    /// Of those, from one source host (IP address, whatever its ports). Sized for a person
+    /// pairing a batch of sensors from one host (a fleet simulator, sensors behind one
+    /// gateway): a session lives `session_max_s` (180 s) and typing a PIN takes about 10 s, so
+    /// about 16 are the most one person gets through before the first ones expire.
     pub sessions_per_source: usize,
     /// A session that hears nothing from its sensor for this long ends (an attempt whose PIN
     /// was typed counts as failed).
@@ -357,7 +360,7 @@ impl Default for Pairing {
             max_failures: 3,
             backoff_base_ms: 2000,
             max_sessions: 128,
-            sessions_per_source: 4,
+            sessions_per_source: 16,
             session_idle_s: 60,
             session_max_s: 180,
             hello_rate: 20,

@@ -212,9 +212,14 @@ enum PairCmd {
         /// Or its device id.
         #[arg(long)]
         device: Option<DeviceId>,
-        /// An isolated device the new sensor replaces (name, room and history carry over).
+        /// A device the new sensor replaces — isolated, moved or broken (name, room and
+        /// history carry over; the old sensor's keys are erased).
         #[arg(long)]
         replaces: Option<DeviceId>,
+        /// Pair a sensor the hub warns about (past its support period, under a known
+        /// advisory) anyway: see the warning with `hub ctl pair status`.
+        #[arg(long)]
+        accept_risk: bool,
     },
     /// Window and waiting sensors.
     Status,
@@ -313,8 +318,8 @@ async fn ctl(
             (Request::PairOpen { seconds }, View::Pairing)
         }
         CtlCmd::Pair { cmd: PairCmd::Close } => (Request::PairClose, View::Pairing),
-        CtlCmd::Pair { cmd: PairCmd::Pin { digits, serial, device, replaces } } => {
-            (Request::PairPin { pin: digits, serial, device, replaces }, View::Plain)
+        CtlCmd::Pair { cmd: PairCmd::Pin { digits, serial, device, replaces, accept_risk } } => {
+            (Request::PairPin { pin: digits, serial, device, replaces, accept_risk }, View::Plain)
         }
         CtlCmd::Pair { cmd: PairCmd::Status } => (Request::Pairing, View::Pairing),
         CtlCmd::Devices => (Request::Devices, View::Devices),
@@ -408,8 +413,6 @@ fn hint(error: &str) -> Option<&'static str> {
         Some("see which sensors wait for a PIN with `hub ctl pair status`")
     } else if error.contains("window") && error.contains("closed") {
         Some("open the pairing window with `hub ctl pair open`")
-    } else if error.contains("only an isolated device can be replaced") {
-        Some("see each device's availability with `hub ctl devices`")
     } else {
         None
     }

@@ -61,7 +61,7 @@ pub fn local_time(ms: i64) -> String {
 }
 
 /// Unix seconds as a local date.
-fn local_date(s: u64) -> String {
+pub fn local_date(s: u64) -> String {
     let Ok(ts) = jiff::Timestamp::from_second(s as i64) else { return s.to_string() };
     ts.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d").to_string()
 }
@@ -273,23 +273,40 @@ fn readings(answer: &Value) -> String {
 }
 
 fn pairing(p: &Value) -> String {
-    let mut out = if p["open"].as_bool().unwrap_or(false) {
-        format!(
-            "Pairing window open: closes in {} s, {} failed attempt(s) left.\n",
-            p["closes_in_s"], p["attempts_left"]
-        )
-    } else {
-        "Pairing window closed. Open it with `hub ctl pair open`.\n".into()
+    let (closes, left) = (&p["closes_in_s"], &p["attempts_left"]);
+    let mut out = match p["state"].as_str() {
+        Some("backing_off") => format!(
+            "Pairing window open, pausing after a failed attempt: PINs are taken again in {} s \
+             (closes in {closes} s, {left} failed attempt(s) left).\n",
+            p["backoff_s"]
+        ),
+        Some("no_attempts_left") => "Pairing window closed after its failed attempts. Open a new \
+             one with `hub ctl pair open`.\n"
+            .into(),
+        _ if p["open"].as_bool().unwrap_or(false) => {
+            format!("Pairing window open: closes in {closes} s, {left} failed attempt(s) left.\n")
+        }
+        _ => "Pairing window closed. Open it with `hub ctl pair open`.\n".into(),
     };
     if let Some(w) = p["waiting"].as_array().filter(|w| !w.is_empty()) {
         out += "\nWaiting for their PIN:\n";
         let rows: Vec<Vec<String>> = w
             .iter()
             .map(|s| {
-                vec![text(s, "serial").into(), text(s, "model").into(), text(s, "device").into()]
+                vec![
+                    text(s, "serial").into(),
+                    text(s, "model").into(),
+                    s["firmware_version"].as_u64().map_or_else(String::new, |v| v.to_string()),
+                    text(s, "device").into(),
+                ]
             })
             .collect();
-        out += &indent(&table(&["SERIAL", "MODEL", "FUTURE ID"], &rows));
+        out += &indent(&table(&["SERIAL", "MODEL", "FIRMWARE", "FUTURE ID"], &rows));
+        for s in w {
+            if let Some(warning) = s["warning"].as_str() {
+                out += &format!("\nWarning for {}: {warning}.\n", text(s, "serial"));
+            }
+        }
     }
     out
 }

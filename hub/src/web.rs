@@ -305,6 +305,12 @@ fn pairing(p: crate::api::PairingStatus) -> Pairing {
         open: p.open,
         closes_in_s: p.closes_in_s,
         attempts_left: p.attempts_left,
+        backoff_s: p.backoff_s,
+        warnings: p
+            .waiting
+            .iter()
+            .filter_map(|w| Some((w.serial.clone(), w.warning.clone()?)))
+            .collect(),
         waiting: p.waiting.into_iter().map(|w| (w.serial, w.model)).collect(),
     }
 }
@@ -407,11 +413,12 @@ impl web_ui::OwnerApi for HubOwner {
         pin: String,
         serial: Option<String>,
         replaces: Option<String>,
+        accept_risk: bool,
     ) -> ApiFuture<'_, String> {
         let replaces = replaces.map(|r| device_id(&r)).transpose();
-        Box::pin(
-            async move { self.api.pair_pin(pin, serial, None, replaces?).await.map_err(web_err) },
-        )
+        Box::pin(async move {
+            self.api.pair_pin(pin, serial, None, replaces?, accept_risk).await.map_err(web_err)
+        })
     }
 
     fn label(&self, id: &str, name: String, room: Option<String>) -> ApiFuture<'_, ()> {

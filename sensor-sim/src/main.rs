@@ -576,7 +576,9 @@ fn print_event(e: FleetEvent, ctl: Option<&PathBuf>) {
         FleetEvent::Paired { index, serial, kid } => {
             println!("PAIRED sensor={index} serial={serial} kid={kid}");
         }
-        FleetEvent::PairingFailed { index } => println!("PAIRING-FAILED sensor={index}"),
+        FleetEvent::PairingFailed { index, reason } => {
+            println!("PAIRING-FAILED sensor={index} reason={reason:?}");
+        }
         FleetEvent::PairingRetry { index, in_ms } => {
             println!("PAIRING-RETRY sensor={index} in_ms={in_ms}");
         }

@@ -128,6 +128,8 @@ pub enum FleetEvent {
     PairingFailed {
         /// Sensor index.
         index: u32,
+        /// Why, in words (the hub's refusal, or what failed here).
+        reason: String,
     },
     /// The sensor will try pairing again, with a fresh key and PIN.
     PairingRetry {

@@ -455,9 +455,14 @@ impl FleetTask {
                 }
                 self.start_reporting(index, now);
             }
-            SensorEvent::PairingFailed(_) | SensorEvent::PairingRefused => {
+            SensorEvent::PairingFailed(e) => {
                 self.sensors[i].display = None;
-                self.emit(FleetEvent::PairingFailed { index });
+                self.emit(FleetEvent::PairingFailed { index, reason: e.to_string() });
+                self.schedule_pair_retry(index, now);
+            }
+            SensorEvent::PairingRefused(reason) => {
+                self.sensors[i].display = None;
+                self.emit(FleetEvent::PairingFailed { index, reason });
                 self.schedule_pair_retry(index, now);
             }
             SensorEvent::Delivered(pack) => self.on_answer(index, pack, true, now),

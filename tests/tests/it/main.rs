@@ -21,6 +21,7 @@ mod outage;
 mod package;
 mod pairing_flood;
 mod pairing_limits;
+mod pairing_owner;
 mod pairing_retry;
 mod setup_freeze;
 mod store;
