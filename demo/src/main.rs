@@ -108,6 +108,7 @@ async fn run(args: Args) -> Result<(), DemoError> {
         deadline: Instant::now() + timeout,
         timeout,
         tick: tokio::time::interval(Duration::from_millis(500)),
+        reset: hub.reset.clone(),
     };
     let acted = demo.play(&maker).await;
     shutdown.cancel();
@@ -160,6 +161,9 @@ struct Demo {
     deadline: Instant,
     timeout: Duration,
     tick: Interval,
+    /// Fires when "erase everything" is used in the demo's web UI: the demo's data is
+    /// temporary, so the demo ends (its directory is removed).
+    reset: CancellationToken,
 }
 
 impl Demo {
@@ -187,6 +191,10 @@ impl Demo {
             e = self.events.recv() => e.ok_or(DemoError::FleetStopped)?,
             _ = self.tick.tick() => return Ok(None),
             _ = tokio::signal::ctrl_c() => return Err(DemoError::Interrupted),
+            () = self.reset.cancelled() => {
+                println!("Erase everything was used in the web UI: the demo ends and its data is removed.");
+                return Err(DemoError::Interrupted);
+            }
             () = tokio::time::sleep_until(self.deadline) => {
                 return Err(DemoError::Timeout(self.timeout, act));
             }

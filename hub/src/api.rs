@@ -41,6 +41,12 @@ pub enum Request {
     },
     /// Pairing window and waiting sensors.
     Pairing,
+    /// Factory reset: everything in the data directory is erased and the hub restarts as a new
+    /// hub (new key-encryption key, certificate and setup code). `confirm` must be `ERASE`.
+    FactoryReset {
+        /// The word that confirms it.
+        confirm: String,
+    },
     /// All devices.
     Devices,
     /// One device.
@@ -493,9 +499,23 @@ pub struct HubApi {
     pub listeners: crate::connections::Listeners,
     /// The update feed checker's last and next check (none: no feed configured).
     pub feed: crate::feed::FeedState,
+    /// Fired when the owner asks for a factory reset (whoever runs the hub stops it, erases
+    /// its data directory and starts it again: `daemon::start`'s caller).
+    pub(crate) reset: tokio_util::sync::CancellationToken,
 }
 
 impl HubApi {
+    /// Factory reset (EN 303 645 5.11-1): asks whoever runs the hub to stop it, erase its data
+    /// directory — devices, keys, readings, MQTT users, trust keys, releases, policy,
+    /// advisories, the upstream outbox, web accounts and sessions, the key-encryption key and
+    /// the TLS key — and start it again as a new hub.
+    pub fn factory_reset(&self) {
+        tracing::warn!(
+            "factory reset requested by the owner: the hub stops, erases its data directory and starts as a new hub"
+        );
+        self.reset.cancel();
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> LinkCommand,
@@ -804,6 +824,13 @@ impl HubApi {
                 r.map(|d| serde_json::json!({"pairing": d, "replaces": replaces}))
             }
             Request::Pairing => self.pairing().await.map(|v| serde_json::json!(v)),
+            Request::FactoryReset { confirm } if confirm == "ERASE" => {
+                self.factory_reset();
+                Ok(serde_json::json!({"factory_reset": true}))
+            }
+            Request::FactoryReset { .. } => {
+                Err(ApiError::BadRequest("type ERASE to confirm the factory reset".into()))
+            }
             Request::Devices => self.devices().await.map(|v| serde_json::json!(v)),
             Request::Device { id } => self.device(id).await.map(|v| serde_json::json!(v)),
             Request::Readings { id, limit } => {

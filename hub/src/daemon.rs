@@ -42,6 +42,9 @@ pub struct Running {
     pub mqtt: Option<(SocketAddr, Option<SocketAddr>)>,
     /// The owner's web UI.
     pub web: SocketAddr,
+    /// Fires when the owner asked for a factory reset: stop the hub (fire the shutdown token,
+    /// [`Running::join`]), [`erase_data_dir`], and start it again.
+    pub reset: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     /// The link's and the control socket's threads.
     domains: Vec<Domain>,
@@ -166,6 +169,11 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
     crate::private_fs::create_dir(data_dir).map_err(|e| StartError::DataDir(data_dir.into(), e))?;
+    if data_dir.join(RESET_MARK).exists() {
+        // A factory reset that did not finish (power lost, stop cut short): finish it first.
+        erase_data_dir(data_dir).map_err(|e| StartError::DataDir(data_dir.into(), e))?;
+        tracing::warn!("an unfinished factory reset was completed: the data directory was erased");
+    }
     // The key-encryption key is left alone: if others could read it, the store refuses it.
     let loosened = crate::private_fs::restrict(data_dir, &[data_dir.join("kek")])
         .map_err(|e| StartError::DataDir(data_dir.into(), e))?;
@@ -253,7 +261,9 @@ pub async fn start(
         false => None,
     };
     let listeners = crate::connections::Listeners::new(&config, crate::connections::load(&store)?);
+    let reset = CancellationToken::new();
     let api = HubApi {
+        reset: reset.clone(),
         link: tx,
         store: store.clone(),
         directory: directory.clone(),
@@ -322,9 +332,48 @@ pub async fn start(
         moved_aside,
         mqtt,
         web: web.addr,
+        reset,
         tasks,
         domains,
     })
+}
+
+/// Marks the data directory for a factory reset, durably: the next start erases it if this
+/// one does not finish the erase.
+pub fn mark_factory_reset(data_dir: &Path) -> std::io::Result<()> {
+    crate::private_fs::write(&data_dir.join(RESET_MARK), b"factory reset requested\n")?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// The file that marks a factory reset under way.
+const RESET_MARK: &str = "factory-reset";
+
+/// A factory reset's erase (EN 303 645 5.11-1): everything in the stopped hub's data directory
+/// goes — the store (devices, keys, readings, MQTT users, trust keys, releases, policy,
+/// advisories, counters), the upstream outbox, the web vault and logins, the setup code, the
+/// certificate and the key-encryption key — so the next start makes new ones. The directory
+/// itself stays (it may be systemd's `StateDirectory`).
+pub fn erase_data_dir(data_dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_name() == RESET_MARK {
+            continue; // last, once the rest is gone
+        }
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    std::fs::File::open(data_dir)?.sync_all()?;
+    match std::fs::remove_file(data_dir.join(RESET_MARK)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // The removals are durable before the hub starts anew.
+    std::fs::File::open(data_dir)?.sync_all()
 }
 
 /// How long the link may take to drain after the shutdown signal (its own drain gives up

@@ -95,6 +95,14 @@ enum CtlCmd {
         /// The advisory (COSE_Sign1).
         file: PathBuf,
     },
+    /// Factory reset: erase everything the owner set up (devices, keys, readings, MQTT users,
+    /// trust keys, releases, policy, web account) and restart as a new hub with a new
+    /// key-encryption key, certificate and setup code.
+    FactoryReset {
+        /// Type ERASE to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
     /// Override a device's isolation (explicit and logged: its data leaves the hub again).
     Unisolate {
         /// Device id.
@@ -299,9 +307,42 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         eprintln!("hub: {e}");
         return ExitCode::FAILURE;
     }
-    shutdown.cancelled().await;
+    let reset = running.reset.clone();
+    let factory_reset = tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = reset.cancelled() => true,
+    };
+    if !factory_reset {
+        running.join().await;
+        return ExitCode::SUCCESS;
+    }
+    // Factory reset: recorded durably first (a stop that does not finish is completed by the
+    // next start), then the hub stops, its data directory is erased and it starts anew in this
+    // process (same pid and arguments: a supervisor sees one service).
+    if let Err(e) = hub::daemon::mark_factory_reset(&data_dir) {
+        eprintln!("hub: factory reset not started: {e}");
+        return ExitCode::FAILURE;
+    }
+    shutdown.cancel();
     running.join().await;
-    ExitCode::SUCCESS
+    if let Err(e) = hub::daemon::erase_data_dir(&data_dir) {
+        eprintln!("hub: factory reset: {e}; the next start completes the erase");
+        return ExitCode::FAILURE;
+    }
+    tracing::warn!("factory reset: the data directory was erased; starting as a new hub");
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("hub: factory reset done; start the hub again ({e})");
+            return ExitCode::FAILURE;
+        }
+    };
+    use std::os::unix::process::CommandExt as _;
+    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+    eprintln!(
+        "hub: factory reset done, but the hub could not start itself again ({err}); start it"
+    );
+    ExitCode::FAILURE
 }
 
 async fn ctl(
@@ -341,6 +382,7 @@ async fn ctl(
             }
         },
         CtlCmd::Unisolate { id } => (Request::Unisolate { id }, View::Plain),
+        CtlCmd::FactoryReset { confirm } => (Request::FactoryReset { confirm }, View::Plain),
         CtlCmd::Security => (Request::Security, View::Security),
         CtlCmd::Updates => (Request::Updates, View::Updates),
         CtlCmd::Trust { model, key } => (Request::Trust { model, key }, View::Plain),

@@ -252,9 +252,10 @@ pub trait OwnerApi: Send + Sync + 'static {
     fn store_logins(&self, doc: Vec<u8>) -> ApiFuture<'_, ()>;
     /// The one-time setup code was used: the sticker file goes.
     fn setup_done(&self) -> ApiFuture<'_, ()>;
-    /// Erases all user data (every device with its keys and readings, the account) and returns to
-    /// first-run setup: a new one-time code is made, printed and written, and the vault is
-    /// replaced by one holding only its hash (made with [`crate::Vault::first_run`]).
+    /// Factory reset: erases everything the owner set up (devices with their keys and readings,
+    /// the account, MQTT logins, trust keys, releases, policy, ...) and returns to first-run
+    /// setup with a new one-time code (the vault then holds only its hash, as made with
+    /// [`crate::Vault::first_run`]). The hub may restart as a new hub right after answering.
     fn erase_all(&self) -> ApiFuture<'_, ()>;
     /// Fills `buf` from the hub's CSPRNG.
     fn random(&self, buf: &mut [u8]);

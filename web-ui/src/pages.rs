@@ -877,7 +877,20 @@ pub async fn erase(
     // The owner's records and device cookies went with the account.
     web.save_logins().await;
     tracing::warn!("all user data erased by the owner; back to first-run setup");
-    let mut res = Redirect::to("/erased").into_response();
+    // Answered here, not by a redirect: the hub restarts as a new one right after this answer.
+    let body = format!(
+        "{}<p>Everything the owner set up was deleted: every device with its keys and readings, \
+         the owner account and its sessions, MQTT logins, trusted manufacturer keys, releases, \
+         advisories, the update policy and the upstream bridge's queue. The hub now restarts as \
+         a new hub with a <strong>new</strong> key-encryption key and a <strong>new</strong> \
+         certificate (your browser warns again: compare the fingerprint the hub prints at start) \
+         and a <strong>new</strong> one-time setup code, printed on the hub's console and \
+         written to the file <code>setup-code</code> in its data directory. Settings in the \
+         hub's configuration file stay as they are.</p>\
+         <p><a href=\"/setup\">Set up again</a> (in a few seconds)</p>",
+        notice("ok", "Erase complete.")
+    );
+    let mut res = Html(page("All data erased", None, false, &body)).into_response();
     res.headers_mut().append(header::SET_COOKIE, cookie(SESSION_COOKIE, ""));
     res
 }

@@ -9,6 +9,7 @@ mod crash;
 mod ctl;
 mod demo;
 mod domains;
+mod factory_reset;
 mod feed;
 mod fleet;
 mod fronts;
