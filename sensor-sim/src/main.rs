@@ -197,6 +197,10 @@ struct FleetArgs {
     /// Models to cycle through: thermostat, climate, door, button (default: all).
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
+    /// Serial number of the first sensor (`TH-00000` for 0): a second fleet paired with the
+    /// same hub takes other serials, as other real sensors would have.
+    #[arg(long, default_value_t = 0)]
+    first_serial: u32,
     /// Cut a sensor's power during its next update: `INDEX:write:BLOCKS` or `INDEX:switch`.
     #[arg(long)]
     cut: Vec<String>,
@@ -489,6 +493,7 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
         audit_nonces: a.audit_nonces,
         sockets: a.sockets,
         bind: a.bind,
+        first_serial: a.first_serial,
         trust,
         models: a
             .models

@@ -131,8 +131,10 @@ pub async fn spawn(
             if config.models.is_empty() { &ModelKind::ALL[..] } else { &config.models[..] };
         let model = models[index as usize % models.len()];
         let rec = records.get(&index);
-        let serial =
-            rec.map_or_else(|| format!("{}-{:05}", model.prefix(), index), |r| r.serial.clone());
+        let serial = rec.map_or_else(
+            || format!("{}-{:05}", model.prefix(), config.first_serial.saturating_add(index)),
+            |r| r.serial.clone(),
+        );
         let per_pack = backlog::per_pack(model, &serial);
         let stored =
             rec.and_then(|r| r.context.clone()).filter(|_| !rec.is_some_and(|r| r.exported));
