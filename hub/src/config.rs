@@ -759,7 +759,13 @@ mod tests {
         assert_eq!(json(&shipped), json(&Config::default()));
 
         // With every setting switched on it loads too, optional sections included.
-        let text = switched_on(EXAMPLE);
+        // The feed certificate is read at start: a real one stands in for the example's path.
+        let dir = tempfile::tempdir().expect("tmp");
+        let pem = dir.path().join("feed-cert.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["feed.example".into()]).expect("cert");
+        std::fs::write(&pem, cert.cert.pem()).expect("pem");
+        let text = switched_on(EXAMPLE)
+            .replace("/etc/hearth/feed-cert.pem", pem.to_str().expect("utf-8 path"));
         let on: Config = toml::from_str(&text).expect("the switched-on example parses");
         if let Err((key, reason)) = on.validate() {
             panic!("the switched-on example is refused: `{key}` {reason}");

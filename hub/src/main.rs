@@ -167,9 +167,10 @@ enum UpdateCmd {
     Policy {
         /// auto, notify, disabled, postpone, or follow (a device follows the hub).
         mode: String,
-        /// Postpone until this Unix time.
+        /// Postpone until this local date or time: `2026-12-24`, `2026-12-24 18:00`, an RFC 3339
+        /// time with offset, or Unix seconds.
         #[arg(long)]
-        until: Option<u64>,
+        until: Option<String>,
         /// One device.
         #[arg(long)]
         device: Option<DeviceId>,
@@ -465,10 +466,36 @@ fn hint(error: &str) -> Option<&'static str> {
 enum UpdateArgError {
     #[error("{0}: {1}")]
     Read(PathBuf, std::io::Error),
-    #[error("postpone needs --until <unix time>")]
+    #[error("postpone needs --until DATE (2026-12-24, or 2026-12-24 18:00 local time)")]
     PostponeNeedsUntil,
+    #[error(
+        "--until {0:?} is not a date or time: write 2026-12-24 (midnight, local time), \
+         2026-12-24 18:00 (local time), 2026-12-24T18:00:00+01:00, or Unix seconds"
+    )]
+    BadUntil(String),
     #[error("unknown policy {0:?} (auto, notify, disabled, postpone, or follow with --device)")]
     UnknownPolicy(String),
+}
+
+/// `--until` as people write it: a local date (midnight), a local date and time, an RFC 3339
+/// time with its offset, or Unix seconds; as Unix seconds.
+fn parse_until(text: &str) -> Result<u64, UpdateArgError> {
+    let t = text.trim();
+    let bad = || UpdateArgError::BadUntil(text.to_owned());
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().map_err(|_| bad());
+    }
+    let tz = jiff::tz::TimeZone::system();
+    let at = if let Ok(ts) = t.parse::<jiff::Timestamp>() {
+        ts
+    } else if let Ok(dt) = t.parse::<jiff::civil::DateTime>() {
+        dt.to_zoned(tz).map_err(|_| bad())?.timestamp()
+    } else if let Ok(d) = t.parse::<jiff::civil::Date>() {
+        d.to_zoned(tz).map_err(|_| bad())?.timestamp()
+    } else {
+        return Err(bad());
+    };
+    u64::try_from(at.as_second()).map_err(|_| bad())
 }
 
 fn update_request(cmd: UpdateCmd) -> Result<Request, UpdateArgError> {
@@ -487,7 +514,9 @@ fn update_request(cmd: UpdateCmd) -> Result<Request, UpdateArgError> {
                 ("auto", _) => Some(Policy::Auto),
                 ("notify", _) => Some(Policy::NotifyOnly),
                 ("disabled", _) => Some(Policy::Disabled),
-                ("postpone", Some(until)) => Some(Policy::Postponed { until }),
+                ("postpone", Some(until)) => {
+                    Some(Policy::Postponed { until: parse_until(&until)? })
+                }
                 ("postpone", None) => return Err(UpdateArgError::PostponeNeedsUntil),
                 ("follow", _) if device.is_some() => None,
                 _ => return Err(UpdateArgError::UnknownPolicy(mode)),
@@ -500,4 +529,22 @@ fn update_request(cmd: UpdateCmd) -> Result<Request, UpdateArgError> {
         UpdateCmd::Cancel { device } => Request::UpdateCancel { device },
         UpdateCmd::Retry { device } => Request::UpdateRetry { device },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_until;
+
+    #[test]
+    fn until_takes_dates_times_offsets_and_unix_seconds() {
+        assert_eq!(parse_until("1800000000").ok(), Some(1_800_000_000));
+        assert_eq!(parse_until("2027-01-15T08:30:00Z").ok(), Some(1_800_001_800));
+        assert_eq!(parse_until("2027-01-15T09:30:00+01:00").ok(), Some(1_800_001_800));
+        // Local times: a date is its midnight, a time is that minute (here, in whatever zone).
+        let date = parse_until("2027-01-15").expect("date");
+        let time = parse_until("2027-01-15 18:00").expect("time");
+        assert_eq!(time - date, 18 * 3600);
+        assert!(parse_until("next tuesday").is_err());
+        assert!(parse_until("2027-13-01").is_err());
+    }
 }
