@@ -13,6 +13,7 @@ mod factory_reset;
 mod feed;
 mod fleet;
 mod fronts;
+mod home_assistant;
 mod isolation;
 mod link_budgets;
 mod logins;
