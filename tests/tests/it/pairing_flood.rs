@@ -200,6 +200,9 @@ fn a_sensor_pairs_within_10_s_while_64_hosts_flood_hellos_and_the_fleet_keeps_re
         "--pair",
         "--seed",
         "9",
+        // A sensor of its own: a serial no sensor of the fleet has (a paired serial is refused).
+        "--first-serial",
+        "900",
         "--interval-ms",
         "1000",
         "--pair-retry-max-ms",
