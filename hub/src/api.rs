@@ -1,11 +1,12 @@
 //! The owner's command API: one implementation behind both fronts (the control socket now, the
 //! web UI later). Requests and answers are serde types, so every front speaks the same JSON.
 
-use crate::device_id::DeviceId;
-use protocol::oscore::Kid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::device_id::DeviceId;
+use crate::link::{Driver, LinkCommand, LinkError, PinEntry};
+pub use crate::link::{PairingState, PairingStatus, Waiting};
 use crate::store::{HubStore, Store, StoredReading};
 
 /// A request to the hub.
@@ -160,63 +161,6 @@ pub enum Request {
     MqttUsers,
 }
 
-/// Pairing status.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PairingStatus {
-    /// Whether pairing requests and PINs are accepted now (not while backing off).
-    pub open: bool,
-    /// `open`, `backing_off` (the window is open but takes no PIN for `backoff_s` after a
-    /// failed attempt), `no_attempts_left` (closed after its failures) or `closed`.
-    #[serde(default)]
-    pub state: PairingState,
-    /// Seconds until PINs are taken again (while backing off).
-    #[serde(default)]
-    pub backoff_s: u64,
-    /// Seconds until the window closes.
-    pub closes_in_s: u64,
-    /// Failed attempts left in this window.
-    pub attempts_left: u32,
-    /// Sensors waiting for their PIN.
-    pub waiting: Vec<Waiting>,
-    /// The device whose typed PIN is being confirmed (one attempt at a time).
-    pub confirming: Option<String>,
-    /// PINs typed meanwhile, waiting for that attempt to end.
-    pub pins_queued: usize,
-}
-
-/// Where the pairing window stands.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum PairingState {
-    /// PINs are taken now.
-    Open,
-    /// Open, but waiting out the pause after a failed attempt.
-    BackingOff,
-    /// Closed after its failed attempts.
-    NoAttemptsLeft,
-    /// Not open (never opened, timed out or closed by the owner).
-    #[default]
-    Closed,
-}
-
-/// A sensor waiting for its PIN.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Waiting {
-    /// Future device id.
-    pub device: String,
-    /// Serial.
-    pub serial: String,
-    /// Model designation.
-    pub model: String,
-    /// Installed firmware.
-    #[serde(default)]
-    pub firmware_version: u32,
-    /// What the owner should know before typing its PIN (past its support period, under a
-    /// known advisory, a serial already paired); a PIN for it needs `accept_risk`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warning: Option<String>,
-}
-
 /// Counters of rejected input and security events (EN 303 645 5.10-1).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SecurityReport {
@@ -249,168 +193,6 @@ pub struct DeviceView {
     pub update: Option<crate::updates::DeviceUpdate>,
 }
 
-/// What the link driver is asked to do.
-#[derive(Debug)]
-pub(crate) enum LinkCommand {
-    PairOpen {
-        seconds: Option<u64>,
-        reply: oneshot::Sender<PairingStatus>,
-    },
-    PairClose {
-        reply: oneshot::Sender<PairingStatus>,
-    },
-    PairPin {
-        pin: String,
-        serial: Option<String>,
-        device: Option<Kid>,
-        replaces: Option<DeviceId>,
-        accept_risk: bool,
-        reply: oneshot::Sender<Result<Kid, CommandError>>,
-    },
-    Pairing {
-        reply: oneshot::Sender<PairingStatus>,
-    },
-    Remove {
-        kid: Kid,
-        reply: oneshot::Sender<bool>,
-    },
-    Security {
-        reply: oneshot::Sender<SecurityReport>,
-    },
-    Updates {
-        reply: oneshot::Sender<crate::updates::UpdatesView>,
-    },
-    UpdateAdd {
-        manifest: Vec<u8>,
-        image: Vec<u8>,
-        source: &'static str,
-        reply: oneshot::Sender<Result<(String, u32), CommandError>>,
-    },
-    Trust {
-        model: String,
-        key: String,
-        reply: oneshot::Sender<Result<String, CommandError>>,
-    },
-    UpdatePolicy {
-        device: Option<Kid>,
-        policy: Option<crate::updates::Policy>,
-        reply: oneshot::Sender<Result<(), CommandError>>,
-    },
-    UpdateApprove {
-        device: Option<Kid>,
-        model: Option<String>,
-        version: u32,
-        reply: oneshot::Sender<Result<(), CommandError>>,
-    },
-    UpdateCancel {
-        device: Kid,
-        reply: oneshot::Sender<Option<u32>>,
-    },
-    UpdateRetry {
-        device: Kid,
-        reply: oneshot::Sender<()>,
-    },
-    History {
-        device: Kid,
-        reply: oneshot::Sender<Option<crate::updates::DeviceUpdate>>,
-    },
-    /// Queue a command for an actuator's next request (MQTT `…/set`).
-    Command {
-        device: Kid,
-        command: protocol::link::command::Command,
-        reply: oneshot::Sender<bool>,
-    },
-    Advisory {
-        signed: Vec<u8>,
-        source: &'static str,
-        reply: oneshot::Sender<Result<crate::isolation::AdvisoryRecord, CommandError>>,
-    },
-    Advisories {
-        reply: oneshot::Sender<Vec<crate::isolation::AdvisoryRecord>>,
-    },
-    Unisolate {
-        device: DeviceId,
-        reply: oneshot::Sender<Result<(), CommandError>>,
-    },
-    Replace {
-        old: DeviceId,
-        new: DeviceId,
-        reply: oneshot::Sender<Result<(), CommandError>>,
-    },
-}
-
-/// Why the link driver refused a command.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    /// The PIN was not used (no such session, window closed, backing off, wrong length, ...).
-    #[error(transparent)]
-    Pin(#[from] protocol::link::PinError),
-    /// No waiting sensor has that serial.
-    #[error("no sensor with serial {0} is waiting for a PIN")]
-    NoSuchSerial(String),
-    /// Several waiting sensors claim that serial: someone may pose as one of them.
-    #[error("several sensors claim serial {0}; choose one with --device")]
-    AmbiguousSerial(String),
-    /// The attempt ended without pairing (a failed attempt: counted in the window).
-    #[error("{}", failed_attempt(reason, *attempts_left, *backoff_s))]
-    PairingFailed {
-        /// What failed.
-        reason: protocol::pairing::PairingError,
-        /// Failed attempts the window still allows.
-        attempts_left: u32,
-        /// Seconds before the next PIN is taken.
-        backoff_s: u64,
-    },
-    /// The typed text cannot be a PIN of this sensor (not counted as an attempt).
-    #[error(
-        "a PIN of this sensor is {digits} digits from {zero} to {max}: check the digits on its \
-         display and type them again (not counted as a failed attempt)",
-        zero = "0".repeat(*digits), max = max_pin(*digits)
-    )]
-    PinFormat {
-        /// Digits of this sensor's PINs.
-        digits: usize,
-    },
-    /// Another device is paired with the same serial (not counted as an attempt).
-    #[error(
-        "a device with serial {serial} is already paired ({name}, id {device}). If this sensor \
-         takes its place, type the PIN again with `--replaces {device}` (web: choose it under \
-         “Replaces”): it keeps the name, room and history; otherwise remove that device first \
-         (not counted as a failed attempt)"
-    )]
-    SerialPaired {
-        /// The serial.
-        serial: String,
-        /// The paired device with it.
-        device: DeviceId,
-        /// Its name.
-        name: String,
-    },
-    /// The sensor needs the owner's acknowledgement before its PIN is tried.
-    #[error(
-        "sensor {serial}: {warning}. To pair it anyway, type the PIN again accepting the risk \
-         (hub ctl: add --accept-risk; web: tick “Pair anyway”; not counted as a failed attempt)"
-    )]
-    NeedsAcceptance {
-        /// The sensor's serial.
-        serial: String,
-        /// Why.
-        warning: String,
-    },
-    /// The window was closed or re-opened before the attempt was made.
-    #[error("the pairing window was {0} before this PIN was tried")]
-    WindowChanged(&'static str),
-    /// The update manager refused.
-    #[error(transparent)]
-    Updates(#[from] crate::updates::UpdatesError),
-    /// An advisory was refused or is known.
-    #[error(transparent)]
-    Advisory(#[from] crate::isolation::AdvisoryError),
-    /// The device directory refused (bad name, not isolated, ...).
-    #[error(transparent)]
-    Directory(#[from] crate::devices::DirectoryError),
-}
-
 /// Why a request failed (sent to the client as `{"error": "..."}`).
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -419,7 +201,7 @@ pub enum ApiError {
     BadRequest(String),
     /// The hub refused the command.
     #[error(transparent)]
-    Command(#[from] CommandError),
+    Command(#[from] LinkError),
     /// No such device.
     #[error("no device {0}")]
     NotFound(DeviceId),
@@ -429,51 +211,6 @@ pub enum ApiError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-}
-
-/// The largest PIN of `digits` digits (2, 3 or 4 masked bytes).
-fn max_pin(digits: usize) -> u64 {
-    match digits {
-        0..=5 => 65_535,
-        6..=8 => 16_777_215,
-        _ => 4_294_967_295,
-    }
-}
-
-/// A failed attempt in the owner's words: what happened, and what they can do now (the same
-/// text in `hub ctl` and the web UI).
-fn failed_attempt(
-    reason: &protocol::pairing::PairingError,
-    attempts_left: u32,
-    backoff_s: u64,
-) -> String {
-    use protocol::pairing::PairingError as E;
-    let what = match reason {
-        E::OffCurve | E::HubProofInvalid | E::SensorProofInvalid | E::ReflectedKey => {
-            "the PIN did not match this sensor's display".to_owned()
-        }
-        E::Abandoned => "the sensor did not finish pairing after its PIN was typed (is it still \
-             on and in range?)"
-            .to_owned(),
-        other => format!("pairing failed ({other})"),
-    };
-    match attempts_left {
-        0 => format!(
-            "{what}; no attempts left: the pairing window is closed. Open a new one (`hub ctl \
-             pair open`, or the Pairing page) and type the new PIN the sensor shows"
-        ),
-        n => {
-            let wait = match backoff_s {
-                0 => String::new(),
-                s => format!(" in {s} s"),
-            };
-            let s = if n == 1 { "" } else { "s" };
-            format!(
-                "{what}; {n} attempt{s} left in this window. The sensor shows a new PIN after a \
-                 failure: type that one{wait}"
-            )
-        }
-    }
 }
 
 fn directory_error(id: DeviceId, e: crate::devices::DirectoryError) -> ApiError {
@@ -516,12 +253,16 @@ impl HubApi {
         self.reset.cancel();
     }
 
-    async fn ask<T>(
+    /// Runs `f` on the link's thread with the driver in hand; its result.
+    async fn on_link<T: Send + 'static>(
         &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> LinkCommand,
+        f: impl FnOnce(&mut Driver) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
         let (tx, rx) = oneshot::channel();
-        self.link.send(make(tx)).await.map_err(|_| ApiError::Stopped)?;
+        let cmd = LinkCommand::new(move |driver| {
+            let _ = tx.send(f(driver));
+        });
+        self.link.send(cmd).await.map_err(|_| ApiError::Stopped)?;
         rx.await.map_err(|_| ApiError::Stopped)
     }
 
@@ -530,12 +271,12 @@ impl HubApi {
         if seconds.is_some_and(|s| s == 0 || s > 3600) {
             return Err(ApiError::BadRequest("seconds must be 1 to 3600".into()));
         }
-        self.ask(|reply| LinkCommand::PairOpen { seconds, reply }).await
+        self.on_link(move |d| d.pair_open(seconds)).await
     }
 
     /// Disarms pairing.
     pub async fn pair_close(&self) -> Result<PairingStatus, ApiError> {
-        self.ask(|reply| LinkCommand::PairClose { reply }).await
+        self.on_link(Driver::pair_close).await
     }
 
     /// Types a PIN and waits for the attempt to end (one attempt at a time); returns the id of
@@ -552,22 +293,20 @@ impl HubApi {
             self.directory.replaceable(old).map_err(|e| directory_error(*old, e))?;
         }
         let device = device.map(|d| d.kid());
-        let kid = self
-            .ask(|reply| LinkCommand::PairPin { pin, serial, device, replaces, accept_risk, reply })
-            .await?
-            .map_err(ApiError::Command)?;
+        let (reply, outcome) = oneshot::channel();
+        let entry = PinEntry { pin, serial, device, replaces, accept_risk, reply };
+        self.on_link(move |d| d.queue_pin(entry)).await?;
+        let kid = outcome.await.map_err(|_| ApiError::Stopped)?.map_err(ApiError::Command)?;
         if let Some(old) = replaces {
             let new = kid.into();
-            self.ask(|reply| LinkCommand::Replace { old, new, reply })
-                .await?
-                .map_err(ApiError::Command)?;
+            self.on_link(move |d| d.replace(old, new)).await?.map_err(ApiError::Command)?;
         }
         Ok(kid.to_string())
     }
 
     /// Pairing status.
     pub async fn pairing(&self) -> Result<PairingStatus, ApiError> {
-        self.ask(|reply| LinkCommand::Pairing { reply }).await
+        self.on_link(|d| d.pairing_status()).await
     }
 
     /// All devices, by name.
@@ -596,7 +335,7 @@ impl HubApi {
             .await
             .map_err(|_| ApiError::Stopped)??;
         let mut d = DeviceView { device, readings, update: None };
-        d.update = self.ask(|reply| LinkCommand::History { device: kid, reply }).await?;
+        d.update = self.update_history(id).await?;
         if let Some(u) = &d.update {
             d.device.info.firmware_version = u.installed;
         }
@@ -605,7 +344,16 @@ impl HubApi {
 
     /// The update overview.
     pub async fn updates(&self) -> Result<crate::updates::UpdatesView, ApiError> {
-        self.ask(|reply| LinkCommand::Updates { reply }).await
+        self.on_link(|d| d.updates().view(crate::clock::unix_now())).await
+    }
+
+    /// A device's update state and history.
+    pub async fn update_history(
+        &self,
+        id: DeviceId,
+    ) -> Result<Option<crate::updates::DeviceUpdate>, ApiError> {
+        let kid = id.kid();
+        self.on_link(move |d| d.updates().history(&kid)).await
     }
 
     /// Adds a release (owner upload, or the feed): verified before anything else.
@@ -615,14 +363,16 @@ impl HubApi {
         image: Vec<u8>,
         source: &'static str,
     ) -> Result<(String, u32), ApiError> {
-        self.ask(|reply| LinkCommand::UpdateAdd { manifest, image, source, reply })
+        self.on_link(move |d| d.update_add(manifest, image, source))
             .await?
             .map_err(ApiError::Command)
     }
 
     /// Pins a manufacturer key; returns its key id.
     pub async fn trust(&self, model: String, key: String) -> Result<String, ApiError> {
-        self.ask(|reply| LinkCommand::Trust { model, key, reply }).await?.map_err(ApiError::Command)
+        self.on_link(move |d| d.change_updates(|u| u.trust(&model, &key)))
+            .await?
+            .map_err(|e| ApiError::Command(e.into()))
     }
 
     /// Sets a policy.
@@ -632,9 +382,9 @@ impl HubApi {
         policy: Option<crate::updates::Policy>,
     ) -> Result<(), ApiError> {
         let device = device.map(|d| d.kid());
-        self.ask(|reply| LinkCommand::UpdatePolicy { device, policy, reply })
+        self.on_link(move |d| d.change_updates(|u| u.set_policy(device.as_ref(), policy)))
             .await?
-            .map_err(ApiError::Command)
+            .map_err(|e| ApiError::Command(e.into()))
     }
 
     /// Approves a version.
@@ -645,21 +395,23 @@ impl HubApi {
         version: u32,
     ) -> Result<(), ApiError> {
         let device = device.map(|d| d.kid());
-        self.ask(|reply| LinkCommand::UpdateApprove { device, model, version, reply })
-            .await?
-            .map_err(ApiError::Command)
+        self.on_link(move |d| {
+            d.change_updates(|u| u.approve(device.as_ref(), model.as_deref(), version))
+        })
+        .await?
+        .map_err(|e| ApiError::Command(e.into()))
     }
 
     /// Cancels delivery to a device.
     pub async fn update_cancel(&self, device: DeviceId) -> Result<Option<u32>, ApiError> {
         let device = device.kid();
-        self.ask(|reply| LinkCommand::UpdateCancel { device, reply }).await
+        self.on_link(move |d| d.update_cancel(device)).await
     }
 
     /// Retries now.
     pub async fn update_retry(&self, device: DeviceId) -> Result<(), ApiError> {
         let device = device.kid();
-        self.ask(|reply| LinkCommand::UpdateRetry { device, reply }).await
+        self.on_link(move |d| d.change_updates(|u| u.retry_now(&device))).await
     }
 
     /// A device's newest readings, oldest first; a replacement's include those of the devices
@@ -691,7 +443,7 @@ impl HubApi {
     /// Removes a device (EN 303 645 5.11-1: its data is erased with it).
     pub async fn remove(&self, id: DeviceId) -> Result<(), ApiError> {
         let kid = id.kid();
-        if self.ask(|reply| LinkCommand::Remove { kid, reply }).await? {
+        if self.on_link(move |d| d.remove(kid)).await? {
             Ok(())
         } else {
             Err(ApiError::NotFound(id))
@@ -710,7 +462,7 @@ impl HubApi {
 
     /// Security advisories, oldest first, with the action taken per affected device.
     pub async fn advisories(&self) -> Result<Vec<crate::isolation::AdvisoryRecord>, ApiError> {
-        self.ask(|reply| LinkCommand::Advisories { reply }).await
+        self.on_link(|d| d.advisories().to_vec()).await
     }
 
     /// Adds a signed advisory (from the feed or the owner): verified like a manifest, then
@@ -720,22 +472,26 @@ impl HubApi {
         signed: Vec<u8>,
         source: &'static str,
     ) -> Result<crate::isolation::AdvisoryRecord, ApiError> {
-        self.ask(|reply| LinkCommand::Advisory { signed, source, reply })
-            .await?
-            .map_err(ApiError::Command)
+        self.on_link(move |d| d.add_advisory(&signed, source)).await?.map_err(ApiError::Command)
     }
 
     /// The owner overrides a device's isolation (explicit and logged, TR 103 621 6.23).
     pub async fn unisolate(&self, id: DeviceId) -> Result<(), ApiError> {
-        self.ask(|reply| LinkCommand::Unisolate { device: id, reply }).await?.map_err(|e| match e {
-            CommandError::Directory(e) => directory_error(id, e),
+        self.on_link(move |d| d.unisolate(id)).await?.map_err(|e| match e {
+            LinkError::Directory(e) => directory_error(id, e),
             e => ApiError::Command(e),
         })
     }
 
     /// Security counters.
     pub async fn security(&self) -> Result<SecurityReport, ApiError> {
-        let mut report = self.ask(|reply| LinkCommand::Security { reply }).await?;
+        let link = self.on_link(|d| d.counters()).await?;
+        let mut report = SecurityReport {
+            link: link.link,
+            bad_payload: link.bad_payload,
+            total: link.total(),
+            ..SecurityReport::default()
+        };
         if let Some(m) = &self.mqtt {
             report.mqtt = m.counters();
             report.total += report.mqtt.total();
@@ -762,7 +518,7 @@ impl HubApi {
             return Err(ApiError::NotFound(device));
         }
         let kid = device.kid();
-        if self.ask(|reply| LinkCommand::Command { device: kid, command, reply }).await? {
+        if self.on_link(move |d| d.actuate(kid, command)).await? {
             Ok(())
         } else {
             Err(ApiError::NotFound(device))

@@ -13,21 +13,21 @@ pub struct Config {
     /// CoAP/UDP listen address for sensors.
     pub coap_bind: SocketAddr,
     /// Pairing limits.
-    pub pairing: Pairing,
+    pub pairing: PairingConfig,
     /// Store limits.
-    pub store: Store,
+    pub store: StoreConfig,
     /// Updates.
-    pub updates: Updates,
+    pub updates: UpdatesConfig,
     /// When a sensor counts as offline.
-    pub availability: Availability,
+    pub availability: AvailabilityConfig,
     /// The upstream MQTT broker readings are forwarded to (none: the hub stays local).
     pub upstream: Option<crate::upstream::UpstreamConfig>,
     /// The MQTT broker and its listeners.
-    pub mqtt: Mqtt,
+    pub mqtt: MqttConfig,
     /// The owner's web UI.
-    pub web: Web,
+    pub web: WebConfig,
     /// Password hashing and login throttling, for the web UI and MQTT together.
-    pub login: Login,
+    pub login: LoginConfig,
 }
 
 /// Logins to the web UI and MQTT (DESIGN "Failure domains and budgets"; EN 303 645 5.1-5): one
@@ -36,7 +36,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Login {
+pub struct LoginConfig {
     /// Password hashes (argon2id, 19 MiB each) computed at once, web and MQTT together.
     pub hash_slots: usize,
     /// Logins waiting for a hashing slot at most; further ones are refused at once (web 503,
@@ -52,7 +52,7 @@ pub struct Login {
     pub forget_after_s: u64,
 }
 
-impl Default for Login {
+impl Default for LoginConfig {
     fn default() -> Self {
         let budget = admission::Limits::default();
         let policy = admission::Policy::default();
@@ -67,7 +67,7 @@ impl Default for Login {
     }
 }
 
-impl Login {
+impl LoginConfig {
     /// The hashing budget's limits.
     pub fn limits(&self) -> admission::Limits {
         admission::Limits {
@@ -95,7 +95,7 @@ impl Login {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Mqtt {
+pub struct MqttConfig {
     /// Whether MQTT runs at all.
     pub enabled: bool,
     /// Plain (unencrypted) listener; must be a loopback address.
@@ -125,7 +125,7 @@ pub struct Mqtt {
     pub republish_interval_s: u64,
 }
 
-impl Default for Mqtt {
+impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             enabled: true,
@@ -149,23 +149,23 @@ impl Default for Mqtt {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Availability {
+pub struct AvailabilityConfig {
     /// Periods without a report before a sensor is offline.
     pub missed_periods: u32,
     /// Reporting period assumed until one is learned, seconds.
     pub default_period_s: u64,
 }
 
-impl Default for Availability {
+impl Default for AvailabilityConfig {
     fn default() -> Self {
         Self { missed_periods: 3, default_period_s: 60 }
     }
 }
 
-impl Availability {
+impl AvailabilityConfig {
     /// The directory's settings.
-    pub fn directory_config(&self) -> crate::devices::AvailabilityConfig {
-        crate::devices::AvailabilityConfig {
+    pub fn availability_rules(&self) -> crate::devices::AvailabilityRules {
+        crate::devices::AvailabilityRules {
             default_period_ms: self.default_period_s.saturating_mul(1000),
             missed_periods: self.missed_periods,
         }
@@ -176,7 +176,7 @@ impl Availability {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Web {
+pub struct WebConfig {
     /// Listen address (HTTPS only; plain HTTP on it gets no answer).
     pub bind: SocketAddr,
     /// Host names and addresses the certificate names besides localhost, loopback and the host
@@ -197,7 +197,7 @@ pub struct Web {
     pub body_timeout_ms: u64,
 }
 
-impl Default for Web {
+impl Default for WebConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([0, 0, 0, 0], 8443)),
@@ -226,7 +226,7 @@ pub struct TrustedKey {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Updates {
+pub struct UpdatesConfig {
     /// Devices updated at once.
     pub max_concurrent: usize,
     /// Manufacturer keys to pin at start.
@@ -241,7 +241,7 @@ pub struct Updates {
     pub retry_base_s: u64,
 }
 
-impl Default for Updates {
+impl Default for UpdatesConfig {
     fn default() -> Self {
         Self {
             max_concurrent: 10,
@@ -258,7 +258,7 @@ impl Default for Updates {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Pairing {
+pub struct PairingConfig {
     /// Default window length.
     pub window_seconds: u64,
     /// Failed confirmations before the window closes.
@@ -293,7 +293,7 @@ pub struct Pairing {
     pub host_request_burst: u32,
 }
 
-impl Pairing {
+impl PairingConfig {
     /// The hello budget in the protocol's terms.
     pub fn hello_limits(&self) -> protocol::pairing::HelloLimits {
         protocol::pairing::HelloLimits {
@@ -314,7 +314,7 @@ impl Pairing {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Store {
+pub struct StoreConfig {
     /// Readings kept per device at least: an old segment is dropped once every device in it
     /// has this many newer readings.
     pub max_readings_per_device: u64,
@@ -326,10 +326,10 @@ pub struct Store {
     pub max_log_mb: u64,
 }
 
-impl Store {
+impl StoreConfig {
     /// The store's settings.
-    pub fn store_config(&self) -> crate::store::StoreConfig {
-        crate::store::StoreConfig {
+    pub fn store_limits(&self) -> crate::store::StoreLimits {
+        crate::store::StoreLimits {
             max_readings_per_device: self.max_readings_per_device,
             segment_bytes: self.segment_mb.clamp(1, 1024) << 20,
             max_log_bytes: self.max_log_mb.max(1) << 20,
@@ -341,19 +341,19 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             coap_bind: SocketAddr::from(([0, 0, 0, 0], 5683)),
-            pairing: Pairing::default(),
-            store: Store::default(),
-            updates: Updates::default(),
-            availability: Availability::default(),
+            pairing: PairingConfig::default(),
+            store: StoreConfig::default(),
+            updates: UpdatesConfig::default(),
+            availability: AvailabilityConfig::default(),
             upstream: None,
-            mqtt: Mqtt::default(),
-            web: Web::default(),
-            login: Login::default(),
+            mqtt: MqttConfig::default(),
+            web: WebConfig::default(),
+            login: LoginConfig::default(),
         }
     }
 }
 
-impl Default for Pairing {
+impl Default for PairingConfig {
     fn default() -> Self {
         Self {
             window_seconds: 120,
@@ -373,7 +373,7 @@ impl Default for Pairing {
     }
 }
 
-impl Default for Store {
+impl Default for StoreConfig {
     fn default() -> Self {
         Self { max_readings_per_device: 100_000, max_batch: 4096, segment_mb: 32, max_log_mb: 4096 }
     }

@@ -224,6 +224,125 @@ impl Advisories {
     }
 }
 
+/// What the owner should know before pairing a sensor with this descriptor (TR 103 621
+/// 6.22/6.23, EN 303 645 5.3-13/14): under a known advisory (it will be isolated, or its fix
+/// installed), or past its support period.
+pub(crate) fn pairing_warning(
+    advisories: &Advisories,
+    d: &protocol::pairing::Descriptor,
+    replaces: Option<&DeviceId>,
+) -> Option<String> {
+    let now = crate::clock::unix_now().0;
+    let subject = Subject {
+        model: &d.model,
+        installed: d.firmware_version,
+        updatable: d.updatable,
+        support_end: d.support_end.0,
+    };
+    let mut out = Vec::new();
+    for a in advisories.records() {
+        match decide(subject, a, now) {
+            Decision::Unaffected => {}
+            Decision::ScheduleFix => out.push(format!(
+                "firmware {} is affected by advisory {} ({} severity: {}); the hub will install \
+                 the fix right after pairing",
+                d.firmware_version, a.id, a.severity, a.text
+            )),
+            Decision::Isolate(reason) => {
+                let again = match replaces {
+                    Some(old) => format!(
+                        "it replaces {old} but is itself affected: it will be isolated again as \
+                         soon as it pairs"
+                    ),
+                    None => "it will be isolated as soon as it pairs".to_owned(),
+                };
+                out.push(format!("{again}: {reason} (advisory {}: {})", a.id, a.text));
+            }
+        }
+    }
+    if out.is_empty() && d.support_end.0 <= now {
+        out.push(format!(
+            "its security-update support period ended on {}: the manufacturer no longer fixes \
+             its vulnerabilities",
+            crate::clock::local_date(d.support_end.0)
+        ));
+    }
+    (!out.is_empty()).then(|| out.join("; "))
+}
+
+/// What [`apply`] decided that the link must carry out.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// Devices isolated now: their update offers are withdrawn.
+    pub(crate) isolated: Vec<protocol::oscore::Kid>,
+    /// A fix was approved: deliveries must be re-planned.
+    pub(crate) fix_scheduled: bool,
+}
+
+/// Decides for every paired device (or `only` one that paired) under every advisory (TR 103
+/// 621 6.23): the fix is approved for updatable devices in support, the others are isolated.
+pub(crate) fn apply(
+    advisories: &mut Advisories,
+    directory: &crate::devices::Directory,
+    updates: &mut crate::updates::Updates,
+    only: Option<&DeviceId>,
+) -> Applied {
+    let mut applied = Applied::default();
+    if advisories.records().is_empty() {
+        return applied;
+    }
+    let now = crate::clock::unix_now();
+    let devices = match only {
+        Some(id) => directory.get(id).into_iter().collect(),
+        None => directory.list(),
+    };
+    for index in 0..advisories.records().len() {
+        for d in &devices {
+            let kid = d.info.id.kid();
+            let subject = Subject {
+                model: &d.info.model,
+                installed: updates.installed(&kid).unwrap_or(d.info.firmware_version),
+                updatable: d.info.updatable,
+                support_end: d.info.support_end,
+            };
+            let advisory = &advisories.records()[index];
+            match decide(subject, advisory, now.0) {
+                Decision::Unaffected => {}
+                Decision::ScheduleFix => {
+                    let fix = advisory.fixed_in.unwrap_or(u32::MAX);
+                    let version = updates.newest_release(&d.info.model).filter(|v| *v >= fix);
+                    if let Some(v) = version
+                        && !updates.approved(&kid, &d.info.model, v)
+                    {
+                        // A security fix is installed even under a notify-only policy (the
+                        // owner is told why, EN 303 645 5.3-11).
+                        let _ = updates.approve(Some(&kid), None, v);
+                        applied.fix_scheduled = true;
+                        tracing::warn!(device = %d.info.id, version = v, "vulnerable device: security fix scheduled");
+                    }
+                    advisories.act(index, d.info.id, Action::FixScheduled { version });
+                }
+                Decision::Isolate(reason) => {
+                    let isolation = crate::devices::Isolation {
+                        reason: reason.clone(),
+                        advisory: Some(advisory.summary()),
+                        since: now.0,
+                        replacement: replacement_path(&d.info.id),
+                        overridden_at: None,
+                    };
+                    if directory.isolate(&d.info.id, isolation, crate::clock::unix_now_ms()) {
+                        tracing::warn!(device = %d.info.id, %reason, "vulnerable device isolated: its data and commands no longer leave the hub");
+                        applied.isolated.push(kid);
+                    }
+                    advisories.act(index, d.info.id, Action::Isolated { reason });
+                }
+            }
+        }
+    }
+    // Isolations reach the store with the next tick's profile document (within a second).
+    applied
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod clock;
 pub mod config;
 pub mod connections;
 pub mod control;
@@ -15,7 +16,7 @@ pub mod fault;
 pub mod feed;
 pub mod identity;
 pub mod isolation;
-pub mod link;
+mod link;
 pub mod logs;
 pub mod mqtt;
 pub mod private_fs;
@@ -26,3 +27,6 @@ pub mod store;
 pub mod updates;
 pub mod upstream;
 pub mod web;
+
+#[cfg(test)]
+mod layout_tests;

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use crate::clock::{local_date, local_time};
+
 /// What was asked, so the answer can be laid out for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
@@ -52,18 +54,6 @@ pub fn unit(u: &str) -> &str {
         "count" => "",
         other => other,
     }
-}
-
-/// Unix milliseconds in the local time zone (`2026-12-04 19:30:05`).
-pub fn local_time(ms: i64) -> String {
-    let Ok(ts) = jiff::Timestamp::from_millisecond(ms) else { return ms.to_string() };
-    ts.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string()
-}
-
-/// Unix seconds as a local date.
-pub fn local_date(s: u64) -> String {
-    let Ok(ts) = jiff::Timestamp::from_second(s as i64) else { return s.to_string() };
-    ts.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d").to_string()
 }
 
 /// `5 s ago`, `3 min ago`, `2 h ago`, `4 d ago`.

@@ -210,7 +210,7 @@ struct Inner {
 
 /// Availability settings.
 #[derive(Debug, Clone, Copy)]
-pub struct AvailabilityConfig {
+pub struct AvailabilityRules {
     /// Period assumed until one is learned, ms.
     pub default_period_ms: u64,
     /// Offline after this many periods without a report.
@@ -236,7 +236,7 @@ pub enum DirectoryError {
 pub struct Directory {
     inner: Arc<RwLock<Inner>>,
     notices: broadcast::Sender<Notice>,
-    config: AvailabilityConfig,
+    config: AvailabilityRules,
 }
 
 impl Directory {
@@ -244,7 +244,7 @@ impl Directory {
     pub fn new(
         devices: Vec<DeviceInfo>,
         doc: Option<&[u8]>,
-        config: AvailabilityConfig,
+        config: AvailabilityRules,
         now_ms: i64,
     ) -> Self {
         let mut profiles: HashMap<DeviceId, Profile> =

@@ -18,14 +18,15 @@ use std::time::Instant;
 use protocol::oscore::Kid;
 
 use super::catalog::Catalog;
-use super::link_state::{Change, LinkState};
+use super::link_state::LinkState;
 use super::log::{self, IndexJob, LogConfig, Retention, SegmentLog};
+use super::records::Change;
 use super::records::{Payload, Replayed};
 use super::{DeviceInfo, OpenOutcome, PeerRecord, Store, StoreError, StoredReading, Write};
 
 /// Storage settings.
 #[derive(Debug, Clone, Copy)]
-pub struct StoreConfig {
+pub struct StoreLimits {
     /// Readings kept per device, approximately: a sealed segment is dropped once every device
     /// in it has at least this many newer readings.
     pub max_readings_per_device: u64,
@@ -35,7 +36,7 @@ pub struct StoreConfig {
     pub max_log_bytes: u64,
 }
 
-impl Default for StoreConfig {
+impl Default for StoreLimits {
     fn default() -> Self {
         Self { max_readings_per_device: 100_000, segment_bytes: 32 << 20, max_log_bytes: 4 << 30 }
     }
@@ -55,7 +56,7 @@ impl core::fmt::Debug for HubStore {
 
 struct Inner {
     catalog: Arc<Catalog>,
-    config: StoreConfig,
+    config: StoreLimits,
     live: Arc<Mutex<Live>>,
     maintenance: Option<Maintenance>,
     /// The one writer thread (set right after the store is made: it holds a weak reference).
@@ -148,7 +149,7 @@ impl HubStore {
     /// Opens the store in `dir`: the catalog `hearth.redb` (with the key-encryption key
     /// `kek`) and the log `readings/`. A corrupt catalog is moved aside with the log (they
     /// describe the same devices) and a fresh store created; the caller reports the outcome.
-    pub fn open(dir: &Path, config: StoreConfig) -> Result<(Self, OpenOutcome), StoreError> {
+    pub fn open(dir: &Path, config: StoreLimits) -> Result<(Self, OpenOutcome), StoreError> {
         let (catalog, outcome) = Catalog::open(dir)?;
         let log_dir = dir.join("readings");
         if let OpenOutcome::MovedAside(aside) = &outcome
@@ -476,7 +477,7 @@ fn write_loop(store: &Weak<Inner>, jobs: &mpsc::Receiver<WriteJob>) {
 /// states into the catalog, then applies retention (never past the snapshot).
 // Outside tests `Job` has one variant.
 #[cfg_attr(not(test), allow(clippy::infallible_destructuring_match))]
-fn maintain(catalog: &Catalog, live: &Mutex<Live>, config: StoreConfig, jobs: mpsc::Receiver<Job>) {
+fn maintain(catalog: &Catalog, live: &Mutex<Live>, config: StoreLimits, jobs: mpsc::Receiver<Job>) {
     for job in jobs {
         let job = match job {
             Job::Seal(job) => job,
@@ -637,8 +638,8 @@ pub(super) mod tests {
         Write::State { kid: k, state }
     }
 
-    fn config(segment_bytes: u64) -> StoreConfig {
-        StoreConfig { max_readings_per_device: 1 << 40, segment_bytes, max_log_bytes: 1 << 40 }
+    fn config(segment_bytes: u64) -> StoreLimits {
+        StoreLimits { max_readings_per_device: 1 << 40, segment_bytes, max_log_bytes: 1 << 40 }
     }
 
     fn times(store: &HubStore, k: Kid, limit: usize) -> Vec<i64> {
@@ -646,7 +647,7 @@ pub(super) mod tests {
     }
 
     /// A store in `dir` with devices 1 and 2 paired.
-    fn paired(dir: &Path, c: StoreConfig) -> (HubStore, Kid, Kid) {
+    fn paired(dir: &Path, c: StoreLimits) -> (HubStore, Kid, Kid) {
         let (store, _) = HubStore::open(dir, c).expect("open");
         store.commit(&[device(kid(1)), device(kid(2))]).expect("pair");
         (store, kid(1), kid(2))
@@ -812,7 +813,7 @@ pub(super) mod tests {
     fn retention_drops_whole_old_segments_by_size_and_by_per_device_count() {
         let tmp = tempfile::tempdir().expect("tmp");
         let a = kid(1);
-        let by_size = StoreConfig { max_log_bytes: 16 << 10, ..config(4096) };
+        let by_size = StoreLimits { max_log_bytes: 16 << 10, ..config(4096) };
         let (store, _) = HubStore::open(tmp.path(), by_size).expect("open");
         store.commit(&[device(a)]).expect("pair");
         for i in 0..2000 {
@@ -830,7 +831,7 @@ pub(super) mod tests {
         drop(store);
 
         let tmp = tempfile::tempdir().expect("tmp");
-        let by_count = StoreConfig { max_readings_per_device: 300, ..config(4096) };
+        let by_count = StoreLimits { max_readings_per_device: 300, ..config(4096) };
         let (store, a, b) = paired(tmp.path(), by_count);
         store.commit(&[readings(b, [1])]).expect("b");
         for i in 0..3000 {

@@ -12,7 +12,7 @@ mod records;
 mod seal;
 
 pub use catalog::OpenOutcome;
-pub use hub_store::{Committed, HubStore, StoreConfig};
+pub use hub_store::{Committed, HubStore, StoreLimits};
 pub use log::LogError;
 pub use seal::{Kek, SealError};
 
