@@ -37,7 +37,7 @@ const MAX_INTERVAL_SECS: u64 = 1 << 40;
 
 /// What the owner sees of the feed checker (`hub ctl updates`): when the feed was last checked
 /// and with what outcome, and when the next check is due.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FeedStatus {
     /// The feed's URL.
     pub url: String,

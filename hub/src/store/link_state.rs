@@ -116,8 +116,8 @@ impl LinkState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::link::PeerState;
     use protocol::link::BucketState;
+    use protocol::link::PeerState;
 
     #[test]
     fn merge_keeps_ceilings_and_leases_growing_and_round_trips() {

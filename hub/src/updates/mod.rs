@@ -12,7 +12,7 @@ mod types;
 
 use crate::device_id::DeviceId;
 pub use types::{
-    DeviceUpdate, DeviceView, HistoryEntry, HistoryEvent, Policy, Refusal, ReleaseView,
+    DeviceUpdate, HistoryEntry, HistoryEvent, Policy, Refusal, ReleaseView, UpdateStatus,
     UpdatesError, UpdatesView,
 };
 use types::{Persisted, Release};
@@ -440,7 +440,7 @@ impl Updates {
                 if cand.is_none() && d.offered.is_none() {
                     return None;
                 }
-                Some(DeviceView {
+                Some(UpdateStatus {
                     id: *id,
                     model: d.model.clone(),
                     installed: d.installed,

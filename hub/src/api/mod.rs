@@ -1,197 +1,21 @@
-//! The owner's command API: one implementation behind both fronts (the control socket now, the
-//! web UI later). Requests and answers are serde types, so every front speaks the same JSON.
+//! The owner's command API: one implementation behind every front (the control socket and
+//! `hub ctl`, the web UI, MQTT). Each command is defined once in [`request`] (its arguments,
+//! its typed answer from [`answer`], its handler: a method here); the link's part runs on the
+//! link's thread as a closure (`on_link`).
 
-use serde::{Deserialize, Serialize};
+mod answer;
+pub mod request;
+#[cfg(test)]
+pub(crate) mod tests;
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::device_id::DeviceId;
 use crate::link::{Driver, LinkCommand, LinkError, PinEntry};
 pub use crate::link::{PairingState, PairingStatus, Waiting};
 use crate::store::{HubStore, Store, StoredReading};
-
-/// A request to the hub.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    /// Arm pairing for a bounded window.
-    PairOpen {
-        /// Window length (default from the configuration).
-        #[serde(default)]
-        seconds: Option<u64>,
-    },
-    /// Disarm pairing.
-    PairClose,
-    /// Type the PIN shown on a sensor (name it by serial or device id if several wait).
-    PairPin {
-        /// The digits.
-        pin: String,
-        /// Serial of the sensor whose display shows the PIN.
-        #[serde(default)]
-        serial: Option<String>,
-        /// Or its device id.
-        #[serde(default)]
-        device: Option<DeviceId>,
-        /// A device the new sensor replaces (it inherits name, room and history; the old
-        /// sensor's keys are erased).
-        #[serde(default)]
-        replaces: Option<DeviceId>,
-        /// The owner read the sensor's warning (past its support period, under an advisory)
-        /// and pairs it anyway.
-        #[serde(default)]
-        accept_risk: bool,
-    },
-    /// Pairing window and waiting sensors.
-    Pairing,
-    /// Factory reset: everything in the data directory is erased and the hub restarts as a new
-    /// hub (new key-encryption key, certificate and setup code). `confirm` must be `ERASE`.
-    FactoryReset {
-        /// The word that confirms it.
-        confirm: String,
-    },
-    /// All devices.
-    Devices,
-    /// One device.
-    Device {
-        /// Device id.
-        id: DeviceId,
-    },
-    /// A device's newest readings.
-    Readings {
-        /// Device id.
-        id: DeviceId,
-        /// How many (default 20, at most 10,000).
-        #[serde(default)]
-        limit: Option<usize>,
-    },
-    /// Remove a device: its keys, state and readings are erased.
-    Remove {
-        /// Device id.
-        id: DeviceId,
-    },
-    /// Name a device.
-    Rename {
-        /// Device id.
-        id: DeviceId,
-        /// New name.
-        name: String,
-    },
-    /// Put a device in a room (none: no room).
-    Room {
-        /// Device id.
-        id: DeviceId,
-        /// Room.
-        #[serde(default)]
-        room: Option<String>,
-    },
-    /// Security advisories and what the hub did about them.
-    Advisories,
-    /// Add an advisory given by the owner (COSE_Sign1, hex).
-    AdvisoryAdd {
-        /// The signed advisory, hex.
-        advisory_hex: String,
-    },
-    /// The owner's explicit override of an isolation (logged).
-    Unisolate {
-        /// Device id.
-        id: DeviceId,
-    },
-    /// Security-event counters (EN 303 645 5.10-1).
-    Security,
-    /// Updates: releases, refusals, devices waiting or under way.
-    Updates,
-    /// Add a release given by the owner (manifest and image as hex).
-    UpdateAdd {
-        /// COSE_Sign1 manifest, hex.
-        manifest_hex: String,
-        /// Image, hex.
-        image_hex: String,
-    },
-    /// Pin a manufacturer key for a model.
-    Trust {
-        /// Model designation.
-        model: String,
-        /// Hex SEC1 public key.
-        key: String,
-    },
-    /// Set the update policy for the hub or one device.
-    UpdatePolicy {
-        /// Device (none: the hub's default).
-        #[serde(default)]
-        device: Option<DeviceId>,
-        /// The policy (`null` on a device: follow the hub's).
-        policy: Option<crate::updates::Policy>,
-    },
-    /// Approve a version (disruptive or notify-only) for one device or all.
-    UpdateApprove {
-        /// One device.
-        #[serde(default)]
-        device: Option<DeviceId>,
-        /// Or every device of this model.
-        #[serde(default)]
-        model: Option<String>,
-        /// Version.
-        version: u32,
-    },
-    /// Cancel delivery to a device.
-    UpdateCancel {
-        /// Device.
-        device: DeviceId,
-    },
-    /// Retry a device's update now (clears its back-off).
-    UpdateRetry {
-        /// Device.
-        device: DeviceId,
-    },
-    /// The upstream bridge: connected, outbox lag, forwarded, dropped.
-    Upstream,
-    /// Add an MQTT user (EN 303 645 5.1-1: there is no default one).
-    MqttUserAdd {
-        /// User name.
-        name: String,
-        /// Password (none: one is generated and returned once).
-        #[serde(default)]
-        password: Option<String>,
-    },
-    /// Remove an MQTT user.
-    MqttUserRemove {
-        /// User name.
-        name: String,
-    },
-    /// List the MQTT users.
-    MqttUsers,
-}
-
-/// Counters of rejected input and security events (EN 303 645 5.10-1).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SecurityReport {
-    /// The link's counters (malformed, replays, bad tags, throttled, pairing, ...).
-    #[serde(flatten)]
-    pub link: protocol::link::SecurityCounters,
-    /// Readings refused for breaking a limit (SenML).
-    pub bad_payload: u64,
-    /// MQTT logins refused or throttled, malformed MQTT, forged publications.
-    #[serde(flatten)]
-    pub mqtt: crate::mqtt::auth::MqttCounters,
-    /// Connections shed or cut for being slow, fronts bypassed, upstream certificates refused.
-    #[serde(flatten)]
-    pub connections: crate::connections::ConnectionCounters,
-    /// Total of the security-relevant counters (retransmissions and Echo rate limiting are
-    /// not security events).
-    pub total: u64,
-}
-
-/// A device with its live state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeviceView {
-    /// Pairing record, name, room, availability, isolation, last seen, current state.
-    #[serde(flatten)]
-    pub device: crate::devices::DeviceSnapshot,
-    /// Readings stored.
-    pub readings: u64,
-    /// Update state and history (in `device` answers).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub update: Option<crate::updates::DeviceUpdate>,
-}
+pub use answer::*;
+pub use request::{Command, Request};
 
 /// Why a request failed (sent to the client as `{"error": "..."}`).
 #[derive(Debug, thiserror::Error)]
@@ -557,101 +381,10 @@ impl HubApi {
     }
 
     /// The upstream bridge's status (`configured: false` without one: the hub is local only).
-    pub fn upstream(&self) -> serde_json::Value {
-        match &self.upstream {
-            Some(u) => {
-                let mut v = serde_json::json!(u.status());
-                v["configured"] = true.into();
-                v
-            }
-            None => serde_json::json!({"configured": false}),
+    pub fn upstream(&self) -> UpstreamAnswer {
+        UpstreamAnswer {
+            configured: self.upstream.is_some(),
+            status: self.upstream.as_ref().map(crate::upstream::UpstreamHandle::status),
         }
-    }
-
-    /// Runs one request and renders the answer as JSON.
-    pub async fn handle(&self, req: Request) -> serde_json::Value {
-        let result = match req {
-            Request::PairOpen { seconds } => {
-                self.pair_open(seconds).await.map(|v| serde_json::json!(v))
-            }
-            Request::PairClose => self.pair_close().await.map(|v| serde_json::json!(v)),
-            Request::PairPin { pin, serial, device, replaces, accept_risk } => {
-                let r = self.pair_pin(pin, serial, device, replaces, accept_risk).await;
-                r.map(|d| serde_json::json!({"pairing": d, "replaces": replaces}))
-            }
-            Request::Pairing => self.pairing().await.map(|v| serde_json::json!(v)),
-            Request::FactoryReset { confirm } if confirm == "ERASE" => {
-                self.factory_reset();
-                Ok(serde_json::json!({"factory_reset": true}))
-            }
-            Request::FactoryReset { .. } => {
-                Err(ApiError::BadRequest("type ERASE to confirm the factory reset".into()))
-            }
-            Request::Devices => self.devices().await.map(|v| serde_json::json!(v)),
-            Request::Device { id } => self.device(id).await.map(|v| serde_json::json!(v)),
-            Request::Readings { id, limit } => {
-                self.readings(id, limit).await.map(|v| serde_json::json!(v))
-            }
-            Request::Remove { id } => {
-                self.remove(id).await.map(|()| serde_json::json!({"removed": id}))
-            }
-            Request::Rename { id, name } => {
-                self.rename(id, &name).await.map(|()| serde_json::json!({"renamed": id}))
-            }
-            Request::Room { id, room } => {
-                self.set_room(id, room.as_deref()).await.map(|()| serde_json::json!({"room": room}))
-            }
-            Request::Advisories => self.advisories().await.map(|v| serde_json::json!(v)),
-            Request::AdvisoryAdd { advisory_hex } => match protocol::hex::decode(&advisory_hex) {
-                Some(b) => self.advisory_add(b, "owner").await.map(|v| serde_json::json!(v)),
-                None => Err(ApiError::BadRequest("the advisory must be hex".into())),
-            },
-            Request::Unisolate { id } => {
-                self.unisolate(id).await.map(|()| serde_json::json!({"unisolated": id}))
-            }
-            Request::Security => self.security().await.map(|v| serde_json::json!(v)),
-            Request::Updates => self.updates().await.map(|v| {
-                let mut answer = serde_json::json!(v);
-                answer["feed"] = serde_json::json!(self.feed.get());
-                answer
-            }),
-            Request::UpdateAdd { manifest_hex, image_hex } => {
-                match (protocol::hex::decode(&manifest_hex), protocol::hex::decode(&image_hex)) {
-                    (Some(m), Some(i)) => self.update_add(m, i, "owner").await.map(
-                        |(model, version)| serde_json::json!({"model": model, "version": version}),
-                    ),
-                    _ => Err(ApiError::BadRequest("manifest and image must be hex".into())),
-                }
-            }
-            Request::Trust { model, key } => {
-                self.trust(model, key).await.map(|kid| serde_json::json!({"trusted": kid}))
-            }
-            Request::UpdatePolicy { device, policy } => {
-                self.update_policy(device, policy).await.map(|()| serde_json::json!({"ok": true}))
-            }
-            Request::UpdateApprove { device, model, version } => self
-                .update_approve(device, model, version)
-                .await
-                .map(|()| serde_json::json!({"approved": version})),
-            Request::UpdateCancel { device } => {
-                self.update_cancel(device).await.map(|v| serde_json::json!({"cancelled": v}))
-            }
-            Request::UpdateRetry { device } => {
-                self.update_retry(device).await.map(|()| serde_json::json!({"ok": true}))
-            }
-            Request::Upstream => Ok(self.upstream()),
-            Request::MqttUserAdd { name, password } => {
-                self.mqtt_user_add(name.clone(), password).await.map(|generated| match generated {
-                    Some(p) => serde_json::json!({"added": name, "password": p}),
-                    None => serde_json::json!({"added": name}),
-                })
-            }
-            Request::MqttUserRemove { name } => self
-                .mqtt_user_remove(name.clone())
-                .await
-                .map(|()| serde_json::json!({"removed": name})),
-            Request::MqttUsers => self.mqtt_users().map(|v| serde_json::json!(v)),
-        };
-        result.unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
     }
 }
