@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod netfault;
+pub mod netns;
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
@@ -115,6 +118,12 @@ impl Hub {
         let mut sh = Command::new("sh");
         sh.args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""]).arg(cgroup).arg(bin("hub"));
         Self::spawn(sh, dir, &config)
+    }
+
+    /// Starts a hub with the configuration file `config` inside the network namespace `ns`
+    /// (its control socket, a file in `dir`, stays reachable from everywhere).
+    pub fn start_in_netns(dir: &Path, config: &Path, ns: &netns::Netns) -> Hub {
+        Self::spawn(ns.command(bin("hub")), dir, config)
     }
 
     fn spawn(mut command: Command, dir: &Path, config: &Path) -> Hub {
@@ -265,7 +274,16 @@ impl Sim {
 
     /// Starts `sensor-sim <args>`.
     pub fn start(args: &[&str]) -> Sim {
-        let mut child = Command::new(bin("sensor-sim"))
+        Sim::spawn(Command::new(bin("sensor-sim")), args)
+    }
+
+    /// Starts `sensor-sim <args>` inside the network namespace `ns`.
+    pub fn start_in_netns(ns: &netns::Netns, args: &[&str]) -> Sim {
+        Sim::spawn(ns.command(bin("sensor-sim")), args)
+    }
+
+    fn spawn(mut command: Command, args: &[&str]) -> Sim {
+        let mut child = command
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
