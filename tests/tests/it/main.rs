@@ -4,6 +4,7 @@
 mod adversary;
 mod aiocoap_interop;
 mod bad_input;
+mod bad_network;
 mod browser;
 mod crash;
 mod ctl;
