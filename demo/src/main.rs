@@ -141,6 +141,12 @@ fn hub_config(maker: &Manufacturer, sensors: u32) -> Config {
     config.mqtt.enabled = false;
     config.pairing.max_sessions = config.pairing.max_sessions.max(sensors as usize);
     config.pairing.sessions_per_source = config.pairing.max_sessions;
+    // The whole simulated fleet pairs from this one host at once.
+    config.pairing.host_hello_burst = config.pairing.host_hello_burst.max(sensors);
+    config.pairing.hello_burst = config.pairing.hello_burst.max(2 * sensors);
+    config.pairing.hello_rate = config.pairing.hello_rate.max(sensors);
+    config.pairing.host_request_rate = config.pairing.host_request_rate.max(20 * sensors);
+    config.pairing.host_request_burst = config.pairing.host_request_burst.max(20 * sensors);
     config
 }
 

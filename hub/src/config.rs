@@ -264,6 +264,38 @@ pub struct Pairing {
     /// A session that hears nothing from its sensor for this long ends (an attempt whose PIN
     /// was typed counts as failed).
     pub session_idle_s: u64,
+    /// A session waiting for its PIN ends this long after it started, however active.
+    pub session_max_s: u64,
+    /// Key generations per second for pairing hellos, all hosts together (the P-256 budget;
+    /// the excess is dropped unanswered and counted).
+    pub hello_rate: u32,
+    /// Key generations saved up (half of them kept for hosts not served recently).
+    pub hello_burst: u32,
+    /// Shortest interval between two key generations for one host (longer while more ask).
+    pub host_hello_interval_ms: u64,
+    /// Key generations one host can save up.
+    pub host_hello_burst: u32,
+    /// Unprotected datagrams (pairing requests, anything not OSCORE) one host may send per
+    /// second; the excess is dropped unread and counted.
+    pub host_request_rate: u32,
+    /// Unprotected datagrams one host can save up.
+    pub host_request_burst: u32,
+}
+
+impl Pairing {
+    /// The hello budget in the protocol's terms.
+    pub fn hello_limits(&self) -> protocol::pairing::HelloLimits {
+        protocol::pairing::HelloLimits {
+            rate_per_s: self.hello_rate,
+            burst: self.hello_burst,
+            reserve: self.hello_burst / 2,
+            host_interval_ms: self.host_hello_interval_ms,
+            host_burst: self.host_hello_burst,
+            request_rate: self.host_request_rate,
+            request_burst: self.host_request_burst,
+            ..protocol::pairing::HelloLimits::default()
+        }
+    }
 }
 
 /// Store limits. Readings are kept in log segments that are dropped whole, oldest first
@@ -315,9 +347,16 @@ impl Default for Pairing {
             window_seconds: 120,
             max_failures: 3,
             backoff_base_ms: 2000,
-            max_sessions: 32,
+            max_sessions: 128,
             sessions_per_source: 4,
             session_idle_s: 60,
+            session_max_s: 180,
+            hello_rate: 20,
+            hello_burst: 20,
+            host_hello_interval_ms: 1_000,
+            host_hello_burst: 4,
+            host_request_rate: 20,
+            host_request_burst: 40,
         }
     }
 }
@@ -389,6 +428,27 @@ impl Config {
         }
         if !(1..=3600).contains(&p.session_idle_s) {
             return bad("pairing.session_idle_s", "must be 1 to 3600");
+        }
+        if !(1..=3600).contains(&p.session_max_s) {
+            return bad("pairing.session_max_s", "must be 1 to 3600");
+        }
+        if !(1..=1_000_000).contains(&p.hello_rate) {
+            return bad("pairing.hello_rate", "must be 1 to 1000000");
+        }
+        if !(1..=1_000_000).contains(&p.hello_burst) {
+            return bad("pairing.hello_burst", "must be 1 to 1000000");
+        }
+        if !(1..=3_600_000).contains(&p.host_hello_interval_ms) {
+            return bad("pairing.host_hello_interval_ms", "must be 1 to 3600000");
+        }
+        if !(1..=1_000_000).contains(&p.host_hello_burst) {
+            return bad("pairing.host_hello_burst", "must be 1 to 1000000");
+        }
+        if !(1..=1_000_000).contains(&p.host_request_rate) {
+            return bad("pairing.host_request_rate", "must be 1 to 1000000");
+        }
+        if !(1..=1_000_000).contains(&p.host_request_burst) {
+            return bad("pairing.host_request_burst", "must be 1 to 1000000");
         }
         if p.backoff_base_ms > 600_000 {
             return bad("pairing.backoff_base_ms", "must be at most 600000");
@@ -564,6 +624,9 @@ mod tests {
         assert!(Config::default().validate().is_ok());
         assert!(load("").is_ok());
         assert_eq!(invalid_key("[pairing]\nwindow_seconds = 0"), "pairing.window_seconds");
+        assert_eq!(invalid_key("[pairing]\nhello_rate = 0"), "pairing.hello_rate");
+        assert_eq!(invalid_key("[pairing]\nhost_hello_burst = 0"), "pairing.host_hello_burst");
+        assert_eq!(invalid_key("[pairing]\nsession_max_s = 0"), "pairing.session_max_s");
         assert_eq!(
             invalid_key("[pairing]\nmax_sessions = 2\nsessions_per_source = 3"),
             "pairing.sessions_per_source"

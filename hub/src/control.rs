@@ -65,6 +65,15 @@ async fn connection(stream: UnixStream, api: HubApi) {
             }
             Ok(_) => {}
         }
+        #[cfg(feature = "fault-injection")]
+        if let Some(answer) = crate::fault::handle(&line) {
+            let mut out = answer.to_string();
+            out.push('\n');
+            if w.write_all(out.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let answer = match serde_json::from_str::<Request>(&line) {
             Ok(req) => api.handle(req).await,
             Err(e) => serde_json::json!({"error": format!("bad request: {e}")}),

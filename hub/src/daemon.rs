@@ -1,9 +1,18 @@
 //! Starting and stopping the hub: data directory, store, link driver, control socket
-//! (mini-redis style `start(config, shutdown)`).
+//! (mini-redis style `start(config, shutdown)`), its failure domains and the bounded stop.
+//!
+//! **Failure domains** (DESIGN.md): the sensor link (UDP driver and sans-IO link) and the
+//! owner's control socket each run on their own OS thread with their own single-threaded tokio
+//! runtime; the store's writer and maintenance threads are the store's own. The web UI, MQTT,
+//! the feed checker and the upstream bridge share the main runtime. So a stalled or deadlocked
+//! web UI or MQTT front — even every worker of the main runtime wedged — neither stops readings
+//! from being acknowledged nor `hub ctl` from answering, and [`stop_on_signal`] ends the process
+//! within a bound once the link has drained.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use protocol::link::{HubConfig, HubLink};
 use protocol::oscore::{Lease, ReplayWindow};
@@ -34,15 +43,91 @@ pub struct Running {
     /// The owner's web UI.
     pub web: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    /// The link's and the control socket's threads.
+    domains: Vec<Domain>,
 }
 
 impl Running {
-    /// Waits until every task has stopped (after the shutdown token fired).
+    /// Waits until every task and failure domain has stopped (after the shutdown token fired).
     pub async fn join(self) {
+        for d in &self.domains {
+            d.stopped.cancelled().await;
+        }
         for t in self.tasks {
             let _ = t.await;
         }
     }
+
+    /// Fires once the link driver has stopped: what it received is committed and answered.
+    pub fn link_stopped(&self) -> CancellationToken {
+        self.domains
+            .iter()
+            .find(|d| d.name == LINK_THREAD)
+            .map_or_else(CancellationToken::new, |d| d.stopped.clone())
+    }
+}
+
+/// Name of the link's thread.
+const LINK_THREAD: &str = "hub-link";
+
+/// A failure domain: a named OS thread running one future on its own single-threaded runtime
+/// (its own I/O and timer drivers: nothing on another runtime can starve it).
+#[derive(Debug)]
+struct Domain {
+    name: &'static str,
+    /// Fires when the future has returned (or the thread panicked).
+    stopped: CancellationToken,
+}
+
+/// A failure domain's runtime before its thread runs it. Dropped unused (a start that fails
+/// later), it shuts down without blocking: `start` runs inside the main runtime, where
+/// dropping a runtime the ordinary way is not allowed.
+struct DomainRuntime(Option<tokio::runtime::Runtime>);
+
+impl DomainRuntime {
+    fn new(name: &'static str) -> Result<Self, StartError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(name)
+            .build()
+            .map_err(|e| StartError::Thread(format!("the {name} runtime"), e))?;
+        Ok(Self(Some(rt)))
+    }
+
+    fn enter(&self) -> Option<tokio::runtime::EnterGuard<'_>> {
+        self.0.as_ref().map(tokio::runtime::Runtime::enter)
+    }
+}
+
+impl Drop for DomainRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn spawn_domain(
+    name: &'static str,
+    mut rt: DomainRuntime,
+    run: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Domain, StartError> {
+    let stopped = CancellationToken::new();
+    let guard = stopped.clone().drop_guard();
+    let Some(rt) = rt.0.take() else {
+        return Err(StartError::Thread(name.into(), std::io::ErrorKind::NotFound.into()));
+    };
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            rt.block_on(run);
+            // Stopped (also on a panic, by unwinding): tell whoever waits before the runtime's
+            // leftover tasks are dropped.
+            drop(guard);
+            rt.shutdown_timeout(Duration::from_secs(1));
+        })
+        .map_err(|e| StartError::Thread(format!("the {name} thread"), e))?;
+    Ok(Domain { name, stopped })
 }
 
 /// Why the hub could not start.
@@ -69,6 +154,9 @@ pub enum StartError {
     /// The password hashing budget.
     #[error("password hashing: {0}")]
     Hashing(#[from] admission::hashing::HashError),
+    /// A failure domain's thread or runtime.
+    #[error("cannot start {0}: {1}")]
+    Thread(String, std::io::Error),
 }
 
 /// Starts the hub in `data_dir`.
@@ -103,6 +191,8 @@ pub async fn start(
         max_sessions: config.pairing.max_sessions,
         sessions_per_source: config.pairing.sessions_per_source,
         session_idle_ms: config.pairing.session_idle_s.saturating_mul(1000),
+        session_max_ms: config.pairing.session_max_s.saturating_mul(1000),
+        hello: config.pairing.hello_limits(),
         ..HubConfig::default()
     };
     let mut link = HubLink::new(hub_config);
@@ -110,17 +200,25 @@ pub async fn start(
         // A context with no durable window may have been used: Echo re-establishes freshness
         // (RFC 8613 B.1.2). Never start such a context `Empty`.
         let window = p.window.map_or(ReplayWindow::Unknown, ReplayWindow::Known);
-        link.add_peer(&p.params, Lease(p.lease), window, p.usage, p.endpoint);
+        link.add_peer(&p.params, Lease(p.lease), window, p.usage, p.endpoint, p.budget.as_ref());
     }
     // Bind before the start-up checkpoint: a start that cannot serve must not spend headroom.
-    let socket = bind_udp(config.coap_bind)
-        .map_err(|e| StartError::Bind(config.coap_bind.to_string(), e))?;
+    // The socket belongs to the link's own runtime (its I/O driver), not the main one.
+    let link_rt = DomainRuntime::new(LINK_THREAD)?;
+    let socket = {
+        let _in_link_runtime = link_rt.enter();
+        bind_udp(config.coap_bind).map_err(|e| StartError::Bind(config.coap_bind.to_string(), e))?
+    };
     startup_checkpoint(&store, &mut link).await?;
     let coap =
         socket.local_addr().map_err(|e| StartError::Bind(config.coap_bind.to_string(), e))?;
     let control = data_dir.join("control.sock");
-    let listener = crate::control::bind(&control)
-        .map_err(|e| StartError::Bind(control.display().to_string(), e))?;
+    let control_rt = DomainRuntime::new("hub-control")?;
+    let listener = {
+        let _in_control_runtime = control_rt.enter();
+        crate::control::bind(&control)
+            .map_err(|e| StartError::Bind(control.display().to_string(), e))?
+    };
     let directory = {
         let doc = store.meta(crate::devices::META_KEY)?;
         let devices = store.devices()?;
@@ -197,11 +295,17 @@ pub async fn start(
         None => None,
     };
     let web = crate::web::start(&config, data_dir, api.clone(), budget, shutdown.clone()).await?;
-    let mut tasks = vec![
-        tokio::spawn(driver.run(rx, shutdown.clone())),
-        tokio::spawn(crate::connections::keep_saved(api.clone(), shutdown.clone())),
-        tokio::spawn(crate::control::serve(listener, control.clone(), api.clone(), shutdown)),
+    #[cfg(feature = "fault-injection")]
+    crate::fault::main_runtime(tokio::runtime::Handle::current());
+    let domains = vec![
+        spawn_domain(LINK_THREAD, link_rt, driver.run(rx, shutdown.clone()))?,
+        spawn_domain(
+            "hub-control",
+            control_rt,
+            crate::control::serve(listener, control.clone(), api.clone(), shutdown.clone()),
+        )?,
     ];
+    let mut tasks = vec![tokio::spawn(crate::connections::keep_saved(api.clone(), shutdown))];
     tasks.extend(feed.map(tokio::spawn));
     tasks.extend(bridge.map(tokio::spawn));
     tasks.push(web.task);
@@ -218,7 +322,57 @@ pub async fn start(
         mqtt,
         web: web.addr,
         tasks,
+        domains,
     })
+}
+
+/// How long the link may take to drain after the shutdown signal (its own drain gives up
+/// after 5 s).
+const LINK_DRAIN_BOUND: Duration = Duration::from_secs(10);
+/// How long the other subsystems may take after the link has stopped.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Ends the hub on SIGTERM or SIGINT, within a bound: a thread of its own (the main runtime may
+/// be the part that is stuck) waits for the signal, fires `shutdown`, waits for the link to
+/// commit and answer what it received (`link_stopped`, at most [`LINK_DRAIN_BOUND`]), then gives
+/// the rest [`STOP_GRACE`]; a process still running then is ended with exit status 1 and the
+/// reason logged. A clean stop returns from `main` well before that.
+pub fn stop_on_signal(
+    shutdown: CancellationToken,
+    link_stopped: CancellationToken,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut term = {
+        let _in_runtime = rt.enter();
+        signal(SignalKind::terminate())?
+    };
+    std::thread::Builder::new().name("hub-signals".into()).spawn(move || {
+        let drained = rt.block_on(async {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+                () = shutdown.cancelled() => {}
+            }
+            shutdown.cancel();
+            let drained = tokio::time::timeout(LINK_DRAIN_BOUND, link_stopped.cancelled()).await;
+            if drained.is_err() {
+                tracing::error!(
+                    seconds = LINK_DRAIN_BOUND.as_secs(),
+                    "the sensor link did not stop in time"
+                );
+            }
+            tokio::time::sleep(STOP_GRACE).await;
+            drained.is_ok()
+        });
+        tracing::error!(
+            grace_s = STOP_GRACE.as_secs(),
+            link_drained = drained,
+            "a subsystem did not stop after the shutdown signal; exiting"
+        );
+        std::process::exit(1);
+    })?;
+    Ok(())
 }
 
 /// Usage counters resume at their durable ceilings; before serving, fresh ceilings above them
@@ -253,6 +407,7 @@ async fn startup_checkpoint(
 /// dropped (the kernel caps the size at `net.core.rmem_max`).
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
+    // (Called inside the link's runtime: the socket registers with its I/O driver.)
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     let _ = socket.set_recv_buffer_size(4 << 20);
     let _ = socket.set_send_buffer_size(4 << 20);

@@ -10,6 +10,8 @@ pub mod control;
 pub mod daemon;
 pub mod device_id;
 pub mod devices;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod feed;
 pub mod identity;
 pub mod isolation;

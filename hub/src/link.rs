@@ -1,8 +1,18 @@
 //! The link driver: one task owns the CoAP/UDP socket and the sans-IO `HubLink` (sensors are
-//! demultiplexed by OSCORE kid, not by address). Readings are validated, handed to the store
-//! thread in group commits (one fsync per batch, one batch in flight). Every accepted request
-//! is answered only after its batch is durable — together with the checkpoint (replay window,
-//! usage ceilings) that accepted it — so no request is answered twice across a restart.
+//! demultiplexed by OSCORE kid, not by address). Readings are validated, handed to the store's
+//! writer thread in group commits (one fsync per batch, one batch in flight). Every accepted
+//! request is answered only after its batch is durable — together with the checkpoint (replay
+//! window, key usage, failure budgets) that accepted it — so no request is answered twice
+//! across a restart; the security counters ride in the same commits, so they are durable with
+//! the failures they count.
+//!
+//! **Failure domain** (DESIGN.md): the driver runs on its own OS thread with its own
+//! single-threaded runtime (`daemon::start`), so nothing the web UI, MQTT or the control socket does
+//! — a deadlock, a busy loop, every worker of the main runtime wedged — can stop readings from
+//! being acknowledged. What it shares with them never blocks it: commands arrive on a channel,
+//! answers leave on one-shot channels, notices on a broadcast channel; the store's writer
+//! thread is the only writer; the device directory's lock is held only inside its own methods
+//! for in-memory work (no I/O, no other lock, no `.await`).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -84,7 +94,8 @@ pub(crate) struct Driver {
     origin: Instant,
     pending: Batch,
     in_flight: bool,
-    commit_tx: std::sync::mpsc::Sender<Batch>,
+    store: HubStore,
+    done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     retry_at: Option<tokio::time::Instant>,
     failed: Option<Batch>,
@@ -119,24 +130,9 @@ impl Driver {
         if let Some(r) = &restored {
             link.restore_counters(r.link);
         }
-        let (commit_tx, commit_rx) = std::sync::mpsc::channel::<Batch>();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let spawned = std::thread::Builder::new().name("hub-store".into()).spawn(move || {
-            while let Ok(batch) = commit_rx.recv() {
-                let started = Instant::now();
-                let result = store.commit(&batch.writes);
-                let ms = started.elapsed().as_millis();
-                if ms > 50 {
-                    tracing::warn!(ms, readings = batch.count, "slow group commit");
-                }
-                if done_tx.send(Done { batch, result }).is_err() {
-                    return;
-                }
-            }
-        });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the store thread");
-        }
+        // Failure budgets refill on the wall clock (they are persisted with it).
+        link.set_clock(Millis(1), unix_now_ms().max(0) as u64);
         Self {
             link,
             socket,
@@ -145,7 +141,8 @@ impl Driver {
             origin: Instant::now(),
             pending: Batch::default(),
             in_flight: false,
-            commit_tx,
+            store,
+            done_tx,
             done_rx,
             retry_at: None,
             failed: None,
@@ -165,8 +162,10 @@ impl Driver {
         Millis(self.origin.elapsed().as_millis() as u64 + 1)
     }
 
-    /// Queues the security counters for the next commit if they changed (called every second
-    /// and at shutdown), so they survive restarts.
+    /// Queues the security counters for the next commit if they changed (with every commit,
+    /// every second and at shutdown): they are logged with the checkpoints of that commit, so a
+    /// failure and its count are durable together (EN 303 645 5.10-1: a crash does not erase
+    /// the record of an attack).
     fn persist_counters(&mut self) {
         let report = self.security_report();
         if self.persisted_counters.as_ref() == Some(&report) {
@@ -175,8 +174,8 @@ impl Driver {
         if let Ok(value) = serde_json::to_vec(&report) {
             self.pending
                 .writes
-                .retain(|w| !matches!(w, Write::Meta { key, .. } if key == COUNTERS_KEY));
-            self.pending.writes.push(Write::Meta { key: COUNTERS_KEY.into(), value });
+                .retain(|w| !matches!(w, Write::LogMeta { key, .. } if key == COUNTERS_KEY));
+            self.pending.writes.push(Write::LogMeta { key: COUNTERS_KEY.into(), value });
             self.persisted_counters = Some(report);
         }
     }
@@ -245,6 +244,7 @@ impl Driver {
                 _ = tick.tick() => {
                     self.replan = true;
                     let now = self.now();
+                    self.link.set_clock(now, unix_now_ms().max(0) as u64);
                     self.link.handle_timeout(now);
                     self.next_pin();
                     self.persist_counters();
@@ -397,6 +397,7 @@ impl Driver {
         if self.in_flight || self.failed.is_some() || self.pending.is_empty() {
             return;
         }
+        self.persist_counters();
         let mut batch = std::mem::take(&mut self.pending);
         for (kid, readings) in std::mem::take(&mut batch.readings) {
             batch.states.insert(kid);
@@ -413,14 +414,18 @@ impl Driver {
         self.send_batch(batch);
     }
 
-    fn send_batch(&mut self, batch: Batch) {
-        match self.commit_tx.send(batch) {
-            Ok(()) => self.in_flight = true,
-            Err(e) => {
-                tracing::error!("store thread has stopped");
-                self.failed = Some(e.0);
-            }
-        }
+    /// Hands `batch` to the store's writer thread; its outcome comes back as a [`Done`].
+    fn send_batch(&mut self, mut batch: Batch) {
+        let writes = std::mem::take(&mut batch.writes);
+        let done = self.done_tx.clone();
+        self.store.submit(
+            writes,
+            Box::new(move |writes, result| {
+                batch.writes = writes;
+                let _ = done.send(Done { batch, result });
+            }),
+        );
+        self.in_flight = true;
     }
 
     fn committed(&mut self, done: Done) {

@@ -242,12 +242,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         match cli.cmd {
             Cmd::Run { data_dir, config } => run(data_dir, config).await,
             Cmd::Ctl { data_dir, socket, json, cmd } => ctl(data_dir, socket, json, cmd).await,
         }
-    })
+    });
+    // Blocking work still running (a password hash) is not waited for long.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
@@ -284,18 +287,13 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         "pid": std::process::id(),
     });
     println!("READY {ready}");
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("hub: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    // SIGTERM/SIGINT are taken on a thread of their own, which also bounds the stop: a stuck
+    // subsystem on this runtime cannot keep the process alive.
+    if let Err(e) = hub::daemon::stop_on_signal(shutdown.clone(), running.link_stopped()) {
+        eprintln!("hub: {e}");
+        return ExitCode::FAILURE;
     }
-    shutdown.cancel();
+    shutdown.cancelled().await;
     running.join().await;
     ExitCode::SUCCESS
 }

@@ -123,8 +123,18 @@ pub fn replay_window(data: &[u8]) {
 /// sensor) and an open pairing window. Invariant: nothing panics and no reading is released
 /// twice for the same Partial IV.
 pub fn hub_datagram(data: &[u8]) {
+    // One source sends everything: no per-host share may cut the input short.
+    let hello = crate::pairing::HelloLimits {
+        request_rate: u32::MAX,
+        request_burst: u32::MAX,
+        host_burst: u32::MAX,
+        rate_per_s: u32::MAX,
+        burst: u32::MAX,
+        ..Default::default()
+    };
     let mut hub: HubLink<std::net::SocketAddr> = HubLink::new(HubConfig {
         hub_kid: Kid::new(&[1]).unwrap_or_default(),
+        hello,
         ..HubConfig::default()
     });
     let params = ContextParams {
@@ -134,7 +144,7 @@ pub fn hub_datagram(data: &[u8]) {
         recipient_id: Kid::default(),
         id_context: None,
     };
-    hub.add_peer(&params, Lease(0), ReplayWindow::Empty, Default::default(), None);
+    hub.add_peer(&params, Lease(0), ReplayWindow::Empty, Default::default(), None, None);
     let from = std::net::SocketAddr::from(([127, 0, 0, 1], 7));
     let durable = |hub: &mut HubLink<std::net::SocketAddr>, kid: &Kid| {
         if let Some(state) = hub.checkpoint(kid) {
@@ -145,12 +155,26 @@ pub fn hub_datagram(data: &[u8]) {
     hub.open_pairing(Millis(0), Default::default());
     let mut rng = FuzzRng(0x9e37_79b9_7f4a_7c15);
     let mut released = BTreeSet::new();
+    // The hub's hello cookie, added to unprotected requests that carry none (as a sensor
+    // answering the challenge would), so that inputs reach past the return-routability check.
+    let echo = coap_lite::CoapOption::Unknown(crate::pairing::ECHO_OPTION);
+    let mut cookie: Option<Vec<u8>> = None;
     // Each datagram is length-prefixed (1 byte) so one input can carry several.
     let mut rest = data;
     while let Some((&len, tail)) = rest.split_first() {
         let (dgram, tail) = tail.split_at(usize::from(len).min(tail.len()));
         rest = tail;
-        hub.handle_datagram(Millis(1), from, dgram, &mut rng);
+        let with_cookie = match (&cookie, coap_lite::Packet::from_bytes(dgram)) {
+            (Some(c), Ok(mut p))
+                if p.get_option(coap_lite::CoapOption::Oscore).is_none()
+                    && p.get_option(echo).is_none() =>
+            {
+                p.add_option(echo, c.clone());
+                p.to_bytes().ok()
+            }
+            _ => None,
+        };
+        hub.handle_datagram(Millis(1), from, with_cookie.as_deref().unwrap_or(dgram), &mut rng);
         while let Some(e) = hub.poll_event() {
             match e {
                 crate::link::HubEvent::Reading { ticket, .. } => {
@@ -168,7 +192,13 @@ pub fn hub_datagram(data: &[u8]) {
                 _ => {}
             }
         }
-        while hub.poll_transmit().is_some() {}
+        while let Some(t) = hub.poll_transmit() {
+            if let Ok(p) = coap_lite::Packet::from_bytes(&t.bytes)
+                && let Some(c) = p.get_first_option(echo)
+            {
+                cookie = Some(c.clone());
+            }
+        }
     }
 }
 

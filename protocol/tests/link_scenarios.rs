@@ -2,7 +2,7 @@
 
 mod harness;
 
-use harness::{HOUR, Harness, lossy, paired, piv_of};
+use harness::{HOUR, Harness, Node, forged, lossy, paired, piv_of};
 use protocol::netsim::Faults;
 use protocol::time::Millis;
 use rand_core::Rng;
@@ -263,6 +263,36 @@ fn forged_responses_neither_end_an_exchange_nor_cause_resends() {
     }
 }
 
+/// An unprotected 4.01 with a made-up outer Echo (a forged routability challenge).
+fn forged_challenge(request: &[u8]) -> Option<Vec<u8>> {
+    let req = coap_lite::Packet::from_bytes(request).ok()?;
+    let mut resp =
+        protocol::link::coap::response(&req, coap_lite::ResponseType::Unauthorized, Vec::new());
+    let echo = req.header.message_id.to_be_bytes().repeat(4);
+    resp.add_option(coap_lite::CoapOption::Unknown(protocol::link::ECHO_OPTION), echo);
+    resp.to_bytes().ok()
+}
+
+#[test]
+fn forged_routability_challenges_cost_at_most_two_resends_per_request() {
+    let mut h = paired(33, Faults::none(5), 1);
+    h.forge = Some(forged_challenge);
+    h.capture = true;
+    for id in 0..200 {
+        h.queue_reading(0, id);
+    }
+    assert!(h.run_until(Millis(h.now.0 + HOUR), |h| h.sensors[0].delivered.len() == 200));
+    assert_eq!(h.sensors[0].delivered, (0..200).collect::<Vec<_>>());
+    let kid = kid_of(&h, 0);
+    assert!((0..200).all(|id| h.hub.stored.get(&(kid, id)) == Some(&1)), "stored once each");
+    // Each request went at most three times: the original and two resends with the bogus
+    // value (which the hub does not take as proof: they are refused as replays).
+    let sent = h.captured.iter().filter(|b| piv_of(b).is_some()).count();
+    assert!(sent <= 3 * 200, "{sent} protected datagrams for 200 readings");
+    assert!(sent > 200, "the sensor did answer the challenges");
+    assert_eq!(h.hub.link.counters().routable, 0, "a made-up value proves nothing");
+}
+
 /// The retransmission intervals of one reading that is never answered, under `cap` (if any).
 fn unanswered_intervals(cap: Option<u64>, tries: usize) -> Vec<u64> {
     use protocol::link::{SensorEvent, SensorLink};
@@ -307,4 +337,110 @@ fn an_unanswered_sensor_probes_at_its_cap_instead_of_backing_off_to_32_s() {
     let capped = unanswered_intervals(Some(4_000), 8);
     assert!(capped.iter().all(|ms| (2_000..=6_000).contains(ms)), "{capped:?}");
     assert!(capped.iter().skip(1).all(|ms| *ms >= 4_000), "doubles once: {capped:?}");
+}
+
+/// The sensor's kid, as its requests name it.
+fn kid_of(h: &Harness, i: usize) -> protocol::oscore::Kid {
+    h.sensors[i].flash.params.as_ref().expect("paired").sender_id
+}
+
+#[test]
+fn a_spoofer_of_the_sensors_own_endpoint_delays_it_by_one_round_trip_at_most() {
+    let mut h = paired(31, Faults::none(5), 1);
+    let kid = kid_of(&h, 0);
+    // A first reading makes the sensor's first sequence lease durable in its flash.
+    h.queue_reading(0, 1000);
+    assert!(h.run_until(Millis(h.now.0 + 5_000), |h| h.sensors[0].delivered.len() == 1));
+    // For 120 virtual seconds, 40 forgeries a second "from" the sensor's own endpoint (the
+    // spoofer never sees the hub's answers), while the sensor reports once a second.
+    let (mut piv, mut queued, mut worst) = (1_000_000u64, Vec::new(), 0u64);
+    for step in 0..1200u64 {
+        for _ in 0..4 {
+            piv += 1;
+            h.inject_as(Node::Sensor(0), forged(&kid, piv, piv as u16));
+        }
+        if step % 10 == 0 {
+            queued.push((step / 10, h.now));
+            h.queue_reading(0, step / 10);
+        }
+        let next = Millis(h.now.0 + 100);
+        h.run_until(next, |_| false);
+        h.now = h.now.max(next);
+        for (id, at) in &queued {
+            if h.sensors[0].delivered.contains(id) {
+                worst = worst.max(h.now.0 - at.0);
+            }
+        }
+        queued.retain(|(id, _)| !h.sensors[0].delivered.contains(id));
+    }
+    assert!(h.run_until(Millis(h.now.0 + 5_000), |h| h.sensors[0].delivered.len() == 121));
+    // Each reading was acknowledged within a step or two (one Echo round trip and a commit).
+    assert!(worst <= 300, "a reading waited {worst} ms");
+    let c = h.hub.link.counters();
+    assert!(c.bad_tag <= u64::from(protocol::link::FAIL_BURST) + 1, "{c:?}");
+    assert!(c.throttled >= 4000, "{c:?}");
+    assert!(c.echo_challenges >= c.throttled, "every spoofed datagram was challenged: {c:?}");
+    assert!(c.routable >= 100, "the sensor proved its address: {c:?}");
+}
+
+#[test]
+fn hub_restarts_between_forgeries_neither_refill_budgets_nor_stop_the_sensor() {
+    let mut h = paired(32, Faults::none(2), 1);
+    let kid = kid_of(&h, 0);
+    let start = h.now;
+    let mut piv = 5_000_000u64;
+    for cycle in 0..200u64 {
+        // 50 forgeries from other ports, one reading, then the power fails.
+        for port in 0..50u16 {
+            piv += 1;
+            h.inject_from(port, forged(&kid, piv, piv as u16));
+        }
+        h.queue_reading(0, cycle);
+        let next = Millis(h.now.0 + 300);
+        h.run_until(next, |_| false);
+        h.now = h.now.max(next);
+        h.restart_hub(true);
+    }
+    assert!(h.run_until(Millis(h.now.0 + 60_000), |h| h.sensors[0].delivered.len() == 200));
+    let recorded = h.hub.states[&kid].usage.failed_decryptions;
+    let minutes = (h.now.0 - start.0) / 60_000;
+    let bound = u64::from(protocol::link::FAIL_BURST) + minutes / 15 + 1;
+    assert!(recorded <= bound, "{recorded} failures recorded over 200 restarts (bound {bound})");
+    assert!(recorded >= u64::from(protocol::link::FAIL_BURST) / 2, "forgeries were verified");
+    assert_eq!(h.nonces.reuses, 0);
+}
+
+#[test]
+fn nothing_reveals_a_verification_before_the_checkpoint_recording_it_is_durable() {
+    let mut h = paired(34, Faults::none(1), 1);
+    let kid = kid_of(&h, 0);
+    h.queue_reading(0, 0);
+    assert!(h.run_until(Millis(h.now.0 + 5_000), |h| h.sensors[0].delivered.len() == 1));
+    // Slow group commits: a window of 2 s between each verification and its durability.
+    h.hub.commit_delay_ms = 2_000;
+    h.capture = true;
+    h.queue_reading(0, 1);
+    assert!(h.run_until(Millis(h.now.0 + 1_000), |h| !h.hub.uncommitted.is_empty()));
+    // The accepted request, replayed from another port; a forgery; both before the commit.
+    let request = h.captured.iter().rev().find(|b| piv_of(b).is_some()).cloned().expect("req");
+    h.inject_from(1, request.clone());
+    h.inject_from(2, forged(&kid, 7_000_000, 7));
+    let commit_at = h.hub.commit_at.expect("a commit is pending");
+    h.run_until(Millis(commit_at.0 - 1), |_| false);
+    assert!(h.attacker_inbox.is_empty(), "answered before durability: {:?}", h.attacker_inbox);
+    assert_eq!(h.sensors[0].delivered.len(), 1, "acknowledged before durability");
+    // Once durable, each gets its answer: the replay refused, the forgery refused.
+    assert!(h.run_until(Millis(commit_at.0 + 1_000), |h| h.attacker_inbox.len() == 2));
+    let answers: Vec<(u16, Vec<u8>)> = h
+        .attacker_inbox
+        .iter()
+        .map(|(port, b)| (*port, coap_lite::Packet::from_bytes(b).expect("coap").payload))
+        .collect();
+    assert!(answers.contains(&(1, b"Replay detected".to_vec())), "{answers:?}");
+    assert!(answers.contains(&(2, b"Decryption failed".to_vec())), "{answers:?}");
+    assert!(h.run_until(Millis(h.now.0 + 5_000), |h| h.sensors[0].delivered.len() == 2));
+    // Older replays (already refused by the durable window) are answered at once.
+    h.inject_from(3, request);
+    let now = h.now;
+    assert!(h.run_until(Millis(now.0 + 50), |h| h.attacker_inbox.len() == 3));
 }

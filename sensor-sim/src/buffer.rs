@@ -75,8 +75,10 @@ pub enum BufferEvent {
     DrainStarts {
         /// Backlog size.
         backlog: usize,
-        /// How long the sensor waited after the hub answered again.
+        /// The randomized wait drawn after the hub answered again (TR 103 621 6.53 ex. 1).
         waited_ms: u64,
+        /// How much later than that the drain started (the sensor's own scheduling delay).
+        late_ms: u64,
     },
     /// The backlog is empty.
     Drained {
@@ -234,7 +236,11 @@ impl Buffer {
                 }
                 self.mode = Mode::Draining;
                 self.next_backlog_at = now;
-                Some(BufferEvent::DrainStarts { backlog, waited_ms: now.0.saturating_sub(since.0) })
+                Some(BufferEvent::DrainStarts {
+                    backlog,
+                    waited_ms: until.0.saturating_sub(since.0),
+                    late_ms: now.0.saturating_sub(until.0),
+                })
             }
             Mode::Offline => None,
             _ => {

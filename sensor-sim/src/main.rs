@@ -183,6 +183,10 @@ struct FleetArgs {
     /// UDP sockets the fleet shares.
     #[arg(long, default_value_t = 4)]
     sockets: usize,
+    /// Local address to send from, `IP` or `IP:PORT` (default: the hub's address on loopback,
+    /// any address otherwise; ports chosen by the system).
+    #[arg(long, value_parser = parse_bind)]
+    bind: Option<SocketAddr>,
     /// Manufacturer key directory whose public key is built into sensors that verify update
     /// signatures themselves (all models).
     #[arg(long)]
@@ -470,6 +474,7 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
         faults: a.faults.faults(),
         audit_nonces: a.audit_nonces,
         sockets: a.sockets,
+        bind: a.bind,
         trust,
         models: a
             .models
@@ -524,6 +529,13 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
     }
 }
 
+/// `IP` (any port) or `IP:PORT`.
+fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 0)))
+        .map_err(|_| format!("{s:?} is neither IP nor IP:PORT"))
+}
+
 /// Stops gracefully: unacknowledged measurements are written to flash first.
 async fn stop_fleet(fleet: &FleetHandle, shutdown: &CancellationToken) -> Result<(), Error> {
     let result = fleet.shutdown().await;
@@ -569,8 +581,10 @@ fn print_event(e: FleetEvent, ctl: Option<&PathBuf>) {
         FleetEvent::Offline { index, backlog } => {
             println!("OFFLINE sensor={index} backlog={backlog} at_ms={at}");
         }
-        FleetEvent::DrainStarted { index, backlog, waited_ms } => {
-            println!("DRAIN sensor={index} backlog={backlog} waited_ms={waited_ms} at_ms={at}");
+        FleetEvent::DrainStarted { index, backlog, waited_ms, late_ms } => {
+            println!(
+                "DRAIN sensor={index} backlog={backlog} waited_ms={waited_ms} late_ms={late_ms} at_ms={at}"
+            );
         }
         FleetEvent::Drained { index, dropped } => {
             println!("DRAINED sensor={index} dropped={dropped} at_ms={at}");

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod meter;
 pub mod netfault;
 pub mod netns;
+pub use meter::Meter;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -24,18 +26,41 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
 }
 
-/// Path of a workspace binary, built (debug) on first use.
+/// Path of a workspace binary, built (debug) on first use. The hub is built with its
+/// `fault-injection` feature (hidden control commands that wedge other subsystems on purpose;
+/// see [`Hub::fault`]).
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
         let status = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "--bin", "hub", "--bin", "sensor-sim", "--bin", "demo"])
+            .args(["--features", "hub/fault-injection"])
             .current_dir(root())
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building the binaries failed");
     });
     target_dir().join("debug").join(name)
+}
+
+/// Taken by the tests that compare a fleet's delivery rate under an attack with its normal
+/// rate: they run one at a time (each one keeps the machine's two cores busy by itself).
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: Mutex<()> = Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Lowers the calling thread's CPU priority to the least (`renice 19` on its thread id): for
+/// attack generators, which on this shared test machine would otherwise take CPU time from the
+/// hub they attack — an attacker on the LAN brings its own.
+pub fn lowest_priority() {
+    let Ok(link) = std::fs::read_link("/proc/thread-self") else { return };
+    let Some(tid) = link.file_name().and_then(|t| t.to_str()).map(str::to_owned) else { return };
+    let _ = Command::new("renice")
+        .args(["-n", "19", "-p", &tid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
@@ -79,6 +104,9 @@ pub struct Hub {
     pub printed: Vec<String>,
 }
 
+/// Pairing limits for a simulated fleet: all its sensors pair from one host, at once.
+pub const FLEET_PAIRING: &str = "max_sessions = 1024\nsessions_per_source = 1024\nhello_rate = 100000\nhello_burst = 100000\nhost_hello_interval_ms = 1\nhost_hello_burst = 100000\nhost_request_rate = 1000000\nhost_request_burst = 1000000\n";
+
 /// Writes a test configuration: fixed port, generous pairing limits for a simulated fleet, and
 /// `extra` TOML sections. MQTT (fixed ports by default) is off unless `extra` has `[mqtt]`; the
 /// web UI listens on a free loopback port unless `extra` has `[web]` (then it says `bind`).
@@ -86,9 +114,8 @@ pub fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let path = dir.join("hub.toml");
     let mqtt = if extra.contains("[mqtt]") { "" } else { "[mqtt]\nenabled = false\n" };
     let web = if extra.contains("[web]") { "" } else { "[web]\nbind = \"127.0.0.1:0\"\n" };
-    let text = format!(
-        "coap_bind = \"127.0.0.1:{port}\"\n{web}[pairing]\nmax_sessions = 1024\nsessions_per_source = 1024\n{mqtt}{extra}"
-    );
+    let text =
+        format!("coap_bind = \"127.0.0.1:{port}\"\n{web}[pairing]\n{FLEET_PAIRING}{mqtt}{extra}");
     std::fs::write(&path, text).expect("write config");
     path
 }
@@ -217,6 +244,37 @@ impl Hub {
         self.ctl(&["security"])
     }
 
+    /// Injects a fault (test builds: the hub's `fault-injection` feature) through the control
+    /// socket, e.g. `wedge_main_runtime`; returns the hub's answer.
+    pub fn fault(&self, fault: &str) -> Value {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.control).expect("control socket");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let req = serde_json::json!({"cmd": "fault", "fault": fault});
+        writeln!(s, "{req}").expect("send");
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).expect("answer");
+        serde_json::from_str(&line).expect("json answer")
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the process to end; its exit status, or
+    /// `None` if it was still running (it is then killed).
+    pub fn terminate_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the hub with SIGKILL and reaps it.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
@@ -337,6 +395,26 @@ impl Sim {
         }
     }
 
+    /// Reads lines for `window` (a measurement window, not a wait for a condition), handing each
+    /// to `f`.
+    pub fn read_for(&mut self, window: Duration, mut f: impl FnMut(&str)) {
+        let end = Instant::now() + window;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    f(&line);
+                    self.seen.push(line);
+                }
+                Err(RecvTimeoutError::Timeout) => return,
+                Err(RecvTimeoutError::Disconnected) => panic!("sensor-sim exited"),
+            }
+        }
+    }
+
     /// Waits until `n` sensors printed `PAIRED`; returns their device ids by sensor index.
     pub fn paired(&mut self, n: usize, timeout: Duration) -> Vec<String> {
         let mut kids = std::collections::BTreeMap::new();
@@ -412,6 +490,184 @@ pub fn forged_oscore(kid: &[u8], piv: u64, mid: u16, ciphertext: &[u8]) -> Vec<u
     p.to_bytes().expect("encode")
 }
 
+/// An attacker on `host` that forges requests for one kid from several source ports and reads
+/// what the hub answers: 4.00 "Decryption failed" (a verification it was told failed) and
+/// return-routability challenges (an unprotected 4.01 with an Echo option, which it can answer
+/// when it really is at that address).
+#[derive(Debug)]
+pub struct Attacker {
+    sockets: Vec<UdpSocket>,
+    to: SocketAddr,
+    kid: Vec<u8>,
+    piv: u64,
+    /// Forgeries sent.
+    pub sent: u64,
+    /// "Decryption failed" answers received.
+    pub failures_seen: u64,
+    /// Routability challenges received.
+    pub challenges_seen: u64,
+    /// Forgeries sent again with a challenge's Echo (proving this address).
+    pub answered: u64,
+}
+
+impl Attacker {
+    /// `ports` sockets on `host`, forging for `kid` at the hub `to`.
+    pub fn new(to: SocketAddr, host: std::net::IpAddr, kid: &[u8], ports: usize) -> Attacker {
+        let sockets = (0..ports.max(1))
+            .map(|_| {
+                let s = UdpSocket::bind(SocketAddr::new(host, 0)).expect("attacker bind");
+                s.set_nonblocking(true).expect("nonblocking");
+                s
+            })
+            .collect();
+        let piv = 1_000_000 + u64::from(host_byte(host)) * 10_000_000;
+        Attacker {
+            sockets,
+            to,
+            kid: kid.to_vec(),
+            piv,
+            sent: 0,
+            failures_seen: 0,
+            challenges_seen: 0,
+            answered: 0,
+        }
+    }
+
+    fn forgery(&mut self, echo: Option<&[u8]>) -> Vec<u8> {
+        self.piv += 1;
+        let body: Vec<u8> =
+            (0..24u64).map(|i| (self.piv.wrapping_mul(2_654_435_761) >> (i % 24)) as u8).collect();
+        let d = forged_oscore(&self.kid, self.piv, self.piv as u16, &body);
+        match echo {
+            None => d,
+            Some(v) => {
+                let mut p = coap_lite::Packet::from_bytes(&d).expect("own forgery");
+                p.add_option(
+                    coap_lite::CoapOption::Unknown(protocol::link::ECHO_OPTION),
+                    v.to_vec(),
+                );
+                p.to_bytes().expect("encode")
+            }
+        }
+    }
+
+    /// Sends `n` forgeries, round robin over the ports.
+    pub fn forge(&mut self, n: u64) {
+        for _ in 0..n {
+            let d = self.forgery(None);
+            let i = (self.sent % self.sockets.len() as u64) as usize;
+            let _ = self.sockets[i].send_to(&d, self.to);
+            self.sent += 1;
+        }
+    }
+
+    /// Reads every answer waiting; with `answer`, each challenge is answered once with a new
+    /// forgery carrying its Echo from the port it came to.
+    pub fn drain(&mut self, answer: bool) {
+        let mut buf = [0u8; 1500];
+        for i in 0..self.sockets.len() {
+            while let Ok(n) = self.sockets[i].recv(&mut buf) {
+                let Ok(p) = coap_lite::Packet::from_bytes(&buf[..n]) else { continue };
+                let code = p.header.code;
+                if code == coap_lite::MessageClass::Response(coap_lite::ResponseType::BadRequest)
+                    && p.payload == b"Decryption failed"
+                {
+                    self.failures_seen += 1;
+                }
+                let echo = p
+                    .get_first_option(coap_lite::CoapOption::Unknown(protocol::link::ECHO_OPTION))
+                    .cloned();
+                if let Some(echo) = echo {
+                    self.challenges_seen += 1;
+                    if answer {
+                        let d = self.forgery(Some(&echo));
+                        let _ = self.sockets[i].send_to(&d, self.to);
+                        self.sent += 1;
+                        self.answered += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs an attacker on its own thread: `rate` forgeries a second (answering challenges if
+    /// `answer`) until `stop`; returns it with its counts when joined.
+    pub fn flood(
+        mut self,
+        rate: u64,
+        answer: bool,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<Attacker> {
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let due = started.elapsed().as_millis() as u64 * rate / 1000;
+                if self.sent < due {
+                    self.forge((due - self.sent).min(64));
+                }
+                self.drain(answer);
+                // Pacing the attack, not waiting for a condition.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            self.drain(answer);
+            self
+        })
+    }
+}
+
+fn host_byte(host: std::net::IpAddr) -> u8 {
+    match host {
+        std::net::IpAddr::V4(v4) => v4.octets()[3],
+        std::net::IpAddr::V6(v6) => v6.octets()[15],
+    }
+}
+
+/// A blind spoofer: sends UDP datagrams with any IPv4 source address and port through a raw
+/// socket, and never receives what is sent back there (needs root or CAP_NET_RAW).
+#[derive(Debug)]
+pub struct Spoofer {
+    socket: socket2::Socket,
+}
+
+impl Spoofer {
+    /// A raw IPv4 socket (`IPPROTO_RAW`: the datagram carries its own IP header).
+    pub fn new() -> std::io::Result<Spoofer> {
+        const SOCK_RAW: i32 = 3;
+        const IPPROTO_RAW: i32 = 255;
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::from(SOCK_RAW),
+            Some(socket2::Protocol::from(IPPROTO_RAW)),
+        )?;
+        Ok(Spoofer { socket })
+    }
+
+    /// Sends `payload` as a UDP datagram from `from` to `to` (the kernel fills in the IP
+    /// checksum and id; the UDP checksum is left out, which IPv4 allows).
+    pub fn send(
+        &self,
+        from: std::net::SocketAddrV4,
+        to: std::net::SocketAddrV4,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let udp_len = 8 + payload.len();
+        let total = 20 + udp_len;
+        let mut p = Vec::with_capacity(total);
+        p.extend_from_slice(&[0x45, 0]);
+        p.extend_from_slice(&(total as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
+        p.extend_from_slice(&from.ip().octets());
+        p.extend_from_slice(&to.ip().octets());
+        p.extend_from_slice(&from.port().to_be_bytes());
+        p.extend_from_slice(&to.port().to_be_bytes());
+        p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        self.socket.send_to(&p, &SocketAddr::V4(to).into())?;
+        Ok(())
+    }
+}
+
 /// Sends `datagram` to `to` from a fresh socket (a new source port) and returns the answer's
 /// code and payload, if one comes within a few seconds.
 pub fn send_from_new_port(to: SocketAddr, datagram: &[u8]) -> Option<(String, Vec<u8>, bool)> {
@@ -427,6 +683,34 @@ pub fn send_from_new_port(to: SocketAddr, datagram: &[u8]) -> Option<(String, Ve
     };
     let protected = p.get_option(coap_lite::CoapOption::Oscore).is_some();
     Some((code, p.payload, protected))
+}
+
+/// Sends a pairing hello from a fresh socket (a new source port) as a sensor does: when the hub
+/// answers 4.01 with an Echo option (its return-routability cookie, RFC 9175), sends it again
+/// with that option. The final answer's code and payload, if one comes within a few seconds.
+pub fn hello_from_new_port(to: SocketAddr, datagram: &[u8]) -> Option<(String, Vec<u8>)> {
+    let s = UdpSocket::bind(SocketAddr::new(to.ip(), 0)).expect("socket");
+    s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let mut request = coap_lite::Packet::from_bytes(datagram).expect("a CoAP request");
+    let echo = coap_lite::CoapOption::Unknown(protocol::pairing::ECHO_OPTION);
+    for _ in 0..3 {
+        s.send_to(&request.to_bytes().expect("encode"), to).expect("send");
+        let mut buf = [0u8; 1500];
+        let (n, _) = s.recv_from(&mut buf).ok()?;
+        let p = coap_lite::Packet::from_bytes(&buf[..n]).ok()?;
+        let code = match p.header.code {
+            coap_lite::MessageClass::Response(r) => format!("{r:?}"),
+            other => format!("{other:?}"),
+        };
+        match p.get_first_option(echo) {
+            Some(cookie) if code == "Unauthorized" => {
+                request.header.message_id = request.header.message_id.wrapping_add(1);
+                request.set_option(echo, [cookie.clone()].into_iter().collect());
+            }
+            _ => return Some((code, p.payload)),
+        }
+    }
+    None
 }
 
 /// Files and folders below `dir` whose mode lets anyone but the owner in.

@@ -229,18 +229,23 @@ impl Catalog {
                         secrets.remove(kid.as_bytes()).map_err(db)?;
                         state.remove(kid.as_bytes()).map_err(db)?;
                     }
-                    Write::Readings { .. } | Write::State { .. } | Write::Lease { .. } => {}
+                    Write::Readings { .. }
+                    | Write::State { .. }
+                    | Write::Lease { .. }
+                    | Write::LogMeta { .. } => {}
                 }
             }
         }
         tx.commit().map_err(db)
     }
 
-    /// Stores `states` (the link states changed since the last snapshot) as of log sequence
-    /// `seq`, and forgets erase floors at or below `first_seq` (no frame before them is left).
+    /// Stores `states` (the link states changed since the last snapshot) and `metas` (the
+    /// documents logged so far) as of log sequence `seq`, and forgets erase floors at or below
+    /// `first_seq` (no frame before them is left).
     pub(super) fn save_snapshot(
         &self,
         states: &[(Kid, LinkState)],
+        metas: &[(String, Vec<u8>)],
         seq: u64,
         first_seq: u64,
     ) -> Result<(), StoreError> {
@@ -249,6 +254,10 @@ impl Catalog {
             let mut table = tx.open_table(STATE).map_err(db)?;
             for (kid, s) in states {
                 table.insert(kid.as_bytes(), s.encode().as_slice()).map_err(db)?;
+            }
+            let mut meta = tx.open_table(META).map_err(db)?;
+            for (key, value) in metas {
+                meta.insert(key.as_str(), value.as_slice()).map_err(db)?;
             }
             tx.open_table(LOG).map_err(db)?.insert(SNAPSHOT_SEQ, seq).map_err(db)?;
             tx.open_table(ERASED).map_err(db)?.retain(|_, floor| floor > first_seq).map_err(db)?;

@@ -4,17 +4,23 @@
 //! Link states are snapshotted into the catalog whenever a segment is sealed (by a maintenance
 //! thread, off the commit path, with the sealed segment's index and retention); recovery is that
 //! snapshot plus a replay of the frames after it (RFC 8613 B.1.1/B.1.2 across any crash).
+//!
+//! **One writer.** Every write — the link's group commits and anyone else's (MQTT counters and
+//! users, ...) — goes through one writer thread, in order, with what is queued together in one
+//! commit: nobody outside that thread ever holds the log's lock or redb's write transaction
+//! across I/O, so no other subsystem can stall the link's commits (DESIGN.md, "Failure domains").
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak, mpsc};
+use std::time::Instant;
 
 use protocol::oscore::Kid;
 
 use super::catalog::Catalog;
 use super::link_state::{Change, LinkState};
 use super::log::{self, IndexJob, LogConfig, Retention, SegmentLog};
-use super::records::Payload;
+use super::records::{Payload, Replayed};
 use super::{DeviceInfo, OpenOutcome, PeerRecord, Store, StoreError, StoredReading, Write};
 
 /// Storage settings.
@@ -52,7 +58,28 @@ struct Inner {
     config: StoreConfig,
     live: Arc<Mutex<Live>>,
     maintenance: Option<Maintenance>,
+    /// The one writer thread (set right after the store is made: it holds a weak reference).
+    writer: OnceLock<Writer>,
 }
+
+/// What a submitted commit calls when it is durable (or failed), with its writes handed back.
+/// It runs on the writer thread: it must not block, and must never commit itself.
+pub type Committed = Box<dyn FnOnce(Vec<Write>, Result<(), StoreError>) + Send>;
+
+/// A commit waiting for the writer thread.
+struct WriteJob {
+    writes: Vec<Write>,
+    done: Committed,
+}
+
+/// The writer thread and its queue.
+struct Writer {
+    jobs: mpsc::Sender<WriteJob>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Jobs merged into one commit at most.
+const MAX_GROUP: usize = 64;
 
 /// The thread that finishes seals: index file, link-state snapshot, retention.
 struct Maintenance {
@@ -61,7 +88,7 @@ struct Maintenance {
 }
 
 enum Job {
-    Seal(SealJob),
+    Seal(Box<SealJob>),
     /// Answered once every job before it is done.
     #[cfg(test)]
     Settle(mpsc::Sender<()>),
@@ -71,6 +98,8 @@ enum Job {
 struct SealJob {
     index: IndexJob,
     states: Vec<(Kid, LinkState)>,
+    /// The logged documents' newest values.
+    metas: Vec<(String, Vec<u8>)>,
     /// The last sequence number those states include.
     seq: u64,
     /// The log's first sequence number then.
@@ -79,7 +108,14 @@ struct SealJob {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Pending seals finish before the catalog closes.
+        // Queued commits finish first (unless this runs on the writer thread itself, which then
+        // ends on its own once its queue is closed), then pending seals, then the catalog closes.
+        if let Some(w) = self.writer.take() {
+            drop(w.jobs);
+            if w.thread.thread().id() != std::thread::current().id() {
+                let _ = w.thread.join();
+            }
+        }
         if let Some(m) = self.maintenance.take() {
             drop(m.jobs);
             let _ = m.thread.join();
@@ -98,6 +134,8 @@ struct Live {
     states: HashMap<Kid, LinkState>,
     /// Devices whose state changed since the last snapshot.
     dirty: HashSet<Kid>,
+    /// The newest value of every document logged since the snapshot (it holds older ones).
+    logged: HashMap<String, Vec<u8>>,
     /// Segments retention dropped since the store opened, oldest first (the newest
     /// [`RETIRED_KEPT`]): what the upstream outbox counts when it finds them gone.
     retired: VecDeque<log::Dropped>,
@@ -129,20 +167,27 @@ impl HubStore {
         // Frames from each floor on count, and the snapshot covers up to its sequence.
         let min_next = floors.values().copied().max().unwrap_or(0).max(snapshot.seq + 1);
         let log_config = LogConfig { segment_bytes: config.segment_bytes.clamp(4096, 1 << 30) };
-        let mut replay = |seq: u64, kid: Kid, change: Change| {
-            if floors.get(&kid).is_some_and(|&f| seq < f) {
-                return;
+        let mut logged = HashMap::new();
+        let mut replay = |seq: u64, item: Replayed| match item {
+            Replayed::Change(kid, change) => {
+                if floors.get(&kid).is_some_and(|&f| seq < f) {
+                    return;
+                }
+                if let Some(s) = states.get_mut(&kid) {
+                    s.apply(&change);
+                    dirty.insert(kid);
+                }
             }
-            if let Some(s) = states.get_mut(&kid) {
-                s.apply(&change);
-                dirty.insert(kid);
+            Replayed::Meta(key, value) => {
+                logged.insert(key, value);
             }
         };
         let (log, report) =
             SegmentLog::open(&log_dir, log_config, &floors, snapshot.seq, min_next, &mut replay)?;
         tracing::debug!(?report, "readings log opened");
         let catalog = Arc::new(catalog);
-        let live = Arc::new(Mutex::new(Live { log, states, dirty, retired: VecDeque::new() }));
+        let live =
+            Arc::new(Mutex::new(Live { log, states, dirty, logged, retired: VecDeque::new() }));
         let (jobs, rx) = mpsc::channel();
         let thread = {
             let (catalog, live) = (catalog.clone(), live.clone());
@@ -152,9 +197,30 @@ impl HubStore {
                 .map_err(|e| StoreError::Io("store maintenance thread".into(), e))?
         };
         let maintenance = Some(Maintenance { jobs, thread });
-        let store = Self { inner: Arc::new(Inner { catalog, config, live, maintenance }) };
+        let writer = OnceLock::new();
+        let store = Self { inner: Arc::new(Inner { catalog, config, live, maintenance, writer }) };
         store.migrate()?;
+        let (jobs, rx) = mpsc::channel();
+        let weak = Arc::downgrade(&store.inner);
+        let thread = std::thread::Builder::new()
+            .name("hub-store".into())
+            .spawn(move || write_loop(&weak, &rx))
+            .map_err(|e| StoreError::Io("store writer thread".into(), e))?;
+        let _ = store.inner.writer.set(Writer { jobs, thread });
         Ok((store, outcome))
+    }
+
+    /// Queues `writes` for the writer thread; `done` is called there once they are durable
+    /// (or failed: then retry the same writes, applying them twice is harmless). Never blocks.
+    pub fn submit(&self, writes: Vec<Write>, done: Committed) {
+        let job = WriteJob { writes, done };
+        let refused = match self.inner.writer.get() {
+            Some(w) => w.jobs.send(job).err().map(|e| e.0),
+            None => Some(job),
+        };
+        if let Some(job) = refused {
+            (job.done)(job.writes, Err(StoreError::Db("the store writer has stopped".into())));
+        }
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
@@ -209,13 +275,103 @@ impl HubStore {
             .drain()
             .filter_map(|k| live.states.get(&k).map(|s| (k, s.clone())))
             .collect();
+        let metas = live.logged.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let (seq, first_seq) = (live.log.last_seq(), live.log.first_seq());
-        let job = Job::Seal(SealJob { index, states, seq, first_seq });
+        let job = Job::Seal(Box::new(SealJob { index, states, metas, seq, first_seq }));
         let sent = self.inner.maintenance.as_ref().map(|m| m.jobs.send(job));
         if let Some(Err(mpsc::SendError(Job::Seal(job)))) = sent {
             tracing::error!("store maintenance thread has stopped; snapshot deferred to a restart");
             live.dirty.extend(job.states.into_iter().map(|(k, _)| k));
         }
+    }
+
+    /// Makes `writes` durable now. Only the writer thread calls it.
+    fn write_now(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut live = self.live();
+        let live = &mut *live;
+        // What a device removed in this batch wrote earlier in it is moot.
+        let removed_at: HashMap<Kid, usize> = writes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| match w {
+                Write::Remove { kid } => Some((*kid, i)),
+                _ => None,
+            })
+            .collect();
+        let mut exists: HashMap<Kid, bool> = HashMap::new();
+        let mut catalog = Vec::new();
+        let mut payload = Payload::default();
+        for (i, w) in writes.iter().enumerate() {
+            let logged = |kid: &Kid, exists: &HashMap<Kid, bool>| {
+                removed_at.get(kid).is_none_or(|&r| i > r)
+                    && exists.get(kid).copied().unwrap_or_else(|| live.states.contains_key(kid))
+            };
+            match w {
+                Write::Device { params, .. } => {
+                    exists.insert(params.recipient_id, true);
+                    catalog.push(w);
+                }
+                Write::Remove { kid } | Write::Retire { kid } => {
+                    exists.insert(*kid, false);
+                    catalog.push(w);
+                }
+                Write::Meta { .. } => catalog.push(w),
+                Write::Readings { kid, readings } => {
+                    if logged(kid, &exists) {
+                        payload.readings(kid, readings);
+                    }
+                }
+                Write::State { kid, state } => {
+                    if logged(kid, &exists) {
+                        payload.change(kid, Change::Checkpoint(state.clone()));
+                    }
+                }
+                Write::Lease { kid, lease } => {
+                    if logged(kid, &exists) {
+                        payload.change(kid, Change::Lease(*lease));
+                    }
+                }
+                Write::LogMeta { key, value } => payload.meta(key, value),
+            }
+        }
+        if !catalog.is_empty() {
+            // Readings of a removed device in frames before this one no longer count.
+            self.inner.catalog.apply(&catalog, live.log.next_seq())?;
+            for w in &catalog {
+                match w {
+                    Write::Device { params, .. } => {
+                        live.states.insert(params.recipient_id, LinkState::default());
+                        live.dirty.remove(&params.recipient_id);
+                    }
+                    Write::Remove { kid } => {
+                        live.states.remove(kid);
+                        live.dirty.remove(kid);
+                        live.log.erase(kid);
+                    }
+                    Write::Retire { kid } => {
+                        live.states.remove(kid);
+                        live.dirty.remove(kid);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !payload.is_empty() {
+            live.log.append(&payload)?;
+            for (kid, change) in &payload.changes {
+                if let Some(s) = live.states.get_mut(kid) {
+                    s.apply(change);
+                    live.dirty.insert(*kid);
+                }
+            }
+            for (key, value) in std::mem::take(&mut payload.metas) {
+                live.logged.insert(key, value);
+            }
+        }
+        if live.log.wants_seal() {
+            self.start_seal(live);
+        }
+        Ok(())
     }
 
     /// The log's segments as the outbox reads them, and the segments retention dropped that
@@ -248,6 +404,69 @@ impl HubStore {
     }
 }
 
+/// The writer thread: takes what is queued (up to [`MAX_GROUP`] jobs), makes it durable in one
+/// commit — each job's writes in order, jobs in the order they came — and calls each job back.
+fn write_loop(store: &Weak<Inner>, jobs: &mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = store.upgrade() else {
+            for job in group {
+                (job.done)(job.writes, Err(StoreError::Db("the store is closed".into())));
+            }
+            return;
+        };
+        let store = HubStore { inner };
+        let started = Instant::now();
+        let (result, group) = if group.len() == 1 {
+            let result = store.write_now(&group[0].writes);
+            (result, group)
+        } else {
+            let lens: Vec<usize> = group.iter().map(|j| j.writes.len()).collect();
+            let mut all = Vec::with_capacity(lens.iter().sum());
+            for job in &mut group {
+                all.append(&mut job.writes);
+            }
+            let result = store.write_now(&all);
+            let mut rest = all.into_iter();
+            for (job, len) in group.iter_mut().zip(lens) {
+                job.writes = rest.by_ref().take(len).collect();
+            }
+            (result, group)
+        };
+        let ms = started.elapsed().as_millis();
+        if ms > 50 {
+            let readings: usize = group
+                .iter()
+                .flat_map(|j| &j.writes)
+                .map(|w| match w {
+                    Write::Readings { readings, .. } => readings.len(),
+                    _ => 0,
+                })
+                .sum();
+            tracing::warn!(ms, readings, "slow group commit");
+        }
+        // Let go of the store before anyone hears back: whoever drops the last handle after
+        // its commit then closes the store on its own thread, at once.
+        drop(store);
+        // The first job gets the error itself, the others a copy of its text.
+        let copy = result.as_ref().err().map(ToString::to_string);
+        let mut result = Some(result);
+        for job in group {
+            let r = result.take().unwrap_or_else(|| match &copy {
+                None => Ok(()),
+                Some(e) => Err(StoreError::Db(e.clone())),
+            });
+            (job.done)(job.writes, r);
+        }
+    }
+}
+
 /// The maintenance thread: for every rolled-over segment, writes its index, snapshots the link
 /// states into the catalog, then applies retention (never past the snapshot).
 // Outside tests `Job` has one variant.
@@ -267,7 +486,7 @@ fn maintain(catalog: &Catalog, live: &Mutex<Live>, config: StoreConfig, jobs: mp
             // The segment stays indexed in memory; the next start rebuilds its index file.
             Err(e) => tracing::error!(error = %e, "cannot write a readings log index"),
         }
-        if let Err(e) = catalog.save_snapshot(&job.states, job.seq, job.first_seq) {
+        if let Err(e) = catalog.save_snapshot(&job.states, &job.metas, job.seq, job.first_seq) {
             tracing::error!(error = %e, "cannot snapshot link states; retrying at the next seal");
             let mut live = lock(live);
             let live = &mut *live;
@@ -313,93 +532,21 @@ impl Store for HubStore {
                     window: s.window,
                     usage: s.usage,
                     endpoint: s.endpoint,
+                    budget: s.budget,
                 }
             })
             .collect())
     }
 
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let mut live = self.live();
-        let live = &mut *live;
-        // What a device removed in this batch wrote earlier in it is moot.
-        let removed_at: HashMap<Kid, usize> = writes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, w)| match w {
-                Write::Remove { kid } => Some((*kid, i)),
-                _ => None,
-            })
-            .collect();
-        let mut exists: HashMap<Kid, bool> = HashMap::new();
-        let mut catalog = Vec::new();
-        let mut payload = Payload::default();
-        for (i, w) in writes.iter().enumerate() {
-            let logged = |kid: &Kid, exists: &HashMap<Kid, bool>| {
-                removed_at.get(kid).is_none_or(|&r| i > r)
-                    && exists.get(kid).copied().unwrap_or_else(|| live.states.contains_key(kid))
-            };
-            match w {
-                Write::Device { params, .. } => {
-                    exists.insert(params.recipient_id, true);
-                    catalog.push(w);
-                }
-                Write::Remove { kid } | Write::Retire { kid } => {
-                    exists.insert(*kid, false);
-                    catalog.push(w);
-                }
-                Write::Meta { .. } => catalog.push(w),
-                Write::Readings { kid, readings } => {
-                    if logged(kid, &exists) {
-                        payload.readings(kid, readings);
-                    }
-                }
-                Write::State { kid, state } => {
-                    if logged(kid, &exists) {
-                        payload.change(kid, Change::Checkpoint(state.clone()));
-                    }
-                }
-                Write::Lease { kid, lease } => {
-                    if logged(kid, &exists) {
-                        payload.change(kid, Change::Lease(*lease));
-                    }
-                }
-            }
-        }
-        if !catalog.is_empty() {
-            // Readings of a removed device in frames before this one no longer count.
-            self.inner.catalog.apply(&catalog, live.log.next_seq())?;
-            for w in &catalog {
-                match w {
-                    Write::Device { params, .. } => {
-                        live.states.insert(params.recipient_id, LinkState::default());
-                        live.dirty.remove(&params.recipient_id);
-                    }
-                    Write::Remove { kid } => {
-                        live.states.remove(kid);
-                        live.dirty.remove(kid);
-                        live.log.erase(kid);
-                    }
-                    Write::Retire { kid } => {
-                        live.states.remove(kid);
-                        live.dirty.remove(kid);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if !payload.is_empty() {
-            live.log.append(&payload)?;
-            for (kid, change) in &payload.changes {
-                if let Some(s) = live.states.get_mut(kid) {
-                    s.apply(change);
-                    live.dirty.insert(*kid);
-                }
-            }
-        }
-        if live.log.wants_seal() {
-            self.start_seal(live);
-        }
-        Ok(())
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(
+            writes.to_vec(),
+            Box::new(move |_, result| {
+                let _ = tx.send(result);
+            }),
+        );
+        rx.recv().unwrap_or_else(|_| Err(StoreError::Db("the store writer has stopped".into())))
     }
 
     fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError> {
@@ -416,6 +563,9 @@ impl Store for HubStore {
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.live().logged.get(key) {
+            return Ok(Some(v.clone()));
+        }
         self.inner.catalog.meta(key)
     }
 }
@@ -477,6 +627,7 @@ pub(super) mod tests {
             window: Some(WindowState { highest, seen: 1 }),
             usage: KeyUsage { encryptions: highest * 2, failed_decryptions: 1 },
             endpoint: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            budget: None,
         };
         Write::State { kid: k, state }
     }
@@ -531,6 +682,50 @@ pub(super) mod tests {
         assert_eq!(store.reading_count(&a).expect("count"), 300);
         assert_eq!(times(&store, a, 3), vec![298_000, 299_000, 300_000]);
         assert_eq!(times(&store, a, 1000).len(), 300);
+    }
+
+    #[test]
+    fn logged_documents_and_budgets_are_durable_with_their_commit_across_seals_and_reopens() {
+        use protocol::link::{BucketState, GuardState};
+        let tmp = tempfile::tempdir().expect("tmp");
+        let a = kid(1);
+        let budget = |tokens| GuardState {
+            known: BucketState { tokens, at: 1_700_000_000_000 + u64::from(tokens) },
+            others: BucketState { tokens: 0, at: 5 },
+            routable: vec![("192.0.2.9".parse().expect("ip"), BucketState { tokens: 1, at: 6 })],
+        };
+        let counters = |n: u32| Write::LogMeta {
+            key: "security_counters".into(),
+            value: format!("{{\"bad_tag\":{n}}}").into_bytes(),
+        };
+        {
+            let (store, ..) = paired(tmp.path(), config(4096));
+            // An old-format value in the catalog is what a store from before logging returns.
+            let old = Write::Meta { key: "security_counters".into(), value: b"old".to_vec() };
+            store.commit(&[old]).expect("commit");
+            assert_eq!(store.meta("security_counters").expect("meta"), Some(b"old".to_vec()));
+            for i in 1..=200u32 {
+                let Write::State { kid, mut state } = checkpoint(a, u64::from(i), 4000) else {
+                    unreachable!()
+                };
+                state.budget = Some(budget(i % 32));
+                let w = [readings(a, [i64::from(i)]), Write::State { kid, state }, counters(i)];
+                store.commit(&w).expect("commit");
+                let newest = format!("{{\"bad_tag\":{i}}}").into_bytes();
+                assert_eq!(store.meta("security_counters").expect("meta"), Some(newest));
+            }
+            store.settle();
+            assert!(store.live().log.sealed_segments() >= 2, "snapshots were taken");
+        }
+        let (store, _) = HubStore::open(tmp.path(), config(4096)).expect("reopen");
+        assert_eq!(
+            store.meta("security_counters").expect("meta"),
+            Some(br#"{"bad_tag":200}"#.to_vec())
+        );
+        assert_eq!(peer(&store, a).budget, Some(budget(200 % 32)));
+        // The catalog alone (the last snapshot) holds a logged value too.
+        let snap = store.inner.catalog.meta("security_counters").expect("meta");
+        assert!(snap.is_some_and(|v| v != b"old"), "the snapshot carries the logged value");
     }
 
     #[test]
@@ -650,6 +845,52 @@ pub(super) mod tests {
         drop(store);
         let (store, _) = HubStore::open(tmp.path(), by_count).expect("reopen");
         assert_eq!(store.reading_count(&a).expect("count"), kept);
+    }
+
+    #[test]
+    fn writes_from_many_threads_go_through_the_one_writer_in_order() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (store, a, _) = paired(tmp.path(), config(1 << 20));
+        // Submitted back to back: merged into shared commits, each job's writes in order, every
+        // job called back once, in submission order.
+        let (tx, rx) = mpsc::channel();
+        for i in 0..200i64 {
+            let tx = tx.clone();
+            let writes =
+                vec![readings(a, [i]), Write::Meta { key: "k".into(), value: vec![i as u8] }];
+            store.submit(
+                writes,
+                Box::new(move |writes, result| {
+                    let _ = tx.send((i, writes.len(), result.is_ok()));
+                }),
+            );
+        }
+        let done: Vec<_> = (0..200).map(|_| rx.recv().expect("called back")).collect();
+        assert_eq!(done, (0..200).map(|i| (i, 2, true)).collect::<Vec<_>>());
+        assert_eq!(store.meta("k").expect("meta"), Some(vec![199]));
+        assert_eq!(times(&store, a, 1000), (0..200).collect::<Vec<_>>());
+        // Blocking commits from other threads meanwhile.
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20u8 {
+                        let key = format!("t{t}");
+                        store.commit(&[Write::Meta { key, value: vec![i] }]).expect("commit");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        for t in 0..4 {
+            assert_eq!(store.meta(&format!("t{t}")).expect("meta"), Some(vec![19]));
+        }
+        // Dropping the last handle closes the store at once: it can be opened again.
+        drop(store);
+        let (store, _) = HubStore::open(tmp.path(), config(1 << 20)).expect("reopen");
+        assert_eq!(store.reading_count(&a).expect("count"), 200);
     }
 
     #[test]

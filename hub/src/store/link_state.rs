@@ -1,12 +1,15 @@
 //! A device's durable link state (RFC 8613 B.1.1/B.1.2): the sender-sequence lease, the replay
-//! window, the key-usage ceilings and the endpoint. Changes arrive as records in the readings
+//! window, the key usage (encryption ceiling, failed decryptions), the endpoint and the failure
+//! budgets. Changes arrive as records in the readings
 //! log (durable with what they accepted) and are snapshotted into the catalog; [`LinkState::apply`]
 //! is the one merge rule both use, so replaying a record twice is harmless.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use protocol::link::PeerState;
+use protocol::link::{GuardState, PeerState};
 use protocol::oscore::{KeyUsage, WindowState};
+
+use super::records::{decode_budget, encode_budget};
 
 /// One change to a device's link state, as logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,16 +27,19 @@ pub(super) struct LinkState {
     pub(super) window: Option<WindowState>,
     pub(super) usage: KeyUsage,
     pub(super) endpoint: Option<SocketAddr>,
+    pub(super) budget: Option<GuardState<IpAddr>>,
 }
 
-/// Snapshot record: lease, window (flag, highest, seen), usage ceilings (encryptions,
-/// failures), then optionally the endpoint (family, 16-byte address, port).
+/// Snapshot record: lease, window (flag, highest, seen), usage (encryption ceiling, failures),
+/// then optionally the endpoint (family 4 or 6, 16-byte address, port), then optionally the
+/// failure budgets ([`BUDGET_MARK`], then the log's budget encoding).
 const STATE_LEN: usize = 37;
 const ENDPOINT_LEN: usize = 19;
+const BUDGET_MARK: u8 = 0xb1;
 
 impl LinkState {
-    /// Merges a change: the window is replaced, leases and usage ceilings only grow (a restart
-    /// resumes at them: never lower), the endpoint is replaced when known.
+    /// Merges a change: the window is replaced, leases and usage counts only grow (a restart
+    /// resumes at them: never lower), the endpoint and the budgets are replaced when known.
     pub(super) fn apply(&mut self, change: &Change) {
         match change {
             Change::Lease(lease) => self.lease = self.lease.max(*lease),
@@ -43,11 +49,14 @@ impl LinkState {
                 self.usage.failed_decryptions =
                     self.usage.failed_decryptions.max(c.usage.failed_decryptions);
                 self.endpoint = c.endpoint.or(self.endpoint);
+                if c.budget.is_some() {
+                    self.budget.clone_from(&c.budget);
+                }
             }
         }
     }
 
-    /// The snapshot encoding (unchanged from the store's first format).
+    /// The snapshot encoding (the store's first format, with the budget section appended).
     pub(super) fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; STATE_LEN];
         b[..8].copy_from_slice(&self.lease.to_be_bytes());
@@ -67,6 +76,10 @@ impl LinkState {
             b.extend_from_slice(&ip);
             b.extend_from_slice(&e.port().to_be_bytes());
         }
+        if let Some(g) = &self.budget {
+            b.push(BUDGET_MARK);
+            b.extend_from_slice(&encode_budget(g));
+        }
         b
     }
 
@@ -81,25 +94,30 @@ impl LinkState {
             }),
             _ => return None,
         };
-        let endpoint = match rest.len() {
-            0 => None,
-            ENDPOINT_LEN => {
-                let ip: [u8; 16] = rest[1..17].try_into().ok()?;
-                let port = u16::from_be_bytes(rest[17..19].try_into().ok()?);
-                let ip = match rest[0] {
+        let (endpoint, rest) = match rest.first() {
+            Some(4 | 6) => {
+                let (e, rest) = rest.split_at_checked(ENDPOINT_LEN)?;
+                let ip: [u8; 16] = e[1..17].try_into().ok()?;
+                let port = u16::from_be_bytes(e[17..19].try_into().ok()?);
+                let ip = match e[0] {
                     4 => IpAddr::V4(Ipv6Addr::from(ip).to_ipv4_mapped()?),
-                    6 => IpAddr::V6(Ipv6Addr::from(ip)),
-                    _ => return None,
+                    _ => IpAddr::V6(Ipv6Addr::from(ip)),
                 };
-                Some(SocketAddr::new(ip, port))
+                (Some(SocketAddr::new(ip, port)), rest)
             }
-            _ => return None,
+            _ => (None, rest),
+        };
+        let budget = match rest.split_first() {
+            None => None,
+            Some((&BUDGET_MARK, b)) => Some(decode_budget(b).ok()?),
+            Some(_) => return None,
         };
         Some(Self {
             lease: u64_at(0)?,
             window,
             usage: KeyUsage { encryptions: u64_at(21)?, failed_decryptions: u64_at(29)? },
             endpoint,
+            budget,
         })
     }
 }
@@ -107,6 +125,7 @@ impl LinkState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::link::BucketState;
 
     #[test]
     fn merge_keeps_ceilings_and_leases_growing_and_round_trips() {
@@ -117,6 +136,7 @@ mod tests {
                 window: Some(WindowState { highest, seen: 1 }),
                 usage: KeyUsage { encryptions: enc, failed_decryptions: 2 },
                 endpoint,
+                budget: None,
             })
         };
         s.apply(&Change::Lease(2000));
@@ -129,6 +149,36 @@ mod tests {
         assert_eq!(s.endpoint, Some(at));
         assert_eq!(LinkState::decode(&s.encode()), Some(s.clone()));
         s.endpoint = Some("[2001:db8::1]:9".parse().expect("addr"));
-        assert_eq!(LinkState::decode(&s.encode()), Some(s));
+        assert_eq!(LinkState::decode(&s.encode()), Some(s.clone()));
+        // Budgets: replaced by a checkpoint that has them, kept by one that does not, and
+        // encoded after the endpoint, or without one.
+        let g = GuardState {
+            known: BucketState { tokens: 3, at: 1_700_000_000_000 },
+            others: BucketState { tokens: 0, at: 1_700_000_000_001 },
+            routable: vec![
+                ("10.0.0.7".parse().expect("ip"), BucketState { tokens: 1, at: 5 }),
+                ("2001:db8::7".parse().expect("ip"), BucketState { tokens: 0, at: 6 }),
+            ],
+        };
+        s.apply(&Change::Checkpoint(PeerState {
+            window: None,
+            usage: KeyUsage::default(),
+            endpoint: None,
+            budget: Some(g.clone()),
+        }));
+        s.apply(&cp(10, 60, None));
+        assert_eq!(s.budget, Some(g));
+        assert_eq!(LinkState::decode(&s.encode()), Some(s.clone()));
+        s.endpoint = None;
+        assert_eq!(LinkState::decode(&s.encode()), Some(s.clone()));
+        // Snapshots of the first format (no budget) still load; damaged ones do not.
+        let old = LinkState { budget: None, ..s.clone() };
+        assert_eq!(LinkState::decode(&old.encode()), Some(old));
+        let mut bad = s.encode();
+        bad.push(0);
+        assert_eq!(LinkState::decode(&bad), None);
+        let mut bad = s.encode();
+        bad[STATE_LEN] = 0x42;
+        assert_eq!(LinkState::decode(&bad), None);
     }
 }

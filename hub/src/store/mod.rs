@@ -12,13 +12,13 @@ mod records;
 mod seal;
 
 pub use catalog::OpenOutcome;
-pub use hub_store::{HubStore, StoreConfig};
+pub use hub_store::{Committed, HubStore, StoreConfig};
 pub use log::LogError;
 pub use seal::{Kek, SealError};
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use protocol::link::PeerState;
+use protocol::link::{GuardState, PeerState};
 use protocol::oscore::{ContextParams, KeyUsage, Kid, WindowState};
 use protocol::pairing::Descriptor;
 use protocol::senml::Reading;
@@ -101,10 +101,12 @@ pub struct PeerRecord {
     pub lease: u64,
     /// Replay window as of the last durable reading.
     pub window: Option<WindowState>,
-    /// Key-usage ceilings of the last durable checkpoint (counters resume at them).
+    /// Key usage of the last durable checkpoint (encryptions resume at its ceiling).
     pub usage: KeyUsage,
     /// The endpoint of the sensor's last authenticated request.
     pub endpoint: Option<SocketAddr>,
+    /// The failure budgets of the last durable checkpoint (`None`: never persisted).
+    pub budget: Option<GuardState<IpAddr>>,
 }
 
 /// One change in a group commit.
@@ -138,6 +140,15 @@ pub enum Write {
         kid: Kid,
         /// The checkpoint.
         state: PeerState<SocketAddr>,
+    },
+    /// A small named document written in the readings log with the rest of the commit (one
+    /// fsync, durable with the checkpoints beside it; e.g. the security counters), replaced
+    /// whole; [`Store::meta`] returns the newest value.
+    LogMeta {
+        /// Name.
+        key: String,
+        /// Contents.
+        value: Vec<u8>,
     },
     /// A named document (e.g. the update manager's state), replaced whole.
     Meta {
@@ -184,7 +195,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every paired device's link state.
     fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError>;
     /// Makes `writes` durable, a device's readings together with its checkpoint. After an
-    /// error the caller retries the same writes (applying them twice is harmless).
+    /// error the caller retries the same writes (applying them twice is harmless). Blocking:
+    /// [`HubStore`] queues them for its one writer thread and waits (never call it from a
+    /// [`HubStore::submit`] callback, which runs on that thread).
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
     /// All devices.
     fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError>;
@@ -193,6 +206,6 @@ pub trait Store: Send + Sync + 'static {
     fn readings(&self, kid: &Kid, limit: usize) -> Result<Vec<StoredReading>, StoreError>;
     /// How many readings of a device are stored (a resent duplicate counts twice).
     fn reading_count(&self, kid: &Kid) -> Result<u64, StoreError>;
-    /// A named document written with [`Write::Meta`].
+    /// A named document written with [`Write::Meta`] or [`Write::LogMeta`] (the newest).
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }

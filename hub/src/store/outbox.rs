@@ -399,7 +399,7 @@ fn count(payload: &[u8]) -> u64 {
             .iter()
             .map(|i| match i {
                 Item::Block(b) => u64::from(b.count),
-                Item::Change(..) => 0,
+                Item::Change(..) | Item::Meta(..) => 0,
             })
             .sum()
     })

@@ -1,11 +1,13 @@
 //! The records inside one readings-log frame: a device's readings (a *block*, what the index
-//! points at), a link checkpoint and a sequence lease. The encoding is compact (varints, names
+//! points at), a link checkpoint (with its failure budgets), a sequence lease, and a named
+//! document logged with the commit (the security counters, durable with the checkpoints whose
+//! failures they count). The encoding is compact (varints, names
 //! sharing a prefix with the previous one, centi-unit values) and decoding checks every length:
 //! a malformed record is an error, never a panic.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use protocol::link::PeerState;
+use protocol::link::{BucketState, GuardState, PeerState};
 use protocol::oscore::{KeyUsage, Kid, WindowState};
 use protocol::senml::{Reading, Value};
 
@@ -15,6 +17,7 @@ use super::link_state::Change;
 const TAG_READINGS: u8 = 1;
 const TAG_CHECKPOINT: u8 = 2;
 const TAG_LEASE: u8 = 3;
+const TAG_META: u8 = 4;
 
 /// Value encodings.
 const V_F64: u8 = 0;
@@ -30,6 +33,7 @@ const U_LITERAL: u8 = 2;
 const F_WINDOW: u8 = 1;
 const F_V4: u8 = 2;
 const F_V6: u8 = 4;
+const F_BUDGET: u8 = 8;
 
 /// A record that does not decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +57,8 @@ pub(super) struct Payload {
     pub(super) bytes: Vec<u8>,
     pub(super) blocks: Vec<BlockInfo>,
     pub(super) changes: Vec<(Kid, Change)>,
+    /// Named documents logged in this frame.
+    pub(super) metas: Vec<(String, Vec<u8>)>,
 }
 
 impl Payload {
@@ -115,6 +121,9 @@ impl Payload {
                     Some(IpAddr::V6(_)) => flags |= F_V6,
                     None => {}
                 }
+                if c.budget.is_some() {
+                    flags |= F_BUDGET;
+                }
                 b.push(flags);
                 if let Some(w) = c.window {
                     put_varint(b, w.highest);
@@ -129,9 +138,20 @@ impl Payload {
                     }
                     b.extend_from_slice(&e.port().to_le_bytes());
                 }
+                if let Some(budget) = &c.budget {
+                    put_budget(b, budget);
+                }
             }
         }
         self.changes.push((*kid, change));
+    }
+
+    /// Appends the named document `key` (replacing, once durable, any earlier value).
+    pub(super) fn meta(&mut self, key: &str, value: &[u8]) {
+        self.bytes.push(TAG_META);
+        put_bytes(&mut self.bytes, key.as_bytes());
+        put_bytes(&mut self.bytes, value);
+        self.metas.push((key.to_string(), value.to_vec()));
     }
 }
 
@@ -142,6 +162,17 @@ pub(super) enum Item {
     Block(BlockInfo),
     /// A link-state change.
     Change(Kid, Change),
+    /// A named document.
+    Meta(String, Vec<u8>),
+}
+
+/// What replaying a frame after the snapshot yields, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Replayed {
+    /// A device's link-state change.
+    Change(Kid, Change),
+    /// A named document's newer value.
+    Meta(String, Vec<u8>),
 }
 
 /// Every record of a payload, in order.
@@ -177,14 +208,19 @@ pub(super) fn scan(payload: &[u8]) -> Result<Vec<Item>, RecordError> {
                     Some(ip) => Some(SocketAddr::new(ip, u16::from_le_bytes(r.array()?))),
                     None => None,
                 };
+                let budget = if flags & F_BUDGET != 0 { Some(r.budget()?) } else { None };
                 out.push(Item::Change(
                     kid,
-                    Change::Checkpoint(PeerState { window, usage, endpoint }),
+                    Change::Checkpoint(PeerState { window, usage, endpoint, budget }),
                 ));
             }
             TAG_LEASE => {
                 let kid = r.kid()?;
                 out.push(Item::Change(kid, Change::Lease(r.varint()?)));
+            }
+            TAG_META => {
+                let key = String::from_utf8(r.bytes()?.to_vec()).map_err(|_| RecordError("key"))?;
+                out.push(Item::Meta(key, r.bytes()?.to_vec()));
             }
             _ => return Err(RecordError("unknown record")),
         }
@@ -257,6 +293,47 @@ fn put_varint(b: &mut Vec<u8>, mut v: u64) {
 fn put_bytes(b: &mut Vec<u8>, bytes: &[u8]) {
     put_varint(b, bytes.len() as u64);
     b.extend_from_slice(bytes);
+}
+
+/// A sensor's failure budgets: `Known` and `Others` (tokens, refill reference), then the
+/// routable hosts (count, then family 4 or 6, address, tokens, reference each).
+fn put_budget(b: &mut Vec<u8>, g: &GuardState<IpAddr>) {
+    for s in [g.known, g.others] {
+        put_varint(b, u64::from(s.tokens));
+        put_varint(b, s.at);
+    }
+    put_varint(b, g.routable.len() as u64);
+    for (ip, s) in &g.routable {
+        match ip {
+            IpAddr::V4(v4) => {
+                b.push(4);
+                b.extend_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                b.push(6);
+                b.extend_from_slice(&v6.octets());
+            }
+        }
+        put_varint(b, u64::from(s.tokens));
+        put_varint(b, s.at);
+    }
+}
+
+/// [`put_budget`]'s encoding on its own (the catalog snapshot uses it).
+pub(super) fn encode_budget(g: &GuardState<IpAddr>) -> Vec<u8> {
+    let mut b = Vec::new();
+    put_budget(&mut b, g);
+    b
+}
+
+/// Decodes exactly one [`encode_budget`] value.
+pub(super) fn decode_budget(bytes: &[u8]) -> Result<GuardState<IpAddr>, RecordError> {
+    let mut r = Reader { b: bytes, at: 0 };
+    let g = r.budget()?;
+    if r.at != bytes.len() {
+        return Err(RecordError("trailing bytes"));
+    }
+    Ok(g)
 }
 
 fn put_kid(b: &mut Vec<u8>, kid: &Kid) {
@@ -338,6 +415,29 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
 
+    fn bucket(&mut self) -> Result<BucketState, RecordError> {
+        let tokens = u32::try_from(self.varint()?).map_err(|_| RecordError("tokens"))?;
+        Ok(BucketState { tokens, at: self.varint()? })
+    }
+
+    fn budget(&mut self) -> Result<GuardState<IpAddr>, RecordError> {
+        let (known, others) = (self.bucket()?, self.bucket()?);
+        let n = self.len()?;
+        if n > protocol::link::ROUTABLE_HOSTS + 1 {
+            return Err(RecordError("routable hosts"));
+        }
+        let mut routable = Vec::with_capacity(n);
+        for _ in 0..n {
+            let ip = match self.u8()? {
+                4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
+                6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
+                _ => return Err(RecordError("address family")),
+            };
+            routable.push((ip, self.bucket()?));
+        }
+        Ok(GuardState { known, others, routable })
+    }
+
     fn kid(&mut self) -> Result<Kid, RecordError> {
         let n = usize::from(self.u8()?);
         Kid::new(self.take(n)?).map_err(|_| RecordError("kid"))
@@ -381,20 +481,36 @@ mod tests {
             window: Some(WindowState { highest: 1 << 40, seen: 0xdead_beef }),
             usage: KeyUsage { encryptions: 17, failed_decryptions: 3 },
             endpoint: Some("[2001:db8::7]:61000".parse().expect("addr")),
+            budget: None,
         };
         p.change(&other, Change::Checkpoint(cp.clone()));
-        let v4 = PeerState { window: None, endpoint: Some("10.0.0.1:1".parse().expect("a")), ..cp };
+        let budget = GuardState {
+            known: BucketState { tokens: 32, at: 1_700_000_000_000 },
+            others: BucketState { tokens: 0, at: u64::MAX },
+            routable: vec![
+                ("10.1.2.3".parse().expect("ip"), BucketState { tokens: 2, at: 9 }),
+                ("::1".parse().expect("ip"), BucketState { tokens: 0, at: 10 }),
+            ],
+        };
+        let v4 = PeerState {
+            window: None,
+            endpoint: Some("10.0.0.1:1".parse().expect("a")),
+            budget: Some(budget),
+            ..cp
+        };
         p.change(&other, Change::Checkpoint(v4.clone()));
+        p.meta("security_counters", br#"{"bad_tag":7}"#);
         let items = scan(&p.bytes).expect("scan");
-        assert_eq!(items.len(), 4);
+        assert_eq!(items.len(), 5);
         assert_eq!(items[0], Item::Change(kid, Change::Lease(3000)));
         let Item::Block(b) = items[1] else { panic!("block expected") };
         assert_eq!(b, p.blocks[0]);
         assert_eq!((b.count, b.min_t, b.max_t), (5, 5, 1_700_000_000_123));
         assert_eq!(items[3], Item::Change(other, Change::Checkpoint(v4)));
+        assert_eq!(items[4], Item::Meta("security_counters".into(), br#"{"bad_tag":7}"#.to_vec()));
         let block = &p.bytes[b.at..];
         let len = block_len(block).expect("len");
-        assert_eq!(scan(&block[len..]).expect("rest").len(), 2, "the block ends where it says");
+        assert_eq!(scan(&block[len..]).expect("rest").len(), 3, "the block ends where it says");
         let back = decode_block(block, &kid).expect("decode");
         for (r, s) in readings.iter().zip(&back) {
             assert_eq!(s.time_ms, r.time.0);

@@ -14,8 +14,9 @@ mod hub;
 mod sensor;
 
 pub use hub::{
-    AckTicket, ECHO_BURST, ECHO_INTERVAL_MS, ECHO_REFILL_MS, ENCRYPTION_HEADROOM, Endpoint,
-    FAIL_BURST, FAIL_REFILL_MS, FAILURE_HEADROOM, FirmwareOffer, HubConfig, HubEvent, HubLink,
-    Payload, PeerState, PinError, SecurityCounters, SecurityEvent, Transmit,
+    AckTicket, BucketState, CHALLENGE_SPACING_MS, ECHO_BURST, ECHO_INTERVAL_MS, ECHO_OPTION,
+    ECHO_REFILL_MS, Endpoint, FAIL_BURST, FAIL_REFILL_MS, FirmwareOffer, GuardState, HubConfig,
+    HubEvent, HubLink, Payload, PeerState, PinError, ROUTABILITY_LEN, ROUTABILITY_SLOT_MS,
+    ROUTABLE_BURST, ROUTABLE_HOSTS, ROUTABLE_REFILL_MS, SecurityCounters, SecurityEvent, Transmit,
 };
 pub use sensor::{SensorEvent, SensorLink};

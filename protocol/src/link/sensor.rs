@@ -1,6 +1,9 @@
 //! The sensor's link endpoint: pairing as a CoAP client, then readings over OSCORE with one
 //! confirmable request in flight, retransmitted with back-off until the hub acknowledges it
-//! (RFC 7252 §4.2); Echo recovery after a hub restart (RFC 8613 B.1.2).
+//! (RFC 7252 §4.2); Echo recovery after a hub restart (RFC 8613 B.1.2); and return routability
+//! (RFC 9175): when the hub answers with an unprotected 4.01 carrying an outer Echo (its
+//! budget for our source is spent, e.g. by someone spoofing our address), the request goes
+//! again at once with that Echo as an outer option, and later requests carry it while fresh.
 
 use std::collections::VecDeque;
 
@@ -22,6 +25,12 @@ use super::hub::encode_done;
 
 /// Firmware requests sent in a row before a waiting reading goes out.
 const CONTROL_BURST: u8 = 8;
+/// A return-routability value is attached to new requests for this long after it arrived (the
+/// hub accepts it for at least [`super::hub::ROUTABILITY_SLOT_MS`]).
+const ROUTABILITY_REUSE_MS: u64 = super::hub::ROUTABILITY_SLOT_MS - 2_000;
+/// Immediate resends one exchange may make in answer to routability challenges (an on-path
+/// forger could send many; later ones wait for the retransmission timer).
+const ROUTABILITY_RESENDS: u8 = 2;
 
 /// What the sensor link tells its caller.
 #[derive(Debug)]
@@ -88,7 +97,10 @@ enum Phase {
 }
 
 enum Purpose {
-    Hello,
+    /// A hello; `echoes` counts the hub's cookie challenges answered in this attempt.
+    Hello {
+        echoes: u8,
+    },
     Proof,
     Done,
     /// An OSCORE-protected exchange.
@@ -117,6 +129,8 @@ struct Outstanding {
     bytes: Vec<u8>,
     /// An unprotected error answered this request: retransmit it as a fresh request.
     unverified_error: bool,
+    /// Resends made at once in answer to routability challenges.
+    routability_resends: u8,
     token: Vec<u8>,
     retries: u32,
     next_retry: Millis,
@@ -131,6 +145,8 @@ pub struct SensorLink {
     control: VecDeque<Control>,
     control_streak: u8,
     echo: Option<Vec<u8>>,
+    /// The hub's last return-routability value for our address, and when it came.
+    routability: Option<(Vec<u8>, Millis)>,
     lease_block: u64,
     token_prefix: Option<u32>,
     next_mid: u16,
@@ -163,6 +179,7 @@ impl SensorLink {
             control: VecDeque::new(),
             control_streak: 0,
             echo: None,
+            routability: None,
             lease_block: crate::oscore::DEFAULT_LEASE_BLOCK,
             token_prefix: None,
             next_mid: rng.next_u32() as u16,
@@ -245,7 +262,7 @@ impl SensorLink {
         self.events.push_back(SensorEvent::ShowPin(pin));
         let token = self.token();
         let request = coap::post(self.mid(), &token, PATH_HELLO, hello.encode());
-        self.send(now, rng, request, token, Purpose::Hello);
+        self.send(now, rng, request, token, Purpose::Hello { echoes: 0 });
     }
 
     /// Queues a reading (a SenML payload) under the caller's id.
@@ -385,7 +402,11 @@ impl SensorLink {
         }
         let Some(out) = self.out.take() else { return };
         match out.purpose {
-            Purpose::Hello => self.on_hello_response(now, &packet),
+            Purpose::Hello { echoes } => {
+                if !self.echo_hello(now, rng, &packet, &out.bytes, echoes) {
+                    self.on_hello_response(now, &packet);
+                }
+            }
             Purpose::Proof => self.on_proof_response(now, &packet),
             Purpose::Done => self.on_done_response(&packet),
             Purpose::Protected { .. } => {}
@@ -425,6 +446,7 @@ impl SensorLink {
         self.out = Some(Outstanding {
             bytes,
             unverified_error: false,
+            routability_resends: 0,
             token,
             retries: 0,
             next_retry,
@@ -439,6 +461,34 @@ impl SensorLink {
     fn fail(&mut self, e: PairingError) {
         self.phase = Phase::Unpaired;
         self.events.push_back(SensorEvent::PairingFailed(e));
+    }
+
+    /// The hub asks the hello to prove its source address (4.01 with an Echo option, RFC 9175
+    /// §2.4): sends the same hello again with the Echo value, at most twice per attempt (a
+    /// cookie may expire in between once). Returns whether it did.
+    fn echo_hello<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        rng: &mut R,
+        p: &Packet,
+        hello: &[u8],
+        echoes: u8,
+    ) -> bool {
+        let echo = CoapOption::Unknown(crate::pairing::ECHO_OPTION);
+        let challenge = p.header.code == MessageClass::Response(ResponseType::Unauthorized);
+        let (Some(value), true, true) = (p.get_first_option(echo), challenge, echoes < 2) else {
+            return false;
+        };
+        if value.len() > 40 || !matches!(self.phase, Phase::Hello(_)) {
+            return false; // RFC 9175 §2.2: Echo values are 1 to 40 bytes
+        }
+        let Ok(mut request) = Packet::from_bytes(hello) else { return false };
+        let token = self.token();
+        request.header.message_id = self.mid();
+        request.set_token(token.clone());
+        request.set_option(echo, [value.clone()].into_iter().collect());
+        self.send(now, rng, request, token, Purpose::Hello { echoes: echoes + 1 });
+        true
     }
 
     fn on_hello_response(&mut self, now: Millis, p: &Packet) {
@@ -528,6 +578,11 @@ impl SensorLink {
         let Some(out) = &mut self.out else { return };
         let Purpose::Protected { binding, what } = &out.purpose else { return };
         if p.get_option(CoapOption::Oscore).is_none() {
+            if p.header.code == MessageClass::Response(ResponseType::Unauthorized)
+                && let Some(value) = echo_value(p)
+            {
+                return self.on_routability_challenge(now, value.to_vec());
+            }
             // E.g. "Replay detected" from a hub that restarted and lost our answer: the next
             // retransmission goes out as a fresh request (the hub stores a reading idempotently).
             out.unverified_error = true;
@@ -551,6 +606,28 @@ impl SensorLink {
             What::Control(c) => self.on_control_answer(c, &inner),
         }
         self.pump(now, rng);
+    }
+
+    /// The hub asks us to prove we receive at our address (RFC 9175): the request in flight goes
+    /// again with its value as an outer Echo (same protected request, new Message ID). The
+    /// challenge is unauthenticated, so it changes nothing else: a forged one costs a resend.
+    fn on_routability_challenge(&mut self, now: Millis, value: Vec<u8>) {
+        if value.is_empty() || value.len() > 40 {
+            return; // RFC 9175 §2.2.1: 1 to 40 bytes
+        }
+        self.routability = Some((value.clone(), now));
+        let mid = self.mid();
+        let Some(out) = &mut self.out else { return };
+        let Ok(mut packet) = Packet::from_bytes(&out.bytes) else { return };
+        packet.header.message_id = mid;
+        packet.clear_option(CoapOption::Unknown(super::hub::ECHO_OPTION));
+        packet.add_option(CoapOption::Unknown(super::hub::ECHO_OPTION), value);
+        let Some(bytes) = coap::encode(&packet) else { return };
+        out.bytes = bytes.clone();
+        if out.routability_resends < ROUTABILITY_RESENDS {
+            out.routability_resends += 1;
+            self.transmits.push_back(bytes);
+        }
     }
 
     fn on_reading_answer(&mut self, id: u64, inner: &Packet) {
@@ -687,11 +764,19 @@ impl SensorLink {
         if let Some(echo) = &self.echo {
             request.add_option(CoapOption::Unknown(252), echo.clone());
         }
+        let routability = self
+            .routability
+            .as_ref()
+            .filter(|(_, at)| now < at.plus(ROUTABILITY_REUSE_MS))
+            .map(|(v, _)| v.clone());
         let Phase::Linked(ctx) = &mut self.phase else { return };
         match ctx.protect_request(&request) {
-            Ok((sealed, binding)) => {
+            Ok((mut sealed, binding)) => {
                 if let Some(lease) = ctx.poll_lease() {
                     self.events.push_back(SensorEvent::LeaseNeeded(lease));
+                }
+                if let Some(v) = routability {
+                    sealed.packet.add_option(CoapOption::Unknown(super::hub::ECHO_OPTION), v);
                 }
                 self.send(now, rng, sealed.packet, token, Purpose::Protected { binding, what });
             }

@@ -228,19 +228,24 @@ impl SecurityContext {
         Ok(Verified::NeedsEcho { binding })
     }
 
-    /// Builds the protected 4.01 Unauthorized + Echo answer to a request that needs one (B.1.2).
-    /// It carries our own Partial IV: after a restart the request's nonce may not be fresh.
-    pub fn echo_challenge<R: CryptoRng + ?Sized>(
-        &mut self,
-        request: &Packet,
-        binding: &RequestBinding,
-        rng: &mut R,
-    ) -> Result<Sealed, OscoreError> {
-        let echo = *self.echo.get_or_insert_with(|| {
+    /// Draws the Echo value that B.1.2 challenges carry, if none is outstanding.
+    pub fn arm_echo<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) {
+        self.echo.get_or_insert_with(|| {
             let mut v = [0u8; ECHO_LEN];
             rng.fill_bytes(&mut v);
             v
         });
+    }
+
+    /// Builds the protected 4.01 Unauthorized + Echo answer to a request that needs one (B.1.2),
+    /// with the value drawn by [`SecurityContext::arm_echo`]. It carries our own Partial IV:
+    /// after a restart the request's nonce may not be fresh.
+    pub fn echo_challenge(
+        &mut self,
+        request: &Packet,
+        binding: &RequestBinding,
+    ) -> Result<Sealed, OscoreError> {
+        let echo = self.echo.ok_or(OscoreError::NotOscore("no Echo value drawn"))?;
         let mut response = Packet::new();
         response.header.set_type(coap_lite::MessageType::Acknowledgement);
         response.header.message_id = request.header.message_id;

@@ -17,12 +17,17 @@
 //! equation gives Y from X, not the other way round). The hub arms pairing only for a bounded
 //! window with a few failed attempts and growing back-off ([`PairingWindow`]).
 
+mod admission;
 mod hub;
 mod keys;
 mod sensor;
 mod window;
 mod wire;
 
+pub use admission::{
+    COOKIE_LEN, COOKIE_SLOT_MS, ECHO_OPTION, FILTER_HOSTS, Held, HelloBudget, HelloCookie,
+    HelloLimits, RequestFilter, Seat, Shed, endpoint_bytes, seat,
+};
 pub use hub::{AwaitingPin, AwaitingSensorConfirm, HubPairing};
 pub use keys::{MaskWidth, Pin};
 pub use sensor::{AwaitingHubHello, AwaitingHubProof, SensorPairing};

@@ -30,6 +30,10 @@ pub enum PairingRefused {
     /// Too many sensors are waiting for their PIN already; try again shortly.
     #[error("too many pairing requests waiting; try again shortly")]
     Busy,
+    /// The budget of key generations for this host, or for all, is used up for now (a flood
+    /// of hellos): dropped unanswered.
+    #[error("too many pairing requests from this host or in all; dropped")]
+    Throttled,
     /// Too many failed confirmations in this window.
     #[error("too many failed attempts; open a new pairing window")]
     TooManyFailures,

@@ -39,6 +39,20 @@ impl Endpoint for Node {
             n => *n,
         }
     }
+    fn write_id(&self, out: &mut Vec<u8>) {
+        match self {
+            Node::Hub => out.push(0),
+            Node::Sensor(i) => {
+                out.push(1);
+                out.extend_from_slice(&(*i as u64).to_be_bytes());
+            }
+            Node::Attacker => out.push(2),
+            Node::AttackerPort(p) => {
+                out.push(3);
+                out.extend_from_slice(&p.to_be_bytes());
+            }
+        }
+    }
 }
 
 /// What a sensor keeps in flash across power cuts.
@@ -115,6 +129,8 @@ pub struct Harness {
     pub forge: Option<Forger>,
     /// Protected answers (each one an encryption) the hub sent to the attacker's many ports.
     pub to_attacker_ports: u64,
+    /// Everything the hub sent to the attacker's ports, in order.
+    pub attacker_inbox: Vec<(u16, Vec<u8>)>,
 }
 
 /// A small lease block, so that leases and crashes interleave often.
@@ -178,6 +194,7 @@ impl Harness {
             capture: false,
             forge: None,
             to_attacker_ports: 0,
+            attacker_inbox: Vec::new(),
         }
     }
 
@@ -237,10 +254,11 @@ impl Harness {
                     self.sensors[i].link.handle_datagram(now, &d.bytes, &mut self.rng)
                 }
                 Node::Attacker => {}
-                Node::AttackerPort(_) => {
+                Node::AttackerPort(port) => {
                     let protected = Packet::from_bytes(&d.bytes)
                         .is_ok_and(|p| p.get_option(CoapOption::Oscore).is_some());
                     self.to_attacker_ports += u64::from(protected);
+                    self.attacker_inbox.push((port, d.bytes));
                 }
             }
             self.flush();
@@ -454,8 +472,10 @@ impl Harness {
             };
             let state = self.hub.states.get(kid);
             let usage = state.map(|s| s.usage).unwrap_or_default();
-            link.add_peer(params, lease, window, usage, state.and_then(|s| s.endpoint));
-            // The daemon's start-up checkpoint: fresh ceilings above the restored counts.
+            let endpoint = state.and_then(|s| s.endpoint);
+            let budget = state.and_then(|s| s.budget.as_ref());
+            link.add_peer(params, lease, window, usage, endpoint, budget);
+            // The daemon's start-up checkpoint.
             if let Some(state) = link.checkpoint(kid) {
                 link.checkpoint_durable(kid, &state);
                 self.hub.states.insert(*kid, state);
@@ -473,6 +493,13 @@ impl Harness {
     /// Sends raw bytes to the hub from one of the attacker's many source ports.
     pub fn inject_from(&mut self, port: u16, bytes: Vec<u8>) {
         let d = Datagram { from: Node::AttackerPort(port), to: Node::Hub, bytes };
+        self.net.send(self.now, &mut self.rng, d);
+    }
+
+    /// Sends raw bytes to the hub with `from` as their source (a spoofer of that endpoint: it
+    /// does not receive what the hub answers there).
+    pub fn inject_as(&mut self, from: Node, bytes: Vec<u8>) {
+        let d = Datagram { from, to: Node::Hub, bytes };
         self.net.send(self.now, &mut self.rng, d);
     }
 
@@ -532,6 +559,20 @@ pub fn piv_of(bytes: &[u8]) -> Option<Piv> {
 }
 
 pub const HOUR: u64 = 3_600_000;
+
+/// A forged OSCORE request naming `kid` with Partial IV `piv` and a random-looking body.
+pub fn forged(kid: &Kid, piv: u64, mid: u16) -> Vec<u8> {
+    let option =
+        OscoreOption { piv: Some(Piv::new(piv).expect("piv")), kid_context: None, kid: Some(*kid) };
+    let mut p = Packet::new();
+    p.header.set_type(coap_lite::MessageType::Confirmable);
+    p.header.code = coap_lite::MessageClass::Request(coap_lite::RequestType::Post);
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    p.add_option(CoapOption::Oscore, option.encode());
+    p.payload = (0..24u64).map(|i| (piv.wrapping_mul(31).wrapping_add(i * 17)) as u8).collect();
+    p.to_bytes().expect("encode")
+}
 
 /// A harness whose `sensors` sensors have all paired.
 pub fn paired(seed: u64, faults: Faults, sensors: usize) -> Harness {

@@ -46,6 +46,10 @@ pub struct FleetConfig {
     pub sensors: u32,
     /// UDP sockets shared by the sensors.
     pub sockets: usize,
+    /// The local address the fleet's sockets bind to (`None`: the hub's address family, and on
+    /// loopback the hub's own address, with ports chosen by the system). With a port, the first
+    /// socket takes it and the others take ports the system chooses on that address.
+    pub bind: Option<SocketAddr>,
     /// Seed for everything random in the fleet.
     pub seed: u64,
     /// Each paired sensor measures and reports this often (0: only when offered load).
@@ -82,6 +86,7 @@ impl FleetConfig {
             hub,
             sensors,
             sockets: 4,
+            bind: None,
             seed: 1,
             report_interval_ms: 0,
             faults: SimFaults::none(),
@@ -170,8 +175,10 @@ pub enum FleetEvent {
         index: u32,
         /// Measurements to drain.
         backlog: usize,
-        /// How long the sensor waited after the hub's first answer (TR 103 621 6.53 ex. 1).
+        /// The randomized wait drawn after the hub's first answer (TR 103 621 6.53 ex. 1).
         waited_ms: u64,
+        /// How much later than that the drain started (scheduling delay of a busy machine).
+        late_ms: u64,
     },
     /// The backlog is empty again.
     Drained {

@@ -135,8 +135,8 @@ impl FleetTask {
     fn buffer_event(&mut self, index: u32, e: BufferEvent) {
         self.emit(match e {
             BufferEvent::Offline { backlog } => FleetEvent::Offline { index, backlog },
-            BufferEvent::DrainStarts { backlog, waited_ms } => {
-                FleetEvent::DrainStarted { index, backlog, waited_ms }
+            BufferEvent::DrainStarts { backlog, waited_ms, late_ms } => {
+                FleetEvent::DrainStarted { index, backlog, waited_ms, late_ms }
             }
             BufferEvent::Drained { dropped } => FleetEvent::Drained { index, dropped },
         });

@@ -180,10 +180,12 @@ pub async fn spawn(
         .map_err(|_| std::io::Error::other("bind"))?;
     let bind =
         if config.hub.ip().is_loopback() { SocketAddr::new(config.hub.ip(), 0) } else { bind };
+    let bind = config.bind.unwrap_or(bind);
     let (dgram_tx, dgram_rx) = mpsc::channel::<(usize, Vec<u8>)>(8192);
     let mut sockets = Vec::new();
     for i in 0..config.sockets.max(1) {
-        let sock = Arc::new(crate::net::bind_udp(bind)?);
+        let at = if i == 0 { bind } else { SocketAddr::new(bind.ip(), 0) };
+        let sock = Arc::new(crate::net::bind_udp(at)?);
         let (s, tx, stop) = (sock.clone(), dgram_tx.clone(), shutdown.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];

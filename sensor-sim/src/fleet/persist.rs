@@ -24,9 +24,13 @@ pub(super) fn spawn_writer(flash: Option<Arc<Flash>>) -> Result<Writer, FleetErr
     std::thread::Builder::new().name("sim-flash".into()).spawn(move || {
         while let Ok(batch) = rx.recv() {
             let written = batch.records.iter().map(|(i, r)| (*i, r.lease)).collect();
-            if let Err(e) = f.write_batch(&batch) {
-                tracing::error!(error = %e, "flash write failed");
-                continue;
+            // A failed write is retried until it lands: later batches must not overtake it,
+            // and the leases it carries must not be reported durable before it is.
+            let mut pause = std::time::Duration::from_millis(50);
+            while let Err(e) = f.write_batch(&batch) {
+                tracing::error!(error = %e, retry_in_ms = pause.as_millis() as u64, "flash write failed");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
             }
             if done_tx.send(written).is_err() {
                 return;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use rand_core::{Rng, SeedableRng};
 use serde_json::Value;
 use tests::{
-    Hub, Maker, Relay, Sim, field, forged_oscore, free_udp_port, open_to_others,
-    send_from_new_port, wait_for,
+    Hub, Maker, Relay, Sim, field, forged_oscore, free_udp_port, hello_from_new_port,
+    open_to_others, send_from_new_port, wait_for,
 };
 
 /// Waits for `n` more DELIVERED lines.
@@ -139,7 +139,7 @@ fn pairing_limits_hold_against_one_host_with_many_ports() {
     std::fs::write(
         &config,
         format!(
-            "coap_bind = \"127.0.0.1:{port}\"\n[web]\nbind = \"127.0.0.1:0\"\n[pairing]\nmax_sessions = 32\nsessions_per_source = 3\nsession_idle_s = 2\nbackoff_base_ms = 100\n[mqtt]\nenabled = false\n"
+            "coap_bind = \"127.0.0.1:{port}\"\n[web]\nbind = \"127.0.0.1:0\"\n[pairing]\nmax_sessions = 32\nsessions_per_source = 3\nsession_idle_s = 2\nbackoff_base_ms = 100\nhost_request_burst = 200\n[mqtt]\nenabled = false\n"
         ),
     )
     .expect("config");
@@ -151,7 +151,7 @@ fn pairing_limits_hold_against_one_host_with_many_ports() {
     let mut created = Vec::new();
     for i in 0..40 {
         let (d, pin) = hello(&format!("MP-{i:03}"), &mut rng);
-        let (code, _, _) = send_from_new_port(hub.coap, &d).expect("an answer");
+        let (code, _) = hello_from_new_port(hub.coap, &d).expect("an answer");
         if code == "Created" {
             created.push((format!("MP-{i:03}"), pin));
         } else {
@@ -170,8 +170,8 @@ fn pairing_limits_hold_against_one_host_with_many_ports() {
     });
     let (d, pin) = hello("MP-A", &mut rng);
     let (d2, _) = hello("MP-B", &mut rng);
-    assert_eq!(send_from_new_port(hub.coap, &d).expect("answer").0, "Created");
-    assert_eq!(send_from_new_port(hub.coap, &d2).expect("answer").0, "Created");
+    assert_eq!(hello_from_new_port(hub.coap, &d).expect("answer").0, "Created");
+    assert_eq!(hello_from_new_port(hub.coap, &d2).expect("answer").0, "Created");
 
     // The owner types MP-A's correct PIN, but that "sensor" never finishes: the attempt stays
     // unresolved (a second PIN waits behind it), then counts as a failed attempt.

@@ -55,7 +55,6 @@ fn advisories_isolate_buttons_schedule_fixes_and_a_replacement_inherits_the_butt
     maker.publish(CLIMATE, 2, 16 * 1024, &[]);
     maker.advisory(BUTTON, 1, 1, None, "The radio stack accepts unauthenticated frames.");
     maker.advisory(CLIMATE, 1, 1, Some(2), "Buffer overflow in the SenML encoder.");
-    let isolated_at = now_ms();
 
     // One feed check (about every 2 s) later, both buttons are isolated with the reason, the
     // support period and the replacement path; the climate sensors are not.
@@ -105,6 +104,8 @@ fn advisories_isolate_buttons_schedule_fixes_and_a_replacement_inherits_the_butt
     sim.until("an isolated button's reading refused", Duration::from_secs(30), |l| {
         (l.starts_with("REFUSED") && matches!(field(l, "sensor"), Some("0" | "2"))).then_some(())
     });
+    // Isolation is in force from here on: what the buttons measure later never reached the hub.
+    let isolated_at = now_ms();
     let later = wait_for("more refusals", Duration::from_secs(30), || {
         let n = sim_refusals(&mut sim);
         (n >= 4).then_some(n)
@@ -180,7 +181,14 @@ fn advisories_isolate_buttons_schedule_fixes_and_a_replacement_inherits_the_butt
     assert!(why.iter().any(|w| w.contains("overridden by the owner")), "{d}");
 
     // The buttons kept recording: their physical interface shows measurements taken after the
-    // isolation (read with the fleet stopped, as from the device itself).
+    // isolation (read with the fleet stopped, as from the device itself). Both buttons measure
+    // on the same 200 ms schedule in one fleet, so once button 2 has delivered a measurement
+    // taken 1 s after the isolation, each has taken about 5 since.
+    sim.until("a measurement 1 s after the isolation", Duration::from_secs(30), |l| {
+        let late =
+            field(l, "time_ms").and_then(|t| t.parse::<i64>().ok()) > Some(isolated_at + 1_000);
+        (l.starts_with("DELIVERED") && field(l, "sensor") == Some("2") && late).then_some(())
+    });
     sim.terminate();
     for index in ["0", "2"] {
         let out = std::process::Command::new(bin("sensor-sim"))
@@ -193,7 +201,7 @@ fn advisories_isolate_buttons_schedule_fixes_and_a_replacement_inherits_the_butt
         let after = text
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|r| r["time_ms"].as_i64() > Some(isolated_at + 2_000))
+            .filter(|r| r["time_ms"].as_i64() > Some(isolated_at))
             .count();
         assert!(after >= 3, "button {index} recorded {after} after isolation:\n{text}");
     }

@@ -177,10 +177,11 @@ fn hub_down_while_500_sensors_measure_every_reading_arrives_once_in_order_after_
     let (drain, _) = until_drained(&mut sim, SENSORS, Duration::from_secs(120));
     let lines = sim.stop();
 
-    // Reconnections spread over the jitter window: each sensor waited a random delay in it.
+    // Reconnections spread over the jitter window: each sensor drew a random delay in it (how
+    // late a busy machine ran the drain after that is its own number, `late_ms`).
     let waits: Vec<u64> = drain.values().map(|l| num(l, "waited_ms")).collect();
     assert_eq!(waits.len(), SENSORS, "every sensor had a backlog to drain");
-    assert!(waits.iter().all(|w| *w <= JITTER_MS + 50), "a wait beyond the window: {waits:?}");
+    assert!(waits.iter().all(|w| *w <= JITTER_MS), "a wait beyond the window: {waits:?}");
     let third = JITTER_MS / 3;
     for k in 0..3 {
         let n = waits.iter().filter(|w| (k * third..(k + 1) * third).contains(*w)).count();
@@ -204,7 +205,12 @@ fn hub_down_while_500_sensors_measure_every_reading_arrives_once_in_order_after_
         assert_eq!(unique, (0..=last_backlog).collect(), "sensor {index}: a reading is missing");
         assert!(
             backlog.windows(2).all(|w| w[0].id < w[1].id && w[0].time_ms < w[1].time_ms),
-            "sensor {index}: backlog out of order"
+            "sensor {index}: backlog out of order: {:?}",
+            backlog
+                .windows(2)
+                .filter(|w| !(w[0].id < w[1].id && w[0].time_ms < w[1].time_ms))
+                .map(|w| ((w[0].id, w[0].time_ms), (w[1].id, w[1].time_ms)))
+                .collect::<Vec<_>>()
         );
         let during: Vec<&&Delivered> =
             backlog.iter().filter(|x| x.time_ms > killed_at && x.time_ms < restarted_at).collect();

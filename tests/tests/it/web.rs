@@ -167,7 +167,8 @@ impl Client {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Res {
-        self.request(self.connect(), host, method, path, cookie, headers, body)
+        let timeout = Duration::from_secs(60);
+        self.request(self.connect(), timeout, host, method, path, cookie, headers, body)
             .expect("an HTTP answer")
     }
 
@@ -182,13 +183,15 @@ impl Client {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Result<Res, String> {
-        self.request(tcp, &self.addr.to_string(), method, path, cookie, headers, body)
+        let (timeout, host) = (Duration::from_secs(60), self.addr.to_string());
+        self.request(tcp, timeout, &host, method, path, cookie, headers, body)
     }
 
     #[allow(clippy::too_many_arguments)]
     fn request(
         &self,
         tcp: TcpStream,
+        timeout: Duration,
         host: &str,
         method: &str,
         path: &str,
@@ -196,7 +199,7 @@ impl Client {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Result<Res, String> {
-        tcp.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
         let name = ServerName::IpAddress(self.addr.ip().into());
         let conn =
             rustls::ClientConnection::new(self.config.clone(), name).map_err(|e| e.to_string())?;
@@ -233,6 +236,17 @@ impl Client {
             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
             .collect();
         Ok(Res { status, headers, body: body.to_owned() })
+    }
+
+    /// A GET on a fresh connection, or `None` if no answer comes within `timeout` (connect,
+    /// TLS handshake and the answer together).
+    pub fn try_get(&self, path: &str, timeout: Duration) -> Option<Res> {
+        let tcp = match self.source {
+            Some(ip) => super::fronts::connect_from(ip, self.addr).ok()?,
+            None => TcpStream::connect_timeout(&self.addr, timeout).ok()?,
+        };
+        tcp.set_write_timeout(Some(timeout)).ok()?;
+        self.request(tcp, timeout, &self.addr.to_string(), "GET", path, "", &[], "").ok()
     }
 
     pub fn get(&self, path: &str, cookie: &str) -> Res {

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use protocol::oscore::Kid;
 
 use super::StoredReading;
-use super::link_state::Change;
-use super::records::{self, MAX_BLOCK_HEADER, Payload};
+use super::records::{self, MAX_BLOCK_HEADER, Payload, Replayed};
 
 const SEG_MAGIC: &[u8; 8] = b"HRTHLOG1";
 /// Magic, then the segment's first sequence number.
@@ -223,7 +222,7 @@ impl SegmentLog {
         floors: &HashMap<Kid, u64>,
         replay_after: u64,
         min_next_seq: u64,
-        replay: &mut dyn FnMut(u64, Kid, Change),
+        replay: &mut dyn FnMut(u64, Replayed),
     ) -> Result<(Self, OpenReport), LogError> {
         crate::private_fs::create_dir(dir).map_err(io(dir))?;
         let mut r = Recovery { dir, floors, replay_after, replay, report: OpenReport::default() };

@@ -1,7 +1,6 @@
 //! Opening the log: frame checks, scans of segments, and recovery from torn or damaged frames.
 
-use super::super::link_state::Change;
-use super::super::records::{self, Item};
+use super::super::records::{self, Item, Replayed};
 use super::*;
 use protocol::oscore::Kid;
 use std::collections::HashMap;
@@ -94,7 +93,7 @@ pub(in crate::store) fn scan(
     first_seq: u64,
     floors: &HashMap<Kid, u64>,
     replay_after: u64,
-    replay: &mut dyn FnMut(u64, Kid, Change),
+    replay: &mut dyn FnMut(u64, Replayed),
 ) -> Result<Scan, LogError> {
     let size = file.metadata().map_err(io(path))?.len();
     let mut s = Scan {
@@ -140,8 +139,11 @@ pub(in crate::store) fn scan(
                     d.span.get_or_insert(Span::EMPTY).add(u64::from(b.count), b.min_t, b.max_t);
                     d.blocks.push((at + FRAME_HEADER + b.at as u64) as u32);
                 }
-                Item::Change(kid, change) if replaying => replay(seq, kid, change),
-                Item::Change(..) => {}
+                Item::Change(kid, change) if replaying => {
+                    replay(seq, Replayed::Change(kid, change))
+                }
+                Item::Meta(key, value) if replaying => replay(seq, Replayed::Meta(key, value)),
+                Item::Change(..) | Item::Meta(..) => {}
             }
         }
         s.replayed += u64::from(replaying);
@@ -155,7 +157,7 @@ pub(in crate::store) struct Recovery<'a> {
     pub(in crate::store) dir: &'a Path,
     pub(in crate::store) floors: &'a HashMap<Kid, u64>,
     pub(in crate::store) replay_after: u64,
-    pub(in crate::store) replay: &'a mut dyn FnMut(u64, Kid, Change),
+    pub(in crate::store) replay: &'a mut dyn FnMut(u64, Replayed),
     pub(in crate::store) report: OpenReport,
 }
 

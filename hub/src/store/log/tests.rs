@@ -5,6 +5,7 @@ use protocol::oscore::{KeyUsage, WindowState};
 use protocol::senml::{Reading, UnixTimeMillis, Value};
 
 use super::*;
+use crate::store::link_state::Change;
 
 fn kid() -> Kid {
     Kid::new(&[1, 2, 3]).expect("kid")
@@ -24,6 +25,7 @@ fn payload(t: i64) -> Payload {
         window: Some(WindowState { highest: t as u64, seen: 1 }),
         usage: KeyUsage::default(),
         endpoint: None,
+        budget: None,
     };
     p.change(&kid(), Change::Checkpoint(cp));
     p
@@ -38,8 +40,8 @@ struct Opened {
 
 fn open(dir: &Path, segment_bytes: u64) -> Opened {
     let mut window = 0;
-    let mut replay = |_: u64, _: Kid, c: Change| {
-        if let Change::Checkpoint(cp) = c {
+    let mut replay = |_: u64, item: Replayed| {
+        if let Replayed::Change(_, Change::Checkpoint(cp)) = item {
             window = cp.window.map_or(0, |w| w.highest);
         }
     };

@@ -1,23 +1,39 @@
-//! Per-sensor limits that keep an unauthenticated sender from spending a legitimate key
-//! (EN 303 645 5.5-1, 5.6; RFC 8613 §7.4 and B.1.2; the AES-CCM key-usage limits in
-//! `oscore::usage`):
+//! Per-sensor limits that keep an unauthenticated sender from spending a legitimate key or
+//! silencing its sensor, across any number of restarts (EN 303 645 5.5-1, 5.9-1 resilience to
+//! power loss, 5.10-1; RFC 8613 §7.4, B.1.1/B.1.2; RFC 9175 §2.4; the AES-CCM limits in
+//! `oscore::usage`).
 //!
-//! - **Failed verifications** are budgeted: a datagram that names a kid is verified only while
-//!   its source's bucket has tokens left, and only below the durable usage ceiling. There are
-//!   three buckets: the sensor's last authenticated endpoint; other ports of that host (the
-//!   sensor after a reboot on a new port); every other host. A flood from elsewhere therefore
-//!   costs the attacker its datagrams, not the owner the key or the sensor its link: sustained,
-//!   the three buckets together regain one failure per [`FAIL_REFILL_MS`] / 3, so the hard
-//!   limit of 2^14 failures is ~57 days away and the re-key warning (at 7/8) comes a week
-//!   before it. Residual: an attacker who floods from the sensor's own host (or spoofs its
-//!   address) can starve it; one who floods from elsewhere can starve a sensor that moved to a
-//!   new address until it has authenticated once from it.
-//! - **Usage ceilings** (the counters' analogue of B.1.1 leases): encryptions and failed
-//!   decryptions may grow only below ceilings the caller has made durable, and a restart
-//!   resumes at the ceiling, so a persisted count is never restored lower than it was.
-//! - **Echo challenges** (each costs an encryption) are limited per source endpoint, plus a
-//!   shared bucket for sources other than the sensor's known endpoint, so replaying one old
-//!   request cannot keep a recovering sensor from its challenge.
+//! **Failed verifications** are budgeted per *source class*, each a token bucket on the wall
+//! clock whose state is part of the sensor's durable checkpoint:
+//!
+//! - `Known`: the endpoint of the sensor's last authenticated request;
+//! - `Others`: every other source that has not proved it can receive at its address;
+//! - `Routable(host)`: a source that echoed a fresh return-routability value ([`super::echo`])
+//!   minted for its exact endpoint; one small bucket per host: the sensor's own host, and at
+//!   most [`ROUTABLE_HOSTS`] others.
+//!
+//! A datagram is verified only if its class has a token, and the token is taken *before* the
+//! tag is checked, whatever the outcome (so the throttle reveals nothing about an outcome). A
+//! failure keeps the token spent; a datagram that never reached the tag check (a replay) gives
+//! it back at once; a tag that verified gives it back once the checkpoint recording that is
+//! durable. Nothing that depends on a verification's outcome leaves the hub before the
+//! checkpoint recording the outcome (failure count, bucket) is durable: answers to accepted
+//! requests, the 4.00 to a failed tag, the B.1.2 challenge all wait for it. A crash before it
+//! therefore loses only verifications nobody learnt anything from — as if never sent — and
+//! the durable failure count and buckets always agree: **no number of restarts lets more
+//! failures be recorded (or observed) than the running hub allows**, and no restart charges
+//! the genuine sensor anything (there are no reservations to forfeit).
+//!
+//! Sustained, the classes regain 4 + 4 + 9 × 1 failures an hour ([`FAIL_REFILL_MS`],
+//! [`ROUTABLE_REFILL_MS`]): the 2^14 hard limit is at least 40 days of continuous attack away,
+//! and the re-key warning (7/8) comes 5 days before it. A blind spoofer of the sensor's endpoint
+//! drains `Known`; a flood from other hosts drains `Others`; the sensor then proves it is
+//! reachable (one round trip) and is verified from its host's `Routable` bucket, which an
+//! off-path attacker cannot reach.
+//!
+//! **Encryptions** are reserved exactly: a checkpoint raises the durable ceiling by the answers
+//! that wait for it, so a restart forfeits at most answers that were due anyway (never a fixed
+//! headroom per start).
 
 use std::collections::VecDeque;
 
@@ -25,192 +41,313 @@ use crate::oscore::KeyUsage;
 use crate::oscore::{ENCRYPTION_LIMIT, FAILED_DECRYPTION_LIMIT};
 use crate::time::Millis;
 
-/// Failed verifications a bucket may absorb at once.
+use super::Endpoint;
+
+/// Failed verifications the `Known` and `Others` classes may each absorb at once.
 pub const FAIL_BURST: u32 = 32;
-/// One failed verification is regained per bucket every this many milliseconds (15 minutes).
+/// One failed verification is regained by `Known` and `Others` every this many ms (15 min).
 pub const FAIL_REFILL_MS: u64 = 15 * 60 * 1000;
-/// Encryptions reserved by each checkpoint beyond the current count (a restart resumes above
-/// them: 4,096 restarts cost the 2^20 limit).
-pub const ENCRYPTION_HEADROOM: u64 = 256;
-/// Failed decryptions reserved by each checkpoint beyond the current count (2,048 restarts
-/// cost the 2^14 limit).
-pub const FAILURE_HEADROOM: u64 = 8;
-/// Minimum spacing of Echo challenges to one source endpoint.
+/// Failed verifications one routable host may absorb at once.
+pub const ROUTABLE_BURST: u32 = 4;
+/// One failed verification is regained per routable host every this many ms (1 h).
+pub const ROUTABLE_REFILL_MS: u64 = 60 * 60 * 1000;
+/// Routable hosts with a budget per sensor besides the sensor's own host (which always has
+/// one); further hosts wait for one to be idle again.
+pub const ROUTABLE_HOSTS: usize = 8;
+/// Minimum spacing of B.1.2 Echo challenges (protected, one encryption each) to one source.
 pub const ECHO_INTERVAL_MS: u64 = 250;
-/// Echo challenges to sources other than the sensor's known endpoint: burst, then one per this.
+/// B.1.2 challenges to sources other than the sensor's known endpoint: burst, then one per
+/// [`ECHO_REFILL_MS`].
 pub const ECHO_BURST: u32 = 8;
 /// See [`ECHO_BURST`].
 pub const ECHO_REFILL_MS: u64 = 1_000;
-/// Source endpoints remembered for Echo spacing.
+/// Source endpoints remembered for B.1.2 challenge spacing.
 const ECHO_SOURCES: usize = 8;
 
-/// A token bucket on the caller's clock.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: u32,
-    at: Millis,
+/// A bucket as persisted: tokens left and the wall-clock time (Unix ms) from which the next
+/// token is earned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BucketState {
+    /// Tokens left.
+    pub tokens: u32,
+    /// Refill reference, Unix milliseconds.
+    pub at: u64,
 }
 
-impl Bucket {
-    fn full(burst: u32) -> Self {
-        Self { tokens: burst, at: Millis(0) }
-    }
-
-    fn refill(&mut self, now: Millis, burst: u32, every_ms: u64) {
-        if self.tokens >= burst {
-            self.at = now;
-            return;
-        }
-        let gained = now.0.saturating_sub(self.at.0) / every_ms;
-        if gained > 0 {
-            self.tokens = (u64::from(self.tokens) + gained).min(u64::from(burst)) as u32;
-            self.at = self.at.plus(gained * every_ms);
-        }
-    }
-
-    fn has(&mut self, now: Millis, burst: u32, every_ms: u64) -> bool {
-        self.refill(now, burst, every_ms);
-        self.tokens > 0
-    }
-
-    fn take(&mut self, now: Millis, burst: u32, every_ms: u64) -> bool {
-        if !self.has(now, burst, every_ms) {
-            return false;
-        }
-        if self.tokens == burst {
-            self.at = now; // regain time counts from the first token spent
-        }
-        self.tokens -= 1;
-        true
-    }
+/// A sensor's failure budgets as persisted in its checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GuardState<H> {
+    /// The `Known` class.
+    pub known: BucketState,
+    /// The `Others` class.
+    pub others: BucketState,
+    /// `Routable` hosts that are not full (a full bucket needs no record).
+    pub routable: Vec<(H, BucketState)>,
 }
 
-/// Why a datagram for a known kid is not verified.
+/// Which budget a datagram is verified under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hold {
-    /// The source's failure budget is spent: drop it unverified.
+pub enum Class<H> {
+    /// From the sensor's last authenticated endpoint.
+    Known,
+    /// From anywhere else, unproven.
+    Others,
+    /// From a source that proved it receives at its endpoint on this host.
+    Routable(H),
+}
+
+/// What may happen to a datagram for a known kid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit<H> {
+    /// Verify it; a token of this class is taken (settle it with [`Guard::settle`]).
+    Verify(Class<H>),
+    /// Its class has no token: drop it unverified.
     Throttled,
-    /// The durable failure ceiling is reached: drop it and persist a checkpoint.
-    NeedsCheckpoint,
     /// The hard limit of failed decryptions is reached: the key is retired (re-pair).
     KeyRetired,
 }
 
-/// One sensor's budgets.
-#[derive(Debug, Clone)]
-pub struct Guard<A> {
-    /// The endpoint of the last authenticated request.
-    known: Option<A>,
-    known_failures: Bucket,
-    same_host_failures: Bucket,
-    other_failures: Bucket,
-    echo_others: Bucket,
-    echo_sent: VecDeque<(A, Millis)>,
-    /// Durable ceilings.
-    ceiling: KeyUsage,
+/// How a verification that took a token ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The tag failed: the token stays spent.
+    Failed,
+    /// The tag verified: the token comes back once that is durable.
+    Verified,
+    /// The tag was never checked (replay, key limit, malformed): the token comes back now.
+    Unchecked,
 }
 
-impl<A: super::Endpoint> Guard<A> {
-    /// Budgets for a sensor whose usage ceilings `ceiling` are durable.
-    pub fn new(known: Option<A>, ceiling: KeyUsage) -> Self {
-        Self {
-            known,
-            known_failures: Bucket::full(FAIL_BURST),
-            same_host_failures: Bucket::full(FAIL_BURST),
-            other_failures: Bucket::full(FAIL_BURST),
-            echo_others: Bucket::full(ECHO_BURST),
-            echo_sent: VecDeque::new(),
-            ceiling,
+/// A token bucket with durable state; `refund` counts verified tags not yet in a checkpoint,
+/// `refund_inflight` those in the checkpoint being written.
+#[derive(Debug, Clone)]
+struct Budget {
+    tokens: u32,
+    at: u64,
+    refund: u32,
+    refund_inflight: u32,
+}
+
+impl Budget {
+    fn full(burst: u32) -> Self {
+        Self { tokens: burst, at: 0, refund: 0, refund_inflight: 0 }
+    }
+
+    fn restored(s: BucketState, burst: u32) -> Self {
+        Self { tokens: s.tokens.min(burst), at: s.at, refund: 0, refund_inflight: 0 }
+    }
+
+    /// Earns the tokens due by `wall`. A clock that went back earns nothing until it passes
+    /// the reference again.
+    fn refill(&mut self, wall: u64, burst: u32, every_ms: u64) {
+        if self.tokens >= burst {
+            self.at = wall;
+            return;
+        }
+        let gained = wall.saturating_sub(self.at) / every_ms;
+        if gained > 0 {
+            self.tokens = (u64::from(self.tokens) + gained).min(u64::from(burst)) as u32;
+            self.at = self.at.saturating_add(gained * every_ms);
         }
     }
 
-    /// The endpoint of the last authenticated request.
+    fn take(&mut self, wall: u64, burst: u32, every_ms: u64) -> bool {
+        self.refill(wall, burst, every_ms);
+        if self.tokens == 0 {
+            return false;
+        }
+        if self.tokens == burst {
+            self.at = wall; // regain time counts from the first token spent
+        }
+        self.tokens -= 1;
+        true
+    }
+
+    fn give_back(&mut self, n: u32, burst: u32) {
+        self.tokens = self.tokens.saturating_add(n).min(burst);
+    }
+
+    /// The durable view: verified tags are not charged.
+    fn state(&self, burst: u32) -> BucketState {
+        let tokens = self.tokens.saturating_add(self.refund).saturating_add(self.refund_inflight);
+        BucketState { tokens: tokens.min(burst), at: self.at }
+    }
+
+    /// Full and with nothing owed back: it carries no information.
+    fn idle(&mut self, wall: u64, burst: u32, every_ms: u64) -> bool {
+        self.refill(wall, burst, every_ms);
+        self.tokens >= burst && self.refund == 0 && self.refund_inflight == 0
+    }
+}
+
+/// One sensor's budgets.
+#[derive(Debug, Clone)]
+pub struct Guard<A: Endpoint> {
+    /// The endpoint of the last authenticated request whose checkpoint is durable.
+    known: Option<A>,
+    /// A newer authenticated endpoint, not yet in a checkpoint / in the one being written
+    /// (classifying by it before then would reveal that a tag verified).
+    known_pending: Option<A>,
+    known_inflight: Option<A>,
+    known_budget: Budget,
+    others: Budget,
+    routable: Vec<(A::Host, Budget)>,
+    /// Durable encryption ceiling.
+    encryptions: u64,
+    echo_others: Budget,
+    echo_sent: VecDeque<(A, Millis)>,
+}
+
+impl<A: Endpoint> Guard<A> {
+    /// Budgets for a newly paired sensor (full) whose encryption ceiling `usage` is durable.
+    pub fn new(known: Option<A>, usage: KeyUsage) -> Self {
+        Self::restore(known, usage, None)
+    }
+
+    /// Budgets restored from a durable checkpoint (`None`: a checkpoint written before budgets
+    /// were persisted, which starts full).
+    pub fn restore(known: Option<A>, usage: KeyUsage, state: Option<&GuardState<A::Host>>) -> Self {
+        let (known_budget, others, routable) = match state {
+            Some(s) => (
+                Budget::restored(s.known, FAIL_BURST),
+                Budget::restored(s.others, FAIL_BURST),
+                s.routable
+                    .iter()
+                    .take(ROUTABLE_HOSTS + 1)
+                    .map(|(h, b)| (*h, Budget::restored(*b, ROUTABLE_BURST)))
+                    .collect(),
+            ),
+            None => (Budget::full(FAIL_BURST), Budget::full(FAIL_BURST), Vec::new()),
+        };
+        Self {
+            known,
+            known_pending: None,
+            known_inflight: None,
+            known_budget,
+            others,
+            routable,
+            encryptions: usage.encryptions,
+            echo_others: Budget::full(ECHO_BURST),
+            echo_sent: VecDeque::new(),
+        }
+    }
+
+    /// The endpoint of the last authenticated request, as durable.
     pub fn known(&self) -> Option<A> {
         self.known
     }
 
-    /// May a datagram from `from` be verified? A verification can fail, so it needs a token of
-    /// its source's bucket and room below the durable failure ceiling.
-    pub fn may_verify(&mut self, now: Millis, from: A, used: KeyUsage) -> Result<(), Hold> {
+    /// The endpoint to persist: the newest authenticated one.
+    pub fn newest_known(&self) -> Option<A> {
+        self.known_pending.or(self.known_inflight).or(self.known)
+    }
+
+    /// May a datagram from `from` be verified now (`wall`: Unix ms)? `routable` says it carried
+    /// a valid return-routability value for `from`. Takes a token of the class chosen: the
+    /// source's routable host if it proved itself and that host has a token, else its
+    /// unproven class.
+    pub fn admit(&mut self, wall: u64, from: A, routable: bool, used: KeyUsage) -> Admit<A::Host> {
         if used.failed_decryptions >= FAILED_DECRYPTION_LIMIT {
-            return Err(Hold::KeyRetired);
+            return Admit::KeyRetired;
         }
-        let bucket = self.failures(from);
-        if !bucket.has(now, FAIL_BURST, FAIL_REFILL_MS) {
-            return Err(Hold::Throttled);
+        if routable
+            && let Some(b) = self.routable_budget(wall, from.host())
+            && b.take(wall, ROUTABLE_BURST, ROUTABLE_REFILL_MS)
+        {
+            return Admit::Verify(Class::Routable(from.host()));
         }
-        if used.failed_decryptions >= self.ceiling.failed_decryptions {
-            return Err(Hold::NeedsCheckpoint);
-        }
-        Ok(())
+        let class = if self.known == Some(from) { Class::Known } else { Class::Others };
+        let taken = self.budget(class).is_some_and(|b| b.take(wall, FAIL_BURST, FAIL_REFILL_MS));
+        if taken { Admit::Verify(class) } else { Admit::Throttled }
     }
 
-    /// A verification from `from` failed: it spends a token.
-    pub fn failed(&mut self, now: Millis, from: A) {
-        self.failures(from).take(now, FAIL_BURST, FAIL_REFILL_MS);
+    /// Settles the token [`Guard::admit`] took for `class`.
+    pub fn settle(&mut self, class: Class<A::Host>, outcome: Outcome) {
+        let burst = burst(&class);
+        let Some(b) = self.budget(class) else { return };
+        match outcome {
+            Outcome::Failed => {}
+            Outcome::Verified => b.refund = b.refund.saturating_add(1),
+            Outcome::Unchecked => b.give_back(1, burst),
+        }
     }
 
-    /// A fresh request from `from` authenticated: answers go there, and it is the sensor's
-    /// known endpoint from now on.
+    /// A fresh request from `from` authenticated: it becomes the sensor's known endpoint once
+    /// a checkpoint recording it is durable.
     pub fn authenticated(&mut self, from: A) {
-        self.known = Some(from);
-    }
-
-    fn failures(&mut self, from: A) -> &mut Bucket {
-        match self.known {
-            Some(k) if k == from => &mut self.known_failures,
-            Some(k) if k.host() == from.host() => &mut self.same_host_failures,
-            _ => &mut self.other_failures,
-        }
+        self.known_pending = Some(from);
     }
 
     /// May an encryption be made now (below the durable ceiling)?
     pub fn may_encrypt(&self, used: KeyUsage) -> bool {
-        used.encryptions < self.ceiling.encryptions
+        used.encryptions < self.encryptions
     }
 
-    /// Would a checkpoint raise a ceiling (false once both are at the hard limits)?
+    /// Whether an encryption could still be reserved (the hard limit is not reached).
     pub fn can_reserve(&self, used: KeyUsage) -> bool {
-        let r = self.reserve(used);
-        r.encryptions > self.ceiling.encryptions
-            || r.failed_decryptions > self.ceiling.failed_decryptions
+        used.encryptions < ENCRYPTION_LIMIT
     }
 
-    /// Ceilings to persist at the next checkpoint: the current counts plus headroom (capped at
-    /// the hard limits), never below what is already durable.
-    pub fn reserve(&self, used: KeyUsage) -> KeyUsage {
-        KeyUsage {
-            encryptions: (used.encryptions + ENCRYPTION_HEADROOM)
+    /// What the next checkpoint persists: the exact failure count and an encryption ceiling
+    /// raised by the `answers` waiting for it (never below what is durable, never above the
+    /// hard limit), and the buckets as they stand with verified tags uncharged. Verified tags
+    /// recorded here are given back once it is durable ([`Guard::durable`]). Call it again only
+    /// after the previous checkpoint was reported durable.
+    pub fn checkpoint(
+        &mut self,
+        wall: u64,
+        used: KeyUsage,
+        answers: u64,
+    ) -> (KeyUsage, GuardState<A::Host>) {
+        let ceiling = KeyUsage {
+            encryptions: used
+                .encryptions
+                .saturating_add(answers)
                 .min(ENCRYPTION_LIMIT)
-                .max(self.ceiling.encryptions),
-            failed_decryptions: (used.failed_decryptions + FAILURE_HEADROOM)
-                .min(FAILED_DECRYPTION_LIMIT)
-                .max(self.ceiling.failed_decryptions),
+                .max(self.encryptions),
+            failed_decryptions: used.failed_decryptions,
+        };
+        if let Some(k) = self.known_pending.take() {
+            self.known_inflight = Some(k);
+        }
+        self.routable.retain_mut(|(_, b)| !b.idle(wall, ROUTABLE_BURST, ROUTABLE_REFILL_MS));
+        let mut all = self.budgets();
+        for b in &mut all {
+            b.refund_inflight = b.refund_inflight.saturating_add(std::mem::take(&mut b.refund));
+        }
+        let state = GuardState {
+            known: self.known_budget.state(FAIL_BURST),
+            others: self.others.state(FAIL_BURST),
+            routable: self.routable.iter().map(|(h, b)| (*h, b.state(ROUTABLE_BURST))).collect(),
+        };
+        (ceiling, state)
+    }
+
+    /// The checkpoint with `ceiling` is durable: its encryptions may be used, the tokens of the
+    /// tags it recorded as verified come back, and the endpoint it recorded is the known one.
+    pub fn durable(&mut self, ceiling: KeyUsage) {
+        self.encryptions = self.encryptions.max(ceiling.encryptions);
+        if let Some(k) = self.known_inflight.take() {
+            self.known = Some(k);
+        }
+        let give = |b: &mut Budget, burst| {
+            let n = std::mem::take(&mut b.refund_inflight);
+            b.give_back(n, burst);
+        };
+        give(&mut self.known_budget, FAIL_BURST);
+        give(&mut self.others, FAIL_BURST);
+        for (_, b) in &mut self.routable {
+            give(b, ROUTABLE_BURST);
         }
     }
 
-    /// Ceilings made durable.
-    pub fn ceiling_durable(&mut self, c: KeyUsage) {
-        self.ceiling.encryptions = self.ceiling.encryptions.max(c.encryptions);
-        self.ceiling.failed_decryptions = self.ceiling.failed_decryptions.max(c.failed_decryptions);
-    }
-
-    /// Should a checkpoint be persisted soon (less than half the headroom left)?
-    pub fn running_low(&self, used: KeyUsage) -> bool {
-        let enc_left = self.ceiling.encryptions.saturating_sub(used.encryptions);
-        let fail_left = self.ceiling.failed_decryptions.saturating_sub(used.failed_decryptions);
-        (enc_left < ENCRYPTION_HEADROOM / 2 && self.ceiling.encryptions < ENCRYPTION_LIMIT)
-            || (fail_left < FAILURE_HEADROOM / 2
-                && self.ceiling.failed_decryptions < FAILED_DECRYPTION_LIMIT)
-    }
-
-    /// May an Echo challenge go to `from` now? Records it if so.
+    /// May a B.1.2 Echo challenge go to `from` now? Records it if so.
     pub fn echo(&mut self, now: Millis, from: A) -> bool {
         self.echo_sent.retain(|(_, at)| now < at.plus(ECHO_INTERVAL_MS));
         if self.echo_sent.iter().any(|(a, _)| *a == from) {
             return false;
         }
-        if self.known != Some(from) && !self.echo_others.take(now, ECHO_BURST, ECHO_REFILL_MS) {
+        if self.known != Some(from) && !self.echo_others.take(now.0, ECHO_BURST, ECHO_REFILL_MS) {
             return false;
         }
         if self.echo_sent.len() >= ECHO_SOURCES {
@@ -219,104 +356,52 @@ impl<A: super::Endpoint> Guard<A> {
         self.echo_sent.push_back((from, now));
         true
     }
+
+    fn budget(&mut self, class: Class<A::Host>) -> Option<&mut Budget> {
+        match class {
+            Class::Known => Some(&mut self.known_budget),
+            Class::Others => Some(&mut self.others),
+            Class::Routable(h) => self.routable.iter_mut().find(|(x, _)| *x == h).map(|(_, b)| b),
+        }
+    }
+
+    fn budgets(&mut self) -> Vec<&mut Budget> {
+        let mut v = vec![&mut self.known_budget, &mut self.others];
+        v.extend(self.routable.iter_mut().map(|(_, b)| b));
+        v
+    }
+
+    /// `host`'s routable budget, made if there is room: [`ROUTABLE_HOSTS`] hosts besides the
+    /// sensor's own (whose slot attackers elsewhere cannot take); a full, settled one may be
+    /// replaced.
+    fn routable_budget(&mut self, wall: u64, host: A::Host) -> Option<&mut Budget> {
+        if let Some(i) = self.routable.iter().position(|(h, _)| *h == host) {
+            return self.routable.get_mut(i).map(|(_, b)| b);
+        }
+        let own = self.known.map(|k| k.host());
+        let others = self.routable.iter().filter(|(h, _)| Some(*h) != own).count();
+        let full = if Some(host) == own {
+            self.routable.len() > ROUTABLE_HOSTS
+        } else {
+            others >= ROUTABLE_HOSTS
+        };
+        if full {
+            let idle = self.routable.iter_mut().position(|(h, b)| {
+                Some(*h) != own && b.idle(wall, ROUTABLE_BURST, ROUTABLE_REFILL_MS)
+            })?;
+            self.routable.swap_remove(idle);
+        }
+        self.routable.push((host, Budget::full(ROUTABLE_BURST)));
+        self.routable.last_mut().map(|(_, b)| b)
+    }
+}
+
+fn burst<H>(class: &Class<H>) -> u32 {
+    match class {
+        Class::Routable(_) => ROUTABLE_BURST,
+        _ => FAIL_BURST,
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Test endpoints: (host, port).
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-    struct Ep(u8, u16);
-
-    impl super::super::Endpoint for Ep {
-        type Host = u8;
-        fn host(&self) -> u8 {
-            self.0
-        }
-    }
-
-    const KNOWN: Ep = Ep(1, 5683);
-    const KNOWN_REBOOTED: Ep = Ep(1, 40000);
-    const ATTACKER: Ep = Ep(2, 1);
-
-    fn used(failed: u64) -> KeyUsage {
-        KeyUsage { encryptions: 0, failed_decryptions: failed }
-    }
-
-    #[test]
-    fn a_flood_from_another_host_leaves_the_sensor_its_budget() {
-        let mut g = Guard::new(Some(KNOWN), KeyUsage { encryptions: 0, failed_decryptions: 1000 });
-        let mut failures = 0;
-        let now = Millis(1);
-        for i in 0..20_000u16 {
-            let from = Ep(2, i);
-            if g.may_verify(now, from, used(failures)).is_ok() {
-                g.failed(now, from);
-                failures += 1;
-            }
-        }
-        assert_eq!(failures, u64::from(FAIL_BURST));
-        assert_eq!(g.may_verify(now, ATTACKER, used(failures)), Err(Hold::Throttled));
-        assert_eq!(g.may_verify(now, KNOWN, used(failures)), Ok(()));
-        // The sensor rebooted onto a new port of its host: not starved by the other host.
-        assert_eq!(g.may_verify(now, KNOWN_REBOOTED, used(failures)), Ok(()));
-    }
-
-    #[test]
-    fn the_budget_returns_only_with_time() {
-        let ceiling = KeyUsage { encryptions: 0, failed_decryptions: FAILED_DECRYPTION_LIMIT };
-        let mut g: Guard<Ep> = Guard::new(None, ceiling);
-        for _ in 0..FAIL_BURST {
-            g.failed(Millis(10), ATTACKER);
-        }
-        assert_eq!(g.may_verify(Millis(10), ATTACKER, used(0)), Err(Hold::Throttled));
-        let almost = Millis(10 + FAIL_REFILL_MS - 1);
-        assert_eq!(g.may_verify(almost, ATTACKER, used(0)), Err(Hold::Throttled));
-        assert_eq!(g.may_verify(Millis(10 + FAIL_REFILL_MS), ATTACKER, used(0)), Ok(()));
-        // Sustained, a flood reaches the hard limit no faster than three buckets refill.
-        let days = (FAILED_DECRYPTION_LIMIT * FAIL_REFILL_MS) as f64 / 86_400_000.0 / 3.0;
-        assert!(days > 50.0, "three buckets reach the limit in {days:.1} days");
-        let spent = used(FAILED_DECRYPTION_LIMIT);
-        assert_eq!(g.may_verify(Millis(u64::MAX / 2), KNOWN, spent), Err(Hold::KeyRetired));
-    }
-
-    #[test]
-    fn failures_stop_at_the_durable_ceiling() {
-        let mut g = Guard::new(Some(KNOWN), KeyUsage { encryptions: 10, failed_decryptions: 5 });
-        assert_eq!(g.may_verify(Millis(1), KNOWN, used(5)), Err(Hold::NeedsCheckpoint));
-        assert!(g.running_low(used(5)));
-        let r = g.reserve(used(5));
-        assert_eq!(r.failed_decryptions, 5 + FAILURE_HEADROOM);
-        g.ceiling_durable(r);
-        assert_eq!(g.may_verify(Millis(1), KNOWN, used(5)), Ok(()));
-        let enc = |n| KeyUsage { encryptions: n, failed_decryptions: 0 };
-        assert!(g.may_encrypt(enc(9)));
-        assert!(g.may_encrypt(enc(r.encryptions - 1)));
-        assert!(!g.may_encrypt(enc(r.encryptions)));
-        // A reservation never lowers a durable ceiling.
-        assert!(g.reserve(KeyUsage::default()).encryptions >= r.encryptions);
-        // At the hard limits there is nothing left to reserve (no checkpoint loop).
-        let spent =
-            KeyUsage { encryptions: ENCRYPTION_LIMIT, failed_decryptions: FAILED_DECRYPTION_LIMIT };
-        g.ceiling_durable(spent);
-        assert!(!g.can_reserve(spent));
-        assert!(!g.running_low(spent));
-    }
-
-    #[test]
-    fn echo_is_spaced_per_source_and_others_share_a_bucket() {
-        let mut g: Guard<Ep> = Guard::new(Some(KNOWN), KeyUsage::default());
-        assert!(g.echo(Millis(1), KNOWN));
-        assert!(!g.echo(Millis(2), KNOWN), "same source again too soon");
-        // One replaying source every 50 ms does not keep the known endpoint from its challenge.
-        for i in 0..100u64 {
-            g.echo(Millis(100 + i * 50), ATTACKER);
-        }
-        assert!(g.echo(Millis(5_200), KNOWN));
-        // Many ports: at most the shared burst, then one per refill.
-        let sent = (100..1100u16).filter(|p| g.echo(Millis(10_000), Ep(2, *p))).count();
-        assert!(sent <= ECHO_BURST as usize, "{sent} challenges to other sources");
-        assert!(g.echo(Millis(10_001), KNOWN), "the known endpoint still gets one");
-    }
-}
+mod tests;

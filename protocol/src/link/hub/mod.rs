@@ -1,9 +1,11 @@
 //! The hub's link endpoint: pairing sessions (`pairing`), one OSCORE context per sensor found by
 //! kid, not by address (`protected`), firmware resources (`firmware`), the per-sensor budgets
-//! that keep a forger from spending a key (`guard`), and counters of every security-relevant
-//! rejection (EN 303 645 5.10-1). Every accepted request is answered only after the caller has
-//! made the sensor's checkpoint durable, and always to the endpoint it came from.
+//! that keep a forger from spending a key or silencing its sensor (`guard`), return routability
+//! for sources over budget (`echo`), and counters of every security-relevant rejection
+//! (EN 303 645 5.10-1). Every accepted request is answered only after the caller has made the
+//! sensor's checkpoint durable, and always to the endpoint it came from.
 
+mod echo;
 mod firmware;
 mod guard;
 mod pairing;
@@ -17,20 +19,23 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 use rand_core::CryptoRng;
 
 use crate::oscore::{
-    ContextParams, KeyUsage, Kid, Lease, ReplayWindow, SecurityContext, SenderSequence,
+    ContextParams, KeyUsage, Kid, Lease, ReplayWindow, RequestBinding, SecurityContext,
+    SenderSequence,
 };
-use crate::pairing::PairingWindow;
+use crate::pairing::{FILTER_HOSTS, HelloBudget, HelloCookie, PairingWindow, RequestFilter};
 use crate::time::Millis;
 
 use super::coap;
+use echo::Routability;
 use guard::Guard;
-use pairing::Session;
 pub(crate) use pairing::encode_done;
+use pairing::{Dedup, Session};
 use protected::Exchange;
 
+pub use echo::{CHALLENGE_SPACING_MS, ECHO_OPTION, ROUTABILITY_LEN, ROUTABILITY_SLOT_MS};
 pub use guard::{
-    ECHO_BURST, ECHO_INTERVAL_MS, ECHO_REFILL_MS, ENCRYPTION_HEADROOM, FAIL_BURST, FAIL_REFILL_MS,
-    FAILURE_HEADROOM,
+    BucketState, ECHO_BURST, ECHO_INTERVAL_MS, ECHO_REFILL_MS, FAIL_BURST, FAIL_REFILL_MS,
+    GuardState, ROUTABLE_BURST, ROUTABLE_HOSTS, ROUTABLE_REFILL_MS,
 };
 pub use types::{
     AckTicket, Endpoint, FirmwareOffer, HubConfig, HubEvent, Payload, PeerState, PinError,
@@ -39,13 +44,28 @@ pub use types::{
 
 /// An unprotected exchange's identity: (source, message id, token), RFC 7252 §4.5.
 type PlainKey<A> = (A, u16, Vec<u8>);
-/// An answered unprotected exchange: its identity, when, and the response.
-type PlainExchange<A> = (PlainKey<A>, Millis, Vec<u8>);
 
 /// How long an exchange is remembered for deduplication (RFC 7252 EXCHANGE_LIFETIME).
 const EXCHANGE_LIFETIME_MS: u64 = 247_000;
 
-struct Peer<A> {
+/// Answers to unprotected-outcome verifications kept per sensor until the checkpoint recording
+/// the outcome is durable (beyond it they are not sent: a forger learns nothing more).
+const PARKED: usize = 32;
+
+/// What waits for a sensor's next durable checkpoint because it depends on a verification's
+/// outcome: the unprotected answers to failed tags, and a B.1.2 challenge to seal.
+struct Parked<A> {
+    replies: Vec<Transmit<A>>,
+    challenge: Option<(A, Packet, RequestBinding)>,
+}
+
+impl<A> Default for Parked<A> {
+    fn default() -> Self {
+        Self { replies: Vec::new(), challenge: None }
+    }
+}
+
+struct Peer<A: Endpoint> {
     ctx: SecurityContext,
     /// Recent exchanges for CoAP deduplication, keyed by source endpoint and Message ID.
     recent: VecDeque<Exchange<A>>,
@@ -54,40 +74,71 @@ struct Peer<A> {
     offer: Option<Arc<FirmwareOffer>>,
     /// A command waiting for the sensor's next request (the newest replaces an older one).
     command: Option<super::command::Command>,
-    /// Answers that wait for a durable checkpoint (usage ceiling).
+    /// Answers that wait for a durable checkpoint (encryption ceiling).
     waiting: Vec<(AckTicket<A>, protected::Answer)>,
+    /// Accepted requests not answered yet (each answer is one encryption to reserve).
+    unanswered: u64,
+    /// Outcome-dependent answers not yet in a checkpoint, and those in the one being written.
+    parked: Parked<A>,
+    parked_inflight: Parked<A>,
+    /// The replay window as last made durable, and the one being written: a replay is refused
+    /// at once only if the durable window already refuses it (otherwise the refusal would
+    /// reveal a verification not yet recorded).
+    durable_window: ReplayWindow,
+    window_inflight: Option<crate::oscore::WindowState>,
 }
 
 impl<A: Endpoint> Peer<A> {
     fn new(ctx: SecurityContext, known: Option<A>, ceiling: KeyUsage) -> Self {
+        Self::with_guard(ctx, Guard::new(known, ceiling))
+    }
+
+    fn with_guard(ctx: SecurityContext, guard: Guard<A>) -> Self {
         Self {
+            durable_window: ctx.replay_window().clone(),
+            window_inflight: None,
             ctx,
             recent: VecDeque::new(),
-            guard: Guard::new(known, ceiling),
+            guard,
             rekey_reported: false,
             offer: None,
             command: None,
             waiting: Vec::new(),
+            unanswered: 0,
+            parked: Parked::default(),
+            parked_inflight: Parked::default(),
         }
     }
 }
 
 /// The hub's side of every sensor link.
-pub struct HubLink<A> {
+pub struct HubLink<A: Endpoint> {
     config: HubConfig,
     peers: HashMap<Kid, Peer<A>>,
+    /// Return-routability values for sources over budget.
+    routability: Routability<A>,
+    /// Unix ms minus monotonic ms, as last reported by [`HubLink::set_clock`].
+    wall_offset: u64,
+    /// The latest monotonic time given to any input.
+    last_now: Millis,
     window: Option<PairingWindow>,
     sessions: HashMap<Kid, Session<A>>,
     /// Pairings whose "paired" answer waits for the context to be durable.
     unconfirmed: HashMap<Kid, (PlainKey<A>, Vec<u8>)>,
     /// (source, message id, token) → response, with when it was made.
-    dedup: VecDeque<PlainExchange<A>>,
+    dedup: Dedup<A>,
+    /// The key of this window's hello cookies (made at the first hello after a window opens).
+    cookie: Option<HelloCookie>,
+    /// Key generations for pairing hellos, globally and per host.
+    budget: HelloBudget<A::Host>,
+    /// Each host's share of unprotected datagrams.
+    requests: RequestFilter<A::Host>,
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<HubEvent<A>>,
     counters: SecurityCounters,
 }
 
-impl<A> core::fmt::Debug for HubLink<A> {
+impl<A: Endpoint> core::fmt::Debug for HubLink<A> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("HubLink")
             .field("peers", &self.peers.len())
@@ -101,22 +152,33 @@ impl<A: Endpoint> HubLink<A> {
     /// An empty hub link.
     pub fn new(config: HubConfig) -> Self {
         Self {
-            config,
             peers: HashMap::new(),
+            routability: Routability::new(),
+            wall_offset: 0,
+            last_now: Millis(0),
             window: None,
             sessions: HashMap::new(),
             unconfirmed: HashMap::new(),
-            dedup: VecDeque::new(),
+            dedup: Dedup::new(config.dedup_entries),
+            cookie: None,
+            budget: HelloBudget::new(config.hello),
+            requests: RequestFilter::new(
+                config.hello.request_rate,
+                config.hello.request_burst,
+                FILTER_HOSTS,
+            ),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: SecurityCounters::default(),
+            config,
         }
     }
 
     /// Adds a paired sensor restored from the store: its context inputs, the last durable lease
     /// of the hub's sequence in it, its replay window (`Unknown` if not persisted: B.1.2), and
-    /// its last durable checkpoint's usage ceilings (the counters resume *at* them: never lower
-    /// than they were) and endpoint. Persist [`HubLink::checkpoint`] before it is used.
+    /// its last durable checkpoint's key usage (encryptions resume *at* the ceiling: never lower
+    /// than they were), endpoint and failure budgets. Persist [`HubLink::checkpoint`] before it
+    /// is used.
     pub fn add_peer(
         &mut self,
         params: &ContextParams,
@@ -124,10 +186,29 @@ impl<A: Endpoint> HubLink<A> {
         window: ReplayWindow,
         usage: KeyUsage,
         endpoint: Option<A>,
+        budget: Option<&GuardState<A::Host>>,
     ) {
         let seq = SenderSequence::resume(lease, self.config.lease_block);
         let ctx = SecurityContext::new(params, seq, window).with_usage(usage);
-        self.peers.insert(params.recipient_id, Peer::new(ctx, endpoint, usage));
+        let guard = Guard::restore(endpoint, usage, budget);
+        self.peers.insert(params.recipient_id, Peer::with_guard(ctx, guard));
+    }
+
+    /// The wall clock (Unix ms) at monotonic time `now`: failure budgets are persisted and
+    /// refilled on it, so that a restart neither refills them early nor forgets them. Report it
+    /// before the first datagram and then every few seconds; until then budgets restored from
+    /// a checkpoint earn nothing (a clock that goes back earns nothing until it catches up).
+    pub fn set_clock(&mut self, now: Millis, unix_ms: u64) {
+        self.wall_offset = unix_ms.saturating_sub(now.0);
+        self.tick(now);
+    }
+
+    fn wall(&self, now: Millis) -> u64 {
+        now.0.saturating_add(self.wall_offset)
+    }
+
+    fn tick(&mut self, now: Millis) {
+        self.last_now = self.last_now.max(now);
     }
 
     /// Forgets a sensor (removal or replacement). Its kid is refused from now on.
@@ -157,21 +238,38 @@ impl<A: Endpoint> HubLink<A> {
     }
 
     /// The state to persist for `kid` before answering what it accepted so far: its replay
-    /// window, usage ceilings with fresh headroom, and its endpoint.
-    pub fn checkpoint(&self, kid: &Kid) -> Option<PeerState<A>> {
-        let p = self.peers.get(kid)?;
-        Some(PeerState {
-            window: p.ctx.replay_window().state(),
-            usage: p.guard.reserve(p.ctx.usage()),
-            endpoint: p.guard.known(),
-        })
+    /// window, the exact count of failed decryptions with the budgets that allowed them, an
+    /// encryption ceiling covering the answers waiting for this checkpoint, and its endpoint.
+    /// One checkpoint per sensor at a time: call it again after reporting the last one durable.
+    pub fn checkpoint(&mut self, kid: &Kid) -> Option<PeerState<A>> {
+        let wall = self.wall(self.last_now);
+        let p = self.peers.get_mut(kid)?;
+        let answers = p.unanswered + u64::from(p.parked.challenge.is_some());
+        let (usage, budget) = p.guard.checkpoint(wall, p.ctx.usage(), answers);
+        let parked = std::mem::take(&mut p.parked);
+        p.parked_inflight.replies.extend(parked.replies);
+        if parked.challenge.is_some() {
+            p.parked_inflight.challenge = parked.challenge;
+        }
+        let window = p.ctx.replay_window().state();
+        p.window_inflight = window;
+        Some(PeerState { window, usage, endpoint: p.guard.newest_known(), budget: Some(budget) })
     }
 
-    /// `state` (from [`HubLink::checkpoint`]) is durable: its ceilings may be used, and answers
-    /// that waited for them go out.
+    /// `state` (from [`HubLink::checkpoint`]) is durable: its encryptions may be used, what
+    /// waited on the outcomes it records goes out, and so do answers that waited for it.
     pub fn checkpoint_durable(&mut self, kid: &Kid, state: &PeerState<A>) {
         let Some(p) = self.peers.get_mut(kid) else { return };
-        p.guard.ceiling_durable(state.usage);
+        p.guard.durable(state.usage);
+        if let Some(w) = p.window_inflight.take() {
+            p.durable_window = ReplayWindow::Known(w);
+        }
+        let parked = std::mem::take(&mut p.parked_inflight);
+        self.transmits.extend(parked.replies);
+        if let Some((to, request, binding)) = parked.challenge {
+            self.send_challenge(*kid, to, &request, &binding);
+        }
+        let Some(p) = self.peers.get_mut(kid) else { return };
         for (ticket, answer) in std::mem::take(&mut p.waiting) {
             self.respond(ticket, answer);
         }
@@ -233,6 +331,7 @@ impl<A: Endpoint> HubLink<A> {
 
     /// Time passes: idle pairing sessions end (call it every second or so).
     pub fn handle_timeout(&mut self, now: Millis) {
+        self.tick(now);
         self.expire_sessions(now);
     }
 
@@ -244,8 +343,15 @@ impl<A: Endpoint> HubLink<A> {
         bytes: &[u8],
         rng: &mut R,
     ) {
+        self.tick(now);
         if bytes.len() > coap::MAX_DATAGRAM {
             return self.malformed("datagram too large");
+        }
+        // Unprotected datagrams (pairing, junk) only within their host's share, decided before
+        // anything is parsed: a flood costs a lookup per datagram, not the readings' time.
+        if !pairing::carries_oscore(bytes) && !self.requests.admit(now, &from.host()) {
+            self.counters.unprotected_throttled += 1;
+            return;
         }
         let Ok(packet) = Packet::from_bytes(bytes) else {
             return self.malformed("not a CoAP message");
@@ -271,12 +377,8 @@ impl<A: Endpoint> HubLink<A> {
 
     /// An unprotected answer (errors to non-confirmable requests are not sent).
     fn reply(&mut self, to: A, request: &Packet, code: ResponseType, payload: &[u8]) {
-        if request.header.get_type() == MessageType::NonConfirmable && code.is_error() {
-            return;
-        }
-        let p = coap::response(request, code, payload.to_vec());
-        if let Some(bytes) = coap::encode(&p) {
-            self.transmits.push_back(Transmit { to, bytes });
+        if let Some(t) = unprotected(to, request, code, payload) {
+            self.transmits.push_back(t);
         }
     }
 
@@ -285,12 +387,23 @@ impl<A: Endpoint> HubLink<A> {
         if let Some(lease) = peer.ctx.poll_lease() {
             self.events.push_back(HubEvent::LeaseNeeded { kid, lease });
         }
-        if peer.guard.running_low(peer.ctx.usage()) {
-            self.events.push_back(HubEvent::CheckpointNeeded { kid });
-        }
         if let (Some(reason), false) = (peer.ctx.needs_rekey(), peer.rekey_reported) {
             peer.rekey_reported = true;
             self.events.push_back(HubEvent::NeedsRekey { kid, reason });
         }
     }
+}
+
+/// An unprotected answer to `request` (`None` for an error to a non-confirmable request).
+fn unprotected<A>(
+    to: A,
+    request: &Packet,
+    code: ResponseType,
+    payload: &[u8],
+) -> Option<Transmit<A>> {
+    if request.header.get_type() == MessageType::NonConfirmable && code.is_error() {
+        return None;
+    }
+    let p = coap::response(request, code, payload.to_vec());
+    coap::encode(&p).map(|bytes| Transmit { to, bytes })
 }

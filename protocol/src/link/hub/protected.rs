@@ -1,7 +1,9 @@
 //! The OSCORE-protected path (RFC 8613 §8.2, §7.4; RFC 7252 §4.5): deduplication by source
 //! endpoint and Message ID with the whole datagram compared, the failure budget before
-//! verification, replay refusal, Echo recovery (B.1.2), and answers that leave only after the
-//! sensor's checkpoint is durable, to the endpoint the request came from.
+//! verification (with a return-routability challenge when it is spent, RFC 9175), replay
+//! refusal, Echo recovery (B.1.2), and everything that depends on a verification's outcome —
+//! answers, refusals, challenges — sent only after the sensor's checkpoint recording it is
+//! durable, to the endpoint the request came from.
 
 use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use rand_core::CryptoRng;
@@ -12,7 +14,8 @@ use crate::time::Millis;
 use super::super::coap::{self, PATH_READINGS};
 use super::super::command::COMMAND_OPTION;
 use super::super::fw::{PATH_REPORT, UpdateReport};
-use super::guard::Hold;
+use super::echo::ECHO_OPTION;
+use super::guard::{Admit, Class, Outcome};
 use super::types::Asked;
 use super::{
     AckTicket, EXCHANGE_LIFETIME_MS, Endpoint, HubEvent, HubLink, Payload, SecurityEvent, Transmit,
@@ -59,8 +62,8 @@ impl<A: Endpoint> HubLink<A> {
             .map(|v| OscoreOption::parse(v))
             .unwrap_or(Err(OscoreError::NotOscore("no option")));
         // Hearth assigns kids at pairing and uses no ID Context: a kid context is refused.
-        let kid = match parsed {
-            Ok(OscoreOption { kid: Some(kid), piv: Some(_), kid_context: None }) => kid,
+        let (kid, piv) = match parsed {
+            Ok(OscoreOption { kid: Some(kid), piv: Some(piv), kid_context: None }) => (kid, piv),
             _ => {
                 self.counters.bad_oscore += 1;
                 self.security(SecurityEvent::Malformed("OSCORE option"));
@@ -90,25 +93,47 @@ impl<A: Endpoint> HubLink<A> {
             }
             return; // otherwise its answer is still waiting for durability
         }
-        match peer.guard.may_verify(now, from, peer.ctx.usage()) {
-            Ok(()) => {}
-            Err(Hold::KeyRetired) => {
+        // Return routability (RFC 9175): a valid outer Echo proves the source receives at its
+        // endpoint; its host's routable budget applies.
+        let wall = self.wall(now);
+        let echoed = packet.get_first_option(CoapOption::Unknown(ECHO_OPTION));
+        let routable = echoed.is_some_and(|v| self.routability.valid(now, &kid, &from, v));
+        let Some(peer) = self.peers.get_mut(&kid) else { return };
+        let class = match peer.guard.admit(wall, from, routable, peer.ctx.usage()) {
+            Admit::Verify(class) => class,
+            Admit::KeyRetired => {
                 self.counters.key_limit += 1;
                 self.security(SecurityEvent::KeyLimit { kid });
                 return self.reply(from, packet, ResponseType::Unauthorized, b"Key limit reached");
             }
-            Err(hold) => {
-                let reserve = peer.guard.can_reserve(peer.ctx.usage());
+            Admit::Throttled => {
+                let known = peer.guard.known() == Some(from);
                 self.counters.throttled += 1;
                 self.security(SecurityEvent::Throttled { kid });
-                if hold == Hold::NeedsCheckpoint && reserve {
-                    self.events.push_back(HubEvent::CheckpointNeeded { kid });
+                if !routable {
+                    self.challenge_routability(now, kid, from, packet, bytes.len(), known, rng);
                 }
                 return;
             }
+        };
+        if matches!(class, Class::Routable(_)) {
+            self.counters.routable += 1;
         }
-        match peer.ctx.unprotect_request(packet) {
+        // Whatever depends on the outcome (an answer, a 4.00, a B.1.2 challenge) leaves only
+        // after the checkpoint recording it is durable (see `guard`).
+        let outcome = peer.ctx.unprotect_request(packet);
+        let settled = match &outcome {
+            Ok(_) | Err(OscoreError::BadInnerMessage) => Outcome::Verified,
+            Err(OscoreError::DecryptionFailed) => Outcome::Failed,
+            Err(_) => Outcome::Unchecked,
+        };
+        peer.guard.settle(class, settled);
+        if settled != Outcome::Unchecked {
+            self.events.push_back(HubEvent::CheckpointNeeded { kid });
+        }
+        match outcome {
             Ok(Verified::Request { request: inner, binding }) => {
+                let Some(peer) = self.peers.get_mut(&kid) else { return };
                 peer.guard.authenticated(from);
                 // A new exchange with this endpoint and Message ID replaces an older one.
                 peer.recent.retain(|e| !(e.from == from && e.mid == mid));
@@ -119,43 +144,108 @@ impl<A: Endpoint> HubLink<A> {
                 let request = bytes.to_vec();
                 let at = now;
                 peer.recent.push_back(Exchange { from, mid, piv, request, at, response: None });
+                peer.unanswered += 1;
                 self.accepted(kid, from, inner, binding);
             }
             Ok(Verified::NeedsEcho { binding }) => {
-                if !peer.guard.may_encrypt(peer.ctx.usage()) || !peer.guard.echo(now, from) {
-                    self.counters.echo_limited += 1;
+                let Some(peer) = self.peers.get_mut(&kid) else { return };
+                if peer.guard.echo(now, from) {
+                    peer.ctx.arm_echo(rng);
+                    peer.parked.challenge = Some((from, packet.clone(), binding));
                 } else {
-                    match peer.ctx.echo_challenge(packet, &binding, rng) {
-                        Ok(sealed) => {
-                            if let Some(bytes) = coap::encode(&sealed.packet) {
-                                self.transmits.push_back(Transmit { to: from, bytes });
-                            }
-                        }
-                        Err(_) => self.counters.echo_limited += 1, // no durable lease yet
-                    }
+                    self.counters.echo_limited += 1;
                 }
             }
             Err(OscoreError::Replay) => {
                 self.counters.replays += 1;
                 self.security(SecurityEvent::Replay { kid });
-                self.reply(from, packet, ResponseType::Unauthorized, b"Replay detected");
+                let Some(peer) = self.peers.get_mut(&kid) else { return };
+                if peer.durable_window.check(piv.value()) == Err(OscoreError::Replay) {
+                    self.reply(from, packet, ResponseType::Unauthorized, b"Replay detected");
+                } else {
+                    // Refused only because of a verification not yet durable.
+                    self.events.push_back(HubEvent::CheckpointNeeded { kid });
+                    self.park(kid, from, packet, ResponseType::Unauthorized, b"Replay detected");
+                }
             }
             Err(OscoreError::DecryptionFailed) => {
-                peer.guard.failed(now, from);
                 self.counters.bad_tag += 1;
                 self.security(SecurityEvent::BadTag { kid });
-                self.reply(from, packet, ResponseType::BadRequest, b"Decryption failed");
+                self.park(kid, from, packet, ResponseType::BadRequest, b"Decryption failed");
             }
             Err(OscoreError::KeyLimitReached) => {
                 self.counters.key_limit += 1;
                 self.security(SecurityEvent::KeyLimit { kid });
                 self.reply(from, packet, ResponseType::Unauthorized, b"Key limit reached");
             }
+            Err(OscoreError::BadInnerMessage) => {
+                self.counters.bad_oscore += 1;
+                self.security(SecurityEvent::Malformed("OSCORE message"));
+                self.park(kid, from, packet, ResponseType::BadOption, b"bad OSCORE message");
+            }
             Err(_) => {
                 self.counters.bad_oscore += 1;
                 self.security(SecurityEvent::Malformed("OSCORE message"));
                 self.reply(from, packet, ResponseType::BadOption, b"bad OSCORE message");
             }
+        }
+        self.check_peer(kid);
+    }
+
+    /// Keeps an unprotected answer whose sending reveals a verification's outcome until the
+    /// checkpoint recording that outcome is durable.
+    fn park(&mut self, kid: Kid, to: A, request: &Packet, code: ResponseType, payload: &[u8]) {
+        let Some(peer) = self.peers.get_mut(&kid) else { return };
+        if peer.parked.replies.len() < super::PARKED
+            && let Some(t) = super::unprotected(to, request, code, payload)
+        {
+            peer.parked.replies.push(t);
+        }
+    }
+
+    /// Answers a datagram over budget with an unprotected 4.01 carrying an outer Echo that only
+    /// a party receiving at `from` can return (RFC 9175 §2.4), never larger than the datagram.
+    #[allow(clippy::too_many_arguments)]
+    fn challenge_routability<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Millis,
+        kid: Kid,
+        from: A,
+        request: &Packet,
+        request_len: usize,
+        known: bool,
+        rng: &mut R,
+    ) {
+        let Some(value) = self.routability.challenge(now, &kid, from, known, rng) else { return };
+        let mut p = coap::response(request, ResponseType::Unauthorized, Vec::new());
+        p.add_option(CoapOption::Unknown(ECHO_OPTION), value.to_vec());
+        if let Some(bytes) = coap::encode(&p).filter(|b| b.len() <= request_len) {
+            self.counters.echo_challenges += 1;
+            self.transmits.push_back(Transmit { to: from, bytes });
+        }
+    }
+
+    /// Seals and sends a B.1.2 challenge whose request's tag verified, now that the checkpoint
+    /// recording that (and reserving its encryption) is durable.
+    pub(super) fn send_challenge(
+        &mut self,
+        kid: Kid,
+        to: A,
+        request: &Packet,
+        binding: &RequestBinding,
+    ) {
+        let Some(peer) = self.peers.get_mut(&kid) else { return };
+        if !peer.guard.may_encrypt(peer.ctx.usage()) {
+            self.counters.echo_limited += 1;
+            return;
+        }
+        match peer.ctx.echo_challenge(request, binding) {
+            Ok(sealed) => {
+                if let Some(bytes) = coap::encode(&sealed.packet) {
+                    self.transmits.push_back(Transmit { to, bytes });
+                }
+            }
+            Err(_) => self.counters.echo_limited += 1, // no durable lease yet
         }
         self.check_peer(kid);
     }
@@ -228,16 +318,21 @@ impl<A: Endpoint> HubLink<A> {
         let kid = ticket.kid;
         let Some(peer) = self.peers.get_mut(&kid) else { return };
         if !peer.guard.may_encrypt(peer.ctx.usage()) {
-            if peer.guard.can_reserve(peer.ctx.usage()) && peer.waiting.len() < WAITING {
+            let reservable = peer.guard.can_reserve(peer.ctx.usage());
+            if reservable && peer.waiting.len() < WAITING {
                 peer.waiting.push((ticket, answer));
                 self.events.push_back(HubEvent::CheckpointNeeded { kid });
-            } else if !peer.guard.can_reserve(peer.ctx.usage()) {
+                return;
+            }
+            peer.unanswered = peer.unanswered.saturating_sub(1);
+            if !reservable {
                 // The encryption limit is spent: nothing more is sealed under this key.
                 self.counters.key_limit += 1;
                 self.security(SecurityEvent::KeyLimit { kid });
             }
             return;
         }
+        peer.unanswered = peer.unanswered.saturating_sub(1);
         let mut plain = coap::response(&ticket.request, answer.code, answer.payload);
         if let Some(b) = answer.block {
             plain.add_option(CoapOption::Unknown(super::super::fw::BLOCK2), b);

@@ -7,24 +7,42 @@ use std::net::{IpAddr, SocketAddr};
 use coap_lite::Packet;
 
 use crate::oscore::{ContextParams, KeyUsage, Kid, Lease, NeedsRekey, RequestBinding, WindowState};
-use crate::pairing::{Descriptor, PairingError, PairingRefused};
+use crate::pairing::{Descriptor, HelloLimits, PairingError, PairingRefused};
 use crate::update::{VerifiedImage, VerifiedManifest};
 
 use super::super::fw::{UpdateOffer, UpdateReport};
+use super::guard::GuardState;
 
 /// A datagram source: an endpoint on a host. Limits that must hold against one host using many
-/// source ports (pairing sessions) count by [`Endpoint::host`]; answers go to the endpoint.
+/// source ports (pairing sessions, routable budgets) count by [`Endpoint::host`]; answers go to
+/// the endpoint.
 pub trait Endpoint: Copy + Eq + Hash {
     /// The host part (an IP address for UDP).
-    type Host: Copy + Eq + Hash;
+    type Host: Copy + Eq + Hash + core::fmt::Debug;
     /// The host this endpoint is on.
     fn host(&self) -> Self::Host;
+    /// Appends bytes that identify this endpoint exactly (what a return-routability value is
+    /// bound to).
+    fn write_id(&self, out: &mut Vec<u8>);
 }
 
 impl Endpoint for SocketAddr {
     type Host = IpAddr;
     fn host(&self) -> IpAddr {
         self.ip()
+    }
+    fn write_id(&self, out: &mut Vec<u8>) {
+        match self.ip() {
+            IpAddr::V4(v4) => {
+                out.push(4);
+                out.extend_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                out.push(6);
+                out.extend_from_slice(&v6.octets());
+            }
+        }
+        out.extend_from_slice(&self.port().to_be_bytes());
     }
 }
 
@@ -43,8 +61,13 @@ pub struct HubConfig {
     /// A pairing session that hears nothing from its sensor for this long is dropped (and, if
     /// the owner had typed its PIN, counted as a failed attempt).
     pub session_idle_ms: u64,
+    /// A session waiting for its PIN ends this long after it started, however active its
+    /// sensor is (the sensor then starts over with a new key and PIN).
+    pub session_max_ms: u64,
     /// Remembered unprotected exchanges, for CoAP deduplication of pairing requests.
     pub dedup_entries: usize,
+    /// The P-256 budget of pairing hellos (global, per host).
+    pub hello: HelloLimits,
 }
 
 impl Default for HubConfig {
@@ -52,10 +75,12 @@ impl Default for HubConfig {
         Self {
             hub_kid: Kid::default(),
             lease_block: crate::oscore::DEFAULT_LEASE_BLOCK,
-            max_sessions: 32,
+            max_sessions: 128,
             sessions_per_source: 4,
             session_idle_ms: 60_000,
+            session_max_ms: 180_000,
             dedup_entries: 1024,
+            hello: HelloLimits::default(),
         }
     }
 }
@@ -69,8 +94,11 @@ pub struct Transmit<A> {
     pub bytes: Vec<u8>,
 }
 
-/// Counts of rejected input, by kind (EN 303 645 5.10-1, 5.13-1).
+/// Counts of rejected input, by kind (EN 303 645 5.10-1, 5.13-1). Durable in the same group
+/// commits as the checkpoints that record the failures they count; a count missing from a
+/// persisted record (one written before it existed) restores as 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SecurityCounters {
     /// Datagrams that are not CoAP, or break a limit.
     pub malformed: u64,
@@ -80,13 +108,19 @@ pub struct SecurityCounters {
     pub replays: u64,
     /// AEAD tags that failed (tampering, wrong key).
     pub bad_tag: u64,
-    /// Datagrams for a known kid dropped without verification because that kid's budget of
-    /// failed verifications is spent for now (a forgery flood; see `guard`).
+    /// Datagrams for a known kid dropped without verification because their source's budget
+    /// of failed verifications is spent for now (a forgery flood; see `guard`).
     pub throttled: u64,
     /// Malformed OSCORE options or inner messages, or OSCORE features Hearth does not use.
     pub bad_oscore: u64,
     /// Pairing requests outside a window, during back-off, or over the session limit.
     pub pairing_refused: u64,
+    /// Pairing hellos dropped unanswered because their host's share or the global budget of
+    /// key generations was used up (a hello flood; see `pairing::HelloBudget`).
+    pub pairing_throttled: u64,
+    /// Unprotected datagrams (pairing requests, junk) dropped unread because their host sent
+    /// more than its share (a flood; see `pairing::RequestFilter`).
+    pub unprotected_throttled: u64,
     /// Failed pairing confirmations (wrong PIN, attacker, or an attempt abandoned after its PIN).
     pub pairing_failed: u64,
     /// Requests for resources that do not exist or are not allowed unprotected.
@@ -97,6 +131,11 @@ pub struct SecurityCounters {
     pub echo_limited: u64,
     /// Requests refused because their key reached a usage limit (re-pair the device).
     pub key_limit: u64,
+    /// Return-routability challenges sent to sources over budget (an outer Echo; not a
+    /// security event in itself: each answers a datagram counted as `throttled`).
+    pub echo_challenges: u64,
+    /// Requests verified under a routable source's budget (the source echoed a challenge).
+    pub routable: u64,
 }
 
 impl SecurityCounters {
@@ -109,6 +148,8 @@ impl SecurityCounters {
             + self.throttled
             + self.bad_oscore
             + self.pairing_refused
+            + self.pairing_throttled
+            + self.unprotected_throttled
             + self.pairing_failed
             + self.bad_request
             + self.key_limit
@@ -342,14 +383,17 @@ impl<A> AckTicket<A> {
 /// Durable per-sensor link state: persist it (fsync) before answering any request it covers,
 /// then report it with [`HubLink::checkpoint_durable`](super::HubLink::checkpoint_durable).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerState<A> {
+pub struct PeerState<A: Endpoint> {
     /// Replay window (None while unknown).
     pub window: Option<WindowState>,
-    /// Key-usage ceilings: the counters may grow up to these values before the next checkpoint,
-    /// and a restart resumes at them, so a count is never restored lower than it was.
+    /// Key usage: the encryption *ceiling* (encryptions may grow up to it before the next
+    /// checkpoint, and a restart resumes at it) and the exact count of failed decryptions
+    /// (nothing that depends on a failure leaves the hub before it is recorded here).
     pub usage: KeyUsage,
     /// The endpoint the sensor's last authenticated request came from.
     pub endpoint: Option<A>,
+    /// The failure budgets (`None` in checkpoints written before they were persisted).
+    pub budget: Option<GuardState<A::Host>>,
 }
 
 /// Why a typed PIN was not used.
