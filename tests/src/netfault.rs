@@ -93,6 +93,7 @@ impl NetRelay {
             impairment: config.impairment,
             seed: config.seed,
             stop: AtomicBool::new(false),
+            calm: AtomicBool::new(false),
             partition: Mutex::new(None),
             partitions: AtomicU64::new(0),
             flows: AtomicU64::new(0),
@@ -144,6 +145,11 @@ impl NetRelay {
         *lock(&self.inner.partition) = None;
     }
 
+    /// From now on only delays datagrams (`true`), or impairs them as configured again.
+    pub fn calm(&self, calm: bool) {
+        self.inner.calm.store(calm, Ordering::Relaxed);
+    }
+
     /// Counts so far, as JSON: per protocol and direction (`up`: client to server).
     pub fn stats(&self) -> Value {
         let i = &self.inner;
@@ -158,6 +164,7 @@ impl NetRelay {
             },
             "partitions": n(&i.partitions),
             "partitioned": i.partitioned_until(Instant::now()).is_some(),
+            "calm": i.calm.load(Ordering::Relaxed),
             "seed": i.seed,
         })
     }
@@ -219,6 +226,8 @@ struct Inner {
     impairment: Impairment,
     seed: u64,
     stop: AtomicBool,
+    /// Only the delay applies (no loss, duplication or reordering).
+    calm: AtomicBool,
     /// Partitioned until then.
     partition: Mutex<Option<Instant>>,
     partitions: AtomicU64,
@@ -253,6 +262,8 @@ struct Counters {
     reordered: AtomicU64,
     /// Dropped (UDP) or held (TCP) because of a partition.
     partitioned: AtomicU64,
+    /// Copies scheduled and not yet due (UDP).
+    pending: AtomicU64,
 }
 
 impl Counters {
@@ -271,6 +282,7 @@ impl Counters {
             "held_back": n(&self.held_back),
             "reordered": n(&self.reordered),
             "partitioned": n(&self.partitioned),
+            "pending": n(&self.pending),
         })
     }
 }
@@ -329,7 +341,10 @@ impl Inner {
 
     /// The delays of the copies to deliver (none: lost).
     fn plan(&self, lane: &mut Lane, c: &Counters) -> Vec<Duration> {
-        let m = self.impairment;
+        let mut m = self.impairment;
+        if self.calm.load(Ordering::Relaxed) {
+            (m.loss, m.duplicate, m.reorder) = (0.0, 0.0, 0.0);
+        }
         if chance(&mut lane.rng, m.loss) {
             Counters::add(&c.lost, 1);
             return Vec::new();
@@ -437,6 +452,7 @@ impl Inner {
             (seq, self.plan(&mut lane, c))
         };
         for d in delays {
+            Counters::add(&c.pending, 1);
             let (me, f, front, bytes) = (self.clone(), flow.clone(), front.clone(), bytes.clone());
             self.scheduler.at(now + d, move || me.deliver(&front, &f, up, seq, &bytes));
         }
@@ -444,6 +460,7 @@ impl Inner {
 
     fn deliver(&self, front: &UdpSocket, flow: &Flow, up: bool, seq: u64, bytes: &[u8]) {
         let c = self.counters(true, up);
+        c.pending.fetch_sub(1, Ordering::Relaxed);
         if self.partitioned_until(Instant::now()).is_some() {
             Counters::add(&c.partitioned, 1);
             return;

@@ -247,7 +247,10 @@ impl Bridge {
             let wake = retry_at.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = tick.tick() => self.maintain(connected),
+                // Not while a connection is being made: rumqttc's connect (TCP, TLS, CONNECT)
+                // cannot be cancelled and resumed, and a broker more than a tick away (200 ms)
+                // would never be reached (it is bounded by rumqttc's connection timeout).
+                _ = tick.tick(), if connected || retry_at.is_some() => self.maintain(connected),
                 () = tokio::time::sleep_until(wake), if retry_at.is_some() => retry_at = None,
                 ev = events.poll(), if retry_at.is_none() => match ev {
                     Ok(Event::Incoming(Incoming::ConnAck(ack))) => {

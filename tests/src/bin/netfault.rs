@@ -6,7 +6,8 @@
 //!
 //! It prints `READY {"udp":[...],"tcp":[...]}` once every service is bound, then reads
 //! commands on standard input, one per line, and answers each with one line:
-//! `partition MS` → `PARTITIONED`, `heal` → `HEALED`, `stats` → `STATS {json}`,
+//! `partition MS` → `PARTITIONED`, `heal` → `HEALED`, `calm` (only the delay from now on) →
+//! `CALMED`, `rough` (impaired as configured again) → `ROUGHENED`, `stats` → `STATS {json}`,
 //! `audit` → `AUDIT {json}`. It exits when standard input closes.
 
 use std::io::BufRead;
@@ -66,6 +67,14 @@ fn main() -> ExitCode {
             (Some("partition"), Some(Ok(ms))) => {
                 relay.partition(Duration::from_millis(ms));
                 println!("PARTITIONED");
+            }
+            (Some("calm"), None) => {
+                relay.calm(true);
+                println!("CALMED");
+            }
+            (Some("rough"), None) => {
+                relay.calm(false);
+                println!("ROUGHENED");
             }
             (Some("heal"), None) => {
                 relay.heal();
