@@ -426,9 +426,6 @@ fn through_a_real_bad_network_pairing_readings_updates_mqtt_and_upstream_hold() 
         (kids.len() == SENSORS).then_some(())
     });
     let kids: Vec<String> = kids.into_values().collect();
-    if std::env::var_os("HEARTH_NET_STOP_PAIRED").is_some() {
-        return;
-    }
 
     let pairing_s = started.elapsed().as_secs_f64();
     phase("paired");
@@ -667,10 +664,10 @@ fn through_a_real_bad_network_pairing_readings_updates_mqtt_and_upstream_hold() 
             out.push(serde_json::from_str(l).expect("json"));
         }
     };
+    upstream_sub.drain();
     for l in upstream_sub.seen.clone() {
         take_up(&l, &mut forwarded);
     }
-    upstream_sub.drain();
     if (forwarded.len() as u64) < total {
         upstream_sub.until("every reading upstream", Duration::from_secs(120), |l| {
             take_up(l, &mut forwarded);
@@ -702,7 +699,7 @@ fn through_a_real_bad_network_pairing_readings_updates_mqtt_and_upstream_hold() 
     // No nonce reused (the relay's own audit and the sensors'), no false alarm.
     let audit = relay.json("audit", "AUDIT ");
     assert_eq!(audit["reuses"], 0, "{audit}");
-    assert!(audit["audited"].as_u64() > Some(1000), "{audit}");
+    assert!(audit["audited"].as_u64() > Some(300), "{audit}");
     assert_eq!(status["nonce_reuses"], 0, "{status}");
     let sec = hub.security();
     for k in [
