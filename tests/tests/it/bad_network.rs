@@ -723,11 +723,14 @@ fn through_a_real_bad_network_pairing_readings_updates_mqtt_and_upstream_hold() 
     );
     let stats = relay.json("stats", "STATS ");
     let udp = &stats["udp"];
+    // (A sensor has one request out at a time, so what is held back is rarely overtaken
+    // within its flow; the partition drops what the sensors send, and the hub only answers.)
     for dir in ["up", "down"] {
-        for k in ["lost", "duplicated", "reordered", "partitioned"] {
+        for k in ["lost", "duplicated", "held_back"] {
             assert!(udp[dir][k].as_u64() > Some(0), "the network did not {k} {dir}: {stats}");
         }
     }
+    assert!(udp["up"]["partitioned"].as_u64() > Some(0), "{stats}");
     assert!(stats["tcp"]["up"]["sent"].as_u64() > Some(0), "{stats}");
     eprintln!(
         "{}",

@@ -248,27 +248,30 @@ fn acknowledged_readings_survive_sigkill_and_no_replay_or_nonce_reuse_follows() 
         let s: Value = serde_json::from_str(l.strip_prefix("STATUS ")?).ok()?;
         (s["queued"].as_u64() == Some(0)).then_some(s)
     });
-    // (`hub ctl updates` lists devices with something to install; `devices` lists them all.)
+    // `hub ctl updates` lists the devices with something to install or in delivery: once no
+    // thermostat is listed, each runs the newest release (checked below on each one).
+    let devices = hub.ctl(&["devices"]);
+    let thermostats: Vec<&str> = devices
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter(|d| d["model"] == THERMO)
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(thermostats.len(), SENSORS / 4, "{devices}");
     let mut last = Value::Null;
     let deadline = Instant::now() + Duration::from_secs(300);
-    let devices =
-        wait_for("every thermostat on the newest firmware", Duration::from_secs(300), || {
-            let u = hub.try_ctl(&["devices"]).ok()?;
-            assert!(
-                Instant::now() < deadline,
-                "not every thermostat runs version {version}: {last}"
-            );
-            last = hub.try_ctl(&["updates"]).unwrap_or_default();
-            let d = u.as_array()?;
-            let t = d.iter().filter(|d| d["model"] == THERMO);
-            (t.clone().count() == SENSORS / 4
-                && t.clone().all(|d| d["firmware_version"] == version))
-            .then_some(u)
-        });
+    wait_for("every thermostat on the newest firmware", Duration::from_secs(300), || {
+        let u = hub.try_ctl(&["updates"]).ok()?;
+        assert!(Instant::now() < deadline, "not every thermostat runs version {version}: {last}");
+        let listed = u["devices"].as_array()?.iter().any(|d| d["model"] == THERMO);
+        last = u;
+        (!listed).then_some(())
+    });
     let mut installed = 0;
-    for d in devices.as_array().expect("devices").iter().filter(|d| d["model"] == THERMO) {
-        let id = d["id"].as_str().expect("id");
+    for id in &thermostats {
         let dev = hub.ctl(&["device", id]);
+        assert_eq!(dev["firmware_version"], version, "device {id}: {dev}");
         let history = dev["update"]["history"].as_array().cloned().unwrap_or_default();
         installed += history.iter().filter(|h| h["event"] == "installed").count();
         assert!(
