@@ -547,8 +547,13 @@ impl Config {
         }
         let u = &self.updates;
         match (&u.feed_url, &u.feed_cert) {
-            (Some(url), Some(_)) if !url.starts_with("https://") => {
-                return bad("updates.feed_url", "must be an https:// URL");
+            (Some(url), Some(cert)) => {
+                if let Err(e) = crate::feed::check_base_url(url) {
+                    return bad("updates.feed_url", &e.to_string());
+                }
+                if let Err(e) = crate::feed::check_pinned_cert(cert) {
+                    return bad("updates.feed_cert", &e);
+                }
             }
             (Some(_), None) => {
                 return bad(
@@ -649,6 +654,14 @@ mod tests {
         assert_eq!(
             invalid_key("[updates]\nfeed_url = \"http://x/\"\nfeed_cert = \"c.pem\""),
             "updates.feed_url"
+        );
+        assert_eq!(
+            invalid_key("[updates]\nfeed_url = \"https://a b/\"\nfeed_cert = \"c.pem\""),
+            "updates.feed_url"
+        );
+        assert_eq!(
+            invalid_key("[updates]\nfeed_url = \"https://x/\"\nfeed_cert = \"/nonexistent.pem\""),
+            "updates.feed_cert"
         );
         assert_eq!(
             invalid_key("[[updates.trust]]\nmodel = \"m\"\nkey = \"00\""),

@@ -234,6 +234,22 @@ fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ru
     e.source().and_then(find_tls_error)
 }
 
+/// Whether `url` is a feed base URL the client accepts (checked at start with the config).
+pub fn check_base_url(url: &str) -> Result<(), FeedError> {
+    parse_base_url(url).map(|_| ())
+}
+
+/// Whether the PEM file at `path` can be read and holds at least one certificate to pin.
+pub fn check_pinned_cert(path: &std::path::Path) -> Result<(), String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut certs = CertificateDer::pem_slice_iter(&pem);
+    match certs.next() {
+        Some(Ok(_)) if certs.all(|c| c.is_ok()) => Ok(()),
+        Some(_) => Err(format!("{} holds a malformed PEM certificate", path.display())),
+        None => Err(format!("{} holds no PEM certificate", path.display())),
+    }
+}
+
 fn parse_base_url(url: &str) -> Result<BaseUrl, FeedError> {
     let rest = url
         .get(..8)

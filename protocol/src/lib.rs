@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod cbor;
+pub mod echo;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hex;

@@ -102,6 +102,8 @@ struct InFlight {
     dropped: Option<u64>,
     sent: Millis,
     backlog: bool,
+    /// A live measurement sent during the wait or the drain, ahead of the backlog.
+    live: bool,
 }
 
 /// The outcome of an answer to a pack.
@@ -285,7 +287,8 @@ impl Buffer {
         let dropped = (self.dropped > self.dropped_reported).then_some(self.dropped);
         let pack = self.next_pack;
         self.next_pack += 1;
-        self.in_flight = Some(InFlight { pack, ids, dropped, sent: now, backlog });
+        let live = !backlog && self.is_draining();
+        self.in_flight = Some(InFlight { pack, ids, dropped, sent: now, backlog, live });
         Some(Pack { id: pack, entries, dropped })
     }
 
@@ -305,6 +308,14 @@ impl Buffer {
         });
         if let Some(d) = f.dropped {
             self.dropped_reported = self.dropped_reported.max(d);
+        }
+        if f.live {
+            // Sent live during a drain, ahead of the backlog by design; an outage noticed
+            // while it was in flight (which made it backlog, to be kept in flash) does not
+            // make it part of the backlog's order.
+            for e in &mut entries {
+                e.backlog = false;
+            }
         }
         if f.backlog && self.mode == Mode::Draining {
             self.pace(now, rng, now.0.saturating_sub(f.sent.0));

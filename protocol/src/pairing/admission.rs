@@ -8,7 +8,7 @@
 //!    of a table lookup, so a flood from a few hosts cannot take the link's time from the
 //!    sensors' readings, which share the socket. Hosts beyond the bounded table share one
 //!    overflow bucket.
-//! 1. **Return routability** ([`HelloCookie`]). A hello is served only with an Echo option
+//! 1. **Return routability** ([`hello_cookie_key`]). A hello is served only with an Echo option
 //!    (RFC 9175 §2.2, used for reachability as in §2.4) that the hub minted for that very source
 //!    endpoint within the last one to two minutes: a stateless MAC, like DTLS's
 //!    HelloVerifyRequest (RFC 6347 §4.2.1). A hello from a spoofed address costs one HMAC and a
@@ -30,13 +30,11 @@
 //!    whose PIN was typed is never evicted.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 
-use hmac::{Hmac, KeyInit, Mac};
 use rand_core::CryptoRng;
-use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
+use crate::echo::EchoKey;
 use crate::time::Millis;
 
 /// Limits on the pairing hellos the hub serves (its P-256 work).
@@ -182,86 +180,14 @@ impl<H: Copy + Eq + Hash> RequestFilter<H> {
 // ------------------------------------------------------------------------------------------
 // Return routability
 
-/// The Echo option number (RFC 9175 §2.2).
-pub const ECHO_OPTION: u16 = 252;
 /// How long one cookie slot lasts: a cookie is accepted in its slot and the next.
 pub const COOKIE_SLOT_MS: u64 = 60_000;
-/// Length of a cookie: the slot's low byte and 8 bytes of MAC.
-pub const COOKIE_LEN: usize = 9;
 
-/// The key of the stateless hello cookies. Make a new one whenever the pairing window opens:
-/// cookies of an earlier window are void.
-pub struct HelloCookie {
-    key: [u8; 32],
-}
-
-impl core::fmt::Debug for HelloCookie {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("HelloCookie(<key>)")
-    }
-}
-
-impl HelloCookie {
-    /// A fresh key.
-    pub fn new<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
-        let mut key = [0u8; 32];
-        rng.fill_bytes(&mut key);
-        Self { key }
-    }
-
-    fn mac(&self, slot: u64, endpoint: &[u8]) -> [u8; 8] {
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        m.update(b"hearth pairing cookie");
-        m.update(&slot.to_be_bytes());
-        m.update(endpoint);
-        let full = m.finalize().into_bytes();
-        let mut out = [0u8; 8];
-        out.copy_from_slice(&full[..8]);
-        out
-    }
-
-    /// The cookie for `endpoint` (any stable encoding of the source address and port, such
-    /// as [`endpoint_bytes`]) at `now`.
-    pub fn mint(&self, now: Millis, endpoint: &[u8]) -> [u8; COOKIE_LEN] {
-        let slot = now.0 / COOKIE_SLOT_MS;
-        let mut out = [0u8; COOKIE_LEN];
-        out[0] = slot as u8;
-        out[1..].copy_from_slice(&self.mac(slot, endpoint));
-        out
-    }
-
-    /// Whether `cookie` was minted for `endpoint` in the current or the previous slot.
-    pub fn check(&self, now: Millis, endpoint: &[u8], cookie: &[u8]) -> bool {
-        let Ok(cookie) = <[u8; COOKIE_LEN]>::try_from(cookie) else { return false };
-        let current = now.0 / COOKIE_SLOT_MS;
-        let slot = if cookie[0] == current as u8 {
-            current
-        } else if current > 0 && cookie[0] == (current - 1) as u8 {
-            current - 1
-        } else {
-            return false;
-        };
-        bool::from(self.mac(slot, endpoint).ct_eq(&cookie[1..]))
-    }
-}
-
-/// A stable byte encoding of an endpoint for [`HelloCookie`]: the bytes its `Hash`
-/// implementation feeds a hasher (the same for equal values within this program, which is all a
-/// cookie needs: it is checked by the process that minted it).
-pub fn endpoint_bytes<A: Hash>(endpoint: &A) -> Vec<u8> {
-    struct Collect(Vec<u8>);
-    impl Hasher for Collect {
-        fn write(&mut self, bytes: &[u8]) {
-            self.0.extend_from_slice(bytes);
-        }
-        fn finish(&self) -> u64 {
-            0
-        }
-    }
-    let mut c = Collect(Vec::with_capacity(32));
-    endpoint.hash(&mut c);
-    c.0
+/// A fresh key for the stateless hello cookies ([`crate::echo`] values bound to the source
+/// endpoint). Make a new one whenever the pairing window opens: cookies of an earlier window
+/// are void.
+pub fn hello_cookie_key<R: CryptoRng + ?Sized>(rng: &mut R) -> EchoKey {
+    EchoKey::new(rng, b"hearth pairing cookie", COOKIE_SLOT_MS)
 }
 
 // ------------------------------------------------------------------------------------------

@@ -24,9 +24,10 @@ mod sensor;
 mod window;
 mod wire;
 
+pub use crate::echo::ECHO_OPTION;
 pub use admission::{
-    COOKIE_LEN, COOKIE_SLOT_MS, ECHO_OPTION, FILTER_HOSTS, Held, HelloBudget, HelloCookie,
-    HelloLimits, RequestFilter, Seat, Shed, endpoint_bytes, seat,
+    COOKIE_SLOT_MS, FILTER_HOSTS, Held, HelloBudget, HelloLimits, RequestFilter, Seat, Shed,
+    hello_cookie_key, seat,
 };
 pub use hub::{AwaitingPin, AwaitingSensorConfirm, HubPairing};
 pub use keys::{MaskWidth, Pin};

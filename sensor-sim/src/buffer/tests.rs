@@ -57,8 +57,13 @@ fn answer_probe(b: &mut Buffer, rng: &mut ChaCha20Rng, now: Millis) -> (Millis, 
 
 /// Answers the probe, waits, then drains with `max` per pack; returns the packs in order.
 fn drain(b: &mut Buffer, rng: &mut ChaCha20Rng, now: Millis, max: usize) -> Vec<Pack> {
-    let (mut now, waited) = answer_probe(b, rng, now);
+    let (now, waited) = answer_probe(b, rng, now);
     assert!(waited <= 500, "waits at most the jitter window");
+    drain_from(b, rng, now, max)
+}
+
+/// Drains from `now` (the wait over) with `max` per pack; returns the packs in order.
+fn drain_from(b: &mut Buffer, rng: &mut ChaCha20Rng, mut now: Millis, max: usize) -> Vec<Pack> {
     let mut packs = Vec::new();
     while let Some(p) = b.poll_pack(now, max) {
         now = now.plus(1);
@@ -142,6 +147,37 @@ fn live_readings_go_first_during_the_wait_and_the_drain() {
     b.on_answer(now.plus(1), &mut rng, first.id);
     let next = b.poll_pack(now.plus(5_000), 8).expect("next");
     assert_eq!(ids(&next), [42], "live before the rest of the backlog");
+}
+
+#[test]
+fn a_live_pack_in_flight_when_the_hub_goes_quiet_again_stays_live_and_the_backlog_in_order() {
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let (mut b, _, now) = offline_with(100, 20);
+    let (mut now, _) = answer_probe(&mut b, &mut rng, now);
+    let first = b.poll_pack(now, 8).expect("backlog");
+    assert_eq!(ids(&first), (1..=8).collect::<Vec<_>>());
+    b.push(21, sample(21), now.0 * 1000);
+    now = now.plus(1);
+    b.on_answer(now, &mut rng, first.id);
+    let live = b.poll_pack(now, 8).expect("live");
+    assert_eq!(ids(&live), [21]);
+    // The hub goes quiet with the live pack in flight: everything held is backlog now (and
+    // kept in flash), the live pack is the probe.
+    now = now.plus(1_001);
+    assert!(matches!(b.check(now, Millis(0)), Some(BufferEvent::Offline { .. })));
+    assert_eq!(b.take_unpersisted().len(), 13, "9..=21 are kept in flash");
+    let answered = b.on_answer(now, &mut rng, live.id);
+    assert_eq!(answered.entries.len(), 1);
+    assert!(!answered.entries[0].backlog, "reported as the live measurement it was sent as");
+    assert!(answered.entries[0].persisted, "the caller erases it from flash");
+    if !matches!(answered.event, Some(BufferEvent::DrainStarts { .. })) {
+        now = b.poll_timeout(now).expect("the end of the wait");
+        assert!(matches!(b.check(now, now), Some(BufferEvent::DrainStarts { .. })));
+    }
+    let packs = drain_from(&mut b, &mut rng, now, 8);
+    let rest: Vec<u64> = packs.iter().flat_map(ids).collect();
+    assert_eq!(rest, (9..=20).collect::<Vec<_>>(), "the backlog in order");
+    assert!(packs.iter().all(|p| p.entries.iter().all(|e| e.backlog)));
 }
 
 #[test]

@@ -221,8 +221,10 @@ fn a_sensor_pairs_within_10_s_while_64_hosts_flood_hellos_and_the_fleet_keeps_re
         hub.ctl(&["pair", "open", "--seconds", "120"]);
         let opened = Instant::now();
         // The owner reads the PIN on the sensor's display and types it once the hub lists it
-        // (each new attempt shows a new PIN).
-        let mut typed = String::new();
+        // (each new attempt shows a new PIN). A sensor shows a new attempt's PIN before the hub
+        // has heard of it, so the hub may still list the attempt before (its PIN is refused);
+        // the owner then types what the display shows again once the hub lists the sensor anew.
+        let mut typed = (String::new(), String::new());
         let paired = loop {
             real.drain();
             if real.seen.iter().any(|l| l.starts_with("PAIRED")) {
@@ -236,12 +238,17 @@ fn a_sensor_pairs_within_10_s_while_64_hosts_flood_hellos_and_the_fleet_keeps_re
             let (serial, pin) =
                 (field(&line, "serial").unwrap_or(""), field(&line, "pin").unwrap_or(""));
             let status = hub.ctl(&["pair", "status"]);
-            let listed = status["waiting"]
-                .as_array()
-                .is_some_and(|w| w.iter().any(|x| x["serial"] == serial));
-            if listed && typed != pin {
-                typed = pin.to_string();
-                let _ = hub.try_ctl(&["pair", "pin", pin, "--serial", serial]);
+            let listed = status["waiting"].as_array().and_then(|w| {
+                w.iter().find(|x| x["serial"] == serial).and_then(|x| x["device"].as_str())
+            });
+            if let Some(device) = listed
+                && typed != (pin.to_string(), device.to_string())
+            {
+                let r = hub.try_ctl(&["pair", "pin", pin, "--serial", serial]);
+                // Typed again after a refused attempt's back-off.
+                if !r.is_err_and(|e| e.contains("backing off")) {
+                    typed = (pin.to_string(), device.to_string());
+                }
             } else {
                 std::thread::sleep(Duration::from_millis(50));
             }

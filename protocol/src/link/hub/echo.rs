@@ -3,10 +3,10 @@
 //! hub's transport-level test of the source address, not part of the protected request).
 //!
 //! A datagram for a known kid whose class has no token left is answered with an unprotected
-//! 4.01 carrying an outer Echo. Its value is an HMAC-SHA256 (truncated to 8 bytes), under a key
-//! that never leaves this process, of the kid, the exact source endpoint and a coarse time
-//! slot: minting and checking one costs no key usage and keeps no per-source state, and only a
-//! party that receives what is sent to that endpoint can echo it. A blind (off-path) spoofer
+//! 4.01 carrying an outer Echo: a [`crate::echo`] value, under a key that never leaves this
+//! process, bound to the kid and the exact source endpoint: minting and checking one costs no
+//! key usage and keeps no per-source state, and only a party that receives what is sent to that
+//! endpoint can echo it. A blind (off-path) spoofer
 //! of the sensor's address never sees it; an on-path attacker can, and could drop the sensor's
 //! traffic anyway (the stated residual).
 //!
@@ -18,20 +18,17 @@
 
 use std::collections::HashMap;
 
-use hmac::{Hmac, KeyInit, Mac};
 use rand_core::CryptoRng;
-use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
+use crate::echo::{ECHO_LEN, EchoKey};
 use crate::oscore::Kid;
 use crate::time::Millis;
 
 use super::Endpoint;
 
-/// The Echo option number (RFC 9175 §2.2.1).
-pub const ECHO_OPTION: u16 = 252;
+pub use crate::echo::ECHO_OPTION;
 /// Length of a return-routability value.
-pub const ROUTABILITY_LEN: usize = 8;
+pub const ROUTABILITY_LEN: usize = ECHO_LEN;
 /// A value is valid in the slot it was minted in and the next one: 32 to 64 seconds.
 pub const ROUTABILITY_SLOT_MS: u64 = 32_000;
 /// Challenges to one endpoint other than the sensor's known endpoint: at most one per this.
@@ -40,9 +37,9 @@ pub const CHALLENGE_SPACING_MS: u64 = 250;
 /// with many addresses gets more challenges, each no larger than its own datagram).
 const SPACED_SOURCES: usize = 1024;
 
-/// Mints and checks return-routability values.
+/// Mints and checks return-routability values, spacing the challenges.
 pub(super) struct Routability<A> {
-    key: Option<[u8; 32]>,
+    key: Option<EchoKey>,
     sent: HashMap<A, Millis>,
 }
 
@@ -73,36 +70,24 @@ impl<A: Endpoint> Routability<A> {
             }
             self.sent.insert(from, now);
         }
-        let key = *self.key.get_or_insert_with(|| {
-            let mut k = [0u8; 32];
-            rng.fill_bytes(&mut k);
-            k
+        let key = self.key.get_or_insert_with(|| {
+            EchoKey::new(rng, b"hearth return routability", ROUTABILITY_SLOT_MS)
         });
-        Some(value(&key, kid, &from, now.0 / ROUTABILITY_SLOT_MS))
+        Some(key.mint(now, &binding(kid, &from)))
     }
 
     /// Whether `echo` is a value minted for `from` and `kid` in this slot or the one before.
     pub(super) fn valid(&self, now: Millis, kid: &Kid, from: &A, echo: &[u8]) -> bool {
-        let Some(key) = &self.key else { return false };
-        let slot = now.0 / ROUTABILITY_SLOT_MS;
-        let slots = [Some(slot), slot.checked_sub(1)];
-        slots.into_iter().flatten().any(|s| bool::from(value(key, kid, from, s).ct_eq(echo)))
+        self.key.as_ref().is_some_and(|k| k.check(now, &binding(kid, from), echo))
     }
 }
 
-fn value<A: Endpoint>(key: &[u8; 32], kid: &Kid, from: &A, slot: u64) -> [u8; ROUTABILITY_LEN] {
-    let mut input = Vec::with_capacity(48);
-    input.extend_from_slice(b"hearth return routability");
-    input.push(kid.as_bytes().len() as u8);
-    input.extend_from_slice(kid.as_bytes());
-    from.write_id(&mut input);
-    input.extend_from_slice(&slot.to_be_bytes());
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(&input);
-    let tag = mac.finalize().into_bytes();
-    let mut out = [0u8; ROUTABILITY_LEN];
-    out.copy_from_slice(&tag[..ROUTABILITY_LEN]);
+/// What a value is bound to: the sensor's kid and the exact source endpoint.
+fn binding<A: Endpoint>(kid: &Kid, from: &A) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    out.push(kid.as_bytes().len() as u8);
+    out.extend_from_slice(kid.as_bytes());
+    from.write_id(&mut out);
     out
 }
 

@@ -18,11 +18,12 @@ use std::sync::Arc;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 use rand_core::CryptoRng;
 
+use crate::echo::EchoKey;
 use crate::oscore::{
     ContextParams, KeyUsage, Kid, Lease, ReplayWindow, RequestBinding, SecurityContext,
     SenderSequence,
 };
-use crate::pairing::{FILTER_HOSTS, HelloBudget, HelloCookie, PairingWindow, RequestFilter};
+use crate::pairing::{FILTER_HOSTS, HelloBudget, PairingWindow, RequestFilter};
 use crate::time::Millis;
 
 use super::coap;
@@ -128,7 +129,7 @@ pub struct HubLink<A: Endpoint> {
     /// (source, message id, token) → response, with when it was made.
     dedup: Dedup<A>,
     /// The key of this window's hello cookies (made at the first hello after a window opens).
-    cookie: Option<HelloCookie>,
+    cookie: Option<EchoKey>,
     /// Key generations for pairing hellos, globally and per host.
     budget: HelloBudget<A::Host>,
     /// Each host's share of unprotected datagrams.

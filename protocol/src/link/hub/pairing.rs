@@ -17,9 +17,9 @@ use rand_core::CryptoRng;
 
 use crate::oscore::{Kid, ReplayWindow, SecurityContext, SenderSequence};
 use crate::pairing::{
-    AwaitingPin, AwaitingSensorConfirm, Confirm, Descriptor, ECHO_OPTION, Held, HelloCookie,
-    HubPairing, PairingError, PairingRefused, PairingWindow, Pin, Seat, SensorHello, WindowConfig,
-    endpoint_bytes, seat,
+    AwaitingPin, AwaitingSensorConfirm, Confirm, Descriptor, ECHO_OPTION, Held, HubPairing,
+    PairingError, PairingRefused, PairingWindow, Pin, Seat, SensorHello, WindowConfig,
+    hello_cookie_key, seat,
 };
 use crate::time::Millis;
 
@@ -366,8 +366,8 @@ impl<A: Endpoint> HubLink<A> {
         packet: &Packet,
         rng: &mut R,
     ) -> bool {
-        let cookie = self.cookie.get_or_insert_with(|| HelloCookie::new(rng));
-        let endpoint = endpoint_bytes(&from);
+        let cookie = self.cookie.get_or_insert_with(|| hello_cookie_key(rng));
+        let endpoint = crate::echo::endpoint_bytes(&from);
         let echo = packet.get_first_option(CoapOption::Unknown(ECHO_OPTION));
         if echo.is_some_and(|v| cookie.check(now, &endpoint, v)) {
             return true;
