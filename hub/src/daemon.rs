@@ -229,6 +229,7 @@ pub async fn start(
             crate::link::unix_now_ms(),
         )
     };
+    restore_states(&store, &directory);
     let (tx, rx) = mpsc::channel(256);
     let upstream = match &config.upstream {
         Some(cfg) => Some(crate::upstream::bridge(
@@ -530,4 +531,26 @@ fn feed_task(
             }
         }
     })
+}
+
+/// Readings read back per device to restore its current state (a few measurements' worth).
+const RESTORE_READINGS: usize = 16;
+
+/// Restores every device's last known state from the store, on a thread of its own so a
+/// large fleet does not delay serving (readings that arrive meanwhile are newer and win).
+fn restore_states(store: &HubStore, directory: &crate::devices::Directory) {
+    let (store, directory) = (store.clone(), directory.clone());
+    let spawned = std::thread::Builder::new().name("restore-state".into()).spawn(move || {
+        for d in directory.list() {
+            match store.readings(&d.info.id.kid(), RESTORE_READINGS) {
+                Ok(readings) => directory.restore_state(&d.info.id, &readings),
+                Err(e) => {
+                    tracing::warn!(device = %d.info.id, error = %e, "last state not restored")
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "last states not restored");
+    }
 }

@@ -16,3 +16,4 @@ pub mod pairing;
 pub mod senml;
 pub mod time;
 pub mod update;
+pub mod vocabulary;

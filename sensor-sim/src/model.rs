@@ -46,11 +46,13 @@ impl ModelKind {
 
     /// The descriptor sent at pairing.
     pub fn descriptor(self, serial: &str, firmware_version: u32) -> Descriptor {
-        let caps: &[&str] = match self {
-            Self::Thermostat => &["temperature", "setpoint"],
-            Self::Climate => &["temperature", "humidity"],
-            Self::Door => &["contact"],
-            Self::Button => &["button"],
+        use protocol::vocabulary::Capability as C;
+        // Battery-powered models declare their battery like any other capability.
+        let caps: &[C] = match self {
+            Self::Thermostat => &[C::Temperature, C::Setpoint],
+            Self::Climate => &[C::Temperature, C::Humidity],
+            Self::Door => &[C::Contact, C::Battery],
+            Self::Button => &[C::Button, C::Battery],
         };
         Descriptor {
             model: self.designation().into(),
@@ -58,7 +60,7 @@ impl ModelKind {
             firmware_version,
             updatable: self != Self::Button,
             verifies_signatures: self == Self::Thermostat,
-            capabilities: caps.iter().map(|c| (*c).into()).collect(),
+            capabilities: caps.iter().map(|c| c.name().into()).collect(),
             // Support periods (5.3-13): the button's has already ended.
             support_end: UnixTime(if self == Self::Button { 1_700_000_000 } else { 2_000_000_000 }),
         }
@@ -124,11 +126,14 @@ const fn flag(name: &'static str) -> Quantity {
 impl ModelKind {
     /// What this model measures, in the order of [`Sample::values`].
     pub fn quantities(self) -> &'static [Quantity] {
-        const THERMOSTAT: [Quantity; 2] = [number("temp", "Cel"), number("setpoint", "Cel")];
-        const CLIMATE: [Quantity; 2] = [number("temp", "Cel"), number("hum", "%RH")];
+        use protocol::vocabulary::Capability as C;
+        const TEMP: Quantity = number(C::Temperature.quantity(), "Cel");
+        const THERMOSTAT: [Quantity; 2] = [TEMP, number(C::Setpoint.quantity(), "Cel")];
+        const CLIMATE: [Quantity; 2] = [TEMP, number(C::Humidity.quantity(), "%RH")];
         // Battery-powered models report their level (SenML `%EL`, percent of full charge).
-        const DOOR: [Quantity; 2] = [flag("open"), number("battery", "%EL")];
-        const BUTTON: [Quantity; 2] = [flag("press"), number("battery", "%EL")];
+        const BATTERY: Quantity = number(C::Battery.quantity(), "%EL");
+        const DOOR: [Quantity; 2] = [flag(C::Contact.quantity()), BATTERY];
+        const BUTTON: [Quantity; 2] = [flag(C::Button.quantity()), BATTERY];
         match self {
             Self::Thermostat => &THERMOSTAT,
             Self::Climate => &CLIMATE,
@@ -260,5 +265,17 @@ mod tests {
         assert_eq!(door[1].name, "urn:dev:DR-00002:battery");
         assert_eq!(door[1].value, Value::Number(97.0));
         assert_eq!(door[0].value, Value::Bool(true));
+    }
+
+    #[test]
+    fn every_quantity_measured_is_a_declared_capability() {
+        use protocol::vocabulary::Capability;
+        for kind in ModelKind::ALL {
+            let declared = kind.descriptor("X-1", 1).capabilities;
+            for q in kind.quantities() {
+                let cap = Capability::of_quantity(q.name).expect("in the vocabulary");
+                assert!(declared.iter().any(|d| d == cap.name()), "{kind:?} {}", q.name);
+            }
+        }
     }
 }

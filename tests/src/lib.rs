@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod ha;
 pub mod meter;
 pub mod netfault;
 pub mod netns;

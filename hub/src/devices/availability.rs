@@ -1,6 +1,7 @@
 //! When a sensor counts as offline: no report for `missed_periods` of its reporting periods. The
-//! period is learned from the gaps between its reports (the median of the last few, so one
-//! outage or one burst of backlog does not skew it), with the configured default until learned.
+//! period is learned from the gaps between the measurement times of its reports (the median of
+//! the last few, so one outage does not skew it, and a drained backlog teaches the sensor's own
+//! rhythm rather than the drain's), with the configured default until learned.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +35,7 @@ impl Availability {
     }
 }
 
-/// Learns a device's reporting period from the arrival times of its reports.
+/// Learns a device's reporting period from the measurement times of its reports.
 #[derive(Debug, Clone, Default)]
 pub struct Period {
     last_ms: Option<u64>,
@@ -43,10 +44,13 @@ pub struct Period {
 }
 
 impl Period {
-    /// A report arrived at `now_ms` (hub clock).
+    /// A report whose newest reading was measured at `now_ms` (older ones are ignored).
     pub fn report(&mut self, now_ms: u64) {
         if let Some(last) = self.last_ms {
-            let gap = now_ms.saturating_sub(last);
+            if now_ms <= last {
+                return; // replayed or reordered: not a new measurement
+            }
+            let gap = now_ms - last;
             if gap < MIN_GAP_MS {
                 return;
             }

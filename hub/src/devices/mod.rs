@@ -351,7 +351,13 @@ impl Directory {
         let publish = {
             let mut inner = self.write();
             let Some(e) = inner.devices.get_mut(device) else { return };
-            e.period.report(now_ms.max(0) as u64);
+            // The period is learned from when the sensor measured, not when reports arrived:
+            // a backlog drained after an outage arrives faster than the sensor measures, and
+            // learning from it would shrink the allowance until the next live report is
+            // "late" (an offline flap right after the drain).
+            if let Some(measured) = readings.iter().map(|r| r.time.0).max() {
+                e.period.report(measured.max(0) as u64);
+            }
             e.profile.last_seen_ms = Some(now_ms);
             for r in readings {
                 let short = r.name.rsplit(':').next().unwrap_or(&r.name);
@@ -386,6 +392,28 @@ impl Directory {
                 })
                 .collect();
             self.notify(Notice::Readings { device: *device, readings });
+        }
+    }
+
+    /// Restores `device`'s current state from its newest stored `readings` (at start: the
+    /// directory begins empty); a value received since is newer and wins. Announces the device
+    /// as changed if anything was restored, so the outgoing paths publish it.
+    pub fn restore_state(&self, device: &DeviceId, readings: &[StoredReading]) {
+        let restored = {
+            let mut inner = self.write();
+            let Some(e) = inner.devices.get_mut(device) else { return };
+            let mut restored = false;
+            for r in readings {
+                let short = r.name.rsplit(':').next().unwrap_or(&r.name);
+                if e.state.get(short).is_none_or(|old| old.time_ms < r.time_ms) {
+                    e.state.insert(short.to_owned(), r.clone());
+                    restored = true;
+                }
+            }
+            restored
+        };
+        if restored {
+            self.notify(Notice::Changed { device: *device });
         }
     }
 

@@ -148,3 +148,21 @@ fn backfill_is_marked_and_state_keeps_the_newest_value() {
     d.readings(&id, &[reading(100_001, "battery", 87.0)], 100_001);
     assert_eq!(d.get(&id).expect("dev").battery, Some(87.0));
 }
+
+#[test]
+fn a_drained_backlog_teaches_the_sensors_period_not_the_drains_so_nothing_flaps_after_it() {
+    let d = Directory::new(vec![info(1, "m")], None, CONFIG, 0);
+    let id = info(1, "m").id;
+    // Measured every second from t=0 to t=29 s (an outage), drained in 300 ms steps after.
+    let mut now = 30_000;
+    for t in (0..30).map(|i| i * 1_000) {
+        d.readings(&id, &[reading(t, "temperature", 20.0)], now);
+        now += 300;
+    }
+    assert_eq!(d.get(&id).expect("dev").period_ms, 1_000);
+    // The next live report comes a period later: 3 periods have not passed since the drain.
+    d.tick(now + 2_500);
+    assert_eq!(d.get(&id).expect("dev").availability, Availability::Online);
+    d.tick(now + 3_001);
+    assert_eq!(d.get(&id).expect("dev").availability, Availability::Offline);
+}

@@ -40,6 +40,8 @@ struct Published {
     configs: Vec<String>,
     /// Time of the retained state, Unix ms.
     state_ms: Option<i64>,
+    /// What the published configs were made from ([`config_key`]); a change re-syncs them.
+    config_key: Option<u64>,
     update: Option<Value>,
 }
 
@@ -62,6 +64,16 @@ struct Bridge {
     republish_due: Option<tokio::time::Instant>,
 }
 
+/// A digest of what a device's discovery configs are made from (name, room, model, firmware,
+/// capabilities, availability): when it changes, the configs are published again.
+fn config_key(d: &DeviceSnapshot) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&d.name, &d.room, &d.info.model, &d.info.serial, d.info.firmware_version).hash(&mut h);
+    (&d.info.capabilities, d.info.updatable, d.availability.as_str()).hash(&mut h);
+    h.finish()
+}
+
 /// Starts the outgoing thread (it owns the link's sender, whose sends may block) and returns the
 /// bridge task.
 pub(crate) fn start(
@@ -74,7 +86,11 @@ pub(crate) fn start(
 ) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     let (mut tx, rx) = link;
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
-    let filters = ["hearth/+/set".to_owned(), format!("{prefix}/status")];
+    let filters = [
+        "hearth/+/set".to_owned(),
+        "hearth/+/update/install".to_owned(),
+        format!("{prefix}/status"),
+    ];
     std::thread::Builder::new().name("mqtt-bridge-out".into()).spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else { return };
         rt.block_on(async move {
@@ -218,14 +234,20 @@ impl Bridge {
         for c in configs {
             self.publish_json(c.topic, &c.payload, true);
         }
-        let state = topics::snapshot_state(d);
         let entry = self.devices.entry(id).or_default();
         entry.configs = topics;
-        if let Some(s) = state
-            && entry.state_ms.is_none_or(|t| s.time_ms >= t)
-        {
+        entry.config_key = Some(config_key(d));
+        self.publish_state(d);
+    }
+
+    /// The device's current state (the newest value of each quantity), retained, if it is newer
+    /// than what was published.
+    fn publish_state(&mut self, d: &DeviceSnapshot) {
+        let Some(s) = topics::snapshot_state(d) else { return };
+        let entry = self.devices.entry(d.info.id).or_default();
+        if entry.state_ms.is_none_or(|t| s.time_ms > t) {
             entry.state_ms = Some(s.time_ms);
-            self.publish_json(topics::state(&id), &s.payload, true);
+            self.publish_json(topics::state(&d.info.id), &s.payload, true);
         }
     }
 
@@ -260,13 +282,23 @@ impl Bridge {
                 }
                 let Some(d) = self.api.directory.get(&device) else { return };
                 let entry = self.devices.entry(device).or_default();
-                let messages = topics::state_messages(&d, &readings);
-                // Only the newest state is retained; backfill older than it is published (with
-                // its original time) without replacing it.
-                let (flags, retained) = topics::retain_flags(entry.state_ms, &messages);
-                entry.state_ms = retained;
-                for (m, retain) in messages.into_iter().zip(flags) {
-                    self.publish_json(topics::state(&device), &m.payload, retain);
+                if entry.config_key != Some(config_key(&d)) {
+                    // Its config set changed (or was never published): configs and state.
+                    self.sync(&d);
+                } else {
+                    self.publish_state(&d);
+                }
+                // Only the newest value of each quantity drives `…/state`; readings replayed
+                // from an outage buffer, or older than the state, go to `…/history` with their
+                // original time (they are in Hearth's history and upstream anyway).
+                for e in topics::press_events(&readings) {
+                    self.publish_json(topics::event(&device), &e, false);
+                }
+                let current = d.state.values().map(|r| r.time_ms).max();
+                for m in topics::state_messages(&d, &readings) {
+                    if m.backfill || current.is_some_and(|t| m.time_ms < t) {
+                        self.publish_json(topics::history(&device), &m.payload, false);
+                    }
                 }
             }
             Notice::Availability { device, availability } => {
@@ -293,6 +325,14 @@ impl Bridge {
             if payload == b"online" {
                 self.birth(tokio::time::Instant::now());
             }
+            return;
+        }
+        if let Some(device) = topics::parse_update_install(topic) {
+            let v = match self.install(device, payload).await {
+                Ok(version) => json!({"status": "approved", "version": version}),
+                Err(reason) => json!({"status": "refused", "reason": reason}),
+            };
+            self.publish_json(topics::update_result(&device), &v, false);
             return;
         }
         let Some(device) = topics::parse_set(topic) else { return };
@@ -352,6 +392,25 @@ impl Bridge {
         }
     }
 
+    /// Home Assistant's `update` entity asked to install: the owner approves the release the
+    /// entity shows for this device (the same approval as `hub ctl update approve`).
+    async fn install(&mut self, device: DeviceId, payload: &[u8]) -> Result<u32, String> {
+        if payload != b"install" {
+            return Err("payload must be \"install\"".into());
+        }
+        if !self.api.directory.outgoing_allowed(&device) {
+            return Err("no such device, or it is isolated".into());
+        }
+        let view = self.api.updates().await.map_err(|e| e.to_string())?;
+        let Some(version) = view.devices.iter().find(|d| d.id == device).and_then(|d| d.available)
+        else {
+            return Err("no update available for this device".into());
+        };
+        self.api.update_approve(Some(device), None, version).await.map_err(|e| e.to_string())?;
+        tracing::info!(%device, version, "update approved from MQTT (Home Assistant)");
+        Ok(version)
+    }
+
     fn security(&mut self, e: &MqttEvent) {
         if let Ok(v) = serde_json::to_value(e) {
             self.publish_json(topics::HUB_SECURITY.into(), &v, false);
@@ -390,7 +449,18 @@ impl Bridge {
                 Some(v) => {
                     self.installed.insert(id, v.installed);
                     let progress = v.delivering.map(|(_, done, total)| (done, total));
-                    discovery::update_state(v.installed, v.available, progress)
+                    let fixes = view
+                        .releases
+                        .iter()
+                        .find(|r| r.model == v.model && Some(r.version) == v.available)
+                        .map(|r| r.risks_mitigated.clone());
+                    let summary = match (fixes, &v.waiting_for) {
+                        (Some(f), Some(w)) => Some(format!("{f}\n\nNot installed yet: {w}")),
+                        (Some(f), None) => Some(f),
+                        (None, Some(w)) => Some(format!("Not installed yet: {w}")),
+                        (None, None) => None,
+                    };
+                    discovery::update_state(v.installed, v.available, progress, summary)
                 }
                 None => {
                     let installed = match self.installed.remove(&id) {
@@ -406,7 +476,7 @@ impl Bridge {
                             .and_then(|u| u["installed_version"].as_str()?.parse().ok())
                             .unwrap_or(d.info.firmware_version),
                     };
-                    discovery::update_state(installed, None, None)
+                    discovery::update_state(installed, None, None, None)
                 }
             };
             let entry = self.devices.entry(id).or_default();

@@ -1,10 +1,12 @@
 //! Home Assistant MQTT discovery: one retained config per entity under
 //! `<prefix>/<component>/hearth_<device>/<object>/config` (sensor, binary_sensor, climate,
-//! update), each with `unique_id`, a `device` block and an availability topic. Only devices whose
+//! update, event), each with `unique_id`, a `device` block and an availability topic. Only devices whose
 //! data may leave the hub get configs (isolated ones have theirs removed: TR 103 621 6.23), and
 //! the device block names the model and firmware (EN 303 645 5.3-16).
 
 use serde_json::{Value, json};
+
+use protocol::vocabulary::{Capability, capabilities};
 
 use super::topics;
 use crate::devices::DeviceSnapshot;
@@ -32,6 +34,8 @@ pub enum Component {
     Climate,
     /// Firmware.
     Update,
+    /// Button presses.
+    Event,
 }
 
 impl Component {
@@ -42,6 +46,7 @@ impl Component {
             Self::BinarySensor => "binary_sensor",
             Self::Climate => "climate",
             Self::Update => "update",
+            Self::Event => "event",
         }
     }
 }
@@ -51,21 +56,26 @@ pub fn config_topic(prefix: &str, component: Component, device: &str, object: &s
     format!("{prefix}/{}/hearth_{device}/{object}/config", component.as_str())
 }
 
-/// Every entity config for `device` (none for an isolated device).
+/// Every entity config for `device` (none for an isolated device): one or more entities per
+/// capability its model declared at pairing (`protocol::vocabulary`), the firmware `update`
+/// entity if it can be updated — never depending on which readings have arrived.
 pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
     if device.availability == crate::devices::Availability::Isolated {
         return Vec::new();
     }
     let id = device.info.id.to_string();
     let state = topics::state(&device.info.id);
-    let caps = &device.info.capabilities;
-    let has = |c: &str| caps.iter().any(|x| x == c);
+    let caps = capabilities(&device.info.capabilities);
     let mut out = Vec::new();
     let mut entity = |component: Component, object: &str, name: &str, extra: Value| {
+        let object_id = format!("hearth_{id}_{object}");
         let mut payload = json!({
             "name": name,
-            "unique_id": format!("hearth_{id}_{object}"),
-            "object_id": format!("hearth_{id}_{object}"),
+            "unique_id": object_id,
+            // `object_id` for HA before 2025.10, `default_entity_id` from then on (HA 2024.3's
+            // schemas drop the key they do not know).
+            "object_id": object_id,
+            "default_entity_id": format!("{}.{object_id}", component.as_str()),
             "availability_topic": topics::availability(&device.info.id),
             "payload_available": "online",
             "payload_not_available": "offline",
@@ -77,97 +87,111 @@ pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
         }
         out.push(EntityConfig { topic: config_topic(prefix, component, &id, object), payload });
     };
-    let thermostat = has("setpoint");
-    // A thermostat's climate entity shows the temperature too; the sensor keeps its history.
-    if has("temperature") || thermostat {
-        entity(
-            Component::Sensor,
-            "temperature",
-            "Temperature",
-            json!({
-                "state_topic": state,
-                "device_class": "temperature",
-                "unit_of_measurement": "°C",
-                "state_class": "measurement",
-                "value_template": "{{ value_json['values']['temp'] }}",
-            }),
-        );
-    }
-    if thermostat {
-        entity(
-            Component::Climate,
-            "thermostat",
-            "Thermostat",
-            json!({
-                "modes": ["heat"],
-                "current_temperature_topic": state,
-                "current_temperature_template": "{{ value_json['values']['temp'] }}",
-                "temperature_state_topic": state,
-                "temperature_state_template": "{{ value_json['values']['setpoint'] }}",
-                "temperature_command_topic": topics::set(&device.info.id),
-                "min_temp": *topics::SETPOINT_RANGE.start(),
-                "max_temp": *topics::SETPOINT_RANGE.end(),
-                "temp_step": 0.5,
-                "temperature_unit": "C",
-                "precision": 0.1,
-            }),
-        );
-    }
-    if has("humidity") {
-        entity(
-            Component::Sensor,
-            "humidity",
-            "Humidity",
-            json!({
-                "state_topic": state,
-                "device_class": "humidity",
-                "unit_of_measurement": "%",
-                "state_class": "measurement",
-                "value_template": "{{ value_json['values']['hum'] }}",
-            }),
-        );
-    }
-    if has("battery") || device.battery.is_some() {
-        entity(
-            Component::Sensor,
-            "battery",
-            "Battery",
-            json!({
-                "state_topic": state,
-                "device_class": "battery",
-                "unit_of_measurement": "%",
-                "state_class": "measurement",
-                "entity_category": "diagnostic",
-                "value_template": "{{ value_json['battery'] }}",
-            }),
-        );
-    }
-    if has("contact") {
-        entity(
-            Component::BinarySensor,
-            "contact",
-            "Door",
-            json!({
-                "state_topic": state,
-                "device_class": "door",
-                "value_template": "{{ 'ON' if value_json['values']['open'] else 'OFF' }}",
-                "payload_on": "ON",
-                "payload_off": "OFF",
-            }),
-        );
-    }
-    if has("button") {
-        entity(
-            Component::BinarySensor,
-            "button",
-            "Button",
-            json!({
-                "state_topic": state,
-                "value_template": "{{ 'ON' if value_json['values']['press'] else 'OFF' }}",
-                "payload_on": "ON",
-                "payload_off": "OFF",
-            }),
-        );
+    // A quantity's value in the state message; `None` (HA: unknown) until one was measured.
+    let value = |c: Capability| format!("{{{{ value_json['values'].get('{}') }}}}", c.quantity());
+    for cap in caps {
+        match cap {
+            Capability::Temperature => entity(
+                Component::Sensor,
+                "temperature",
+                "Temperature",
+                json!({
+                    "state_topic": state,
+                    "device_class": "temperature",
+                    "unit_of_measurement": "°C",
+                    "state_class": "measurement",
+                    "value_template": value(cap),
+                }),
+            ),
+            Capability::Humidity => entity(
+                Component::Sensor,
+                "humidity",
+                "Humidity",
+                json!({
+                    "state_topic": state,
+                    "device_class": "humidity",
+                    "unit_of_measurement": "%",
+                    "state_class": "measurement",
+                    "value_template": value(cap),
+                }),
+            ),
+            Capability::Setpoint => {
+                entity(
+                    Component::Climate,
+                    "thermostat",
+                    "Thermostat",
+                    json!({
+                        // Heating only: the mode is always `heat`, and HA shows it as such.
+                        "modes": ["heat"],
+                        "mode_state_topic": state,
+                        "mode_state_template": "heat",
+                        "current_temperature_topic": state,
+                        "current_temperature_template": value(Capability::Temperature),
+                        "temperature_state_topic": state,
+                        "temperature_state_template": value(Capability::Setpoint),
+                        "temperature_command_topic": topics::set(&device.info.id),
+                        "min_temp": *topics::SETPOINT_RANGE.start(),
+                        "max_temp": *topics::SETPOINT_RANGE.end(),
+                        "temp_step": 0.5,
+                        "temperature_unit": "C",
+                        "precision": 0.1,
+                    }),
+                );
+                // What became of the last command: a refusal is visible, with its reason.
+                entity(
+                    Component::Sensor,
+                    "command",
+                    "Last command",
+                    json!({
+                        "state_topic": topics::set_result(&device.info.id),
+                        "value_template": "{{ value_json['status'] }}",
+                        "json_attributes_topic": topics::set_result(&device.info.id),
+                        "entity_category": "diagnostic",
+                        "icon": "mdi:message-reply-text",
+                    }),
+                );
+            }
+            Capability::Contact => entity(
+                Component::BinarySensor,
+                "contact",
+                "Door",
+                json!({
+                    "state_topic": state,
+                    "device_class": "door",
+                    "value_template": format!(
+                        "{{{{ {{true: 'ON', false: 'OFF'}}.get(value_json['values'].get('{}'), 'None') }}}}",
+                        cap.quantity()
+                    ),
+                    "payload_on": "ON",
+                    "payload_off": "OFF",
+                }),
+            ),
+            // Every press is an event (HA's `event` entity, usable as a trigger), not a state
+            // sampled at reports.
+            Capability::Button => entity(
+                Component::Event,
+                "button",
+                "Button",
+                json!({
+                    "state_topic": topics::event(&device.info.id),
+                    "event_types": ["press"],
+                    "device_class": "button",
+                }),
+            ),
+            Capability::Battery => entity(
+                Component::Sensor,
+                "battery",
+                "Battery",
+                json!({
+                    "state_topic": state,
+                    "device_class": "battery",
+                    "unit_of_measurement": "%",
+                    "state_class": "measurement",
+                    "entity_category": "diagnostic",
+                    "value_template": value(cap),
+                }),
+            ),
+        }
     }
     if device.info.updatable {
         entity(
@@ -176,6 +200,9 @@ pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
             "Firmware",
             json!({
                 "state_topic": topics::update(&device.info.id),
+                // Install = the owner approves the release shown for this device.
+                "command_topic": topics::update_install(&device.info.id),
+                "payload_install": "install",
                 "device_class": "firmware",
                 "entity_category": "diagnostic",
             }),
@@ -199,17 +226,30 @@ fn device_block(device: &DeviceSnapshot) -> Value {
     d
 }
 
-/// The `update` entity's state: installed and latest version, and progress while delivering.
-pub fn update_state(installed: u32, latest: Option<u32>, progress: Option<(u32, u32)>) -> Value {
+/// The `update` entity's state: installed and latest version, progress while delivering, and
+/// what the release fixes and why it is not being installed (if so) as its summary.
+pub fn update_state(
+    installed: u32,
+    latest: Option<u32>,
+    progress: Option<(u32, u32)>,
+    summary: Option<String>,
+) -> Value {
     let percent = progress
         .filter(|(_, total)| *total > 0)
         .map(|(done, total)| (u64::from(done.min(total)) * 100 / u64::from(total)) as u32);
-    json!({
+    let latest = latest.unwrap_or(installed).max(installed);
+    let mut v = json!({
         "installed_version": installed.to_string(),
-        "latest_version": latest.unwrap_or(installed).max(installed).to_string(),
+        "latest_version": latest.to_string(),
+        "title": format!("Firmware v{latest}"),
         "in_progress": progress.is_some(),
         "update_percentage": percent,
-    })
+    });
+    if let Some(s) = summary {
+        // HA shows at most 255 characters.
+        v["release_summary"] = json!(s.chars().take(255).collect::<String>());
+    }
+    v
 }
 
 /// Keys Home Assistant's MQTT discovery documentation requires (or that Hearth's entities
@@ -219,6 +259,7 @@ pub fn required_keys(component: &str) -> &'static [&'static str] {
         "sensor" | "binary_sensor" => &["state_topic"],
         "climate" => &["temperature_command_topic", "modes"],
         "update" => &["state_topic"],
+        "event" => &["state_topic", "event_types"],
         _ => &[],
     }
 }
@@ -243,7 +284,7 @@ pub fn schema_problems(topic: &str, payload: &Value) -> Vec<String> {
     if !id_ok(node) || !id_ok(object) {
         problems.push(format!("node_id/object_id {node}/{object} has characters HA refuses"));
     }
-    if !matches!(component, "sensor" | "binary_sensor" | "climate" | "update") {
+    if !matches!(component, "sensor" | "binary_sensor" | "climate" | "update" | "event") {
         problems.push(format!("unexpected component {component}"));
     }
     for k in required_keys(component) {
@@ -370,12 +411,13 @@ mod tests {
 
     #[test]
     fn update_state_reports_versions_and_progress() {
-        let s = update_state(3, Some(4), Some((5, 20)));
+        let s = update_state(3, Some(4), Some((5, 20)), Some("Fixes it.".into()));
         assert_eq!(s["installed_version"], "3");
         assert_eq!(s["latest_version"], "4");
         assert_eq!(s["in_progress"], true);
         assert_eq!(s["update_percentage"], 25);
-        let idle = update_state(4, None, None);
+        assert_eq!(s["release_summary"], "Fixes it.");
+        let idle = update_state(4, None, None, None);
         assert_eq!(idle["latest_version"], "4");
         assert_eq!(idle["update_percentage"], Value::Null);
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use admission::slots::{Slot, Slots};
 use bytes::BytesMut;
-use rumqttd::protocol::{Connect, LastWill, Login, Packet, Protocol, v4::V4};
+use rumqttd::protocol::{Connect, LastWill, Login, Packet, Protocol, Unsubscribe, v4::V4};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -33,6 +33,8 @@ const IDENTIFIER_REJECTED: u8 = 0x02;
 const SERVER_UNAVAILABLE: u8 = 0x03;
 const BAD_USER_OR_PASSWORD: u8 = 0x04;
 const NOT_AUTHORIZED: u8 = 0x05;
+/// How long the broker has to close a connection whose client sent DISCONNECT.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 /// Longest client id accepted, bytes (MQTT 3.1.1 requires servers to take 1 to 23 characters).
 const MAX_CLIENT_ID: usize = 256;
 
@@ -100,6 +102,8 @@ impl Tickets {
 enum Refusal {
     /// Closed cleanly.
     Closed,
+    /// The client sent DISCONNECT (forwarded).
+    Disconnected,
     /// Not MQTT 3.1.1 framing or packets.
     Malformed(String),
     /// A socket error.
@@ -187,13 +191,19 @@ impl Front {
             // A client that sent part of a packet and then nothing until the deadline.
             Err(_) if !buf.is_empty() => return self.auth.malformed(ip, "incomplete CONNECT"),
             Err(_) => return slot.count_slow(),
-            Ok(Err(Refusal::Closed | Refusal::Io)) => return,
+            Ok(Err(Refusal::Closed | Refusal::Io | Refusal::Disconnected)) => return,
         };
+        let mqtt31 = protocol_name(&frame) == Some(b"MQIsdp".as_slice());
         let parsed = V4.read_mut(&mut BytesMut::from(&frame[..]), self.max_packet);
         frame.as_mut().fill(0); // it holds the password
         let (connect, will, login) = match parsed {
             Ok(Packet::Connect(connect, _, will, _, login)) => (connect, will, login),
             Ok(_) => return self.auth.malformed(ip, "first packet is not CONNECT"),
+            Err(rumqttd::protocol::Error::InvalidProtocol) if mqtt31 => {
+                // MQTT 3.1 names its protocol MQIsdp: a client of another version, not garbage.
+                tracing::debug!(%ip, "MQTT 3.1 client refused: only MQTT 3.1.1 is served");
+                return connack(&mut client, UNACCEPTABLE_PROTOCOL).await;
+            }
             Err(rumqttd::protocol::Error::InvalidProtocolLevel(level)) => {
                 // A client of another MQTT version: refuse it the way 3.1.1 says.
                 tracing::debug!(%ip, level, "MQTT client refused: only MQTT 3.1.1 is served");
@@ -274,7 +284,8 @@ impl Front {
     }
 
     /// Forwards both ways until either side closes: client packets one frame at a time (each
-    /// PUBLISH checked), broker bytes as they come (acknowledged at once).
+    /// PUBLISH checked, each SUBSCRIBE given its retained messages again: [`Resubscribe`]),
+    /// broker packets whole frames at a time (acknowledged at once).
     async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         client: S,
@@ -285,6 +296,7 @@ impl Front {
     ) {
         let (mut client_rx, mut client_tx) = tokio::io::split(client);
         let (mut up_rx, mut up_tx) = upstream.into_split();
+        let resubscribe = Mutex::new(Resubscribe::default());
         let inbound = async {
             let mut out = BytesMut::with_capacity(4096);
             loop {
@@ -296,7 +308,14 @@ impl Front {
                             if let Err(why) = self.allowed(&frame, user) {
                                 return Some(why);
                             }
+                            let before = lock(&resubscribe).client_packet(&frame, self.max_packet);
+                            out.extend_from_slice(&before);
                             out.extend_from_slice(&frame);
+                            if frame.first() == Some(&0xE0) {
+                                // DISCONNECT: nothing after it counts.
+                                let _ = up_tx.write_all(&out).await;
+                                return Some(Refusal::Disconnected);
+                            }
                         }
                         Err(rumqttd::protocol::Error::InsufficientBytes(_)) => break,
                         Err(e) => return Some(Refusal::Malformed(format!("{e:?}"))),
@@ -316,24 +335,52 @@ impl Front {
         };
         let outbound = async {
             let mut b = BytesMut::with_capacity(16 * 1024);
+            let mut out = BytesMut::with_capacity(16 * 1024);
+            // The broker's packets carry what clients published, within the same limit.
+            let max = self.max_packet.saturating_add(64 * 1024);
             loop {
-                b.clear();
                 match up_rx.read_buf(&mut b).await {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 }
                 quickack(up_rx.as_ref());
-                if client_tx.write_all(&b).await.is_err() || client_tx.flush().await.is_err() {
-                    return;
+                loop {
+                    match rumqttd::protocol::v4::check(b.iter(), max) {
+                        Ok(h) => {
+                            let frame = b.split_to(h.frame_length());
+                            if lock(&resubscribe).broker_packet(&frame) {
+                                out.extend_from_slice(&frame);
+                            }
+                        }
+                        Err(rumqttd::protocol::Error::InsufficientBytes(_)) => break,
+                        Err(e) => {
+                            tracing::warn!(error = ?e, "MQTT: the broker sent a packet the front cannot frame");
+                            return;
+                        }
+                    }
+                }
+                if !out.is_empty() {
+                    if client_tx.write_all(&out).await.is_err() || client_tx.flush().await.is_err()
+                    {
+                        return;
+                    }
+                    out.clear();
                 }
             }
         };
+        tokio::pin!(inbound, outbound);
         tokio::select! {
-            refusal = inbound => match refusal {
+            refusal = &mut inbound => match refusal {
                 Some(Refusal::Malformed(what)) => self.auth.malformed(ip, &what),
+                Some(Refusal::Disconnected) => {
+                    // The broker closes the connection once it has handled the DISCONNECT;
+                    // closing it first would make rumqttd handle the disconnection twice
+                    // (and log an ERROR for a normal disconnect).
+                    let _ = tokio::time::timeout(DISCONNECT_GRACE, &mut outbound).await;
+                }
                 Some(Refusal::Closed | Refusal::Io) | None => {}
             },
-            () = outbound => {}
+            () = &mut outbound => {}
         }
     }
 
@@ -355,6 +402,90 @@ impl Front {
         }
         self.auth.denied_publish(user, topic);
         Err(Refusal::Closed)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Retained messages again on a repeated SUBSCRIBE (MQTT 3.1.1 [MQTT-3.8.4-3]), which rumqttd
+/// 0.20 does not do itself (it keeps the existing subscription and sends nothing): the front
+/// tracks each connection's filters and, before forwarding a SUBSCRIBE that repeats some,
+/// sends the broker an UNSUBSCRIBE of those with the same packet id, so the broker treats the
+/// SUBSCRIBE as new and sends their retained messages. Both go in one write, which the broker
+/// handles together; the UNSUBACKs it answers with are not the client's and are dropped (the
+/// client cannot be waiting for an UNSUBACK with that id: its SUBSCRIBE uses it until the
+/// SUBACK, which ends the dropping).
+#[derive(Debug, Default)]
+struct Resubscribe {
+    /// The connection's filters (as subscribed; shared subscriptions get no retained messages).
+    filters: std::collections::HashSet<String>,
+    /// Packet ids of SUBSCRIBEs preceded by an UNSUBSCRIBE, until their SUBACK.
+    pending: Vec<u16>,
+}
+
+impl Resubscribe {
+    /// A client packet about to be forwarded: what to send the broker before it.
+    fn client_packet(&mut self, frame: &[u8], max: usize) -> BytesMut {
+        let mut before = BytesMut::new();
+        match frame.first().map(|b| b >> 4) {
+            Some(8) => {
+                let Ok(Packet::Subscribe(sub, _)) = V4.read_mut(&mut BytesMut::from(frame), max)
+                else {
+                    return before; // the broker refuses it
+                };
+                let again: Vec<String> = sub
+                    .filters
+                    .iter()
+                    .map(|f| f.path.clone())
+                    .filter(|p| self.filters.contains(p) && !p.starts_with("$share/"))
+                    .collect();
+                self.filters.extend(sub.filters.into_iter().map(|f| f.path));
+                if !again.is_empty() {
+                    let unsubscribe = Unsubscribe { pkid: sub.pkid, filters: again };
+                    if V4.write(Packet::Unsubscribe(unsubscribe, None), &mut before).is_ok() {
+                        self.pending.push(sub.pkid);
+                    } else {
+                        before.clear();
+                    }
+                }
+            }
+            Some(10) => {
+                if let Ok(Packet::Unsubscribe(unsub, _)) =
+                    V4.read_mut(&mut BytesMut::from(frame), max)
+                {
+                    for f in &unsub.filters {
+                        self.filters.remove(f);
+                    }
+                }
+            }
+            _ => {}
+        }
+        before
+    }
+
+    /// A broker packet: whether it goes to the client (not an UNSUBACK the front caused).
+    fn broker_packet(&mut self, frame: &[u8]) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let kind = frame.first().map_or(0, |b| b >> 4);
+        if kind != 9 && kind != 11 {
+            return true;
+        }
+        // The packet id follows the fixed header (its remaining length takes 1 to 4 bytes).
+        let header = 2 + frame.iter().skip(1).take(3).take_while(|b| **b & 0x80 != 0).count();
+        let Some(&[hi, lo]) = frame.get(header..header + 2) else { return true };
+        let pkid = u16::from_be_bytes([hi, lo]);
+        let Some(at) = self.pending.iter().position(|p| *p == pkid) else { return true };
+        match kind {
+            11 => false,
+            _ => {
+                self.pending.swap_remove(at);
+                true
+            }
+        }
     }
 }
 
@@ -384,6 +515,14 @@ fn check_client_id(connect: &Connect) -> Result<(), &'static str> {
 /// session) becomes `<user>:~<random>`.
 fn broker_client_id(user: &str, id: &str, random: &str) -> String {
     if id.is_empty() { format!("{user}:~{random}") } else { format!("{user}:{id}") }
+}
+
+/// The protocol name a CONNECT frame carries (after the fixed header's remaining length).
+fn protocol_name(frame: &[u8]) -> Option<&[u8]> {
+    let header = 2 + frame.iter().skip(1).take(3).take_while(|b| **b & 0x80 != 0).count();
+    let len = frame.get(header..header + 2)?;
+    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    frame.get(header + 2..header + 2 + len)
 }
 
 /// Reads the client's first MQTT frame (CONNECT) into `buf` and splits it off.
@@ -444,6 +583,20 @@ mod tests {
     }
 
     #[test]
+    fn mqtt_31_is_recognized_by_its_protocol_name() {
+        let v31 = [
+            0x10, 0x11, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 2, 0, 60, 0, 3, b'a', b'b',
+            b'c',
+        ];
+        assert_eq!(protocol_name(&v31), Some(b"MQIsdp".as_slice()));
+        assert_eq!(protocol_name(&[0x10, 0x02, 0, 9]), None, "truncated");
+        let mut v311 = BytesMut::new();
+        V4.write(Packet::Connect(connect("x", true), None, None, None, None), &mut v311)
+            .expect("connect");
+        assert_eq!(protocol_name(&v311), Some(b"MQTT".as_slice()));
+    }
+
+    #[test]
     fn client_id_edges() {
         assert!(check_client_id(&connect("paho-ha", false)).is_ok());
         assert!(check_client_id(&connect(&"x".repeat(MAX_CLIENT_ID), false)).is_ok());
@@ -455,6 +608,58 @@ mod tests {
         }
         let reserved = format!("{}abc", super::super::RESERVED_CLIENT_PREFIX);
         assert!(check_client_id(&connect(&reserved, true)).is_err());
+    }
+
+    #[test]
+    fn a_repeated_subscribe_is_preceded_by_an_unsubscribe_whose_acks_the_client_never_sees() {
+        use rumqttd::protocol::{
+            Filter, QoS, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+        };
+        let write = |p: Packet| {
+            let mut b = BytesMut::new();
+            V4.write(p, &mut b).expect("write");
+            b
+        };
+        let filter = |path: &str| Filter {
+            path: path.into(),
+            qos: QoS::AtMostOnce,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+        };
+        let subscribe = |pkid, paths: &[&str]| {
+            write(Packet::Subscribe(
+                Subscribe { pkid, filters: paths.iter().map(|p| filter(p)).collect() },
+                None,
+            ))
+        };
+        let suback = |pkid| {
+            write(Packet::SubAck(
+                SubAck { pkid, return_codes: vec![SubscribeReasonCode::QoS0] },
+                None,
+            ))
+        };
+        let unsuback = |pkid| write(Packet::UnsubAck(UnsubAck { pkid, reasons: vec![] }, None));
+        let mut r = Resubscribe::default();
+        assert!(r.client_packet(&subscribe(1, &["a/#", "b"]), 1024).is_empty(), "new");
+        assert!(r.broker_packet(&suback(1)));
+        let before = r.client_packet(&subscribe(2, &["b", "c"]), 1024);
+        let parsed = V4.read_mut(&mut before.clone(), 1024).expect("unsubscribe");
+        assert_eq!(
+            parsed,
+            Packet::Unsubscribe(Unsubscribe { pkid: 2, filters: vec!["b".into()] }, None)
+        );
+        assert!(!r.broker_packet(&unsuback(2)), "the front's UNSUBACK is dropped");
+        assert!(r.broker_packet(&unsuback(7)), "another id goes through");
+        assert!(r.broker_packet(&suback(2)));
+        assert!(r.broker_packet(&unsuback(2)), "after the SUBACK, the client's own");
+        // After the client unsubscribes, subscribing again is new.
+        r.client_packet(
+            &write(Packet::Unsubscribe(Unsubscribe { pkid: 3, filters: vec!["b".into()] }, None)),
+            1024,
+        );
+        assert!(r.client_packet(&subscribe(4, &["b"]), 1024).is_empty());
+        assert!(!r.client_packet(&subscribe(5, &["a/#"]), 1024).is_empty());
     }
 
     #[test]

@@ -31,6 +31,36 @@ pub fn availability(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/availability")
 }
 
+/// `hearth/<device>/history`: readings that do not drive the current state (replayed from an
+/// outage buffer, or older than it), with their original time; never retained.
+pub fn history(d: &DeviceId) -> String {
+    format!("{ROOT}/{d}/history")
+}
+
+/// `hearth/<device>/event`: one message per button press (`{"event_type": "press", ...}`),
+/// never retained.
+pub fn event(d: &DeviceId) -> String {
+    format!("{ROOT}/{d}/event")
+}
+
+/// The events in `readings` (live ones only: a press replayed from an outage buffer is
+/// history, not something to react to now): a button's presses.
+pub fn press_events(readings: &[LiveReading]) -> Vec<Value> {
+    use protocol::vocabulary::Capability;
+    readings
+        .iter()
+        .filter(|r| !r.backfill && short_name(&r.reading.name) == Capability::Button.quantity())
+        .filter(|r| r.reading.value == Value::Bool(true))
+        .map(|r| {
+            json!({
+                "event_type": "press",
+                "time_ms": r.reading.time_ms,
+                "timestamp": rfc3339_ms(r.reading.time_ms),
+            })
+        })
+        .collect()
+}
+
 /// `hearth/<device>/set`.
 pub fn set(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/set")
@@ -44,6 +74,26 @@ pub fn set_result(d: &DeviceId) -> String {
 /// `hearth/<device>/update`: firmware state for the Home Assistant `update` entity.
 pub fn update(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/update")
+}
+
+/// `hearth/<device>/update/install`: Home Assistant's `update` entity installs (= the owner
+/// approves) the release it shows.
+pub fn update_install(d: &DeviceId) -> String {
+    format!("{ROOT}/{d}/update/install")
+}
+
+/// `hearth/<device>/update/result`: what became of an install request.
+pub fn update_result(d: &DeviceId) -> String {
+    format!("{ROOT}/{d}/update/result")
+}
+
+/// The device a `hearth/<device>/update/install` topic names.
+pub fn parse_update_install(topic: &str) -> Option<DeviceId> {
+    let rest = topic.strip_prefix("hearth/")?.strip_suffix("/update/install")?;
+    if rest.contains('/') {
+        return None;
+    }
+    rest.parse().ok()
 }
 
 /// The device a `hearth/<device>/set` topic names.
@@ -91,14 +141,15 @@ pub fn parse_setpoint(payload: &[u8]) -> Result<f64, SetError> {
 
 /// Whether a client may publish to `topic`: not to the hub's own topics (device state,
 /// availability, hub status, discovery configs), which would let it forge what other clients
-/// see. Commands (`hearth/<device>/set`) and Home Assistant's birth message are allowed, as is
+/// see. Commands (`hearth/<device>/set`, `…/update/install`) and Home Assistant's birth
+/// message are allowed, as is
 /// anything outside `hearth/` and the discovery prefix.
 pub fn client_may_publish(topic: &str, discovery_prefix: &str) -> bool {
     if topic.is_empty() || topic.contains(['+', '#']) {
         return false;
     }
     if topic == ROOT || topic.starts_with("hearth/") {
-        return parse_set(topic).is_some();
+        return parse_set(topic).is_some() || parse_update_install(topic).is_some();
     }
     match topic.strip_prefix(discovery_prefix) {
         Some("") => false,
@@ -245,6 +296,9 @@ mod tests {
     fn clients_cannot_publish_to_the_hubs_own_topics() {
         let p = "homeassistant";
         assert!(client_may_publish("hearth/0a1b/set", p));
+        assert!(client_may_publish("hearth/0a1b/update/install", p));
+        assert!(!client_may_publish("hearth/0a1b/update", p));
+        assert!(!client_may_publish("hearth/0a1b/update/result", p));
         assert!(client_may_publish("homeassistant/status", p));
         assert!(client_may_publish("home/kitchen/light", p));
         assert!(client_may_publish("homeassistantx/foo", p));
@@ -308,6 +362,30 @@ mod tests {
         assert_eq!(retain_flags(Some(1_500), &m), (vec![false, true], Some(2_000)));
         assert_eq!(retain_flags(Some(5_000), &m), (vec![false, false], Some(5_000)));
         assert_eq!(retain_flags(None, &m), (vec![true, true], Some(2_000)));
+    }
+
+    #[test]
+    fn live_presses_become_events_and_replayed_ones_do_not() {
+        use crate::store::StoredReading;
+        let r = |t: i64, name: &str, v: Value, backfill: bool| LiveReading {
+            reading: StoredReading {
+                time_ms: t,
+                name: format!("urn:dev:BT-1:{name}"),
+                unit: None,
+                value: v,
+            },
+            backfill,
+        };
+        let readings = [
+            r(1_000, "press", json!(true), true),
+            r(2_000, "press", json!(false), false),
+            r(2_000, "battery", json!(90.0), false),
+            r(3_000, "press", json!(true), false),
+        ];
+        let events = press_events(&readings);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["event_type"], "press");
+        assert_eq!(events[0]["time_ms"], 3_000);
     }
 
     #[test]

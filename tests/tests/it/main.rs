@@ -13,6 +13,7 @@ mod domains;
 mod feed;
 mod fleet;
 mod fronts;
+mod home_assistant;
 mod isolation;
 mod link_budgets;
 mod logins;

@@ -34,7 +34,7 @@ fn mqtt_config(p: &Ports) -> String {
     )
 }
 
-fn add_user(hub: &Hub, name: &str, password: Option<&str>) -> Value {
+pub(crate) fn add_user(hub: &Hub, name: &str, password: Option<&str>) -> Value {
     let mut child = Command::new(bin("hub"))
         .args(["ctl", "--json", "--socket"])
         .arg(&hub.control)
@@ -279,15 +279,16 @@ while len(again) < len(configs) and time.time() < deadline:
 c.loop_stop()
 print(json.dumps({"configs": configs, "again": sorted(again)}))
 "#;
-    // Thermostat: temperature, climate, firmware; climate sensor: temperature, humidity, firmware.
+    // Thermostat: temperature, climate, last command, firmware; climate sensor: temperature,
+    // humidity, firmware.
     let out = Command::new(python())
-        .args(["-c", script, &tls, cafile, "ha", PASSWORD, "6"])
+        .args(["-c", script, &tls, cafile, "ha", PASSWORD, "7"])
         .output()
         .expect("python");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     let configs = v["configs"].as_object().expect("configs");
-    assert_eq!(configs.len(), 6, "{:?}", configs.keys());
+    assert_eq!(configs.len(), 7, "{:?}", configs.keys());
     for (topic, payload) in configs {
         let problems = hub::mqtt::discovery::schema_problems(topic, payload);
         assert!(problems.is_empty(), "{topic}: {problems:?}");
@@ -296,7 +297,7 @@ print(json.dumps({"configs": configs, "again": sorted(again)}))
     }
     let climate_cfg = format!("homeassistant/climate/hearth_{thermo}/thermostat/config");
     assert_eq!(configs[&climate_cfg]["temperature_command_topic"], set_topic);
-    assert_eq!(v["again"].as_array().map(Vec::len), Some(6), "republished after HA's birth");
+    assert_eq!(v["again"].as_array().map(Vec::len), Some(7), "republished after HA's birth");
 
     // Removing a device withdraws its discovery configs (empty retained messages).
     let filter = format!("homeassistant/+/hearth_{climate}/+/config");
@@ -500,4 +501,130 @@ fn a_taken_mqtt_port_fails_the_start_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("127.0.0.1:{}", ports.broker)), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("READY"));
+}
+
+#[test]
+fn a_client_that_subscribes_again_gets_the_retained_message_again_without_a_gap() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ports = Ports { plain: free_tcp_port(), tls: free_tcp_port(), broker: free_tcp_port() };
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &mqtt_config(&ports));
+    add_user(&hub, "ha", Some(PASSWORD));
+    // One client subscribes to the hub's retained status and to a live counter another client
+    // publishes; it subscribes to the status three more times (once together with the counter
+    // again) and counts: each SUBSCRIBE brings the retained message, no UNSUBACK reaches it,
+    // and the counter has no gap.
+    let script = r#"
+import json, os, sys, threading, time
+import paho.mqtt.client as mqtt
+port, user, pw = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+retained, unsubacks, subacks, counter = [], [], [], []
+def on_message(c, u, m):
+    if m.topic == "hearth/hub/status":
+        retained.append((m.retain, m.payload.decode()))
+    else:
+        counter.append(int(m.payload))
+def client(cid):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid)
+    c.username_pw_set(user, pw)
+    c.connect("127.0.0.1", port)
+    return c
+sub = client("resub")
+sub.on_message = on_message
+sub.on_subscribe = lambda c, u, mid, rc, p: subacks.append(mid)
+sub.on_unsubscribe = lambda c, u, mid, rc, p: unsubacks.append(mid)
+sub.loop_start()
+def wait(cond, what):
+    deadline = time.time() + 20
+    while not cond():
+        if time.time() > deadline:
+            print("timed out: " + what, file=sys.stderr, flush=True)
+            os._exit(1)
+        time.sleep(0.01)
+sub.subscribe([("hearth/hub/status", 1), ("test/counter", 1)])
+wait(lambda: len(retained) == 1 and len(subacks) == 1, "first retained")
+pub = client("counter")
+pub.loop_start()
+stop = threading.Event()
+def publish():
+    i = 0
+    while not stop.is_set():
+        pub.publish("test/counter", str(i), qos=1).wait_for_publish()
+        i += 1
+threading.Thread(target=publish, daemon=True).start()
+wait(lambda: len(counter) > 20, "the counter flowing")
+sub.subscribe("hearth/hub/status", 0)
+wait(lambda: len(retained) == 2, "retained after the second subscribe")
+sub.subscribe([("hearth/hub/status", 1), ("test/counter", 1)])
+wait(lambda: len(retained) == 3, "retained after the third subscribe")
+sub.subscribe("hearth/hub/status", 1)
+wait(lambda: len(retained) == 4 and len(subacks) == 4, "retained after the fourth subscribe")
+n = len(counter)
+wait(lambda: len(counter) > n + 20, "the counter still flowing")
+stop.set()
+time.sleep(0.3)
+print(json.dumps({"retained": retained, "unsubacks": unsubacks, "subacks": len(subacks),
+                  "counter": counter}))
+"#;
+    let out = Command::new(python())
+        .args(["-c", script, &ports.plain.to_string(), "ha", PASSWORD])
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let retained = v["retained"].as_array().expect("retained");
+    assert_eq!(retained.len(), 4, "{v}");
+    assert!(retained.iter().all(|r| r == &serde_json::json!([true, "online"])), "{v}");
+    assert_eq!(v["unsubacks"], serde_json::json!([]), "no UNSUBACK reached the client");
+    assert_eq!(v["subacks"], 4);
+    let counter: Vec<i64> =
+        v["counter"].as_array().expect("counter").iter().filter_map(Value::as_i64).collect();
+    let first = counter[0];
+    let gaps: Vec<(usize, i64)> = counter
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| **c != first + *i as i64)
+        .map(|(i, c)| (i, *c))
+        .take(5)
+        .collect();
+    assert!(gaps.is_empty(), "the live flow had a gap or repeat: {gaps:?} of {}", counter.len());
+}
+
+#[test]
+fn normal_disconnects_log_no_error_and_mqtt_31_clients_are_refused_with_code_1() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ports = Ports { plain: free_tcp_port(), tls: free_tcp_port(), broker: free_tcp_port() };
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &mqtt_config(&ports));
+    add_user(&hub, "script", Some(PASSWORD));
+    let plain = ports.plain.to_string();
+    let base = ["-h", "127.0.0.1", "-p", &plain, "-u", "script", "-P", PASSWORD];
+    // Short connections that end with DISCONNECT, as scripts make them.
+    for i in 0..5 {
+        let mut args = base.to_vec();
+        let m = i.to_string();
+        args.extend(["-t", "scripts/x", "-m", &m]);
+        let (ok, err) = publish(&args);
+        assert!(ok, "{err}");
+    }
+    // An MQTT 3.1 client (Debian's mosquitto_pub speaking 3.1) is told its version is not
+    // served (CONNACK return code 1), not counted as malformed input.
+    let before = hub.security()["mqtt_malformed"].as_u64().unwrap_or(0);
+    let mut args = base.to_vec();
+    args.extend(["-V", "mqttv31", "-t", "scripts/x", "-m", "old"]);
+    let (ok, err) = publish(&args);
+    assert!(!ok && err.contains("unacceptable protocol version"), "{err}");
+    assert_eq!(hub.security()["mqtt_malformed"].as_u64().unwrap_or(0), before);
+    // Another connection after them all, seen by a subscriber: the broker's router handles
+    // events in order, so it has handled the earlier disconnections by then.
+    let mut args = base.to_vec();
+    args.extend(["-t", "scripts/x"]);
+    let sub = Sub::start(&args);
+    wait_for("the subscriber", Duration::from_secs(20), || {
+        let mut a = base.to_vec();
+        a.extend(["-t", "scripts/x", "-m", "last"]);
+        assert!(publish(&a).0);
+        sub.lines.recv_timeout(Duration::from_millis(300)).ok()
+    });
+    let log = std::fs::read_to_string(&hub.log).expect("hub log");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }
