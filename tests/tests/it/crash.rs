@@ -229,8 +229,11 @@ fn acknowledged_readings_survive_sigkill_and_no_replay_or_nonce_reuse_follows() 
             drop(old.terminate());
             pairings += 1;
             let mut again = pairer(front, &hub, tmp.path(), pairings);
-            again.paired(1, Duration::from_secs(120));
+            let kid = again.paired(1, Duration::from_secs(120));
             drop(again.terminate());
+            // A device that stops reporting would keep its segments from retention for good
+            // (each segment waits for every device in it to have newer readings): it goes.
+            hub.ctl(&["remove", &kid[0]]);
         }
         if cycle % 10 == 9 {
             eprintln!(
