@@ -61,13 +61,7 @@ enum DemoError {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    hub::logs::init("demo", "error");
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(DemoError::Interrupted) => {
@@ -114,6 +108,7 @@ async fn run(args: Args) -> Result<(), DemoError> {
         deadline: Instant::now() + timeout,
         timeout,
         tick: tokio::time::interval(Duration::from_millis(500)),
+        reset: hub.reset.clone(),
     };
     let acted = demo.play(&maker).await;
     shutdown.cancel();
@@ -166,6 +161,9 @@ struct Demo {
     deadline: Instant,
     timeout: Duration,
     tick: Interval,
+    /// Fires when "erase everything" is used in the demo's web UI: the demo's data is
+    /// temporary, so the demo ends (its directory is removed).
+    reset: CancellationToken,
 }
 
 impl Demo {
@@ -193,6 +191,10 @@ impl Demo {
             e = self.events.recv() => e.ok_or(DemoError::FleetStopped)?,
             _ = self.tick.tick() => return Ok(None),
             _ = tokio::signal::ctrl_c() => return Err(DemoError::Interrupted),
+            () = self.reset.cancelled() => {
+                println!("Erase everything was used in the web UI: the demo ends and its data is removed.");
+                return Err(DemoError::Interrupted);
+            }
             () = tokio::time::sleep_until(self.deadline) => {
                 return Err(DemoError::Timeout(self.timeout, act));
             }
@@ -207,8 +209,10 @@ impl Demo {
                     }
                 });
             }
-            FleetEvent::PairingFailed { index } => {
-                println!("  sensor {index}: pairing failed; retrying with a fresh key and PIN");
+            FleetEvent::PairingFailed { index, reason } => {
+                println!(
+                    "  sensor {index}: pairing failed ({reason}); retrying with a fresh key and PIN"
+                );
                 self.fleet.pair(*index);
             }
             _ => {}
@@ -355,5 +359,5 @@ async fn type_pin(api: &HubApi, pin: &str, serial: &str) -> Result<String, ApiEr
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    api.pair_pin(pin.to_string(), Some(serial.to_string()), None, None).await
+    api.pair_pin(pin.to_string(), Some(serial.to_string()), None, None, true).await
 }

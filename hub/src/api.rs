@@ -30,12 +30,23 @@ pub enum Request {
         /// Or its device id.
         #[serde(default)]
         device: Option<DeviceId>,
-        /// An isolated device the new sensor replaces (it inherits name, room and history).
+        /// A device the new sensor replaces (it inherits name, room and history; the old
+        /// sensor's keys are erased).
         #[serde(default)]
         replaces: Option<DeviceId>,
+        /// The owner read the sensor's warning (past its support period, under an advisory)
+        /// and pairs it anyway.
+        #[serde(default)]
+        accept_risk: bool,
     },
     /// Pairing window and waiting sensors.
     Pairing,
+    /// Factory reset: everything in the data directory is erased and the hub restarts as a new
+    /// hub (new key-encryption key, certificate and setup code). `confirm` must be `ERASE`.
+    FactoryReset {
+        /// The word that confirms it.
+        confirm: String,
+    },
     /// All devices.
     Devices,
     /// One device.
@@ -152,8 +163,15 @@ pub enum Request {
 /// Pairing status.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PairingStatus {
-    /// Whether pairing requests are accepted now.
+    /// Whether pairing requests and PINs are accepted now (not while backing off).
     pub open: bool,
+    /// `open`, `backing_off` (the window is open but takes no PIN for `backoff_s` after a
+    /// failed attempt), `no_attempts_left` (closed after its failures) or `closed`.
+    #[serde(default)]
+    pub state: PairingState,
+    /// Seconds until PINs are taken again (while backing off).
+    #[serde(default)]
+    pub backoff_s: u64,
     /// Seconds until the window closes.
     pub closes_in_s: u64,
     /// Failed attempts left in this window.
@@ -166,6 +184,21 @@ pub struct PairingStatus {
     pub pins_queued: usize,
 }
 
+/// Where the pairing window stands.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PairingState {
+    /// PINs are taken now.
+    Open,
+    /// Open, but waiting out the pause after a failed attempt.
+    BackingOff,
+    /// Closed after its failed attempts.
+    NoAttemptsLeft,
+    /// Not open (never opened, timed out or closed by the owner).
+    #[default]
+    Closed,
+}
+
 /// A sensor waiting for its PIN.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Waiting {
@@ -175,6 +208,13 @@ pub struct Waiting {
     pub serial: String,
     /// Model designation.
     pub model: String,
+    /// Installed firmware.
+    #[serde(default)]
+    pub firmware_version: u32,
+    /// What the owner should know before typing its PIN (past its support period, under a
+    /// known advisory, a serial already paired); a PIN for it needs `accept_risk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Counters of rejected input and security events (EN 303 645 5.10-1).
@@ -223,6 +263,8 @@ pub(crate) enum LinkCommand {
         pin: String,
         serial: Option<String>,
         device: Option<Kid>,
+        replaces: Option<DeviceId>,
+        accept_risk: bool,
         reply: oneshot::Sender<Result<Kid, CommandError>>,
     },
     Pairing {
@@ -309,9 +351,52 @@ pub enum CommandError {
     /// Several waiting sensors claim that serial: someone may pose as one of them.
     #[error("several sensors claim serial {0}; choose one with --device")]
     AmbiguousSerial(String),
-    /// The attempt ended without pairing.
-    #[error("pairing failed: {0}")]
-    PairingFailed(protocol::pairing::PairingError),
+    /// The attempt ended without pairing (a failed attempt: counted in the window).
+    #[error("{}", failed_attempt(reason, *attempts_left, *backoff_s))]
+    PairingFailed {
+        /// What failed.
+        reason: protocol::pairing::PairingError,
+        /// Failed attempts the window still allows.
+        attempts_left: u32,
+        /// Seconds before the next PIN is taken.
+        backoff_s: u64,
+    },
+    /// The typed text cannot be a PIN of this sensor (not counted as an attempt).
+    #[error(
+        "a PIN of this sensor is {digits} digits from {zero} to {max}: check the digits on its \
+         display and type them again (not counted as a failed attempt)",
+        zero = "0".repeat(*digits), max = max_pin(*digits)
+    )]
+    PinFormat {
+        /// Digits of this sensor's PINs.
+        digits: usize,
+    },
+    /// Another device is paired with the same serial (not counted as an attempt).
+    #[error(
+        "a device with serial {serial} is already paired ({name}, id {device}). If this sensor \
+         takes its place, type the PIN again with `--replaces {device}` (web: choose it under \
+         “Replaces”): it keeps the name, room and history; otherwise remove that device first \
+         (not counted as a failed attempt)"
+    )]
+    SerialPaired {
+        /// The serial.
+        serial: String,
+        /// The paired device with it.
+        device: DeviceId,
+        /// Its name.
+        name: String,
+    },
+    /// The sensor needs the owner's acknowledgement before its PIN is tried.
+    #[error(
+        "sensor {serial}: {warning}. To pair it anyway, type the PIN again accepting the risk \
+         (hub ctl: add --accept-risk; web: tick “Pair anyway”; not counted as a failed attempt)"
+    )]
+    NeedsAcceptance {
+        /// The sensor's serial.
+        serial: String,
+        /// Why.
+        warning: String,
+    },
     /// The window was closed or re-opened before the attempt was made.
     #[error("the pairing window was {0} before this PIN was tried")]
     WindowChanged(&'static str),
@@ -346,6 +431,51 @@ pub enum ApiError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// The largest PIN of `digits` digits (2, 3 or 4 masked bytes).
+fn max_pin(digits: usize) -> u64 {
+    match digits {
+        0..=5 => 65_535,
+        6..=8 => 16_777_215,
+        _ => 4_294_967_295,
+    }
+}
+
+/// A failed attempt in the owner's words: what happened, and what they can do now (the same
+/// text in `hub ctl` and the web UI).
+fn failed_attempt(
+    reason: &protocol::pairing::PairingError,
+    attempts_left: u32,
+    backoff_s: u64,
+) -> String {
+    use protocol::pairing::PairingError as E;
+    let what = match reason {
+        E::OffCurve | E::HubProofInvalid | E::SensorProofInvalid | E::ReflectedKey => {
+            "the PIN did not match this sensor's display".to_owned()
+        }
+        E::Abandoned => "the sensor did not finish pairing after its PIN was typed (is it still \
+             on and in range?)"
+            .to_owned(),
+        other => format!("pairing failed ({other})"),
+    };
+    match attempts_left {
+        0 => format!(
+            "{what}; no attempts left: the pairing window is closed. Open a new one (`hub ctl \
+             pair open`, or the Pairing page) and type the new PIN the sensor shows"
+        ),
+        n => {
+            let wait = match backoff_s {
+                0 => String::new(),
+                s => format!(" in {s} s"),
+            };
+            let s = if n == 1 { "" } else { "s" };
+            format!(
+                "{what}; {n} attempt{s} left in this window. The sensor shows a new PIN after a \
+                 failure: type that one{wait}"
+            )
+        }
+    }
+}
+
 fn directory_error(id: DeviceId, e: crate::devices::DirectoryError) -> ApiError {
     match e {
         crate::devices::DirectoryError::Unknown => ApiError::NotFound(id),
@@ -367,9 +497,25 @@ pub struct HubApi {
     pub(crate) mqtt: Option<std::sync::Arc<crate::mqtt::auth::Auth>>,
     /// The listeners' connection slots and counters.
     pub listeners: crate::connections::Listeners,
+    /// The update feed checker's last and next check (none: no feed configured).
+    pub feed: crate::feed::FeedState,
+    /// Fired when the owner asks for a factory reset (whoever runs the hub stops it, erases
+    /// its data directory and starts it again: `daemon::start`'s caller).
+    pub(crate) reset: tokio_util::sync::CancellationToken,
 }
 
 impl HubApi {
+    /// Factory reset (EN 303 645 5.11-1): asks whoever runs the hub to stop it, erase its data
+    /// directory — devices, keys, readings, MQTT users, trust keys, releases, policy,
+    /// advisories, the upstream outbox, web accounts and sessions, the key-encryption key and
+    /// the TLS key — and start it again as a new hub.
+    pub fn factory_reset(&self) {
+        tracing::warn!(
+            "factory reset requested by the owner: the hub stops, erases its data directory and starts as a new hub"
+        );
+        self.reset.cancel();
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> LinkCommand,
@@ -400,13 +546,14 @@ impl HubApi {
         serial: Option<String>,
         device: Option<DeviceId>,
         replaces: Option<DeviceId>,
+        accept_risk: bool,
     ) -> Result<String, ApiError> {
         if let Some(old) = &replaces {
             self.directory.replaceable(old).map_err(|e| directory_error(*old, e))?;
         }
         let device = device.map(|d| d.kid());
         let kid = self
-            .ask(|reply| LinkCommand::PairPin { pin, serial, device, reply })
+            .ask(|reply| LinkCommand::PairPin { pin, serial, device, replaces, accept_risk, reply })
             .await?
             .map_err(ApiError::Command)?;
         if let Some(old) = replaces {
@@ -672,11 +819,18 @@ impl HubApi {
                 self.pair_open(seconds).await.map(|v| serde_json::json!(v))
             }
             Request::PairClose => self.pair_close().await.map(|v| serde_json::json!(v)),
-            Request::PairPin { pin, serial, device, replaces } => {
-                let r = self.pair_pin(pin, serial, device, replaces).await;
+            Request::PairPin { pin, serial, device, replaces, accept_risk } => {
+                let r = self.pair_pin(pin, serial, device, replaces, accept_risk).await;
                 r.map(|d| serde_json::json!({"pairing": d, "replaces": replaces}))
             }
             Request::Pairing => self.pairing().await.map(|v| serde_json::json!(v)),
+            Request::FactoryReset { confirm } if confirm == "ERASE" => {
+                self.factory_reset();
+                Ok(serde_json::json!({"factory_reset": true}))
+            }
+            Request::FactoryReset { .. } => {
+                Err(ApiError::BadRequest("type ERASE to confirm the factory reset".into()))
+            }
             Request::Devices => self.devices().await.map(|v| serde_json::json!(v)),
             Request::Device { id } => self.device(id).await.map(|v| serde_json::json!(v)),
             Request::Readings { id, limit } => {
@@ -700,7 +854,11 @@ impl HubApi {
                 self.unisolate(id).await.map(|()| serde_json::json!({"unisolated": id}))
             }
             Request::Security => self.security().await.map(|v| serde_json::json!(v)),
-            Request::Updates => self.updates().await.map(|v| serde_json::json!(v)),
+            Request::Updates => self.updates().await.map(|v| {
+                let mut answer = serde_json::json!(v);
+                answer["feed"] = serde_json::json!(self.feed.get());
+                answer
+            }),
             Request::UpdateAdd { manifest_hex, image_hex } => {
                 match (protocol::hex::decode(&manifest_hex), protocol::hex::decode(&image_hex)) {
                     (Some(m), Some(i)) => self.update_add(m, i, "owner").await.map(

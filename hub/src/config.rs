@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 /// All settings.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// CoAP/UDP listen address for sensors.
@@ -33,6 +34,7 @@ pub struct Config {
 /// budget for all password hashing in the hub, and one throttle policy (each service keeps its
 /// own records).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct Login {
     /// Password hashes (argon2id, 19 MiB each) computed at once, web and MQTT together.
@@ -91,6 +93,7 @@ impl Login {
 /// take clients — plain on loopback, TLS (the hub certificate) for the LAN — authenticate and
 /// throttle them (EN 303 645 5.1-5, 5.5-4) and forward to it.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct Mqtt {
     /// Whether MQTT runs at all.
@@ -144,6 +147,7 @@ impl Default for Mqtt {
 /// Availability (DESIGN capability 5): offline after `missed_periods` reporting periods without
 /// a report; each sensor's period is learned, `default_period_s` is assumed until then.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct Availability {
     /// Periods without a report before a sensor is offline.
@@ -170,6 +174,7 @@ impl Availability {
 
 /// The owner's web UI over HTTPS (EN 303 645 5.5-1).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct Web {
     /// Listen address (HTTPS only; plain HTTP on it gets no answer).
@@ -208,6 +213,7 @@ impl Default for Web {
 
 /// A manufacturer key the hub trusts for a model (pinned at installation).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct TrustedKey {
     /// Model designation.
@@ -218,6 +224,7 @@ pub struct TrustedKey {
 
 /// Update settings (EN 303 645 5.3, TR 103 621 6.13).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct Updates {
     /// Devices updated at once.
@@ -249,6 +256,7 @@ impl Default for Updates {
 
 /// Pairing window limits (EN 303 645 5.1-5 applied to pairing).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct Pairing {
     /// Default window length.
@@ -259,7 +267,10 @@ pub struct Pairing {
     pub backoff_base_ms: u64,
     /// Sensors that may wait for their PIN at once.
     pub max_sessions: usize,
-    /// Of those, from one source host (IP address, whatever its ports).
+    /// Of those, from one source host (IP address, whatever its ports). Sized for a person
+    /// pairing a batch of sensors from one host (a fleet simulator, sensors behind one
+    /// gateway): a session lives `session_max_s` (180 s) and typing a PIN takes about 10 s, so
+    /// about 16 are the most one person gets through before the first ones expire.
     pub sessions_per_source: usize,
     /// A session that hears nothing from its sensor for this long ends (an attempt whose PIN
     /// was typed counts as failed).
@@ -301,6 +312,7 @@ impl Pairing {
 /// Store limits. Readings are kept in log segments that are dropped whole, oldest first
 /// (README, "Storage"), so both bounds are approximate: up to one segment more is kept.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct Store {
     /// Readings kept per device at least: an old segment is dropped once every device in it
@@ -353,7 +365,7 @@ impl Default for Pairing {
             max_failures: 3,
             backoff_base_ms: 2000,
             max_sessions: 128,
-            sessions_per_source: 4,
+            sessions_per_source: 16,
             session_idle_s: 60,
             session_max_s: 180,
             hello_rate: 20,
@@ -620,6 +632,8 @@ pub fn default_data_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+    use std::collections::{BTreeMap, BTreeSet};
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().expect("tmp");
@@ -695,5 +709,119 @@ mod tests {
         );
         assert_eq!(invalid_key("[login]\nforget_after_s = 60"), "login.forget_after_s");
         assert!(load("[login]\nhash_slots = 2\nhash_queue = 0\nfree_failures = 5").is_ok());
+    }
+
+    /// The annotated example configuration (the Debian package's /etc/hearth/hearth.toml).
+    const EXAMPLE: &str = include_str!("../../hearth.example.toml");
+
+    /// The example with its settings switched on: `#key = value` and `#[section]` lines lose
+    /// their `#` (prose comments are `# text`).
+    fn switched_on(text: &str) -> String {
+        fn on(l: &str) -> &str {
+            match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => {
+                    rest
+                }
+                _ => l,
+            }
+        }
+        text.lines().map(on).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Dotted paths of every key in `v` (array elements as `[]`); a `null` value is a key too.
+    fn key_paths(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    out.insert(path.clone());
+                    key_paths(v, &path, out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| key_paths(v, &format!("{prefix}[]"), out)),
+            _ => {}
+        }
+    }
+
+    /// Every value of `v` that is not an object, by dotted path.
+    fn leaves(v: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    leaves(v, &path, out);
+                }
+            }
+            v => {
+                out.insert(prefix.to_owned(), v.clone());
+            }
+        }
+    }
+
+    fn json(c: &impl serde::Serialize) -> Value {
+        serde_json::to_value(c).expect("serializes")
+    }
+
+    #[test]
+    fn the_example_config_loads_and_documents_every_key_with_its_default() {
+        // As shipped (every setting commented out) it is the defaults.
+        let shipped: Config = toml::from_str(EXAMPLE).expect("the example parses");
+        assert!(shipped.validate().is_ok());
+        assert_eq!(json(&shipped), json(&Config::default()));
+
+        // With every setting switched on it loads too, optional sections included.
+        // The feed certificate is read at start: a real one stands in for the example's path.
+        let dir = tempfile::tempdir().expect("tmp");
+        let pem = dir.path().join("feed-cert.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["feed.example".into()]).expect("cert");
+        std::fs::write(&pem, cert.cert.pem()).expect("pem");
+        let text = switched_on(EXAMPLE)
+            .replace("/etc/hearth/feed-cert.pem", pem.to_str().expect("utf-8 path"));
+        let on: Config = toml::from_str(&text).expect("the switched-on example parses");
+        if let Err((key, reason)) = on.validate() {
+            panic!("the switched-on example is refused: `{key}` {reason}");
+        }
+        assert!(on.upstream.is_some() && on.updates.feed_url.is_some());
+        assert!(!on.updates.trust.is_empty(), "a [[updates.trust]] example");
+
+        // Every key the configuration accepts is in the file. The accepted keys come from the
+        // types: the defaults serialized (a `None` is a key) and the switched-on example (the
+        // keys inside optional sections); so a new key without documentation fails here.
+        let doc: toml::Table = toml::from_str(&text).expect("TOML");
+        let mut documented = BTreeSet::new();
+        key_paths(&json(&doc), "", &mut documented);
+        let mut accepted = BTreeSet::new();
+        key_paths(&json(&Config::default()), "", &mut accepted);
+        key_paths(&json(&on), "", &mut accepted);
+        let missing: Vec<_> = accepted.difference(&documented).collect();
+        assert!(missing.is_empty(), "keys missing from hearth.example.toml: {missing:?}");
+
+        // The values shown are the defaults, wherever there is one (a `None` or an empty list
+        // has an example instead).
+        let (mut defaults, mut shown) = (BTreeMap::new(), BTreeMap::new());
+        leaves(&json(&Config::default()), "", &mut defaults);
+        leaves(&json(&on), "", &mut shown);
+        let minimal: crate::upstream::UpstreamConfig =
+            toml::from_str("url = \"mqtt://127.0.0.1\"").expect("minimal upstream");
+        leaves(&json(&minimal), "upstream", &mut defaults);
+        for (path, default) in &defaults {
+            if default.is_null() || default.as_array().is_some_and(Vec::is_empty) {
+                continue;
+            }
+            if path == "upstream.url" {
+                continue;
+            }
+            assert_eq!(shown.get(path), Some(default), "`{path}` shows its default");
+        }
+
+        // Each setting has its description right above it.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let is_key = line.starts_with(|c: char| c.is_ascii_lowercase()) && line.contains('=');
+            if is_key {
+                let above = i.checked_sub(1).map_or("", |j| lines[j]);
+                assert!(above.starts_with("# "), "no description above `{line}`");
+            }
+        }
     }
 }

@@ -42,6 +42,9 @@ pub struct Running {
     pub mqtt: Option<(SocketAddr, Option<SocketAddr>)>,
     /// The owner's web UI.
     pub web: SocketAddr,
+    /// Fires when the owner asked for a factory reset: stop the hub (fire the shutdown token,
+    /// [`Running::join`]), [`erase_data_dir`], and start it again.
+    pub reset: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     /// The link's and the control socket's threads.
     domains: Vec<Domain>,
@@ -166,6 +169,11 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
     crate::private_fs::create_dir(data_dir).map_err(|e| StartError::DataDir(data_dir.into(), e))?;
+    if data_dir.join(RESET_MARK).exists() {
+        // A factory reset that did not finish (power lost, stop cut short): finish it first.
+        erase_data_dir(data_dir).map_err(|e| StartError::DataDir(data_dir.into(), e))?;
+        tracing::warn!("an unfinished factory reset was completed: the data directory was erased");
+    }
     // The key-encryption key is left alone: if others could read it, the store refuses it.
     let loosened = crate::private_fs::restrict(data_dir, &[data_dir.join("kek")])
         .map_err(|e| StartError::DataDir(data_dir.into(), e))?;
@@ -254,13 +262,16 @@ pub async fn start(
         false => None,
     };
     let listeners = crate::connections::Listeners::new(&config, crate::connections::load(&store)?);
+    let reset = CancellationToken::new();
     let api = HubApi {
+        reset: reset.clone(),
         link: tx,
         store: store.clone(),
         directory: directory.clone(),
         mqtt: mqtt_auth.clone(),
         upstream,
         listeners: listeners.clone(),
+        feed: crate::feed::FeedState::default(),
     };
     let updates = load_updates(&store, data_dir, &config, &peers)?;
     let store_advisories = store.meta(crate::isolation::META_KEY)?;
@@ -322,9 +333,48 @@ pub async fn start(
         moved_aside,
         mqtt,
         web: web.addr,
+        reset,
         tasks,
         domains,
     })
+}
+
+/// Marks the data directory for a factory reset, durably: the next start erases it if this
+/// one does not finish the erase.
+pub fn mark_factory_reset(data_dir: &Path) -> std::io::Result<()> {
+    crate::private_fs::write(&data_dir.join(RESET_MARK), b"factory reset requested\n")?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// The file that marks a factory reset under way.
+const RESET_MARK: &str = "factory-reset";
+
+/// A factory reset's erase (EN 303 645 5.11-1): everything in the stopped hub's data directory
+/// goes — the store (devices, keys, readings, MQTT users, trust keys, releases, policy,
+/// advisories, counters), the upstream outbox, the web vault and logins, the setup code, the
+/// certificate and the key-encryption key — so the next start makes new ones. The directory
+/// itself stays (it may be systemd's `StateDirectory`).
+pub fn erase_data_dir(data_dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_name() == RESET_MARK {
+            continue; // last, once the rest is gone
+        }
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    std::fs::File::open(data_dir)?.sync_all()?;
+    match std::fs::remove_file(data_dir.join(RESET_MARK)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // The removals are durable before the hub starts anew.
+    std::fs::File::open(data_dir)?.sync_all()
 }
 
 /// How long the link may take to drain after the shutdown signal (its own drain gives up
@@ -457,6 +507,7 @@ fn feed_task(
 ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
     let (url, cert) = (cfg.feed_url.clone()?, cfg.feed_cert.clone()?);
     let interval = cfg.check_interval_s;
+    api.feed.configured(&url);
     Some(async move {
         let client = match std::fs::read_to_string(&cert)
             .map_err(|e| e.to_string())
@@ -465,6 +516,7 @@ fn feed_task(
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(%url, error = %e, "update feed unusable");
+                api.feed.checked(Err(e), crate::link::unix_now_ms(), None);
                 return;
             }
         };
@@ -478,13 +530,20 @@ fn feed_task(
                 () = shutdown.cancelled() => return,
             }
             delay = crate::feed::next_check_delay(interval, &mut rng);
+            let next_ms = || {
+                let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                Some(crate::link::unix_now_ms().saturating_add(delay_ms))
+            };
             let index = match client.index().await {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::warn!(error = %e, "update feed check failed");
+                    api.feed.checked(Err(e.to_string()), crate::link::unix_now_ms(), next_ms());
                     continue;
                 }
             };
+            let listed = (index.releases.len(), index.advisories.len());
+            let (mut new_releases, mut new_advisories) = (0usize, 0usize);
             for e in index.releases {
                 let key = (e.model.clone(), e.version, e.manifest.clone());
                 if done.contains(&key) {
@@ -498,7 +557,11 @@ fn feed_task(
                     }
                 };
                 match api.update_add(m, i, "feed").await {
-                    Ok(_) | Err(crate::api::ApiError::BadRequest(_)) => {
+                    Ok(_) => {
+                        new_releases += 1;
+                        done.insert(key);
+                    }
+                    Err(crate::api::ApiError::BadRequest(_)) => {
                         done.insert(key);
                     }
                     Err(err) => tracing::warn!(error = %err, "feed release not handled"),
@@ -518,6 +581,7 @@ fn feed_task(
                 };
                 match api.advisory_add(signed, "feed").await {
                     Ok(_) => {
+                        new_advisories += 1;
                         seen_advisories.insert(path);
                     }
                     Err(crate::api::ApiError::Command(crate::api::CommandError::Advisory(e))) => {
@@ -529,6 +593,16 @@ fn feed_task(
                     Err(err) => tracing::warn!(error = %err, "feed advisory not handled"),
                 }
             }
+            tracing::info!(
+                %url,
+                releases = listed.0,
+                advisories = listed.1,
+                new_releases,
+                new_advisories,
+                next_check_in_s = delay.as_secs(),
+                "update feed checked"
+            );
+            api.feed.checked(Ok(listed), crate::link::unix_now_ms(), next_ms());
         }
     })
 }

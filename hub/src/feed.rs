@@ -32,6 +32,71 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest check interval honoured by [`next_check_delay`] (about 34 000 years).
 const MAX_INTERVAL_SECS: u64 = 1 << 40;
 
+/// What the owner sees of the feed checker (`hub ctl updates`): when the feed was last checked
+/// and with what outcome, and when the next check is due.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FeedStatus {
+    /// The feed's URL.
+    pub url: String,
+    /// When the last check ended, whatever its outcome (Unix ms; none: not checked yet).
+    pub last_checked_ms: Option<i64>,
+    /// When a check last succeeded (Unix ms).
+    pub last_ok_ms: Option<i64>,
+    /// Why the last check failed (none: it succeeded, or there was none yet).
+    pub last_error: Option<String>,
+    /// Releases the feed listed at the last successful check.
+    pub releases: usize,
+    /// Advisories the feed listed at the last successful check.
+    pub advisories: usize,
+    /// When the next check is due (Unix ms; none: the checker is not running).
+    pub next_check_ms: Option<i64>,
+}
+
+/// The feed checker's status, shared between the checker and the owner's API (none: no feed is
+/// configured). The lock is held only to copy or update the status.
+#[derive(Debug, Clone, Default)]
+pub struct FeedState(Arc<std::sync::Mutex<Option<FeedStatus>>>);
+
+impl FeedState {
+    /// The current status (none: no feed configured).
+    pub fn get(&self) -> Option<FeedStatus> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut FeedStatus)) {
+        let mut guard = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(guard.get_or_insert_with(FeedStatus::default));
+    }
+
+    /// The checker starts for `url`.
+    pub fn configured(&self, url: &str) {
+        self.update(|s| s.url = url.to_owned());
+    }
+
+    /// A check ended at `now_ms`: the feed's index with `releases` and `advisories`, or why
+    /// it failed; the next is due at `next_ms` (none: the checker gave up).
+    pub fn checked(
+        &self,
+        outcome: Result<(usize, usize), String>,
+        now_ms: i64,
+        next_ms: Option<i64>,
+    ) {
+        self.update(|s| {
+            s.last_checked_ms = Some(now_ms);
+            s.next_check_ms = next_ms;
+            match outcome {
+                Ok((releases, advisories)) => {
+                    s.last_ok_ms = Some(now_ms);
+                    s.last_error = None;
+                    s.releases = releases;
+                    s.advisories = advisories;
+                }
+                Err(e) => s.last_error = Some(e),
+            }
+        });
+    }
+}
+
 /// Why a feed request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {

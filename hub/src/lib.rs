@@ -25,6 +25,7 @@ pub mod feed;
 pub mod identity;
 pub mod isolation;
 pub mod link;
+pub mod logs;
 pub mod mqtt;
 pub mod private_fs;
 pub mod render;

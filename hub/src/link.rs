@@ -78,6 +78,8 @@ struct PinEntry {
     pin: String,
     serial: Option<String>,
     device: Option<Kid>,
+    replaces: Option<crate::device_id::DeviceId>,
+    accept_risk: bool,
     reply: tokio::sync::oneshot::Sender<Result<Kid, CommandError>>,
 }
 
@@ -344,7 +346,8 @@ impl Driver {
                 }
                 HubEvent::Security(e) => {
                     if let SecurityEvent::PairingFailed { kid, reason } = &e {
-                        self.pin_resolved(kid, Err(CommandError::PairingFailed(*reason)));
+                        let failed = self.failed_attempt(*reason);
+                        self.pin_resolved(kid, Err(failed));
                     }
                     self.seclog.event(&e);
                 }
@@ -518,13 +521,26 @@ impl Driver {
                 }
                 (None, None) => None,
             };
+            // Before anything is tried: what the owner must know or decide (not attempts).
+            if let Err(why) = self.pin_precheck(kid, entry.replaces.as_ref(), entry.accept_risk) {
+                tracing::info!(error = %why, "PIN not tried");
+                let _ = entry.reply.send(Err(why));
+                continue;
+            }
             match self.link.enter_pin(now, kid, &entry.pin) {
                 Ok(kid) => self.pin_attempt = Some((kid, entry.reply)),
                 Err(e) => {
                     if !matches!(e, PinError::Unresolved) {
                         tracing::warn!(error = %e, "PIN entry refused");
                     }
-                    let _ = entry.reply.send(Err(e.into()));
+                    let why = match e {
+                        PinError::Pairing(protocol::pairing::PairingError::BadPin(digits)) => {
+                            CommandError::PinFormat { digits }
+                        }
+                        PinError::Pairing(reason) => self.failed_attempt(reason),
+                        e => e.into(),
+                    };
+                    let _ = entry.reply.send(Err(why));
                 }
             }
         }
@@ -553,24 +569,140 @@ impl Driver {
         }
     }
 
+    /// A failed attempt, with what the window still allows (attempts left, pause).
+    fn failed_attempt(&self, reason: protocol::pairing::PairingError) -> CommandError {
+        let now = self.now();
+        let (attempts_left, backoff_s) = self.link.pairing_window().map_or((0, 0), |w| {
+            let backoff = match w.admit(now) {
+                Err(protocol::pairing::PairingRefused::BackingOff { retry_at }) => {
+                    retry_at.0.saturating_sub(now.0).div_ceil(1000)
+                }
+                _ => 0,
+            };
+            (w.attempts_left(), backoff)
+        });
+        CommandError::PairingFailed { reason, attempts_left, backoff_s }
+    }
+
+    /// What the owner must decide before a PIN is tried for the waiting sensor `kid` (`None`:
+    /// the only one waiting): a serial paired already needs `--replaces`; a sensor past its
+    /// support period or under a known advisory needs the owner's acceptance.
+    fn pin_precheck(
+        &self,
+        kid: Option<Kid>,
+        replaces: Option<&crate::device_id::DeviceId>,
+        accept_risk: bool,
+    ) -> Result<(), CommandError> {
+        let waiting = self.link.waiting_for_pin();
+        let found = match kid {
+            Some(k) => waiting.iter().find(|(w, _)| *w == k),
+            None if waiting.len() == 1 => waiting.first(),
+            None => None,
+        };
+        let Some((_, d)) = found else { return Ok(()) }; // the link explains what is wrong
+        if let Some((device, name)) = self.directory.by_serial(&d.serial)
+            && replaces != Some(&device)
+        {
+            return Err(CommandError::SerialPaired { serial: d.serial.clone(), device, name });
+        }
+        match self.pairing_warning(d, replaces) {
+            Some(warning) if !accept_risk => {
+                Err(CommandError::NeedsAcceptance { serial: d.serial.clone(), warning })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// What the owner should know before pairing a sensor with this descriptor (TR 103 621
+    /// 6.22/6.23, EN 303 645 5.3-13/14): under a known advisory (it will be isolated, or its
+    /// fix installed), or past its support period.
+    fn pairing_warning(
+        &self,
+        d: &protocol::pairing::Descriptor,
+        replaces: Option<&crate::device_id::DeviceId>,
+    ) -> Option<String> {
+        let now = unix_now().0;
+        let subject = crate::isolation::Subject {
+            model: &d.model,
+            installed: d.firmware_version,
+            updatable: d.updatable,
+            support_end: d.support_end.0,
+        };
+        let mut out = Vec::new();
+        for a in self.advisories.records() {
+            match crate::isolation::decide(subject, a, now) {
+                Decision::Unaffected => {}
+                Decision::ScheduleFix => out.push(format!(
+                    "firmware {} is affected by advisory {} ({} severity: {}); the hub will \
+                     install the fix right after pairing",
+                    d.firmware_version, a.id, a.severity, a.text
+                )),
+                Decision::Isolate(reason) => {
+                    let again = match replaces {
+                        Some(old) => format!(
+                            "it replaces {old} but is itself affected: it will be isolated again \
+                             as soon as it pairs"
+                        ),
+                        None => "it will be isolated as soon as it pairs".to_owned(),
+                    };
+                    out.push(format!("{again}: {reason} (advisory {}: {})", a.id, a.text));
+                }
+            }
+        }
+        if out.is_empty() && d.support_end.0 <= now {
+            out.push(format!(
+                "its security-update support period ended on {}: the manufacturer no longer \
+                 fixes its vulnerabilities",
+                crate::render::local_date(d.support_end.0)
+            ));
+        }
+        (!out.is_empty()).then(|| out.join("; "))
+    }
+
     fn status(&self) -> PairingStatus {
+        use crate::api::PairingState;
+        use protocol::pairing::PairingRefused;
         let now = self.now();
         let Some(w) = self.link.pairing_window() else { return PairingStatus::default() };
-        let open = w.admit(now).is_ok();
+        let admitted = w.admit(now);
+        let (state, backoff_s) = match admitted {
+            Ok(()) => (PairingState::Open, 0),
+            Err(PairingRefused::BackingOff { retry_at }) => {
+                (PairingState::BackingOff, retry_at.0.saturating_sub(now.0).div_ceil(1000))
+            }
+            Err(PairingRefused::TooManyFailures) => (PairingState::NoAttemptsLeft, 0),
+            Err(_) => (PairingState::Closed, 0),
+        };
         PairingStatus {
             confirming: self.pin_attempt.as_ref().map(|(k, _)| k.to_string()),
             pins_queued: self.pins.len(),
-            open,
+            open: admitted.is_ok(),
+            state,
+            backoff_s,
             closes_in_s: w.closes_at().0.saturating_sub(now.0) / 1000,
             attempts_left: w.attempts_left(),
             waiting: self
                 .link
                 .waiting_for_pin()
                 .into_iter()
-                .map(|(kid, d)| Waiting {
-                    device: kid.to_string(),
-                    serial: d.serial,
-                    model: d.model,
+                .map(|(kid, d)| {
+                    let paired = self.directory.by_serial(&d.serial).map(|(id, name)| {
+                        format!(
+                            "a device with this serial is already paired ({name}, id {id}): \
+                             pair this one with `--replaces {id}` if it takes its place"
+                        )
+                    });
+                    let warning = match (paired, self.pairing_warning(&d, None)) {
+                        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                        (a, b) => a.or(b),
+                    };
+                    Waiting {
+                        device: kid.to_string(),
+                        firmware_version: d.firmware_version,
+                        serial: d.serial,
+                        model: d.model,
+                        warning,
+                    }
                 })
                 .collect(),
         }
@@ -593,8 +725,8 @@ impl Driver {
                 self.pin_window_changed("closed");
                 let _ = reply.send(self.status());
             }
-            LinkCommand::PairPin { pin, serial, device, reply } => {
-                self.pins.push_back(PinEntry { pin, serial, device, reply });
+            LinkCommand::PairPin { pin, serial, device, replaces, accept_risk, reply } => {
+                self.pins.push_back(PinEntry { pin, serial, device, replaces, accept_risk, reply });
                 self.next_pin();
             }
             LinkCommand::Pairing { reply } => {
@@ -680,7 +812,8 @@ impl Driver {
                 if r.is_ok() {
                     let kid = old.kid();
                     // The old sensor's keys and link state are erased; its readings stay as
-                    // the new sensor's history (TR 103 621 6.23 example 1).
+                    // the new sensor's history (TR 103 621 6.23 example 1). Any device can be
+                    // replaced: isolated, moved, broken.
                     self.link.remove_peer(&kid);
                     self.updates.forget(&kid);
                     self.pending.readings.remove(&kid);
@@ -688,7 +821,7 @@ impl Driver {
                     self.pending.writes.push(Write::Retire { kid });
                     self.directory.replace(&old, &new, unix_now_ms());
                     self.persist_directory(false);
-                    tracing::info!(%old, %new, "isolated device replaced; its keys are erased");
+                    tracing::info!(%old, %new, "device replaced; the old sensor's keys are erased");
                 }
                 let _ = reply.send(r);
             }

@@ -10,7 +10,7 @@ use hub::config::{self, Config};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "hub", about = "Hearth, a security-first smart-home hub")]
+#[command(name = "hub", version, about = "Hearth, a security-first smart-home hub")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -95,6 +95,14 @@ enum CtlCmd {
         /// The advisory (COSE_Sign1).
         file: PathBuf,
     },
+    /// Factory reset: erase everything the owner set up (devices, keys, readings, MQTT users,
+    /// trust keys, releases, policy, web account) and restart as a new hub with a new
+    /// key-encryption key, certificate and setup code.
+    FactoryReset {
+        /// Type ERASE to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
     /// Override a device's isolation (explicit and logged: its data leaves the hub again).
     Unisolate {
         /// Device id.
@@ -159,9 +167,10 @@ enum UpdateCmd {
     Policy {
         /// auto, notify, disabled, postpone, or follow (a device follows the hub).
         mode: String,
-        /// Postpone until this Unix time.
+        /// Postpone until this local date or time: `2026-12-24`, `2026-12-24 18:00`, an RFC 3339
+        /// time with offset, or Unix seconds.
         #[arg(long)]
-        until: Option<u64>,
+        until: Option<String>,
         /// One device.
         #[arg(long)]
         device: Option<DeviceId>,
@@ -212,9 +221,14 @@ enum PairCmd {
         /// Or its device id.
         #[arg(long)]
         device: Option<DeviceId>,
-        /// An isolated device the new sensor replaces (name, room and history carry over).
+        /// A device the new sensor replaces — isolated, moved or broken (name, room and
+        /// history carry over; the old sensor's keys are erased).
         #[arg(long)]
         replaces: Option<DeviceId>,
+        /// Pair a sensor the hub warns about (past its support period, under a known
+        /// advisory) anyway: see the warning with `hub ctl pair status`.
+        #[arg(long)]
+        accept_risk: bool,
     },
     /// Window and waiting sensors.
     Status,
@@ -228,13 +242,7 @@ fn main() -> ExitCode {
         Cmd::Run { .. } => "info,rumqttd=warn,rumqttd::server::broker=off",
         Cmd::Ctl { .. } => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    hub::logs::init("hub", default_level);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -286,6 +294,13 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         "web": running.web.to_string(),
         "pid": std::process::id(),
     });
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        coap = %running.coap,
+        web = %running.web,
+        devices = running.devices,
+        "hub running"
+    );
     println!("READY {ready}");
     // SIGTERM/SIGINT are taken on a thread of their own, which also bounds the stop: a stuck
     // subsystem on this runtime cannot keep the process alive.
@@ -293,9 +308,42 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         eprintln!("hub: {e}");
         return ExitCode::FAILURE;
     }
-    shutdown.cancelled().await;
+    let reset = running.reset.clone();
+    let factory_reset = tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = reset.cancelled() => true,
+    };
+    if !factory_reset {
+        running.join().await;
+        return ExitCode::SUCCESS;
+    }
+    // Factory reset: recorded durably first (a stop that does not finish is completed by the
+    // next start), then the hub stops, its data directory is erased and it starts anew in this
+    // process (same pid and arguments: a supervisor sees one service).
+    if let Err(e) = hub::daemon::mark_factory_reset(&data_dir) {
+        eprintln!("hub: factory reset not started: {e}");
+        return ExitCode::FAILURE;
+    }
+    shutdown.cancel();
     running.join().await;
-    ExitCode::SUCCESS
+    if let Err(e) = hub::daemon::erase_data_dir(&data_dir) {
+        eprintln!("hub: factory reset: {e}; the next start completes the erase");
+        return ExitCode::FAILURE;
+    }
+    tracing::warn!("factory reset: the data directory was erased; starting as a new hub");
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("hub: factory reset done; start the hub again ({e})");
+            return ExitCode::FAILURE;
+        }
+    };
+    use std::os::unix::process::CommandExt as _;
+    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+    eprintln!(
+        "hub: factory reset done, but the hub could not start itself again ({err}); start it"
+    );
+    ExitCode::FAILURE
 }
 
 async fn ctl(
@@ -312,8 +360,8 @@ async fn ctl(
             (Request::PairOpen { seconds }, View::Pairing)
         }
         CtlCmd::Pair { cmd: PairCmd::Close } => (Request::PairClose, View::Pairing),
-        CtlCmd::Pair { cmd: PairCmd::Pin { digits, serial, device, replaces } } => {
-            (Request::PairPin { pin: digits, serial, device, replaces }, View::Plain)
+        CtlCmd::Pair { cmd: PairCmd::Pin { digits, serial, device, replaces, accept_risk } } => {
+            (Request::PairPin { pin: digits, serial, device, replaces, accept_risk }, View::Plain)
         }
         CtlCmd::Pair { cmd: PairCmd::Status } => (Request::Pairing, View::Pairing),
         CtlCmd::Devices => (Request::Devices, View::Devices),
@@ -335,8 +383,9 @@ async fn ctl(
             }
         },
         CtlCmd::Unisolate { id } => (Request::Unisolate { id }, View::Plain),
+        CtlCmd::FactoryReset { confirm } => (Request::FactoryReset { confirm }, View::Plain),
         CtlCmd::Security => (Request::Security, View::Security),
-        CtlCmd::Updates => (Request::Updates, View::Plain),
+        CtlCmd::Updates => (Request::Updates, View::Updates),
         CtlCmd::Trust { model, key } => (Request::Trust { model, key }, View::Plain),
         CtlCmd::Upstream => (Request::Upstream, View::Upstream),
         CtlCmd::MqttUser { cmd: MqttUserCmd::Add { name } } => {
@@ -407,8 +456,6 @@ fn hint(error: &str) -> Option<&'static str> {
         Some("see which sensors wait for a PIN with `hub ctl pair status`")
     } else if error.contains("window") && error.contains("closed") {
         Some("open the pairing window with `hub ctl pair open`")
-    } else if error.contains("only an isolated device can be replaced") {
-        Some("see each device's availability with `hub ctl devices`")
     } else {
         None
     }
@@ -419,10 +466,36 @@ fn hint(error: &str) -> Option<&'static str> {
 enum UpdateArgError {
     #[error("{0}: {1}")]
     Read(PathBuf, std::io::Error),
-    #[error("postpone needs --until <unix time>")]
+    #[error("postpone needs --until DATE (2026-12-24, or 2026-12-24 18:00 local time)")]
     PostponeNeedsUntil,
+    #[error(
+        "--until {0:?} is not a date or time: write 2026-12-24 (midnight, local time), \
+         2026-12-24 18:00 (local time), 2026-12-24T18:00:00+01:00, or Unix seconds"
+    )]
+    BadUntil(String),
     #[error("unknown policy {0:?} (auto, notify, disabled, postpone, or follow with --device)")]
     UnknownPolicy(String),
+}
+
+/// `--until` as people write it: a local date (midnight), a local date and time, an RFC 3339
+/// time with its offset, or Unix seconds; as Unix seconds.
+fn parse_until(text: &str) -> Result<u64, UpdateArgError> {
+    let t = text.trim();
+    let bad = || UpdateArgError::BadUntil(text.to_owned());
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().map_err(|_| bad());
+    }
+    let tz = jiff::tz::TimeZone::system();
+    let at = if let Ok(ts) = t.parse::<jiff::Timestamp>() {
+        ts
+    } else if let Ok(dt) = t.parse::<jiff::civil::DateTime>() {
+        dt.to_zoned(tz).map_err(|_| bad())?.timestamp()
+    } else if let Ok(d) = t.parse::<jiff::civil::Date>() {
+        d.to_zoned(tz).map_err(|_| bad())?.timestamp()
+    } else {
+        return Err(bad());
+    };
+    u64::try_from(at.as_second()).map_err(|_| bad())
 }
 
 fn update_request(cmd: UpdateCmd) -> Result<Request, UpdateArgError> {
@@ -441,7 +514,9 @@ fn update_request(cmd: UpdateCmd) -> Result<Request, UpdateArgError> {
                 ("auto", _) => Some(Policy::Auto),
                 ("notify", _) => Some(Policy::NotifyOnly),
                 ("disabled", _) => Some(Policy::Disabled),
-                ("postpone", Some(until)) => Some(Policy::Postponed { until }),
+                ("postpone", Some(until)) => {
+                    Some(Policy::Postponed { until: parse_until(&until)? })
+                }
                 ("postpone", None) => return Err(UpdateArgError::PostponeNeedsUntil),
                 ("follow", _) if device.is_some() => None,
                 _ => return Err(UpdateArgError::UnknownPolicy(mode)),
@@ -454,4 +529,22 @@ fn update_request(cmd: UpdateCmd) -> Result<Request, UpdateArgError> {
         UpdateCmd::Cancel { device } => Request::UpdateCancel { device },
         UpdateCmd::Retry { device } => Request::UpdateRetry { device },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_until;
+
+    #[test]
+    fn until_takes_dates_times_offsets_and_unix_seconds() {
+        assert_eq!(parse_until("1800000000").ok(), Some(1_800_000_000));
+        assert_eq!(parse_until("2027-01-15T08:30:00Z").ok(), Some(1_800_001_800));
+        assert_eq!(parse_until("2027-01-15T09:30:00+01:00").ok(), Some(1_800_001_800));
+        // Local times: a date is its midnight, a time is that minute (here, in whatever zone).
+        let date = parse_until("2027-01-15").expect("date");
+        let time = parse_until("2027-01-15 18:00").expect("time");
+        assert_eq!(time - date, 18 * 3600);
+        assert!(parse_until("next tuesday").is_err());
+        assert!(parse_until("2027-13-01").is_err());
+    }
 }

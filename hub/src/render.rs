@@ -22,6 +22,8 @@ pub enum View {
     Advisories,
     /// The upstream bridge.
     Upstream,
+    /// Updates: the feed's last check, then releases, refusals and devices.
+    Updates,
     /// Anything else: keys and values.
     Plain,
 }
@@ -36,6 +38,7 @@ pub fn render(view: View, answer: &Value, now_ms: i64) -> String {
         View::Security => security(answer),
         View::Advisories => advisories(answer),
         View::Upstream => upstream(answer),
+        View::Updates => updates(answer, now_ms),
         View::Plain => plain(answer, 0),
     }
 }
@@ -58,7 +61,7 @@ pub fn local_time(ms: i64) -> String {
 }
 
 /// Unix seconds as a local date.
-fn local_date(s: u64) -> String {
+pub fn local_date(s: u64) -> String {
     let Ok(ts) = jiff::Timestamp::from_second(s as i64) else { return s.to_string() };
     ts.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d").to_string()
 }
@@ -270,23 +273,40 @@ fn readings(answer: &Value) -> String {
 }
 
 fn pairing(p: &Value) -> String {
-    let mut out = if p["open"].as_bool().unwrap_or(false) {
-        format!(
-            "Pairing window open: closes in {} s, {} failed attempt(s) left.\n",
-            p["closes_in_s"], p["attempts_left"]
-        )
-    } else {
-        "Pairing window closed. Open it with `hub ctl pair open`.\n".into()
+    let (closes, left) = (&p["closes_in_s"], &p["attempts_left"]);
+    let mut out = match p["state"].as_str() {
+        Some("backing_off") => format!(
+            "Pairing window open, pausing after a failed attempt: PINs are taken again in {} s \
+             (closes in {closes} s, {left} failed attempt(s) left).\n",
+            p["backoff_s"]
+        ),
+        Some("no_attempts_left") => "Pairing window closed after its failed attempts. Open a new \
+             one with `hub ctl pair open`.\n"
+            .into(),
+        _ if p["open"].as_bool().unwrap_or(false) => {
+            format!("Pairing window open: closes in {closes} s, {left} failed attempt(s) left.\n")
+        }
+        _ => "Pairing window closed. Open it with `hub ctl pair open`.\n".into(),
     };
     if let Some(w) = p["waiting"].as_array().filter(|w| !w.is_empty()) {
         out += "\nWaiting for their PIN:\n";
         let rows: Vec<Vec<String>> = w
             .iter()
             .map(|s| {
-                vec![text(s, "serial").into(), text(s, "model").into(), text(s, "device").into()]
+                vec![
+                    text(s, "serial").into(),
+                    text(s, "model").into(),
+                    s["firmware_version"].as_u64().map_or_else(String::new, |v| v.to_string()),
+                    text(s, "device").into(),
+                ]
             })
             .collect();
-        out += &indent(&table(&["SERIAL", "MODEL", "FUTURE ID"], &rows));
+        out += &indent(&table(&["SERIAL", "MODEL", "FIRMWARE", "FUTURE ID"], &rows));
+        for s in w {
+            if let Some(warning) = s["warning"].as_str() {
+                out += &format!("\nWarning for {}: {warning}.\n", text(s, "serial"));
+            }
+        }
     }
     out
 }
@@ -334,6 +354,58 @@ fn upstream(u: &Value) -> String {
     if let Some(e) = u["last_error"].as_str() {
         let _ = writeln!(out, "Last connection error: {e}");
     }
+    out
+}
+
+/// In how long `then_ms` comes ("in 5 min").
+fn until(then_ms: i64, now_ms: i64) -> String {
+    let s = (then_ms - now_ms).max(0) / 1000;
+    match s {
+        0..60 => format!("in {s} s"),
+        60..3600 => format!("in {} min", s / 60),
+        3600..86_400 => format!("in {} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("in {} d", s / 86_400),
+    }
+}
+
+/// The feed's line: when it was last checked and how that went, and the next check.
+fn feed(f: &Value, now_ms: i64) -> String {
+    let Some(url) = f["url"].as_str() else {
+        return "Update feed: none configured (`[updates] feed_url`); releases come from \
+                `hub ctl update add`\n"
+            .into();
+    };
+    let mut out = format!("Update feed: {url}\n");
+    let when =
+        |key: &str| f[key].as_i64().map(|ms| format!("{} ({})", local_time(ms), ago(ms, now_ms)));
+    match (when("last_checked_ms"), f["last_error"].as_str()) {
+        (None, _) => out.push_str("  last checked: not yet\n"),
+        (Some(at), None) => {
+            let _ = writeln!(
+                out,
+                "  last checked: {at}, it lists {} release(s) and {} advisory(ies)",
+                f["releases"], f["advisories"]
+            );
+        }
+        (Some(at), Some(e)) => {
+            let _ = writeln!(out, "  last checked: {at}, failed: {e}");
+            let ok = when("last_ok_ms").unwrap_or_else(|| "never".into());
+            let _ = writeln!(out, "  last successful check: {ok}");
+        }
+    }
+    if let Some(next) = f["next_check_ms"].as_i64() {
+        let _ = writeln!(out, "  next check: {} ({})", local_time(next), until(next, now_ms));
+    }
+    out
+}
+
+fn updates(answer: &Value, now_ms: i64) -> String {
+    let mut out = feed(&answer["feed"], now_ms);
+    let mut rest = answer.clone();
+    if let Some(m) = rest.as_object_mut() {
+        m.remove("feed");
+    }
+    out.push_str(&plain(&rest, 0));
     out
 }
 
@@ -409,6 +481,34 @@ fn scalar(v: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn updates_say_when_the_feed_was_last_checked() {
+        let now = 1_800_000_000_000;
+        let mut answer = json!({"policy": "auto", "releases": [], "feed": {
+            "url": "https://feed.example/", "last_checked_ms": now - 180_000,
+            "last_ok_ms": now - 180_000, "last_error": null, "releases": 4, "advisories": 1,
+            "next_check_ms": now + 7_500_000
+        }});
+        let out = render(View::Updates, &answer, now);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "Update feed: https://feed.example/", "{out}");
+        assert!(lines[1].contains("last checked: ") && lines[1].contains("(3 min ago)"), "{out}");
+        assert!(lines[1].ends_with("4 release(s) and 1 advisory(ies)"), "{out}");
+        assert!(lines[2].contains("next check: ") && lines[2].ends_with("(in 2 h 5 min)"), "{out}");
+        assert!(out.contains("policy: auto") && !out.contains("next check ms"), "{out}");
+
+        answer["feed"]["last_error"] = json!("connecting to the feed: refused");
+        answer["feed"]["last_checked_ms"] = json!(now - 5_000);
+        let out = render(View::Updates, &answer, now);
+        assert!(out.contains("(5 s ago), failed: connecting to the feed: refused"), "{out}");
+        assert!(out.contains("last successful check: ") && out.contains("(3 min ago)"), "{out}");
+
+        answer["feed"] = json!({"url": "https://feed.example/", "last_checked_ms": null});
+        assert!(render(View::Updates, &answer, now).contains("last checked: not yet"));
+        answer["feed"] = Value::Null;
+        assert!(render(View::Updates, &answer, now).contains("none configured"));
+    }
 
     #[test]
     fn device_table_has_units_names_and_relative_times() {

@@ -305,6 +305,12 @@ fn pairing(p: crate::api::PairingStatus) -> Pairing {
         open: p.open,
         closes_in_s: p.closes_in_s,
         attempts_left: p.attempts_left,
+        backoff_s: p.backoff_s,
+        warnings: p
+            .waiting
+            .iter()
+            .filter_map(|w| Some((w.serial.clone(), w.warning.clone()?)))
+            .collect(),
         waiting: p.waiting.into_iter().map(|w| (w.serial, w.model)).collect(),
     }
 }
@@ -407,11 +413,12 @@ impl web_ui::OwnerApi for HubOwner {
         pin: String,
         serial: Option<String>,
         replaces: Option<String>,
+        accept_risk: bool,
     ) -> ApiFuture<'_, String> {
         let replaces = replaces.map(|r| device_id(&r)).transpose();
-        Box::pin(
-            async move { self.api.pair_pin(pin, serial, None, replaces?).await.map_err(web_err) },
-        )
+        Box::pin(async move {
+            self.api.pair_pin(pin, serial, None, replaces?, accept_risk).await.map_err(web_err)
+        })
     }
 
     fn label(&self, id: &str, name: String, room: Option<String>) -> ApiFuture<'_, ()> {
@@ -610,21 +617,16 @@ impl web_ui::OwnerApi for HubOwner {
 
     fn erase_all(&self) -> ApiFuture<'_, ()> {
         Box::pin(async move {
-            // The new code's hash first: if the hashing budget refuses it, nothing is erased.
-            let (code, vault) = self.make_setup_code().await.map_err(unavailable)?;
-            for d in self.api.devices().await.map_err(web_err)? {
-                match self.api.remove(d.device.info.id).await {
-                    Ok(()) | Err(ApiError::NotFound(_)) => {}
-                    Err(e) => return Err(web_err(e)),
+            // The account goes at once (nobody logs in with it while the hub restarts); the
+            // rest goes with the data directory once the hub has stopped (a factory reset).
+            for path in [self.vault_path(), self.data_dir.join(LOGINS_FILE)] {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(unavailable(WebStartError::Io(path, e))),
                 }
             }
-            self.install_setup_code(&code, &vault).map_err(unavailable)?;
-            tracing::warn!("all user data erased; back to first-run setup");
-            println!(
-                "Hearth setup: all data erased. The new one-time setup code is in {} (readable \
-                 by the hub's user only)",
-                self.data_dir.join(SETUP_CODE_FILE).display()
-            );
+            self.api.factory_reset();
             Ok(())
         })
     }

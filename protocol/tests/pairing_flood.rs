@@ -324,7 +324,7 @@ fn a_real_sensor_pairs_within_10_s_while_65_hosts_flood_hellos() {
             match e {
                 SensorEvent::ShowPin(p) => pin = Some(p),
                 SensorEvent::Paired(_) => paired_at = Some(now),
-                SensorEvent::PairingRefused | SensorEvent::PairingFailed(_) => {
+                SensorEvent::PairingRefused(_) | SensorEvent::PairingFailed(_) => {
                     // Like the simulator: try again with a fresh key after 2 s.
                     pin = None;
                     retry_at = Some(now.plus(2_000));

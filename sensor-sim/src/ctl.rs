@@ -44,7 +44,8 @@ pub async fn pair_open(socket: &Path, seconds: u64) -> Result<Value, CtlError> {
 }
 
 /// Types `pin` for the sensor with `serial`, once the hub lists that sensor as waiting (its
-/// hello may still be on the way when its display lights up).
+/// hello may still be on the way when its display lights up). The simulated owner pairs
+/// sensors the hub warns about (past their support period, under an advisory) anyway.
 pub async fn pair_pin(socket: &Path, pin: &str, serial: &str) -> Result<Value, CtlError> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -56,5 +57,6 @@ pub async fn pair_pin(socket: &Path, pin: &str, serial: &str) -> Result<Value, C
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    request(socket, &json!({"cmd": "pair_pin", "pin": pin, "serial": serial})).await
+    let typed = json!({"cmd": "pair_pin", "pin": pin, "serial": serial, "accept_risk": true});
+    request(socket, &typed).await
 }

@@ -1,6 +1,7 @@
 //! Simulated Hearth sensors: models with displays, persisted "flash", outage buffers, fleets of
 //! thousands of sensors on a few sockets with one deadline heap, fault injection, the physical
-//! interface, the load generator and outage benchmark, and the aiocoap context export.
+//! interface, the load generator, the outage and MQTT latency benchmarks, and the aiocoap
+//! context export.
 #![forbid(unsafe_code)]
 
 pub mod buffer;
@@ -13,6 +14,7 @@ pub mod fleet;
 pub mod load;
 pub mod maker;
 pub mod model;
+pub mod mqtt_bench;
 pub mod net;
 pub mod outage;
 pub mod physical;

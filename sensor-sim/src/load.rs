@@ -139,7 +139,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
                     }
                     in_progress = in_progress.saturating_sub(1);
                 }
-                Ok(Some(FleetEvent::PairingFailed { index })) => fleet.pair(index),
+                Ok(Some(FleetEvent::PairingFailed { index, .. })) => fleet.pair(index),
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(_) => {}

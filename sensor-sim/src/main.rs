@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "sensor-sim", about = "Simulated Hearth sensors and the load generator")]
+#[command(name = "sensor-sim", version, about = "Simulated Hearth sensors and the load generator")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -42,6 +42,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PhysicalCmd,
     },
+    /// MQTT publish→subscribe latency through a running hub (`scripts/bench-mqtt`): prints one
+    /// `RESULT {json}` line.
+    MqttBench(sensor_sim::mqtt_bench::BenchArgs),
     /// Write a paired sensor's OSCORE context in aiocoap's format (the sim never uses it again).
     ExportContext {
         /// Sensor index or serial.
@@ -194,6 +197,10 @@ struct FleetArgs {
     /// Models to cycle through: thermostat, climate, door, button (default: all).
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
+    /// Serial number of the first sensor (`TH-00000` for 0): a second fleet paired with the
+    /// same hub takes other serials, as other real sensors would have.
+    #[arg(long, default_value_t = 0)]
+    first_serial: u32,
     /// Cut a sensor's power during its next update: `INDEX:write:BLOCKS` or `INDEX:switch`.
     #[arg(long)]
     cut: Vec<String>,
@@ -354,10 +361,14 @@ struct OutageArgs {
 }
 
 fn main() -> ExitCode {
+    // Colour only on a terminal, never with NO_COLOR set (as the hub's logs).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -397,6 +408,8 @@ enum Error {
     Outage(#[from] outage::OutageError),
     #[error("{0}")]
     Usage(String),
+    #[error("mqtt-bench: {0}")]
+    MqttBench(sensor_sim::mqtt_bench::BenchError),
 }
 
 async fn run(cmd: Cmd) -> Result<(), Error> {
@@ -438,6 +451,11 @@ async fn run(cmd: Cmd) -> Result<(), Error> {
             Ok(())
         }
         Cmd::Maker { cmd } => run_maker(cmd).await,
+        Cmd::MqttBench(a) => {
+            let report = sensor_sim::mqtt_bench::run(a).await.map_err(Error::MqttBench)?;
+            println!("RESULT {report}");
+            Ok(())
+        }
         Cmd::Physical { sensor, cmd: PhysicalCmd::Dump { flash: path, json } } => {
             let f = flash::Flash::open_existing(&path)?;
             let dump = physical::dump(&f, &sensor)?;
@@ -475,6 +493,7 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
         audit_nonces: a.audit_nonces,
         sockets: a.sockets,
         bind: a.bind,
+        first_serial: a.first_serial,
         trust,
         models: a
             .models
@@ -562,7 +581,9 @@ fn print_event(e: FleetEvent, ctl: Option<&PathBuf>) {
         FleetEvent::Paired { index, serial, kid } => {
             println!("PAIRED sensor={index} serial={serial} kid={kid}");
         }
-        FleetEvent::PairingFailed { index } => println!("PAIRING-FAILED sensor={index}"),
+        FleetEvent::PairingFailed { index, reason } => {
+            println!("PAIRING-FAILED sensor={index} reason={reason:?}");
+        }
         FleetEvent::PairingRetry { index, in_ms } => {
             println!("PAIRING-RETRY sensor={index} in_ms={in_ms}");
         }

@@ -150,10 +150,19 @@ try {
   if (!(await page.locator('[data-erase]').isDisabled())) throw new Error('erase enabled before typing the word');
   await page.fill('input[name=confirm]', 'ERASE');
   await page.click('[data-erase]');
-  await page.waitForURL('**/erased');
   await expectText('.notice.ok', /Erase complete/);
   await shot('09-erased');
-  await page.goto(url);
+  // A factory reset: the hub restarts as a new hub (new certificate, new setup code) and
+  // answers again within seconds.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await page.goto(url);
+      break;
+    } catch (e) {
+      if (attempt >= 60) throw e;
+      await page.waitForTimeout(500);
+    }
+  }
   await page.waitForURL('**/setup');
 
   if (violations.length) throw new Error(`CSP violations or script errors: ${violations.join(' | ')}`);

@@ -45,7 +45,9 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Taken by the tests that compare a fleet's delivery rate under an attack with its normal
-/// rate: they run one at a time (each one keeps the machine's two cores busy by itself).
+/// rate, and by the heaviest others (a real Home Assistant, 500 sensors through an outage):
+/// they run one at a time (each one keeps the machine's two cores busy by itself), so that no
+/// rate under attack is measured against another heavy test.
 pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static ONE: Mutex<()> = Mutex::new(());
     ONE.lock().unwrap_or_else(|e| e.into_inner())
@@ -103,6 +105,17 @@ pub struct Hub {
     pub web: SocketAddr,
     /// What it printed before `READY` (web UI address, certificate fingerprint, setup code).
     pub printed: Vec<String>,
+    /// Its standard output after `READY` (read all along, so the hub never writes to a closed
+    /// pipe).
+    stdout: std::sync::Mutex<Receiver<String>>,
+}
+
+/// A TCP port free on loopback now (for listeners that must keep their port across a restart).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }
 
 /// Pairing limits for a simulated fleet: all its sensors pair from one host, at once.
@@ -170,9 +183,7 @@ impl Hub {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
+                let _ = tx.send(line); // read on even when nobody listens
             }
         });
         let mut printed = Vec::new();
@@ -195,7 +206,34 @@ impl Hub {
             log,
             web: v["web"].as_str().and_then(|s| s.parse().ok()).expect("web addr"),
             printed,
+            stdout: std::sync::Mutex::new(rx),
         }
+    }
+
+    /// Waits for the hub to start again in the same process (after a factory reset): its next
+    /// `READY` line; takes the addresses and start-up lines (new fingerprint, new setup code)
+    /// it printed.
+    pub fn restarted(&mut self, timeout: Duration) {
+        let rx = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = Instant::now() + timeout;
+        let mut printed = Vec::new();
+        let ready = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.starts_with("READY ") => break l,
+                Ok(l) => printed.push(l),
+                Err(_) => panic!(
+                    "the hub did not start again; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        };
+        drop(rx);
+        let v: Value = serde_json::from_str(&ready["READY ".len()..]).expect("READY json");
+        self.coap = v["coap"].as_str().and_then(|s| s.parse().ok()).expect("coap addr");
+        self.control = PathBuf::from(v["control"].as_str().expect("control"));
+        self.web = v["web"].as_str().and_then(|s| s.parse().ok()).expect("web addr");
+        self.printed = printed;
     }
 
     /// Runs `hub ctl <args>` and returns its JSON answer (panics on failure).

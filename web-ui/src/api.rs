@@ -110,6 +110,13 @@ pub struct Pairing {
     pub attempts_left: u32,
     /// Sensors waiting for their PIN: (serial, model).
     pub waiting: Vec<(String, String)>,
+    /// Seconds until PINs are taken again after a failed attempt (0: not backing off; the
+    /// window is open meanwhile).
+    #[serde(default)]
+    pub backoff_s: u64,
+    /// Warnings about waiting sensors, to read before typing their PIN: (serial, warning).
+    #[serde(default)]
+    pub warnings: Vec<(String, String)>,
 }
 
 /// The owner's update policy (5.3-6, TR 103 621 6.14).
@@ -213,12 +220,14 @@ pub trait OwnerApi: Send + Sync + 'static {
     /// Closes it.
     fn pair_close(&self) -> ApiFuture<'_, Pairing>;
     /// Types a PIN (for the sensor with `serial` if several wait); the new device takes over
-    /// the name, room and history of `replaces`, whose keys are erased. Answers the new id.
+    /// the name, room and history of `replaces`, whose keys are erased. `accept_risk`: the
+    /// owner read the sensor's warning and pairs it anyway. Answers the new id.
     fn pair_pin(
         &self,
         pin: String,
         serial: Option<String>,
         replaces: Option<String>,
+        accept_risk: bool,
     ) -> ApiFuture<'_, String>;
     /// Names a device and puts it in a room (`None`: no room).
     fn label(&self, id: &str, name: String, room: Option<String>) -> ApiFuture<'_, ()>;
@@ -243,9 +252,10 @@ pub trait OwnerApi: Send + Sync + 'static {
     fn store_logins(&self, doc: Vec<u8>) -> ApiFuture<'_, ()>;
     /// The one-time setup code was used: the sticker file goes.
     fn setup_done(&self) -> ApiFuture<'_, ()>;
-    /// Erases all user data (every device with its keys and readings, the account) and returns to
-    /// first-run setup: a new one-time code is made, printed and written, and the vault is
-    /// replaced by one holding only its hash (made with [`crate::Vault::first_run`]).
+    /// Factory reset: erases everything the owner set up (devices with their keys and readings,
+    /// the account, MQTT logins, trust keys, releases, policy, ...) and returns to first-run
+    /// setup with a new one-time code (the vault then holds only its hash, as made with
+    /// [`crate::Vault::first_run`]). The hub may restart as a new hub right after answering.
     fn erase_all(&self) -> ApiFuture<'_, ()>;
     /// Fills `buf` from the hub's CSPRNG.
     fn random(&self, buf: &mut [u8]);

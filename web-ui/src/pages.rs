@@ -21,7 +21,7 @@ use crate::state::{Web, WebEvent};
 
 forms! {
     PairOpenForm { seconds: u64 }
-    PinForm { pin: String, serial: String, replaces: String }
+    PinForm { pin: String, serial: String, replaces: String, accept: Option<String> }
     LabelForm { name: String, room: String }
     PolicyForm { mode: String, days: String }
     ApproveForm { model: String, version: u32 }
@@ -147,7 +147,19 @@ fn pairing_body(
          only while this window is open and allows just a few failed attempts per window, with a \
          growing pause after each.</p>",
     );
-    if p.open {
+    if p.backoff_s > 0 {
+        let _ = write!(
+            b,
+            "<p class=\"status open\" data-backoff=\"{w}\">Pairing is <strong>open</strong>, \
+             pausing after a failed attempt: PINs are taken again in {w} s; closes in \
+             <span data-countdown=\"{s}\">{s}</span> s; <span data-attempts>{a}</span> failed \
+             attempt(s) left.</p>\
+             <form method=\"post\" action=\"/pairing/close\" class=\"inline\">{c}<button>Close the window</button></form>",
+            w = p.backoff_s,
+            s = p.closes_in_s,
+            a = p.attempts_left,
+        );
+    } else if p.open {
         let _ = write!(
             b,
             "<p class=\"status open\">Pairing is <strong>open</strong>: closes in \
@@ -178,10 +190,20 @@ fn pairing_body(
     let replacing = replace_options(devices, replaces);
     let mut options = String::from("<option value=\"\">the only one waiting</option>");
     for (serial, model) in &p.waiting {
-        let _ = write!(b, "<li>{} — serial {}</li>", esc(model), esc(serial));
+        let _ = write!(b, "<li>{} — serial {}", esc(model), esc(serial));
+        for (_, warning) in p.warnings.iter().filter(|(s, _)| s == serial) {
+            let _ = write!(b, "<p class=\"warning\" data-warning>⚠ {}</p>", esc(warning));
+        }
+        b.push_str("</li>");
         let _ = write!(options, "<option value=\"{s}\">{s}</option>", s = esc(serial));
     }
     b.push_str("</ul>");
+    let accept = if p.warnings.is_empty() {
+        ""
+    } else {
+        "<label><input type=\"checkbox\" name=\"accept\" value=\"yes\"> Pair anyway: I have \
+         read the warning above</label>"
+    };
     let _ = write!(
         b,
         "<form method=\"post\" action=\"/pairing/pin\" class=\"card\">{c}\
@@ -189,7 +211,7 @@ fn pairing_body(
          pattern=\"[0-9]{{4,10}}\" required maxlength=\"10\"></label>\
          <label>Sensor <select name=\"serial\">{options}</select></label>\
          <label>Replaces (takes over its name, room and history; its keys are erased) \
-         <select name=\"replaces\">{replacing}</select></label>\
+         <select name=\"replaces\">{replacing}</select></label>{accept}\
          <button>Pair</button></form>"
     );
     b
@@ -273,7 +295,8 @@ pub async fn pair_pin(
     }
     let serial = (!f.serial.is_empty()).then(|| f.serial.clone());
     let replaces = (!f.replaces.is_empty()).then(|| f.replaces.clone());
-    match web.api.pair_pin(pin.to_owned(), serial, replaces).await {
+    let accept = f.accept.as_deref() == Some("yes");
+    match web.api.pair_pin(pin.to_owned(), serial, replaces, accept).await {
         Ok(_) => Redirect::to("/pairing?m=paired").into_response(),
         Err(e) => {
             let p = web.api.pairing().await.unwrap_or_default();
@@ -660,7 +683,7 @@ fn web_checks(
     let consent = inner.vault.telemetry_consent;
     drop(inner);
     let pairing = match pairing {
-        Some(p) if p.open => {
+        Some(p) if p.open || p.backoff_s > 0 => {
             format!("pairing window open, {} failed attempt(s) left", p.attempts_left)
         }
         Some(_) => "pairing closed (PINs accepted only in an owner-opened window)".into(),
@@ -854,7 +877,20 @@ pub async fn erase(
     // The owner's records and device cookies went with the account.
     web.save_logins().await;
     tracing::warn!("all user data erased by the owner; back to first-run setup");
-    let mut res = Redirect::to("/erased").into_response();
+    // Answered here, not by a redirect: the hub restarts as a new one right after this answer.
+    let body = format!(
+        "{}<p>Everything the owner set up was deleted: every device with its keys and readings, \
+         the owner account and its sessions, MQTT logins, trusted manufacturer keys, releases, \
+         advisories, the update policy and the upstream bridge's queue. The hub now restarts as \
+         a new hub with a <strong>new</strong> key-encryption key and a <strong>new</strong> \
+         certificate (your browser warns again: compare the fingerprint the hub prints at start) \
+         and a <strong>new</strong> one-time setup code, printed on the hub's console and \
+         written to the file <code>setup-code</code> in its data directory. Settings in the \
+         hub's configuration file stay as they are.</p>\
+         <p><a href=\"/setup\">Set up again</a> (in a few seconds)</p>",
+        notice("ok", "Erase complete.")
+    );
+    let mut res = Html(page("All data erased", None, false, &body)).into_response();
     res.headers_mut().append(header::SET_COOKIE, cookie(SESSION_COOKIE, ""));
     res
 }

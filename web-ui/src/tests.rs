@@ -128,6 +128,7 @@ impl OwnerApi for Fake {
             closes_in_s: seconds,
             attempts_left: 3,
             waiting: vec![("SN-9".into(), MODEL.into())],
+            ..Pairing::default()
         };
         ready(Ok(s.pairing.clone()))
     }
@@ -140,9 +141,15 @@ impl OwnerApi for Fake {
         pin: String,
         _serial: Option<String>,
         replaces: Option<String>,
+        accept_risk: bool,
     ) -> ApiFuture<'_, String> {
         let mut s = self.s();
         s.pins.push(pin.clone());
+        if !s.pairing.warnings.is_empty() && !accept_risk {
+            return ready(Err(ApiError::Refused(
+                "sensor SN-9: it will be isolated. To pair it anyway, tick".into(),
+            )));
+        }
         ready(if pin == "12345" {
             let mut new = device("0a", Availability::Online);
             if let Some(old) = replaces {
@@ -786,6 +793,37 @@ async fn dashboard_device_and_isolated_pages_show_the_hubs_state() {
 }
 
 #[tokio::test]
+async fn pairing_shows_the_back_off_and_warnings_and_needs_the_owner_to_accept_the_risk() {
+    let app = app().await;
+    let (s, csrf) = app.owner().await;
+    app.post("/pairing/open", &s, &format!("csrf={csrf}&seconds=120")).await;
+    {
+        let mut st = app.fake.s();
+        st.pairing.open = false;
+        st.pairing.backoff_s = 4;
+        st.pairing.warnings =
+            vec![("SN-9".into(), "it will be isolated as soon as it pairs".into())];
+    }
+    let p = app.get("/pairing", &s).await;
+    assert!(p.body.contains("PINs are taken again in 4 s"), "{}", p.body);
+    assert!(!p.body.contains("Pairing is <strong>closed</strong>"));
+    assert!(p.body.contains("⚠ it will be isolated as soon as it pairs"));
+    assert!(p.body.contains("name=\"accept\""));
+    let r =
+        app.post("/pairing/pin", &s, &format!("csrf={csrf}&pin=12345&serial=SN-9&replaces=")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.contains("To pair it anyway"));
+    let r = app
+        .post(
+            "/pairing/pin",
+            &s,
+            &format!("csrf={csrf}&pin=12345&serial=SN-9&replaces=&accept=yes"),
+        )
+        .await;
+    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/pairing?m=paired"));
+}
+
+#[tokio::test]
 async fn pairing_opens_counts_down_takes_a_pin_and_closes() {
     let app = app().await;
     let (s, csrf) = app.owner().await;
@@ -945,7 +983,8 @@ async fn privacy_consent_is_persisted_and_erase_needs_the_typed_word() {
     assert!(r.body.contains("Nothing was erased"));
     assert_eq!(app.fake.s().erased, 0);
     let r = app.post("/privacy/erase", &s, &format!("csrf={csrf}&confirm=ERASE")).await;
-    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/erased"));
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("Erase complete.") && r.body.contains("restarts as a new hub"));
     assert_eq!(app.fake.s().erased, 1);
     let done = app.get("/erased", "").await;
     assert!(done.body.contains("Erase complete.") && done.body.contains("new</strong> one-time"));
@@ -1200,7 +1239,7 @@ async fn back_offs_and_device_cookies_survive_a_restart() {
     // Erasing everything forgets the account's records and devices.
     let (s, csrf) = app.session(&r).await;
     let r = app.post("/privacy/erase", &s, &format!("csrf={csrf}&confirm=ERASE")).await;
-    assert_eq!(r.location(), "/erased");
+    assert!(r.status == StatusCode::OK && r.body.contains("Erase complete."));
     let logins: serde_json::Value =
         serde_json::from_slice(fake.s().logins.as_deref().unwrap_or(b"{}")).expect("json");
     assert_eq!(logins["accounts"], serde_json::json!({}), "{logins}");

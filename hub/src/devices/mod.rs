@@ -229,9 +229,6 @@ pub enum DirectoryError {
     /// The override needs an isolated device.
     #[error("the device is not isolated")]
     NotIsolated,
-    /// A replacement needs an isolated device to replace.
-    #[error("only an isolated device can be replaced (remove it instead)")]
-    NotReplaceable,
 }
 
 /// The shared directory (cheap to clone).
@@ -516,13 +513,19 @@ impl Directory {
         })
     }
 
-    /// Whether `device` can be replaced (it is isolated).
+    /// Whether `device` can be replaced: any paired device can (isolated, moved, broken).
     pub fn replaceable(&self, device: &DeviceId) -> Result<(), DirectoryError> {
         match self.read().devices.get(device) {
             None => Err(DirectoryError::Unknown),
-            Some(e) if e.availability() == Availability::Isolated => Ok(()),
-            Some(_) => Err(DirectoryError::NotReplaceable),
+            Some(_) => Ok(()),
         }
+    }
+
+    /// The paired device with this serial, if any: its id and name.
+    pub fn by_serial(&self, serial: &str) -> Option<(DeviceId, String)> {
+        let inner = self.read();
+        let (id, e) = inner.devices.iter().find(|(_, e)| e.info.serial == serial)?;
+        Some((*id, e.profile.name.clone().unwrap_or_else(|| e.info.serial.clone())))
     }
 
     /// `new` takes over `old`'s name, room and history; `old` leaves the directory.
@@ -535,7 +538,7 @@ impl Directory {
                 e.profile.room = old_entry.profile.room;
                 e.profile.replaces = old_entry.profile.replaces;
                 e.profile.replaces.push(*old);
-                e.record(now_ms, "replaced an isolated device");
+                e.record(now_ms, &format!("replaced device {old}"));
             }
             inner.dirty = true;
         }

@@ -121,7 +121,10 @@ fn labels_are_validated_and_replacement_inherits_name_room_and_history() {
     assert_eq!(d.rename(&old, "a\nb"), Err(DirectoryError::BadLabel("a name")));
     d.rename(&old, "Front door").expect("rename");
     d.set_room(&old, Some("Hall")).expect("room");
-    assert_eq!(d.replaceable(&old), Err(DirectoryError::NotReplaceable));
+    d.replaceable(&old).expect("any paired device can be replaced");
+    assert_eq!(d.replaceable(&info(9, "m").id), Err(DirectoryError::Unknown));
+    assert_eq!(d.by_serial("SN1"), Some((old, "Front door".into())));
+    assert_eq!(d.by_serial("SN9"), None);
     assert!(d.isolate(&old, isolation("adv"), 1));
     d.replaceable(&old).expect("isolated can be replaced");
     d.replace(&old, &new, 2);

@@ -103,9 +103,27 @@ struct Current {
     len: u64,
     /// Whether frames may still be appended.
     active: bool,
-    /// Readings in the segment, and those before the reader's position.
+    /// Readings in the segment (of devices not erased), and those before the reader's
+    /// position (of every device, erased since or not).
     readings: u64,
     passed: u64,
+    /// `passed` by device: what is left is counted in the segment's own terms — the readings
+    /// of devices not erased — so a device removed after its readings were passed neither
+    /// hides pending readings nor counts twice.
+    passed_by_kid: std::collections::HashMap<Kid, u64>,
+}
+
+impl Current {
+    fn pass(&mut self, payload: &[u8]) {
+        if let Ok(items) = records::scan(payload) {
+            for i in items {
+                if let Item::Block(b) = i {
+                    self.passed += u64::from(b.count);
+                    *self.passed_by_kid.entry(b.kid).or_default() += u64::from(b.count);
+                }
+            }
+        }
+    }
 }
 
 /// Reads the log's frames in order from a position, never holding the store's lock across I/O.
@@ -161,7 +179,8 @@ impl OutboxReader {
         self.skips.iter().filter(|(_, to)| *to > after).copied().collect()
     }
 
-    /// Readings stored after the reader's position (approximate only for erased devices).
+    /// Readings stored after the reader's position, of devices not erased (a device removed
+    /// after the reader passed its readings does not hide the others').
     pub fn pending(&self) -> u64 {
         let (views, _) = self.store.frames(u64::MAX);
         let cur_first = self.cur.as_ref().map(|c| c.first_seq);
@@ -170,7 +189,7 @@ impl OutboxReader {
                 .iter()
                 .find(|v| v.first_seq == c.first_seq)
                 .map_or(c.readings, |v| v.readings);
-            total.saturating_sub(c.passed)
+            self.left_in(c, total)
         });
         let later: u64 = views
             .iter()
@@ -178,6 +197,18 @@ impl OutboxReader {
             .map(|v| v.readings)
             .sum();
         here + later
+    }
+
+    /// Readings after the position in the current segment, of its `total` (of devices not
+    /// erased): what was passed of the devices still counted there is taken off.
+    fn left_in(&self, c: &Current, total: u64) -> u64 {
+        match self.store.segment_kids(c.first_seq) {
+            Some(kids) => {
+                let passed: u64 = kids.iter().filter_map(|k| c.passed_by_kid.get(k)).sum();
+                total.saturating_sub(passed)
+            }
+            None => total.saturating_sub(c.passed),
+        }
     }
 
     /// Sets `cur` and `offset` for `next_seq` (scanning the segment's frame headers and
@@ -198,6 +229,7 @@ impl OutboxReader {
             active: v.active,
             readings: v.readings,
             passed: 0,
+            passed_by_kid: std::collections::HashMap::new(),
         };
         let (mut at, mut seq) = (SEG_HEADER, v.first_seq);
         while seq < self.next_seq && at < cur.len {
@@ -208,7 +240,7 @@ impl OutboxReader {
                 }
                 continue;
             };
-            cur.passed += count(&payload);
+            cur.pass(&payload);
             (at, seq) = (end, seq + 1);
         }
         self.offset = at;
@@ -244,16 +276,18 @@ impl OutboxReader {
     pub fn drop_oldest(&mut self, n: u64) -> u64 {
         let from = self.next_seq;
         let mut done = 0;
+        let mut live_kids: Option<(u64, Option<std::collections::HashSet<Kid>>)> = None;
         while done < n {
+            let left = self.cur.as_ref().map_or(0, |c| self.left_in(c, c.readings));
             if let Some(c) = &self.cur
                 && !c.active
                 && self.offset < c.len
-                && c.readings.saturating_sub(c.passed) <= n - done
+                && left <= n - done
             {
                 let (views, _) = self.store.frames(u64::MAX);
                 if let Some(v) = views.iter().find(|v| v.first_seq == c.first_seq) {
                     // The rest of a sealed segment: counted from its index, not read.
-                    done += c.readings.saturating_sub(c.passed);
+                    done += left;
                     self.next_seq = v.last_seq + 1;
                     self.offset = c.len;
                     continue;
@@ -262,7 +296,14 @@ impl OutboxReader {
             match self.advance() {
                 Adv::Frame { seq, payload } => {
                     if !self.skipped(seq) {
-                        done += count(&payload);
+                        // Of devices not erased: the same terms as `pending` (the segment's
+                        // devices are looked up once per segment).
+                        let first = self.cur.as_ref().map(|c| c.first_seq);
+                        if live_kids.as_ref().map(|(f, _)| *f) != first {
+                            live_kids = first.map(|f| (f, self.store.segment_kids(f)));
+                        }
+                        let live = live_kids.as_ref().and_then(|(_, k)| k.as_ref());
+                        done += count_of(&payload, live);
                     }
                 }
                 Adv::Lost(Step::Lost { readings, .. }) => done += readings,
@@ -340,7 +381,7 @@ impl OutboxReader {
                 }
             };
         };
-        cur.passed += count(&payload);
+        cur.pass(&payload);
         (self.offset, self.next_seq) = (end, seq + 1);
         Adv::Frame { seq, payload }
     }
@@ -393,13 +434,14 @@ enum Adv {
 }
 
 /// Readings in a frame's payload (from block headers).
-fn count(payload: &[u8]) -> u64 {
+/// Readings in a frame's payload, of the devices in `live` (all of them for `None`).
+fn count_of(payload: &[u8], live: Option<&std::collections::HashSet<Kid>>) -> u64 {
     records::scan(payload).map_or(0, |items| {
         items
             .iter()
             .map(|i| match i {
-                Item::Block(b) => u64::from(b.count),
-                Item::Change(..) | Item::Meta(..) => 0,
+                Item::Block(b) if live.is_none_or(|l| l.contains(&b.kid)) => u64::from(b.count),
+                Item::Block(_) | Item::Change(..) | Item::Meta(..) => 0,
             })
             .sum()
     })
@@ -554,6 +596,39 @@ mod tests {
             OutboxReader::open(&store, Some(&Cursor { next_seq: 1, ..Cursor::default() }));
         let (read, lost) = read_all(&mut behind);
         assert_eq!(read.len() as u64 + lost, 2000);
+    }
+
+    /// Issue 19: `pending` read 0 while readings waited, once a device whose readings the
+    /// reader had passed was removed (the segment's count left them out, the passed count not).
+    #[test]
+    fn pending_counts_what_waits_after_a_passed_device_is_removed_and_drops_count_it() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = filled(tmp.path(), config(1 << 40), 100);
+        let mut r = OutboxReader::open(&store, Some(&Cursor { next_seq: 1, ..Cursor::default() }));
+        let mut frames = 0;
+        while frames < 60 {
+            if let Step::Frame(_) = r.next_step() {
+                frames += 1;
+            }
+        }
+        assert_eq!(r.pending(), 40 * 5);
+        // Device 1 is removed; device 2 keeps reporting while the broker is away.
+        store.commit(&[Write::Remove { kid: kid(1) }]).expect("remove");
+        for i in 100..120 {
+            store.commit(&[readings(kid(2), [i * 10 + 5, i * 10 + 6])]).expect("commit");
+        }
+        let waiting = 40 * 2 + 20 * 2;
+        assert_eq!(r.pending(), waiting, "device 2's readings after the position");
+        store.seal_now();
+        assert_eq!(r.pending(), waiting, "the same once the segment is sealed");
+        // The bound drops the oldest and counts them in the same terms.
+        let dropped = r.drop_oldest(30);
+        assert!((30..30 + 5).contains(&dropped), "{dropped}");
+        assert_eq!(r.pending(), waiting - dropped);
+        // The reader still yields the removed device's readings (the bridge withholds them).
+        let (read, _) = read_all(&mut r);
+        assert_eq!(read.iter().filter(|(k, _)| *k == kid(2)).count() as u64, waiting - dropped);
+        assert_eq!(r.pending(), 0);
     }
 
     #[test]

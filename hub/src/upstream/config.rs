@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 /// The upstream broker and how to reach it.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// `mqtts://host:port` (TLS), or `mqtt://` to a loopback host only.

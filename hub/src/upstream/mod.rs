@@ -110,21 +110,32 @@ pub fn bridge(
     opts.set_clean_session(false);
     opts.set_inflight(MQTT_INFLIGHT.max(cfg.max_in_flight.saturating_mul(4)));
     opts.set_max_packet_size(64 * 1024, 64 * 1024);
-    if let Some(password) = cfg.password()? {
-        opts.set_credentials(cfg.username.clone().unwrap_or_default(), password);
+    let password = cfg.password()?;
+    if let Some(password) = &password {
+        opts.set_credentials(cfg.username.clone().unwrap_or_default(), password.clone());
     } else if let Some(user) = &cfg.username {
         opts.set_credentials(user.clone(), "");
     }
     let scheme = if endpoint.tls { "mqtts" } else { "mqtt" };
     let url = format!("{scheme}://{}:{}", endpoint.host, endpoint.port);
     let refusals = Arc::new(tls::Refusals::default());
+    let mut ca_pem = None;
     if endpoint.tls {
         let pem = cfg.ca_pem()?.unwrap_or_default();
         let tls = tls_config(&pem, refusals.clone(), &url).map_err(UpstreamError::Tls)?;
         opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
             Arc::new(tls),
         )));
+        ca_pem = Some(pem);
     }
+    let secrets = Secrets {
+        cfg: cfg.clone(),
+        url: url.clone(),
+        refusals: refusals.clone(),
+        ca_pem,
+        password,
+        logged: (None, 0),
+    };
     let cursor_path = config::cursor_path(data_dir);
     let cursor = match Cursor::load(&cursor_path) {
         Ok(c) => c,
@@ -163,8 +174,117 @@ pub fn bridge(
         max_pending: cfg.max_pending,
         window: usize::from(cfg.max_in_flight),
         reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
+        secrets,
     };
     Ok((handle, bridge.run(opts, shutdown)))
+}
+
+/// Connection errors are logged one by one at most this often (the rest are counted in the
+/// next line).
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The files the bridge reads secrets from, re-read on SIGHUP and before every reconnection
+/// (a changed `ca_cert` or `password_file` applies without a restart), and the rate limit of
+/// its connection-error log.
+struct Secrets {
+    cfg: UpstreamConfig,
+    url: String,
+    refusals: Arc<tls::Refusals>,
+    /// What is in use (`None` for a plain connection / no password).
+    ca_pem: Option<String>,
+    password: Option<String>,
+    /// When a connection error was last logged, and how many were not logged since.
+    logged: (Option<Instant>, u64),
+}
+
+impl Secrets {
+    /// Re-reads `ca_cert` and `password_file`; what changed applies to the next connection. An
+    /// unreadable file keeps what is in use (and says so).
+    fn reload(&mut self, opts: &mut MqttOptions) {
+        match self.cfg.password() {
+            Ok(p) if p != self.password => {
+                let user = self.cfg.username.clone().unwrap_or_default();
+                opts.set_credentials(user, p.clone().unwrap_or_default());
+                self.password = p;
+                tracing::info!(
+                    "upstream: upstream.password_file changed; the new password is used from the next connection"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "upstream: keeping the password in use"),
+        }
+        if self.ca_pem.is_none() {
+            return; // a plain connection (loopback only)
+        }
+        match self.cfg.ca_pem() {
+            Ok(Some(pem)) if Some(&pem) != self.ca_pem.as_ref() => {
+                match tls_config(&pem, self.refusals.clone(), &self.url) {
+                    Ok(tls) => {
+                        opts.set_transport(rumqttc::Transport::tls_with_config(
+                            rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+                        ));
+                        self.ca_pem = Some(pem);
+                        tracing::info!(
+                            "upstream: upstream.ca_cert changed; the new certificate is trusted from the next connection"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "upstream: upstream.ca_cert is not usable; keeping the certificate in use")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "upstream: keeping the certificate in use"),
+        }
+    }
+
+    /// Logs a failed connection in words, with what to check — at most once a minute.
+    fn failed(&mut self, e: &rumqttc::ConnectionError) {
+        let now = Instant::now();
+        if self.logged.0.is_some_and(|t| now.duration_since(t) < ERROR_LOG_EVERY) {
+            self.logged.1 += 1;
+            return;
+        }
+        let unlogged = std::mem::take(&mut self.logged.1);
+        self.logged.0 = Some(now);
+        tracing::warn!(
+            upstream = %self.url,
+            check = explain_connection(e),
+            error = %e,
+            more_since_last_line = unlogged,
+            "upstream broker unreachable; readings wait in the outbox (hub ctl upstream)"
+        );
+    }
+}
+
+/// What a failed connection means, and what to check.
+fn explain_connection(e: &rumqttc::ConnectionError) -> &'static str {
+    use rumqttc::{ConnectReturnCode as Code, ConnectionError as E};
+    use std::io::ErrorKind;
+    match e {
+        E::ConnectionRefused(Code::BadUserNamePassword | Code::NotAuthorized) => {
+            "the broker refused the login: check upstream.username and upstream.password_file"
+        }
+        E::ConnectionRefused(_) => {
+            "the broker refused the connection: check upstream.client_id and the broker's MQTT \
+             version (3.1.1)"
+        }
+        E::Tls(_) => {
+            "the TLS handshake failed: if a refused certificate was logged, check upstream.ca_cert \
+             and the host in upstream.url"
+        }
+        E::Io(io) if io.kind() == ErrorKind::ConnectionRefused => {
+            "nothing listens at upstream.url: is the broker running, is the port right?"
+        }
+        E::Io(io) if io.kind() == ErrorKind::TimedOut => {
+            "the broker did not answer: check the network and the host in upstream.url"
+        }
+        E::NetworkTimeout => {
+            "the broker did not answer in time: check the network and the host in upstream.url"
+        }
+        E::Io(_) => "the connection failed: check the network, the host name and upstream.url",
+        _ => "the connection to the broker failed",
+    }
 }
 
 /// rustls (ring) trusting only the configured certificates; refusals counted and logged.
@@ -175,15 +295,15 @@ fn tls_config(
 ) -> Result<rustls::ClientConfig, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
+    let mut pinned = Vec::new();
     for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        pinned.push(cert.map_err(|e| e.to_string())?);
     }
-    if roots.is_empty() {
+    if pinned.is_empty() {
         return Err("holds no certificate".into());
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = tls::Watched::new(roots, provider.clone(), refusals, url.to_owned())?;
+    let verifier = tls::Watched::new(pinned, provider.clone(), refusals, url.to_owned())?;
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -228,6 +348,7 @@ struct Bridge {
     /// Publishes handed to the client and not yet completed, at most.
     window: usize,
     reconnect_max: Duration,
+    secrets: Secrets,
 }
 
 impl Bridge {
@@ -240,6 +361,9 @@ impl Bridge {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // While backing off, the outbox is still measured and bounded every tick.
         let mut retry_at: Option<tokio::time::Instant> = None;
+        // SIGHUP re-reads upstream.ca_cert and upstream.password_file.
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
             if connected {
                 self.fill(&client);
@@ -247,6 +371,15 @@ impl Bridge {
             let wake = retry_at.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::info!("upstream: SIGHUP: re-reading upstream.ca_cert and upstream.password_file");
+                    self.secrets.reload(&mut events.mqtt_options);
+                }
                 // Not while a connection is being made: rumqttc's connect (TCP, TLS, CONNECT)
                 // cannot be cancelled and resumed, and a broker more than a tick away (200 ms)
                 // would never be reached (it is bounded by rumqttc's connection timeout).
@@ -276,7 +409,11 @@ impl Bridge {
                     Err(e) => {
                         if connected {
                             tracing::warn!(error = %e, "upstream broker connection lost");
+                        } else {
+                            self.secrets.failed(&e);
                         }
+                        // A changed certificate or password applies to the next attempt.
+                        self.secrets.reload(&mut events.mqtt_options);
                         connected = false;
                         self.order_resends(&mut events.pending);
                         {

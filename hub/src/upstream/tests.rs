@@ -86,8 +86,58 @@ fn bridge(dir: &Path, window: usize) -> (Bridge, HubStore) {
         max_pending: 1000,
         window,
         reconnect_max: Duration::from_secs(1),
+        secrets: secrets("url = \"mqtt://127.0.0.1:1883\"", None),
     };
     (bridge, store)
+}
+
+fn secrets(toml_text: &str, password: Option<&str>) -> super::Secrets {
+    let cfg: super::UpstreamConfig = toml::from_str(toml_text).expect("config");
+    super::Secrets {
+        cfg,
+        url: "mqtt://127.0.0.1:1883".into(),
+        refusals: Arc::default(),
+        ca_pem: None,
+        password: password.map(str::to_owned),
+        logged: (None, 0),
+    }
+}
+
+#[test]
+fn a_changed_password_file_applies_to_the_next_connection_and_errors_are_logged_in_words() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let file = tmp.path().join("password");
+    std::fs::write(&file, "first-password\n").expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let text = format!(
+        "url = \"mqtt://127.0.0.1:1883\"\nusername = \"hub\"\npassword_file = \"{}\"",
+        file.display()
+    );
+    let mut s = secrets(&text, Some("first-password"));
+    let mut opts = MqttOptions::new("t", "127.0.0.1", 1883);
+    opts.set_credentials("hub", "first-password");
+    s.reload(&mut opts);
+    assert_eq!(opts.credentials().map(|l| l.password), Some("first-password".into()));
+    std::fs::write(&file, "second-password\n").expect("write");
+    s.reload(&mut opts);
+    let login = opts.credentials().expect("login");
+    assert_eq!((login.username.as_str(), login.password.as_str()), ("hub", "second-password"));
+    // An unreadable file keeps the password in use.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    s.reload(&mut opts);
+    assert_eq!(opts.credentials().map(|l| l.password), Some("second-password".into()));
+    // Connection errors say what to check; one line a minute, the rest counted.
+    let refused = rumqttc::ConnectionError::ConnectionRefused(
+        rumqttc::ConnectReturnCode::BadUserNamePassword,
+    );
+    assert!(super::explain_connection(&refused).contains("upstream.password_file"));
+    let down = rumqttc::ConnectionError::Io(std::io::ErrorKind::ConnectionRefused.into());
+    assert!(super::explain_connection(&down).contains("is the broker running"));
+    for _ in 0..10 {
+        s.failed(&down);
+    }
+    assert_eq!(s.logged.1, 9, "one line logged, nine counted for the next");
 }
 
 fn client() -> (AsyncClient, rumqttc::EventLoop) {

@@ -1,5 +1,7 @@
 //! The upstream broker's certificate check: rustls's WebPKI verification against the configured
-//! CA only, with every refusal counted (`upstream_tls_refused` in `hub ctl security`) and logged
+//! CA only — or, for the usual self-signed broker certificate (`openssl req -x509` makes it
+//! CA:TRUE, which WebPKI refuses as a server's own certificate), that exact certificate pinned
+//! in `ca_cert` — with every refusal counted (`upstream_tls_refused` in `hub ctl security`) and logged
 //! at warn in words a person understands, rate-limited — a refused certificate may be a man in
 //! the middle (EN 303 645 5.5-1, 5.10-1).
 
@@ -76,30 +78,49 @@ fn explain(e: &Error) -> &'static str {
              signed by it"
         }
         CertificateError::BadEncoding => "the certificate is malformed",
+        other if ca_as_end_entity(other) => {
+            "the broker presents a CA certificate (CA:TRUE) that is not the one in \
+             upstream.ca_cert (a self-signed broker certificate is accepted only as that exact \
+             file)"
+        }
         _ => "the certificate is not acceptable",
     }
+}
+
+/// WebPKI's refusal of a CA certificate presented as the server's own (rustls passes it on as
+/// an `Other` error naming `CaUsedAsEndEntity`).
+fn ca_as_end_entity(e: &CertificateError) -> bool {
+    matches!(e, CertificateError::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity"))
 }
 
 /// rustls's verifier for the configured roots, with refusals counted and logged.
 #[derive(Debug)]
 pub(crate) struct Watched {
     inner: Arc<WebPkiServerVerifier>,
+    /// The configured certificates themselves: a broker presenting exactly one of them is
+    /// trusted (a pinned self-signed certificate, CA:TRUE included).
+    pinned: Vec<CertificateDer<'static>>,
     refusals: Arc<Refusals>,
     url: String,
 }
 
 impl Watched {
-    /// A verifier trusting only `roots`, reporting refusals for `url` to `refusals`.
+    /// A verifier trusting only `pinned` (as CAs, and each as the exact certificate a broker
+    /// may present), reporting refusals for `url` to `refusals`.
     pub fn new(
-        roots: rustls::RootCertStore,
+        pinned: Vec<CertificateDer<'static>>,
         provider: Arc<rustls::crypto::CryptoProvider>,
         refusals: Arc<Refusals>,
         url: String,
     ) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in &pinned {
+            roots.add(c.clone()).map_err(|e| e.to_string())?;
+        }
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Self { inner, refusals, url })
+        Ok(Self { inner, pinned, refusals, url })
     }
 }
 
@@ -119,8 +140,18 @@ impl ServerCertVerifier for Watched {
             ocsp_response,
             now,
         );
-        if let Err(e) = &verdict {
-            self.refusals.refused(&self.url, e);
+        match &verdict {
+            // The usual self-signed broker certificate (CA:TRUE) is refused by WebPKI as a
+            // server's own certificate; it is trusted when it is exactly the configured one (the
+            // handshake then proves the broker holds its key).
+            Err(Error::InvalidCertificate(c))
+                if ca_as_end_entity(c)
+                    && self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) =>
+            {
+                return Ok(ServerCertVerified::assertion());
+            }
+            Err(e) => self.refusals.refused(&self.url, e),
+            Ok(_) => {}
         }
         verdict
     }
@@ -152,19 +183,40 @@ impl ServerCertVerifier for Watched {
 mod tests {
     use super::*;
 
-    fn cert(names: &[&str]) -> (CertificateDer<'static>, rustls::RootCertStore) {
+    fn cert(names: &[&str]) -> (CertificateDer<'static>, Vec<CertificateDer<'static>>) {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let c = rcgen::generate_simple_self_signed(names).expect("cert");
         let der = c.cert.der().clone();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(der.clone()).expect("root");
-        (der, roots)
+        (der.clone(), vec![der])
     }
 
-    fn verifier(roots: rustls::RootCertStore, refusals: &Arc<Refusals>) -> Watched {
+    /// A self-signed CA:TRUE certificate, as `openssl req -x509` makes for a broker.
+    fn ca_true(name: &str) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("cert").der().clone()
+    }
+
+    fn verifier(roots: Vec<CertificateDer<'static>>, refusals: &Arc<Refusals>) -> Watched {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         Watched::new(roots, provider, refusals.clone(), "mqtts://broker:8883".into())
             .expect("verifier")
+    }
+
+    #[test]
+    fn a_pinned_self_signed_ca_true_certificate_is_accepted_and_another_refused() {
+        let refusals = Arc::new(Refusals::default());
+        let ours = ca_true("broker.example");
+        let theirs = ca_true("broker.example");
+        let v = verifier(vec![ours.clone()], &refusals);
+        let name = ServerName::try_from("broker.example").expect("name");
+        let now = UnixTime::now();
+        assert!(v.verify_server_cert(&ours, &[], &name, &[], now).is_ok());
+        assert_eq!(refusals.count(), 0);
+        let refused = v.verify_server_cert(&theirs, &[], &name, &[], now).expect_err("refused");
+        assert_eq!(refusals.count(), 1);
+        assert!(!explain(&refused).contains("not acceptable"), "{refused}: {}", explain(&refused));
     }
 
     #[test]

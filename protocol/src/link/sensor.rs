@@ -42,8 +42,9 @@ pub enum SensorEvent {
     /// Pairing failed; the attempt's key is gone. Start again for a new PIN.
     PairingFailed(PairingError),
     /// The hub refused pairing (window closed or backing off), or forgot the attempt (its window
-    /// closed or the session expired before the PIN was typed).
-    PairingRefused,
+    /// closed or the session expired before the PIN was typed): the hub's reason, as printable
+    /// text of at most [`MAX_REASON`] characters.
+    PairingRefused(String),
     /// The hub acknowledged reading `id`: it is durable there and can be dropped here.
     Delivered(u64),
     /// The hub refused reading `id` (authenticated error response); it was dropped.
@@ -494,7 +495,7 @@ impl SensorLink {
     fn on_hello_response(&mut self, now: Millis, p: &Packet) {
         if p.header.code != MessageClass::Response(ResponseType::Created) {
             self.phase = Phase::Unpaired;
-            self.events.push_back(SensorEvent::PairingRefused);
+            self.events.push_back(SensorEvent::PairingRefused(refusal(p)));
             return;
         }
         let Phase::Hello(state) = core::mem::replace(&mut self.phase, Phase::Unpaired) else {
@@ -528,7 +529,8 @@ impl SensorLink {
         };
         if p.header.code == MessageClass::Response(ResponseType::NotFound) {
             // The hub no longer holds this attempt (its window closed or the session expired).
-            self.events.push_back(SensorEvent::PairingRefused);
+            let why = "the hub no longer holds this attempt (window closed or session expired)";
+            self.events.push_back(SensorEvent::PairingRefused(why.into()));
             return;
         }
         if p.header.code != MessageClass::Response(ResponseType::Content) {
@@ -805,4 +807,22 @@ fn get(mid: u16, token: &[u8], path: &str, version: u32) -> Packet {
 
 fn jitter<R: CryptoRng + ?Sized>(rng: &mut R) -> f64 {
     f64::from(rng.next_u32()) / f64::from(u32::MAX)
+}
+
+/// Longest refusal reason a sensor keeps from the hub's answer.
+pub const MAX_REASON: usize = 160;
+
+/// The reason in a pairing refusal: the response code and the hub's diagnostic payload
+/// (RFC 7252 §5.5.2), kept only as printable text and cut at [`MAX_REASON`] characters.
+fn refusal(p: &Packet) -> String {
+    let code = match p.header.code {
+        MessageClass::Response(r) => format!("{r:?}"),
+        other => format!("{other:?}"),
+    };
+    let text: String = String::from_utf8_lossy(&p.payload)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_REASON)
+        .collect();
+    if text.is_empty() { code } else { text }
 }

@@ -67,16 +67,16 @@ pub enum PairingError {
     #[error("PIN must be exactly {0} decimal digits")]
     BadPin(usize),
     /// The completed key is not a point on P-256 (most often a mistyped PIN).
-    #[error("key is not on the curve (check the PIN)")]
+    #[error("the PIN completes no valid key (mistyped, or not this sensor's PIN)")]
     OffCurve,
     /// The peer's key has the same X as ours (a reflected key).
     #[error("peer key equals our own")]
     ReflectedKey,
     /// The hub's proof did not verify: wrong PIN or an attacker. The attempt is over.
-    #[error("hub confirmation failed")]
+    #[error("the hub's proof did not match this sensor's PIN (wrong PIN typed, or an attacker)")]
     HubProofInvalid,
     /// The sensor's confirmation did not verify. The attempt is over.
-    #[error("sensor confirmation failed")]
+    #[error("the sensor's confirmation did not match (wrong PIN typed, or an attacker)")]
     SensorProofInvalid,
     /// The hub assigned unusable OSCORE IDs (equal IDs).
     #[error("invalid OSCORE IDs")]

@@ -433,7 +433,7 @@ impl Harness {
                 s.flash.params = Some(p.context.clone());
                 s.paired = true;
             }
-            SensorEvent::PairingFailed(_) | SensorEvent::PairingRefused => s.failed += 1,
+            SensorEvent::PairingFailed(_) | SensorEvent::PairingRefused(_) => s.failed += 1,
             SensorEvent::Delivered(id) => s.delivered.push(id),
             SensorEvent::LeaseNeeded(lease) => s.writing = Some((lease, now.plus(FLASH_WRITE_MS))),
             SensorEvent::LinkError(_) | SensorEvent::Refused(_) => {}

@@ -77,6 +77,8 @@ pub struct FleetConfig {
     /// A refused or failed pairing is retried with a fresh key and PIN, the interval doubling
     /// from 2 s up to this (0: no automatic retry).
     pub pair_retry_max_ms: u64,
+    /// Serial number of sensor 0 (sensor `i` is `<prefix>-<first_serial + i>`).
+    pub first_serial: u32,
 }
 
 impl FleetConfig {
@@ -99,6 +101,7 @@ impl FleetConfig {
             local_log: 0,
             probe_max_ms: protocol::link::coap::MAX_BACKOFF_MS,
             pair_retry_max_ms: 16_000,
+            first_serial: 0,
         }
     }
 }
@@ -128,6 +131,8 @@ pub enum FleetEvent {
     PairingFailed {
         /// Sensor index.
         index: u32,
+        /// Why, in words (the hub's refusal, or what failed here).
+        reason: String,
     },
     /// The sensor will try pairing again, with a fresh key and PIN.
     PairingRetry {

@@ -131,8 +131,10 @@ pub async fn spawn(
             if config.models.is_empty() { &ModelKind::ALL[..] } else { &config.models[..] };
         let model = models[index as usize % models.len()];
         let rec = records.get(&index);
-        let serial =
-            rec.map_or_else(|| format!("{}-{:05}", model.prefix(), index), |r| r.serial.clone());
+        let serial = rec.map_or_else(
+            || format!("{}-{:05}", model.prefix(), config.first_serial.saturating_add(index)),
+            |r| r.serial.clone(),
+        );
         let per_pack = backlog::per_pack(model, &serial);
         let stored =
             rec.and_then(|r| r.context.clone()).filter(|_| !rec.is_some_and(|r| r.exported));
@@ -455,9 +457,14 @@ impl FleetTask {
                 }
                 self.start_reporting(index, now);
             }
-            SensorEvent::PairingFailed(_) | SensorEvent::PairingRefused => {
+            SensorEvent::PairingFailed(e) => {
                 self.sensors[i].display = None;
-                self.emit(FleetEvent::PairingFailed { index });
+                self.emit(FleetEvent::PairingFailed { index, reason: e.to_string() });
+                self.schedule_pair_retry(index, now);
+            }
+            SensorEvent::PairingRefused(reason) => {
+                self.sensors[i].display = None;
+                self.emit(FleetEvent::PairingFailed { index, reason });
                 self.schedule_pair_retry(index, now);
             }
             SensorEvent::Delivered(pack) => self.on_answer(index, pack, true, now),

@@ -24,8 +24,13 @@ fn the_owner_sets_up_pairs_watches_a_reading_approves_an_update_and_erases_in_a_
     );
     let tmp = tempfile::tempdir().expect("tmp");
     let maker = Maker::new(tmp.path());
-    let extra = format!("[updates]\nmax_concurrent = 4\n{}", maker.trust_toml(&[THERMO, BUTTON]));
-    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &extra);
+    // The web UI keeps its port across the factory reset at the end (a fixed one).
+    let extra = format!(
+        "[web]\nbind = \"127.0.0.1:{}\"\n[updates]\nmax_concurrent = 4\n{}",
+        tests::free_tcp_port(),
+        maker.trust_toml(&[THERMO, BUTTON])
+    );
+    let mut hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &extra);
 
     // The browser skips its own certificate check; this pins the served certificate to the
     // fingerprint the hub printed (the client refuses any other).
@@ -175,6 +180,8 @@ fn the_owner_sets_up_pairs_watches_a_reading_approves_an_update_and_erases_in_a_
         (l.starts_with("UPDATED") && field(l, "outcome") == Some("Installed")).then_some(())
     });
     drop(buttons);
+    // The erase was a factory reset: the hub started again as a new hub.
+    hub.restarted(Duration::from_secs(60));
     assert!(hub.ctl(&["devices"]).as_array().is_some_and(Vec::is_empty));
     let new_code = super::web::setup_code(&hub);
     assert_ne!(new_code, code);

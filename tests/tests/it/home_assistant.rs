@@ -171,6 +171,7 @@ pub(crate) fn setup(per_model: usize, interval_ms: u32) -> Setup {
 
 #[test]
 fn home_assistant_shows_every_entity_of_every_device_after_pairing_and_restarts() {
+    let _one_at_a_time = tests::exclusive();
     let mut s = setup(PER_MODEL, 1000);
     let want: BTreeSet<String> =
         s.devices.iter().flat_map(|(serial, id)| expected_entities(serial, id)).collect();

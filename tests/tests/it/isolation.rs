@@ -140,10 +140,10 @@ fn advisories_isolate_buttons_schedule_fixes_and_a_replacement_inherits_the_butt
             )
         })
     });
-    // Only an isolated device can be replaced.
+    // Only a paired device can be replaced (any one: isolated, moved, broken).
     let refused =
-        hub.try_ctl(&["pair", "pin", &pin, "--serial", &serial, "--replaces", climates[0]]);
-    assert!(refused.is_err_and(|e| e.contains("only an isolated device")));
+        hub.try_ctl(&["pair", "pin", &pin, "--serial", &serial, "--replaces", "0badc0de"]);
+    assert!(refused.is_err_and(|e| e.contains("no device")));
     let paired = hub.ctl(&["pair", "pin", &pin, "--serial", &serial, "--replaces", buttons[0]]);
     let new_id = paired["pairing"].as_str().expect("new id").to_owned();
     let d = device(&hub, &new_id);

@@ -150,6 +150,7 @@ fn until_drained(
 
 #[test]
 fn hub_down_while_500_sensors_measure_every_reading_arrives_once_in_order_after_a_spread_wait() {
+    let _one_at_a_time = tests::exclusive();
     const SENSORS: usize = 500;
     const JITTER_MS: u64 = 3_000;
     // Sensors measure every 500 ms: 124 buffered measurements each means the hub was down for

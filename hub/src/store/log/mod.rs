@@ -483,6 +483,16 @@ impl SegmentLog {
         dropped
     }
 
+    /// The devices whose readings the segment starting at `first_seq` still counts.
+    pub(super) fn segment_kids(&self, first_seq: u64) -> Option<std::collections::HashSet<Kid>> {
+        if let Some(s) = self.sealed.iter().find(|s| s.first_seq == first_seq) {
+            return Some(s.devices.keys().copied().collect());
+        }
+        self.unsealed()
+            .find(|a| a.first_seq == first_seq)
+            .map(|a| a.devices.iter().filter(|(_, d)| d.span.is_some()).map(|(k, _)| *k).collect())
+    }
+
     /// Every segment, oldest first, as a frame reader sees it (no I/O: handles are shared).
     pub(super) fn views(&self) -> Vec<SegmentView> {
         let mut out = Vec::with_capacity(self.sealed.len() + self.sealing.len() + 1);

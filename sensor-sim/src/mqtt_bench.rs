@@ -1,63 +1,96 @@
-//! `mqtt-bench`: MQTT publish→subscribe latency through a running hub (plain or TLS front, or
-//! the broker's own loopback listener for comparison). One publisher paces QoS 0 messages on a
-//! fixed schedule; one subscriber timestamps arrivals; latency is measured from each message's
-//! scheduled time (no coordinated omission). MQTT framing is rumqttd's own codec; the clients
-//! are minimal on purpose (CONNECT, SUBSCRIBE, PUBLISH), so the load generator stays cheap.
+//! MQTT publish→subscribe latency through a running hub (`sensor-sim mqtt-bench`, run by
+//! `scripts/bench-mqtt`) through its plain or TLS front. One publisher paces QoS 0 messages on
+//! a fixed schedule; one subscriber timestamps arrivals; latency is measured from each
+//! message's scheduled time (no coordinated omission). MQTT framing is rumqttd's own codec; the
+//! clients are minimal on purpose (CONNECT, SUBSCRIBE, PUBLISH), so the load generator stays
+//! cheap. A load tool: it lives with the simulator, never in the gateway's binary.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use clap::Parser;
 use rumqttd::protocol::{
     Connect, Filter, Login, Packet, Protocol, Publish, QoS, Subscribe, v4::V4,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[derive(Parser)]
-#[command(name = "mqtt-bench", about = "MQTT pub→sub latency through a Hearth hub")]
-struct Args {
+/// What to measure.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
     /// Host name or IP address (also the TLS server name).
     #[arg(long, default_value = "127.0.0.1")]
-    host: String,
+    pub host: String,
     /// Port.
     #[arg(long)]
-    port: u16,
+    pub port: u16,
     /// The hub certificate (PEM): connect with TLS and pin it.
     #[arg(long)]
-    cafile: Option<std::path::PathBuf>,
+    pub cafile: Option<std::path::PathBuf>,
     /// User name.
     #[arg(long)]
-    user: String,
+    pub user: String,
     /// Password (default: $MQTT_BENCH_PASSWORD, so it stays out of the process list).
     #[arg(long)]
-    password: Option<String>,
+    pub password: Option<String>,
     /// Messages per second.
     #[arg(long, default_value_t = 1000)]
-    rate: u32,
+    pub rate: u32,
     /// Measured seconds (after one second of warm-up).
     #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    pub seconds: u64,
     /// Payload bytes (at least 16).
     #[arg(long, default_value_t = 64)]
-    payload: usize,
+    pub payload: usize,
     /// A label for the result line.
     #[arg(long, default_value = "")]
-    label: String,
+    pub label: String,
+}
+
+/// Why a run could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A socket or file.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The host name did not resolve to an address.
+    #[error("host did not resolve")]
+    Resolve,
+    /// The `--cafile` certificate.
+    #[error("certificate: {0}")]
+    Cert(#[from] rustls_pki_types::pem::Error),
+    /// TLS set-up.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// `--host` is no valid TLS server name.
+    #[error("server name: {0}")]
+    ServerName(#[from] rustls_pki_types::InvalidDnsNameError),
+    /// Neither `--password` nor `$MQTT_BENCH_PASSWORD`.
+    #[error("no password: --password or $MQTT_BENCH_PASSWORD")]
+    NoPassword,
+    /// The hub refused the login.
+    #[error("connection refused (CONNACK code {0})")]
+    Refused(u8),
+    /// MQTT framing.
+    #[error("MQTT: {0}")]
+    Codec(#[from] rumqttd::protocol::Error),
+    /// The subscriber's connection closed before its SUBACK.
+    #[error("subscriber closed")]
+    SubscriberClosed,
+    /// The subscriber task failed.
+    #[error("subscriber: {0}")]
+    Subscriber(#[from] tokio::task::JoinError),
 }
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
-async fn connect(args: &Args, client_id: &str) -> Result<Box<dyn Stream>, Error> {
+async fn connect(args: &BenchArgs, client_id: &str) -> Result<Box<dyn Stream>, BenchError> {
     let addr: SocketAddr = tokio::net::lookup_host((args.host.as_str(), args.port))
         .await?
         .next()
-        .ok_or("host did not resolve")?;
+        .ok_or(BenchError::Resolve)?;
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let mut s: Box<dyn Stream> = match &args.cafile {
@@ -83,7 +116,7 @@ async fn connect(args: &Args, client_id: &str) -> Result<Box<dyn Stream>, Error>
         .password
         .clone()
         .or_else(|| std::env::var("MQTT_BENCH_PASSWORD").ok())
-        .ok_or("no password: --password or $MQTT_BENCH_PASSWORD")?;
+        .ok_or(BenchError::NoPassword)?;
     let login = Login { username: args.user.clone(), password };
     let mut buf = BytesMut::new();
     V4.write(Packet::Connect(connect, None, None, None, Some(login)), &mut buf)?;
@@ -91,7 +124,7 @@ async fn connect(args: &Args, client_id: &str) -> Result<Box<dyn Stream>, Error>
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack).await?;
     if ack[0] != 0x20 || ack[3] != 0 {
-        return Err(format!("connection refused (CONNACK code {})", ack[3]).into());
+        return Err(BenchError::Refused(ack[3]));
     }
     Ok(s)
 }
@@ -104,9 +137,8 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Error> {
-    let args = Args::parse();
+/// Runs one measurement and returns its result line (JSON).
+pub async fn run(args: BenchArgs) -> Result<serde_json::Value, BenchError> {
     let payload_len = args.payload.max(16);
     let topic = format!("bench/{}", std::process::id());
     let origin = Instant::now();
@@ -130,10 +162,10 @@ async fn main() -> Result<(), Error> {
             Ok(_) => continue,
             Err(rumqttd::protocol::Error::InsufficientBytes(_)) => {
                 if sub.read_buf(&mut rx).await? == 0 {
-                    return Err("subscriber closed".into());
+                    return Err(BenchError::SubscriberClosed);
                 }
             }
-            Err(e) => return Err(format!("{e:?}").into()),
+            Err(e) => return Err(e.into()),
         }
     }
 
@@ -162,7 +194,7 @@ async fn main() -> Result<(), Error> {
                     }
                     Ok(_) => {}
                     Err(rumqttd::protocol::Error::InsufficientBytes(_)) => break,
-                    Err(e) => return Err(format!("{e:?}")),
+                    Err(e) => return Err(BenchError::Codec(e)),
                 }
             }
             if received >= expected {
@@ -220,6 +252,5 @@ async fn main() -> Result<(), Error> {
         "max_ms": ms(latencies.last().copied().unwrap_or(0)),
         "over_40ms": stalls,
     });
-    println!("RESULT {line}");
-    Ok(())
+    Ok(line)
 }
