@@ -394,14 +394,16 @@ pub fn stop_on_signal(
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut term = {
+    // Both handlers are registered here, before the caller reports ready (not when first
+    // polled on the thread).
+    let (mut term, mut int) = {
         let _in_runtime = rt.enter();
-        signal(SignalKind::terminate())?
+        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?)
     };
     std::thread::Builder::new().name("hub-signals".into()).spawn(move || {
         let drained = rt.block_on(async {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
                 _ = term.recv() => {}
                 () = shutdown.cancelled() => {}
             }

@@ -301,13 +301,14 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         devices = running.devices,
         "hub running"
     );
-    println!("READY {ready}");
     // SIGTERM/SIGINT are taken on a thread of their own, which also bounds the stop: a stuck
-    // subsystem on this runtime cannot keep the process alive.
+    // subsystem on this runtime cannot keep the process alive. Installed before READY, so a
+    // supervisor that stops the hub as soon as it is ready gets a clean stop.
     if let Err(e) = hub::daemon::stop_on_signal(shutdown.clone(), running.link_stopped()) {
         eprintln!("hub: {e}");
         return ExitCode::FAILURE;
     }
+    println!("READY {ready}");
     let reset = running.reset.clone();
     let factory_reset = tokio::select! {
         () = shutdown.cancelled() => false,

@@ -785,8 +785,9 @@ fn a_birth_message_storm_republishes_discovery_a_bounded_number_of_times() {
         &["--sensors", "2", "--models", "thermostat,climate", "--interval-ms", "300"],
     );
     sim.paired(2, Duration::from_secs(60));
-    // Thermostat: temperature, climate, firmware; climate sensor: temperature, humidity, firmware.
-    let per_round = 6;
+    // Thermostat: temperature, climate, last command, firmware; climate sensor: temperature,
+    // humidity, firmware.
+    let per_round = 7;
     let (code, mut sub) =
         mqtt_connect(ports.plain, &connect_packet("counter", "ha", MQTT_PASSWORD, None));
     assert_eq!(code, Some(0));
