@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tests::netns::Lab;
-use tests::{Hub, Maker, Sim, bin, field, wait_for};
+use tests::{Hub, Maker, Sim, field, wait_for};
 
 const SENSORS: usize = 4;
 const THERMO: &str = "hearth-thermo-1";
@@ -236,19 +236,6 @@ fn mosquitto() -> PathBuf {
     on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
 }
 
-fn add_mqtt_user(hub: &Hub) {
-    let mut child = Command::new(bin("hub"))
-        .args(["ctl", "--json", "--socket"])
-        .arg(&hub.control)
-        .args(["mqtt-user", "add", "ha"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("hub ctl");
-    writeln!(child.stdin.take().expect("stdin"), "{PASSWORD}").expect("password");
-    assert!(child.wait_with_output().expect("hub ctl").status.success(), "mqtt-user add");
-}
-
 /// A reading as (time, short name, value), the value as text of a number (booleans 1/0,
 /// rounded to hundredths, which is how the hub stores exact values).
 type Key = (i64, String, String);
@@ -341,7 +328,7 @@ fn through_a_real_bad_network_pairing_readings_updates_mqtt_and_upstream_hold() 
     .expect("config");
     let data = tmp.path().join("hub");
     let hub = Hub::start_in_netns(&data, &config, &lab.hub);
-    add_mqtt_user(&hub);
+    hub.add_mqtt_user("ha", Some(PASSWORD));
     phase("hub up");
 
     // A LAN client of the hub's MQTT, across the bad network (TLS, certificate pinned).

@@ -415,21 +415,6 @@ impl MqttPorts {
     }
 }
 
-fn add_user(hub: &Hub, name: &str) {
-    let mut child = Command::new(tests::bin("hub"))
-        .args(["ctl", "--json", "--socket"])
-        .arg(&hub.control)
-        .args(["mqtt-user", "add", name])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("hub ctl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    writeln!(stdin, "{MQTT_PASSWORD}").expect("password");
-    drop(stdin);
-    assert!(child.wait().expect("hub ctl").success(), "mqtt-user add {name}");
-}
-
 /// `mosquitto_pub` once as `user` from `from` (TLS when `cafile` is given): success, stderr.
 fn mosquitto_pub(from: IpAddr, port: u16, cafile: Option<&Path>, user: &str) -> (bool, String) {
     let mut cmd = Command::new("mosquitto_pub");
@@ -448,7 +433,7 @@ fn mqtt_idle_and_half_connect_attacks_on_both_fronts_leave_the_owner_logging_in_
     let ports = MqttPorts::new();
     // The default limits: 256 connections per front, 32 per address, 10 s for TLS and CONNECT.
     let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &ports.config(""));
-    add_user(&hub, "ha");
+    hub.add_mqtt_user("ha", Some(MQTT_PASSWORD));
     let cafile = hub.dir.join("hub-cert.pem");
     let tls = hub_tls(&hub.dir);
     let plain = SocketAddr::from(([127, 0, 0, 1], ports.plain));
@@ -651,7 +636,7 @@ fn mqtt_wills_client_ids_and_the_broker_port_follow_the_fronts_rules() {
     let ports = MqttPorts::new();
     let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &ports.config(""));
     for user in ["ha", "guest", "alice", "bob"] {
-        add_user(&hub, user);
+        hub.add_mqtt_user(user, Some(MQTT_PASSWORD));
     }
     let mut sim = Sim::fleet(
         &hub.coap.to_string(),
@@ -777,7 +762,7 @@ fn a_birth_message_storm_republishes_discovery_a_bounded_number_of_times() {
         free_udp_port(),
         &ports.config(&format!("republish_interval_s = {interval_s}\n")),
     );
-    add_user(&hub, "ha");
+    hub.add_mqtt_user("ha", Some(MQTT_PASSWORD));
     let mut sim = Sim::fleet(
         &hub.coap.to_string(),
         &hub,
