@@ -181,8 +181,8 @@ pub async fn start(
         tracing::warn!(file = %path.display(), "data directory file was readable by others; made private (0600/0700)");
     }
     let dir = data_dir.to_path_buf();
-    let store_config = config.store.store_limits();
-    let (store, outcome) = tokio::task::spawn_blocking(move || HubStore::open(&dir, store_config))
+    let store_limits = config.store.store_limits();
+    let (store, outcome) = tokio::task::spawn_blocking(move || HubStore::open(&dir, store_limits))
         .await
         .map_err(|e| StoreError::Db(e.to_string()))??;
     let moved_aside = match outcome {

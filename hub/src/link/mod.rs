@@ -234,6 +234,7 @@ impl Driver {
                     self.replan = true;
                     tracing::info!(device = %kid, model = %descriptor.model, serial = %descriptor.serial, "paired");
                     let info = DeviceInfo::new(&kid, &descriptor, unix_now().0);
+                    kill_point!("pairing");
                     self.pending.writes.push(Write::Device { info, params });
                     self.pending.states.insert(kid);
                     self.pending.paired.push(kid);
@@ -273,6 +274,7 @@ impl Driver {
                     self.replan = true;
                 }
                 HubEvent::BlockServed { kid, version, num, total } => {
+                    kill_point!("firmware");
                     self.updates.block_served(&kid, version, num, total, unix_now());
                 }
             }
