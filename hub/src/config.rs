@@ -218,8 +218,32 @@ impl Default for WebConfig {
 pub struct TrustedKey {
     /// Model designation.
     pub model: String,
-    /// Hex SEC1 P-256 public key.
-    pub key: String,
+    /// The key, written as hex SEC1 P-256 (parsed when the configuration is read: a bad key
+    /// refuses the start, naming it).
+    #[serde(deserialize_with = "sec1_key")]
+    #[cfg_attr(test, serde(serialize_with = "sec1_hex"))]
+    pub key: protocol::update::PublicKey,
+}
+
+fn sec1_key<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<protocol::update::PublicKey, D::Error> {
+    let text = String::deserialize(d)?;
+    protocol::hex::decode(&text)
+        .and_then(|b| protocol::update::PublicKey::from_sec1(&b).ok())
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "the trusted key {text:?} is not a hex SEC1 P-256 public key"
+            ))
+        })
+}
+
+#[cfg(test)]
+fn sec1_hex<S: serde::Serializer>(
+    key: &protocol::update::PublicKey,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&protocol::hex::encode(&key.to_sec1_compressed()))
 }
 
 /// Update settings (EN 303 645 5.3, TR 103 621 6.13).
@@ -591,14 +615,6 @@ impl Config {
             return bad("updates.check_interval_s", "must be at least 1");
         }
         for (i, t) in u.trust.iter().enumerate() {
-            let key_ok = protocol::hex::decode(&t.key)
-                .is_some_and(|b| protocol::update::PublicKey::from_sec1(&b).is_ok());
-            if !key_ok {
-                return bad(
-                    &format!("updates.trust[{i}].key"),
-                    "must be a hex SEC1 P-256 public key",
-                );
-            }
             if t.model.is_empty() {
                 return bad(&format!("updates.trust[{i}].model"), "must not be empty");
             }
@@ -677,9 +693,20 @@ mod tests {
             invalid_key("[updates]\nfeed_url = \"https://x/\"\nfeed_cert = \"/nonexistent.pem\""),
             "updates.feed_cert"
         );
+        // A bad trusted key is refused as the file is read, with the line that holds it (a good
+        // one: the P-256 generator, compressed).
+        const G: &str = "036b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296";
+        match load("[updates]\n\n[[updates.trust]]\nmodel = \"m\"\nkey = \"00\"") {
+            Err(ConfigError::Parse(_, e)) => {
+                let e = e.to_string();
+                assert!(e.contains("line 5") && e.contains("key = \"00\""), "{e}");
+                assert!(e.contains("is not a hex SEC1 P-256 public key"), "{e}");
+            }
+            other => panic!("a bad trusted key was taken: {other:?}"),
+        }
         assert_eq!(
-            invalid_key("[[updates.trust]]\nmodel = \"m\"\nkey = \"00\""),
-            "updates.trust[0].key"
+            invalid_key(&format!("[[updates.trust]]\nmodel = \"\"\nkey = \"{G}\"")),
+            "updates.trust[0].model"
         );
         assert_eq!(
             invalid_key("[availability]\nmissed_periods = 0"),

@@ -491,9 +491,7 @@ fn load_updates(
         now,
     );
     for t in &config.updates.trust {
-        if let Err(e) = updates.trust(&t.model, &t.key) {
-            tracing::error!(model = %t.model, error = %e, "configured trust anchor refused");
-        }
+        updates.trust_key(&t.model, t.key.clone());
     }
     let devices = store.devices()?;
     for p in peers {

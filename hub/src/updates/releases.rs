@@ -29,6 +29,11 @@ impl Updates {
             protocol::hex::decode(key_hex).and_then(|b| PublicKey::from_sec1(&b).ok()).ok_or_else(
                 || UpdatesError::Bad("the key must be a hex SEC1 P-256 public key".into()),
             )?;
+        Ok(self.trust_key(model, key))
+    }
+
+    /// Pins a parsed manufacturer key for `model`; returns its key id.
+    pub fn trust_key(&mut self, model: &str, key: PublicKey) -> String {
         let kid = protocol::hex::encode(&key.kid().0);
         let entry = (model.to_string(), protocol::hex::encode(&key.to_sec1_compressed()));
         if !self.state.trust.contains(&entry) {
@@ -36,7 +41,7 @@ impl Updates {
             self.anchors.add(model, key);
             self.dirty = true;
         }
-        Ok(kid)
+        kid
     }
 
     pub(super) fn verify_and_keep(
