@@ -152,3 +152,20 @@ fn the_cycle_check_finds_a_cycle() {
     let c = cycle(&g).expect("a cycle through clock and api");
     assert!(c.contains(&"clock".to_owned()) && c.contains(&"api".to_owned()), "{c:?}");
 }
+
+#[test]
+fn no_file_is_over_800_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    sources(&root.join("examples"), &mut files);
+    assert!(files.len() > 40, "the sources were found: {files:?}");
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f).ok()?.lines().count();
+            (lines > 800).then(|| format!("{} ({lines} lines)", f.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "files over the project's 800-line limit: {long:?}");
+}
