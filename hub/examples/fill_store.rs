@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use hub::store::{HubStore, Store, StoreLimits, Write};
+use hub::store::{HubStore, StoreLimits, Write};
 use protocol::oscore::Kid;
 use protocol::senml::{Reading, UnixTimeMillis, Value};
 

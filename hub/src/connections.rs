@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::store::{HubStore, Store, StoreError, Write};
+use crate::store::{HubStore, StoreError, Write};
 
 /// Key of the saved counters in the store's meta table.
 pub const META_KEY: &str = "connection_counters";

@@ -1,6 +1,6 @@
 //! `hub ctl`: the owner's commands on the command line. Each subcommand becomes one typed
 //! request ([`crate::api::request`]), goes to the hub's control socket, and its typed answer is
-//! printed as JSON (`--json`) or rendered for people ([`crate::render::Render`]).
+//! printed as JSON (`--json`) or rendered for people (`render::Render`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

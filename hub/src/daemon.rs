@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::HubApi;
 use crate::config::Config;
-use crate::store::{HubStore, OpenOutcome, Store, StoreError, Write};
+use crate::store::{HubStore, OpenOutcome, StoreError, Write};
 
 /// A running hub.
 #[derive(Debug)]
@@ -390,8 +390,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Ends the hub on SIGTERM or SIGINT, within a bound: a thread of its own (the main runtime may
 /// be the part that is stuck) waits for the signal, fires `shutdown`, waits for the link to
-/// commit and answer what it received (`link_stopped`, at most [`LINK_DRAIN_BOUND`]), then gives
-/// the rest [`STOP_GRACE`]; a process still running then is ended with exit status 1 and the
+/// commit and answer what it received (`link_stopped`, at most `LINK_DRAIN_BOUND`), then gives
+/// the rest `STOP_GRACE`; a process still running then is ended with exit status 1 and the
 /// reason logged. A clean stop returns from `main` well before that.
 pub fn stop_on_signal(
     shutdown: CancellationToken,

@@ -1,6 +1,6 @@
 //! The owner's command API: one implementation behind every front (the control socket and
 //! `hub ctl`, the web UI, MQTT). Each command is defined once in [`request`] (its arguments,
-//! its typed answer from [`answer`], its handler: a method here); the link's part runs on the
+//! its typed answer from `answer`, its handler: a method here); the link's part runs on the
 //! link's thread as a closure (`on_link`).
 
 mod answer;
@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::device_id::DeviceId;
 use crate::link::{Driver, LinkCommand, LinkError, PinEntry};
 pub use crate::link::{PairingState, PairingStatus, Waiting};
-use crate::store::{HubStore, Store, StoredReading};
+use crate::store::{HubStore, StoredReading};
 pub use answer::*;
 pub use request::{Command, Request};
 

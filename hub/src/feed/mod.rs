@@ -1,6 +1,6 @@
 //! The hub's client for the manufacturer's update feed: HTTP/1.1 GETs (hyper) over TLS 1.3
 //! (rustls with ring) trusting only the pinned certificate, with size limits and deadlines, the
-//! randomized check schedule and the checker's status (its loop is in [`check`]). EN 303 645
+//! randomized check schedule and the checker's status (its loop is in `check`). EN 303 645
 //! 5.3-5 and 5.3-7 (TR 103 621 6.13: update checks at a randomized time), 5.13-1 (bounded input
 //! parsing).
 

@@ -45,7 +45,7 @@ use crate::config::Config;
 use crate::devices::Directory;
 use crate::isolation::Advisories;
 use crate::seclog::SecurityLog;
-use crate::store::{DeviceInfo, HubStore, Store, Write};
+use crate::store::{DeviceInfo, HubStore, Write};
 use crate::updates::{META_KEY, Updates};
 use commit::{Batch, COUNTERS_KEY, Done};
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
-use crate::store::{HubStore, Kek, Store, StoreError, Write};
+use crate::store::{HubStore, Kek, StoreError, Write};
 
 /// Key of the sealed users document in the store's meta table.
 pub const META_KEY: &str = "mqtt_users";

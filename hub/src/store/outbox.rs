@@ -468,7 +468,7 @@ mod tests {
 
     use super::*;
     use crate::store::hub_store::tests::{device, readings};
-    use crate::store::{Store, StoreLimits, Write};
+    use crate::store::{StoreLimits, Write};
 
     fn kid(n: u8) -> Kid {
         Kid::new(&[n, 0x0b]).expect("kid")

@@ -7,7 +7,7 @@ use rumqttc::{PubRel, Publish};
 
 use super::*;
 use crate::devices::{AvailabilityRules, Isolation};
-use crate::store::{DeviceInfo, Store, StoreLimits, Write};
+use crate::store::{DeviceInfo, StoreLimits, Write};
 
 fn kid(n: u8) -> Kid {
     Kid::new(&[n, 0x0c]).expect("kid")

@@ -1,4 +1,4 @@
-//! [`Store`] for the hub: readings and link-state changes (checkpoints, leases) go to the
+//! The hub's store ([`HubStore`]): readings and link-state changes (checkpoints, leases) go to the
 //! segment log — one frame and one fdatasync per group commit, so a device's checkpoint is
 //! durable with the readings it accepted — and everything small and rare to the redb catalog.
 //! Link states are snapshotted into the catalog whenever a segment is sealed (by a maintenance
@@ -22,7 +22,7 @@ use super::link_state::LinkState;
 use super::log::{self, IndexJob, LogConfig, Retention, SegmentLog};
 use super::records::Change;
 use super::records::{Payload, Replayed};
-use super::{DeviceInfo, OpenOutcome, PeerRecord, Store, StoreError, StoredReading, Write};
+use super::{DeviceInfo, OpenOutcome, PeerRecord, StoreError, StoredReading, Write};
 
 /// Storage settings.
 #[derive(Debug, Clone, Copy)]
@@ -525,8 +525,10 @@ fn maintain(catalog: &Catalog, live: &Mutex<Live>, config: StoreLimits, jobs: mp
     }
 }
 
-impl Store for HubStore {
-    fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
+/// What the rest of the hub reads and writes.
+impl HubStore {
+    /// Every paired device's link state.
+    pub fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
         let contexts = self.inner.catalog.contexts()?;
         let live = self.live();
         Ok(contexts
@@ -545,7 +547,11 @@ impl Store for HubStore {
             .collect())
     }
 
-    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+    /// Makes `writes` durable, a device's readings together with its checkpoint. After an
+    /// error the caller retries the same writes (applying them twice is harmless). Blocking:
+    /// [`HubStore`] queues them for its one writer thread and waits (never call it from a
+    /// [`HubStore::submit`] callback, which runs on that thread).
+    pub fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.submit(
             writes.to_vec(),
@@ -556,20 +562,25 @@ impl Store for HubStore {
         rx.recv().unwrap_or_else(|_| Err(StoreError::Db("the store writer has stopped".into())))
     }
 
-    fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError> {
+    /// All devices.
+    pub fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError> {
         self.inner.catalog.devices()
     }
 
-    fn readings(&self, kid: &Kid, limit: usize) -> Result<Vec<StoredReading>, StoreError> {
+    /// The newest `limit` readings of a device, oldest first; a reading stored twice (the same
+    /// time and name, resent after a lost acknowledgement) is returned once.
+    pub fn readings(&self, kid: &Kid, limit: usize) -> Result<Vec<StoredReading>, StoreError> {
         let sources = self.live().log.sources(kid);
         Ok(log::read(&sources, kid, limit)?)
     }
 
-    fn reading_count(&self, kid: &Kid) -> Result<u64, StoreError> {
+    /// How many readings of a device are stored (a resent duplicate counts twice).
+    pub fn reading_count(&self, kid: &Kid) -> Result<u64, StoreError> {
         Ok(self.live().log.count(kid))
     }
 
-    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// A named document written with [`Write::Meta`] or [`Write::LogMeta`] (the newest).
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(v) = self.live().logged.get(key) {
             return Ok(Some(v.clone()));
         }
