@@ -159,7 +159,7 @@ pub fn bridge(
     }));
     let handle = UpstreamHandle { status: status.clone(), refusals };
     tracing::info!(%url, topic_prefix = %prefix, cursor = cursor.next_seq, "upstream bridge configured");
-    let bridge = Bridge {
+    let bridge = Forwarder {
         store,
         directory,
         prefix,
@@ -332,7 +332,9 @@ struct Partial {
     next: usize,
 }
 
-struct Bridge {
+/// The upstream forwarder: reads the outbox and publishes to the broker (the MQTT side's
+/// `Bridge` is another thing: Home Assistant on the hub's own broker).
+struct Forwarder {
     store: HubStore,
     directory: Directory,
     prefix: String,
@@ -351,7 +353,7 @@ struct Bridge {
     secrets: Secrets,
 }
 
-impl Bridge {
+impl Forwarder {
     async fn run(mut self, opts: MqttOptions, shutdown: CancellationToken) {
         let (client, mut events) = AsyncClient::new(opts, self.window * 2);
         let mut connected = false;

@@ -51,7 +51,7 @@ fn readings(k: Kid, times: &[i64]) -> Write {
 }
 
 /// A bridge over a store with devices 1 and 2 (2 isolated), the cursor at the log's start.
-fn bridge(dir: &Path, window: usize) -> (Bridge, HubStore) {
+fn bridge(dir: &Path, window: usize) -> (Forwarder, HubStore) {
     let (store, _) = HubStore::open(dir, StoreLimits::default()).expect("open");
     let (a, b) = (kid(1), kid(2));
     let pair = [
@@ -71,7 +71,7 @@ fn bridge(dir: &Path, window: usize) -> (Bridge, HubStore) {
     assert!(directory.isolate(&b.into(), isolation, 0));
     let cursor = Cursor { next_seq: 1, ..Cursor::default() };
     let reader = OutboxReader::open(&store, Some(&cursor));
-    let bridge = Bridge {
+    let bridge = Forwarder {
         store: store.clone(),
         directory,
         prefix: "hearth/t".into(),
