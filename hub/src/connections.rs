@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::store::{HubStore, StoreError, Write};
 
 /// Key of the saved counters in the store's meta table.
-pub const META_KEY: &str = "connection_counters";
+pub(crate) const META_KEY: &str = "connection_counters";
 /// How often changed counters are saved.
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 
@@ -72,7 +72,7 @@ impl Listeners {
 }
 
 /// The counters saved by an earlier start (none, or unreadable: zeros).
-pub fn load(store: &HubStore) -> Result<ConnectionCounters, StoreError> {
+pub(crate) fn load(store: &HubStore) -> Result<ConnectionCounters, StoreError> {
     Ok(store.meta(META_KEY)?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default())
 }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::device_id::DeviceId;
 
 /// Key of the advisories document in the store's meta table.
-pub const META_KEY: &str = "advisories";
+pub(crate) const META_KEY: &str = "advisories";
 /// Advisories kept (the oldest are forgotten beyond this; their isolations stay).
 const MAX_ADVISORIES: usize = 256;
 
@@ -101,7 +101,7 @@ pub enum Action {
 
 /// What a device is, for the decision.
 #[derive(Debug, Clone, Copy)]
-pub struct Subject<'a> {
+pub(crate) struct Subject<'a> {
     /// Model designation.
     pub model: &'a str,
     /// Installed firmware.
@@ -114,7 +114,7 @@ pub struct Subject<'a> {
 
 /// The decision for one device and one advisory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Not affected (other model, or a version outside the range).
     Unaffected,
     /// Updatable and in support: install the fix.
@@ -125,7 +125,7 @@ pub enum Decision {
 
 /// Decides for one device (TR 103 621 6.23): affected and updatable within its support period
 /// → the fix; affected and not updatable, or past support, or with no fix announced → isolate.
-pub fn decide(device: Subject<'_>, a: &AdvisoryRecord, now: u64) -> Decision {
+pub(crate) fn decide(device: Subject<'_>, a: &AdvisoryRecord, now: u64) -> Decision {
     if device.model != a.model || !(a.affected_low..=a.affected_high).contains(&device.installed) {
         return Decision::Unaffected;
     }
@@ -146,7 +146,7 @@ pub fn decide(device: Subject<'_>, a: &AdvisoryRecord, now: u64) -> Decision {
 }
 
 /// What the owner can do with an isolated device (EN 303 645 5.3-14).
-pub fn replacement_path(id: &DeviceId) -> String {
+pub(crate) fn replacement_path(id: &DeviceId) -> String {
     format!(
         "Replace it: open pairing and type the new sensor's PIN with `hub ctl pair pin <PIN> \
          --replaces {id}`; the new sensor takes over its name, room and history and this \
@@ -168,7 +168,7 @@ pub enum AdvisoryError {
 
 /// The advisories the hub holds.
 #[derive(Debug, Default)]
-pub struct Advisories {
+pub(crate) struct Advisories {
     records: Vec<AdvisoryRecord>,
     dirty: bool,
 }
@@ -176,13 +176,13 @@ pub struct Advisories {
 impl Advisories {
     /// From the persisted document (an unreadable one starts empty; isolations themselves are
     /// in the device profiles and stay).
-    pub fn load(doc: Option<&[u8]>) -> Self {
+    pub(crate) fn load(doc: Option<&[u8]>) -> Self {
         let records = doc.and_then(|d| serde_json::from_slice(d).ok()).unwrap_or_default();
         Self { records, dirty: false }
     }
 
     /// Adds a verified advisory; returns its index.
-    pub fn add(
+    pub(crate) fn add(
         &mut self,
         a: &VerifiedAdvisory,
         source: &str,
@@ -201,12 +201,12 @@ impl Advisories {
     }
 
     /// All, oldest first.
-    pub fn records(&self) -> &[AdvisoryRecord] {
+    pub(crate) fn records(&self) -> &[AdvisoryRecord] {
         &self.records
     }
 
     /// Records `action` for `device` under advisory `index`.
-    pub fn act(&mut self, index: usize, device: DeviceId, action: Action) {
+    pub(crate) fn act(&mut self, index: usize, device: DeviceId, action: Action) {
         if let Some(r) = self.records.get_mut(index)
             && r.actions.get(&device) != Some(&action)
         {
@@ -216,7 +216,7 @@ impl Advisories {
     }
 
     /// The document, if anything changed.
-    pub fn take_dirty(&mut self) -> Option<Vec<u8>> {
+    pub(crate) fn take_dirty(&mut self) -> Option<Vec<u8>> {
         if !std::mem::take(&mut self.dirty) {
             return None;
         }

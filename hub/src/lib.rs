@@ -2,6 +2,7 @@
 //! durable store, the owner's control socket, the update manager and its feed client, MQTT,
 //! the upstream bridge and the owner's web UI.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 /// A kill point of the crash campaign (`fault::kill_point`; nothing without the
 /// `fault-injection` feature).
@@ -15,27 +16,27 @@ macro_rules! kill_point {
 pub mod api;
 mod clock;
 pub mod config;
-pub mod connections;
-pub mod control;
+mod connections;
+mod control;
 pub mod ctl;
 pub mod daemon;
-pub mod device_id;
-pub mod devices;
+mod device_id;
+mod devices;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod feed;
-pub mod identity;
-pub mod isolation;
+mod identity;
+mod isolation;
 mod link;
 pub mod logs;
 pub mod mqtt;
-pub mod private_fs;
+mod private_fs;
 mod render;
-pub mod rng;
-pub mod seclog;
+mod rng;
+mod seclog;
 pub mod store;
-pub mod updates;
-pub mod upstream;
+mod updates;
+mod upstream;
 pub mod web;
 
 #[cfg(test)]

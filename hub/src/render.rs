@@ -65,7 +65,7 @@ fn label(t: &impl Serialize) -> String {
 }
 
 /// A SenML unit as people write it.
-pub fn unit(u: &str) -> &str {
+pub(crate) fn unit(u: &str) -> &str {
     match u {
         "Cel" => "°C",
         "%RH" => "% RH",
@@ -76,7 +76,7 @@ pub fn unit(u: &str) -> &str {
 }
 
 /// `5 s ago`, `3 min ago`, `2 h ago`, `4 d ago`.
-pub fn ago(then_ms: i64, now_ms: i64) -> String {
+pub(crate) fn ago(then_ms: i64, now_ms: i64) -> String {
     let s = (now_ms - then_ms).max(0) / 1000;
     match s {
         0..60 => format!("{s} s ago"),

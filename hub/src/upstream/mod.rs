@@ -2,8 +2,8 @@
 //! that forwards durable readings from the outbox to an upstream MQTT broker (rumqttc, TLS,
 //! QoS 2, persistent session) in log order, never those of isolated devices (6.23).
 
-pub mod config;
-pub mod tls;
+pub(crate) mod config;
+pub(crate) mod tls;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use crate::devices::Directory;
 use crate::store::outbox::{Cursor, Frame, OutboxError, OutboxReader, Step};
 use crate::store::{HubStore, StoredReading};
 
-pub use config::{UpstreamConfig, UpstreamConfigError};
+pub(crate) use config::{UpstreamConfig, UpstreamConfigError};
 
 /// The client's own in-flight limit: packet ids wrap here, far above the window, so that
 /// they rarely collide.
@@ -94,7 +94,7 @@ pub enum UpstreamError {
 }
 
 /// Prepares the bridge: the handle for the API and the task to spawn.
-pub fn bridge(
+pub(crate) fn bridge(
     cfg: &UpstreamConfig,
     data_dir: &Path,
     store: HubStore,
