@@ -135,6 +135,7 @@ fn spawn_domain(
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The data directory.
     #[error("data directory {0}: {1}")]

@@ -1,7 +1,9 @@
 //! Isolating vulnerable sensors (EN 303 645 5.3-13/5.3-14; TR 103 621 6.22, 6.23): the
-//! manufacturer's signed advisories, checked like manifests, and for each affected device the
+//! manufacturer's signed advisories, checked like manifests; for each affected device the
 //! decision — schedule the fix (updatable and in support) or isolate it (not updatable, or past
-//! its support period). Enforcement lives where data leaves: `devices::Directory`.
+//! its support period) — applied by [`apply`] (the link driver carries out what it returns);
+//! and the warning the owner sees before pairing such a sensor. Enforcement lives where data
+//! leaves: `devices::Directory`.
 
 use std::collections::BTreeMap;
 
@@ -85,6 +87,7 @@ fn severity(s: Severity) -> &'static str {
 /// What the hub did for one affected device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Action {
     /// Cut off from everything beyond the hub.
     Isolated {

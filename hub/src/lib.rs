@@ -1,6 +1,7 @@
 //! The Hearth hub daemon: the I/O shell around `protocol` — the CoAP/UDP link driver, the
-//! durable store, the owner's control socket, the update manager and its feed client, MQTT,
-//! the upstream bridge and the owner's web UI.
+//! durable store, the owner's command API (its control socket and `hub ctl`, the web UI, MQTT
+//! all call it), the update manager and its feed checker, advisories and isolation, MQTT, the
+//! upstream bridge and the owner's web UI. Only what other crates use is public.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 

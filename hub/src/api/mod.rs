@@ -19,6 +19,7 @@ pub use request::{Command, Request};
 
 /// Why a request failed (sent to the client as `{"error": "..."}`).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApiError {
     /// Bad arguments.
     #[error("{0}")]

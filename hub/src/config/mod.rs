@@ -416,6 +416,7 @@ impl Default for StoreConfig {
 
 /// Why the configuration could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("reading {0}: {1}")]

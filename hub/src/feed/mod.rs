@@ -102,6 +102,7 @@ impl FeedState {
 
 /// Why a feed request failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FeedError {
     /// The feed base URL is not `https://host[:port][/path/]`.
     #[error("invalid feed URL: {0}")]

@@ -5,6 +5,7 @@ use crate::device_id::DeviceId;
 
 /// Why the link driver refused a command.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LinkError {
     /// The PIN was not used (no such session, window closed, backing off, wrong length, ...).
     #[error(transparent)]

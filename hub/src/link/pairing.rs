@@ -49,6 +49,7 @@ pub struct PairingStatus {
 /// Where the pairing window stands.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum PairingState {
     /// PINs are taken now.
     Open,
