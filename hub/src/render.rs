@@ -484,7 +484,7 @@ fn scalar(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::tests::{advisory, device_view};
+    use crate::api::tests::{advisory, device_view, pairing_status};
     use crate::feed::FeedStatus;
 
     fn updates(feed: Option<FeedStatus>) -> UpdatesAnswer {
@@ -565,22 +565,8 @@ mod tests {
 
     #[test]
     fn pairing_advisories_and_upstream_read_their_fields() {
-        let status = PairingStatus {
-            open: true,
-            state: PairingState::BackingOff,
-            backoff_s: 4,
-            closes_in_s: 100,
-            attempts_left: 2,
-            waiting: vec![crate::api::Waiting {
-                device: "0a".into(),
-                serial: "TH1".into(),
-                model: "hearth-thermo-1".into(),
-                firmware_version: 3,
-                warning: Some("past its support period".into()),
-            }],
-            confirming: None,
-            pins_queued: 0,
-        };
+        let mut status = pairing_status();
+        status.confirming = None;
         let out = status.render(0);
         assert!(out.contains("again in 4 s (closes in 100 s, 2 failed attempt(s) left)"), "{out}");
         assert!(out.contains("TH1") && out.contains("Warning for TH1: past its support"), "{out}");

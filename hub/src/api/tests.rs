@@ -94,6 +94,25 @@ pub(crate) fn advisory() -> AdvisoryRecord {
     }
 }
 
+pub(crate) fn pairing_status() -> PairingStatus {
+    PairingStatus {
+        open: true,
+        state: PairingState::BackingOff,
+        backoff_s: 4,
+        closes_in_s: 100,
+        attempts_left: 2,
+        waiting: vec![Waiting {
+            device: "0a".into(),
+            serial: "TH1".into(),
+            model: "hearth-thermo-1".into(),
+            firmware_version: 3,
+            warning: Some("past its support period".into()),
+        }],
+        confirming: Some("0b".into()),
+        pins_queued: 1,
+    }
+}
+
 #[test]
 fn requests_keep_the_control_sockets_json() {
     let pin: Request = request::PairPin {
@@ -136,22 +155,7 @@ fn requests_keep_the_control_sockets_json() {
 
 #[test]
 fn every_answer_reads_back_as_sent() {
-    let status = PairingStatus {
-        open: true,
-        state: PairingState::BackingOff,
-        backoff_s: 4,
-        closes_in_s: 100,
-        attempts_left: 2,
-        waiting: vec![Waiting {
-            device: "0a".into(),
-            serial: "TH1".into(),
-            model: "hearth-thermo-1".into(),
-            firmware_version: 3,
-            warning: Some("past its support period".into()),
-        }],
-        confirming: Some("0b".into()),
-        pins_queued: 1,
-    };
+    let status = pairing_status();
     let sent = round_trip(&status);
     assert_eq!(sent["state"], "backing_off");
     let sent = round_trip(&vec![device_view()]);
