@@ -12,7 +12,8 @@
 //! The builds are real release builds of the README's commands, in their own target directory
 //! (`target/readme`) with the release profile's optimisation turned down through cargo's
 //! environment (`CARGO_PROFILE_RELEASE_OPT_LEVEL=0`), so that CI pays for one cheap build, not
-//! an optimised one; the commands are unchanged.
+//! an optimised one; the commands are unchanged. `scripts/test` builds them first with the same
+//! variables, so the build does not compete with the timing of the other tests.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
