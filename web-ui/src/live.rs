@@ -1,0 +1,209 @@
+//! The live state of the hub as the owner's pages show it: one snapshot per tick (devices with
+//! their newest readings and chart histories, update progress, the pairing window), built by one
+//! task however many tabs are open, and read by the dashboard and every live stream (SSE). A
+//! device's chart history is fetched again only when its newest readings changed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::api::{ApiError, Device, OwnerApi, Pairing, Reading, Updates};
+use crate::guard::Owner;
+use crate::html::{availability, readings_text};
+use crate::pages::updates::progress;
+use crate::state::Web;
+
+/// How often the snapshot is rebuilt while someone reads it.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Devices whose chart history the dashboard shows (the others show their newest readings).
+pub const CHARTED: usize = 50;
+/// Readings per chart.
+pub const CHART_READINGS: usize = 40;
+/// A reader waits this long for a snapshot under construction at most.
+const BUILD_WAIT: Duration = Duration::from_secs(10);
+
+/// The hub's state at one tick.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Every device, or why the hub could not list them.
+    pub devices: Result<Vec<Device>, ApiError>,
+    /// Chart histories (oldest first) of the first [`CHARTED`] devices, by id.
+    pub charts: HashMap<String, Arc<[Reading]>>,
+    /// The update overview, if the hub answered.
+    pub updates: Option<Updates>,
+    /// The pairing window.
+    pub pairing: Pairing,
+    /// What the live streams send (JSON), made once per snapshot.
+    pub event: String,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self {
+            devices: Err(ApiError::Unavailable("no answer from the hub yet".into())),
+            charts: HashMap::new(),
+            updates: None,
+            pairing: Pairing::default(),
+            event: String::new(),
+        }
+    }
+}
+
+type Building = watch::Receiver<Option<Arc<Snapshot>>>;
+
+#[derive(Debug, Default)]
+struct Inner {
+    latest: Option<(Instant, Arc<Snapshot>)>,
+    building: Option<Building>,
+    builds: u64,
+}
+
+/// The snapshot and the one task that builds it.
+pub struct Live {
+    api: Arc<dyn OwnerApi>,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").finish_non_exhaustive()
+    }
+}
+
+impl Live {
+    /// The live state of `api`.
+    pub fn new(api: Arc<dyn OwnerApi>) -> Arc<Self> {
+        Arc::new(Self { api, inner: Mutex::new(Inner::default()) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The snapshot of this tick: the current one if it is younger than [`TICK`], else the one
+    /// being built (started here if nobody started it).
+    pub async fn get(self: &Arc<Self>) -> Arc<Snapshot> {
+        let mut rx = {
+            let mut inner = self.lock();
+            if let Some((at, s)) = &inner.latest
+                && at.elapsed() < TICK
+            {
+                return s.clone();
+            }
+            match &inner.building {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    inner.building = Some(rx.clone());
+                    inner.builds += 1;
+                    let previous = inner.latest.as_ref().map(|(_, s)| s.clone());
+                    let live = self.clone();
+                    tokio::spawn(async move {
+                        let snapshot =
+                            Arc::new(build(live.api.as_ref(), previous.as_deref()).await);
+                        {
+                            let mut inner = live.lock();
+                            inner.latest = Some((Instant::now(), snapshot.clone()));
+                            inner.building = None;
+                        }
+                        let _ = tx.send(Some(snapshot));
+                    });
+                    rx
+                }
+            }
+        };
+        match tokio::time::timeout(BUILD_WAIT, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(s)) => s.clone().unwrap_or_default(),
+            _ => self.lock().latest.as_ref().map(|(_, s)| s.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// The owner changed something: the next reader gets a new snapshot.
+    pub fn invalidate(&self) {
+        self.lock().latest = None;
+    }
+
+    /// Snapshots built so far.
+    pub fn builds(&self) -> u64 {
+        self.lock().builds
+    }
+}
+
+/// Builds a snapshot; chart histories of devices whose newest readings did not change since
+/// `previous` are kept.
+async fn build(api: &dyn OwnerApi, previous: Option<&Snapshot>) -> Snapshot {
+    let devices = api.devices().await;
+    let mut charts = HashMap::new();
+    for d in devices.iter().flatten().take(CHARTED) {
+        let before = previous.and_then(|p| {
+            let old = p.devices.as_ref().ok()?.iter().find(|o| o.id == d.id)?;
+            (old.last == d.last).then(|| p.charts.get(&d.id).cloned()).flatten()
+        });
+        let history = match before {
+            Some(h) => h,
+            None => api.readings(&d.id, CHART_READINGS).await.unwrap_or_default().into(),
+        };
+        charts.insert(d.id.clone(), history);
+    }
+    let updates = api.updates().await.ok();
+    let pairing = api.pairing().await.unwrap_or_default();
+    let mut snapshot = Snapshot { devices, charts, updates, pairing, event: String::new() };
+    snapshot.event = event(&snapshot).to_string();
+    snapshot
+}
+
+/// What the open page updates itself from.
+fn event(s: &Snapshot) -> serde_json::Value {
+    let devices = s.devices.as_deref().unwrap_or_default();
+    let mut live = serde_json::Map::new();
+    for d in devices {
+        live.insert(
+            d.id.clone(),
+            serde_json::json!({
+                "reading": readings_text(&d.last),
+                "availability": availability(&d.availability),
+            }),
+        );
+    }
+    let mut bars = serde_json::Map::new();
+    if let Some(u) = &s.updates {
+        for p in progress(devices, u) {
+            bars.insert(p.id, serde_json::json!({"pct": p.pct, "label": p.label}));
+        }
+    }
+    let p = &s.pairing;
+    serde_json::json!({
+        "ids": devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>().join(","),
+        "devices": live,
+        "progress": bars,
+        "pairing": {
+            "open": p.open,
+            "closes_in_s": p.closes_in_s,
+            "attempts_left": p.attempts_left,
+            "waiting": p.waiting.len(),
+        },
+    })
+}
+
+/// The live stream of the open page: the snapshot of each tick, while the session lasts.
+pub(crate) async fn stream(State(web): State<Arc<Web>>, owner: Owner) -> Response {
+    let stream =
+        futures_util::stream::unfold((web, owner.token, true), |(web, token, first)| async move {
+            if !first {
+                tokio::time::sleep(TICK).await;
+            }
+            if !web.lock().sessions.valid(&token, web.now_ms()) {
+                return None;
+            }
+            let snapshot = web.live.get().await;
+            let event = Event::default().data(snapshot.event.as_str());
+            Some((Ok::<_, std::convert::Infallible>(event), (web, token, false)))
+        });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
