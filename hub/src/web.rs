@@ -605,14 +605,7 @@ impl web_ui::OwnerApi for HubOwner {
                 .filter(|d| d.device.info.support_end <= now)
                 .map(|d| (d.device.info.id.to_string(), d.device.name.clone()))
                 .collect();
-            let c = |provision: &str, title: &str, ok: bool, state: String| Check {
-                provision: provision.into(),
-                title: title.into(),
-                ok,
-                state,
-                devices: Vec::new(),
-                action: None,
-            };
+            let c = Check::new;
             let act = |text: String, href: Option<&str>| {
                 Some(Action { text, href: href.map(str::to_owned) })
             };

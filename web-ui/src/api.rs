@@ -246,6 +246,20 @@ pub struct Check {
     pub action: Option<Action>,
 }
 
+impl Check {
+    /// A check about no device in particular, with no action.
+    pub fn new(provision: &str, title: &str, ok: bool, state: String) -> Self {
+        Self {
+            provision: provision.into(),
+            title: title.into(),
+            ok,
+            state,
+            devices: Vec::new(),
+            action: None,
+        }
+    }
+}
+
 /// What the owner can do about a check that is not met.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Action {

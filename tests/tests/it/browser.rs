@@ -5,9 +5,8 @@
 //! removal's confirmation) and checks
 //! the hub's state afterwards. Screenshots land in `tests/screenshots-out/` (CI artifacts).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use tests::{Hub, Maker, Sim, field, free_udp_port, root, wait_for};
@@ -53,15 +52,7 @@ fn the_owner_sets_up_pairs_watches_a_reading_approves_an_update_and_erases_in_a_
         .spawn()
         .expect("node");
     let mut to_node = node.stdin.take().expect("stdin");
-    let (tx, lines) = channel();
-    let stdout = node.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let lines = tests::stdout_lines(&mut node);
 
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut sim: Option<Sim> = None;

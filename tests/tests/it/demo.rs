@@ -3,9 +3,7 @@
 //! its web UI lives, and with `--keep-running` keeps the web UI and its setup code valid until
 //! Ctrl-C.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use tests::bin;
@@ -44,15 +42,7 @@ fn with_keep_running_the_demos_web_ui_and_setup_code_stay_valid_until_ctrl_c() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("run the demo");
-    let (tx, lines) = channel();
-    let stdout = demo.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let lines = tests::stdout_lines(&mut demo);
     let deadline = Instant::now() + Duration::from_secs(150);
     let mut seen = Vec::new();
     let kept = loop {

@@ -13,17 +13,6 @@ use crate::html::page;
 use crate::pages::api_failure;
 use crate::state::{EventRow, Web, WebEvent};
 
-fn check(provision: &str, title: &str, ok: bool, state: String) -> Check {
-    Check {
-        provision: provision.into(),
-        title: title.into(),
-        ok,
-        state,
-        devices: Vec::new(),
-        action: None,
-    }
-}
-
 /// The web UI's own checks, from its current state.
 fn web_checks(web: &Web, pairing: Option<&Pairing>, rows: &[EventRow]) -> Vec<Check> {
     let now = web.now_ms();
@@ -51,7 +40,7 @@ fn web_checks(web: &Web, pairing: Option<&Pairing>, rows: &[EventRow]) -> Vec<Ch
     let flagged: Vec<&str> = rows.iter().filter(|r| r.anomaly).map(|r| r.label.as_str()).collect();
     let events: u64 =
         rows.iter().filter(|r| r.name != WebEvent::Unauthenticated.name()).map(|r| r.total).sum();
-    let mut monitored = check(
+    let mut monitored = Check::new(
         "5.10-1",
         "Security events are monitored",
         flagged.is_empty(),
@@ -70,15 +59,15 @@ fn web_checks(web: &Web, pairing: Option<&Pairing>, rows: &[EventRow]) -> Vec<Ch
         });
     }
     vec![
-        check("5.1-1", "No universal default passwords", true, account),
-        check("5.1-4", "The user can change the authentication value", true, "Password change on the Account page; argon2id hash sealed under the hub's key-encryption key.".into()),
-        check("5.1-5", "Brute-force protection", true, format!("Web and MQTT logins: back-off after {} failures, doubling up to {} min, always expiring, taken before the password is checked; browsers that logged in before keep their own budget (device cookies); {backing_off} web client(s)/account(s) backing off now. Sensors: {pairing}.", policy.free_failures, policy.max_ms.div_ceil(60_000))),
-        check("5.5-1", "Communication is encrypted", true, "This page came over HTTPS (TLS 1.2/1.3 with the hub's own certificate); plain HTTP on this port gets no answer.".into()),
-        check("5.6-2", "Nothing disclosed before authentication", true, "Every page and data stream needs a session; the login page names no version or model.".into()),
+        Check::new("5.1-1", "No universal default passwords", true, account),
+        Check::new("5.1-4", "The user can change the authentication value", true, "Password change on the Account page; argon2id hash sealed under the hub's key-encryption key.".into()),
+        Check::new("5.1-5", "Brute-force protection", true, format!("Web and MQTT logins: back-off after {} failures, doubling up to {} min, always expiring, taken before the password is checked; browsers that logged in before keep their own budget (device cookies); {backing_off} web client(s)/account(s) backing off now. Sensors: {pairing}.", policy.free_failures, policy.max_ms.div_ceil(60_000))),
+        Check::new("5.5-1", "Communication is encrypted", true, "This page came over HTTPS (TLS 1.2/1.3 with the hub's own certificate); plain HTTP on this port gets no answer.".into()),
+        Check::new("5.6-2", "Nothing disclosed before authentication", true, "Every page and data stream needs a session; the login page names no version or model.".into()),
         monitored,
-        check("5.11-1", "User data can be erased", true, "Privacy page: erase every device, key, reading and the account.".into()),
-        check("5.13-1", "Input is validated", true, format!("{} malformed and {} oversized web requests refused (HTTP 400/413/422).", web.total(WebEvent::Malformed), web.total(WebEvent::TooLarge))),
-        check("6-3", "Telemetry only with consent", true, format!("Hearth sends no telemetry; your recorded choice: {}.", if consent { "allowed" } else { "not allowed" })),
+        Check::new("5.11-1", "User data can be erased", true, "Privacy page: erase every device, key, reading and the account.".into()),
+        Check::new("5.13-1", "Input is validated", true, format!("{} malformed and {} oversized web requests refused (HTTP 400/413/422).", web.total(WebEvent::Malformed), web.total(WebEvent::TooLarge))),
+        Check::new("6-3", "Telemetry only with consent", true, format!("Hearth sends no telemetry; your recorded choice: {}.", if consent { "allowed" } else { "not allowed" })),
     ]
 }
 
@@ -96,7 +85,7 @@ pub(crate) async fn status(State(web): State<Arc<Web>>, owner: Owner) -> Respons
     match web.api.checks().await {
         Ok(hub) => checks.extend(hub),
         Err(e) => {
-            let mut c = check("—", "Hub checks", false, e.to_string());
+            let mut c = Check::new("—", "Hub checks", false, e.to_string());
             c.action = Some(Action {
                 text: "The hub did not answer: look at its log (journalctl -u hearth) and \
                        restart it if it stays so."
