@@ -650,7 +650,7 @@ impl web_ui::OwnerApi for HubOwner {
                     ),
                     ..c(
                         "5.3-13",
-                        "Support period published; devices past it are isolated",
+                        "Support period published; devices past it are named",
                         expired.is_empty(),
                         format!(
                             "{} device(s), {} past the end of their support period.",

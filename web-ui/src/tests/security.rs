@@ -48,7 +48,7 @@ async fn every_check_not_met_names_the_devices_and_the_action() {
     let (s, _) = app.owner().await;
     app.fake.s().checks.push(Check {
         provision: "5.3-13".into(),
-        title: "Support period published; devices past it are isolated".into(),
+        title: "Support period published; devices past it are named".into(),
         ok: false,
         state: "2 device(s), 1 past the end of their support period.".into(),
         devices: vec![("01".into(), "Hall thermostat".into())],
