@@ -1,7 +1,7 @@
 //! The live state of the hub as the owner's pages show it: one snapshot per tick (devices with
-//! their newest readings and chart histories, update progress, the pairing window), built by one
-//! task however many tabs are open, and read by the dashboard and every live stream (SSE). A
-//! device's chart history is fetched again only when its newest readings changed.
+//! their newest readings, update progress, the pairing window), built by one task however many
+//! tabs are open, and read by the dashboard and every live stream (SSE). The dashboard's chart
+//! histories are cached per device and fetched again only when its newest readings changed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,8 +33,6 @@ const BUILD_WAIT: Duration = Duration::from_secs(10);
 pub struct Snapshot {
     /// Every device, or why the hub could not list them.
     pub devices: Result<Vec<Device>, ApiError>,
-    /// Chart histories (oldest first) of the first [`CHARTED`] devices, by id.
-    pub charts: HashMap<String, Arc<[Reading]>>,
     /// The update overview, if the hub answered.
     pub updates: Option<Updates>,
     /// The pairing window.
@@ -47,7 +45,6 @@ impl Default for Snapshot {
     fn default() -> Self {
         Self {
             devices: Err(ApiError::Unavailable("no answer from the hub yet".into())),
-            charts: HashMap::new(),
             updates: None,
             pairing: Pairing::default(),
             event: String::new(),
@@ -64,10 +61,14 @@ struct Inner {
     builds: u64,
 }
 
-/// The snapshot and the one task that builds it.
+/// A device's chart history (oldest first) and the newest readings it was fetched for.
+type Chart = (Vec<Reading>, Arc<[Reading]>);
+
+/// The snapshot and the one task that builds it, and the dashboard's chart histories.
 pub struct Live {
     api: Arc<dyn OwnerApi>,
     inner: Mutex<Inner>,
+    charts: Mutex<HashMap<String, Chart>>,
 }
 
 impl std::fmt::Debug for Live {
@@ -79,7 +80,7 @@ impl std::fmt::Debug for Live {
 impl Live {
     /// The live state of `api`.
     pub fn new(api: Arc<dyn OwnerApi>) -> Arc<Self> {
-        Arc::new(Self { api, inner: Mutex::new(Inner::default()) })
+        Arc::new(Self { api, inner: Mutex::new(Inner::default()), charts: Mutex::default() })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -102,11 +103,9 @@ impl Live {
                     let (tx, rx) = watch::channel(None);
                     inner.building = Some(rx.clone());
                     inner.builds += 1;
-                    let previous = inner.latest.as_ref().map(|(_, s)| s.clone());
                     let live = self.clone();
                     tokio::spawn(async move {
-                        let snapshot =
-                            Arc::new(build(live.api.as_ref(), previous.as_deref()).await);
+                        let snapshot = Arc::new(build(live.api.as_ref()).await);
                         {
                             let mut inner = live.lock();
                             inner.latest = Some((Instant::now(), snapshot.clone()));
@@ -133,27 +132,34 @@ impl Live {
     pub fn builds(&self) -> u64 {
         self.lock().builds
     }
+
+    /// The chart history of `d` (its newest [`CHART_READINGS`], oldest first): the cached one
+    /// while its newest readings are unchanged.
+    pub async fn chart(&self, d: &Device) -> Arc<[Reading]> {
+        let cached = {
+            let charts = self.charts.lock().unwrap_or_else(|e| e.into_inner());
+            charts.get(&d.id).filter(|(last, _)| *last == d.last).map(|(_, h)| h.clone())
+        };
+        if let Some(h) = cached {
+            return h;
+        }
+        let history: Arc<[Reading]> =
+            self.api.readings(&d.id, CHART_READINGS).await.unwrap_or_default().into();
+        let mut charts = self.charts.lock().unwrap_or_else(|e| e.into_inner());
+        if charts.len() >= 4 * CHARTED && !charts.contains_key(&d.id) {
+            charts.clear(); // devices come and go: keep the cache bounded
+        }
+        charts.insert(d.id.clone(), (d.last.clone(), history.clone()));
+        history
+    }
 }
 
-/// Builds a snapshot; chart histories of devices whose newest readings did not change since
-/// `previous` are kept.
-async fn build(api: &dyn OwnerApi, previous: Option<&Snapshot>) -> Snapshot {
+/// Builds a snapshot.
+async fn build(api: &dyn OwnerApi) -> Snapshot {
     let devices = api.devices().await;
-    let mut charts = HashMap::new();
-    for d in devices.iter().flatten().take(CHARTED) {
-        let before = previous.and_then(|p| {
-            let old = p.devices.as_ref().ok()?.iter().find(|o| o.id == d.id)?;
-            (old.last == d.last).then(|| p.charts.get(&d.id).cloned()).flatten()
-        });
-        let history = match before {
-            Some(h) => h,
-            None => api.readings(&d.id, CHART_READINGS).await.unwrap_or_default().into(),
-        };
-        charts.insert(d.id.clone(), history);
-    }
     let updates = api.updates().await.ok();
     let pairing = api.pairing().await.unwrap_or_default();
-    let mut snapshot = Snapshot { devices, charts, updates, pairing, event: String::new() };
+    let mut snapshot = Snapshot { devices, updates, pairing, event: String::new() };
     snapshot.event = event(&snapshot).to_string();
     snapshot
 }

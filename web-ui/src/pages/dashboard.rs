@@ -1,5 +1,6 @@
 //! The dashboard: every device with its availability, newest readings and a chart of its main
-//! quantity, all from the tick's snapshot ([`crate::live`]): no round trip per device.
+//! quantity, from the tick's snapshot ([`crate::live`]); a chart's history is fetched again only
+//! when the device's newest readings changed.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use maud::html;
 use crate::chart::chart_of;
 use crate::guard::Owner;
 use crate::html::{availability, device_name, page, readings_text};
+use crate::live::CHARTED;
 use crate::pages::{MsgQuery, api_failure};
 use crate::state::Web;
 
@@ -25,6 +27,10 @@ pub(crate) async fn dashboard(
         Err(e) => return api_failure(&owner, "Dashboard", e),
     };
     let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+    let mut charts = Vec::new();
+    for d in devices.iter().take(CHARTED) {
+        charts.push(web.live.chart(d).await);
+    }
     let body = html! {
         @if let Some(n) = q.notice() { (n) }
         @if devices.is_empty() {
@@ -35,7 +41,7 @@ pub(crate) async fn dashboard(
                 th { "Device" } th { "Availability" } th { "Last reading" } th { "Recent readings" }
             } }
             tbody {
-                @for d in devices {
+                @for (i, d) in devices.iter().enumerate() {
                     @let class = availability(&d.availability);
                     tr {
                         td {
@@ -46,7 +52,7 @@ pub(crate) async fn dashboard(
                         td { span.badge.(class) data-availability=(d.id) { (class) } }
                         td.reading data-reading=(d.id) { (readings_text(&d.last)) }
                         td {
-                            @match snapshot.charts.get(&d.id) {
+                            @match charts.get(i) {
                                 Some(history) => (chart_of(history, &d.last, 240, 60)),
                                 None => span.muted { "—" },
                             }

@@ -88,4 +88,12 @@ async fn every_open_tab_and_the_dashboard_read_one_snapshot_per_tick() {
     app.web.live.invalidate();
     first_event(&app, &s).await;
     assert_eq!(app.fake.s().device_lists - before, 2);
+    // Chart histories: fetched again only for a device whose newest readings changed.
+    let histories = app.fake.s().histories;
+    app.get("/", &s).await;
+    assert_eq!(app.fake.s().histories, histories, "both charts cached");
+    app.fake.s().devices[0].last = vec![reading(4, 22.0)];
+    app.web.live.invalidate();
+    assert!(app.get("/", &s).await.body.contains("temperature 22.0 °C"));
+    assert_eq!(app.fake.s().histories, histories + 1, "only the changed device's chart");
 }

@@ -57,6 +57,8 @@ struct FakeState {
     setpoints: Vec<(String, f64)>,
     /// Calls of `devices()` (the live snapshot makes one per tick).
     device_lists: u32,
+    /// Calls of `readings()`.
+    histories: u32,
     checks: Vec<Check>,
 }
 
@@ -124,7 +126,8 @@ impl OwnerApi for Fake {
         ready(d.map(|d| (d, h)).ok_or(ApiError::NotFound))
     }
     fn readings(&self, id: &str, limit: usize) -> ApiFuture<'_, Vec<Reading>> {
-        let s = self.s();
+        let mut s = self.s();
+        s.histories += 1;
         let Some(d) = s.devices.iter().find(|d| d.id == id) else {
             return ready(Err(ApiError::NotFound));
         };
