@@ -117,10 +117,16 @@ impl Live {
                 }
             }
         };
-        match tokio::time::timeout(BUILD_WAIT, rx.wait_for(Option::is_some)).await {
-            Ok(Ok(s)) => s.clone().unwrap_or_default(),
-            _ => self.lock().latest.as_ref().map(|(_, s)| s.clone()).unwrap_or_default(),
-        }
+        let built = match tokio::time::timeout(BUILD_WAIT, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(s)) => s.clone(),
+            Ok(Err(_)) => {
+                // The builder is gone without a snapshot: the next reader starts another.
+                self.lock().building = None;
+                None
+            }
+            Err(_) => None, // still building: the last snapshot meanwhile
+        };
+        built.or_else(|| self.lock().latest.as_ref().map(|(_, s)| s.clone())).unwrap_or_default()
     }
 
     /// The owner changed something: the next reader gets a new snapshot.
