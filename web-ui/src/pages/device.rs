@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
@@ -15,7 +15,7 @@ use crate::guard::{Owner, Post, unprocessable};
 use crate::html::{
     availability, csrf_field, device_name, notice, page, reading_label, reading_text,
 };
-use crate::pages::{MsgQuery, api_failure, bad_id, forms, valid_id};
+use crate::pages::{DevicePath, MsgQuery, api_failure, forms};
 use crate::state::Web;
 use crate::time::{local_date, local_time_ms, when};
 
@@ -32,12 +32,9 @@ const TABLE_ROWS: usize = 20;
 pub(crate) async fn device(
     State(web): State<Arc<Web>>,
     owner: Owner,
-    Path(id): Path<String>,
+    DevicePath(id): DevicePath,
     Query(q): Query<MsgQuery>,
 ) -> Response {
-    if !valid_id(&id) {
-        return bad_id(&web);
-    }
     let (d, history) = match web.api.device(&id).await {
         Ok(v) => v,
         Err(e) => return api_failure(&owner, "Device", &e),
@@ -151,12 +148,9 @@ fn setpoint_form(d: &Device, s: &Setpoint, c: &Markup) -> Markup {
 pub(crate) async fn setpoint(
     State(web): State<Arc<Web>>,
     owner: Owner,
-    Path(id): Path<String>,
+    DevicePath(id): DevicePath,
     Post(f): Post<SetpointForm>,
 ) -> Response {
-    if !valid_id(&id) {
-        return bad_id(&web);
-    }
     let Some(value) = f.value.trim().parse::<f64>().ok().filter(|v| v.is_finite()) else {
         return unprocessable(&web, "the setpoint must be a number");
     };
@@ -184,12 +178,9 @@ pub(crate) async fn setpoint(
 pub(crate) async fn remove(
     State(web): State<Arc<Web>>,
     owner: Owner,
-    Path(id): Path<String>,
+    DevicePath(id): DevicePath,
     Post(f): Post<RemoveForm>,
 ) -> Response {
-    if !valid_id(&id) {
-        return bad_id(&web);
-    }
     match f.confirm.as_deref() {
         None => {}
         Some("yes") => {
@@ -227,12 +218,9 @@ pub(crate) async fn remove(
 pub(crate) async fn label(
     State(web): State<Arc<Web>>,
     owner: Owner,
-    Path(id): Path<String>,
+    DevicePath(id): DevicePath,
     Post(f): Post<LabelForm>,
 ) -> Response {
-    if !valid_id(&id) {
-        return bad_id(&web);
-    }
     let (name, room) = (f.name.trim(), f.room.trim());
     let ok = |s: &str| s.chars().count() <= 64 && !s.chars().any(char::is_control);
     if name.is_empty() || !ok(name) || !ok(room) {

@@ -10,7 +10,11 @@ pub(crate) mod privacy;
 pub(crate) mod security;
 pub(crate) mod updates;
 
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{Html, IntoResponse, Response};
 use maud::Markup;
 use serde::Deserialize;
@@ -89,4 +93,19 @@ pub(crate) fn valid_id(id: &str) -> bool {
 pub(crate) fn bad_id(web: &Web) -> Response {
     web.event(WebEvent::Malformed);
     (StatusCode::BAD_REQUEST, "malformed device id\n").into_response()
+}
+
+/// The device id in a `/devices/{id}/…` path, checked (a malformed one is refused and counted).
+#[derive(Debug)]
+pub(crate) struct DevicePath(pub(crate) String);
+
+impl FromRequestParts<Arc<Web>> for DevicePath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, web: &Arc<Web>) -> Result<Self, Response> {
+        let Path(id) = Path::<String>::from_request_parts(parts, web)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if valid_id(&id) { Ok(Self(id)) } else { Err(bad_id(web)) }
+    }
 }
