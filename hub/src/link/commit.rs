@@ -196,6 +196,7 @@ impl Driver {
         let now = self.now();
         let now_ms = unix_now_ms();
         for kid in batch.paired {
+            kill_point!("paired");
             self.link.paired_durable(now, &kid);
         }
         for w in &batch.writes {
