@@ -267,7 +267,7 @@ pub(crate) fn pairing_warning(
         out.push(format!(
             "its security-update support period ended on {}: the manufacturer no longer fixes \
              its vulnerabilities",
-            crate::clock::local_date(d.support_end.0)
+            web_ui::time::local_date(d.support_end.0)
         ));
     }
     (!out.is_empty()).then(|| out.join("; "))
