@@ -386,9 +386,78 @@ fn feed(f: Option<&crate::feed::FeedStatus>, now_ms: i64) -> String {
 
 impl Render for UpdatesAnswer {
     fn render(&self, now_ms: i64) -> String {
+        let v = &self.view;
         let mut out = feed(self.feed.as_ref(), now_ms);
-        out.push_str(&plain(&to_value(&self.view), 0));
+        let _ = writeln!(out, "Policy: {}", policy(v.policy, now_ms));
+        if v.trust.is_empty() {
+            out.push_str("Trusted manufacturer keys: none (no release can be verified)\n");
+        } else {
+            out.push_str("Trusted manufacturer keys:\n");
+            for (model, key) in &v.trust {
+                let _ = writeln!(out, "  {model}: key {key}");
+            }
+        }
+        if v.releases.is_empty() {
+            out.push_str("Releases: none\n");
+        } else {
+            out.push_str("Releases:\n");
+            for r in &v.releases {
+                let approval = if r.disruptive { ", disruptive: needs your approval" } else { "" };
+                let _ = writeln!(
+                    out,
+                    "  {} v{} ({} KiB{approval}; valid until {}): {}",
+                    r.model,
+                    r.version,
+                    r.size.div_ceil(1024),
+                    secs(r.expires, now_ms),
+                    r.risks_mitigated
+                );
+            }
+        }
+        if !v.refused.is_empty() {
+            out.push_str("Refused:\n");
+            for r in &v.refused {
+                let _ =
+                    writeln!(out, "  {} from the {}: {}", secs(r.at, now_ms), r.source, r.reason);
+            }
+        }
+        if v.devices.is_empty() {
+            out.push_str("Devices: all up to date\n");
+        } else {
+            out.push_str("Devices:\n");
+            for d in &v.devices {
+                let target = d.available.map_or_else(String::new, |a| format!(" → v{a}"));
+                let state = match (d.delivering, &d.waiting_for) {
+                    (Some((version, done, total)), _) => format!(
+                        "delivering v{version}: {}% ({done} of {total} blocks)",
+                        u64::from(done) * 100 / u64::from(total.max(1))
+                    ),
+                    (None, Some(why)) => format!("waiting: {why}"),
+                    (None, None) => "starting".into(),
+                };
+                let _ = writeln!(out, "  {} {} v{}{target}: {state}", d.id, d.model, d.installed);
+            }
+        }
         out
+    }
+}
+
+/// Unix seconds as local time and how far from now.
+fn secs(at: u64, now_ms: i64) -> String {
+    let ms = i64::try_from(at.saturating_mul(1000)).unwrap_or(i64::MAX);
+    format!("{} ({})", local_time(ms), relative(ms, now_ms))
+}
+
+/// The update policy in words.
+fn policy(p: crate::updates::Policy, now_ms: i64) -> String {
+    use crate::updates::Policy;
+    match p {
+        Policy::Auto => {
+            "auto (releases install by themselves; disruptive ones wait for you)".into()
+        }
+        Policy::NotifyOnly => "notify only (nothing installs until you approve it)".into(),
+        Policy::Postponed { until } => format!("postponed until {}", secs(until, now_ms)),
+        Policy::Disabled => "disabled (nothing installs)".into(),
     }
 }
 
@@ -480,6 +549,48 @@ mod tests {
     }
 
     #[test]
+    fn updates_read_as_progress_times_and_reasons() {
+        let now = 1_800_000_000_000;
+        let mut u = updates(None);
+        u.view.policy = crate::updates::Policy::Postponed { until: 1_800_000_600 };
+        u.view.releases.push(crate::updates::ReleaseView {
+            model: "hearth-thermo-1".into(),
+            version: 3,
+            risks_mitigated: "Fixes a radio buffer overflow.".into(),
+            disruptive: true,
+            expires: 1_800_086_400,
+            size: 65_536,
+        });
+        let id = |s: &str| s.parse().expect("device id");
+        for (device, delivering, waiting_for) in [
+            ("0a0b0c0d", Some((3, 16, 64)), None),
+            ("01020304", None, Some("disruptive: waiting for the owner's approval".to_owned())),
+        ] {
+            u.view.devices.push(crate::updates::UpdateStatus {
+                id: id(device),
+                model: "hearth-thermo-1".into(),
+                installed: 2,
+                available: Some(3),
+                waiting_for,
+                delivering,
+            });
+        }
+        let out = u.render(now);
+        assert!(out.contains("Policy: postponed until ") && out.contains("(in 10 min)"), "{out}");
+        assert!(
+            out.contains(
+                "hearth-thermo-1 v3 (64 KiB, disruptive: needs your approval; valid until "
+            )
+        );
+        assert!(out.contains("(in 1 d)): Fixes a radio buffer overflow."), "{out}");
+        assert!(
+            out.contains("0a0b0c0d hearth-thermo-1 v2 → v3: delivering v3: 25% (16 of 64 blocks)")
+        );
+        assert!(out.contains("v2 → v3: waiting: disruptive: waiting for the owner's approval"));
+        assert!(!out.contains("1800000"), "an epoch time is shown: {out}");
+    }
+
+    #[test]
     fn updates_say_when_the_feed_was_last_checked() {
         let now = 1_800_000_000_000;
         let mut feed = FeedStatus {
@@ -497,7 +608,7 @@ mod tests {
         assert!(lines[1].contains("last checked: ") && lines[1].contains("(3 min ago)"), "{out}");
         assert!(lines[1].ends_with("4 release(s) and 1 advisory(ies)"), "{out}");
         assert!(lines[2].contains("next check: ") && lines[2].ends_with("(in 2 h)"), "{out}");
-        assert!(out.contains("policy:\n  mode: auto") && !out.contains("next check ms"), "{out}");
+        assert!(out.contains("Policy: auto (") && !out.contains("next check ms"), "{out}");
 
         feed.last_error = Some("connecting to the feed: refused".into());
         feed.last_checked_ms = Some(now - 5_000);

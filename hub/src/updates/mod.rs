@@ -245,13 +245,15 @@ impl Updates {
             Policy::Disabled => Some("updates are disabled".into()),
             Policy::NotifyOnly if !approved => Some("notify-only: approve to install".into()),
             Policy::Postponed { until } if now.0 < until && !approved => {
-                Some(format!("postponed until {until}"))
+                Some(format!("postponed until {}", web_ui::time::local_time(until)))
             }
             _ if r.manifest.disruptive() && !approved => {
                 Some("disruptive: waiting for the owner's approval".into())
             }
             _ if failures >= MAX_FAILURES => Some(format!("{failures} failed attempts")),
-            _ if failures > 0 && now.0 < d.retry_at => Some(format!("retrying at {}", d.retry_at)),
+            _ if failures > 0 && now.0 < d.retry_at => {
+                Some(format!("retrying at {}", web_ui::time::local_time(d.retry_at)))
+            }
             _ => None,
         }
     }
