@@ -16,7 +16,7 @@ use hub::daemon::{self, Running, StartError};
 use protocol::update::TrustAnchors;
 use sensor_sim::fleet::{self, FleetConfig, FleetError, FleetEvent, FleetHandle};
 use sensor_sim::maker::MakerError;
-use sensor_sim::model::ModelKind;
+use sensor_sim::model::Model;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
@@ -89,7 +89,7 @@ async fn run(args: Args) -> Result<(), DemoError> {
     println!("It ends by itself after four acts (or press Ctrl-C).");
     let (tx, events) = mpsc::unbounded_channel();
     let mut anchors = TrustAnchors::default();
-    for model in ModelKind::ALL {
+    for model in Model::standard() {
         anchors.add(model.designation(), maker.public.clone());
     }
     let fleet_config = FleetConfig {
@@ -125,8 +125,7 @@ fn hub_config(maker: &Manufacturer, sensors: u32) -> Config {
     let mut config = Config { coap_bind: ([127, 0, 0, 1], 0).into(), ..Config::default() };
     config.web.bind = ([127, 0, 0, 1], 0).into();
     let key = protocol::hex::encode(&maker.public.to_sec1_compressed());
-    config.updates.trust = ModelKind::ALL
-        .iter()
+    config.updates.trust = Model::standard()
         .map(|m| TrustedKey { model: m.designation().into(), key: key.clone() })
         .collect();
     config.updates.feed_url = Some(maker.url());

@@ -477,7 +477,7 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
         Some(dir) => {
             let key = maker::load_public_key(dir)?;
             let mut anchors = protocol::update::TrustAnchors::default();
-            for m in sensor_sim::model::ModelKind::ALL {
+            for m in sensor_sim::model::Model::ALL {
                 anchors.add(m.designation(), key.clone());
             }
             Some(anchors)

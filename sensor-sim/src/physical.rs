@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::flash::{Flash, FlashError};
-use crate::model::ModelKind;
+use crate::model::Model;
 
 /// Why the dump failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub struct Dump {
     /// Serial.
     pub serial: String,
     /// Model.
-    pub model: ModelKind,
+    pub model: Model,
     /// Measurements dropped from its full outage buffer, in total.
     pub buffer_dropped: u64,
     /// Recorded measurements, oldest first.
@@ -89,9 +89,9 @@ pub fn dump(flash: &Flash, which: &str) -> Result<Dump, PhysicalError> {
                 .iter()
                 .zip(sample.values)
                 .map(|(q, v)| RecordedValue {
-                    name: q.name,
-                    value: if q.boolean { (v != 0.0).into() } else { v.into() },
-                    unit: q.unit,
+                    name: q.senml(),
+                    value: if q.boolean() { (v != 0.0).into() } else { v.into() },
+                    unit: q.unit().map(|u| u.senml),
                 })
                 .collect(),
             buffered,
@@ -177,7 +177,7 @@ mod tests {
         let flash = Flash::open(&path).expect("flash");
         let rec = FlashRecord {
             serial: "DR-00002".into(),
-            model: ModelKind::Door,
+            model: Model::Door,
             slots: crate::firmware::Slots::factory(1),
             context: None,
             lease: 0,
