@@ -375,12 +375,16 @@ mod tests {
 
     #[test]
     fn every_model_gets_configs_that_fit_the_schema() {
-        let models: [&[&str]; 4] =
-            [&["temperature", "setpoint"], &["temperature", "humidity"], &["contact"], &["button"]];
-        for caps in models {
-            let d = snapshot(caps, true, Availability::Online);
+        // Every model in the vocabulary, the example ones included: one entity per declared
+        // capability (two for a thermostat: the climate entity and its last command), plus
+        // the firmware.
+        for model in protocol::vocabulary::Model::ALL {
+            let caps: Vec<&str> =
+                model.quantities().iter().filter_map(|q| q.capability()).collect();
+            let d = snapshot(&caps, true, Availability::Online);
             let configs = configs("homeassistant", &d);
-            assert!(!configs.is_empty());
+            let commands = model.commands().count();
+            assert_eq!(configs.len(), caps.len() + commands + 1, "{model:?}: {configs:?}");
             for c in &configs {
                 assert_eq!(schema_problems(&c.topic, &c.payload), Vec::<String>::new(), "{c:?}");
             }
@@ -388,10 +392,24 @@ mod tests {
                 configs.iter().map(|c| c.payload["unique_id"].to_string()).collect();
             assert_eq!(ids.len(), configs.len(), "unique ids are unique");
         }
-        let thermo = configs("homeassistant", &snapshot(models[0], true, Availability::Online));
+        let co2 =
+            configs("homeassistant", &snapshot(&["co2", "battery"], false, Availability::Online));
+        let sensor = co2.iter().find(|c| c.topic.ends_with("/co2/config")).expect("co2");
+        assert_eq!(sensor.topic, "homeassistant/sensor/hearth_0a1b/co2/config");
+        assert_eq!(sensor.payload["device_class"], "carbon_dioxide");
+        assert_eq!(sensor.payload["unit_of_measurement"], "ppm");
+        assert_eq!(sensor.payload["value_template"], "{{ value_json['values'].get('co2') }}");
+        let thermo = configs(
+            "homeassistant",
+            &snapshot(&["temperature", "setpoint"], true, Availability::Online),
+        );
         let climate = thermo.iter().find(|c| c.topic.contains("/climate/")).expect("climate");
         assert_eq!(climate.topic, "homeassistant/climate/hearth_0a1b/thermostat/config");
         assert_eq!(climate.payload["temperature_command_topic"], "hearth/0a1b/set");
+        assert_eq!(
+            (climate.payload["min_temp"].as_f64(), climate.payload["max_temp"].as_f64()),
+            (Some(5.0), Some(35.0))
+        );
         assert!(thermo.iter().any(|c| c.topic.contains("/update/")));
     }
 
