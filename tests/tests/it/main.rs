@@ -29,4 +29,5 @@ mod setup_freeze;
 mod store;
 mod updates;
 mod upstream;
+mod vocabulary;
 mod web;
