@@ -274,7 +274,7 @@ impl Demo {
         for d in self.api.devices().await? {
             let latest = self.api.readings(d.device.info.id, Some(1)).await?.pop();
             let Some(r) = latest else { continue };
-            let quantity = r.name.rsplit(':').next().unwrap_or("");
+            let quantity = protocol::vocabulary::short_name(&r.name);
             let unit = r.unit.map(|u| format!(" {u}")).unwrap_or_default();
             println!(
                 "  {} ({}): {quantity} = {}{unit}",
