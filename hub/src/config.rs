@@ -324,6 +324,9 @@ pub struct Store {
     pub segment_mb: u64,
     /// Size bound of the readings log, MiB: the oldest segments are dropped beyond it.
     pub max_log_mb: u64,
+    /// Size of one segment in KiB instead of `segment_mb` (at least 4): small segments make
+    /// seals and retention frequent, for the crash campaign.
+    pub segment_kb: Option<u64>,
 }
 
 impl Store {
@@ -331,7 +334,9 @@ impl Store {
     pub fn store_config(&self) -> crate::store::StoreConfig {
         crate::store::StoreConfig {
             max_readings_per_device: self.max_readings_per_device,
-            segment_bytes: self.segment_mb.clamp(1, 1024) << 20,
+            segment_bytes: self
+                .segment_kb
+                .map_or(self.segment_mb.clamp(1, 1024) << 20, |kb| kb.clamp(4, 1 << 20) << 10),
             max_log_bytes: self.max_log_mb.max(1) << 20,
         }
     }
@@ -375,7 +380,13 @@ impl Default for Pairing {
 
 impl Default for Store {
     fn default() -> Self {
-        Self { max_readings_per_device: 100_000, max_batch: 4096, segment_mb: 32, max_log_mb: 4096 }
+        Self {
+            max_readings_per_device: 100_000,
+            max_batch: 4096,
+            segment_mb: 32,
+            max_log_mb: 4096,
+            segment_kb: None,
+        }
     }
 }
 

@@ -3,6 +3,15 @@
 //! the upstream bridge and the owner's web UI.
 #![forbid(unsafe_code)]
 
+/// A kill point of the crash campaign (`fault::kill_point`; nothing without the
+/// `fault-injection` feature).
+macro_rules! kill_point {
+    ($point:literal) => {
+        #[cfg(feature = "fault-injection")]
+        crate::fault::kill_point($point);
+    };
+}
+
 pub mod api;
 pub mod config;
 pub mod connections;

@@ -329,6 +329,7 @@ impl Driver {
                     self.replan = true;
                     tracing::info!(device = %kid, model = %descriptor.model, serial = %descriptor.serial, "paired");
                     let info = DeviceInfo::new(&kid, &descriptor, unix_now().0);
+                    kill_point!("pairing");
                     self.pending.writes.push(Write::Device { info, params });
                     self.pending.states.insert(kid);
                     self.pending.paired.push(kid);
@@ -368,6 +369,7 @@ impl Driver {
                     self.replan = true;
                 }
                 HubEvent::BlockServed { kid, version, num, total } => {
+                    kill_point!("firmware");
                     self.updates.block_served(&kid, version, num, total, unix_now());
                 }
             }
@@ -457,6 +459,7 @@ impl Driver {
         let now = self.now();
         let now_ms = unix_now_ms();
         for kid in batch.paired {
+            kill_point!("paired");
             self.link.paired_durable(now, &kid);
         }
         for w in &batch.writes {

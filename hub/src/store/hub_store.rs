@@ -491,6 +491,7 @@ fn maintain(catalog: &Catalog, live: &Mutex<Live>, config: StoreConfig, jobs: mp
             // The segment stays indexed in memory; the next start rebuilds its index file.
             Err(e) => tracing::error!(error = %e, "cannot write a readings log index"),
         }
+        kill_point!("seal");
         if let Err(e) = catalog.save_snapshot(&job.states, &job.metas, job.seq, job.first_seq) {
             tracing::error!(error = %e, "cannot snapshot link states; retrying at the next seal");
             let mut live = lock(live);

@@ -380,7 +380,10 @@ impl Bridge {
                     tracing::info!("upstream: SIGHUP: re-reading upstream.ca_cert and upstream.password_file");
                     self.secrets.reload(&mut events.mqtt_options);
                 }
-                _ = tick.tick() => self.maintain(connected),
+                // Not while a connection is being made: rumqttc's connect (TCP, TLS, CONNECT)
+                // cannot be cancelled and resumed, and a broker more than a tick away (200 ms)
+                // would never be reached (it is bounded by rumqttc's connection timeout).
+                _ = tick.tick(), if connected || retry_at.is_some() => self.maintain(connected),
                 () = tokio::time::sleep_until(wake), if retry_at.is_some() => retry_at = None,
                 ev = events.poll(), if retry_at.is_none() => match ev {
                     Ok(Event::Incoming(Incoming::ConnAck(ack))) => {

@@ -25,22 +25,6 @@ fn mqtt_login(port: u16, user: &str, password: &str) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-fn add_mqtt_user(hub: &Hub, name: &str) {
-    use std::io::Write as _;
-    let mut child = Command::new(tests::bin("hub"))
-        .args(["ctl", "--json", "--socket"])
-        .arg(&hub.control)
-        .args(["mqtt-user", "add", name])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("hub ctl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    writeln!(stdin, "{MQTT_PASSWORD}").expect("password");
-    drop(stdin);
-    assert!(child.wait_with_output().expect("hub ctl").status.success(), "mqtt-user add");
-}
-
 #[test]
 fn erase_everything_is_a_factory_reset_and_old_credentials_are_refused() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -62,7 +46,7 @@ fn erase_everything_is_a_factory_reset_and_old_credentials_are_refused() {
     assert_eq!(made.status, 303, "{}", made.body);
     let session = format!("__Host-hearth={}", made.cookie("__Host-hearth").expect("session"));
     assert_eq!(client.get("/", &session).status, 200);
-    add_mqtt_user(&hub, "homeassistant");
+    hub.add_mqtt_user("homeassistant", Some(MQTT_PASSWORD));
     let (ok, err) = mqtt_login(plain, "homeassistant", MQTT_PASSWORD);
     assert!(ok, "the MQTT login works before the erase: {err}");
     let mut sim = Sim::fleet(

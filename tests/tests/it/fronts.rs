@@ -2,9 +2,7 @@
 //! sensors reporting throughout and its deliveries counted (issue 15 findings 4, 5, 10): slow
 //! bodies and idle connections against the web UI and idle and half-CONNECT connections against
 //! both MQTT fronts, from one address and from many, while the owner logs in on the first try;
-//! MQTT Wills checked like publications; client ids bound to their user; the broker's own port
-//! closed to anything the fronts did not prepare; a storm of Home Assistant birth messages
-//! republishing discovery a bounded number of times.
+//! the MQTT fronts' rules on the wire are in `mqtt_rules`.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -53,7 +51,7 @@ fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }
 
-fn ip(last: u8) -> IpAddr {
+pub(crate) fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
 }
 
@@ -62,7 +60,7 @@ fn now_ms() -> i64 {
 }
 
 /// A rustls client trusting the hub's certificate (it names 127.0.0.1).
-fn hub_tls(dir: &Path) -> Arc<rustls::ClientConfig> {
+pub(crate) fn hub_tls(dir: &Path) -> Arc<rustls::ClientConfig> {
     let pem = std::fs::read(dir.join("hub-cert.pem")).expect("hub certificate");
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(&pem).expect("pem")).expect("root");
@@ -288,7 +286,7 @@ impl Drop for Attack {
     }
 }
 
-fn counter(hub: &Hub, name: &str) -> u64 {
+pub(crate) fn counter(hub: &Hub, name: &str) -> u64 {
     hub.security()[name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
 }
 
@@ -394,40 +392,25 @@ fn web_slow_body_and_idle_slot_attacks_leave_the_owner_logging_in_first_try() {
 // ---------------------------------------------------------------------------------------------
 // MQTT.
 
-const MQTT_PASSWORD: &str = "correct-horse-battery-staple";
+pub(crate) const MQTT_PASSWORD: &str = "correct-horse-battery-staple";
 
-struct MqttPorts {
-    plain: u16,
-    tls: u16,
-    broker: u16,
+pub(crate) struct MqttPorts {
+    pub(crate) plain: u16,
+    pub(crate) tls: u16,
+    pub(crate) broker: u16,
 }
 
 impl MqttPorts {
-    fn new() -> MqttPorts {
+    pub(crate) fn new() -> MqttPorts {
         MqttPorts { plain: free_tcp_port(), tls: free_tcp_port(), broker: free_tcp_port() }
     }
 
-    fn config(&self, extra: &str) -> String {
+    pub(crate) fn config(&self, extra: &str) -> String {
         format!(
             "[mqtt]\nplain_bind = \"127.0.0.1:{}\"\ntls_bind = \"127.0.0.1:{}\"\nbroker_port = {}\n{extra}",
             self.plain, self.tls, self.broker
         )
     }
-}
-
-fn add_user(hub: &Hub, name: &str) {
-    let mut child = Command::new(tests::bin("hub"))
-        .args(["ctl", "--json", "--socket"])
-        .arg(&hub.control)
-        .args(["mqtt-user", "add", name])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("hub ctl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    writeln!(stdin, "{MQTT_PASSWORD}").expect("password");
-    drop(stdin);
-    assert!(child.wait().expect("hub ctl").success(), "mqtt-user add {name}");
 }
 
 /// `mosquitto_pub` once as `user` from `from` (TLS when `cafile` is given): success, stderr.
@@ -448,7 +431,7 @@ fn mqtt_idle_and_half_connect_attacks_on_both_fronts_leave_the_owner_logging_in_
     let ports = MqttPorts::new();
     // The default limits: 256 connections per front, 32 per address, 10 s for TLS and CONNECT.
     let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &ports.config(""));
-    add_user(&hub, "ha");
+    hub.add_mqtt_user("ha", Some(MQTT_PASSWORD));
     let cafile = hub.dir.join("hub-cert.pem");
     let tls = hub_tls(&hub.dir);
     let plain = SocketAddr::from(([127, 0, 0, 1], ports.plain));
@@ -531,338 +514,3 @@ fn mqtt_idle_and_half_connect_attacks_on_both_fronts_leave_the_owner_logging_in_
 
 // ---------------------------------------------------------------------------------------------
 // A small MQTT 3.1.1 client for exact packets.
-
-fn mqtt_string(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
-
-/// A Will: topic, payload, retained.
-type Will<'a> = (&'a str, &'a [u8], bool);
-
-fn connect_packet(id: &str, user: &str, password: &str, will: Option<Will<'_>>) -> Vec<u8> {
-    let mut body = Vec::new();
-    mqtt_string(&mut body, b"MQTT");
-    body.push(4);
-    let mut flags = 0x80 | 0x40 | 0x02;
-    if let Some((_, _, retain)) = will {
-        flags |= 0x04 | if retain { 0x20 } else { 0 };
-    }
-    body.push(flags);
-    body.extend_from_slice(&30u16.to_be_bytes());
-    mqtt_string(&mut body, id.as_bytes());
-    if let Some((topic, payload, _)) = will {
-        mqtt_string(&mut body, topic.as_bytes());
-        mqtt_string(&mut body, payload);
-    }
-    mqtt_string(&mut body, user.as_bytes());
-    mqtt_string(&mut body, password.as_bytes());
-    packet(0x10, &body)
-}
-
-/// Connects to `port` and sends a CONNECT: the CONNACK's return code (none if the connection
-/// was closed without one) and the connection.
-fn mqtt_connect(port: u16, connect: &[u8]) -> (Option<u8>, TcpStream) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    s.write_all(connect).expect("CONNECT");
-    let mut ack = [0u8; 4];
-    let code = s.read_exact(&mut ack).ok().filter(|()| ack[0] == 0x20).map(|()| ack[3]);
-    (code, s)
-}
-
-fn subscribe_packet(topic: &str) -> Vec<u8> {
-    let mut body = 1u16.to_be_bytes().to_vec();
-    mqtt_string(&mut body, topic.as_bytes());
-    body.push(0);
-    packet(0x82, &body)
-}
-
-/// Subscribes to a topic without retained messages (the SUBACK is the next packet).
-fn subscribe(s: &mut TcpStream, topic: &str) {
-    s.write_all(&subscribe_packet(topic)).expect("SUBSCRIBE");
-    let mut ack = [0u8; 5];
-    s.read_exact(&mut ack).expect("SUBACK");
-    assert_eq!(ack[0], 0x90, "SUBACK");
-}
-
-fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    mqtt_string(&mut body, topic.as_bytes());
-    body.extend_from_slice(payload);
-    packet(0x30, &body)
-}
-
-/// Reads from `s` until `needle` was received (panics at the deadline or if it closes).
-fn receive(s: &mut TcpStream, needle: &[u8], what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(needle.len()).any(|w| w == needle) {
-        assert!(Instant::now() < deadline, "{what}: not received");
-        match s.read(&mut buf) {
-            Ok(0) => panic!("{what}: the connection was closed"),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("{what}: {e}"),
-        }
-    }
-}
-
-/// The retained messages under `filter`, as a fresh subscriber sees them (topic → payload).
-fn retained(port: u16, filter: &str) -> HashMap<String, String> {
-    let out = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", "ha", "-P", MQTT_PASSWORD])
-        .args(["-t", filter, "--retained-only", "-W", "2", "-F", "%t|%p"])
-        .output()
-        .expect("mosquitto_sub");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('|'))
-        .map(|(t, p)| (t.to_owned(), p.to_owned()))
-        .collect()
-}
-
-#[test]
-fn mqtt_wills_client_ids_and_the_broker_port_follow_the_fronts_rules() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let ports = MqttPorts::new();
-    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &ports.config(""));
-    for user in ["ha", "guest", "alice", "bob"] {
-        add_user(&hub, user);
-    }
-    let mut sim = Sim::fleet(
-        &hub.coap.to_string(),
-        &hub,
-        &tmp.path().join("flash.redb"),
-        &["--sensors", "2", "--models", "door,climate", "--interval-ms", "300"],
-    );
-    let kids = sim.paired(2, Duration::from_secs(60));
-    let door = &kids[0];
-    let availability = format!("hearth/{door}/availability");
-    let state = format!("hearth/{door}/state");
-    let config_filter = format!("homeassistant/+/hearth_{door}/+/config");
-    let door_configs = wait_for("the door's retained configs", Duration::from_secs(30), || {
-        let r = retained(ports.plain, &config_filter);
-        (!r.is_empty()).then_some(r)
-    });
-    let door_config = door_configs.keys().next().expect("a config").clone();
-    wait_for("the door online", Duration::from_secs(30), || {
-        (retained(ports.plain, &availability).get(&availability)? == "online").then_some(())
-    });
-
-    // Retained Wills to the hub's own topics: refused with CONNACK 5 and counted.
-    let denied = counter(&hub, "mqtt_denied_publish");
-    let fake_lock = "homeassistant/lock/front_door/lock/config";
-    let lock_config = br#"{"name":"Front door lock","command_topic":"x/y"}"#.as_slice();
-    let forged: [Will<'_>; 5] = [
-        (fake_lock, lock_config, true),
-        (&door_config, b"", true),
-        ("hearth/hub/status", b"offline", true),
-        (&availability, b"online", true),
-        (&state, br#"{"values":{"contact":false}}"#, true),
-    ];
-    for (i, will) in forged.iter().enumerate() {
-        let (code, _) = mqtt_connect(
-            ports.plain,
-            &connect_packet(&format!("w{i}"), "guest", MQTT_PASSWORD, Some(*will)),
-        );
-        assert_eq!(code, Some(5), "Will to {} refused with CONNACK 5", will.0);
-    }
-    // And over TLS the same.
-    let tls = hub_tls(&hub.dir);
-    let tcp = TcpStream::connect(("127.0.0.1", ports.tls)).expect("tls front");
-    let conn =
-        rustls::ClientConnection::new(tls, ServerName::IpAddress(ip(1).into())).expect("tls");
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    s.write_all(&connect_packet("wt", "guest", MQTT_PASSWORD, Some(forged[2]))).expect("send");
-    let mut ack = [0u8; 4];
-    s.read_exact(&mut ack).expect("CONNACK over TLS");
-    assert_eq!(ack, [0x20, 2, 0, 5]);
-    wait_for("the refused Wills counted", Duration::from_secs(10), || {
-        (counter(&hub, "mqtt_denied_publish") >= denied + 6).then_some(())
-    });
-    // None of them took effect.
-    assert!(retained(ports.plain, "homeassistant/lock/#").is_empty(), "a fake entity was planted");
-    assert_eq!(
-        retained(ports.plain, "hearth/hub/status").get("hearth/hub/status").map(String::as_str),
-        Some("online")
-    );
-    assert!(retained(ports.plain, &door_config).get(&door_config).is_some_and(|p| !p.is_empty()));
-    let log = std::fs::read_to_string(&hub.log).unwrap_or_default();
-    assert!(log.contains("DeniedWill"), "the refused Will is logged");
-
-    // A Will to a topic clients may use still works.
-    let mut watcher =
-        mqtt_connect(ports.plain, &connect_packet("watch", "ha", MQTT_PASSWORD, None));
-    assert_eq!(watcher.0, Some(0));
-    subscribe(&mut watcher.1, "clients/guest/status");
-    let will: Will<'_> = ("clients/guest/status", b"gone-away", false);
-    let (code, gone) =
-        mqtt_connect(ports.plain, &connect_packet("guest-1", "guest", MQTT_PASSWORD, Some(will)));
-    assert_eq!(code, Some(0), "an allowed Will is accepted");
-    drop(gone); // no DISCONNECT: the Will is published
-    receive(&mut watcher.1, b"gone-away", "the allowed Will");
-
-    // Client ids are bound to their user: bob using alice's id does not take her session.
-    let (code, mut alice) =
-        mqtt_connect(ports.plain, &connect_packet("kitchen-panel", "alice", MQTT_PASSWORD, None));
-    assert_eq!(code, Some(0));
-    subscribe(&mut alice, "panel/kitchen");
-    let (code, mut bob) =
-        mqtt_connect(ports.plain, &connect_packet("kitchen-panel", "bob", MQTT_PASSWORD, None));
-    assert_eq!(code, Some(0), "bob gets a session of his own");
-    bob.write_all(&publish_packet("panel/kitchen", b"still-there")).expect("publish");
-    receive(&mut alice, b"still-there", "alice, after bob used her client id");
-    // Her own second connection with that id takes the session over, as MQTT says.
-    let (code, _again) =
-        mqtt_connect(ports.plain, &connect_packet("kitchen-panel", "alice", MQTT_PASSWORD, None));
-    assert_eq!(code, Some(0));
-    let mut b = [0u8; 16];
-    alice.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    let closed = loop {
-        match alice.read(&mut b) {
-            Ok(0) | Err(_) => break true,
-            Ok(_) => {}
-        }
-    };
-    assert!(closed, "the user's own reconnection takes its session over");
-
-    // The broker's own port takes nothing the fronts did not prepare, right password or not.
-    let bypass = counter(&hub, "mqtt_bypass_refused");
-    let (code, _) = mqtt_connect(
-        ports.broker,
-        &connect_packet("direct", "alice", MQTT_PASSWORD, Some(("hearth/hub/status", b"x", true))),
-    );
-    assert_eq!(code, None, "the broker's port refused a direct client");
-    wait_for("the bypass counted", Duration::from_secs(10), || {
-        (counter(&hub, "mqtt_bypass_refused") > bypass).then_some(())
-    });
-    assert_eq!(
-        retained(ports.plain, "hearth/hub/status").get("hearth/hub/status").map(String::as_str),
-        Some("online")
-    );
-    sim.stop();
-}
-
-#[test]
-fn a_birth_message_storm_republishes_discovery_a_bounded_number_of_times() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let ports = MqttPorts::new();
-    let interval_s = 3;
-    let hub = Hub::start_with(
-        &tmp.path().join("hub"),
-        free_udp_port(),
-        &ports.config(&format!("republish_interval_s = {interval_s}\n")),
-    );
-    add_user(&hub, "ha");
-    let mut sim = Sim::fleet(
-        &hub.coap.to_string(),
-        &hub,
-        &tmp.path().join("flash.redb"),
-        &["--sensors", "2", "--models", "thermostat,climate", "--interval-ms", "300"],
-    );
-    sim.paired(2, Duration::from_secs(60));
-    // Thermostat: temperature, climate, last command, firmware; climate sensor: temperature,
-    // humidity, firmware.
-    let per_round = 7;
-    let (code, mut sub) =
-        mqtt_connect(ports.plain, &connect_packet("counter", "ha", MQTT_PASSWORD, None));
-    assert_eq!(code, Some(0));
-    // Retained configs may come before or after the SUBACK: the reader sorts them out.
-    sub.write_all(&subscribe_packet("homeassistant/+/+/+/config")).expect("SUBSCRIBE");
-    // Counts config messages (non-empty) arriving on `sub`, with their arrival times.
-    let (tx, rx) = std::sync::mpsc::channel::<Instant>();
-    let mut reader = sub.try_clone().expect("clone");
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        while let Ok(n) = reader.read(&mut chunk) {
-            if n == 0 {
-                return;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            // Split complete packets; a config PUBLISH has a non-empty payload.
-            while let Some((len, header)) = remaining_length(&buf) {
-                if buf.len() < header + len {
-                    break;
-                }
-                let p: Vec<u8> = buf.drain(..header + len).collect();
-                if p[0] >> 4 == 3 {
-                    let topic_len = u16::from_be_bytes([p[header], p[header + 1]]) as usize;
-                    let payload = len - 2 - topic_len;
-                    if payload > 0 && tx.send(Instant::now()).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    for _ in 0..per_round {
-        rx.recv_timeout(Duration::from_secs(30)).expect("the retained configs");
-    }
-
-    // 200 births as fast as one client can send them.
-    let (code, mut storm) =
-        mqtt_connect(ports.plain, &connect_packet("storm", "ha", MQTT_PASSWORD, None));
-    assert_eq!(code, Some(0));
-    let started = Instant::now();
-    let births: Vec<u8> =
-        (0..200).flat_map(|_| publish_packet("homeassistant/status", b"online")).collect();
-    storm.write_all(&births).expect("births");
-    let sent_in = started.elapsed();
-    // The first republication comes promptly.
-    let first = rx.recv_timeout(Duration::from_secs(10)).expect("discovery republished promptly");
-    eprintln!("first republished config {:?} after the storm began", first - started);
-    // Then at most one more round per interval while births keep coming (here: one).
-    let window = Duration::from_secs(interval_s * 3);
-    let mut received = 1;
-    while let Ok(_t) = rx.recv_timeout(window.saturating_sub(started.elapsed())) {
-        received += 1;
-        if started.elapsed() >= window {
-            break;
-        }
-    }
-    let rounds_allowed = 2 + (sent_in.as_secs() / interval_s) as usize;
-    eprintln!("200 births in {sent_in:?}: {received} configs republished (rounds of {per_round})");
-    assert!(received >= per_round, "every config was republished: {received}");
-    assert!(
-        received <= rounds_allowed * per_round,
-        "{received} configs for 200 births: at most {rounds_allowed} rounds of {per_round}"
-    );
-    sim.stop();
-}
-
-/// An MQTT packet's remaining length and the fixed header's size, if complete.
-fn remaining_length(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut len = 0usize;
-    for (i, b) in buf.iter().skip(1).take(4).enumerate() {
-        len |= usize::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((len, i + 2));
-        }
-    }
-    None
-}

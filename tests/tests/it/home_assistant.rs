@@ -123,7 +123,7 @@ pub(crate) fn setup(per_model: usize, interval_ms: u32) -> Setup {
     let config = format!("{config}{}", maker.trust_toml(&[THERMO]));
     let coap = free_udp_port();
     let hub = Hub::start_with(&data, coap, &config);
-    crate::mqtt::add_user(&hub, "ha", Some(PASSWORD));
+    hub.add_mqtt_user("ha", Some(PASSWORD));
     let mut ha = HomeAssistant::start(&tmp.path().join("ha"));
     ha.onboard();
     let entry = ha.add_mqtt(plain, "ha", PASSWORD);

@@ -490,22 +490,6 @@ fn config(plain: u16, tls: u16, broker: u16, login: &str) -> String {
     )
 }
 
-fn add_mqtt_user(hub: &Hub, name: &str, password: &str) {
-    let mut child = std::process::Command::new(tests::bin("hub"))
-        .args(["ctl", "--json", "--socket"])
-        .arg(&hub.control)
-        .args(["mqtt-user", "add", name])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("hub ctl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    writeln!(stdin, "{password}").expect("password");
-    drop(stdin);
-    let out = child.wait_with_output().expect("hub ctl");
-    assert!(out.status.success(), "mqtt-user add failed");
-}
-
 /// Sets up the owner through the web UI; the answer (session and device cookies).
 fn owner(hub: &Hub, web: &Client) -> Res {
     let made = web.setup(&setup_code(hub), "owner", OWNER_PASSWORD);
@@ -527,7 +511,7 @@ fn login_bursts_in_a_1_gib_cgroup_are_shed_and_the_memory_comes_back() {
     let web = Client::new(&hub);
     owner(&hub, &web);
     for u in 0..USERS {
-        add_mqtt_user(&hub, &format!("u{u}"), HA_PASSWORD);
+        hub.add_mqtt_user(&format!("u{u}"), Some(HA_PASSWORD));
     }
     let mut fleet = Fleet::start(&hub, tmp.path(), 16, 100);
     // Idle: the hub has hashed (setup code, owner, MQTT users) and the fleet is reporting.
@@ -627,7 +611,7 @@ fn concurrent_guesses_sprays_and_restarts_never_beat_the_throttle_nor_lock_out_t
     let hub = Hub::start_with(&dir, udp, &extra);
     let web = Client::new(&hub);
     let device = device_cookie(&owner(&hub, &web));
-    add_mqtt_user(&hub, "ha", HA_PASSWORD);
+    hub.add_mqtt_user("ha", Some(HA_PASSWORD));
     let to = SocketAddr::from(([127, 0, 0, 1], plain));
     // Home Assistant's address and client id; it logged in before the attack.
     let ha_at = IpAddr::from([127, 0, 9, 1]);

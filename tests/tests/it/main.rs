@@ -4,6 +4,7 @@
 mod adversary;
 mod aiocoap_interop;
 mod bad_input;
+mod bad_network;
 mod browser;
 mod crash;
 mod ctl;
@@ -18,6 +19,7 @@ mod isolation;
 mod link_budgets;
 mod logins;
 mod mqtt;
+mod mqtt_rules;
 mod ops;
 mod outage;
 mod package;

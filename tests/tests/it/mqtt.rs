@@ -34,25 +34,6 @@ fn mqtt_config(p: &Ports) -> String {
     )
 }
 
-pub(crate) fn add_user(hub: &Hub, name: &str, password: Option<&str>) -> Value {
-    let mut child = Command::new(bin("hub"))
-        .args(["ctl", "--json", "--socket"])
-        .arg(&hub.control)
-        .args(["mqtt-user", "add", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("hub ctl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    if let Some(p) = password {
-        writeln!(stdin, "{p}").expect("write password");
-    }
-    drop(stdin);
-    let out = child.wait_with_output().expect("hub ctl");
-    assert!(out.status.success(), "mqtt-user add failed");
-    serde_json::from_slice(&out.stdout).expect("json")
-}
-
 /// A running `mosquitto_sub` whose lines (`topic|payload`) can be awaited.
 struct Sub {
     child: Child,
@@ -168,8 +149,8 @@ fn mqtt_clients_get_readings_discovery_and_commands_and_strangers_are_refused() 
     // No default user: nobody gets in until the owner adds one.
     let (ok, err) = publish(&["-h", "127.0.0.1", "-p", &plain, "-t", "x", "-m", "1"]);
     assert!(!ok && err.contains("bad user name or password"), "{err}");
-    assert_eq!(add_user(&hub, "ha", Some(PASSWORD)), serde_json::json!({"added": "ha"}));
-    let generated = add_user(&hub, "script", None);
+    assert_eq!(hub.add_mqtt_user("ha", Some(PASSWORD)), serde_json::json!({"added": "ha"}));
+    let generated = hub.add_mqtt_user("script", None);
     assert_eq!(generated["password"].as_str().map(str::len), Some(36), "{generated}");
     let users = hub.ctl(&["mqtt-user", "list"]);
     assert_eq!(users.as_array().map(Vec::len), Some(2));
@@ -384,7 +365,7 @@ fn an_isolated_device_leaves_mqtt_its_configs_and_state_withdrawn() {
         mqtt_config(&ports)
     );
     let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &extra);
-    add_user(&hub, "ha", Some(PASSWORD));
+    hub.add_mqtt_user("ha", Some(PASSWORD));
     // Malformed MQTT (here HTTP) is refused with a disconnect and counted, never a crash.
     let mut s = TcpStream::connect(("127.0.0.1", ports.plain)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
@@ -508,7 +489,7 @@ fn a_client_that_subscribes_again_gets_the_retained_message_again_without_a_gap(
     let tmp = tempfile::tempdir().expect("tmp");
     let ports = Ports { plain: free_tcp_port(), tls: free_tcp_port(), broker: free_tcp_port() };
     let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &mqtt_config(&ports));
-    add_user(&hub, "ha", Some(PASSWORD));
+    hub.add_mqtt_user("ha", Some(PASSWORD));
     // One client subscribes to the hub's retained status and to a live counter another client
     // publishes; it subscribes to the status three more times (once together with the counter
     // again) and counts: each SUBSCRIBE brings the retained message, no UNSUBACK reaches it,
@@ -594,7 +575,7 @@ fn normal_disconnects_log_no_error_and_mqtt_31_clients_are_refused_with_code_1()
     let tmp = tempfile::tempdir().expect("tmp");
     let ports = Ports { plain: free_tcp_port(), tls: free_tcp_port(), broker: free_tcp_port() };
     let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &mqtt_config(&ports));
-    add_user(&hub, "script", Some(PASSWORD));
+    hub.add_mqtt_user("script", Some(PASSWORD));
     let plain = ports.plain.to_string();
     let base = ["-h", "127.0.0.1", "-p", &plain, "-u", "script", "-P", PASSWORD];
     // Short connections that end with DISCONNECT, as scripts make them.

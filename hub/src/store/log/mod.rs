@@ -305,7 +305,10 @@ impl SegmentLog {
             return Err(LogError::Full(a.path.clone()));
         }
         let frame = encode_frame(seq, &payload.bytes);
-        let written = a.file.write_all_at(&frame, start).and_then(|()| a.file.sync_data());
+        let written = a.file.write_all_at(&frame, start).and_then(|()| {
+            kill_point!("commit");
+            a.file.sync_data()
+        });
         if let Err(e) = written {
             self.broken = true;
             let _ = a.file.set_len(start);
@@ -469,6 +472,7 @@ impl SegmentLog {
             }
             bytes -= s.len;
             remove_file(&s.path);
+            kill_point!("retention");
             remove_file(&s.idx_path);
             let readings = s.devices.values().map(|d| d.span.count).sum();
             dropped.push(Dropped { first_seq: s.first_seq, last_seq: s.last_seq, readings });
