@@ -25,7 +25,7 @@ fn a_co2_sensor_from_the_vocabulary_alone_reaches_hub_ctl_and_home_assistant_dis
         free_tcp_port()
     );
     let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &mqtt);
-    super::mqtt::add_user(&hub, "ha", Some(PASSWORD));
+    hub.add_mqtt_user("ha", Some(PASSWORD));
     let flash = tmp.path().join("flash.redb");
     let args = ["--sensors", "1", "--models", "co2", "--interval-ms", "200"];
     let mut sim = Sim::fleet(&hub.coap.to_string(), &hub, &flash, &args);
