@@ -605,8 +605,9 @@ fn print_event(e: FleetEvent, ctl: Option<&PathBuf>) {
             );
         }
         FleetEvent::Refused { index } => println!("REFUSED sensor={index}"),
-        FleetEvent::Command { index, name, value, applied } => {
+        FleetEvent::Command { index, setting, value, applied } => {
             let applied = applied.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
+            let name = setting.name();
             println!("COMMAND sensor={index} name={name} value={value} applied={applied}");
         }
         FleetEvent::Offline { index, backlog } => {

@@ -146,11 +146,10 @@ impl Environment {
         Sample { time_ms, values: self.values }
     }
 
-    /// A command from the hub: sets quantity `name` if the model has it as a setting (the
+    /// A command from the hub: sets its quantity if the model has it as a setting (the
     /// thermostat's `setpoint`), brought into the command's range; the next sample reports
     /// it. Returns the value now in effect, or `None` if the model has no such setting.
-    pub fn apply(&mut self, name: &str, value: f64) -> Option<f64> {
-        let command = Command::parse(name)?;
+    pub fn apply(&mut self, command: Command, value: f64) -> Option<f64> {
         let at = self.model.quantities().iter().position(|q| *q == command.quantity())?;
         let applied = command.clamp(value)?;
         *self.values.get_mut(at)? = applied;
@@ -237,11 +236,10 @@ mod tests {
             }
         }
         let mut thermostat = Environment::new(Model::Thermostat);
-        assert_eq!(thermostat.apply("setpoint", 24.5), Some(24.5));
-        assert_eq!(thermostat.apply("setpoint", 99.0), Some(35.0), "clamped to its range");
-        assert_eq!(thermostat.apply("setpoint", f64::NAN), None);
-        assert_eq!(thermostat.apply("laser", 1.0), None);
+        assert_eq!(thermostat.apply(Command::Setpoint, 24.5), Some(24.5));
+        assert_eq!(thermostat.apply(Command::Setpoint, 99.0), Some(35.0), "clamped to its range");
+        assert_eq!(thermostat.apply(Command::Setpoint, f64::NAN), None);
         assert_eq!(thermostat.sample(&mut rng, 1).values[1], 35.0);
-        assert_eq!(Environment::new(Model::Climate).apply("setpoint", 20.0), None);
+        assert_eq!(Environment::new(Model::Climate).apply(Command::Setpoint, 20.0), None);
     }
 }

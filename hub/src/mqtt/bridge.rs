@@ -387,7 +387,7 @@ impl Bridge {
         let (command, value) = topics::parse_set_payload(payload, &commands)?;
         self.next_command = self.next_command.wrapping_add(1);
         let id = self.next_command;
-        let relayed = SensorCommand { id, name: command.name().into(), value };
+        let relayed = SensorCommand { id, setting: command, value };
         match self.api.command(device, relayed).await {
             Ok(()) => {
                 let name = command.name();

@@ -145,8 +145,8 @@ pub enum FleetEvent {
     Command {
         /// Sensor index.
         index: u32,
-        /// The quantity.
-        name: String,
+        /// What it sets.
+        setting: protocol::vocabulary::Command,
         /// The value asked for.
         value: f64,
         /// The value now in effect, if the model has that quantity (clamped to its range).

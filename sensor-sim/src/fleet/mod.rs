@@ -480,9 +480,9 @@ impl FleetTask {
             SensorEvent::LinkError(_) => {}
             SensorEvent::Command(c) => {
                 let s = &mut self.sensors[i];
-                let applied = s.env.apply(&c.name, c.value);
-                let (name, value) = (c.name, c.value);
-                self.emit(FleetEvent::Command { index, name, value, applied });
+                let applied = s.env.apply(c.setting, c.value);
+                let (setting, value) = (c.setting, c.value);
+                self.emit(FleetEvent::Command { index, setting, value, applied });
             }
             e @ (SensorEvent::UpdateOffered(_)
             | SensorEvent::Manifest { .. }
