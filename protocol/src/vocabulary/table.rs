@@ -8,10 +8,8 @@ use super::{Kind, ModelSpec, QuantitySpec, Simulated, Unit};
 
 /// One thing a sensor measures. Each (but the drop counter) is also a capability: a sensor
 /// declares the quantities it has at pairing, by [`Quantity::capability`] name.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Quantity {
     /// Air temperature.
     Temperature,
@@ -151,10 +149,7 @@ impl Quantity {
 /// A command the hub can relay to an actuator: set a settable quantity.
 // Not `#[non_exhaustive]` on purpose: a new command must make every `match` on it (the
 // discovery entity) fail to compile until it is handled.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Command {
     /// A thermostat's target temperature, 5–35 °C.
     Setpoint,
@@ -178,6 +173,7 @@ impl Command {
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Model {
     /// A thermostat with a setpoint; verifies update signatures itself (TR 6.18 example 5).
     Thermostat,
