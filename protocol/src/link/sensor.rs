@@ -43,7 +43,7 @@ pub enum SensorEvent {
     PairingFailed(PairingError),
     /// The hub refused pairing (window closed or backing off), or forgot the attempt (its window
     /// closed or the session expired before the PIN was typed): the hub's reason, as printable
-    /// text of at most [`MAX_REASON`] characters.
+    /// text of at most 160 characters.
     PairingRefused(String),
     /// The hub acknowledged reading `id`: it is durable there and can be dropped here.
     Delivered(u64),
@@ -694,7 +694,7 @@ fn jitter<R: CryptoRng + ?Sized>(rng: &mut R) -> f64 {
 }
 
 /// Longest refusal reason a sensor keeps from the hub's answer.
-pub const MAX_REASON: usize = 160;
+const MAX_REASON: usize = 160;
 
 /// The reason in a pairing refusal: the response code and the hub's diagnostic payload
 /// (RFC 7252 §5.5.2), kept only as printable text and cut at [`MAX_REASON`] characters.
