@@ -1,7 +1,9 @@
 //! Interop with a real Home Assistant Core (2024.3.3): set up through its own onboarding API and
 //! MQTT config flow, connected to the hub's MQTT broker as an owner would connect it, with a
 //! fleet of every model. Asserts what an owner sees in HA: every entity of every device present
-//! and available within 10 s of pairing, and again after a hub restart and an HA restart.
+//! and available within 10 s of pairing, and again after a hub restart and an HA restart; after
+//! a 30 s hub outage (SIGKILL) whose buffered readings drain, no entity flaps unavailable and
+//! the state HA reads never goes back in time.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
@@ -14,6 +16,8 @@ const THERMO: &str = "hearth-thermo-1";
 const PASSWORD: &str = "ha-interop-password-2f9c";
 /// Sensors of each model in the fleet.
 const PER_MODEL: usize = 5;
+/// How long the hub is down in the outage.
+const OUTAGE: Duration = Duration::from_secs(30);
 
 fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
@@ -89,6 +93,8 @@ pub(crate) struct Setup {
     pub config: String,
     pub data: std::path::PathBuf,
     pub coap: u16,
+    /// The hub's plain MQTT port (loopback).
+    pub plain: u16,
     /// Serial and device id of each sensor.
     pub devices: Vec<(String, String)>,
     pub maker: Maker,
@@ -101,6 +107,11 @@ impl Setup {
         if let Some(h) = self.hub.take() {
             h.stop();
         }
+        self.start_hub();
+    }
+
+    /// Starts the hub on the same data and ports.
+    pub fn start_hub(&mut self) {
         let config =
             tests::write_config(self.data.parent().expect("parent"), self.coap, &self.config);
         self.hub = Some(Hub::start_configured(&self.data, &config));
@@ -163,6 +174,7 @@ pub(crate) fn setup(per_model: usize, interval_ms: u32) -> Setup {
         config,
         data,
         coap,
+        plain,
         devices: devices.into_values().collect(),
         maker,
         _tmp: tmp,
@@ -195,6 +207,8 @@ fn home_assistant_shows_every_entity_of_every_device_after_pairing_and_restarts(
     // An HA restart: it learns everything from the retained configs and states.
     s.ha.restart();
     all_available(&s.ha, &want, Duration::from_secs(10), "after an HA restart");
+
+    outage(&mut s, &want);
     let log = s.ha.log();
     let errors: Vec<&str> = log
         .lines()
@@ -287,4 +301,74 @@ fn update(s: &mut Setup) {
     // The other thermostats were not approved: they still offer it.
     let other = format!("update.hearth_{}_firmware", thermostats[1].1);
     assert_eq!(s.ha.states()[&other]["state"], "on");
+}
+
+/// A hub outage of [`OUTAGE`] (SIGKILL; the sensors buffer what they measure), then the hub
+/// again: once HA has reconnected, no entity goes unavailable while the buffers drain, no
+/// device is published offline, and every device's `…/state` — what HA's entities read — only
+/// moves forward in measurement time although the drain delivers 30 s of older readings.
+fn outage(s: &mut Setup, want: &BTreeSet<String>) {
+    s.hub.take().expect("hub").kill9();
+    // The outage itself is a span of time, not a condition to wait for.
+    s.sim.read_for(OUTAGE, |_| {});
+    s.start_hub();
+    let port = s.plain.to_string();
+    let sub = crate::mqtt::Sub::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-u",
+        "ha",
+        "-P",
+        PASSWORD,
+        "-t",
+        "hearth/+/state",
+        "-t",
+        "hearth/+/availability",
+    ]);
+    all_available(&s.ha, want, Duration::from_secs(30), "after the outage");
+    // The drain: until every sensor has emptied its buffer, HA is looked at twice a second.
+    let sensors = s.devices.len();
+    let mut drained = BTreeSet::new();
+    let mut most = 0;
+    let mut looked = Instant::now();
+    let mut flaps: BTreeMap<String, String> = BTreeMap::new();
+    s.sim.until("the sensors' buffers drained", Duration::from_secs(180), |l| {
+        let index = || field(l, "sensor").and_then(|i| i.parse::<usize>().ok()).expect("index");
+        if l.starts_with("DRAIN ") {
+            most = most.max(field(l, "backlog").and_then(|b| b.parse().ok()).expect("backlog"));
+        } else if l.starts_with("DRAINED ") {
+            drained.insert(index());
+        }
+        if looked.elapsed() >= Duration::from_millis(500) {
+            looked = Instant::now();
+            flaps.extend(missing(&s.ha, want));
+        }
+        (drained.len() == sensors).then_some(())
+    });
+    flaps.extend(missing(&s.ha, want));
+    assert!(
+        flaps.is_empty(),
+        "entities unavailable or absent while the buffers drained: {flaps:#?}"
+    );
+    assert!(most >= 10, "the outage left the sensors nothing to drain (largest backlog {most})");
+    let mut newest: BTreeMap<String, i64> = BTreeMap::new();
+    let mut states = 0;
+    for (topic, payload) in sub.received() {
+        if topic.ends_with("/availability") {
+            assert_eq!(payload, "online", "{topic} published {payload} after the outage");
+            continue;
+        }
+        let state: serde_json::Value = serde_json::from_str(&payload).expect("state JSON");
+        let t = state["time_ms"].as_i64().expect("time_ms");
+        let before = newest.insert(topic.clone(), t).unwrap_or(i64::MIN);
+        assert!(t >= before, "{topic} went back in time from {before} to {t}: {payload}");
+        states += 1;
+    }
+    assert!(states > sensors, "only {states} state messages seen during the drain");
+    eprintln!(
+        "home_assistant: outage of {OUTAGE:?}: largest backlog {most}, {states} state messages, \
+         no flap, never back in time"
+    );
 }

@@ -35,13 +35,13 @@ fn mqtt_config(p: &Ports) -> String {
 }
 
 /// A running `mosquitto_sub` whose lines (`topic|payload`) can be awaited.
-struct Sub {
+pub(crate) struct Sub {
     child: Child,
     lines: Receiver<String>,
 }
 
 impl Sub {
-    fn start(args: &[&str]) -> Sub {
+    pub(crate) fn start(args: &[&str]) -> Sub {
         let mut child = Command::new("mosquitto_sub")
             .args(args)
             .args(["-F", "%t|%p"])
@@ -62,7 +62,7 @@ impl Sub {
     }
 
     /// Lines until `f` returns `Some`, within `timeout`.
-    fn until<T>(
+    pub(crate) fn until<T>(
         &self,
         what: &str,
         timeout: Duration,
@@ -78,6 +78,19 @@ impl Sub {
                 return v;
             }
         }
+    }
+}
+
+impl Sub {
+    /// The lines received so far and not read yet, as (topic, payload).
+    pub(crate) fn received(&self) -> Vec<(String, String)> {
+        self.lines
+            .try_iter()
+            .map(|l| match l.split_once('|') {
+                Some((t, p)) => (t.to_owned(), p.to_owned()),
+                None => (l, String::new()),
+            })
+            .collect()
     }
 }
 
