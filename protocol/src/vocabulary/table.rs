@@ -201,47 +201,48 @@ impl Model {
                 designation: "hearth-thermo-1",
                 serial_prefix: "TH",
                 quantities: &[Q::Temperature, Q::Setpoint],
-                updatable: true,
                 verifies_signatures: true,
-                support_end: 2_000_000_000,
-                example: false,
+                ..SUPPORTED
             },
             Self::Climate => ModelSpec {
                 designation: "hearth-climate-1",
                 serial_prefix: "CL",
                 quantities: &[Q::Temperature, Q::Humidity],
-                updatable: true,
-                verifies_signatures: false,
-                support_end: 2_000_000_000,
-                example: false,
+                ..SUPPORTED
             },
             Self::Door => ModelSpec {
                 designation: "hearth-door-1",
                 serial_prefix: "DR",
                 quantities: &[Q::Contact, Q::Battery],
-                updatable: true,
-                verifies_signatures: false,
-                support_end: 2_000_000_000,
-                example: false,
+                ..SUPPORTED
             },
             Self::Button => ModelSpec {
                 designation: "hearth-button-1",
                 serial_prefix: "BT",
                 quantities: &[Q::Button, Q::Battery],
                 updatable: false,
-                verifies_signatures: false,
                 support_end: 1_700_000_000,
-                example: false,
+                ..SUPPORTED
             },
             Self::Co2 => ModelSpec {
                 designation: "hearth-co2-1",
                 serial_prefix: "CO",
                 quantities: &[Q::Co2, Q::Battery],
-                updatable: true,
-                verifies_signatures: false,
-                support_end: 2_000_000_000,
                 example: true,
+                ..SUPPORTED
             },
         }
     }
 }
+
+/// What a row leaves out: an updatable model that trusts the hub's link for signatures (TR
+/// 6.18 example 4), supported until 2033-05-18.
+const SUPPORTED: ModelSpec = ModelSpec {
+    designation: "",
+    serial_prefix: "",
+    quantities: &[],
+    updatable: true,
+    verifies_signatures: false,
+    support_end: 2_000_000_000,
+    example: false,
+};
