@@ -226,9 +226,14 @@ impl Quantity {
         format!("urn:dev:{serial}:{}", self.senml())
     }
 
+    /// A number with the quantity's decimals, without its unit (`21.5`, `87`).
+    pub fn digits(self, value: f64) -> String {
+        format!("{value:.*}", usize::from(self.spec().decimals))
+    }
+
     /// A number as people read it: the quantity's decimals and unit (`21.5 °C`, `87 %`).
     pub fn format_number(self, value: f64) -> String {
-        let n = format!("{value:.*}", usize::from(self.spec().decimals));
+        let n = self.digits(value);
         match self.unit().map(|u| u.symbol).filter(|s| !s.is_empty()) {
             Some(u) => format!("{n} {u}"),
             None => n,
@@ -451,6 +456,7 @@ mod tests {
         assert_eq!(Quantity::Battery.format_number(87.0), "87 %");
         assert_eq!(Quantity::Co2.format_number(612.4), "612 ppm");
         assert_eq!(Quantity::BufferDropped.format_number(3.0), "3");
+        assert_eq!(Quantity::Humidity.digits(45.04), "45.0");
         assert_eq!(Quantity::Contact.format_bool(true), "open");
         assert_eq!(Quantity::Contact.format_bool(false), "closed");
         assert_eq!(Quantity::Button.format_bool(true), "pressed");
