@@ -35,6 +35,10 @@ struct Args {
     /// Give up if the demo has not finished after this many seconds.
     #[arg(long, default_value_t = 180)]
     timeout_s: u64,
+    /// After the four acts, keep the hub and its sensors running (with the web UI and its setup
+    /// code) until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
 }
 
 /// Why the demo stopped early.
@@ -86,7 +90,22 @@ async fn run(args: Args) -> Result<(), DemoError> {
         hub.coap,
         dir.path().display()
     );
-    println!("It ends by itself after four acts (or press Ctrl-C).");
+    let code = dir.path().join(hub::web::SETUP_CODE_FILE);
+    if args.keep_running {
+        println!(
+            "It plays four acts, then keeps running until you press Ctrl-C: the web UI at \
+             https://{}/ and its setup code in {} stay valid until then.",
+            hub.web,
+            code.display()
+        );
+    } else {
+        println!(
+            "It ends by itself after four acts (or press Ctrl-C). The web UI at https://{}/ and \
+             its setup code live only until then (the data is temporary); run `demo \
+             --keep-running` to keep them until Ctrl-C.",
+            hub.web
+        );
+    }
     let (tx, events) = mpsc::unbounded_channel();
     let mut anchors = TrustAnchors::default();
     for model in Model::standard() {
@@ -110,7 +129,10 @@ async fn run(args: Args) -> Result<(), DemoError> {
         tick: tokio::time::interval(Duration::from_millis(500)),
         reset: hub.reset.clone(),
     };
-    let acted = demo.play(&maker).await;
+    let mut acted = demo.play(&maker).await;
+    if acted.is_ok() && args.keep_running {
+        acted = demo.linger(&code, hub.web).await;
+    }
     shutdown.cancel();
     stop(hub, maker).await;
     acted?;
@@ -181,6 +203,30 @@ impl Demo {
             "Fixes a buffer overflow in the setpoint parser (CVE-2026-0001).",
         )?;
         self.delivery(THERMO).await
+    }
+
+    /// After the acts: the hub and the fleet keep running until Ctrl-C (or an erase in the web
+    /// UI, which ends the demo: its data is temporary).
+    async fn linger(
+        &mut self,
+        code: &std::path::Path,
+        web: std::net::SocketAddr,
+    ) -> Result<(), DemoError> {
+        println!(
+            "\nThe four acts are done; the hub and its sensors keep running. Web UI: https://{web}/ \
+             (setup code in {}). Press Ctrl-C to stop; the temporary data is then removed.",
+            code.display()
+        );
+        loop {
+            tokio::select! {
+                e = self.events.recv() => { e.ok_or(DemoError::FleetStopped)?; }
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                () = self.reset.cancelled() => {
+                    println!("Erase everything was used in the web UI: the demo ends and its data is removed.");
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// The next fleet event, or `None` at a half-second tick. PINs shown are typed at the hub

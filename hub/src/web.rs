@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use protocol::vocabulary::{Command, Kind, Quantity};
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use web_ui::api::{
-    ApiError as WebError, ApiFuture, Availability, Check, Counter, Device, HistoryLine, Pairing,
-    Policy as WebPolicy, Reading, Release, Updates,
+    Action, ApiError as WebError, ApiFuture, Availability, Check, Counter, Device, HistoryLine,
+    Pairing, Policy as WebPolicy, Reading, ReadingKind, Release, Setpoint, Updates,
 };
 
 use crate::api::{ApiError, HubApi, LinkCommand};
@@ -90,6 +91,7 @@ pub async fn start(
         rng: Mutex::new(crate::rng::os_seeded()),
         fingerprint: identity.fingerprint(),
         budget: budget.clone(),
+        commands: std::sync::atomic::AtomicU32::new(0),
     });
     owner.ensure_setup_code().await?;
     let listener =
@@ -122,6 +124,8 @@ struct HubOwner {
     rng: Mutex<ChaCha20Rng>,
     fingerprint: String,
     budget: admission::HashBudget,
+    /// The last command id the web UI used (see [`WEB_COMMAND_IDS`]).
+    commands: std::sync::atomic::AtomicU32,
 }
 
 impl HubOwner {
@@ -222,13 +226,24 @@ impl HubOwner {
             Some(u) => u.installed,
             None => info.firmware_version,
         };
-        // The newest value of each quantity, in the order of the declared capabilities
-        // (`temp` reports `temperature`).
+        // The newest value of each quantity, in the order of the declared capabilities (the
+        // vocabulary says which quantity each reports), the battery last.
         let mut last: Vec<Reading> = d.state.into_values().map(reading).collect();
         let rank = |r: &Reading| {
-            info.capabilities.iter().position(|c| c.starts_with(&r.name) || r.name.starts_with(c))
+            let declared = info
+                .capabilities
+                .iter()
+                .position(|c| Quantity::from_capability(c).is_some_and(|q| q.senml() == r.name));
+            (r.kind == ReadingKind::Battery, declared.unwrap_or(usize::MAX))
         };
-        last.sort_by_key(|r| rank(r).unwrap_or(usize::MAX));
+        last.sort_by_key(rank);
+        let isolated = d.availability == DirAvailability::Isolated;
+        let setpoint = (!isolated && takes_setpoint(&info.capabilities)).then(|| Setpoint {
+            min: *Command::Setpoint.range().start(),
+            max: *Command::Setpoint.range().end(),
+            unit: "°C".into(),
+            current: last.iter().find(|r| r.name == Command::Setpoint.name()).and_then(|r| r.value),
+        });
         let availability = match (d.availability, d.isolation.filter(|i| i.active())) {
             (DirAvailability::Isolated, Some(i)) => {
                 let reason = match i.advisory {
@@ -258,11 +273,54 @@ impl HubOwner {
             paired_at: info.paired_at,
             availability,
             last,
+            setpoint,
         }
     }
 }
 
+/// Whether a device with these declared capabilities takes a setpoint command.
+fn takes_setpoint(capabilities: &[String]) -> bool {
+    capabilities.iter().any(|c| {
+        Quantity::from_capability(c).and_then(Quantity::command) == Some(Command::Setpoint)
+    })
+}
+
+/// Web commands get ids from the top half of the range (MQTT's count up from 0), so the two
+/// never send the same id to a sensor.
+const WEB_COMMAND_IDS: u32 = 1 << 31;
+
 fn reading(r: crate::store::StoredReading) -> Reading {
+    // SenML names are `urn:dev:<serial>:<quantity>`: the quantity is what the owner reads.
+    let name = r.name.rsplit(':').next().unwrap_or_default().to_owned();
+    let quantity = Quantity::from_senml(&name);
+    let label = quantity.and_then(Quantity::capability).map_or_else(|| name.clone(), str::to_owned);
+    // States in words (the vocabulary's): a contact is open or closed, a button pressed or
+    // released.
+    let words = match quantity.map(Quantity::kind) {
+        Some(Kind::State { on, off }) => Some((on, off)),
+        Some(Kind::Event { happened, idle }) => Some((happened, idle)),
+        _ => None,
+    };
+    let on = match &r.value {
+        serde_json::Value::Bool(b) => Some(*b),
+        serde_json::Value::Number(n) => n.as_f64().map(|v| v != 0.0),
+        _ => None,
+    };
+    if let (Some((yes, no)), Some(on)) = (words, on) {
+        return Reading {
+            time_ms: r.time_ms,
+            name,
+            label,
+            unit: None,
+            value: Some(f64::from(u8::from(on))),
+            text: if on { yes } else { no }.to_owned(),
+            kind: ReadingKind::State,
+        };
+    }
+    let kind = match quantity {
+        Some(Quantity::Battery) => ReadingKind::Battery,
+        _ => ReadingKind::Measure,
+    };
     let (value, text) = match &r.value {
         serde_json::Value::Bool(b) => {
             (Some(f64::from(u8::from(*b))), if *b { "on" } else { "off" }.to_owned())
@@ -278,12 +336,10 @@ fn reading(r: crate::store::StoredReading) -> Reading {
         serde_json::Value::String(s) => (None, s.clone()),
         other => (None, other.to_string()),
     };
-    // SenML names are `urn:dev:<serial>:<quantity>`: the quantity is what the owner reads.
-    let name = r.name.rsplit(':').next().unwrap_or_default().to_owned();
     // Units as people write them (°C, % RH), the same as `hub ctl` shows.
     let unit =
         r.unit.as_deref().map(crate::render::unit).filter(|u| !u.is_empty()).map(str::to_owned);
-    Reading { time_ms: r.time_ms, name, unit, value, text }
+    Reading { time_ms: r.time_ms, name, label, unit, value, text, kind }
 }
 
 fn web_err(e: ApiError) -> WebError {
@@ -421,6 +477,34 @@ impl web_ui::OwnerApi for HubOwner {
         })
     }
 
+    fn set_setpoint(&self, id: &str, value: f64) -> ApiFuture<'_, ()> {
+        let id = device_id(id);
+        Box::pin(async move {
+            let id = id?;
+            // The same checks as MQTT's `…/set`: a finite value in range, for a device that
+            // declared a setpoint and is not isolated.
+            let value =
+                Command::Setpoint.check(value).map_err(|e| WebError::Refused(e.to_string()))?;
+            let view = self.api.device(id).await.map_err(web_err)?;
+            let d = &view.device;
+            if d.availability == DirAvailability::Isolated || !takes_setpoint(&d.info.capabilities)
+            {
+                return Err(WebError::Refused(
+                    crate::mqtt::topics::SetError::NotAllowed.to_string(),
+                ));
+            }
+            let n = self.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let command = protocol::link::command::Command {
+                id: WEB_COMMAND_IDS | (n.wrapping_add(1) & !WEB_COMMAND_IDS),
+                setting: Command::Setpoint,
+                value,
+            };
+            self.api.command(id, command).await.map_err(web_err)?;
+            tracing::info!(device = %id, value, "setpoint from the web UI queued for the sensor's next report");
+            Ok(())
+        })
+    }
+
     fn label(&self, id: &str, name: String, room: Option<String>) -> ApiFuture<'_, ()> {
         let id = device_id(id);
         Box::pin(async move {
@@ -510,44 +594,80 @@ impl web_ui::OwnerApi for HubOwner {
             let updates = self.api.updates().await.map_err(web_err)?;
             let security = self.api.security().await.map_err(web_err)?;
             let now = crate::link::unix_now().0;
-            let expired = devices.iter().filter(|d| d.device.info.support_end <= now).count();
-            let c = |provision: &str, title: &str, ok: bool, state: String| Check {
-                provision: provision.into(),
-                title: title.into(),
-                ok,
-                state,
+            let expired: Vec<(String, String)> = devices
+                .iter()
+                .filter(|d| d.device.info.support_end <= now)
+                .map(|d| (d.device.info.id.to_string(), d.device.name.clone()))
+                .collect();
+            let c = Check::new;
+            let act = |text: String, href: Option<&str>| {
+                Some(Action { text, href: href.map(str::to_owned) })
             };
+            let kek = self.data_dir.join("kek");
             Ok(vec![
-                c(
-                    "5.3-2",
-                    "Updates are verified and installed securely",
-                    !updates.trust.is_empty() || devices.is_empty(),
-                    format!(
-                        "{} trusted manufacturer key(s); {} verified release(s); {} refused; policy {:?}.",
-                        updates.trust.len(),
-                        updates.releases.len(),
-                        updates.refused.len(),
-                        updates.policy
+                Check {
+                    devices: if updates.trust.is_empty() {
+                        devices
+                            .iter()
+                            .map(|d| (d.device.info.id.to_string(), d.device.name.clone()))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
+                    action: act(
+                        "Pin each model's manufacturer key with `hub ctl update trust <model> \
+                         <key>` (or `[[updates.trusted_keys]]` in the configuration), so the hub \
+                         can verify their updates."
+                            .into(),
+                        None,
                     ),
-                ),
-                c(
-                    "5.3-13",
-                    "Support period published; devices past it are isolated",
-                    expired == 0,
-                    format!(
-                        "{} device(s), {expired} past the end of their support period.",
-                        devices.len()
+                    ..c(
+                        "5.3-2",
+                        "Updates are verified and installed securely",
+                        !updates.trust.is_empty() || devices.is_empty(),
+                        format!(
+                            "{} trusted manufacturer key(s); {} verified release(s); {} refused; policy {:?}.",
+                            updates.trust.len(),
+                            updates.releases.len(),
+                            updates.refused.len(),
+                            updates.policy
+                        ),
+                    )
+                },
+                Check {
+                    devices: expired.clone(),
+                    action: act(
+                        "Its manufacturer no longer fixes its vulnerabilities: replace it (the \
+                         new sensor takes over its name, room and history) or remove it."
+                            .into(),
+                        Some("/pairing"),
                     ),
-                ),
-                c(
-                    "5.4-1",
-                    "Secrets at rest are protected",
-                    kek_mode == Some(0o600),
-                    format!(
-                        "Link keys, the TLS key and the owner account are sealed with AES-256-CCM under a key-encryption key in a file with mode {}.",
-                        kek_mode.map_or("missing".into(), |m| format!("{m:o}"))
+                    ..c(
+                        "5.3-13",
+                        "Support period published; devices past it are named",
+                        expired.is_empty(),
+                        format!(
+                            "{} device(s), {} past the end of their support period.",
+                            devices.len(),
+                            expired.len()
+                        ),
+                    )
+                },
+                Check {
+                    action: act(
+                        format!("Make the key file private: chmod 600 {}", kek.display()),
+                        None,
                     ),
-                ),
+                    ..c(
+                        "5.4-1",
+                        "Secrets at rest are protected",
+                        kek_mode == Some(0o600),
+                        format!(
+                            "Link keys, the TLS key and the owner account are sealed with AES-256-CCM under a key-encryption key in a file with mode {}.",
+                            kek_mode.map_or("missing".into(), |m| format!("{m:o}"))
+                        ),
+                    )
+                },
                 c(
                     "5.4-3",
                     "No hard-coded secrets",
@@ -566,15 +686,24 @@ impl web_ui::OwnerApi for HubOwner {
                         devices.len()
                     ),
                 ),
-                c(
-                    "5.6-1",
-                    "The hub's data is private to it",
-                    dir_mode == Some(0o700),
-                    format!(
-                        "Data directory mode {}.",
-                        dir_mode.map_or("missing".into(), |m| format!("{m:o}"))
+                Check {
+                    action: act(
+                        format!(
+                            "Make the data directory private: chmod 700 {}",
+                            self.data_dir.display()
+                        ),
+                        None,
                     ),
-                ),
+                    ..c(
+                        "5.6-1",
+                        "The hub's data is private to it",
+                        dir_mode == Some(0o700),
+                        format!(
+                            "Data directory mode {}.",
+                            dir_mode.map_or("missing".into(), |m| format!("{m:o}"))
+                        ),
+                    )
+                },
                 c(
                     "5.13-1",
                     "Sensor input is validated",

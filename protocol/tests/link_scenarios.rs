@@ -101,6 +101,8 @@ fn pairing_outside_a_window_is_refused() {
     assert_eq!(h.sensors[0].failed, 1);
     assert_eq!(h.hub.link.counters().pairing_refused, 1);
     assert!(h.hub.contexts.is_empty());
+    // The display never showed a PIN the hub had not taken: nobody could have typed it.
+    assert!(h.sensors[0].pin.is_none(), "a PIN was shown for a refused hello");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 // The owner's journey through Hearth's web UI in headless Debian Chromium (playwright-core):
 // setup with the one-time code, log out and in, pair a simulated sensor by its PIN, watch its
-// live reading, approve an update and watch the progress bar reach 100 %, see an isolated sensor's
-// reason, check the security pages, erase everything and see the confirmation.
+// live reading, set the thermostat's setpoint and see the sensor report it, approve an update and
+// watch the progress bar reach 100 %, see an isolated sensor's reason, remove it after the
+// confirmation step, check the security pages, erase everything and see the confirmation.
 //
 // Run by tests/tests/it/browser.rs, which owns the hub and the simulator: this script prints
 // `ASK <what>` and reads the answer on stdin, `STEP <name>` as it goes, and `DONE` at the end.
@@ -109,6 +110,22 @@ try {
   await page.locator('svg.chart polyline').first().waitFor();
   await shot('03-dashboard', 'dashboard.png');
 
+  step('setpoint');
+  // The thermostat's page has a setpoint control (the same range as MQTT's `…/set`).
+  await page.click('table.devices a[href^="/devices/"]');
+  await page.locator('form[data-setpoint] input[name=value]').waitFor();
+  if ((await page.locator('form[data-setpoint] input[name=value]').getAttribute('max')) !== '35') {
+    throw new Error('the setpoint control does not carry the hub\'s range');
+  }
+  await page.fill('form[data-setpoint] input[name=value]', '23.5');
+  await page.click('form[data-setpoint] button');
+  await expectText('.notice.ok', /Setpoint sent/);
+  // The hub relays it with the acknowledgement of the sensor's next report.
+  await ask('setpoint');
+  await page.goto(url);
+  await page.waitForFunction(() => /setpoint 23\.5/.test(document.querySelector('[data-reading]')?.textContent ?? ''));
+  await shot('03b-setpoint');
+
   step('update');
   await ask('update');
   await page.goto(`${url}updates`);
@@ -134,6 +151,17 @@ try {
     await expectText('main', /No device is isolated/);
   }
   await shot('06-isolated');
+
+  step('remove');
+  // Removing a device asks first; the isolated button goes.
+  await page.click('[data-isolated] h3 a');
+  await page.click('button:has-text("Remove this device")');
+  await expectText('main', /Its keys and all its readings are erased/);
+  await shot('06b-remove-confirm');
+  if (!(await ask('still-paired')).startsWith('yes')) throw new Error('removed before the confirmation');
+  await page.click('[data-confirm-remove] button');
+  await expectText('.notice.ok', /Device removed/);
+  if (!(await ask('removed')).startsWith('yes')) throw new Error('not removed after the confirmation');
 
   step('security');
   await page.goto(`${url}security`);

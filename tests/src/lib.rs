@@ -118,3 +118,18 @@ pub fn python() -> PathBuf {
     );
     p
 }
+
+/// The lines a child prints on its stdout (piped), as they come, from a reader thread.
+pub fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
+}

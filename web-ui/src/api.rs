@@ -40,19 +40,53 @@ pub enum Availability {
     },
 }
 
+/// What kind of quantity a reading is (how it is shown and charted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ReadingKind {
+    /// A measurement (temperature, humidity, setpoint): a line chart.
+    #[default]
+    Measure,
+    /// A state or event shown in words (`open`/`closed`, `pressed`): a step chart.
+    State,
+    /// The device's battery: shown as a value, never as the device's chart.
+    Battery,
+}
+
 /// One reading.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
     /// Unix milliseconds.
     pub time_ms: i64,
-    /// SenML name.
+    /// The quantity's short SenML name (`temp`, `open`).
     pub name: String,
+    /// What the owner calls it (`temperature`, `door`); empty: the name.
+    #[serde(default)]
+    pub label: String,
     /// Unit, if any.
     pub unit: Option<String>,
-    /// Numeric value (booleans as 0/1), if it has one.
+    /// Numeric value (states as 0/1), if it has one.
     pub value: Option<f64>,
-    /// The value as shown.
+    /// The value as shown (`21.3`, `open`, `pressed`).
     pub text: String,
+    /// What kind of quantity it is.
+    #[serde(default)]
+    pub kind: ReadingKind,
+}
+
+/// A settable target the owner can change from the device's page (a thermostat's setpoint):
+/// the same range the hub enforces for MQTT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Setpoint {
+    /// Lowest value accepted.
+    pub min: f64,
+    /// Highest value accepted.
+    pub max: f64,
+    /// Unit as shown (`°C`).
+    pub unit: String,
+    /// The value the device last reported, if any.
+    pub current: Option<f64>,
 }
 
 /// A paired device.
@@ -82,8 +116,12 @@ pub struct Device {
     pub paired_at: u64,
     /// Reachability.
     pub availability: Availability,
-    /// Newest reading of each quantity it reports (temperature, humidity, ...).
+    /// Newest reading of each quantity it reports (temperature, humidity, ...), its main
+    /// quantity first and its battery last.
     pub last: Vec<Reading>,
+    /// The setpoint the owner can set, if the device takes one (and is not isolated).
+    #[serde(default)]
+    pub setpoint: Option<Setpoint>,
 }
 
 /// One line of a device's update history.
@@ -200,6 +238,35 @@ pub struct Check {
     pub ok: bool,
     /// The current state that shows it.
     pub state: String,
+    /// The devices it is about (for a check not met: the ones to act on), as (id, name).
+    #[serde(default)]
+    pub devices: Vec<(String, String)>,
+    /// What the owner can do to meet it, if it is not met.
+    #[serde(default)]
+    pub action: Option<Action>,
+}
+
+impl Check {
+    /// A check about no device in particular, with no action.
+    pub fn new(provision: &str, title: &str, ok: bool, state: String) -> Self {
+        Self {
+            provision: provision.into(),
+            title: title.into(),
+            ok,
+            state,
+            devices: Vec::new(),
+            action: None,
+        }
+    }
+}
+
+/// What the owner can do about a check that is not met.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    /// In words.
+    pub text: String,
+    /// The page of the web UI where it is done, if it is done there.
+    pub href: Option<String>,
 }
 
 /// The hub as the web UI uses it: the same command API as `hub ctl`, plus the web UI's sealed
@@ -229,6 +296,9 @@ pub trait OwnerApi: Send + Sync + 'static {
         replaces: Option<String>,
         accept_risk: bool,
     ) -> ApiFuture<'_, String>;
+    /// Sets a device's setpoint (the same command, range and refusals as MQTT's `…/set`):
+    /// queued for the device's next report.
+    fn set_setpoint(&self, id: &str, value: f64) -> ApiFuture<'_, ()>;
     /// Names a device and puts it in a room (`None`: no room).
     fn label(&self, id: &str, name: String, room: Option<String>) -> ApiFuture<'_, ()>;
     /// The update overview.

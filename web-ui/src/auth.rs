@@ -218,6 +218,7 @@ impl Vault {
             return None;
         }
         let tag = self.device_mac(id, user)?.finalize().into_bytes();
+        let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
         Some(format!("{id}{}{}", hex(&tag), hex(user.as_bytes())))
     }
 
@@ -238,15 +239,8 @@ impl Vault {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    data_encoding::HEXLOWER_PERMISSIVE.decode(s.as_bytes()).ok()
 }
 
 /// A session ends after this long without a request.

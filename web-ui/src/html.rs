@@ -1,25 +1,10 @@
-//! HTML building blocks: escaping, the page frame (no inline script or style, so the strict CSP
-//! holds), dates, and server-rendered SVG charts of readings.
+//! HTML building blocks shared by the pages, written as maud templates (escaped at compile
+//! time: no `format!` HTML, no hand-written escaper): the page frame (no inline script or style,
+//! so the strict CSP holds), notices, the CSRF field, and how a device and its state read.
 
-use std::fmt::Write as _;
+use maud::{DOCTYPE, Markup, html};
 
-use crate::api::Reading;
-
-/// Escapes text for HTML element content and quoted attributes.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use crate::api::{Availability, Device, Reading, ReadingKind};
 
 /// Navigation for a logged-in owner: (path, label).
 const NAV: &[(&str, &str)] = &[
@@ -35,127 +20,93 @@ const NAV: &[(&str, &str)] = &[
 
 /// A full page. `csrf` is the session's token (a logged-in page: navigation and log-out shown);
 /// `live` makes the script subscribe to live updates.
-pub fn page(title: &str, csrf: Option<&str>, live: bool, body: &str) -> String {
-    let mut nav = String::new();
-    if let Some(csrf) = csrf {
-        nav.push_str("<nav>");
-        for (href, label) in NAV {
-            let _ = write!(nav, "<a href=\"{href}\">{label}</a>");
+pub(crate) fn page(title: &str, csrf: Option<&str>, live: bool, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Hearth" }
+                link rel="stylesheet" href="/static/app.css";
+                script src="/static/app.js" defer {}
+            }
+            body data-live=[live.then_some("1")] {
+                header {
+                    span.brand { "Hearth" }
+                    @if let Some(csrf) = csrf {
+                        nav {
+                            @for (href, label) in NAV { a href=(href) { (label) } }
+                            form.inline method="post" action="/logout" {
+                                (csrf_field(csrf)) button { "Log out" }
+                            }
+                        }
+                    }
+                }
+                main { h1 { (title) } (body) }
+            }
         }
-        let _ = write!(
-            nav,
-            "<form method=\"post\" action=\"/logout\" class=\"inline\">{}<button>Log out</button></form></nav>",
-            csrf_field(csrf)
-        );
     }
-    let live = if live { " data-live=\"1\"" } else { "" };
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{t} · Hearth</title><link rel=\"stylesheet\" href=\"/static/app.css\">\
-         <script src=\"/static/app.js\" defer></script></head>\
-         <body{live}><header><span class=\"brand\">Hearth</span>{nav}</header>\
-         <main><h1>{t}</h1>\n{body}\n</main></body></html>\n",
-        t = esc(title)
-    )
+    .into_string()
 }
 
 /// The hidden CSRF input of a form.
-pub fn csrf_field(csrf: &str) -> String {
-    format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(csrf))
+pub(crate) fn csrf_field(csrf: &str) -> Markup {
+    html! { input type="hidden" name="csrf" value=(csrf); }
 }
 
-/// A notice (`ok` or `error`).
-pub fn notice(kind: &str, text: &str) -> String {
+/// A notice (`ok`, `warning` or `error`).
+pub(crate) fn notice(kind: &str, text: &str) -> Markup {
     let role = if kind == "error" { "alert" } else { "status" };
-    format!("<p class=\"notice {kind}\" role=\"{role}\">{}</p>", esc(text))
+    html! { p.notice.(kind) role=(role) { (text) } }
 }
 
-/// `YYYY-MM-DD HH:MM UTC` for Unix seconds.
-pub fn datetime(unix_s: u64) -> String {
-    let days = i64::try_from(unix_s / 86_400).unwrap_or(0);
-    let secs = unix_s % 86_400;
-    let (y, m, d) = civil(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", secs / 3600, secs % 3600 / 60)
+/// The owner's name for a device, with its room, or its model and serial.
+pub(crate) fn device_name(d: &Device) -> String {
+    match (&d.name, &d.room) {
+        (Some(n), Some(r)) => format!("{n} ({r})"),
+        (Some(n), None) => n.clone(),
+        _ => format!("{} {}", d.model, d.serial),
+    }
 }
 
-/// `YYYY-MM-DD` for Unix seconds.
-pub fn date(unix_s: u64) -> String {
-    let (y, m, d) = civil(i64::try_from(unix_s / 86_400).unwrap_or(0));
-    format!("{y:04}-{m:02}-{d:02}")
+/// The availability as a word (also its badge's class).
+pub(crate) fn availability(a: &Availability) -> &'static str {
+    match a {
+        Availability::Online => "online",
+        Availability::Offline => "offline",
+        Availability::Isolated { .. } => "isolated",
+    }
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's method).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// A reading as shown: value and unit.
-pub fn reading_text(r: &Reading) -> String {
+/// A reading as shown: value and unit, or the state in words (`open`, `pressed`).
+pub(crate) fn reading_text(r: &Reading) -> String {
     match &r.unit {
-        Some(u) if !u.is_empty() => format!("{} {}", r.text, u),
+        Some(u) if !u.is_empty() && r.kind != ReadingKind::State => format!("{} {u}", r.text),
         _ => r.text.clone(),
     }
 }
 
-/// The newest readings as one line: `temperature 21.3 Cel · setpoint 21.0 Cel` (or a dash).
-pub fn readings_text(last: &[Reading]) -> String {
+/// What a reading is called (`temperature`, `door`).
+pub(crate) fn reading_label(r: &Reading) -> &str {
+    if r.label.is_empty() { &r.name } else { &r.label }
+}
+
+/// The newest readings as one line: `temperature 21.3 °C · setpoint 21.0 °C · door open` (or a
+/// dash).
+pub(crate) fn readings_text(last: &[Reading]) -> String {
     if last.is_empty() {
         return "—".into();
     }
-    last.iter().map(|r| format!("{} {}", r.name, reading_text(r))).collect::<Vec<_>>().join(" · ")
+    last.iter()
+        .map(|r| format!("{} {}", reading_label(r), reading_text(r)))
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
 
-/// The chart of one quantity: the readings named like the newest of `last`'s first.
-pub fn chart_of(readings: &[Reading], last: &[Reading], width: u32, height: u32) -> String {
-    let name = last.first().map(|r| r.name.as_str()).unwrap_or("");
-    let same: Vec<Reading> = readings.iter().filter(|r| r.name == name).cloned().collect();
-    chart(&same, width, height)
-}
-
-/// An SVG line chart of the numeric readings (oldest first), or a note when there are none.
-pub fn chart(readings: &[Reading], width: u32, height: u32) -> String {
-    let points: Vec<(i64, f64)> = readings
-        .iter()
-        .filter_map(|r| r.value.filter(|v| v.is_finite()).map(|v| (r.time_ms, v)))
-        .collect();
-    if points.len() < 2 {
-        return "<span class=\"muted\">not enough readings for a chart</span>".into();
-    }
-    let (t0, t1) = (points[0].0, points[points.len() - 1].0);
-    let (lo, hi) = points
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, v)| (lo.min(*v), hi.max(*v)));
-    let span_t = (t1 - t0).max(1) as f64;
-    let span_v = if hi > lo { hi - lo } else { 1.0 };
-    let (w, h, pad) = (f64::from(width), f64::from(height), 4.0);
-    let mut path = String::new();
-    for (i, (t, v)) in points.iter().enumerate() {
-        let x = pad + (*t - t0) as f64 / span_t * (w - 2.0 * pad);
-        let y = h - pad - (v - lo) / span_v * (h - 2.0 * pad);
-        let _ = write!(path, "{}{x:.1},{y:.1}", if i == 0 { "" } else { " " });
-    }
-    let unit = readings.last().and_then(|r| r.unit.clone()).unwrap_or_default();
-    format!(
-        "<svg class=\"chart\" viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\" \
-         role=\"img\" aria-label=\"{n} readings from {lo:.1} to {hi:.1} {u}\">\
-         <title>{n} readings, {lo:.1} to {hi:.1} {u}</title>\
-         <polyline fill=\"none\" stroke=\"#c2410c\" stroke-width=\"1.5\" points=\"{path}\"/>\
-         <text x=\"2\" y=\"10\" font-size=\"9\" fill=\"#555\">{hi:.1}</text>\
-         <text x=\"2\" y=\"{yb}\" font-size=\"9\" fill=\"#555\">{lo:.1}</text></svg>",
-        n = points.len(),
-        u = esc(&unit),
-        yb = height - 2,
-    )
+/// The device's main quantity: the first of its newest readings that is not its battery.
+pub(crate) fn main_quantity(last: &[Reading]) -> Option<&Reading> {
+    last.iter().find(|r| r.kind != ReadingKind::Battery)
 }
 
 #[cfg(test)]
@@ -163,27 +114,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_and_dates() {
-        assert_eq!(
-            esc("<a href=\"x\">'&'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
-        assert_eq!(datetime(0), "1970-01-01 00:00 UTC");
-        assert_eq!(date(1_709_164_800), "2024-02-29");
-        assert_eq!(datetime(4_102_444_799), "2099-12-31 23:59 UTC");
+    fn text_is_escaped_by_the_template() {
+        let page = page("<b>&'\"", None, false, notice("error", "<script>"));
+        assert!(page.contains("<title>&lt;b&gt;&amp;'&quot; · Hearth</title>"), "{page}");
+        assert!(page.contains("&lt;script&gt;"), "{page}");
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(!page.contains("data-live"), "{page}");
+        assert!(page.contains("<body>"), "{page}");
+        let live = page_live();
+        assert!(live.contains("<body data-live=\"1\">"), "{live}");
+    }
+
+    fn page_live() -> String {
+        page("x", Some("tok\""), true, html! {})
     }
 
     #[test]
-    fn chart_scales_points() {
-        let r = |t, v: f64| Reading {
-            time_ms: t,
-            name: "t".into(),
-            unit: Some("Cel".into()),
-            value: Some(v),
-            text: v.to_string(),
+    fn binary_states_read_as_words_and_the_battery_is_not_the_main_quantity() {
+        let r = |name: &str, label: &str, text: &str, unit: Option<&str>, kind| Reading {
+            time_ms: 0,
+            name: name.into(),
+            label: label.into(),
+            unit: unit.map(str::to_owned),
+            value: Some(1.0),
+            text: text.into(),
+            kind,
         };
-        let svg = chart(&[r(0, 10.0), r(1000, 20.0)], 100, 50);
-        assert!(svg.contains("points=\"4.0,46.0 96.0,4.0\""), "{svg}");
-        assert!(chart(&[r(0, 1.0)], 100, 50).contains("not enough"));
+        let last = [
+            r("battery", "battery", "87", Some("%"), ReadingKind::Battery),
+            r("open", "door", "open", None, ReadingKind::State),
+        ];
+        assert_eq!(readings_text(&last), "battery 87 % · door open");
+        assert_eq!(main_quantity(&last).map(|r| r.name.as_str()), Some("open"));
+        assert_eq!(main_quantity(&last[..1]), None);
     }
 }

@@ -5,14 +5,17 @@
 
 pub mod api;
 pub mod auth;
+mod chart;
 pub mod guard;
 mod html;
+pub mod live;
 mod pages;
 mod routes;
 pub mod serve;
 pub mod state;
 #[cfg(test)]
 mod tests;
+pub mod time;
 
 pub use api::OwnerApi;
 pub use auth::{Vault, setup_code};

@@ -157,6 +157,8 @@ pub struct Web {
     pub budget: HashBudget,
     /// Held while the account changes (setup, password change, erase): one at a time.
     pub account_lock: tokio::sync::Mutex<()>,
+    /// The hub's state once per tick, for the dashboard and the live streams.
+    pub live: Arc<crate::live::Live>,
     /// The throttle version last written to the hub (held while writing: writes stay in order).
     saved: tokio::sync::Mutex<u64>,
     clock: Clock,
@@ -179,6 +181,7 @@ impl Web {
         clock: Clock,
     ) -> Arc<Self> {
         let web = Arc::new(Self {
+            live: crate::live::Live::new(api.clone()),
             api,
             budget,
             account_lock: tokio::sync::Mutex::new(()),
@@ -268,7 +271,7 @@ impl Web {
     pub fn token(&self) -> String {
         let mut b = [0u8; 32];
         self.api.random(&mut b);
-        b.iter().map(|x| format!("{x:02x}")).collect()
+        data_encoding::HEXLOWER.encode(&b)
     }
 
     /// Counts a security event.

@@ -91,9 +91,18 @@ pub enum SensorEvent {
 
 enum Phase {
     Unpaired,
-    Hello(AwaitingHubHello),
-    Proof { state: AwaitingHubProof, kid: Kid },
-    Done { paired: Box<Paired>, kid: Kid, reply: Option<Confirm> },
+    /// The hello is out; the PIN is shown once the hub has taken it (so the owner never types a
+    /// PIN the hub has not heard of, e.g. while it throttles hellos from this host).
+    Hello(AwaitingHubHello, Pin),
+    Proof {
+        state: AwaitingHubProof,
+        kid: Kid,
+    },
+    Done {
+        paired: Box<Paired>,
+        kid: Kid,
+        reply: Option<Confirm>,
+    },
     Linked(Box<SecurityContext>),
 }
 
@@ -249,7 +258,8 @@ impl SensorLink {
         self.readings.len()
     }
 
-    /// Starts (or restarts) pairing with a fresh ephemeral key; the PIN comes as an event.
+    /// Starts (or restarts) pairing with a fresh ephemeral key; the PIN comes as an event once
+    /// the hub has answered the hello.
     pub fn start_pairing<R: CryptoRng + ?Sized>(
         &mut self,
         now: Millis,
@@ -258,9 +268,8 @@ impl SensorLink {
         width: MaskWidth,
     ) {
         let (state, hello, pin) = SensorPairing::start(rng, descriptor, width);
-        self.phase = Phase::Hello(state);
+        self.phase = Phase::Hello(state, pin);
         self.out = None;
-        self.events.push_back(SensorEvent::ShowPin(pin));
         let token = self.token();
         let request = coap::post(self.mid(), &token, PATH_HELLO, hello.encode());
         self.send(now, rng, request, token, Purpose::Hello { echoes: 0 });
@@ -480,7 +489,7 @@ impl SensorLink {
         let (Some(value), true, true) = (p.get_first_option(echo), challenge, echoes < 2) else {
             return false;
         };
-        if value.len() > 40 || !matches!(self.phase, Phase::Hello(_)) {
+        if value.len() > 40 || !matches!(self.phase, Phase::Hello(..)) {
             return false; // RFC 9175 §2.2: Echo values are 1 to 40 bytes
         }
         let Ok(mut request) = Packet::from_bytes(hello) else { return false };
@@ -498,7 +507,7 @@ impl SensorLink {
             self.events.push_back(SensorEvent::PairingRefused(refusal(p)));
             return;
         }
-        let Phase::Hello(state) = core::mem::replace(&mut self.phase, Phase::Unpaired) else {
+        let Phase::Hello(state, pin) = core::mem::replace(&mut self.phase, Phase::Unpaired) else {
             return;
         };
         let hub = match HubHello::decode(&p.payload) {
@@ -510,6 +519,7 @@ impl SensorLink {
             Ok(state) => {
                 self.phase = Phase::Proof { state, kid };
                 self.not_before = now;
+                self.events.push_back(SensorEvent::ShowPin(pin));
             }
             Err(e) => self.fail(e),
         }

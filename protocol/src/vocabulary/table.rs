@@ -99,7 +99,7 @@ impl Quantity {
                 senml: "press",
                 label: "Button",
                 unit: None,
-                kind: Kind::Event { happened: "pressed", idle: "not pressed" },
+                kind: Kind::Event { happened: "pressed", idle: "released" },
                 range: 0.0..=1.0,
                 decimals: 0,
                 device_class: Some("button"),

@@ -204,6 +204,8 @@ impl Harness {
 
     pub fn start_pairing(&mut self, i: usize) {
         let now = self.now;
+        // A new attempt blanks the display until the hub has taken its hello.
+        self.sensors[i].pin = None;
         self.sensors[i].link.start_pairing(now, &mut self.rng, descriptor(i), MaskWidth::TWO);
         self.flush();
     }
@@ -330,7 +332,12 @@ impl Harness {
             let typed = match (&self.hub.typo, self.sensors[i].pin) {
                 (Some(t), _) => t.clone(),
                 (None, Some(pin)) => pin.to_string(),
-                (None, None) => continue,
+                // The display shows the PIN once the hub's answer to the hello arrives: the owner
+                // waits for it.
+                (None, None) => {
+                    self.hub.pin_queue.push_front(kid);
+                    return;
+                }
             };
             let _ = self.hub.link.enter_pin(self.now, Some(kid), &typed);
         }
@@ -428,7 +435,10 @@ impl Harness {
         let now = self.now;
         let s = &mut self.sensors[i];
         match e {
-            SensorEvent::ShowPin(pin) => s.pin = Some(pin),
+            SensorEvent::ShowPin(pin) => {
+                s.pin = Some(pin);
+                self.type_pins();
+            }
             SensorEvent::Paired(p) => {
                 s.flash.params = Some(p.context.clone());
                 s.paired = true;

@@ -1,12 +1,12 @@
 //! The owner's journey in headless Debian Chromium driven by playwright-core
 //! (`tests/browser/owner-journey.mjs`): this test runs the real hub, the simulated sensor and the
-//! manufacturer, answers the script's questions (a sensor's PIN, a published update, an
-//! isolated button) and checks
+//! manufacturer, answers the script's questions (a sensor's PIN, the setpoint the sensor applied,
+//! a published update, an isolated button, whether it is still paired before and after the
+//! removal's confirmation) and checks
 //! the hub's state afterwards. Screenshots land in `tests/screenshots-out/` (CI artifacts).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use tests::{Hub, Maker, Sim, field, free_udp_port, root, wait_for};
@@ -52,19 +52,12 @@ fn the_owner_sets_up_pairs_watches_a_reading_approves_an_update_and_erases_in_a_
         .spawn()
         .expect("node");
     let mut to_node = node.stdin.take().expect("stdin");
-    let (tx, lines) = channel();
-    let stdout = node.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let lines = tests::stdout_lines(&mut node);
 
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut sim: Option<Sim> = None;
     let mut buttons: Option<Sim> = None;
+    let mut button: Option<String> = None;
     let mut steps = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -105,6 +98,27 @@ fn the_owner_sets_up_pairs_watches_a_reading_approves_an_update_and_erases_in_a_
                 });
                 writeln!(to_node, "{pin}").expect("answer");
                 sim = Some(s);
+            }
+            ("ASK", "setpoint") => {
+                // The owner set 23.5 °C in the browser: the thermostat applies it with its next
+                // report (the hub relays it as MQTT's `…/set` would).
+                let s = sim.as_mut().expect("the thermostat paired");
+                s.until("the thermostat to apply the setpoint", Duration::from_secs(30), |l| {
+                    (l.starts_with("COMMAND")
+                        && field(l, "name") == Some("setpoint")
+                        && field(l, "applied") == Some("23.5"))
+                    .then_some(())
+                });
+                writeln!(to_node, "ok").expect("answer");
+            }
+            ("ASK", what @ ("still-paired" | "removed")) => {
+                let kid = button.clone().expect("the button paired");
+                let paired = hub
+                    .ctl(&["devices"])
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|d| d["id"] == kid.as_str()));
+                let want = what == "still-paired";
+                writeln!(to_node, "{}", if paired == want { "yes" } else { "no" }).expect("answer");
             }
             ("ASK", "update") => {
                 maker.publish(
@@ -154,6 +168,7 @@ fn the_owner_sets_up_pairs_watches_a_reading_approves_an_update_and_erases_in_a_
                 });
                 writeln!(to_node, "cannot be updated").expect("answer");
                 buttons = Some(b);
+                button = Some(kid);
             }
             ("DONE", _) => break,
             ("FAIL", why) => {
@@ -170,7 +185,18 @@ fn the_owner_sets_up_pairs_watches_a_reading_approves_an_update_and_erases_in_a_
     assert!(node.wait().expect("node").success());
     assert_eq!(
         steps,
-        ["setup", "login", "pairing", "dashboard", "update", "isolated", "security", "erase"]
+        [
+            "setup",
+            "login",
+            "pairing",
+            "dashboard",
+            "setpoint",
+            "update",
+            "isolated",
+            "remove",
+            "security",
+            "erase"
+        ]
     );
 
     // The hub agrees: the sensor had installed version 2 before the erase, nothing is left, and

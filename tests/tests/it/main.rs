@@ -27,6 +27,7 @@ mod pairing_flood;
 mod pairing_limits;
 mod pairing_owner;
 mod pairing_retry;
+mod readme;
 mod setup_freeze;
 mod store;
 mod updates;

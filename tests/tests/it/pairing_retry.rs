@@ -1,6 +1,6 @@
 //! Pairing retries (issue 9 item 8, TR 103 621 6.29 ex. 3): a simulated sensor refused because no
-//! pairing window is open keeps trying with back-off, a fresh key and a new PIN each time, and
-//! pairs once the owner opens a window and types the PIN its display shows.
+//! pairing window is open keeps trying with back-off and a fresh key each time, showing a PIN only
+//! once the hub has taken its hello, and pairs once the owner opens a window and types that PIN.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -25,32 +25,31 @@ fn a_refused_sensor_retries_with_fresh_pins_and_pairs_when_the_owner_opens_a_win
         "500",
     ]);
 
-    // No window: every attempt is refused, and each sensor tries again with a new PIN.
-    let mut pins: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    // No window: every attempt is refused (and shows no PIN: the hub never took it), and each
+    // sensor tries again after a bounded back-off.
+    let mut refused: BTreeMap<usize, usize> = BTreeMap::new();
     let mut retries = Vec::new();
-    sim.until("two refused attempts per sensor", Duration::from_secs(30), |l| {
+    sim.until("three refused attempts per sensor", Duration::from_secs(30), |l| {
         let sensor = || field(l, "sensor").and_then(|s| s.parse::<usize>().ok());
-        if l.starts_with("PIN ") {
-            pins.entry(sensor()?).or_default().push(field(l, "pin")?.to_string());
+        assert!(!l.starts_with("PIN "), "a PIN was shown for a refused attempt: {l}");
+        if l.starts_with("PAIRING-FAILED") {
+            *refused.entry(sensor()?).or_default() += 1;
         }
         if l.starts_with("PAIRING-RETRY") {
             retries.push(field(l, "in_ms")?.parse::<u64>().ok()?);
         }
-        (pins.len() == SENSORS && pins.values().all(|p| p.len() >= 3)).then_some(())
+        (refused.len() == SENSORS && refused.values().all(|&n| n >= 3)).then_some(())
     });
     assert!(retries.iter().all(|ms| (2_000..=2_500).contains(ms)), "bounded back-off: {retries:?}");
-    for (sensor, p) in &pins {
-        let distinct: BTreeSet<&String> = p.iter().collect();
-        assert!(distinct.len() >= 2, "sensor {sensor} showed the same PIN every time: {p:?}");
-    }
     let sec = hub.security();
     assert!(sec["pairing_refused"].as_u64() >= Some(4), "{sec}");
     assert!(!sim.seen.iter().any(|l| l.starts_with("PAIRED")));
 
-    // The owner opens a window and types each PIN the display shows once the hub lists it (an
-    // attempt refused just before the window opened never is; the next one shows a new PIN).
+    // The owner opens a window and types each PIN the display shows: the hub lists every one
+    // (the display waits for the hub's answer), each attempt with a PIN of its own.
     hub.ctl(&["pair", "open", "--seconds", "120"]);
     let mut paired = BTreeSet::new();
+    let mut shown = Vec::new();
     while paired.len() < SENSORS {
         let line = sim.until("a PIN or a pairing", Duration::from_secs(30), |l| {
             (l.starts_with("PIN ") || l.starts_with("PAIRED")).then(|| l.to_string())
@@ -59,11 +58,16 @@ fn a_refused_sensor_retries_with_fresh_pins_and_pairs_when_the_owner_opens_a_win
             paired.insert(field(&line, "sensor").expect("sensor").to_string());
             continue;
         };
-        if listed_within(&hub, serial, Duration::from_secs(3)) {
-            let _ = hub.try_ctl(&["pair", "pin", pin, "--serial", serial]);
-        }
+        assert!(
+            listed_within(&hub, serial, Duration::from_secs(3)),
+            "{serial} shows {pin} unlisted"
+        );
+        shown.push(pin.to_owned());
+        let _ = hub.try_ctl(&["pair", "pin", pin, "--serial", serial]);
     }
     assert_eq!(paired.len(), SENSORS);
+    let distinct: BTreeSet<&String> = shown.iter().collect();
+    assert_eq!(distinct.len(), shown.len(), "a PIN was shown twice: {shown:?}");
     let devices = hub.ctl(&["devices"]);
     assert_eq!(devices.as_array().map(Vec::len), Some(SENSORS), "{devices}");
 }

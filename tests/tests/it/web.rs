@@ -115,6 +115,11 @@ impl Client {
             .expect("the hub prints its certificate fingerprint")
             .trim()
             .to_owned();
+        Client::at(hub.web, fingerprint)
+    }
+
+    /// A client of the web UI at `addr` pinned to the certificate `fingerprint` (hex SHA-256).
+    pub fn at(addr: SocketAddr, fingerprint: String) -> Client {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier =
             Arc::new(Pinned { fingerprint: fingerprint.clone(), provider: provider.clone() });
@@ -124,7 +129,7 @@ impl Client {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
-        Client { addr: hub.web, config: Arc::new(config), fingerprint, source: None }
+        Client { addr, config: Arc::new(config), fingerprint, source: None }
     }
 
     /// The same client, connecting from `source` (any 127.0.0.0/8 address on loopback).

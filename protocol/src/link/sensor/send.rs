@@ -21,7 +21,7 @@ impl SensorLink {
             return;
         }
         match &mut self.phase {
-            Phase::Unpaired | Phase::Hello(_) => {}
+            Phase::Unpaired | Phase::Hello(..) => {}
             Phase::Proof { kid, .. } => {
                 let kid = *kid;
                 let token = self.token();

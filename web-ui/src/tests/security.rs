@@ -1,0 +1,79 @@
+//! The security status and events pages.
+
+use super::*;
+
+#[tokio::test]
+async fn security_status_and_events_are_computed_from_current_state() {
+    let app = app().await;
+    let (s, _) = app.owner().await;
+    let page = app.get("/security", &s).await;
+    for want in [
+        "5.1-1",
+        "Owner account “owner”",
+        "5.1-5",
+        "5.4-1",
+        "sealed; kek mode 600",
+        "5.6-2",
+        "5.10-1",
+        "5.11-1",
+        "5.13-1",
+        "6-3",
+        "10 of 10 met now",
+    ] {
+        assert!(page.body.contains(want), "self-check lacks {want}: {}", page.body);
+    }
+    assert!(page.body.find("5.1-5") < page.body.find("5.4-1"), "sorted by provision");
+    // A spike of bad tags within five minutes raises a flag, and the self-check shows it.
+    app.advance(6 * 60_000);
+    app.fake.s().counters[0].value = 50;
+    let events = app.get("/events", &s).await;
+    assert!(events.body.contains("class=\"anomaly\" data-event=\"bad_tag\""), "{}", events.body);
+    let page = app.get("/security", &s).await;
+    assert!(
+        page.body.contains("9 of 10 met now") && page.body.contains("1 anomaly flag(s)"),
+        "{}",
+        page.body
+    );
+    // Five quiet minutes later the flag is gone.
+    app.advance(6 * 60_000);
+    app.get("/events", &s).await;
+    app.advance(6 * 60_000);
+    let events = app.get("/events", &s).await;
+    assert!(events.body.contains("No anomaly now."), "{}", events.body);
+}
+
+#[tokio::test]
+async fn every_check_not_met_names_the_devices_and_the_action() {
+    let app = app().await;
+    let (s, _) = app.owner().await;
+    app.fake.s().checks.push(Check {
+        provision: "5.3-13".into(),
+        title: "Support period published; devices past it are named".into(),
+        ok: false,
+        state: "2 device(s), 1 past the end of their support period.".into(),
+        devices: vec![("01".into(), "Hall thermostat".into())],
+        action: Some(Action {
+            text: "Replace it or remove it.".into(),
+            href: Some("/pairing".into()),
+        }),
+    });
+    let page = app.get("/security", &s).await;
+    let row = page.body.split("data-check=\"5.3-13\"").nth(1).expect("the 5.3-13 row");
+    let row = row.split("</tr>").next().unwrap_or_default();
+    assert!(row.contains("✗ no"), "{row}");
+    assert!(row.contains("href=\"/devices/01\" data-device=\"01\">Hall thermostat</a>"), "{row}");
+    assert!(row.contains("What to do: </strong>Replace it or remove it."), "{row}");
+    assert!(row.contains("href=\"/pairing\""), "{row}");
+    // A row that is met shows no action.
+    let met = page.body.split("data-check=\"5.4-1\"").nth(1).expect("5.4-1");
+    assert!(!met.split("</tr>").next().unwrap_or_default().contains("What to do"));
+    // Anomalies on the web side name the events and link to them.
+    for _ in 0..5 {
+        app.web.event(WebEvent::LoginFailed);
+    }
+    let page = app.get("/security", &s).await;
+    let row = page.body.split("data-check=\"5.10-1\"").nth(1).expect("5.10-1");
+    let row = row.split("</tr>").next().unwrap_or_default();
+    assert!(row.contains("✗ no") && row.contains("Failed web logins"), "{row}");
+    assert!(row.contains("href=\"/events\""), "{row}");
+}
