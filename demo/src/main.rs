@@ -146,9 +146,8 @@ async fn run(args: Args) -> Result<(), DemoError> {
 fn hub_config(maker: &Manufacturer, sensors: u32) -> Config {
     let mut config = Config { coap_bind: ([127, 0, 0, 1], 0).into(), ..Config::default() };
     config.web.bind = ([127, 0, 0, 1], 0).into();
-    let key = protocol::hex::encode(&maker.public.to_sec1_compressed());
     config.updates.trust = Model::standard()
-        .map(|m| TrustedKey { model: m.designation().into(), key: key.clone() })
+        .map(|m| TrustedKey { model: m.designation().into(), key: maker.public.clone() })
         .collect();
     config.updates.feed_url = Some(maker.url());
     config.updates.feed_cert = Some(maker.cert.clone());

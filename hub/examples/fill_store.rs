@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use hub::store::{HubStore, Store, StoreConfig, Write};
+use hub::store::{HubStore, StoreLimits, Write};
 use protocol::oscore::Kid;
 use protocol::senml::{Reading, UnixTimeMillis, Value};
 
@@ -18,7 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let dir = PathBuf::from(dir);
     let total: u64 = total.parse()?;
-    let (store, _) = HubStore::open(&dir, StoreConfig::default())?;
+    let (store, _) = HubStore::open(&dir, StoreLimits::default())?;
     let devices: Vec<(Kid, String)> =
         store.devices()?.into_iter().map(|d| (d.id.kid(), d.serial)).collect();
     if devices.is_empty() {

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::store::{HubStore, Store, StoreError, Write};
+use crate::store::{HubStore, StoreError, Write};
 
 /// Key of the saved counters in the store's meta table.
-pub const META_KEY: &str = "connection_counters";
+pub(crate) const META_KEY: &str = "connection_counters";
 /// How often changed counters are saved.
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 
@@ -72,13 +72,18 @@ impl Listeners {
 }
 
 /// The counters saved by an earlier start (none, or unreadable: zeros).
-pub fn load(store: &HubStore) -> Result<ConnectionCounters, StoreError> {
+pub(crate) fn load(store: &HubStore) -> Result<ConnectionCounters, StoreError> {
     Ok(store.meta(META_KEY)?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default())
 }
 
-/// Saves the counters whenever they changed (every [`SAVE_EVERY`] at most, and at shutdown).
-pub async fn keep_saved(api: crate::api::HubApi, shutdown: CancellationToken) {
-    let mut saved = api.connection_counters();
+/// Saves the counters (as `counters` reads them) whenever they changed (every [`SAVE_EVERY`] at
+/// most, and at shutdown).
+pub(crate) async fn keep_saved(
+    store: HubStore,
+    counters: impl Fn() -> ConnectionCounters + Send,
+    shutdown: CancellationToken,
+) {
+    let mut saved = counters();
     let mut tick = tokio::time::interval(SAVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -86,9 +91,9 @@ pub async fn keep_saved(api: crate::api::HubApi, shutdown: CancellationToken) {
             _ = tick.tick() => false,
             () = shutdown.cancelled() => true,
         };
-        let now = api.connection_counters();
+        let now = counters();
         if now != saved {
-            let store = api.store.clone();
+            let store = store.clone();
             let value = serde_json::to_vec(&now).unwrap_or_default();
             let write = tokio::task::spawn_blocking(move || {
                 store.commit(&[Write::Meta { key: META_KEY.into(), value }])

@@ -16,7 +16,7 @@ use crate::api::{HubApi, Request};
 const MAX_LINE: usize = 34 * 1024 * 1024;
 
 /// Binds the control socket at `path` (replacing a stale one) with mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if path.exists() {
         std::fs::remove_file(path)?;
     }
@@ -26,7 +26,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serves control connections until `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: UnixListener,
     path: PathBuf,
     api: HubApi,
@@ -87,7 +87,7 @@ async fn connection(stream: UnixStream, api: HubApi) {
 }
 
 /// One request over the socket at `path` (the `hub ctl` client).
-pub async fn request(path: &Path, req: &Request) -> std::io::Result<serde_json::Value> {
+pub(crate) async fn request(path: &Path, req: &Request) -> std::io::Result<serde_json::Value> {
     let stream = UnixStream::connect(path).await?;
     let (r, mut w) = stream.into_split();
     let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::HubApi;
 use crate::config::Config;
-use crate::store::{HubStore, OpenOutcome, Store, StoreError, Write};
+use crate::store::{HubStore, OpenOutcome, StoreError, Write};
 
 /// A running hub.
 #[derive(Debug)]
@@ -135,6 +135,7 @@ fn spawn_domain(
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The data directory.
     #[error("data directory {0}: {1}")]
@@ -181,8 +182,8 @@ pub async fn start(
         tracing::warn!(file = %path.display(), "data directory file was readable by others; made private (0600/0700)");
     }
     let dir = data_dir.to_path_buf();
-    let store_config = config.store.store_config();
-    let (store, outcome) = tokio::task::spawn_blocking(move || HubStore::open(&dir, store_config))
+    let store_limits = config.store.store_limits();
+    let (store, outcome) = tokio::task::spawn_blocking(move || HubStore::open(&dir, store_limits))
         .await
         .map_err(|e| StoreError::Db(e.to_string()))??;
     let moved_aside = match outcome {
@@ -233,8 +234,8 @@ pub async fn start(
         crate::devices::Directory::new(
             devices,
             doc.as_deref(),
-            config.availability.directory_config(),
-            crate::link::unix_now_ms(),
+            config.availability.availability_rules(),
+            crate::clock::unix_now_ms(),
         )
     };
     restore_states(&store, &directory);
@@ -287,7 +288,7 @@ pub async fn start(
         directory,
         crate::isolation::Advisories::load(store_advisories.as_deref()),
     );
-    let feed = feed_task(&config.updates, api.clone(), shutdown.clone());
+    let feed = crate::feed::check::checker(&config.updates, api.clone(), shutdown.clone());
     let mqtt = match mqtt_auth {
         Some(auth) => {
             let names = crate::identity::default_names(&config.certificate_names());
@@ -317,7 +318,12 @@ pub async fn start(
             crate::control::serve(listener, control.clone(), api.clone(), shutdown.clone()),
         )?,
     ];
-    let mut tasks = vec![tokio::spawn(crate::connections::keep_saved(api.clone(), shutdown))];
+    let counters = {
+        let api = api.clone();
+        move || api.connection_counters()
+    };
+    let saver = crate::connections::keep_saved(api.store.clone(), counters, shutdown);
+    let mut tasks = vec![tokio::spawn(saver)];
     tasks.extend(feed.map(tokio::spawn));
     tasks.extend(bridge.map(tokio::spawn));
     tasks.push(web.task);
@@ -385,8 +391,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Ends the hub on SIGTERM or SIGINT, within a bound: a thread of its own (the main runtime may
 /// be the part that is stuck) waits for the signal, fires `shutdown`, waits for the link to
-/// commit and answer what it received (`link_stopped`, at most [`LINK_DRAIN_BOUND`]), then gives
-/// the rest [`STOP_GRACE`]; a process still running then is ended with exit status 1 and the
+/// commit and answer what it received (`link_stopped`, at most `LINK_DRAIN_BOUND`), then gives
+/// the rest `STOP_GRACE`; a process still running then is ended with exit status 1 and the
 /// reason logged. A clean stop returns from `main` well before that.
 pub fn stop_on_signal(
     shutdown: CancellationToken,
@@ -476,7 +482,7 @@ fn load_updates(
     config: &Config,
     peers: &[crate::store::PeerRecord],
 ) -> Result<crate::updates::Updates, StartError> {
-    let now = crate::link::unix_now();
+    let now = crate::clock::unix_now();
     let doc = store.meta(crate::updates::META_KEY)?;
     let mut updates = crate::updates::Updates::load(
         &data_dir.join("updates"),
@@ -486,9 +492,7 @@ fn load_updates(
         now,
     );
     for t in &config.updates.trust {
-        if let Err(e) = updates.trust(&t.model, &t.key) {
-            tracing::error!(model = %t.model, error = %e, "configured trust anchor refused");
-        }
+        updates.trust_key(&t.model, t.key.clone());
     }
     let devices = store.devices()?;
     for p in peers {
@@ -497,116 +501,6 @@ fn load_updates(
         }
     }
     Ok(updates)
-}
-
-/// The feed checker (TR 103 621 6.13): checks the manufacturer's feed right after start, then
-/// at a random time around every `check_interval_s`; new releases go through the same checks
-/// as an owner's upload.
-fn feed_task(
-    cfg: &crate::config::Updates,
-    api: HubApi,
-    shutdown: CancellationToken,
-) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-    let (url, cert) = (cfg.feed_url.clone()?, cfg.feed_cert.clone()?);
-    let interval = cfg.check_interval_s;
-    api.feed.configured(&url);
-    Some(async move {
-        let client = match std::fs::read_to_string(&cert)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| crate::feed::FeedClient::new(&url, &pem).map_err(|e| e.to_string()))
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(%url, error = %e, "update feed unusable");
-                api.feed.checked(Err(e), crate::link::unix_now_ms(), None);
-                return;
-            }
-        };
-        let mut rng = crate::rng::os_seeded();
-        let mut done: std::collections::HashSet<(String, u32, String)> = Default::default();
-        let mut seen_advisories: std::collections::HashSet<String> = Default::default();
-        let mut delay = std::time::Duration::ZERO;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = shutdown.cancelled() => return,
-            }
-            delay = crate::feed::next_check_delay(interval, &mut rng);
-            let next_ms = || {
-                let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-                Some(crate::link::unix_now_ms().saturating_add(delay_ms))
-            };
-            let index = match client.index().await {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::warn!(error = %e, "update feed check failed");
-                    api.feed.checked(Err(e.to_string()), crate::link::unix_now_ms(), next_ms());
-                    continue;
-                }
-            };
-            let listed = (index.releases.len(), index.advisories.len());
-            let (mut new_releases, mut new_advisories) = (0usize, 0usize);
-            for e in index.releases {
-                let key = (e.model.clone(), e.version, e.manifest.clone());
-                if done.contains(&key) {
-                    continue;
-                }
-                let (m, i) = match (client.get(&e.manifest).await, client.get(&e.image).await) {
-                    (Ok(m), Ok(i)) => (m, i),
-                    (Err(err), _) | (_, Err(err)) => {
-                        tracing::warn!(model = %e.model, version = e.version, error = %err, "feed download failed");
-                        continue;
-                    }
-                };
-                match api.update_add(m, i, "feed").await {
-                    Ok(_) => {
-                        new_releases += 1;
-                        done.insert(key);
-                    }
-                    Err(crate::api::ApiError::BadRequest(_)) => {
-                        done.insert(key);
-                    }
-                    Err(err) => tracing::warn!(error = %err, "feed release not handled"),
-                }
-            }
-            // Advisories (TR 103 621 6.22): verified like manifests, then acted on at once.
-            for path in index.advisories {
-                if seen_advisories.contains(&path) {
-                    continue;
-                }
-                let signed = match client.get(&path).await {
-                    Ok(b) => b,
-                    Err(err) => {
-                        tracing::warn!(%path, error = %err, "advisory download failed");
-                        continue;
-                    }
-                };
-                match api.advisory_add(signed, "feed").await {
-                    Ok(_) => {
-                        new_advisories += 1;
-                        seen_advisories.insert(path);
-                    }
-                    Err(crate::api::ApiError::Command(crate::api::CommandError::Advisory(e))) => {
-                        if !matches!(e, crate::isolation::AdvisoryError::Known(_)) {
-                            tracing::warn!(%path, error = %e, "feed advisory refused");
-                        }
-                        seen_advisories.insert(path);
-                    }
-                    Err(err) => tracing::warn!(error = %err, "feed advisory not handled"),
-                }
-            }
-            tracing::info!(
-                %url,
-                releases = listed.0,
-                advisories = listed.1,
-                new_releases,
-                new_advisories,
-                next_check_in_s = delay.as_secs(),
-                "update feed checked"
-            );
-            api.feed.checked(Ok(listed), crate::link::unix_now_ms(), next_ms());
-        }
-    })
 }
 
 /// Readings read back per device to restore its current state (a few measurements' worth).

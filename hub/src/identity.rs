@@ -116,7 +116,7 @@ impl Identity {
 
 /// The names a new certificate covers: loopback, `localhost`, this machine's host name and the
 /// configured extra names.
-pub fn default_names(extra: &[String]) -> Vec<String> {
+pub(crate) fn default_names(extra: &[String]) -> Vec<String> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         let h = h.trim();

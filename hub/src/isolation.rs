@@ -1,7 +1,9 @@
 //! Isolating vulnerable sensors (EN 303 645 5.3-13/5.3-14; TR 103 621 6.22, 6.23): the
-//! manufacturer's signed advisories, checked like manifests, and for each affected device the
+//! manufacturer's signed advisories, checked like manifests; for each affected device the
 //! decision — schedule the fix (updatable and in support) or isolate it (not updatable, or past
-//! its support period). Enforcement lives where data leaves: `devices::Directory`.
+//! its support period) — applied by [`apply`] (the link driver carries out what it returns);
+//! and the warning the owner sees before pairing such a sensor. Enforcement lives where data
+//! leaves: `devices::Directory`.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::device_id::DeviceId;
 
 /// Key of the advisories document in the store's meta table.
-pub const META_KEY: &str = "advisories";
+pub(crate) const META_KEY: &str = "advisories";
 /// Advisories kept (the oldest are forgotten beyond this; their isolations stay).
 const MAX_ADVISORIES: usize = 256;
 
@@ -85,6 +87,7 @@ fn severity(s: Severity) -> &'static str {
 /// What the hub did for one affected device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Action {
     /// Cut off from everything beyond the hub.
     Isolated {
@@ -101,7 +104,7 @@ pub enum Action {
 
 /// What a device is, for the decision.
 #[derive(Debug, Clone, Copy)]
-pub struct Subject<'a> {
+pub(crate) struct Subject<'a> {
     /// Model designation.
     pub model: &'a str,
     /// Installed firmware.
@@ -114,7 +117,7 @@ pub struct Subject<'a> {
 
 /// The decision for one device and one advisory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Not affected (other model, or a version outside the range).
     Unaffected,
     /// Updatable and in support: install the fix.
@@ -125,7 +128,7 @@ pub enum Decision {
 
 /// Decides for one device (TR 103 621 6.23): affected and updatable within its support period
 /// → the fix; affected and not updatable, or past support, or with no fix announced → isolate.
-pub fn decide(device: Subject<'_>, a: &AdvisoryRecord, now: u64) -> Decision {
+pub(crate) fn decide(device: Subject<'_>, a: &AdvisoryRecord, now: u64) -> Decision {
     if device.model != a.model || !(a.affected_low..=a.affected_high).contains(&device.installed) {
         return Decision::Unaffected;
     }
@@ -146,7 +149,7 @@ pub fn decide(device: Subject<'_>, a: &AdvisoryRecord, now: u64) -> Decision {
 }
 
 /// What the owner can do with an isolated device (EN 303 645 5.3-14).
-pub fn replacement_path(id: &DeviceId) -> String {
+pub(crate) fn replacement_path(id: &DeviceId) -> String {
     format!(
         "Replace it: open pairing and type the new sensor's PIN with `hub ctl pair pin <PIN> \
          --replaces {id}`; the new sensor takes over its name, room and history and this \
@@ -168,7 +171,7 @@ pub enum AdvisoryError {
 
 /// The advisories the hub holds.
 #[derive(Debug, Default)]
-pub struct Advisories {
+pub(crate) struct Advisories {
     records: Vec<AdvisoryRecord>,
     dirty: bool,
 }
@@ -176,13 +179,13 @@ pub struct Advisories {
 impl Advisories {
     /// From the persisted document (an unreadable one starts empty; isolations themselves are
     /// in the device profiles and stay).
-    pub fn load(doc: Option<&[u8]>) -> Self {
+    pub(crate) fn load(doc: Option<&[u8]>) -> Self {
         let records = doc.and_then(|d| serde_json::from_slice(d).ok()).unwrap_or_default();
         Self { records, dirty: false }
     }
 
     /// Adds a verified advisory; returns its index.
-    pub fn add(
+    pub(crate) fn add(
         &mut self,
         a: &VerifiedAdvisory,
         source: &str,
@@ -201,12 +204,12 @@ impl Advisories {
     }
 
     /// All, oldest first.
-    pub fn records(&self) -> &[AdvisoryRecord] {
+    pub(crate) fn records(&self) -> &[AdvisoryRecord] {
         &self.records
     }
 
     /// Records `action` for `device` under advisory `index`.
-    pub fn act(&mut self, index: usize, device: DeviceId, action: Action) {
+    pub(crate) fn act(&mut self, index: usize, device: DeviceId, action: Action) {
         if let Some(r) = self.records.get_mut(index)
             && r.actions.get(&device) != Some(&action)
         {
@@ -216,12 +219,131 @@ impl Advisories {
     }
 
     /// The document, if anything changed.
-    pub fn take_dirty(&mut self) -> Option<Vec<u8>> {
+    pub(crate) fn take_dirty(&mut self) -> Option<Vec<u8>> {
         if !std::mem::take(&mut self.dirty) {
             return None;
         }
         serde_json::to_vec(&self.records).ok()
     }
+}
+
+/// What the owner should know before pairing a sensor with this descriptor (TR 103 621
+/// 6.22/6.23, EN 303 645 5.3-13/14): under a known advisory (it will be isolated, or its fix
+/// installed), or past its support period.
+pub(crate) fn pairing_warning(
+    advisories: &Advisories,
+    d: &protocol::pairing::Descriptor,
+    replaces: Option<&DeviceId>,
+) -> Option<String> {
+    let now = crate::clock::unix_now().0;
+    let subject = Subject {
+        model: &d.model,
+        installed: d.firmware_version,
+        updatable: d.updatable,
+        support_end: d.support_end.0,
+    };
+    let mut out = Vec::new();
+    for a in advisories.records() {
+        match decide(subject, a, now) {
+            Decision::Unaffected => {}
+            Decision::ScheduleFix => out.push(format!(
+                "firmware {} is affected by advisory {} ({} severity: {}); the hub will install \
+                 the fix right after pairing",
+                d.firmware_version, a.id, a.severity, a.text
+            )),
+            Decision::Isolate(reason) => {
+                let again = match replaces {
+                    Some(old) => format!(
+                        "it replaces {old} but is itself affected: it will be isolated again as \
+                         soon as it pairs"
+                    ),
+                    None => "it will be isolated as soon as it pairs".to_owned(),
+                };
+                out.push(format!("{again}: {reason} (advisory {}: {})", a.id, a.text));
+            }
+        }
+    }
+    if out.is_empty() && d.support_end.0 <= now {
+        out.push(format!(
+            "its security-update support period ended on {}: the manufacturer no longer fixes \
+             its vulnerabilities",
+            crate::clock::local_date(d.support_end.0)
+        ));
+    }
+    (!out.is_empty()).then(|| out.join("; "))
+}
+
+/// What [`apply`] decided that the link must carry out.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// Devices isolated now: their update offers are withdrawn.
+    pub(crate) isolated: Vec<protocol::oscore::Kid>,
+    /// A fix was approved: deliveries must be re-planned.
+    pub(crate) fix_scheduled: bool,
+}
+
+/// Decides for every paired device (or `only` one that paired) under every advisory (TR 103
+/// 621 6.23): the fix is approved for updatable devices in support, the others are isolated.
+pub(crate) fn apply(
+    advisories: &mut Advisories,
+    directory: &crate::devices::Directory,
+    updates: &mut crate::updates::Updates,
+    only: Option<&DeviceId>,
+) -> Applied {
+    let mut applied = Applied::default();
+    if advisories.records().is_empty() {
+        return applied;
+    }
+    let now = crate::clock::unix_now();
+    let devices = match only {
+        Some(id) => directory.get(id).into_iter().collect(),
+        None => directory.list(),
+    };
+    for index in 0..advisories.records().len() {
+        for d in &devices {
+            let kid = d.info.id.kid();
+            let subject = Subject {
+                model: &d.info.model,
+                installed: updates.installed(&kid).unwrap_or(d.info.firmware_version),
+                updatable: d.info.updatable,
+                support_end: d.info.support_end,
+            };
+            let advisory = &advisories.records()[index];
+            match decide(subject, advisory, now.0) {
+                Decision::Unaffected => {}
+                Decision::ScheduleFix => {
+                    let fix = advisory.fixed_in.unwrap_or(u32::MAX);
+                    let version = updates.newest_release(&d.info.model).filter(|v| *v >= fix);
+                    if let Some(v) = version
+                        && !updates.approved(&kid, &d.info.model, v)
+                    {
+                        // A security fix is installed even under a notify-only policy (the
+                        // owner is told why, EN 303 645 5.3-11).
+                        let _ = updates.approve(Some(&kid), None, v);
+                        applied.fix_scheduled = true;
+                        tracing::warn!(device = %d.info.id, version = v, "vulnerable device: security fix scheduled");
+                    }
+                    advisories.act(index, d.info.id, Action::FixScheduled { version });
+                }
+                Decision::Isolate(reason) => {
+                    let isolation = crate::devices::Isolation {
+                        reason: reason.clone(),
+                        advisory: Some(advisory.summary()),
+                        since: now.0,
+                        replacement: replacement_path(&d.info.id),
+                        overridden_at: None,
+                    };
+                    if directory.isolate(&d.info.id, isolation, crate::clock::unix_now_ms()) {
+                        tracing::warn!(device = %d.info.id, %reason, "vulnerable device isolated: its data and commands no longer leave the hub");
+                        applied.isolated.push(kid);
+                    }
+                    advisories.act(index, d.info.id, Action::Isolated { reason });
+                }
+            }
+        }
+    }
+    // Isolations reach the store with the next tick's profile document (within a second).
+    applied
 }
 
 #[cfg(test)]

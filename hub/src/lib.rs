@@ -1,7 +1,9 @@
 //! The Hearth hub daemon: the I/O shell around `protocol` — the CoAP/UDP link driver, the
-//! durable store, the owner's control socket, the update manager and its feed client, MQTT,
-//! the upstream bridge and the owner's web UI.
+//! durable store, the owner's command API (its control socket and `hub ctl`, the web UI, MQTT
+//! all call it), the update manager and its feed checker, advisories and isolation, MQTT, the
+//! upstream bridge and the owner's web UI. Only what other crates use is public.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 /// A kill point of the crash campaign (`fault::kill_point`; nothing without the
 /// `fault-injection` feature).
@@ -13,25 +15,30 @@ macro_rules! kill_point {
 }
 
 pub mod api;
+mod clock;
 pub mod config;
-pub mod connections;
-pub mod control;
+mod connections;
+mod control;
+pub mod ctl;
 pub mod daemon;
-pub mod device_id;
-pub mod devices;
+mod device_id;
+mod devices;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod feed;
-pub mod identity;
-pub mod isolation;
-pub mod link;
+mod identity;
+mod isolation;
+mod link;
 pub mod logs;
 pub mod mqtt;
-pub mod private_fs;
-pub mod render;
-pub mod rng;
-pub mod seclog;
+mod private_fs;
+mod render;
+mod rng;
+mod seclog;
 pub mod store;
-pub mod updates;
-pub mod upstream;
+mod updates;
+mod upstream;
 pub mod web;
+
+#[cfg(test)]
+mod layout_tests;

@@ -8,30 +8,30 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Creates `dir` (and parents) with mode 0700.
-pub fn create_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_dir(dir: &Path) -> std::io::Result<()> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
 /// Creates `path` empty with mode 0600 if it does not exist (so that a library that opens it
 /// later never creates it with the process umask).
-pub fn touch(path: &Path) -> std::io::Result<()> {
+pub(crate) fn touch(path: &Path) -> std::io::Result<()> {
     OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
     Ok(())
 }
 
 /// Opens `path` for reading and writing, created empty (or truncated) with mode 0600.
-pub fn create(path: &Path) -> std::io::Result<fs::File> {
+pub(crate) fn create(path: &Path) -> std::io::Result<fs::File> {
     OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(path)
 }
 
 /// Makes the entries of `dir` (files created, renamed or deleted in it) durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, then rename), mode 0600.
-pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f =
         OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
@@ -43,7 +43,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Tightens every file below `dir` to 0600 and every folder to 0700, except `keep` (a secret that
 /// was readable by others cannot be made secret again by `chmod`: its owner refuses it); returns
 /// what it changed.
-pub fn restrict(dir: &Path, keep: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn restrict(dir: &Path, keep: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     let mut changed = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

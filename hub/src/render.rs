@@ -1,50 +1,71 @@
-//! `hub ctl` output for people: the control socket's JSON answers as aligned tables and short
+//! `hub ctl` output for people: each command's typed answer as aligned tables and short
 //! sentences, with units and local times (`--json` prints the answer itself, for scripts).
 
 use std::fmt::Write as _;
 
+use serde::Serialize;
 use serde_json::Value;
 
-/// What was asked, so the answer can be laid out for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum View {
-    /// The device list.
-    Devices,
-    /// One device.
-    Device,
-    /// A device's readings.
-    Readings,
-    /// Pairing status.
-    Pairing,
-    /// Security counters.
-    Security,
-    /// Advisories.
-    Advisories,
-    /// The upstream bridge.
-    Upstream,
-    /// Updates: the feed's last check, then releases, refusals and devices.
-    Updates,
-    /// Anything else: keys and values.
-    Plain,
+use crate::api::{
+    Approved, Cancelled, DeviceView, Done, FactoryResetStarted, Paired, PairingState,
+    PairingStatus, ReleaseAdded, Removed, Renamed, RoomSet, SecurityReport, Trusted, Unisolated,
+    UpdatesAnswer, UpstreamAnswer, UserAdded,
+};
+use crate::clock::{local_date, local_time};
+use crate::isolation::{Action, AdvisoryRecord};
+use crate::store::StoredReading;
+
+/// An answer laid out for people; `now_ms` is the current time (for "12 s ago").
+pub(crate) trait Render {
+    /// The text `hub ctl` prints.
+    fn render(&self, now_ms: i64) -> String;
 }
 
-/// Renders `answer` for people; `now_ms` is the current time (for "12 s ago").
-pub fn render(view: View, answer: &Value, now_ms: i64) -> String {
-    match view {
-        View::Devices => devices(answer, now_ms),
-        View::Device => device(answer, now_ms),
-        View::Readings => readings(answer),
-        View::Pairing => pairing(answer),
-        View::Security => security(answer),
-        View::Advisories => advisories(answer),
-        View::Upstream => upstream(answer),
-        View::Updates => updates(answer, now_ms),
-        View::Plain => plain(answer, 0),
+/// Answers shown as their keys and values.
+macro_rules! render_plain {
+    ($($t:ty),* $(,)?) => {
+        $(
+            impl Render for $t {
+                fn render(&self, _now_ms: i64) -> String {
+                    plain(&to_value(self), 0)
+                }
+            }
+        )*
+    };
+}
+
+render_plain!(
+    Paired,
+    FactoryResetStarted,
+    Removed<crate::device_id::DeviceId>,
+    Removed<String>,
+    Renamed,
+    RoomSet,
+    Unisolated,
+    ReleaseAdded,
+    Trusted,
+    Done,
+    Approved,
+    Cancelled,
+    UserAdded,
+    AdvisoryRecord,
+    Vec<crate::mqtt::auth::UserView>,
+);
+
+fn to_value(t: &impl Serialize) -> Value {
+    serde_json::to_value(t).unwrap_or(Value::Null)
+}
+
+/// A value's wire name (`online`, `backing_off`).
+fn label(t: &impl Serialize) -> String {
+    match to_value(t) {
+        Value::String(s) => s,
+        v => v.to_string(),
     }
 }
 
 /// A SenML unit as people write it.
-pub fn unit(u: &str) -> &str {
+pub(crate) fn unit(u: &str) -> &str {
     match u {
         "Cel" => "°C",
         "%RH" => "% RH",
@@ -54,20 +75,8 @@ pub fn unit(u: &str) -> &str {
     }
 }
 
-/// Unix milliseconds in the local time zone (`2026-12-04 19:30:05`).
-pub fn local_time(ms: i64) -> String {
-    let Ok(ts) = jiff::Timestamp::from_millisecond(ms) else { return ms.to_string() };
-    ts.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string()
-}
-
-/// Unix seconds as a local date.
-pub fn local_date(s: u64) -> String {
-    let Ok(ts) = jiff::Timestamp::from_second(s as i64) else { return s.to_string() };
-    ts.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d").to_string()
-}
-
 /// `5 s ago`, `3 min ago`, `2 h ago`, `4 d ago`.
-pub fn ago(then_ms: i64, now_ms: i64) -> String {
+pub(crate) fn ago(then_ms: i64, now_ms: i64) -> String {
     let s = (now_ms - then_ms).max(0) / 1000;
     match s {
         0..60 => format!("{s} s ago"),
@@ -90,10 +99,6 @@ fn value(v: &Value, u: Option<&str>) -> String {
         Some("") | None => n,
         Some(u) => format!("{n} {u}"),
     }
-}
-
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
 /// Lays out rows under a header, columns padded to their widest cell.
@@ -122,239 +127,241 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn state_summary(d: &Value) -> String {
-    let Some(state) = d.get("state").and_then(Value::as_object) else { return String::new() };
-    state
+fn state_summary(d: &DeviceView) -> String {
+    d.device
+        .state
         .iter()
         .filter(|(k, _)| *k != "battery" && *k != "buffer_dropped")
-        .map(|(k, r)| format!("{k} {}", value(&r["value"], r.get("unit").and_then(Value::as_str))))
+        .map(|(k, r)| format!("{k} {}", value(&r.value, r.unit.as_deref())))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-fn devices(answer: &Value, now_ms: i64) -> String {
-    let Some(list) = answer.as_array() else { return plain(answer, 0) };
-    if list.is_empty() {
-        return "No devices paired. Pair one with `hub ctl pair open`, then `hub ctl pair pin <PIN>`.\n"
-            .into();
-    }
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|d| {
-            vec![
-                text(d, "name").into(),
-                d.get("room").and_then(Value::as_str).unwrap_or("-").into(),
-                text(d, "id").into(),
-                text(d, "model").into(),
-                text(d, "availability").into(),
-                d.get("last_seen_ms")
-                    .and_then(Value::as_i64)
-                    .map_or_else(|| "never".into(), |t| ago(t, now_ms)),
-                d.get("battery").map_or_else(|| "-".into(), |b| value(b, Some("%"))),
-                state_summary(d),
-            ]
-        })
-        .collect();
-    table(&["NAME", "ROOM", "ID", "MODEL", "AVAILABILITY", "LAST SEEN", "BATTERY", "STATE"], &rows)
+fn battery(b: f64) -> String {
+    value(&serde_json::json!(b), Some("%"))
 }
 
-fn device(d: &Value, now_ms: i64) -> String {
-    let mut out = String::new();
-    let mut kv = |k: &str, v: String| {
-        let _ = writeln!(out, "{:<18}{v}", format!("{k}:"));
-    };
-    kv("Name", text(d, "name").into());
-    kv("Room", d.get("room").and_then(Value::as_str).unwrap_or("-").into());
-    kv("Device id", text(d, "id").into());
-    kv("Model", text(d, "model").into());
-    kv("Serial", text(d, "serial").into());
-    kv("Firmware", d["firmware_version"].to_string());
-    let updatable = d["updatable"].as_bool().unwrap_or(false);
-    kv("Updatable", if updatable { "yes".into() } else { "no (cannot be updated)".into() });
-    if let Some(end) = d["support_end"].as_u64() {
-        let over = (end as i64) * 1000 <= now_ms;
+impl Render for Vec<DeviceView> {
+    fn render(&self, now_ms: i64) -> String {
+        if self.is_empty() {
+            return "No devices paired. Pair one with `hub ctl pair open`, then `hub ctl pair pin <PIN>`.\n"
+                .into();
+        }
+        let rows: Vec<Vec<String>> = self
+            .iter()
+            .map(|d| {
+                let s = &d.device;
+                vec![
+                    s.name.clone(),
+                    s.room.clone().unwrap_or_else(|| "-".into()),
+                    s.info.id.to_string(),
+                    s.info.model.clone(),
+                    label(&s.availability),
+                    s.last_seen_ms.map_or_else(|| "never".into(), |t| ago(t, now_ms)),
+                    s.battery.map_or_else(|| "-".into(), battery),
+                    state_summary(d),
+                ]
+            })
+            .collect();
+        table(
+            &["NAME", "ROOM", "ID", "MODEL", "AVAILABILITY", "LAST SEEN", "BATTERY", "STATE"],
+            &rows,
+        )
+    }
+}
+
+impl Render for DeviceView {
+    fn render(&self, now_ms: i64) -> String {
+        let (s, info) = (&self.device, &self.device.info);
+        let mut out = String::new();
+        let mut kv = |k: &str, v: String| {
+            let _ = writeln!(out, "{:<18}{v}", format!("{k}:"));
+        };
+        kv("Name", s.name.clone());
+        kv("Room", s.room.clone().unwrap_or_else(|| "-".into()));
+        kv("Device id", info.id.to_string());
+        kv("Model", info.model.clone());
+        kv("Serial", info.serial.clone());
+        kv("Firmware", info.firmware_version.to_string());
+        kv(
+            "Updatable",
+            if info.updatable { "yes".into() } else { "no (cannot be updated)".into() },
+        );
+        let over = secs_to_ms(info.support_end) <= now_ms;
         kv(
             "Support period",
-            format!("{} {}", if over { "ended" } else { "until" }, local_date(end)),
+            format!("{} {}", if over { "ended" } else { "until" }, local_date(info.support_end)),
         );
-    }
-    let caps: Vec<&str> = d["capabilities"]
-        .as_array()
-        .map_or(vec![], |c| c.iter().filter_map(Value::as_str).collect());
-    kv("Senses", caps.join(", "));
-    kv("Availability", text(d, "availability").into());
-    kv(
-        "Last seen",
-        d.get("last_seen_ms")
-            .and_then(Value::as_i64)
-            .map_or_else(|| "never".into(), |t| format!("{} ({})", local_time(t), ago(t, now_ms))),
-    );
-    kv("Reporting every", format!("{} s", d["period_ms"].as_u64().unwrap_or(0) / 1000));
-    if let Some(b) = d.get("battery") {
-        kv("Battery", value(b, Some("%")));
-    }
-    if let Some(r) = d.get("readings") {
-        kv("Readings stored", r.to_string());
-    }
-    if let Some(i) = d.get("isolation") {
-        let overridden = i.get("overridden_at").and_then(Value::as_u64);
-        let head = match overridden {
-            Some(_) => "Isolation",
-            None => "ISOLATED",
-        };
-        kv(head, text(i, "reason").into());
-        if let Some(a) = i.get("advisory").and_then(Value::as_str) {
-            kv("Advisory", a.into());
+        kv("Senses", info.capabilities.join(", "));
+        kv("Availability", label(&s.availability));
+        kv(
+            "Last seen",
+            s.last_seen_ms.map_or_else(
+                || "never".into(),
+                |t| format!("{} ({})", local_time(t), ago(t, now_ms)),
+            ),
+        );
+        kv("Reporting every", format!("{} s", s.period_ms / 1000));
+        if let Some(b) = s.battery {
+            kv("Battery", battery(b));
         }
-        if let Some(t) = i.get("since").and_then(Value::as_u64) {
-            kv("Since", local_time(t as i64 * 1000));
+        kv("Readings stored", self.readings.to_string());
+        if let Some(i) = &s.isolation {
+            kv(if i.active() { "ISOLATED" } else { "Isolation" }, i.reason.clone());
+            if let Some(a) = &i.advisory {
+                kv("Advisory", a.clone());
+            }
+            kv("Since", local_time(secs_to_ms(i.since)));
+            match i.overridden_at {
+                Some(t) => {
+                    kv("Overridden", format!("by the owner at {}", local_time(secs_to_ms(t))))
+                }
+                None => kv("What to do", i.replacement.clone()),
+            }
         }
-        match overridden {
-            Some(t) => kv("Overridden", format!("by the owner at {}", local_time(t as i64 * 1000))),
-            None => kv("What to do", text(i, "replacement").into()),
+        if !s.state.is_empty() {
+            let _ = writeln!(out, "\nCurrent state:");
+            let rows: Vec<Vec<String>> = s
+                .state
+                .iter()
+                .map(|(k, r)| {
+                    vec![k.clone(), value(&r.value, r.unit.as_deref()), local_time(r.time_ms)]
+                })
+                .collect();
+            out += &indent(&table(&["QUANTITY", "VALUE", "MEASURED"], &rows));
         }
+        if !s.transitions.is_empty() {
+            let _ = writeln!(out, "\nAvailability history:");
+            let rows: Vec<Vec<String>> = s
+                .transitions
+                .iter()
+                .map(|t| vec![local_time(t.at_ms), label(&t.to), t.why.clone()])
+                .collect();
+            out += &indent(&table(&["WHEN", "NOW", "WHY"], &rows));
+        }
+        if let Some(u) = &self.update {
+            let _ = writeln!(out, "\nUpdates:");
+            out += &plain(&to_value(u), 1);
+        }
+        out
     }
-    if let Some(state) = d.get("state").and_then(Value::as_object).filter(|s| !s.is_empty()) {
-        let _ = writeln!(out, "\nCurrent state:");
-        let rows: Vec<Vec<String>> = state
-            .iter()
-            .map(|(k, r)| {
-                vec![
-                    k.clone(),
-                    value(&r["value"], r.get("unit").and_then(Value::as_str)),
-                    r["time_ms"].as_i64().map(local_time).unwrap_or_default(),
-                ]
-            })
-            .collect();
-        out += &indent(&table(&["QUANTITY", "VALUE", "MEASURED"], &rows));
-    }
-    if let Some(t) = d.get("transitions").and_then(Value::as_array).filter(|t| !t.is_empty()) {
-        let _ = writeln!(out, "\nAvailability history:");
-        let rows: Vec<Vec<String>> = t
-            .iter()
-            .map(|t| {
-                vec![
-                    t["at_ms"].as_i64().map(local_time).unwrap_or_default(),
-                    text(t, "to").into(),
-                    text(t, "why").into(),
-                ]
-            })
-            .collect();
-        out += &indent(&table(&["WHEN", "NOW", "WHY"], &rows));
-    }
-    if let Some(u) = d.get("update").filter(|u| !u.is_null()) {
-        let _ = writeln!(out, "\nUpdates:");
-        out += &plain(u, 1);
-    }
-    out
+}
+
+fn secs_to_ms(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000)
 }
 
 fn indent(s: &str) -> String {
     s.lines().map(|l| format!("  {l}\n")).collect()
 }
 
-fn readings(answer: &Value) -> String {
-    let Some(list) = answer.as_array() else { return plain(answer, 0) };
-    if list.is_empty() {
-        return "No readings stored.\n".into();
-    }
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|r| {
-            let name = text(r, "name");
-            vec![
-                r["time_ms"].as_i64().map(local_time).unwrap_or_default(),
-                name.rsplit(':').next().unwrap_or(name).into(),
-                value(&r["value"], r.get("unit").and_then(Value::as_str)),
-            ]
-        })
-        .collect();
-    table(&["MEASURED", "QUANTITY", "VALUE"], &rows)
-}
-
-fn pairing(p: &Value) -> String {
-    let (closes, left) = (&p["closes_in_s"], &p["attempts_left"]);
-    let mut out = match p["state"].as_str() {
-        Some("backing_off") => format!(
-            "Pairing window open, pausing after a failed attempt: PINs are taken again in {} s \
-             (closes in {closes} s, {left} failed attempt(s) left).\n",
-            p["backoff_s"]
-        ),
-        Some("no_attempts_left") => "Pairing window closed after its failed attempts. Open a new \
-             one with `hub ctl pair open`.\n"
-            .into(),
-        _ if p["open"].as_bool().unwrap_or(false) => {
-            format!("Pairing window open: closes in {closes} s, {left} failed attempt(s) left.\n")
+impl Render for Vec<StoredReading> {
+    fn render(&self, _now_ms: i64) -> String {
+        if self.is_empty() {
+            return "No readings stored.\n".into();
         }
-        _ => "Pairing window closed. Open it with `hub ctl pair open`.\n".into(),
-    };
-    if let Some(w) = p["waiting"].as_array().filter(|w| !w.is_empty()) {
-        out += "\nWaiting for their PIN:\n";
-        let rows: Vec<Vec<String>> = w
+        let rows: Vec<Vec<String>> = self
             .iter()
-            .map(|s| {
+            .map(|r| {
                 vec![
-                    text(s, "serial").into(),
-                    text(s, "model").into(),
-                    s["firmware_version"].as_u64().map_or_else(String::new, |v| v.to_string()),
-                    text(s, "device").into(),
+                    local_time(r.time_ms),
+                    r.name.rsplit(':').next().unwrap_or(&r.name).into(),
+                    value(&r.value, r.unit.as_deref()),
                 ]
             })
             .collect();
-        out += &indent(&table(&["SERIAL", "MODEL", "FIRMWARE", "FUTURE ID"], &rows));
-        for s in w {
-            if let Some(warning) = s["warning"].as_str() {
-                out += &format!("\nWarning for {}: {warning}.\n", text(s, "serial"));
+        table(&["MEASURED", "QUANTITY", "VALUE"], &rows)
+    }
+}
+
+impl Render for PairingStatus {
+    fn render(&self, _now_ms: i64) -> String {
+        let (closes, left) = (self.closes_in_s, self.attempts_left);
+        let mut out = match self.state {
+            PairingState::BackingOff => format!(
+                "Pairing window open, pausing after a failed attempt: PINs are taken again in {} s \
+                 (closes in {closes} s, {left} failed attempt(s) left).\n",
+                self.backoff_s
+            ),
+            PairingState::NoAttemptsLeft => "Pairing window closed after its failed attempts. \
+                 Open a new one with `hub ctl pair open`.\n"
+                .into(),
+            _ if self.open => format!(
+                "Pairing window open: closes in {closes} s, {left} failed attempt(s) left.\n"
+            ),
+            _ => "Pairing window closed. Open it with `hub ctl pair open`.\n".into(),
+        };
+        if !self.waiting.is_empty() {
+            out += "\nWaiting for their PIN:\n";
+            let rows: Vec<Vec<String>> = self
+                .waiting
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.serial.clone(),
+                        s.model.clone(),
+                        s.firmware_version.to_string(),
+                        s.device.clone(),
+                    ]
+                })
+                .collect();
+            out += &indent(&table(&["SERIAL", "MODEL", "FIRMWARE", "FUTURE ID"], &rows));
+            for s in &self.waiting {
+                if let Some(warning) = &s.warning {
+                    out += &format!("\nWarning for {}: {warning}.\n", s.serial);
+                }
             }
         }
+        out
     }
-    out
 }
 
-fn security(s: &Value) -> String {
-    let Some(map) = s.as_object() else { return plain(s, 0) };
-    let rows: Vec<Vec<String>> = map
-        .iter()
-        .filter(|(k, _)| *k != "total")
-        .map(|(k, v)| vec![k.replace('_', " "), v.to_string()])
-        .collect();
-    let mut out = table(&["EVENT", "COUNT"], &rows);
-    let _ = writeln!(out, "\nSecurity events in total: {}", s["total"]);
-    out
+impl Render for SecurityReport {
+    fn render(&self, _now_ms: i64) -> String {
+        // Every counter, whatever its name: the report is a flat map of counts.
+        let Value::Object(map) = to_value(self) else { return String::new() };
+        let rows: Vec<Vec<String>> = map
+            .iter()
+            .filter(|(k, _)| *k != "total")
+            .map(|(k, v)| vec![k.replace('_', " "), v.to_string()])
+            .collect();
+        let mut out = table(&["EVENT", "COUNT"], &rows);
+        let _ = writeln!(out, "\nSecurity events in total: {}", self.total);
+        out
+    }
 }
 
-fn upstream(u: &Value) -> String {
-    if u["configured"] != true {
-        return "No upstream broker configured: the hub works locally only.\n".into();
+impl Render for UpstreamAnswer {
+    fn render(&self, _now_ms: i64) -> String {
+        let Some(u) = self.status.as_ref().filter(|_| self.configured) else {
+            return "No upstream broker configured: the hub works locally only.\n".into();
+        };
+        let state = if u.connected { "connected" } else { "disconnected" };
+        let mut out =
+            format!("Upstream {} ({state}), topics {}/<device>/reading\n", u.url, u.topic_prefix);
+        let rows = [
+            ("pending (not yet acknowledged)", u.pending),
+            ("in flight", u.in_flight as u64),
+            ("forwarded", u.forwarded),
+            ("dropped (outbox full or retention)", u.dropped),
+            ("withheld (isolated devices)", u.withheld),
+        ];
+        let rows: Vec<Vec<String>> =
+            rows.iter().map(|(k, v)| vec![(*k).into(), v.to_string()]).collect();
+        out.push_str(&table(&["OUTBOX", "READINGS"], &rows));
+        let _ = writeln!(out, "Connections since start: {}", u.connections);
+        if u.tls_refused > 0 {
+            let _ = writeln!(
+                out,
+                "Broker certificate refused {} time(s) since start: a possible man in the middle (see the log)",
+                u.tls_refused
+            );
+        }
+        if let Some(e) = &u.last_error {
+            let _ = writeln!(out, "Last connection error: {e}");
+        }
+        out
     }
-    let state = if u["connected"] == true { "connected" } else { "disconnected" };
-    let mut out = format!(
-        "Upstream {} ({state}), topics {}/<device>/reading\n",
-        text(u, "url"),
-        text(u, "topic_prefix")
-    );
-    let rows = [
-        ("pending (not yet acknowledged)", &u["pending"]),
-        ("in flight", &u["in_flight"]),
-        ("forwarded", &u["forwarded"]),
-        ("dropped (outbox full or retention)", &u["dropped"]),
-        ("withheld (isolated devices)", &u["withheld"]),
-    ];
-    let rows: Vec<Vec<String>> =
-        rows.iter().map(|(k, v)| vec![(*k).into(), v.to_string()]).collect();
-    out.push_str(&table(&["OUTBOX", "READINGS"], &rows));
-    let _ = writeln!(out, "Connections since start: {}", u["connections"]);
-    if u["tls_refused"].as_u64().is_some_and(|n| n > 0) {
-        let _ = writeln!(
-            out,
-            "Broker certificate refused {} time(s) since start: a possible man in the middle (see the log)",
-            u["tls_refused"]
-        );
-    }
-    if let Some(e) = u["last_error"].as_str() {
-        let _ = writeln!(out, "Last connection error: {e}");
-    }
-    out
 }
 
 /// In how long `then_ms` comes ("in 5 min").
@@ -369,79 +376,76 @@ fn until(then_ms: i64, now_ms: i64) -> String {
 }
 
 /// The feed's line: when it was last checked and how that went, and the next check.
-fn feed(f: &Value, now_ms: i64) -> String {
-    let Some(url) = f["url"].as_str() else {
+fn feed(f: Option<&crate::feed::FeedStatus>, now_ms: i64) -> String {
+    let Some(f) = f else {
         return "Update feed: none configured (`[updates] feed_url`); releases come from \
                 `hub ctl update add`\n"
             .into();
     };
-    let mut out = format!("Update feed: {url}\n");
-    let when =
-        |key: &str| f[key].as_i64().map(|ms| format!("{} ({})", local_time(ms), ago(ms, now_ms)));
-    match (when("last_checked_ms"), f["last_error"].as_str()) {
+    let mut out = format!("Update feed: {}\n", f.url);
+    let when = |ms: Option<i64>| ms.map(|ms| format!("{} ({})", local_time(ms), ago(ms, now_ms)));
+    match (when(f.last_checked_ms), &f.last_error) {
         (None, _) => out.push_str("  last checked: not yet\n"),
         (Some(at), None) => {
             let _ = writeln!(
                 out,
                 "  last checked: {at}, it lists {} release(s) and {} advisory(ies)",
-                f["releases"], f["advisories"]
+                f.releases, f.advisories
             );
         }
         (Some(at), Some(e)) => {
             let _ = writeln!(out, "  last checked: {at}, failed: {e}");
-            let ok = when("last_ok_ms").unwrap_or_else(|| "never".into());
+            let ok = when(f.last_ok_ms).unwrap_or_else(|| "never".into());
             let _ = writeln!(out, "  last successful check: {ok}");
         }
     }
-    if let Some(next) = f["next_check_ms"].as_i64() {
+    if let Some(next) = f.next_check_ms {
         let _ = writeln!(out, "  next check: {} ({})", local_time(next), until(next, now_ms));
     }
     out
 }
 
-fn updates(answer: &Value, now_ms: i64) -> String {
-    let mut out = feed(&answer["feed"], now_ms);
-    let mut rest = answer.clone();
-    if let Some(m) = rest.as_object_mut() {
-        m.remove("feed");
+impl Render for UpdatesAnswer {
+    fn render(&self, now_ms: i64) -> String {
+        let mut out = feed(self.feed.as_ref(), now_ms);
+        out.push_str(&plain(&to_value(&self.view), 0));
+        out
     }
-    out.push_str(&plain(&rest, 0));
-    out
 }
 
-fn advisories(answer: &Value) -> String {
-    let Some(list) = answer.as_array() else { return plain(answer, 0) };
-    if list.is_empty() {
-        return "No security advisories received.\n".into();
-    }
-    let mut out = String::new();
-    for a in list {
-        let _ = writeln!(
-            out,
-            "{} {} v{}–{} ({}), fixed in {}: {}",
-            text(a, "id"),
-            text(a, "model"),
-            a["affected_low"],
-            a["affected_high"],
-            text(a, "severity"),
-            a.get("fixed_in").map_or_else(|| "no version yet".into(), |v| v.to_string()),
-            text(a, "text")
-        );
-        if let Some(actions) = a["actions"].as_object() {
-            for (device, act) in actions {
-                let what = match text(act, "action") {
-                    "isolated" => format!("isolated: {}", text(act, "reason")),
-                    "fix_scheduled" => match act.get("version") {
-                        Some(v) => format!("fix scheduled: version {v}"),
-                        None => "waiting for the manufacturer's fix".into(),
-                    },
-                    other => other.into(),
+impl Render for Vec<AdvisoryRecord> {
+    fn render(&self, _now_ms: i64) -> String {
+        if self.is_empty() {
+            return "No security advisories received.\n".into();
+        }
+        let mut out = String::new();
+        for a in self {
+            let _ = writeln!(
+                out,
+                "{} {} v{}–{} ({}), fixed in {}: {}",
+                a.id,
+                a.model,
+                a.affected_low,
+                a.affected_high,
+                a.severity,
+                a.fixed_in.map_or_else(|| "no version yet".into(), |v| v.to_string()),
+                a.text
+            );
+            for (device, act) in &a.actions {
+                let what = match act {
+                    Action::Isolated { reason } => format!("isolated: {reason}"),
+                    Action::FixScheduled { version: Some(v) } => {
+                        format!("fix scheduled: version {v}")
+                    }
+                    Action::FixScheduled { version: None } => {
+                        "waiting for the manufacturer's fix".into()
+                    }
                 };
                 let _ = writeln!(out, "  {device}  {what}");
             }
         }
+        out
     }
-    out
 }
 
 /// Keys and values, nested by indentation.
@@ -480,68 +484,115 @@ fn scalar(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::api::tests::{advisory, device_view, pairing_status};
+    use crate::feed::FeedStatus;
+
+    fn updates(feed: Option<FeedStatus>) -> UpdatesAnswer {
+        UpdatesAnswer {
+            view: crate::updates::UpdatesView {
+                policy: crate::updates::Policy::Auto,
+                trust: Vec::new(),
+                releases: Vec::new(),
+                refused: Vec::new(),
+                devices: Vec::new(),
+            },
+            feed,
+        }
+    }
 
     #[test]
     fn updates_say_when_the_feed_was_last_checked() {
         let now = 1_800_000_000_000;
-        let mut answer = json!({"policy": "auto", "releases": [], "feed": {
-            "url": "https://feed.example/", "last_checked_ms": now - 180_000,
-            "last_ok_ms": now - 180_000, "last_error": null, "releases": 4, "advisories": 1,
-            "next_check_ms": now + 7_500_000
-        }});
-        let out = render(View::Updates, &answer, now);
+        let mut feed = FeedStatus {
+            url: "https://feed.example/".into(),
+            last_checked_ms: Some(now - 180_000),
+            last_ok_ms: Some(now - 180_000),
+            last_error: None,
+            releases: 4,
+            advisories: 1,
+            next_check_ms: Some(now + 7_500_000),
+        };
+        let out = updates(Some(feed.clone())).render(now);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], "Update feed: https://feed.example/", "{out}");
         assert!(lines[1].contains("last checked: ") && lines[1].contains("(3 min ago)"), "{out}");
         assert!(lines[1].ends_with("4 release(s) and 1 advisory(ies)"), "{out}");
         assert!(lines[2].contains("next check: ") && lines[2].ends_with("(in 2 h 5 min)"), "{out}");
-        assert!(out.contains("policy: auto") && !out.contains("next check ms"), "{out}");
+        assert!(out.contains("policy:\n  mode: auto") && !out.contains("next check ms"), "{out}");
 
-        answer["feed"]["last_error"] = json!("connecting to the feed: refused");
-        answer["feed"]["last_checked_ms"] = json!(now - 5_000);
-        let out = render(View::Updates, &answer, now);
+        feed.last_error = Some("connecting to the feed: refused".into());
+        feed.last_checked_ms = Some(now - 5_000);
+        let out = updates(Some(feed.clone())).render(now);
         assert!(out.contains("(5 s ago), failed: connecting to the feed: refused"), "{out}");
         assert!(out.contains("last successful check: ") && out.contains("(3 min ago)"), "{out}");
 
-        answer["feed"] = json!({"url": "https://feed.example/", "last_checked_ms": null});
-        assert!(render(View::Updates, &answer, now).contains("last checked: not yet"));
-        answer["feed"] = Value::Null;
-        assert!(render(View::Updates, &answer, now).contains("none configured"));
+        let not_yet = FeedStatus { url: feed.url, ..FeedStatus::default() };
+        assert!(updates(Some(not_yet)).render(now).contains("last checked: not yet"));
+        assert!(updates(None).render(now).contains("none configured"));
     }
 
     #[test]
     fn device_table_has_units_names_and_relative_times() {
-        let list = json!([{
-            "id": "0a0b0c0d", "name": "Hall thermostat", "room": "Hall", "model": "hearth-thermo-1",
-            "availability": "online", "last_seen_ms": 1_000_000, "battery": 87.0,
-            "state": {"temp": {"time_ms": 1, "name": "urn:dev:TH1:temp", "unit": "Cel", "value": 21.5}}
-        }]);
-        let out = render(View::Devices, &list, 1_012_000);
+        let mut d = device_view();
+        d.device.availability = crate::devices::Availability::Online;
+        let out = vec![d].render(1_012_000);
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("NAME") && lines[0].contains("AVAILABILITY"), "{out}");
         assert!(lines[1].contains("Hall thermostat") && lines[1].contains("12 s ago"), "{out}");
         assert!(lines[1].contains("temp 21.50 °C") && lines[1].contains("87 %"), "{out}");
         // Columns line up: AVAILABILITY starts where "online" starts.
         assert_eq!(lines[0].find("AVAILABILITY"), lines[1].find("online"));
-        assert!(render(View::Devices, &json!([]), 0).contains("hub ctl pair open"));
+        assert!(Vec::<DeviceView>::new().render(0).contains("hub ctl pair open"));
     }
 
     #[test]
     fn isolated_device_shows_reason_support_and_replacement_path() {
-        let d = json!({
-            "id": "01", "name": "Button", "model": "hearth-button-1", "serial": "BT1",
-            "firmware_version": 1, "updatable": false, "support_end": 1_700_000_000u64,
-            "capabilities": ["button"], "availability": "isolated", "period_ms": 60_000,
-            "isolation": {"reason": "firmware 1 is affected", "since": 1_800_000_000u64,
-                          "replacement": "Replace it: ...", "advisory": "hearth-button-1 v1–1"},
-            "state": {}, "transitions": []
-        });
-        let out = render(View::Device, &d, 1_800_000_100_000);
-        assert!(out.contains("ISOLATED:") && out.contains("firmware 1 is affected"), "{out}");
+        let mut d = device_view();
+        d.device.info.updatable = false;
+        let out = d.render(1_800_000_100_000);
+        assert!(out.contains("ISOLATED:") && out.contains("firmware 3 is affected"), "{out}");
         assert!(out.contains("Support period:   ended 2023-11-1"), "{out}");
         assert!(out.contains("What to do:") && out.contains("Replace it"), "{out}");
         assert!(out.contains("no (cannot be updated)"), "{out}");
+        assert!(out.contains("Readings stored:  42") && out.contains("Updates:"), "{out}");
+        // Overridden: no longer shouting, and when.
+        if let Some(i) = d.device.isolation.as_mut() {
+            i.overridden_at = Some(1_800_000_050);
+        }
+        let out = d.render(1_800_000_100_000);
+        assert!(out.contains("Isolation:") && out.contains("Overridden:"), "{out}");
+    }
+
+    #[test]
+    fn pairing_advisories_and_upstream_read_their_fields() {
+        let mut status = pairing_status();
+        status.confirming = None;
+        let out = status.render(0);
+        assert!(out.contains("again in 4 s (closes in 100 s, 2 failed attempt(s) left)"), "{out}");
+        assert!(out.contains("TH1") && out.contains("Warning for TH1: past its support"), "{out}");
+        let out = vec![advisory()].render(0);
+        assert!(out.starts_with("00112233 hearth-button-1 v1–3 (critical), fixed in 4"), "{out}");
+        assert!(out.contains("01  isolated: not updatable"), "{out}");
+        assert!(out.contains("02  fix scheduled: version 4"), "{out}");
+        let off = UpstreamAnswer { configured: false, status: None };
+        assert!(off.render(0).contains("locally only"));
+        let on = UpstreamAnswer {
+            configured: true,
+            status: Some(crate::upstream::UpstreamStatus {
+                url: "mqtts://broker:8883".into(),
+                topic_prefix: "hearth".into(),
+                pending: 5,
+                tls_refused: 1,
+                ..Default::default()
+            }),
+        };
+        let out = on.render(0);
+        assert!(out.starts_with("Upstream mqtts://broker:8883 (disconnected), topics hearth/"));
+        assert!(out.contains("pending (not yet acknowledged)      5"), "{out}");
+        assert!(out.contains("refused 1 time(s)"), "{out}");
+        let report = SecurityReport { bad_payload: 3, total: 3, ..SecurityReport::default() };
+        let out = report.render(0);
+        assert!(out.contains("bad payload") && out.ends_with("Security events in total: 3\n"));
     }
 
     #[test]
@@ -549,8 +600,8 @@ mod tests {
         assert_eq!(ago(0, 59_999), "59 s ago");
         assert_eq!(ago(0, 7_200_000), "2 h ago");
         assert_eq!(unit("Cel"), "°C");
-        assert_eq!(value(&json!(true), None), "true");
-        assert_eq!(value(&json!(3.0), Some("count")), "3");
+        assert_eq!(value(&serde_json::json!(true), None), "true");
+        assert_eq!(value(&serde_json::json!(3.0), Some("count")), "3");
         // Local time uses the system zone; the date part is always there.
         assert_eq!(local_time(0).len(), "1970-01-01 00:00:00".len());
     }

@@ -5,7 +5,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 /// A CSPRNG seeded from the OS.
-pub fn os_seeded() -> ChaCha20Rng {
+pub(crate) fn os_seeded() -> ChaCha20Rng {
     let mut seed = [0u8; 32];
     if getrandom::fill(&mut seed).is_err() {
         // Without OS randomness the hub cannot make keys; refusing to run is the only safe answer.
@@ -16,6 +16,6 @@ pub fn os_seeded() -> ChaCha20Rng {
 }
 
 /// Fills `buf` from the OS generator.
-pub fn fill(buf: &mut [u8]) -> Result<(), getrandom::Error> {
+pub(crate) fn fill(buf: &mut [u8]) -> Result<(), getrandom::Error> {
     getrandom::fill(buf)
 }

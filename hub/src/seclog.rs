@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use protocol::link::SecurityEvent;
 
 /// Events of one kind logged individually per interval.
-pub const PER_INTERVAL: u32 = 5;
+pub(crate) const PER_INTERVAL: u32 = 5;
 /// The summary interval.
-pub const INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(10);
 
 /// Rate-limited security log.
 #[derive(Debug)]
-pub struct SecurityLog {
+pub(crate) struct SecurityLog {
     since: Instant,
     kinds: BTreeMap<&'static str, (u32, u64)>,
 }
@@ -27,7 +27,7 @@ impl Default for SecurityLog {
 
 impl SecurityLog {
     /// Logs `e` unless its kind has had its share this interval (then it is only summarized).
-    pub fn event(&mut self, e: &SecurityEvent) {
+    pub(crate) fn event(&mut self, e: &SecurityEvent) {
         self.flush(Instant::now());
         let (logged, suppressed) = self.kinds.entry(kind(e)).or_default();
         if *logged >= PER_INTERVAL {
@@ -39,7 +39,7 @@ impl SecurityLog {
     }
 
     /// Writes the summary of the interval that ended, if any (call it now and then).
-    pub fn flush(&mut self, now: Instant) {
+    pub(crate) fn flush(&mut self, now: Instant) {
         if now.duration_since(self.since) < INTERVAL {
             return;
         }

@@ -23,7 +23,7 @@ use web_ui::api::{
     Pairing, Policy as WebPolicy, Reading, ReadingKind, Release, Setpoint, Updates,
 };
 
-use crate::api::{ApiError, HubApi, LinkCommand};
+use crate::api::{ApiError, HubApi};
 use crate::device_id::DeviceId;
 use crate::devices::Availability as DirAvailability;
 use crate::store::{Kek, SealError};
@@ -214,9 +214,7 @@ impl HubOwner {
     }
 
     async fn history(&self, id: DeviceId) -> Option<crate::updates::DeviceUpdate> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.api.link.send(LinkCommand::History { device: id.kid(), reply: tx }).await.ok()?;
-        rx.await.ok().flatten()
+        self.api.update_history(id).await.ok().flatten()
     }
 
     async fn to_device(&self, view: crate::api::DeviceView) -> Device {
@@ -593,7 +591,7 @@ impl web_ui::OwnerApi for HubOwner {
             let devices = self.api.devices().await.map_err(web_err)?;
             let updates = self.api.updates().await.map_err(web_err)?;
             let security = self.api.security().await.map_err(web_err)?;
-            let now = crate::link::unix_now().0;
+            let now = crate::clock::unix_now().0;
             let expired: Vec<(String, String)> = devices
                 .iter()
                 .filter(|d| d.device.info.support_end <= now)

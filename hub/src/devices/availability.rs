@@ -37,7 +37,7 @@ impl Availability {
 
 /// Learns a device's reporting period from the measurement times of its reports.
 #[derive(Debug, Clone, Default)]
-pub struct Period {
+pub(crate) struct Period {
     last_ms: Option<u64>,
     gaps: Vec<u64>,
     next: usize,
@@ -45,7 +45,7 @@ pub struct Period {
 
 impl Period {
     /// A report whose newest reading was measured at `now_ms` (older ones are ignored).
-    pub fn report(&mut self, now_ms: u64) {
+    pub(crate) fn report(&mut self, now_ms: u64) {
         if let Some(last) = self.last_ms {
             if now_ms <= last {
                 return; // replayed or reordered: not a new measurement
@@ -65,7 +65,7 @@ impl Period {
     }
 
     /// The learned period, or `default_ms` until enough gaps were seen.
-    pub fn period_ms(&self, default_ms: u64) -> u64 {
+    pub(crate) fn period_ms(&self, default_ms: u64) -> u64 {
         if self.gaps.len() < LEARNED_AFTER {
             return default_ms;
         }
@@ -75,7 +75,7 @@ impl Period {
     }
 
     /// Whether a device last heard from at `last_ms` is overdue at `now_ms`.
-    pub fn overdue(&self, last_ms: u64, now_ms: u64, default_ms: u64, missed: u32) -> bool {
+    pub(crate) fn overdue(&self, last_ms: u64, now_ms: u64, default_ms: u64, missed: u32) -> bool {
         let allowed = self.period_ms(default_ms).saturating_mul(u64::from(missed.max(1)));
         now_ms.saturating_sub(last_ms) > allowed
     }

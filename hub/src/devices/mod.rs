@@ -3,7 +3,7 @@
 //! state — and the notices published when any of it changes. The link driver makes every
 //! change; fronts read snapshots. An isolated device's data never reaches a notice.
 
-pub mod availability;
+pub(crate) mod availability;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-pub use availability::{Availability, Period};
+pub(crate) use availability::{Availability, Period};
 
 use crate::device_id::DeviceId;
 use protocol::senml::Reading;
@@ -19,13 +19,13 @@ use protocol::senml::Reading;
 use crate::store::{DeviceInfo, StoredReading};
 
 /// Key of the persisted profiles in the store's meta table.
-pub const META_KEY: &str = "devices";
+pub(crate) const META_KEY: &str = "devices";
 /// Transitions kept per device.
 const TRANSITIONS: usize = 32;
 /// A reading that arrives this much later than it was taken is backfill (from an outage buffer).
 const BACKFILL_AFTER_MS: i64 = 30_000;
 /// Longest name or room.
-pub const MAX_LABEL: usize = 64;
+pub(crate) const MAX_LABEL: usize = 64;
 
 /// Why a device is isolated, and what the owner can do (EN 303 645 5.3-13/5.3-14).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,7 +210,7 @@ struct Inner {
 
 /// Availability settings.
 #[derive(Debug, Clone, Copy)]
-pub struct AvailabilityConfig {
+pub struct AvailabilityRules {
     /// Period assumed until one is learned, ms.
     pub default_period_ms: u64,
     /// Offline after this many periods without a report.
@@ -236,7 +236,7 @@ pub enum DirectoryError {
 pub struct Directory {
     inner: Arc<RwLock<Inner>>,
     notices: broadcast::Sender<Notice>,
-    config: AvailabilityConfig,
+    config: AvailabilityRules,
 }
 
 impl Directory {
@@ -244,7 +244,7 @@ impl Directory {
     pub fn new(
         devices: Vec<DeviceInfo>,
         doc: Option<&[u8]>,
-        config: AvailabilityConfig,
+        config: AvailabilityRules,
         now_ms: i64,
     ) -> Self {
         let mut profiles: HashMap<DeviceId, Profile> =

@@ -1,8 +1,8 @@
 use super::*;
 use protocol::oscore::Kid;
 
-const CONFIG: AvailabilityConfig =
-    AvailabilityConfig { default_period_ms: 10_000, missed_periods: 3 };
+const CONFIG: AvailabilityRules =
+    AvailabilityRules { default_period_ms: 10_000, missed_periods: 3 };
 
 fn info(n: u8, model: &str) -> DeviceInfo {
     DeviceInfo {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
-use crate::store::{HubStore, Kek, Store, StoreError, Write};
+use crate::store::{HubStore, Kek, StoreError, Write};
 
 /// Key of the sealed users document in the store's meta table.
 pub const META_KEY: &str = "mqtt_users";
@@ -395,7 +395,7 @@ impl Auth {
     }
 
     fn insert_user(&self, name: String, hash: String) -> Result<(), UserError> {
-        let created = crate::link::unix_now().0;
+        let created = crate::clock::unix_now().0;
         let mut users = self.lock().users.clone();
         if users.iter().any(|u| u.name == name) {
             return Err(UserError::Exists(name));
@@ -561,7 +561,7 @@ impl Auth {
 
 /// Unix milliseconds now (the throttle's clock: its records outlive the process).
 fn now_ms() -> u64 {
-    u64::try_from(crate::link::unix_now_ms()).unwrap_or(0)
+    u64::try_from(crate::clock::unix_now_ms()).unwrap_or(0)
 }
 
 /// A generated password (18 random bytes as hex) that passes the hub's password policy.

@@ -20,7 +20,7 @@ use rumqttd::{ConnectionSettings, RouterConfig, ServerSettings};
 
 use super::MqttError;
 use super::front::Tickets;
-use crate::config::Mqtt;
+use crate::config::MqttConfig;
 
 /// How long the broker has to prove it serves its port.
 const READY_WITHIN: Duration = Duration::from_secs(10);
@@ -44,7 +44,7 @@ struct Probe {
 /// The rumqttd configuration: no `Config::default()` (its zero limits refuse every client and
 /// panic on segment size 0); every limit explicit.
 fn config(
-    cfg: &Mqtt,
+    cfg: &MqttConfig,
     addr: SocketAddr,
     tickets: Arc<Tickets>,
     bypass: Arc<AtomicU64>,
@@ -113,7 +113,7 @@ fn config(
 
 /// Starts the broker on its own named thread and waits until it provably serves its port.
 pub(crate) fn start(
-    cfg: &Mqtt,
+    cfg: &MqttConfig,
     tickets: Arc<Tickets>,
     bypass: Arc<AtomicU64>,
 ) -> Result<Started, MqttError> {

@@ -67,7 +67,7 @@ pub(crate) struct Tickets {
 
 impl Tickets {
     /// Tickets that expire after `ttl`, at most `max` open at once.
-    pub fn new(ttl: Duration, max: usize) -> Self {
+    pub(super) fn new(ttl: Duration, max: usize) -> Self {
         Self { open: Mutex::new(HashMap::new()), ttl, max: max.max(1) }
     }
 
@@ -89,7 +89,7 @@ impl Tickets {
     }
 
     /// Uses `ticket` for `client_id` of `user`: true if it was open, fresh and issued for them.
-    pub fn redeem(&self, client_id: &str, user: &str, ticket: &str) -> bool {
+    pub(super) fn redeem(&self, client_id: &str, user: &str, ticket: &str) -> bool {
         let now = std::time::Instant::now();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let Some((id, u, at)) = open.remove(ticket) else { return false };

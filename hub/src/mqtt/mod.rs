@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::HubApi;
-use crate::config::Mqtt;
+use crate::config::MqttConfig;
 use auth::Auth;
 
 /// Client ids starting with this belong to the hub's own link; network clients may not use
@@ -82,7 +82,7 @@ pub fn load_auth(
 
 /// Starts the broker, both fronts (each with its own slots in `listeners`) and the bridge.
 pub async fn start(
-    cfg: &Mqtt,
+    cfg: &MqttConfig,
     auth: Arc<Auth>,
     identity: &crate::identity::Identity,
     api: HubApi,

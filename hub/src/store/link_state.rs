@@ -6,19 +6,10 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use protocol::link::{GuardState, PeerState};
+use protocol::link::GuardState;
 use protocol::oscore::{KeyUsage, WindowState};
 
-use super::records::{decode_budget, encode_budget};
-
-/// One change to a device's link state, as logged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Change {
-    /// A checkpoint: replay window, usage ceilings, endpoint.
-    Checkpoint(PeerState<SocketAddr>),
-    /// A sequence lease.
-    Lease(u64),
-}
+use super::records::{Change, decode_budget, encode_budget};
 
 /// The merged state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -126,6 +117,7 @@ impl LinkState {
 mod tests {
     use super::*;
     use protocol::link::BucketState;
+    use protocol::link::PeerState;
 
     #[test]
     fn merge_keeps_ceilings_and_leases_growing_and_round_trips() {

@@ -1,7 +1,7 @@
 //! The hub's durable state behind one narrow trait: devices and descriptors, OSCORE contexts
 //! (secrets sealed under a key-encryption key kept outside the database, EN 303 645 5.4-1),
 //! sequence leases, replay windows, key-usage counters, and readings (bounded by retention).
-//! [`Store::commit`] is the group commit: everything in it is durable when it returns.
+//! [`HubStore::commit`] is the group commit: everything in it is durable when it returns.
 
 mod catalog;
 mod hub_store;
@@ -12,7 +12,7 @@ mod records;
 mod seal;
 
 pub use catalog::OpenOutcome;
-pub use hub_store::{Committed, HubStore, StoreConfig};
+pub use hub_store::{Committed, HubStore, StoreLimits};
 pub use log::LogError;
 pub use seal::{Kek, SealError};
 
@@ -143,7 +143,7 @@ pub enum Write {
     },
     /// A small named document written in the readings log with the rest of the commit (one
     /// fsync, durable with the checkpoints beside it; e.g. the security counters), replaced
-    /// whole; [`Store::meta`] returns the newest value.
+    /// whole; [`HubStore::meta`] returns the newest value.
     LogMeta {
         /// Name.
         key: String,
@@ -188,24 +188,4 @@ pub enum StoreError {
     /// The readings log failed.
     #[error(transparent)]
     Log(#[from] LogError),
-}
-
-/// The hub's storage.
-pub trait Store: Send + Sync + 'static {
-    /// Every paired device's link state.
-    fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError>;
-    /// Makes `writes` durable, a device's readings together with its checkpoint. After an
-    /// error the caller retries the same writes (applying them twice is harmless). Blocking:
-    /// [`HubStore`] queues them for its one writer thread and waits (never call it from a
-    /// [`HubStore::submit`] callback, which runs on that thread).
-    fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
-    /// All devices.
-    fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError>;
-    /// The newest `limit` readings of a device, oldest first; a reading stored twice (the same
-    /// time and name, resent after a lost acknowledgement) is returned once.
-    fn readings(&self, kid: &Kid, limit: usize) -> Result<Vec<StoredReading>, StoreError>;
-    /// How many readings of a device are stored (a resent duplicate counts twice).
-    fn reading_count(&self, kid: &Kid) -> Result<u64, StoreError>;
-    /// A named document written with [`Write::Meta`] or [`Write::LogMeta`] (the newest).
-    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }

@@ -468,19 +468,19 @@ mod tests {
 
     use super::*;
     use crate::store::hub_store::tests::{device, readings};
-    use crate::store::{Store, StoreConfig, Write};
+    use crate::store::{StoreLimits, Write};
 
     fn kid(n: u8) -> Kid {
         Kid::new(&[n, 0x0b]).expect("kid")
     }
 
-    fn config(max_log_bytes: u64) -> StoreConfig {
-        StoreConfig { max_readings_per_device: 1 << 40, segment_bytes: 4096, max_log_bytes }
+    fn config(max_log_bytes: u64) -> StoreLimits {
+        StoreLimits { max_readings_per_device: 1 << 40, segment_bytes: 4096, max_log_bytes }
     }
 
     /// A store with devices 1 and 2 and `frames` commits of 3 readings of 1 and 2 of 2 each
     /// (times `i*10 + j`), with a lease-only frame between them.
-    fn filled(dir: &Path, c: StoreConfig, frames: i64) -> HubStore {
+    fn filled(dir: &Path, c: StoreLimits, frames: i64) -> HubStore {
         let (store, _) = HubStore::open(dir, c).expect("open");
         store.commit(&[device(kid(1)), device(kid(2))]).expect("pair");
         append(&store, 0..frames);

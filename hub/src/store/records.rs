@@ -12,12 +12,20 @@ use protocol::oscore::{KeyUsage, Kid, WindowState};
 use protocol::senml::{Reading, Value};
 
 use super::StoredReading;
-use super::link_state::Change;
 
 const TAG_READINGS: u8 = 1;
 const TAG_CHECKPOINT: u8 = 2;
 const TAG_LEASE: u8 = 3;
 const TAG_META: u8 = 4;
+
+/// One change to a device's link state, as logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Change {
+    /// A checkpoint: replay window, usage ceilings, endpoint.
+    Checkpoint(PeerState<SocketAddr>),
+    /// A sequence lease.
+    Lease(u64),
+}
 
 /// Value encodings.
 const V_F64: u8 = 0;

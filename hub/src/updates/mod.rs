@@ -11,8 +11,8 @@ mod tests;
 mod types;
 
 use crate::device_id::DeviceId;
-pub use types::{
-    DeviceUpdate, DeviceView, HistoryEntry, HistoryEvent, Policy, Refusal, ReleaseView,
+pub(crate) use types::{
+    DeviceUpdate, HistoryEntry, HistoryEvent, Policy, Refusal, ReleaseView, UpdateStatus,
     UpdatesError, UpdatesView,
 };
 use types::{Persisted, Release};
@@ -27,7 +27,7 @@ use protocol::time::UnixTime;
 use protocol::update::{PublicKey, TrustAnchors};
 
 /// The update manager.
-pub struct Updates {
+pub(crate) struct Updates {
     dir: std::path::PathBuf,
     state: Persisted,
     anchors: TrustAnchors,
@@ -48,7 +48,7 @@ const MAX_FAILURES: u32 = 5;
 /// freeing its delivery slot; it counts as a failed attempt.
 const OFFER_TIMEOUT_S: u64 = 600;
 /// Key of the manager's document in the store.
-pub const META_KEY: &str = "updates";
+pub(crate) const META_KEY: &str = "updates";
 
 fn kid_id(kid: &Kid) -> DeviceId {
     DeviceId::from(*kid)
@@ -57,7 +57,7 @@ fn kid_id(kid: &Kid) -> DeviceId {
 impl Updates {
     /// Loads the manager from its persisted document; releases are re-verified from the files
     /// in `dir` (an expired or tampered one drops out).
-    pub fn load(
+    pub(crate) fn load(
         dir: &std::path::Path,
         persisted: Option<&[u8]>,
         max_concurrent: usize,
@@ -103,7 +103,7 @@ impl Updates {
     }
 
     /// The document to persist, if anything changed.
-    pub fn take_dirty(&mut self) -> Option<Vec<u8>> {
+    pub(crate) fn take_dirty(&mut self) -> Option<Vec<u8>> {
         if !std::mem::take(&mut self.dirty) {
             return None;
         }
@@ -111,7 +111,7 @@ impl Updates {
     }
 
     /// A device paired (or was loaded).
-    pub fn device(&mut self, kid: &Kid, model: &str, installed: u32, updatable: bool) {
+    pub(crate) fn device(&mut self, kid: &Kid, model: &str, installed: u32, updatable: bool) {
         let d = self.state.devices.entry(kid_id(kid)).or_default();
         if d.model.is_empty() {
             *d = DeviceUpdate {
@@ -125,12 +125,12 @@ impl Updates {
     }
 
     /// A device was removed.
-    pub fn forget(&mut self, kid: &Kid) {
+    pub(crate) fn forget(&mut self, kid: &Kid) {
         self.dirty |= self.state.devices.remove(&kid_id(kid)).is_some();
     }
 
     /// Sets the hub's policy, or one device's (`None` device).
-    pub fn set_policy(
+    pub(crate) fn set_policy(
         &mut self,
         device: Option<&Kid>,
         policy: Option<Policy>,
@@ -152,7 +152,7 @@ impl Updates {
 
     /// The owner approves a model's (disruptive or notify-only) version for one device, or for
     /// every device of `model`.
-    pub fn approve(
+    pub(crate) fn approve(
         &mut self,
         device: Option<&Kid>,
         model: Option<&str>,
@@ -179,7 +179,7 @@ impl Updates {
     }
 
     /// The owner cancels the delivery to a device (until approved again).
-    pub fn cancel(&mut self, device: &Kid, now: UnixTime) -> Option<u32> {
+    pub(crate) fn cancel(&mut self, device: &Kid, now: UnixTime) -> Option<u32> {
         let d = self.state.devices.get_mut(&kid_id(device))?;
         let v = d.offered.take()?;
         d.history.push(HistoryEntry {
@@ -257,7 +257,7 @@ impl Updates {
     }
 
     /// Decides which devices get which offer now (bounded concurrency); returns the changes.
-    pub fn plan(&mut self, now: UnixTime) -> Vec<(Kid, Option<Arc<FirmwareOffer>>)> {
+    pub(crate) fn plan(&mut self, now: UnixTime) -> Vec<(Kid, Option<Arc<FirmwareOffer>>)> {
         let mut changes = Vec::new();
         let mut active = self.state.devices.values().filter(|d| d.offered.is_some()).count();
         let ids: Vec<DeviceId> = self.state.devices.keys().copied().collect();
@@ -325,7 +325,7 @@ impl Updates {
     }
 
     /// The offers to restore into the link after a restart.
-    pub fn active_offers(&self) -> Vec<(Kid, Arc<FirmwareOffer>)> {
+    pub(crate) fn active_offers(&self) -> Vec<(Kid, Arc<FirmwareOffer>)> {
         self.state
             .devices
             .iter()
@@ -339,7 +339,14 @@ impl Updates {
     }
 
     /// A block was served (progress, and counts re-sends).
-    pub fn block_served(&mut self, kid: &Kid, version: u32, num: u32, total: u32, now: UnixTime) {
+    pub(crate) fn block_served(
+        &mut self,
+        kid: &Kid,
+        version: u32,
+        num: u32,
+        total: u32,
+        now: UnixTime,
+    ) {
         if let Some(d) = self.state.devices.get_mut(&kid_id(kid))
             && d.offered == Some(version)
         {
@@ -362,7 +369,7 @@ impl Updates {
     /// A sensor reported an outcome. Returns whether its offer ended with it: the caller must
     /// then withdraw the offer from the link too, or it would ride on every acknowledgement
     /// (a refused update would be retried at once, ignoring the back-off).
-    pub fn report(&mut self, kid: &Kid, r: &UpdateReport, now: UnixTime) -> bool {
+    pub(crate) fn report(&mut self, kid: &Kid, r: &UpdateReport, now: UnixTime) -> bool {
         let id = kid_id(kid);
         let Some(model) = self.state.devices.get(&id).map(|d| d.model.clone()) else {
             return false;
@@ -404,12 +411,12 @@ impl Updates {
     }
 
     /// Per-device history.
-    pub fn history(&self, kid: &Kid) -> Option<DeviceUpdate> {
+    pub(crate) fn history(&self, kid: &Kid) -> Option<DeviceUpdate> {
         self.state.devices.get(&kid_id(kid)).cloned()
     }
 
     /// Resets the back-off of a device (the owner asks to retry now).
-    pub fn retry_now(&mut self, kid: &Kid) {
+    pub(crate) fn retry_now(&mut self, kid: &Kid) {
         if let Some(d) = self.state.devices.get_mut(&kid_id(kid)) {
             d.retry_at = 0;
             d.failures = 0;
@@ -418,7 +425,7 @@ impl Updates {
     }
 
     /// What `hub ctl updates` shows.
-    pub fn view(&self, now: UnixTime) -> UpdatesView {
+    pub(crate) fn view(&self, now: UnixTime) -> UpdatesView {
         let releases = self
             .releases
             .values()
@@ -440,7 +447,7 @@ impl Updates {
                 if cand.is_none() && d.offered.is_none() {
                     return None;
                 }
-                Some(DeviceView {
+                Some(UpdateStatus {
                     id: *id,
                     model: d.model.clone(),
                     installed: d.installed,

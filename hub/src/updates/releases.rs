@@ -24,11 +24,16 @@ impl Updates {
     }
 
     /// Pins a manufacturer key for a model (the owner's or the installer's decision).
-    pub fn trust(&mut self, model: &str, key_hex: &str) -> Result<String, UpdatesError> {
+    pub(crate) fn trust(&mut self, model: &str, key_hex: &str) -> Result<String, UpdatesError> {
         let key =
             protocol::hex::decode(key_hex).and_then(|b| PublicKey::from_sec1(&b).ok()).ok_or_else(
                 || UpdatesError::Bad("the key must be a hex SEC1 P-256 public key".into()),
             )?;
+        Ok(self.trust_key(model, key))
+    }
+
+    /// Pins a parsed manufacturer key for `model`; returns its key id.
+    pub(crate) fn trust_key(&mut self, model: &str, key: PublicKey) -> String {
         let kid = protocol::hex::encode(&key.kid().0);
         let entry = (model.to_string(), protocol::hex::encode(&key.to_sec1_compressed()));
         if !self.state.trust.contains(&entry) {
@@ -36,7 +41,7 @@ impl Updates {
             self.anchors.add(model, key);
             self.dirty = true;
         }
-        Ok(kid)
+        kid
     }
 
     pub(super) fn verify_and_keep(
@@ -56,7 +61,7 @@ impl Updates {
     }
 
     /// Checks a release (from the feed or the owner) and keeps it, or records the refusal.
-    pub fn add_release(
+    pub(crate) fn add_release(
         &mut self,
         manifest: Vec<u8>,
         image: Vec<u8>,
@@ -139,29 +144,29 @@ impl Updates {
     }
 
     /// Whether a release for (model, version) is known.
-    pub fn knows(&self, model: &str, version: u32) -> bool {
+    pub(crate) fn knows(&self, model: &str, version: u32) -> bool {
         self.releases.contains_key(&(model.to_string(), version))
     }
 }
 
 impl Updates {
     /// The trust anchors (manufacturer keys per model), for checking advisories like manifests.
-    pub fn anchors(&self) -> &protocol::update::TrustAnchors {
+    pub(crate) fn anchors(&self) -> &protocol::update::TrustAnchors {
         &self.anchors
     }
 
     /// The newest known release of `model`.
-    pub fn newest_release(&self, model: &str) -> Option<u32> {
+    pub(crate) fn newest_release(&self, model: &str) -> Option<u32> {
         self.releases.keys().filter(|(m, _)| m == model).map(|(_, v)| *v).max()
     }
 
     /// A device's installed version, as the manager knows it.
-    pub fn installed(&self, kid: &Kid) -> Option<u32> {
+    pub(crate) fn installed(&self, kid: &Kid) -> Option<u32> {
         self.state.devices.get(&DeviceId::from(*kid)).map(|d| d.installed)
     }
 
     /// Whether `version` is approved for the device (or its whole model).
-    pub fn approved(&self, kid: &Kid, model: &str, version: u32) -> bool {
+    pub(crate) fn approved(&self, kid: &Kid, model: &str, version: u32) -> bool {
         let id = DeviceId::from(*kid).to_string();
         self.state
             .approvals

@@ -170,12 +170,12 @@ pub struct UpdatesView {
     /// Refused releases with their reasons.
     pub refused: Vec<Refusal>,
     /// Devices with an update available or under way.
-    pub devices: Vec<DeviceView>,
+    pub devices: Vec<UpdateStatus>,
 }
 
 /// One device's update status.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeviceView {
+pub struct UpdateStatus {
     /// Device id.
     pub id: DeviceId,
     /// Model.

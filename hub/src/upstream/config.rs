@@ -169,7 +169,7 @@ impl UpstreamConfig {
 }
 
 /// The hub's name for default topics: the host name, made topic-safe.
-pub fn hub_name() -> String {
+pub(crate) fn hub_name() -> String {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let name: String = raw
         .trim()
@@ -237,7 +237,7 @@ fn parse_url(url: &str) -> Result<Endpoint, UpstreamConfigError> {
 }
 
 /// Where the outbox cursor is kept in the data directory.
-pub fn cursor_path(data_dir: &Path) -> PathBuf {
+pub(crate) fn cursor_path(data_dir: &Path) -> PathBuf {
     data_dir.join("upstream.cursor")
 }
 

@@ -2,8 +2,8 @@
 //! that forwards durable readings from the outbox to an upstream MQTT broker (rumqttc, TLS,
 //! QoS 2, persistent session) in log order, never those of isolated devices (6.23).
 
-pub mod config;
-pub mod tls;
+pub(crate) mod config;
+pub(crate) mod tls;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use crate::devices::Directory;
 use crate::store::outbox::{Cursor, Frame, OutboxError, OutboxReader, Step};
 use crate::store::{HubStore, StoredReading};
 
-pub use config::{UpstreamConfig, UpstreamConfigError};
+pub(crate) use config::{UpstreamConfig, UpstreamConfigError};
 
 /// The client's own in-flight limit: packet ids wrap here, far above the window, so that
 /// they rarely collide.
@@ -94,7 +94,7 @@ pub enum UpstreamError {
 }
 
 /// Prepares the bridge: the handle for the API and the task to spawn.
-pub fn bridge(
+pub(crate) fn bridge(
     cfg: &UpstreamConfig,
     data_dir: &Path,
     store: HubStore,
@@ -159,7 +159,7 @@ pub fn bridge(
     }));
     let handle = UpstreamHandle { status: status.clone(), refusals };
     tracing::info!(%url, topic_prefix = %prefix, cursor = cursor.next_seq, "upstream bridge configured");
-    let bridge = Bridge {
+    let bridge = Forwarder {
         store,
         directory,
         prefix,
@@ -332,7 +332,9 @@ struct Partial {
     next: usize,
 }
 
-struct Bridge {
+/// The upstream forwarder: reads the outbox and publishes to the broker (the MQTT side's
+/// `Bridge` is another thing: Home Assistant on the hub's own broker).
+struct Forwarder {
     store: HubStore,
     directory: Directory,
     prefix: String,
@@ -351,7 +353,7 @@ struct Bridge {
     secrets: Secrets,
 }
 
-impl Bridge {
+impl Forwarder {
     async fn run(mut self, opts: MqttOptions, shutdown: CancellationToken) {
         let (client, mut events) = AsyncClient::new(opts, self.window * 2);
         let mut connected = false;

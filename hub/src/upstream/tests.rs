@@ -6,8 +6,8 @@ use protocol::senml::{Reading, UnixTimeMillis, Value};
 use rumqttc::{PubRel, Publish};
 
 use super::*;
-use crate::devices::{AvailabilityConfig, Isolation};
-use crate::store::{DeviceInfo, Store, StoreConfig, Write};
+use crate::devices::{AvailabilityRules, Isolation};
+use crate::store::{DeviceInfo, StoreLimits, Write};
 
 fn kid(n: u8) -> Kid {
     Kid::new(&[n, 0x0c]).expect("kid")
@@ -51,15 +51,15 @@ fn readings(k: Kid, times: &[i64]) -> Write {
 }
 
 /// A bridge over a store with devices 1 and 2 (2 isolated), the cursor at the log's start.
-fn bridge(dir: &Path, window: usize) -> (Bridge, HubStore) {
-    let (store, _) = HubStore::open(dir, StoreConfig::default()).expect("open");
+fn bridge(dir: &Path, window: usize) -> (Forwarder, HubStore) {
+    let (store, _) = HubStore::open(dir, StoreLimits::default()).expect("open");
     let (a, b) = (kid(1), kid(2));
     let pair = [
         Write::Device { info: info(a), params: params(a) },
         Write::Device { info: info(b), params: params(b) },
     ];
     store.commit(&pair).expect("pair");
-    let cfg = AvailabilityConfig { default_period_ms: 60_000, missed_periods: 3 };
+    let cfg = AvailabilityRules { default_period_ms: 60_000, missed_periods: 3 };
     let directory = Directory::new(vec![info(a), info(b)], None, cfg, 0);
     let isolation = Isolation {
         reason: "vulnerable".into(),
@@ -71,7 +71,7 @@ fn bridge(dir: &Path, window: usize) -> (Bridge, HubStore) {
     assert!(directory.isolate(&b.into(), isolation, 0));
     let cursor = Cursor { next_seq: 1, ..Cursor::default() };
     let reader = OutboxReader::open(&store, Some(&cursor));
-    let bridge = Bridge {
+    let bridge = Forwarder {
         store: store.clone(),
         directory,
         prefix: "hearth/t".into(),

@@ -19,7 +19,7 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Counts and logs refused certificates.
 #[derive(Debug, Default)]
-pub struct Refusals {
+pub(crate) struct Refusals {
     count: AtomicU64,
     /// When a refusal was last logged, and how many were not logged since.
     log: Mutex<(Option<Instant>, u64)>,
@@ -27,7 +27,7 @@ pub struct Refusals {
 
 impl Refusals {
     /// Refused certificates since start.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
@@ -107,7 +107,7 @@ pub(crate) struct Watched {
 impl Watched {
     /// A verifier trusting only `pinned` (as CAs, and each as the exact certificate a broker
     /// may present), reporting refusals for `url` to `refusals`.
-    pub fn new(
+    pub(crate) fn new(
         pinned: Vec<CertificateDer<'static>>,
         provider: Arc<rustls::crypto::CryptoProvider>,
         refusals: Arc<Refusals>,

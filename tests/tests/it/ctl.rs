@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{Hub, Sim, free_udp_port, wait_for};
+use tests::{Hub, Sim, free_tcp_port, free_udp_port, wait_for};
 
 const AVAILABILITY: &str = "[availability]\ndefault_period_s = 1\nmissed_periods = 3\n";
 
@@ -115,4 +115,68 @@ fn the_owner_names_rooms_and_watches_availability_through_hub_ctl() {
         .expect("ctl");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Start it with `hub run --data-dir"));
+}
+
+/// `hub ctl` reads every answer back into its type before it renders it: for each command, the
+/// table for people succeeds and shows what the JSON for scripts says (a field renamed on one
+/// side fails here, or `hub ctl` says the answer is not what it expects).
+#[test]
+fn hub_ctl_renders_what_the_control_socket_answers() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (plain, tls, broker) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let mqtt = format!(
+        "[mqtt]\nplain_bind = \"127.0.0.1:{plain}\"\ntls_bind = \"127.0.0.1:{tls}\"\n\
+         broker_port = {broker}\n"
+    );
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &mqtt);
+    let human = |args: &[&str]| {
+        let (ok, out, err) = hub.ctl_human(args);
+        assert!(ok && err.is_empty() && !out.is_empty(), "hub ctl {args:?}: {out}{err}");
+        out
+    };
+    let json = |args: &[&str]| hub.ctl(args);
+
+    let report = json(&["security"]);
+    let out = human(&["security"]);
+    let total = report["total"].as_u64().expect("a total");
+    assert!(out.ends_with(&format!("Security events in total: {total}\n")), "{out}");
+    let counters = report.as_object().map_or(0, |m| m.len() - 1);
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(char::is_numeric)).count(),
+        counters + 1,
+        "{out}"
+    );
+
+    let status = json(&["pair", "open", "--seconds", "600"]);
+    assert_eq!((status["open"].as_bool(), status["state"].as_str()), (Some(true), Some("open")));
+    let out = human(&["pair", "status"]);
+    assert!(out.starts_with("Pairing window open: closes in "), "{out}");
+    let left = status["attempts_left"].as_u64().expect("attempts left");
+    assert!(out.contains(&format!("{left} failed attempt(s) left")), "{out}");
+    assert!(human(&["pair", "close"]).starts_with("Pairing window closed."));
+
+    assert!(json(&["advisories"]).as_array().is_some_and(Vec::is_empty));
+    assert_eq!(human(&["advisories"]), "No security advisories received.\n");
+    assert_eq!(json(&["upstream"])["configured"], false);
+    assert!(human(&["upstream"]).starts_with("No upstream broker configured"));
+    let updates = json(&["updates"]);
+    assert_eq!(updates["policy"]["mode"], "auto", "{updates}");
+    let out = human(&["updates"]);
+    assert!(out.starts_with("Update feed: none configured") && out.contains("mode: auto"), "{out}");
+    assert_eq!(json(&["update", "policy", "notify"]), serde_json::json!({"ok": true}));
+    assert!(human(&["updates"]).contains("mode: notify_only"));
+    assert_eq!(human(&["update", "policy", "auto"]), "ok: true\n");
+
+    // MQTT users: the generated password is shown once, in both forms.
+    let added = json(&["mqtt-user", "add", "scripts"]);
+    assert_eq!(added["added"], "scripts");
+    assert!(added["password"].as_str().is_some_and(|p| p.len() >= 16), "{added}");
+    let out = human(&["mqtt-user", "add", "people"]);
+    assert!(out.starts_with("added: people\npassword: "), "{out}");
+    let users = json(&["mqtt-user", "list"]);
+    assert_eq!(users.as_array().map(Vec::len), Some(2), "{users}");
+    let out = human(&["mqtt-user", "list"]);
+    assert!(out.contains("name: scripts") && out.contains("name: people"), "{out}");
+    assert_eq!(human(&["mqtt-user", "remove", "people"]), "removed: people\n");
+    assert!(human(&["devices"]).starts_with("No devices paired."));
 }

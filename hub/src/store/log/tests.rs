@@ -5,7 +5,7 @@ use protocol::oscore::{KeyUsage, WindowState};
 use protocol::senml::{Reading, UnixTimeMillis, Value};
 
 use super::*;
-use crate::store::link_state::Change;
+use crate::store::records::Change;
 
 fn kid() -> Kid {
     Kid::new(&[1, 2, 3]).expect("kid")

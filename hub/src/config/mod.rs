@@ -13,21 +13,21 @@ pub struct Config {
     /// CoAP/UDP listen address for sensors.
     pub coap_bind: SocketAddr,
     /// Pairing limits.
-    pub pairing: Pairing,
+    pub pairing: PairingConfig,
     /// Store limits.
-    pub store: Store,
+    pub store: StoreConfig,
     /// Updates.
-    pub updates: Updates,
+    pub updates: UpdatesConfig,
     /// When a sensor counts as offline.
-    pub availability: Availability,
+    pub availability: AvailabilityConfig,
     /// The upstream MQTT broker readings are forwarded to (none: the hub stays local).
     pub upstream: Option<crate::upstream::UpstreamConfig>,
     /// The MQTT broker and its listeners.
-    pub mqtt: Mqtt,
+    pub mqtt: MqttConfig,
     /// The owner's web UI.
-    pub web: Web,
+    pub web: WebConfig,
     /// Password hashing and login throttling, for the web UI and MQTT together.
-    pub login: Login,
+    pub login: LoginConfig,
 }
 
 /// Logins to the web UI and MQTT (DESIGN "Failure domains and budgets"; EN 303 645 5.1-5): one
@@ -36,7 +36,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Login {
+pub struct LoginConfig {
     /// Password hashes (argon2id, 19 MiB each) computed at once, web and MQTT together.
     pub hash_slots: usize,
     /// Logins waiting for a hashing slot at most; further ones are refused at once (web 503,
@@ -52,7 +52,7 @@ pub struct Login {
     pub forget_after_s: u64,
 }
 
-impl Default for Login {
+impl Default for LoginConfig {
     fn default() -> Self {
         let budget = admission::Limits::default();
         let policy = admission::Policy::default();
@@ -67,7 +67,7 @@ impl Default for Login {
     }
 }
 
-impl Login {
+impl LoginConfig {
     /// The hashing budget's limits.
     pub fn limits(&self) -> admission::Limits {
         admission::Limits {
@@ -95,7 +95,7 @@ impl Login {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Mqtt {
+pub struct MqttConfig {
     /// Whether MQTT runs at all.
     pub enabled: bool,
     /// Plain (unencrypted) listener; must be a loopback address.
@@ -125,7 +125,7 @@ pub struct Mqtt {
     pub republish_interval_s: u64,
 }
 
-impl Default for Mqtt {
+impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             enabled: true,
@@ -149,23 +149,23 @@ impl Default for Mqtt {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Availability {
+pub struct AvailabilityConfig {
     /// Periods without a report before a sensor is offline.
     pub missed_periods: u32,
     /// Reporting period assumed until one is learned, seconds.
     pub default_period_s: u64,
 }
 
-impl Default for Availability {
+impl Default for AvailabilityConfig {
     fn default() -> Self {
         Self { missed_periods: 3, default_period_s: 60 }
     }
 }
 
-impl Availability {
+impl AvailabilityConfig {
     /// The directory's settings.
-    pub fn directory_config(&self) -> crate::devices::AvailabilityConfig {
-        crate::devices::AvailabilityConfig {
+    pub fn availability_rules(&self) -> crate::devices::AvailabilityRules {
+        crate::devices::AvailabilityRules {
             default_period_ms: self.default_period_s.saturating_mul(1000),
             missed_periods: self.missed_periods,
         }
@@ -176,7 +176,7 @@ impl Availability {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Web {
+pub struct WebConfig {
     /// Listen address (HTTPS only; plain HTTP on it gets no answer).
     pub bind: SocketAddr,
     /// Host names and addresses the certificate names besides localhost, loopback and the host
@@ -197,7 +197,7 @@ pub struct Web {
     pub body_timeout_ms: u64,
 }
 
-impl Default for Web {
+impl Default for WebConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([0, 0, 0, 0], 8443)),
@@ -218,15 +218,39 @@ impl Default for Web {
 pub struct TrustedKey {
     /// Model designation.
     pub model: String,
-    /// Hex SEC1 P-256 public key.
-    pub key: String,
+    /// The key, written as hex SEC1 P-256 (parsed when the configuration is read: a bad key
+    /// refuses the start, naming it).
+    #[serde(deserialize_with = "sec1_key")]
+    #[cfg_attr(test, serde(serialize_with = "sec1_hex"))]
+    pub key: protocol::update::PublicKey,
+}
+
+fn sec1_key<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<protocol::update::PublicKey, D::Error> {
+    let text = String::deserialize(d)?;
+    protocol::hex::decode(&text)
+        .and_then(|b| protocol::update::PublicKey::from_sec1(&b).ok())
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "the trusted key {text:?} is not a hex SEC1 P-256 public key"
+            ))
+        })
+}
+
+#[cfg(test)]
+fn sec1_hex<S: serde::Serializer>(
+    key: &protocol::update::PublicKey,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&protocol::hex::encode(&key.to_sec1_compressed()))
 }
 
 /// Update settings (EN 303 645 5.3, TR 103 621 6.13).
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Updates {
+pub struct UpdatesConfig {
     /// Devices updated at once.
     pub max_concurrent: usize,
     /// Manufacturer keys to pin at start.
@@ -241,7 +265,7 @@ pub struct Updates {
     pub retry_base_s: u64,
 }
 
-impl Default for Updates {
+impl Default for UpdatesConfig {
     fn default() -> Self {
         Self {
             max_concurrent: 10,
@@ -258,7 +282,7 @@ impl Default for Updates {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Pairing {
+pub struct PairingConfig {
     /// Default window length.
     pub window_seconds: u64,
     /// Failed confirmations before the window closes.
@@ -293,7 +317,7 @@ pub struct Pairing {
     pub host_request_burst: u32,
 }
 
-impl Pairing {
+impl PairingConfig {
     /// The hello budget in the protocol's terms.
     pub fn hello_limits(&self) -> protocol::pairing::HelloLimits {
         protocol::pairing::HelloLimits {
@@ -314,7 +338,7 @@ impl Pairing {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
-pub struct Store {
+pub struct StoreConfig {
     /// Readings kept per device at least: an old segment is dropped once every device in it
     /// has this many newer readings.
     pub max_readings_per_device: u64,
@@ -329,10 +353,10 @@ pub struct Store {
     pub segment_kb: Option<u64>,
 }
 
-impl Store {
+impl StoreConfig {
     /// The store's settings.
-    pub fn store_config(&self) -> crate::store::StoreConfig {
-        crate::store::StoreConfig {
+    pub fn store_limits(&self) -> crate::store::StoreLimits {
+        crate::store::StoreLimits {
             max_readings_per_device: self.max_readings_per_device,
             segment_bytes: self
                 .segment_kb
@@ -346,19 +370,19 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             coap_bind: SocketAddr::from(([0, 0, 0, 0], 5683)),
-            pairing: Pairing::default(),
-            store: Store::default(),
-            updates: Updates::default(),
-            availability: Availability::default(),
+            pairing: PairingConfig::default(),
+            store: StoreConfig::default(),
+            updates: UpdatesConfig::default(),
+            availability: AvailabilityConfig::default(),
             upstream: None,
-            mqtt: Mqtt::default(),
-            web: Web::default(),
-            login: Login::default(),
+            mqtt: MqttConfig::default(),
+            web: WebConfig::default(),
+            login: LoginConfig::default(),
         }
     }
 }
 
-impl Default for Pairing {
+impl Default for PairingConfig {
     fn default() -> Self {
         Self {
             window_seconds: 120,
@@ -378,7 +402,7 @@ impl Default for Pairing {
     }
 }
 
-impl Default for Store {
+impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             max_readings_per_device: 100_000,
@@ -392,6 +416,7 @@ impl Default for Store {
 
 /// Why the configuration could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("reading {0}: {1}")]
@@ -591,14 +616,6 @@ impl Config {
             return bad("updates.check_interval_s", "must be at least 1");
         }
         for (i, t) in u.trust.iter().enumerate() {
-            let key_ok = protocol::hex::decode(&t.key)
-                .is_some_and(|b| protocol::update::PublicKey::from_sec1(&b).is_ok());
-            if !key_ok {
-                return bad(
-                    &format!("updates.trust[{i}].key"),
-                    "must be a hex SEC1 P-256 public key",
-                );
-            }
             if t.model.is_empty() {
                 return bad(&format!("updates.trust[{i}].model"), "must not be empty");
             }
@@ -630,198 +647,4 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::Value;
-    use std::collections::{BTreeMap, BTreeSet};
-
-    fn load(text: &str) -> Result<Config, ConfigError> {
-        let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("hub.toml");
-        std::fs::write(&path, text).expect("write");
-        Config::load(Some(&path))
-    }
-
-    fn invalid_key(text: &str) -> String {
-        match load(text) {
-            Err(ConfigError::Invalid { key, .. }) => key,
-            other => panic!("expected an invalid key for {text:?}, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn defaults_are_valid_and_bad_values_name_their_key() {
-        assert!(Config::default().validate().is_ok());
-        assert!(load("").is_ok());
-        assert_eq!(invalid_key("[pairing]\nwindow_seconds = 0"), "pairing.window_seconds");
-        assert_eq!(invalid_key("[pairing]\nhello_rate = 0"), "pairing.hello_rate");
-        assert_eq!(invalid_key("[pairing]\nhost_hello_burst = 0"), "pairing.host_hello_burst");
-        assert_eq!(invalid_key("[pairing]\nsession_max_s = 0"), "pairing.session_max_s");
-        assert_eq!(
-            invalid_key("[pairing]\nmax_sessions = 2\nsessions_per_source = 3"),
-            "pairing.sessions_per_source"
-        );
-        assert_eq!(
-            invalid_key("[updates]\nfeed_url = \"https://127.0.0.1:1/\""),
-            "updates.feed_cert"
-        );
-        assert_eq!(
-            invalid_key("[updates]\nfeed_url = \"http://x/\"\nfeed_cert = \"c.pem\""),
-            "updates.feed_url"
-        );
-        assert_eq!(
-            invalid_key("[updates]\nfeed_url = \"https://a b/\"\nfeed_cert = \"c.pem\""),
-            "updates.feed_url"
-        );
-        assert_eq!(
-            invalid_key("[updates]\nfeed_url = \"https://x/\"\nfeed_cert = \"/nonexistent.pem\""),
-            "updates.feed_cert"
-        );
-        assert_eq!(
-            invalid_key("[[updates.trust]]\nmodel = \"m\"\nkey = \"00\""),
-            "updates.trust[0].key"
-        );
-        assert_eq!(
-            invalid_key("[availability]\nmissed_periods = 0"),
-            "availability.missed_periods"
-        );
-        assert!(matches!(load("[pairing]\nnope = 1"), Err(ConfigError::Parse(..))));
-        assert_eq!(invalid_key("[upstream]\nurl = \"mqtt://10.1.1.1\""), "upstream.url");
-        assert!(load("[upstream]\nurl = \"mqtt://127.0.0.1:1883\"").is_ok());
-        assert_eq!(invalid_key("[mqtt]\nplain_bind = \"0.0.0.0:1883\""), "mqtt.plain_bind");
-        assert_eq!(invalid_key("[mqtt]\nbroker_port = 1883"), "mqtt.broker_port");
-        assert_eq!(
-            invalid_key("[mqtt]\nmax_connections = 8\nconnections_per_address = 9"),
-            "mqtt.connections_per_address"
-        );
-        assert_eq!(invalid_key("[mqtt]\nrepublish_interval_s = 0"), "mqtt.republish_interval_s");
-        assert_eq!(
-            invalid_key("[web]\nconnections_per_address = 0"),
-            "web.connections_per_address"
-        );
-        assert_eq!(invalid_key("[web]\nbody_timeout_ms = 99"), "web.body_timeout_ms");
-        assert!(load("[web]\nmax_connections = 4\nconnections_per_address = 4").is_ok());
-        assert_eq!(invalid_key("[login]\nhash_slots = 0"), "login.hash_slots");
-        assert_eq!(invalid_key("[login]\nbackoff_max_ms = 10"), "login.backoff_max_ms");
-        assert_eq!(
-            invalid_key("[login]\nbackoff_max_ms = 7200000\nforget_after_s = 9000"),
-            "login.backoff_max_ms"
-        );
-        assert_eq!(invalid_key("[login]\nforget_after_s = 60"), "login.forget_after_s");
-        assert!(load("[login]\nhash_slots = 2\nhash_queue = 0\nfree_failures = 5").is_ok());
-    }
-
-    /// The annotated example configuration (the Debian package's /etc/hearth/hearth.toml).
-    const EXAMPLE: &str = include_str!("../../hearth.example.toml");
-
-    /// The example with its settings switched on: `#key = value` and `#[section]` lines lose
-    /// their `#` (prose comments are `# text`).
-    fn switched_on(text: &str) -> String {
-        fn on(l: &str) -> &str {
-            match l.strip_prefix('#') {
-                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => {
-                    rest
-                }
-                _ => l,
-            }
-        }
-        text.lines().map(on).collect::<Vec<_>>().join("\n")
-    }
-
-    /// Dotted paths of every key in `v` (array elements as `[]`); a `null` value is a key too.
-    fn key_paths(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {
-        match v {
-            Value::Object(m) => {
-                for (k, v) in m {
-                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                    out.insert(path.clone());
-                    key_paths(v, &path, out);
-                }
-            }
-            Value::Array(a) => a.iter().for_each(|v| key_paths(v, &format!("{prefix}[]"), out)),
-            _ => {}
-        }
-    }
-
-    /// Every value of `v` that is not an object, by dotted path.
-    fn leaves(v: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
-        match v {
-            Value::Object(m) => {
-                for (k, v) in m {
-                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                    leaves(v, &path, out);
-                }
-            }
-            v => {
-                out.insert(prefix.to_owned(), v.clone());
-            }
-        }
-    }
-
-    fn json(c: &impl serde::Serialize) -> Value {
-        serde_json::to_value(c).expect("serializes")
-    }
-
-    #[test]
-    fn the_example_config_loads_and_documents_every_key_with_its_default() {
-        // As shipped (every setting commented out) it is the defaults.
-        let shipped: Config = toml::from_str(EXAMPLE).expect("the example parses");
-        assert!(shipped.validate().is_ok());
-        assert_eq!(json(&shipped), json(&Config::default()));
-
-        // With every setting switched on it loads too, optional sections included.
-        // The feed certificate is read at start: a real one stands in for the example's path.
-        let dir = tempfile::tempdir().expect("tmp");
-        let pem = dir.path().join("feed-cert.pem");
-        let cert = rcgen::generate_simple_self_signed(vec!["feed.example".into()]).expect("cert");
-        std::fs::write(&pem, cert.cert.pem()).expect("pem");
-        let text = switched_on(EXAMPLE)
-            .replace("/etc/hearth/feed-cert.pem", pem.to_str().expect("utf-8 path"));
-        let on: Config = toml::from_str(&text).expect("the switched-on example parses");
-        if let Err((key, reason)) = on.validate() {
-            panic!("the switched-on example is refused: `{key}` {reason}");
-        }
-        assert!(on.upstream.is_some() && on.updates.feed_url.is_some());
-        assert!(!on.updates.trust.is_empty(), "a [[updates.trust]] example");
-
-        // Every key the configuration accepts is in the file. The accepted keys come from the
-        // types: the defaults serialized (a `None` is a key) and the switched-on example (the
-        // keys inside optional sections); so a new key without documentation fails here.
-        let doc: toml::Table = toml::from_str(&text).expect("TOML");
-        let mut documented = BTreeSet::new();
-        key_paths(&json(&doc), "", &mut documented);
-        let mut accepted = BTreeSet::new();
-        key_paths(&json(&Config::default()), "", &mut accepted);
-        key_paths(&json(&on), "", &mut accepted);
-        let missing: Vec<_> = accepted.difference(&documented).collect();
-        assert!(missing.is_empty(), "keys missing from hearth.example.toml: {missing:?}");
-
-        // The values shown are the defaults, wherever there is one (a `None` or an empty list
-        // has an example instead).
-        let (mut defaults, mut shown) = (BTreeMap::new(), BTreeMap::new());
-        leaves(&json(&Config::default()), "", &mut defaults);
-        leaves(&json(&on), "", &mut shown);
-        let minimal: crate::upstream::UpstreamConfig =
-            toml::from_str("url = \"mqtt://127.0.0.1\"").expect("minimal upstream");
-        leaves(&json(&minimal), "upstream", &mut defaults);
-        for (path, default) in &defaults {
-            if default.is_null() || default.as_array().is_some_and(Vec::is_empty) {
-                continue;
-            }
-            if path == "upstream.url" {
-                continue;
-            }
-            assert_eq!(shown.get(path), Some(default), "`{path}` shows its default");
-        }
-
-        // Each setting has its description right above it.
-        let lines: Vec<&str> = text.lines().collect();
-        for (i, line) in lines.iter().enumerate() {
-            let is_key = line.starts_with(|c: char| c.is_ascii_lowercase()) && line.contains('=');
-            if is_key {
-                let above = i.checked_sub(1).map_or("", |j| lines[j]);
-                assert!(above.starts_with("# "), "no description above `{line}`");
-            }
-        }
-    }
-}
+mod tests;

@@ -1,7 +1,10 @@
 //! The hub's client for the manufacturer's update feed: HTTP/1.1 GETs (hyper) over TLS 1.3
-//! (rustls with ring) trusting only the pinned certificate, with size limits and deadlines, and
-//! the randomized check schedule. EN 303 645 5.3-5 and 5.3-7 (TR 103 621 6.13: update checks at
-//! a randomized time), 5.13-1 (bounded input parsing).
+//! (rustls with ring) trusting only the pinned certificate, with size limits and deadlines, the
+//! randomized check schedule and the checker's status (its loop is in `check`). EN 303 645
+//! 5.3-5 and 5.3-7 (TR 103 621 6.13: update checks at a randomized time), 5.13-1 (bounded input
+//! parsing).
+
+pub(crate) mod check;
 
 use std::error::Error as _;
 use std::fmt;
@@ -34,7 +37,7 @@ const MAX_INTERVAL_SECS: u64 = 1 << 40;
 
 /// What the owner sees of the feed checker (`hub ctl updates`): when the feed was last checked
 /// and with what outcome, and when the next check is due.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FeedStatus {
     /// The feed's URL.
     pub url: String,
@@ -99,6 +102,7 @@ impl FeedState {
 
 /// Why a feed request failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FeedError {
     /// The feed base URL is not `https://host[:port][/path/]`.
     #[error("invalid feed URL: {0}")]
