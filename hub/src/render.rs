@@ -323,7 +323,7 @@ impl Render for SecurityReport {
         let rows: Vec<Vec<String>> = map
             .iter()
             .filter(|(k, _)| *k != "total")
-            .map(|(k, v)| vec![k.replace('_', " "), v.to_string()])
+            .map(|(k, v)| vec![protocol::security::label(k), v.to_string()])
             .collect();
         let mut out = table(&["EVENT", "COUNT"], &rows);
         let _ = writeln!(out, "\nSecurity events in total: {}", self.total);
@@ -592,7 +592,10 @@ mod tests {
         assert!(out.contains("refused 1 time(s)"), "{out}");
         let report = SecurityReport { bad_payload: 3, total: 3, ..SecurityReport::default() };
         let out = report.render(0);
-        assert!(out.contains("bad payload") && out.ends_with("Security events in total: 3\n"));
+        assert!(
+            out.contains("Readings refused for breaking a limit")
+                && out.ends_with("Security events in total: 3\n")
+        );
     }
 
     #[test]

@@ -375,30 +375,7 @@ fn unavailable(e: WebStartError) -> WebError {
 
 /// What each hub counter means, for the security-events page.
 fn counter_label(name: &str) -> String {
-    match name {
-        "malformed" => "Malformed CoAP datagrams".into(),
-        "unknown_kid" => "OSCORE messages for an unknown device".into(),
-        "replays" => "Replayed messages refused".into(),
-        "bad_tag" => "Messages failing authentication (bad tags)".into(),
-        "throttled" => "Forged-looking datagrams dropped unverified".into(),
-        "bad_oscore" => "Malformed OSCORE messages".into(),
-        "pairing_refused" => "Pairing requests refused (no window, back-off, limits)".into(),
-        "pairing_failed" => "Failed pairing attempts (wrong PIN)".into(),
-        "bad_request" => "Requests for missing or unprotected resources".into(),
-        "key_limit" => "Requests refused at a key-usage limit".into(),
-        "bad_payload" => "Readings refused for breaking a limit".into(),
-        "web_connections_shed" => {
-            "Web connections closed or refused to make room (per-address cap, full)".into()
-        }
-        "web_slow_requests" => "Web connections cut for a late handshake, headers or body".into(),
-        "mqtt_connections_shed" => {
-            "MQTT connections closed or refused to make room (per-address cap, full)".into()
-        }
-        "mqtt_slow_connects" => "MQTT connections without TLS and CONNECT in time".into(),
-        "mqtt_bypass_refused" => "Connections to the MQTT broker that skipped the fronts".into(),
-        "upstream_tls_refused" => "Upstream broker certificates refused (possible MITM)".into(),
-        other => other.replace('_', " "),
-    }
+    protocol::security::label(name)
 }
 
 impl web_ui::OwnerApi for HubOwner {

@@ -13,6 +13,7 @@ pub mod link;
 pub mod netsim;
 pub mod oscore;
 pub mod pairing;
+pub mod security;
 pub mod senml;
 pub mod time;
 pub mod update;

@@ -82,29 +82,14 @@ impl WebEvent {
     }
 
     fn label(self) -> &'static str {
-        match self {
-            WebEvent::LoginFailed => "Failed web logins",
-            WebEvent::LoginThrottled => "Web logins refused during back-off",
-            WebEvent::SetupCodeRefused => "Wrong setup codes",
-            WebEvent::CsrfRefused => "State changes without a valid CSRF token",
-            WebEvent::CrossSite => "State changes from another site",
-            WebEvent::Malformed => "Malformed web requests",
-            WebEvent::TooLarge => "Oversized web requests",
-            WebEvent::Unauthenticated => "Requests without a session",
-            WebEvent::LoginShed => "Logins refused unchecked while password hashing was busy",
-        }
+        protocol::security::counter(self.name()).map_or(self.name(), |c| c.label)
     }
 }
 
-/// How many events of a kind within [`WINDOW_MS`] raise an anomaly flag.
+/// How many events of a kind within [`WINDOW_MS`] raise an anomaly flag (the hub's catalogue of
+/// security counters says).
 pub fn threshold(name: &str) -> u64 {
-    match name {
-        "web_login_failed" | "web_setup_code_refused" | "pairing_failed" => 5,
-        "web_csrf_refused" | "web_cross_site_refused" | "web_too_large" | "key_limit" => 3,
-        "bad_tag" | "replays" | "throttled" | "web_login_throttled" | "web_login_shed" => 10,
-        "web_unauthenticated" => 100,
-        _ => 20,
-    }
+    protocol::security::threshold(name)
 }
 
 /// One row of the security-events page.
@@ -379,5 +364,19 @@ fn row(name: &str, label: &str, total: u64, recent: u64) -> EventRow {
         total,
         recent,
         anomaly: recent >= threshold(name),
+    }
+}
+
+#[cfg(test)]
+mod catalogue_tests {
+    use super::*;
+
+    #[test]
+    fn every_web_event_is_in_the_security_catalogue() {
+        for e in WebEvent::ALL {
+            let c = protocol::security::counter(e.name()).expect("in the catalogue");
+            assert!(c.event, "{}", e.name());
+            assert_eq!(e.label(), c.label);
+        }
     }
 }

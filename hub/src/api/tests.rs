@@ -228,3 +228,28 @@ fn every_answer_reads_back_as_sent() {
         value: json!(true),
     }]);
 }
+
+/// Every counter `hub ctl security` reports is in the security catalogue, and the report's total
+/// is exactly the catalogue's events (what the link, MQTT and the listeners each sum).
+#[test]
+fn every_security_counter_is_in_the_catalogue_and_the_total_counts_its_events() {
+    let Value::Object(fields) = serde_json::to_value(SecurityReport::default()).expect("json")
+    else {
+        panic!("the report is not an object")
+    };
+    let names: Vec<String> = fields.keys().filter(|k| *k != "total").cloned().collect();
+    let ones: serde_json::Map<String, Value> =
+        fields.keys().map(|k| (k.clone(), json!(u64::from(k != "total")))).collect();
+    let report: SecurityReport = serde_json::from_value(Value::Object(ones)).expect("report");
+    let mut events = 0;
+    for name in &names {
+        let c = protocol::security::counter(name)
+            .unwrap_or_else(|| panic!("counter {name} is not in protocol::security::COUNTERS"));
+        events += u64::from(c.event);
+    }
+    let summed = report.link.security_total()
+        + report.bad_payload
+        + report.mqtt.total()
+        + report.connections.total();
+    assert_eq!(summed, events, "the totals and the catalogue disagree on what is an event");
+}
