@@ -16,7 +16,7 @@ use hub::daemon::{self, Running, StartError};
 use protocol::update::TrustAnchors;
 use sensor_sim::fleet::{self, FleetConfig, FleetError, FleetEvent, FleetHandle};
 use sensor_sim::maker::MakerError;
-use sensor_sim::model::ModelKind;
+use sensor_sim::model::Model;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
@@ -108,7 +108,7 @@ async fn run(args: Args) -> Result<(), DemoError> {
     }
     let (tx, events) = mpsc::unbounded_channel();
     let mut anchors = TrustAnchors::default();
-    for model in ModelKind::ALL {
+    for model in Model::standard() {
         anchors.add(model.designation(), maker.public.clone());
     }
     let fleet_config = FleetConfig {
@@ -146,8 +146,7 @@ async fn run(args: Args) -> Result<(), DemoError> {
 fn hub_config(maker: &Manufacturer, sensors: u32) -> Config {
     let mut config = Config { coap_bind: ([127, 0, 0, 1], 0).into(), ..Config::default() };
     config.web.bind = ([127, 0, 0, 1], 0).into();
-    config.updates.trust = ModelKind::ALL
-        .iter()
+    config.updates.trust = Model::standard()
         .map(|m| TrustedKey { model: m.designation().into(), key: maker.public.clone() })
         .collect();
     config.updates.feed_url = Some(maker.url());
@@ -320,7 +319,7 @@ impl Demo {
         for d in self.api.devices().await? {
             let latest = self.api.readings(d.device.info.id, Some(1)).await?.pop();
             let Some(r) = latest else { continue };
-            let quantity = r.name.rsplit(':').next().unwrap_or("");
+            let quantity = protocol::vocabulary::short_name(&r.name);
             let unit = r.unit.map(|u| format!(" {u}")).unwrap_or_default();
             println!(
                 "  {} ({}): {quantity} = {}{unit}",

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::vocabulary::Capability;
+use protocol::vocabulary::{Command, Kind, Quantity};
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use tokio::task::JoinHandle;
@@ -231,19 +231,16 @@ impl HubOwner {
             let declared = info
                 .capabilities
                 .iter()
-                .position(|c| Capability::parse(c).is_some_and(|c| c.quantity() == r.name));
+                .position(|c| Quantity::from_capability(c).is_some_and(|q| q.senml() == r.name));
             (r.kind == ReadingKind::Battery, declared.unwrap_or(usize::MAX))
         };
         last.sort_by_key(rank);
         let isolated = d.availability == DirAvailability::Isolated;
         let setpoint = (!isolated && takes_setpoint(&info.capabilities)).then(|| Setpoint {
-            min: *SETPOINT_RANGE.start(),
-            max: *SETPOINT_RANGE.end(),
+            min: *Command::Setpoint.range().start(),
+            max: *Command::Setpoint.range().end(),
             unit: "°C".into(),
-            current: last
-                .iter()
-                .find(|r| r.name == Capability::Setpoint.quantity())
-                .and_then(|r| r.value),
+            current: last.iter().find(|r| r.name == Command::Setpoint.name()).and_then(|r| r.value),
         });
         let availability = match (d.availability, d.isolation.filter(|i| i.active())) {
             (DirAvailability::Isolated, Some(i)) => {
@@ -279,12 +276,11 @@ impl HubOwner {
     }
 }
 
-/// Setpoints the hub relays (the same range MQTT's `…/set` enforces).
-const SETPOINT_RANGE: std::ops::RangeInclusive<f64> = crate::mqtt::topics::SETPOINT_RANGE;
-
 /// Whether a device with these declared capabilities takes a setpoint command.
 fn takes_setpoint(capabilities: &[String]) -> bool {
-    capabilities.iter().any(|c| Capability::parse(c) == Some(Capability::Setpoint))
+    capabilities.iter().any(|c| {
+        Quantity::from_capability(c).and_then(Quantity::command) == Some(Command::Setpoint)
+    })
 }
 
 /// Web commands get ids from the top half of the range (MQTT's count up from 0), so the two
@@ -294,12 +290,13 @@ const WEB_COMMAND_IDS: u32 = 1 << 31;
 fn reading(r: crate::store::StoredReading) -> Reading {
     // SenML names are `urn:dev:<serial>:<quantity>`: the quantity is what the owner reads.
     let name = r.name.rsplit(':').next().unwrap_or_default().to_owned();
-    let capability = Capability::of_quantity(&name);
-    let label = capability.map_or_else(|| name.clone(), |c| c.name().to_owned());
-    // States in words: a contact is open or closed, a button pressed or released.
-    let words = match capability {
-        Some(Capability::Contact) => Some(("open", "closed")),
-        Some(Capability::Button) => Some(("pressed", "released")),
+    let quantity = Quantity::from_senml(&name);
+    let label = quantity.and_then(Quantity::capability).map_or_else(|| name.clone(), str::to_owned);
+    // States in words (the vocabulary's): a contact is open or closed, a button pressed or
+    // released.
+    let words = match quantity.map(Quantity::kind) {
+        Some(Kind::State { on, off }) => Some((on, off)),
+        Some(Kind::Event { happened, idle }) => Some((happened, idle)),
         _ => None,
     };
     let on = match &r.value {
@@ -318,8 +315,8 @@ fn reading(r: crate::store::StoredReading) -> Reading {
             kind: ReadingKind::State,
         };
     }
-    let kind = match capability {
-        Some(Capability::Battery) => ReadingKind::Battery,
+    let kind = match quantity {
+        Some(Quantity::Battery) => ReadingKind::Battery,
         _ => ReadingKind::Measure,
     };
     let (value, text) = match &r.value {
@@ -461,11 +458,8 @@ impl web_ui::OwnerApi for HubOwner {
             let id = id?;
             // The same checks as MQTT's `…/set`: a finite value in range, for a device that
             // declared a setpoint and is not isolated.
-            if !value.is_finite() || !SETPOINT_RANGE.contains(&value) {
-                return Err(WebError::Refused(
-                    crate::mqtt::topics::SetError::OutOfRange.to_string(),
-                ));
-            }
+            let value =
+                Command::Setpoint.check(value).map_err(|e| WebError::Refused(e.to_string()))?;
             let view = self.api.device(id).await.map_err(web_err)?;
             let d = &view.device;
             if d.availability == DirAvailability::Isolated || !takes_setpoint(&d.info.capabilities)
@@ -477,8 +471,8 @@ impl web_ui::OwnerApi for HubOwner {
             let n = self.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let command = protocol::link::command::Command {
                 id: WEB_COMMAND_IDS | (n.wrapping_add(1) & !WEB_COMMAND_IDS),
-                name: Capability::Setpoint.quantity().into(),
-                value: (value * 100.0).round() / 100.0,
+                setting: Command::Setpoint,
+                value,
             };
             self.api.command(id, command).await.map_err(web_err)?;
             tracing::info!(device = %id, value, "setpoint from the web UI queued for the sensor's next report");

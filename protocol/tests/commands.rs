@@ -8,6 +8,7 @@ use harness::{lossy, paired};
 use protocol::link::SensorEvent;
 use protocol::link::command::Command;
 use protocol::time::Millis;
+use protocol::vocabulary::Command::Setpoint;
 
 fn commands(h: &harness::Harness, i: usize) -> Vec<Command> {
     h.sensors[i]
@@ -27,8 +28,8 @@ fn a_queued_command_rides_the_next_acknowledgement_once() {
     let i = (0..h.sensors.len())
         .find(|&i| h.sensors[i].flash.params.as_ref().map(|p| p.sender_id) == Some(kid))
         .expect("its sensor");
-    let old = Command { id: 1, name: "setpoint".into(), value: 19.0 };
-    let new = Command { id: 2, name: "setpoint".into(), value: 22.5 };
+    let old = Command { id: 1, setting: Setpoint, value: 19.0 };
+    let new = Command { id: 2, setting: Setpoint, value: 22.5 };
     assert!(h.hub.link.queue_command(&kid, old));
     assert!(h.hub.link.queue_command(&kid, new.clone()), "the newer one replaces it");
     assert_eq!(h.hub.link.pending_command(&kid), Some(&new));
@@ -43,6 +44,6 @@ fn a_queued_command_rides_the_next_acknowledgement_once() {
     assert!(commands(&h, other).is_empty(), "only its own sensor gets it");
     assert!(!h.hub.link.queue_command(
         &protocol::oscore::Kid::default(),
-        Command { id: 3, name: "setpoint".into(), value: 1.0 }
+        Command { id: 3, setting: Setpoint, value: 1.0 }
     ));
 }

@@ -12,7 +12,7 @@ use protocol::oscore::{ContextParams, Kid};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ModelKind, Sample};
+use crate::model::{Model, Sample};
 
 const SENSORS: TableDefinition<u32, &[u8]> = TableDefinition::new("sensors");
 /// The inactive slot's image, block by block: (sensor, block number) → bytes.
@@ -128,7 +128,7 @@ pub struct FlashRecord {
     /// Serial number.
     pub serial: String,
     /// Model.
-    pub model: ModelKind,
+    pub model: Model,
     /// Firmware slots (A/B) and the version each holds.
     pub slots: crate::firmware::Slots,
     /// The OSCORE context, once paired.

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use protocol::netsim::Faults;
 use sensor_sim::buffer::BufferConfig;
 use sensor_sim::fleet::{self, FleetConfig, FleetEvent, FleetHandle, SimFaults};
+use sensor_sim::model::Model;
 use sensor_sim::{ctl, export, flash, load, maker, outage, physical};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -194,9 +195,11 @@ struct FleetArgs {
     /// signatures themselves (all models).
     #[arg(long)]
     maker_keys: Option<PathBuf>,
-    /// Models to cycle through: thermostat, climate, door, button (default: all).
-    #[arg(long, value_delimiter = ',')]
-    models: Vec<String>,
+    /// Models to cycle through, by name: thermostat, climate, door, button, or an example
+    /// model such as co2 (an unknown name lists them all). Default: every model but the
+    /// examples.
+    #[arg(long, value_delimiter = ',', value_parser = parse_model)]
+    models: Vec<Model>,
     /// Serial number of the first sensor (`TH-00000` for 0): a second fleet paired with the
     /// same hub takes other serials, as other real sensors would have.
     #[arg(long, default_value_t = 0)]
@@ -477,7 +480,7 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
         Some(dir) => {
             let key = maker::load_public_key(dir)?;
             let mut anchors = protocol::update::TrustAnchors::default();
-            for m in sensor_sim::model::ModelKind::ALL {
+            for m in Model::ALL {
                 anchors.add(m.designation(), key.clone());
             }
             Some(anchors)
@@ -495,12 +498,7 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
         bind: a.bind,
         first_serial: a.first_serial,
         trust,
-        models: a
-            .models
-            .iter()
-            .map(|m| serde_json::from_value(serde_json::Value::String(m.clone())))
-            .collect::<Result<_, _>>()
-            .map_err(|_| Error::Usage(format!("unknown model in {:?}", a.models)))?,
+        models: a.models,
         ..a.buffer.apply(FleetConfig::new(a.hub, a.sensors))
     };
     let fleet = fleet::spawn(config, Some(tx), shutdown.clone()).await?;
@@ -549,6 +547,18 @@ async fn run_fleet(a: FleetArgs) -> Result<(), Error> {
 }
 
 /// `IP` (any port) or `IP:PORT`.
+/// A model by its name in the vocabulary (`thermostat`, `co2`).
+fn parse_model(s: &str) -> Result<Model, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        let names: Vec<String> = Model::ALL
+            .iter()
+            .filter_map(|m| serde_json::to_value(m).ok())
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        format!("unknown model {s:?}; the models are {}", names.join(", "))
+    })
+}
+
 fn parse_bind(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 0)))
@@ -595,8 +605,9 @@ fn print_event(e: FleetEvent, ctl: Option<&PathBuf>) {
             );
         }
         FleetEvent::Refused { index } => println!("REFUSED sensor={index}"),
-        FleetEvent::Command { index, name, value, applied } => {
+        FleetEvent::Command { index, setting, value, applied } => {
             let applied = applied.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
+            let name = setting.name();
             println!("COMMAND sensor={index} name={name} value={value} applied={applied}");
         }
         FleetEvent::Offline { index, backlog } => {

@@ -4,76 +4,46 @@
 use protocol::pairing::{Descriptor, MaskWidth};
 use protocol::senml::{Reading, UnixTimeMillis, Value};
 use protocol::time::UnixTime;
+use protocol::vocabulary::{Command, Quantity, Simulated};
 use rand_core::Rng;
 
-/// The kinds of simulated sensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModelKind {
-    /// A thermostat with a setpoint; verifies update signatures itself (TR 6.18 example 5).
-    Thermostat,
-    /// A temperature/humidity sensor; constrained, trusts the hub's link (example 4).
-    Climate,
-    /// A door contact.
-    Door,
-    /// A battery button that cannot be updated at all.
-    Button,
-}
+/// The kinds of simulated sensor are the vocabulary's models, named in `--models` and in
+/// flash as `thermostat`, `climate`, `door`, `button`, `co2`.
+pub use protocol::vocabulary::Model;
 
-impl ModelKind {
-    /// All kinds, in the order a mixed fleet cycles through them.
-    pub const ALL: [ModelKind; 4] = [Self::Thermostat, Self::Climate, Self::Door, Self::Button];
+/// Most quantities a model may measure: the values a [`Sample`] holds.
+pub const MAX_QUANTITIES: usize = 2;
 
-    /// Model designation (5.3-16).
-    pub fn designation(self) -> &'static str {
-        match self {
-            Self::Thermostat => "hearth-thermo-1",
-            Self::Climate => "hearth-climate-1",
-            Self::Door => "hearth-door-1",
-            Self::Button => "hearth-button-1",
-        }
-    }
-
-    /// Serial prefix.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Self::Thermostat => "TH",
-            Self::Climate => "CL",
-            Self::Door => "DR",
-            Self::Button => "BT",
-        }
-    }
-
-    /// The descriptor sent at pairing.
-    pub fn descriptor(self, serial: &str, firmware_version: u32) -> Descriptor {
-        use protocol::vocabulary::Capability as C;
-        // Battery-powered models declare their battery like any other capability.
-        let caps: &[C] = match self {
-            Self::Thermostat => &[C::Temperature, C::Setpoint],
-            Self::Climate => &[C::Temperature, C::Humidity],
-            Self::Door => &[C::Contact, C::Battery],
-            Self::Button => &[C::Button, C::Battery],
-        };
-        Descriptor {
-            model: self.designation().into(),
-            serial: serial.into(),
-            firmware_version,
-            updatable: self != Self::Button,
-            verifies_signatures: self == Self::Thermostat,
-            capabilities: caps.iter().map(|c| c.name().into()).collect(),
-            // Support periods (5.3-13): the button's has already ended.
-            support_end: UnixTime(if self == Self::Button { 1_700_000_000 } else { 2_000_000_000 }),
-        }
-    }
-
-    /// PIN width (bytes of X masked): the TR's 2 bytes for all models here.
-    pub fn width(self) -> MaskWidth {
-        MaskWidth::TWO
+/// The descriptor `model` sends at pairing (5.3-13/5.3-16, 5.8-3): everything from its row
+/// in the vocabulary. Battery-powered models declare their battery like any other capability.
+pub fn descriptor(model: Model, serial: &str, firmware_version: u32) -> Descriptor {
+    let spec = model.spec();
+    Descriptor {
+        model: spec.designation.into(),
+        serial: serial.into(),
+        firmware_version,
+        updatable: spec.updatable,
+        verifies_signatures: spec.verifies_signatures,
+        capabilities: spec
+            .quantities
+            .iter()
+            .filter_map(|q| q.capability())
+            .map(Into::into)
+            .collect(),
+        support_end: UnixTime(spec.support_end),
     }
 }
+
+/// Serial prefix of `model`'s sensors.
+pub fn prefix(model: Model) -> &'static str {
+    model.spec().serial_prefix
+}
+
+/// PIN width (bytes of X masked): the TR's 2 bytes for all models here.
+pub const WIDTH: MaskWidth = MaskWidth::TWO;
 
 /// One measurement, compact (24 bytes in flash): its time and up to two values whose meaning
-/// the model gives ([`ModelKind::quantities`]; booleans are 0 or 1).
+/// the model gives ([`Model::quantities`]; booleans are 0 or 1).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
     /// When it was measured, Unix milliseconds (the SenML time the hub stores).
@@ -104,163 +74,122 @@ impl Sample {
     }
 }
 
-/// What one value of a model means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quantity {
-    /// Last segment of the SenML name (`urn:dev:<serial>:<name>`).
-    pub name: &'static str,
-    /// SenML unit, if any.
-    pub unit: Option<&'static str>,
-    /// Sent as a boolean (`vb`) rather than a number.
-    pub boolean: bool,
+/// A sample of `model` as SenML records named `urn:dev:<serial>:<quantity>`, at the sample's
+/// time.
+pub fn readings(model: Model, serial: &str, sample: &Sample) -> Vec<Reading> {
+    let time = UnixTimeMillis(sample.time_ms);
+    model
+        .quantities()
+        .iter()
+        .zip(sample.values)
+        .map(|(q, v)| Reading {
+            name: q.record_name(serial),
+            unit: q.unit().map(|u| u.senml.to_owned()),
+            value: if q.boolean() { Value::Bool(v != 0.0) } else { Value::Number(v) },
+            time,
+        })
+        .collect()
 }
 
-const fn number(name: &'static str, unit: &'static str) -> Quantity {
-    Quantity { name, unit: Some(unit), boolean: false }
-}
-
-const fn flag(name: &'static str) -> Quantity {
-    Quantity { name, unit: None, boolean: true }
-}
-
-impl ModelKind {
-    /// What this model measures, in the order of [`Sample::values`].
-    pub fn quantities(self) -> &'static [Quantity] {
-        use protocol::vocabulary::Capability as C;
-        const TEMP: Quantity = number(C::Temperature.quantity(), "Cel");
-        const THERMOSTAT: [Quantity; 2] = [TEMP, number(C::Setpoint.quantity(), "Cel")];
-        const CLIMATE: [Quantity; 2] = [TEMP, number(C::Humidity.quantity(), "%RH")];
-        // Battery-powered models report their level (SenML `%EL`, percent of full charge).
-        const BATTERY: Quantity = number(C::Battery.quantity(), "%EL");
-        const DOOR: [Quantity; 2] = [flag(C::Contact.quantity()), BATTERY];
-        const BUTTON: [Quantity; 2] = [flag(C::Button.quantity()), BATTERY];
-        match self {
-            Self::Thermostat => &THERMOSTAT,
-            Self::Climate => &CLIMATE,
-            Self::Door => &DOOR,
-            Self::Button => &BUTTON,
-        }
-    }
-
-    /// A sample as SenML records named `urn:dev:<serial>:<quantity>`, at the sample's time.
-    pub fn readings(self, serial: &str, sample: &Sample) -> Vec<Reading> {
-        let time = UnixTimeMillis(sample.time_ms);
-        self.quantities()
-            .iter()
-            .zip(sample.values)
-            .map(|(q, v)| Reading {
-                name: format!("urn:dev:{serial}:{}", q.name),
-                unit: q.unit.map(str::to_owned),
-                value: if q.boolean { Value::Bool(v != 0.0) } else { Value::Number(v) },
-                time,
-            })
-            .collect()
-    }
-}
-
-/// What a sensor is measuring right now (a random walk per quantity).
+/// What a sensor is measuring right now: one value per quantity of its model, each produced
+/// as the vocabulary says ([`Simulated`]).
 #[derive(Debug, Clone)]
 pub struct Environment {
-    temperature: f64,
-    humidity: f64,
-    setpoint: f64,
-    open: bool,
-    battery: f64,
+    model: Model,
+    values: [f64; MAX_QUANTITIES],
 }
 
-impl Default for Environment {
-    fn default() -> Self {
-        Self { temperature: 20.0, humidity: 45.0, setpoint: 21.0, open: false, battery: 100.0 }
-    }
+fn hundredths(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
 }
 
-fn step<R: Rng + ?Sized>(rng: &mut R, v: f64, amp: f64, lo: f64, hi: f64) -> f64 {
-    let r = (rng.next_u32() as f64 / u32::MAX as f64) * 2.0 - 1.0;
-    ((v + r * amp).clamp(lo, hi) * 100.0).round() / 100.0
+fn one_in<R: Rng + ?Sized>(rng: &mut R, n: u32) -> bool {
+    rng.next_u32().is_multiple_of(n.max(1))
 }
 
 impl Environment {
-    /// The battery level after one more measurement: about 0.1 % per 100 measurements.
-    fn drain_battery<R: Rng + ?Sized>(&mut self, rng: &mut R) -> f64 {
-        if rng.next_u32().is_multiple_of(1000) {
-            self.battery = (self.battery - 1.0).max(0.0);
+    /// `model`'s first values.
+    pub fn new(model: Model) -> Self {
+        let mut values = [0.0; MAX_QUANTITIES];
+        for (v, q) in values.iter_mut().zip(model.quantities()) {
+            *v = match q.spec().simulated {
+                Simulated::Walk { start, .. }
+                | Simulated::Held { start }
+                | Simulated::Drains { start, .. } => start,
+                Simulated::Flips { .. } | Simulated::Happens { .. } | Simulated::Counted => 0.0,
+            };
         }
-        self.battery
+        Self { model, values }
     }
 
     /// One measurement at `time_ms`, in the model's quantities.
-    pub fn sample<R: Rng + ?Sized>(
-        &mut self,
-        kind: ModelKind,
-        rng: &mut R,
-        time_ms: i64,
-    ) -> Sample {
-        let values = match kind {
-            ModelKind::Thermostat => {
-                self.temperature = step(rng, self.temperature, 0.2, 10.0, 30.0);
-                [self.temperature, self.setpoint]
-            }
-            ModelKind::Climate => {
-                self.temperature = step(rng, self.temperature, 0.2, 10.0, 30.0);
-                self.humidity = step(rng, self.humidity, 0.5, 20.0, 80.0);
-                [self.temperature, self.humidity]
-            }
-            ModelKind::Door => {
-                if rng.next_u32().is_multiple_of(5) {
-                    self.open = !self.open;
+    pub fn sample<R: Rng + ?Sized>(&mut self, rng: &mut R, time_ms: i64) -> Sample {
+        for (v, q) in self.values.iter_mut().zip(self.model.quantities()) {
+            *v = match q.spec().simulated {
+                Simulated::Walk { step, low, high, .. } => {
+                    let r = (rng.next_u32() as f64 / u32::MAX as f64) * 2.0 - 1.0;
+                    hundredths((*v + r * step).clamp(low, high))
                 }
-                [f64::from(u8::from(self.open)), self.drain_battery(rng)]
-            }
-            ModelKind::Button => {
-                [f64::from(u8::from(rng.next_u32().is_multiple_of(2))), self.drain_battery(rng)]
-            }
-        };
-        Sample { time_ms, values }
+                Simulated::Held { .. } | Simulated::Counted => *v,
+                Simulated::Flips { one_in: n } => {
+                    if one_in(rng, n) {
+                        1.0 - *v
+                    } else {
+                        *v
+                    }
+                }
+                Simulated::Happens { one_in: n } => f64::from(u8::from(one_in(rng, n))),
+                Simulated::Drains { one_in: n, .. } if one_in(rng, n) => (*v - 1.0).max(0.0),
+                Simulated::Drains { .. } => *v,
+            };
+        }
+        Sample { time_ms, values: self.values }
     }
 
-    /// A command from the hub: sets quantity `name` if the model has it as a setting (the
-    /// thermostat's `setpoint`, clamped to 5–35 °C); the next sample reports it. Returns the
-    /// value now in effect, or `None` if the model has no such setting.
-    pub fn apply(&mut self, kind: ModelKind, name: &str, value: f64) -> Option<f64> {
-        match (kind, name) {
-            (ModelKind::Thermostat, "setpoint") if value.is_finite() => {
-                self.setpoint = (value.clamp(5.0, 35.0) * 100.0).round() / 100.0;
-                Some(self.setpoint)
-            }
-            _ => None,
-        }
+    /// A command from the hub: sets its quantity if the model has it as a setting (the
+    /// thermostat's `setpoint`), brought into the command's range; the next sample reports
+    /// it. Returns the value now in effect, or `None` if the model has no such setting.
+    pub fn apply(&mut self, command: Command, value: f64) -> Option<f64> {
+        let at = self.model.quantities().iter().position(|q| *q == command.quantity())?;
+        let applied = command.clamp(value)?;
+        *self.values.get_mut(at)? = applied;
+        Some(applied)
     }
 
     /// One measurement as SenML records named `urn:dev:<serial>:<quantity>`.
     pub fn measure<R: Rng + ?Sized>(
         &mut self,
-        kind: ModelKind,
         serial: &str,
         rng: &mut R,
         time_ms: i64,
     ) -> Vec<Reading> {
-        let sample = self.sample(kind, rng, time_ms);
-        kind.readings(serial, &sample)
+        let sample = self.sample(rng, time_ms);
+        readings(self.model, serial, &sample)
     }
+}
+
+/// The quantity of a recorded value.
+pub fn quantity(model: Model, index: usize) -> Option<Quantity> {
+    model.quantities().get(index).copied()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand_core::SeedableRng;
 
     #[test]
     fn samples_round_trip_through_flash_bytes_and_become_named_records() {
         let s = Sample { time_ms: 1_700_000_123_456, values: [20.13, 45.5] };
         assert_eq!(Sample::from_bytes(&s.to_bytes()), Some(s));
         assert_eq!(Sample::from_bytes(&[0; 23]), None);
-        let r = ModelKind::Climate.readings("CL-00001", &s);
+        let r = readings(Model::Climate, "CL-00001", &s);
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].name, "urn:dev:CL-00001:hum");
         assert_eq!(r[1].unit.as_deref(), Some("%RH"));
         assert_eq!(r[1].value, Value::Number(45.5));
         assert_eq!(r[0].time, UnixTimeMillis(1_700_000_123_456));
-        let door =
-            ModelKind::Door.readings("DR-00002", &Sample { time_ms: 1, values: [1.0, 97.0] });
+        let door = readings(Model::Door, "DR-00002", &Sample { time_ms: 1, values: [1.0, 97.0] });
         assert_eq!(door.len(), 2);
         assert_eq!(door[1].name, "urn:dev:DR-00002:battery");
         assert_eq!(door[1].value, Value::Number(97.0));
@@ -268,14 +197,49 @@ mod tests {
     }
 
     #[test]
-    fn every_quantity_measured_is_a_declared_capability() {
-        use protocol::vocabulary::Capability;
-        for kind in ModelKind::ALL {
-            let declared = kind.descriptor("X-1", 1).capabilities;
-            for q in kind.quantities() {
-                let cap = Capability::of_quantity(q.name).expect("in the vocabulary");
-                assert!(declared.iter().any(|d| d == cap.name()), "{kind:?} {}", q.name);
+    fn every_model_fits_a_sample_and_declares_what_it_measures() {
+        for model in Model::ALL {
+            assert!(model.quantities().len() <= MAX_QUANTITIES, "{model:?}");
+            let declared = descriptor(model, "X-1", 1).capabilities;
+            assert_eq!(declared.len(), model.quantities().len(), "{model:?}");
+            for q in model.quantities() {
+                assert!(declared.iter().any(|d| Some(d.as_str()) == q.capability()), "{model:?}");
             }
         }
+        let button = descriptor(Model::Button, "BT-1", 1);
+        assert!(!button.updatable && button.support_end.0 < 2_000_000_000);
+        assert!(descriptor(Model::Thermostat, "TH-1", 1).verifies_signatures);
+    }
+
+    #[test]
+    fn measurements_stay_in_their_ranges_and_only_settings_take_commands() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for model in Model::ALL {
+            let mut env = Environment::new(model);
+            let mut seen = vec![std::collections::BTreeSet::new(); model.quantities().len()];
+            for t in 0..2000 {
+                for (i, r) in env.measure("X-1", &mut rng, t).into_iter().enumerate() {
+                    let q = Quantity::of_record(&r.name).expect("a vocabulary quantity");
+                    assert_eq!(Some(q), quantity(model, i));
+                    let v = match r.value {
+                        Value::Number(v) => v,
+                        Value::Bool(b) => f64::from(u8::from(b)),
+                    };
+                    assert!(q.range().contains(&v), "{model:?} {q:?} {v}");
+                    seen[i].insert(v.to_bits());
+                }
+            }
+            for (i, q) in model.quantities().iter().enumerate() {
+                // Everything but a held setting changes over 2000 measurements.
+                let held = matches!(q.spec().simulated, Simulated::Held { .. });
+                assert_eq!(seen[i].len() == 1, held, "{model:?} {q:?}");
+            }
+        }
+        let mut thermostat = Environment::new(Model::Thermostat);
+        assert_eq!(thermostat.apply(Command::Setpoint, 24.5), Some(24.5));
+        assert_eq!(thermostat.apply(Command::Setpoint, 99.0), Some(35.0), "clamped to its range");
+        assert_eq!(thermostat.apply(Command::Setpoint, f64::NAN), None);
+        assert_eq!(thermostat.sample(&mut rng, 1).values[1], 35.0);
+        assert_eq!(Environment::new(Model::Climate).apply(Command::Setpoint, 20.0), None);
     }
 }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::flash::{Flash, FlashError};
-use crate::model::ModelKind;
+use crate::model::Model;
 
 /// Why the dump failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub struct Dump {
     /// Serial.
     pub serial: String,
     /// Model.
-    pub model: ModelKind,
+    pub model: Model,
     /// Measurements dropped from its full outage buffer, in total.
     pub buffer_dropped: u64,
     /// Recorded measurements, oldest first.
@@ -89,9 +89,9 @@ pub fn dump(flash: &Flash, which: &str) -> Result<Dump, PhysicalError> {
                 .iter()
                 .zip(sample.values)
                 .map(|(q, v)| RecordedValue {
-                    name: q.name,
-                    value: if q.boolean { (v != 0.0).into() } else { v.into() },
-                    unit: q.unit,
+                    name: q.senml(),
+                    value: if q.boolean() { (v != 0.0).into() } else { v.into() },
+                    unit: q.unit().map(|u| u.senml),
                 })
                 .collect(),
             buffered,
@@ -141,19 +141,10 @@ impl Dump {
 
 /// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (proleptic Gregorian, UTC).
 fn rfc3339(ms: i64) -> String {
-    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1_000 % 60, rem % 1_000);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        Err(_) => ms.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -177,7 +168,7 @@ mod tests {
         let flash = Flash::open(&path).expect("flash");
         let rec = FlashRecord {
             serial: "DR-00002".into(),
-            model: ModelKind::Door,
+            model: Model::Door,
             slots: crate::firmware::Slots::factory(1),
             context: None,
             lease: 0,

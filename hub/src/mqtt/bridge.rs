@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use protocol::link::command::Command;
+use protocol::link::command::Command as SensorCommand;
+use protocol::vocabulary::{Command, capabilities};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use serde_json::{Value, json};
@@ -291,7 +292,7 @@ impl Bridge {
                 // Only the newest value of each quantity drives `…/state`; readings replayed
                 // from an outage buffer, or older than the state, go to `…/history` with their
                 // original time (they are in Hearth's history and upstream anyway).
-                for e in topics::press_events(&readings) {
+                for e in topics::events(&readings) {
                     self.publish_json(topics::event(&device), &e, false);
                 }
                 let current = d.state.values().map(|r| r.time_ms).max();
@@ -338,8 +339,12 @@ impl Bridge {
         let Some(device) = topics::parse_set(topic) else { return };
         let result = self.command(device, payload).await;
         let v = match result {
-            Ok((id, value)) => json!({"status": "queued", "id": id, "setpoint": value,
-                "note": "sent with the acknowledgement of the sensor's next report"}),
+            Ok((id, command, value)) => {
+                let mut v = json!({"status": "queued", "id": id,
+                    "note": "sent with the acknowledgement of the sensor's next report"});
+                v[command.name()] = json!(value);
+                v
+            }
             Err(e) => json!({"status": "refused", "reason": e.to_string()}),
         };
         self.publish_json(topics::set_result(&device), &v, false);
@@ -371,22 +376,23 @@ impl Bridge {
         &mut self,
         device: DeviceId,
         payload: &[u8],
-    ) -> Result<(u32, f64), topics::SetError> {
-        let value = topics::parse_setpoint(payload)?;
-        let takes = self.api.directory.get(&device).is_some_and(|d| {
-            d.availability != Availability::Isolated
-                && d.info.capabilities.iter().any(|c| c == "setpoint")
-        });
-        if !takes {
-            return Err(topics::SetError::NotAllowed);
-        }
+    ) -> Result<(u32, Command, f64), topics::SetError> {
+        // What the device declared it can be set to; nothing while it is isolated.
+        let commands: Vec<Command> = match self.api.directory.get(&device) {
+            Some(d) if d.availability != Availability::Isolated => {
+                capabilities(&d.info.capabilities).into_iter().filter_map(|q| q.command()).collect()
+            }
+            _ => Vec::new(),
+        };
+        let (command, value) = topics::parse_set_payload(payload, &commands)?;
         self.next_command = self.next_command.wrapping_add(1);
         let id = self.next_command;
-        let command = Command { id, name: "setpoint".into(), value };
-        match self.api.command(device, command).await {
+        let relayed = SensorCommand { id, setting: command, value };
+        match self.api.command(device, relayed).await {
             Ok(()) => {
-                tracing::info!(%device, id, "setpoint command queued for the sensor's next report");
-                Ok((id, value))
+                let name = command.name();
+                tracing::info!(%device, id, name, "command queued for the sensor's next report");
+                Ok((id, command, value))
             }
             Err(_) => Err(topics::SetError::NotAllowed),
         }

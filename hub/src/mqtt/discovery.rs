@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use protocol::vocabulary::{Capability, capabilities};
+use protocol::vocabulary::{Command, Kind, Quantity, capabilities};
 
 use super::topics;
 use crate::devices::DeviceSnapshot;
@@ -57,15 +57,16 @@ pub fn config_topic(prefix: &str, component: Component, device: &str, object: &s
 }
 
 /// Every entity config for `device` (none for an isolated device): one or more entities per
-/// capability its model declared at pairing (`protocol::vocabulary`), the firmware `update`
-/// entity if it can be updated — never depending on which readings have arrived.
+/// capability its model declared at pairing, derived from the quantity's row in
+/// `protocol::vocabulary` (numbers are sensors, states binary sensors, events events, a
+/// settable quantity its command's entity), and the firmware `update` entity if it can be
+/// updated — never depending on which readings have arrived.
 pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
     if device.availability == crate::devices::Availability::Isolated {
         return Vec::new();
     }
     let id = device.info.id.to_string();
     let state = topics::state(&device.info.id);
-    let caps = capabilities(&device.info.capabilities);
     let mut out = Vec::new();
     let mut entity = |component: Component, object: &str, name: &str, extra: Value| {
         let object_id = format!("hearth_{id}_{object}");
@@ -88,34 +89,19 @@ pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
         out.push(EntityConfig { topic: config_topic(prefix, component, &id, object), payload });
     };
     // A quantity's value in the state message; `None` (HA: unknown) until one was measured.
-    let value = |c: Capability| format!("{{{{ value_json['values'].get('{}') }}}}", c.quantity());
-    for cap in caps {
-        match cap {
-            Capability::Temperature => entity(
-                Component::Sensor,
-                "temperature",
-                "Temperature",
-                json!({
-                    "state_topic": state,
-                    "device_class": "temperature",
-                    "unit_of_measurement": "°C",
-                    "state_class": "measurement",
-                    "value_template": value(cap),
-                }),
-            ),
-            Capability::Humidity => entity(
-                Component::Sensor,
-                "humidity",
-                "Humidity",
-                json!({
-                    "state_topic": state,
-                    "device_class": "humidity",
-                    "unit_of_measurement": "%",
-                    "state_class": "measurement",
-                    "value_template": value(cap),
-                }),
-            ),
-            Capability::Setpoint => {
+    let value = |q: Quantity| format!("{{{{ value_json['values'].get('{}') }}}}", q.senml());
+    for q in capabilities(&device.info.capabilities) {
+        let object = q.capability().unwrap_or(q.senml());
+        let spec = q.spec();
+        let mut common = json!({});
+        if let Some(class) = spec.device_class {
+            common["device_class"] = json!(class);
+        }
+        if spec.diagnostic {
+            common["entity_category"] = json!("diagnostic");
+        }
+        match (q.command(), q.kind()) {
+            (Some(Command::Setpoint), _) => {
                 entity(
                     Component::Climate,
                     "thermostat",
@@ -126,13 +112,13 @@ pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
                         "mode_state_topic": state,
                         "mode_state_template": "heat",
                         "current_temperature_topic": state,
-                        "current_temperature_template": value(Capability::Temperature),
+                        "current_temperature_template": value(Quantity::Temperature),
                         "temperature_state_topic": state,
-                        "temperature_state_template": value(Capability::Setpoint),
+                        "temperature_state_template": value(q),
                         "temperature_command_topic": topics::set(&device.info.id),
-                        "min_temp": *topics::SETPOINT_RANGE.start(),
-                        "max_temp": *topics::SETPOINT_RANGE.end(),
-                        "temp_step": 0.5,
+                        "min_temp": *Command::Setpoint.range().start(),
+                        "max_temp": *Command::Setpoint.range().end(),
+                        "temp_step": Command::Setpoint.step(),
                         "temperature_unit": "C",
                         "precision": 0.1,
                     }),
@@ -151,46 +137,32 @@ pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
                     }),
                 );
             }
-            Capability::Contact => entity(
-                Component::BinarySensor,
-                "contact",
-                "Door",
-                json!({
-                    "state_topic": state,
-                    "device_class": "door",
-                    "value_template": format!(
-                        "{{{{ {{true: 'ON', false: 'OFF'}}.get(value_json['values'].get('{}'), 'None') }}}}",
-                        cap.quantity()
-                    ),
-                    "payload_on": "ON",
-                    "payload_off": "OFF",
-                }),
-            ),
-            // Every press is an event (HA's `event` entity, usable as a trigger), not a state
-            // sampled at reports.
-            Capability::Button => entity(
-                Component::Event,
-                "button",
-                "Button",
-                json!({
-                    "state_topic": topics::event(&device.info.id),
-                    "event_types": ["press"],
-                    "device_class": "button",
-                }),
-            ),
-            Capability::Battery => entity(
-                Component::Sensor,
-                "battery",
-                "Battery",
-                json!({
-                    "state_topic": state,
-                    "device_class": "battery",
-                    "unit_of_measurement": "%",
-                    "state_class": "measurement",
-                    "entity_category": "diagnostic",
-                    "value_template": value(cap),
-                }),
-            ),
+            (None, Kind::Numeric) => {
+                common["state_topic"] = json!(state);
+                common["state_class"] = json!("measurement");
+                common["value_template"] = json!(value(q));
+                if let Some(u) = spec.unit.map(|u| u.home_assistant).filter(|u| !u.is_empty()) {
+                    common["unit_of_measurement"] = json!(u);
+                }
+                entity(Component::Sensor, object, spec.label, common);
+            }
+            (None, Kind::State { .. }) => {
+                common["state_topic"] = json!(state);
+                common["value_template"] = json!(format!(
+                    "{{{{ {{true: 'ON', false: 'OFF'}}.get(value_json['values'].get('{}'), 'None') }}}}",
+                    q.senml()
+                ));
+                common["payload_on"] = json!("ON");
+                common["payload_off"] = json!("OFF");
+                entity(Component::BinarySensor, object, spec.label, common);
+            }
+            // Every occurrence is an event (HA's `event` entity, usable as a trigger), not a
+            // state sampled at reports.
+            (None, Kind::Event { .. }) => {
+                common["state_topic"] = json!(topics::event(&device.info.id));
+                common["event_types"] = json!([q.senml()]);
+                entity(Component::Event, object, spec.label, common);
+            }
         }
     }
     if device.info.updatable {
@@ -312,9 +284,20 @@ pub fn schema_problems(topic: &str, payload: &Value) -> Vec<String> {
     if component == "sensor" {
         let class = payload.get("device_class").and_then(Value::as_str);
         let unit = payload.get("unit_of_measurement").and_then(Value::as_str);
+        // Home Assistant's sensor device classes and the units each accepts (a subset).
         let units: &[&str] = match class {
             Some("temperature") => &["°C", "°F", "K"],
-            Some("humidity" | "battery") => &["%"],
+            Some("humidity" | "battery" | "moisture") => &["%"],
+            Some("carbon_dioxide" | "carbon_monoxide") => &["ppm"],
+            Some("pressure" | "atmospheric_pressure") => {
+                &["Pa", "hPa", "kPa", "bar", "cbar", "mbar", "mmHg", "inHg", "psi"]
+            }
+            Some("illuminance") => &["lx"],
+            Some("pm1" | "pm25" | "pm10") => &["µg/m³"],
+            Some("power") => &["W", "kW"],
+            Some("energy") => &["Wh", "kWh", "MWh"],
+            Some("voltage") => &["V", "mV"],
+            Some("current") => &["A", "mA"],
             Some(other) => {
                 problems.push(format!("unexpected device_class {other}"));
                 &[]
@@ -331,7 +314,21 @@ pub fn schema_problems(topic: &str, payload: &Value) -> Vec<String> {
     }
     if component == "binary_sensor"
         && let Some(c) = payload.get("device_class").and_then(Value::as_str)
-        && !matches!(c, "door" | "opening" | "window" | "motion" | "occupancy")
+        && !matches!(
+            c,
+            "door"
+                | "garage_door"
+                | "opening"
+                | "window"
+                | "motion"
+                | "occupancy"
+                | "presence"
+                | "moisture"
+                | "smoke"
+                | "gas"
+                | "vibration"
+                | "tamper"
+        )
     {
         problems.push(format!("unexpected binary_sensor device_class {c}"));
     }
@@ -378,12 +375,16 @@ mod tests {
 
     #[test]
     fn every_model_gets_configs_that_fit_the_schema() {
-        let models: [&[&str]; 4] =
-            [&["temperature", "setpoint"], &["temperature", "humidity"], &["contact"], &["button"]];
-        for caps in models {
-            let d = snapshot(caps, true, Availability::Online);
+        // Every model in the vocabulary, the example ones included: one entity per declared
+        // capability (two for a thermostat: the climate entity and its last command), plus
+        // the firmware.
+        for model in protocol::vocabulary::Model::ALL {
+            let caps: Vec<&str> =
+                model.quantities().iter().filter_map(|q| q.capability()).collect();
+            let d = snapshot(&caps, true, Availability::Online);
             let configs = configs("homeassistant", &d);
-            assert!(!configs.is_empty());
+            let commands = model.commands().count();
+            assert_eq!(configs.len(), caps.len() + commands + 1, "{model:?}: {configs:?}");
             for c in &configs {
                 assert_eq!(schema_problems(&c.topic, &c.payload), Vec::<String>::new(), "{c:?}");
             }
@@ -391,10 +392,24 @@ mod tests {
                 configs.iter().map(|c| c.payload["unique_id"].to_string()).collect();
             assert_eq!(ids.len(), configs.len(), "unique ids are unique");
         }
-        let thermo = configs("homeassistant", &snapshot(models[0], true, Availability::Online));
+        let co2 =
+            configs("homeassistant", &snapshot(&["co2", "battery"], false, Availability::Online));
+        let sensor = co2.iter().find(|c| c.topic.ends_with("/co2/config")).expect("co2");
+        assert_eq!(sensor.topic, "homeassistant/sensor/hearth_0a1b/co2/config");
+        assert_eq!(sensor.payload["device_class"], "carbon_dioxide");
+        assert_eq!(sensor.payload["unit_of_measurement"], "ppm");
+        assert_eq!(sensor.payload["value_template"], "{{ value_json['values'].get('co2') }}");
+        let thermo = configs(
+            "homeassistant",
+            &snapshot(&["temperature", "setpoint"], true, Availability::Online),
+        );
         let climate = thermo.iter().find(|c| c.topic.contains("/climate/")).expect("climate");
         assert_eq!(climate.topic, "homeassistant/climate/hearth_0a1b/thermostat/config");
         assert_eq!(climate.payload["temperature_command_topic"], "hearth/0a1b/set");
+        assert_eq!(
+            (climate.payload["min_temp"].as_f64(), climate.payload["max_temp"].as_f64()),
+            (Some(5.0), Some(35.0))
+        );
         assert!(thermo.iter().any(|c| c.topic.contains("/update/")));
     }
 

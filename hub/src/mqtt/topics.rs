@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use protocol::vocabulary::{Command, CommandRefused, Kind, Quantity, short_name};
 use serde_json::{Value, json};
 
 use crate::device_id::DeviceId;
@@ -16,8 +17,6 @@ pub const ROOT: &str = "hearth";
 pub const HUB_STATUS: &str = "hearth/hub/status";
 /// Security events (JSON, not retained).
 pub const HUB_SECURITY: &str = "hearth/hub/security";
-/// Setpoints accepted by `…/set`, °C.
-pub const SETPOINT_RANGE: std::ops::RangeInclusive<f64> = 5.0..=35.0;
 /// Longest `…/set` payload.
 const MAX_SET_PAYLOAD: usize = 128;
 
@@ -37,25 +36,27 @@ pub fn history(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/history")
 }
 
-/// `hearth/<device>/event`: one message per button press (`{"event_type": "press", ...}`),
+/// `hearth/<device>/event`: one message per event (a button's `{"event_type": "press", ...}`),
 /// never retained.
 pub fn event(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/event")
 }
 
 /// The events in `readings` (live ones only: a press replayed from an outage buffer is
-/// history, not something to react to now): a button's presses.
-pub fn press_events(readings: &[LiveReading]) -> Vec<Value> {
-    use protocol::vocabulary::Capability;
+/// history, not something to react to now): each `true` of an event quantity (a button's
+/// press), its SenML short name as the event type.
+pub fn events(readings: &[LiveReading]) -> Vec<Value> {
     readings
         .iter()
-        .filter(|r| !r.backfill && short_name(&r.reading.name) == Capability::Button.quantity())
-        .filter(|r| r.reading.value == Value::Bool(true))
-        .map(|r| {
-            json!({
-                "event_type": "press",
-                "time_ms": r.reading.time_ms,
-                "timestamp": rfc3339_ms(r.reading.time_ms),
+        .filter(|r| !r.backfill && r.reading.value == Value::Bool(true))
+        .filter_map(|r| {
+            let q = Quantity::of_record(&r.reading.name)?;
+            matches!(q.kind(), Kind::Event { .. }).then(|| {
+                json!({
+                    "event_type": q.senml(),
+                    "time_ms": r.reading.time_ms,
+                    "timestamp": rfc3339_ms(r.reading.time_ms),
+                })
             })
         })
         .collect()
@@ -106,37 +107,43 @@ pub fn parse_set(topic: &str) -> Option<DeviceId> {
 }
 
 /// Why a command was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SetError {
-    /// Not a number or `{"setpoint": number}`.
-    #[error("payload must be a number or {{\"setpoint\": number}}")]
+    /// Not a number, or not `{"<command>": number}` naming a command the hub knows.
+    #[error("payload must be a number or {{\"<command>\": number}}, e.g. {{\"setpoint\": 21}}")]
     Malformed,
     /// Out of range.
-    #[error("setpoint must be 5 to 35 °C")]
-    OutOfRange,
+    #[error(transparent)]
+    Refused(#[from] CommandRefused),
     /// Unknown, isolated, or without that setting.
     #[error("the device does not take that command")]
     NotAllowed,
 }
 
-/// A parsed `…/set` payload: the thermostat's setpoint (a plain number, as Home Assistant's
-/// climate entity sends, or `{"setpoint": n}`).
-pub fn parse_setpoint(payload: &[u8]) -> Result<f64, SetError> {
+/// A parsed `…/set` payload for a device that takes `commands`: a plain number (as Home
+/// Assistant's climate entity sends) for its first command, or `{"<command>": n}`; checked
+/// against the command's range (`protocol::vocabulary`) and rounded to hundredths.
+pub fn parse_set_payload(payload: &[u8], commands: &[Command]) -> Result<(Command, f64), SetError> {
     if payload.len() > MAX_SET_PAYLOAD {
         return Err(SetError::Malformed);
     }
     let text = std::str::from_utf8(payload).map_err(|_| SetError::Malformed)?.trim();
-    let value = match serde_json::from_str::<Value>(text) {
-        Ok(Value::Number(n)) => n.as_f64(),
-        Ok(Value::Object(o)) if o.len() == 1 => o.get("setpoint").and_then(Value::as_f64),
-        Ok(Value::String(s)) => s.trim().parse::<f64>().ok(),
-        _ => None,
+    let (named, value) = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Number(n)) => (None, n.as_f64()),
+        Ok(Value::Object(o)) if o.len() == 1 => {
+            let (k, v) = o.iter().next().ok_or(SetError::Malformed)?;
+            (Some(Command::parse(k).ok_or(SetError::Malformed)?), v.as_f64())
+        }
+        Ok(Value::String(s)) => (None, s.trim().parse::<f64>().ok()),
+        _ => (None, None),
     };
     let value = value.filter(|v| v.is_finite()).ok_or(SetError::Malformed)?;
-    if !SETPOINT_RANGE.contains(&value) {
-        return Err(SetError::OutOfRange);
+    let command = named.or(commands.first().copied()).ok_or(SetError::NotAllowed)?;
+    let value = command.check(value)?;
+    if !commands.contains(&command) {
+        return Err(SetError::NotAllowed);
     }
-    Ok((value * 100.0).round() / 100.0)
+    Ok((command, value))
 }
 
 /// Whether a client may publish to `topic`: not to the hub's own topics (device state,
@@ -156,11 +163,6 @@ pub fn client_may_publish(topic: &str, discovery_prefix: &str) -> bool {
         Some(rest) if rest.starts_with('/') => rest == "/status",
         _ => true,
     }
-}
-
-/// The short name of a SenML record (`urn:dev:<serial>:temp` → `temp`).
-pub fn short_name(name: &str) -> &str {
-    name.rsplit(':').next().unwrap_or(name)
 }
 
 /// One state message: the values measured at one time.
@@ -228,7 +230,7 @@ fn state_payload(
     values: BTreeMap<String, Value>,
     backfill: bool,
 ) -> Value {
-    let battery = values.get("battery").and_then(Value::as_f64).or(device.battery);
+    let battery = values.get(Quantity::Battery.senml()).and_then(Value::as_f64).or(device.battery);
     let mut v = json!({
         "device": device.info.id,
         "name": device.name,
@@ -248,26 +250,10 @@ fn state_payload(
 
 /// Unix milliseconds as RFC 3339 UTC (`2026-12-04T19:00:00.123Z`).
 pub fn rfc3339_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let milli = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        Err(_) => ms.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -281,15 +267,24 @@ mod tests {
         assert_eq!(parse_set("hearth/0a1b/state"), None);
         assert_eq!(parse_set("hearth/x/y/set"), None);
         assert_eq!(parse_set("hearth/zz/set"), None);
-        assert_eq!(parse_setpoint(b"22.5"), Ok(22.5));
-        assert_eq!(parse_setpoint(b" 21 "), Ok(21.0));
-        assert_eq!(parse_setpoint(br#"{"setpoint": 19.25}"#), Ok(19.25));
-        assert_eq!(parse_setpoint(br#""20""#), Ok(20.0));
-        assert_eq!(parse_setpoint(b"99"), Err(SetError::OutOfRange));
-        assert_eq!(parse_setpoint(b"NaN"), Err(SetError::Malformed));
-        assert_eq!(parse_setpoint(b"\xff"), Err(SetError::Malformed));
-        assert_eq!(parse_setpoint(br#"{"setpoint": 20, "x": 1}"#), Err(SetError::Malformed));
-        assert_eq!(parse_setpoint(&[b'1'; 200]), Err(SetError::Malformed));
+        let thermostat = [Command::Setpoint];
+        let set = |p: &[u8]| parse_set_payload(p, &thermostat).map(|(_, v)| v);
+        assert_eq!(set(b"22.5"), Ok(22.5));
+        assert_eq!(set(b" 21 "), Ok(21.0));
+        assert_eq!(set(br#"{"setpoint": 19.25}"#), Ok(19.25));
+        assert_eq!(set(br#""20""#), Ok(20.0));
+        assert_eq!(set(b"20.004"), Ok(20.0));
+        let too_hot = set(b"99").expect_err("out of range");
+        assert!(matches!(too_hot, SetError::Refused(_)), "{too_hot:?}");
+        assert_eq!(too_hot.to_string(), "setpoint must be 5 to 35 °C");
+        assert_eq!(set(b"NaN"), Err(SetError::Malformed));
+        assert_eq!(set(b"\xff"), Err(SetError::Malformed));
+        assert_eq!(set(br#"{"setpoint": 20, "x": 1}"#), Err(SetError::Malformed));
+        assert_eq!(set(br#"{"laser": 20}"#), Err(SetError::Malformed));
+        assert_eq!(set(&[b'1'; 200]), Err(SetError::Malformed));
+        // A device without that command (a climate sensor) takes none.
+        assert_eq!(parse_set_payload(b"20", &[]), Err(SetError::NotAllowed));
+        assert_eq!(parse_set_payload(br#"{"setpoint": 20}"#, &[]), Err(SetError::NotAllowed));
     }
 
     #[test]
@@ -382,7 +377,7 @@ mod tests {
             r(2_000, "battery", json!(90.0), false),
             r(3_000, "press", json!(true), false),
         ];
-        let events = press_events(&readings);
+        let events = events(&readings);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0]["event_type"], "press");
         assert_eq!(events[0]["time_ms"], 3_000);

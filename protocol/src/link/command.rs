@@ -6,6 +6,7 @@
 //! authenticated link).
 
 use crate::cbor::{CborError, Reader, Writer};
+use crate::vocabulary;
 
 /// The CoAP option that carries a command inside an OSCORE-protected response. From the
 /// experimental range (RFC 7252 §12.2); even, so elective: a sensor that does not know it
@@ -14,13 +15,14 @@ pub const COMMAND_OPTION: u16 = 65004;
 /// Longest command name.
 pub const MAX_NAME: usize = 32;
 
-/// A command: set quantity `name` to `value`. `id` lets both sides tell commands apart.
+/// A command: set the quantity of `setting` to `value`. `id` lets both sides tell commands
+/// apart. On the wire the setting is its name in the vocabulary (`setpoint`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Command {
     /// Chosen by the hub, increasing.
     pub id: u32,
-    /// The quantity (e.g. `setpoint`).
-    pub name: String,
+    /// What it sets.
+    pub setting: vocabulary::Command,
     /// The new value (finite).
     pub value: f64,
 }
@@ -28,7 +30,8 @@ pub struct Command {
 /// Why a command did not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
-    /// Not `[id, name, value]` in CBOR, a name too long or empty, or a value not finite.
+    /// Not `[id, name, value]` in CBOR, a name outside the vocabulary's commands, or a value
+    /// not finite.
     #[error("malformed command")]
     Malformed,
 }
@@ -43,7 +46,7 @@ impl Command {
     /// `[id, name, value]`.
     pub fn encode(&self) -> Vec<u8> {
         Writer::build(|w| {
-            w.array(3).uint(self.id.into()).text(&self.name).float(self.value);
+            w.array(3).uint(self.id.into()).text(self.setting.name()).float(self.value);
         })
     }
 
@@ -57,10 +60,11 @@ impl Command {
         let name = r.text("name")?;
         let value = r.number("value")?;
         r.finish()?;
-        if name.is_empty() || name.len() > MAX_NAME || !value.is_finite() {
+        if name.len() > MAX_NAME || !value.is_finite() {
             return Err(CommandError::Malformed);
         }
-        Ok(Self { id, name: name.to_owned(), value })
+        let setting = vocabulary::Command::parse(name).ok_or(CommandError::Malformed)?;
+        Ok(Self { id, setting, value })
     }
 }
 
@@ -70,12 +74,17 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_bad_input() {
-        let c = Command { id: 7, name: "setpoint".into(), value: 22.5 };
+        let c = Command { id: 7, setting: vocabulary::Command::Setpoint, value: 22.5 };
         assert_eq!(Command::decode(&c.encode()), Ok(c));
-        let bad = Command { id: 1, name: String::new(), value: 1.0 };
-        assert_eq!(Command::decode(&bad.encode()), Err(CommandError::Malformed));
-        let nan = Command { id: 1, name: "x".into(), value: f64::NAN };
-        assert_eq!(Command::decode(&nan.encode()), Err(CommandError::Malformed));
+        let wire = |name: &str, value: f64| {
+            Writer::build(|w| {
+                w.array(3).uint(1).text(name).float(value);
+            })
+        };
+        assert!(Command::decode(&wire("setpoint", 20.0)).is_ok());
+        assert_eq!(Command::decode(&wire("", 1.0)), Err(CommandError::Malformed));
+        assert_eq!(Command::decode(&wire("laser", 1.0)), Err(CommandError::Malformed));
+        assert_eq!(Command::decode(&wire("setpoint", f64::NAN)), Err(CommandError::Malformed));
         assert_eq!(Command::decode(&[0x83, 0x01]), Err(CommandError::Malformed));
         assert_eq!(Command::decode(b""), Err(CommandError::Malformed));
     }

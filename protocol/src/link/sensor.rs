@@ -10,18 +10,18 @@ use std::collections::VecDeque;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 use rand_core::CryptoRng;
 
-use crate::oscore::{Kid, Lease, OscoreError, RequestBinding, SecurityContext, echo_value};
+use crate::oscore::{Kid, Lease, RequestBinding, SecurityContext, echo_value};
 use crate::pairing::{
     AwaitingHubHello, AwaitingHubProof, Confirm, Descriptor, HubHello, MaskWidth, Paired,
     PairingError, Pin, SensorPairing,
 };
 use crate::time::Millis;
 
-use super::coap::{self, PATH_DONE, PATH_HELLO, PATH_PROOF, PATH_READINGS};
-use super::fw::{
-    BLOCK2, Block, LinkOffer, PATH_IMAGE, PATH_MANIFEST, PATH_REPORT, UpdateOffer, UpdateReport,
-};
+use super::coap::{self, PATH_DONE, PATH_HELLO};
+use super::fw::{BLOCK2, Block, LinkOffer, UpdateOffer, UpdateReport};
 use super::hub::encode_done;
+
+mod send;
 
 /// Firmware requests sent in a row before a waiting reading goes out.
 const CONTROL_BURST: u8 = 8;
@@ -43,7 +43,7 @@ pub enum SensorEvent {
     PairingFailed(PairingError),
     /// The hub refused pairing (window closed or backing off), or forgot the attempt (its window
     /// closed or the session expired before the PIN was typed): the hub's reason, as printable
-    /// text of at most [`MAX_REASON`] characters.
+    /// text of at most 160 characters.
     PairingRefused(String),
     /// The hub acknowledged reading `id`: it is durable there and can be dropped here.
     Delivered(u64),
@@ -697,122 +697,6 @@ impl SensorLink {
         };
         self.events.push_back(event);
     }
-
-    /// Sends whatever is next, if nothing is in flight.
-    fn pump<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R) {
-        if self.out.is_some() || now < self.not_before {
-            return;
-        }
-        match &mut self.phase {
-            Phase::Unpaired | Phase::Hello(..) => {}
-            Phase::Proof { kid, .. } => {
-                let kid = *kid;
-                let token = self.token();
-                let request = coap::post(self.mid(), &token, PATH_PROOF, kid.as_bytes().to_vec());
-                self.send(now, rng, request, token, Purpose::Proof);
-            }
-            Phase::Done { kid, reply, .. } => {
-                let body = encode_done(kid, reply.as_ref());
-                let token = self.token();
-                let request = coap::post(self.mid(), &token, PATH_DONE, body);
-                self.send(now, rng, request, token, Purpose::Done);
-            }
-            // Firmware requests go first, but a waiting reading still goes out after every few
-            // of them: a long download must not starve the sensor's data.
-            Phase::Linked(_) => {
-                let reading_due = !self.readings.is_empty() && self.control_streak >= CONTROL_BURST;
-                match self.control.pop_front() {
-                    Some(c) if !reading_due => {
-                        self.control_streak += 1;
-                        self.send_control(now, rng, c);
-                    }
-                    Some(c) => {
-                        self.control.push_front(c);
-                        self.control_streak = 0;
-                        self.send_reading(now, rng);
-                    }
-                    None => {
-                        self.control_streak = 0;
-                        self.send_reading(now, rng);
-                    }
-                }
-            }
-        }
-    }
-
-    fn send_reading<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R) {
-        let Some((id, payload)) = self.readings.front().cloned() else { return };
-        let token = self.token();
-        let mut request = coap::post(self.mid(), &token, PATH_READINGS, payload);
-        request.set_content_format(coap_lite::ContentFormat::ApplicationSenmlCBOR);
-        self.protect_and_send(now, rng, request, token, What::Reading(id));
-    }
-
-    fn send_control<R: CryptoRng + ?Sized>(&mut self, now: Millis, rng: &mut R, c: Control) {
-        let token = self.token();
-        let mid = self.mid();
-        let request = match &c {
-            Control::Manifest { version } => get(mid, &token, PATH_MANIFEST, *version),
-            Control::Block { version, block } => {
-                let mut r = get(mid, &token, PATH_IMAGE, *version);
-                r.add_option(CoapOption::Unknown(BLOCK2), block.encode());
-                r
-            }
-            Control::Report(report) => coap::post(mid, &token, PATH_REPORT, report.encode()),
-        };
-        self.protect_and_send(now, rng, request, token, What::Control(c));
-    }
-
-    /// Seals `request` (adding an outstanding Echo) and sends it; without a durable lease it asks
-    /// for one and puts a control request back to wait.
-    fn protect_and_send<R: CryptoRng + ?Sized>(
-        &mut self,
-        now: Millis,
-        rng: &mut R,
-        mut request: Packet,
-        token: Vec<u8>,
-        what: What,
-    ) {
-        if let Some(echo) = &self.echo {
-            request.add_option(CoapOption::Unknown(252), echo.clone());
-        }
-        let routability = self
-            .routability
-            .as_ref()
-            .filter(|(_, at)| now < at.plus(ROUTABILITY_REUSE_MS))
-            .map(|(v, _)| v.clone());
-        let Phase::Linked(ctx) = &mut self.phase else { return };
-        match ctx.protect_request(&request) {
-            Ok((mut sealed, binding)) => {
-                if let Some(lease) = ctx.poll_lease() {
-                    self.events.push_back(SensorEvent::LeaseNeeded(lease));
-                }
-                if let Some(v) = routability {
-                    sealed.packet.add_option(CoapOption::Unknown(super::hub::ECHO_OPTION), v);
-                }
-                self.send(now, rng, sealed.packet, token, Purpose::Protected { binding, what });
-            }
-            Err(e) => {
-                if let Some(lease) = ctx.poll_lease() {
-                    self.events.push_back(SensorEvent::LeaseNeeded(lease));
-                }
-                if let What::Control(c) = what {
-                    self.control.push_front(c);
-                }
-                if e != OscoreError::LeaseNotDurable {
-                    self.events.push_back(SensorEvent::LinkError("cannot protect request"));
-                }
-            }
-        }
-    }
-}
-
-/// A confirmable GET of `path?v=<version>`.
-fn get(mid: u16, token: &[u8], path: &str, version: u32) -> Packet {
-    let mut p = coap::post(mid, token, path, Vec::new());
-    p.header.code = MessageClass::Request(coap_lite::RequestType::Get);
-    p.add_option(CoapOption::UriQuery, format!("v={version}").into_bytes());
-    p
 }
 
 fn jitter<R: CryptoRng + ?Sized>(rng: &mut R) -> f64 {
@@ -820,7 +704,7 @@ fn jitter<R: CryptoRng + ?Sized>(rng: &mut R) -> f64 {
 }
 
 /// Longest refusal reason a sensor keeps from the hub's answer.
-pub const MAX_REASON: usize = 160;
+const MAX_REASON: usize = 160;
 
 /// The reason in a pairing refusal: the response code and the hub's diagnostic payload
 /// (RFC 7252 §5.5.2), kept only as printable text and cut at [`MAX_REASON`] characters.

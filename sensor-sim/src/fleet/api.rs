@@ -13,7 +13,7 @@ use super::update::CutPoint;
 use crate::buffer::BufferConfig;
 use crate::clock;
 use crate::flash::FlashError;
-use crate::model::ModelKind;
+use crate::model::Model;
 
 /// Faults the fleet injects on its side of the network.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,7 +42,7 @@ impl SimFaults {
 pub struct FleetConfig {
     /// The hub's CoAP address.
     pub hub: SocketAddr,
-    /// Number of sensors (models cycle through [`ModelKind::ALL`]).
+    /// Number of sensors (models cycle through `models`, or the standard ones if it is empty: [`Model::standard`]).
     pub sensors: u32,
     /// UDP sockets shared by the sensors.
     pub sockets: usize,
@@ -65,7 +65,7 @@ pub struct FleetConfig {
     /// The manufacturer keys built into sensors that verify update signatures themselves.
     pub trust: Option<protocol::update::TrustAnchors>,
     /// Models the sensors cycle through (sensor i is `models[i % len]`).
-    pub models: Vec<ModelKind>,
+    pub models: Vec<Model>,
     /// Outage buffering and draining (TR 103 621 6.53).
     pub buffer: BufferConfig,
     /// Measurements each sensor keeps in its local log in flash (0: none), for the physical
@@ -96,7 +96,7 @@ impl FleetConfig {
             lease_block: protocol::oscore::DEFAULT_LEASE_BLOCK,
             audit_nonces: false,
             trust: None,
-            models: ModelKind::ALL.to_vec(),
+            models: Model::standard().collect(),
             buffer: BufferConfig::default(),
             local_log: 0,
             probe_max_ms: protocol::link::coap::MAX_BACKOFF_MS,
@@ -145,8 +145,8 @@ pub enum FleetEvent {
     Command {
         /// Sensor index.
         index: u32,
-        /// The quantity.
-        name: String,
+        /// What it sets.
+        setting: protocol::vocabulary::Command,
         /// The value asked for.
         value: f64,
         /// The value now in effect, if the model has that quantity (clamped to its range).

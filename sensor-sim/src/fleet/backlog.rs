@@ -7,25 +7,24 @@
 use protocol::link::coap::MAX_DATAGRAM;
 use protocol::senml::{self, Reading, UnixTimeMillis, Value};
 use protocol::time::Millis;
+use protocol::vocabulary::Quantity;
 
 use super::{FleetEvent, FleetTask};
 use crate::buffer::{BufferEvent, Pack};
 use crate::clock;
-use crate::model::{ModelKind, Sample};
+use crate::model::{self, Model, Sample};
 
 /// SenML bytes a pack may take: a datagram less CoAP, OSCORE and inner-option overhead (an
 /// Echo option included).
 const PACK_BUDGET: usize = MAX_DATAGRAM - 180;
 /// Records per pack the hub accepts.
 const MAX_RECORDS: usize = 64;
-/// Last segment of the drop counter's SenML name.
-pub const DROPPED_NAME: &str = "buffer_dropped";
 
 /// Measurements of `model` that fit in one pack with the drop counter, at worst-case encoding
 /// sizes (64-bit floats for every value and time).
-pub(super) fn per_pack(model: ModelKind, serial: &str) -> usize {
+pub(super) fn per_pack(model: Model, serial: &str) -> usize {
     let worst = Sample { time_ms: 1_700_000_000_001, values: [0.1, 0.1] };
-    let one = senml::encode(&model.readings(serial, &worst)).len();
+    let one = senml::encode(&model::readings(model, serial, &worst)).len();
     let drop = senml::encode(&[drop_record(serial, u64::MAX, worst.time_ms)]).len();
     let records = model.quantities().len().max(1);
     // Array headers take up to 3 bytes.
@@ -36,17 +35,17 @@ pub(super) fn per_pack(model: ModelKind, serial: &str) -> usize {
 /// The drop counter as a reading: total measurements dropped so far.
 fn drop_record(serial: &str, dropped: u64, time_ms: i64) -> Reading {
     Reading {
-        name: format!("urn:dev:{serial}:{DROPPED_NAME}"),
-        unit: Some("count".into()),
+        name: Quantity::BufferDropped.record_name(serial),
+        unit: Quantity::BufferDropped.unit().map(|u| u.senml.to_owned()),
         value: Value::Number(dropped as f64),
         time: UnixTimeMillis(time_ms),
     }
 }
 
 /// A pack as SenML: its measurements in order, then the drop counter (at the last one's time).
-fn encode(model: ModelKind, serial: &str, pack: &Pack) -> Vec<u8> {
+fn encode(model: Model, serial: &str, pack: &Pack) -> Vec<u8> {
     let mut readings: Vec<Reading> =
-        pack.entries.iter().flat_map(|e| model.readings(serial, &e.sample)).collect();
+        pack.entries.iter().flat_map(|e| model::readings(model, serial, &e.sample)).collect();
     if let (Some(d), Some(last)) = (pack.dropped, pack.entries.last()) {
         readings.push(drop_record(serial, d, last.sample.time_ms));
     }
@@ -60,7 +59,7 @@ impl FleetTask {
         if !s.link.is_paired() {
             return;
         }
-        let sample = s.env.sample(s.model, &mut self.rng, clock::unix_millis());
+        let sample = s.env.sample(&mut self.rng, clock::unix_millis());
         let id = s.next_id;
         s.next_id += 1;
         if let Some(gone) = s.buffer.push(id, sample, clock::now_us()) {
@@ -149,8 +148,8 @@ mod tests {
 
     #[test]
     fn a_full_pack_fits_one_datagram_and_the_hubs_record_limit() {
-        for model in ModelKind::ALL {
-            let serial = format!("{}-99999", model.prefix());
+        for model in Model::ALL {
+            let serial = format!("{}-99999", model::prefix(model));
             let n = per_pack(model, &serial);
             assert!(n >= 8, "{model:?}: only {n} per pack");
             let entries = (0..n as u64)

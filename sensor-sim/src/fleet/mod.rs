@@ -37,11 +37,11 @@ use crate::buffer::Buffer;
 use crate::clock;
 use crate::firmware::Slots;
 use crate::flash::{Flash, FlashBatch, FlashRecord, StoredContext};
-use crate::model::{Environment, ModelKind};
+use crate::model::{self, Environment, Model};
 
 struct Sensor {
     serial: String,
-    model: ModelKind,
+    model: Model,
     fw: update::Fw,
     link: SensorLink,
     env: Environment,
@@ -127,12 +127,12 @@ pub async fn spawn(
     };
     let mut sensors = Vec::with_capacity(config.sensors as usize);
     for index in 0..config.sensors {
-        let models =
-            if config.models.is_empty() { &ModelKind::ALL[..] } else { &config.models[..] };
+        let standard: Vec<Model> = Model::standard().collect();
+        let models = if config.models.is_empty() { &standard[..] } else { &config.models[..] };
         let model = models[index as usize % models.len()];
         let rec = records.get(&index);
         let serial = rec.map_or_else(
-            || format!("{}-{:05}", model.prefix(), config.first_serial.saturating_add(index)),
+            || format!("{}-{:05}", model::prefix(model), config.first_serial.saturating_add(index)),
             |r| r.serial.clone(),
         );
         let per_pack = backlog::per_pack(model, &serial);
@@ -153,7 +153,7 @@ pub async fn spawn(
             model,
             fw: update::Fw::new(rec.map_or_else(|| Slots::factory(1), |r| r.slots.clone())),
             link,
-            env: Environment::default(),
+            env: Environment::new(model),
             display: None,
             kid: None,
             exported: rec.is_some_and(|r| r.exported),
@@ -480,9 +480,9 @@ impl FleetTask {
             SensorEvent::LinkError(_) => {}
             SensorEvent::Command(c) => {
                 let s = &mut self.sensors[i];
-                let applied = s.env.apply(s.model, &c.name, c.value);
-                let (name, value) = (c.name, c.value);
-                self.emit(FleetEvent::Command { index, name, value, applied });
+                let applied = s.env.apply(c.setting, c.value);
+                let (setting, value) = (c.setting, c.value);
+                self.emit(FleetEvent::Command { index, setting, value, applied });
             }
             e @ (SensorEvent::UpdateOffered(_)
             | SensorEvent::Manifest { .. }

@@ -20,10 +20,10 @@ impl FleetTask {
         }
         s.pair_retry = None;
         s.pair_attempts = s.pair_attempts.saturating_add(1);
-        let descriptor = s.model.descriptor(&s.serial, s.fw.running());
+        let descriptor = crate::model::descriptor(s.model, &s.serial, s.fw.running());
         s.link = boot_link(&mut self.rng, None, 0, &self.config, index);
         s.kid = None;
-        s.link.start_pairing(now, &mut self.rng, descriptor, s.model.width());
+        s.link.start_pairing(now, &mut self.rng, descriptor, crate::model::WIDTH);
         self.service(index);
     }
 

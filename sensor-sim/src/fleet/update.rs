@@ -53,7 +53,7 @@ impl FleetTask {
         match e {
             SensorEvent::UpdateOffered(offer) => {
                 let s = &self.sensors[i];
-                let updatable = s.model.descriptor(&s.serial, 0).updatable;
+                let updatable = s.model.spec().updatable;
                 let (version, running) = (offer.offer().version, s.fw.running());
                 if !updatable || s.fw.busy {
                     return;
@@ -74,7 +74,7 @@ impl FleetTask {
                     return;
                 }
                 let version = offer.offer().version;
-                let verifies = s.model.descriptor(&s.serial, 0).verifies_signatures;
+                let verifies = s.model.spec().verifies_signatures;
                 let s = &mut self.sensors[i];
                 s.fw.busy = true;
                 s.fw.offer = Some(offer);

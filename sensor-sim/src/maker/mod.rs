@@ -1,5 +1,5 @@
 //! The simulated manufacturer: signing-key files ([`keys`]), signed manifests and advisories
-//! published to a feed directory ([`publish`]), the feed's TLS certificate ([`tls`]) and its
+//! published to a feed directory ([`mod@publish`]), the feed's TLS certificate ([`tls`]) and its
 //! HTTPS server ([`serve`]). EN 303 645 5.3-7/5.3-10 (TR 103 621 6.17/6.18: signed updates,
 //! delivered over a secure channel), 5.4-1.
 

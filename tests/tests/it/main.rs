@@ -32,4 +32,5 @@ mod setup_freeze;
 mod store;
 mod updates;
 mod upstream;
+mod vocabulary;
 mod web;
