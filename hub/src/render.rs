@@ -13,6 +13,7 @@ use crate::api::{
 };
 use crate::isolation::{Action, AdvisoryRecord};
 use crate::store::StoredReading;
+use protocol::vocabulary::Unit;
 use web_ui::time::{local_date, local_time_ms as local_time, relative};
 
 /// An answer laid out for people; `now_ms` is the current time (for "12 s ago").
@@ -64,17 +65,6 @@ fn label(t: &impl Serialize) -> String {
     }
 }
 
-/// A SenML unit as people write it.
-pub(crate) fn unit(u: &str) -> &str {
-    match u {
-        "Cel" => "°C",
-        "%RH" => "% RH",
-        "%EL" | "%" => "%",
-        "count" => "",
-        other => other,
-    }
-}
-
 fn value(v: &Value, u: Option<&str>) -> String {
     let number = match v {
         Value::Number(n) => n.as_f64().map(|f| {
@@ -84,7 +74,7 @@ fn value(v: &Value, u: Option<&str>) -> String {
         _ => None,
     };
     let n = number.unwrap_or_else(|| v.to_string());
-    match u.map(unit) {
+    match u.map(Unit::display) {
         Some("") | None => n,
         Some(u) => format!("{n} {u}"),
     }
@@ -254,7 +244,7 @@ impl Render for Vec<StoredReading> {
             .map(|r| {
                 vec![
                     local_time(r.time_ms),
-                    r.name.rsplit(':').next().unwrap_or(&r.name).into(),
+                    protocol::vocabulary::short_name(&r.name).into(),
                     value(&r.value, r.unit.as_deref()),
                 ]
             })
@@ -692,7 +682,7 @@ mod tests {
     fn times_and_units() {
         assert_eq!(relative(0, 59_999), "59 s ago");
         assert_eq!(relative(0, 7_200_000), "2 h ago");
-        assert_eq!(unit("Cel"), "°C");
+        assert_eq!(Unit::display("Cel"), "°C");
         assert_eq!(value(&serde_json::json!(true), None), "true");
         assert_eq!(value(&serde_json::json!(3.0), Some("count")), "3");
         // Local time uses the system zone; the date part is always there.

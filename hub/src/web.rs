@@ -289,7 +289,7 @@ const WEB_COMMAND_IDS: u32 = 1 << 31;
 
 fn reading(r: crate::store::StoredReading) -> Reading {
     // SenML names are `urn:dev:<serial>:<quantity>`: the quantity is what the owner reads.
-    let name = r.name.rsplit(':').next().unwrap_or_default().to_owned();
+    let name = protocol::vocabulary::short_name(&r.name).to_owned();
     let quantity = Quantity::from_senml(&name);
     let label = quantity.and_then(Quantity::capability).map_or_else(|| name.clone(), str::to_owned);
     // States in words (the vocabulary's): a contact is open or closed, a button pressed or
@@ -335,8 +335,12 @@ fn reading(r: crate::store::StoredReading) -> Reading {
         other => (None, other.to_string()),
     };
     // Units as people write them (°C, % RH), the same as `hub ctl` shows.
-    let unit =
-        r.unit.as_deref().map(crate::render::unit).filter(|u| !u.is_empty()).map(str::to_owned);
+    let unit = r
+        .unit
+        .as_deref()
+        .map(protocol::vocabulary::Unit::display)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned);
     Reading { time_ms: r.time_ms, name, label, unit, value, text, kind }
 }
 

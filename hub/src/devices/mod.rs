@@ -357,7 +357,7 @@ impl Directory {
             }
             e.profile.last_seen_ms = Some(now_ms);
             for r in readings {
-                let short = r.name.rsplit(':').next().unwrap_or(&r.name);
+                let short = protocol::vocabulary::short_name(&r.name);
                 match e.state.get_mut(short) {
                     Some(old) if old.time_ms > r.time.0 => {}
                     Some(old) => *old = r.into(),
@@ -401,7 +401,7 @@ impl Directory {
             let Some(e) = inner.devices.get_mut(device) else { return };
             let mut restored = false;
             for r in readings {
-                let short = r.name.rsplit(':').next().unwrap_or(&r.name);
+                let short = protocol::vocabulary::short_name(&r.name);
                 if e.state.get(short).is_none_or(|old| old.time_ms < r.time_ms) {
                     e.state.insert(short.to_owned(), r.clone());
                     restored = true;

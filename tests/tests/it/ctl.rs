@@ -162,7 +162,10 @@ fn hub_ctl_renders_what_the_control_socket_answers() {
     let updates = json(&["updates"]);
     assert_eq!(updates["policy"]["mode"], "auto", "{updates}");
     let out = human(&["updates"]);
-    assert!(out.starts_with("Update feed: none configured") && out.contains("Policy: auto"), "{out}");
+    assert!(
+        out.starts_with("Update feed: none configured") && out.contains("Policy: auto"),
+        "{out}"
+    );
     assert_eq!(json(&["update", "policy", "notify"]), serde_json::json!({"ok": true}));
     assert!(human(&["updates"]).contains("Policy: notify only"));
     assert_eq!(human(&["update", "policy", "auto"]), "ok: true\n");
