@@ -76,7 +76,7 @@ pub(crate) fn load(store: &HubStore) -> Result<ConnectionCounters, StoreError> {
     Ok(store.meta(META_KEY)?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default())
 }
 
-/// Saves the counters (as `counters` reads them) whenever they changed (every [`SAVE_EVERY`] at
+/// Saves the counters (as `counters` reads them) whenever they changed (every `SAVE_EVERY` at
 /// most, and at shutdown).
 pub(crate) async fn keep_saved(
     store: HubStore,
