@@ -82,7 +82,7 @@ pub fn dump(flash: &Flash, which: &str) -> Result<Dump, PhysicalError> {
             serial: rec.serial.clone(),
             id,
             time_ms: sample.time_ms,
-            time: rfc3339(sample.time_ms),
+            time: protocol::time::rfc3339_ms(sample.time_ms),
             readings: rec
                 .model
                 .quantities()
@@ -139,27 +139,11 @@ impl Dump {
     }
 }
 
-/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (proleptic Gregorian, UTC).
-fn rfc3339(ms: i64) -> String {
-    match jiff::Timestamp::from_millisecond(ms) {
-        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-        Err(_) => ms.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::flash::{FlashBatch, FlashRecord};
     use crate::model::Sample;
-
-    #[test]
-    fn times_are_utc_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
-        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
-    }
 
     #[test]
     fn the_dump_shows_log_and_backlog_from_flash_alone() {

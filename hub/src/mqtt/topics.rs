@@ -248,13 +248,7 @@ fn state_payload(
     v
 }
 
-/// Unix milliseconds as RFC 3339 UTC (`2026-12-04T19:00:00.123Z`).
-pub fn rfc3339_ms(ms: i64) -> String {
-    match jiff::Timestamp::from_millisecond(ms) {
-        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-        Err(_) => ms.to_string(),
-    }
-}
+pub use protocol::time::rfc3339_ms;
 
 #[cfg(test)]
 mod tests {
@@ -381,12 +375,5 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!(events[0]["event_type"], "press");
         assert_eq!(events[0]["time_ms"], 3_000);
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339() {
-        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(1_700_000_123_456), "2023-11-14T22:15:23.456Z");
-        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }
