@@ -462,6 +462,62 @@ fn a_full_outbox_drops_the_oldest_and_counts_them() {
     assert!(kept_any.values().sum::<usize>() as u64 <= MAX_PENDING + 64, "{kept_any:?}");
 }
 
+/// `pending` is what the broker will still get (issue 19 item 5): a device removed while its
+/// readings wait in the outbox takes them out of the count and out of what is sent, and once
+/// the broker is back exactly `pending` more readings are forwarded.
+#[test]
+fn pending_counts_what_will_be_forwarded_after_a_device_is_removed() {
+    const SENSORS: usize = 3;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut broker = Broker::new(&tmp.path().join("broker"));
+    broker.start();
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &broker.hub_config(""));
+    wait_for("the hub connected upstream", Duration::from_secs(30), || {
+        (upstream(&hub)["connected"] == true).then_some(())
+    });
+    let mut sim = Sim::fleet(
+        &hub.coap.to_string(),
+        &hub,
+        &tmp.path().join("flash.redb"),
+        &["--sensors", &SENSORS.to_string(), "--interval-ms", "100"],
+    );
+    let kids = sim.paired(SENSORS, Duration::from_secs(60));
+    wait_for("readings forwarded", Duration::from_secs(30), || {
+        (upstream(&hub)["forwarded"].as_u64() >= Some(30)).then_some(())
+    });
+    broker.stop();
+    wait_for("disconnected with readings waiting", Duration::from_secs(30), || {
+        let u = upstream(&hub);
+        (u["connected"] == false && u["pending"].as_u64() >= Some(60)).then_some(())
+    });
+    drop(sim.stop());
+    let quiet = |hub: &Hub| {
+        let mut last = (u64::MAX, Instant::now());
+        wait_for("the outbox stops changing", Duration::from_secs(30), || {
+            let u = upstream(hub);
+            let p = u["pending"].as_u64().expect("pending");
+            if p != last.0 {
+                last = (p, Instant::now());
+            }
+            (last.1.elapsed() >= Duration::from_millis(800)).then_some(u)
+        })
+    };
+    let before = quiet(&hub)["pending"].as_u64().expect("pending");
+    // One device goes while its readings wait: they leave the count (and the outbox).
+    hub.ctl(&["remove", &kids[0]]);
+    let quiet = quiet(&hub);
+    let (forwarded, pending) =
+        (quiet["forwarded"].as_u64().expect("n"), quiet["pending"].as_u64().expect("n"));
+    assert!(0 < pending && pending < before, "removing a device: {before} then {quiet}");
+    broker.start();
+    let done = wait_for("the outbox drained", Duration::from_secs(60), || {
+        let u = upstream(&hub);
+        (u["connected"] == true && u["pending"] == 0 && u["in_flight"] == 0).then_some(u)
+    });
+    assert_eq!(done["forwarded"].as_u64(), Some(forwarded + pending), "then {quiet}, now {done}");
+    assert_eq!(done["dropped"], 0, "{done}");
+}
+
 /// The hub's log lines about refused upstream certificates.
 fn refusal_lines(hub: &Hub) -> Vec<String> {
     std::fs::read_to_string(&hub.log)
