@@ -2,8 +2,8 @@
 //! line verbatim through `bash -c` from the repository root — the demo, installing the two
 //! programs with `cargo install`, starting the hub, pairing five sensors by their PINs, the
 //! firmware updates (one automatic, one disruptive and approved), an advisory isolating a sensor
-//! that cannot be updated, and MQTT users with a `mosquitto_sub` that must receive states. Only
-//! what the README allows is substituted: the data paths `./hearth-*` (into a temporary
+//! that cannot be updated, a sensor replaced by a new one, and MQTT users with a `mosquitto_sub`
+//! that must receive states. Only what the README allows is substituted: the data paths `./hearth-*` (into a temporary
 //! directory), the ports (through `hub run --config`, a flag the README names, and the same
 //! ports in the commands that use them) and the `<pin of SERIAL>` / `<id of SERIAL>` blanks a
 //! person fills in from what the fleet and the hub printed. `bash scripts/test` is the one block
@@ -284,6 +284,17 @@ fn every_sh_block_of_the_readme_runs_verbatim_in_order() {
                 .and_then(|d| d.iter().find(|d| d["serial"] == "DR-00002"))
                 .expect("the door contact");
             assert!(!door["isolation"].is_null(), "the door is not isolated: {door}");
+        }
+        if text.contains("--replaces <id of TH-00004>") {
+            let devices = walk.ctl(&["devices"]);
+            let serials: Vec<&str> = devices
+                .as_array()
+                .map(|d| d.iter().filter_map(|d| d["serial"].as_str()).collect())
+                .unwrap_or_default();
+            assert!(
+                serials.contains(&"TH-00100") && !serials.contains(&"TH-00004"),
+                "the replacement: {serials:?}"
+            );
         }
         if text.contains("pair pin <pin of TH-00004>") {
             wait_for("five devices paired", Duration::from_secs(30), || {
