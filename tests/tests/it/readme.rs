@@ -2,11 +2,12 @@
 //! line verbatim through `bash -c` from the repository root — the demo, installing the two
 //! programs with `cargo install`, starting the hub, pairing five sensors by their PINs, the
 //! firmware updates (one automatic, one disruptive and approved), an advisory isolating a sensor
-//! that cannot be updated, a sensor replaced by a new one, and MQTT users with a `mosquitto_sub`
-//! that must receive states. Only what the README allows is substituted: the data paths `./hearth-*` (into a temporary
+//! that cannot be updated, a sensor replaced by a new one, an outage of the hub the sensors ride
+//! out, and MQTT users with a `mosquitto_sub` that must receive states. Only what the README allows is substituted: the data paths `./hearth-*` (into a temporary
 //! directory), the ports (through `hub run --config`, a flag the README names, and the same
 //! ports in the commands that use them) and the `<pin of SERIAL>` / `<id of SERIAL>` blanks a
-//! person fills in from what the fleet and the hub printed. `bash scripts/test` is the one block
+//! person fills in from what the fleet and the hub printed. The shell's job control is the
+//! test's: a line ending in `&` is a job it keeps, and `kill %N` stops its Nth job (SIGTERM). `bash scripts/test` is the one block
 //! not run here: it is what runs this.
 //!
 //! The builds are real release builds of the README's commands, in their own target directory
@@ -230,6 +231,16 @@ impl Walk {
         }
     }
 
+    /// `kill %job`: SIGTERM to the job-th command left running, and waits for it to end.
+    fn stop(&mut self, job: usize) {
+        let b = &mut self.background[job - 1];
+        let pid = b.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        wait_for(&format!("job {job} to end"), Duration::from_secs(30), || {
+            b.child.try_wait().ok().flatten().map(drop)
+        });
+    }
+
     /// Waits until the fleet printed that sensor `index` runs firmware `version`.
     fn updated(&self, index: usize, version: u32) {
         let prefix = format!("UPDATED sensor={index} version={version} ");
@@ -259,6 +270,8 @@ fn every_sh_block_of_the_readme_runs_verbatim_in_order() {
             let line = walk.substitute(line);
             if let Some(background) = line.strip_suffix('&') {
                 walk.start(background.trim_end());
+            } else if let Some(job) = line.strip_prefix("kill %") {
+                walk.stop(job.trim().parse().expect("a job number"));
             } else {
                 let within = Duration::from_secs(if is_install(&line) { 3600 } else { 120 });
                 let (ok, output) = walk.run(&line, within);
@@ -284,6 +297,15 @@ fn every_sh_block_of_the_readme_runs_verbatim_in_order() {
                 .and_then(|d| d.iter().find(|d| d["serial"] == "DR-00002"))
                 .expect("the door contact");
             assert!(!door["isolation"].is_null(), "the door is not isolated: {door}");
+        }
+        if text.contains("kill %1") {
+            // The sensors buffered through the outage and delivered it all to the new hub.
+            wait_for("a sensor drained its outage buffer", Duration::from_secs(120), || {
+                let printed = walk.printed();
+                let drains = printed.iter().filter(|l| l.starts_with("DRAIN ")).count();
+                let drained = printed.iter().filter(|l| l.starts_with("DRAINED ")).count();
+                (drains > 0 && drained >= drains).then_some(())
+            });
         }
         if text.contains("--replaces <id of TH-00004>") {
             let devices = walk.ctl(&["devices"]);
