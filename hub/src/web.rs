@@ -90,6 +90,7 @@ pub async fn start(
         kek: Kek::load_or_create(&data_dir.join("kek"))?,
         rng: Mutex::new(crate::rng::os_seeded()),
         fingerprint: identity.fingerprint(),
+        cert_pem: identity.cert_pem.clone(),
         budget: budget.clone(),
         commands: std::sync::atomic::AtomicU32::new(0),
     });
@@ -123,6 +124,8 @@ struct HubOwner {
     kek: Kek,
     rng: Mutex<ChaCha20Rng>,
     fingerprint: String,
+    /// The certificate it serves (PEM), offered for download to trust the hub by.
+    cert_pem: String,
     budget: admission::HashBudget,
     /// The last command id the web UI used (see [`WEB_COMMAND_IDS`]).
     commands: std::sync::atomic::AtomicU32,
@@ -454,6 +457,10 @@ impl web_ui::OwnerApi for HubOwner {
         Box::pin(async move {
             self.api.pair_pin(pin, serial, None, replaces?, accept_risk).await.map_err(web_err)
         })
+    }
+
+    fn certificate(&self) -> (String, String) {
+        (self.cert_pem.clone(), self.fingerprint.clone())
     }
 
     fn set_setpoint(&self, id: &str, value: f64) -> ApiFuture<'_, ()> {

@@ -296,6 +296,9 @@ pub trait OwnerApi: Send + Sync + 'static {
         replaces: Option<String>,
         accept_risk: bool,
     ) -> ApiFuture<'_, String>;
+    /// The hub's TLS certificate (PEM) and its SHA-256 fingerprint: what the web UI, the MQTT
+    /// TLS front and its clients (Home Assistant, mosquitto) trust it by.
+    fn certificate(&self) -> (String, String);
     /// Sets a device's setpoint (the same command, range and refusals as MQTT's `…/set`):
     /// queued for the device's next report.
     fn set_setpoint(&self, id: &str, value: f64) -> ApiFuture<'_, ()>;

@@ -39,6 +39,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/updates/approve", post(updates::approve))
         .route("/isolated", get(isolated::isolated))
         .route("/security", get(security::status))
+        .route("/security/hub-cert.pem", get(security::certificate))
         .route("/events", get(security::events))
         .route("/privacy", get(privacy::privacy))
         .route("/privacy/consent", post(privacy::consent))

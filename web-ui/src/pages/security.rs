@@ -132,7 +132,35 @@ pub(crate) async fn status(State(web): State<Arc<Web>>, owner: Owner) -> Respons
             }
         }
     };
+    let (_, fingerprint) = web.api.certificate();
+    let body = html! {
+        (body)
+        h2 { "This hub's certificate" }
+        p {
+            "The web UI and MQTT over TLS present the hub's own certificate, SHA-256 \
+             fingerprint "
+            code data-fingerprint { (fingerprint) }
+            ". To connect Home Assistant or mosquitto over TLS, "
+            a href="/security/hub-cert.pem" download="hub-cert.pem" { "download hub-cert.pem" }
+            " and give it as the CA certificate (Home Assistant: MQTT integration, re-configure, advanced \
+             options, “Broker certificate validation: Custom”; mosquitto: "
+            code { "--cafile hub-cert.pem" } ")."
+        }
+    };
     Html(page("Security status", Some(&owner.csrf), false, body)).into_response()
+}
+
+/// The hub's certificate as a file (`hub-cert.pem`), for clients that must trust it.
+pub(crate) async fn certificate(State(web): State<Arc<Web>>, _owner: Owner) -> Response {
+    let (pem, _) = web.api.certificate();
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/x-pem-file"),
+            (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"hub-cert.pem\""),
+        ],
+        pem,
+    )
+        .into_response()
 }
 
 /// Security events with anomaly flags (5.10-1).

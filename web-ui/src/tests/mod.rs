@@ -109,6 +109,9 @@ fn reading(t: i64, v: f64) -> Reading {
     }
 }
 
+/// The fake hub's certificate.
+const TEST_CERT_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
 impl OwnerApi for Fake {
     fn devices(&self) -> ApiFuture<'_, Vec<Device>> {
         let mut s = self.s();
@@ -207,6 +210,10 @@ impl OwnerApi for Fake {
             Err(ApiError::Refused("the sensor did not confirm: wrong PIN".into()))
         })
     }
+    fn certificate(&self) -> (String, String) {
+        (TEST_CERT_PEM.into(), "AB:CD".into())
+    }
+
     fn set_setpoint(&self, id: &str, value: f64) -> ApiFuture<'_, ()> {
         let mut s = self.s();
         if !s.devices.iter().any(|d| d.id == id && d.setpoint.is_some()) {

@@ -77,3 +77,24 @@ async fn every_check_not_met_names_the_devices_and_the_action() {
     assert!(row.contains("✗ no") && row.contains("Failed web logins"), "{row}");
     assert!(row.contains("href=\"/events\""), "{row}");
 }
+
+#[tokio::test]
+async fn the_security_page_offers_the_hubs_certificate_to_its_owner_only() {
+    let app = app().await;
+    let anonymous = app.get("/security/hub-cert.pem", "").await;
+    assert_ne!(anonymous.status, StatusCode::OK, "the certificate without a session");
+    assert!(!anonymous.body.contains("BEGIN CERTIFICATE"));
+    let (s, _) = app.owner().await;
+    let page = app.get("/security", &s).await;
+    assert!(page.body.contains("href=\"/security/hub-cert.pem\""), "{}", page.body);
+    assert!(page.body.contains("AB:CD"), "the fingerprint: {}", page.body);
+    let file = app.get("/security/hub-cert.pem", &s).await;
+    assert_eq!(file.status, StatusCode::OK);
+    assert_eq!(file.headers[header::CONTENT_TYPE], "application/x-pem-file");
+    assert!(
+        file.headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .is_ok_and(|d| d.contains("hub-cert.pem"))
+    );
+    assert_eq!(file.body, TEST_CERT_PEM);
+}
