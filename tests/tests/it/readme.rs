@@ -3,7 +3,7 @@
 //! programs with `cargo install`, starting the hub, pairing five sensors by their PINs, the
 //! firmware updates (one automatic, one disruptive and approved), an advisory isolating a sensor
 //! that cannot be updated, a sensor replaced by a new one, an outage of the hub the sensors ride
-//! out, and MQTT users with a `mosquitto_sub` that must receive states. Only what the README allows is substituted: the data paths `./hearth-*` (into a temporary
+//! out while an upstream broker is set up, and MQTT users with a `mosquitto_sub` that must receive states. Only what the README allows is substituted: the data paths `./hearth-*` (into a temporary
 //! directory), the ports (through `hub run --config`, a flag the README names, and the same
 //! ports in the commands that use them) and the `<pin of SERIAL>` / `<id of SERIAL>` blanks a
 //! person fills in from what the fleet and the hub printed. The shell's job control is the
@@ -77,6 +77,8 @@ struct Walk {
     env: Vec<(String, String)>,
     coap: u16,
     mqtt_tls: u16,
+    /// The upstream broker's port (8884 in the README).
+    upstream: u16,
     background: Vec<Background>,
 }
 
@@ -102,7 +104,7 @@ impl Walk {
             free_tcp_port()
         );
         std::fs::write(dir.path().join("ports.toml"), config).expect("ports.toml");
-        Walk { dir, env, coap, mqtt_tls, background: Vec::new() }
+        Walk { dir, env, coap, mqtt_tls, upstream: free_tcp_port(), background: Vec::new() }
     }
 
     fn data(&self) -> PathBuf {
@@ -133,7 +135,20 @@ impl Walk {
     fn substitute(&self, line: &str) -> String {
         let tmp = self.dir.path().display().to_string();
         let mut s = line.replace("./hearth-", &format!("{tmp}/hearth-"));
-        s = s.replace("hub run ", &format!("hub run --config {tmp}/ports.toml "));
+        // The ports go into the hub's configuration: the test's own, or the README's file with
+        // the test's sections first.
+        s = match s.strip_prefix("hub run --config ") {
+            Some(rest) => {
+                let (file, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+                let merged = format!("{tmp}/merged.toml");
+                let ports = std::fs::read_to_string(format!("{tmp}/ports.toml")).expect("ports");
+                let theirs = std::fs::read_to_string(file).expect("the README's config file");
+                std::fs::write(&merged, format!("{ports}{theirs}")).expect("merged config");
+                format!("hub run --config {merged} {rest}")
+            }
+            None => s.replace("hub run ", &format!("hub run --config {tmp}/ports.toml ")),
+        };
+        s = s.replace("8884", &self.upstream.to_string());
         s = s.replace("127.0.0.1:5683", &format!("127.0.0.1:{}", self.coap));
         s = s.replace("-p 8883", &format!("-p {}", self.mqtt_tls));
         while let Some(start) = s.find("<pin of ") {
@@ -297,6 +312,13 @@ fn every_sh_block_of_the_readme_runs_verbatim_in_order() {
                 .and_then(|d| d.iter().find(|d| d["serial"] == "DR-00002"))
                 .expect("the door contact");
             assert!(!door["isolation"].is_null(), "the door is not isolated: {door}");
+        }
+        if text.contains("[upstream]") {
+            // The restarted hub forwards to the broker the README set up.
+            wait_for("readings forwarded upstream", Duration::from_secs(60), || {
+                let u = walk.ctl(&["upstream"]);
+                (u["connected"] == true && u["forwarded"].as_u64() > Some(0)).then_some(())
+            });
         }
         if text.contains("kill %1") {
             // The sensors buffered through the outage and delivered it all to the new hub.
