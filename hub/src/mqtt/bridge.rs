@@ -63,6 +63,12 @@ struct Bridge {
     republished: Option<tokio::time::Instant>,
     /// A republication owed to births within the interval, due then.
     republish_due: Option<tokio::time::Instant>,
+    /// The security counters over the anomaly window.
+    anomalies: super::hub_entity::Anomalies,
+    /// The hub's state as last published.
+    last_hub_state: Option<Value>,
+    /// When the hub started (RFC 3339).
+    started: String,
 }
 
 /// A digest of what a device's discovery configs are made from (name, room, model, firmware,
@@ -122,6 +128,9 @@ pub(crate) fn start(
         republish_interval,
         republished: None,
         republish_due: None,
+        anomalies: super::hub_entity::Anomalies::default(),
+        last_hub_state: None,
+        started: topics::rfc3339_ms(crate::clock::unix_now_ms()),
     };
     Ok(bridge.run(rx, shutdown))
 }
@@ -203,6 +212,7 @@ impl Bridge {
 
     /// Publishes everything about every device again (at start, and after falling behind).
     fn resync(&mut self) {
+        self.hub_configs();
         let list = self.api.directory.list();
         let gone: Vec<DeviceId> = self
             .devices
@@ -367,6 +377,7 @@ impl Bridge {
     fn republish(&mut self) {
         tracing::info!("Home Assistant is online; republishing discovery");
         self.republished = Some(tokio::time::Instant::now());
+        self.hub_configs();
         for d in self.api.directory.list() {
             self.sync(&d);
         }
@@ -430,16 +441,55 @@ impl Bridge {
         }
     }
 
-    /// Publishes the security counters on `hearth/hub/security` when they change.
+    /// Publishes the security counters on `hearth/hub/security` when they change, and the hub's
+    /// own state on `hearth/hub/overview`.
     async fn counters(&mut self) {
         let Ok(report) = self.api.security().await else { return };
         let Ok(mut v) = serde_json::to_value(&report) else { return };
+        self.hub_state(&v, report.total);
         if self.last_counters.as_ref() == Some(&v) {
             return;
         }
         self.last_counters = Some(v.clone());
         v["event"] = json!("counters");
         self.publish_json(topics::HUB_SECURITY.into(), &v, false);
+    }
+
+    /// The hub device's discovery configs.
+    fn hub_configs(&mut self) {
+        let upstream = self.api.upstream().configured;
+        for c in super::hub_entity::configs(&self.prefix, env!("CARGO_PKG_VERSION"), upstream) {
+            self.publish_json(c.topic, &c.payload, true);
+        }
+    }
+
+    /// The hub's own state, retained, when it changed: devices by availability, security events
+    /// and the ones above their threshold now, the upstream backlog.
+    fn hub_state(&mut self, counters: &Value, events: u64) {
+        let anomalies = self.anomalies.sample(std::time::Instant::now(), counters);
+        let mut by = [0u64; 3];
+        for d in self.api.directory.list() {
+            by[match d.availability {
+                Availability::Online => 0,
+                Availability::Offline => 1,
+                Availability::Isolated => 2,
+            }] += 1;
+        }
+        let upstream = self.api.upstream().status.map(|s| s.pending);
+        let state = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "started": self.started,
+            "devices_online": by[0],
+            "devices_offline": by[1],
+            "devices_isolated": by[2],
+            "security_events": events,
+            "anomalies": anomalies,
+            "upstream_pending": upstream,
+        });
+        if self.last_hub_state.as_ref() != Some(&state) {
+            self.publish_json(topics::HUB_OVERVIEW.into(), &state, true);
+            self.last_hub_state = Some(state);
+        }
     }
 
     /// The `update` entities' state: installed and latest version, progress.

@@ -298,13 +298,18 @@ pub fn schema_problems(topic: &str, payload: &Value) -> Vec<String> {
             Some("energy") => &["Wh", "kWh", "MWh"],
             Some("voltage") => &["V", "mV"],
             Some("current") => &["A", "mA"],
+            // Times: no unit at all.
+            Some("timestamp" | "date") => &[],
             Some(other) => {
                 problems.push(format!("unexpected device_class {other}"));
                 &[]
             }
             None => &[],
         };
-        if class.is_some() && !unit.is_some_and(|u| units.contains(&u)) {
+        let unitless = matches!(class, Some("timestamp" | "date"));
+        if unitless && unit.is_some()
+            || !unitless && class.is_some() && !unit.is_some_and(|u| units.contains(&u))
+        {
             problems.push(format!("unit {unit:?} does not fit device_class {class:?}"));
         }
         let state_class = payload.get("state_class").and_then(Value::as_str);
@@ -328,6 +333,9 @@ pub fn schema_problems(topic: &str, payload: &Value) -> Vec<String> {
                 | "gas"
                 | "vibration"
                 | "tamper"
+                | "problem"
+                | "safety"
+                | "connectivity"
         )
     {
         problems.push(format!("unexpected binary_sensor device_class {c}"));

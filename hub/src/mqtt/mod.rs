@@ -8,6 +8,7 @@ mod bridge;
 mod broker;
 pub mod discovery;
 mod front;
+mod hub_entity;
 pub mod topics;
 
 use std::net::SocketAddr;

@@ -17,6 +17,9 @@ pub const ROOT: &str = "hearth";
 pub const HUB_STATUS: &str = "hearth/hub/status";
 /// Security events (JSON, not retained).
 pub const HUB_SECURITY: &str = "hearth/hub/security";
+/// The hub's own state (devices online, offline, isolated; security events and anomalies;
+/// upstream backlog), retained.
+pub const HUB_OVERVIEW: &str = "hearth/hub/overview";
 /// Longest `…/set` payload.
 const MAX_SET_PAYLOAD: usize = 128;
 

@@ -195,6 +195,25 @@ fn mqtt_clients_get_readings_discovery_and_commands_and_strangers_are_refused() 
         });
     }
 
+    // The hub as a device of its own: its retained state and its discovery configs.
+    let mut args = tls_args("127.0.0.1", &tls, cafile, "ha", PASSWORD);
+    args.extend(["-t", "hearth/hub/overview", "-t", "homeassistant/+/hearth_hub/+/config"]);
+    let sub = Sub::start(&args);
+    let mut configs = std::collections::HashSet::new();
+    let mut online = false;
+    sub.until("the hub's state and configs", Duration::from_secs(30), |topic, p| {
+        let v: Value = serde_json::from_str(p).ok()?;
+        if topic == "hearth/hub/overview" {
+            online |= v["devices_online"] == 2 && v["devices_isolated"] == 0;
+            assert!(v["anomalies"].as_array().is_some() && v["started"].is_string(), "{p}");
+        } else {
+            assert_eq!(v["device"]["identifiers"], serde_json::json!(["hearth_hub"]), "{p}");
+            configs.insert(topic.to_owned());
+        }
+        (online && configs.len() == 6).then_some(())
+    });
+    drop(sub);
+
     // A setpoint from mosquitto_pub reaches the thermostat over OSCORE; its new state comes back.
     let mut args = tls_args("127.0.0.1", &tls, cafile, "ha", PASSWORD);
     let state_topic = format!("hearth/{thermo}/state");
@@ -274,24 +293,30 @@ c.loop_stop()
 print(json.dumps({"configs": configs, "again": sorted(again)}))
 "#;
     // Thermostat: temperature, climate, last command, firmware; climate sensor: temperature,
-    // humidity, firmware.
+    // humidity, firmware; the hub: devices online, offline, isolated, security events, anomaly,
+    // start.
     let out = Command::new(python())
-        .args(["-c", script, &tls, cafile, "ha", PASSWORD, "7"])
+        .args(["-c", script, &tls, cafile, "ha", PASSWORD, "13"])
         .output()
         .expect("python");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     let configs = v["configs"].as_object().expect("configs");
-    assert_eq!(configs.len(), 7, "{:?}", configs.keys());
+    assert_eq!(configs.len(), 13, "{:?}", configs.keys());
     for (topic, payload) in configs {
         let problems = hub::mqtt::discovery::schema_problems(topic, payload);
         assert!(problems.is_empty(), "{topic}: {problems:?}");
-        let dev = if topic.contains(&thermo) { &thermo } else { &climate };
-        assert_eq!(payload["availability_topic"], format!("hearth/{dev}/availability"));
+        let availability = if topic.contains("/hearth_hub/") {
+            "hearth/hub/status".to_owned()
+        } else {
+            let dev = if topic.contains(&thermo) { &thermo } else { &climate };
+            format!("hearth/{dev}/availability")
+        };
+        assert_eq!(payload["availability_topic"], availability, "{topic}");
     }
     let climate_cfg = format!("homeassistant/climate/hearth_{thermo}/thermostat/config");
     assert_eq!(configs[&climate_cfg]["temperature_command_topic"], set_topic);
-    assert_eq!(v["again"].as_array().map(Vec::len), Some(7), "republished after HA's birth");
+    assert_eq!(v["again"].as_array().map(Vec::len), Some(13), "republished after HA's birth");
 
     // Removing a device withdraws its discovery configs (empty retained messages).
     let filter = format!("homeassistant/+/hearth_{climate}/+/config");

@@ -269,7 +269,8 @@ fn a_birth_message_storm_republishes_discovery_a_bounded_number_of_times() {
     sim.paired(2, Duration::from_secs(60));
     // Thermostat: temperature, climate, last command, firmware; climate sensor: temperature,
     // humidity, firmware.
-    let per_round = 7;
+    // And the hub itself: devices online, offline, isolated, security events, anomaly, start.
+    let per_round = 7 + 6;
     let (code, mut sub) =
         mqtt_connect(ports.plain, &connect_packet("counter", "ha", MQTT_PASSWORD, None));
     assert_eq!(code, Some(0));
