@@ -50,8 +50,23 @@ render_plain!(
     Cancelled,
     UserAdded,
     AdvisoryRecord,
-    Vec<crate::mqtt::auth::UserView>,
 );
+
+impl Render for Vec<crate::mqtt::auth::UserView> {
+    fn render(&self, now_ms: i64) -> String {
+        if self.is_empty() {
+            return "No MQTT users: nobody can connect until you add one.\n".into();
+        }
+        let rows: Vec<Vec<String>> = self
+            .iter()
+            .map(|u| {
+                let ms = i64::try_from(u.created.saturating_mul(1000)).unwrap_or(i64::MAX);
+                vec![u.name.clone(), format!("{} ({})", local_time(ms), relative(ms, now_ms))]
+            })
+            .collect();
+        table(&["USER", "ADDED"], &rows)
+    }
+}
 
 fn to_value(t: &impl Serialize) -> Value {
     serde_json::to_value(t).unwrap_or(Value::Null)

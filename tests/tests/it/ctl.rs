@@ -179,7 +179,11 @@ fn hub_ctl_renders_what_the_control_socket_answers() {
     let users = json(&["mqtt-user", "list"]);
     assert_eq!(users.as_array().map(Vec::len), Some(2), "{users}");
     let out = human(&["mqtt-user", "list"]);
-    assert!(out.contains("name: scripts") && out.contains("name: people"), "{out}");
+    assert!(
+        out.starts_with("USER") && out.contains("scripts ") && out.contains("people "),
+        "{out}"
+    );
+    assert!(out.contains(" s ago)") && !out.contains("created"), "{out}");
     assert_eq!(human(&["mqtt-user", "remove", "people"]), "removed: people\n");
     assert!(human(&["devices"]).starts_with("No devices paired."));
 }
