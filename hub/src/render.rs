@@ -14,7 +14,7 @@ use crate::api::{
 use crate::isolation::{Action, AdvisoryRecord};
 use crate::store::StoredReading;
 use protocol::vocabulary::Unit;
-use web_ui::time::{local_date, local_time_ms as local_time, relative};
+use web_ui::time::{local_date, local_time_ms as local_time, relative, when};
 
 /// An answer laid out for people; `now_ms` is the current time (for "12 s ago").
 pub(crate) trait Render {
@@ -59,10 +59,7 @@ impl Render for Vec<crate::mqtt::auth::UserView> {
         }
         let rows: Vec<Vec<String>> = self
             .iter()
-            .map(|u| {
-                let ms = i64::try_from(u.created.saturating_mul(1000)).unwrap_or(i64::MAX);
-                vec![u.name.clone(), format!("{} ({})", local_time(ms), relative(ms, now_ms))]
-            })
+            .map(|u| vec![u.name.clone(), when(u.created, u64::try_from(now_ms).unwrap_or(0))])
             .collect();
         table(&["USER", "ADDED"], &rows)
     }
@@ -392,6 +389,7 @@ fn feed(f: Option<&crate::feed::FeedStatus>, now_ms: i64) -> String {
 impl Render for UpdatesAnswer {
     fn render(&self, now_ms: i64) -> String {
         let v = &self.view;
+        let now = u64::try_from(now_ms).unwrap_or(0);
         let mut out = feed(self.feed.as_ref(), now_ms);
         let _ = writeln!(out, "Policy: {}", policy(v.policy, now_ms));
         if v.trust.is_empty() {
@@ -414,7 +412,7 @@ impl Render for UpdatesAnswer {
                     r.model,
                     r.version,
                     r.size.div_ceil(1024),
-                    secs(r.expires, now_ms),
+                    when(r.expires, now),
                     r.risks_mitigated
                 );
             }
@@ -422,8 +420,7 @@ impl Render for UpdatesAnswer {
         if !v.refused.is_empty() {
             out.push_str("Refused:\n");
             for r in &v.refused {
-                let _ =
-                    writeln!(out, "  {} from the {}: {}", secs(r.at, now_ms), r.source, r.reason);
+                let _ = writeln!(out, "  {} from the {}: {}", when(r.at, now), r.source, r.reason);
             }
         }
         if v.devices.is_empty() {
@@ -447,21 +444,16 @@ impl Render for UpdatesAnswer {
     }
 }
 
-/// Unix seconds as local time and how far from now.
-fn secs(at: u64, now_ms: i64) -> String {
-    let ms = i64::try_from(at.saturating_mul(1000)).unwrap_or(i64::MAX);
-    format!("{} ({})", local_time(ms), relative(ms, now_ms))
-}
-
 /// The update policy in words.
 fn policy(p: crate::updates::Policy, now_ms: i64) -> String {
     use crate::updates::Policy;
+    let now = u64::try_from(now_ms).unwrap_or(0);
     match p {
         Policy::Auto => {
             "auto (releases install by themselves; disruptive ones wait for you)".into()
         }
         Policy::NotifyOnly => "notify only (nothing installs until you approve it)".into(),
-        Policy::Postponed { until } => format!("postponed until {}", secs(until, now_ms)),
+        Policy::Postponed { until } => format!("postponed until {}", when(until, now)),
         Policy::Disabled => "disabled (nothing installs)".into(),
     }
 }
