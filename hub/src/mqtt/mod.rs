@@ -9,6 +9,7 @@ mod broker;
 pub mod discovery;
 mod front;
 mod hub_entity;
+mod retained;
 pub mod topics;
 
 use std::net::SocketAddr;

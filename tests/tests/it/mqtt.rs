@@ -535,9 +535,10 @@ fn a_client_that_subscribes_again_gets_the_retained_message_again_without_a_gap(
     let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &mqtt_config(&ports));
     hub.add_mqtt_user("ha", Some(PASSWORD));
     // One client subscribes to the hub's retained status and to a live counter another client
-    // publishes; it subscribes to the status three more times (once together with the counter
-    // again) and counts: each SUBSCRIBE brings the retained message, no UNSUBACK reaches it,
-    // and the counter has no gap.
+    // publishes as fast as it can (QoS 1, 20 in flight); it subscribes to the status 30 more
+    // times, every other time together with the counter again, and counts: each SUBSCRIBE
+    // brings the retained message, no UNSUBACK reaches it, and the counter has no gap (a front
+    // that let the counter's subscription lapse for a moment would lose some of it).
     let script = r#"
 import json, os, sys, threading, time
 import paho.mqtt.client as mqtt
@@ -559,12 +560,12 @@ sub.on_subscribe = lambda c, u, mid, rc, p: subacks.append(mid)
 sub.on_unsubscribe = lambda c, u, mid, rc, p: unsubacks.append(mid)
 sub.loop_start()
 def wait(cond, what):
-    deadline = time.time() + 20
+    deadline = time.time() + 30
     while not cond():
         if time.time() > deadline:
             print("timed out: " + what, file=sys.stderr, flush=True)
             os._exit(1)
-        time.sleep(0.01)
+        time.sleep(0.002)
 sub.subscribe([("hearth/hub/status", 1), ("test/counter", 1)])
 wait(lambda: len(retained) == 1 and len(subacks) == 1, "first retained")
 pub = client("counter")
@@ -573,16 +574,18 @@ stop = threading.Event()
 def publish():
     i = 0
     while not stop.is_set():
-        pub.publish("test/counter", str(i), qos=1).wait_for_publish()
+        info = pub.publish("test/counter", str(i), qos=1)
+        if i % 20 == 19:
+            info.wait_for_publish()
         i += 1
 threading.Thread(target=publish, daemon=True).start()
 wait(lambda: len(counter) > 20, "the counter flowing")
-sub.subscribe("hearth/hub/status", 0)
-wait(lambda: len(retained) == 2, "retained after the second subscribe")
-sub.subscribe([("hearth/hub/status", 1), ("test/counter", 1)])
-wait(lambda: len(retained) == 3, "retained after the third subscribe")
-sub.subscribe("hearth/hub/status", 1)
-wait(lambda: len(retained) == 4 and len(subacks) == 4, "retained after the fourth subscribe")
+for k in range(30):
+    if k % 2:
+        sub.subscribe([("hearth/hub/status", 1), ("test/counter", 1)])
+    else:
+        sub.subscribe("hearth/hub/status", k % 4 // 2)
+    wait(lambda: len(retained) == k + 2 and len(subacks) == k + 2, "retained after subscribe %d" % (k + 2))
 n = len(counter)
 wait(lambda: len(counter) > n + 20, "the counter still flowing")
 stop.set()
@@ -597,10 +600,10 @@ print(json.dumps({"retained": retained, "unsubacks": unsubacks, "subacks": len(s
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     let retained = v["retained"].as_array().expect("retained");
-    assert_eq!(retained.len(), 4, "{v}");
+    assert_eq!(retained.len(), 31, "{v}");
     assert!(retained.iter().all(|r| r == &serde_json::json!([true, "online"])), "{v}");
     assert_eq!(v["unsubacks"], serde_json::json!([]), "no UNSUBACK reached the client");
-    assert_eq!(v["subacks"], 4);
+    assert_eq!(v["subacks"], 31);
     let counter: Vec<i64> =
         v["counter"].as_array().expect("counter").iter().filter_map(Value::as_i64).collect();
     let first = counter[0];
