@@ -150,6 +150,9 @@ struct UserRecord {
     /// PHC string (argon2id, its parameters and salt).
     hash: String,
     created: u64,
+    /// The owner lets this user make bridge requests (`hearth/bridge/request/…`).
+    #[serde(default)]
+    admin: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -164,6 +167,9 @@ pub struct UserView {
     pub name: String,
     /// Created, Unix seconds.
     pub created: u64,
+    /// May make bridge requests (pairing, rename, room, remove, list) over MQTT.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 #[derive(Debug)]
@@ -347,18 +353,20 @@ impl Auth {
             .lock()
             .users
             .iter()
-            .map(|u| UserView { name: u.name.clone(), created: u.created })
+            .map(|u| UserView { name: u.name.clone(), created: u.created, admin: u.admin })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     /// Adds a user with `password` (checked against the hub's password policy), or a generated
-    /// one (returned: shown once, never stored). The hash waits for the hashing budget.
+    /// one (returned: shown once, never stored); an `admin` may make bridge requests. The hash
+    /// waits for the hashing budget.
     pub async fn add_user(
         self: &Arc<Self>,
         name: &str,
         password: Option<&str>,
+        admin: bool,
     ) -> Result<Option<String>, UserError> {
         valid_name(name)?;
         let generated = match password {
@@ -388,22 +396,22 @@ impl Auth {
             .await?
             .map_err(|_| UserError::Hash)?;
         let (this, name) = (self.clone(), name.to_owned());
-        tokio::task::spawn_blocking(move || this.insert_user(name, hash))
+        tokio::task::spawn_blocking(move || this.insert_user(name, hash, admin))
             .await
             .map_err(|_| UserError::Busy(Refused::Interrupted))??;
         Ok(generated)
     }
 
-    fn insert_user(&self, name: String, hash: String) -> Result<(), UserError> {
+    fn insert_user(&self, name: String, hash: String, admin: bool) -> Result<(), UserError> {
         let created = crate::clock::unix_now().0;
         let mut users = self.lock().users.clone();
         if users.iter().any(|u| u.name == name) {
             return Err(UserError::Exists(name));
         }
-        users.push(UserRecord { name: name.clone(), hash, created });
+        users.push(UserRecord { name: name.clone(), hash, created, admin });
         self.persist(&users)?;
         self.set_users(users);
-        tracing::info!(user = name, "MQTT user added");
+        tracing::info!(user = name, admin, "MQTT user added");
         Ok(())
     }
 
@@ -421,6 +429,11 @@ impl Auth {
         self.save_logins()?;
         tracing::info!(user = name, "MQTT user removed");
         Ok(())
+    }
+
+    /// Whether `name` is a user the owner marked admin (may make bridge requests).
+    pub fn is_admin(&self, name: &str) -> bool {
+        self.lock().users.iter().any(|u| u.name == name && u.admin)
     }
 
     fn set_users(&self, users: Vec<UserRecord>) {

@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Auth, MqttEvent};
-use super::{discovery, topics};
+use super::{bridge_api, discovery, topics};
 use crate::api::HubApi;
 use crate::device_id::DeviceId;
 use crate::devices::{Availability, DeviceSnapshot, Notice};
@@ -69,6 +69,8 @@ struct Bridge {
     last_hub_state: Option<Value>,
     /// When the hub started (RFC 3339).
     started: String,
+    /// The budget of bridge requests.
+    requests: bridge_api::Budget,
 }
 
 /// A digest of what a device's discovery configs are made from (name, room, model, firmware,
@@ -96,6 +98,7 @@ pub(crate) fn start(
     let filters = [
         "hearth/+/set".to_owned(),
         "hearth/+/update/install".to_owned(),
+        format!("{}#", bridge_api::REQUEST_PREFIX),
         format!("{prefix}/status"),
     ];
     std::thread::Builder::new().name("mqtt-bridge-out".into()).spawn(move || {
@@ -131,6 +134,7 @@ pub(crate) fn start(
         anomalies: super::hub_entity::Anomalies::default(),
         last_hub_state: None,
         started: topics::rfc3339_ms(crate::clock::unix_now_ms()),
+        requests: bridge_api::Budget::new(tokio::time::Instant::now()),
     };
     Ok(bridge.run(rx, shutdown))
 }
@@ -332,6 +336,9 @@ impl Bridge {
     }
 
     async fn incoming(&mut self, topic: &str, payload: &[u8]) {
+        if let Some(request) = bridge_api::request(topic) {
+            return self.bridge_request(request.to_owned(), payload);
+        }
         if topic == format!("{}/status", self.prefix) {
             if payload == b"online" {
                 self.birth(tokio::time::Instant::now());
@@ -358,6 +365,26 @@ impl Bridge {
             Err(e) => json!({"status": "refused", "reason": e.to_string()}),
         };
         self.publish_json(topics::set_result(&device), &v, false);
+    }
+
+    /// An admin's bridge request (only admins may publish them: the fronts check), within the
+    /// budget: answered by its own task, as a request may wait (a PIN attempt).
+    fn bridge_request(&mut self, request: String, payload: &[u8]) {
+        let topic = bridge_api::response(&request);
+        if let Err(wait) = self.requests.take(tokio::time::Instant::now()) {
+            tracing::debug!(request, "MQTT bridge request over the budget");
+            self.publish_json(topic, &bridge_api::over_budget(payload, wait), false);
+            return;
+        }
+        tracing::info!(request, "MQTT bridge request");
+        let (api, out, payload) = (self.api.clone(), self.out.clone(), payload.to_vec());
+        tokio::spawn(async move {
+            let v = bridge_api::answer(&api, &request, &payload).await;
+            let answer = Out { topic, payload: v.to_string().into_bytes(), retain: false };
+            if out.try_send(answer).is_err() {
+                tracing::warn!(request, "MQTT bridge response dropped (broker link behind)");
+            }
+        });
     }
 
     /// Home Assistant (re)started and wants every config again: republished now, or — within

@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod bridge;
+mod bridge_api;
 mod broker;
 pub mod discovery;
 mod front;
