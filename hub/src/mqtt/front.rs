@@ -73,7 +73,7 @@ impl Tickets {
     }
 
     /// A ticket for `client_id` of `user`; none if too many are open or randomness failed.
-    pub(super) fn issue(&self, client_id: &str, user: &str) -> Option<String> {
+    fn issue(&self, client_id: &str, user: &str) -> Option<String> {
         let mut random = [0u8; 16];
         crate::rng::fill(&mut random).ok()?;
         let ticket = protocol::hex::encode(&random);
@@ -324,14 +324,16 @@ impl Front {
                                 Client::Forward => out.extend_from_slice(&frame),
                                 Client::ForwardAndFetch(fetch, filters) => {
                                     out.extend_from_slice(&frame);
-                                    let (tickets, tx) = (self.tickets.clone(), to_client.clone());
-                                    let (upstream, max, user) =
-                                        (self.upstream, self.max_packet, user.to_owned());
+                                    let tx = to_client.clone();
+                                    let (upstream, max) = (self.upstream, self.max_packet);
+                                    let login = self.internal_login(user);
                                     tokio::spawn(async move {
-                                        let got = retained::fetch(
-                                            upstream, &tickets, &user, filters, max,
-                                        )
-                                        .await;
+                                        let got = match login {
+                                            Some(login) => {
+                                                retained::fetch(upstream, login, filters, max).await
+                                            }
+                                            None => None,
+                                        };
                                         let _ = tx.send(ToClient::Fetched(fetch, got)).await;
                                     });
                                 }
@@ -420,6 +422,20 @@ impl Front {
             },
             () = &mut outbound => {}
         }
+    }
+
+    /// A login for one of the front's own connections to the broker on behalf of `user` (to
+    /// fetch retained messages): a reserved client id, `user`, a one-time ticket.
+    fn internal_login(&self, user: &str) -> Option<(String, String, String)> {
+        let mut random = [0u8; 8];
+        crate::rng::fill(&mut random).ok()?;
+        let id = format!(
+            "{}-retained-{}",
+            super::RESERVED_CLIENT_PREFIX,
+            protocol::hex::encode(&random)
+        );
+        let ticket = self.tickets.issue(&id, user)?;
+        Some((id, user.to_owned(), ticket))
     }
 
     /// Checks one client packet: a PUBLISH must parse and go to a topic clients may write.

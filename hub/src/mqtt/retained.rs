@@ -16,8 +16,6 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::front::Tickets;
-
 /// How long a fetch may take before the client gets no retained messages for that SUBSCRIBE.
 const FETCH_WITHIN: Duration = Duration::from_secs(5);
 /// Repeated SUBSCRIBEs of one connection whose retained messages are being fetched at most
@@ -267,28 +265,23 @@ fn publish_topic(frame: &[u8]) -> Option<&str> {
 }
 
 /// The retained messages of `filters` now, fetched over an internal connection to the broker
-/// at `upstream` (a one-time ticket of `tickets` for `user`): it subscribes at QoS 0, and once
+/// at `upstream` as `client_id` of `user` with a one-time `ticket` (the front's): it subscribes
+/// at QoS 0, and once
 /// the SUBACK is in, a PINGREQ: rumqttd queues a new subscription's retained messages in the
 /// same pass as its SUBACK, before it handles the PINGREQ, so the PINGRESP ends them. None if
 /// the broker did not answer in time.
 pub(super) async fn fetch(
     upstream: SocketAddr,
-    tickets: &Tickets,
-    user: &str,
+    (client_id, user, ticket): (String, String, String),
     filters: Vec<String>,
     max_packet: usize,
 ) -> Option<Vec<Message>> {
-    let mut random = [0u8; 8];
-    crate::rng::fill(&mut random).ok()?;
-    let client_id =
-        format!("{}-retained-{}", super::RESERVED_CLIENT_PREFIX, protocol::hex::encode(&random));
-    let ticket = tickets.issue(&client_id, user)?;
     let mut stream =
         tokio::time::timeout(FETCH_WITHIN, TcpStream::connect(upstream)).await.ok()?.ok()?;
     let _ = stream.set_nodelay(true);
     let result = tokio::time::timeout(
         FETCH_WITHIN,
-        exchange(&mut stream, client_id, user, ticket, filters, max_packet),
+        exchange(&mut stream, client_id, &user, ticket, filters, max_packet),
     )
     .await
     .ok()
