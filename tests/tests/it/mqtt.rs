@@ -112,7 +112,7 @@ fn tls_args<'a>(
 }
 
 /// `mosquitto_pub` once: exit status and stderr.
-fn publish(args: &[&str]) -> (bool, String) {
+pub(crate) fn publish(args: &[&str]) -> (bool, String) {
     let out = Command::new("mosquitto_pub").args(args).output().expect("mosquitto_pub");
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
