@@ -56,6 +56,9 @@ struct Bridge {
     dropped: u64,
     /// Installed versions seen in the update overview.
     installed: HashMap<DeviceId, u32>,
+    /// Each updatable device's installed firmware as the update manager knows it (the
+    /// directory keeps the version it paired with): its discovery configs' `sw_version`.
+    firmware: HashMap<DeviceId, u32>,
     last_counters: Option<Value>,
     /// Discovery is republished at most once per this interval.
     republish_interval: Duration,
@@ -127,6 +130,7 @@ pub(crate) fn start(
         next_command: 0,
         dropped: 0,
         installed: HashMap::new(),
+        firmware: HashMap::new(),
         last_counters: None,
         republish_interval,
         republished: None,
@@ -232,8 +236,19 @@ impl Bridge {
         }
     }
 
+    /// `d` with the firmware the update manager says is installed (the directory keeps the
+    /// version it paired with).
+    fn installed_now(&self, d: &DeviceSnapshot) -> DeviceSnapshot {
+        let mut d = d.clone();
+        if let Some(v) = self.firmware.get(&d.info.id) {
+            d.info.firmware_version = *v;
+        }
+        d
+    }
+
     /// Availability, discovery and current state of one device, as the directory allows.
     fn sync(&mut self, d: &DeviceSnapshot) {
+        let d = &self.installed_now(d);
         let id = d.info.id;
         self.publish(topics::availability(&id), d.availability.as_str().as_bytes().to_vec(), true);
         if d.availability == Availability::Isolated {
@@ -296,8 +311,9 @@ impl Bridge {
                     return;
                 }
                 let Some(d) = self.api.directory.get(&device) else { return };
+                let key = config_key(&self.installed_now(&d));
                 let entry = self.devices.entry(device).or_default();
-                if entry.config_key != Some(config_key(&d)) {
+                if entry.config_key != Some(key) {
                     // Its config set changed (or was never published): configs and state.
                     self.sync(&d);
                 } else {
@@ -331,7 +347,10 @@ impl Bridge {
                     self.sync(&d);
                 }
             }
-            Notice::Removed { device } => self.withdraw(&device, true),
+            Notice::Removed { device } => {
+                self.firmware.remove(&device);
+                self.withdraw(&device, true);
+            }
         }
     }
 
@@ -528,7 +547,7 @@ impl Bridge {
         {
             let id = d.info.id;
             let in_view = view.devices.iter().find(|v| v.id == id);
-            let state = match in_view {
+            let (installed, state) = match in_view {
                 Some(v) => {
                     self.installed.insert(id, v.installed);
                     let progress = v.delivering.map(|(_, done, total)| (done, total));
@@ -543,25 +562,33 @@ impl Bridge {
                         (None, Some(w)) => Some(format!("Not installed yet: {w}")),
                         (None, None) => None,
                     };
-                    discovery::update_state(v.installed, v.available, progress, summary)
+                    (
+                        v.installed,
+                        discovery::update_state(v.installed, v.available, progress, summary),
+                    )
                 }
                 None => {
-                    let installed = match self.installed.remove(&id) {
-                        // It just left the overview (installed, refused...): ask once.
-                        Some(_) => match self.api.device(id).await {
-                            Ok(v) => v.device.info.firmware_version,
+                    // Asked once after start, and once when it leaves the overview (installed,
+                    // refused...); known otherwise.
+                    let known = match self.installed.remove(&id) {
+                        Some(_) => None,
+                        None => self.firmware.get(&id).copied(),
+                    };
+                    let installed = match known {
+                        Some(v) => v,
+                        None => match self.api.update_history(id).await {
+                            Ok(u) => u.map_or(d.info.firmware_version, |u| u.installed),
                             Err(_) => continue,
                         },
-                        None => self
-                            .devices
-                            .get(&id)
-                            .and_then(|p| p.update.as_ref())
-                            .and_then(|u| u["installed_version"].as_str()?.parse().ok())
-                            .unwrap_or(d.info.firmware_version),
                     };
-                    discovery::update_state(installed, None, None, None)
+                    (installed, discovery::update_state(installed, None, None, None))
                 }
             };
+            let before = self.firmware.insert(id, installed).unwrap_or(d.info.firmware_version);
+            if before != installed {
+                // The device block's `sw_version` follows an installed update.
+                self.sync(d);
+            }
             let entry = self.devices.entry(id).or_default();
             if entry.update.as_ref() != Some(&state) {
                 entry.update = Some(state.clone());

@@ -656,3 +656,63 @@ fn normal_disconnects_log_no_error_and_mqtt_31_clients_are_refused_with_code_1()
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+/// After a sensor installs an update, Home Assistant's device block carries the new firmware:
+/// every discovery config of the device is published again with `sw_version` "2", and again
+/// with it after a hub restart (the directory keeps the version the sensor paired with).
+#[test]
+fn discovery_configs_carry_the_installed_firmware_after_an_update_and_a_restart() {
+    const THERMO: &str = "hearth-thermo-1";
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ports = Ports { plain: free_tcp_port(), tls: free_tcp_port(), broker: free_tcp_port() };
+    let maker = tests::Maker::new(tmp.path());
+    let extra = format!("{}{}", mqtt_config(&ports), maker.trust_toml(&[THERMO]));
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &extra);
+    hub.add_mqtt_user("ha", Some(PASSWORD));
+    let keys = maker.keys.display().to_string();
+    let flash = tmp.path().join("flash.redb");
+    let args = ["--sensors", "1", "--models", "thermostat", "--interval-ms", "300"];
+    let mut sim = Sim::fleet(
+        &hub.coap.to_string(),
+        &hub,
+        &flash,
+        &[&args[..], &["--maker-keys", &keys]].concat(),
+    );
+    let id = sim.paired(1, Duration::from_secs(120)).remove(0);
+    let plain = ports.plain.to_string();
+    let filter = format!("homeassistant/+/hearth_{id}/+/config");
+    let sub_args = ["-h", "127.0.0.1", "-p", &plain, "-u", "ha", "-P", PASSWORD, "-t", &filter];
+    // The device's configs, as the newest of each topic: their sw_version, once all have `want`.
+    let configs = |sub: &Sub, want: &str| {
+        let mut by_topic = std::collections::BTreeMap::new();
+        sub.until(
+            &format!("every config with sw_version {want}"),
+            Duration::from_secs(120),
+            |t, p| {
+                let v: Value = serde_json::from_str(p).ok()?;
+                by_topic.insert(t.to_owned(), v["device"]["sw_version"].clone());
+                // Temperature, thermostat, its command's outcome, firmware.
+                (by_topic.len() >= 4 && by_topic.values().all(|s| s == want)).then_some(())
+            },
+        );
+        by_topic
+    };
+    let sub = Sub::start(&sub_args);
+    let before = configs(&sub, "1");
+    maker.publish(THERMO, 2, 8 * 1024, &[]);
+    let (m, i) = maker.files(THERMO, 2);
+    hub.update_add(&m, &i).expect("the hub takes the release");
+    sim.until("v2 installed", Duration::from_secs(180), |l| {
+        (l.starts_with("UPDATED") && tests::field(l, "outcome") == Some("Installed")).then_some(())
+    });
+    let after = configs(&sub, "2");
+    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
+    drop(sub);
+    // After a restart, the configs the hub publishes at start carry it too.
+    let coap = hub.coap.port();
+    hub.stop();
+    let _hub = Hub::start_with(&tmp.path().join("hub"), coap, &extra);
+    let sub = Sub::start(&sub_args);
+    let again = configs(&sub, "2");
+    assert_eq!(again.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
+}
