@@ -35,6 +35,7 @@ mod private_fs;
 mod render;
 mod rng;
 mod seclog;
+mod security;
 pub mod store;
 mod updates;
 mod upstream;
