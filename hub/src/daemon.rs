@@ -161,6 +161,9 @@ pub enum StartError {
     /// A failure domain's thread or runtime.
     #[error("cannot start {0}: {1}")]
     Thread(String, std::io::Error),
+    /// The update feed's settings (`[updates] feed_url`, `feed_cert`).
+    #[error("updates.feed_cert: {0}")]
+    Feed(String),
 }
 
 /// Starts the hub in `data_dir`.
@@ -299,7 +302,8 @@ pub async fn start(
         crate::isolation::Advisories::load(store_advisories.as_deref()),
         monitor,
     );
-    let feed = crate::feed::check::checker(&config.updates, api.clone(), shutdown.clone());
+    let feed = crate::feed::check::checker(&config.updates, api.clone(), shutdown.clone())
+        .map_err(StartError::Feed)?;
     let mqtt = match mqtt_auth {
         Some(auth) => {
             let names = crate::identity::default_names(&config.certificate_names());

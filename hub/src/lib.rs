@@ -39,7 +39,8 @@ mod security;
 pub mod store;
 mod updates;
 mod upstream;
-pub mod web;
+mod web;
+pub use web::SETUP_CODE_FILE;
 
 #[cfg(test)]
 mod layout_tests;

@@ -37,13 +37,11 @@ const LOGINS_ID: &[u8] = b"hearth web logins";
 
 /// The running web UI.
 #[derive(Debug)]
-pub struct WebInfo {
+pub(crate) struct WebInfo {
     /// Where it listens.
-    pub addr: SocketAddr,
-    /// SHA-256 fingerprint of the certificate it serves.
-    pub fingerprint: String,
+    pub(crate) addr: SocketAddr,
     /// The server task.
-    pub task: JoinHandle<()>,
+    pub(crate) task: JoinHandle<()>,
 }
 
 /// Why the web UI could not start.
@@ -71,7 +69,7 @@ pub enum WebStartError {
 
 /// Starts the web UI: prints the address, the certificate fingerprint and, while no owner
 /// account exists, where the one-time setup code is.
-pub async fn start(
+pub(crate) async fn start(
     config: &crate::config::Config,
     data_dir: &Path,
     api: HubApi,
@@ -113,7 +111,7 @@ pub async fn start(
         origins: Arc::new(web_ui::guard::Origins::new(&names, addr.port())),
     };
     let task = tokio::spawn(web_ui::serve(listener, tls, router, options, shutdown));
-    Ok(WebInfo { addr, fingerprint, task })
+    Ok(WebInfo { addr, task })
 }
 
 /// The hub as the web UI sees it.
@@ -293,7 +291,8 @@ fn reading(r: crate::store::StoredReading) -> Reading {
     // SenML names are `urn:dev:<serial>:<quantity>`: the quantity is what the owner reads.
     let name = protocol::vocabulary::short_name(&r.name).to_owned();
     let quantity = Quantity::from_senml(&name);
-    let label = quantity.and_then(Quantity::capability).map_or_else(|| name.clone(), str::to_owned);
+    // What the vocabulary calls it (`Temperature`, `CO₂`); an unknown quantity by its name.
+    let label = quantity.map_or_else(|| name.clone(), |q| q.label().to_owned());
     // States in words (the vocabulary's): a contact is open or closed, a button pressed or
     // released.
     let words = match quantity.map(Quantity::kind) {
