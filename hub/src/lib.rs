@@ -35,10 +35,12 @@ mod private_fs;
 mod render;
 mod rng;
 mod seclog;
+mod security;
 pub mod store;
 mod updates;
 mod upstream;
-pub mod web;
+mod web;
+pub use web::SETUP_CODE_FILE;
 
 #[cfg(test)]
 mod layout_tests;

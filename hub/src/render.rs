@@ -316,15 +316,70 @@ impl Render for PairingStatus {
 
 impl Render for SecurityReport {
     fn render(&self, _now_ms: i64) -> String {
-        // Every counter, whatever its name: the report is a flat map of counts.
-        let Value::Object(map) = to_value(self) else { return String::new() };
-        let rows: Vec<Vec<String>> = map
+        // Every counter, whatever its name (the report is a flat map of counts), in the
+        // catalogue's order; names this `hub ctl` does not know last.
+        let counts = crate::security::counts(self);
+        let order = |name: &str| {
+            protocol::security::COUNTERS.iter().position(|c| c.name == name).unwrap_or(usize::MAX)
+        };
+        let mut names: Vec<&String> = counts.keys().filter(|k| *k != "total").collect();
+        names.sort_by_key(|n| order(n));
+        let rows: Vec<Vec<String>> = names
             .iter()
-            .filter(|(k, _)| *k != "total")
-            .map(|(k, v)| vec![protocol::security::label(k), v.to_string()])
+            .map(|name| {
+                let recent = self.recent.get(*name).map_or("-".into(), u64::to_string);
+                let flag = if self.anomalies.contains(name) { "ANOMALY" } else { "" };
+                vec![
+                    protocol::security::label(name),
+                    recent,
+                    counts[*name].to_string(),
+                    flag.to_owned(),
+                ]
+            })
             .collect();
-        let mut out = table(&["EVENT", "COUNT"], &rows);
+        let mut out = table(&["EVENT", "LAST 5 MIN", "TOTAL", "FLAG"], &rows);
         let _ = writeln!(out, "\nSecurity events in total: {}", self.total);
+        match self.anomalies.len() {
+            0 => out += "No anomaly now.\n",
+            n => {
+                let _ = writeln!(
+                    out,
+                    "{n} anomaly flag(s): these came unusually often within 5 minutes."
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Render for Vec<web_ui::api::Check> {
+    fn render(&self, _now_ms: i64) -> String {
+        let rows: Vec<Vec<String>> = self
+            .iter()
+            .map(|c| {
+                let met = if c.ok { "yes" } else { "NO" };
+                vec![c.provision.clone(), c.title.clone(), met.into(), c.state.clone()]
+            })
+            .collect();
+        let mut out = table(&["PROVISION", "REQUIREMENT", "MET", "CURRENT STATE"], &rows);
+        for c in self.iter().filter(|c| !c.ok) {
+            let _ = write!(out, "\n{} {} is not met.", c.provision, c.title);
+            if !c.devices.is_empty() {
+                let names: Vec<String> =
+                    c.devices.iter().map(|(id, name)| format!("{name} ({id})")).collect();
+                let _ = write!(out, " Devices: {}.", names.join(", "));
+            }
+            if let Some(a) = &c.action {
+                let _ = write!(out, " What to do: {}", a.text);
+            }
+            out.push('\n');
+        }
+        let met = self.iter().filter(|c| c.ok).count();
+        let _ = writeln!(
+            out,
+            "\n{met} of {} met now (the web UI's security page adds its own checks).",
+            self.len()
+        );
         out
     }
 }
@@ -688,8 +743,37 @@ mod tests {
         let out = report.render(0);
         assert!(
             out.contains("Readings refused for breaking a limit")
-                && out.ends_with("Security events in total: 3\n")
+                && out.ends_with("Security events in total: 3\nNo anomaly now.\n"),
+            "{out}"
         );
+        let mut report = report;
+        report.link.bad_tag = 40;
+        report.recent.insert("bad_tag".into(), 12);
+        report.anomalies.push("bad_tag".into());
+        let out = report.render(0);
+        let row = out.lines().find(|l| l.contains("bad tags")).unwrap_or_default();
+        assert_eq!(
+            row.split_whitespace().rev().take(3).collect::<Vec<_>>(),
+            ["ANOMALY", "40", "12"],
+            "{out}"
+        );
+        // Bookkeeping has no window; the link's counters come first, in catalogue order.
+        let dup = out.lines().find(|l| l.contains("Retransmissions")).unwrap_or_default();
+        assert!(dup.contains(" - "), "{dup}");
+        assert!(out.find("Malformed CoAP") < out.find("Failed MQTT logins"), "{out}");
+        assert!(out.contains("1 anomaly flag(s)"), "{out}");
+    }
+
+    #[test]
+    fn the_self_check_names_what_is_not_met_and_what_to_do() {
+        use web_ui::api::{Action, Check};
+        let mut bad = Check::new("5.3-13", "Support period published", false, "1 past".into());
+        bad.devices = vec![("0a".into(), "Hall".into())];
+        bad.action = Some(Action { text: "Replace it.".into(), href: None });
+        let checks = vec![Check::new("5.1-1", "No default passwords", true, "none".into()), bad];
+        let out = checks.render(0);
+        assert!(out.contains("5.3-13 Support period published is not met. Devices: Hall (0a). What to do: Replace it."), "{out}");
+        assert!(out.contains("1 of 2 met now"), "{out}");
     }
 
     #[test]
