@@ -304,7 +304,7 @@ print(json.dumps({"configs": configs, "again": sorted(again)}))
     let configs = v["configs"].as_object().expect("configs");
     assert_eq!(configs.len(), 13, "{:?}", configs.keys());
     for (topic, payload) in configs {
-        let problems = hub::mqtt::discovery::schema_problems(topic, payload);
+        let problems = hub::schema_problems(topic, payload);
         assert!(problems.is_empty(), "{topic}: {problems:?}");
         let availability = if topic.contains("/hearth_hub/") {
             "hearth/hub/status".to_owned()
