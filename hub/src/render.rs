@@ -696,3 +696,24 @@ mod tests {
         assert!(local_time(0).starts_with("19"), "{}", local_time(0));
     }
 }
+
+impl Render for crate::api::StatusAnswer {
+    fn render(&self, now_ms: i64) -> String {
+        let s = &self.storage;
+        let mut out = match (&s.problem, s.since) {
+            (Some(problem), Some(since)) => {
+                format!("Storage: PROBLEM since {}: {problem}\n", when(since, now_ms.max(0) as u64))
+            }
+            (Some(problem), None) => format!("Storage: PROBLEM: {problem}\n"),
+            _ => "Storage: ok\n".to_string(),
+        };
+        let free = s.free_mb.map_or_else(|| "not measured yet".into(), |mb| format!("{mb} MiB"));
+        let _ = writeln!(out, "Free space: {free} (floor {} MiB)", s.min_free_mb);
+        let _ = writeln!(
+            out,
+            "Readings dropped to keep the floor: {}; episodes of failed writes: {}",
+            s.dropped_for_space, s.episodes
+        );
+        out
+    }
+}

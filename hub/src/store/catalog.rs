@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use protocol::oscore::{ContextParams, Kid};
 use protocol::senml::{Reading, UnixTimeMillis, Value};
@@ -34,8 +36,13 @@ fn db<E: std::fmt::Display>(e: E) -> StoreError {
 
 /// The catalog.
 pub(super) struct Catalog {
-    db: Database,
+    /// The database (none while it is reopened after a failed write and could not be yet).
+    db: Mutex<Option<Arc<Database>>>,
+    path: PathBuf,
     kek: Kek,
+    /// A write failed: redb refuses everything after a failed write (even reads) until the
+    /// database is opened again, which [`Catalog::recover`] does.
+    failed: AtomicBool,
 }
 
 impl core::fmt::Debug for Catalog {
@@ -89,7 +96,63 @@ impl Catalog {
         tx.open_table(ERASED).map_err(db)?;
         tx.open_table(LOG).map_err(db)?;
         tx.commit().map_err(db)?;
-        Ok((Self { db: database, kek }, outcome))
+        let catalog = Self {
+            db: Mutex::new(Some(Arc::new(database))),
+            path,
+            kek,
+            failed: AtomicBool::new(false),
+        };
+        Ok((catalog, outcome))
+    }
+
+    /// The open database.
+    fn handle(&self) -> Result<Arc<Database>, StoreError> {
+        let slot = self.db.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.clone().ok_or_else(|| {
+            StoreError::Db("the catalog is closed after a storage failure; reopening".into())
+        })
+    }
+
+    /// Notes a failed write (redb fails everything after it until reopened).
+    fn wrote<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    /// Whether a write failed and the database is not open again yet.
+    pub(super) fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// After a failed write: closes the database and opens it again (redb checks and repairs
+    /// it), so that reads and writes work again once the disk does. `Ok` once it is open.
+    pub(super) fn recover(&self) -> Result<(), StoreError> {
+        if !self.failed() {
+            return Ok(());
+        }
+        let mut slot = self.db.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = slot.take() {
+            match Arc::try_unwrap(open) {
+                Ok(database) => drop(database),
+                Err(open) => {
+                    // A reader holds it for a moment: next time.
+                    *slot = Some(open);
+                    return Err(StoreError::Db("the catalog is in use; reopening later".into()));
+                }
+            }
+        }
+        match open_db(&self.path) {
+            Ok(database) => {
+                *slot = Some(Arc::new(database));
+                self.failed.store(false, Ordering::Release);
+                tracing::info!("catalog reopened after a storage failure");
+                Ok(())
+            }
+            Err(OpenFailure::Fatal(e)) => Err(e),
+            Err(OpenFailure::Corrupt(why)) => Err(StoreError::Db(why)),
+        }
     }
 }
 
@@ -155,7 +218,7 @@ fn decode_params(bytes: &[u8]) -> Option<ContextParams> {
 impl Catalog {
     /// Every device's sealed context, opened.
     pub(super) fn contexts(&self) -> Result<Vec<ContextParams>, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.handle()?.begin_read().map_err(db)?;
         let secrets = tx.open_table(SECRETS).map_err(db)?;
         let mut out = Vec::new();
         for row in secrets.iter().map_err(db)? {
@@ -169,7 +232,7 @@ impl Catalog {
     /// Every device's link state as of the snapshot, the sequence the snapshot covers, and
     /// the erase floors.
     pub(super) fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.handle()?.begin_read().map_err(db)?;
         let secrets = tx.open_table(SECRETS).map_err(db)?;
         let state = tx.open_table(STATE).map_err(db)?;
         let mut states = HashMap::new();
@@ -196,7 +259,12 @@ impl Catalog {
     /// Applies devices added and removed and named documents, in one transaction. A removed
     /// device's readings in log frames before `floor` no longer count.
     pub(super) fn apply(&self, writes: &[&Write], floor: u64) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db)?;
+        let result = self.apply_now(writes, floor);
+        self.wrote(result)
+    }
+
+    fn apply_now(&self, writes: &[&Write], floor: u64) -> Result<(), StoreError> {
+        let tx = self.handle()?.begin_write().map_err(db)?;
         {
             let mut devices = tx.open_table(DEVICES).map_err(db)?;
             let mut secrets = tx.open_table(SECRETS).map_err(db)?;
@@ -249,7 +317,18 @@ impl Catalog {
         seq: u64,
         first_seq: u64,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db)?;
+        let result = self.save_snapshot_now(states, metas, seq, first_seq);
+        self.wrote(result)
+    }
+
+    fn save_snapshot_now(
+        &self,
+        states: &[(Kid, LinkState)],
+        metas: &[(String, Vec<u8>)],
+        seq: u64,
+        first_seq: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.handle()?.begin_write().map_err(db)?;
         {
             let mut table = tx.open_table(STATE).map_err(db)?;
             for (kid, s) in states {
@@ -266,7 +345,7 @@ impl Catalog {
     }
 
     pub(super) fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.handle()?.begin_read().map_err(db)?;
         let devices = tx.open_table(DEVICES).map_err(db)?;
         let mut out = Vec::new();
         for row in devices.iter().map_err(db)? {
@@ -277,14 +356,14 @@ impl Catalog {
     }
 
     pub(super) fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.handle()?.begin_read().map_err(db)?;
         let table = tx.open_table(META).map_err(db)?;
         Ok(table.get(key).map_err(db)?.map(|v| v.value().to_vec()))
     }
 
     /// Whether the first store format's reading tables are still there.
     pub(super) fn has_legacy(&self) -> Result<bool, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.handle()?.begin_read().map_err(db)?;
         Ok(tx.list_tables().map_err(db)?.any(|t| t.name() == LEGACY_READINGS.name()))
     }
 
@@ -296,7 +375,7 @@ impl Catalog {
         max: usize,
     ) -> Result<LegacyChunk, StoreError> {
         use std::ops::Bound;
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.handle()?.begin_read().map_err(db)?;
         let table = tx.open_table(LEGACY_READINGS).map_err(db)?;
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut out: Vec<(Kid, Vec<Reading>)> = Vec::new();
@@ -317,7 +396,7 @@ impl Catalog {
 
     /// Deletes the first format's reading tables (after their readings moved to the log).
     pub(super) fn drop_legacy(&self) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db)?;
+        let tx = self.handle()?.begin_write().map_err(db)?;
         tx.delete_table(LEGACY_READINGS).map_err(db)?;
         tx.delete_table(LEGACY_COUNTS).map_err(db)?;
         tx.commit().map_err(db)

@@ -4,6 +4,7 @@
 //! [`HubStore::commit`] is the group commit: everything in it is durable when it returns.
 
 mod catalog;
+mod health;
 mod hub_store;
 mod link_state;
 mod log;
@@ -12,6 +13,7 @@ mod records;
 mod seal;
 
 pub use catalog::OpenOutcome;
+pub use health::StorageStatus;
 pub use hub_store::{Committed, HubStore, StoreLimits};
 pub use log::LogError;
 pub use seal::{Kek, SealError};
