@@ -9,6 +9,7 @@ mod browser;
 mod crash;
 mod ctl;
 mod demo;
+mod disk;
 mod domains;
 mod factory_reset;
 mod feed;
