@@ -45,7 +45,8 @@ impl Tmpfs {
     /// Writes `path` (on this disk) until the disk is full, or `limit` bytes if it comes
     /// first: 64 KiB chunks, then 4 KiB ones to take the last pages. Returns the bytes written.
     pub fn fill(&self, path: &Path, limit: u64) -> u64 {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("filler");
+        let mut f =
+            std::fs::OpenOptions::new().create(true).append(true).open(path).expect("filler");
         let mut written = 0;
         for chunk in [64 << 10, 4 << 10] {
             let buf = vec![0x5au8; chunk];

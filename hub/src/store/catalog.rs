@@ -105,8 +105,11 @@ impl Catalog {
         Ok((catalog, outcome))
     }
 
-    /// The open database.
+    /// The open database (opened again first if a write failed, so that reads keep working).
     fn handle(&self) -> Result<Arc<Database>, StoreError> {
+        if self.failed() {
+            let _ = self.recover();
+        }
         let slot = self.db.lock().unwrap_or_else(PoisonError::into_inner);
         slot.clone().ok_or_else(|| {
             StoreError::Db("the catalog is closed after a storage failure; reopening".into())

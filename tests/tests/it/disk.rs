@@ -181,6 +181,9 @@ fn a_full_disk_stops_acknowledgements_says_so_and_resumes_by_itself_with_every_r
     assert!(audit.audited > 1000, "{}", audit.json());
 
     let log = std::fs::read_to_string(&hub.log).unwrap_or_default();
+    for l in log.lines().filter(|l| l.contains("storage") || l.contains("catalog")) {
+        eprintln!("hub: {l}");
+    }
     let said = log.lines().filter(|l| l.contains("storage problem")).count();
     assert_eq!(said, 1, "the problem is logged once per episode:\n{log}");
     assert!(log.contains("storage works again"), "{log}");
@@ -189,6 +192,77 @@ fn a_full_disk_stops_acknowledgements_says_so_and_resumes_by_itself_with_every_r
         serde_json::json!({"full_disk": {
             "filler_bytes": filled, "readings_stored": stored, "acknowledged": acked.by_kid.values().map(BTreeSet::len).sum::<usize>(),
             "backlog_while_full": backlog, "relay_audit": audit.json(), "seconds": started.elapsed().as_secs_f64(),
+        }})
+    );
+}
+
+#[test]
+fn below_the_free_space_floor_the_oldest_readings_are_dropped_and_counted_before_the_disk_fills() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = "[store]\nsegment_kb = 16\nmin_free_mb = 4\n";
+    let (disk, hub, _relay, mut sim) = setup(tmp.path(), 16, store);
+    let mut acked = Acked::default();
+    sim.until("readings acknowledged", Duration::from_secs(60), |l| {
+        acked.record(l);
+        (acked.lines >= 200).then_some(())
+    });
+    // Leave 48 KiB above the floor: the log soon reaches it.
+    let margin = 4 << 20 | 48 << 10;
+    let filled = disk.fill(&disk.dir().join("filler"), disk.free().saturating_sub(margin));
+    let s = wait_for("retention to make room", Duration::from_secs(120), || {
+        sim.read_for(Duration::from_millis(250), |l| {
+            acked.record(l);
+            if let Some(s) = status(l) {
+                assert_eq!(s["offline"], 0, "a sensor went unanswered: {s}");
+            }
+        });
+        let s = storage(&hub);
+        assert_eq!(s["ok"], true, "a write failed: {s}");
+        (s["dropped_for_space"].as_u64() > Some(0)).then_some(s)
+    });
+    assert!(s["free_mb"].as_u64() >= Some(3), "{s}");
+    // Readings go on being acknowledged and dropped oldest first; the disk never fills.
+    let at = acked.lines;
+    sim.until("more readings", Duration::from_secs(60), |l| {
+        acked.record(l);
+        (acked.lines >= at + 200).then_some(())
+    });
+    let lines = sim.terminate();
+    for l in &lines {
+        acked.record(l);
+    }
+    let s = storage(&hub);
+    assert_eq!(s["ok"], true, "{s}");
+    assert_eq!(s["episodes"], 0, "{s}");
+    let dropped = s["dropped_for_space"].as_u64().expect("dropped");
+    // What is gone is exactly what was counted, and only the oldest of each device.
+    let devices = hub.ctl(&["devices"]);
+    let mut gone = 0;
+    for (kid, times) in &acked.by_kid {
+        let stored = hub.ctl(&["readings", kid, "--limit", "10000"]);
+        let stored = stored.as_array().expect("readings");
+        let raw = devices
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["id"] == kid.as_str()))
+            .and_then(|d| d["readings"].as_u64());
+        assert_eq!(raw, Some(stored.len() as u64), "device {kid}: readings stored twice");
+        let stored_times: BTreeSet<i64> =
+            stored.iter().filter_map(|r| r["time_ms"].as_i64()).collect();
+        let Some(&oldest) = stored_times.first() else {
+            panic!("device {kid}: nothing left");
+        };
+        let lost: Vec<i64> = times.difference(&stored_times).copied().collect();
+        assert!(lost.iter().all(|&t| t < oldest), "device {kid}: a newer reading is gone");
+        let per_measurement = stored.len() / stored_times.len();
+        gone += (lost.len() * per_measurement) as u64;
+    }
+    assert_eq!(gone, dropped, "readings gone vs counted: {s}");
+    eprintln!(
+        "{}",
+        serde_json::json!({"free_space_floor": {
+            "filler_bytes": filled, "dropped_for_space": dropped, "status": s,
+            "seconds": started.elapsed().as_secs_f64(),
         }})
     );
 }

@@ -725,4 +725,6 @@ impl HubStore {
 }
 
 #[cfg(test)]
+mod full_disk_tests;
+#[cfg(test)]
 pub(super) mod tests;
