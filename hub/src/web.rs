@@ -699,6 +699,7 @@ impl web_ui::OwnerApi for HubOwner {
                         security.link.malformed, security.link.bad_oscore, security.bad_payload
                     ),
                 ),
+                storage_check(&self.api.store.status()),
             ])
         })
     }
@@ -749,4 +750,18 @@ impl web_ui::OwnerApi for HubOwner {
     fn random(&self, buf: &mut [u8]) {
         self.random_bytes(buf);
     }
+}
+
+/// The store's health as a self-check (EN 303 645 5.9-1, issue 20): a full or failing disk, in
+/// the words `hub ctl status` uses.
+fn storage_check(s: &crate::store::StorageStatus) -> Check {
+    let free = s.free_mb.map_or_else(|| "not measured yet".into(), |mb| format!("{mb} MiB"));
+    let state = match &s.problem {
+        Some(problem) => format!("Storage problem: {problem}. Free space: {free}."),
+        None => format!(
+            "Readings are stored and acknowledged. Free space: {free} (floor {} MiB); {} oldest readings dropped to keep it.",
+            s.min_free_mb, s.dropped_for_space
+        ),
+    };
+    Check::new("5.9-1", "The hub's disk can be written", s.ok, state)
 }
