@@ -1,7 +1,8 @@
 //! A full disk (issue 20 item 1), on a small tmpfs mounted for the test: a fleet reports through
 //! a relay that audits every nonce on the wire while a filler file takes the last free page. The
 //! hub stops acknowledging (nothing it cannot make durable is answered), says so once in words
-//! (`hub ctl status`, its log), keeps answering queries, the sensors buffer; once the filler is
+//! (`hub ctl status`, its log, the MQTT hub entity's `storage`), keeps answering queries, the
+//! sensors buffer; once the filler is
 //! deleted it resumes by itself, and every acknowledged reading is stored exactly once, with no
 //! nonce reused. With a floor of free space, retention drops the oldest readings (counted)
 //! before the disk is full, and no write ever fails.
@@ -11,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::netfault::{Forward, NetRelay, RelayConfig};
-use tests::{Hub, Sim, Tmpfs, field, free_udp_port, wait_for};
+use tests::{Hub, Sim, Tmpfs, field, free_tcp_port, free_udp_port, wait_for};
+
+use crate::mqtt::Sub;
 
 const SENSORS: usize = 16;
 
@@ -109,8 +112,33 @@ fn a_full_disk_stops_acknowledgements_says_so_and_resumes_by_itself_with_every_r
     let started = Instant::now();
     let tmp = tempfile::tempdir().expect("tmp");
     // No floor: the disk is let to fill up.
-    let store = "[store]\nsegment_kb = 256\nmin_free_mb = 0\n";
-    let (disk, hub, relay, mut sim) = setup(tmp.path(), 24, store);
+    let (plain, tls, broker) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let extra = format!(
+        "[store]\nsegment_kb = 256\nmin_free_mb = 0\n[mqtt]\nplain_bind = \"127.0.0.1:{plain}\"\n\
+         tls_bind = \"127.0.0.1:{tls}\"\nbroker_port = {broker}\n"
+    );
+    let (disk, hub, relay, mut sim) = setup(tmp.path(), 24, &extra);
+    hub.add_mqtt_user("watcher", Some("disk-full-watcher-pw"));
+    let port = plain.to_string();
+    let overview = Sub::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-u",
+        "watcher",
+        "-P",
+        "disk-full-watcher-pw",
+        "-t",
+        "hearth/hub/overview",
+    ]);
+    let storage_ok = |want: bool| {
+        move |_: &str, payload: &str| {
+            let v: Value = serde_json::from_str(payload).ok()?;
+            (v["storage"]["ok"] == want).then_some(v["storage"].clone())
+        }
+    };
+    overview.until("the hub's overview", Duration::from_secs(30), storage_ok(true));
     let mut acked = Acked::default();
     sim.until("readings acknowledged", Duration::from_secs(60), |l| {
         acked.record(l);
@@ -133,6 +161,8 @@ fn a_full_disk_stops_acknowledgements_says_so_and_resumes_by_itself_with_every_r
     assert!(words.starts_with("the disk is full"), "{problem}");
     let (ok_human, text, _) = hub.ctl_human(&["status"]);
     assert!(ok_human && text.contains("Storage: PROBLEM") && text.contains(words), "{text}");
+    let mqtt = overview.until("MQTT to say so", Duration::from_secs(30), storage_ok(false));
+    assert_eq!(mqtt["problem"], words, "{mqtt}");
     // The sensors get no answer and buffer what they measure.
     let buffering = sim.until("sensors buffering", Duration::from_secs(60), |l| {
         acked.record(l);
@@ -165,6 +195,7 @@ fn a_full_disk_stops_acknowledgements_says_so_and_resumes_by_itself_with_every_r
         });
         (storage(&hub)["ok"] == true).then_some(())
     });
+    overview.until("MQTT to say it works again", Duration::from_secs(30), storage_ok(true));
     let quiet = sim.until("the fleet drained", Duration::from_secs(180), |l| {
         acked.record(l);
         status(l).filter(|s| s["backlog"] == 0 && s["offline"] == 0 && s["draining"] == 0)
