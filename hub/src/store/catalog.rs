@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use protocol::oscore::{ContextParams, Kid};
 use protocol::senml::{Reading, UnixTimeMillis, Value};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{
+    Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+};
 
 use super::link_state::LinkState;
 use super::{DeviceInfo, Kek, StoreError, Write};
@@ -23,6 +25,13 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ERASED: TableDefinition<&[u8], u64> = TableDefinition::new("erased");
 const LOG: TableDefinition<&str, u64> = TableDefinition::new("log");
 const SNAPSHOT_SEQ: &str = "snapshot_seq";
+/// The store format, in the `log` table (none: written before formats were stamped, i.e. 2, or
+/// 1 while the first format's reading tables are there).
+const FORMAT: &str = "format";
+/// The store format this hub writes and the newest it reads: 2 = this catalog and the readings
+/// log (1 kept readings in redb; they move to the log once). A store of a newer format is
+/// refused and left unchanged.
+pub(super) const STORE_FORMAT: u64 = 2;
 /// The first format kept readings in redb; they move to the log once.
 const LEGACY_READINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("readings");
 const LEGACY_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("reading_counts");
@@ -65,8 +74,14 @@ impl Catalog {
     /// is moved aside (never deleted) and a fresh one created, so a bad file cannot make the hub
     /// crash in a loop; the caller reports the outcome.
     pub(super) fn open(dir: &Path) -> Result<(Self, OpenOutcome), StoreError> {
-        let kek = Kek::load_or_create(&dir.join("kek"))?;
         let path = dir.join("hearth.redb");
+        // A store of a newer hub is refused before anything is written to it.
+        if path.metadata().is_ok_and(|m| m.len() > 0)
+            && let Ok(database) = ReadOnlyDatabase::open(&path)
+        {
+            too_new(&path, &database)?;
+        }
+        let kek = Kek::load_or_create(&dir.join("kek"))?;
         // Created 0600 before redb opens it (it holds personal data and sealed keys).
         crate::private_fs::touch(&path)
             .map_err(|e| StoreError::Io(path.display().to_string(), e))?;
@@ -88,13 +103,20 @@ impl Catalog {
                 (d, OpenOutcome::MovedAside(aside))
             }
         };
+        // (Checked again: a store not closed cleanly cannot be read without redb's repair.)
+        too_new(&path, &database)?;
         let tx = database.begin_write().map_err(db)?;
         for t in [DEVICES, SECRETS, STATE] {
             tx.open_table(t).map_err(db)?;
         }
         tx.open_table(META).map_err(db)?;
         tx.open_table(ERASED).map_err(db)?;
-        tx.open_table(LOG).map_err(db)?;
+        {
+            let mut log = tx.open_table(LOG).map_err(db)?;
+            if log.get(FORMAT).map_err(db)?.is_none() {
+                log.insert(FORMAT, STORE_FORMAT).map_err(db)?;
+            }
+        }
         tx.commit().map_err(db)?;
         let catalog = Self {
             db: Mutex::new(Some(Arc::new(database))),
@@ -159,6 +181,24 @@ impl Catalog {
     }
 }
 
+/// Refuses a catalog stamped with a newer store format than [`STORE_FORMAT`].
+fn too_new(path: &Path, database: &impl ReadableDatabase) -> Result<(), StoreError> {
+    let tx = database.begin_read().map_err(db)?;
+    let format = match tx.open_table(LOG) {
+        Ok(t) => t.get(FORMAT).map_err(db)?.map(|v| v.value()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(db(e)),
+    };
+    match format {
+        Some(found) if found > STORE_FORMAT => Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: format!("store format {found}"),
+            supported: format!("store format {STORE_FORMAT}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
 enum OpenFailure {
     Corrupt(String),
     Fatal(StoreError),
@@ -178,6 +218,15 @@ fn open_db(path: &Path) -> Result<Database, OpenFailure> {
         )) => Err(OpenFailure::Fatal(StoreError::Db(
             "the store is in use by another hub process".into(),
         ))),
+        // A file of a newer redb is not corrupt: never move it aside (a downgrade would start
+        // with an empty store).
+        Ok(Err(redb::DatabaseError::UpgradeRequired(v))) => {
+            Err(OpenFailure::Fatal(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found: format!("database file format {v}"),
+                supported: "the one of the redb it was built with".into(),
+            }))
+        }
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
             if e.kind() != std::io::ErrorKind::InvalidData
                 && e.kind() != std::io::ErrorKind::UnexpectedEof =>

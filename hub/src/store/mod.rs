@@ -190,4 +190,17 @@ pub enum StoreError {
     /// The readings log failed.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The store was written by a newer hub: refused, and left as it was.
+    #[error(
+        "{path}: written by a newer Hearth ({found}; this hub reads up to {supported}). Nothing \
+         was changed: run the newer hub again (README, \"Upgrades\", says how to go back)"
+    )]
+    TooNew {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its format.
+        found: String,
+        /// The newest this hub reads.
+        supported: String,
+    },
 }

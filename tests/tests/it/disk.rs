@@ -212,7 +212,7 @@ fn a_full_disk_stops_acknowledgements_says_so_and_resumes_by_itself_with_every_r
     assert!(audit.audited > 1000, "{}", audit.json());
 
     let log = std::fs::read_to_string(&hub.log).unwrap_or_default();
-    for l in log.lines().filter(|l| l.contains("storage") || l.contains("catalog")) {
+    for l in log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")) {
         eprintln!("hub: {l}");
     }
     let said = log.lines().filter(|l| l.contains("storage problem")).count();

@@ -171,8 +171,15 @@ impl HubStore {
     /// `kek`) and the log `readings/`. A corrupt catalog is moved aside with the log (they
     /// describe the same devices) and a fresh store created; the caller reports the outcome.
     pub fn open(dir: &Path, config: StoreLimits) -> Result<(Self, OpenOutcome), StoreError> {
-        let (catalog, outcome) = Catalog::open(dir)?;
         let log_dir = dir.join("readings");
+        // A store of a newer hub is refused before anything is written (the catalog checks its
+        // own format first thing too).
+        if let Some((path, found)) = log::newer_segment(&log_dir) {
+            let supported = format!("readings log format {}", log::FORMAT);
+            let found = format!("readings log format {found}");
+            return Err(StoreError::TooNew { path, found, supported });
+        }
+        let (catalog, outcome) = Catalog::open(dir)?;
         if let OpenOutcome::MovedAside(aside) = &outcome
             && log_dir.exists()
         {
@@ -724,6 +731,8 @@ impl HubStore {
     }
 }
 
+#[cfg(test)]
+mod format_tests;
 #[cfg(test)]
 mod full_disk_tests;
 #[cfg(test)]

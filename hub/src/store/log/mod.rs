@@ -16,7 +16,11 @@ use protocol::oscore::Kid;
 use super::StoredReading;
 use super::records::{self, MAX_BLOCK_HEADER, Payload, Replayed};
 
+/// The last byte is the log's format: a segment of a newer one is refused, never recovered.
 const SEG_MAGIC: &[u8; 8] = b"HRTHLOG1";
+/// The log's format (the digit in [`SEG_MAGIC`]).
+pub(super) const FORMAT: char = '1';
+const _: () = assert!(SEG_MAGIC[7] == FORMAT as u8);
 /// Magic, then the segment's first sequence number.
 pub(super) const SEG_HEADER: u64 = 16;
 /// Payload length (u32), CRC32 of sequence and payload (u32), sequence number (u64).
@@ -626,6 +630,21 @@ pub(super) fn read(
         out.drain(..excess);
     }
     Ok(out)
+}
+
+/// A segment in `dir` written by a newer hub (its magic names a later log format), with that
+/// format: the store is refused before anything is written (recovery would cut it).
+pub(super) fn newer_segment(dir: &Path) -> Option<(PathBuf, char)> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    entries.flatten().map(|e| e.path()).find_map(|path| {
+        if path.extension().is_none_or(|x| x != "seg") {
+            return None;
+        }
+        let mut magic = [0u8; 8];
+        File::open(&path).ok()?.read_exact_at(&mut magic, 0).ok()?;
+        (magic[..7] == SEG_MAGIC[..7] && magic[7] > SEG_MAGIC[7])
+            .then(|| (path, char::from(magic[7])))
+    })
 }
 
 fn encode_frame(seq: u64, payload: &[u8]) -> Vec<u8> {
