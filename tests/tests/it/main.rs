@@ -32,6 +32,7 @@ mod readme;
 mod setup_freeze;
 mod store;
 mod updates;
+mod upgrade;
 mod upstream;
 mod vocabulary;
 mod web;
