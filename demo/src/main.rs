@@ -90,7 +90,7 @@ async fn run(args: Args) -> Result<(), DemoError> {
         hub.coap,
         dir.path().display()
     );
-    let code = dir.path().join(hub::web::SETUP_CODE_FILE);
+    let code = dir.path().join(hub::SETUP_CODE_FILE);
     if args.keep_running {
         println!(
             "It plays four acts, then keeps running until you press Ctrl-C: the web UI at \

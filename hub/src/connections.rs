@@ -2,23 +2,15 @@
 //! EN 303 645 5.6-1, 5.10-1): the slots of the web UI and of each MQTT front (separately, per
 //! listener), made from the configuration, and the counters `hub ctl security` shows for them,
 //! for connections that tried to bypass the MQTT fronts, and for refused upstream certificates
-//! — saved in the store within seconds, so that they survive restarts like the others.
+//! (counted since this start: the security monitor continues them across restarts).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use admission::slots::{Limits, Slots};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::store::{HubStore, StoreError, Write};
-
-/// Key of the saved counters in the store's meta table.
-pub(crate) const META_KEY: &str = "connection_counters";
-/// How often changed counters are saved.
-const SAVE_EVERY: Duration = Duration::from_secs(2);
 
 /// The slots of every listener, and the counters kept beside them.
 #[derive(Debug, Clone)]
@@ -31,13 +23,11 @@ pub struct Listeners {
     pub mqtt_tls: Arc<Slots>,
     /// Connections to the embedded broker's own port that no front prepared (refused).
     pub mqtt_bypass: Arc<AtomicU64>,
-    /// The counters saved before this start (added to this run's).
-    base: ConnectionCounters,
 }
 
 impl Listeners {
-    /// Slots for each listener, as configured; the counters continue from `saved`.
-    pub fn new(config: &Config, saved: ConnectionCounters) -> Self {
+    /// Slots for each listener, as configured.
+    pub fn new(config: &Config) -> Self {
         let web = Limits {
             capacity: config.web.max_connections,
             per_address: config.web.connections_per_address,
@@ -51,7 +41,6 @@ impl Listeners {
             mqtt_plain: Slots::new("MQTT plain front", mqtt),
             mqtt_tls: Slots::new("MQTT TLS front", mqtt),
             mqtt_bypass: Arc::new(AtomicU64::new(0)),
-            base: saved,
         }
     }
 
@@ -59,54 +48,13 @@ impl Listeners {
     pub fn counters(&self, upstream_tls_refused: u64) -> ConnectionCounters {
         let web = self.web.counters();
         let (plain, tls) = (self.mqtt_plain.counters(), self.mqtt_tls.counters());
-        let b = &self.base;
         ConnectionCounters {
-            web_connections_shed: b.web_connections_shed + web.shed,
-            web_slow_requests: b.web_slow_requests + web.slow,
-            mqtt_connections_shed: b.mqtt_connections_shed + plain.shed + tls.shed,
-            mqtt_slow_connects: b.mqtt_slow_connects + plain.slow + tls.slow,
-            mqtt_bypass_refused: b.mqtt_bypass_refused + self.mqtt_bypass.load(Ordering::Relaxed),
-            upstream_tls_refused: b.upstream_tls_refused + upstream_tls_refused,
-        }
-    }
-}
-
-/// The counters saved by an earlier start (none, or unreadable: zeros).
-pub(crate) fn load(store: &HubStore) -> Result<ConnectionCounters, StoreError> {
-    Ok(store.meta(META_KEY)?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default())
-}
-
-/// Saves the counters (as `counters` reads them) whenever they changed (every `SAVE_EVERY` at
-/// most, and at shutdown).
-pub(crate) async fn keep_saved(
-    store: HubStore,
-    counters: impl Fn() -> ConnectionCounters + Send,
-    shutdown: CancellationToken,
-) {
-    let mut saved = counters();
-    let mut tick = tokio::time::interval(SAVE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stop = tokio::select! {
-            _ = tick.tick() => false,
-            () = shutdown.cancelled() => true,
-        };
-        let now = counters();
-        if now != saved {
-            let store = store.clone();
-            let value = serde_json::to_vec(&now).unwrap_or_default();
-            let write = tokio::task::spawn_blocking(move || {
-                store.commit(&[Write::Meta { key: META_KEY.into(), value }])
-            })
-            .await;
-            match write {
-                Ok(Ok(())) => saved = now,
-                Ok(Err(e)) => tracing::warn!(error = %e, "connection counters not saved"),
-                Err(_) => {}
-            }
-        }
-        if stop {
-            return;
+            web_connections_shed: web.shed,
+            web_slow_requests: web.slow,
+            mqtt_connections_shed: plain.shed + tls.shed,
+            mqtt_slow_connects: plain.slow + tls.slow,
+            mqtt_bypass_refused: self.mqtt_bypass.load(Ordering::Relaxed),
+            upstream_tls_refused,
         }
     }
 }
@@ -158,8 +106,7 @@ mod tests {
         let mut config = Config::default();
         config.mqtt.max_connections = 2;
         config.mqtt.connections_per_address = 2;
-        let saved = ConnectionCounters { web_slow_requests: 10, ..Default::default() };
-        let l = Listeners::new(&config, saved);
+        let l = Listeners::new(&config);
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         // Two on the plain front fill it; the TLS front still has room of its own.
         let held: Vec<_> = (0..2).map(|_| l.mqtt_plain.acquire(ip).expect("slot")).collect();
@@ -173,13 +120,13 @@ mod tests {
             c,
             ConnectionCounters {
                 web_connections_shed: 0,
-                web_slow_requests: 11,
+                web_slow_requests: 1,
                 mqtt_connections_shed: 1,
                 mqtt_slow_connects: 0,
                 mqtt_bypass_refused: 1,
                 upstream_tls_refused: 4,
             }
         );
-        assert_eq!(c.total(), 17);
+        assert_eq!(c.total(), 7);
     }
 }

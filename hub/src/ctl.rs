@@ -92,8 +92,13 @@ enum CtlCmd {
         /// Device id.
         id: DeviceId,
     },
-    /// Security-event counters.
-    Security,
+    /// Security-event counters, with their events in the last 5 minutes and anomaly flags.
+    Security {
+        /// Print the hub's EN 303 645 self-check instead: each provision, whether it is met
+        /// now, and what to do when it is not.
+        #[arg(long)]
+        check: bool,
+    },
     /// Updates: releases, refused ones with reasons, devices waiting or updating.
     Updates,
     /// Act on updates.
@@ -253,7 +258,8 @@ pub async fn run(args: CtlArgs) -> ExitCode {
         },
         CtlCmd::Unisolate { id } => ctl.send(req::Unisolate { id }).await,
         CtlCmd::FactoryReset { confirm } => ctl.send(req::FactoryReset { confirm }).await,
-        CtlCmd::Security => ctl.send(req::Security {}).await,
+        CtlCmd::Security { check: false } => ctl.send(req::Security {}).await,
+        CtlCmd::Security { check: true } => ctl.send(req::SecurityCheck {}).await,
         CtlCmd::Updates => ctl.send(req::Updates {}).await,
         CtlCmd::Trust { model, key } => ctl.send(req::Trust { model, key }).await,
         CtlCmd::Upstream => ctl.send(req::Upstream {}).await,

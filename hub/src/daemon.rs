@@ -161,6 +161,9 @@ pub enum StartError {
     /// A failure domain's thread or runtime.
     #[error("cannot start {0}: {1}")]
     Thread(String, std::io::Error),
+    /// The update feed's settings (`[updates] feed_url`, `feed_cert`).
+    #[error("updates.feed_cert: {0}")]
+    Feed(String),
 }
 
 /// Starts the hub in `data_dir`.
@@ -262,7 +265,15 @@ pub async fn start(
         )?),
         false => None,
     };
-    let listeners = crate::connections::Listeners::new(&config, crate::connections::load(&store)?);
+    let listeners = crate::connections::Listeners::new(&config);
+    let monitor = crate::security::Monitor::load(
+        &store,
+        crate::security::Sources {
+            mqtt: mqtt_auth.clone(),
+            listeners: listeners.clone(),
+            upstream: upstream.clone(),
+        },
+    );
     let reset = CancellationToken::new();
     let api = HubApi {
         reset: reset.clone(),
@@ -273,6 +284,8 @@ pub async fn start(
         upstream,
         listeners: listeners.clone(),
         feed: crate::feed::FeedState::default(),
+        monitor: monitor.clone(),
+        data_dir: data_dir.to_path_buf(),
     };
     let updates = load_updates(&store, data_dir, &config, &peers)?;
     let store_advisories = store.meta(crate::isolation::META_KEY)?;
@@ -287,8 +300,10 @@ pub async fn start(
         config.clone(),
         directory,
         crate::isolation::Advisories::load(store_advisories.as_deref()),
+        monitor,
     );
-    let feed = crate::feed::check::checker(&config.updates, api.clone(), shutdown.clone());
+    let feed = crate::feed::check::checker(&config.updates, api.clone(), shutdown.clone())
+        .map_err(StartError::Feed)?;
     let mqtt = match mqtt_auth {
         Some(auth) => {
             let names = crate::identity::default_names(&config.certificate_names());
@@ -318,12 +333,7 @@ pub async fn start(
             crate::control::serve(listener, control.clone(), api.clone(), shutdown.clone()),
         )?,
     ];
-    let counters = {
-        let api = api.clone();
-        move || api.connection_counters()
-    };
-    let saver = crate::connections::keep_saved(api.store.clone(), counters, shutdown);
-    let mut tasks = vec![tokio::spawn(saver)];
+    let mut tasks = vec![tokio::spawn(crate::api::watch(api.clone(), shutdown))];
     tasks.extend(feed.map(tokio::spawn));
     tasks.extend(bridge.map(tokio::spawn));
     tasks.push(web.task);

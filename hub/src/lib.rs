@@ -33,12 +33,15 @@ pub mod logs;
 pub mod mqtt;
 mod private_fs;
 mod render;
+mod render_status;
 mod rng;
 mod seclog;
+mod security;
 pub mod store;
 mod updates;
 mod upstream;
-pub mod web;
+mod web;
+pub use web::SETUP_CODE_FILE;
 
 #[cfg(test)]
 mod layout_tests;

@@ -309,15 +309,70 @@ impl Render for PairingStatus {
 
 impl Render for SecurityReport {
     fn render(&self, _now_ms: i64) -> String {
-        // Every counter, whatever its name: the report is a flat map of counts.
-        let Value::Object(map) = to_value(self) else { return String::new() };
-        let rows: Vec<Vec<String>> = map
+        // Every counter, whatever its name (the report is a flat map of counts), in the
+        // catalogue's order; names this `hub ctl` does not know last.
+        let counts = crate::security::counts(self);
+        let order = |name: &str| {
+            protocol::security::COUNTERS.iter().position(|c| c.name == name).unwrap_or(usize::MAX)
+        };
+        let mut names: Vec<&String> = counts.keys().filter(|k| *k != "total").collect();
+        names.sort_by_key(|n| order(n));
+        let rows: Vec<Vec<String>> = names
             .iter()
-            .filter(|(k, _)| *k != "total")
-            .map(|(k, v)| vec![protocol::security::label(k), v.to_string()])
+            .map(|name| {
+                let recent = self.recent.get(*name).map_or("-".into(), u64::to_string);
+                let flag = if self.anomalies.contains(name) { "ANOMALY" } else { "" };
+                vec![
+                    protocol::security::label(name),
+                    recent,
+                    counts[*name].to_string(),
+                    flag.to_owned(),
+                ]
+            })
             .collect();
-        let mut out = table(&["EVENT", "COUNT"], &rows);
+        let mut out = table(&["EVENT", "LAST 5 MIN", "TOTAL", "FLAG"], &rows);
         let _ = writeln!(out, "\nSecurity events in total: {}", self.total);
+        match self.anomalies.len() {
+            0 => out += "No anomaly now.\n",
+            n => {
+                let _ = writeln!(
+                    out,
+                    "{n} anomaly flag(s): these came unusually often within 5 minutes."
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Render for Vec<web_ui::api::Check> {
+    fn render(&self, _now_ms: i64) -> String {
+        let rows: Vec<Vec<String>> = self
+            .iter()
+            .map(|c| {
+                let met = if c.ok { "yes" } else { "NO" };
+                vec![c.provision.clone(), c.title.clone(), met.into(), c.state.clone()]
+            })
+            .collect();
+        let mut out = table(&["PROVISION", "REQUIREMENT", "MET", "CURRENT STATE"], &rows);
+        for c in self.iter().filter(|c| !c.ok) {
+            let _ = write!(out, "\n{} {} is not met.", c.provision, c.title);
+            if !c.devices.is_empty() {
+                let names: Vec<String> =
+                    c.devices.iter().map(|(id, name)| format!("{name} ({id})")).collect();
+                let _ = write!(out, " Devices: {}.", names.join(", "));
+            }
+            if let Some(a) = &c.action {
+                let _ = write!(out, " What to do: {}", a.text);
+            }
+            out.push('\n');
+        }
+        let met = self.iter().filter(|c| c.ok).count();
+        let _ = writeln!(
+            out,
+            "\n{met} of {} met now (the web UI's security page adds its own checks).",
+            self.len()
+        );
         out
     }
 }
@@ -384,27 +439,6 @@ fn feed(f: Option<&crate::feed::FeedStatus>, now_ms: i64) -> String {
         let _ = writeln!(out, "  next check: {} ({})", local_time(next), relative(next, now_ms));
     }
     out
-}
-
-impl Render for crate::api::StatusAnswer {
-    fn render(&self, now_ms: i64) -> String {
-        let s = &self.storage;
-        let mut out = match (&s.problem, s.since) {
-            (Some(problem), Some(since)) => {
-                format!("Storage: PROBLEM since {}: {problem}\n", when(since, now_ms.max(0) as u64))
-            }
-            (Some(problem), None) => format!("Storage: PROBLEM: {problem}\n"),
-            _ => "Storage: ok\n".to_string(),
-        };
-        let free = s.free_mb.map_or_else(|| "not measured yet".into(), |mb| format!("{mb} MiB"));
-        let _ = writeln!(out, "Free space: {free} (floor {} MiB)", s.min_free_mb);
-        let _ = writeln!(
-            out,
-            "Readings dropped to keep the floor: {}; episodes of failed writes: {}",
-            s.dropped_for_space, s.episodes
-        );
-        out
-    }
 }
 
 impl Render for UpdatesAnswer {
@@ -702,8 +736,37 @@ mod tests {
         let out = report.render(0);
         assert!(
             out.contains("Readings refused for breaking a limit")
-                && out.ends_with("Security events in total: 3\n")
+                && out.ends_with("Security events in total: 3\nNo anomaly now.\n"),
+            "{out}"
         );
+        let mut report = report;
+        report.link.bad_tag = 40;
+        report.recent.insert("bad_tag".into(), 12);
+        report.anomalies.push("bad_tag".into());
+        let out = report.render(0);
+        let row = out.lines().find(|l| l.contains("bad tags")).unwrap_or_default();
+        assert_eq!(
+            row.split_whitespace().rev().take(3).collect::<Vec<_>>(),
+            ["ANOMALY", "40", "12"],
+            "{out}"
+        );
+        // Bookkeeping has no window; the link's counters come first, in catalogue order.
+        let dup = out.lines().find(|l| l.contains("Retransmissions")).unwrap_or_default();
+        assert!(dup.contains(" - "), "{dup}");
+        assert!(out.find("Malformed CoAP") < out.find("Failed MQTT logins"), "{out}");
+        assert!(out.contains("1 anomaly flag(s)"), "{out}");
+    }
+
+    #[test]
+    fn the_self_check_names_what_is_not_met_and_what_to_do() {
+        use web_ui::api::{Action, Check};
+        let mut bad = Check::new("5.3-13", "Support period published", false, "1 past".into());
+        bad.devices = vec![("0a".into(), "Hall".into())];
+        bad.action = Some(Action { text: "Replace it.".into(), href: None });
+        let checks = vec![Check::new("5.1-1", "No default passwords", true, "none".into()), bad];
+        let out = checks.render(0);
+        assert!(out.contains("5.3-13 Support period published is not met. Devices: Hall (0a). What to do: Replace it."), "{out}");
+        assert!(out.contains("1 of 2 met now"), "{out}");
     }
 
     #[test]
@@ -715,25 +778,5 @@ mod tests {
         assert_eq!(value(&serde_json::json!(3.0), Some("count")), "3");
         // Local time uses the system zone; the date part is always there.
         assert!(local_time(0).starts_with("19"), "{}", local_time(0));
-    }
-    #[test]
-    fn status_says_a_storage_problem_in_words_and_since_when() {
-        use crate::store::StorageStatus;
-        let storage =
-            StorageStatus { ok: true, free_mb: Some(900), min_free_mb: 64, ..Default::default() };
-        let text = crate::api::StatusAnswer { storage }.render(0);
-        assert!(text.starts_with("Storage: ok\nFree space: 900 MiB (floor 64 MiB)\n"), "{text}");
-        let storage = StorageStatus {
-            ok: false,
-            problem: Some("the disk is full: new readings are not acknowledged".into()),
-            since: Some(1_700_000_000),
-            episodes: 1,
-            ..Default::default()
-        };
-        let text = crate::api::StatusAnswer { storage }.render(1_700_000_060_000);
-        let first = text.lines().next().unwrap_or_default();
-        assert!(first.starts_with("Storage: PROBLEM since "), "{text}");
-        assert!(first.ends_with(": the disk is full: new readings are not acknowledged"), "{text}");
-        assert!(text.contains("episodes of failed writes: 1"), "{text}");
     }
 }

@@ -8,7 +8,6 @@
 //! only from pages served under the certificate's names.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,8 +18,8 @@ use rand_core::Rng;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use web_ui::api::{
-    Action, ApiError as WebError, ApiFuture, Availability, Check, Counter, Device, HistoryLine,
-    Pairing, Policy as WebPolicy, Reading, ReadingKind, Release, Setpoint, Updates,
+    ApiError as WebError, ApiFuture, Availability, Check, Counter, Device, HistoryLine, Pairing,
+    Policy as WebPolicy, Reading, ReadingKind, Release, Setpoint, Updates,
 };
 
 use crate::api::{ApiError, HubApi};
@@ -38,13 +37,11 @@ const LOGINS_ID: &[u8] = b"hearth web logins";
 
 /// The running web UI.
 #[derive(Debug)]
-pub struct WebInfo {
+pub(crate) struct WebInfo {
     /// Where it listens.
-    pub addr: SocketAddr,
-    /// SHA-256 fingerprint of the certificate it serves.
-    pub fingerprint: String,
+    pub(crate) addr: SocketAddr,
     /// The server task.
-    pub task: JoinHandle<()>,
+    pub(crate) task: JoinHandle<()>,
 }
 
 /// Why the web UI could not start.
@@ -72,7 +69,7 @@ pub enum WebStartError {
 
 /// Starts the web UI: prints the address, the certificate fingerprint and, while no owner
 /// account exists, where the one-time setup code is.
-pub async fn start(
+pub(crate) async fn start(
     config: &crate::config::Config,
     data_dir: &Path,
     api: HubApi,
@@ -114,7 +111,7 @@ pub async fn start(
         origins: Arc::new(web_ui::guard::Origins::new(&names, addr.port())),
     };
     let task = tokio::spawn(web_ui::serve(listener, tls, router, options, shutdown));
-    Ok(WebInfo { addr, fingerprint, task })
+    Ok(WebInfo { addr, task })
 }
 
 /// The hub as the web UI sees it.
@@ -294,7 +291,8 @@ fn reading(r: crate::store::StoredReading) -> Reading {
     // SenML names are `urn:dev:<serial>:<quantity>`: the quantity is what the owner reads.
     let name = protocol::vocabulary::short_name(&r.name).to_owned();
     let quantity = Quantity::from_senml(&name);
-    let label = quantity.and_then(Quantity::capability).map_or_else(|| name.clone(), str::to_owned);
+    // What the vocabulary calls it (`Temperature`, `CO₂`); an unknown quantity by its name.
+    let label = quantity.map_or_else(|| name.clone(), |q| q.label().to_owned());
     // States in words (the vocabulary's): a contact is open or closed, a button pressed or
     // released.
     let words = match quantity.map(Quantity::kind) {
@@ -378,11 +376,6 @@ fn pairing(p: crate::api::PairingStatus) -> Pairing {
 
 fn unavailable(e: WebStartError) -> WebError {
     WebError::Unavailable(e.to_string())
-}
-
-/// What each hub counter means, for the security-events page.
-fn counter_label(name: &str) -> String {
-    protocol::security::label(name)
 }
 
 impl web_ui::OwnerApi for HubOwner {
@@ -557,150 +550,35 @@ impl web_ui::OwnerApi for HubOwner {
     fn counters(&self) -> ApiFuture<'_, Vec<Counter>> {
         Box::pin(async move {
             let report = self.api.security().await.map_err(web_err)?;
-            let json = serde_json::to_value(&report).unwrap_or_default();
-            let mut out = Vec::new();
-            for (name, v) in json.as_object().into_iter().flatten() {
-                if matches!(name.as_str(), "total" | "duplicates" | "echo_limited") {
-                    continue; // a sum, and two counters that are not security events
-                }
-                if let Some(value) = v.as_u64() {
-                    out.push(Counter { name: name.clone(), label: counter_label(name), value });
-                }
-            }
-            Ok(out)
+            let values = crate::security::counts(&report);
+            // The security events (bookkeeping such as retransmissions is not shown), the web
+            // UI's own first, in the catalogue's order.
+            let mut rows: Vec<Counter> = protocol::security::COUNTERS
+                .iter()
+                .filter(|c| c.event)
+                .filter_map(|c| {
+                    let recent = report.recent.get(c.name).copied().unwrap_or(0);
+                    Some(Counter {
+                        name: c.name.to_owned(),
+                        label: c.label.to_owned(),
+                        value: *values.get(c.name)?,
+                        recent,
+                        anomaly: report.anomalies.iter().any(|a| a == c.name),
+                    })
+                })
+                .collect();
+            rows.sort_by_key(|r| !r.name.starts_with("web_"));
+            Ok(rows)
         })
+    }
+
+    fn count(&self, event: web_ui::state::WebEvent) {
+        self.api.monitor.web_event(event);
     }
 
     fn checks(&self) -> ApiFuture<'_, Vec<Check>> {
         Box::pin(async move {
-            let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).ok();
-            let kek_mode = mode(&self.data_dir.join("kek"));
-            let dir_mode = mode(&self.data_dir);
-            let devices = self.api.devices().await.map_err(web_err)?;
-            let updates = self.api.updates().await.map_err(web_err)?;
-            let security = self.api.security().await.map_err(web_err)?;
-            let now = crate::clock::unix_now().0;
-            let expired: Vec<(String, String)> = devices
-                .iter()
-                .filter(|d| d.device.info.support_end <= now)
-                .map(|d| (d.device.info.id.to_string(), d.device.name.clone()))
-                .collect();
-            let c = Check::new;
-            let act = |text: String, href: Option<&str>| {
-                Some(Action { text, href: href.map(str::to_owned) })
-            };
-            let kek = self.data_dir.join("kek");
-            Ok(vec![
-                Check {
-                    devices: if updates.trust.is_empty() {
-                        devices
-                            .iter()
-                            .map(|d| (d.device.info.id.to_string(), d.device.name.clone()))
-                            .collect()
-                    } else {
-                        Vec::new()
-                    },
-                    action: act(
-                        "Pin each model's manufacturer key with `hub ctl update trust <model> \
-                         <key>` (or `[[updates.trusted_keys]]` in the configuration), so the hub \
-                         can verify their updates."
-                            .into(),
-                        None,
-                    ),
-                    ..c(
-                        "5.3-2",
-                        "Updates are verified and installed securely",
-                        !updates.trust.is_empty() || devices.is_empty(),
-                        format!(
-                            "{} trusted manufacturer key(s); {} verified release(s); {} refused; policy {:?}.",
-                            updates.trust.len(),
-                            updates.releases.len(),
-                            updates.refused.len(),
-                            updates.policy
-                        ),
-                    )
-                },
-                Check {
-                    devices: expired.clone(),
-                    action: act(
-                        "Its manufacturer no longer fixes its vulnerabilities: replace it (the \
-                         new sensor takes over its name, room and history) or remove it."
-                            .into(),
-                        Some("/pairing"),
-                    ),
-                    ..c(
-                        "5.3-13",
-                        "Support period published; devices past it are named",
-                        expired.is_empty(),
-                        format!(
-                            "{} device(s), {} past the end of their support period.",
-                            devices.len(),
-                            expired.len()
-                        ),
-                    )
-                },
-                Check {
-                    action: act(
-                        format!("Make the key file private: chmod 600 {}", kek.display()),
-                        None,
-                    ),
-                    ..c(
-                        "5.4-1",
-                        "Secrets at rest are protected",
-                        kek_mode == Some(0o600),
-                        format!(
-                            "Link keys, the TLS key and the owner account are sealed with AES-256-CCM under a key-encryption key in a file with mode {}.",
-                            kek_mode.map_or("missing".into(), |m| format!("{m:o}"))
-                        ),
-                    )
-                },
-                c(
-                    "5.4-3",
-                    "No hard-coded secrets",
-                    true,
-                    format!(
-                        "The TLS key, key-encryption key and setup code were generated on this hub; certificate SHA-256 {}.",
-                        self.fingerprint
-                    ),
-                ),
-                c(
-                    "5.5-1",
-                    "Sensor links are encrypted and authenticated",
-                    true,
-                    format!(
-                        "{} device(s) on OSCORE (AES-CCM, per-device keys from PIN-authenticated ECDH).",
-                        devices.len()
-                    ),
-                ),
-                Check {
-                    action: act(
-                        format!(
-                            "Make the data directory private: chmod 700 {}",
-                            self.data_dir.display()
-                        ),
-                        None,
-                    ),
-                    ..c(
-                        "5.6-1",
-                        "The hub's data is private to it",
-                        dir_mode == Some(0o700),
-                        format!(
-                            "Data directory mode {}.",
-                            dir_mode.map_or("missing".into(), |m| format!("{m:o}"))
-                        ),
-                    )
-                },
-                c(
-                    "5.13-1",
-                    "Sensor input is validated",
-                    true,
-                    format!(
-                        "{} malformed datagrams, {} bad OSCORE messages and {} oversized readings refused.",
-                        security.link.malformed, security.link.bad_oscore, security.bad_payload
-                    ),
-                ),
-                storage_check(&self.api.store.status()),
-            ])
+            crate::api::security_checks(&self.api, Some(&self.fingerprint)).await.map_err(web_err)
         })
     }
 
@@ -750,18 +628,4 @@ impl web_ui::OwnerApi for HubOwner {
     fn random(&self, buf: &mut [u8]) {
         self.random_bytes(buf);
     }
-}
-
-/// The store's health as a self-check (EN 303 645 5.9-1, issue 20): a full or failing disk, in
-/// the words `hub ctl status` uses.
-fn storage_check(s: &crate::store::StorageStatus) -> Check {
-    let free = s.free_mb.map_or_else(|| "not measured yet".into(), |mb| format!("{mb} MiB"));
-    let state = match &s.problem {
-        Some(problem) => format!("Storage problem: {problem}. Free space: {free}."),
-        None => format!(
-            "Readings are stored and acknowledged. Free space: {free} (floor {} MiB); {} oldest readings dropped to keep it.",
-            s.min_free_mb, s.dropped_for_space
-        ),
-    };
-    Check::new("5.9-1", "The hub's disk can be written", s.ok, state)
 }

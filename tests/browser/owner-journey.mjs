@@ -102,7 +102,7 @@ try {
   step('dashboard');
   await page.goto(url);
   const cell = page.locator('[data-reading]').first();
-  await page.waitForFunction(() => /temp\w* \d/.test(document.querySelector('[data-reading]')?.textContent ?? ''));
+  await page.waitForFunction(() => /temp\w* \d/i.test(document.querySelector('[data-reading]')?.textContent ?? ''));
   const first = await cell.textContent();
   // Live: the value changes without a reload (the stream updates the cell).
   await page.waitForFunction((f) => document.querySelector('[data-reading]').textContent !== f, first);
@@ -123,7 +123,7 @@ try {
   // The hub relays it with the acknowledgement of the sensor's next report.
   await ask('setpoint');
   await page.goto(url);
-  await page.waitForFunction(() => /setpoint 23\.5/.test(document.querySelector('[data-reading]')?.textContent ?? ''));
+  await page.waitForFunction(() => /setpoint 23\.5/i.test(document.querySelector('[data-reading]')?.textContent ?? ''));
   await shot('03b-setpoint');
 
   step('update');

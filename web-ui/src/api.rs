@@ -216,7 +216,7 @@ pub struct Updates {
     pub devices: Vec<DeviceUpdate>,
 }
 
-/// A security-event counter of the hub (5.10-1).
+/// A security-event counter of the hub (5.10-1), the web UI's own included.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counter {
     /// Machine name (`bad_tag`).
@@ -225,6 +225,10 @@ pub struct Counter {
     pub label: String,
     /// Value since the hub was first started.
     pub value: u64,
+    /// Events within the hub's anomaly window (the last 5 minutes).
+    pub recent: u64,
+    /// Whether `recent` reached the counter's threshold: an anomaly.
+    pub anomaly: bool,
 }
 
 /// A fact the hub states about itself for the EN 303 645 self-check (5.12-3).
@@ -310,8 +314,12 @@ pub trait OwnerApi: Send + Sync + 'static {
     fn set_policy(&self, policy: Policy) -> ApiFuture<'_, ()>;
     /// Approves `version` for every device of `model`.
     fn approve(&self, model: String, version: u32) -> ApiFuture<'_, ()>;
-    /// The hub's security-event counters.
+    /// The hub's security-event counters, with their anomaly flags (the hub computes them
+    /// continuously; the web UI shows what it says).
     fn counters(&self) -> ApiFuture<'_, Vec<Counter>>;
+    /// Counts one of the web UI's security events (kept, saved and flagged by the hub with
+    /// the others).
+    fn count(&self, event: crate::state::WebEvent);
     /// The hub's own checks for the self-check page.
     fn checks(&self) -> ApiFuture<'_, Vec<Check>>;
     /// The sealed vault's contents, if any.

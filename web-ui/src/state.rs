@@ -1,14 +1,14 @@
 //! The web UI's shared state: the hub API, the cached vault, sessions, the login throttle (its
 //! per-account records and device cookies persisted through the hub), the hub's hashing budget,
-//! and the web side's security-event counters with anomaly flags over a sliding window
-//! (EN 303 645 5.10-1). Time comes from an injected clock so tests control it.
+//! and the web UI's security events (EN 303 645 5.10-1: counted, saved and flagged by the hub;
+//! logged here without letting an attacker flood the log). Time comes from an injected clock so
+//! tests control it.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use admission::{HashBudget, Throttle};
 
-use crate::api::{Counter, OwnerApi};
+use crate::api::OwnerApi;
 use crate::auth::{Sessions, Vault};
 
 /// Unix milliseconds now (injected: tests move time by hand).
@@ -22,9 +22,6 @@ pub fn system_clock() -> Clock {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     })
 }
-
-/// Anomalies are counted over this window.
-pub const WINDOW_MS: u64 = 5 * 60_000;
 
 /// A security event seen by the web UI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +47,8 @@ pub enum WebEvent {
 }
 
 impl WebEvent {
-    const ALL: [WebEvent; 9] = [
+    /// Every kind.
+    pub const ALL: [WebEvent; 9] = [
         WebEvent::LoginFailed,
         WebEvent::LoginThrottled,
         WebEvent::SetupCodeRefused,
@@ -62,7 +60,8 @@ impl WebEvent {
         WebEvent::LoginShed,
     ];
 
-    fn index(self) -> usize {
+    /// Its position in [`WebEvent::ALL`].
+    pub fn index(self) -> usize {
         Self::ALL.iter().position(|e| *e == self).unwrap_or(0)
     }
 
@@ -80,43 +79,14 @@ impl WebEvent {
             WebEvent::LoginShed => "web_login_shed",
         }
     }
-
-    fn label(self) -> &'static str {
-        protocol::security::counter(self.name()).map_or(self.name(), |c| c.label)
-    }
 }
 
-/// How many events of a kind within [`WINDOW_MS`] raise an anomaly flag (the hub's catalogue of
-/// security counters says).
-pub fn threshold(name: &str) -> u64 {
-    protocol::security::threshold(name)
-}
-
-/// One row of the security-events page.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRow {
-    /// Machine name.
-    pub name: String,
-    /// What it counts.
-    pub label: String,
-    /// Total.
-    pub total: u64,
-    /// Within the window.
-    pub recent: u64,
-    /// Whether `recent` reached the kind's threshold.
-    pub anomaly: bool,
-}
-
+/// Per kind: the log interval's start, events logged in it, events not logged.
 #[derive(Debug, Default)]
 struct Events {
-    totals: [u64; 9],
-    recent: VecDeque<(u64, WebEvent)>,
-    hub: VecDeque<(u64, Vec<Counter>)>,
-    /// Per kind: the log interval's start, events logged in it, events not logged.
     logged: [(u64, u32, u64); 9],
 }
 
-const MAX_RECENT: usize = 10_000;
 /// Security events of one kind logged one by one per interval at most (all are counted); the
 /// rest are summarized, so an attacker cannot flood the log.
 const LOG_PER_INTERVAL: u32 = 5;
@@ -259,16 +229,12 @@ impl Web {
         data_encoding::HEXLOWER.encode(&b)
     }
 
-    /// Counts a security event.
+    /// Counts a security event (at the hub) and logs the first few of a kind per interval.
     pub fn event(&self, e: WebEvent) {
+        self.api.count(e);
         let now = self.now_ms();
         let mut inner = self.lock();
         let ev = &mut inner.events;
-        ev.totals[e.index()] += 1;
-        if ev.recent.len() >= MAX_RECENT {
-            ev.recent.pop_front();
-        }
-        ev.recent.push_back((now, e));
         if !matches!(
             e,
             WebEvent::LoginFailed
@@ -302,69 +268,6 @@ impl Web {
             tracing::warn!(event = e.name(), "web security event");
         }
     }
-
-    /// Total of one web event kind.
-    pub fn total(&self, e: WebEvent) -> u64 {
-        self.lock().events.totals[e.index()]
-    }
-
-    /// Records a snapshot of the hub's counters (the baseline for their anomaly flags).
-    pub fn sample_hub(&self, counters: Vec<Counter>) {
-        let now = self.now_ms();
-        let mut inner = self.lock();
-        let hub = &mut inner.events.hub;
-        // Keep one snapshot older than the window as the baseline, and at most one per 10 s.
-        while hub.len() >= 2 && hub.get(1).is_some_and(|(t, _)| now.saturating_sub(*t) >= WINDOW_MS)
-        {
-            hub.pop_front();
-        }
-        if hub.back().is_none_or(|(t, _)| now.saturating_sub(*t) >= 10_000) {
-            hub.push_back((now, counters));
-        }
-    }
-
-    /// Every counter (the web UI's, then the hub's `current` ones) with its recent count and
-    /// anomaly flag.
-    pub fn event_rows(&self, current: &[Counter]) -> Vec<EventRow> {
-        let now = self.now_ms();
-        let inner = self.lock();
-        let ev = &inner.events;
-        let mut rows: Vec<EventRow> = WebEvent::ALL
-            .iter()
-            .map(|e| {
-                let recent = ev
-                    .recent
-                    .iter()
-                    .filter(|(t, k)| k == e && now.saturating_sub(*t) < WINDOW_MS)
-                    .count() as u64;
-                row(e.name(), e.label(), ev.totals[e.index()], recent)
-            })
-            .collect();
-        // Baseline: the newest snapshot at least a window old, else the oldest one.
-        let base = ev
-            .hub
-            .iter()
-            .rev()
-            .find(|(t, _)| now.saturating_sub(*t) >= WINDOW_MS)
-            .or_else(|| ev.hub.front())
-            .map(|(_, c)| c.as_slice())
-            .unwrap_or(&[]);
-        for c in current {
-            let before = base.iter().find(|b| b.name == c.name).map_or(c.value, |b| b.value);
-            rows.push(row(&c.name, &c.label, c.value, c.value.saturating_sub(before)));
-        }
-        rows
-    }
-}
-
-fn row(name: &str, label: &str, total: u64, recent: u64) -> EventRow {
-    EventRow {
-        name: name.to_owned(),
-        label: label.to_owned(),
-        total,
-        recent,
-        anomaly: recent >= threshold(name),
-    }
 }
 
 #[cfg(test)]
@@ -376,7 +279,6 @@ mod catalogue_tests {
         for e in WebEvent::ALL {
             let c = protocol::security::counter(e.name()).expect("in the catalogue");
             assert!(c.event, "{}", e.name());
-            assert_eq!(e.label(), c.label);
         }
     }
 }

@@ -19,9 +19,18 @@ pub struct SecurityReport {
     /// Connections shed or cut for being slow, fronts bypassed, upstream certificates refused.
     #[serde(flatten)]
     pub connections: crate::connections::ConnectionCounters,
+    /// The web UI's events (failed logins, CSRF, malformed requests, ...).
+    #[serde(flatten)]
+    pub web: crate::security::WebCounters,
     /// Total of the security-relevant counters (retransmissions and Echo rate limiting are
     /// not security events).
     pub total: u64,
+    /// Events of each security-event counter within the anomaly window (the last 5 minutes).
+    #[serde(default)]
+    pub recent: std::collections::BTreeMap<String, u64>,
+    /// The counters whose recent events reached their threshold (catalogue order): anomalies.
+    #[serde(default)]
+    pub anomalies: Vec<String>,
 }
 
 /// A device with its live state.

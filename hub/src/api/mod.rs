@@ -5,6 +5,7 @@
 
 mod answer;
 pub mod request;
+mod security;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -16,6 +17,7 @@ pub use crate::link::{PairingState, PairingStatus, Waiting};
 use crate::store::{HubStore, StoredReading};
 pub use answer::*;
 pub use request::{Command, Request};
+pub(crate) use security::{checks as security_checks, watch};
 
 /// Why a request failed (sent to the client as `{"error": "..."}`).
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,10 @@ pub struct HubApi {
     pub(crate) mqtt: Option<std::sync::Arc<crate::mqtt::auth::Auth>>,
     /// The listeners' connection slots and counters.
     pub listeners: crate::connections::Listeners,
+    /// Every security counter beside the link's, and the anomaly flags.
+    pub(crate) monitor: std::sync::Arc<crate::security::Monitor>,
+    /// The hub's data directory (for the self-check).
+    pub(crate) data_dir: std::path::PathBuf,
     /// The update feed checker's last and next check (none: no feed configured).
     pub feed: crate::feed::FeedState,
     /// Fired when the owner asks for a factory reset (whoever runs the hub stops it, erases
@@ -306,30 +312,6 @@ impl HubApi {
             LinkError::Directory(e) => directory_error(id, e),
             e => ApiError::Command(e),
         })
-    }
-
-    /// Security counters.
-    pub async fn security(&self) -> Result<SecurityReport, ApiError> {
-        let link = self.on_link(|d| d.counters()).await?;
-        let mut report = SecurityReport {
-            link: link.link,
-            bad_payload: link.bad_payload,
-            total: link.total(),
-            ..SecurityReport::default()
-        };
-        if let Some(m) = &self.mqtt {
-            report.mqtt = m.counters();
-            report.total += report.mqtt.total();
-        }
-        report.connections = self.connection_counters();
-        report.total += report.connections.total();
-        Ok(report)
-    }
-
-    /// The listeners' connection counters (with the upstream bridge's certificate refusals).
-    pub fn connection_counters(&self) -> crate::connections::ConnectionCounters {
-        let upstream = self.upstream.as_ref().map_or(0, |u| u.status().tls_refused);
-        self.listeners.counters(upstream)
     }
 
     /// Queues a command for `device` (an actuator that is not isolated), sent with the

@@ -95,6 +95,8 @@ requests! {
     Unisolate,
     /// Security-event counters.
     Security,
+    /// The hub's EN 303 645 self-check.
+    SecurityCheck,
     /// Updates: releases, refusals, devices waiting or under way, the feed.
     Updates,
     /// Add a release given by the owner.
@@ -293,6 +295,12 @@ command! {
         api.unisolate(self.id).await?;
         Ok(Unisolated { unisolated: self.id })
     }
+}
+
+command! {
+    /// The hub's part of the live EN 303 645 self-check (5.12-3): each provision with the state
+    /// that shows it, and for a check not met the devices concerned and what to do.
+    SecurityCheck {} -> Vec<web_ui::api::Check>, |self, api| api.security_check().await
 }
 
 command! {

@@ -10,27 +10,22 @@ use crate::clock::unix_now_ms;
 
 /// The feed checker (TR 103 621 6.13): checks the manufacturer's feed right after start, then
 /// at a random time around every `check_interval_s`; new releases go through the same checks
-/// as an owner's upload.
+/// as an owner's upload. None without a feed; an unusable feed (its pinned certificate
+/// unreadable or invalid) refuses the start, with the reason.
 pub(crate) fn checker(
     cfg: &crate::config::UpdatesConfig,
     api: HubApi,
     shutdown: CancellationToken,
-) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-    let (url, cert) = (cfg.feed_url.clone()?, cfg.feed_cert.clone()?);
+) -> Result<Option<impl std::future::Future<Output = ()> + Send + 'static>, String> {
+    let (Some(url), Some(cert)) = (cfg.feed_url.clone(), cfg.feed_cert.clone()) else {
+        return Ok(None);
+    };
     let interval = cfg.check_interval_s;
+    let client = std::fs::read_to_string(&cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))
+        .and_then(|pem| super::FeedClient::new(&url, &pem).map_err(|e| e.to_string()))?;
     api.feed.configured(&url);
-    Some(async move {
-        let client = match std::fs::read_to_string(&cert)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| super::FeedClient::new(&url, &pem).map_err(|e| e.to_string()))
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(%url, error = %e, "update feed unusable");
-                api.feed.checked(Err(e), unix_now_ms(), None);
-                return;
-            }
-        };
+    Ok(Some(async move {
         let mut rng = crate::rng::os_seeded();
         let mut done: std::collections::HashSet<(String, u32, String)> = Default::default();
         let mut seen_advisories: std::collections::HashSet<String> = Default::default();
@@ -115,5 +110,5 @@ pub(crate) fn checker(
             );
             api.feed.checked(Ok(listed), unix_now_ms(), next_ms());
         }
-    })
+    }))
 }

@@ -15,10 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Driver;
 use crate::clock::unix_now_ms;
+use crate::security::COUNTERS_KEY;
 use crate::store::{StoreError, Write};
-
-/// Key of the persisted security counters in the store's meta table.
-pub(super) const COUNTERS_KEY: &str = "security_counters";
 
 /// The link's security counters, as persisted and reported (EN 303 645 5.10-1).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +27,16 @@ pub(crate) struct LinkCounters {
     /// Readings refused for breaking a limit (SenML).
     #[serde(default)]
     pub(crate) bad_payload: u64,
+}
+
+/// Every security counter, as the link saves them: its own and the monitor's others (one
+/// document, one path: [`crate::security`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct SavedCounters {
+    #[serde(flatten)]
+    pub(super) link: LinkCounters,
+    #[serde(flatten)]
+    pub(super) others: crate::security::Others,
 }
 
 impl LinkCounters {
@@ -92,9 +100,10 @@ impl Driver {
     /// Queues the security counters for the next commit if they changed (with every commit,
     /// every second and at shutdown): they are logged with the checkpoints of that commit, so a
     /// failure and its count are durable together (EN 303 645 5.10-1: a crash does not erase
-    /// the record of an attack).
+    /// the record of an attack). The counters of MQTT, the listeners and the web UI go with
+    /// them, as the security monitor last refreshed them (at most a second old).
     pub(super) fn persist_counters(&mut self) {
-        let counters = self.counters();
+        let counters = SavedCounters { link: self.counters(), others: self.monitor.saved_others() };
         if self.persisted_counters == Some(counters) {
             return;
         }
@@ -127,6 +136,7 @@ impl Driver {
 
     /// Lets the commit in flight and the pending batch finish, so nothing received is lost.
     pub(super) async fn drain_on_shutdown(&mut self) {
+        self.monitor.refresh();
         self.persist_counters();
         self.persist_directory(true);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -35,7 +35,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use command::LinkCommand;
-pub(crate) use commit::LinkCounters;
 pub(crate) use error::LinkError;
 pub(crate) use pairing::PinEntry;
 pub use pairing::{PairingState, PairingStatus, Waiting};
@@ -45,9 +44,10 @@ use crate::config::Config;
 use crate::devices::Directory;
 use crate::isolation::Advisories;
 use crate::seclog::SecurityLog;
+use crate::security::COUNTERS_KEY;
 use crate::store::{DeviceInfo, HubStore, Write};
 use crate::updates::{META_KEY, Updates};
-use commit::{Batch, COUNTERS_KEY, Done};
+use commit::{Batch, Done, SavedCounters};
 
 /// The answer to an isolated sensor's readings and requests.
 const ISOLATED: &str = "isolated by the hub: see the hub's device list";
@@ -70,7 +70,9 @@ pub(crate) struct Driver {
     replan: bool,
     seclog: SecurityLog,
     /// The security counters as last queued for the store.
-    persisted_counters: Option<LinkCounters>,
+    persisted_counters: Option<SavedCounters>,
+    /// The security counters beside the link's, saved with them ([`crate::security`]).
+    monitor: Arc<crate::security::Monitor>,
     pins: VecDeque<PinEntry>,
     /// The attempt being confirmed, and who waits for its outcome.
     pin_attempt: Option<(Kid, oneshot::Sender<Result<Kid, LinkError>>)>,
@@ -81,6 +83,8 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
+    // What the driver owns, each made by `daemon::start` from the store and configuration.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         updates: Updates,
         mut link: HubLink<SocketAddr>,
@@ -89,12 +93,13 @@ impl Driver {
         config: Config,
         directory: Directory,
         advisories: Advisories,
+        monitor: Arc<crate::security::Monitor>,
     ) -> Self {
         // Security counters survive restarts (EN 303 645 5.10-1); unreadable ones start at 0.
-        let restored: Option<LinkCounters> =
+        let restored: Option<SavedCounters> =
             store.meta(COUNTERS_KEY).ok().flatten().and_then(|b| serde_json::from_slice(&b).ok());
         if let Some(r) = &restored {
-            link.restore_counters(r.link);
+            link.restore_counters(r.link.link);
         }
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         // Failure budgets refill on the wall clock (they are persisted with it).
@@ -112,7 +117,7 @@ impl Driver {
             done_rx,
             retry_at: None,
             failed: None,
-            bad_payload: restored.map_or(0, |r| r.bad_payload),
+            bad_payload: restored.map_or(0, |r| r.link.bad_payload),
             updates,
             replan: true,
             seclog: SecurityLog::default(),
@@ -121,6 +126,7 @@ impl Driver {
             pin_attempt: None,
             directory,
             advisories,
+            monitor,
         }
     }
 

@@ -22,7 +22,7 @@ use crate::store::{HubStore, Kek, StoreError, Write};
 
 /// Key of the sealed users document in the store's meta table.
 pub const META_KEY: &str = "mqtt_users";
-/// Key of the persisted counters (they survive restarts, like the link's).
+/// Key of the counters as earlier versions saved them (the security monitor reads it once).
 pub const COUNTERS_KEY: &str = "mqtt_counters";
 /// Key of the sealed login records (per-user back-offs, remembered clients).
 pub const LOGINS_KEY: &str = "mqtt_logins";
@@ -183,8 +183,6 @@ pub struct Auth {
     dummy: String,
     events: broadcast::Sender<MqttEvent>,
     log: Mutex<LogLimit>,
-    /// The counters as last written to the store.
-    saved: Mutex<MqttCounters>,
     /// The login records' (version, urgent version) as last written (held while writing).
     logins_saved: Mutex<(u64, u64)>,
 }
@@ -242,11 +240,6 @@ impl Auth {
             }
             None => Vec::new(),
         };
-        // Counters survive restarts (EN 303 645 5.10-1); unreadable ones start at 0.
-        let counters: MqttCounters = store
-            .meta(COUNTERS_KEY)?
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
         let mut throttle = Throttle::new(policy);
         throttle.set_accounts(users.iter().map(|u| u.name.as_str()));
         // Back-offs survive restarts too; unreadable records start empty (and say so).
@@ -264,14 +257,13 @@ impl Auth {
         let (events, _) = broadcast::channel(256);
         let versions = (throttle.version(), throttle.urgent_version());
         Ok(Self {
-            inner: Mutex::new(Inner { users, throttle, counters }),
+            inner: Mutex::new(Inner { users, throttle, counters: MqttCounters::default() }),
             kek,
             store,
             budget,
             dummy,
             events,
             log: Mutex::new(LogLimit::default()),
-            saved: Mutex::new(counters),
             logins_saved: Mutex::new(versions),
         })
     }
@@ -290,23 +282,9 @@ impl Auth {
         self.lock().counters
     }
 
-    /// Writes the counters, and the login records (remembered clients are written lazily,
-    /// here), to the store if they changed since the last call (blocking: an fsync).
-    pub fn save_counters(&self) -> Result<(), StoreError> {
-        self.save_logins()?;
-        let now = self.counters();
-        let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
-        if *saved == now {
-            return Ok(());
-        }
-        let value = serde_json::to_vec(&now).map_err(|_| StoreError::Corrupt("mqtt counters"))?;
-        self.store.commit(&[Write::Meta { key: COUNTERS_KEY.into(), value }])?;
-        *saved = now;
-        Ok(())
-    }
-
-    /// Writes the login records if they changed (blocking; writes stay in order).
-    fn save_logins(&self) -> Result<(), StoreError> {
+    /// Writes the login records if they changed (blocking; writes stay in order; remembered
+    /// clients are written lazily, here).
+    pub fn save_logins(&self) -> Result<(), StoreError> {
         let mut saved = self.logins_saved.lock().unwrap_or_else(|e| e.into_inner());
         let (versions, doc) = {
             let inner = self.lock();

@@ -63,8 +63,6 @@ struct Bridge {
     republished: Option<tokio::time::Instant>,
     /// A republication owed to births within the interval, due then.
     republish_due: Option<tokio::time::Instant>,
-    /// The security counters over the anomaly window.
-    anomalies: super::hub_entity::Anomalies,
     /// The hub's state as last published.
     last_hub_state: Option<Value>,
     /// When the hub started (RFC 3339).
@@ -128,7 +126,6 @@ pub(crate) fn start(
         republish_interval,
         republished: None,
         republish_due: None,
-        anomalies: super::hub_entity::Anomalies::default(),
         last_hub_state: None,
         started: topics::rfc3339_ms(crate::clock::unix_now_ms()),
     };
@@ -194,13 +191,13 @@ impl Bridge {
                 _ = tick.tick() => {
                     self.updates().await;
                     self.counters().await;
-                    self.save_counters().await;
+                    self.save_logins().await;
                 }
                 () = shutdown.cancelled() => break,
             }
         }
         self.publish(topics::HUB_STATUS.into(), b"offline".to_vec(), true);
-        self.save_counters().await;
+        self.save_logins().await;
         // Let the outgoing thread hand it to the broker before the process ends.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         while self.out.capacity() < self.out.max_capacity()
@@ -434,10 +431,10 @@ impl Bridge {
         }
     }
 
-    async fn save_counters(&self) {
+    async fn save_logins(&self) {
         let auth = self.auth.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || auth.save_counters()).await {
-            tracing::warn!(error = %e, "MQTT security counters not saved");
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || auth.save_logins()).await {
+            tracing::warn!(error = %e, "MQTT login records not saved");
         }
     }
 
@@ -446,7 +443,7 @@ impl Bridge {
     async fn counters(&mut self) {
         let Ok(report) = self.api.security().await else { return };
         let Ok(mut v) = serde_json::to_value(&report) else { return };
-        self.hub_state(&v, report.total);
+        self.hub_state(&report.anomalies, report.total);
         if self.last_counters.as_ref() == Some(&v) {
             return;
         }
@@ -465,8 +462,9 @@ impl Bridge {
 
     /// The hub's own state, retained, when it changed: devices by availability, security events
     /// and the ones above their threshold now, the upstream backlog.
-    fn hub_state(&mut self, counters: &Value, events: u64) {
-        let anomalies = self.anomalies.sample(std::time::Instant::now(), counters);
+    fn hub_state(&mut self, anomalies: &[String], events: u64) {
+        let anomalies: Vec<String> =
+            anomalies.iter().map(|n| protocol::security::label(n)).collect();
         let mut by = [0u64; 3];
         for d in self.api.directory.list() {
             by[match d.availability {

@@ -1,10 +1,8 @@
 //! The hub itself as a Home Assistant device (issue 18): its version, when it started, how many
-//! devices are online, offline and isolated, its security events, an anomaly flag computed
-//! continuously from the security catalogue's thresholds (EN 303 645 5.10-1), and the readings
-//! waiting for the upstream broker — one retained state message on `hearth/hub/overview` (not `…/state`, which a `hearth/+/state` subscription takes for a device).
-
-use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+//! devices are online, offline and isolated, its security events, the anomaly flag the security
+//! monitor computes continuously (EN 303 645 5.10-1, [`crate::security`]), and the readings
+//! waiting for the upstream broker — one retained state message on `hearth/hub/overview` (not
+//! `…/state`, which a `hearth/+/state` subscription takes for a device).
 
 use serde_json::{Value, json};
 
@@ -13,9 +11,6 @@ use super::topics;
 
 /// The hub's node id in discovery topics and entity ids (`hearth_hub`).
 const NODE: &str = "hub";
-
-/// How far back the anomaly flag looks (as the web UI's events page).
-pub(crate) const WINDOW: Duration = Duration::from_secs(5 * 60);
 
 /// The hub device's entity configs (the upstream entity only when a broker is configured).
 pub(crate) fn configs(prefix: &str, version: &str, upstream: bool) -> Vec<EntityConfig> {
@@ -106,40 +101,6 @@ pub(crate) fn configs(prefix: &str, version: &str, upstream: bool) -> Vec<Entity
     out
 }
 
-/// The security counters over the last [`WINDOW`]: which security events came more often than
-/// the catalogue's threshold for them.
-#[derive(Debug, Default)]
-pub(crate) struct Anomalies {
-    samples: VecDeque<(Instant, BTreeMap<String, u64>)>,
-}
-
-impl Anomalies {
-    /// Takes a sample of the counters (the security report as JSON) at `now`; returns the
-    /// labels of the events above their threshold within the window.
-    pub(crate) fn sample(&mut self, now: Instant, report: &Value) -> Vec<String> {
-        let counts: BTreeMap<String, u64> = report
-            .as_object()
-            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect())
-            .unwrap_or_default();
-        while self.samples.front().is_some_and(|(t, _)| now.duration_since(*t) > WINDOW) {
-            self.samples.pop_front();
-        }
-        let flagged = match self.samples.front() {
-            Some((_, oldest)) => counts
-                .iter()
-                .filter_map(|(name, &n)| {
-                    let c = protocol::security::counter(name).filter(|c| c.event)?;
-                    let recent = n.saturating_sub(oldest.get(name).copied().unwrap_or(0));
-                    (recent >= c.threshold).then(|| c.label.to_owned())
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        self.samples.push_back((now, counts));
-        flagged
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,20 +117,5 @@ mod tests {
                 assert_eq!(c.payload["state_topic"], topics::HUB_OVERVIEW);
             }
         }
-    }
-
-    #[test]
-    fn a_burst_above_a_threshold_is_flagged_for_the_window_only() {
-        let mut a = Anomalies::default();
-        let t0 = Instant::now();
-        let report = |bad_tag: u64, duplicates: u64| json!({"bad_tag": bad_tag, "duplicates": duplicates, "total": bad_tag});
-        assert!(a.sample(t0, &report(0, 0)).is_empty());
-        // 10 bad tags (the catalogue's threshold) within the window; retransmissions are no event.
-        let flagged = a.sample(t0 + Duration::from_secs(60), &report(10, 1000));
-        assert_eq!(flagged, vec![protocol::security::label("bad_tag")]);
-        assert!(a.sample(t0 + Duration::from_secs(120), &report(10, 1000)).len() == 1);
-        // Once the burst is older than the window, the flag is gone.
-        assert!(a.sample(t0 + WINDOW + Duration::from_secs(90), &report(10, 1000)).is_empty());
-        assert!(a.sample(t0 + WINDOW + Duration::from_secs(200), &report(14, 1000)).is_empty());
     }
 }

@@ -29,6 +29,7 @@ mod pairing_limits;
 mod pairing_owner;
 mod pairing_retry;
 mod readme;
+mod security;
 mod setup_freeze;
 mod store;
 mod updates;

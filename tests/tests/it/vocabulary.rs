@@ -2,7 +2,7 @@
 //! other edit) run by the simulator against a real hub is paired with its declared
 //! capabilities, shown by `hub ctl` in ppm, and published over MQTT — Home Assistant
 //! discovery configs that fit HA's schema and a retained state — read by a real client
-//! (mosquitto_sub).
+//! (mosquitto_sub), and shown by the web UI (dashboard and device page, with its chart).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -15,7 +15,7 @@ use tests::{Hub, Sim, free_tcp_port, free_udp_port, wait_for};
 const PASSWORD: &str = "correct-horse-battery-staple";
 
 #[test]
-fn a_co2_sensor_from_the_vocabulary_alone_reaches_hub_ctl_and_home_assistant_discovery() {
+fn a_co2_sensor_from_the_vocabulary_alone_reaches_hub_ctl_home_assistant_and_the_web_ui() {
     let tmp = tempfile::tempdir().expect("tmp");
     let plain = free_tcp_port();
     let mqtt = format!(
@@ -99,5 +99,19 @@ fn a_co2_sensor_from_the_vocabulary_alone_reaches_hub_ctl_and_home_assistant_dis
     assert_eq!(sensor["unit_of_measurement"], "ppm");
     assert_eq!(sensor["state_topic"], state);
     assert_eq!(sensor["value_template"], "{{ value_json['values'].get('co2') }}");
+
+    // The web UI: the dashboard and the device page name the quantity and its unit, and the
+    // device page charts it (its main quantity) with the battery as a capability.
+    let web = crate::web::Client::new(&hub);
+    let made = web.setup(&crate::web::setup_code(&hub), "owner", "quiet harbour 42");
+    assert_eq!(made.status, 303, "{}", made.body);
+    let session = format!("__Host-hearth={}", made.cookie("__Host-hearth").expect("cookie"));
+    let dash = web.get("/", &session);
+    assert!(dash.body.contains("CO₂ ") && dash.body.contains(" ppm"), "{}", dash.body);
+    let page = web.get(&format!("/devices/{id}"), &session);
+    assert_eq!(page.status, 200, "{}", page.body);
+    for want in ["hearth-co2-1", "CO₂", " ppm", "<svg", "battery"] {
+        assert!(page.body.contains(want), "the device page lacks {want}: {}", page.body);
+    }
     sim.stop();
 }

@@ -7,14 +7,16 @@ use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use maud::html;
 
-use crate::api::{Action, Check, Pairing};
+use crate::api::{Action, Check, Counter, Pairing};
 use crate::guard::Owner;
 use crate::html::page;
 use crate::pages::api_failure;
-use crate::state::{EventRow, Web, WebEvent};
+use crate::state::{Web, WebEvent};
 
-/// The web UI's own checks, from its current state.
-fn web_checks(web: &Web, pairing: Option<&Pairing>, rows: &[EventRow]) -> Vec<Check> {
+/// The web UI's own checks, from its current state (5.10-1, the monitoring of every security
+/// event, is the hub's).
+fn web_checks(web: &Web, pairing: Option<&Pairing>, rows: &[Counter]) -> Vec<Check> {
+    let total = |e: WebEvent| rows.iter().find(|r| r.name == e.name()).map_or(0, |r| r.value);
     let now = web.now_ms();
     let inner = web.lock();
     let account = match &inner.vault.owner {
@@ -37,36 +39,14 @@ fn web_checks(web: &Web, pairing: Option<&Pairing>, rows: &[EventRow]) -> Vec<Ch
         Some(_) => "pairing closed (PINs accepted only in an owner-opened window)".into(),
         None => "pairing state unavailable".into(),
     };
-    let flagged: Vec<&str> = rows.iter().filter(|r| r.anomaly).map(|r| r.label.as_str()).collect();
-    let events: u64 =
-        rows.iter().filter(|r| r.name != WebEvent::Unauthenticated.name()).map(|r| r.total).sum();
-    let mut monitored = Check::new(
-        "5.10-1",
-        "Security events are monitored",
-        flagged.is_empty(),
-        format!(
-            "{events} security events counted; {} anomaly flag(s) in the last 5 minutes{}.",
-            flagged.len(),
-            if flagged.is_empty() { String::new() } else { format!(": {}", flagged.join("; ")) }
-        ),
-    );
-    if !flagged.is_empty() {
-        monitored.action = Some(Action {
-            text: "See which events are flagged and where they come from; if they are not \
-                   yours, check who can reach the hub and change the passwords concerned."
-                .into(),
-            href: Some("/events".into()),
-        });
-    }
     vec![
         Check::new("5.1-1", "No universal default passwords", true, account),
         Check::new("5.1-4", "The user can change the authentication value", true, "Password change on the Account page; argon2id hash sealed under the hub's key-encryption key.".into()),
         Check::new("5.1-5", "Brute-force protection", true, format!("Web and MQTT logins: back-off after {} failures, doubling up to {} min, always expiring, taken before the password is checked; browsers that logged in before keep their own budget (device cookies); {backing_off} web client(s)/account(s) backing off now. Sensors: {pairing}.", policy.free_failures, policy.max_ms.div_ceil(60_000))),
         Check::new("5.5-1", "Communication is encrypted", true, "This page came over HTTPS (TLS 1.2/1.3 with the hub's own certificate); plain HTTP on this port gets no answer.".into()),
         Check::new("5.6-2", "Nothing disclosed before authentication", true, "Every page and data stream needs a session; the login page names no version or model.".into()),
-        monitored,
         Check::new("5.11-1", "User data can be erased", true, "Privacy page: erase every device, key, reading and the account.".into()),
-        Check::new("5.13-1", "Input is validated", true, format!("{} malformed and {} oversized web requests refused (HTTP 400/413/422).", web.total(WebEvent::Malformed), web.total(WebEvent::TooLarge))),
+        Check::new("5.13-1", "Input is validated", true, format!("{} malformed and {} oversized web requests refused (HTTP 400/413/422).", total(WebEvent::Malformed), total(WebEvent::TooLarge))),
         Check::new("6-3", "Telemetry only with consent", true, format!("Hearth sends no telemetry; your recorded choice: {}.", if consent { "allowed" } else { "not allowed" })),
     ]
 }
@@ -78,9 +58,7 @@ fn provision_key(p: &str) -> Vec<u32> {
 /// The live EN 303 645 self-check (5.12-3).
 pub(crate) async fn status(State(web): State<Arc<Web>>, owner: Owner) -> Response {
     let pairing = web.api.pairing().await.ok();
-    let counters = web.api.counters().await.unwrap_or_default();
-    web.sample_hub(counters.clone());
-    let rows = web.event_rows(&counters);
+    let rows = web.api.counters().await.unwrap_or_default();
     let mut checks = web_checks(&web, pairing.as_ref(), &rows);
     match web.api.checks().await {
         Ok(hub) => checks.extend(hub),
@@ -165,12 +143,10 @@ pub(crate) async fn certificate(State(web): State<Arc<Web>>, _owner: Owner) -> R
 
 /// Security events with anomaly flags (5.10-1).
 pub(crate) async fn events(State(web): State<Arc<Web>>, owner: Owner) -> Response {
-    let counters = match web.api.counters().await {
+    let rows = match web.api.counters().await {
         Ok(c) => c,
         Err(e) => return api_failure(&owner, "Security events", &e),
     };
-    web.sample_hub(counters.clone());
-    let rows = web.event_rows(&counters);
     let flagged = rows.iter().filter(|r| r.anomaly).count();
     let body = html! {
         p {
@@ -187,7 +163,7 @@ pub(crate) async fn events(State(web): State<Arc<Web>>, owner: Owner) -> Respons
                     tr class=[r.anomaly.then_some("anomaly")] data-event=(r.name) {
                         td { (r.label) br; code.muted { (r.name) } }
                         td { (r.recent) }
-                        td { (r.total) }
+                        td { (r.value) }
                         td { @if r.anomaly { "⚠ anomaly" } }
                     }
                 }

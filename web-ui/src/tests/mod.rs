@@ -53,6 +53,8 @@ struct FakeState {
     setup_done: u32,
     erased: u32,
     counters: Vec<Counter>,
+    /// The web UI's events as the hub counted them, in `WebEvent::ALL` order.
+    web_events: [u64; 9],
     delivering: Option<(u32, u32, u32)>,
     setpoints: Vec<(String, f64)>,
     /// Calls of `devices()` (the live snapshot makes one per tick).
@@ -269,7 +271,27 @@ impl OwnerApi for Fake {
         ready(Ok(()))
     }
     fn counters(&self) -> ApiFuture<'_, Vec<Counter>> {
-        ready(Ok(self.s().counters.clone()))
+        // The web UI's events as the hub reports them; this fake has no window: every event
+        // is recent (the hub's window is tested in the hub).
+        let s = self.s();
+        let mut rows: Vec<Counter> = crate::state::WebEvent::ALL
+            .iter()
+            .map(|e| {
+                let value = s.web_events[e.index()];
+                Counter {
+                    name: e.name().into(),
+                    label: e.name().replace('_', " "),
+                    value,
+                    recent: value,
+                    anomaly: value >= protocol::security::threshold(e.name()),
+                }
+            })
+            .collect();
+        rows.extend(s.counters.iter().cloned());
+        ready(Ok(rows))
+    }
+    fn count(&self, event: crate::state::WebEvent) {
+        self.s().web_events[event.index()] += 1;
     }
     fn checks(&self) -> ApiFuture<'_, Vec<Check>> {
         let mut checks = vec![Check {
@@ -347,7 +369,13 @@ async fn app_with(fake: Arc<Fake>, budget: HashBudget) -> App {
                 },
             ),
         ];
-        s.counters = vec![Counter { name: "bad_tag".into(), label: "Bad tags".into(), value: 0 }];
+        s.counters = vec![Counter {
+            name: "bad_tag".into(),
+            label: "Bad tags".into(),
+            value: 0,
+            recent: 0,
+            anomaly: false,
+        }];
     }
     let now = Arc::new(AtomicU64::new(1_800_000_000_000));
     let n = now.clone();
@@ -473,8 +501,9 @@ impl App {
         self.now.fetch_add(ms, Ordering::Relaxed);
     }
 
+    /// The web UI's events of kind `e` the hub was told of.
     fn total(&self, e: crate::state::WebEvent) -> u64 {
-        self.web.total(e)
+        self.fake.s().web_events[e.index()]
     }
 }
 
