@@ -161,6 +161,10 @@ fn a_full_disk_stops_acknowledgements_says_so_and_resumes_by_itself_with_every_r
     assert!(words.starts_with("the disk is full"), "{problem}");
     let (ok_human, text, _) = hub.ctl_human(&["status"]);
     assert!(ok_human && text.contains("Storage: PROBLEM") && text.contains(words), "{text}");
+    // The self-check (`hub ctl security --check`, the web UI's security status) says it too.
+    let (_, check, _) = hub.ctl_human(&["security", "--check"]);
+    assert!(check.contains("5.9-1 The hub's disk can be written is not met."), "{check}");
+    assert!(check.contains(words), "{check}");
     let mqtt = overview.until("MQTT to say so", Duration::from_secs(30), storage_ok(false));
     assert_eq!(mqtt["problem"], words, "{mqtt}");
     // The sensors get no answer and buffer what they measure.
