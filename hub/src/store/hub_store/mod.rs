@@ -310,14 +310,14 @@ impl HubStore {
 
     /// Rolls the log over to a new segment and hands the rest of the seal to the maintenance
     /// thread: the commit that filled the segment is not held up by it. Retention after it
-    /// frees `free_need` bytes for the floor of free space.
-    fn start_seal(&self, live: &mut Live, free_need: u64) {
+    /// frees `free_need` bytes for the floor of free space. Returns whether a seal was queued.
+    fn start_seal(&self, live: &mut Live, free_need: u64) -> bool {
         let index = match live.log.roll() {
             Ok(Some(index)) => index,
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start a new readings log segment");
-                return;
+                return false;
             }
         };
         let states: Vec<(Kid, LinkState)> = live
@@ -332,7 +332,9 @@ impl HubStore {
         if let Some(Err(mpsc::SendError(Job::Seal(job)))) = sent {
             tracing::error!("store maintenance thread has stopped; snapshot deferred to a restart");
             live.dirty.extend(job.states.into_iter().map(|(k, _)| k));
+            return false;
         }
+        sent.is_some()
     }
 
     /// Makes `writes` durable now. Only the writer thread calls it.
@@ -449,13 +451,15 @@ impl HubStore {
         }
         let need = floor - free;
         let mut live = self.live();
-        if live.log.worth_sealing_for_room() {
-            self.start_seal(&mut live, need);
-            return;
-        }
-        drop(live);
-        let sent = inner.maintenance.as_ref().map(|m| m.jobs.send(Job::MakeRoom(need)));
-        if !matches!(sent, Some(Ok(()))) {
+        let queued = if live.log.worth_sealing_for_room() {
+            self.start_seal(&mut live, need)
+        } else {
+            drop(live);
+            let sent = inner.maintenance.as_ref().map(|m| m.jobs.send(Job::MakeRoom(need)));
+            matches!(sent, Some(Ok(())))
+        };
+        // The maintenance thread lets go of the flag when it is done; nothing queued: now.
+        if !queued {
             inner.making_room.store(false, Ordering::Release);
         }
     }
