@@ -258,6 +258,21 @@ fn window(base: Option<&BTreeMap<String, u64>>, current: &BTreeMap<String, u64>)
 mod tests {
     use super::*;
 
+    /// A monitor with no MQTT or upstream, continuing from `before`.
+    fn monitor(before: Others) -> Monitor {
+        Monitor {
+            sources: Sources {
+                mqtt: None,
+                listeners: Listeners::new(&crate::config::Config::default()),
+                upstream: None,
+            },
+            web: Default::default(),
+            before,
+            latest: Mutex::new(before),
+            samples: Mutex::new(VecDeque::new()),
+        }
+    }
+
     fn map(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
     }
@@ -280,17 +295,7 @@ mod tests {
 
     #[test]
     fn the_baseline_is_the_newest_sample_a_window_old() {
-        let m = Monitor {
-            sources: Sources {
-                mqtt: None,
-                listeners: Listeners::new(&crate::config::Config::default()),
-                upstream: None,
-            },
-            web: Default::default(),
-            before: Others::default(),
-            latest: Mutex::new(Others::default()),
-            samples: Mutex::new(VecDeque::new()),
-        };
+        let m = monitor(Others::default());
         let t0 = Instant::now();
         let tag = |n| map(&[("bad_tag", n)]);
         m.sample(t0, tag(0));
@@ -310,17 +315,7 @@ mod tests {
     fn web_events_are_counted_and_continue_from_earlier_starts() {
         let mut before = Others::default();
         before.web.web_login_failed = 4;
-        let m = Monitor {
-            sources: Sources {
-                mqtt: None,
-                listeners: Listeners::new(&crate::config::Config::default()),
-                upstream: None,
-            },
-            web: Default::default(),
-            before,
-            latest: Mutex::new(before),
-            samples: Mutex::new(VecDeque::new()),
-        };
+        let m = monitor(before);
         for e in WebEvent::ALL {
             m.web_event(e);
         }

@@ -25,15 +25,30 @@ use web_ui::api::{
 use crate::api::{ApiError, HubApi};
 use crate::device_id::DeviceId;
 use crate::devices::Availability as DirAvailability;
-use crate::store::{Kek, SealError};
+use crate::store::{Kek, SealError, Write};
 use crate::updates::Policy;
 
 /// The sticker: the one-time setup code, readable by the hub's user only.
 pub const SETUP_CODE_FILE: &str = "setup-code";
-const VAULT_FILE: &str = "web-vault.sealed";
-const VAULT_ID: &[u8] = b"hearth web vault";
-const LOGINS_FILE: &str = "web-logins.sealed";
-const LOGINS_ID: &[u8] = b"hearth web logins";
+/// The web UI's sealed documents, kept in the store's meta table like the hub's other secrets.
+#[derive(Debug, Clone, Copy)]
+enum Sealed {
+    /// The owner account.
+    Vault,
+    /// The web login throttle's durable records.
+    Logins,
+}
+
+impl Sealed {
+    /// (meta key, associated data binding the sealed bytes to their purpose, the file an
+    /// earlier version kept it in: read once, removed at the next write).
+    fn names(self) -> (&'static str, &'static [u8], &'static str) {
+        match self {
+            Sealed::Vault => ("web_vault", b"hearth web vault", "web-vault.sealed"),
+            Sealed::Logins => ("web_logins", b"hearth web logins", "web-logins.sealed"),
+        }
+    }
+}
 
 /// The running web UI.
 #[derive(Debug)]
@@ -56,6 +71,9 @@ pub enum WebStartError {
     /// Files.
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// The store (the sealed vault and login records are kept there).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// The port.
     #[error("cannot bind the web UI to {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
@@ -129,39 +147,50 @@ struct HubOwner {
 }
 
 impl HubOwner {
-    fn vault_path(&self) -> PathBuf {
-        self.data_dir.join(VAULT_FILE)
+    /// A sealed document of the web UI (`id`: the vault or the login records), opened: from
+    /// the store like every other secret, or from the file an earlier version kept it in.
+    fn read_sealed(&self, doc: Sealed) -> Result<Option<Vec<u8>>, WebStartError> {
+        let (key, id, legacy) = doc.names();
+        let sealed = match self.api.store.meta(key)? {
+            Some(v) if v.is_empty() => None, // erased
+            Some(v) => Some(v),
+            None => {
+                let path = self.data_dir.join(legacy);
+                match std::fs::read(&path) {
+                    Ok(v) => Some(v),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(WebStartError::Io(path, e)),
+                }
+            }
+        };
+        Ok(match sealed {
+            Some(s) => Some(self.kek.open(id, &s)?.to_vec()),
+            None => None,
+        })
+    }
+
+    /// Seals `doc` into the store, durable before it returns (the web UI answers after it);
+    /// `None` erases it. An earlier version's file of it goes.
+    fn write_sealed(&self, doc: Sealed, plain: Option<&[u8]>) -> Result<(), WebStartError> {
+        let (key, id, legacy) = doc.names();
+        let value = match plain {
+            Some(plain) => self.kek.seal(id, plain)?,
+            None => Vec::new(),
+        };
+        self.api.store.commit(&[Write::Meta { key: key.into(), value }])?;
+        let path = self.data_dir.join(legacy);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(WebStartError::Io(path, e)),
+            _ => Ok(()),
+        }
     }
 
     fn read_vault(&self) -> Result<Option<Vec<u8>>, WebStartError> {
-        let path = self.vault_path();
-        match std::fs::read(&path) {
-            Ok(sealed) => Ok(Some(self.kek.open(VAULT_ID, &sealed)?.to_vec())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(WebStartError::Io(path, e)),
-        }
+        self.read_sealed(Sealed::Vault)
     }
 
     fn write_vault(&self, doc: &[u8]) -> Result<(), WebStartError> {
-        let path = self.vault_path();
-        crate::private_fs::write(&path, &self.kek.seal(VAULT_ID, doc)?)
-            .map_err(|e| WebStartError::Io(path, e))
-    }
-
-    fn read_logins(&self) -> Result<Option<Vec<u8>>, WebStartError> {
-        let path = self.data_dir.join(LOGINS_FILE);
-        match std::fs::read(&path) {
-            Ok(sealed) => Ok(Some(self.kek.open(LOGINS_ID, &sealed)?.to_vec())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(WebStartError::Io(path, e)),
-        }
-    }
-
-    /// Written atomically and made durable (fsync, rename) before the web UI answers.
-    fn write_logins(&self, doc: &[u8]) -> Result<(), WebStartError> {
-        let path = self.data_dir.join(LOGINS_FILE);
-        crate::private_fs::write(&path, &self.kek.seal(LOGINS_ID, doc)?)
-            .map_err(|e| WebStartError::Io(path, e))
+        self.write_sealed(Sealed::Vault, Some(doc))
     }
 
     /// While no owner exists there is a setup code: the sticker file, and its hash in the vault.
@@ -591,11 +620,11 @@ impl web_ui::OwnerApi for HubOwner {
     }
 
     fn load_logins(&self) -> ApiFuture<'_, Option<Vec<u8>>> {
-        Box::pin(async move { self.read_logins().map_err(unavailable) })
+        Box::pin(async move { self.read_sealed(Sealed::Logins).map_err(unavailable) })
     }
 
     fn store_logins(&self, doc: Vec<u8>) -> ApiFuture<'_, ()> {
-        Box::pin(async move { self.write_logins(&doc).map_err(unavailable) })
+        Box::pin(async move { self.write_sealed(Sealed::Logins, Some(&doc)).map_err(unavailable) })
     }
 
     fn setup_done(&self) -> ApiFuture<'_, ()> {
@@ -613,12 +642,8 @@ impl web_ui::OwnerApi for HubOwner {
         Box::pin(async move {
             // The account goes at once (nobody logs in with it while the hub restarts); the
             // rest goes with the data directory once the hub has stopped (a factory reset).
-            for path in [self.vault_path(), self.data_dir.join(LOGINS_FILE)] {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(unavailable(WebStartError::Io(path, e))),
-                }
+            for doc in [Sealed::Vault, Sealed::Logins] {
+                self.write_sealed(doc, None).map_err(unavailable)?;
             }
             self.api.factory_reset();
             Ok(())

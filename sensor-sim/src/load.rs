@@ -66,6 +66,10 @@ pub struct LoadReport {
     pub errors: HashMap<&'static str, u64>,
     /// The hub's resident set size in KiB, if `hub_pid` was given.
     pub hub_rss_kib: Option<u64>,
+    /// The server's CPU time (user + system, all threads) per acknowledged reading over the
+    /// load window and its drain, in microseconds, if `hub_pid` was given: what a reading costs
+    /// the gateway (at one reading a minute, N sensors use N × this / 60 s of a core).
+    pub hub_cpu_us_per_reading: Option<f64>,
     /// Seconds spent pairing before the load.
     pub pairing_s: f64,
 }
@@ -166,6 +170,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     }
     let before = fleet.status().await?;
     let _ = fleet.take_latencies().await?;
+    let cpu_before = config.hub_pid.and_then(cpu_us);
     let t0 = Instant::now();
     fleet.offer(config.rate, config.duration);
     tokio::time::sleep(Duration::from_secs_f64(config.duration)).await;
@@ -194,6 +199,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         ..Default::default()
     };
     report.readings_per_s = (at_end.acknowledged - before.acknowledged) as f64 / window;
+    report.hub_cpu_us_per_reading = per_reading(cpu_before, config.hub_pid, report.acknowledged);
     percentiles(&mut lat, &mut report);
     let unacked = report.offered.saturating_sub(report.acknowledged);
     if unacked > 0 {
@@ -215,6 +221,23 @@ fn percentiles(lat: &mut [u64], report: &mut LoadReport) {
     report.p50_ms = at(0.50);
     report.p99_ms = at(0.99);
     report.p999_ms = at(0.999);
+}
+
+/// A process's CPU time so far (user + system, every thread), in microseconds.
+pub fn cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses: utime and stime
+    // are the 12th and 13th, in clock ticks of USER_HZ, which Linux fixes at 100 for /proc.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut f = rest.split_whitespace().skip(11);
+    let (utime, stime): (u64, u64) = (f.next()?.parse().ok()?, f.next()?.parse().ok()?);
+    Some((utime + stime) * 10_000)
+}
+
+/// CPU microseconds per reading since `before` (none without a pid or readings).
+fn per_reading(before: Option<u64>, pid: Option<u32>, readings: u64) -> Option<f64> {
+    let spent = pid.and_then(cpu_us)?.checked_sub(before?)?;
+    (readings > 0).then(|| spent as f64 / readings as f64)
 }
 
 /// VmRSS of a process, in KiB.
@@ -242,6 +265,7 @@ async fn run_plain(config: LoadConfig) -> Result<LoadReport, LoadError> {
     let mut lat = Vec::new();
     let mut offered = 0u64;
     let mut mid: u16 = 0;
+    let cpu_before = config.hub_pid.and_then(cpu_us);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(config.duration);
     let interval = Duration::from_secs_f64(1.0 / config.rate.max(1.0));
@@ -319,5 +343,27 @@ async fn run_plain(config: LoadConfig) -> Result<LoadReport, LoadError> {
     }
     percentiles(&mut lat, &mut report);
     report.hub_rss_kib = config.hub_pid.and_then(rss_kib);
+    report.hub_cpu_us_per_reading = per_reading(cpu_before, config.hub_pid, report.acknowledged);
     Ok(report)
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_of_a_process_grows_as_it_works() {
+        let me = std::process::id();
+        let before = cpu_us(me).expect("this process's CPU time");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut x = 0u64;
+        while cpu_us(me).expect("again") <= before {
+            assert!(Instant::now() < deadline, "no CPU time counted");
+            x = (0..100_000u64).fold(x, |a, b| a.wrapping_mul(31).wrapping_add(b));
+        }
+        std::hint::black_box(x);
+        assert_eq!(cpu_us(u32::MAX), None, "no such process");
+        assert_eq!(per_reading(Some(before), Some(me), 0), None);
+        assert!(per_reading(Some(before), Some(me), 10).is_some_and(|us| us > 0.0));
+    }
 }

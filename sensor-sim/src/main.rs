@@ -82,15 +82,9 @@ enum MakerCmd {
     },
     /// Build a firmware image, sign its manifest, and publish both in the feed directory.
     Publish {
-        /// Key directory.
-        #[arg(long)]
-        keys: PathBuf,
-        /// Feed directory.
-        #[arg(long)]
-        feed: PathBuf,
-        /// Model designation.
-        #[arg(long)]
-        model: String,
+        /// The maker's keys, the feed directory and the model.
+        #[command(flatten)]
+        to: FeedTarget,
         /// Version.
         #[arg(long)]
         version: u32,
@@ -118,15 +112,9 @@ enum MakerCmd {
     },
     /// Sign a security advisory and publish it in the feed directory.
     Advisory {
-        /// Key directory.
-        #[arg(long)]
-        keys: PathBuf,
-        /// Feed directory.
-        #[arg(long)]
-        feed: PathBuf,
-        /// Affected model.
-        #[arg(long)]
-        model: String,
+        /// The maker's keys, the feed directory and the affected model.
+        #[command(flatten)]
+        to: FeedTarget,
         /// Lowest affected version.
         #[arg(long)]
         low: u32,
@@ -155,6 +143,20 @@ enum MakerCmd {
         #[arg(long, default_value = "127.0.0.1:0")]
         bind: SocketAddr,
     },
+}
+
+/// Where a signed release or advisory goes, signed with which keys, for which model.
+#[derive(Args)]
+struct FeedTarget {
+    /// Key directory.
+    #[arg(long)]
+    keys: PathBuf,
+    /// Feed directory.
+    #[arg(long)]
+    feed: PathBuf,
+    /// Model designation.
+    #[arg(long)]
+    model: String,
 }
 
 #[derive(Args)]
@@ -640,9 +642,7 @@ async fn run_maker(cmd: MakerCmd) -> Result<(), Error> {
             println!("KEY {}", protocol::hex::encode(&public.to_sec1_compressed()));
         }
         MakerCmd::Publish {
-            keys,
-            feed,
-            model,
+            to: FeedTarget { keys, feed, model },
             version,
             size,
             min_version,
@@ -674,7 +674,14 @@ async fn run_maker(cmd: MakerCmd) -> Result<(), Error> {
                 entry.model, entry.version, entry.manifest, entry.image
             );
         }
-        MakerCmd::Advisory { keys, feed, model, low, high, severity, fixed_in, text } => {
+        MakerCmd::Advisory {
+            to: FeedTarget { keys, feed, model },
+            low,
+            high,
+            severity,
+            fixed_in,
+            text,
+        } => {
             use protocol::update::Severity;
             let severity = match severity.as_str() {
                 "low" => Severity::Low,

@@ -6,7 +6,7 @@ use super::{N, Reading, T, U, V, VB, Value};
 
 /// Encodes readings as a SenML pack: one map per reading with `n`, optional `u`, `v` or `vb`,
 /// and `t` (integer seconds when whole, else the shortest exact float), keys in canonical order,
-/// no base fields. Non-finite numbers are written as-is; [`super::decode`] refuses them.
+/// no base fields. Non-finite numbers are written as-is; [`super::decode()`] refuses them.
 pub fn encode(readings: &[Reading]) -> Vec<u8> {
     Writer::build(|w| {
         w.array(readings.len() as u64);

@@ -5,7 +5,7 @@
 use std::ops::RangeInclusive;
 
 use super::cose::{self, KeyId, SigningKeyPair, TrustAnchors};
-use super::{UpdateError, validate_model, validate_text};
+use super::{UpdateError, payload_type, validate_model, validate_text};
 use crate::cbor::{Reader, Writer, set_once};
 use crate::time::UnixTime;
 
@@ -122,13 +122,7 @@ impl Advisory {
         let mut issued = None;
         for _ in 0..entries {
             match r.int("advisory key")? {
-                K_TYPE => {
-                    let found = r.uint("payload type")?;
-                    if found != PAYLOAD_TYPE {
-                        return Err(UpdateError::WrongPayloadType { expected: "advisory" });
-                    }
-                    set_once(&mut ty, found)?;
-                }
+                K_TYPE => payload_type(&mut r, &mut ty, PAYLOAD_TYPE, "advisory")?,
                 K_MODEL => set_once(&mut model, r.text("model")?)?,
                 K_AFFECTED_LOW => set_once(&mut low, r.u32("first affected version")?)?,
                 K_AFFECTED_HIGH => set_once(&mut high, r.u32("last affected version")?)?,

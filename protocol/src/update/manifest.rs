@@ -3,7 +3,7 @@
 //! (risks mitigated) and 5.3-12 (disruptive flag).
 
 use super::cose::{self, KeyId, SigningKeyPair, TrustAnchors};
-use super::{MAX_IMAGE_SIZE, UpdateError, validate_model, validate_text};
+use super::{MAX_IMAGE_SIZE, UpdateError, payload_type, validate_model, validate_text};
 use crate::cbor::{Reader, Writer, set_once};
 use crate::time::UnixTime;
 
@@ -108,13 +108,7 @@ impl Manifest {
         let mut released = None;
         for _ in 0..entries {
             match r.int("manifest key")? {
-                K_TYPE => {
-                    let found = r.uint("payload type")?;
-                    if found != PAYLOAD_TYPE {
-                        return Err(UpdateError::WrongPayloadType { expected: "manifest" });
-                    }
-                    set_once(&mut ty, found)?;
-                }
+                K_TYPE => payload_type(&mut r, &mut ty, PAYLOAD_TYPE, "manifest")?,
                 K_MODEL => set_once(&mut model, r.text("model")?)?,
                 K_VERSION => set_once(&mut version, r.u32("version")?)?,
                 K_MIN_VERSION => set_once(&mut min_version, r.u32("minimum version")?)?,

@@ -151,6 +151,22 @@ pub fn fuzz_parse(bytes: &[u8]) {
     let _ = advisory::Advisory::decode(bytes);
 }
 
+/// Reads a signed payload's type field once, refusing another kind of payload (an advisory
+/// where a manifest is expected, or the reverse).
+fn payload_type(
+    r: &mut crate::cbor::Reader<'_>,
+    ty: &mut Option<u64>,
+    code: u64,
+    expected: &'static str,
+) -> Result<(), UpdateError> {
+    let found = r.uint("payload type")?;
+    if found != code {
+        return Err(UpdateError::WrongPayloadType { expected });
+    }
+    crate::cbor::set_once(ty, found)?;
+    Ok(())
+}
+
 /// Checks a model designation: 1..=64 bytes of printable ASCII.
 fn validate_model(model: &str) -> Result<(), UpdateError> {
     let ok = (1..=MAX_MODEL_LEN).contains(&model.len())
