@@ -138,8 +138,9 @@ impl Catalog {
         })
     }
 
-    /// Notes a failed write (redb fails everything after it until reopened).
-    fn wrote<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    /// Runs a write, noting its failure (redb fails everything after it until reopened).
+    fn writing<T>(&self, write: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let result = write();
         if result.is_err() {
             self.failed.store(true, Ordering::Release);
         }
@@ -311,52 +312,49 @@ impl Catalog {
     /// Applies devices added and removed and named documents, in one transaction. A removed
     /// device's readings in log frames before `floor` no longer count.
     pub(super) fn apply(&self, writes: &[&Write], floor: u64) -> Result<(), StoreError> {
-        let result = self.apply_now(writes, floor);
-        self.wrote(result)
-    }
-
-    fn apply_now(&self, writes: &[&Write], floor: u64) -> Result<(), StoreError> {
-        let tx = self.handle()?.begin_write().map_err(db)?;
-        {
-            let mut devices = tx.open_table(DEVICES).map_err(db)?;
-            let mut secrets = tx.open_table(SECRETS).map_err(db)?;
-            let mut state = tx.open_table(STATE).map_err(db)?;
-            let mut meta = tx.open_table(META).map_err(db)?;
-            let mut erased = tx.open_table(ERASED).map_err(db)?;
-            for w in writes {
-                match w {
-                    Write::Meta { key, value } => {
-                        meta.insert(key.as_str(), value.as_slice()).map_err(db)?;
+        self.writing(|| {
+            let tx = self.handle()?.begin_write().map_err(db)?;
+            {
+                let mut devices = tx.open_table(DEVICES).map_err(db)?;
+                let mut secrets = tx.open_table(SECRETS).map_err(db)?;
+                let mut state = tx.open_table(STATE).map_err(db)?;
+                let mut meta = tx.open_table(META).map_err(db)?;
+                let mut erased = tx.open_table(ERASED).map_err(db)?;
+                for w in writes {
+                    match w {
+                        Write::Meta { key, value } => {
+                            meta.insert(key.as_str(), value.as_slice()).map_err(db)?;
+                        }
+                        Write::Device { info, params } => {
+                            let kid = params.recipient_id;
+                            let json = serde_json::to_vec(info).map_err(db)?;
+                            devices.insert(kid.as_bytes(), json.as_slice()).map_err(db)?;
+                            let sealed = self.kek.seal(kid.as_bytes(), &encode_params(params))?;
+                            secrets.insert(kid.as_bytes(), sealed.as_slice()).map_err(db)?;
+                            state
+                                .insert(kid.as_bytes(), LinkState::default().encode().as_slice())
+                                .map_err(db)?;
+                        }
+                        Write::Remove { kid } => {
+                            devices.remove(kid.as_bytes()).map_err(db)?;
+                            secrets.remove(kid.as_bytes()).map_err(db)?;
+                            state.remove(kid.as_bytes()).map_err(db)?;
+                            erased.insert(kid.as_bytes(), floor).map_err(db)?;
+                        }
+                        Write::Retire { kid } => {
+                            devices.remove(kid.as_bytes()).map_err(db)?;
+                            secrets.remove(kid.as_bytes()).map_err(db)?;
+                            state.remove(kid.as_bytes()).map_err(db)?;
+                        }
+                        Write::Readings { .. }
+                        | Write::State { .. }
+                        | Write::Lease { .. }
+                        | Write::LogMeta { .. } => {}
                     }
-                    Write::Device { info, params } => {
-                        let kid = params.recipient_id;
-                        let json = serde_json::to_vec(info).map_err(db)?;
-                        devices.insert(kid.as_bytes(), json.as_slice()).map_err(db)?;
-                        let sealed = self.kek.seal(kid.as_bytes(), &encode_params(params))?;
-                        secrets.insert(kid.as_bytes(), sealed.as_slice()).map_err(db)?;
-                        state
-                            .insert(kid.as_bytes(), LinkState::default().encode().as_slice())
-                            .map_err(db)?;
-                    }
-                    Write::Remove { kid } => {
-                        devices.remove(kid.as_bytes()).map_err(db)?;
-                        secrets.remove(kid.as_bytes()).map_err(db)?;
-                        state.remove(kid.as_bytes()).map_err(db)?;
-                        erased.insert(kid.as_bytes(), floor).map_err(db)?;
-                    }
-                    Write::Retire { kid } => {
-                        devices.remove(kid.as_bytes()).map_err(db)?;
-                        secrets.remove(kid.as_bytes()).map_err(db)?;
-                        state.remove(kid.as_bytes()).map_err(db)?;
-                    }
-                    Write::Readings { .. }
-                    | Write::State { .. }
-                    | Write::Lease { .. }
-                    | Write::LogMeta { .. } => {}
                 }
             }
-        }
-        tx.commit().map_err(db)
+            tx.commit().map_err(db)
+        })
     }
 
     /// Stores `states` (the link states changed since the last snapshot) and `metas` (the
@@ -369,31 +367,25 @@ impl Catalog {
         seq: u64,
         first_seq: u64,
     ) -> Result<(), StoreError> {
-        let result = self.save_snapshot_now(states, metas, seq, first_seq);
-        self.wrote(result)
-    }
-
-    fn save_snapshot_now(
-        &self,
-        states: &[(Kid, LinkState)],
-        metas: &[(String, Vec<u8>)],
-        seq: u64,
-        first_seq: u64,
-    ) -> Result<(), StoreError> {
-        let tx = self.handle()?.begin_write().map_err(db)?;
-        {
-            let mut table = tx.open_table(STATE).map_err(db)?;
-            for (kid, s) in states {
-                table.insert(kid.as_bytes(), s.encode().as_slice()).map_err(db)?;
+        self.writing(|| {
+            let tx = self.handle()?.begin_write().map_err(db)?;
+            {
+                let mut table = tx.open_table(STATE).map_err(db)?;
+                for (kid, s) in states {
+                    table.insert(kid.as_bytes(), s.encode().as_slice()).map_err(db)?;
+                }
+                let mut meta = tx.open_table(META).map_err(db)?;
+                for (key, value) in metas {
+                    meta.insert(key.as_str(), value.as_slice()).map_err(db)?;
+                }
+                tx.open_table(LOG).map_err(db)?.insert(SNAPSHOT_SEQ, seq).map_err(db)?;
+                tx.open_table(ERASED)
+                    .map_err(db)?
+                    .retain(|_, floor| floor > first_seq)
+                    .map_err(db)?;
             }
-            let mut meta = tx.open_table(META).map_err(db)?;
-            for (key, value) in metas {
-                meta.insert(key.as_str(), value.as_slice()).map_err(db)?;
-            }
-            tx.open_table(LOG).map_err(db)?.insert(SNAPSHOT_SEQ, seq).map_err(db)?;
-            tx.open_table(ERASED).map_err(db)?.retain(|_, floor| floor > first_seq).map_err(db)?;
-        }
-        tx.commit().map_err(db)
+            tx.commit().map_err(db)
+        })
     }
 
     pub(super) fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError> {
