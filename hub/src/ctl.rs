@@ -133,6 +133,10 @@ enum MqttUserCmd {
     Add {
         /// User name (A-Z a-z 0-9 . _ -).
         name: String,
+        /// Let this user make bridge requests over MQTT (`hearth/bridge/request/…`: pairing,
+        /// rename, room, remove, list), as the owner could with `hub ctl`.
+        #[arg(long)]
+        admin: bool,
     },
     /// Remove a user.
     Remove {
@@ -264,8 +268,8 @@ pub async fn run(args: CtlArgs) -> ExitCode {
         CtlCmd::Trust { model, key } => ctl.send(req::Trust { model, key }).await,
         CtlCmd::Upstream => ctl.send(req::Upstream {}).await,
         CtlCmd::Status => ctl.send(req::Status {}).await,
-        CtlCmd::MqttUser { cmd: MqttUserCmd::Add { name } } => {
-            ctl.send(req::MqttUserAdd { name, password: password_from_stdin() }).await
+        CtlCmd::MqttUser { cmd: MqttUserCmd::Add { name, admin } } => {
+            ctl.send(req::MqttUserAdd { name, password: password_from_stdin(), admin }).await
         }
         CtlCmd::MqttUser { cmd: MqttUserCmd::Remove { name } } => {
             ctl.send(req::MqttUserRemove { name }).await

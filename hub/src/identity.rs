@@ -37,7 +37,7 @@ pub enum IdentityError {
 }
 
 /// The hub's certificate and key.
-pub struct Identity {
+pub(crate) struct Identity {
     cert: CertificateDer<'static>,
     key: PrivatePkcs8KeyDer<'static>,
     /// PEM of the certificate (public; clients pin it).
@@ -53,7 +53,7 @@ impl core::fmt::Debug for Identity {
 impl Identity {
     /// Loads the identity from `data_dir`, generating it at first start for `names` (host names
     /// and IP addresses the certificate is valid for).
-    pub fn load_or_create(data_dir: &Path, names: &[String]) -> Result<Self, IdentityError> {
+    pub(crate) fn load_or_create(data_dir: &Path, names: &[String]) -> Result<Self, IdentityError> {
         let kek = Kek::load_or_create(&data_dir.join("kek"))?;
         let (cert_path, key_path) = (data_dir.join(CERT_FILE), data_dir.join(KEY_FILE));
         let io = |p: &Path| {
@@ -91,13 +91,13 @@ impl Identity {
     }
 
     /// SHA-256 of the certificate (DER), as colon-separated hex.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         let digest = Sha256::digest(self.cert.as_ref());
         digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
     }
 
     /// A rustls server configuration (TLS 1.3 and 1.2, ring) for `alpn` protocols.
-    pub fn server_config(
+    pub(crate) fn server_config(
         &self,
         alpn: &[&[u8]],
     ) -> Result<Arc<rustls::ServerConfig>, IdentityError> {

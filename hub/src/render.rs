@@ -59,9 +59,16 @@ impl Render for Vec<crate::mqtt::auth::UserView> {
         }
         let rows: Vec<Vec<String>> = self
             .iter()
-            .map(|u| vec![u.name.clone(), when(u.created, u64::try_from(now_ms).unwrap_or(0))])
+            .map(|u| {
+                let role = if u.admin { "admin (bridge requests)" } else { "client" };
+                vec![
+                    u.name.clone(),
+                    role.into(),
+                    when(u.created, u64::try_from(now_ms).unwrap_or(0)),
+                ]
+            })
             .collect();
-        table(&["USER", "ADDED"], &rows)
+        table(&["USER", "ROLE", "ADDED"], &rows)
     }
 }
 

@@ -341,10 +341,11 @@ impl HubApi {
         &self,
         name: String,
         password: Option<String>,
+        admin: bool,
     ) -> Result<Option<String>, ApiError> {
         let auth = self.mqtt_auth()?;
         let password = password.map(zeroize::Zeroizing::new);
-        auth.add_user(&name, password.as_deref().map(|p| p.as_str()))
+        auth.add_user(&name, password.as_deref().map(|p| p.as_str()), admin)
             .await
             .map_err(|e| ApiError::BadRequest(e.to_string()))
     }

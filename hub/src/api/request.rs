@@ -419,8 +419,11 @@ command! {
         /// Password (none: one is generated and returned once).
         #[serde(default)]
         password: Option<String>,
+        /// May make bridge requests over MQTT (`hearth/bridge/request/…`).
+        #[serde(default)]
+        admin: bool,
     } -> UserAdded, |self, api| {
-        let password = api.mqtt_user_add(self.name.clone(), self.password).await?;
+        let password = api.mqtt_user_add(self.name.clone(), self.password, self.admin).await?;
         Ok(UserAdded { added: self.name, password })
     }
 }

@@ -220,7 +220,7 @@ fn every_answer_reads_back_as_sent() {
         json!({"added": "ha"})
     );
     round_trip(&UserAdded { added: "ha".into(), password: Some("p".into()) });
-    round_trip(&vec![crate::mqtt::auth::UserView { name: "ha".into(), created: 1 }]);
+    round_trip(&vec![crate::mqtt::auth::UserView { name: "ha".into(), created: 1, admin: true }]);
     round_trip(&vec![StoredReading {
         time_ms: 1,
         name: "n".into(),

@@ -21,17 +21,17 @@ use tokio::sync::broadcast;
 use crate::store::{HubStore, Kek, StoreError, Write};
 
 /// Key of the sealed users document in the store's meta table.
-pub const META_KEY: &str = "mqtt_users";
+pub(crate) const META_KEY: &str = "mqtt_users";
 /// Key of the counters as earlier versions saved them (the security monitor reads it once).
-pub const COUNTERS_KEY: &str = "mqtt_counters";
+pub(crate) const COUNTERS_KEY: &str = "mqtt_counters";
 /// Key of the sealed login records (per-user back-offs, remembered clients).
-pub const LOGINS_KEY: &str = "mqtt_logins";
+pub(crate) const LOGINS_KEY: &str = "mqtt_logins";
 /// Associated data binding the sealed document to its purpose.
 const SEAL_ID: &[u8] = b"hearth mqtt users";
 /// Associated data of the sealed login records.
 const LOGINS_SEAL_ID: &[u8] = b"hearth mqtt logins";
 /// Users at most.
-pub const MAX_USERS: usize = 64;
+pub(crate) const MAX_USERS: usize = 64;
 
 /// Why a user could not be added or removed.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,7 @@ impl MqttCounters {
 /// A security event, published on `hearth/hub/security` and logged (rate-limited).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum MqttEvent {
+pub(crate) enum MqttEvent {
     /// A login failed.
     LoginFailed {
         /// The client's address (the front's peer; 127.0.0.1 for the broker's own listener).
@@ -150,6 +150,9 @@ struct UserRecord {
     /// PHC string (argon2id, its parameters and salt).
     hash: String,
     created: u64,
+    /// The owner lets this user make bridge requests (`hearth/bridge/request/…`).
+    #[serde(default)]
+    admin: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -164,6 +167,9 @@ pub struct UserView {
     pub name: String,
     /// Created, Unix seconds.
     pub created: u64,
+    /// May make bridge requests (pairing, rename, room, remove, list) over MQTT.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 #[derive(Debug)]
@@ -174,7 +180,7 @@ struct Inner {
 }
 
 /// Users, throttles and counters (shared by the fronts and the API).
-pub struct Auth {
+pub(crate) struct Auth {
     inner: Mutex<Inner>,
     kek: Kek,
     store: HubStore,
@@ -195,7 +201,7 @@ impl core::fmt::Debug for Auth {
 
 /// The outcome of checking a login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Accepted.
     Accepted,
     /// Wrong user or password (counted).
@@ -225,7 +231,7 @@ impl Auth {
     /// Loads the users sealed in `store` (none at first start: there is no default user) and
     /// the login records of the last run; logins are throttled by `policy` and hashed under
     /// `budget`.
-    pub fn load(
+    pub(crate) fn load(
         store: HubStore,
         kek: Kek,
         policy: Policy,
@@ -273,18 +279,18 @@ impl Auth {
     }
 
     /// Security events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<MqttEvent> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<MqttEvent> {
         self.events.subscribe()
     }
 
     /// The counters.
-    pub fn counters(&self) -> MqttCounters {
+    pub(crate) fn counters(&self) -> MqttCounters {
         self.lock().counters
     }
 
     /// Writes the login records if they changed (blocking; writes stay in order; remembered
     /// clients are written lazily, here).
-    pub fn save_logins(&self) -> Result<(), StoreError> {
+    pub(crate) fn save_logins(&self) -> Result<(), StoreError> {
         let mut saved = self.logins_saved.lock().unwrap_or_else(|e| e.into_inner());
         let (versions, doc) = {
             let inner = self.lock();
@@ -320,23 +326,25 @@ impl Auth {
     }
 
     /// The users, by name.
-    pub fn users(&self) -> Vec<UserView> {
+    pub(crate) fn users(&self) -> Vec<UserView> {
         let mut v: Vec<UserView> = self
             .lock()
             .users
             .iter()
-            .map(|u| UserView { name: u.name.clone(), created: u.created })
+            .map(|u| UserView { name: u.name.clone(), created: u.created, admin: u.admin })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     /// Adds a user with `password` (checked against the hub's password policy), or a generated
-    /// one (returned: shown once, never stored). The hash waits for the hashing budget.
-    pub async fn add_user(
+    /// one (returned: shown once, never stored); an `admin` may make bridge requests. The hash
+    /// waits for the hashing budget.
+    pub(crate) async fn add_user(
         self: &Arc<Self>,
         name: &str,
         password: Option<&str>,
+        admin: bool,
     ) -> Result<Option<String>, UserError> {
         valid_name(name)?;
         let generated = match password {
@@ -366,28 +374,28 @@ impl Auth {
             .await?
             .map_err(|_| UserError::Hash)?;
         let (this, name) = (self.clone(), name.to_owned());
-        tokio::task::spawn_blocking(move || this.insert_user(name, hash))
+        tokio::task::spawn_blocking(move || this.insert_user(name, hash, admin))
             .await
             .map_err(|_| UserError::Busy(Refused::Interrupted))??;
         Ok(generated)
     }
 
-    fn insert_user(&self, name: String, hash: String) -> Result<(), UserError> {
+    fn insert_user(&self, name: String, hash: String, admin: bool) -> Result<(), UserError> {
         let created = crate::clock::unix_now().0;
         let mut users = self.lock().users.clone();
         if users.iter().any(|u| u.name == name) {
             return Err(UserError::Exists(name));
         }
-        users.push(UserRecord { name: name.clone(), hash, created });
+        users.push(UserRecord { name: name.clone(), hash, created, admin });
         self.persist(&users)?;
         self.set_users(users);
-        tracing::info!(user = name, "MQTT user added");
+        tracing::info!(user = name, admin, "MQTT user added");
         Ok(())
     }
 
     /// Removes a user (existing sessions of that user are not cut; new logins fail). Its
     /// records and remembered clients go too. Blocking (an fsync).
-    pub fn remove_user(&self, name: &str) -> Result<(), UserError> {
+    pub(crate) fn remove_user(&self, name: &str) -> Result<(), UserError> {
         let mut users = self.lock().users.clone();
         let before = users.len();
         users.retain(|u| u.name != name);
@@ -399,6 +407,11 @@ impl Auth {
         self.save_logins()?;
         tracing::info!(user = name, "MQTT user removed");
         Ok(())
+    }
+
+    /// Whether `name` is a user the owner marked admin (may make bridge requests).
+    pub(crate) fn is_admin(&self, name: &str) -> bool {
+        self.lock().users.iter().any(|u| u.name == name && u.admin)
     }
 
     fn set_users(&self, users: Vec<UserRecord>) {
@@ -418,7 +431,7 @@ impl Auth {
     /// Checks a login of `client_id` from `address`: the throttle takes a failure slot first
     /// (refused unchecked while backing off, unless this client logged in before), then
     /// argon2id under the hashing budget; records the outcome.
-    pub async fn login(
+    pub(crate) async fn login(
         self: &Arc<Self>,
         address: IpAddr,
         user: Option<&str>,
@@ -503,7 +516,7 @@ impl Auth {
     }
 
     /// A client sent malformed MQTT (counted; its address's failures grow as for a bad login).
-    pub fn malformed(&self, address: IpAddr, what: &str) {
+    pub(crate) fn malformed(&self, address: IpAddr, what: &str) {
         let now = now_ms();
         let mut inner = self.lock();
         inner.counters.malformed += 1;
@@ -513,7 +526,7 @@ impl Auth {
     }
 
     /// A publication to one of the hub's own topics was dropped.
-    pub fn denied_publish(&self, user: &str, topic: &str) {
+    pub(crate) fn denied_publish(&self, user: &str, topic: &str) {
         self.lock().counters.denied_publish += 1;
         self.event(MqttEvent::DeniedPublish {
             user: truncate(user, 64),
@@ -523,7 +536,7 @@ impl Auth {
 
     /// A CONNECT was refused for its Will's topic (counted with the refused publications: a
     /// Will is a publication made on the client's behalf).
-    pub fn denied_will(&self, user: &str, topic: &str) {
+    pub(crate) fn denied_will(&self, user: &str, topic: &str) {
         self.lock().counters.denied_publish += 1;
         self.event(MqttEvent::DeniedWill { user: truncate(user, 64), topic: truncate(topic, 128) });
     }
@@ -606,9 +619,6 @@ fn valid_name(name: &str) -> Result<(), UserError> {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok { Ok(()) } else { Err(UserError::BadName) }
 }
-
-/// Shared handle.
-pub type SharedAuth = Arc<Auth>;
 
 #[cfg(test)]
 mod tests {

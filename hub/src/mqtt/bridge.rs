@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Auth, MqttEvent};
-use super::{discovery, topics};
+use super::{bridge_api, discovery, topics};
 use crate::api::HubApi;
 use crate::device_id::DeviceId;
 use crate::devices::{Availability, DeviceSnapshot, Notice};
@@ -56,6 +56,9 @@ struct Bridge {
     dropped: u64,
     /// Installed versions seen in the update overview.
     installed: HashMap<DeviceId, u32>,
+    /// Each updatable device's installed firmware as the update manager knows it (the
+    /// directory keeps the version it paired with): its discovery configs' `sw_version`.
+    firmware: HashMap<DeviceId, u32>,
     last_counters: Option<Value>,
     /// Discovery is republished at most once per this interval.
     republish_interval: Duration,
@@ -67,6 +70,8 @@ struct Bridge {
     last_hub_state: Option<Value>,
     /// When the hub started (RFC 3339).
     started: String,
+    /// The budget of bridge requests.
+    requests: bridge_api::Budget,
 }
 
 /// A digest of what a device's discovery configs are made from (name, room, model, firmware,
@@ -94,6 +99,7 @@ pub(crate) fn start(
     let filters = [
         "hearth/+/set".to_owned(),
         "hearth/+/update/install".to_owned(),
+        format!("{}#", bridge_api::REQUEST_PREFIX),
         format!("{prefix}/status"),
     ];
     std::thread::Builder::new().name("mqtt-bridge-out".into()).spawn(move || {
@@ -122,12 +128,14 @@ pub(crate) fn start(
         next_command: 0,
         dropped: 0,
         installed: HashMap::new(),
+        firmware: HashMap::new(),
         last_counters: None,
         republish_interval,
         republished: None,
         republish_due: None,
         last_hub_state: None,
         started: topics::rfc3339_ms(crate::clock::unix_now_ms()),
+        requests: bridge_api::Budget::new(tokio::time::Instant::now()),
     };
     Ok(bridge.run(rx, shutdown))
 }
@@ -225,8 +233,19 @@ impl Bridge {
         }
     }
 
+    /// `d` with the firmware the update manager says is installed (the directory keeps the
+    /// version it paired with).
+    fn installed_now(&self, d: &DeviceSnapshot) -> DeviceSnapshot {
+        let mut d = d.clone();
+        if let Some(v) = self.firmware.get(&d.info.id) {
+            d.info.firmware_version = *v;
+        }
+        d
+    }
+
     /// Availability, discovery and current state of one device, as the directory allows.
     fn sync(&mut self, d: &DeviceSnapshot) {
+        let d = &self.installed_now(d);
         let id = d.info.id;
         self.publish(topics::availability(&id), d.availability.as_str().as_bytes().to_vec(), true);
         if d.availability == Availability::Isolated {
@@ -289,8 +308,9 @@ impl Bridge {
                     return;
                 }
                 let Some(d) = self.api.directory.get(&device) else { return };
+                let key = config_key(&self.installed_now(&d));
                 let entry = self.devices.entry(device).or_default();
-                if entry.config_key != Some(config_key(&d)) {
+                if entry.config_key != Some(key) {
                     // Its config set changed (or was never published): configs and state.
                     self.sync(&d);
                 } else {
@@ -324,11 +344,17 @@ impl Bridge {
                     self.sync(&d);
                 }
             }
-            Notice::Removed { device } => self.withdraw(&device, true),
+            Notice::Removed { device } => {
+                self.firmware.remove(&device);
+                self.withdraw(&device, true);
+            }
         }
     }
 
     async fn incoming(&mut self, topic: &str, payload: &[u8]) {
+        if let Some(request) = bridge_api::request(topic) {
+            return self.bridge_request(request.to_owned(), payload);
+        }
         if topic == format!("{}/status", self.prefix) {
             if payload == b"online" {
                 self.birth(tokio::time::Instant::now());
@@ -355,6 +381,26 @@ impl Bridge {
             Err(e) => json!({"status": "refused", "reason": e.to_string()}),
         };
         self.publish_json(topics::set_result(&device), &v, false);
+    }
+
+    /// An admin's bridge request (only admins may publish them: the fronts check), within the
+    /// budget: answered by its own task, as a request may wait (a PIN attempt).
+    fn bridge_request(&mut self, request: String, payload: &[u8]) {
+        let topic = bridge_api::response(&request);
+        if let Err(wait) = self.requests.take(tokio::time::Instant::now()) {
+            tracing::debug!(request, "MQTT bridge request over the budget");
+            self.publish_json(topic, &bridge_api::over_budget(payload, wait), false);
+            return;
+        }
+        tracing::info!(request, "MQTT bridge request");
+        let (api, out, payload) = (self.api.clone(), self.out.clone(), payload.to_vec());
+        tokio::spawn(async move {
+            let v = bridge_api::answer(&api, &request, &payload).await;
+            let answer = Out { topic, payload: v.to_string().into_bytes(), retain: false };
+            if out.try_send(answer).is_err() {
+                tracing::warn!(request, "MQTT bridge response dropped (broker link behind)");
+            }
+        });
     }
 
     /// Home Assistant (re)started and wants every config again: republished now, or — within
@@ -505,7 +551,7 @@ impl Bridge {
         {
             let id = d.info.id;
             let in_view = view.devices.iter().find(|v| v.id == id);
-            let state = match in_view {
+            let (installed, state) = match in_view {
                 Some(v) => {
                     self.installed.insert(id, v.installed);
                     let progress = v.delivering.map(|(_, done, total)| (done, total));
@@ -520,25 +566,33 @@ impl Bridge {
                         (None, Some(w)) => Some(format!("Not installed yet: {w}")),
                         (None, None) => None,
                     };
-                    discovery::update_state(v.installed, v.available, progress, summary)
+                    (
+                        v.installed,
+                        discovery::update_state(v.installed, v.available, progress, summary),
+                    )
                 }
                 None => {
-                    let installed = match self.installed.remove(&id) {
-                        // It just left the overview (installed, refused...): ask once.
-                        Some(_) => match self.api.device(id).await {
-                            Ok(v) => v.device.info.firmware_version,
+                    // Asked once after start, and once when it leaves the overview (installed,
+                    // refused...); known otherwise.
+                    let known = match self.installed.remove(&id) {
+                        Some(_) => None,
+                        None => self.firmware.get(&id).copied(),
+                    };
+                    let installed = match known {
+                        Some(v) => v,
+                        None => match self.api.update_history(id).await {
+                            Ok(u) => u.map_or(d.info.firmware_version, |u| u.installed),
                             Err(_) => continue,
                         },
-                        None => self
-                            .devices
-                            .get(&id)
-                            .and_then(|p| p.update.as_ref())
-                            .and_then(|u| u["installed_version"].as_str()?.parse().ok())
-                            .unwrap_or(d.info.firmware_version),
                     };
-                    discovery::update_state(installed, None, None, None)
+                    (installed, discovery::update_state(installed, None, None, None))
                 }
             };
+            let before = self.firmware.insert(id, installed).unwrap_or(d.info.firmware_version);
+            if before != installed {
+                // The device block's `sw_version` follows an installed update.
+                self.sync(d);
+            }
             let entry = self.devices.entry(id).or_default();
             if entry.update.as_ref() != Some(&state) {
                 entry.update = Some(state.clone());

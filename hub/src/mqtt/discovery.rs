@@ -12,11 +12,11 @@ use super::topics;
 use crate::devices::DeviceSnapshot;
 
 /// Manufacturer named in device blocks.
-pub const MANUFACTURER: &str = "Hearth";
+pub(crate) const MANUFACTURER: &str = "Hearth";
 
 /// One entity's config.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EntityConfig {
+pub(crate) struct EntityConfig {
     /// The config topic.
     pub topic: String,
     /// The config (JSON).
@@ -25,7 +25,7 @@ pub struct EntityConfig {
 
 /// Home Assistant's component for an entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Component {
+pub(crate) enum Component {
     /// A measurement.
     Sensor,
     /// On/off (door contact, button).
@@ -40,7 +40,7 @@ pub enum Component {
 
 impl Component {
     /// As in the topic.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Sensor => "sensor",
             Self::BinarySensor => "binary_sensor",
@@ -52,7 +52,12 @@ impl Component {
 }
 
 /// The config topic of one entity.
-pub fn config_topic(prefix: &str, component: Component, device: &str, object: &str) -> String {
+pub(crate) fn config_topic(
+    prefix: &str,
+    component: Component,
+    device: &str,
+    object: &str,
+) -> String {
     format!("{prefix}/{}/hearth_{device}/{object}/config", component.as_str())
 }
 
@@ -61,7 +66,7 @@ pub fn config_topic(prefix: &str, component: Component, device: &str, object: &s
 /// `protocol::vocabulary` (numbers are sensors, states binary sensors, events events, a
 /// settable quantity its command's entity), and the firmware `update` entity if it can be
 /// updated — never depending on which readings have arrived.
-pub fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
+pub(crate) fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig> {
     if device.availability == crate::devices::Availability::Isolated {
         return Vec::new();
     }
@@ -200,7 +205,7 @@ fn device_block(device: &DeviceSnapshot) -> Value {
 
 /// The `update` entity's state: installed and latest version, progress while delivering, and
 /// what the release fixes and why it is not being installed (if so) as its summary.
-pub fn update_state(
+pub(crate) fn update_state(
     installed: u32,
     latest: Option<u32>,
     progress: Option<(u32, u32)>,
@@ -226,7 +231,7 @@ pub fn update_state(
 
 /// Keys Home Assistant's MQTT discovery documentation requires (or that Hearth's entities
 /// need to work) per component; checked by tests against every config Hearth publishes.
-pub fn required_keys(component: &str) -> &'static [&'static str] {
+pub(crate) fn required_keys(component: &str) -> &'static [&'static str] {
     match component {
         "sensor" | "binary_sensor" => &["state_topic"],
         "climate" => &["temperature_command_topic", "modes"],

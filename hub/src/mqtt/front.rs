@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use admission::slots::{Slot, Slots};
 use bytes::BytesMut;
-use rumqttd::protocol::{Connect, LastWill, Login, Packet, Protocol, Unsubscribe, v4::V4};
+use rumqttd::protocol::{Connect, LastWill, Login, Packet, Protocol, v4::V4};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Auth, Verdict};
+use super::retained::{self, Client, Resubscribe};
 
 /// CONNACK return codes (MQTT 3.1.1 §3.2.2.3).
 const UNACCEPTABLE_PROTOCOL: u8 = 0x01;
@@ -95,6 +96,14 @@ impl Tickets {
         let Some((id, u, at)) = open.remove(ticket) else { return false };
         id == client_id && u == user && now.duration_since(at) < self.ttl
     }
+}
+
+/// What the front itself hands a client's outbound stream.
+enum ToClient {
+    /// Retained messages fetched for a repeated SUBSCRIBE (fetch number; none: it failed).
+    Fetched(u64, Option<Vec<retained::Message>>),
+    /// Acknowledgements of the front's own PUBLISHes.
+    Bytes(Vec<u8>),
 }
 
 /// Why a client's byte stream was refused.
@@ -284,8 +293,8 @@ impl Front {
     }
 
     /// Forwards both ways until either side closes: client packets one frame at a time (each
-    /// PUBLISH checked, each SUBSCRIBE given its retained messages again: [`Resubscribe`]),
-    /// broker packets whole frames at a time (acknowledged at once).
+    /// PUBLISH checked, each repeated SUBSCRIBE given its retained messages again:
+    /// [`retained`]), broker packets whole frames at a time (acknowledged at once).
     async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         client: S,
@@ -297,6 +306,8 @@ impl Front {
         let (mut client_rx, mut client_tx) = tokio::io::split(client);
         let (mut up_rx, mut up_tx) = upstream.into_split();
         let resubscribe = Mutex::new(Resubscribe::default());
+        // What the front itself sends the client: fetched retained messages, acknowledgements.
+        let (to_client, mut from_front) = tokio::sync::mpsc::channel::<ToClient>(16);
         let inbound = async {
             let mut out = BytesMut::with_capacity(4096);
             loop {
@@ -308,9 +319,32 @@ impl Front {
                             if let Err(why) = self.allowed(&frame, user) {
                                 return Some(why);
                             }
-                            let before = lock(&resubscribe).client_packet(&frame, self.max_packet);
-                            out.extend_from_slice(&before);
-                            out.extend_from_slice(&frame);
+                            let verdict = lock(&resubscribe).client_packet(&frame, self.max_packet);
+                            match verdict {
+                                Client::Forward => out.extend_from_slice(&frame),
+                                Client::ForwardAndFetch(fetch, filters) => {
+                                    out.extend_from_slice(&frame);
+                                    let tx = to_client.clone();
+                                    let (upstream, max) = (self.upstream, self.max_packet);
+                                    let login = self.internal_login(user);
+                                    tokio::spawn(async move {
+                                        let got = match login {
+                                            Some(login) => {
+                                                retained::fetch(upstream, login, filters, max).await
+                                            }
+                                            None => None,
+                                        };
+                                        let _ = tx.send(ToClient::Fetched(fetch, got)).await;
+                                    });
+                                }
+                                Client::Answer(bytes) => {
+                                    if !bytes.is_empty()
+                                        && to_client.send(ToClient::Bytes(bytes)).await.is_err()
+                                    {
+                                        return None;
+                                    }
+                                }
+                            }
                             if frame.first() == Some(&0xE0) {
                                 // DISCONNECT: nothing after it counts.
                                 let _ = up_tx.write_all(&out).await;
@@ -339,18 +373,22 @@ impl Front {
             // The broker's packets carry what clients published, within the same limit.
             let max = self.max_packet.saturating_add(64 * 1024);
             loop {
-                match up_rx.read_buf(&mut b).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                tokio::select! {
+                    r = up_rx.read_buf(&mut b) => match r {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => quickack(up_rx.as_ref()),
+                    },
+                    Some(m) = from_front.recv() => match m {
+                        ToClient::Bytes(bytes) => out.extend_from_slice(&bytes),
+                        ToClient::Fetched(fetch, got) => lock(&resubscribe).fetched(fetch, got),
+                    },
                 }
-                quickack(up_rx.as_ref());
                 loop {
                     match rumqttd::protocol::v4::check(b.iter(), max) {
                         Ok(h) => {
                             let frame = b.split_to(h.frame_length());
-                            if lock(&resubscribe).broker_packet(&frame) {
-                                out.extend_from_slice(&frame);
-                            }
+                            lock(&resubscribe).broker_packet(&frame, max);
+                            out.extend_from_slice(&frame);
                         }
                         Err(rumqttd::protocol::Error::InsufficientBytes(_)) => break,
                         Err(e) => {
@@ -359,6 +397,8 @@ impl Front {
                         }
                     }
                 }
+                // Retained messages owed to repeated SUBSCRIBEs go after their SUBACK.
+                out.extend_from_slice(&lock(&resubscribe).ready());
                 if !out.is_empty() {
                     if client_tx.write_all(&out).await.is_err() || client_tx.flush().await.is_err()
                     {
@@ -384,6 +424,20 @@ impl Front {
         }
     }
 
+    /// A login for one of the front's own connections to the broker on behalf of `user` (to
+    /// fetch retained messages): a reserved client id, `user`, a one-time ticket.
+    fn internal_login(&self, user: &str) -> Option<(String, String, String)> {
+        let mut random = [0u8; 8];
+        crate::rng::fill(&mut random).ok()?;
+        let id = format!(
+            "{}-retained-{}",
+            super::RESERVED_CLIENT_PREFIX,
+            protocol::hex::encode(&random)
+        );
+        let ticket = self.tickets.issue(&id, user)?;
+        Some((id, user.to_owned(), ticket))
+    }
+
     /// Checks one client packet: a PUBLISH must parse and go to a topic clients may write.
     fn allowed(&self, frame: &[u8], user: &str) -> Result<(), Refusal> {
         if frame.first().map(|b| b >> 4) != Some(3) {
@@ -400,6 +454,10 @@ impl Front {
         if super::topics::client_may_publish(topic, &self.discovery_prefix) {
             return Ok(());
         }
+        // Bridge requests are the owner's commands: only for users the owner made admins.
+        if super::bridge_api::request(topic).is_some() && self.auth.is_admin(user) {
+            return Ok(());
+        }
         self.auth.denied_publish(user, topic);
         Err(Refusal::Closed)
     }
@@ -407,86 +465,6 @@ impl Front {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Retained messages again on a repeated SUBSCRIBE (MQTT 3.1.1 [MQTT-3.8.4-3]), which rumqttd
-/// 0.20 does not do itself (it keeps the existing subscription and sends nothing): the front
-/// tracks each connection's filters and, before forwarding a SUBSCRIBE that repeats some,
-/// sends the broker an UNSUBSCRIBE of those with the same packet id, so the broker treats the
-/// SUBSCRIBE as new and sends their retained messages. Both go in one write, which the broker
-/// handles together; the UNSUBACKs it answers with are not the client's and are dropped (the
-/// client cannot be waiting for an UNSUBACK with that id: its SUBSCRIBE uses it until the
-/// SUBACK, which ends the dropping).
-#[derive(Debug, Default)]
-struct Resubscribe {
-    /// The connection's filters (as subscribed; shared subscriptions get no retained messages).
-    filters: std::collections::HashSet<String>,
-    /// Packet ids of SUBSCRIBEs preceded by an UNSUBSCRIBE, until their SUBACK.
-    pending: Vec<u16>,
-}
-
-impl Resubscribe {
-    /// A client packet about to be forwarded: what to send the broker before it.
-    fn client_packet(&mut self, frame: &[u8], max: usize) -> BytesMut {
-        let mut before = BytesMut::new();
-        match frame.first().map(|b| b >> 4) {
-            Some(8) => {
-                let Ok(Packet::Subscribe(sub, _)) = V4.read_mut(&mut BytesMut::from(frame), max)
-                else {
-                    return before; // the broker refuses it
-                };
-                let again: Vec<String> = sub
-                    .filters
-                    .iter()
-                    .map(|f| f.path.clone())
-                    .filter(|p| self.filters.contains(p) && !p.starts_with("$share/"))
-                    .collect();
-                self.filters.extend(sub.filters.into_iter().map(|f| f.path));
-                if !again.is_empty() {
-                    let unsubscribe = Unsubscribe { pkid: sub.pkid, filters: again };
-                    if V4.write(Packet::Unsubscribe(unsubscribe, None), &mut before).is_ok() {
-                        self.pending.push(sub.pkid);
-                    } else {
-                        before.clear();
-                    }
-                }
-            }
-            Some(10) => {
-                if let Ok(Packet::Unsubscribe(unsub, _)) =
-                    V4.read_mut(&mut BytesMut::from(frame), max)
-                {
-                    for f in &unsub.filters {
-                        self.filters.remove(f);
-                    }
-                }
-            }
-            _ => {}
-        }
-        before
-    }
-
-    /// A broker packet: whether it goes to the client (not an UNSUBACK the front caused).
-    fn broker_packet(&mut self, frame: &[u8]) -> bool {
-        if self.pending.is_empty() {
-            return true;
-        }
-        let kind = frame.first().map_or(0, |b| b >> 4);
-        if kind != 9 && kind != 11 {
-            return true;
-        }
-        // The packet id follows the fixed header (its remaining length takes 1 to 4 bytes).
-        let header = 2 + frame.iter().skip(1).take(3).take_while(|b| **b & 0x80 != 0).count();
-        let Some(&[hi, lo]) = frame.get(header..header + 2) else { return true };
-        let pkid = u16::from_be_bytes([hi, lo]);
-        let Some(at) = self.pending.iter().position(|p| *p == pkid) else { return true };
-        match kind {
-            11 => false,
-            _ => {
-                self.pending.swap_remove(at);
-                true
-            }
-        }
-    }
 }
 
 /// Client ids the front refuses (CONNACK 2, MQTT 3.1.1 §3.1.3.1): the hub's own, overlong
@@ -608,58 +586,6 @@ mod tests {
         }
         let reserved = format!("{}abc", super::super::RESERVED_CLIENT_PREFIX);
         assert!(check_client_id(&connect(&reserved, true)).is_err());
-    }
-
-    #[test]
-    fn a_repeated_subscribe_is_preceded_by_an_unsubscribe_whose_acks_the_client_never_sees() {
-        use rumqttd::protocol::{
-            Filter, QoS, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
-        };
-        let write = |p: Packet| {
-            let mut b = BytesMut::new();
-            V4.write(p, &mut b).expect("write");
-            b
-        };
-        let filter = |path: &str| Filter {
-            path: path.into(),
-            qos: QoS::AtMostOnce,
-            nolocal: false,
-            preserve_retain: false,
-            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
-        };
-        let subscribe = |pkid, paths: &[&str]| {
-            write(Packet::Subscribe(
-                Subscribe { pkid, filters: paths.iter().map(|p| filter(p)).collect() },
-                None,
-            ))
-        };
-        let suback = |pkid| {
-            write(Packet::SubAck(
-                SubAck { pkid, return_codes: vec![SubscribeReasonCode::QoS0] },
-                None,
-            ))
-        };
-        let unsuback = |pkid| write(Packet::UnsubAck(UnsubAck { pkid, reasons: vec![] }, None));
-        let mut r = Resubscribe::default();
-        assert!(r.client_packet(&subscribe(1, &["a/#", "b"]), 1024).is_empty(), "new");
-        assert!(r.broker_packet(&suback(1)));
-        let before = r.client_packet(&subscribe(2, &["b", "c"]), 1024);
-        let parsed = V4.read_mut(&mut before.clone(), 1024).expect("unsubscribe");
-        assert_eq!(
-            parsed,
-            Packet::Unsubscribe(Unsubscribe { pkid: 2, filters: vec!["b".into()] }, None)
-        );
-        assert!(!r.broker_packet(&unsuback(2)), "the front's UNSUBACK is dropped");
-        assert!(r.broker_packet(&unsuback(7)), "another id goes through");
-        assert!(r.broker_packet(&suback(2)));
-        assert!(r.broker_packet(&unsuback(2)), "after the SUBACK, the client's own");
-        // After the client unsubscribes, subscribing again is new.
-        r.client_packet(
-            &write(Packet::Unsubscribe(Unsubscribe { pkid: 3, filters: vec!["b".into()] }, None)),
-            1024,
-        );
-        assert!(r.client_packet(&subscribe(4, &["b"]), 1024).is_empty());
-        assert!(!r.client_packet(&subscribe(5, &["a/#"]), 1024).is_empty());
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! 5.1-1, 5.1-5, 5.5-4), Hearth's topics (`topics`), Home Assistant discovery (`discovery`) and
 //! the hub's own link that publishes and relays commands (`bridge`).
 
-pub mod auth;
+pub(crate) mod auth;
 mod bridge;
+mod bridge_api;
 mod broker;
-pub mod discovery;
+pub(crate) mod discovery;
 mod front;
 mod hub_entity;
-pub mod topics;
+mod retained;
+pub(crate) mod topics;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,7 +28,7 @@ use auth::Auth;
 
 /// Client ids starting with this belong to the hub's own link; network clients may not use
 /// them (a client with the same id would take the hub's session over).
-pub const RESERVED_CLIENT_PREFIX: &str = "hearth-hub";
+pub(crate) const RESERVED_CLIENT_PREFIX: &str = "hearth-hub";
 
 /// Why MQTT could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,20 +59,18 @@ pub enum MqttError {
 
 /// A running MQTT service.
 #[derive(Debug)]
-pub struct Running {
+pub(crate) struct Running {
     /// Plain listener (loopback).
     pub plain: SocketAddr,
     /// TLS listener, if any.
     pub tls: Option<SocketAddr>,
-    /// The certificate clients pin (PEM) and its SHA-256 fingerprint.
-    pub fingerprint: String,
     /// The tasks.
     pub tasks: Vec<JoinHandle<()>>,
 }
 
 /// Loads the MQTT users (sealed in the store; there are none at first start) and their login
 /// records; logins are throttled by the hub's login `policy` and hashed under its `budget`.
-pub fn load_auth(
+pub(crate) fn load_auth(
     policy: admission::Policy,
     budget: admission::HashBudget,
     store: crate::store::HubStore,
@@ -82,7 +82,7 @@ pub fn load_auth(
 }
 
 /// Starts the broker, both fronts (each with its own slots in `listeners`) and the bridge.
-pub async fn start(
+pub(crate) async fn start(
     cfg: &MqttConfig,
     auth: Arc<Auth>,
     identity: &crate::identity::Identity,
@@ -148,5 +148,5 @@ pub async fn start(
             .map_err(|e| MqttError::Broker(e.to_string()))?;
     tasks.push(tokio::spawn(bridge));
     tracing::info!(plain = %plain_addr, tls = ?tls_addr, fingerprint = %identity.fingerprint(), "MQTT serving");
-    Ok(Running { plain: plain_addr, tls: tls_addr, fingerprint: identity.fingerprint(), tasks })
+    Ok(Running { plain: plain_addr, tls: tls_addr, tasks })
 }

@@ -12,43 +12,43 @@ use crate::device_id::DeviceId;
 use crate::devices::{DeviceSnapshot, LiveReading};
 
 /// Root of every Hearth topic.
-pub const ROOT: &str = "hearth";
+pub(crate) const ROOT: &str = "hearth";
 /// Hub status (retained `online`/`offline`).
-pub const HUB_STATUS: &str = "hearth/hub/status";
+pub(crate) const HUB_STATUS: &str = "hearth/hub/status";
 /// Security events (JSON, not retained).
-pub const HUB_SECURITY: &str = "hearth/hub/security";
+pub(crate) const HUB_SECURITY: &str = "hearth/hub/security";
 /// The hub's own state (devices online, offline, isolated; security events and anomalies;
 /// upstream backlog), retained.
-pub const HUB_OVERVIEW: &str = "hearth/hub/overview";
+pub(crate) const HUB_OVERVIEW: &str = "hearth/hub/overview";
 /// Longest `…/set` payload.
 const MAX_SET_PAYLOAD: usize = 128;
 
 /// `hearth/<device>/state`.
-pub fn state(d: &DeviceId) -> String {
+pub(crate) fn state(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/state")
 }
 
 /// `hearth/<device>/availability`.
-pub fn availability(d: &DeviceId) -> String {
+pub(crate) fn availability(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/availability")
 }
 
 /// `hearth/<device>/history`: readings that do not drive the current state (replayed from an
 /// outage buffer, or older than it), with their original time; never retained.
-pub fn history(d: &DeviceId) -> String {
+pub(crate) fn history(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/history")
 }
 
 /// `hearth/<device>/event`: one message per event (a button's `{"event_type": "press", ...}`),
 /// never retained.
-pub fn event(d: &DeviceId) -> String {
+pub(crate) fn event(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/event")
 }
 
 /// The events in `readings` (live ones only: a press replayed from an outage buffer is
 /// history, not something to react to now): each `true` of an event quantity (a button's
 /// press), its SenML short name as the event type.
-pub fn events(readings: &[LiveReading]) -> Vec<Value> {
+pub(crate) fn events(readings: &[LiveReading]) -> Vec<Value> {
     readings
         .iter()
         .filter(|r| !r.backfill && r.reading.value == Value::Bool(true))
@@ -66,33 +66,33 @@ pub fn events(readings: &[LiveReading]) -> Vec<Value> {
 }
 
 /// `hearth/<device>/set`.
-pub fn set(d: &DeviceId) -> String {
+pub(crate) fn set(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/set")
 }
 
 /// `hearth/<device>/set/result`: what became of a command.
-pub fn set_result(d: &DeviceId) -> String {
+pub(crate) fn set_result(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/set/result")
 }
 
 /// `hearth/<device>/update`: firmware state for the Home Assistant `update` entity.
-pub fn update(d: &DeviceId) -> String {
+pub(crate) fn update(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/update")
 }
 
 /// `hearth/<device>/update/install`: Home Assistant's `update` entity installs (= the owner
 /// approves) the release it shows.
-pub fn update_install(d: &DeviceId) -> String {
+pub(crate) fn update_install(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/update/install")
 }
 
 /// `hearth/<device>/update/result`: what became of an install request.
-pub fn update_result(d: &DeviceId) -> String {
+pub(crate) fn update_result(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/update/result")
 }
 
 /// The device a `hearth/<device>/update/install` topic names.
-pub fn parse_update_install(topic: &str) -> Option<DeviceId> {
+pub(crate) fn parse_update_install(topic: &str) -> Option<DeviceId> {
     let rest = topic.strip_prefix("hearth/")?.strip_suffix("/update/install")?;
     if rest.contains('/') {
         return None;
@@ -101,7 +101,7 @@ pub fn parse_update_install(topic: &str) -> Option<DeviceId> {
 }
 
 /// The device a `hearth/<device>/set` topic names.
-pub fn parse_set(topic: &str) -> Option<DeviceId> {
+pub(crate) fn parse_set(topic: &str) -> Option<DeviceId> {
     let rest = topic.strip_prefix("hearth/")?.strip_suffix("/set")?;
     if rest.contains('/') {
         return None;
@@ -111,7 +111,7 @@ pub fn parse_set(topic: &str) -> Option<DeviceId> {
 
 /// Why a command was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum SetError {
+pub(crate) enum SetError {
     /// Not a number, or not `{"<command>": number}` naming a command the hub knows.
     #[error("payload must be a number or {{\"<command>\": number}}, e.g. {{\"setpoint\": 21}}")]
     Malformed,
@@ -126,7 +126,10 @@ pub enum SetError {
 /// A parsed `…/set` payload for a device that takes `commands`: a plain number (as Home
 /// Assistant's climate entity sends) for its first command, or `{"<command>": n}`; checked
 /// against the command's range (`protocol::vocabulary`) and rounded to hundredths.
-pub fn parse_set_payload(payload: &[u8], commands: &[Command]) -> Result<(Command, f64), SetError> {
+pub(crate) fn parse_set_payload(
+    payload: &[u8],
+    commands: &[Command],
+) -> Result<(Command, f64), SetError> {
     if payload.len() > MAX_SET_PAYLOAD {
         return Err(SetError::Malformed);
     }
@@ -154,7 +157,7 @@ pub fn parse_set_payload(payload: &[u8], commands: &[Command]) -> Result<(Comman
 /// see. Commands (`hearth/<device>/set`, `…/update/install`) and Home Assistant's birth
 /// message are allowed, as is
 /// anything outside `hearth/` and the discovery prefix.
-pub fn client_may_publish(topic: &str, discovery_prefix: &str) -> bool {
+pub(crate) fn client_may_publish(topic: &str, discovery_prefix: &str) -> bool {
     if topic.is_empty() || topic.contains(['+', '#']) {
         return false;
     }
@@ -170,7 +173,7 @@ pub fn client_may_publish(topic: &str, discovery_prefix: &str) -> bool {
 
 /// One state message: the values measured at one time.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StateMessage {
+pub(crate) struct StateMessage {
     /// When measured, Unix ms.
     pub time_ms: i64,
     /// Replayed from the sensor's outage buffer.
@@ -180,7 +183,10 @@ pub struct StateMessage {
 }
 
 /// State messages for `readings` of `device` (one per distinct time, in time order).
-pub fn state_messages(device: &DeviceSnapshot, readings: &[LiveReading]) -> Vec<StateMessage> {
+pub(crate) fn state_messages(
+    device: &DeviceSnapshot,
+    readings: &[LiveReading],
+) -> Vec<StateMessage> {
     let mut by_time: BTreeMap<i64, (bool, BTreeMap<String, Value>)> = BTreeMap::new();
     for r in readings {
         let e = by_time.entry(r.reading.time_ms).or_insert((false, BTreeMap::new()));
@@ -197,26 +203,8 @@ pub fn state_messages(device: &DeviceSnapshot, readings: &[LiveReading]) -> Vec<
         .collect()
 }
 
-/// Which of `messages` (in order) to retain, given the time of the state retained so far: only
-/// one at least as new as it (backfill older than the retained state is published with its
-/// original time but does not replace it). Returns the flags and the new retained time.
-pub fn retain_flags(retained: Option<i64>, messages: &[StateMessage]) -> (Vec<bool>, Option<i64>) {
-    let mut newest = retained;
-    let flags = messages
-        .iter()
-        .map(|m| {
-            let retain = newest.is_none_or(|t| m.time_ms >= t);
-            if retain {
-                newest = Some(m.time_ms);
-            }
-            retain
-        })
-        .collect();
-    (flags, newest)
-}
-
 /// The current state of `device` from its snapshot (newest value of each quantity), if any.
-pub fn snapshot_state(device: &DeviceSnapshot) -> Option<StateMessage> {
+pub(crate) fn snapshot_state(device: &DeviceSnapshot) -> Option<StateMessage> {
     let time_ms = device.state.values().map(|r| r.time_ms).max()?;
     let values =
         device.state.iter().map(|(k, r)| (short_name(k).to_owned(), r.value.clone())).collect();
@@ -251,7 +239,7 @@ fn state_payload(
     v
 }
 
-pub use protocol::time::rfc3339_ms;
+pub(crate) use protocol::time::rfc3339_ms;
 
 #[cfg(test)]
 mod tests {
@@ -350,10 +338,6 @@ mod tests {
         assert!(m.iter().all(|m| m.backfill && m.payload["backfill"] == true));
         assert_eq!(m[1].payload["values"], json!({"temp": 20.5, "hum": 40.0}));
         assert_eq!(m[0].payload["timestamp"], "1970-01-01T00:00:01.000Z");
-        // The retained state is from t=1500: the older message is not retained, the newer is.
-        assert_eq!(retain_flags(Some(1_500), &m), (vec![false, true], Some(2_000)));
-        assert_eq!(retain_flags(Some(5_000), &m), (vec![false, false], Some(5_000)));
-        assert_eq!(retain_flags(None, &m), (vec![true, true], Some(2_000)));
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod isolation;
 mod link_budgets;
 mod logins;
 mod mqtt;
+mod mqtt_bridge_api;
 mod mqtt_rules;
 mod ops;
 mod outage;

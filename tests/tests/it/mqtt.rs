@@ -112,7 +112,7 @@ fn tls_args<'a>(
 }
 
 /// `mosquitto_pub` once: exit status and stderr.
-fn publish(args: &[&str]) -> (bool, String) {
+pub(crate) fn publish(args: &[&str]) -> (bool, String) {
     let out = Command::new("mosquitto_pub").args(args).output().expect("mosquitto_pub");
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
@@ -304,7 +304,7 @@ print(json.dumps({"configs": configs, "again": sorted(again)}))
     let configs = v["configs"].as_object().expect("configs");
     assert_eq!(configs.len(), 13, "{:?}", configs.keys());
     for (topic, payload) in configs {
-        let problems = hub::mqtt::discovery::schema_problems(topic, payload);
+        let problems = hub::schema_problems(topic, payload);
         assert!(problems.is_empty(), "{topic}: {problems:?}");
         let availability = if topic.contains("/hearth_hub/") {
             "hearth/hub/status".to_owned()
@@ -535,9 +535,10 @@ fn a_client_that_subscribes_again_gets_the_retained_message_again_without_a_gap(
     let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &mqtt_config(&ports));
     hub.add_mqtt_user("ha", Some(PASSWORD));
     // One client subscribes to the hub's retained status and to a live counter another client
-    // publishes; it subscribes to the status three more times (once together with the counter
-    // again) and counts: each SUBSCRIBE brings the retained message, no UNSUBACK reaches it,
-    // and the counter has no gap.
+    // publishes as fast as it can (QoS 1, 20 in flight); it subscribes to the status 30 more
+    // times, every other time together with the counter again, and counts: each SUBSCRIBE
+    // brings the retained message, no UNSUBACK reaches it, and the counter has no gap (a front
+    // that let the counter's subscription lapse for a moment would lose some of it).
     let script = r#"
 import json, os, sys, threading, time
 import paho.mqtt.client as mqtt
@@ -559,12 +560,12 @@ sub.on_subscribe = lambda c, u, mid, rc, p: subacks.append(mid)
 sub.on_unsubscribe = lambda c, u, mid, rc, p: unsubacks.append(mid)
 sub.loop_start()
 def wait(cond, what):
-    deadline = time.time() + 20
+    deadline = time.time() + 30
     while not cond():
         if time.time() > deadline:
             print("timed out: " + what, file=sys.stderr, flush=True)
             os._exit(1)
-        time.sleep(0.01)
+        time.sleep(0.002)
 sub.subscribe([("hearth/hub/status", 1), ("test/counter", 1)])
 wait(lambda: len(retained) == 1 and len(subacks) == 1, "first retained")
 pub = client("counter")
@@ -573,16 +574,18 @@ stop = threading.Event()
 def publish():
     i = 0
     while not stop.is_set():
-        pub.publish("test/counter", str(i), qos=1).wait_for_publish()
+        info = pub.publish("test/counter", str(i), qos=1)
+        if i % 20 == 19:
+            info.wait_for_publish()
         i += 1
 threading.Thread(target=publish, daemon=True).start()
 wait(lambda: len(counter) > 20, "the counter flowing")
-sub.subscribe("hearth/hub/status", 0)
-wait(lambda: len(retained) == 2, "retained after the second subscribe")
-sub.subscribe([("hearth/hub/status", 1), ("test/counter", 1)])
-wait(lambda: len(retained) == 3, "retained after the third subscribe")
-sub.subscribe("hearth/hub/status", 1)
-wait(lambda: len(retained) == 4 and len(subacks) == 4, "retained after the fourth subscribe")
+for k in range(30):
+    if k % 2:
+        sub.subscribe([("hearth/hub/status", 1), ("test/counter", 1)])
+    else:
+        sub.subscribe("hearth/hub/status", k % 4 // 2)
+    wait(lambda: len(retained) == k + 2 and len(subacks) == k + 2, "retained after subscribe %d" % (k + 2))
 n = len(counter)
 wait(lambda: len(counter) > n + 20, "the counter still flowing")
 stop.set()
@@ -597,10 +600,10 @@ print(json.dumps({"retained": retained, "unsubacks": unsubacks, "subacks": len(s
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     let retained = v["retained"].as_array().expect("retained");
-    assert_eq!(retained.len(), 4, "{v}");
+    assert_eq!(retained.len(), 31, "{v}");
     assert!(retained.iter().all(|r| r == &serde_json::json!([true, "online"])), "{v}");
     assert_eq!(v["unsubacks"], serde_json::json!([]), "no UNSUBACK reached the client");
-    assert_eq!(v["subacks"], 4);
+    assert_eq!(v["subacks"], 31);
     let counter: Vec<i64> =
         v["counter"].as_array().expect("counter").iter().filter_map(Value::as_i64).collect();
     let first = counter[0];
@@ -652,4 +655,64 @@ fn normal_disconnects_log_no_error_and_mqtt_31_clients_are_refused_with_code_1()
     let log = std::fs::read_to_string(&hub.log).expect("hub log");
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "{errors:#?}");
+}
+
+/// After a sensor installs an update, Home Assistant's device block carries the new firmware:
+/// every discovery config of the device is published again with `sw_version` "2", and again
+/// with it after a hub restart (the directory keeps the version the sensor paired with).
+#[test]
+fn discovery_configs_carry_the_installed_firmware_after_an_update_and_a_restart() {
+    const THERMO: &str = "hearth-thermo-1";
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ports = Ports { plain: free_tcp_port(), tls: free_tcp_port(), broker: free_tcp_port() };
+    let maker = tests::Maker::new(tmp.path());
+    let extra = format!("{}{}", mqtt_config(&ports), maker.trust_toml(&[THERMO]));
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &extra);
+    hub.add_mqtt_user("ha", Some(PASSWORD));
+    let keys = maker.keys.display().to_string();
+    let flash = tmp.path().join("flash.redb");
+    let args = ["--sensors", "1", "--models", "thermostat", "--interval-ms", "300"];
+    let mut sim = Sim::fleet(
+        &hub.coap.to_string(),
+        &hub,
+        &flash,
+        &[&args[..], &["--maker-keys", &keys]].concat(),
+    );
+    let id = sim.paired(1, Duration::from_secs(120)).remove(0);
+    let plain = ports.plain.to_string();
+    let filter = format!("homeassistant/+/hearth_{id}/+/config");
+    let sub_args = ["-h", "127.0.0.1", "-p", &plain, "-u", "ha", "-P", PASSWORD, "-t", &filter];
+    // The device's configs, as the newest of each topic: their sw_version, once all have `want`.
+    let configs = |sub: &Sub, want: &str| {
+        let mut by_topic = std::collections::BTreeMap::new();
+        sub.until(
+            &format!("every config with sw_version {want}"),
+            Duration::from_secs(120),
+            |t, p| {
+                let v: Value = serde_json::from_str(p).ok()?;
+                by_topic.insert(t.to_owned(), v["device"]["sw_version"].clone());
+                // Temperature, thermostat, its command's outcome, firmware.
+                (by_topic.len() >= 4 && by_topic.values().all(|s| s == want)).then_some(())
+            },
+        );
+        by_topic
+    };
+    let sub = Sub::start(&sub_args);
+    let before = configs(&sub, "1");
+    maker.publish(THERMO, 2, 8 * 1024, &[]);
+    let (m, i) = maker.files(THERMO, 2);
+    hub.update_add(&m, &i).expect("the hub takes the release");
+    sim.until("v2 installed", Duration::from_secs(180), |l| {
+        (l.starts_with("UPDATED") && tests::field(l, "outcome") == Some("Installed")).then_some(())
+    });
+    let after = configs(&sub, "2");
+    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
+    drop(sub);
+    // After a restart, the configs the hub publishes at start carry it too.
+    let coap = hub.coap.port();
+    hub.stop();
+    let _hub = Hub::start_with(&tmp.path().join("hub"), coap, &extra);
+    let sub = Sub::start(&sub_args);
+    let again = configs(&sub, "2");
+    assert_eq!(again.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
 }

@@ -89,7 +89,7 @@ fn a_co2_sensor_from_the_vocabulary_alone_reaches_hub_ctl_home_assistant_and_the
         "{configs:?}"
     );
     for (topic, payload) in &configs {
-        let problems = hub::mqtt::discovery::schema_problems(topic, payload);
+        let problems = hub::schema_problems(topic, payload);
         assert!(problems.is_empty(), "{topic}: {problems:?}");
         assert_eq!(payload["availability_topic"], format!("hearth/{id}/availability"));
         assert_eq!(payload["device"]["model"], "hearth-co2-1");
