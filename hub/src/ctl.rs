@@ -108,6 +108,8 @@ enum CtlCmd {
     },
     /// The upstream bridge: connected, outbox lag (pending), forwarded, dropped.
     Upstream,
+    /// The hub's health: whether its disk can be written, free space and its floor.
+    Status,
     /// MQTT users (there is no default one; every MQTT client logs in as one).
     MqttUser {
         #[command(subcommand)]
@@ -265,6 +267,7 @@ pub async fn run(args: CtlArgs) -> ExitCode {
         CtlCmd::Updates => ctl.send(req::Updates {}).await,
         CtlCmd::Trust { model, key } => ctl.send(req::Trust { model, key }).await,
         CtlCmd::Upstream => ctl.send(req::Upstream {}).await,
+        CtlCmd::Status => ctl.send(req::Status {}).await,
         CtlCmd::MqttUser { cmd: MqttUserCmd::Add { name, admin } } => {
             ctl.send(req::MqttUserAdd { name, password: password_from_stdin(), admin }).await
         }

@@ -34,6 +34,7 @@ mod mqtt;
 pub use mqtt::discovery::schema_problems;
 mod private_fs;
 mod render;
+mod render_status;
 mod rng;
 mod seclog;
 mod security;

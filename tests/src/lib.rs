@@ -17,12 +17,14 @@ pub mod netfault;
 pub mod netns;
 mod relay;
 mod sim;
+mod tmpfs;
 pub use attack::{Attacker, Spoofer, forged_oscore, hello_from_new_port, send_from_new_port};
 pub use hub::{FLEET_PAIRING, Hub, open_to_others, write_config};
 pub use maker::Maker;
 pub use meter::Meter;
 pub use relay::Relay;
 pub use sim::Sim;
+pub use tmpfs::Tmpfs;
 
 /// The workspace root.
 pub fn root() -> PathBuf {

@@ -156,3 +156,10 @@ pub struct UserAdded {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
 }
+
+/// The hub's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusAnswer {
+    /// Whether the store can write (a full or failing disk), free space and its floor.
+    pub storage: crate::store::StorageStatus,
+}

@@ -7,6 +7,7 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::answer::StatusAnswer;
 use super::answer::{
     Approved, Cancelled, DeviceView, Done, FactoryResetStarted, Paired, ReleaseAdded, Removed,
     Renamed, RoomSet, SecurityReport, Trusted, Unisolated, UpdatesAnswer, UpstreamAnswer,
@@ -118,6 +119,8 @@ requests! {
     MqttUserRemove,
     /// List the MQTT users.
     MqttUsers,
+    /// The hub's health (a full or failing disk).
+    Status,
 }
 
 /// Defines a command's argument struct and binds it to its answer and handler:
@@ -396,6 +399,11 @@ command! {
         api.update_retry(self.device).await?;
         Ok(Done { ok: true })
     }
+}
+
+command! {
+    /// The hub's health: whether its store can write (a full or failing disk), free space.
+    Status {} -> StatusAnswer, |self, api| Ok(StatusAnswer { storage: api.store.status() })
 }
 
 command! {

@@ -193,7 +193,22 @@ pub(crate) async fn checks(
         ),
     ];
     checks.push(monitored(&security));
+    checks.push(storage(&api.store.status()));
     Ok(checks)
+}
+
+/// 5.9-1 (issue 20): the hub's disk can be written — a full or failing disk, in the words
+/// `hub ctl status` uses.
+fn storage(s: &crate::store::StorageStatus) -> Check {
+    let free = s.free_mb.map_or_else(|| "not measured yet".into(), |mb| format!("{mb} MiB"));
+    let state = match &s.problem {
+        Some(problem) => format!("Storage problem: {problem}. Free space: {free}."),
+        None => format!(
+            "Readings are stored and acknowledged. Free space: {free} (floor {} MiB); {} oldest readings dropped to keep it.",
+            s.min_free_mb, s.dropped_for_space
+        ),
+    };
+    Check::new("5.9-1", "The hub's disk can be written", s.ok, state)
 }
 
 /// 5.10-1: security events are monitored, and none came unusually often within the window.

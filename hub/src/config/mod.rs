@@ -351,6 +351,9 @@ pub struct StoreConfig {
     /// Size of one segment in KiB instead of `segment_mb` (at least 4): small segments make
     /// seals and retention frequent, for the crash campaign.
     pub segment_kb: Option<u64>,
+    /// Free space kept on the data directory's file system, MiB: below it the oldest readings
+    /// are dropped (and counted) before the disk is full (0: no floor).
+    pub min_free_mb: u64,
 }
 
 impl StoreConfig {
@@ -362,6 +365,7 @@ impl StoreConfig {
                 .segment_kb
                 .map_or(self.segment_mb.clamp(1, 1024) << 20, |kb| kb.clamp(4, 1 << 20) << 10),
             max_log_bytes: self.max_log_mb.max(1) << 20,
+            min_free_bytes: self.min_free_mb.min(1 << 30) << 20,
         }
     }
 }
@@ -410,6 +414,7 @@ impl Default for StoreConfig {
             segment_mb: 32,
             max_log_mb: 4096,
             segment_kb: None,
+            min_free_mb: 64,
         }
     }
 }

@@ -63,7 +63,14 @@ pub(super) struct Batch {
     pub(super) paired: Vec<Kid>,
     /// Readings in the batch (backpressure counts them).
     pub(super) count: usize,
+    /// Failed attempts to make it durable (the retry waits longer after each).
+    failures: u32,
 }
+
+/// The first retry of a failed commit, and the longest wait between retries: each retry is a
+/// probe of the disk; the hub resumes by itself at the first that succeeds.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(8);
 
 impl Batch {
     pub(super) fn is_empty(&self) -> bool {
@@ -182,13 +189,17 @@ impl Driver {
 
     pub(super) fn committed(&mut self, done: Done) {
         self.in_flight = false;
-        let batch = done.batch;
+        let mut batch = done.batch;
         if let Err(e) = done.result {
-            // Nothing is acknowledged; the same batch is retried (sensors keep retransmitting and
-            // are answered from the retry's acknowledgements).
-            tracing::error!(error = %e, "group commit failed; retrying in 1 s");
+            // Nothing is acknowledged, no lease is used and no window counts as durable; the same
+            // batch is retried with back-off (the sensors keep their readings and retransmit the
+            // same requests, and are answered from the retry's acknowledgements). The store
+            // says once, in words, that the disk is full or failing (`HubStore::status`).
+            let wait = RETRY_FIRST.saturating_mul(1 << batch.failures.min(8)).min(RETRY_MAX);
+            batch.failures += 1;
+            tracing::debug!(error = %e, attempt = batch.failures, retry_ms = wait.as_millis() as u64, "group commit failed");
             self.failed = Some(batch);
-            self.retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+            self.retry_at = Some(tokio::time::Instant::now() + wait);
             return;
         }
         for (kid, state) in &batch.checkpoints {

@@ -520,6 +520,11 @@ impl Bridge {
             }] += 1;
         }
         let upstream = self.api.upstream().status.map(|s| s.pending);
+        // Whether the disk can be written (issue 20): not the free space, which would make the
+        // retained state change all the time.
+        let st = self.api.store.status();
+        let storage =
+            json!({"ok": st.ok, "problem": st.problem, "dropped_for_space": st.dropped_for_space});
         let state = json!({
             "version": env!("CARGO_PKG_VERSION"),
             "started": self.started,
@@ -529,6 +534,7 @@ impl Bridge {
             "security_events": events,
             "anomalies": anomalies,
             "upstream_pending": upstream,
+            "storage": storage,
         });
         if self.last_hub_state.as_ref() != Some(&state) {
             self.publish_json(topics::HUB_OVERVIEW.into(), &state, true);

@@ -4,10 +4,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use protocol::oscore::{ContextParams, Kid};
 use protocol::senml::{Reading, UnixTimeMillis, Value};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{
+    Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+};
 
 use super::link_state::LinkState;
 use super::{DeviceInfo, Kek, StoreError, Write};
@@ -21,6 +25,13 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ERASED: TableDefinition<&[u8], u64> = TableDefinition::new("erased");
 const LOG: TableDefinition<&str, u64> = TableDefinition::new("log");
 const SNAPSHOT_SEQ: &str = "snapshot_seq";
+/// The store format, in the `log` table (none: written before formats were stamped, i.e. 2, or
+/// 1 while the first format's reading tables are there).
+const FORMAT: &str = "format";
+/// The store format this hub writes and the newest it reads: 2 = this catalog and the readings
+/// log (1 kept readings in redb; they move to the log once). A store of a newer format is
+/// refused and left unchanged.
+pub(super) const STORE_FORMAT: u64 = 2;
 /// The first format kept readings in redb; they move to the log once.
 const LEGACY_READINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("readings");
 const LEGACY_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("reading_counts");
@@ -34,8 +45,13 @@ fn db<E: std::fmt::Display>(e: E) -> StoreError {
 
 /// The catalog.
 pub(super) struct Catalog {
-    db: Database,
+    /// The database (none while it is reopened after a failed write and could not be yet).
+    db: Mutex<Option<Arc<Database>>>,
+    path: PathBuf,
     kek: Kek,
+    /// A write failed: redb refuses everything after a failed write (even reads) until the
+    /// database is opened again, which [`Catalog::recover`] does.
+    failed: AtomicBool,
 }
 
 impl core::fmt::Debug for Catalog {
@@ -58,8 +74,14 @@ impl Catalog {
     /// is moved aside (never deleted) and a fresh one created, so a bad file cannot make the hub
     /// crash in a loop; the caller reports the outcome.
     pub(super) fn open(dir: &Path) -> Result<(Self, OpenOutcome), StoreError> {
-        let kek = Kek::load_or_create(&dir.join("kek"))?;
         let path = dir.join("hearth.redb");
+        // A store of a newer hub is refused before anything is written to it.
+        if path.metadata().is_ok_and(|m| m.len() > 0)
+            && let Ok(database) = ReadOnlyDatabase::open(&path)
+        {
+            too_new(&path, &database)?;
+        }
+        let kek = Kek::load_or_create(&dir.join("kek"))?;
         // Created 0600 before redb opens it (it holds personal data and sealed keys).
         crate::private_fs::touch(&path)
             .map_err(|e| StoreError::Io(path.display().to_string(), e))?;
@@ -81,15 +103,100 @@ impl Catalog {
                 (d, OpenOutcome::MovedAside(aside))
             }
         };
+        // (Checked again: a store not closed cleanly cannot be read without redb's repair.)
+        too_new(&path, &database)?;
         let tx = database.begin_write().map_err(db)?;
         for t in [DEVICES, SECRETS, STATE] {
             tx.open_table(t).map_err(db)?;
         }
         tx.open_table(META).map_err(db)?;
         tx.open_table(ERASED).map_err(db)?;
-        tx.open_table(LOG).map_err(db)?;
+        {
+            let mut log = tx.open_table(LOG).map_err(db)?;
+            if log.get(FORMAT).map_err(db)?.is_none() {
+                log.insert(FORMAT, STORE_FORMAT).map_err(db)?;
+            }
+        }
         tx.commit().map_err(db)?;
-        Ok((Self { db: database, kek }, outcome))
+        let catalog = Self {
+            db: Mutex::new(Some(Arc::new(database))),
+            path,
+            kek,
+            failed: AtomicBool::new(false),
+        };
+        Ok((catalog, outcome))
+    }
+
+    /// The open database (opened again first if a write failed, so that reads keep working).
+    fn handle(&self) -> Result<Arc<Database>, StoreError> {
+        if self.failed() {
+            let _ = self.recover();
+        }
+        let slot = self.db.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.clone().ok_or_else(|| {
+            StoreError::Db("the catalog is closed after a storage failure; reopening".into())
+        })
+    }
+
+    /// Runs a write, noting its failure (redb fails everything after it until reopened).
+    fn writing<T>(&self, write: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let result = write();
+        if result.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    /// Whether a write failed and the database is not open again yet.
+    pub(super) fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// After a failed write: closes the database and opens it again (redb checks and repairs
+    /// it), so that reads and writes work again once the disk does. `Ok` once it is open.
+    pub(super) fn recover(&self) -> Result<(), StoreError> {
+        if !self.failed() {
+            return Ok(());
+        }
+        let mut slot = self.db.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = slot.take() {
+            match Arc::try_unwrap(open) {
+                Ok(database) => drop(database),
+                Err(open) => {
+                    // A reader holds it for a moment: next time.
+                    *slot = Some(open);
+                    return Err(StoreError::Db("the catalog is in use; reopening later".into()));
+                }
+            }
+        }
+        match open_db(&self.path) {
+            Ok(database) => {
+                *slot = Some(Arc::new(database));
+                self.failed.store(false, Ordering::Release);
+                tracing::info!("catalog reopened after a storage failure");
+                Ok(())
+            }
+            Err(OpenFailure::Fatal(e)) => Err(e),
+            Err(OpenFailure::Corrupt(why)) => Err(StoreError::Db(why)),
+        }
+    }
+}
+
+/// Refuses a catalog stamped with a newer store format than [`STORE_FORMAT`].
+fn too_new(path: &Path, database: &impl ReadableDatabase) -> Result<(), StoreError> {
+    let tx = database.begin_read().map_err(db)?;
+    let format = match tx.open_table(LOG) {
+        Ok(t) => t.get(FORMAT).map_err(db)?.map(|v| v.value()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(db(e)),
+    };
+    match format {
+        Some(found) if found > STORE_FORMAT => Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: format!("store format {found}"),
+            supported: format!("store format {STORE_FORMAT}"),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -112,6 +219,15 @@ fn open_db(path: &Path) -> Result<Database, OpenFailure> {
         )) => Err(OpenFailure::Fatal(StoreError::Db(
             "the store is in use by another hub process".into(),
         ))),
+        // A file of a newer redb is not corrupt: never move it aside (a downgrade would start
+        // with an empty store).
+        Ok(Err(redb::DatabaseError::UpgradeRequired(v))) => {
+            Err(OpenFailure::Fatal(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found: format!("database file format {v}"),
+                supported: "the one of the redb it was built with".into(),
+            }))
+        }
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
             if e.kind() != std::io::ErrorKind::InvalidData
                 && e.kind() != std::io::ErrorKind::UnexpectedEof =>
@@ -155,7 +271,7 @@ fn decode_params(bytes: &[u8]) -> Option<ContextParams> {
 impl Catalog {
     /// Every device's sealed context, opened.
     pub(super) fn contexts(&self) -> Result<Vec<ContextParams>, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.handle()?.begin_read().map_err(db)?;
         let secrets = tx.open_table(SECRETS).map_err(db)?;
         let mut out = Vec::new();
         for row in secrets.iter().map_err(db)? {
@@ -169,7 +285,7 @@ impl Catalog {
     /// Every device's link state as of the snapshot, the sequence the snapshot covers, and
     /// the erase floors.
     pub(super) fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.handle()?.begin_read().map_err(db)?;
         let secrets = tx.open_table(SECRETS).map_err(db)?;
         let state = tx.open_table(STATE).map_err(db)?;
         let mut states = HashMap::new();
@@ -196,47 +312,49 @@ impl Catalog {
     /// Applies devices added and removed and named documents, in one transaction. A removed
     /// device's readings in log frames before `floor` no longer count.
     pub(super) fn apply(&self, writes: &[&Write], floor: u64) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db)?;
-        {
-            let mut devices = tx.open_table(DEVICES).map_err(db)?;
-            let mut secrets = tx.open_table(SECRETS).map_err(db)?;
-            let mut state = tx.open_table(STATE).map_err(db)?;
-            let mut meta = tx.open_table(META).map_err(db)?;
-            let mut erased = tx.open_table(ERASED).map_err(db)?;
-            for w in writes {
-                match w {
-                    Write::Meta { key, value } => {
-                        meta.insert(key.as_str(), value.as_slice()).map_err(db)?;
+        self.writing(|| {
+            let tx = self.handle()?.begin_write().map_err(db)?;
+            {
+                let mut devices = tx.open_table(DEVICES).map_err(db)?;
+                let mut secrets = tx.open_table(SECRETS).map_err(db)?;
+                let mut state = tx.open_table(STATE).map_err(db)?;
+                let mut meta = tx.open_table(META).map_err(db)?;
+                let mut erased = tx.open_table(ERASED).map_err(db)?;
+                for w in writes {
+                    match w {
+                        Write::Meta { key, value } => {
+                            meta.insert(key.as_str(), value.as_slice()).map_err(db)?;
+                        }
+                        Write::Device { info, params } => {
+                            let kid = params.recipient_id;
+                            let json = serde_json::to_vec(info).map_err(db)?;
+                            devices.insert(kid.as_bytes(), json.as_slice()).map_err(db)?;
+                            let sealed = self.kek.seal(kid.as_bytes(), &encode_params(params))?;
+                            secrets.insert(kid.as_bytes(), sealed.as_slice()).map_err(db)?;
+                            state
+                                .insert(kid.as_bytes(), LinkState::default().encode().as_slice())
+                                .map_err(db)?;
+                        }
+                        Write::Remove { kid } => {
+                            devices.remove(kid.as_bytes()).map_err(db)?;
+                            secrets.remove(kid.as_bytes()).map_err(db)?;
+                            state.remove(kid.as_bytes()).map_err(db)?;
+                            erased.insert(kid.as_bytes(), floor).map_err(db)?;
+                        }
+                        Write::Retire { kid } => {
+                            devices.remove(kid.as_bytes()).map_err(db)?;
+                            secrets.remove(kid.as_bytes()).map_err(db)?;
+                            state.remove(kid.as_bytes()).map_err(db)?;
+                        }
+                        Write::Readings { .. }
+                        | Write::State { .. }
+                        | Write::Lease { .. }
+                        | Write::LogMeta { .. } => {}
                     }
-                    Write::Device { info, params } => {
-                        let kid = params.recipient_id;
-                        let json = serde_json::to_vec(info).map_err(db)?;
-                        devices.insert(kid.as_bytes(), json.as_slice()).map_err(db)?;
-                        let sealed = self.kek.seal(kid.as_bytes(), &encode_params(params))?;
-                        secrets.insert(kid.as_bytes(), sealed.as_slice()).map_err(db)?;
-                        state
-                            .insert(kid.as_bytes(), LinkState::default().encode().as_slice())
-                            .map_err(db)?;
-                    }
-                    Write::Remove { kid } => {
-                        devices.remove(kid.as_bytes()).map_err(db)?;
-                        secrets.remove(kid.as_bytes()).map_err(db)?;
-                        state.remove(kid.as_bytes()).map_err(db)?;
-                        erased.insert(kid.as_bytes(), floor).map_err(db)?;
-                    }
-                    Write::Retire { kid } => {
-                        devices.remove(kid.as_bytes()).map_err(db)?;
-                        secrets.remove(kid.as_bytes()).map_err(db)?;
-                        state.remove(kid.as_bytes()).map_err(db)?;
-                    }
-                    Write::Readings { .. }
-                    | Write::State { .. }
-                    | Write::Lease { .. }
-                    | Write::LogMeta { .. } => {}
                 }
             }
-        }
-        tx.commit().map_err(db)
+            tx.commit().map_err(db)
+        })
     }
 
     /// Stores `states` (the link states changed since the last snapshot) and `metas` (the
@@ -249,24 +367,29 @@ impl Catalog {
         seq: u64,
         first_seq: u64,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db)?;
-        {
-            let mut table = tx.open_table(STATE).map_err(db)?;
-            for (kid, s) in states {
-                table.insert(kid.as_bytes(), s.encode().as_slice()).map_err(db)?;
+        self.writing(|| {
+            let tx = self.handle()?.begin_write().map_err(db)?;
+            {
+                let mut table = tx.open_table(STATE).map_err(db)?;
+                for (kid, s) in states {
+                    table.insert(kid.as_bytes(), s.encode().as_slice()).map_err(db)?;
+                }
+                let mut meta = tx.open_table(META).map_err(db)?;
+                for (key, value) in metas {
+                    meta.insert(key.as_str(), value.as_slice()).map_err(db)?;
+                }
+                tx.open_table(LOG).map_err(db)?.insert(SNAPSHOT_SEQ, seq).map_err(db)?;
+                tx.open_table(ERASED)
+                    .map_err(db)?
+                    .retain(|_, floor| floor > first_seq)
+                    .map_err(db)?;
             }
-            let mut meta = tx.open_table(META).map_err(db)?;
-            for (key, value) in metas {
-                meta.insert(key.as_str(), value.as_slice()).map_err(db)?;
-            }
-            tx.open_table(LOG).map_err(db)?.insert(SNAPSHOT_SEQ, seq).map_err(db)?;
-            tx.open_table(ERASED).map_err(db)?.retain(|_, floor| floor > first_seq).map_err(db)?;
-        }
-        tx.commit().map_err(db)
+            tx.commit().map_err(db)
+        })
     }
 
     pub(super) fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.handle()?.begin_read().map_err(db)?;
         let devices = tx.open_table(DEVICES).map_err(db)?;
         let mut out = Vec::new();
         for row in devices.iter().map_err(db)? {
@@ -277,14 +400,14 @@ impl Catalog {
     }
 
     pub(super) fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.handle()?.begin_read().map_err(db)?;
         let table = tx.open_table(META).map_err(db)?;
         Ok(table.get(key).map_err(db)?.map(|v| v.value().to_vec()))
     }
 
     /// Whether the first store format's reading tables are still there.
     pub(super) fn has_legacy(&self) -> Result<bool, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.handle()?.begin_read().map_err(db)?;
         Ok(tx.list_tables().map_err(db)?.any(|t| t.name() == LEGACY_READINGS.name()))
     }
 
@@ -296,7 +419,7 @@ impl Catalog {
         max: usize,
     ) -> Result<LegacyChunk, StoreError> {
         use std::ops::Bound;
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.handle()?.begin_read().map_err(db)?;
         let table = tx.open_table(LEGACY_READINGS).map_err(db)?;
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut out: Vec<(Kid, Vec<Reading>)> = Vec::new();
@@ -317,7 +440,7 @@ impl Catalog {
 
     /// Deletes the first format's reading tables (after their readings moved to the log).
     pub(super) fn drop_legacy(&self) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db)?;
+        let tx = self.handle()?.begin_write().map_err(db)?;
         tx.delete_table(LEGACY_READINGS).map_err(db)?;
         tx.delete_table(LEGACY_COUNTS).map_err(db)?;
         tx.commit().map_err(db)

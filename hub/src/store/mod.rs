@@ -4,6 +4,7 @@
 //! [`HubStore::commit`] is the group commit: everything in it is durable when it returns.
 
 mod catalog;
+mod health;
 mod hub_store;
 mod link_state;
 mod log;
@@ -12,6 +13,7 @@ mod records;
 mod seal;
 
 pub use catalog::OpenOutcome;
+pub use health::StorageStatus;
 pub use hub_store::{Committed, HubStore, StoreLimits};
 pub use log::LogError;
 pub use seal::{Kek, SealError};
@@ -188,4 +190,17 @@ pub enum StoreError {
     /// The readings log failed.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The store was written by a newer hub: refused, and left as it was.
+    #[error(
+        "{path}: written by a newer Hearth ({found}; this hub reads up to {supported}). Nothing \
+         was changed: run the newer hub again (README, \"Upgrades\", says how to go back)"
+    )]
+    TooNew {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its format.
+        found: String,
+        /// The newest this hub reads.
+        supported: String,
+    },
 }

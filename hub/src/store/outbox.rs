@@ -475,7 +475,12 @@ mod tests {
     }
 
     fn config(max_log_bytes: u64) -> StoreLimits {
-        StoreLimits { max_readings_per_device: 1 << 40, segment_bytes: 4096, max_log_bytes }
+        StoreLimits {
+            max_readings_per_device: 1 << 40,
+            segment_bytes: 4096,
+            max_log_bytes,
+            min_free_bytes: 0,
+        }
     }
 
     /// A store with devices 1 and 2 and `frames` commits of 3 readings of 1 and 2 of 2 each

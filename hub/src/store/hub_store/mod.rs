@@ -11,13 +11,15 @@
 //! across I/O, so no other subsystem can stall the link's commits (DESIGN.md, "Failure domains").
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak, mpsc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use protocol::oscore::Kid;
 
 use super::catalog::Catalog;
+use super::health::{self, Health, StorageStatus};
 use super::link_state::LinkState;
 use super::log::{self, IndexJob, LogConfig, Retention, SegmentLog};
 use super::records::Change;
@@ -34,11 +36,19 @@ pub struct StoreLimits {
     pub segment_bytes: u64,
     /// The log's size bound: the oldest segments are dropped beyond it.
     pub max_log_bytes: u64,
+    /// The floor of free space on the store's file system: below it the oldest readings are
+    /// dropped (and counted) before the disk is full (0: no floor).
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        Self { max_readings_per_device: 100_000, segment_bytes: 32 << 20, max_log_bytes: 4 << 30 }
+        Self {
+            max_readings_per_device: 100_000,
+            segment_bytes: 32 << 20,
+            max_log_bytes: 4 << 30,
+            min_free_bytes: 64 << 20,
+        }
     }
 }
 
@@ -57,6 +67,13 @@ impl core::fmt::Debug for HubStore {
 struct Inner {
     catalog: Arc<Catalog>,
     config: StoreLimits,
+    /// The data directory (its file system's free space is watched).
+    dir: PathBuf,
+    /// Whether writes work, in words; free space and what the floor dropped.
+    health: Arc<Health>,
+    /// Free space: when last measured, and whether a drop to make room is under way.
+    space: Mutex<Option<Instant>>,
+    making_room: Arc<AtomicBool>,
     live: Arc<Mutex<Live>>,
     maintenance: Option<Maintenance>,
     /// The one writer thread (set right after the store is made: it holds a weak reference).
@@ -90,6 +107,8 @@ struct Maintenance {
 
 enum Job {
     Seal(Box<SealJob>),
+    /// Free this many bytes by dropping the oldest segments already snapshotted.
+    MakeRoom(u64),
     /// Answered once every job before it is done.
     #[cfg(test)]
     Settle(mpsc::Sender<()>),
@@ -105,6 +124,8 @@ struct SealJob {
     seq: u64,
     /// The log's first sequence number then.
     first_seq: u64,
+    /// Bytes to free for the floor of free space (0: none).
+    free_need: u64,
 }
 
 impl Drop for Inner {
@@ -150,8 +171,15 @@ impl HubStore {
     /// `kek`) and the log `readings/`. A corrupt catalog is moved aside with the log (they
     /// describe the same devices) and a fresh store created; the caller reports the outcome.
     pub fn open(dir: &Path, config: StoreLimits) -> Result<(Self, OpenOutcome), StoreError> {
-        let (catalog, outcome) = Catalog::open(dir)?;
         let log_dir = dir.join("readings");
+        // A store of a newer hub is refused before anything is written (the catalog checks its
+        // own format first thing too).
+        if let Some((path, found)) = log::newer_segment(&log_dir) {
+            let supported = format!("readings log format {}", log::FORMAT);
+            let found = format!("readings log format {found}");
+            return Err(StoreError::TooNew { path, found, supported });
+        }
+        let (catalog, outcome) = Catalog::open(dir)?;
         if let OpenOutcome::MovedAside(aside) = &outcome
             && log_dir.exists()
         {
@@ -189,17 +217,37 @@ impl HubStore {
         let catalog = Arc::new(catalog);
         let live =
             Arc::new(Mutex::new(Live { log, states, dirty, logged, retired: VecDeque::new() }));
+        let health = Arc::new(Health::new(config.min_free_bytes >> 20));
+        let making_room = Arc::new(AtomicBool::new(false));
         let (jobs, rx) = mpsc::channel();
         let thread = {
-            let (catalog, live) = (catalog.clone(), live.clone());
+            let m = Maintainer {
+                catalog: catalog.clone(),
+                live: live.clone(),
+                config,
+                health: health.clone(),
+                making_room: making_room.clone(),
+                snapshot_seq: snapshot.seq,
+            };
             std::thread::Builder::new()
                 .name("hub-store-seal".into())
-                .spawn(move || maintain(&catalog, &live, config, rx))
+                .spawn(move || m.run(rx))
                 .map_err(|e| StoreError::Io("store maintenance thread".into(), e))?
         };
         let maintenance = Some(Maintenance { jobs, thread });
         let writer = OnceLock::new();
-        let store = Self { inner: Arc::new(Inner { catalog, config, live, maintenance, writer }) };
+        let inner = Inner {
+            catalog,
+            config,
+            dir: dir.to_path_buf(),
+            health,
+            space: Mutex::new(None),
+            making_room,
+            live,
+            maintenance,
+            writer,
+        };
+        let store = Self { inner: Arc::new(inner) };
         store.migrate()?;
         let (jobs, rx) = mpsc::channel();
         let weak = Arc::downgrade(&store.inner);
@@ -261,14 +309,15 @@ impl HubStore {
     }
 
     /// Rolls the log over to a new segment and hands the rest of the seal to the maintenance
-    /// thread: the commit that filled the segment is not held up by it.
-    fn start_seal(&self, live: &mut Live) {
+    /// thread: the commit that filled the segment is not held up by it. Retention after it
+    /// frees `free_need` bytes for the floor of free space. Returns whether a seal was queued.
+    fn start_seal(&self, live: &mut Live, free_need: u64) -> bool {
         let index = match live.log.roll() {
             Ok(Some(index)) => index,
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start a new readings log segment");
-                return;
+                return false;
             }
         };
         let states: Vec<(Kid, LinkState)> = live
@@ -278,12 +327,14 @@ impl HubStore {
             .collect();
         let metas = live.logged.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let (seq, first_seq) = (live.log.last_seq(), live.log.first_seq());
-        let job = Job::Seal(Box::new(SealJob { index, states, metas, seq, first_seq }));
+        let job = Job::Seal(Box::new(SealJob { index, states, metas, seq, first_seq, free_need }));
         let sent = self.inner.maintenance.as_ref().map(|m| m.jobs.send(job));
         if let Some(Err(mpsc::SendError(Job::Seal(job)))) = sent {
             tracing::error!("store maintenance thread has stopped; snapshot deferred to a restart");
             live.dirty.extend(job.states.into_iter().map(|(k, _)| k));
+            return false;
         }
+        sent.is_some()
     }
 
     /// Makes `writes` durable now. Only the writer thread calls it.
@@ -370,9 +421,52 @@ impl HubStore {
             }
         }
         if live.log.wants_seal() {
-            self.start_seal(live);
+            self.start_seal(live, 0);
         }
         Ok(())
+    }
+
+    /// Measures the free space (at most once a second) and, below the floor, has the oldest
+    /// readings dropped to make room (one drop at a time). Only the writer thread calls it.
+    fn keep_floor(&self) {
+        let inner = &self.inner;
+        {
+            let mut last = inner.space.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let free = match health::free_bytes(&inner.dir) {
+            Ok(free) => free,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot measure free space");
+                return;
+            }
+        };
+        inner.health.free_space(free);
+        let floor = inner.config.min_free_bytes;
+        if free >= floor || inner.making_room.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let need = floor - free;
+        let mut live = self.live();
+        let queued = if live.log.worth_sealing_for_room() {
+            self.start_seal(&mut live, need)
+        } else {
+            drop(live);
+            let sent = inner.maintenance.as_ref().map(|m| m.jobs.send(Job::MakeRoom(need)));
+            matches!(sent, Some(Ok(())))
+        };
+        // The maintenance thread lets go of the flag when it is done; nothing queued: now.
+        if !queued {
+            inner.making_room.store(false, Ordering::Release);
+        }
+    }
+
+    /// Whether the store can write, in words; free space and what the floor dropped.
+    pub fn status(&self) -> StorageStatus {
+        self.inner.health.status()
     }
 
     /// The log's segments as the outbox reads them, and the segments retention dropped that
@@ -393,7 +487,7 @@ impl HubStore {
     pub(super) fn seal_now(&self) {
         {
             let mut live = self.live();
-            self.start_seal(&mut live);
+            self.start_seal(&mut live, 0);
         }
         self.settle();
     }
@@ -429,8 +523,15 @@ fn write_loop(store: &Weak<Inner>, jobs: &mpsc::Receiver<WriteJob>) {
         };
         let store = HubStore { inner };
         let started = Instant::now();
+        store.keep_floor();
+        // After a failed write redb refuses everything until it is opened again.
+        let reopened = store.inner.catalog.recover();
+        let write = |writes: &[Write]| match &reopened {
+            Ok(()) => store.write_now(writes),
+            Err(e) => Err(StoreError::Db(format!("catalog: {e}"))),
+        };
         let (result, group) = if group.len() == 1 {
-            let result = store.write_now(&group[0].writes);
+            let result = write(&group[0].writes);
             (result, group)
         } else {
             let lens: Vec<usize> = group.iter().map(|j| j.writes.len()).collect();
@@ -438,7 +539,7 @@ fn write_loop(store: &Weak<Inner>, jobs: &mpsc::Receiver<WriteJob>) {
             for job in &mut group {
                 all.append(&mut job.writes);
             }
-            let result = store.write_now(&all);
+            let result = write(&all);
             let mut rest = all.into_iter();
             for (job, len) in group.iter_mut().zip(lens) {
                 job.writes = rest.by_ref().take(len).collect();
@@ -457,6 +558,7 @@ fn write_loop(store: &Weak<Inner>, jobs: &mpsc::Receiver<WriteJob>) {
                 .sum();
             tracing::warn!(ms, readings, "slow group commit");
         }
+        store.inner.health.record(&result);
         // Let go of the store before anyone hears back: whoever drops the last handle after
         // its commit then closes the store on its own thread, at once.
         drop(store);
@@ -473,41 +575,75 @@ fn write_loop(store: &Weak<Inner>, jobs: &mpsc::Receiver<WriteJob>) {
     }
 }
 
-/// The maintenance thread: for every rolled-over segment, writes its index, snapshots the link
-/// states into the catalog, then applies retention (never past the snapshot).
-// Outside tests `Job` has one variant.
-#[cfg_attr(not(test), allow(clippy::infallible_destructuring_match))]
-fn maintain(catalog: &Catalog, live: &Mutex<Live>, config: StoreLimits, jobs: mpsc::Receiver<Job>) {
-    for job in jobs {
-        let job = match job {
-            Job::Seal(job) => job,
-            #[cfg(test)]
-            Job::Settle(done) => {
-                let _ = done.send(());
+/// The maintenance thread's part: for every rolled-over segment, writes its index, snapshots
+/// the link states into the catalog, then applies retention (never past the snapshot); and
+/// drops the oldest readings when free space is below the floor.
+struct Maintainer {
+    catalog: Arc<Catalog>,
+    live: Arc<Mutex<Live>>,
+    config: StoreLimits,
+    health: Arc<Health>,
+    making_room: Arc<AtomicBool>,
+    /// The last sequence the catalog's snapshot covers.
+    snapshot_seq: u64,
+}
+
+impl Maintainer {
+    fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        for job in jobs {
+            let job = match job {
+                Job::Seal(job) => job,
+                Job::MakeRoom(need) => {
+                    self.retain(need);
+                    self.making_room.store(false, Ordering::Release);
+                    continue;
+                }
+                #[cfg(test)]
+                Job::Settle(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
+            match job.index.write() {
+                Ok(index) => lock(&self.live).log.indexed(index),
+                // The segment stays indexed in memory; the next start rebuilds its index file.
+                Err(e) => tracing::error!(error = %e, "cannot write a readings log index"),
+            }
+            kill_point!("seal");
+            // After a failed write the catalog is opened again first (the writer thread
+            // reports the storage problem; a snapshot that still fails waits for the next seal).
+            let _ = self.catalog.recover();
+            if let Err(e) =
+                self.catalog.save_snapshot(&job.states, &job.metas, job.seq, job.first_seq)
+            {
+                tracing::error!(error = %e, "cannot snapshot link states; retrying at the next seal");
+                let mut live = lock(&self.live);
+                let live = &mut *live;
+                let known =
+                    job.states.into_iter().map(|(k, _)| k).filter(|k| live.states.contains_key(k));
+                live.dirty.extend(known);
+                if job.free_need > 0 {
+                    self.making_room.store(false, Ordering::Release);
+                }
                 continue;
             }
-        };
-        match job.index.write() {
-            Ok(index) => lock(live).log.indexed(index),
-            // The segment stays indexed in memory; the next start rebuilds its index file.
-            Err(e) => tracing::error!(error = %e, "cannot write a readings log index"),
+            self.snapshot_seq = job.seq;
+            self.retain(job.free_need);
+            if job.free_need > 0 {
+                self.making_room.store(false, Ordering::Release);
+            }
         }
-        kill_point!("seal");
-        if let Err(e) = catalog.save_snapshot(&job.states, &job.metas, job.seq, job.first_seq) {
-            tracing::error!(error = %e, "cannot snapshot link states; retrying at the next seal");
-            let mut live = lock(live);
-            let live = &mut *live;
-            let known =
-                job.states.into_iter().map(|(k, _)| k).filter(|k| live.states.contains_key(k));
-            live.dirty.extend(known);
-            continue;
-        }
+    }
+
+    /// Retention up to the snapshot, freeing at least `free_need` bytes if it can.
+    fn retain(&self, free_need: u64) {
         let dropped = {
-            let mut live = lock(live);
+            let mut live = lock(&self.live);
             let dropped = live.log.retain(Retention {
-                max_bytes: config.max_log_bytes,
-                max_per_device: config.max_readings_per_device.max(1),
-                snapshot_seq: job.seq,
+                max_bytes: self.config.max_log_bytes,
+                max_per_device: self.config.max_readings_per_device.max(1),
+                snapshot_seq: self.snapshot_seq,
+                free_need,
             });
             live.retired.extend(dropped.iter().copied());
             let excess = live.retired.len().saturating_sub(RETIRED_KEPT);
@@ -521,6 +657,17 @@ fn maintain(catalog: &Catalog, live: &Mutex<Live>, config: StoreLimits, jobs: mp
                 to_seq = last.last_seq,
                 "retention dropped old readings"
             );
+        }
+        let for_space: u64 = dropped.iter().filter(|d| d.for_space).map(|d| d.readings).sum();
+        if for_space > 0 {
+            self.health.dropped_for_space(for_space);
+            tracing::warn!(
+                readings = for_space,
+                floor_mb = self.config.min_free_bytes >> 20,
+                "free space below the floor: dropped the oldest readings to make room"
+            );
+        } else if free_need > 0 && dropped.is_empty() {
+            tracing::debug!(free_need, "free space below the floor and no old readings to drop");
         }
     }
 }
@@ -588,5 +735,9 @@ impl HubStore {
     }
 }
 
+#[cfg(test)]
+mod format_tests;
+#[cfg(test)]
+mod full_disk_tests;
 #[cfg(test)]
 pub(super) mod tests;

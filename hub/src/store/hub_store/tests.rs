@@ -62,7 +62,12 @@ fn checkpoint(k: Kid, highest: u64, port: u16) -> Write {
 }
 
 fn config(segment_bytes: u64) -> StoreLimits {
-    StoreLimits { max_readings_per_device: 1 << 40, segment_bytes, max_log_bytes: 1 << 40 }
+    StoreLimits {
+        max_readings_per_device: 1 << 40,
+        segment_bytes,
+        max_log_bytes: 1 << 40,
+        min_free_bytes: 0,
+    }
 }
 
 fn times(store: &HubStore, k: Kid, limit: usize) -> Vec<i64> {

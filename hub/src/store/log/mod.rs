@@ -16,7 +16,11 @@ use protocol::oscore::Kid;
 use super::StoredReading;
 use super::records::{self, MAX_BLOCK_HEADER, Payload, Replayed};
 
+/// The last byte is the log's format: a segment of a newer one is refused, never recovered.
 const SEG_MAGIC: &[u8; 8] = b"HRTHLOG1";
+/// The log's format (the digit in [`SEG_MAGIC`]).
+pub(super) const FORMAT: char = '1';
+const _: () = assert!(SEG_MAGIC[7] == FORMAT as u8);
 /// Magic, then the segment's first sequence number.
 pub(super) const SEG_HEADER: u64 = 16;
 /// Payload length (u32), CRC32 of sequence and payload (u32), sequence number (u64).
@@ -182,6 +186,8 @@ pub(super) struct Dropped {
     pub(super) last_seq: u64,
     /// Readings it held (of devices not erased).
     pub(super) readings: u64,
+    /// Dropped only to keep the floor of free space (no other bound asked for it).
+    pub(super) for_space: bool,
 }
 
 /// A segment as a reader of frames (the upstream outbox) sees it: its own file handle, which
@@ -209,6 +215,8 @@ pub(super) struct Retention {
     pub(super) max_per_device: u64,
     /// Never drop frames after this sequence (their link-state changes are not snapshotted).
     pub(super) snapshot_seq: u64,
+    /// Bytes to free for the floor of free space, oldest segments first (0: none).
+    pub(super) free_need: u64,
 }
 
 impl SegmentLog {
@@ -328,6 +336,14 @@ impl SegmentLog {
         self.active.len >= self.config.segment_bytes
     }
 
+    /// Whether sealing the active segment now would leave something retention can drop to
+    /// make room: no sealed segment is left, and the active one is at least a quarter full.
+    pub(super) fn worth_sealing_for_room(&self) -> bool {
+        self.sealed.is_empty()
+            && self.sealing.is_empty()
+            && self.active.len >= (self.config.segment_bytes / 4).max(SEG_HEADER + 1)
+    }
+
     /// Starts a new segment; the full one waits for its index: write it with
     /// [`IndexJob::write`] (no lock needed) and hand it back with [`SegmentLog::indexed`].
     pub(super) fn roll(&mut self) -> Result<Option<IndexJob>, LogError> {
@@ -438,8 +454,9 @@ impl SegmentLog {
         out
     }
 
-    /// Drops sealed segments, oldest first, while the log is over `max_bytes` or the oldest
-    /// holds only readings of devices that have `max_per_device` newer ones.
+    /// Drops sealed segments, oldest first, while the log is over `max_bytes`, the oldest
+    /// holds only readings of devices that have `max_per_device` newer ones, or less than
+    /// `free_need` bytes were freed.
     pub(super) fn retain(&mut self, r: Retention) -> Vec<Dropped> {
         let mut totals: HashMap<Kid, u64> = HashMap::new();
         for s in &self.sealed {
@@ -453,6 +470,7 @@ impl SegmentLog {
             }
         }
         let mut bytes = self.bytes();
+        let mut freed = 0;
         let mut dropped = Vec::new();
         while let Some(oldest) = self.sealed.first() {
             if oldest.last_seq > r.snapshot_seq {
@@ -461,7 +479,8 @@ impl SegmentLog {
             let covered = oldest.devices.iter().all(|(kid, d)| {
                 totals.get(kid).copied().unwrap_or(0) - d.span.count >= r.max_per_device
             });
-            if bytes <= r.max_bytes && !covered {
+            let for_space = bytes <= r.max_bytes && !covered;
+            if for_space && freed >= r.free_need {
                 break;
             }
             let s = self.sealed.remove(0);
@@ -471,11 +490,13 @@ impl SegmentLog {
                 }
             }
             bytes -= s.len;
+            freed += s.len;
             remove_file(&s.path);
             kill_point!("retention");
             remove_file(&s.idx_path);
             let readings = s.devices.values().map(|d| d.span.count).sum();
-            dropped.push(Dropped { first_seq: s.first_seq, last_seq: s.last_seq, readings });
+            let (first_seq, last_seq) = (s.first_seq, s.last_seq);
+            dropped.push(Dropped { first_seq, last_seq, readings, for_space });
         }
         if !dropped.is_empty() {
             let _ = crate::private_fs::sync_dir(&self.dir);
@@ -609,6 +630,21 @@ pub(super) fn read(
         out.drain(..excess);
     }
     Ok(out)
+}
+
+/// A segment in `dir` written by a newer hub (its magic names a later log format), with that
+/// format: the store is refused before anything is written (recovery would cut it).
+pub(super) fn newer_segment(dir: &Path) -> Option<(PathBuf, char)> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    entries.flatten().map(|e| e.path()).find_map(|path| {
+        if path.extension().is_none_or(|x| x != "seg") {
+            return None;
+        }
+        let mut magic = [0u8; 8];
+        File::open(&path).ok()?.read_exact_at(&mut magic, 0).ok()?;
+        (magic[..7] == SEG_MAGIC[..7] && magic[7] > SEG_MAGIC[7])
+            .then(|| (path, char::from(magic[7])))
+    })
 }
 
 fn encode_frame(seq: u64, payload: &[u8]) -> Vec<u8> {
