@@ -323,7 +323,7 @@ impl Demo {
             let unit = r.unit.map(|u| format!(" {u}")).unwrap_or_default();
             println!(
                 "  {} ({}): {quantity} = {}{unit}",
-                d.device.info.serial, d.device.info.model, r.value
+                d.device.info.about.serial, d.device.info.about.model, r.value
             );
         }
         Ok(())
@@ -348,7 +348,7 @@ impl Demo {
     /// writes its inactive slot, switches, checks its health and reports.
     async fn delivery(&mut self, model: &str) -> Result<(), DemoError> {
         let targets =
-            self.api.devices().await?.into_iter().filter(|d| d.device.info.model == model);
+            self.api.devices().await?.into_iter().filter(|d| d.device.info.about.model == model);
         let expected = targets.count();
         let mut announced = false;
         let mut quarters: HashMap<u32, u32> = HashMap::new();

@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total: u64 = total.parse()?;
     let (store, _) = HubStore::open(&dir, StoreLimits::default())?;
     let devices: Vec<(Kid, String)> =
-        store.devices()?.into_iter().map(|d| (d.id.kid(), d.serial)).collect();
+        store.devices()?.into_iter().map(|d| (d.id.kid(), d.about.serial)).collect();
     if devices.is_empty() {
         return Err("no paired devices in that store".into());
     }

@@ -507,7 +507,12 @@ fn load_updates(
     let devices = store.devices()?;
     for p in peers {
         if let Some(d) = devices.iter().find(|d| d.id.kid() == p.params.recipient_id) {
-            updates.device(&p.params.recipient_id, &d.model, d.firmware_version, d.updatable);
+            updates.device(
+                &p.params.recipient_id,
+                &d.about.model,
+                d.about.firmware_version,
+                d.about.updatable,
+            );
         }
     }
     Ok(updates)

@@ -303,19 +303,19 @@ pub(crate) fn apply(
         for d in &devices {
             let kid = d.info.id.kid();
             let subject = Subject {
-                model: &d.info.model,
-                installed: updates.installed(&kid).unwrap_or(d.info.firmware_version),
-                updatable: d.info.updatable,
-                support_end: d.info.support_end,
+                model: &d.info.about.model,
+                installed: updates.installed(&kid).unwrap_or(d.info.about.firmware_version),
+                updatable: d.info.about.updatable,
+                support_end: d.info.about.support_end.0,
             };
             let advisory = &advisories.records()[index];
             match decide(subject, advisory, now.0) {
                 Decision::Unaffected => {}
                 Decision::ScheduleFix => {
                     let fix = advisory.fixed_in.unwrap_or(u32::MAX);
-                    let version = updates.newest_release(&d.info.model).filter(|v| *v >= fix);
+                    let version = updates.newest_release(&d.info.about.model).filter(|v| *v >= fix);
                     if let Some(v) = version
-                        && !updates.approved(&kid, &d.info.model, v)
+                        && !updates.approved(&kid, &d.info.about.model, v)
                     {
                         // A security fix is installed even under a notify-only policy (the
                         // owner is told why, EN 303 645 5.3-11).

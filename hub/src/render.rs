@@ -153,7 +153,7 @@ impl Render for Vec<DeviceView> {
                     s.name.clone(),
                     s.room.clone().unwrap_or_else(|| "-".into()),
                     s.info.id.to_string(),
-                    s.info.model.clone(),
+                    s.info.about.model.clone(),
                     label(&s.availability),
                     s.last_seen_ms.map_or_else(|| "never".into(), |t| relative(t, now_ms)),
                     s.battery.map_or_else(|| "-".into(), battery),
@@ -178,19 +178,23 @@ impl Render for DeviceView {
         kv("Name", s.name.clone());
         kv("Room", s.room.clone().unwrap_or_else(|| "-".into()));
         kv("Device id", info.id.to_string());
-        kv("Model", info.model.clone());
-        kv("Serial", info.serial.clone());
-        kv("Firmware", info.firmware_version.to_string());
+        kv("Model", info.about.model.clone());
+        kv("Serial", info.about.serial.clone());
+        kv("Firmware", info.about.firmware_version.to_string());
         kv(
             "Updatable",
-            if info.updatable { "yes".into() } else { "no (cannot be updated)".into() },
+            if info.about.updatable { "yes".into() } else { "no (cannot be updated)".into() },
         );
-        let over = secs_to_ms(info.support_end) <= now_ms;
+        let over = secs_to_ms(info.about.support_end.0) <= now_ms;
         kv(
             "Support period",
-            format!("{} {}", if over { "ended" } else { "until" }, local_date(info.support_end)),
+            format!(
+                "{} {}",
+                if over { "ended" } else { "until" },
+                local_date(info.about.support_end.0)
+            ),
         );
-        kv("Senses", info.capabilities.join(", "));
+        kv("Senses", info.about.capabilities.join(", "));
         kv("Availability", label(&s.availability));
         kv(
             "Last seen",
@@ -697,7 +701,7 @@ mod tests {
     #[test]
     fn isolated_device_shows_reason_support_and_replacement_path() {
         let mut d = device_view();
-        d.device.info.updatable = false;
+        d.device.info.about.updatable = false;
         let out = d.render(1_800_000_100_000);
         assert!(out.contains("ISOLATED:") && out.contains("firmware 3 is affected"), "{out}");
         assert!(out.contains("Support period:   ended 2023-11-1"), "{out}");

@@ -251,21 +251,21 @@ impl HubOwner {
         let info = d.info;
         let firmware = match self.history(info.id).await {
             Some(u) => u.installed,
-            None => info.firmware_version,
+            None => info.about.firmware_version,
         };
         // The newest value of each quantity, in the order of the declared capabilities (the
         // vocabulary says which quantity each reports), the battery last.
         let mut last: Vec<Reading> = d.state.into_values().map(reading).collect();
         let rank = |r: &Reading| {
-            let declared = info
-                .capabilities
-                .iter()
-                .position(|c| Quantity::from_capability(c).is_some_and(|q| q.senml() == r.name));
+            let declared =
+                info.about.capabilities.iter().position(|c| {
+                    Quantity::from_capability(c).is_some_and(|q| q.senml() == r.name)
+                });
             (r.kind == ReadingKind::Battery, declared.unwrap_or(usize::MAX))
         };
         last.sort_by_key(rank);
         let isolated = d.availability == DirAvailability::Isolated;
-        let setpoint = (!isolated && takes_setpoint(&info.capabilities)).then(|| Setpoint {
+        let setpoint = (!isolated && takes_setpoint(&info.about.capabilities)).then(|| Setpoint {
             min: *Command::Setpoint.range().start(),
             max: *Command::Setpoint.range().end(),
             unit: "°C".into(),
@@ -288,15 +288,15 @@ impl HubOwner {
         };
         Device {
             id: info.id.to_string(),
-            name: (d.name != info.serial).then_some(d.name),
+            name: (d.name != info.about.serial).then_some(d.name),
             room: d.room,
-            model: info.model,
-            serial: info.serial,
+            model: info.about.model,
+            serial: info.about.serial,
             firmware,
-            updatable: info.updatable,
-            verifies_signatures: info.verifies_signatures,
-            capabilities: info.capabilities,
-            support_end: info.support_end,
+            updatable: info.about.updatable,
+            verifies_signatures: info.about.verifies_signatures,
+            capabilities: info.about.capabilities,
+            support_end: info.about.support_end.0,
             paired_at: info.paired_at,
             availability,
             last,
@@ -495,7 +495,8 @@ impl web_ui::OwnerApi for HubOwner {
                 Command::Setpoint.check(value).map_err(|e| WebError::Refused(e.to_string()))?;
             let view = self.api.device(id).await.map_err(web_err)?;
             let d = &view.device;
-            if d.availability == DirAvailability::Isolated || !takes_setpoint(&d.info.capabilities)
+            if d.availability == DirAvailability::Isolated
+                || !takes_setpoint(&d.info.about.capabilities)
             {
                 return Err(WebError::Refused(
                     crate::mqtt::topics::SetError::NotAllowed.to_string(),

@@ -1,8 +1,11 @@
 //! Time as an input: the caller passes wall-clock time in; this crate never reads a clock. And
 //! the one machine format for times that leave a device or the hub (RFC 3339, UTC).
 
-/// Seconds since the Unix epoch (UTC), as given by the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Seconds since the Unix epoch (UTC), as given by the caller (a plain number in JSON).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct UnixTime(pub u64);
 
 /// Monotonic milliseconds since an arbitrary origin, as given by the caller (a virtual clock in

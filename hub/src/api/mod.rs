@@ -168,7 +168,7 @@ impl HubApi {
         let mut d = DeviceView { device, readings, update: None };
         d.update = self.update_history(id).await?;
         if let Some(u) = &d.update {
-            d.device.info.firmware_version = u.installed;
+            d.device.info.about.firmware_version = u.installed;
         }
         Ok(d)
     }

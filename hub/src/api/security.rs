@@ -81,7 +81,7 @@ pub(crate) async fn checks(
     let now = crate::clock::unix_now().0;
     let expired: Vec<(String, String)> = devices
         .iter()
-        .filter(|d| d.device.info.support_end <= now)
+        .filter(|d| d.device.info.about.support_end.0 <= now)
         .map(|d| (d.device.info.id.to_string(), d.device.name.clone()))
         .collect();
     let c = Check::new;

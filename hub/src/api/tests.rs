@@ -35,13 +35,15 @@ pub(crate) fn device_view() -> DeviceView {
         device: DeviceSnapshot {
             info: crate::store::DeviceInfo {
                 id: id("0a0b0c0d"),
-                model: "hearth-thermo-1".into(),
-                serial: "TH1".into(),
-                firmware_version: 3,
-                updatable: true,
-                verifies_signatures: true,
-                capabilities: vec!["temperature".into()],
-                support_end: 1_700_000_000,
+                about: protocol::pairing::Descriptor {
+                    model: "hearth-thermo-1".into(),
+                    serial: "TH1".into(),
+                    firmware_version: 3,
+                    updatable: true,
+                    verifies_signatures: true,
+                    capabilities: vec!["temperature".into()],
+                    support_end: protocol::time::UnixTime(1_700_000_000),
+                },
                 paired_at: 1_690_000_000,
             },
             name: "Hall thermostat".into(),

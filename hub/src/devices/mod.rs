@@ -174,7 +174,7 @@ impl Entry {
     fn snapshot(&self, default_period_ms: u64) -> DeviceSnapshot {
         DeviceSnapshot {
             info: self.info.clone(),
-            name: self.profile.name.clone().unwrap_or_else(|| self.info.serial.clone()),
+            name: self.profile.name.clone().unwrap_or_else(|| self.info.about.serial.clone()),
             room: self.profile.room.clone(),
             availability: self.availability(),
             isolation: self.profile.isolation.clone(),
@@ -524,8 +524,8 @@ impl Directory {
     /// The paired device with this serial, if any: its id and name.
     pub fn by_serial(&self, serial: &str) -> Option<(DeviceId, String)> {
         let inner = self.read();
-        let (id, e) = inner.devices.iter().find(|(_, e)| e.info.serial == serial)?;
-        Some((*id, e.profile.name.clone().unwrap_or_else(|| e.info.serial.clone())))
+        let (id, e) = inner.devices.iter().find(|(_, e)| e.info.about.serial == serial)?;
+        Some((*id, e.profile.name.clone().unwrap_or_else(|| e.info.about.serial.clone())))
     }
 
     /// `new` takes over `old`'s name, room and history; `old` leaves the directory.
@@ -534,7 +534,7 @@ impl Directory {
             let mut inner = self.write();
             let Some(old_entry) = inner.devices.remove(old) else { return };
             if let Some(e) = inner.devices.get_mut(new) {
-                e.profile.name = old_entry.profile.name.or(Some(old_entry.info.serial));
+                e.profile.name = old_entry.profile.name.or(Some(old_entry.info.about.serial));
                 e.profile.room = old_entry.profile.room;
                 e.profile.replaces = old_entry.profile.replaces;
                 e.profile.replaces.push(*old);

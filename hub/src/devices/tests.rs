@@ -7,13 +7,15 @@ const CONFIG: AvailabilityRules =
 fn info(n: u8, model: &str) -> DeviceInfo {
     DeviceInfo {
         id: Kid::new(&[n]).expect("kid").into(),
-        model: model.into(),
-        serial: format!("SN{n}"),
-        firmware_version: 1,
-        updatable: true,
-        verifies_signatures: false,
-        capabilities: vec!["temperature".into()],
-        support_end: 2_000_000_000,
+        about: protocol::pairing::Descriptor {
+            model: model.into(),
+            serial: format!("SN{n}"),
+            firmware_version: 1,
+            updatable: true,
+            verifies_signatures: false,
+            capabilities: vec!["temperature".into()],
+            support_end: protocol::time::UnixTime(2_000_000_000),
+        },
         paired_at: 0,
     }
 }

@@ -79,8 +79,9 @@ struct Bridge {
 fn config_key(d: &DeviceSnapshot) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&d.name, &d.room, &d.info.model, &d.info.serial, d.info.firmware_version).hash(&mut h);
-    (&d.info.capabilities, d.info.updatable, d.availability.as_str()).hash(&mut h);
+    (&d.name, &d.room, &d.info.about.model, &d.info.about.serial, d.info.about.firmware_version)
+        .hash(&mut h);
+    (&d.info.about.capabilities, d.info.about.updatable, d.availability.as_str()).hash(&mut h);
     h.finish()
 }
 
@@ -238,7 +239,7 @@ impl Bridge {
     fn installed_now(&self, d: &DeviceSnapshot) -> DeviceSnapshot {
         let mut d = d.clone();
         if let Some(v) = self.firmware.get(&d.info.id) {
-            d.info.firmware_version = *v;
+            d.info.about.firmware_version = *v;
         }
         d
     }
@@ -434,7 +435,10 @@ impl Bridge {
         // What the device declared it can be set to; nothing while it is isolated.
         let commands: Vec<Command> = match self.api.directory.get(&device) {
             Some(d) if d.availability != Availability::Isolated => {
-                capabilities(&d.info.capabilities).into_iter().filter_map(|q| q.command()).collect()
+                capabilities(&d.info.about.capabilities)
+                    .into_iter()
+                    .filter_map(|q| q.command())
+                    .collect()
             }
             _ => Vec::new(),
         };
@@ -546,8 +550,9 @@ impl Bridge {
     async fn updates(&mut self) {
         let Ok(view) = self.api.updates().await else { return };
         let list = self.api.directory.list();
-        for d in
-            list.iter().filter(|d| d.info.updatable && d.availability != Availability::Isolated)
+        for d in list
+            .iter()
+            .filter(|d| d.info.about.updatable && d.availability != Availability::Isolated)
         {
             let id = d.info.id;
             let in_view = view.devices.iter().find(|v| v.id == id);
@@ -581,14 +586,15 @@ impl Bridge {
                     let installed = match known {
                         Some(v) => v,
                         None => match self.api.update_history(id).await {
-                            Ok(u) => u.map_or(d.info.firmware_version, |u| u.installed),
+                            Ok(u) => u.map_or(d.info.about.firmware_version, |u| u.installed),
                             Err(_) => continue,
                         },
                     };
                     (installed, discovery::update_state(installed, None, None, None))
                 }
             };
-            let before = self.firmware.insert(id, installed).unwrap_or(d.info.firmware_version);
+            let before =
+                self.firmware.insert(id, installed).unwrap_or(d.info.about.firmware_version);
             if before != installed {
                 // The device block's `sw_version` follows an installed update.
                 self.sync(d);

@@ -95,7 +95,7 @@ pub(crate) fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig
     };
     // A quantity's value in the state message; `None` (HA: unknown) until one was measured.
     let value = |q: Quantity| format!("{{{{ value_json['values'].get('{}') }}}}", q.senml());
-    for q in capabilities(&device.info.capabilities) {
+    for q in capabilities(&device.info.about.capabilities) {
         let object = q.capability().unwrap_or(q.senml());
         let spec = q.spec();
         let mut common = json!({});
@@ -170,7 +170,7 @@ pub(crate) fn configs(prefix: &str, device: &DeviceSnapshot) -> Vec<EntityConfig
             }
         }
     }
-    if device.info.updatable {
+    if device.info.about.updatable {
         entity(
             Component::Update,
             "firmware",
@@ -192,10 +192,10 @@ fn device_block(device: &DeviceSnapshot) -> Value {
     let mut d = json!({
         "identifiers": [format!("hearth_{}", device.info.id)],
         "name": device.name,
-        "model": device.info.model,
+        "model": device.info.about.model,
         "manufacturer": MANUFACTURER,
-        "sw_version": device.info.firmware_version.to_string(),
-        "serial_number": device.info.serial,
+        "sw_version": device.info.about.firmware_version.to_string(),
+        "serial_number": device.info.about.serial,
     });
     if let Some(room) = &device.room {
         d["suggested_area"] = json!(room);
@@ -364,13 +364,15 @@ mod tests {
         DeviceSnapshot {
             info: DeviceInfo {
                 id: "0a1b".parse().expect("id"),
-                model: "hearth-thermo-1".into(),
-                serial: "TH-00001".into(),
-                firmware_version: 3,
-                updatable,
-                verifies_signatures: true,
-                capabilities: caps.iter().map(|c| (*c).to_string()).collect(),
-                support_end: 2_000_000_000,
+                about: protocol::pairing::Descriptor {
+                    model: "hearth-thermo-1".into(),
+                    serial: "TH-00001".into(),
+                    firmware_version: 3,
+                    updatable,
+                    verifies_signatures: true,
+                    capabilities: caps.iter().map(|c| (*c).to_string()).collect(),
+                    support_end: protocol::time::UnixTime(2_000_000_000),
+                },
                 paired_at: 1_700_000_000,
             },
             name: "Hall thermostat".into(),

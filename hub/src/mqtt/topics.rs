@@ -299,13 +299,15 @@ mod tests {
         let device = DeviceSnapshot {
             info: DeviceInfo {
                 id: "0a1b".parse().expect("id"),
-                model: "hearth-climate-1".into(),
-                serial: "CL-1".into(),
-                firmware_version: 1,
-                updatable: true,
-                verifies_signatures: false,
-                capabilities: vec!["temperature".into()],
-                support_end: 0,
+                about: protocol::pairing::Descriptor {
+                    model: "hearth-climate-1".into(),
+                    serial: "CL-1".into(),
+                    firmware_version: 1,
+                    updatable: true,
+                    verifies_signatures: false,
+                    capabilities: vec!["temperature".into()],
+                    support_end: protocol::time::UnixTime(0),
+                },
                 paired_at: 0,
             },
             name: "Kitchen".into(),

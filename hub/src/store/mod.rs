@@ -26,25 +26,16 @@ use protocol::pairing::Descriptor;
 use protocol::senml::Reading;
 use serde::{Deserialize, Serialize};
 
-/// What the hub knows about a paired device.
+/// What the hub knows about a paired device: its id, what it said about itself at pairing
+/// (model designation 5.3-16, firmware, updatable, capabilities 5.8-3, support period 5.3-13),
+/// and when it paired. Stored as one flat JSON object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceInfo {
     /// Device id: the sensor's OSCORE kid in hex.
     pub id: crate::device_id::DeviceId,
-    /// Model designation (5.3-16).
-    pub model: String,
-    /// Serial number.
-    pub serial: String,
-    /// Firmware version reported at pairing.
-    pub firmware_version: u32,
-    /// Whether it can be updated.
-    pub updatable: bool,
-    /// Whether it verifies update signatures itself.
-    pub verifies_signatures: bool,
-    /// Sensing capabilities (5.8-3).
-    pub capabilities: Vec<String>,
-    /// End of the support period, Unix seconds (5.3-13).
-    pub support_end: u64,
+    /// The pairing descriptor, as the sensor sent it.
+    #[serde(flatten)]
+    pub about: Descriptor,
     /// When it paired, Unix seconds.
     pub paired_at: u64,
 }
@@ -52,17 +43,7 @@ pub struct DeviceInfo {
 impl DeviceInfo {
     /// From a pairing's descriptor.
     pub fn new(kid: &Kid, d: &Descriptor, paired_at: u64) -> Self {
-        Self {
-            id: (*kid).into(),
-            model: d.model.clone(),
-            serial: d.serial.clone(),
-            firmware_version: d.firmware_version,
-            updatable: d.updatable,
-            verifies_signatures: d.verifies_signatures,
-            capabilities: d.capabilities.clone(),
-            support_end: d.support_end.0,
-            paired_at,
-        }
+        Self { id: (*kid).into(), about: d.clone(), paired_at }
     }
 }
 

@@ -16,13 +16,15 @@ fn kid(n: u8) -> Kid {
 fn info(k: Kid) -> DeviceInfo {
     DeviceInfo {
         id: k.into(),
-        model: "m".into(),
-        serial: format!("s{k}"),
-        firmware_version: 1,
-        updatable: false,
-        verifies_signatures: false,
-        capabilities: vec![],
-        support_end: 0,
+        about: protocol::pairing::Descriptor {
+            model: "m".into(),
+            serial: format!("s{k}"),
+            firmware_version: 1,
+            updatable: false,
+            verifies_signatures: false,
+            capabilities: vec![],
+            support_end: protocol::time::UnixTime(0),
+        },
         paired_at: 0,
     }
 }

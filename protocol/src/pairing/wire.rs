@@ -15,7 +15,8 @@ pub const MAX_CAPABILITIES: usize = 16;
 
 /// What a sensor says about itself at pairing (EN 303 645 5.3-13/5.3-16, 5.8-3): model
 /// designation, firmware, whether it can be updated, what it senses, and its support period.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The hub keeps it as it came, within its record of the device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Descriptor {
     /// Model designation, e.g. `hearth-thermo-1`.
     pub model: String,

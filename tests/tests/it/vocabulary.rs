@@ -108,8 +108,11 @@ fn a_co2_sensor_from_the_vocabulary_alone_reaches_hub_ctl_home_assistant_and_the
     let session = format!("__Host-hearth={}", made.cookie("__Host-hearth").expect("cookie"));
     let dash = web.get("/", &session);
     assert!(dash.body.contains("CO₂ ") && dash.body.contains(" ppm"), "{}", dash.body);
-    let page = web.get(&format!("/devices/{id}"), &session);
-    assert_eq!(page.status, 200, "{}", page.body);
+    // A chart needs two readings: the page is read again until it has one.
+    let page = wait_for("a CO₂ chart on the device page", Duration::from_secs(30), || {
+        let page = web.get(&format!("/devices/{id}"), &session);
+        (page.status == 200 && page.body.contains("<svg")).then_some(page)
+    });
     for want in ["hearth-co2-1", "CO₂", " ppm", "<svg", "battery"] {
         assert!(page.body.contains(want), "the device page lacks {want}: {}", page.body);
     }

@@ -18,13 +18,15 @@ fn kid(n: u8) -> Kid {
 pub(in crate::store) fn device(k: Kid) -> Write {
     let info = DeviceInfo {
         id: k.into(),
-        model: "hearth-temp-1".into(),
-        serial: format!("s{k}"),
-        firmware_version: 1,
-        updatable: true,
-        verifies_signatures: false,
-        capabilities: vec!["temperature".into()],
-        support_end: 2_000_000_000,
+        about: protocol::pairing::Descriptor {
+            model: "hearth-temp-1".into(),
+            serial: format!("s{k}"),
+            firmware_version: 1,
+            updatable: true,
+            verifies_signatures: false,
+            capabilities: vec!["temperature".into()],
+            support_end: protocol::time::UnixTime(2_000_000_000),
+        },
         paired_at: 1_700_000_000,
     };
     let params = ContextParams {
