@@ -295,6 +295,12 @@ impl Directory {
         self.read().devices.get(device).is_some_and(|e| e.availability() == Availability::Isolated)
     }
 
+    /// When the newest value of `device`'s current state was measured (Unix ms), without a
+    /// snapshot.
+    pub(crate) fn state_time(&self, device: &DeviceId) -> Option<i64> {
+        self.read().devices.get(device)?.state.values().map(|r| r.time_ms).max()
+    }
+
     /// One device.
     pub fn get(&self, device: &DeviceId) -> Option<DeviceSnapshot> {
         self.read().devices.get(device).map(|e| e.snapshot(self.config.default_period_ms))

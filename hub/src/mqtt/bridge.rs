@@ -23,10 +23,12 @@ use super::auth::{Auth, MqttEvent};
 use super::{bridge_api, discovery, topics};
 use crate::api::HubApi;
 use crate::device_id::DeviceId;
-use crate::devices::{Availability, DeviceSnapshot, Notice};
+use crate::devices::{Availability, DeviceSnapshot, LiveReading, Notice};
 
 /// Messages queued for the broker at most (a burst beyond it is dropped and counted).
 const OUT_QUEUE: usize = 65_536;
+/// Notices taken in one batch at most (their states are published once per device).
+const NOTICE_BATCH: usize = 1024;
 
 /// One publication.
 struct Out {
@@ -184,7 +186,28 @@ impl Bridge {
                     self.republish();
                 }
                 n = notices.recv() => match n {
-                    Ok(n) => self.notice(n),
+                    Ok(n) => {
+                        // Whatever else is waiting is taken too: under load a device's state
+                        // is published once per batch with its newest values (coalesced), not
+                        // once per report; idle, a notice is published at once.
+                        let mut batch = vec![n];
+                        let mut lagged = false;
+                        while batch.len() < NOTICE_BATCH {
+                            match notices.try_recv() {
+                                Ok(n) => batch.push(n),
+                                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                                    lagged = true;
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if lagged {
+                            self.resync();
+                        } else {
+                            self.notices(batch);
+                        }
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => self.resync(),
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
@@ -302,33 +325,74 @@ impl Bridge {
         }
     }
 
+    /// Notices in the order they came; the states of the devices that reported are published
+    /// once each, after the readings of the batch (and before any other kind of notice, so
+    /// that order holds).
+    fn notices(&mut self, batch: Vec<Notice>) {
+        let mut reported: Vec<DeviceId> = Vec::new();
+        for n in batch {
+            if let Notice::Readings { device, readings } = n {
+                if self.readings(&device, &readings) && !reported.contains(&device) {
+                    reported.push(device);
+                }
+                continue;
+            }
+            self.states(&mut reported);
+            self.notice(n);
+        }
+        self.states(&mut reported);
+    }
+
+    /// Publishes the events and the history of one report; whether its device's state is to be
+    /// published.
+    fn readings(&mut self, device: &DeviceId, readings: &[LiveReading]) -> bool {
+        if !self.api.directory.outgoing_allowed(device) {
+            return false;
+        }
+        // Only the newest value of each quantity drives `…/state`; readings replayed from an
+        // outage buffer, or older than the state, go to `…/history` with their original time
+        // (they are in Hearth's history and upstream anyway).
+        for e in topics::events(readings) {
+            self.publish_json(topics::event(device), &e, false);
+        }
+        let current = self.api.directory.state_time(device);
+        let old: Vec<LiveReading> = readings
+            .iter()
+            .filter(|r| r.backfill || current.is_some_and(|t| r.reading.time_ms < t))
+            .cloned()
+            .collect();
+        if let Some(d) = (!old.is_empty()).then(|| self.api.directory.get(device)).flatten() {
+            for m in topics::state_messages(&d, &old) {
+                self.publish_json(topics::history(device), &m.payload, false);
+            }
+        }
+        true
+    }
+
+    /// The current state (and, if its config set changed, the configs) of every device in
+    /// `reported`, which it empties.
+    fn states(&mut self, reported: &mut Vec<DeviceId>) {
+        for device in reported.drain(..) {
+            if !self.api.directory.outgoing_allowed(&device) {
+                continue;
+            }
+            let Some(d) = self.api.directory.get(&device) else { continue };
+            let key = config_key(&self.installed_now(&d));
+            if self.devices.entry(device).or_default().config_key != Some(key) {
+                // Its config set changed (or was never published): configs and state.
+                self.sync(&d);
+            } else {
+                self.publish_state(&d);
+            }
+        }
+    }
+
     fn notice(&mut self, n: Notice) {
         match n {
             Notice::Readings { device, readings } => {
-                if !self.api.directory.outgoing_allowed(&device) {
-                    return;
-                }
-                let Some(d) = self.api.directory.get(&device) else { return };
-                let key = config_key(&self.installed_now(&d));
-                let entry = self.devices.entry(device).or_default();
-                if entry.config_key != Some(key) {
-                    // Its config set changed (or was never published): configs and state.
-                    self.sync(&d);
-                } else {
-                    self.publish_state(&d);
-                }
-                // Only the newest value of each quantity drives `…/state`; readings replayed
-                // from an outage buffer, or older than the state, go to `…/history` with their
-                // original time (they are in Hearth's history and upstream anyway).
-                for e in topics::events(&readings) {
-                    self.publish_json(topics::event(&device), &e, false);
-                }
-                let current = d.state.values().map(|r| r.time_ms).max();
-                for m in topics::state_messages(&d, &readings) {
-                    if m.backfill || current.is_some_and(|t| m.time_ms < t) {
-                        self.publish_json(topics::history(&device), &m.payload, false);
-                    }
-                }
+                let mut reported = vec![device];
+                self.readings(&device, &readings);
+                self.states(&mut reported);
             }
             Notice::Availability { device, availability } => {
                 match (availability, self.api.directory.get(&device)) {
