@@ -15,6 +15,7 @@ macro_rules! kill_point {
 }
 
 pub mod api;
+pub mod backup;
 mod clock;
 pub mod config;
 mod connections;

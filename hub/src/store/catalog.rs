@@ -24,6 +24,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Erased devices: log frames before this sequence hold nothing of theirs that counts.
 const ERASED: TableDefinition<&[u8], u64> = TableDefinition::new("erased");
 const LOG: TableDefinition<&str, u64> = TableDefinition::new("log");
+/// Devices whose restored context must be renewed (RFC 8613 B.2) before it is used.
+const RENEW: TableDefinition<&[u8], ()> = TableDefinition::new("renew");
 const SNAPSHOT_SEQ: &str = "snapshot_seq";
 /// The store format, in the `log` table (none: written before formats were stamped, i.e. 2, or
 /// 1 while the first format's reading tables are there).
@@ -111,6 +113,7 @@ impl Catalog {
         }
         tx.open_table(META).map_err(db)?;
         tx.open_table(ERASED).map_err(db)?;
+        tx.open_table(RENEW).map_err(db)?;
         {
             let mut log = tx.open_table(LOG).map_err(db)?;
             if log.get(FORMAT).map_err(db)?.is_none() {
@@ -247,6 +250,11 @@ fn encode_params(p: &ContextParams) -> Vec<u8> {
         out.push(part.len() as u8);
         out.extend_from_slice(part);
     }
+    // The ID Context of a renewed context (RFC 8613 B.2) follows; none: nothing more.
+    if let Some(c) = &p.id_context {
+        out.push(c.len() as u8);
+        out.extend_from_slice(c);
+    }
     out
 }
 
@@ -259,12 +267,17 @@ fn decode_params(bytes: &[u8]) -> Option<ContextParams> {
         Some(part.to_vec())
     };
     let (secret, salt, sender, recipient) = (take()?, take()?, take()?, take()?);
+    let id_context = match take() {
+        Some(c) => Some(c),
+        None if rest.is_empty() => None,
+        None => return None,
+    };
     Some(ContextParams {
         master_secret: secret,
         master_salt: salt,
         sender_id: Kid::new(&sender).ok()?,
         recipient_id: Kid::new(&recipient).ok()?,
-        id_context: None,
+        id_context,
     })
 }
 
@@ -320,6 +333,7 @@ impl Catalog {
                 let mut state = tx.open_table(STATE).map_err(db)?;
                 let mut meta = tx.open_table(META).map_err(db)?;
                 let mut erased = tx.open_table(ERASED).map_err(db)?;
+                let mut renew = tx.open_table(RENEW).map_err(db)?;
                 for w in writes {
                     match w {
                         Write::Meta { key, value } => {
@@ -334,17 +348,27 @@ impl Catalog {
                             state
                                 .insert(kid.as_bytes(), LinkState::default().encode().as_slice())
                                 .map_err(db)?;
+                            renew.remove(kid.as_bytes()).map_err(db)?;
+                        }
+                        Write::Renew { kid, params } => {
+                            let sealed = self.kek.seal(kid.as_bytes(), &encode_params(params))?;
+                            if secrets.get(kid.as_bytes()).map_err(db)?.is_some() {
+                                secrets.insert(kid.as_bytes(), sealed.as_slice()).map_err(db)?;
+                            }
+                            renew.remove(kid.as_bytes()).map_err(db)?;
                         }
                         Write::Remove { kid } => {
                             devices.remove(kid.as_bytes()).map_err(db)?;
                             secrets.remove(kid.as_bytes()).map_err(db)?;
                             state.remove(kid.as_bytes()).map_err(db)?;
+                            renew.remove(kid.as_bytes()).map_err(db)?;
                             erased.insert(kid.as_bytes(), floor).map_err(db)?;
                         }
                         Write::Retire { kid } => {
                             devices.remove(kid.as_bytes()).map_err(db)?;
                             secrets.remove(kid.as_bytes()).map_err(db)?;
                             state.remove(kid.as_bytes()).map_err(db)?;
+                            renew.remove(kid.as_bytes()).map_err(db)?;
                         }
                         Write::Readings { .. }
                         | Write::State { .. }
@@ -445,6 +469,122 @@ impl Catalog {
         tx.delete_table(LEGACY_COUNTS).map_err(db)?;
         tx.commit().map_err(db)
     }
+}
+
+/// Backups (`crate::backup`): the catalog as one read transaction saw it, and a catalog made
+/// from such a dump.
+impl Catalog {
+    /// A read transaction: a consistent view for [`dump`], taken where the caller needs it.
+    pub(super) fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.handle()?.begin_read().map_err(db)
+    }
+
+    /// Devices whose context must be renewed before use (set by a restore).
+    pub(super) fn renewals(&self) -> Result<Vec<Kid>, StoreError> {
+        let tx = self.begin_read()?;
+        let table = tx.open_table(RENEW).map_err(db)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db)? {
+            let (k, _) = row.map_err(db)?;
+            out.push(Kid::new(k.value()).map_err(|_| StoreError::Corrupt("device id"))?);
+        }
+        Ok(out)
+    }
+}
+
+/// Every row of the catalog's tables in `tx`: `(table, key, value)` records, each
+/// `tag u8 ‖ len u32 ‖ key ‖ len u32 ‖ value` (integers big-endian). Sealed secrets stay sealed.
+pub(super) fn dump(tx: &redb::ReadTransaction) -> Result<Vec<u8>, StoreError> {
+    fn put(out: &mut Vec<u8>, tag: u8, k: &[u8], v: &[u8]) {
+        out.push(tag);
+        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        out.extend_from_slice(k);
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    let mut out = Vec::new();
+    for (tag, t) in [(0u8, DEVICES), (1, SECRETS), (2, STATE)] {
+        for row in tx.open_table(t).map_err(db)?.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            put(&mut out, tag, k.value(), v.value());
+        }
+    }
+    for row in tx.open_table(META).map_err(db)?.iter().map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        put(&mut out, 3, k.value().as_bytes(), v.value());
+    }
+    for row in tx.open_table(ERASED).map_err(db)?.iter().map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        put(&mut out, 4, k.value(), &v.value().to_be_bytes());
+    }
+    for row in tx.open_table(LOG).map_err(db)?.iter().map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        put(&mut out, 5, k.value().as_bytes(), &v.value().to_be_bytes());
+    }
+    Ok(out)
+}
+
+/// Creates the catalog `path` from a [`dump`], with every device marked for renewal before
+/// its context is used (a restored context may be behind what the old hub did with it).
+/// Returns the number of devices.
+pub(crate) fn restore_dump(path: &Path, dump: &[u8]) -> Result<usize, StoreError> {
+    let corrupt = || StoreError::Corrupt("catalog in the backup");
+    crate::private_fs::touch(path).map_err(|e| StoreError::Io(path.display().to_string(), e))?;
+    let database = Database::create(path).map_err(db)?;
+    let tx = database.begin_write().map_err(db)?;
+    let mut devices = 0;
+    {
+        let mut tables = [DEVICES, SECRETS, STATE].map(|t| tx.open_table(t));
+        let mut meta = tx.open_table(META).map_err(db)?;
+        let mut erased = tx.open_table(ERASED).map_err(db)?;
+        let mut log = tx.open_table(LOG).map_err(db)?;
+        let mut renew = tx.open_table(RENEW).map_err(db)?;
+        let mut rest = dump;
+        let take = |rest: &mut &[u8]| -> Option<Vec<u8>> {
+            let (len, tail) = rest.split_at_checked(4)?;
+            let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+            let (v, tail) = tail.split_at_checked(len)?;
+            *rest = tail;
+            Some(v.to_vec())
+        };
+        while let Some((&tag, tail)) = rest.split_first() {
+            rest = tail;
+            let k = take(&mut rest).ok_or_else(corrupt)?;
+            let v = take(&mut rest).ok_or_else(corrupt)?;
+            let word = || v.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| corrupt());
+            let text = || std::str::from_utf8(&k).map_err(|_| corrupt());
+            match tag {
+                0..=2 => {
+                    let table = tables[usize::from(tag)].as_mut().map_err(|e| db(e))?;
+                    table.insert(k.as_slice(), v.as_slice()).map_err(db)?;
+                    if tag == 1 {
+                        renew.insert(k.as_slice(), ()).map_err(db)?;
+                        devices += 1;
+                    }
+                }
+                3 => {
+                    meta.insert(text()?, v.as_slice()).map_err(db)?;
+                }
+                4 => {
+                    erased.insert(k.as_slice(), word()?).map_err(db)?;
+                }
+                5 => {
+                    let (key, value) = (text()?, word()?);
+                    if key == FORMAT && value > STORE_FORMAT {
+                        return Err(StoreError::TooNew {
+                            path: path.to_path_buf(),
+                            found: format!("store format {value}"),
+                            supported: format!("store format {STORE_FORMAT}"),
+                        });
+                    }
+                    log.insert(key, value).map_err(db)?;
+                }
+                _ => return Err(corrupt()),
+            }
+        }
+    }
+    tx.commit().map_err(db)?;
+    Ok(devices)
 }
 
 /// First-format readings by device, and the key to continue after.

@@ -47,6 +47,17 @@ impl DeviceInfo {
     }
 }
 
+/// What a backup copies (see [`HubStore::backup_point`]).
+#[derive(Debug)]
+pub struct BackupPoint {
+    /// The catalog's rows.
+    pub catalog: Vec<u8>,
+    /// Log segments: first sequence number (the file name), open file, durable length.
+    pub segments: Vec<(u64, std::sync::Arc<std::fs::File>, u64)>,
+}
+
+pub(crate) use catalog::restore_dump;
+
 /// A stored reading.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredReading {
@@ -144,6 +155,14 @@ pub enum Write {
     Remove {
         /// Device.
         kid: Kid,
+    },
+    /// A device's context renewed (RFC 8613 B.2 after a restore): its new inputs replace the
+    /// sealed ones and its mark "renew before use" goes, in one catalog transaction.
+    Renew {
+        /// Device.
+        kid: Kid,
+        /// The renewed context (sealed before it is written).
+        params: ContextParams,
     },
     /// A device replaced by another (TR 103 621 6.23 example 1): its keys and link state are
     /// erased, its readings stay as the replacement's history.

@@ -367,7 +367,7 @@ impl HubStore {
                     exists.insert(*kid, false);
                     catalog.push(w);
                 }
-                Write::Meta { .. } => catalog.push(w),
+                Write::Meta { .. } | Write::Renew { .. } => catalog.push(w),
                 Write::Readings { kid, readings } => {
                     if logged(kid, &exists) {
                         payload.readings(kid, readings);
@@ -707,6 +707,24 @@ impl HubStore {
             }),
         );
         rx.recv().unwrap_or_else(|_| Err(StoreError::Db("the store writer has stopped".into())))
+    }
+
+    /// A consistent point for a backup (`crate::backup`), taken between two commits: the
+    /// catalog as one read transaction sees it, and every log segment's file with its durable
+    /// length then (open handles: retention may delete the files, the copy still reads them).
+    /// A backup of these is a state the hub was really in.
+    pub fn backup_point(&self) -> Result<crate::store::BackupPoint, StoreError> {
+        let live = self.live();
+        let segments = live.log.views().into_iter().map(|v| (v.first_seq, v.file, v.len)).collect();
+        let tx = self.inner.catalog.begin_read();
+        drop(live);
+        let catalog = super::catalog::dump(&tx?)?;
+        Ok(crate::store::BackupPoint { catalog, segments })
+    }
+
+    /// Devices whose context must be renewed before it is used (after a restore).
+    pub fn renewals(&self) -> Result<Vec<Kid>, StoreError> {
+        self.inner.catalog.renewals()
     }
 
     /// All devices.
