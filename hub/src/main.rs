@@ -27,6 +27,10 @@ enum Cmd {
     },
     /// Control a running hub through its socket.
     Ctl(hub::ctl::CtlArgs),
+    /// Back up everything the owner set up, encrypted under a passphrase (while the hub runs).
+    Backup(hub::backup::cli::BackupArgs),
+    /// Restore a backup into a new data directory (for a new gateway).
+    Restore(hub::backup::cli::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,7 +39,7 @@ fn main() -> ExitCode {
         // rumqttd logs every connection at info and refused logins as errors; the fronts
         // count and log those (rate-limited) themselves.
         Cmd::Run { .. } => "info,rumqttd=warn,rumqttd::server::broker=off",
-        Cmd::Ctl(_) => "warn",
+        Cmd::Ctl(_) | Cmd::Backup(_) | Cmd::Restore(_) => "warn",
     };
     hub::logs::init("hub", default_level);
     let rt = match tokio::runtime::Runtime::new() {
@@ -49,6 +53,8 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Run { data_dir, config } => run(data_dir, config).await,
             Cmd::Ctl(args) => hub::ctl::run(args).await,
+            Cmd::Backup(args) => hub::backup::cli::backup(args).await,
+            Cmd::Restore(args) => hub::backup::cli::restore(args),
         }
     });
     // Blocking work still running (a password hash) is not waited for long.

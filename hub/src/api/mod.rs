@@ -73,6 +73,22 @@ pub struct HubApi {
 }
 
 impl HubApi {
+    /// Writes a backup (off the runtime: the key derivation and the copy block).
+    pub async fn backup(
+        &self,
+        path: std::path::PathBuf,
+        pass: crate::backup::Passphrase,
+    ) -> Result<crate::backup::Summary, ApiError> {
+        let (store, dir) = (self.store.clone(), self.data_dir.clone());
+        let done =
+            tokio::task::spawn_blocking(move || crate::backup::create(&store, &dir, &path, &pass))
+                .await
+                .map_err(|_| ApiError::Stopped)?;
+        let summary = done.map_err(|e| ApiError::BadRequest(format!("backup failed: {e}")))?;
+        tracing::info!(devices = summary.devices, bytes = summary.bytes, "backup written");
+        Ok(summary)
+    }
+
     /// Factory reset (EN 303 645 5.11-1): asks whoever runs the hub to stop it, erase its data
     /// directory — devices, keys, readings, MQTT users, trust keys, releases, policy,
     /// advisories, the upstream outbox, web accounts and sessions, the key-encryption key and

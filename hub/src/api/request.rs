@@ -75,6 +75,8 @@ requests! {
     Pairing,
     /// Factory reset.
     FactoryReset,
+    /// Back up the hub to a file.
+    Backup,
     /// All devices.
     Devices,
     /// One device.
@@ -204,6 +206,17 @@ command! {
         api.factory_reset();
         Ok(FactoryResetStarted { factory_reset: true })
     }
+}
+
+command! {
+    /// Back up everything the owner set up to a file encrypted under the owner's passphrase
+    /// (`crate::backup`), made by the running hub at one consistent point of its store.
+    Backup {
+        /// Where (an absolute path on the hub's machine; replaced atomically).
+        path: std::path::PathBuf,
+        /// The owner's passphrase.
+        passphrase: crate::backup::Passphrase,
+    } -> crate::backup::Summary, |self, api| api.backup(self.path, self.passphrase).await
 }
 
 command! {

@@ -10,6 +10,7 @@
 //! (bound to this gateway: the new hub shows its own fingerprint), a pending factory reset,
 //! anything moved aside as corrupt, and derived files (log indexes, rebuilt at start).
 
+pub mod cli;
 mod crypt;
 
 use std::fs::{self, File};
