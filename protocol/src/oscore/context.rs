@@ -71,6 +71,7 @@ pub enum Verified {
 /// One OSCORE security context: sender and recipient keys, the sender sequence, the replay window
 /// and key-usage counters.
 pub struct SecurityContext {
+    params: ContextParams,
     sender_id: Kid,
     recipient_id: Kid,
     id_context: Option<Vec<u8>>,
@@ -101,6 +102,7 @@ impl SecurityContext {
     pub fn new(params: &ContextParams, sequence: SenderSequence, replay: ReplayWindow) -> Self {
         let keys = derive(params);
         Self {
+            params: params.clone(),
             sender_id: params.sender_id,
             recipient_id: params.recipient_id,
             id_context: params.id_context.clone(),
@@ -118,6 +120,44 @@ impl SecurityContext {
     pub fn with_usage(mut self, usage: KeyUsage) -> Self {
         self.usage = usage;
         self
+    }
+
+    /// The inputs it was derived from (a renewal derives the next context from them).
+    pub fn params(&self) -> &ContextParams {
+        &self.params
+    }
+
+    /// Its ID Context (none until a renewal gave it one, RFC 8613 B.2).
+    pub fn id_context(&self) -> Option<&[u8]> {
+        self.id_context.as_deref()
+    }
+
+    /// The context derived from `params` that takes this one's place (RFC 8613 B.2): new keys,
+    /// and this one's sender sequence, replay window and usage carried on (numbers go on
+    /// rising, never restart, so no bookkeeping depends on which key is in use).
+    pub fn renewed(&self, params: &ContextParams) -> Self {
+        let mut next = Self::new(params, self.sequence.clone(), self.replay.clone());
+        next.usage = self.usage;
+        next
+    }
+
+    /// Checks a request's tag only (§8.2 without the replay window: nothing is marked seen and
+    /// nothing may be answered under this context's nonces). For a context that must be
+    /// renewed before use: a request that verifies may start the renewal.
+    pub fn verify_request(&mut self, message: &Packet) -> Result<RequestBinding, OscoreError> {
+        let option = oscore_option(message)?;
+        let (Some(piv), Some(kid)) = (option.piv, option.kid) else {
+            return Err(OscoreError::NotOscore("request without Partial IV or kid"));
+        };
+        if kid != self.recipient_id {
+            return Err(OscoreError::UnknownKid);
+        }
+        if !self.usage.may_decrypt() {
+            return Err(OscoreError::KeyLimitReached);
+        }
+        let nonce = nonce(&self.common_iv, &kid, piv);
+        self.open(message, &nonce, &aad(&kid, piv))?;
+        Ok(RequestBinding { kid, piv, nonce })
     }
 
     /// Our Sender ID.
@@ -264,13 +304,34 @@ impl SecurityContext {
         request: &RequestBinding,
         own_piv: bool,
     ) -> Result<Sealed, OscoreError> {
+        self.protect_response_in(response, request, own_piv, None)
+    }
+
+    /// [`SecurityContext::protect_response`] with our own Partial IV and our ID Context as
+    /// 'kid context' (RFC 8613 B.2 Response #1).
+    pub(crate) fn protect_response_with_context(
+        &mut self,
+        response: &Packet,
+        request: &RequestBinding,
+    ) -> Result<Sealed, OscoreError> {
+        let c = self.id_context.clone();
+        self.protect_response_in(response, request, true, c)
+    }
+
+    fn protect_response_in(
+        &mut self,
+        response: &Packet,
+        request: &RequestBinding,
+        own_piv: bool,
+        kid_context: Option<Vec<u8>>,
+    ) -> Result<Sealed, OscoreError> {
         if !self.usage.may_encrypt() {
             return Err(OscoreError::KeyLimitReached);
         }
         let (nonce, option) = if own_piv {
             let piv = self.sequence.take()?;
             let n = nonce(&self.common_iv, &self.sender_id, piv);
-            (n, OscoreOption { piv: Some(piv), ..OscoreOption::default() })
+            (n, OscoreOption { piv: Some(piv), kid_context, ..OscoreOption::default() })
         } else {
             (request.nonce, OscoreOption::default())
         };

@@ -10,6 +10,7 @@ mod context;
 mod derive;
 mod nonce;
 mod option;
+pub mod renew;
 mod replay;
 mod sequence;
 mod usage;
