@@ -214,6 +214,17 @@ pub async fn start(
         let window = p.window.map_or(ReplayWindow::Unknown, ReplayWindow::Known);
         link.add_peer(&p.params, Lease(p.lease), window, p.usage, p.endpoint, p.budget.as_ref());
     }
+    // Contexts restored from a backup are renewed before use (RFC 8613 B.2, `crate::backup`).
+    let renew = store.renewals()?;
+    for kid in &renew {
+        link.require_renewal(kid);
+    }
+    if !renew.is_empty() {
+        tracing::info!(
+            devices = renew.len(),
+            "restored from a backup: each sensor's link is renewed at its first message"
+        );
+    }
     // Bind before the start-up checkpoint: a start that cannot serve must not spend headroom.
     // The socket belongs to the link's own runtime (its I/O driver), not the main one.
     let link_rt = DomainRuntime::new(LINK_THREAD)?;

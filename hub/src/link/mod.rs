@@ -245,6 +245,13 @@ impl Driver {
                     self.pending.states.insert(kid);
                     self.pending.paired.push(kid);
                 }
+                HubEvent::Renewed { kid, params } => {
+                    // Before the answer to the request that renewed it (it waits for this
+                    // commit's checkpoint): the sensor never uses a context the hub can lose.
+                    tracing::info!(device = %kid, "security context renewed (RFC 8613 B.2)");
+                    self.pending.writes.push(Write::Renew { kid, params });
+                    self.pending.states.insert(kid);
+                }
                 HubEvent::LeaseNeeded { kid, lease } => {
                     self.pending.writes.push(Write::Lease { kid, lease: lease.0 });
                     self.pending.leases.push((kid, lease));

@@ -390,6 +390,9 @@ impl Harness {
                 self.hub.pin_queue.push_back(kid);
                 self.type_pins();
             }
+            HubEvent::Renewed { kid, params } => {
+                self.hub.contexts.insert(kid, params);
+            }
             HubEvent::Paired { kid, params, .. } => {
                 // Durable at once in the harness's store, with its first checkpoint.
                 self.hub.contexts.insert(kid, params);

@@ -68,6 +68,9 @@ impl<A> Default for Parked<A> {
 
 struct Peer<A: Endpoint> {
     ctx: SecurityContext,
+    /// Set while the context must be renewed before use (restored from a backup): the `R2`s
+    /// issued (RFC 8613 B.2, `oscore::renew`).
+    renew: Option<crate::oscore::renew::Pending>,
     /// Recent exchanges for CoAP deduplication, keyed by source endpoint and Message ID.
     recent: VecDeque<Exchange<A>>,
     guard: Guard<A>,
@@ -99,6 +102,7 @@ impl<A: Endpoint> Peer<A> {
             durable_window: ctx.replay_window().clone(),
             window_inflight: None,
             ctx,
+            renew: None,
             recent: VecDeque::new(),
             guard,
             rekey_reported: false,
@@ -210,6 +214,24 @@ impl<A: Endpoint> HubLink<A> {
 
     fn tick(&mut self, now: Millis) {
         self.last_now = self.last_now.max(now);
+    }
+
+    /// Marks a sensor's context "renew before use" (restored from a backup: the old hub may
+    /// have used it after the backup). Nothing is processed under it any more; its requests get
+    /// RFC 8613 B.2 Response #1 until the sensor renews. False if no such sensor.
+    pub fn require_renewal(&mut self, kid: &Kid) -> bool {
+        match self.peers.get_mut(kid) {
+            Some(p) => {
+                p.renew.get_or_insert_with(Default::default);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a sensor's context still waits for its renewal.
+    pub fn renewal_pending(&self, kid: &Kid) -> bool {
+        self.peers.get(kid).is_some_and(|p| p.renew.is_some())
     }
 
     /// Forgets a sensor (removal or replacement). Its kid is refused from now on.

@@ -61,9 +61,11 @@ impl<A: Endpoint> HubLink<A> {
             .get_first_option(CoapOption::Oscore)
             .map(|v| OscoreOption::parse(v))
             .unwrap_or(Err(OscoreError::NotOscore("no option")));
-        // Hearth assigns kids at pairing and uses no ID Context: a kid context is refused.
-        let (kid, piv) = match parsed {
-            Ok(OscoreOption { kid: Some(kid), piv: Some(piv), kid_context: None }) => (kid, piv),
+        // Hearth assigns kids at pairing; an ID Context comes only from a renewal (B.2).
+        let (kid, piv, kid_context) = match parsed {
+            Ok(OscoreOption { kid: Some(kid), piv: Some(piv), kid_context }) => {
+                (kid, piv, kid_context)
+            }
             _ => {
                 self.counters.bad_oscore += 1;
                 self.security(SecurityEvent::Malformed("OSCORE option"));
@@ -80,6 +82,35 @@ impl<A: Endpoint> HubLink<A> {
                 b"Security context not found",
             );
         };
+        if peer.renew.is_some() {
+            match kid_context {
+                None => return self.renewal_response_1(kid, from, packet, rng),
+                Some(c) => {
+                    if !self.renewal_request_2(kid, &c, packet) {
+                        self.counters.unknown_kid += 1;
+                        self.security(SecurityEvent::UnknownKid);
+                        return self.reply(
+                            from,
+                            packet,
+                            ResponseType::Unauthorized,
+                            b"Security context not found",
+                        );
+                    }
+                }
+            }
+        } else if kid_context.as_deref() != peer.ctx.id_context() {
+            // Not the context in use: a request of a context that was renewed away (or a
+            // forgery); nothing is processed.
+            self.counters.unknown_kid += 1;
+            self.security(SecurityEvent::UnknownKid);
+            return self.reply(
+                from,
+                packet,
+                ResponseType::Unauthorized,
+                b"Security context not found",
+            );
+        }
+        let Some(peer) = self.peers.get_mut(&kid) else { return };
         // CoAP deduplication (RFC 7252 §4.5): the same endpoint's retransmission of the same
         // message gets the same answer. Anything else goes through OSCORE.
         peer.recent.retain(|e| now < e.at.plus(EXCHANGE_LIFETIME_MS));
@@ -190,6 +221,55 @@ impl<A: Endpoint> HubLink<A> {
             }
         }
         self.check_peer(kid);
+    }
+
+    /// RFC 8613 B.2 step 2: a request under a context that must be renewed. Its tag is checked
+    /// (nothing is processed, nothing marked seen: the context's window may be behind) and it
+    /// is answered with Response #1 under a one-time context with a fresh `R2`.
+    fn renewal_response_1<R: CryptoRng + ?Sized>(
+        &mut self,
+        kid: Kid,
+        from: A,
+        packet: &Packet,
+        rng: &mut R,
+    ) {
+        let Some(peer) = self.peers.get_mut(&kid) else { return };
+        let binding = match peer.ctx.verify_request(packet) {
+            Ok(b) => b,
+            Err(_) => {
+                self.counters.bad_tag += 1;
+                self.security(SecurityEvent::BadTag { kid });
+                return self.reply(from, packet, ResponseType::BadRequest, b"Decryption failed");
+            }
+        };
+        let params = peer.ctx.params().clone();
+        let Some(pending) = peer.renew.as_mut() else { return };
+        if let Ok(sealed) = pending.response_1(&params, packet, &binding, rng)
+            && let Some(bytes) = coap::encode(&sealed.packet)
+        {
+            self.transmits.push_back(Transmit { to: from, bytes });
+        }
+    }
+
+    /// RFC 8613 B.2 step 4: a request whose 'kid context' names an `R2` this hub issued and
+    /// that verifies under the context it names: that context replaces the old one (the caller
+    /// persists it, [`HubEvent::Renewed`], before the request's answer leaves) and the request
+    /// goes on as usual under it. False (nothing changed) otherwise.
+    fn renewal_request_2(&mut self, kid: Kid, kid_context: &[u8], packet: &Packet) -> bool {
+        let Some(peer) = self.peers.get_mut(&kid) else { return false };
+        let Some(pending) = peer.renew.as_ref() else { return false };
+        let Some(params) = pending.candidate(peer.ctx.params(), kid_context) else {
+            return false;
+        };
+        let mut next = peer.ctx.renewed(&params);
+        if next.verify_request(packet).is_err() {
+            return false;
+        }
+        peer.ctx = next;
+        peer.renew = None;
+        peer.durable_window = peer.ctx.replay_window().clone();
+        self.events.push_back(HubEvent::Renewed { kid, params });
+        true
     }
 
     /// Keeps an unprotected answer whose sending reveals a verification's outcome until the

@@ -215,6 +215,16 @@ pub enum HubEvent<A> {
         /// Descriptor bound into the pairing transcript.
         descriptor: Descriptor,
     },
+    /// A sensor renewed its context (RFC 8613 B.2, after a restore): persist `params` in the
+    /// same commit as (or before) the checkpoint of the request that renewed it — that
+    /// request's answer waits for that checkpoint, so the sensor never uses a context the
+    /// hub could lose.
+    Renewed {
+        /// The sensor's kid.
+        kid: Kid,
+        /// The renewed context's inputs (hub's view).
+        params: ContextParams,
+    },
     /// The sensor has been told it is paired (its context was durable first).
     PairingConfirmed {
         /// The sensor's kid.
