@@ -96,6 +96,9 @@ pub struct StoredContext {
     pub sender_id: String,
     /// The hub's Sender ID, hex.
     pub recipient_id: String,
+    /// ID Context, hex (given by a renewal, RFC 8613 B.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_context: Option<String>,
 }
 
 impl StoredContext {
@@ -106,6 +109,7 @@ impl StoredContext {
             salt: protocol::hex::encode(&p.master_salt),
             sender_id: protocol::hex::encode(p.sender_id.as_bytes()),
             recipient_id: protocol::hex::encode(p.recipient_id.as_bytes()),
+            id_context: p.id_context.as_deref().map(protocol::hex::encode),
         }
     }
 
@@ -117,7 +121,10 @@ impl StoredContext {
             master_salt: protocol::hex::decode(&self.salt)?,
             sender_id: kid(&self.sender_id)?,
             recipient_id: kid(&self.recipient_id)?,
-            id_context: None,
+            id_context: match &self.id_context {
+                Some(h) => Some(protocol::hex::decode(h)?),
+                None => None,
+            },
         })
     }
 }

@@ -45,6 +45,11 @@ pub enum SensorEvent {
     /// closed or the session expired before the PIN was typed): the hub's reason, as printable
     /// text of at most 160 characters.
     PairingRefused(String),
+    /// The hub renewed our context (RFC 8613 B.2, e.g. it was restored from a backup): persist
+    /// these inputs in place of the old ones. Requests go on under them (sequence numbers go on
+    /// rising); until the hub first answers under them, an unauthenticated "context not found"
+    /// takes us back to the old context, whose next request starts the renewal again.
+    Renewed(Box<crate::oscore::ContextParams>),
     /// The hub acknowledged reading `id`: it is durable there and can be dropped here.
     Delivered(u64),
     /// The hub refused reading `id` (authenticated error response); it was dropped.
@@ -150,6 +155,8 @@ struct Outstanding {
 /// One sensor's link to its hub.
 pub struct SensorLink {
     phase: Phase,
+    /// The context before a renewal not yet confirmed by an answer under the new one.
+    previous: Option<Box<SecurityContext>>,
     out: Option<Outstanding>,
     readings: VecDeque<(u64, Vec<u8>)>,
     control: VecDeque<Control>,
@@ -184,6 +191,7 @@ impl SensorLink {
     pub fn unpaired<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
         Self {
             phase: Phase::Unpaired,
+            previous: None,
             out: None,
             readings: VecDeque::new(),
             control: VecDeque::new(),
@@ -595,12 +603,47 @@ impl SensorLink {
             {
                 return self.on_routability_challenge(now, value.to_vec());
             }
+            if p.header.code == MessageClass::Response(ResponseType::Unauthorized)
+                && let Some(old) = self.previous.take()
+            {
+                // The hub does not know the renewed context (it restarted before making it
+                // durable): back to the old one, whose next request starts the renewal again.
+                **ctx = *old;
+                self.events.push_back(SensorEvent::Renewed(Box::new(ctx.params().clone())));
+                let what = what.clone();
+                self.out = None;
+                if let What::Control(c) = what {
+                    self.control.push_front(c);
+                }
+                return self.pump(now, rng);
+            }
             // E.g. "Replay detected" from a hub that restarted and lost our answer: the next
             // retransmission goes out as a fresh request (the hub stores a reading idempotently).
             out.unverified_error = true;
             return;
         }
+        if crate::oscore::renew::is_response_1(p) {
+            // RFC 8613 B.2 Response #1: the hub renews our context before it uses it.
+            let Ok(params) = crate::oscore::renew::on_response_1(ctx.params(), p, binding, rng)
+            else {
+                return;
+            };
+            let next = ctx.renewed(&params);
+            let old = core::mem::replace(&mut **ctx, next);
+            if self.previous.is_none() {
+                self.previous = Some(Box::new(old));
+            }
+            self.events.push_back(SensorEvent::Renewed(Box::new(params)));
+            let what = what.clone();
+            self.out = None;
+            self.last_answer = now;
+            if let What::Control(c) = what {
+                self.control.push_front(c);
+            }
+            return self.pump(now, rng);
+        }
         let Ok(inner) = ctx.unprotect_response(p, binding) else { return };
+        self.previous = None;
         let what = what.clone();
         self.out = None;
         self.last_answer = now;

@@ -97,7 +97,8 @@ impl Pending {
             return None;
         }
         let (r2, _) = kid_context.split_at(NONCE_LEN);
-        let issued = self.issued.iter().any(|i| bool::from(subtle::ConstantTimeEq::ct_eq(&i[..], r2)));
+        let issued =
+            self.issued.iter().any(|i| bool::from(subtle::ConstantTimeEq::ct_eq(&i[..], r2)));
         issued.then(|| with_context(old, kid_context.to_vec()))
     }
 
@@ -137,7 +138,11 @@ pub fn on_response_1<R: CryptoRng + ?Sized>(
     if r2.len() != NONCE_LEN || current.id_context.as_deref() == Some(&r2[..]) {
         return Err(OscoreError::BadOption("kid context"));
     }
-    let mut ctx1 = SecurityContext::new(&with_context(current, r2.clone()), SenderSequence::new(1), ReplayWindow::Empty);
+    let mut ctx1 = SecurityContext::new(
+        &with_context(current, r2.clone()),
+        SenderSequence::new(1),
+        ReplayWindow::Empty,
+    );
     let inner = ctx1.unprotect_response(response, binding)?;
     if inner.header.code != MessageClass::Response(ResponseType::Unauthorized) {
         return Err(OscoreError::BadInnerMessage);

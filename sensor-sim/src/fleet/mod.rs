@@ -457,6 +457,14 @@ impl FleetTask {
                 }
                 self.start_reporting(index, now);
             }
+            SensorEvent::Renewed(params) => {
+                let s = &mut self.sensors[i];
+                s.stored = Some(StoredContext::from_params(&params));
+                s.iv = Some(params.common_iv());
+                if self.flash.is_some() {
+                    self.pending_flash.push(index);
+                }
+            }
             SensorEvent::PairingFailed(e) => {
                 self.sensors[i].display = None;
                 self.emit(FleetEvent::PairingFailed { index, reason: e.to_string() });

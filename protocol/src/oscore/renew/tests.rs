@@ -50,16 +50,25 @@ struct Pair {
 
 fn pair() -> Pair {
     let s = sensor_params();
-    Pair { sensor: ctx(&s), hub: ctx(&s.reversed()), pending: Pending::default(), rng: ChaCha20Rng::seed_from_u64(7) }
+    Pair {
+        sensor: ctx(&s),
+        hub: ctx(&s.reversed()),
+        pending: Pending::default(),
+        rng: ChaCha20Rng::seed_from_u64(7),
+    }
 }
 
 /// Request #1 and Response #1: the sensor's new context inputs.
 fn first_round(p: &mut Pair) -> (ContextParams, Packet) {
     let (sealed, binding) = p.sensor.protect_request(&post(1)).expect("request 1");
     let hub_binding = p.hub.verify_request(&sealed.packet).expect("verifies under the old context");
-    let r1 = p.pending.response_1(p.hub.params(), &sealed.packet, &hub_binding, &mut p.rng).expect("response 1");
+    let r1 = p
+        .pending
+        .response_1(p.hub.params(), &sealed.packet, &hub_binding, &mut p.rng)
+        .expect("response 1");
     assert!(is_response_1(&r1.packet));
-    let new = on_response_1(p.sensor.params(), &r1.packet, &binding, &mut p.rng).expect("sensor follows");
+    let new =
+        on_response_1(p.sensor.params(), &r1.packet, &binding, &mut p.rng).expect("sensor follows");
     (new, sealed.packet)
 }
 
@@ -132,7 +141,8 @@ fn a_forged_response_1_is_refused() {
     t.payload[0] ^= 1;
     assert!(on_response_1(p.sensor.params(), &t, &binding, &mut p.rng).is_err());
     let mut t = r1.packet.clone();
-    let mut opt = OscoreOption::parse(t.get_first_option(CoapOption::Oscore).expect("opt")).expect("parse");
+    let mut opt =
+        OscoreOption::parse(t.get_first_option(CoapOption::Oscore).expect("opt")).expect("parse");
     if let Some(c) = opt.kid_context.as_mut() {
         c[0] ^= 1;
     }
