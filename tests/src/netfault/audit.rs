@@ -57,7 +57,9 @@ const ACCEPTED_KEPT: usize = 4096;
 pub(super) struct Audit {
     requests: HashMap<(u64, Vec<u8>), Request>,
     order: VecDeque<(u64, Vec<u8>)>,
-    seen: HashMap<u128, u64>,
+    /// Keyed by (kid, sender, Partial IV) and the ID Context (hashed; 0: none): a renewed
+    /// context (RFC 8613 B.2) has new keys, so it is a key space of its own.
+    seen: HashMap<(u128, u64), u64>,
     pub(super) accepted: Vec<Vec<u8>>,
     rng: ChaCha20Rng,
     pub(super) report: AuditReport,
@@ -65,6 +67,8 @@ pub(super) struct Audit {
 
 struct Request {
     kid: Kid,
+    /// Its ID Context, hashed (0: none).
+    ctx: u64,
     piv: u64,
     bytes: Vec<u8>,
     accepted: bool,
@@ -94,7 +98,7 @@ impl Audit {
             return;
         };
         let id = (flow, p.get_token().to_vec());
-        let (kid, who, piv) = if up {
+        let (kid, who, piv, ctx) = if up {
             let (Some(kid), Some(piv)) = (opt.kid, opt.piv) else { return };
             if !self.requests.contains_key(&id) {
                 if self.order.len() >= REQUESTS_KEPT
@@ -103,20 +107,26 @@ impl Audit {
                     self.requests.remove(&old);
                 }
                 self.order.push_back(id.clone());
-                let r = Request { kid, piv: piv.value(), bytes: bytes.to_vec(), accepted: false };
+                let ctx = context(opt.kid_context.as_deref());
+                let r =
+                    Request { kid, ctx, piv: piv.value(), bytes: bytes.to_vec(), accepted: false };
                 self.requests.insert(id, r);
             }
-            (kid, Nonce::Client, piv.value())
+            (kid, Nonce::Client, piv.value(), context(opt.kid_context.as_deref()))
         } else {
             let Some(r) = self.requests.get_mut(&id) else {
                 self.report.unmatched += 1;
                 return;
             };
             match opt.piv {
-                Some(piv) => (r.kid, Nonce::ServerOwn, piv.value()),
+                // A Response #1 (B.2) is sealed under the context its 'kid context' names.
+                Some(piv) => {
+                    let ctx = opt.kid_context.as_deref().map_or(r.ctx, |c| context(Some(c)));
+                    (r.kid, Nonce::ServerOwn, piv.value(), ctx)
+                }
                 None => {
                     let first = !std::mem::replace(&mut r.accepted, true);
-                    let found = (r.kid, Nonce::ServerRequest, r.piv);
+                    let found = (r.kid, Nonce::ServerRequest, r.piv, r.ctx);
                     if first {
                         let bytes = r.bytes.clone();
                         self.keep_accepted(bytes);
@@ -127,12 +137,13 @@ impl Audit {
         };
         self.report.audited += 1;
         let digest = digest(&p.payload);
-        match self.seen.insert(key(&kid, who, piv), digest) {
+        match self.seen.insert((key(&kid, who, piv), ctx), digest) {
             Some(prev) if prev != digest => {
                 self.report.reuses += 1;
                 if self.report.examples.len() < 10 {
                     self.report.examples.push(format!(
-                        "context {kid}, {who:?} Partial IV {piv}: two different ciphertexts"
+                        "context {kid} ({ctx:x}), {who:?} Partial IV {piv}: two different \
+                         ciphertexts"
                     ));
                 }
             }
@@ -162,6 +173,11 @@ fn key(kid: &Kid, who: Nonce, piv: u64) -> u128 {
     k[..b.len().min(7)].copy_from_slice(&b[..b.len().min(7)]);
     k[7] = b.len() as u8;
     (u128::from(u64::from_be_bytes(k)) << 64) | (u128::from(who as u8) << 62) | u128::from(piv)
+}
+
+/// An ID Context, hashed (0: none).
+fn context(c: Option<&[u8]>) -> u64 {
+    c.map_or(0, |c| digest(c) | 1)
 }
 
 fn digest(payload: &[u8]) -> u64 {

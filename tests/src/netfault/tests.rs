@@ -186,3 +186,32 @@ fn the_audit_tells_retransmissions_from_nonce_reuse() {
     assert_eq!(a.report.reuses, 3, "{:?}", a.report.examples);
     assert_eq!(a.report.audited, 10);
 }
+
+#[test]
+fn a_renewed_context_is_a_key_space_of_its_own_and_reuse_in_it_is_still_caught() {
+    let mut a = Audit::new(2);
+    let kid = Kid::new(&[1, 2, 3, 4]).expect("kid");
+    // A request with an ID Context (RFC 8613 B.2 Request #2), token = Message ID.
+    let with_ctx = |ctx: &[u8], piv: u8, mid: u16, ct: &[u8]| {
+        let mut p = Packet::new();
+        p.header.code = coap_lite::MessageClass::Request(coap_lite::RequestType::Post);
+        p.header.message_id = mid;
+        p.set_token(mid.to_be_bytes().to_vec());
+        let opt = protocol::oscore::OscoreOption {
+            piv: Some(protocol::oscore::Piv::new(u64::from(piv)).expect("piv")),
+            kid_context: Some(ctx.to_vec()),
+            kid: Some(kid),
+        };
+        p.add_option(CoapOption::Oscore, opt.encode());
+        p.payload = ct.to_vec();
+        p.to_bytes().expect("encode")
+    };
+    a.record(0, true, &crate::forged_oscore(kid.as_bytes(), 5, 10, b"old-"));
+    // The same kid and Partial IV under a renewed context: new keys, no reuse.
+    a.record(0, true, &with_ctx(&[7; 16], 5, 11, b"new-"));
+    a.record(0, true, &with_ctx(&[8; 16], 5, 12, b"new2"));
+    assert_eq!(a.report.reuses, 0, "{:?}", a.report.examples);
+    // Inside one renewed context a repeated Partial IV is still a reuse.
+    a.record(0, true, &with_ctx(&[7; 16], 5, 13, b"xxxx"));
+    assert_eq!(a.report.reuses, 1);
+}
