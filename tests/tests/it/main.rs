@@ -3,6 +3,7 @@
 
 mod adversary;
 mod aiocoap_interop;
+mod backup;
 mod bad_input;
 mod bad_network;
 mod browser;

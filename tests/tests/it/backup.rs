@@ -1,0 +1,168 @@
+//! Backup and restore to a new gateway (issue 20 item 2): a fleet reports through a recording
+//! relay; the running hub is backed up; the old hub runs on and the fleet talks to it; it
+//! stops; the backup is restored into a new data directory (a wrong passphrase and a flipped
+//! byte are refused first, leaving nothing) and a new hub starts on it on the same port. The
+//! fleet follows without pairing again (each link renewed, RFC 8613 B.2), names and rooms are
+//! there, every reading the new hub stores is stored once, the relay's independent nonce
+//! audit over both hubs finds no reuse, and requests the old hub accepted, replayed to the new
+//! one, get 4.01.
+
+use std::collections::{HashMap, HashSet};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use tests::netfault::{Forward, NetRelay, RelayConfig};
+use tests::{Hub, Sim, bin, field, free_udp_port};
+
+const SENSORS: usize = 4;
+const PASSPHRASE: &str = "moving house in spring";
+
+fn hub_cmd(args: &[&str], pass: &str) -> (bool, String) {
+    let out = Command::new(bin("hub"))
+        .args(args)
+        .env("HEARTH_BACKUP_PASSPHRASE", pass)
+        .output()
+        .expect("run hub");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Waits until every sensor has `n` more deliveries; returns (kid, time) of all deliveries seen.
+fn deliveries(sim: &mut Sim, n: usize, acked: &mut HashMap<String, Vec<i64>>) {
+    let mut more: HashMap<String, usize> = HashMap::new();
+    sim.until("deliveries from every sensor", Duration::from_secs(90), |l| {
+        if l.starts_with("DELIVERED") {
+            let kid = field(l, "kid").unwrap_or_default().to_string();
+            let t: i64 = field(l, "time_ms").and_then(|t| t.parse().ok()).unwrap_or(0);
+            acked.entry(kid.clone()).or_default().push(t);
+            *more.entry(kid).or_default() += 1;
+        }
+        (more.len() == SENSORS && more.values().all(|&c| c >= n)).then_some(())
+    });
+}
+
+/// A device's stored readings as (time, SenML name) (a measurement may have several records).
+fn stored_times(hub: &Hub, kid: &str) -> Vec<(i64, String)> {
+    let r = hub.ctl(&["readings", kid, "--limit", "100000"]);
+    r.as_array()
+        .expect("readings")
+        .iter()
+        .filter_map(|x| Some((x["time_ms"].as_i64()?, x["name"].as_str()?.to_string())))
+        .collect()
+}
+
+#[test]
+fn a_restored_hub_takes_over_the_fleet_without_reuse_or_replay() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_udp_port();
+    let old_dir = tmp.path().join("old");
+    let hub = Hub::start(&old_dir, port);
+    let relay = NetRelay::start(RelayConfig {
+        udp: vec![Forward { listen: "127.0.0.1:0".parse().expect("addr"), target: hub.coap }],
+        audit: true,
+        ..Default::default()
+    })
+    .expect("relay");
+    let front = relay.udp[0].to_string();
+    let n = SENSORS.to_string();
+    let mut sim = Sim::fleet(
+        &front,
+        &hub,
+        &tmp.path().join("flash.redb"),
+        &["--sensors", &n, "--interval-ms", "100", "--audit-nonces"],
+    );
+    let kids = sim.paired(SENSORS, Duration::from_secs(120));
+    hub.ctl(&["rename", &kids[0], "Kitchen thermostat"]);
+    hub.ctl(&["room", &kids[0], "Kitchen"]);
+    let mut acked = HashMap::new();
+    // The hub persists names and rooms on its one-second tick: well over one passes here.
+    deliveries(&mut sim, 25, &mut acked);
+
+    // Backed up while the fleet reports, through the running hub.
+    let file = tmp.path().join("home.hearth-backup");
+    let (file_s, old_s) = (file.to_str().expect("utf8"), old_dir.to_str().expect("utf8"));
+    let (ok, out) = hub_cmd(&["backup", file_s, "--data-dir", old_s], PASSPHRASE);
+    assert!(ok && out.contains("backed up the running hub"), "{out}");
+    let (ok, out) = hub_cmd(&["backup", file_s, "--data-dir", old_s], "short");
+    assert!(!ok && out.contains("too short"), "{out}");
+    // The old hub runs on: the fleet goes on talking to it, then it stops.
+    deliveries(&mut sim, 3, &mut acked);
+    hub.stop();
+
+    // A wrong passphrase and a flipped byte are refused and leave nothing.
+    let new_dir = tmp.path().join("new");
+    let new_s = new_dir.to_str().expect("utf8");
+    let (ok, out) = hub_cmd(&["restore", file_s, "--data-dir", new_s], "not the passphrase!");
+    assert!(!ok && out.contains("wrong passphrase"), "{out}");
+    let mut bytes = std::fs::read(&file).expect("read backup");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    let bad = tmp.path().join("flipped");
+    std::fs::write(&bad, &bytes).expect("write");
+    let (ok, out) =
+        hub_cmd(&["restore", bad.to_str().expect("utf8"), "--data-dir", new_s], PASSPHRASE);
+    assert!(!ok && (out.contains("altered") || out.contains("damaged")), "{out}");
+    assert!(!new_dir.exists(), "a refused restore left {new_dir:?}");
+    let (ok, out) = hub_cmd(&["restore", file_s, "--data-dir", new_s], PASSPHRASE);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("{SENSORS} devices")), "{out}");
+
+    // The new hub, same port: the fleet follows without pairing again.
+    let hub = Hub::start(&new_dir, port);
+    let mut after = HashMap::new();
+    deliveries(&mut sim, 3, &mut after);
+    assert!(!sim.seen_lines().iter().any(|l| l.starts_with("PAIRING")), "a sensor paired again");
+    let log = std::fs::read_to_string(&hub.log).unwrap_or_default();
+    assert_eq!(log.matches("security context renewed").count(), SENSORS, "{log}");
+    let devices = hub.ctl(&["devices"]).to_string();
+    assert!(devices.contains("Kitchen thermostat") && devices.contains("Kitchen"), "{devices}");
+    // Every reading the new hub holds is there once; what it acknowledged is there.
+    for kid in &kids {
+        let times = stored_times(&hub, kid);
+        let unique: HashSet<&(i64, String)> = times.iter().collect();
+        assert_eq!(unique.len(), times.len(), "{kid}: a reading stored twice");
+        let at: HashSet<i64> = times.iter().map(|(t, _)| *t).collect();
+        for t in after.get(kid).into_iter().flatten() {
+            assert!(at.contains(t), "{kid}: acknowledged reading {t} not stored");
+        }
+    }
+
+    // Requests the old hub accepted, replayed to the new one: 4.01, nothing stored.
+    let before: Vec<usize> = kids.iter().map(|k| stored_times(&hub, k).len()).collect();
+    let accepted = relay.accepted_requests();
+    assert!(!accepted.is_empty(), "the relay saw no accepted request");
+    let attacker = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    attacker.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut answered = 0;
+    for d in accepted.iter().take(20) {
+        attacker.send_to(d, hub.coap).expect("send replay");
+        let mut buf = [0u8; 1500];
+        let Ok((len, _)) = attacker.recv_from(&mut buf) else { continue };
+        let p = coap_lite::Packet::from_bytes(&buf[..len]).expect("coap answer");
+        assert_eq!(
+            p.header.code,
+            coap_lite::MessageClass::Response(coap_lite::ResponseType::Unauthorized),
+            "a replayed request was not refused"
+        );
+        answered += 1;
+    }
+    assert!(answered > 0, "no replay was answered");
+    let mut later = HashMap::new();
+    deliveries(&mut sim, 1, &mut later);
+    drop(sim.terminate());
+    // Nothing replayed was stored: what the fleet added since came with new times.
+    for (i, kid) in kids.iter().enumerate() {
+        let times = stored_times(&hub, kid);
+        let unique: HashSet<&(i64, String)> = times.iter().collect();
+        assert_eq!(unique.len(), times.len(), "{kid}: a replay was stored");
+        assert!(times.len() >= before[i]);
+    }
+    let audit = relay.audit().expect("audit");
+    assert!(audit.audited > 0);
+    assert_eq!(audit.reuses, 0, "nonce reuse across the two hubs: {:?}", audit.examples);
+    hub.stop();
+    let _ = Path::new(&file);
+}
