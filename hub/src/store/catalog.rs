@@ -555,7 +555,7 @@ pub(crate) fn restore_dump(path: &Path, dump: &[u8]) -> Result<usize, StoreError
             let text = || std::str::from_utf8(&k).map_err(|_| corrupt());
             match tag {
                 0..=2 => {
-                    let table = tables[usize::from(tag)].as_mut().map_err(|e| db(e))?;
+                    let table = tables[usize::from(tag)].as_mut().map_err(db)?;
                     table.insert(k.as_slice(), v.as_slice()).map_err(db)?;
                     if tag == 1 {
                         renew.insert(k.as_slice(), ()).map_err(db)?;
