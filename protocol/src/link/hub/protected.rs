@@ -82,9 +82,12 @@ impl<A: Endpoint> HubLink<A> {
                 b"Security context not found",
             );
         };
+        // A request under a context to renew (B.2 Request #1) goes through the failure budgets
+        // like any other; it is verified and answered with Response #1 below.
+        let mut renewing = false;
         if peer.renew.is_some() {
             match kid_context {
-                None => return self.renewal_response_1(kid, from, packet, rng),
+                None => renewing = true,
                 Some(c) => {
                     if !self.renewal_request_2(kid, &c, packet) {
                         self.counters.unknown_kid += 1;
@@ -152,6 +155,9 @@ impl<A: Endpoint> HubLink<A> {
         }
         // Whatever depends on the outcome (an answer, a 4.00, a B.1.2 challenge) leaves only
         // after the checkpoint recording it is durable (see `guard`).
+        if renewing {
+            return self.renewal_response_1(kid, class, from, packet, rng);
+        }
         let outcome = peer.ctx.unprotect_request(packet);
         let settled = match &outcome {
             Ok(_) | Err(OscoreError::BadInnerMessage) => Outcome::Verified,
@@ -223,32 +229,59 @@ impl<A: Endpoint> HubLink<A> {
         self.check_peer(kid);
     }
 
-    /// RFC 8613 B.2 step 2: a request under a context that must be renewed. Its tag is checked
-    /// (nothing is processed, nothing marked seen: the context's window may be behind) and it
-    /// is answered with Response #1 under a one-time context with a fresh `R2`.
+    /// RFC 8613 B.2 step 2: a request under a context that must be renewed, admitted by its
+    /// failure budget as `class`. Its tag is checked (nothing is processed, nothing marked
+    /// seen: the context's window may be behind) and it is answered with Response #1 under a
+    /// one-time context with a fresh `R2`. A failed tag is counted and answered like any other
+    /// (after the checkpoint recording it).
     fn renewal_response_1<R: CryptoRng + ?Sized>(
         &mut self,
         kid: Kid,
+        class: Class<A::Host>,
         from: A,
         packet: &Packet,
         rng: &mut R,
     ) {
         let Some(peer) = self.peers.get_mut(&kid) else { return };
-        let binding = match peer.ctx.verify_request(packet) {
-            Ok(b) => b,
-            Err(_) => {
+        let verified = peer.ctx.verify_request(packet);
+        let settled = match &verified {
+            Ok(_) => Outcome::Verified,
+            Err(OscoreError::DecryptionFailed) => Outcome::Failed,
+            Err(_) => Outcome::Unchecked,
+        };
+        peer.guard.settle(class, settled);
+        if settled != Outcome::Unchecked {
+            self.events.push_back(HubEvent::CheckpointNeeded { kid });
+        }
+        match verified {
+            Ok(binding) => {
+                let Some(peer) = self.peers.get_mut(&kid) else { return };
+                let params = peer.ctx.params().clone();
+                let Some(pending) = peer.renew.as_mut() else { return };
+                // Sealed under a one-time key: nothing durable depends on it.
+                if let Ok(sealed) = pending.response_1(&params, packet, &binding, rng)
+                    && let Some(bytes) = coap::encode(&sealed.packet)
+                {
+                    self.transmits.push_back(Transmit { to: from, bytes });
+                }
+            }
+            Err(OscoreError::DecryptionFailed) => {
                 self.counters.bad_tag += 1;
                 self.security(SecurityEvent::BadTag { kid });
-                return self.reply(from, packet, ResponseType::BadRequest, b"Decryption failed");
+                self.park(kid, from, packet, ResponseType::BadRequest, b"Decryption failed");
             }
-        };
-        let params = peer.ctx.params().clone();
-        let Some(pending) = peer.renew.as_mut() else { return };
-        if let Ok(sealed) = pending.response_1(&params, packet, &binding, rng)
-            && let Some(bytes) = coap::encode(&sealed.packet)
-        {
-            self.transmits.push_back(Transmit { to: from, bytes });
+            Err(OscoreError::KeyLimitReached) => {
+                self.counters.key_limit += 1;
+                self.security(SecurityEvent::KeyLimit { kid });
+                self.reply(from, packet, ResponseType::Unauthorized, b"Key limit reached");
+            }
+            Err(_) => {
+                self.counters.bad_oscore += 1;
+                self.security(SecurityEvent::Malformed("OSCORE message"));
+                self.reply(from, packet, ResponseType::BadOption, b"bad OSCORE message");
+            }
         }
+        self.check_peer(kid);
     }
 
     /// RFC 8613 B.2 step 4: a request whose 'kid context' names an `R2` this hub issued and
