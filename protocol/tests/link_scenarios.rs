@@ -446,3 +446,75 @@ fn nothing_reveals_a_verification_before_the_checkpoint_recording_it_is_durable(
     let now = h.now;
     assert!(h.run_until(Millis(now.0 + 50), |h| h.attacker_inbox.len() == 3));
 }
+
+/// Issue 20 item 2: a hub restored from a backup while the old hub ran on afterwards. Every
+/// link is renewed (RFC 8613 B.2) before its context is used: requests the old hub accepted,
+/// replayed, are stored nowhere; no nonce is used twice under one key (the audit keys contexts
+/// by their ID Context); the sensors follow without pairing again, also one that loses its
+/// renewed context in a power cut.
+#[test]
+fn a_hub_restored_from_an_older_backup_renews_every_link_and_reuses_no_nonce() {
+    let total = |h: &Harness| h.sensors.iter().map(|s| s.delivered.len()).sum::<usize>();
+    let mut h = paired(41, lossy(), 3);
+    h.capture = true;
+    for id in 0..60 {
+        h.queue_reading((id % 3) as usize, id);
+    }
+    assert!(h.run_until(Millis(h.now.0 + HOUR), |h| total(h) == 60));
+    // The backup: the hub's store as it is now.
+    let backup =
+        (h.hub.contexts.clone(), h.hub.leases.clone(), h.hub.windows.clone(), h.hub.states.clone());
+    // The old hub runs on and the sensors talk to it.
+    for id in 60..150 {
+        h.queue_reading((id % 3) as usize, id);
+    }
+    assert!(h.run_until(Millis(h.now.0 + HOUR), |h| total(h) == 150));
+    let captured: Vec<Vec<u8>> =
+        std::mem::take(&mut h.captured).into_iter().filter(|b| piv_of(b).is_some()).collect();
+    // Restored: the store as backed up, every context marked "renew before use".
+    (h.hub.contexts, h.hub.leases, h.hub.windows, h.hub.states) = backup;
+    h.restart_hub(true);
+    let kids: Vec<_> = h.hub.contexts.keys().copied().collect();
+    for kid in &kids {
+        assert!(h.hub.link.require_renewal(kid));
+    }
+    let stored = h.hub.stored.clone();
+    for b in &captured {
+        h.inject(b.clone());
+    }
+    h.run_until(Millis(h.now.0 + 5_000), |_| false);
+    assert_eq!(h.hub.stored, stored, "a request of the old hub was processed before renewal");
+    for id in 150..240 {
+        h.queue_reading((id % 3) as usize, id);
+    }
+    assert!(h.run_until(Millis(h.now.0 + HOUR), |h| total(h) == 240));
+    for kid in &kids {
+        assert!(!h.hub.link.renewal_pending(kid), "{kid:?} not renewed");
+        assert_eq!(h.hub.contexts[kid].id_context.as_ref().map(Vec::len), Some(16));
+    }
+    // After the renewal, the old requests again: nothing stored.
+    let stored = h.hub.stored.clone();
+    for b in &captured {
+        h.inject(b.clone());
+    }
+    h.run_until(Millis(h.now.0 + 5_000), |_| false);
+    assert_eq!(h.hub.stored, stored, "a request of the old hub was processed after renewal");
+    assert!((150..240).all(|id| {
+        let kid = kid_of(&h, (id % 3) as usize);
+        h.hub.stored.get(&(kid, id)) == Some(&1)
+    }));
+    // A sensor whose renewed context never reached flash reboots with the paired one: it
+    // renews again and goes on.
+    let renewed = h.sensors[0].flash.params.clone().expect("params");
+    let mut paired_ctx = renewed.clone();
+    paired_ctx.id_context = None;
+    h.sensors[0].flash.params = Some(paired_ctx);
+    h.restart_sensor(0);
+    for id in 240..270 {
+        h.queue_reading(0, id);
+    }
+    assert!(h.run_until(Millis(h.now.0 + HOUR), |h| total(h) == 270));
+    let now = h.sensors[0].flash.params.clone().expect("params");
+    assert!(now.id_context.is_some() && now.id_context != renewed.id_context);
+    assert_eq!(h.nonces.reuses, 0, "a nonce was used twice under one key");
+}

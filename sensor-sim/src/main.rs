@@ -607,6 +607,9 @@ fn print_event(e: FleetEvent, ctl: Option<&PathBuf>) {
             );
         }
         FleetEvent::Refused { index } => println!("REFUSED sensor={index}"),
+        FleetEvent::Renewed { index, renewed } => {
+            println!("RENEWED sensor={index} renewed={renewed}");
+        }
         FleetEvent::Command { index, setting, value, applied } => {
             let applied = applied.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
             let name = setting.name();

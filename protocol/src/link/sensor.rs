@@ -47,8 +47,10 @@ pub enum SensorEvent {
     PairingRefused(String),
     /// The hub renewed our context (RFC 8613 B.2, e.g. it was restored from a backup): persist
     /// these inputs in place of the old ones. Requests go on under them (sequence numbers go on
-    /// rising); until the hub first answers under them, an unauthenticated "context not found"
-    /// takes us back to the old context, whose next request starts the renewal again.
+    /// rising). If the hub does not know them (an unauthenticated "context not found"), the
+    /// link goes back to the paired context (no ID Context; also reported with this event),
+    /// whose next request starts a renewal again: losing this event in a crash costs a renewal,
+    /// never the link.
     Renewed(Box<crate::oscore::ContextParams>),
     /// The hub acknowledged reading `id`: it is durable there and can be dropped here.
     Delivered(u64),
@@ -155,8 +157,6 @@ struct Outstanding {
 /// One sensor's link to its hub.
 pub struct SensorLink {
     phase: Phase,
-    /// The context before a renewal not yet confirmed by an answer under the new one.
-    previous: Option<Box<SecurityContext>>,
     out: Option<Outstanding>,
     readings: VecDeque<(u64, Vec<u8>)>,
     control: VecDeque<Control>,
@@ -191,7 +191,6 @@ impl SensorLink {
     pub fn unpaired<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
         Self {
             phase: Phase::Unpaired,
-            previous: None,
             out: None,
             readings: VecDeque::new(),
             control: VecDeque::new(),
@@ -604,12 +603,17 @@ impl SensorLink {
                 return self.on_routability_challenge(now, value.to_vec());
             }
             if p.header.code == MessageClass::Response(ResponseType::Unauthorized)
-                && let Some(old) = self.previous.take()
+                && p.payload == b"Security context not found"
+                && ctx.id_context().is_some()
             {
-                // The hub does not know the renewed context (it restarted before making it
-                // durable): back to the old one, whose next request starts the renewal again.
-                **ctx = *old;
-                self.events.push_back(SensorEvent::Renewed(Box::new(ctx.params().clone())));
+                // The hub does not know our renewed context (it restarted before making it
+                // durable, or was restored from an older backup): back to the paired context,
+                // whose next request starts a renewal (RFC 8613 B.2). Unauthenticated, so a
+                // forger can make us renew again, never reuse a nonce: our sequence goes on.
+                let mut base = ctx.params().clone();
+                base.id_context = None;
+                **ctx = ctx.renewed(&base);
+                self.events.push_back(SensorEvent::Renewed(Box::new(base)));
                 let what = what.clone();
                 self.out = None;
                 if let What::Control(c) = what {
@@ -628,11 +632,7 @@ impl SensorLink {
             else {
                 return;
             };
-            let next = ctx.renewed(&params);
-            let old = core::mem::replace(&mut **ctx, next);
-            if self.previous.is_none() {
-                self.previous = Some(Box::new(old));
-            }
+            **ctx = ctx.renewed(&params);
             self.events.push_back(SensorEvent::Renewed(Box::new(params)));
             let what = what.clone();
             self.out = None;
@@ -643,7 +643,6 @@ impl SensorLink {
             return self.pump(now, rng);
         }
         let Ok(inner) = ctx.unprotect_response(p, binding) else { return };
-        self.previous = None;
         let what = what.clone();
         self.out = None;
         self.last_answer = now;

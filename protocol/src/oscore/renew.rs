@@ -2,7 +2,8 @@
 //! restored from a backup stops using contexts that the old hub may have gone on using
 //! (their sequence numbers and replay windows are behind) without pairing again.
 //!
-//! 1. The sensor sends a request under the old context (no ID Context): **Request #1**.
+//! 1. The sensor sends a request under the paired context (no ID Context) while the hub's is
+//!    another one, or is marked "renew before use" (restored from a backup): **Request #1**.
 //! 2. The hub verifies its tag (nothing is processed or marked seen), draws a fresh random
 //!    `R2`, derives CTX_1 with ID Context `R2` and answers 4.01 protected under CTX_1 with its
 //!    own Partial IV and 'kid context' `R2`: **Response #1** ([`Pending::response_1`]). It
@@ -15,6 +16,13 @@
 //!    ([`Pending::candidate`]) and the request verifies under CTX_NEW; then CTX_NEW is made
 //!    durable before anything is answered, every pending `R2` is forgotten
 //!    ([`Pending::confirm`]) and the old context is gone.
+//!
+//! Either side may lose a renewal in a crash (the hub its pending `R2`s, the sensor its new
+//! context before it reached flash): a request under a context the hub does not know gets an
+//! unprotected 4.01 "Security context not found", on which the sensor goes back to the paired
+//! context, and a request under that one starts a renewal again. The paired context's keys are
+//! never used to answer anything once the hub must renew, so that costs a round trip, never a
+//! nonce.
 //!
 //! Both keys of CTX_NEW are fresh (`R2` from the hub, `R1` from the sensor, 8 random bytes
 //! each, §B.2 "at least 8 bytes"), so no nonce of the old context can recur under them;

@@ -106,8 +106,10 @@ pub struct HubSide {
 /// key/nonce pair carries two different ciphertexts (a retransmission repeats the same bytes).
 #[derive(Default)]
 pub struct NonceLog {
-    seen: HashMap<(Kid, bool, [u8; 13]), Vec<u8>>,
-    tokens: HashMap<(usize, Vec<u8>), [u8; 13]>,
+    /// Keyed by (context: kid and ID Context, sender, nonce): a renewed context (RFC 8613
+    /// B.2) has keys of its own.
+    seen: HashMap<(Kid, Option<Vec<u8>>, bool, [u8; 13]), Vec<u8>>,
+    tokens: HashMap<(usize, Vec<u8>), ([u8; 13], Option<Vec<u8>>)>,
     pub reuses: u64,
     pub recorded: u64,
 }
@@ -446,6 +448,9 @@ impl Harness {
                 s.flash.params = Some(p.context.clone());
                 s.paired = true;
             }
+            // Written to flash at once (a crash before the write is the same as a hub that
+            // does not know the renewal: the link renews again).
+            SensorEvent::Renewed(p) => s.flash.params = Some(*p),
             SensorEvent::PairingFailed(_) | SensorEvent::PairingRefused(_) => s.failed += 1,
             SensorEvent::Delivered(id) => s.delivered.push(id),
             SensorEvent::LeaseNeeded(lease) => s.writing = Some((lease, now.plus(FLASH_WRITE_MS))),
@@ -535,23 +540,33 @@ impl Harness {
             (Node::Hub, Node::Sensor(i)) => (i, true),
             _ => return,
         };
-        let Some(params) = self.sensors[sensor].flash.params.clone() else { return };
+        let Some(mut params) = self.sensors[sensor].flash.params.clone() else { return };
+        // The context that sealed it: the one its 'kid context' names, or its request's.
+        let ctx = match (from_hub, &opt.kid_context) {
+            (_, Some(c)) => Some(c.clone()),
+            (false, None) => None,
+            (true, None) => match self.nonces.tokens.get(&(sensor, p.get_token().to_vec())) {
+                Some((_, c)) => c.clone(),
+                None => return,
+            },
+        };
+        params.id_context = ctx.clone();
         let iv = params.common_iv();
         let n = match (from_hub, opt.piv) {
             (false, Some(piv)) => {
                 let n = nonce(&iv, &params.sender_id, piv);
-                self.nonces.tokens.insert((sensor, p.get_token().to_vec()), n);
+                self.nonces.tokens.insert((sensor, p.get_token().to_vec()), (n, ctx.clone()));
                 n
             }
             (true, Some(piv)) => nonce(&iv, &params.recipient_id, piv),
             (true, None) => match self.nonces.tokens.get(&(sensor, p.get_token().to_vec())) {
-                Some(n) => *n,
+                Some((n, _)) => *n,
                 None => return,
             },
             (false, None) => return,
         };
         self.nonces.recorded += 1;
-        let key = (params.sender_id, from_hub, n);
+        let key = (params.sender_id, ctx, from_hub, n);
         match self.nonces.seen.get(&key) {
             Some(ct) if *ct != p.payload => self.nonces.reuses += 1,
             Some(_) => {}

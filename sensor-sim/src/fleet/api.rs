@@ -192,6 +192,14 @@ pub enum FleetEvent {
         /// Measurements the sensor dropped from its full buffer, in total.
         dropped: u64,
     },
+    /// A sensor's link was renewed (RFC 8613 B.2: its hub was restored from a backup), or went
+    /// back to its paired context to renew again (`renewed: false`).
+    Renewed {
+        /// Sensor index.
+        index: u32,
+        /// Whether the new context has an ID Context (a renewal) or not (back to the paired one).
+        renewed: bool,
+    },
     /// The hub refused a reading.
     Refused {
         /// Sensor index.

@@ -464,6 +464,7 @@ impl FleetTask {
                 if self.flash.is_some() {
                     self.pending_flash.push(index);
                 }
+                self.emit(FleetEvent::Renewed { index, renewed: params.id_context.is_some() });
             }
             SensorEvent::PairingFailed(e) => {
                 self.sensors[i].display = None;

@@ -30,14 +30,27 @@ fn hub_cmd(args: &[&str], pass: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Waits until every sensor has `n` more deliveries; returns (kid, time) of all deliveries seen.
-fn deliveries(sim: &mut Sim, n: usize, acked: &mut HashMap<String, Vec<i64>>) {
+/// Reads the fleet's lines until every sensor has `n` more deliveries acknowledged by the hub
+/// it talks to now. A sensor's deliveries count for the new hub once it printed `RENEWED`
+/// (the old hub cannot answer under a renewed context): `renewed` holds those sensors, and a
+/// delivery before that goes to `old` (acknowledged by the old hub).
+fn deliveries(
+    sim: &mut Sim,
+    n: usize,
+    renewed: &mut HashSet<String>,
+    old: &mut HashMap<String, Vec<i64>>,
+    new: &mut HashMap<String, Vec<i64>>,
+) {
     let mut more: HashMap<String, usize> = HashMap::new();
     sim.until("deliveries from every sensor", Duration::from_secs(90), |l| {
-        if l.starts_with("DELIVERED") {
+        let sensor = field(l, "sensor").unwrap_or_default().to_string();
+        if l.starts_with("RENEWED") && field(l, "renewed") == Some("true") {
+            renewed.insert(sensor);
+        } else if l.starts_with("DELIVERED") {
             let kid = field(l, "kid").unwrap_or_default().to_string();
             let t: i64 = field(l, "time_ms").and_then(|t| t.parse().ok()).unwrap_or(0);
-            acked.entry(kid.clone()).or_default().push(t);
+            let to = if renewed.contains(&sensor) { &mut *new } else { &mut *old };
+            to.entry(kid.clone()).or_default().push(t);
             *more.entry(kid).or_default() += 1;
         }
         (more.len() == SENSORS && more.values().all(|&c| c >= n)).then_some(())
@@ -77,10 +90,12 @@ fn a_restored_hub_takes_over_the_fleet_without_reuse_or_replay() {
     let kids = sim.paired(SENSORS, Duration::from_secs(120));
     hub.ctl(&["rename", &kids[0], "Kitchen thermostat"]);
     hub.ctl(&["room", &kids[0], "Kitchen"]);
-    let mut acked = HashMap::new();
+    let (mut renewed, mut acked, mut after) = (HashSet::new(), HashMap::new(), HashMap::new());
     // The hub persists names and rooms on its one-second tick: well over one passes here.
-    deliveries(&mut sim, 25, &mut acked);
+    deliveries(&mut sim, 25, &mut renewed, &mut acked, &mut after);
 
+    // Acknowledged before the backup started, so durable in it.
+    let before_backup = acked.clone();
     // Backed up while the fleet reports, through the running hub.
     let file = tmp.path().join("home.hearth-backup");
     let (file_s, old_s) = (file.to_str().expect("utf8"), old_dir.to_str().expect("utf8"));
@@ -89,7 +104,7 @@ fn a_restored_hub_takes_over_the_fleet_without_reuse_or_replay() {
     let (ok, out) = hub_cmd(&["backup", file_s, "--data-dir", old_s], "short");
     assert!(!ok && out.contains("too short"), "{out}");
     // The old hub runs on: the fleet goes on talking to it, then it stops.
-    deliveries(&mut sim, 3, &mut acked);
+    deliveries(&mut sim, 3, &mut renewed, &mut acked, &mut after);
     hub.stop();
 
     // A wrong passphrase and a flipped byte are refused and leave nothing.
@@ -112,8 +127,13 @@ fn a_restored_hub_takes_over_the_fleet_without_reuse_or_replay() {
 
     // The new hub, same port: the fleet follows without pairing again.
     let hub = Hub::start(&new_dir, port);
-    let mut after = HashMap::new();
-    deliveries(&mut sim, 3, &mut after);
+    // Until each sensor has renewed and been answered by the new hub a few times.
+    while renewed.len() < SENSORS
+        || after.len() < SENSORS
+        || after.values().any(|v: &Vec<i64>| v.len() < 3)
+    {
+        deliveries(&mut sim, 1, &mut renewed, &mut acked, &mut after);
+    }
     assert!(!sim.seen_lines().iter().any(|l| l.starts_with("PAIRING")), "a sensor paired again");
     let log = std::fs::read_to_string(&hub.log).unwrap_or_default();
     assert_eq!(log.matches("security context renewed").count(), SENSORS, "{log}");
@@ -126,7 +146,10 @@ fn a_restored_hub_takes_over_the_fleet_without_reuse_or_replay() {
         assert_eq!(unique.len(), times.len(), "{kid}: a reading stored twice");
         let at: HashSet<i64> = times.iter().map(|(t, _)| *t).collect();
         for t in after.get(kid).into_iter().flatten() {
-            assert!(at.contains(t), "{kid}: acknowledged reading {t} not stored");
+            assert!(at.contains(t), "{kid}: reading {t} acknowledged by the new hub not stored");
+        }
+        for t in before_backup.get(kid).into_iter().flatten() {
+            assert!(at.contains(t), "{kid}: reading {t} acknowledged before the backup lost");
         }
     }
 
@@ -142,16 +165,28 @@ fn a_restored_hub_takes_over_the_fleet_without_reuse_or_replay() {
         let mut buf = [0u8; 1500];
         let Ok((len, _)) = attacker.recv_from(&mut buf) else { continue };
         let p = coap_lite::Packet::from_bytes(&buf[..len]).expect("coap answer");
-        assert_eq!(
-            p.header.code,
-            coap_lite::MessageClass::Response(coap_lite::ResponseType::Unauthorized),
-            "a replayed request was not refused"
-        );
+        // Refused: an unprotected 4.01, or B.2 Response #1 (protected under a one-time context
+        // with its own Partial IV and a fresh 'kid context'; its 4.01 is inside). An accepted
+        // request's answer would be protected under the request's nonce (no Partial IV).
+        let option = p
+            .get_first_option(coap_lite::CoapOption::Oscore)
+            .map(|v| protocol::oscore::OscoreOption::parse(v).expect("OSCORE option"));
+        match option {
+            None => assert_eq!(
+                p.header.code,
+                coap_lite::MessageClass::Response(coap_lite::ResponseType::Unauthorized),
+                "a replayed request was not refused"
+            ),
+            Some(o) => assert!(
+                o.piv.is_some() && o.kid_context.as_ref().is_some_and(|c| c.len() == 8),
+                "a replayed request was accepted: {o:?}"
+            ),
+        }
         answered += 1;
     }
     assert!(answered > 0, "no replay was answered");
     let mut later = HashMap::new();
-    deliveries(&mut sim, 1, &mut later);
+    deliveries(&mut sim, 1, &mut renewed, &mut acked, &mut later);
     drop(sim.terminate());
     // Nothing replayed was stored: what the fleet added since came with new times.
     for (i, kid) in kids.iter().enumerate() {

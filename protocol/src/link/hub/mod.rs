@@ -68,9 +68,10 @@ impl<A> Default for Parked<A> {
 
 struct Peer<A: Endpoint> {
     ctx: SecurityContext,
-    /// Set while the context must be renewed before use (restored from a backup): the `R2`s
-    /// issued (RFC 8613 B.2, `oscore::renew`).
-    renew: Option<crate::oscore::renew::Pending>,
+    /// The context must be renewed before use (restored from a backup).
+    must_renew: bool,
+    /// The `R2`s issued for a renewal (RFC 8613 B.2, `oscore::renew`).
+    renew: crate::oscore::renew::Pending,
     /// Recent exchanges for CoAP deduplication, keyed by source endpoint and Message ID.
     recent: VecDeque<Exchange<A>>,
     guard: Guard<A>,
@@ -102,7 +103,8 @@ impl<A: Endpoint> Peer<A> {
             durable_window: ctx.replay_window().clone(),
             window_inflight: None,
             ctx,
-            renew: None,
+            must_renew: false,
+            renew: Default::default(),
             recent: VecDeque::new(),
             guard,
             rekey_reported: false,
@@ -222,7 +224,7 @@ impl<A: Endpoint> HubLink<A> {
     pub fn require_renewal(&mut self, kid: &Kid) -> bool {
         match self.peers.get_mut(kid) {
             Some(p) => {
-                p.renew.get_or_insert_with(Default::default);
+                p.must_renew = true;
                 true
             }
             None => false,
@@ -231,7 +233,7 @@ impl<A: Endpoint> HubLink<A> {
 
     /// Whether a sensor's context still waits for its renewal.
     pub fn renewal_pending(&self, kid: &Kid) -> bool {
-        self.peers.get(kid).is_some_and(|p| p.renew.is_some())
+        self.peers.get(kid).is_some_and(|p| p.must_renew)
     }
 
     /// Forgets a sensor (removal or replacement). Its kid is refused from now on.

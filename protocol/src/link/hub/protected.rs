@@ -82,37 +82,29 @@ impl<A: Endpoint> HubLink<A> {
                 b"Security context not found",
             );
         };
-        // A request under a context to renew (B.2 Request #1) goes through the failure budgets
-        // like any other; it is verified and answered with Response #1 below.
-        let mut renewing = false;
-        if peer.renew.is_some() {
-            match kid_context {
-                None => renewing = true,
-                Some(c) => {
-                    if !self.renewal_request_2(kid, &c, packet) {
-                        self.counters.unknown_kid += 1;
-                        self.security(SecurityEvent::UnknownKid);
-                        return self.reply(
-                            from,
-                            packet,
-                            ResponseType::Unauthorized,
-                            b"Security context not found",
-                        );
-                    }
+        // Which context the request is under (B.2): the one in use goes on as usual (unless
+        // it must be renewed first); one without ID Context while that is not the one in use
+        // (restored, or a sensor that lost its renewed context) is Request #1, answered with
+        // Response #1 below after the failure budgets like any other; one naming an `R2` this
+        // hub issued is Request #2. Anything else names no context here.
+        let current = kid_context.as_deref() == peer.ctx.id_context();
+        let renewing = match kid_context {
+            _ if current && !peer.must_renew => false,
+            None => true,
+            Some(c) => {
+                if !self.renewal_request_2(kid, &c, packet) {
+                    self.counters.unknown_kid += 1;
+                    self.security(SecurityEvent::UnknownKid);
+                    return self.reply(
+                        from,
+                        packet,
+                        ResponseType::Unauthorized,
+                        b"Security context not found",
+                    );
                 }
+                false
             }
-        } else if kid_context.as_deref() != peer.ctx.id_context() {
-            // Not the context in use: a request of a context that was renewed away (or a
-            // forgery); nothing is processed.
-            self.counters.unknown_kid += 1;
-            self.security(SecurityEvent::UnknownKid);
-            return self.reply(
-                from,
-                packet,
-                ResponseType::Unauthorized,
-                b"Security context not found",
-            );
-        }
+        };
         let Some(peer) = self.peers.get_mut(&kid) else { return };
         // CoAP deduplication (RFC 7252 §4.5): the same endpoint's retransmission of the same
         // message gets the same answer. Anything else goes through OSCORE.
@@ -243,7 +235,15 @@ impl<A: Endpoint> HubLink<A> {
         rng: &mut R,
     ) {
         let Some(peer) = self.peers.get_mut(&kid) else { return };
-        let verified = peer.ctx.verify_request(packet);
+        // Under the context without ID Context (the paired one): the one in use if it is that,
+        // else derived for this check only.
+        let verified = if peer.ctx.id_context().is_none() {
+            peer.ctx.verify_request(packet)
+        } else {
+            let mut base = peer.ctx.params().clone();
+            base.id_context = None;
+            peer.ctx.renewed(&base).verify_request(packet)
+        };
         let settled = match &verified {
             Ok(_) => Outcome::Verified,
             Err(OscoreError::DecryptionFailed) => Outcome::Failed,
@@ -257,9 +257,8 @@ impl<A: Endpoint> HubLink<A> {
             Ok(binding) => {
                 let Some(peer) = self.peers.get_mut(&kid) else { return };
                 let params = peer.ctx.params().clone();
-                let Some(pending) = peer.renew.as_mut() else { return };
                 // Sealed under a one-time key: nothing durable depends on it.
-                if let Ok(sealed) = pending.response_1(&params, packet, &binding, rng)
+                if let Ok(sealed) = peer.renew.response_1(&params, packet, &binding, rng)
                     && let Some(bytes) = coap::encode(&sealed.packet)
                 {
                     self.transmits.push_back(Transmit { to: from, bytes });
@@ -290,8 +289,7 @@ impl<A: Endpoint> HubLink<A> {
     /// goes on as usual under it. False (nothing changed) otherwise.
     fn renewal_request_2(&mut self, kid: Kid, kid_context: &[u8], packet: &Packet) -> bool {
         let Some(peer) = self.peers.get_mut(&kid) else { return false };
-        let Some(pending) = peer.renew.as_ref() else { return false };
-        let Some(params) = pending.candidate(peer.ctx.params(), kid_context) else {
+        let Some(params) = peer.renew.candidate(peer.ctx.params(), kid_context) else {
             return false;
         };
         let mut next = peer.ctx.renewed(&params);
@@ -299,7 +297,8 @@ impl<A: Endpoint> HubLink<A> {
             return false;
         }
         peer.ctx = next;
-        peer.renew = None;
+        peer.renew.confirm();
+        peer.must_renew = false;
         peer.durable_window = peer.ctx.replay_window().clone();
         self.events.push_back(HubEvent::Renewed { kid, params });
         true
