@@ -102,14 +102,19 @@ pub struct HubSide {
     pub blocks_served: BTreeMap<(Kid, u32), u32>,
 }
 
+/// An AES-CCM-16-64-128 nonce.
+type Nonce13 = [u8; 13];
+/// An ID Context (none: the paired context).
+type IdContext = Option<Vec<u8>>;
+
 /// Every (sender key, nonce) seen on the wire with its ciphertext. A nonce is reused iff one
 /// key/nonce pair carries two different ciphertexts (a retransmission repeats the same bytes).
 #[derive(Default)]
 pub struct NonceLog {
     /// Keyed by (context: kid and ID Context, sender, nonce): a renewed context (RFC 8613
     /// B.2) has keys of its own.
-    seen: HashMap<(Kid, Option<Vec<u8>>, bool, [u8; 13]), Vec<u8>>,
-    tokens: HashMap<(usize, Vec<u8>), ([u8; 13], Option<Vec<u8>>)>,
+    seen: HashMap<(Kid, IdContext, bool, Nonce13), Vec<u8>>,
+    tokens: HashMap<(usize, Vec<u8>), (Nonce13, IdContext)>,
     pub reuses: u64,
     pub recorded: u64,
 }
