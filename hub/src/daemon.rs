@@ -297,6 +297,7 @@ pub async fn start(
         feed: crate::feed::FeedState::default(),
         monitor: monitor.clone(),
         data_dir: data_dir.to_path_buf(),
+        config_file: config.source.clone(),
     };
     let updates = load_updates(&store, data_dir, &config, &peers)?;
     let store_advisories = store.meta(crate::isolation::META_KEY)?;

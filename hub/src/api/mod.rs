@@ -65,6 +65,8 @@ pub struct HubApi {
     pub(crate) monitor: std::sync::Arc<crate::security::Monitor>,
     /// The hub's data directory (for the self-check).
     pub(crate) data_dir: std::path::PathBuf,
+    /// The configuration file the hub was started with (a backup carries it).
+    pub(crate) config_file: Option<std::path::PathBuf>,
     /// The update feed checker's last and next check (none: no feed configured).
     pub feed: crate::feed::FeedState,
     /// Fired when the owner asks for a factory reset (whoever runs the hub stops it, erases
@@ -79,11 +81,13 @@ impl HubApi {
         path: std::path::PathBuf,
         pass: crate::backup::Passphrase,
     ) -> Result<crate::backup::Summary, ApiError> {
-        let (store, dir) = (self.store.clone(), self.data_dir.clone());
-        let done =
-            tokio::task::spawn_blocking(move || crate::backup::create(&store, &dir, &path, &pass))
-                .await
-                .map_err(|_| ApiError::Stopped)?;
+        let (store, dir, config) =
+            (self.store.clone(), self.data_dir.clone(), self.config_file.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            crate::backup::create(&store, &dir, config.as_deref(), &path, &pass)
+        })
+        .await
+        .map_err(|_| ApiError::Stopped)?;
         let summary = done.map_err(|e| ApiError::BadRequest(format!("backup failed: {e}")))?;
         tracing::info!(devices = summary.devices, bytes = summary.bytes, "backup written");
         Ok(summary)

@@ -24,6 +24,9 @@ pub struct BackupArgs {
     /// line on standard input).
     #[arg(long)]
     passphrase_file: Option<PathBuf>,
+    /// The configuration file, when no hub runs (a running hub adds the one it runs with).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 /// `hub restore`'s arguments.
@@ -107,8 +110,9 @@ pub async fn backup(args: BackupArgs) -> ExitCode {
             ) =>
         {
             // No hub runs here (its store would be locked if one did).
+            let config = args.config;
             let r = tokio::task::spawn_blocking(move || {
-                super::create_offline(&data_dir, &file, &pass).map(|s| (s, file))
+                super::create_offline(&data_dir, config.as_deref(), &file, &pass).map(|s| (s, file))
             })
             .await;
             match r {
@@ -133,6 +137,10 @@ pub fn restore(args: RestoreArgs) -> ExitCode {
     match super::restore(&args.file, &args.data_dir, &pass) {
         Ok(s) => {
             print(&s, "restored into", &args.data_dir);
+            let config = args.data_dir.join(super::RESTORED_CONFIG).join("hub.toml");
+            if config.exists() {
+                println!("the old hub's configuration is {}", config.display());
+            }
             println!(
                 "start the hub on it; every sensor's link is renewed at its first message (no \
                  pairing needed)"

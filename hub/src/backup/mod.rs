@@ -9,6 +9,11 @@
 //! Not copied (made fresh by the new hub): the control socket, the TLS certificate and its key
 //! (bound to this gateway: the new hub shows its own fingerprint), a pending factory reset,
 //! anything moved aside as corrupt, and derived files (log indexes, rebuilt at start).
+//!
+//! The configuration file the hub runs with (upstream broker, MQTT, trust keys given there)
+//! lives outside the data directory: the backup carries it with the upstream password and CA
+//! files it names, and a restore writes them to `D/restored-config/` (`hub.toml` naming the
+//! restored files), for the new hub's `--config`.
 
 pub mod cli;
 mod crypt;
@@ -34,6 +39,12 @@ const READINGS: &str = "readings";
 /// Data-directory files that belong to this machine or are made at start.
 const NOT_COPIED: [&str; 6] =
     ["control.sock", "factory-reset", "hub-cert.pem", "hub-key.sealed", "hearth.redb", READINGS];
+/// Where a restore puts the configuration file and the files it names.
+pub const RESTORED_CONFIG: &str = "restored-config";
+/// The configuration's files in the archive (`config/<name>`).
+const CONFIG_FILE: &str = "hub.toml";
+const UPSTREAM_PASSWORD: &str = "upstream-password";
+const UPSTREAM_CA: &str = "upstream-ca.pem";
 /// Longest name in the archive.
 const MAX_NAME: usize = 1024;
 
@@ -55,18 +66,52 @@ pub struct Summary {
 pub fn create(
     store: &HubStore,
     data_dir: &Path,
+    config: Option<&Path>,
     out: &Path,
     pass: &Passphrase,
 ) -> Result<Summary, BackupError> {
     pass.check()?;
     let point = store.backup_point()?;
     let devices = store.devices()?.len();
-    write_file(out, pass, Kdf::default(), |w| write_archive(w, &point, data_dir, devices))
+    write_file(out, pass, Kdf::default(), |w| {
+        let mut s = write_archive(w, &point, data_dir, devices)?;
+        if let Some(c) = config {
+            write_config(w, c, &mut s)?;
+        }
+        w.write_all(&[TAG_END])?;
+        Ok(s)
+    })
+}
+
+/// The configuration file and the upstream password and CA files it names.
+fn write_config(w: &mut dyn Write, config: &Path, s: &mut Summary) -> std::io::Result<()> {
+    let text = fs::read(config)?;
+    put_entry(w, &format!("config/{CONFIG_FILE}"), text.len() as u64, &mut text.as_slice())?;
+    s.files += 1;
+    s.bytes += text.len() as u64;
+    let table: toml::Table = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| std::io::Error::other("the configuration file does not parse"))?;
+    let upstream = table.get("upstream").and_then(toml::Value::as_table);
+    for (key, name) in [("password_file", UPSTREAM_PASSWORD), ("ca_cert", UPSTREAM_CA)] {
+        let Some(path) = upstream.and_then(|u| u.get(key)).and_then(toml::Value::as_str) else {
+            continue;
+        };
+        let mut f =
+            File::open(path).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
+        let len = f.metadata()?.len();
+        put_entry(w, &format!("config/{name}"), len, &mut f)?;
+        s.files += 1;
+        s.bytes += len;
+    }
+    Ok(())
 }
 
 /// Writes a backup of a hub that is not running (its store is opened here).
 pub fn create_offline(
     data_dir: &Path,
+    config: Option<&Path>,
     out: &Path,
     pass: &Passphrase,
 ) -> Result<Summary, BackupError> {
@@ -78,7 +123,7 @@ pub fn create_offline(
         ));
     }
     let (store, _) = HubStore::open(data_dir, StoreLimits::default())?;
-    create(&store, data_dir, out, pass)
+    create(&store, data_dir, config, out, pass)
 }
 
 fn write_file(
@@ -177,7 +222,6 @@ fn write_archive(
             }
         }
     }
-    w.write_all(&[TAG_END])?;
     Ok(s)
 }
 
@@ -191,6 +235,11 @@ fn target(name: &str) -> Option<PathBuf> {
         let digits = seg.strip_suffix(".seg")?;
         return (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
             .then(|| rel.to_path_buf());
+    }
+    if let Some(name) = name.strip_prefix("config/") {
+        return [CONFIG_FILE, UPSTREAM_PASSWORD, UPSTREAM_CA]
+            .contains(&name)
+            .then(|| Path::new(RESTORED_CONFIG).join(name));
     }
     let file = rel.strip_prefix("files").ok()?;
     let top = file.components().next()?.as_os_str().to_str()?;
@@ -218,7 +267,9 @@ pub fn restore(file: &Path, data_dir: &Path, pass: &Passphrase) -> Result<Summar
     let staging = data_dir.with_file_name(format!(".{name}.restoring-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     crate::private_fs::create_dir(&staging).map_err(dir_io)?;
+    let final_dir = std::path::absolute(data_dir).map_err(dir_io)?;
     let result = unpack(input, &staging, pass).and_then(|summary| {
+        point_config_at(&staging, &final_dir)?;
         if exists {
             fs::remove_dir(data_dir).map_err(dir_io)?;
         }
@@ -232,6 +283,25 @@ pub fn restore(file: &Path, data_dir: &Path, pass: &Passphrase) -> Result<Summar
         let _ = fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// Makes the restored configuration name the restored upstream files (where they will be).
+fn point_config_at(staging: &Path, final_dir: &Path) -> Result<(), BackupError> {
+    let path = staging.join(RESTORED_CONFIG).join(CONFIG_FILE);
+    let io = |e| BackupError::Io(path.display().to_string(), e);
+    let Ok(text) = fs::read_to_string(&path) else { return Ok(()) };
+    let mut table: toml::Table =
+        text.parse().map_err(|_| BackupError::Archive("configuration file does not parse"))?;
+    if let Some(up) = table.get_mut("upstream").and_then(toml::Value::as_table_mut) {
+        for (key, name) in [("password_file", UPSTREAM_PASSWORD), ("ca_cert", UPSTREAM_CA)] {
+            if up.contains_key(key) {
+                let to = final_dir.join(RESTORED_CONFIG).join(name);
+                up.insert(key.into(), toml::Value::String(to.display().to_string()));
+            }
+        }
+    }
+    let text = toml::to_string(&table).map_err(|_| BackupError::Archive("configuration"))?;
+    crate::private_fs::write(&path, text.as_bytes()).map_err(io)
 }
 
 fn unpack(input: File, staging: &Path, pass: &Passphrase) -> Result<Summary, BackupError> {

@@ -84,7 +84,7 @@ fn restore_brings_back_everything_and_marks_every_device_for_renewal() {
     let old = tmp.path().join("old");
     let store = hub_dir(&old);
     let file = tmp.path().join("hub.backup");
-    let made = create(&store, &old, &file, &pass()).expect("backup");
+    let made = create(&store, &old, None, &file, &pass()).expect("backup");
     assert_eq!(made.devices, 2);
     assert!(made.segments > 1, "several segments: {made:?}");
     // After the backup the old hub runs on: that is not in the backup.
@@ -132,7 +132,7 @@ fn refusals_leave_nothing_behind() {
     let old = tmp.path().join("old");
     let store = hub_dir(&old);
     let file = tmp.path().join("hub.backup");
-    create(&store, &old, &file, &pass()).expect("backup");
+    create(&store, &old, None, &file, &pass()).expect("backup");
     let bytes = fs::read(&file).expect("read");
     let new = tmp.path().join("new");
     let listing = || {
@@ -177,7 +177,7 @@ fn refusals_leave_nothing_behind() {
     restore(&file, &new, &pass()).expect("into an empty directory");
     assert!(new.join("hearth.redb").exists());
     // A short passphrase is refused before anything is written.
-    let short = create(&store, &old, &tmp.path().join("x"), &Passphrase::new("short")).err();
+    let short = create(&store, &old, None, &tmp.path().join("x"), &Passphrase::new("short")).err();
     assert!(matches!(short, Some(BackupError::ShortPassphrase)));
     assert!(!tmp.path().join("x").exists());
 }
@@ -200,4 +200,60 @@ fn archive_names_outside_the_data_directory_are_refused() {
     ] {
         assert_eq!(target(bad), None, "{bad}");
     }
+}
+
+#[test]
+fn the_configuration_and_the_upstream_files_it_names_come_back_pointing_at_their_copies() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let old = tmp.path().join("old");
+    let store = hub_dir(&old);
+    let etc = tmp.path().join("etc");
+    fs::create_dir(&etc).expect("etc");
+    fs::write(etc.join("pw"), "broker secret\n").expect("pw");
+    fs::write(etc.join("ca.pem"), "-----BEGIN CERTIFICATE-----\n").expect("ca");
+    let config = etc.join("hub.toml");
+    let text = format!(
+        "coap_bind = \"127.0.0.1:5999\"\n[upstream]\nurl = \"mqtts://broker.example:8883\"\n\
+         username = \"home\"\npassword_file = \"{}\"\nca_cert = \"{}\"\n",
+        etc.join("pw").display(),
+        etc.join("ca.pem").display()
+    );
+    fs::write(&config, &text).expect("config");
+    let file = tmp.path().join("b");
+    let made = create(&store, &old, Some(&config), &file, &pass()).expect("backup");
+    let new = tmp.path().join("new");
+    assert_eq!(restore(&file, &new, &pass()).expect("restore"), made);
+    let restored = new.join(RESTORED_CONFIG);
+    let t: toml::Table =
+        fs::read_to_string(restored.join(CONFIG_FILE)).expect("config").parse().expect("toml");
+    assert_eq!(t["coap_bind"].as_str(), Some("127.0.0.1:5999"));
+    let up = t["upstream"].as_table().expect("upstream");
+    assert_eq!(up["url"].as_str(), Some("mqtts://broker.example:8883"));
+    let pw = PathBuf::from(up["password_file"].as_str().expect("pw"));
+    assert_eq!(
+        pw,
+        std::path::absolute(&new).expect("abs").join(RESTORED_CONFIG).join(UPSTREAM_PASSWORD)
+    );
+    assert_eq!(fs::read_to_string(pw).expect("pw"), "broker secret\n");
+    let ca = PathBuf::from(up["ca_cert"].as_str().expect("ca"));
+    assert_eq!(fs::read(ca).expect("ca"), fs::read(etc.join("ca.pem")).expect("ca"));
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = fs::metadata(restored.join(UPSTREAM_PASSWORD)).expect("meta").permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the password file is private");
+}
+
+#[test]
+fn an_offline_backup_needs_a_store_and_opens_it_itself() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let old = tmp.path().join("old");
+    drop(hub_dir(&old));
+    let file = tmp.path().join("b");
+    let s = create_offline(&old, None, &file, &pass()).expect("offline backup");
+    assert_eq!(s.devices, 2);
+    let e =
+        create_offline(&tmp.path().join("nothing"), None, &file, &pass()).expect_err("no store");
+    assert!(e.to_string().contains("no hub store"), "{e}");
+    // While the store is open elsewhere (a running hub), it is refused, not copied torn.
+    let (_open, _) = HubStore::open(&old, limits()).expect("open");
+    assert!(create_offline(&old, None, &tmp.path().join("c"), &pass()).is_err());
 }

@@ -12,6 +12,9 @@ use serde::Deserialize;
 pub struct Config {
     /// CoAP/UDP listen address for sensors.
     pub coap_bind: SocketAddr,
+    /// The file these settings were read from (none: defaults); a backup carries it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// Pairing limits.
     pub pairing: PairingConfig,
     /// Store limits.
@@ -374,6 +377,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             coap_bind: SocketAddr::from(([0, 0, 0, 0], 5683)),
+            source: None,
             pairing: PairingConfig::default(),
             store: StoreConfig::default(),
             updates: UpdatesConfig::default(),
@@ -454,7 +458,9 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else { return Ok(Self::default()) };
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
-        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))?;
+        let mut config: Self =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))?;
+        config.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
         config.validate().map_err(|(key, reason)| ConfigError::Invalid {
             path: path.into(),
             key,

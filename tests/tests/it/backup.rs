@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tests::netfault::{Forward, NetRelay, RelayConfig};
-use tests::{Hub, Sim, bin, field, free_udp_port};
+use tests::{Hub, Maker, Sim, bin, field, free_tcp_port, free_udp_port, write_config};
 
 const SENSORS: usize = 4;
 const PASSPHRASE: &str = "moving house in spring";
@@ -72,7 +72,24 @@ fn a_restored_hub_takes_over_the_fleet_without_reuse_or_replay() {
     let tmp = tempfile::tempdir().expect("tmp");
     let port = free_udp_port();
     let old_dir = tmp.path().join("old");
-    let hub = Hub::start(&old_dir, port);
+    // The old gateway's configuration: MQTT on, an upstream broker (not running: its outbox
+    // just waits) with its password in a file of its own.
+    let etc = tmp.path().join("etc");
+    std::fs::create_dir(&etc).expect("etc");
+    let pw = etc.join("upstream.pw");
+    std::fs::write(&pw, "upstream secret\n").expect("pw");
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("pw");
+    let upstream = format!("mqtt://127.0.0.1:{}", free_tcp_port());
+    let extra = format!(
+        "[mqtt]\nplain_bind = \"127.0.0.1:{}\"\ntls_bind = \"127.0.0.1:{}\"\nbroker_port = {}\n\
+         [upstream]\nurl = \"{upstream}\"\nusername = \"home\"\npassword_file = \"{}\"\n",
+        free_tcp_port(),
+        free_tcp_port(),
+        free_tcp_port(),
+        pw.display()
+    );
+    let config = write_config(&etc, port, &extra);
+    let hub = Hub::start_configured(&old_dir, &config);
     let relay = NetRelay::start(RelayConfig {
         udp: vec![Forward { listen: "127.0.0.1:0".parse().expect("addr"), target: hub.coap }],
         audit: true,
@@ -90,6 +107,10 @@ fn a_restored_hub_takes_over_the_fleet_without_reuse_or_replay() {
     let kids = sim.paired(SENSORS, Duration::from_secs(120));
     hub.ctl(&["rename", &kids[0], "Kitchen thermostat"]);
     hub.ctl(&["room", &kids[0], "Kitchen"]);
+    hub.add_mqtt_user("homeassistant", Some("a long enough password"));
+    let maker = Maker::new(tmp.path());
+    hub.ctl(&["trust", "--model", "hearth-climate-1", "--key", &maker.public]);
+    hub.ctl(&["update", "policy", "notify"]);
     let (mut renewed, mut acked, mut after) = (HashSet::new(), HashMap::new(), HashMap::new());
     // The hub persists names and rooms on its one-second tick: well over one passes here.
     deliveries(&mut sim, 25, &mut renewed, &mut acked, &mut after);
@@ -125,8 +146,11 @@ fn a_restored_hub_takes_over_the_fleet_without_reuse_or_replay() {
     assert!(ok, "{out}");
     assert!(out.contains(&format!("{SENSORS} devices")), "{out}");
 
-    // The new hub, same port: the fleet follows without pairing again.
-    let hub = Hub::start(&new_dir, port);
+    // The new hub, same port, with the configuration the backup carried: the fleet follows
+    // without pairing again.
+    let restored = new_dir.join("restored-config/hub.toml");
+    assert!(out.contains(&restored.display().to_string()), "{out}");
+    let hub = Hub::start_configured(&new_dir, &restored);
     // Until each sensor has renewed and been answered by the new hub a few times.
     while renewed.len() < SENSORS
         || after.len() < SENSORS
@@ -139,6 +163,13 @@ fn a_restored_hub_takes_over_the_fleet_without_reuse_or_replay() {
     assert_eq!(log.matches("security context renewed").count(), SENSORS, "{log}");
     let devices = hub.ctl(&["devices"]).to_string();
     assert!(devices.contains("Kitchen thermostat") && devices.contains("Kitchen"), "{devices}");
+    let users = hub.ctl(&["mqtt-user", "list"]).to_string();
+    assert!(users.contains("homeassistant"), "{users}");
+    let updates = hub.ctl(&["updates"]);
+    assert_eq!(updates["policy"]["mode"], "notify_only", "{updates}");
+    assert_eq!(updates["trust"][0][0], "hearth-climate-1", "the pinned key: {updates}");
+    let up = hub.ctl(&["upstream"]);
+    assert_eq!(up["url"], upstream.as_str(), "{up}");
     // Every reading the new hub holds is there once; what it acknowledged is there.
     for kid in &kids {
         let times = stored_times(&hub, kid);
