@@ -60,6 +60,21 @@ fn privacy_page(owner: &Owner, consent: bool, msg: Option<Markup>, status: Statu
             span data-consent=(now) { "Telemetry consent: " strong { (now) } } " "
             button { (if consent { "Withdraw consent" } else { "Give consent" }) }
         }
+        h2 id="move" { "Moving to a new gateway" }
+        p { "A backup holds everything you set up — devices with their names, rooms and keys, \
+             readings, MQTT users, trusted keys, releases, update policy, upstream settings, your \
+             account and the security counters — encrypted under a passphrase you choose (at \
+             least 12 characters; without it the backup cannot be read). Make one while the hub \
+             runs, on the gateway:" }
+        pre { code data-backup-command { "hub backup /media/usb/home.hearth-backup" } }
+        p { "On the new gateway, restore it into an empty data directory and start the hub \
+             there, with the configuration the backup carried:" }
+        pre { code data-restore-command { "hub restore /media/usb/home.hearth-backup --data-dir /var/lib/hearth\n\
+    hub run --data-dir /var/lib/hearth --config /var/lib/hearth/restored-config/hub.toml" } }
+        p { "Your sensors follow by themselves, without pairing again: at its first message each \
+             one agrees fresh keys with the new hub, so nothing sent to the old hub can be \
+             replayed to the new one. Readings the old hub received after the backup are not in \
+             it. The new gateway makes its own HTTPS certificate: check its new fingerprint." }
         h2 { "Erase all user data" }
         p { "Deletes every device with its keys and readings, your account and settings, and \
              returns the hub to first-run setup with a new one-time code. This cannot be undone." }

@@ -11,6 +11,12 @@ async fn privacy_consent_is_persisted_and_erase_needs_the_typed_word() {
         p.body.contains("Hearth sends <strong>no telemetry</strong>")
             && p.body.contains("data-consent=\"off\"")
     );
+    // How to move to a new gateway: the commands, as the hub takes them.
+    assert!(p.body.contains("Moving to a new gateway"));
+    assert!(p.body.contains("hub backup /media/usb/home.hearth-backup"));
+    assert!(
+        p.body.contains("hub restore /media/usb/home.hearth-backup --data-dir /var/lib/hearth")
+    );
     let r = app.post("/privacy/consent", &s, &format!("csrf={csrf}&consent=on")).await;
     assert_eq!(r.location(), "/privacy?m=consent");
     let stored = crate::Vault::parse(&app.fake.s().vault.clone().expect("vault")).expect("parse");
