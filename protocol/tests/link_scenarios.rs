@@ -516,5 +516,26 @@ fn a_hub_restored_from_an_older_backup_renews_every_link_and_reuses_no_nonce() {
     assert!(h.run_until(Millis(h.now.0 + HOUR), |h| total(h) == 270));
     let now = h.sensors[0].flash.params.clone().expect("params");
     assert!(now.id_context.is_some() && now.id_context != renewed.id_context);
+    // A backup of the renewed hub, restored after the old one ran on: renewed again.
+    let backup =
+        (h.hub.contexts.clone(), h.hub.leases.clone(), h.hub.windows.clone(), h.hub.states.clone());
+    for id in 270..300 {
+        h.queue_reading((id % 3) as usize, id);
+    }
+    assert!(h.run_until(Millis(h.now.0 + HOUR), |h| total(h) == 300));
+    let before: Vec<_> = kids.iter().map(|k| h.hub.contexts[k].id_context.clone()).collect();
+    (h.hub.contexts, h.hub.leases, h.hub.windows, h.hub.states) = backup;
+    h.restart_hub(true);
+    for kid in &kids {
+        assert!(h.hub.link.require_renewal(kid));
+    }
+    for id in 300..330 {
+        h.queue_reading((id % 3) as usize, id);
+    }
+    assert!(h.run_until(Millis(h.now.0 + HOUR), |h| total(h) == 330));
+    for (kid, old) in kids.iter().zip(before) {
+        assert!(!h.hub.link.renewal_pending(kid));
+        assert_ne!(h.hub.contexts[kid].id_context, old, "{kid:?} kept its context");
+    }
     assert_eq!(h.nonces.reuses, 0, "a nonce was used twice under one key");
 }

@@ -152,10 +152,7 @@ pub fn restore(args: RestoreArgs) -> ExitCode {
 }
 
 fn absolute(p: &Path) -> std::io::Result<PathBuf> {
-    if p.is_absolute() {
-        return Ok(p.to_path_buf());
-    }
-    Ok(std::env::current_dir()?.join(p))
+    std::path::absolute(p)
 }
 
 fn fail(e: &str, code: u8) -> ExitCode {

@@ -124,6 +124,14 @@ fn restore_brings_back_everything_and_marks_every_device_for_renewal() {
     let p = again.iter().find(|p| p.params.recipient_id == k).expect("peer");
     assert_eq!(p.params.id_context.as_deref(), Some(&[9u8; 16][..]));
     assert!(!store.renewals().expect("renewals").contains(&k));
+    drop(store);
+    // A renewed context makes the store format 3: the previous release (reading up to 2)
+    // refuses it rather than derive the wrong keys from it.
+    let db = redb::Database::open(new.join("hearth.redb")).expect("db");
+    let tx = redb::ReadableDatabase::begin_read(&db).expect("tx");
+    let log: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("log");
+    let format = tx.open_table(log).expect("log").get("format").expect("get").map(|v| v.value());
+    assert_eq!(format, Some(3));
 }
 
 #[test]

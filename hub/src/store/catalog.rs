@@ -34,6 +34,13 @@ const FORMAT: &str = "format";
 /// log (1 kept readings in redb; they move to the log once). A store of a newer format is
 /// refused and left unchanged.
 pub(super) const STORE_FORMAT: u64 = 2;
+/// The newest format this hub reads: 3 = format 2 with a context renewed after a restore
+/// (RFC 8613 B.2: it has an ID Context, which a hub reading up to 2 would drop and so derive
+/// the wrong keys). A catalog becomes 3 with its first renewal, never before: a store that
+/// was not restored stays readable by the previous release.
+pub(super) const READS_UP_TO: u64 = 3;
+/// The format a renewed context makes a catalog.
+const RENEWED_FORMAT: u64 = 3;
 /// The first format kept readings in redb; they move to the log once.
 const LEGACY_READINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("readings");
 const LEGACY_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("reading_counts");
@@ -185,7 +192,7 @@ impl Catalog {
     }
 }
 
-/// Refuses a catalog stamped with a newer store format than [`STORE_FORMAT`].
+/// Refuses a catalog stamped with a newer store format than [`READS_UP_TO`].
 fn too_new(path: &Path, database: &impl ReadableDatabase) -> Result<(), StoreError> {
     let tx = database.begin_read().map_err(db)?;
     let format = match tx.open_table(LOG) {
@@ -194,10 +201,10 @@ fn too_new(path: &Path, database: &impl ReadableDatabase) -> Result<(), StoreErr
         Err(e) => return Err(db(e)),
     };
     match format {
-        Some(found) if found > STORE_FORMAT => Err(StoreError::TooNew {
+        Some(found) if found > READS_UP_TO => Err(StoreError::TooNew {
             path: path.to_path_buf(),
             found: format!("store format {found}"),
-            supported: format!("store format {STORE_FORMAT}"),
+            supported: format!("store format {READS_UP_TO}"),
         }),
         _ => Ok(()),
     }
@@ -334,6 +341,7 @@ impl Catalog {
                 let mut meta = tx.open_table(META).map_err(db)?;
                 let mut erased = tx.open_table(ERASED).map_err(db)?;
                 let mut renew = tx.open_table(RENEW).map_err(db)?;
+                let mut log = tx.open_table(LOG).map_err(db)?;
                 for w in writes {
                     match w {
                         Write::Meta { key, value } => {
@@ -354,6 +362,7 @@ impl Catalog {
                             let sealed = self.kek.seal(kid.as_bytes(), &encode_params(params))?;
                             if secrets.get(kid.as_bytes()).map_err(db)?.is_some() {
                                 secrets.insert(kid.as_bytes(), sealed.as_slice()).map_err(db)?;
+                                log.insert(FORMAT, RENEWED_FORMAT).map_err(db)?;
                             }
                             renew.remove(kid.as_bytes()).map_err(db)?;
                         }
@@ -570,11 +579,11 @@ pub(crate) fn restore_dump(path: &Path, dump: &[u8]) -> Result<usize, StoreError
                 }
                 5 => {
                     let (key, value) = (text()?, word()?);
-                    if key == FORMAT && value > STORE_FORMAT {
+                    if key == FORMAT && value > READS_UP_TO {
                         return Err(StoreError::TooNew {
                             path: path.to_path_buf(),
                             found: format!("store format {value}"),
-                            supported: format!("store format {STORE_FORMAT}"),
+                            supported: format!("store format {READS_UP_TO}"),
                         });
                     }
                     log.insert(key, value).map_err(db)?;

@@ -73,7 +73,7 @@ fn a_catalog_of_a_newer_format_is_refused_and_left_unchanged() {
     {
         let db = redb::Database::open(tmp.path().join("hearth.redb")).expect("redb");
         let tx = db.begin_write().expect("write");
-        tx.open_table(LOG).expect("log").insert("format", 3).expect("insert");
+        tx.open_table(LOG).expect("log").insert("format", 4).expect("insert");
         tx.commit().expect("commit");
     }
     let before = files(tmp.path());
@@ -81,7 +81,7 @@ fn a_catalog_of_a_newer_format_is_refused_and_left_unchanged() {
     let text = e.to_string();
     assert!(matches!(e, StoreError::TooNew { .. }), "{text}");
     assert!(
-        text.contains("written by a newer Hearth (store format 3; this hub reads up to store format 2). Nothing was changed"),
+        text.contains("written by a newer Hearth (store format 4; this hub reads up to store format 3). Nothing was changed"),
         "{text}"
     );
     assert!(files(tmp.path()) == before, "the newer store was changed");

@@ -90,6 +90,7 @@ impl<A: Endpoint> HubLink<A> {
         let current = kid_context.as_deref() == peer.ctx.id_context();
         let renewing = match kid_context {
             _ if current && !peer.must_renew => false,
+            _ if current => true,
             None => true,
             Some(c) => {
                 if !self.renewal_request_2(kid, &c, packet) {
@@ -148,7 +149,7 @@ impl<A: Endpoint> HubLink<A> {
         // Whatever depends on the outcome (an answer, a 4.00, a B.1.2 challenge) leaves only
         // after the checkpoint recording it is durable (see `guard`).
         if renewing {
-            return self.renewal_response_1(kid, class, from, packet, rng);
+            return self.renewal_response_1(kid, class, current, from, packet, rng);
         }
         let outcome = peer.ctx.unprotect_request(packet);
         let settled = match &outcome {
@@ -221,8 +222,9 @@ impl<A: Endpoint> HubLink<A> {
         self.check_peer(kid);
     }
 
-    /// RFC 8613 B.2 step 2: a request under a context that must be renewed, admitted by its
-    /// failure budget as `class`. Its tag is checked (nothing is processed, nothing marked
+    /// RFC 8613 B.2 step 2: a request under a context that must be renewed (`current`: the
+    /// one in use, restored) or under the paired one, admitted by its failure budget as
+    /// `class`. Its tag is checked (nothing is processed, nothing marked
     /// seen: the context's window may be behind) and it is answered with Response #1 under a
     /// one-time context with a fresh `R2`. A failed tag is counted and answered like any other
     /// (after the checkpoint recording it).
@@ -230,14 +232,15 @@ impl<A: Endpoint> HubLink<A> {
         &mut self,
         kid: Kid,
         class: Class<A::Host>,
+        current: bool,
         from: A,
         packet: &Packet,
         rng: &mut R,
     ) {
         let Some(peer) = self.peers.get_mut(&kid) else { return };
-        // Under the context without ID Context (the paired one): the one in use if it is that,
-        // else derived for this check only.
-        let verified = if peer.ctx.id_context().is_none() {
+        // Under the context in use (restored, to renew) or else the paired one (no ID
+        // Context), derived for this check only.
+        let verified = if current {
             peer.ctx.verify_request(packet)
         } else {
             let mut base = peer.ctx.params().clone();
