@@ -83,8 +83,11 @@ impl HubApi {
     ) -> Result<crate::backup::Summary, ApiError> {
         let (store, dir, config) =
             (self.store.clone(), self.data_dir.clone(), self.config_file.clone());
+        // Names and rooms as they are now (the link writes them to the store once a second).
+        let directory = self.directory.document();
         let done = tokio::task::spawn_blocking(move || {
-            crate::backup::create(&store, &dir, config.as_deref(), &path, &pass)
+            let current = [(crate::devices::META_KEY, directory)];
+            crate::backup::create(&store, &dir, config.as_deref(), &current, &path, &pass)
         })
         .await
         .map_err(|_| ApiError::Stopped)?;

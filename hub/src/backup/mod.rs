@@ -62,16 +62,22 @@ pub struct Summary {
 }
 
 /// Writes a backup of the running hub's store and data directory to `out` (atomically: a
-/// temporary file beside it, renamed when complete).
+/// temporary file beside it, renamed when complete). `current` are named documents the hub
+/// keeps in memory and writes to the store only now and then (the device directory: names
+/// and rooms), as they are now: they replace the stored ones in the backup.
 pub fn create(
     store: &HubStore,
     data_dir: &Path,
     config: Option<&Path>,
+    current: &[(&str, Vec<u8>)],
     out: &Path,
     pass: &Passphrase,
 ) -> Result<Summary, BackupError> {
     pass.check()?;
-    let point = store.backup_point()?;
+    let mut point = store.backup_point()?;
+    for (key, value) in current {
+        crate::store::dump_meta(&mut point.catalog, key, value);
+    }
     let devices = store.devices()?.len();
     write_file(out, pass, Kdf::default(), |w| {
         let mut s = write_archive(w, &point, data_dir, devices)?;
@@ -123,7 +129,7 @@ pub fn create_offline(
         ));
     }
     let (store, _) = HubStore::open(data_dir, StoreLimits::default())?;
-    create(&store, data_dir, config, out, pass)
+    create(&store, data_dir, config, &[], out, pass)
 }
 
 fn write_file(

@@ -84,7 +84,7 @@ fn restore_brings_back_everything_and_marks_every_device_for_renewal() {
     let old = tmp.path().join("old");
     let store = hub_dir(&old);
     let file = tmp.path().join("hub.backup");
-    let made = create(&store, &old, None, &file, &pass()).expect("backup");
+    let made = create(&store, &old, None, &[], &file, &pass()).expect("backup");
     assert_eq!(made.devices, 2);
     assert!(made.segments > 1, "several segments: {made:?}");
     // After the backup the old hub runs on: that is not in the backup.
@@ -140,7 +140,7 @@ fn refusals_leave_nothing_behind() {
     let old = tmp.path().join("old");
     let store = hub_dir(&old);
     let file = tmp.path().join("hub.backup");
-    create(&store, &old, None, &file, &pass()).expect("backup");
+    create(&store, &old, None, &[], &file, &pass()).expect("backup");
     let bytes = fs::read(&file).expect("read");
     let new = tmp.path().join("new");
     let listing = || {
@@ -185,7 +185,8 @@ fn refusals_leave_nothing_behind() {
     restore(&file, &new, &pass()).expect("into an empty directory");
     assert!(new.join("hearth.redb").exists());
     // A short passphrase is refused before anything is written.
-    let short = create(&store, &old, None, &tmp.path().join("x"), &Passphrase::new("short")).err();
+    let short =
+        create(&store, &old, None, &[], &tmp.path().join("x"), &Passphrase::new("short")).err();
     assert!(matches!(short, Some(BackupError::ShortPassphrase)));
     assert!(!tmp.path().join("x").exists());
 }
@@ -228,7 +229,7 @@ fn the_configuration_and_the_upstream_files_it_names_come_back_pointing_at_their
     );
     fs::write(&config, &text).expect("config");
     let file = tmp.path().join("b");
-    let made = create(&store, &old, Some(&config), &file, &pass()).expect("backup");
+    let made = create(&store, &old, Some(&config), &[], &file, &pass()).expect("backup");
     let new = tmp.path().join("new");
     assert_eq!(restore(&file, &new, &pass()).expect("restore"), made);
     let restored = new.join(RESTORED_CONFIG);
@@ -264,4 +265,19 @@ fn an_offline_backup_needs_a_store_and_opens_it_itself() {
     // While the store is open elsewhere (a running hub), it is refused, not copied torn.
     let (_open, _) = HubStore::open(&old, limits()).expect("open");
     assert!(create_offline(&old, None, &tmp.path().join("c"), &pass()).is_err());
+}
+
+#[test]
+fn documents_the_hub_holds_in_memory_go_in_as_they_are_now() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let old = tmp.path().join("old");
+    let store = hub_dir(&old);
+    let file = tmp.path().join("b");
+    let current = [("devices", b"{\"names\":2}".to_vec())];
+    create(&store, &old, None, &current, &file, &pass()).expect("backup");
+    assert_eq!(store.meta("devices").expect("meta").as_deref(), Some(&b"{\"names\":1}"[..]));
+    let new = tmp.path().join("new");
+    restore(&file, &new, &pass()).expect("restore");
+    let (store, _) = HubStore::open(&new, limits()).expect("open");
+    assert_eq!(store.meta("devices").expect("meta").as_deref(), Some(&b"{\"names\":2}"[..]));
 }

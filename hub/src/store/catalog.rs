@@ -501,6 +501,15 @@ impl Catalog {
     }
 }
 
+/// Appends a named document to a [`dump`]: restored after (so in place of) the dump's own.
+pub(crate) fn dump_meta(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    out.push(3);
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    out.extend_from_slice(value);
+}
+
 /// Every row of the catalog's tables in `tx`: `(table, key, value)` records, each
 /// `tag u8 ‖ len u32 ‖ key ‖ len u32 ‖ value` (integers big-endian). Sealed secrets stay sealed.
 pub(super) fn dump(tx: &redb::ReadTransaction) -> Result<Vec<u8>, StoreError> {

@@ -56,7 +56,7 @@ pub struct BackupPoint {
     pub segments: Vec<(u64, std::sync::Arc<std::fs::File>, u64)>,
 }
 
-pub(crate) use catalog::restore_dump;
+pub(crate) use catalog::{dump_meta, restore_dump};
 
 /// A stored reading.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
