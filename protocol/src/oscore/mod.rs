@@ -3,7 +3,8 @@
 //!
 //! Each rule lives in one file: key derivation (§3.2) `derive`, the nonce (§5.2) `nonce`, the AAD
 //! (§5.4) `aad`, the option (§6.1) `option`, sequence leases (B.1.1) `sequence`, the replay window
-//! (§7.4, B.1.2) `replay`, key-usage limits `usage`; `context` protects and unprotects messages.
+//! (§7.4, B.1.2) `replay`, key-usage limits `usage`, renewing a context restored from a backup
+//! (B.2) `renew`; `context` protects and unprotects messages.
 
 mod aad;
 mod context;
