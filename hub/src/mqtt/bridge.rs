@@ -116,7 +116,11 @@ pub(crate) fn start(
                 }
             }
             while let Some(m) = out_rx.recv().await {
-                let publish = Publish::new(Bytes::from(m.topic), Bytes::from(m.payload), m.retain);
+                // Exact-size buffers: the broker may keep a retained message for the hub's
+                // life, and a JSON string's spare capacity would be kept with it.
+                let (topic, payload) =
+                    (m.topic.into_bytes().into_boxed_slice(), m.payload.into_boxed_slice());
+                let publish = Publish::new(Bytes::from(topic), Bytes::from(payload), m.retain);
                 if tx.send(Packet::Publish(publish, None)).await.is_err() {
                     tracing::error!("MQTT broker link closed");
                     return;
