@@ -45,6 +45,8 @@ struct Published {
     state_ms: Option<i64>,
     /// What the published configs were made from ([`config_key`]); a change re-syncs them.
     config_key: Option<u64>,
+    /// The availability published.
+    availability: Option<Availability>,
     update: Option<Value>,
 }
 
@@ -114,7 +116,11 @@ pub(crate) fn start(
                 }
             }
             while let Some(m) = out_rx.recv().await {
-                let publish = Publish::new(Bytes::from(m.topic), Bytes::from(m.payload), m.retain);
+                // Exact-size buffers: the broker may keep a retained message for the hub's
+                // life, and a JSON string's spare capacity would be kept with it.
+                let (topic, payload) =
+                    (m.topic.into_bytes().into_boxed_slice(), m.payload.into_boxed_slice());
+                let publish = Publish::new(Bytes::from(topic), Bytes::from(payload), m.retain);
                 if tx.send(Packet::Publish(publish, None)).await.is_err() {
                     tracing::error!("MQTT broker link closed");
                     return;
@@ -239,7 +245,9 @@ impl Bridge {
         }
     }
 
-    /// Publishes everything about every device again (at start, and after falling behind).
+    /// Brings every device up to date (at start, and after falling behind the directory's
+    /// notices): what changed since it was published, not everything again — under load a
+    /// lagging bridge that republished every config would only fall further behind.
     fn resync(&mut self) {
         self.hub_configs();
         let list = self.api.directory.list();
@@ -253,7 +261,19 @@ impl Bridge {
             self.withdraw(&id, true);
         }
         for d in &list {
-            self.sync(d);
+            self.catch_up(d);
+        }
+    }
+
+    /// The device's availability and configs if they changed since published, and its state if
+    /// newer.
+    fn catch_up(&mut self, d: &DeviceSnapshot) {
+        let key = config_key(&self.installed_now(d));
+        match self.devices.get(&d.info.id) {
+            Some(p) if p.config_key == Some(key) && p.availability == Some(d.availability) => {
+                self.publish_state(d);
+            }
+            _ => self.sync(d),
         }
     }
 
@@ -288,6 +308,7 @@ impl Bridge {
         let entry = self.devices.entry(id).or_default();
         entry.configs = topics;
         entry.config_key = Some(config_key(d));
+        entry.availability = Some(d.availability);
         self.publish_state(d);
     }
 
@@ -369,20 +390,15 @@ impl Bridge {
         true
     }
 
-    /// The current state (and, if its config set changed, the configs) of every device in
-    /// `reported`, which it empties.
+    /// The current state (and, if its configs or availability changed, those) of every device
+    /// in `reported`, which it empties.
     fn states(&mut self, reported: &mut Vec<DeviceId>) {
         for device in reported.drain(..) {
             if !self.api.directory.outgoing_allowed(&device) {
                 continue;
             }
-            let Some(d) = self.api.directory.get(&device) else { continue };
-            let key = config_key(&self.installed_now(&d));
-            if self.devices.entry(device).or_default().config_key != Some(key) {
-                // Its config set changed (or was never published): configs and state.
-                self.sync(&d);
-            } else {
-                self.publish_state(&d);
+            if let Some(d) = self.api.directory.get(&device) {
+                self.catch_up(&d);
             }
         }
     }

@@ -24,6 +24,20 @@ use crate::config::MqttConfig;
 
 /// How long the broker has to prove it serves its port.
 const READY_WITHIN: Duration = Duration::from_secs(10);
+/// rumqttd keeps the messages of every topic filter in a log of segments, in memory, and a
+/// subscriber reads its filter's log from where it is: these two bound each log to about
+/// 1 MiB of messages (the newest; the oldest segment is dropped when a fifth would begin). A
+/// subscriber more than that behind its filter misses the oldest live messages (retained ones
+/// it gets again when it subscribes) — mosquitto's own default is 1,000 queued messages per
+/// client; 1 MiB is about 3,000 of the hub's state messages. Messages are shared between the
+/// logs they are in (one copy of each).
+const SEGMENT_BYTES: usize = 256 << 10;
+const SEGMENTS: usize = 4;
+/// The filter every message matches, held by a link of the hub's that never reads it. Without
+/// it rumqttd gives each topic nobody subscribes to a log of its own (a "dynamic filter") that
+/// nobody ever reads and that lives as long as the broker: memory growing with every topic
+/// ever published. With it there is one such log, bounded like the others.
+const CATCH_ALL: &str = "#";
 
 /// A started broker: its address and the hub's own link into it.
 pub(crate) struct Started {
@@ -33,6 +47,8 @@ pub(crate) struct Started {
     pub link: (LinkTx, LinkRx),
     /// The hub link's client id (refused to network clients, so none can take it over).
     pub client_id: String,
+    /// The link that holds [`CATCH_ALL`]; kept as long as the broker serves.
+    pub catch_all: (LinkTx, LinkRx),
 }
 
 /// The probe's identity, known only to this process for this start.
@@ -91,8 +107,8 @@ fn config(
         // The fronts' connections plus the hub's own link and local clients.
         max_connections: cfg.max_connections.saturating_mul(2).saturating_add(8),
         max_outgoing_packet_count: 1024,
-        max_segment_size: 4 << 20,
-        max_segment_count: 8,
+        max_segment_size: SEGMENT_BYTES,
+        max_segment_count: SEGMENTS,
         custom_segment: None,
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
@@ -131,6 +147,10 @@ pub(crate) fn start(
         format!("{}{}", super::RESERVED_CLIENT_PREFIX, protocol::hex::encode(&nonce[..6]));
     let mut broker = rumqttd::Broker::new(config(cfg, addr, tickets, bypass, probe.clone()));
     let link = broker.link(&client_id).map_err(|e| MqttError::Broker(e.to_string()))?;
+    let mut catch_all = broker
+        .link(&format!("{client_id}-catch-all"))
+        .map_err(|e| MqttError::Broker(e.to_string()))?;
+    catch_all.0.subscribe(CATCH_ALL).map_err(|e| MqttError::Broker(e.to_string()))?;
     let thread = std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
@@ -152,7 +172,7 @@ pub(crate) fn start(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Ok(Started { addr, link, client_id })
+    Ok(Started { addr, link, client_id, catch_all })
 }
 
 /// Connects to `addr` and sends a CONNECT that only this process's broker recognizes; true

@@ -142,6 +142,12 @@ pub(crate) async fn start(
         }
         None => None,
     };
+    // The catch-all filter's link lives as long as the broker serves (see broker::CATCH_ALL).
+    let (catch_all, stop) = (started.catch_all, shutdown.clone());
+    tasks.push(tokio::spawn(async move {
+        stop.cancelled().await;
+        drop(catch_all);
+    }));
     let republish = Duration::from_secs(cfg.republish_interval_s);
     let bridge =
         bridge::start(started.link, api, auth, cfg.discovery_prefix.clone(), republish, shutdown)
