@@ -45,6 +45,17 @@ pub(super) struct Answer {
     command: Option<Vec<u8>>,
 }
 
+/// Which context a request names (RFC 8613 B.2).
+enum Under {
+    /// The one in use.
+    InUse,
+    /// One to renew: the one in use when it must be renewed first, or the paired one while
+    /// another is in use (Request #1).
+    Renew1,
+    /// The context with this ID Context, `R2 ‖ R1` of an `R2` this hub issued (Request #2).
+    Renew2(Vec<u8>),
+}
+
 /// Answers that may wait for a checkpoint per sensor (one request in flight is normal).
 const WAITING: usize = 16;
 
@@ -88,22 +99,20 @@ impl<A: Endpoint> HubLink<A> {
         // Response #1 below after the failure budgets like any other; one naming an `R2` this
         // hub issued is Request #2. Anything else names no context here.
         let current = kid_context.as_deref() == peer.ctx.id_context();
-        let renewing = match kid_context {
-            _ if current && !peer.must_renew => false,
-            _ if current => true,
-            None => true,
-            Some(c) => {
-                if !self.renewal_request_2(kid, &c, packet) {
-                    self.counters.unknown_kid += 1;
-                    self.security(SecurityEvent::UnknownKid);
-                    return self.reply(
-                        from,
-                        packet,
-                        ResponseType::Unauthorized,
-                        b"Security context not found",
-                    );
-                }
-                false
+        let under = match kid_context {
+            _ if current && !peer.must_renew => Under::InUse,
+            _ if current => Under::Renew1,
+            None => Under::Renew1,
+            Some(c) if peer.renew.candidate(peer.ctx.params(), &c).is_some() => Under::Renew2(c),
+            Some(_) => {
+                self.counters.unknown_kid += 1;
+                self.security(SecurityEvent::UnknownKid);
+                return self.reply(
+                    from,
+                    packet,
+                    ResponseType::Unauthorized,
+                    b"Security context not found",
+                );
             }
         };
         let Some(peer) = self.peers.get_mut(&kid) else { return };
@@ -148,9 +157,25 @@ impl<A: Endpoint> HubLink<A> {
         }
         // Whatever depends on the outcome (an answer, a 4.00, a B.1.2 challenge) leaves only
         // after the checkpoint recording it is durable (see `guard`).
-        if renewing {
-            return self.renewal_response_1(kid, class, current, from, packet, rng);
+        match under {
+            Under::InUse => {}
+            Under::Renew1 => {
+                return self.renewal_response_1(kid, class, current, from, packet, rng);
+            }
+            Under::Renew2(c) => {
+                if !self.renewal_request_2(kid, &c, packet) {
+                    // Its tag failed under the context it names: a forgery, budgeted like any.
+                    let Some(peer) = self.peers.get_mut(&kid) else { return };
+                    peer.guard.settle(class, Outcome::Failed);
+                    self.events.push_back(HubEvent::CheckpointNeeded { kid });
+                    self.counters.bad_tag += 1;
+                    self.security(SecurityEvent::BadTag { kid });
+                    self.park(kid, from, packet, ResponseType::BadRequest, b"Decryption failed");
+                    return self.check_peer(kid);
+                }
+            }
         }
+        let Some(peer) = self.peers.get_mut(&kid) else { return };
         let outcome = peer.ctx.unprotect_request(packet);
         let settled = match &outcome {
             Ok(_) | Err(OscoreError::BadInnerMessage) => Outcome::Verified,
@@ -287,9 +312,10 @@ impl<A: Endpoint> HubLink<A> {
     }
 
     /// RFC 8613 B.2 step 4: a request whose 'kid context' names an `R2` this hub issued and
-    /// that verifies under the context it names: that context replaces the old one (the caller
-    /// persists it, [`HubEvent::Renewed`], before the request's answer leaves) and the request
-    /// goes on as usual under it. False (nothing changed) otherwise.
+    /// that verifies under the context it names (admitted by its failure budget like any):
+    /// that context replaces the old one (the caller persists it, [`HubEvent::Renewed`],
+    /// before the request's answer leaves) and the request goes on as usual under it. False
+    /// (nothing changed) otherwise.
     fn renewal_request_2(&mut self, kid: Kid, kid_context: &[u8], packet: &Packet) -> bool {
         let Some(peer) = self.peers.get_mut(&kid) else { return false };
         let Some(params) = peer.renew.candidate(peer.ctx.params(), kid_context) else {
