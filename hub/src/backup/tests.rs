@@ -99,6 +99,9 @@ fn restore_brings_back_everything_and_marks_every_device_for_renewal() {
     assert!(!new.join("hub-cert.pem").exists(), "machine-specific file copied");
     assert_eq!(fs::read(new.join("upstream.cursor")).expect("cursor"), b"42");
     assert_eq!(fs::read(new.join("updates/m-2/image")).expect("image"), b"firmware");
+    // Restored contexts wait for renewal: the store is format 3 at once, so the previous
+    // release (reading up to 2, knowing no renewal marks) refuses it instead of using them.
+    assert_eq!(store_format(&new), Some(3));
     let (store, _) = HubStore::open(&new, limits()).expect("open restored");
     let mut renew = store.renewals().expect("renewals");
     renew.sort();
@@ -125,13 +128,18 @@ fn restore_brings_back_everything_and_marks_every_device_for_renewal() {
     assert_eq!(p.params.id_context.as_deref(), Some(&[9u8; 16][..]));
     assert!(!store.renewals().expect("renewals").contains(&k));
     drop(store);
-    // A renewed context makes the store format 3: the previous release (reading up to 2)
-    // refuses it rather than derive the wrong keys from it.
-    let db = redb::Database::open(new.join("hearth.redb")).expect("db");
+    // A renewed context keeps it format 3: the previous release (reading up to 2) refuses it
+    // rather than derive the wrong keys from it.
+    assert_eq!(store_format(&new), Some(3));
+}
+
+/// The store format stamped in a data directory's catalog.
+fn store_format(data_dir: &std::path::Path) -> Option<u64> {
+    let db = redb::Database::open(data_dir.join("hearth.redb")).expect("db");
     let tx = redb::ReadableDatabase::begin_read(&db).expect("tx");
     let log: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("log");
     let format = tx.open_table(log).expect("log").get("format").expect("get").map(|v| v.value());
-    assert_eq!(format, Some(3));
+    format
 }
 
 #[test]

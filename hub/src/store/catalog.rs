@@ -34,12 +34,13 @@ const FORMAT: &str = "format";
 /// log (1 kept readings in redb; they move to the log once). A store of a newer format is
 /// refused and left unchanged.
 pub(super) const STORE_FORMAT: u64 = 2;
-/// The newest format this hub reads: 3 = format 2 with a context renewed after a restore
-/// (RFC 8613 B.2: it has an ID Context, which a hub reading up to 2 would drop and so derive
-/// the wrong keys). A catalog becomes 3 with its first renewal, never before: a store that
-/// was not restored stays readable by the previous release.
+/// The newest format this hub reads: 3 = format 2 restored from a backup — contexts marked for
+/// renewal, or renewed (RFC 8613 B.2: with an ID Context, which a hub reading up to 2 would
+/// drop and so derive the wrong keys). A catalog becomes 3 when restored or at its first
+/// renewal, never otherwise: a store that was not restored stays readable by the previous
+/// release.
 pub(super) const READS_UP_TO: u64 = 3;
-/// The format a renewed context makes a catalog.
+/// The format a restore or a renewed context makes a catalog.
 const RENEWED_FORMAT: u64 = 3;
 /// The first format kept readings in redb; they move to the log once.
 const LEGACY_READINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("readings");
@@ -599,6 +600,12 @@ pub(crate) fn restore_dump(path: &Path, dump: &[u8]) -> Result<usize, StoreError
                 }
                 _ => return Err(corrupt()),
             }
+        }
+        // Contexts marked for renewal make the store format 3 at once: the previous release
+        // does not know the marks and would use the restored contexts as they are — the very
+        // nonce reuse and replays the renewal prevents.
+        if devices > 0 {
+            log.insert(FORMAT, RENEWED_FORMAT).map_err(db)?;
         }
     }
     tx.commit().map_err(db)?;
