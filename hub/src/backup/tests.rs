@@ -138,8 +138,7 @@ fn store_format(data_dir: &std::path::Path) -> Option<u64> {
     let db = redb::Database::open(data_dir.join("hearth.redb")).expect("db");
     let tx = redb::ReadableDatabase::begin_read(&db).expect("tx");
     let log: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("log");
-    let format = tx.open_table(log).expect("log").get("format").expect("get").map(|v| v.value());
-    format
+    tx.open_table(log).expect("log").get("format").expect("get").map(|v| v.value())
 }
 
 #[test]
