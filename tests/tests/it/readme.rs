@@ -121,9 +121,14 @@ impl Walk {
 
     /// `hub ctl --json ARGS` with the installed hub, against the walkthrough's hub.
     fn ctl(&self, args: &[&str]) -> Value {
+        self.ctl_at(&self.data(), args)
+    }
+
+    /// `hub ctl --json ARGS` against the hub of data directory `data`.
+    fn ctl_at(&self, data: &std::path::Path, args: &[&str]) -> Value {
         let out = Command::new(self.dir.path().join("cargo/bin/hub"))
             .args(["ctl", "--json", "--data-dir"])
-            .arg(self.data())
+            .arg(data)
             .args(args)
             .output()
             .expect("hub ctl");
@@ -347,6 +352,17 @@ fn every_sh_block_of_the_readme_runs_verbatim_in_order() {
                 serials.contains(&"TH-00100") && !serials.contains(&"TH-00004"),
                 "the replacement: {serials:?}"
             );
+        }
+        if text.contains("hub restore") {
+            // As the README says: the sensors take the new gateway's keys without pairing
+            // again, and it has every device.
+            let new = walk.dir.path().join("hearth-new");
+            wait_for("sensors renewed with the new gateway", Duration::from_secs(120), || {
+                let renewed = walk.printed().iter().filter(|l| l.starts_with("RENEWED ")).count();
+                (renewed >= 2).then_some(())
+            });
+            let devices = walk.ctl_at(&new, &["devices"]);
+            assert_eq!(devices.as_array().map(Vec::len), Some(5), "{devices}");
         }
         if text.contains("pair pin <pin of TH-00004>") {
             wait_for("five devices paired", Duration::from_secs(30), || {
