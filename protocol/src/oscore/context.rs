@@ -141,10 +141,9 @@ impl SecurityContext {
         next
     }
 
-    /// Checks a request's tag only (§8.2 without the replay window: nothing is marked seen and
-    /// nothing may be answered under this context's nonces). For a context that must be
-    /// renewed before use: a request that verifies may start the renewal.
-    pub fn verify_request(&mut self, message: &Packet) -> Result<RequestBinding, OscoreError> {
+    /// A request's kid and Partial IV (§8.2 step 1), if the kid is this context's recipient and
+    /// its key may still decrypt.
+    fn request_ids(&self, message: &Packet) -> Result<(Kid, Piv), OscoreError> {
         let option = oscore_option(message)?;
         let (Some(piv), Some(kid)) = (option.piv, option.kid) else {
             return Err(OscoreError::NotOscore("request without Partial IV or kid"));
@@ -155,6 +154,14 @@ impl SecurityContext {
         if !self.usage.may_decrypt() {
             return Err(OscoreError::KeyLimitReached);
         }
+        Ok((kid, piv))
+    }
+
+    /// Checks a request's tag only (§8.2 without the replay window: nothing is marked seen and
+    /// nothing may be answered under this context's nonces). For a context that must be
+    /// renewed before use: a request that verifies may start the renewal.
+    pub fn verify_request(&mut self, message: &Packet) -> Result<RequestBinding, OscoreError> {
+        let (kid, piv) = self.request_ids(message)?;
         let nonce = nonce(&self.common_iv, &kid, piv);
         self.open(message, &nonce, &aad(&kid, piv))?;
         Ok(RequestBinding { kid, piv, nonce })
@@ -231,16 +238,7 @@ impl SecurityContext {
     /// Unprotects a request (§8.2): replay check, then decrypt, then commit — a counter is marked
     /// seen only after its tag verified (§7.4).
     pub fn unprotect_request(&mut self, message: &Packet) -> Result<Verified, OscoreError> {
-        let option = oscore_option(message)?;
-        let (Some(piv), Some(kid)) = (option.piv, option.kid) else {
-            return Err(OscoreError::NotOscore("request without Partial IV or kid"));
-        };
-        if kid != self.recipient_id {
-            return Err(OscoreError::UnknownKid);
-        }
-        if !self.usage.may_decrypt() {
-            return Err(OscoreError::KeyLimitReached);
-        }
+        let (kid, piv) = self.request_ids(message)?;
         let fresh = match self.replay.check(piv.value()) {
             Ok(fresh) => Some(fresh),
             Err(OscoreError::ReplayWindowUnknown) => None,
