@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use hub::config::{self, Config};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc with background purging: memory freed after a burst of readings goes back to the
+/// system within seconds, so a long-running hub's RSS follows its heap (glibc kept it).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "hub", version, about = "Hearth, a security-first smart-home hub")]
 struct Cli {
