@@ -1,6 +1,7 @@
 //! The hub's own link into its broker: publishes what the device directory allows to leave the
-//! hub (retained state and availability, discovery configs, update state; TR 103 621 6.23: an
-//! isolated device's data and configs are withdrawn), relays `…/set` commands to the link
+//! hub (state and availability, discovery configs, update state; TR 103 621 6.23: an isolated
+//! device's data and configs are withdrawn) live — their retained copies are made for each
+//! subscriber from the directory ([`super::owned`]), not kept in the broker — relays `…/set` commands to the link
 //! (EN 303 645 5.5-1: over OSCORE only), republishes discovery when Home Assistant comes
 //! online (at once after a quiet interval; births within the interval coalesce into one
 //! republication at its end, so a storm of birth messages cannot make the hub flood every
@@ -20,6 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Auth, MqttEvent};
+use super::owned::Owned;
 use super::{bridge_api, discovery, topics};
 use crate::api::HubApi;
 use crate::device_id::DeviceId;
@@ -30,11 +32,10 @@ const OUT_QUEUE: usize = 65_536;
 /// Notices taken in one batch at most (their states are published once per device).
 const NOTICE_BATCH: usize = 1024;
 
-/// One publication.
+/// One publication (live: never retained in the broker).
 struct Out {
     topic: String,
     payload: Vec<u8>,
-    retain: bool,
 }
 
 /// What the bridge publishes per device, to withdraw it later.
@@ -47,12 +48,13 @@ struct Published {
     config_key: Option<u64>,
     /// The availability published.
     availability: Option<Availability>,
-    update: Option<Value>,
 }
 
 struct Bridge {
     api: HubApi,
     auth: Arc<Auth>,
+    /// The retained messages subscribers get, and what only the bridge knows of them.
+    owned: Arc<Owned>,
     prefix: String,
     out: mpsc::Sender<Out>,
     devices: HashMap<DeviceId, Published>,
@@ -60,9 +62,6 @@ struct Bridge {
     dropped: u64,
     /// Installed versions seen in the update overview.
     installed: HashMap<DeviceId, u32>,
-    /// Each updatable device's installed firmware as the update manager knows it (the
-    /// directory keeps the version it paired with): its discovery configs' `sw_version`.
-    firmware: HashMap<DeviceId, u32>,
     last_counters: Option<Value>,
     /// Discovery is republished at most once per this interval.
     republish_interval: Duration,
@@ -95,6 +94,7 @@ pub(crate) fn start(
     link: (LinkTx, LinkRx),
     api: HubApi,
     auth: Arc<Auth>,
+    owned: Arc<Owned>,
     prefix: String,
     republish_interval: Duration,
     shutdown: CancellationToken,
@@ -116,11 +116,11 @@ pub(crate) fn start(
                 }
             }
             while let Some(m) = out_rx.recv().await {
-                // Exact-size buffers: the broker may keep a retained message for the hub's
-                // life, and a JSON string's spare capacity would be kept with it.
+                // Exact-size buffers: the broker keeps the newest messages in its logs, and a
+                // JSON string's spare capacity would be kept with each.
                 let (topic, payload) =
                     (m.topic.into_bytes().into_boxed_slice(), m.payload.into_boxed_slice());
-                let publish = Publish::new(Bytes::from(topic), Bytes::from(payload), m.retain);
+                let publish = Publish::new(Bytes::from(topic), Bytes::from(payload), false);
                 if tx.send(Packet::Publish(publish, None)).await.is_err() {
                     tracing::error!("MQTT broker link closed");
                     return;
@@ -131,13 +131,13 @@ pub(crate) fn start(
     let bridge = Bridge {
         api,
         auth,
+        owned,
         prefix,
         out: out_tx,
         devices: HashMap::new(),
         next_command: 0,
         dropped: 0,
         installed: HashMap::new(),
-        firmware: HashMap::new(),
         last_counters: None,
         republish_interval,
         republished: None,
@@ -150,8 +150,8 @@ pub(crate) fn start(
 }
 
 impl Bridge {
-    fn publish(&mut self, topic: String, payload: Vec<u8>, retain: bool) {
-        if self.out.try_send(Out { topic, payload, retain }).is_err() {
+    fn publish(&mut self, topic: String, payload: Vec<u8>) {
+        if self.out.try_send(Out { topic, payload }).is_err() {
             self.dropped += 1;
             if self.dropped.is_power_of_two() {
                 tracing::warn!(
@@ -162,8 +162,14 @@ impl Bridge {
         }
     }
 
-    fn publish_json(&mut self, topic: String, v: &Value, retain: bool) {
-        self.publish(topic, v.to_string().into_bytes(), retain);
+    fn publish_json(&mut self, topic: String, v: &Value) {
+        self.publish(topic, v.to_string().into_bytes());
+    }
+
+    /// One of the hub's own retained messages: recorded for subscribers to come, and published.
+    fn publish_hub(&mut self, topic: &str, payload: Vec<u8>) {
+        self.owned.set_hub(topic, &payload);
+        self.publish(topic.to_owned(), payload);
     }
 
     async fn run(mut self, mut rx: LinkRx, shutdown: CancellationToken) {
@@ -180,7 +186,7 @@ impl Bridge {
                 }
             }
         });
-        self.publish(topics::HUB_STATUS.into(), b"online".to_vec(), true);
+        self.publish_hub(topics::HUB_STATUS, b"online".to_vec());
         self.resync();
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
@@ -222,7 +228,7 @@ impl Bridge {
                     Ok(e) => self.security(&e),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         let v = json!({"event": "events_dropped", "count": n});
-                        self.publish_json(topics::HUB_SECURITY.into(), &v, false);
+                        self.publish_json(topics::HUB_SECURITY.into(), &v);
                     }
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
@@ -234,7 +240,7 @@ impl Bridge {
                 () = shutdown.cancelled() => break,
             }
         }
-        self.publish(topics::HUB_STATUS.into(), b"offline".to_vec(), true);
+        self.publish_hub(topics::HUB_STATUS, b"offline".to_vec());
         self.save_logins().await;
         // Let the outgoing thread hand it to the broker before the process ends.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -268,7 +274,7 @@ impl Bridge {
     /// The device's availability and configs if they changed since published, and its state if
     /// newer.
     fn catch_up(&mut self, d: &DeviceSnapshot) {
-        let key = config_key(&self.installed_now(d));
+        let key = config_key(&self.owned.installed_now(d));
         match self.devices.get(&d.info.id) {
             Some(p) if p.config_key == Some(key) && p.availability == Some(d.availability) => {
                 self.publish_state(d);
@@ -277,21 +283,11 @@ impl Bridge {
         }
     }
 
-    /// `d` with the firmware the update manager says is installed (the directory keeps the
-    /// version it paired with).
-    fn installed_now(&self, d: &DeviceSnapshot) -> DeviceSnapshot {
-        let mut d = d.clone();
-        if let Some(v) = self.firmware.get(&d.info.id) {
-            d.info.about.firmware_version = *v;
-        }
-        d
-    }
-
     /// Availability, discovery and current state of one device, as the directory allows.
     fn sync(&mut self, d: &DeviceSnapshot) {
-        let d = &self.installed_now(d);
+        let d = &self.owned.installed_now(d);
         let id = d.info.id;
-        self.publish(topics::availability(&id), d.availability.as_str().as_bytes().to_vec(), true);
+        self.publish(topics::availability(&id), d.availability.as_str().as_bytes().to_vec());
         if d.availability == Availability::Isolated {
             self.withdraw(&id, false);
             return;
@@ -299,11 +295,11 @@ impl Bridge {
         let configs = discovery::configs(&self.prefix, d);
         let old = std::mem::take(&mut self.devices.entry(id).or_default().configs);
         for stale in old.iter().filter(|t| !configs.iter().any(|c| &c.topic == *t)) {
-            self.publish(stale.clone(), Vec::new(), true);
+            self.publish(stale.clone(), Vec::new());
         }
         let topics: Vec<String> = configs.iter().map(|c| c.topic.clone()).collect();
         for c in configs {
-            self.publish_json(c.topic, &c.payload, true);
+            self.publish_json(c.topic, &c.payload);
         }
         let entry = self.devices.entry(id).or_default();
         entry.configs = topics;
@@ -319,7 +315,7 @@ impl Bridge {
         let entry = self.devices.entry(d.info.id).or_default();
         if entry.state_ms.is_none_or(|t| s.time_ms > t) {
             entry.state_ms = Some(s.time_ms);
-            self.publish_json(topics::state(&d.info.id), &s.payload, true);
+            self.publish_json(topics::state(&d.info.id), &s.payload);
         }
     }
 
@@ -328,21 +324,21 @@ impl Bridge {
     fn withdraw(&mut self, id: &DeviceId, removed: bool) {
         let Some(p) = self.devices.remove(id) else {
             if removed {
-                self.publish(topics::availability(id), Vec::new(), true);
+                self.publish(topics::availability(id), Vec::new());
             }
             return;
         };
         for t in p.configs {
-            self.publish(t, Vec::new(), true);
+            self.publish(t, Vec::new());
         }
         if p.state_ms.is_some() {
-            self.publish(topics::state(id), Vec::new(), true);
+            self.publish(topics::state(id), Vec::new());
         }
-        if p.update.is_some() {
-            self.publish(topics::update(id), Vec::new(), true);
+        if self.owned.remove_update(id) {
+            self.publish(topics::update(id), Vec::new());
         }
         if removed {
-            self.publish(topics::availability(id), Vec::new(), true);
+            self.publish(topics::availability(id), Vec::new());
         }
     }
 
@@ -374,7 +370,7 @@ impl Bridge {
         // outage buffer, or older than the state, go to `…/history` with their original time
         // (they are in Hearth's history and upstream anyway).
         for e in topics::events(readings) {
-            self.publish_json(topics::event(device), &e, false);
+            self.publish_json(topics::event(device), &e);
         }
         let current = self.api.directory.state_time(device);
         let old: Vec<LiveReading> = readings
@@ -384,7 +380,7 @@ impl Bridge {
             .collect();
         if let Some(d) = (!old.is_empty()).then(|| self.api.directory.get(device)).flatten() {
             for m in topics::state_messages(&d, &old) {
-                self.publish_json(topics::history(device), &m.payload, false);
+                self.publish_json(topics::history(device), &m.payload);
             }
         }
         true
@@ -413,7 +409,7 @@ impl Bridge {
             Notice::Availability { device, availability } => {
                 match (availability, self.api.directory.get(&device)) {
                     (Availability::Isolated, _) => {
-                        self.publish(topics::availability(&device), b"isolated".to_vec(), true);
+                        self.publish(topics::availability(&device), b"isolated".to_vec());
                         self.withdraw(&device, false);
                     }
                     (_, Some(d)) => self.sync(&d),
@@ -426,7 +422,7 @@ impl Bridge {
                 }
             }
             Notice::Removed { device } => {
-                self.firmware.remove(&device);
+                self.owned.forget(&device);
                 self.withdraw(&device, true);
             }
         }
@@ -447,7 +443,7 @@ impl Bridge {
                 Ok(version) => json!({"status": "approved", "version": version}),
                 Err(reason) => json!({"status": "refused", "reason": reason}),
             };
-            self.publish_json(topics::update_result(&device), &v, false);
+            self.publish_json(topics::update_result(&device), &v);
             return;
         }
         let Some(device) = topics::parse_set(topic) else { return };
@@ -461,7 +457,7 @@ impl Bridge {
             }
             Err(e) => json!({"status": "refused", "reason": e.to_string()}),
         };
-        self.publish_json(topics::set_result(&device), &v, false);
+        self.publish_json(topics::set_result(&device), &v);
     }
 
     /// An admin's bridge request (only admins may publish them: the fronts check), within the
@@ -470,14 +466,14 @@ impl Bridge {
         let topic = bridge_api::response(&request);
         if let Err(wait) = self.requests.take(tokio::time::Instant::now()) {
             tracing::debug!(request, "MQTT bridge request over the budget");
-            self.publish_json(topic, &bridge_api::over_budget(payload, wait), false);
+            self.publish_json(topic, &bridge_api::over_budget(payload, wait));
             return;
         }
         tracing::info!(request, "MQTT bridge request");
         let (api, out, payload) = (self.api.clone(), self.out.clone(), payload.to_vec());
         tokio::spawn(async move {
             let v = bridge_api::answer(&api, &request, &payload).await;
-            let answer = Out { topic, payload: v.to_string().into_bytes(), retain: false };
+            let answer = Out { topic, payload: v.to_string().into_bytes() };
             if out.try_send(answer).is_err() {
                 tracing::warn!(request, "MQTT bridge response dropped (broker link behind)");
             }
@@ -557,7 +553,7 @@ impl Bridge {
 
     fn security(&mut self, e: &MqttEvent) {
         if let Ok(v) = serde_json::to_value(e) {
-            self.publish_json(topics::HUB_SECURITY.into(), &v, false);
+            self.publish_json(topics::HUB_SECURITY.into(), &v);
         }
     }
 
@@ -579,14 +575,14 @@ impl Bridge {
         }
         self.last_counters = Some(v.clone());
         v["event"] = json!("counters");
-        self.publish_json(topics::HUB_SECURITY.into(), &v, false);
+        self.publish_json(topics::HUB_SECURITY.into(), &v);
     }
 
     /// The hub device's discovery configs.
     fn hub_configs(&mut self) {
         let upstream = self.api.upstream().configured;
         for c in super::hub_entity::configs(&self.prefix, env!("CARGO_PKG_VERSION"), upstream) {
-            self.publish_json(c.topic, &c.payload, true);
+            self.publish_hub(&c.topic, c.payload.to_string().into_bytes());
         }
     }
 
@@ -621,7 +617,7 @@ impl Bridge {
             "storage": storage,
         });
         if self.last_hub_state.as_ref() != Some(&state) {
-            self.publish_json(topics::HUB_OVERVIEW.into(), &state, true);
+            self.publish_hub(topics::HUB_OVERVIEW, state.to_string().into_bytes());
             self.last_hub_state = Some(state);
         }
     }
@@ -661,7 +657,7 @@ impl Bridge {
                     // refused...); known otherwise.
                     let known = match self.installed.remove(&id) {
                         Some(_) => None,
-                        None => self.firmware.get(&id).copied(),
+                        None => self.owned.firmware(&id),
                     };
                     let installed = match known {
                         Some(v) => v,
@@ -674,15 +670,14 @@ impl Bridge {
                 }
             };
             let before =
-                self.firmware.insert(id, installed).unwrap_or(d.info.about.firmware_version);
+                self.owned.set_firmware(id, installed).unwrap_or(d.info.about.firmware_version);
             if before != installed {
                 // The device block's `sw_version` follows an installed update.
                 self.sync(d);
             }
-            let entry = self.devices.entry(id).or_default();
-            if entry.update.as_ref() != Some(&state) {
-                entry.update = Some(state.clone());
-                self.publish_json(topics::update(&id), &state, true);
+            let state = state.to_string().into_bytes();
+            if self.owned.set_update(id, &state) {
+                self.publish(topics::update(&id), state);
             }
         }
     }

@@ -43,6 +43,8 @@ const MAX_CLIENT_ID: usize = 256;
 #[derive(Debug)]
 pub(crate) struct Front {
     pub auth: Arc<Auth>,
+    /// The hub's own retained messages, handed to every subscriber.
+    pub owned: Arc<super::owned::Owned>,
     /// The broker's loopback listener.
     pub upstream: SocketAddr,
     pub max_packet: usize,
@@ -293,8 +295,9 @@ impl Front {
     }
 
     /// Forwards both ways until either side closes: client packets one frame at a time (each
-    /// PUBLISH checked, each repeated SUBSCRIBE given its retained messages again:
-    /// [`retained`]), broker packets whole frames at a time (acknowledged at once).
+    /// PUBLISH checked; each SUBSCRIBE given the hub's own retained messages, and a repeated
+    /// one clients' retained messages again: [`retained`]), broker packets whole frames at a
+    /// time (acknowledged at once).
     async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         client: S,
@@ -305,7 +308,9 @@ impl Front {
     ) {
         let (mut client_rx, mut client_tx) = tokio::io::split(client);
         let (mut up_rx, mut up_tx) = upstream.into_split();
-        let resubscribe = Mutex::new(Resubscribe::default());
+        let resubscribe = Mutex::new(Resubscribe::new(self.owned.clone()));
+        // Retained messages were handed over: a SUBSCRIBE that had to wait may go on.
+        let handed_over = tokio::sync::Notify::new();
         // What the front itself sends the client: fetched retained messages, acknowledgements.
         let (to_client, mut from_front) = tokio::sync::mpsc::channel::<ToClient>(16);
         let inbound = async {
@@ -319,7 +324,20 @@ impl Front {
                             if let Err(why) = self.allowed(&frame, user) {
                                 return Some(why);
                             }
-                            let verdict = lock(&resubscribe).client_packet(&frame, self.max_packet);
+                            let verdict = loop {
+                                let v = lock(&resubscribe).client_packet(&frame, self.max_packet);
+                                if v != Client::Wait {
+                                    break v;
+                                }
+                                // The SUBSCRIBEs before it go first (their SUBACKs end the wait).
+                                if !out.is_empty() {
+                                    if up_tx.write_all(&out).await.is_err() {
+                                        return None;
+                                    }
+                                    out.clear();
+                                }
+                                handed_over.notified().await;
+                            };
                             match verdict {
                                 Client::Forward => out.extend_from_slice(&frame),
                                 Client::ForwardAndFetch(fetch, filters) => {
@@ -337,6 +355,7 @@ impl Front {
                                         let _ = tx.send(ToClient::Fetched(fetch, got)).await;
                                     });
                                 }
+                                Client::Wait => {}
                                 Client::Answer(bytes) => {
                                     if !bytes.is_empty()
                                         && to_client.send(ToClient::Bytes(bytes)).await.is_err()
@@ -373,6 +392,8 @@ impl Front {
             // The broker's packets carry what clients published, within the same limit.
             let max = self.max_packet.saturating_add(64 * 1024);
             loop {
+                // Retained messages still owed go on as soon as the client took the last page.
+                let more = lock(&resubscribe).more();
                 tokio::select! {
                     r = up_rx.read_buf(&mut b) => match r {
                         Ok(0) | Err(_) => return,
@@ -382,6 +403,7 @@ impl Front {
                         ToClient::Bytes(bytes) => out.extend_from_slice(&bytes),
                         ToClient::Fetched(fetch, got) => lock(&resubscribe).fetched(fetch, got),
                     },
+                    () = std::future::ready(()), if more => {}
                 }
                 loop {
                     match rumqttd::protocol::v4::check(b.iter(), max) {
@@ -397,8 +419,9 @@ impl Front {
                         }
                     }
                 }
-                // Retained messages owed to repeated SUBSCRIBEs go after their SUBACK.
+                // Retained messages go after their SUBSCRIBE's SUBACK, a page at a time.
                 out.extend_from_slice(&lock(&resubscribe).ready());
+                handed_over.notify_one();
                 if !out.is_empty() {
                     if client_tx.write_all(&out).await.is_err() || client_tx.flush().await.is_err()
                     {

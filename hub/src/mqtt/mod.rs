@@ -1,7 +1,8 @@
 //! MQTT for home automation (DESIGN "MQTT"): the embedded broker on loopback (`broker`), the
 //! plain and TLS fronts that authenticate and throttle clients (`front`, `auth`; EN 303 645
-//! 5.1-1, 5.1-5, 5.5-4), Hearth's topics (`topics`), Home Assistant discovery (`discovery`) and
-//! the hub's own link that publishes and relays commands (`bridge`).
+//! 5.1-1, 5.1-5, 5.5-4), Hearth's topics (`topics`), Home Assistant discovery (`discovery`),
+//! the hub's own link that publishes and relays commands (`bridge`), and the hub's retained
+//! messages, made for each subscriber from the device directory (`owned`, `retained`).
 
 pub(crate) mod auth;
 mod bridge;
@@ -10,6 +11,7 @@ mod broker;
 pub(crate) mod discovery;
 mod front;
 mod hub_entity;
+mod owned;
 mod retained;
 pub(crate) mod topics;
 
@@ -111,7 +113,9 @@ pub(crate) async fn start(
             .map_err(|e| MqttError::Broker(e.to_string()))??
     };
     tracing::debug!(client = %started.client_id, "hub link into the MQTT broker");
+    let owned = Arc::new(owned::Owned::new(cfg.discovery_prefix.clone(), api.directory.clone()));
     let front = Arc::new(front::Front {
+        owned: owned.clone(),
         auth: auth.clone(),
         upstream: started.addr,
         max_packet: cfg.max_packet_bytes,
@@ -149,9 +153,9 @@ pub(crate) async fn start(
         drop(catch_all);
     }));
     let republish = Duration::from_secs(cfg.republish_interval_s);
-    let bridge =
-        bridge::start(started.link, api, auth, cfg.discovery_prefix.clone(), republish, shutdown)
-            .map_err(|e| MqttError::Broker(e.to_string()))?;
+    let prefix = cfg.discovery_prefix.clone();
+    let bridge = bridge::start(started.link, api, auth, owned, prefix, republish, shutdown)
+        .map_err(|e| MqttError::Broker(e.to_string()))?;
     tasks.push(tokio::spawn(bridge));
     tracing::info!(plain = %plain_addr, tls = ?tls_addr, fingerprint = %identity.fingerprint(), "MQTT serving");
     Ok(Running { plain: plain_addr, tls: tls_addr, tasks })

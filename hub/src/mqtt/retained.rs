@@ -1,11 +1,16 @@
-//! Retained messages again on a repeated SUBSCRIBE (MQTT 3.1.1 [MQTT-3.8.4-3]), which rumqttd
-//! 0.20 does not do (it keeps the existing subscription and sends nothing): the front forwards
-//! the SUBSCRIBE unchanged (the client's subscription never lapses, so no live publication is
-//! lost), fetches the filters' retained messages over a short internal connection of its own,
-//! and hands them to the client after the SUBACK as retained PUBLISHes.
+//! Retained messages on SUBSCRIBE. The hub's own ([`super::owned`]: status, discovery, each
+//! device's availability, state and update state) are made for every SUBSCRIBE from the device
+//! directory and handed to the client after the SUBACK, a page at a time as the client reads
+//! them, at QoS 0 — the QoS they were published with ([MQTT-3.8.4-6]). Clients' own retained
+//! messages the broker hands over on a first SUBSCRIBE; on a repeated one (MQTT 3.1.1
+//! [MQTT-3.8.4-3]), which rumqttd 0.20 answers with nothing, the front forwards the SUBSCRIBE
+//! unchanged (the client's subscription never lapses, so no live publication is lost), fetches
+//! the filters' retained messages over a short internal connection of its own, and hands them
+//! over after the SUBACK too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -16,12 +21,17 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::owned::{Cursor, Owned};
+
 /// How long a fetch may take before the client gets no retained messages for that SUBSCRIBE.
 const FETCH_WITHIN: Duration = Duration::from_secs(5);
-/// Repeated SUBSCRIBEs of one connection whose retained messages are being fetched at most
-/// (beyond it a repeated SUBSCRIBE is only forwarded: a client cannot make the front open
-/// broker connections without bound).
-const MAX_PENDING: usize = 4;
+/// SUBSCRIBEs of one connection whose retained messages are not yet handed over at most: the
+/// front reads no further SUBSCRIBE from the client until one is done (a client cannot make
+/// the front hold cursors, or open broker connections, without bound).
+const MAX_PENDING: usize = 16;
+/// Bytes of retained messages made at a time (then the front writes them to the client and
+/// makes more once the client has taken them).
+const PAGE_BYTES: usize = 64 * 1024;
 /// Packet ids of the PUBLISHes the front adds: rumqttd numbers its own from 1 to 100, so the
 /// upper half of the id space never meets them.
 const FIRST_ID: u16 = 0x8000;
@@ -30,12 +40,13 @@ const FIRST_ID: u16 = 0x8000;
 pub(super) type Message = (String, Bytes);
 
 /// One client connection's subscriptions and the retained messages owed to it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Resubscribe {
+    owned: Arc<Owned>,
     /// The connection's filters (as subscribed).
     filters: HashSet<String>,
-    /// Repeated SUBSCRIBEs whose retained messages are not yet handed over.
-    pending: Vec<Pending>,
+    /// SUBSCRIBEs whose retained messages are not yet all handed over, in order.
+    pending: VecDeque<Pending>,
     /// Numbers the pending fetches.
     next_fetch: u64,
     /// Ids of the QoS 1 and 2 PUBLISHes the front added, until the client acknowledged them.
@@ -45,17 +56,27 @@ pub(super) struct Resubscribe {
 
 #[derive(Debug)]
 struct Pending {
-    fetch: u64,
+    /// The broker fetch of the filters it repeats, if any.
+    fetch: Option<u64>,
     /// The SUBSCRIBE's packet id.
     pkid: u16,
     /// Every filter of the SUBSCRIBE, in order, and whether it repeats an existing one.
     filters: Vec<(String, bool)>,
     /// The QoS granted per filter (from the SUBACK; none: refused).
     granted: Option<Vec<Option<u8>>>,
+    /// Clients' retained messages of the repeated filters (none until fetched).
     fetched: Option<Vec<Message>>,
-    /// Topics the client received live since the fetch began: their retained message would be
+    /// The hub's own retained messages still to hand over (made once acknowledged and fetched).
+    own: Option<Cursor>,
+    /// Topics the client received live since the SUBSCRIBE: their retained message would be
     /// older than what the client has, so it is not handed over.
     live: HashSet<String>,
+}
+
+impl Pending {
+    fn ready(&self) -> bool {
+        self.granted.is_some() && self.fetched.is_some()
+    }
 }
 
 /// What to do with one client packet.
@@ -68,9 +89,23 @@ pub(super) enum Client {
     /// An acknowledgement of a PUBLISH the front added: not the broker's; answer the client
     /// with these bytes (may be empty).
     Answer(Vec<u8>),
+    /// A SUBSCRIBE while [`MAX_PENDING`] others wait for their retained messages: offer it
+    /// again once one is done.
+    Wait,
 }
 
 impl Resubscribe {
+    pub(super) fn new(owned: Arc<Owned>) -> Self {
+        Self {
+            owned,
+            filters: HashSet::new(),
+            pending: VecDeque::new(),
+            next_fetch: 0,
+            injected: HashSet::new(),
+            next_id: 0,
+        }
+    }
+
     /// A client packet about to be forwarded.
     pub(super) fn client_packet(&mut self, frame: &[u8], max: usize) -> Client {
         match frame.first().map(|b| b >> 4) {
@@ -79,37 +114,40 @@ impl Resubscribe {
                 else {
                     return Client::Forward; // the broker refuses it
                 };
+                if self.pending.len() >= MAX_PENDING {
+                    return Client::Wait;
+                }
                 let filters: Vec<(String, bool)> = sub
                     .filters
                     .into_iter()
                     .map(|f| {
-                        // Shared subscriptions get no retained messages.
-                        let again =
-                            self.filters.contains(&f.path) && !f.path.starts_with("$share/");
+                        let again = self.filters.contains(&f.path) && !shared(&f.path);
                         (f.path, again)
                     })
                     .collect();
+                if filters.iter().all(|(f, _)| shared(f)) {
+                    return Client::Forward;
+                }
                 self.filters.extend(filters.iter().map(|(f, _)| f.clone()));
                 let again: Vec<String> =
                     filters.iter().filter(|(_, again)| *again).map(|(f, _)| f.clone()).collect();
-                if again.is_empty() {
-                    return Client::Forward;
-                }
-                if self.pending.len() >= MAX_PENDING {
-                    tracing::debug!("MQTT: repeated SUBSCRIBEs beyond the limit get no retained");
-                    return Client::Forward;
-                }
-                self.next_fetch += 1;
-                let fetch = self.next_fetch;
-                self.pending.push(Pending {
+                let fetch = (!again.is_empty()).then(|| {
+                    self.next_fetch += 1;
+                    self.next_fetch
+                });
+                self.pending.push_back(Pending {
                     fetch,
                     pkid: sub.pkid,
                     filters,
                     granted: None,
-                    fetched: None,
+                    fetched: if fetch.is_some() { None } else { Some(Vec::new()) },
+                    own: None,
                     live: HashSet::new(),
                 });
-                Client::ForwardAndFetch(fetch, again)
+                match fetch {
+                    Some(fetch) => Client::ForwardAndFetch(fetch, again),
+                    None => Client::Forward,
+                }
             }
             Some(10) => {
                 if let Ok(Packet::Unsubscribe(unsub, _)) =
@@ -141,8 +179,8 @@ impl Resubscribe {
         }
     }
 
-    /// A broker packet on its way to the client (they all go): notes SUBACKs of repeated
-    /// SUBSCRIBEs and the topics delivered live while a fetch runs.
+    /// A broker packet on its way to the client (they all go): notes SUBACKs and the topics
+    /// delivered live while retained messages are owed.
     pub(super) fn broker_packet(&mut self, frame: &[u8], max: usize) {
         if self.pending.is_empty() {
             return;
@@ -171,63 +209,96 @@ impl Resubscribe {
         }
     }
 
-    /// The retained messages of fetch `fetch` (none: it failed, the client gets none).
+    /// The retained messages of fetch `fetch` (none: it failed, the client gets none of the
+    /// clients' retained messages for it; the hub's own still follow).
     pub(super) fn fetched(&mut self, fetch: u64, messages: Option<Vec<Message>>) {
-        match messages {
-            Some(m) => {
-                if let Some(p) = self.pending.iter_mut().find(|p| p.fetch == fetch) {
-                    p.fetched = Some(m);
-                }
-            }
-            None => self.pending.retain(|p| p.fetch != fetch),
+        if let Some(p) = self.pending.iter_mut().find(|p| p.fetch == Some(fetch)) {
+            p.fetched = Some(messages.unwrap_or_default());
         }
     }
 
-    /// The PUBLISHes owed to the client now: the retained messages of every repeated SUBSCRIBE
-    /// that is both acknowledged and fetched, each at the highest QoS granted to a repeated
-    /// filter it matches.
+    /// Whether retained messages can be handed over now (call [`Self::ready`] again).
+    pub(super) fn more(&self) -> bool {
+        self.pending.front().is_some_and(Pending::ready)
+    }
+
+    /// The next PUBLISHes owed to the client, about [`PAGE_BYTES`]: the retained messages of
+    /// the SUBSCRIBEs that are acknowledged and fetched, in order — clients' messages of the
+    /// repeated filters at the highest QoS granted to one they match, then the hub's own of
+    /// every granted filter at QoS 0.
     pub(super) fn ready(&mut self) -> BytesMut {
         let mut out = BytesMut::new();
-        let (done, waiting): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
-            .into_iter()
-            .partition(|p| p.granted.is_some() && p.fetched.is_some());
-        self.pending = waiting;
-        for p in done {
-            let granted = p.granted.unwrap_or_default();
-            let again: Vec<(&str, u8)> = p
-                .filters
-                .iter()
-                .zip(granted)
-                .filter_map(|((f, again), g)| Some((f.as_str(), g.filter(|_| *again)?)))
-                .collect();
-            for (topic, payload) in p.fetched.unwrap_or_default() {
-                if p.live.contains(&topic) {
-                    continue;
-                }
-                let Some(qos) = again
+        while out.len() < PAGE_BYTES {
+            let Some(p) = self.pending.front_mut().filter(|p| p.ready()) else { break };
+            let granted = p.granted.clone().unwrap_or_default();
+            if let Some(fetched) = p.fetched.as_mut().filter(|f| !f.is_empty()) {
+                let fetched = std::mem::take(fetched);
+                let again: Vec<(String, u8)> = p
+                    .filters
                     .iter()
-                    .filter(|(f, _)| rumqttd::protocol::matches(&topic, f))
-                    .map(|(_, q)| *q)
-                    .max()
-                else {
-                    continue;
-                };
-                let qos = match qos {
-                    0 => rumqttc::QoS::AtMostOnce,
-                    1 => rumqttc::QoS::AtLeastOnce,
-                    _ => rumqttc::QoS::ExactlyOnce,
-                };
-                let mut publish = rumqttc::Publish::new(topic, qos, payload.to_vec());
-                publish.retain = true;
-                if qos != rumqttc::QoS::AtMostOnce {
-                    publish.pkid = self.id();
+                    .zip(&granted)
+                    .filter_map(|((f, again), g)| Some((f.clone(), g.filter(|_| *again)?)))
+                    .collect();
+                let live = p.live.clone();
+                for (topic, payload) in fetched {
+                    if live.contains(&topic) {
+                        continue;
+                    }
+                    let Some(qos) = again
+                        .iter()
+                        .filter(|(f, _)| rumqttd::protocol::matches(&topic, f))
+                        .map(|(_, q)| *q)
+                        .max()
+                    else {
+                        continue;
+                    };
+                    self.write(&mut out, topic, &payload, qos);
                 }
-                if publish.write(&mut out).is_ok() && publish.pkid != 0 {
-                    self.injected.insert(publish.pkid);
+                continue;
+            }
+            let Some(p) = self.pending.front_mut() else { break };
+            if p.own.is_none() {
+                let filters = p
+                    .filters
+                    .iter()
+                    .zip(&granted)
+                    .filter(|((f, _), g)| g.is_some() && !shared(f))
+                    .map(|((f, _), _)| f.clone())
+                    .collect();
+                p.own = Some(self.owned.cursor(filters));
+            }
+            let page = p.own.as_mut().and_then(|c| c.next_page(PAGE_BYTES - out.len()));
+            let Some(page) = page else {
+                self.pending.pop_front();
+                continue;
+            };
+            for (topic, payload) in page {
+                if !p.live.contains(&topic) {
+                    let mut publish =
+                        rumqttc::Publish::new(topic, rumqttc::QoS::AtMostOnce, payload);
+                    publish.retain = true;
+                    let _ = publish.write(&mut out);
                 }
             }
         }
         out
+    }
+
+    /// One retained PUBLISH at `qos` (an id of the front's own above QoS 0).
+    fn write(&mut self, out: &mut BytesMut, topic: String, payload: &Bytes, qos: u8) {
+        let qos = match qos {
+            0 => rumqttc::QoS::AtMostOnce,
+            1 => rumqttc::QoS::AtLeastOnce,
+            _ => rumqttc::QoS::ExactlyOnce,
+        };
+        let mut publish = rumqttc::Publish::new(topic, qos, payload.to_vec());
+        publish.retain = true;
+        if qos != rumqttc::QoS::AtMostOnce {
+            publish.pkid = self.id();
+        }
+        if publish.write(out).is_ok() && publish.pkid != 0 {
+            self.injected.insert(publish.pkid);
+        }
     }
 
     /// A packet id in the front's range not awaiting an acknowledgement.
@@ -244,6 +315,11 @@ impl Resubscribe {
             }
         }
     }
+}
+
+/// Whether `filter` is a shared subscription's (those get no retained messages).
+fn shared(filter: &str) -> bool {
+    filter.starts_with("$share/")
 }
 
 /// The QoS a SUBACK return code grants (none: refused).
@@ -369,7 +445,39 @@ async fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::{AvailabilityRules, Directory, Isolation};
+    use crate::store::DeviceInfo;
     use rumqttd::protocol::{SubAck, Unsubscribe};
+
+    const RULES: AvailabilityRules =
+        AvailabilityRules { default_period_ms: 60_000, missed_periods: 3 };
+
+    fn info(n: u16) -> DeviceInfo {
+        DeviceInfo {
+            id: protocol::oscore::Kid::new(&n.to_be_bytes()).expect("kid").into(),
+            about: protocol::pairing::Descriptor {
+                model: "hearth-thermo-1".into(),
+                serial: format!("SN{n}"),
+                firmware_version: 1,
+                updatable: false,
+                verifies_signatures: false,
+                capabilities: vec!["temperature".into()],
+                support_end: protocol::time::UnixTime(2_000_000_000),
+            },
+            paired_at: 0,
+        }
+    }
+
+    /// A connection's state over a directory of `devices`.
+    fn resubscribe_over(devices: u16) -> (Resubscribe, Directory) {
+        let directory = Directory::new((1..=devices).map(info).collect(), None, RULES, 0);
+        let owned = Arc::new(Owned::new("homeassistant".into(), directory.clone()));
+        (Resubscribe::new(owned), directory)
+    }
+
+    fn resubscribe() -> Resubscribe {
+        resubscribe_over(0).0
+    }
 
     fn write(p: Packet) -> BytesMut {
         let mut b = BytesMut::new();
@@ -414,7 +522,7 @@ mod tests {
     #[test]
     fn a_repeated_subscribe_is_forwarded_and_its_retained_messages_follow_the_suback() {
         use SubscribeReasonCode::{Failure, Success};
-        let mut r = Resubscribe::default();
+        let mut r = resubscribe();
         let new = subscribe(1, &[("a/#", QoS::AtLeastOnce), ("b", QoS::AtMostOnce)]);
         assert_eq!(r.client_packet(&new, 1024), Client::Forward, "new filters");
         r.broker_packet(
@@ -463,8 +571,10 @@ mod tests {
     #[test]
     fn qos_2_is_released_by_the_front_and_failed_fetches_and_unsubscribes_are_forgotten() {
         use SubscribeReasonCode::Success;
-        let mut r = Resubscribe::default();
+        let mut r = resubscribe();
         r.client_packet(&subscribe(1, &[("t", QoS::ExactlyOnce)]), 1024);
+        r.broker_packet(&suback(1, vec![Success(QoS::ExactlyOnce)]), 1024);
+        assert!(r.ready().is_empty());
         let Client::ForwardAndFetch(first, _) =
             r.client_packet(&subscribe(2, &[("t", QoS::ExactlyOnce)]), 1024)
         else {
@@ -497,14 +607,94 @@ mod tests {
             r.client_packet(&subscribe(4, &[("t", QoS::AtMostOnce)]), 1024),
             Client::Forward
         );
-        // A client cannot make the front fetch without bound.
-        for pkid in 5..5 + MAX_PENDING as u16 {
+        // A client cannot make the front fetch or hold cursors without bound: its next
+        // SUBSCRIBE waits until one is handed over.
+        for pkid in 5..4 + MAX_PENDING as u16 {
             let c = r.client_packet(&subscribe(pkid, &[("t", QoS::AtMostOnce)]), 1024);
             assert!(matches!(c, Client::ForwardAndFetch(..)));
         }
-        assert_eq!(
-            r.client_packet(&subscribe(99, &[("t", QoS::AtMostOnce)]), 1024),
-            Client::Forward
+        let last = subscribe(99, &[("t", QoS::AtMostOnce)]);
+        assert_eq!(r.client_packet(&last, 1024), Client::Wait);
+        r.broker_packet(&suback(4, vec![Success(QoS::AtMostOnce)]), 1024);
+        assert!(r.ready().is_empty() && !r.more());
+        assert!(matches!(r.client_packet(&last, 1024), Client::ForwardAndFetch(..)));
+    }
+
+    /// The topics of the PUBLISHes in `b`, each checked to be retained at QoS 0.
+    fn own_topics(b: BytesMut) -> Vec<String> {
+        publishes(b)
+            .into_iter()
+            .map(|(t, qos, retain, pkid)| {
+                assert_eq!((qos, retain, pkid), (rumqttc::QoS::AtMostOnce, true, 0), "{t}");
+                t
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_subscribe_gets_the_hubs_own_retained_messages_page_by_page_after_its_suback() {
+        use SubscribeReasonCode::Success;
+        let (mut r, directory) = resubscribe_over(600);
+        let isolation = Isolation {
+            reason: "vulnerable".into(),
+            advisory: None,
+            since: 0,
+            replacement: "replace it".into(),
+            overridden_at: None,
+        };
+        assert!(directory.isolate(&info(7).id, isolation, 0));
+        let all =
+            subscribe(1, &[("homeassistant/#", QoS::AtLeastOnce), ("hearth/#", QoS::AtMostOnce)]);
+        assert_eq!(r.client_packet(&all, 1 << 20), Client::Forward);
+        assert!(!r.more() && r.ready().is_empty(), "nothing before the SUBACK");
+        r.broker_packet(&live("hearth/0001/availability"), 1024);
+        r.broker_packet(
+            &suback(1, vec![Success(QoS::AtLeastOnce), Success(QoS::AtMostOnce)]),
+            1024,
         );
+        let mut topics = Vec::new();
+        let mut pages = 0;
+        while r.more() {
+            let page = r.ready();
+            assert!(
+                page.len() < PAGE_BYTES + 8 * 1024,
+                "a page is about PAGE_BYTES: {}",
+                page.len()
+            );
+            topics.extend(own_topics(page));
+            pages += 1;
+        }
+        assert!(pages > 3, "{pages} pages");
+        let unique: HashSet<&String> = topics.iter().collect();
+        assert_eq!(unique.len(), topics.len(), "each once");
+        // Every device's availability (but the one delivered live since) and its discovery
+        // configs, none for the isolated device.
+        let availability = topics.iter().filter(|t| t.ends_with("/availability")).count();
+        assert_eq!(availability, 599);
+        assert!(!topics.contains(&"hearth/0001/availability".to_owned()));
+        assert!(topics.contains(&"hearth/0007/availability".to_owned()));
+        let configs: HashSet<&str> = topics
+            .iter()
+            .filter(|t| t.ends_with("/config"))
+            .filter_map(|t| t.split('/').nth(2))
+            .collect();
+        assert_eq!(configs.len(), 599, "every device but the isolated one");
+        assert!(!configs.contains("hearth_0007"));
+
+        // A filter naming one device gets that device's messages only.
+        let one = subscribe(2, &[("hearth/0258/+", QoS::AtMostOnce)]);
+        assert_eq!(r.client_packet(&one, 1024), Client::Forward);
+        r.broker_packet(&suback(2, vec![Success(QoS::AtMostOnce)]), 1024);
+        assert_eq!(own_topics(r.ready()), ["hearth/0258/availability"]);
+        assert!(!r.more());
+        // A refused filter gets nothing.
+        let refused = subscribe(3, &[("hearth/#", QoS::AtMostOnce)]);
+        let Client::ForwardAndFetch(fetch, _) = r.client_packet(&refused, 1024) else {
+            panic!("a repeat is fetched")
+        };
+        r.fetched(fetch, None);
+        r.broker_packet(&suback(3, vec![SubscribeReasonCode::Failure]), 1024);
+        assert!(own_topics(r.ready()).is_empty());
+        assert!(!r.more());
     }
 }

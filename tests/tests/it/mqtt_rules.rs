@@ -349,3 +349,73 @@ fn remaining_length(buf: &[u8]) -> Option<(usize, usize)> {
     }
     None
 }
+
+/// The retained messages a fresh QoS 1 subscriber to `filters` gets within `wait_s` seconds
+/// (topic → payload; live ones left out).
+fn retained_qos1(port: u16, filters: &[&str], wait_s: u32) -> HashMap<String, String> {
+    let mut cmd = Command::new("mosquitto_sub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", "ha", "-P", MQTT_PASSWORD]).args([
+        "-q",
+        "1",
+        "-W",
+        &wait_s.to_string(),
+        "-F",
+        "%r|%t|%p",
+    ]);
+    for f in filters {
+        cmd.args(["-t", f]);
+    }
+    let out = cmd.output().expect("mosquitto_sub");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("1|")?.split_once('|'))
+        .map(|(t, p)| (t.to_owned(), p.to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_new_subscriber_gets_every_devices_retained_configs_availability_and_state() {
+    // rumqttd handed a new subscriber no more retained messages than its in-flight window
+    // (100 at QoS 1): with 50 devices of 3 or more entities, most of Home Assistant's discovery
+    // never arrived. The hub's own retained messages now come from the fronts, every one.
+    const SENSORS: usize = 50;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ports = MqttPorts::new();
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &ports.config(""));
+    hub.add_mqtt_user("ha", Some(MQTT_PASSWORD));
+    let mut sim = Sim::fleet(
+        &hub.coap.to_string(),
+        &hub,
+        &tmp.path().join("flash.redb"),
+        &["--sensors", &SENSORS.to_string(), "--interval-ms", "500"],
+    );
+    let ids = sim.paired(SENSORS, Duration::from_secs(120));
+    wait_for("every device reported", Duration::from_secs(60), || {
+        let devices = hub.ctl(&["devices"]);
+        let list = devices.as_array()?;
+        (list.len() == SENSORS && list.iter().all(|d| d["readings"].as_u64() > Some(0)))
+            .then_some(())
+    });
+    let got = retained_qos1(ports.plain, &["homeassistant/#", "hearth/#"], 4);
+    let mut configs_per_device = Vec::new();
+    for id in &ids {
+        let configs = got
+            .keys()
+            .filter(|t| t.starts_with("homeassistant/") && t.contains(&format!("/hearth_{id}/")))
+            .count();
+        configs_per_device.push(configs);
+        assert_eq!(
+            got.get(&format!("hearth/{id}/availability")).map(String::as_str),
+            Some("online")
+        );
+        let state = got.get(&format!("hearth/{id}/state")).expect("a retained state");
+        let state: serde_json::Value = serde_json::from_str(state).expect("JSON state");
+        assert!(state["values"].as_object().is_some_and(|v| !v.is_empty()), "{state}");
+    }
+    // Every model has at least two entities (a measurement and its firmware).
+    assert!(configs_per_device.iter().all(|n| *n >= 2), "{configs_per_device:?}");
+    assert_eq!(got.get("hearth/hub/status").map(String::as_str), Some("online"));
+    assert!(got.keys().any(|t| t.contains("/hearth_hub/")), "the hub's own configs");
+    assert!(got.len() > SENSORS * 4, "{} retained messages", got.len());
+    drop(sim);
+}
