@@ -34,6 +34,8 @@ const IDENTIFIER_REJECTED: u8 = 0x02;
 const SERVER_UNAVAILABLE: u8 = 0x03;
 const BAD_USER_OR_PASSWORD: u8 = 0x04;
 const NOT_AUTHORIZED: u8 = 0x05;
+/// The RETAIN flag of a PUBLISH's first byte.
+const RETAIN: u8 = 0x01;
 /// How long the broker has to close a connection whose client sent DISCONNECT.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 /// Longest client id accepted, bytes (MQTT 3.1.1 requires servers to take 1 to 23 characters).
@@ -45,6 +47,8 @@ pub(crate) struct Front {
     pub auth: Arc<Auth>,
     /// The hub's own retained messages, handed to every subscriber.
     pub owned: Arc<super::owned::Owned>,
+    /// The retained messages clients published (both fronts'; the broker keeps none).
+    pub client_retained: Arc<retained::ClientRetained>,
     /// The broker's loopback listener.
     pub upstream: SocketAddr,
     pub max_packet: usize,
@@ -98,14 +102,6 @@ impl Tickets {
         let Some((id, u, at)) = open.remove(ticket) else { return false };
         id == client_id && u == user && now.duration_since(at) < self.ttl
     }
-}
-
-/// What the front itself hands a client's outbound stream.
-enum ToClient {
-    /// Retained messages fetched for a repeated SUBSCRIBE (fetch number; none: it failed).
-    Fetched(u64, Option<Vec<retained::Message>>),
-    /// Acknowledgements of the front's own PUBLISHes.
-    Bytes(Vec<u8>),
 }
 
 /// Why a client's byte stream was refused.
@@ -247,6 +243,13 @@ impl Front {
             self.auth.denied_will(&user, &topic);
             return connack(&mut client, NOT_AUTHORIZED).await;
         }
+        // The broker keeps no retained message: a retained Will is kept by the front when the
+        // broker publishes it (the client went away without DISCONNECT).
+        let will_kept = will.as_ref().filter(|w| w.retain).and_then(|w| {
+            let topic = String::from_utf8(w.topic.to_vec()).ok()?;
+            Some((topic, w.qos as u8, w.message.clone()))
+        });
+        let will = will.map(|w| LastWill { retain: false, ..w });
         let Some(forwarded) = self.forwarded_connect(connect, will, &user) else {
             tracing::warn!(
                 "MQTT: a CONNECT could not be forwarded (too many waiting for the broker)"
@@ -264,13 +267,21 @@ impl Front {
         }
         // Logged in: never evicted to make room from now on.
         slot.establish();
-        self.pump(client, upstream, buf, &user, ip).await;
+        let disconnected = self.pump(client, upstream, buf, &user, ip).await;
+        if let Some((topic, qos, payload)) = will_kept.filter(|_| !disconnected) {
+            self.client_retained.keep(&topic, qos, payload);
+        }
     }
 
     /// `Err(topic)` if the Will goes to a topic clients may not publish to (or is not UTF-8).
     fn will_allowed(&self, will: &LastWill) -> Result<(), String> {
         match std::str::from_utf8(&will.topic) {
-            Ok(t) if super::topics::client_may_publish(t, &self.discovery_prefix) => Ok(()),
+            Ok(t)
+                if super::topics::client_may_publish(t, &self.discovery_prefix)
+                    && (!will.retain || self.client_retained.fits(t, will.message.len())) =>
+            {
+                Ok(())
+            }
             Ok(t) => Err(t.to_owned()),
             Err(_) => Err(String::from_utf8_lossy(&will.topic).into_owned()),
         }
@@ -295,9 +306,9 @@ impl Front {
     }
 
     /// Forwards both ways until either side closes: client packets one frame at a time (each
-    /// PUBLISH checked; each SUBSCRIBE given the hub's own retained messages, and a repeated
-    /// one clients' retained messages again: [`retained`]), broker packets whole frames at a
-    /// time (acknowledged at once).
+    /// PUBLISH checked, a retained one kept by the front; each SUBSCRIBE given its retained
+    /// messages after the SUBACK: [`retained`]), broker packets whole frames at a time
+    /// (acknowledged at once). Whether the client ended with DISCONNECT.
     async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         client: S,
@@ -305,14 +316,15 @@ impl Front {
         mut buf: BytesMut,
         user: &str,
         ip: IpAddr,
-    ) {
+    ) -> bool {
         let (mut client_rx, mut client_tx) = tokio::io::split(client);
         let (mut up_rx, mut up_tx) = upstream.into_split();
-        let resubscribe = Mutex::new(Resubscribe::new(self.owned.clone()));
+        let resubscribe =
+            Mutex::new(Resubscribe::new(self.owned.clone(), self.client_retained.clone()));
         // Retained messages were handed over: a SUBSCRIBE that had to wait may go on.
         let handed_over = tokio::sync::Notify::new();
-        // What the front itself sends the client: fetched retained messages, acknowledgements.
-        let (to_client, mut from_front) = tokio::sync::mpsc::channel::<ToClient>(16);
+        // What the front itself sends the client: acknowledgements (PUBREL) of its own PUBLISHes.
+        let (to_client, mut from_front) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
         let inbound = async {
             let mut out = BytesMut::with_capacity(4096);
             loop {
@@ -320,9 +332,12 @@ impl Front {
                 loop {
                     match rumqttd::protocol::v4::check(buf.iter(), self.max_packet) {
                         Ok(h) => {
-                            let frame = buf.split_to(h.frame_length());
-                            if let Err(why) = self.allowed(&frame, user) {
-                                return Some(why);
+                            let mut frame = buf.split_to(h.frame_length());
+                            match self.allowed(&frame, user) {
+                                // Kept by the front: the broker gets it as a live message.
+                                Ok(true) => frame[0] &= !RETAIN,
+                                Ok(false) => {}
+                                Err(why) => return Some(why),
                             }
                             let verdict = loop {
                                 let v = lock(&resubscribe).client_packet(&frame, self.max_packet);
@@ -340,26 +355,9 @@ impl Front {
                             };
                             match verdict {
                                 Client::Forward => out.extend_from_slice(&frame),
-                                Client::ForwardAndFetch(fetch, filters) => {
-                                    out.extend_from_slice(&frame);
-                                    let tx = to_client.clone();
-                                    let (upstream, max) = (self.upstream, self.max_packet);
-                                    let login = self.internal_login(user);
-                                    tokio::spawn(async move {
-                                        let got = match login {
-                                            Some(login) => {
-                                                retained::fetch(upstream, login, filters, max).await
-                                            }
-                                            None => None,
-                                        };
-                                        let _ = tx.send(ToClient::Fetched(fetch, got)).await;
-                                    });
-                                }
                                 Client::Wait => {}
                                 Client::Answer(bytes) => {
-                                    if !bytes.is_empty()
-                                        && to_client.send(ToClient::Bytes(bytes)).await.is_err()
-                                    {
+                                    if !bytes.is_empty() && to_client.send(bytes).await.is_err() {
                                         return None;
                                     }
                                 }
@@ -399,10 +397,7 @@ impl Front {
                         Ok(0) | Err(_) => return,
                         Ok(_) => quickack(up_rx.as_ref()),
                     },
-                    Some(m) = from_front.recv() => match m {
-                        ToClient::Bytes(bytes) => out.extend_from_slice(&bytes),
-                        ToClient::Fetched(fetch, got) => lock(&resubscribe).fetched(fetch, got),
-                    },
+                    Some(bytes) = from_front.recv() => out.extend_from_slice(&bytes),
                     () = std::future::ready(()), if more => {}
                 }
                 loop {
@@ -440,31 +435,21 @@ impl Front {
                     // closing it first would make rumqttd handle the disconnection twice
                     // (and log an ERROR for a normal disconnect).
                     let _ = tokio::time::timeout(DISCONNECT_GRACE, &mut outbound).await;
+                    return true;
                 }
                 Some(Refusal::Closed | Refusal::Io) | None => {}
             },
             () = &mut outbound => {}
         }
+        false
     }
 
-    /// A login for one of the front's own connections to the broker on behalf of `user` (to
-    /// fetch retained messages): a reserved client id, `user`, a one-time ticket.
-    fn internal_login(&self, user: &str) -> Option<(String, String, String)> {
-        let mut random = [0u8; 8];
-        crate::rng::fill(&mut random).ok()?;
-        let id = format!(
-            "{}-retained-{}",
-            super::RESERVED_CLIENT_PREFIX,
-            protocol::hex::encode(&random)
-        );
-        let ticket = self.tickets.issue(&id, user)?;
-        Some((id, user.to_owned(), ticket))
-    }
-
-    /// Checks one client packet: a PUBLISH must parse and go to a topic clients may write.
-    fn allowed(&self, frame: &[u8], user: &str) -> Result<(), Refusal> {
+    /// Checks one client packet: a PUBLISH must parse and go to a topic clients may write, and
+    /// a retained one fit the bound of clients' retained messages (then the front keeps it:
+    /// true).
+    fn allowed(&self, frame: &[u8], user: &str) -> Result<bool, Refusal> {
         if frame.first().map(|b| b >> 4) != Some(3) {
-            return Ok(()); // not a PUBLISH: the broker checks the rest
+            return Ok(false); // not a PUBLISH: the broker checks the rest
         }
         let packet = V4
             .read_mut(&mut BytesMut::from(frame), self.max_packet)
@@ -475,11 +460,19 @@ impl Front {
         let topic = std::str::from_utf8(&publish.topic)
             .map_err(|_| Refusal::Malformed("topic is not UTF-8".into()))?;
         if super::topics::client_may_publish(topic, &self.discovery_prefix) {
-            return Ok(());
+            if !publish.retain {
+                return Ok(false);
+            }
+            let qos = (frame[0] >> 1) & 0x03;
+            if self.client_retained.keep(topic, qos, publish.payload.clone()) {
+                return Ok(true);
+            }
+            self.auth.denied_publish(user, topic);
+            return Err(Refusal::Closed);
         }
         // Bridge requests are the owner's commands: only for users the owner made admins.
         if super::bridge_api::request(topic).is_some() && self.auth.is_admin(user) {
-            return Ok(());
+            return Ok(false);
         }
         self.auth.denied_publish(user, topic);
         Err(Refusal::Closed)

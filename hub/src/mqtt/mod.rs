@@ -1,8 +1,9 @@
 //! MQTT for home automation (DESIGN "MQTT"): the embedded broker on loopback (`broker`), the
 //! plain and TLS fronts that authenticate and throttle clients (`front`, `auth`; EN 303 645
 //! 5.1-1, 5.1-5, 5.5-4), Hearth's topics (`topics`), Home Assistant discovery (`discovery`),
-//! the hub's own link that publishes and relays commands (`bridge`), and the hub's retained
-//! messages, made for each subscriber from the device directory (`owned`, `retained`).
+//! the hub's own link that publishes and relays commands (`bridge`), and retained messages,
+//! which the fronts keep and hand over rather than the broker (`owned`: the hub's, made from
+//! the device directory; `retained`: clients', bounded, and the handing over).
 
 pub(crate) mod auth;
 mod bridge;
@@ -116,6 +117,7 @@ pub(crate) async fn start(
     let owned = Arc::new(owned::Owned::new(cfg.discovery_prefix.clone(), api.directory.clone()));
     let front = Arc::new(front::Front {
         owned: owned.clone(),
+        client_retained: Arc::default(),
         auth: auth.clone(),
         upstream: started.addr,
         max_packet: cfg.max_packet_bytes,

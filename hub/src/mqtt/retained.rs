@@ -1,33 +1,24 @@
-//! Retained messages on SUBSCRIBE. The hub's own ([`super::owned`]: status, discovery, each
-//! device's availability, state and update state) are made for every SUBSCRIBE from the device
-//! directory and handed to the client after the SUBACK, a page at a time as the client reads
-//! them, at QoS 0 — the QoS they were published with ([MQTT-3.8.4-6]). Clients' own retained
-//! messages the broker hands over on a first SUBSCRIBE; on a repeated one (MQTT 3.1.1
-//! [MQTT-3.8.4-3]), which rumqttd 0.20 answers with nothing, the front forwards the SUBSCRIBE
-//! unchanged (the client's subscription never lapses, so no live publication is lost), fetches
-//! the filters' retained messages over a short internal connection of its own, and hands them
-//! over after the SUBACK too.
+//! Retained messages, handed over by the fronts: rumqttd keeps none. For every SUBSCRIBE the
+//! front hands the client, after the SUBACK, the retained messages its granted filters match —
+//! clients' own ([`ClientRetained`], kept here within a bound) and the hub's (made from the
+//! device directory, [`super::owned`]) — a page at a time as the client reads them. rumqttd
+//! 0.20 gave a new subscription no more retained messages than its in-flight window (100 at
+//! QoS 1, 1,024 at QoS 0), and none to a repeated SUBSCRIBE (MQTT 3.1.1 [MQTT-3.8.4-3]); here
+//! every SUBSCRIBE gets every one, and the subscription itself never lapses (the SUBSCRIBE is
+//! forwarded unchanged), so no live publication is lost.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
-use rumqttd::protocol::{
-    Connect, Filter, Login, Packet, Protocol, QoS, RetainForwardRule, Subscribe,
-    SubscribeReasonCode, v4::V4,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use rumqttd::protocol::{Packet, Protocol, QoS, SubscribeReasonCode, v4::V4};
 
 use super::owned::{Cursor, Owned};
 
-/// How long a fetch may take before the client gets no retained messages for that SUBSCRIBE.
-const FETCH_WITHIN: Duration = Duration::from_secs(5);
 /// SUBSCRIBEs of one connection whose retained messages are not yet handed over at most: the
 /// front reads no further SUBSCRIBE from the client until one is done (a client cannot make
-/// the front hold cursors, or open broker connections, without bound).
+/// the front hold cursors without bound).
 const MAX_PENDING: usize = 16;
 /// Bytes of retained messages made at a time (then the front writes them to the client and
 /// makes more once the client has taken them).
@@ -35,20 +26,104 @@ const PAGE_BYTES: usize = 64 * 1024;
 /// Packet ids of the PUBLISHes the front adds: rumqttd numbers its own from 1 to 100, so the
 /// upper half of the id space never meets them.
 const FIRST_ID: u16 = 0x8000;
+/// Clients' retained messages kept, in all (topics, payload bytes): beyond either, a retained
+/// PUBLISH to a new topic, or one that grows past the bytes, is refused like a publication to
+/// a topic the client may not write (counted, connection closed), and a Will that would not
+/// fit is refused at CONNECT. Without it an authenticated client could fill the hub's memory
+/// one retained topic at a time.
+pub(super) const CLIENT_RETAINED_TOPICS: usize = 10_000;
+pub(super) const CLIENT_RETAINED_BYTES: usize = 16 << 20;
 
-/// A retained message fetched for a client: topic and payload.
-pub(super) type Message = (String, Bytes);
+/// A client's retained message: topic, the QoS it was published with, payload.
+type Kept = (String, u8, Bytes);
 
-/// One client connection's subscriptions and the retained messages owed to it.
+/// The retained messages clients published (to topics they may write), shared by both fronts.
+#[derive(Debug, Default)]
+pub(super) struct ClientRetained {
+    inner: Mutex<Store>,
+    /// Retained messages refused for the bound.
+    refused: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    topics: HashMap<String, (u8, Bytes)>,
+    bytes: usize,
+}
+
+impl ClientRetained {
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a retained message of `len` bytes on `topic` would fit now.
+    pub(super) fn fits(&self, topic: &str, len: usize) -> bool {
+        let store = self.lock();
+        let old = store.topics.get(topic).map(|(_, p)| p.len());
+        let fits = len == 0
+            || (store.bytes - old.unwrap_or(0) + len <= CLIENT_RETAINED_BYTES
+                && (old.is_some() || store.topics.len() < CLIENT_RETAINED_TOPICS));
+        drop(store);
+        if !fits {
+            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    refused = n,
+                    "MQTT: retained messages refused: clients' retained messages are at their \
+                     bound ({CLIENT_RETAINED_TOPICS} topics, {} MiB)",
+                    CLIENT_RETAINED_BYTES >> 20
+                );
+            }
+        }
+        fits
+    }
+
+    /// Keeps a retained message (an empty one deletes the topic's), if it fits; whether it did.
+    pub(super) fn keep(&self, topic: &str, qos: u8, payload: Bytes) -> bool {
+        if !self.fits(topic, payload.len()) {
+            return false;
+        }
+        let mut store = self.lock();
+        let old = store.topics.remove(topic).map_or(0, |(_, p)| p.len());
+        store.bytes -= old;
+        if !payload.is_empty() {
+            store.bytes += payload.len();
+            store.topics.insert(topic.to_owned(), (qos, payload));
+        }
+        true
+    }
+
+    /// The retained messages matching any of `filters`.
+    fn matching(&self, filters: &[String]) -> VecDeque<Kept> {
+        let store = self.lock();
+        let mut out = VecDeque::new();
+        let mut seen = HashSet::new();
+        for f in filters {
+            if !f.contains(['+', '#']) {
+                if let Some((qos, p)) = store.topics.get(f)
+                    && seen.insert(f.as_str())
+                {
+                    out.push_back((f.clone(), *qos, p.clone()));
+                }
+                continue;
+            }
+            for (t, (qos, p)) in &store.topics {
+                if rumqttd::protocol::matches(t, f) && seen.insert(t.as_str()) {
+                    out.push_back((t.clone(), *qos, p.clone()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One client connection's SUBSCRIBEs and the retained messages owed to it.
 #[derive(Debug)]
 pub(super) struct Resubscribe {
     owned: Arc<Owned>,
-    /// The connection's filters (as subscribed).
-    filters: HashSet<String>,
+    clients: Arc<ClientRetained>,
     /// SUBSCRIBEs whose retained messages are not yet all handed over, in order.
     pending: VecDeque<Pending>,
-    /// Numbers the pending fetches.
-    next_fetch: u64,
     /// Ids of the QoS 1 and 2 PUBLISHes the front added, until the client acknowledged them.
     injected: HashSet<u16>,
     next_id: u16,
@@ -56,27 +131,19 @@ pub(super) struct Resubscribe {
 
 #[derive(Debug)]
 struct Pending {
-    /// The broker fetch of the filters it repeats, if any.
-    fetch: Option<u64>,
     /// The SUBSCRIBE's packet id.
     pkid: u16,
-    /// Every filter of the SUBSCRIBE, in order, and whether it repeats an existing one.
-    filters: Vec<(String, bool)>,
+    /// Every filter of the SUBSCRIBE, in order.
+    filters: Vec<String>,
     /// The QoS granted per filter (from the SUBACK; none: refused).
     granted: Option<Vec<Option<u8>>>,
-    /// Clients' retained messages of the repeated filters (none until fetched).
-    fetched: Option<Vec<Message>>,
-    /// The hub's own retained messages still to hand over (made once acknowledged and fetched).
+    /// Clients' retained messages still to hand over (taken once acknowledged).
+    clients: Option<VecDeque<Kept>>,
+    /// The hub's own retained messages still to hand over (made once acknowledged).
     own: Option<Cursor>,
     /// Topics the client received live since the SUBSCRIBE: their retained message would be
     /// older than what the client has, so it is not handed over.
     live: HashSet<String>,
-}
-
-impl Pending {
-    fn ready(&self) -> bool {
-        self.granted.is_some() && self.fetched.is_some()
-    }
 }
 
 /// What to do with one client packet.
@@ -84,8 +151,6 @@ impl Pending {
 pub(super) enum Client {
     /// Forward it to the broker.
     Forward,
-    /// Forward it, and fetch the retained messages of these filters (fetch number, filters).
-    ForwardAndFetch(u64, Vec<String>),
     /// An acknowledgement of a PUBLISH the front added: not the broker's; answer the client
     /// with these bytes (may be empty).
     Answer(Vec<u8>),
@@ -95,15 +160,8 @@ pub(super) enum Client {
 }
 
 impl Resubscribe {
-    pub(super) fn new(owned: Arc<Owned>) -> Self {
-        Self {
-            owned,
-            filters: HashSet::new(),
-            pending: VecDeque::new(),
-            next_fetch: 0,
-            injected: HashSet::new(),
-            next_id: 0,
-        }
+    pub(super) fn new(owned: Arc<Owned>, clients: Arc<ClientRetained>) -> Self {
+        Self { owned, clients, pending: VecDeque::new(), injected: HashSet::new(), next_id: 0 }
     }
 
     /// A client packet about to be forwarded.
@@ -114,49 +172,21 @@ impl Resubscribe {
                 else {
                     return Client::Forward; // the broker refuses it
                 };
+                let filters: Vec<String> = sub.filters.into_iter().map(|f| f.path).collect();
+                if filters.iter().all(|f| shared(f)) {
+                    return Client::Forward;
+                }
                 if self.pending.len() >= MAX_PENDING {
                     return Client::Wait;
                 }
-                let filters: Vec<(String, bool)> = sub
-                    .filters
-                    .into_iter()
-                    .map(|f| {
-                        let again = self.filters.contains(&f.path) && !shared(&f.path);
-                        (f.path, again)
-                    })
-                    .collect();
-                if filters.iter().all(|(f, _)| shared(f)) {
-                    return Client::Forward;
-                }
-                self.filters.extend(filters.iter().map(|(f, _)| f.clone()));
-                let again: Vec<String> =
-                    filters.iter().filter(|(_, again)| *again).map(|(f, _)| f.clone()).collect();
-                let fetch = (!again.is_empty()).then(|| {
-                    self.next_fetch += 1;
-                    self.next_fetch
-                });
                 self.pending.push_back(Pending {
-                    fetch,
                     pkid: sub.pkid,
                     filters,
                     granted: None,
-                    fetched: if fetch.is_some() { None } else { Some(Vec::new()) },
+                    clients: None,
                     own: None,
                     live: HashSet::new(),
                 });
-                match fetch {
-                    Some(fetch) => Client::ForwardAndFetch(fetch, again),
-                    None => Client::Forward,
-                }
-            }
-            Some(10) => {
-                if let Ok(Packet::Unsubscribe(unsub, _)) =
-                    V4.read_mut(&mut BytesMut::from(frame), max)
-                {
-                    for f in &unsub.filters {
-                        self.filters.remove(f);
-                    }
-                }
                 Client::Forward
             }
             // PUBACK, PUBREC, PUBCOMP: the front's own ids are answered here.
@@ -209,76 +239,66 @@ impl Resubscribe {
         }
     }
 
-    /// The retained messages of fetch `fetch` (none: it failed, the client gets none of the
-    /// clients' retained messages for it; the hub's own still follow).
-    pub(super) fn fetched(&mut self, fetch: u64, messages: Option<Vec<Message>>) {
-        if let Some(p) = self.pending.iter_mut().find(|p| p.fetch == Some(fetch)) {
-            p.fetched = Some(messages.unwrap_or_default());
-        }
-    }
-
     /// Whether retained messages can be handed over now (call [`Self::ready`] again).
     pub(super) fn more(&self) -> bool {
-        self.pending.front().is_some_and(Pending::ready)
+        self.pending.front().is_some_and(|p| p.granted.is_some())
     }
 
     /// The next PUBLISHes owed to the client, about [`PAGE_BYTES`]: the retained messages of
-    /// the SUBSCRIBEs that are acknowledged and fetched, in order — clients' messages of the
-    /// repeated filters at the highest QoS granted to one they match, then the hub's own of
-    /// every granted filter at QoS 0.
+    /// the acknowledged SUBSCRIBEs, in order — clients' at the lower of the QoS they were
+    /// published with and the highest granted to a filter they match, then the hub's own at
+    /// QoS 0, the QoS they are published with ([MQTT-3.8.4-6]). Refused and shared
+    /// subscriptions' filters get none.
     pub(super) fn ready(&mut self) -> BytesMut {
         let mut out = BytesMut::new();
         while out.len() < PAGE_BYTES {
-            let Some(p) = self.pending.front_mut().filter(|p| p.ready()) else { break };
-            let granted = p.granted.clone().unwrap_or_default();
-            if let Some(fetched) = p.fetched.as_mut().filter(|f| !f.is_empty()) {
-                let fetched = std::mem::take(fetched);
-                let again: Vec<(String, u8)> = p
-                    .filters
+            let Some(p) = self.pending.front_mut() else { break };
+            let Some(granted) = p.granted.as_ref() else { break };
+            let filters: Vec<(String, u8)> = p
+                .filters
+                .iter()
+                .zip(granted)
+                .filter_map(|(f, g)| Some((f.clone(), (*g)?)).filter(|(f, _)| !shared(f)))
+                .collect();
+            if p.clients.is_none() {
+                let names: Vec<String> = filters.iter().map(|(f, _)| f.clone()).collect();
+                p.clients = Some(self.clients.matching(&names));
+                p.own = Some(self.owned.cursor(names));
+            }
+            let mut clients = p.clients.take().unwrap_or_default();
+            while out.len() < PAGE_BYTES {
+                let Some((topic, qos, payload)) = clients.pop_front() else { break };
+                let Some(granted) = filters
                     .iter()
-                    .zip(&granted)
-                    .filter_map(|((f, again), g)| Some((f.clone(), g.filter(|_| *again)?)))
-                    .collect();
-                let live = p.live.clone();
-                for (topic, payload) in fetched {
-                    if live.contains(&topic) {
-                        continue;
-                    }
-                    let Some(qos) = again
-                        .iter()
-                        .filter(|(f, _)| rumqttd::protocol::matches(&topic, f))
-                        .map(|(_, q)| *q)
-                        .max()
-                    else {
-                        continue;
-                    };
-                    self.write(&mut out, topic, &payload, qos);
+                    .filter(|(f, _)| rumqttd::protocol::matches(&topic, f))
+                    .map(|(_, q)| *q)
+                    .max()
+                else {
+                    continue;
+                };
+                if !self.pending.front().is_some_and(|p| p.live.contains(&topic)) {
+                    self.write(&mut out, topic, &payload, qos.min(granted));
                 }
-                continue;
             }
             let Some(p) = self.pending.front_mut() else { break };
-            if p.own.is_none() {
-                let filters = p
-                    .filters
-                    .iter()
-                    .zip(&granted)
-                    .filter(|((f, _), g)| g.is_some() && !shared(f))
-                    .map(|((f, _), _)| f.clone())
-                    .collect();
-                p.own = Some(self.owned.cursor(filters));
+            if !clients.is_empty() {
+                p.clients = Some(clients);
+                continue;
             }
+            p.clients = Some(clients);
             let page = p.own.as_mut().and_then(|c| c.next_page(PAGE_BYTES - out.len()));
             let Some(page) = page else {
                 self.pending.pop_front();
                 continue;
             };
+            let live = std::mem::take(&mut p.live);
             for (topic, payload) in page {
-                if !p.live.contains(&topic) {
-                    let mut publish =
-                        rumqttc::Publish::new(topic, rumqttc::QoS::AtMostOnce, payload);
-                    publish.retain = true;
-                    let _ = publish.write(&mut out);
+                if !live.contains(&topic) {
+                    self.write(&mut out, topic, &payload, 0);
                 }
+            }
+            if let Some(p) = self.pending.front_mut() {
+                p.live = live;
             }
         }
         out
@@ -291,7 +311,7 @@ impl Resubscribe {
             1 => rumqttc::QoS::AtLeastOnce,
             _ => rumqttc::QoS::ExactlyOnce,
         };
-        let mut publish = rumqttc::Publish::new(topic, qos, payload.to_vec());
+        let mut publish = rumqttc::Publish::from_bytes(topic, qos, payload.clone());
         publish.retain = true;
         if qos != rumqttc::QoS::AtMostOnce {
             publish.pkid = self.id();
@@ -340,114 +360,12 @@ fn publish_topic(frame: &[u8]) -> Option<&str> {
     std::str::from_utf8(frame.get(header + 2..header + 2 + len)?).ok()
 }
 
-/// The retained messages of `filters` now, fetched over an internal connection to the broker
-/// at `upstream` as `client_id` of `user` with a one-time `ticket` (the front's): it subscribes
-/// at QoS 0, and once
-/// the SUBACK is in, a PINGREQ: rumqttd queues a new subscription's retained messages in the
-/// same pass as its SUBACK, before it handles the PINGREQ, so the PINGRESP ends them. None if
-/// the broker did not answer in time.
-pub(super) async fn fetch(
-    upstream: SocketAddr,
-    (client_id, user, ticket): (String, String, String),
-    filters: Vec<String>,
-    max_packet: usize,
-) -> Option<Vec<Message>> {
-    let mut stream =
-        tokio::time::timeout(FETCH_WITHIN, TcpStream::connect(upstream)).await.ok()?.ok()?;
-    let _ = stream.set_nodelay(true);
-    let result = tokio::time::timeout(
-        FETCH_WITHIN,
-        exchange(&mut stream, client_id, &user, ticket, filters, max_packet),
-    )
-    .await
-    .ok()
-    .flatten();
-    // DISCONNECT, then let the broker close the connection (closing first would make rumqttd
-    // handle the disconnection twice).
-    if stream.write_all(&[0xE0, 0x00]).await.is_ok() {
-        let mut rest = [0u8; 256];
-        let drain = async { while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {} };
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-    }
-    result
-}
-
-async fn exchange(
-    stream: &mut TcpStream,
-    client_id: String,
-    user: &str,
-    ticket: String,
-    filters: Vec<String>,
-    max_packet: usize,
-) -> Option<Vec<Message>> {
-    let mut out = BytesMut::new();
-    let connect = Connect { keep_alive: 10, client_id, clean_session: true };
-    let login = Login { username: user.to_owned(), password: ticket };
-    V4.write(Packet::Connect(connect, None, None, None, Some(login)), &mut out).ok()?;
-    let filters = filters
-        .into_iter()
-        .map(|path| Filter {
-            path,
-            qos: QoS::AtMostOnce,
-            nolocal: false,
-            preserve_retain: false,
-            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
-        })
-        .collect();
-    V4.write(Packet::Subscribe(Subscribe { pkid: 1, filters }, None), &mut out).ok()?;
-    stream.write_all(&out).await.ok()?;
-    // The broker's packets carry what clients published, within the same limit.
-    let max = max_packet.saturating_add(64 * 1024);
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut by_topic: HashMap<String, Bytes> = HashMap::new();
-    let mut order: Vec<String> = Vec::new();
-    loop {
-        let packet = match V4.read_mut(&mut buf, max) {
-            Ok(p) => p,
-            Err(rumqttd::protocol::Error::InsufficientBytes(_)) => {
-                if stream.read_buf(&mut buf).await.ok()? == 0 {
-                    return None;
-                }
-                continue;
-            }
-            Err(_) => return None,
-        };
-        match packet {
-            Packet::ConnAck(ack, _)
-                if ack.code != rumqttd::protocol::ConnectReturnCode::Success =>
-            {
-                return None;
-            }
-            Packet::SubAck(..) => stream.write_all(&[0xC0, 0x00]).await.ok()?,
-            // Overlapping filters bring a message once per filter: once is enough.
-            Packet::Publish(p, _) if p.retain => {
-                let topic = String::from_utf8(p.topic.to_vec()).ok()?;
-                if by_topic.insert(topic.clone(), p.payload).is_none() {
-                    order.push(topic);
-                }
-            }
-            Packet::PingResp(_) => {
-                return Some(
-                    order
-                        .into_iter()
-                        .filter_map(|t| {
-                            let payload = by_topic.remove(&t)?;
-                            Some((t, payload))
-                        })
-                        .collect(),
-                );
-            }
-            _ => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::devices::{AvailabilityRules, Directory, Isolation};
     use crate::store::DeviceInfo;
-    use rumqttd::protocol::{SubAck, Unsubscribe};
+    use rumqttd::protocol::{Filter, RetainForwardRule, SubAck, Subscribe};
 
     const RULES: AvailabilityRules =
         AvailabilityRules { default_period_ms: 60_000, missed_periods: 3 };
@@ -468,15 +386,12 @@ mod tests {
         }
     }
 
-    /// A connection's state over a directory of `devices`.
-    fn resubscribe_over(devices: u16) -> (Resubscribe, Directory) {
+    /// A connection's state over a directory of `devices`, and the clients' retained messages.
+    fn resubscribe_over(devices: u16) -> (Resubscribe, Directory, Arc<ClientRetained>) {
         let directory = Directory::new((1..=devices).map(info).collect(), None, RULES, 0);
         let owned = Arc::new(Owned::new("homeassistant".into(), directory.clone()));
-        (Resubscribe::new(owned), directory)
-    }
-
-    fn resubscribe() -> Resubscribe {
-        resubscribe_over(0).0
+        let clients = Arc::new(ClientRetained::default());
+        (Resubscribe::new(owned, clients.clone()), directory, clients)
     }
 
     fn write(p: Packet) -> BytesMut {
@@ -520,76 +435,57 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_subscribe_is_forwarded_and_its_retained_messages_follow_the_suback() {
+    fn every_subscribe_gets_clients_retained_messages_after_its_suback_as_granted() {
         use SubscribeReasonCode::{Failure, Success};
-        let mut r = resubscribe();
-        let new = subscribe(1, &[("a/#", QoS::AtLeastOnce), ("b", QoS::AtMostOnce)]);
-        assert_eq!(r.client_packet(&new, 1024), Client::Forward, "new filters");
-        r.broker_packet(
-            &suback(1, vec![Success(QoS::AtLeastOnce), Success(QoS::AtMostOnce)]),
-            1024,
-        );
-        assert!(r.ready().is_empty());
-        // Again, with a new filter and one the broker will refuse.
-        let again = subscribe(
-            2,
+        let (mut r, _, clients) = resubscribe_over(0);
+        assert!(clients.keep("a/x", 2, Bytes::from("1")));
+        assert!(clients.keep("b", 1, Bytes::from("2")));
+        assert!(clients.keep("a/live", 1, Bytes::from("old")));
+        assert!(clients.keep("c", 0, Bytes::from("refused filter")));
+        assert!(clients.keep("d", 1, Bytes::from("deleted")));
+        assert!(clients.keep("d", 1, Bytes::new()), "an empty one deletes");
+        let sub = subscribe(
+            1,
             &[("b", QoS::AtMostOnce), ("c", QoS::AtMostOnce), ("a/#", QoS::AtLeastOnce)],
         );
-        let Client::ForwardAndFetch(fetch, filters) = r.client_packet(&again, 1024) else {
-            panic!("a repeat is fetched")
-        };
-        assert_eq!(filters, ["b", "a/#"]);
-        let fetched = vec![
-            ("a/x".to_owned(), Bytes::from("1")),
-            ("b".to_owned(), Bytes::from("2")),
-            ("a/live".to_owned(), Bytes::from("old")),
-            ("c".to_owned(), Bytes::from("not repeated")),
-        ];
-        r.fetched(fetch, Some(fetched));
-        assert!(r.ready().is_empty(), "nothing before the SUBACK");
+        assert_eq!(r.client_packet(&sub, 1024), Client::Forward);
+        assert!(!r.more() && r.ready().is_empty(), "nothing before the SUBACK");
         r.broker_packet(&live("a/live"), 1024);
         r.broker_packet(
-            &suback(2, vec![Success(QoS::AtMostOnce), Failure, Success(QoS::AtLeastOnce)]),
+            &suback(1, vec![Success(QoS::AtMostOnce), Failure, Success(QoS::AtLeastOnce)]),
             1024,
         );
-        let got = publishes(r.ready());
+        let mut got = publishes(r.ready());
+        got.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
             got,
             [
                 ("a/x".to_owned(), rumqttc::QoS::AtLeastOnce, true, FIRST_ID),
                 ("b".to_owned(), rumqttc::QoS::AtMostOnce, true, 0),
             ],
-            "as granted; the live topic and the new filter's topic are left out"
+            "the lower of published and granted; the live topic and the refused filter's left out"
         );
-        assert!(r.ready().is_empty(), "once");
+        assert!(r.ready().is_empty() && !r.more(), "once");
         // The client's PUBACK of the front's id is answered here; others go to the broker.
         assert_eq!(r.client_packet(&[0x40, 0x02, 0x80, 0x00], 1024), Client::Answer(vec![]));
         assert_eq!(r.client_packet(&[0x40, 0x02, 0x80, 0x00], 1024), Client::Forward, "once");
         assert_eq!(r.client_packet(&[0x40, 0x02, 0x00, 0x07], 1024), Client::Forward);
+        // The same SUBSCRIBE again gets them again (MQTT 3.1.1 3.8.4-3).
+        assert_eq!(
+            r.client_packet(&subscribe(2, &[("b", QoS::AtMostOnce)]), 1024),
+            Client::Forward
+        );
+        r.broker_packet(&suback(2, vec![Success(QoS::AtMostOnce)]), 1024);
+        assert_eq!(publishes(r.ready()), [("b".to_owned(), rumqttc::QoS::AtMostOnce, true, 0)]);
     }
 
     #[test]
-    fn qos_2_is_released_by_the_front_and_failed_fetches_and_unsubscribes_are_forgotten() {
+    fn qos_2_is_released_by_the_front_and_waiting_subscribes_are_bounded() {
         use SubscribeReasonCode::Success;
-        let mut r = resubscribe();
+        let (mut r, _, clients) = resubscribe_over(0);
+        assert!(clients.keep("t", 2, Bytes::from("v")));
         r.client_packet(&subscribe(1, &[("t", QoS::ExactlyOnce)]), 1024);
         r.broker_packet(&suback(1, vec![Success(QoS::ExactlyOnce)]), 1024);
-        assert!(r.ready().is_empty());
-        let Client::ForwardAndFetch(first, _) =
-            r.client_packet(&subscribe(2, &[("t", QoS::ExactlyOnce)]), 1024)
-        else {
-            panic!("repeat")
-        };
-        r.fetched(first, None);
-        r.broker_packet(&suback(2, vec![Success(QoS::ExactlyOnce)]), 1024);
-        assert!(r.ready().is_empty(), "a failed fetch hands nothing over");
-        let Client::ForwardAndFetch(second, _) =
-            r.client_packet(&subscribe(2, &[("t", QoS::ExactlyOnce)]), 1024)
-        else {
-            panic!("repeat")
-        };
-        r.broker_packet(&suback(2, vec![Success(QoS::ExactlyOnce)]), 1024);
-        r.fetched(second, Some(vec![("t".into(), Bytes::from("v"))]));
         let got = publishes(r.ready());
         assert_eq!(got, [("t".to_owned(), rumqttc::QoS::ExactlyOnce, true, FIRST_ID)]);
         let [hi, lo] = FIRST_ID.to_be_bytes();
@@ -599,25 +495,38 @@ mod tests {
         );
         assert_eq!(r.client_packet(&[0x70, 0x02, hi, lo], 1024), Client::Answer(vec![]));
         assert_eq!(r.client_packet(&[0x70, 0x02, hi, lo], 1024), Client::Forward);
-        // After an UNSUBSCRIBE, subscribing again is new.
-        let unsub =
-            write(Packet::Unsubscribe(Unsubscribe { pkid: 3, filters: vec!["t".into()] }, None));
-        assert_eq!(r.client_packet(&unsub, 1024), Client::Forward);
-        assert_eq!(
-            r.client_packet(&subscribe(4, &[("t", QoS::AtMostOnce)]), 1024),
-            Client::Forward
-        );
-        // A client cannot make the front fetch or hold cursors without bound: its next
-        // SUBSCRIBE waits until one is handed over.
-        for pkid in 5..4 + MAX_PENDING as u16 {
+        // A client cannot make the front hold cursors without bound: its next SUBSCRIBE waits
+        // until one is handed over. Shared subscriptions get nothing and never wait.
+        for pkid in 2..2 + MAX_PENDING as u16 {
             let c = r.client_packet(&subscribe(pkid, &[("t", QoS::AtMostOnce)]), 1024);
-            assert!(matches!(c, Client::ForwardAndFetch(..)));
+            assert_eq!(c, Client::Forward);
         }
         let last = subscribe(99, &[("t", QoS::AtMostOnce)]);
         assert_eq!(r.client_packet(&last, 1024), Client::Wait);
-        r.broker_packet(&suback(4, vec![Success(QoS::AtMostOnce)]), 1024);
-        assert!(r.ready().is_empty() && !r.more());
-        assert!(matches!(r.client_packet(&last, 1024), Client::ForwardAndFetch(..)));
+        r.broker_packet(&suback(2, vec![Success(QoS::AtMostOnce)]), 1024);
+        assert_eq!(publishes(r.ready()).len(), 1);
+        assert!(!r.more(), "the next one has no SUBACK yet");
+        assert_eq!(r.client_packet(&last, 1024), Client::Forward);
+        let shared = subscribe(100, &[("$share/g/t", QoS::AtMostOnce)]);
+        assert_eq!(r.client_packet(&shared, 1024), Client::Forward);
+    }
+
+    #[test]
+    fn clients_retained_messages_are_bounded_in_topics_and_bytes() {
+        let budget = ClientRetained::default();
+        let one = Bytes::from_static(b"0123456789");
+        for i in 0..CLIENT_RETAINED_TOPICS {
+            assert!(budget.keep(&format!("z2m/{i}"), 0, one.clone()));
+        }
+        assert!(!budget.keep("z2m/one-more", 0, one.clone()), "a topic too many");
+        assert!(budget.keep("z2m/7", 0, Bytes::from(vec![1; 1000])), "an existing one may change");
+        assert!(budget.keep("z2m/7", 0, Bytes::new()), "and be deleted");
+        assert!(budget.keep("z2m/one-more", 0, one), "which frees a topic");
+        let half = Bytes::from(vec![0; CLIENT_RETAINED_BYTES / 2]);
+        assert!(!budget.fits("z2m/8", CLIENT_RETAINED_BYTES), "bytes beyond the bound");
+        assert!(budget.keep("z2m/8", 0, half.clone()));
+        assert!(!budget.keep("z2m/9", 0, half.clone()));
+        assert!(budget.keep("z2m/8", 0, Bytes::new()) && budget.keep("z2m/9", 0, half));
     }
 
     /// The topics of the PUBLISHes in `b`, each checked to be retained at QoS 0.
@@ -634,7 +543,7 @@ mod tests {
     #[test]
     fn every_subscribe_gets_the_hubs_own_retained_messages_page_by_page_after_its_suback() {
         use SubscribeReasonCode::Success;
-        let (mut r, directory) = resubscribe_over(600);
+        let (mut r, directory, _) = resubscribe_over(600);
         let isolation = Isolation {
             reason: "vulnerable".into(),
             advisory: None,
@@ -656,11 +565,7 @@ mod tests {
         let mut pages = 0;
         while r.more() {
             let page = r.ready();
-            assert!(
-                page.len() < PAGE_BYTES + 8 * 1024,
-                "a page is about PAGE_BYTES: {}",
-                page.len()
-            );
+            assert!(page.len() < PAGE_BYTES + 8 * 1024, "about PAGE_BYTES: {}", page.len());
             topics.extend(own_topics(page));
             pages += 1;
         }
@@ -689,10 +594,7 @@ mod tests {
         assert!(!r.more());
         // A refused filter gets nothing.
         let refused = subscribe(3, &[("hearth/#", QoS::AtMostOnce)]);
-        let Client::ForwardAndFetch(fetch, _) = r.client_packet(&refused, 1024) else {
-            panic!("a repeat is fetched")
-        };
-        r.fetched(fetch, None);
+        assert_eq!(r.client_packet(&refused, 1024), Client::Forward);
         r.broker_packet(&suback(3, vec![SubscribeReasonCode::Failure]), 1024);
         assert!(own_topics(r.ready()).is_empty());
         assert!(!r.more());

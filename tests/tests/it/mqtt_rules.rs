@@ -419,3 +419,58 @@ fn a_new_subscriber_gets_every_devices_retained_configs_availability_and_state()
     assert!(got.len() > SENSORS * 4, "{} retained messages", got.len());
     drop(sim);
 }
+
+/// A retained PUBLISH (QoS 0).
+fn retained_publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut p = publish_packet(topic, payload);
+    p[0] |= 0x01;
+    p
+}
+
+#[test]
+fn clients_retained_messages_are_bounded_and_the_one_beyond_is_refused_and_counted() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ports = MqttPorts::new();
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &ports.config(""));
+    hub.add_mqtt_user("ha", Some(MQTT_PASSWORD));
+    // A retained Will is kept once the client goes away without DISCONNECT.
+    let will = Some(("tool/lwt", b"gone".as_slice(), true));
+    let (code, lwt) = mqtt_connect(ports.plain, &connect_packet("lwt", "ha", MQTT_PASSWORD, will));
+    assert_eq!(code, Some(0));
+    drop(lwt);
+    wait_for("the retained Will", Duration::from_secs(30), || {
+        (retained(ports.plain, "tool/lwt").get("tool/lwt")? == "gone").then_some(())
+    });
+    // Another tool on the broker keeps a retained message per topic: 10,000 of them fit.
+    let (code, mut tool) =
+        mqtt_connect(ports.plain, &connect_packet("tool", "ha", MQTT_PASSWORD, None));
+    assert_eq!(code, Some(0));
+    let burst: Vec<u8> =
+        (1..10_000).flat_map(|i| retained_publish(&format!("tool/dev{i}"), b"on")).collect();
+    tool.write_all(&burst).expect("9,999 retained PUBLISHes");
+    wait_for("10,000 retained messages kept", Duration::from_secs(60), || {
+        (retained(ports.plain, "tool/#").len() == 10_000).then_some(())
+    });
+    // One topic more is refused like a publication the client may not make: counted, and the
+    // connection closed.
+    let denied = counter(&hub, "mqtt_denied_publish");
+    tool.write_all(&retained_publish("tool/one-more", b"on")).expect("PUBLISH");
+    let mut rest = [0u8; 64];
+    wait_for("the connection closed", Duration::from_secs(20), || {
+        matches!(tool.read(&mut rest), Ok(0) | Err(_)).then_some(())
+    });
+    assert_eq!(counter(&hub, "mqtt_denied_publish"), denied + 1);
+    assert!(!retained(ports.plain, "tool/one-more").contains_key("tool/one-more"));
+    // Deleting one (an empty retained message) makes room for another.
+    let (code, mut tool) =
+        mqtt_connect(ports.plain, &connect_packet("tool", "ha", MQTT_PASSWORD, None));
+    assert_eq!(code, Some(0));
+    tool.write_all(&retained_publish("tool/dev1", b"")).expect("delete");
+    tool.write_all(&retained_publish("tool/one-more", b"on")).expect("PUBLISH");
+    wait_for("the new topic kept", Duration::from_secs(20), || {
+        retained(ports.plain, "tool/one-more").contains_key("tool/one-more").then_some(())
+    });
+    assert_eq!(counter(&hub, "mqtt_denied_publish"), denied + 1);
+    // The hub's own retained messages are not clients' and do not count: still all there.
+    assert_eq!(retained(ports.plain, "hearth/hub/status")["hearth/hub/status"], "online");
+}
