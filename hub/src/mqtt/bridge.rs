@@ -422,8 +422,8 @@ impl Bridge {
                 }
             }
             Notice::Removed { device } => {
-                self.owned.forget(&device);
                 self.withdraw(&device, true);
+                self.owned.forget(&device);
             }
         }
     }

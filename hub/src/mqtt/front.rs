@@ -321,8 +321,8 @@ impl Front {
         let (mut up_rx, mut up_tx) = upstream.into_split();
         let resubscribe =
             Mutex::new(Resubscribe::new(self.owned.clone(), self.client_retained.clone()));
-        // Retained messages were handed over: a SUBSCRIBE that had to wait may go on.
-        let handed_over = tokio::sync::Notify::new();
+        // The client acknowledged retained messages of the front's: more may go.
+        let acked = tokio::sync::Notify::new();
         // What the front itself sends the client: acknowledgements (PUBREL) of its own PUBLISHes.
         let (to_client, mut from_front) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
         let inbound = async {
@@ -333,30 +333,26 @@ impl Front {
                     match rumqttd::protocol::v4::check(buf.iter(), self.max_packet) {
                         Ok(h) => {
                             let mut frame = buf.split_to(h.frame_length());
-                            match self.allowed(&frame, user) {
-                                // Kept by the front: the broker gets it as a live message.
-                                Ok(true) => frame[0] &= !RETAIN,
-                                Ok(false) => {}
-                                Err(why) => return Some(why),
+                            if let Err(why) = self.allowed(&frame, user) {
+                                return Some(why);
                             }
-                            let verdict = loop {
-                                let v = lock(&resubscribe).client_packet(&frame, self.max_packet);
-                                if v != Client::Wait {
-                                    break v;
-                                }
-                                // The SUBSCRIBEs before it go first (their SUBACKs end the wait).
-                                if !out.is_empty() {
-                                    if up_tx.write_all(&out).await.is_err() {
-                                        return None;
-                                    }
-                                    out.clear();
-                                }
-                                handed_over.notified().await;
-                            };
+                            if frame[0] >> 4 == 3 {
+                                // The broker keeps no retained message (the front keeps
+                                // clients' ones): it gets every PUBLISH as a live one.
+                                frame[0] &= !RETAIN;
+                            }
+                            let verdict = lock(&resubscribe).client_packet(&frame, self.max_packet);
                             match verdict {
                                 Client::Forward => out.extend_from_slice(&frame),
-                                Client::Wait => {}
+                                Client::TooMany => {
+                                    return Some(Refusal::Malformed(
+                                        "too many SUBSCRIBEs while not reading their retained \
+                                         messages"
+                                            .into(),
+                                    ));
+                                }
                                 Client::Answer(bytes) => {
+                                    acked.notify_one();
                                     if !bytes.is_empty() && to_client.send(bytes).await.is_err() {
                                         return None;
                                     }
@@ -398,6 +394,7 @@ impl Front {
                         Ok(_) => quickack(up_rx.as_ref()),
                     },
                     Some(bytes) = from_front.recv() => out.extend_from_slice(&bytes),
+                    () = acked.notified() => {}
                     () = std::future::ready(()), if more => {}
                 }
                 loop {
@@ -416,7 +413,6 @@ impl Front {
                 }
                 // Retained messages go after their SUBSCRIBE's SUBACK, a page at a time.
                 out.extend_from_slice(&lock(&resubscribe).ready());
-                handed_over.notify_one();
                 if !out.is_empty() {
                     if client_tx.write_all(&out).await.is_err() || client_tx.flush().await.is_err()
                     {
@@ -445,11 +441,10 @@ impl Front {
     }
 
     /// Checks one client packet: a PUBLISH must parse and go to a topic clients may write, and
-    /// a retained one fit the bound of clients' retained messages (then the front keeps it:
-    /// true).
-    fn allowed(&self, frame: &[u8], user: &str) -> Result<bool, Refusal> {
+    /// a retained one fit the bound of clients' retained messages (then the front keeps it).
+    fn allowed(&self, frame: &[u8], user: &str) -> Result<(), Refusal> {
         if frame.first().map(|b| b >> 4) != Some(3) {
-            return Ok(false); // not a PUBLISH: the broker checks the rest
+            return Ok(()); // not a PUBLISH: the broker checks the rest
         }
         let packet = V4
             .read_mut(&mut BytesMut::from(frame), self.max_packet)
@@ -460,19 +455,16 @@ impl Front {
         let topic = std::str::from_utf8(&publish.topic)
             .map_err(|_| Refusal::Malformed("topic is not UTF-8".into()))?;
         if super::topics::client_may_publish(topic, &self.discovery_prefix) {
-            if !publish.retain {
-                return Ok(false);
-            }
             let qos = (frame[0] >> 1) & 0x03;
-            if self.client_retained.keep(topic, qos, publish.payload.clone()) {
-                return Ok(true);
+            if !publish.retain || self.client_retained.keep(topic, qos, publish.payload.clone()) {
+                return Ok(());
             }
             self.auth.denied_publish(user, topic);
             return Err(Refusal::Closed);
         }
         // Bridge requests are the owner's commands: only for users the owner made admins.
         if super::bridge_api::request(topic).is_some() && self.auth.is_admin(user) {
-            return Ok(false);
+            return Ok(()); // (never kept: a request is acted on once)
         }
         self.auth.denied_publish(user, topic);
         Err(Refusal::Closed)

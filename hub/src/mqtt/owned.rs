@@ -17,6 +17,9 @@ use crate::devices::{Availability, DeviceSnapshot, Directory};
 
 /// A retained message: topic and payload.
 pub(crate) type Message = (String, Bytes);
+/// What visiting one device costs a page, bytes, whether or not a message of it matches: a
+/// filter that matches little still walks the directory a page at a time.
+const PER_DEVICE: usize = 256;
 
 /// The hub's own retained messages (shared by the bridge, which records, and the fronts, which
 /// hand them to subscribers).
@@ -193,6 +196,7 @@ impl Cursor {
         while bytes < budget {
             let Some(id) = self.devices.next() else { break };
             any = true;
+            bytes += PER_DEVICE;
             let Some(d) = self.owned.directory.get(&id) else { continue };
             for m in self.owned.device(&d, self.configs) {
                 if self.filters.iter().any(|f| rumqttd::protocol::matches(&m.0, f)) {

@@ -16,10 +16,14 @@ use rumqttd::protocol::{Packet, Protocol, QoS, SubscribeReasonCode, v4::V4};
 
 use super::owned::{Cursor, Owned};
 
-/// SUBSCRIBEs of one connection whose retained messages are not yet handed over at most: the
-/// front reads no further SUBSCRIBE from the client until one is done (a client cannot make
-/// the front hold cursors without bound).
-const MAX_PENDING: usize = 16;
+/// SUBSCRIBEs of one connection whose retained messages are not yet handed over at most (each
+/// holds its filters; only the first holds messages): a client that sends more while not
+/// reading what it is owed is disconnected. The front never stops reading a client (its
+/// PUBACKs of retained messages, its PINGREQs, its DISCONNECT must get through).
+const MAX_PENDING: usize = 1024;
+/// QoS 1 and 2 retained PUBLISHes of the front's own awaiting the client's acknowledgement at
+/// most: beyond it the front waits (never reusing an id the client has not acknowledged).
+const INJECT_WINDOW: usize = 1024;
 /// Bytes of retained messages made at a time (then the front writes them to the client and
 /// makes more once the client has taken them).
 const PAGE_BYTES: usize = 64 * 1024;
@@ -35,7 +39,7 @@ pub(super) const CLIENT_RETAINED_TOPICS: usize = 10_000;
 pub(super) const CLIENT_RETAINED_BYTES: usize = 16 << 20;
 
 /// A client's retained message: topic, the QoS it was published with, payload.
-type Kept = (String, u8, Bytes);
+type Kept = (Arc<str>, u8, Bytes);
 
 /// The retained messages clients published (to topics they may write), shared by both fronts.
 #[derive(Debug, Default)]
@@ -47,8 +51,22 @@ pub(super) struct ClientRetained {
 
 #[derive(Debug, Default)]
 struct Store {
-    topics: HashMap<String, (u8, Bytes)>,
+    topics: HashMap<Arc<str>, (u8, Bytes)>,
+    /// Topic and payload bytes of every kept message.
     bytes: usize,
+}
+
+impl Store {
+    /// Whether a message of `len` payload bytes on `topic` fits in place of the topic's own.
+    fn fits(&self, topic: &str, len: usize) -> bool {
+        if len == 0 {
+            return true; // a deletion
+        }
+        let old = self.topics.get(topic).map(|(_, p)| topic.len() + p.len());
+        let total = (self.bytes - old.unwrap_or(0)).saturating_add(topic.len() + len);
+        total <= CLIENT_RETAINED_BYTES
+            && (old.is_some() || self.topics.len() < CLIENT_RETAINED_TOPICS)
+    }
 }
 
 impl ClientRetained {
@@ -56,39 +74,40 @@ impl ClientRetained {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a retained message of `len` bytes on `topic` would fit now.
-    pub(super) fn fits(&self, topic: &str, len: usize) -> bool {
-        let store = self.lock();
-        let old = store.topics.get(topic).map(|(_, p)| p.len());
-        let fits = len == 0
-            || (store.bytes - old.unwrap_or(0) + len <= CLIENT_RETAINED_BYTES
-                && (old.is_some() || store.topics.len() < CLIENT_RETAINED_TOPICS));
-        drop(store);
-        if !fits {
-            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(
-                    refused = n,
-                    "MQTT: retained messages refused: clients' retained messages are at their \
-                     bound ({CLIENT_RETAINED_TOPICS} topics, {} MiB)",
-                    CLIENT_RETAINED_BYTES >> 20
-                );
-            }
+    /// Counts (and now and then logs) a retained message refused for the bound.
+    fn refuse(&self) -> bool {
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                refused = n,
+                "MQTT: retained messages refused: clients' retained messages are at their \
+                 bound ({CLIENT_RETAINED_TOPICS} topics, {} MiB)",
+                CLIENT_RETAINED_BYTES >> 20
+            );
         }
-        fits
+        false
+    }
+
+    /// Whether a retained message of `len` bytes on `topic` would fit now (a Will's, checked
+    /// at CONNECT).
+    pub(super) fn fits(&self, topic: &str, len: usize) -> bool {
+        let fits = self.lock().fits(topic, len);
+        fits || self.refuse()
     }
 
     /// Keeps a retained message (an empty one deletes the topic's), if it fits; whether it did.
     pub(super) fn keep(&self, topic: &str, qos: u8, payload: Bytes) -> bool {
-        if !self.fits(topic, payload.len()) {
-            return false;
-        }
         let mut store = self.lock();
-        let old = store.topics.remove(topic).map_or(0, |(_, p)| p.len());
-        store.bytes -= old;
+        if !store.fits(topic, payload.len()) {
+            drop(store);
+            return self.refuse();
+        }
+        if let Some((_, old)) = store.topics.remove(topic) {
+            store.bytes -= topic.len() + old.len();
+        }
         if !payload.is_empty() {
-            store.bytes += payload.len();
-            store.topics.insert(topic.to_owned(), (qos, payload));
+            store.bytes += topic.len() + payload.len();
+            store.topics.insert(Arc::from(topic), (qos, payload));
         }
         true
     }
@@ -97,18 +116,18 @@ impl ClientRetained {
     fn matching(&self, filters: &[String]) -> VecDeque<Kept> {
         let store = self.lock();
         let mut out = VecDeque::new();
-        let mut seen = HashSet::new();
+        let mut seen: HashSet<Arc<str>> = HashSet::new();
         for f in filters {
             if !f.contains(['+', '#']) {
-                if let Some((qos, p)) = store.topics.get(f)
-                    && seen.insert(f.as_str())
+                if let Some((t, (qos, p))) = store.topics.get_key_value(f.as_str())
+                    && seen.insert(t.clone())
                 {
-                    out.push_back((f.clone(), *qos, p.clone()));
+                    out.push_back((t.clone(), *qos, p.clone()));
                 }
                 continue;
             }
             for (t, (qos, p)) in &store.topics {
-                if rumqttd::protocol::matches(t, f) && seen.insert(t.as_str()) {
+                if rumqttd::protocol::matches(t, f) && seen.insert(t.clone()) {
                     out.push_back((t.clone(), *qos, p.clone()));
                 }
             }
@@ -154,9 +173,9 @@ pub(super) enum Client {
     /// An acknowledgement of a PUBLISH the front added: not the broker's; answer the client
     /// with these bytes (may be empty).
     Answer(Vec<u8>),
-    /// A SUBSCRIBE while [`MAX_PENDING`] others wait for their retained messages: offer it
-    /// again once one is done.
-    Wait,
+    /// A SUBSCRIBE while [`MAX_PENDING`] others wait for their retained messages: the client
+    /// is not reading; close the connection.
+    TooMany,
 }
 
 impl Resubscribe {
@@ -177,7 +196,7 @@ impl Resubscribe {
                     return Client::Forward;
                 }
                 if self.pending.len() >= MAX_PENDING {
-                    return Client::Wait;
+                    return Client::TooMany;
                 }
                 self.pending.push_back(Pending {
                     pkid: sub.pkid,
@@ -219,7 +238,9 @@ impl Resubscribe {
             Some(3) => {
                 if let Some(topic) = publish_topic(frame) {
                     for p in &mut self.pending {
-                        p.live.insert(topic.to_owned());
+                        if p.filters.iter().any(|f| rumqttd::protocol::matches(topic, f)) {
+                            p.live.insert(topic.to_owned());
+                        }
                     }
                 }
             }
@@ -239,9 +260,11 @@ impl Resubscribe {
         }
     }
 
-    /// Whether retained messages can be handed over now (call [`Self::ready`] again).
+    /// Whether retained messages can be handed over now (call [`Self::ready`] again): false
+    /// while the client has [`INJECT_WINDOW`] of them to acknowledge.
     pub(super) fn more(&self) -> bool {
         self.pending.front().is_some_and(|p| p.granted.is_some())
+            && self.injected.len() < INJECT_WINDOW
     }
 
     /// The next PUBLISHes owed to the client, about [`PAGE_BYTES`]: the retained messages of
@@ -251,7 +274,7 @@ impl Resubscribe {
     /// subscriptions' filters get none.
     pub(super) fn ready(&mut self) -> BytesMut {
         let mut out = BytesMut::new();
-        while out.len() < PAGE_BYTES {
+        while out.len() < PAGE_BYTES && self.injected.len() < INJECT_WINDOW {
             let Some(p) = self.pending.front_mut() else { break };
             let Some(granted) = p.granted.as_ref() else { break };
             let filters: Vec<(String, u8)> = p
@@ -266,7 +289,7 @@ impl Resubscribe {
                 p.own = Some(self.owned.cursor(names));
             }
             let mut clients = p.clients.take().unwrap_or_default();
-            while out.len() < PAGE_BYTES {
+            while out.len() < PAGE_BYTES && self.injected.len() < INJECT_WINDOW {
                 let Some((topic, qos, payload)) = clients.pop_front() else { break };
                 let Some(granted) = filters
                     .iter()
@@ -276,16 +299,16 @@ impl Resubscribe {
                 else {
                     continue;
                 };
-                if !self.pending.front().is_some_and(|p| p.live.contains(&topic)) {
-                    self.write(&mut out, topic, &payload, qos.min(granted));
+                if !self.pending.front().is_some_and(|p| p.live.contains(&*topic)) {
+                    self.write(&mut out, topic.to_string(), &payload, qos.min(granted));
                 }
             }
             let Some(p) = self.pending.front_mut() else { break };
-            if !clients.is_empty() {
-                p.clients = Some(clients);
-                continue;
-            }
+            let clients_left = !clients.is_empty();
             p.clients = Some(clients);
+            if clients_left || out.len() >= PAGE_BYTES {
+                continue; // the loop ends here: the page is full or the window closed
+            }
             let page = p.own.as_mut().and_then(|c| c.next_page(PAGE_BYTES - out.len()));
             let Some(page) = page else {
                 self.pending.pop_front();
@@ -495,24 +518,66 @@ mod tests {
         );
         assert_eq!(r.client_packet(&[0x70, 0x02, hi, lo], 1024), Client::Answer(vec![]));
         assert_eq!(r.client_packet(&[0x70, 0x02, hi, lo], 1024), Client::Forward);
-        // A client cannot make the front hold cursors without bound: its next SUBSCRIBE waits
-        // until one is handed over. Shared subscriptions get nothing and never wait.
+        // A client cannot make the front hold SUBSCRIBEs without bound: one beyond the bound
+        // while it reads none of what it is owed ends the connection. Shared subscriptions get
+        // nothing and never count.
+        let shared = subscribe(1, &[("$share/g/t", QoS::AtMostOnce)]);
         for pkid in 2..2 + MAX_PENDING as u16 {
             let c = r.client_packet(&subscribe(pkid, &[("t", QoS::AtMostOnce)]), 1024);
             assert_eq!(c, Client::Forward);
         }
-        let last = subscribe(99, &[("t", QoS::AtMostOnce)]);
-        assert_eq!(r.client_packet(&last, 1024), Client::Wait);
+        assert_eq!(r.client_packet(&shared, 1024), Client::Forward);
+        let last = subscribe(1, &[("t", QoS::AtMostOnce)]);
+        assert_eq!(r.client_packet(&last, 1024), Client::TooMany);
         r.broker_packet(&suback(2, vec![Success(QoS::AtMostOnce)]), 1024);
         assert_eq!(publishes(r.ready()).len(), 1);
         assert!(!r.more(), "the next one has no SUBACK yet");
         assert_eq!(r.client_packet(&last, 1024), Client::Forward);
-        let shared = subscribe(100, &[("$share/g/t", QoS::AtMostOnce)]);
-        assert_eq!(r.client_packet(&shared, 1024), Client::Forward);
+    }
+
+    #[test]
+    fn big_messages_and_many_acknowledgements_keep_the_pages_and_the_ids_bounded() {
+        use SubscribeReasonCode::Success;
+        let (mut r, _, clients) = resubscribe_over(300);
+        // A client's message larger than a page, then the hub's own: the page ends after it.
+        assert!(clients.keep("big", 0, Bytes::from(vec![7; PAGE_BYTES + 1000])));
+        let sub = subscribe(1, &[("big", QoS::AtMostOnce), ("hearth/#", QoS::AtMostOnce)]);
+        r.client_packet(&sub, 1024);
+        r.broker_packet(&suback(1, vec![Success(QoS::AtMostOnce), Success(QoS::AtMostOnce)]), 1024);
+        assert_eq!(publishes(r.ready()).len(), 1, "the big one alone");
+        let mut own = 0;
+        while r.more() {
+            own += publishes(r.ready()).len();
+        }
+        assert_eq!(own, 300, "every device's availability after it");
+        // QoS 1 retained messages beyond the window wait for the client's PUBACKs.
+        for i in 0..INJECT_WINDOW + 10 {
+            assert!(clients.keep(&format!("q/{i}"), 1, Bytes::from_static(b"v")));
+        }
+        r.client_packet(&subscribe(2, &[("q/#", QoS::AtLeastOnce)]), 1024);
+        r.broker_packet(&suback(2, vec![Success(QoS::AtLeastOnce)]), 1024);
+        let mut ids = Vec::new();
+        while r.more() {
+            ids.extend(publishes(r.ready()).into_iter().map(|p| p.3));
+        }
+        assert_eq!(ids.len(), INJECT_WINDOW, "the window, then a wait");
+        let [hi, lo] = ids[0].to_be_bytes();
+        assert_eq!(r.client_packet(&[0x40, 0x02, hi, lo], 1024), Client::Answer(vec![]));
+        assert!(r.more());
+        let next: Vec<u16> = publishes(r.ready()).into_iter().map(|p| p.3).collect();
+        assert_eq!(next.len(), 1, "one acknowledged, one more");
+        assert!(!ids.contains(&next[0]), "an id the client has not acknowledged is never reused");
     }
 
     #[test]
     fn clients_retained_messages_are_bounded_in_topics_and_bytes() {
+        // Topic bytes count too: long topics cannot hold more than the bound.
+        let long = ClientRetained::default();
+        let topic = "t/".repeat(32 * 1024);
+        let n =
+            (0..).take_while(|i| long.keep(&format!("{topic}{i}"), 0, Bytes::from("x"))).count();
+        assert!(n > 0 && n * topic.len() <= CLIENT_RETAINED_BYTES, "{n} kept");
+
         let budget = ClientRetained::default();
         let one = Bytes::from_static(b"0123456789");
         for i in 0..CLIENT_RETAINED_TOPICS {
@@ -522,7 +587,7 @@ mod tests {
         assert!(budget.keep("z2m/7", 0, Bytes::from(vec![1; 1000])), "an existing one may change");
         assert!(budget.keep("z2m/7", 0, Bytes::new()), "and be deleted");
         assert!(budget.keep("z2m/one-more", 0, one), "which frees a topic");
-        let half = Bytes::from(vec![0; CLIENT_RETAINED_BYTES / 2]);
+        let half = Bytes::from(vec![0; CLIENT_RETAINED_BYTES / 2 - 8]);
         assert!(!budget.fits("z2m/8", CLIENT_RETAINED_BYTES), "bytes beyond the bound");
         assert!(budget.keep("z2m/8", 0, half.clone()));
         assert!(!budget.keep("z2m/9", 0, half.clone()));
