@@ -31,6 +31,7 @@ mod identity;
 mod isolation;
 mod link;
 pub mod logs;
+pub mod memory;
 mod mqtt;
 pub use mqtt::discovery::schema_problems;
 mod private_fs;

@@ -162,4 +162,7 @@ pub struct UserAdded {
 pub struct StatusAnswer {
     /// Whether the store can write (a full or failing disk), free space and its floor.
     pub storage: crate::store::StorageStatus,
+    /// The process's memory as its allocator counts it.
+    #[serde(default)]
+    pub memory: Option<crate::memory::MemoryStatus>,
 }

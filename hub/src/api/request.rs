@@ -416,7 +416,10 @@ command! {
 
 command! {
     /// The hub's health: whether its store can write (a full or failing disk), free space.
-    Status {} -> StatusAnswer, |self, api| Ok(StatusAnswer { storage: api.store.status() })
+    Status {} -> StatusAnswer, |self, api| Ok(StatusAnswer {
+        storage: api.store.status(),
+        memory: crate::memory::now(),
+    })
 }
 
 command! {
