@@ -1,9 +1,10 @@
 //! One budget for all password hashing in a process, shared by the web UI and MQTT (DESIGN
 //! "Failure domains and budgets"; EN 303 645 5.1-5 wants a costly hash, and an unauthenticated
 //! client must not turn that cost against the hub): at most `slots` argon2id computations run at
-//! once, each in the memory of its slot — allocated once and reused, so no login allocates
-//! (19 MiB with the default cost) and a burst cannot grow the heap — at most `queue` callers
-//! wait, and any other caller is refused at once with [`Refused::Shed`] for it to count.
+//! once, each in the memory of its slot (19 MiB with the default cost) — handed on to a caller
+//! that waits, freed when none does, so at most `slots` exist at once and a burst cannot grow
+//! the heap, and an idle hub does not hold them — at most `queue` callers wait, and any other
+//! caller is refused at once with [`Refused::Shed`] for it to count.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -91,7 +92,7 @@ pub struct Stats {
     pub shed: u64,
     /// Work done since start.
     pub done: u64,
-    /// Memory blocks allocated (never more than the slots).
+    /// Slot memories allocated now (never more than the slots; none while nobody hashes).
     pub memories: usize,
 }
 
@@ -281,7 +282,17 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.shared.done.fetch_add(1, Ordering::SeqCst);
         let memory = std::mem::take(&mut self.memory);
-        lock(&self.shared.pool).push(memory);
+        let mut pool = lock(&self.shared.pool);
+        if self.shared.waiting.load(Ordering::SeqCst) > 0 {
+            pool.push(memory); // for the caller that gets this slot's permit next
+            return;
+        }
+        // Nobody waits: freed (with any a cancelled waiter left), not held while idle.
+        let freed = 1 + pool.len();
+        pool.clear();
+        drop(pool);
+        drop(memory);
+        self.shared.memories.fetch_sub(freed, Ordering::SeqCst);
     }
 }
 
@@ -389,7 +400,7 @@ mod tests {
         for bad in ["", "$argon2id$", "$scrypt$ln=1,r=8,p=1$c2FsdHNhbHQ$aGFzaA", "not a hash"] {
             assert!(!b.run_now(|h| h.verify(b"pw", bad)).expect("slot"), "{bad:?}");
         }
-        assert_eq!(b.stats().memories, 1);
+        assert_eq!(b.stats().memories, 0, "freed once nobody hashes");
     }
 
     #[test]
@@ -434,7 +445,7 @@ mod tests {
             assert_eq!(r.await.expect("task"), Ok(true));
         }
         let s = b.stats();
-        assert_eq!((s.running, s.waiting, s.done, s.memories), (0, 0, 5, 2));
+        assert_eq!((s.running, s.waiting, s.done, s.memories), (0, 0, 5, 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
