@@ -1,11 +1,11 @@
 //! The hub's own link into its broker: publishes what the device directory allows to leave the
 //! hub (state and availability, discovery configs, update state; TR 103 621 6.23: an isolated
 //! device's data and configs are withdrawn) live — their retained copies are made for each
-//! subscriber from the directory ([`super::owned`]), not kept in the broker — relays `…/set` commands to the link
-//! (EN 303 645 5.5-1: over OSCORE only), republishes discovery when Home Assistant comes
-//! online (at once after a quiet interval; births within the interval coalesce into one
-//! republication at its end, so a storm of birth messages cannot make the hub flood every
-//! subscriber with configs), and publishes hub status and security events (5.10-1).
+//! subscriber from the directory ([`super::owned`]), not kept in the broker — relays `…/set`
+//! commands to the link (EN 303 645 5.5-1: over OSCORE only), republishes discovery when Home
+//! Assistant comes online (at once after a quiet interval; births within the interval coalesce
+//! into one republication at its end, so a storm of birth messages cannot make the hub flood
+//! every subscriber with configs), and publishes hub status and security events (5.10-1).
 
 use std::collections::HashMap;
 use std::sync::Arc;
