@@ -12,8 +12,12 @@ use rand_core::CryptoRng;
 use subtle::ConstantTimeEq;
 
 use super::{
-    ContextParams, KeyUsage, Kid, NONCE_LEN, NeedsRekey, OscoreError, OscoreOption, Piv,
-    ReplayWindow, SenderSequence, TAG_LEN, aad::aad, derive::derive, nonce::nonce, sequence::Lease,
+    ContextParams, KEY_LEN, KeyUsage, Kid, NONCE_LEN, NeedsRekey, OscoreError, OscoreOption, Piv,
+    ReplayWindow, SenderSequence, TAG_LEN,
+    aad::aad,
+    derive::{DerivedKeys, derive},
+    nonce::nonce,
+    sequence::Lease,
 };
 
 type Aead = Ccm<Aes128, U8, U13>;
@@ -75,9 +79,10 @@ pub struct SecurityContext {
     sender_id: Kid,
     recipient_id: Kid,
     id_context: Option<Vec<u8>>,
-    common_iv: [u8; NONCE_LEN],
-    sender: Aead,
-    recipient: Aead,
+    /// The derived keys and Common IV, kept as bytes (zeroized on drop): an AES-CCM instance
+    /// is made from its key for each message. Kept expanded, the two would take 704 of this
+    /// context's 944 bytes, for every paired sensor; expanding a key costs tens of nanoseconds.
+    keys: DerivedKeys,
     sequence: SenderSequence,
     replay: ReplayWindow,
     usage: KeyUsage,
@@ -106,9 +111,7 @@ impl SecurityContext {
             sender_id: params.sender_id,
             recipient_id: params.recipient_id,
             id_context: params.id_context.clone(),
-            common_iv: keys.common_iv,
-            sender: Aead::new(&keys.sender_key.into()),
-            recipient: Aead::new(&keys.recipient_key.into()),
+            keys,
             sequence,
             replay,
             usage: KeyUsage::default(),
@@ -162,7 +165,7 @@ impl SecurityContext {
     /// renewed before use: a request that verifies may start the renewal.
     pub fn verify_request(&mut self, message: &Packet) -> Result<RequestBinding, OscoreError> {
         let (kid, piv) = self.request_ids(message)?;
-        let nonce = nonce(&self.common_iv, &kid, piv);
+        let nonce = nonce(&self.keys.common_iv, &kid, piv);
         self.open(message, &nonce, &aad(&kid, piv))?;
         Ok(RequestBinding { kid, piv, nonce })
     }
@@ -221,15 +224,21 @@ impl SecurityContext {
             return Err(OscoreError::KeyLimitReached);
         }
         let piv = self.sequence.take()?;
-        let nonce = nonce(&self.common_iv, &self.sender_id, piv);
+        let nonce = nonce(&self.keys.common_iv, &self.sender_id, piv);
         let option = OscoreOption {
             piv: Some(piv),
             kid_context: self.id_context.clone(),
             kid: Some(self.sender_id),
         };
         let outer_code = MessageClass::Request(RequestType::Post);
-        let packet =
-            seal(&self.sender, request, outer_code, &option, &nonce, &aad(&self.sender_id, piv))?;
+        let packet = seal(
+            &self.keys.sender_key,
+            request,
+            outer_code,
+            &option,
+            &nonce,
+            &aad(&self.sender_id, piv),
+        )?;
         self.usage.encryptions += 1;
         let binding = RequestBinding { kid: self.sender_id, piv, nonce };
         Ok((Sealed { packet, nonce }, binding))
@@ -244,7 +253,7 @@ impl SecurityContext {
             Err(OscoreError::ReplayWindowUnknown) => None,
             Err(e) => return Err(e),
         };
-        let nonce = nonce(&self.common_iv, &kid, piv);
+        let nonce = nonce(&self.keys.common_iv, &kid, piv);
         let request = self.open(message, &nonce, &aad(&kid, piv))?;
         let binding = RequestBinding { kid, piv, nonce };
         if let Some(fresh) = fresh {
@@ -328,14 +337,14 @@ impl SecurityContext {
         }
         let (nonce, option) = if own_piv {
             let piv = self.sequence.take()?;
-            let n = nonce(&self.common_iv, &self.sender_id, piv);
+            let n = nonce(&self.keys.common_iv, &self.sender_id, piv);
             (n, OscoreOption { piv: Some(piv), kid_context, ..OscoreOption::default() })
         } else {
             (request.nonce, OscoreOption::default())
         };
         let outer_code = MessageClass::Response(ResponseType::Changed);
         let aad = aad(&request.kid, request.piv);
-        let packet = seal(&self.sender, response, outer_code, &option, &nonce, &aad)?;
+        let packet = seal(&self.keys.sender_key, response, outer_code, &option, &nonce, &aad)?;
         self.usage.encryptions += 1;
         Ok(Sealed { packet, nonce })
     }
@@ -351,7 +360,7 @@ impl SecurityContext {
             return Err(OscoreError::KeyLimitReached);
         }
         let nonce = match option.piv {
-            Some(piv) => nonce(&self.common_iv, &self.recipient_id, piv),
+            Some(piv) => nonce(&self.keys.common_iv, &self.recipient_id, piv),
             None => request.nonce,
         };
         self.open(message, &nonce, &aad(&request.kid, request.piv))
@@ -363,7 +372,7 @@ impl SecurityContext {
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],
     ) -> Result<Packet, OscoreError> {
-        match open(&self.recipient, message, nonce, aad) {
+        match open(&self.keys.recipient_key, message, nonce, aad) {
             Err(OscoreError::DecryptionFailed) => {
                 self.usage.failed_decryptions += 1;
                 Err(OscoreError::DecryptionFailed)
@@ -389,7 +398,7 @@ fn oscore_option(message: &Packet) -> Result<OscoreOption, OscoreError> {
 
 /// Encrypts the inner part of `message` and returns the outer message (§4, §5.3).
 fn seal(
-    aead: &Aead,
+    key: &[u8; KEY_LEN],
     message: &Packet,
     outer_code: MessageClass,
     option: &OscoreOption,
@@ -416,7 +425,7 @@ fn seal(
     let mut buf = Vec::with_capacity(encoded.len() - 3 + TAG_LEN);
     buf.push(u8::from(message.header.code));
     buf.extend_from_slice(&encoded[4..]);
-    let tag = aead
+    let tag = Aead::new(&(*key).into())
         .encrypt_inout_detached(&(*nonce).into(), aad, buf.as_mut_slice().into())
         .map_err(|_| OscoreError::Encode)?;
     buf.extend_from_slice(&tag);
@@ -427,7 +436,7 @@ fn seal(
 
 /// Decrypts an OSCORE message and rebuilds the original CoAP message (§8.2, §8.4).
 fn open(
-    aead: &Aead,
+    key: &[u8; KEY_LEN],
     message: &Packet,
     nonce: &[u8; NONCE_LEN],
     aad: &[u8],
@@ -439,7 +448,8 @@ fn open(
     let mut buf = ciphertext[..split].to_vec();
     let tag = ccm::aead::Tag::<Aead>::try_from(&ciphertext[split..])
         .map_err(|_| OscoreError::DecryptionFailed)?;
-    aead.decrypt_inout_detached(&(*nonce).into(), aad, buf.as_mut_slice().into(), &tag)
+    Aead::new(&(*key).into())
+        .decrypt_inout_detached(&(*nonce).into(), aad, buf.as_mut_slice().into(), &tag)
         .map_err(|_| OscoreError::DecryptionFailed)?;
     let Some((&code, rest)) = buf.split_first() else {
         return Err(OscoreError::BadInnerMessage);

@@ -451,7 +451,7 @@ impl<A: Endpoint> HubLink<A> {
             Ok(paired) => {
                 let seq = SenderSequence::new(self.config.lease_block);
                 let ctx = SecurityContext::new(&paired.context, seq, ReplayWindow::Empty);
-                self.peers.insert(kid, Peer::new(ctx, Some(from), KeyUsage::default()));
+                self.peers.insert(kid, Box::new(Peer::new(ctx, Some(from), KeyUsage::default())));
                 self.events.push_back(HubEvent::Paired {
                     kid,
                     params: paired.context,
