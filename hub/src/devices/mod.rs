@@ -159,7 +159,37 @@ struct Entry {
     info: DeviceInfo,
     profile: Profile,
     period: Period,
-    state: BTreeMap<String, StoredReading>,
+    state: Current,
+}
+
+/// The newest value of each quantity a device reported, found by its short name. A device has
+/// a few, so a vector: a `BTreeMap`'s first node alone took about 1.5 KiB per device.
+#[derive(Debug, Default)]
+struct Current(Vec<StoredReading>);
+
+impl Current {
+    fn get(&self, short: &str) -> Option<&StoredReading> {
+        self.0.iter().find(|r| protocol::vocabulary::short_name(&r.name) == short)
+    }
+
+    fn get_mut(&mut self, short: &str) -> Option<&mut StoredReading> {
+        self.0.iter_mut().find(|r| protocol::vocabulary::short_name(&r.name) == short)
+    }
+
+    /// A quantity not held yet.
+    fn insert(&mut self, r: StoredReading) {
+        self.0.push(r);
+        self.0.shrink_to_fit();
+    }
+
+    fn newest_ms(&self) -> Option<i64> {
+        self.0.iter().map(|r| r.time_ms).max()
+    }
+
+    fn to_map(&self) -> BTreeMap<String, StoredReading> {
+        let short = |r: &StoredReading| protocol::vocabulary::short_name(&r.name).to_owned();
+        self.0.iter().map(|r| (short(r), r.clone())).collect()
+    }
 }
 
 impl Entry {
@@ -180,7 +210,7 @@ impl Entry {
             isolation: self.profile.isolation.clone(),
             last_seen_ms: self.profile.last_seen_ms,
             battery: self.state.get("battery").and_then(|r| r.value.as_f64()),
-            state: self.state.clone(),
+            state: self.state.to_map(),
             period_ms: self.period.period_ms(default_period_ms),
             transitions: self.profile.transitions.iter().cloned().collect(),
             replaces: self.profile.replaces.clone(),
@@ -254,7 +284,7 @@ impl Directory {
             .map(|info| {
                 let profile = profiles.remove(&info.id).unwrap_or_default();
                 let entry =
-                    Entry { info, profile, period: Period::default(), state: BTreeMap::new() };
+                    Entry { info, profile, period: Period::default(), state: Current::default() };
                 (entry.info.id, entry)
             })
             .collect();
@@ -298,7 +328,7 @@ impl Directory {
     /// When the newest value of `device`'s current state was measured (Unix ms), without a
     /// snapshot.
     pub(crate) fn state_time(&self, device: &DeviceId) -> Option<i64> {
-        self.read().devices.get(device)?.state.values().map(|r| r.time_ms).max()
+        self.read().devices.get(device)?.state.newest_ms()
     }
 
     /// One device.
@@ -335,7 +365,7 @@ impl Directory {
                 info,
                 profile: Profile::default(),
                 period: Period::default(),
-                state: BTreeMap::new(),
+                state: Current::default(),
             };
             entry.profile.last_seen_ms = Some(now_ms);
             entry.record(now_ms, "paired");
@@ -375,9 +405,7 @@ impl Directory {
                 match e.state.get_mut(short) {
                     Some(old) if old.time_ms > r.time.0 => {}
                     Some(old) => *old = r.into(),
-                    None => {
-                        e.state.insert(short.to_owned(), r.into());
-                    }
+                    None => e.state.insert(r.into()),
                 }
             }
             if e.profile.reachable == Some(false) {
@@ -416,10 +444,12 @@ impl Directory {
             let mut restored = false;
             for r in readings {
                 let short = protocol::vocabulary::short_name(&r.name);
-                if e.state.get(short).is_none_or(|old| old.time_ms < r.time_ms) {
-                    e.state.insert(short.to_owned(), r.clone());
-                    restored = true;
+                match e.state.get_mut(short) {
+                    Some(old) if old.time_ms >= r.time_ms => continue,
+                    Some(old) => *old = r.clone(),
+                    None => e.state.insert(r.clone()),
                 }
+                restored = true;
             }
             restored
         };

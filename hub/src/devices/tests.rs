@@ -171,3 +171,26 @@ fn a_drained_backlog_teaches_the_sensors_period_not_the_drains_so_nothing_flaps_
     d.tick(now + 3_001);
     assert_eq!(d.get(&id).expect("dev").availability, Availability::Offline);
 }
+
+#[test]
+fn restored_state_fills_in_what_is_missing_and_never_replaces_a_newer_value() {
+    let d = Directory::new(vec![info(1, "m")], None, CONFIG, 0);
+    let id = info(1, "m").id;
+    d.readings(&id, &[reading(50, "temperature", 5.0)], 50);
+    let mut notices = d.subscribe();
+    let stored = |r: Reading| StoredReading::from(&r);
+    // Older than what arrived since: nothing restored, nothing announced.
+    d.restore_state(&id, &[stored(reading(40, "temperature", 4.0))]);
+    assert!(notices.try_recv().is_err(), "an older value was announced");
+    assert_eq!(d.get(&id).expect("dev").state["temperature"].value, 5.0);
+    // A quantity not held yet and a newer one: both taken, announced once.
+    d.restore_state(
+        &id,
+        &[stored(reading(60, "temperature", 6.0)), stored(reading(30, "humidity", 41.0))],
+    );
+    assert!(matches!(notices.try_recv(), Ok(Notice::Changed { .. })));
+    let s = d.get(&id).expect("dev").state;
+    assert_eq!((s["temperature"].value.clone(), s["humidity"].time_ms), (6.0.into(), 30));
+    assert_eq!(s.len(), 2);
+    assert_eq!(d.state_time(&id), Some(60));
+}
