@@ -344,6 +344,33 @@ impl Directory {
         ids
     }
 
+    /// How many devices are online, offline and isolated (no snapshots).
+    pub fn availability_counts(&self) -> [u64; 3] {
+        let mut by = [0u64; 3];
+        for e in self.read().devices.values() {
+            by[match e.availability() {
+                Availability::Online => 0,
+                Availability::Offline => 1,
+                Availability::Isolated => 2,
+            }] += 1;
+        }
+        by
+    }
+
+    /// The devices that can be updated and are not isolated, with the firmware version they
+    /// paired with, in id order (no snapshots).
+    pub fn updatable(&self) -> Vec<(DeviceId, u32)> {
+        let inner = self.read();
+        let mut out: Vec<(DeviceId, u32)> = inner
+            .devices
+            .values()
+            .filter(|e| e.info.about.updatable && e.availability() != Availability::Isolated)
+            .map(|e| (e.info.id, e.info.about.firmware_version))
+            .collect();
+        out.sort_unstable_by_key(|(id, _)| *id);
+        out
+    }
+
     /// All devices, by name.
     pub fn list(&self) -> Vec<DeviceSnapshot> {
         let mut all: Vec<_> = self

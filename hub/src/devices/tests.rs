@@ -194,3 +194,17 @@ fn restored_state_fills_in_what_is_missing_and_never_replaces_a_newer_value() {
     assert_eq!(s.len(), 2);
     assert_eq!(d.state_time(&id), Some(60));
 }
+
+#[test]
+fn counts_and_updatable_devices_come_without_snapshots_and_leave_out_the_isolated() {
+    let mut fixed = info(3, "m");
+    fixed.about.updatable = false;
+    fixed.about.firmware_version = 7;
+    let d = Directory::new(vec![info(2, "m"), info(1, "m"), fixed], None, CONFIG, 0);
+    assert_eq!(d.availability_counts(), [3, 0, 0]);
+    assert!(d.isolate(&info(2, "m").id, isolation("adv"), 10));
+    d.tick(1_000_000_000); // long silent: offline (the isolated one stays isolated)
+    assert_eq!(d.availability_counts(), [0, 2, 1]);
+    // Only device 1: 2 is isolated, 3 cannot be updated.
+    assert_eq!(d.updatable(), [(info(1, "m").id, 1)]);
+}
