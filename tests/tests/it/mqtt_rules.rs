@@ -1,7 +1,8 @@
 //! The MQTT fronts' rules at the wire level, against the real hub with a fleet reporting: Wills
 //! checked like publications, client ids bound to their user, the broker's own port closed to
-//! anything the fronts did not prepare, and a storm of Home Assistant birth messages
-//! republishing discovery a bounded number of times.
+//! anything the fronts did not prepare, a storm of Home Assistant birth messages
+//! republishing discovery a bounded number of times, retained messages handed over whole and
+//! bounded, and subscribers that never read costing a bounded heap.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -481,4 +482,85 @@ fn clients_retained_messages_are_bounded_and_the_one_beyond_is_refused_and_count
     assert_eq!(counter(&hub, "mqtt_denied_publish"), denied + 1);
     // The hub's own retained messages are not clients' and do not count: still all there.
     assert_eq!(retained(ports.plain, "hearth/hub/status")["hearth/hub/status"], "online");
+}
+
+#[test]
+fn subscribers_to_everything_that_never_read_cost_a_bounded_heap_and_stop_no_one_else() {
+    // Authenticated clients subscribe to `#` at QoS 1 and then read nothing (a hung Home
+    // Assistant, a client that lost its network), while a fleet reports at ~1,000 readings/s:
+    // whatever the hub keeps for them is bounded (the broker's per-filter log, a socket buffer,
+    // one page in the front), the link keeps acknowledging at the fleet's rate, and a client
+    // that reads still gets live states.
+    const SENSORS: usize = 50;
+    const STALLED: usize = 8;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ports = MqttPorts::new();
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &ports.config(""));
+    hub.add_mqtt_user("ha", Some(MQTT_PASSWORD));
+    let mut sim = Sim::fleet(
+        &hub.coap.to_string(),
+        &hub,
+        &tmp.path().join("flash.redb"),
+        &["--sensors", &SENSORS.to_string(), "--interval-ms", "50"],
+    );
+    sim.paired(SENSORS, Duration::from_secs(120));
+    let stored = |hub: &Hub| -> u64 {
+        let devices = hub.ctl(&["devices"]);
+        devices.as_array().expect("devices").iter().filter_map(|d| d["readings"].as_u64()).sum()
+    };
+    let heap = |hub: &Hub| hub.ctl(&["status"])["memory"]["heap_bytes"].as_u64().expect("heap");
+    // The normal rate, and the heap, with nobody subscribed.
+    let (n0, t0) = (stored(&hub), Instant::now());
+    std::thread::sleep(Duration::from_secs(5)); // measuring a rate over a fixed span
+    let normal = (stored(&hub) - n0) as f64 / t0.elapsed().as_secs_f64();
+    let heap_before = heap(&hub);
+
+    let mut stalled = Vec::new();
+    for i in 0..STALLED {
+        let connect = connect_packet(&format!("stalled-{i}"), "ha", MQTT_PASSWORD, None);
+        let (code, mut s) = mqtt_connect(ports.plain, &connect);
+        assert_eq!(code, Some(0), "stalled client {i} connects");
+        // As little kernel buffer as the client can have: the rest waits in the hub, or not.
+        socket2::SockRef::from(&s).set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let mut body = 1u16.to_be_bytes().to_vec();
+        mqtt_string(&mut body, b"#");
+        body.push(1);
+        s.write_all(&packet(0x82, &body)).expect("SUBSCRIBE");
+        stalled.push(s); // never read from again
+    }
+    let (n1, t1) = (stored(&hub), Instant::now());
+    let mut peak = heap_before;
+    while t1.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_secs(1)); // sampling the heap once a second
+        peak = peak.max(heap(&hub));
+    }
+    let rate = (stored(&hub) - n1) as f64 / t1.elapsed().as_secs_f64();
+    eprintln!(
+        "normal {normal:.0}/s, with {STALLED} stalled subscribers {rate:.0}/s; heap {} → peak {} KiB",
+        heap_before / 1024,
+        peak / 1024
+    );
+    assert!(rate >= 0.9 * normal, "the link slowed down: {rate:.0}/s against {normal:.0}/s");
+    // Unbounded, 30 s of everything the fleet publishes (~300 KB/s) for each stalled client
+    // would be ~70 MiB; bounded, the broker's log of `#` (1 MiB) and a page per client.
+    assert!(
+        peak < heap_before + (24 << 20),
+        "the heap grew from {} to {} KiB with {STALLED} clients not reading",
+        heap_before / 1024,
+        peak / 1024
+    );
+    // A client that reads gets live states, fresher than the stall's start.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let got = received_qos1(ports.plain, &["hearth/+/state"], 3);
+    let live = got
+        .values()
+        .filter_map(|(_, p)| serde_json::from_str::<serde_json::Value>(p).ok())
+        .filter(|s| s["time_ms"].as_i64() >= Some(since))
+        .count();
+    assert!(live >= SENSORS / 2, "{live} of {SENSORS} devices' states were live");
+    drop(stalled);
+    drop(sim);
 }
