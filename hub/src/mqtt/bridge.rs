@@ -1,7 +1,8 @@
-//! The hub's own link into its broker: publishes what the device directory allows to leave the
-//! hub (state and availability, discovery configs, update state; TR 103 621 6.23: an isolated
-//! device's data and configs are withdrawn) live — their retained copies are made for each
-//! subscriber from the directory ([`super::owned`]), not kept in the broker — relays `…/set`
+//! The hub's MQTT side: publishes what the device directory allows to leave the hub (state and
+//! availability, discovery configs, update state; TR 103 621 6.23: an isolated device's data
+//! and configs are withdrawn) live, on the fronts' feed ([`super::live`]; their retained copies
+//! are made for each subscriber from the directory, [`super::owned`]) — and, from its own link
+//! into the broker, takes what clients publish to the hub: relays `…/set`
 //! commands to the link (EN 303 645 5.5-1: over OSCORE only), republishes discovery when Home
 //! Assistant comes online (at once after a quiet interval; births within the interval coalesce
 //! into one republication at its end, so a storm of birth messages cannot make the hub flood
@@ -15,28 +16,20 @@ use bytes::Bytes;
 use protocol::link::command::Command as SensorCommand;
 use protocol::vocabulary::{Command, capabilities};
 use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::protocol::{Packet, Publish};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Auth, MqttEvent};
+use super::live::Feed;
 use super::owned::Owned;
 use super::{bridge_api, discovery, topics};
 use crate::api::HubApi;
 use crate::device_id::DeviceId;
 use crate::devices::{Availability, DeviceSnapshot, LiveReading, Notice};
 
-/// Messages queued for the broker at most (a burst beyond it is dropped and counted).
-const OUT_QUEUE: usize = 65_536;
 /// Notices taken in one batch at most (their states are published once per device).
 const NOTICE_BATCH: usize = 1024;
-
-/// One publication (live: never retained in the broker).
-struct Out {
-    topic: String,
-    payload: Vec<u8>,
-}
 
 /// What the bridge publishes per device, to withdraw it later.
 #[derive(Default)]
@@ -56,10 +49,9 @@ struct Bridge {
     /// The retained messages subscribers get, and what only the bridge knows of them.
     owned: Arc<Owned>,
     prefix: String,
-    out: mpsc::Sender<Out>,
+    feed: Feed,
     devices: HashMap<DeviceId, Published>,
     next_command: u32,
-    dropped: u64,
     /// Installed versions seen in the update overview.
     installed: HashMap<DeviceId, u32>,
     last_counters: Option<Value>,
@@ -88,55 +80,35 @@ fn config_key(d: &DeviceSnapshot) -> u64 {
     h.finish()
 }
 
-/// Starts the outgoing thread (it owns the link's sender, whose sends may block) and returns the
-/// bridge task.
+/// The bridge task: it subscribes its link to what clients send the hub and publishes on `feed`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn start(
     link: (LinkTx, LinkRx),
+    feed: Feed,
     api: HubApi,
     auth: Arc<Auth>,
     owned: Arc<Owned>,
     prefix: String,
     republish_interval: Duration,
     shutdown: CancellationToken,
-) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
     let (mut tx, rx) = link;
-    let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
-    let filters = [
+    for f in [
         "hearth/+/set".to_owned(),
         "hearth/+/update/install".to_owned(),
         format!("{}#", bridge_api::REQUEST_PREFIX),
         format!("{prefix}/status"),
-    ];
-    std::thread::Builder::new().name("mqtt-bridge-out".into()).spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else { return };
-        rt.block_on(async move {
-            for f in filters {
-                if tx.subscribe(f).is_err() {
-                    tracing::error!("MQTT bridge cannot subscribe");
-                }
-            }
-            while let Some(m) = out_rx.recv().await {
-                // Exact-size buffers: the broker keeps the newest messages in its logs, and a
-                // JSON string's spare capacity would be kept with each.
-                let (topic, payload) =
-                    (m.topic.into_bytes().into_boxed_slice(), m.payload.into_boxed_slice());
-                let publish = Publish::new(Bytes::from(topic), Bytes::from(payload), false);
-                if tx.send(Packet::Publish(publish, None)).await.is_err() {
-                    tracing::error!("MQTT broker link closed");
-                    return;
-                }
-            }
-        });
-    })?;
+    ] {
+        tx.subscribe(f).map_err(|e| e.to_string())?;
+    }
     let bridge = Bridge {
         api,
         auth,
         owned,
         prefix,
-        out: out_tx,
+        feed,
         devices: HashMap::new(),
         next_command: 0,
-        dropped: 0,
         installed: HashMap::new(),
         last_counters: None,
         republish_interval,
@@ -146,20 +118,13 @@ pub(crate) fn start(
         started: topics::rfc3339_ms(crate::clock::unix_now_ms()),
         requests: bridge_api::Budget::new(tokio::time::Instant::now()),
     };
-    Ok(bridge.run(rx, shutdown))
+    // The link's sender lives as long as the task that reads the link.
+    Ok(bridge.run(tx, rx, shutdown))
 }
 
 impl Bridge {
     fn publish(&mut self, topic: String, payload: Vec<u8>) {
-        if self.out.try_send(Out { topic, payload }).is_err() {
-            self.dropped += 1;
-            if self.dropped.is_power_of_two() {
-                tracing::warn!(
-                    dropped = self.dropped,
-                    "MQTT publications dropped (broker link behind)"
-                );
-            }
-        }
+        self.feed.publish(&topic, &payload);
     }
 
     fn publish_json(&mut self, topic: String, v: &Value) {
@@ -172,7 +137,7 @@ impl Bridge {
         self.publish(topic.to_owned(), payload);
     }
 
-    async fn run(mut self, mut rx: LinkRx, shutdown: CancellationToken) {
+    async fn run(mut self, _tx: LinkTx, mut rx: LinkRx, shutdown: CancellationToken) {
         let mut notices = self.api.directory.subscribe();
         let mut events = self.auth.subscribe();
         let (in_tx, mut incoming) = mpsc::channel::<(String, Bytes)>(1024);
@@ -242,13 +207,6 @@ impl Bridge {
         }
         self.publish_hub(topics::HUB_STATUS, b"offline".to_vec());
         self.save_logins().await;
-        // Let the outgoing thread hand it to the broker before the process ends.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        while self.out.capacity() < self.out.max_capacity()
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 
     /// Brings every device up to date (at start, and after falling behind the directory's
@@ -470,13 +428,10 @@ impl Bridge {
             return;
         }
         tracing::info!(request, "MQTT bridge request");
-        let (api, out, payload) = (self.api.clone(), self.out.clone(), payload.to_vec());
+        let (api, feed, payload) = (self.api.clone(), self.feed.clone(), payload.to_vec());
         tokio::spawn(async move {
             let v = bridge_api::answer(&api, &request, &payload).await;
-            let answer = Out { topic, payload: v.to_string().into_bytes() };
-            if out.try_send(answer).is_err() {
-                tracing::warn!(request, "MQTT bridge response dropped (broker link behind)");
-            }
+            feed.publish(&topic, v.to_string().as_bytes());
         });
     }
 
@@ -589,7 +544,8 @@ impl Bridge {
     }
 
     /// The hub's own state, retained, when it changed: devices by availability, security events
-    /// and the ones above their threshold now, the upstream backlog.
+    /// and the ones above their threshold now, the upstream backlog, the storage, the messages
+    /// slow MQTT clients lost.
     fn hub_state(&mut self, anomalies: &[String], events: u64) {
         let anomalies: Vec<String> =
             anomalies.iter().map(|n| protocol::security::label(n)).collect();
@@ -610,6 +566,8 @@ impl Bridge {
             "anomalies": anomalies,
             "upstream_pending": upstream,
             "storage": storage,
+            // The hub's messages MQTT clients lost for reading too slowly (`live::BACKLOG`).
+            "mqtt_messages_lost": self.feed.lost(),
         });
         if self.last_hub_state.as_ref() != Some(&state) {
             self.publish_hub(topics::HUB_OVERVIEW, state.to_string().into_bytes());

@@ -7,7 +7,8 @@
 //! publish to, binds the client id to its user (the broker sees `<user>/<client id>`, so no
 //! user can take over another's session), and forwards accepted clients to the broker's
 //! loopback listener with a one-time ticket (the broker refuses connections no front
-//! prepared), checking every PUBLISH against the topics clients may write. Its sockets set
+//! prepared), checking every PUBLISH against the topics clients may write; the hub's own
+//! messages it writes to the client itself (`live`), not through the broker. Its sockets set
 //! TCP_NODELAY, and it acknowledges the broker's segments at once (TCP_QUICKACK) so the broker's
 //! own sockets, which leave Nagle on, never wait for a delayed ACK (no 40 ms stalls).
 
@@ -38,6 +39,8 @@ const NOT_AUTHORIZED: u8 = 0x05;
 const RETAIN: u8 = 0x01;
 /// How long the broker has to close a connection whose client sent DISCONNECT.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+/// The hub's live messages gathered for one write to a client at most, bytes.
+const WRITE_BYTES: usize = 64 * 1024;
 /// Longest client id accepted, bytes (MQTT 3.1.1 requires servers to take 1 to 23 characters).
 const MAX_CLIENT_ID: usize = 256;
 
@@ -56,6 +59,8 @@ pub(crate) struct Front {
     pub discovery_prefix: String,
     /// One-time tickets for the CONNECTs this front forwards (the broker's check redeems them).
     pub tickets: Arc<Tickets>,
+    /// The hub's own live messages, written to each client its subscriptions match.
+    pub feed: super::live::Feed,
 }
 
 /// The CONNECTs the fronts forwarded and the broker has not yet checked. A forwarded CONNECT
@@ -308,7 +313,8 @@ impl Front {
     /// Forwards both ways until either side closes: client packets one frame at a time (each
     /// PUBLISH checked, a retained one kept by the front; each SUBSCRIBE given its retained
     /// messages after the SUBACK: [`retained`]), broker packets whole frames at a time
-    /// (acknowledged at once). Whether the client ended with DISCONNECT.
+    /// (acknowledged at once), and the hub's live messages the client's filters match
+    /// ([`super::live`]). Whether the client ended with DISCONNECT.
     async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         client: S,
@@ -321,6 +327,7 @@ impl Front {
         let (mut up_rx, mut up_tx) = upstream.into_split();
         let resubscribe =
             Mutex::new(Resubscribe::new(self.owned.clone(), self.client_retained.clone()));
+        let mut feed = self.feed.reader();
         // The client acknowledged retained messages of the front's: more may go.
         let acked = tokio::sync::Notify::new();
         // What the front itself sends the client: acknowledgements (PUBREL) of its own PUBLISHes.
@@ -344,12 +351,8 @@ impl Front {
                             let verdict = lock(&resubscribe).client_packet(&frame, self.max_packet);
                             match verdict {
                                 Client::Forward => out.extend_from_slice(&frame),
-                                Client::TooMany => {
-                                    return Some(Refusal::Malformed(
-                                        "too many SUBSCRIBEs while not reading their retained \
-                                         messages"
-                                            .into(),
-                                    ));
+                                Client::Refuse(why) => {
+                                    return Some(Refusal::Malformed(why.into()));
                                 }
                                 Client::Answer(bytes) => {
                                     acked.notify_one();
@@ -385,6 +388,7 @@ impl Front {
             let mut out = BytesMut::with_capacity(16 * 1024);
             // The broker's packets carry what clients published, within the same limit.
             let max = self.max_packet.saturating_add(64 * 1024);
+            let mut hub_live = true;
             loop {
                 // Retained messages still owed go on as soon as the client took the last page.
                 let more = lock(&resubscribe).more();
@@ -394,6 +398,20 @@ impl Front {
                         Ok(_) => quickack(up_rx.as_ref()),
                     },
                     Some(bytes) = from_front.recv() => out.extend_from_slice(&bytes),
+                    m = feed.next(), if hub_live => match m {
+                        Some(m) => {
+                            // With whatever else is waiting, up to a write's worth.
+                            let mut r = lock(&resubscribe);
+                            let mut next = Some(m);
+                            while let Some(m) = next {
+                                if r.hub_message(m.topic()) {
+                                    out.extend_from_slice(&m.frame);
+                                }
+                                next = if out.len() < WRITE_BYTES { feed.try_next() } else { None };
+                            }
+                        }
+                        None => hub_live = false,
+                    },
                     () = acked.notified() => {}
                     () = std::future::ready(()), if more => {}
                 }

@@ -1,7 +1,8 @@
 //! MQTT for home automation (DESIGN "MQTT"): the embedded broker on loopback (`broker`), the
 //! plain and TLS fronts that authenticate and throttle clients (`front`, `auth`; EN 303 645
 //! 5.1-1, 5.1-5, 5.5-4), Hearth's topics (`topics`), Home Assistant discovery (`discovery`),
-//! the hub's own link that publishes and relays commands (`bridge`), and retained messages,
+//! the hub's own link that relays commands and publishes (`bridge`) — to the fronts, which
+//! write the hub's messages to each client that subscribed (`live`) — and retained messages,
 //! which the fronts keep and hand over rather than the broker (`owned`: the hub's, made from
 //! the device directory; `retained`: clients', bounded, and the handing over).
 
@@ -12,6 +13,7 @@ mod broker;
 pub(crate) mod discovery;
 mod front;
 mod hub_entity;
+mod live;
 mod owned;
 mod retained;
 pub(crate) mod topics;
@@ -115,6 +117,7 @@ pub(crate) async fn start(
     };
     tracing::debug!(client = %started.client_id, "hub link into the MQTT broker");
     let owned = Arc::new(owned::Owned::new(cfg.discovery_prefix.clone(), api.directory.clone()));
+    let feed = live::Feed::default();
     let front = Arc::new(front::Front {
         owned: owned.clone(),
         client_retained: Arc::default(),
@@ -124,6 +127,7 @@ pub(crate) async fn start(
         connect_timeout,
         discovery_prefix: cfg.discovery_prefix.clone(),
         tickets,
+        feed: feed.clone(),
     });
     let plain_addr = plain.local_addr().map_err(|e| MqttError::Bind(cfg.plain_bind, e))?;
     let mut tasks = vec![tokio::spawn(front::serve(
@@ -156,8 +160,8 @@ pub(crate) async fn start(
     }));
     let republish = Duration::from_secs(cfg.republish_interval_s);
     let prefix = cfg.discovery_prefix.clone();
-    let bridge = bridge::start(started.link, api, auth, owned, prefix, republish, shutdown)
-        .map_err(|e| MqttError::Broker(e.to_string()))?;
+    let bridge = bridge::start(started.link, feed, api, auth, owned, prefix, republish, shutdown)
+        .map_err(MqttError::Broker)?;
     tasks.push(tokio::spawn(bridge));
     tracing::info!(plain = %plain_addr, tls = ?tls_addr, fingerprint = %identity.fingerprint(), "MQTT serving");
     Ok(Running { plain: plain_addr, tls: tls_addr, tasks })

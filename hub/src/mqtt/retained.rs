@@ -5,7 +5,9 @@
 //! 0.20 gave a new subscription no more retained messages than its in-flight window (100 at
 //! QoS 1, 1,024 at QoS 0), and none to a repeated SUBSCRIBE (MQTT 3.1.1 [MQTT-3.8.4-3]); here
 //! every SUBSCRIBE gets every one, and the subscription itself never lapses (the SUBSCRIBE is
-//! forwarded unchanged), so no live publication is lost.
+//! forwarded unchanged), so no live publication is lost. The filters each SUBACK grants are
+//! kept here too: the hub's live messages go by them ([`super::live`]). A SUBSCRIBE with a
+//! shared subscription (`$share/…`, rumqttd's, not MQTT 3.1.1) is refused whole.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{Packet, Protocol, QoS, SubscribeReasonCode, v4::V4};
 
+use super::live::Subscriptions;
 use super::owned::{Cursor, Owned};
 
 /// SUBSCRIBEs of one connection whose retained messages are not yet handed over at most (each
@@ -146,6 +149,8 @@ pub(super) struct Resubscribe {
     /// Ids of the QoS 1 and 2 PUBLISHes the front added, until the client acknowledged them.
     injected: HashSet<u16>,
     next_id: u16,
+    /// The filters granted to the client: the hub's live messages it gets ([`super::live`]).
+    subscriptions: Subscriptions,
 }
 
 #[derive(Debug)]
@@ -173,14 +178,40 @@ pub(super) enum Client {
     /// An acknowledgement of a PUBLISH the front added: not the broker's; answer the client
     /// with these bytes (may be empty).
     Answer(Vec<u8>),
-    /// A SUBSCRIBE while [`MAX_PENDING`] others wait for their retained messages: the client
-    /// is not reading; close the connection.
-    TooMany,
+    /// A SUBSCRIBE while [`MAX_PENDING`] others wait for their retained messages (the client
+    /// is not reading), or one beyond the bounds of [`Subscriptions`]: close the connection,
+    /// for this reason.
+    Refuse(&'static str),
 }
 
 impl Resubscribe {
     pub(super) fn new(owned: Arc<Owned>, clients: Arc<ClientRetained>) -> Self {
-        Self { owned, clients, pending: VecDeque::new(), injected: HashSet::new(), next_id: 0 }
+        Self {
+            owned,
+            clients,
+            pending: VecDeque::new(),
+            injected: HashSet::new(),
+            next_id: 0,
+            subscriptions: Subscriptions::default(),
+        }
+    }
+
+    /// Whether one of the hub's live messages on `topic` goes to the client (a granted filter
+    /// matches it); if so, it is noted as delivered live for the retained messages still owed.
+    pub(super) fn hub_message(&mut self, topic: &str) -> bool {
+        if !self.subscriptions.matches(topic) {
+            return false;
+        }
+        self.note_live(topic);
+        true
+    }
+
+    fn note_live(&mut self, topic: &str) {
+        for p in &mut self.pending {
+            if p.filters.iter().any(|f| rumqttd::protocol::matches(topic, f)) {
+                p.live.insert(topic.to_owned());
+            }
+        }
     }
 
     /// A client packet about to be forwarded.
@@ -192,11 +223,21 @@ impl Resubscribe {
                     return Client::Forward; // the broker refuses it
                 };
                 let filters: Vec<String> = sub.filters.into_iter().map(|f| f.path).collect();
-                if filters.iter().all(|f| shared(f)) {
-                    return Client::Forward;
+                if filters.iter().any(|f| shared(f)) {
+                    // Not MQTT 3.1.1, and the hub's own messages go to each connection that
+                    // subscribed: a shared subscription would get them once per member.
+                    return Client::Answer(refused(sub.pkid, filters.len()));
                 }
                 if self.pending.len() >= MAX_PENDING {
-                    return Client::TooMany;
+                    return Client::Refuse(
+                        "too many SUBSCRIBEs while not reading their retained messages",
+                    );
+                }
+                // Those still waiting for their SUBACK count too.
+                let waiting = self.pending.iter().filter(|p| p.granted.is_none());
+                let all = waiting.flat_map(|p| &p.filters).chain(&filters).map(String::as_str);
+                if !self.subscriptions.room_for(all) {
+                    return Client::Refuse("too many subscriptions");
                 }
                 self.pending.push_back(Pending {
                     pkid: sub.pkid,
@@ -206,6 +247,15 @@ impl Resubscribe {
                     own: None,
                     live: HashSet::new(),
                 });
+                Client::Forward
+            }
+            Some(10) => {
+                if let Ok(Packet::Unsubscribe(u, _)) = V4.read_mut(&mut BytesMut::from(frame), max)
+                {
+                    for f in &u.filters {
+                        self.subscriptions.remove(f);
+                    }
+                }
                 Client::Forward
             }
             // PUBACK, PUBREC, PUBCOMP: the front's own ids are answered here.
@@ -228,8 +278,9 @@ impl Resubscribe {
         }
     }
 
-    /// A broker packet on its way to the client (they all go): notes SUBACKs and the topics
-    /// delivered live while retained messages are owed.
+    /// A broker packet on its way to the client (they all go): notes SUBACKs (their granted
+    /// filters get the hub's live messages from now on) and the topics delivered live while
+    /// retained messages are owed.
     pub(super) fn broker_packet(&mut self, frame: &[u8], max: usize) {
         if self.pending.is_empty() {
             return;
@@ -237,11 +288,7 @@ impl Resubscribe {
         match frame.first().map(|b| b >> 4) {
             Some(3) => {
                 if let Some(topic) = publish_topic(frame) {
-                    for p in &mut self.pending {
-                        if p.filters.iter().any(|f| rumqttd::protocol::matches(topic, f)) {
-                            p.live.insert(topic.to_owned());
-                        }
-                    }
+                    self.note_live(topic);
                 }
             }
             Some(9) => {
@@ -249,12 +296,19 @@ impl Resubscribe {
                 else {
                     return;
                 };
-                let granted = ack.return_codes.iter().map(granted_qos).collect();
-                if let Some(p) =
+                let granted: Vec<Option<u8>> = ack.return_codes.iter().map(granted_qos).collect();
+                let Some(p) =
                     self.pending.iter_mut().find(|p| p.pkid == ack.pkid && p.granted.is_none())
-                {
-                    p.granted = Some(granted);
+                else {
+                    return;
+                };
+                for (f, g) in p.filters.iter().zip(&granted) {
+                    // Within the bounds: the SUBSCRIBE was refused if it would not fit.
+                    if g.is_some() {
+                        self.subscriptions.add(f);
+                    }
                 }
+                p.granted = Some(granted);
             }
             _ => {}
         }
@@ -281,7 +335,7 @@ impl Resubscribe {
                 .filters
                 .iter()
                 .zip(granted)
-                .filter_map(|(f, g)| Some((f.clone(), (*g)?)).filter(|(f, _)| !shared(f)))
+                .filter_map(|(f, g)| Some((f.clone(), (*g)?)))
                 .collect();
             if p.clients.is_none() {
                 let names: Vec<String> = filters.iter().map(|(f, _)| f.clone()).collect();
@@ -360,9 +414,20 @@ impl Resubscribe {
     }
 }
 
-/// Whether `filter` is a shared subscription's (those get no retained messages).
+/// Whether `filter` is a shared subscription's (rumqttd's `$share/<group>/<filter>`).
 fn shared(filter: &str) -> bool {
     filter.starts_with("$share/")
+}
+
+/// A SUBACK refusing each of a SUBSCRIBE's `filters` (MQTT 3.1.1 §3.9.3: 0x80).
+fn refused(pkid: u16, filters: usize) -> Vec<u8> {
+    let codes = vec![SubscribeReasonCode::Failure; filters];
+    let mut out = BytesMut::new();
+    let _ = V4.write(
+        Packet::SubAck(rumqttd::protocol::SubAck { pkid, return_codes: codes }, None),
+        &mut out,
+    );
+    out.to_vec()
 }
 
 /// The QoS a SUBACK return code grants (none: refused).
@@ -503,6 +568,38 @@ mod tests {
     }
 
     #[test]
+    fn the_hubs_live_messages_go_by_the_filters_granted_until_unsubscribed() {
+        use SubscribeReasonCode::{Failure, Success};
+        let (mut r, _, _) = resubscribe_over(0);
+        let sub =
+            subscribe(1, &[("hearth/+/state", QoS::AtLeastOnce), ("secret/#", QoS::AtMostOnce)]);
+        assert_eq!(r.client_packet(&sub, 1024), Client::Forward);
+        assert!(!r.hub_message("hearth/1/state"), "not before the SUBACK");
+        r.broker_packet(&suback(1, vec![Success(QoS::AtLeastOnce), Failure]), 1024);
+        assert!(r.hub_message("hearth/1/state"));
+        assert!(!r.hub_message("secret/x"), "a refused filter gets nothing");
+        assert!(!r.hub_message("hearth/1/event"));
+        let mut unsubscribe = BytesMut::new();
+        V4.write(
+            Packet::Unsubscribe(
+                rumqttd::protocol::Unsubscribe { pkid: 2, filters: vec!["hearth/+/state".into()] },
+                None,
+            ),
+            &mut unsubscribe,
+        )
+        .expect("write");
+        assert_eq!(r.client_packet(&unsubscribe, 1024), Client::Forward);
+        assert!(!r.hub_message("hearth/1/state"), "unsubscribed");
+        // Filters are bounded, counting those still waiting for their SUBACK.
+        let many: Vec<String> =
+            (0..super::super::live::MAX_WILDCARDS).map(|i| format!("w/{i}/#")).collect();
+        let paths: Vec<(&str, QoS)> = many.iter().map(|f| (f.as_str(), QoS::AtMostOnce)).collect();
+        assert_eq!(r.client_packet(&subscribe(3, &paths), 1 << 20), Client::Forward);
+        let one_more = subscribe(4, &[("x/#", QoS::AtMostOnce)]);
+        assert!(matches!(r.client_packet(&one_more, 1024), Client::Refuse(_)));
+    }
+
+    #[test]
     fn qos_2_is_released_by_the_front_and_waiting_subscribes_are_bounded() {
         use SubscribeReasonCode::Success;
         let (mut r, _, clients) = resubscribe_over(0);
@@ -519,16 +616,16 @@ mod tests {
         assert_eq!(r.client_packet(&[0x70, 0x02, hi, lo], 1024), Client::Answer(vec![]));
         assert_eq!(r.client_packet(&[0x70, 0x02, hi, lo], 1024), Client::Forward);
         // A client cannot make the front hold SUBSCRIBEs without bound: one beyond the bound
-        // while it reads none of what it is owed ends the connection. Shared subscriptions get
-        // nothing and never count.
-        let shared = subscribe(1, &[("$share/g/t", QoS::AtMostOnce)]);
+        // while it reads none of what it is owed ends the connection. A SUBSCRIBE with a shared
+        // subscription is refused whole by the front and never counts.
+        let shared = subscribe(9, &[("t", QoS::AtMostOnce), ("$share/g/t", QoS::AtMostOnce)]);
         for pkid in 2..2 + MAX_PENDING as u16 {
             let c = r.client_packet(&subscribe(pkid, &[("t", QoS::AtMostOnce)]), 1024);
             assert_eq!(c, Client::Forward);
         }
-        assert_eq!(r.client_packet(&shared, 1024), Client::Forward);
+        assert_eq!(r.client_packet(&shared, 1024), Client::Answer(vec![0x90, 4, 0, 9, 0x80, 0x80]));
         let last = subscribe(1, &[("t", QoS::AtMostOnce)]);
-        assert_eq!(r.client_packet(&last, 1024), Client::TooMany);
+        assert!(matches!(r.client_packet(&last, 1024), Client::Refuse(_)));
         r.broker_packet(&suback(2, vec![Success(QoS::AtMostOnce)]), 1024);
         assert_eq!(publishes(r.ready()).len(), 1);
         assert!(!r.more(), "the next one has no SUBACK yet");

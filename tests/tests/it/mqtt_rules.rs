@@ -2,7 +2,8 @@
 //! checked like publications, client ids bound to their user, the broker's own port closed to
 //! anything the fronts did not prepare, a storm of Home Assistant birth messages
 //! republishing discovery a bounded number of times, retained messages handed over whole and
-//! bounded, and subscribers that never read costing a bounded heap.
+//! bounded, subscribers that never read costing a bounded heap, and the hub's own messages
+//! following each client's filters, bounded and never shared.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -495,8 +496,8 @@ fn clients_retained_messages_are_bounded_and_the_one_beyond_is_refused_and_count
 fn subscribers_to_everything_that_never_read_cost_a_bounded_heap_and_stop_no_one_else() {
     // Authenticated clients subscribe to `#` at QoS 1 and then read nothing (a hung Home
     // Assistant, a client that lost its network), while a fleet reports at ~2,000 readings/s:
-    // whatever the hub keeps for them is bounded (the broker's per-filter log, a socket buffer,
-    // one page in the front), the link keeps acknowledging at the fleet's rate, and a client
+    // whatever the hub keeps for them is bounded (the feed of the hub's messages, a socket
+    // buffer, one page in the front), the link keeps acknowledging at the fleet's rate, and a client
     // that reads still gets live states.
     const SENSORS: usize = 50;
     const STALLED: usize = 8;
@@ -540,7 +541,7 @@ fn subscribers_to_everything_that_never_read_cost_a_bounded_heap_and_stop_no_one
     );
     assert!(rate >= 0.9 * normal, "the link slowed down: {rate:.0}/s against {normal:.0}/s");
     // Unbounded, 30 s of everything the fleet publishes (~300 KB/s) for each stalled client
-    // would be ~70 MiB; bounded, the broker's log of `#` (1 MiB) and a page per client.
+    // would be ~70 MiB; bounded, the hub's feed (4,096 messages) and a page per client.
     assert!(
         peak < heap_before + (24 << 20),
         "the heap grew from {} to {} KiB with {STALLED} clients not reading",
@@ -560,5 +561,110 @@ fn subscribers_to_everything_that_never_read_cost_a_bounded_heap_and_stop_no_one
         .count();
     assert!(live >= SENSORS / 2, "{live} of {SENSORS} devices' states were live");
     drop(stalled);
+    drop(sim);
+}
+
+/// Connects from `source` (any of 127.0.0.0/8) to `port` and sends a CONNECT; the CONNACK's
+/// return code and the connection.
+fn mqtt_connect_from(
+    source: std::net::IpAddr,
+    port: u16,
+    connect: &[u8],
+) -> (Option<u8>, TcpStream) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.bind(&std::net::SocketAddr::new(source, 0).into()).expect("bind the source address");
+    socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into()).expect("connect");
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.write_all(connect).expect("CONNECT");
+    let mut ack = [0u8; 4];
+    let code = s.read_exact(&mut ack).ok().filter(|()| ack[0] == 0x20).map(|()| ack[3]);
+    (code, s)
+}
+
+/// A SUBSCRIBE (packet id `pkid`) of `filters` at QoS 0.
+fn subscribe_many(pkid: u16, filters: &[String]) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    for f in filters {
+        mqtt_string(&mut body, f.as_bytes());
+        body.push(0);
+    }
+    packet(0x82, &body)
+}
+
+#[test]
+fn the_hubs_messages_follow_each_clients_filters_which_are_bounded_and_never_shared() {
+    // The hub's own messages are written to each client by the front it came through, by the
+    // filters the broker granted it: a shared subscription would get them once per member,
+    // so it is refused (SUBACK 0x80); a client cannot make every message of the hub's cost a
+    // walk over unbounded filters; and none of this slows the link or other clients.
+    const SENSORS: usize = 20;
+    let (_tmp, ports, hub, mut sim) = hub_with_fleet(SENSORS, 200);
+    sim.paired(SENSORS, Duration::from_secs(120));
+
+    // A shared subscription, even beside an ordinary filter: refused whole, nothing delivered.
+    let connect = connect_packet("sharer", "ha", MQTT_PASSWORD, None);
+    let (code, mut sharer) = mqtt_connect_from(ip(21), ports.plain, &connect);
+    assert_eq!(code, Some(0));
+    let filters = ["hearth/+/state".to_owned(), "$share/g/hearth/#".to_owned()];
+    sharer.write_all(&subscribe_many(7, &filters)).expect("SUBSCRIBE");
+    let mut ack = [0u8; 6];
+    sharer.read_exact(&mut ack).expect("SUBACK");
+    assert_eq!(ack, [0x90, 4, 0, 7, 0x80, 0x80], "both filters refused");
+    sharer.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let mut buf = [0u8; 1024];
+    match sharer.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("a refused subscription got something: {other:?}"),
+    }
+
+    // Wildcard filters are tried on every message: 1,024 per connection at most.
+    let malformed = counter(&hub, "mqtt_malformed");
+    let connect = connect_packet("greedy", "ha", MQTT_PASSWORD, None);
+    let (code, mut greedy) = mqtt_connect_from(ip(22), ports.plain, &connect);
+    assert_eq!(code, Some(0));
+    let many: Vec<String> = (0..1024).map(|i| format!("hearth/+/x{i}")).collect();
+    greedy.write_all(&subscribe_many(1, &many)).expect("SUBSCRIBE");
+    // SUBACK: type, remaining length 1,026 (two bytes), packet id, 1,024 return codes.
+    let mut suback = vec![0u8; 5 + 1024];
+    greedy.read_exact(&mut suback).expect("SUBACK of 1,024 filters");
+    assert_eq!(suback[..5], [0x90, 0x82, 0x08, 0, 1]);
+    assert!(suback[5..].iter().all(|c| *c == 0), "all granted");
+    greedy.write_all(&subscribe_many(2, &["hearth/+/one-more".to_owned()])).expect("SUBSCRIBE");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "the connection beyond the bound stayed open");
+        match greedy.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break, // reset
+        }
+    }
+    wait_for("the refusal counted", Duration::from_secs(10), || {
+        (counter(&hub, "mqtt_malformed") > malformed).then_some(())
+    });
+
+    // Everyone else is served: a subscriber gets live states of most devices within 3 s.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let got = received_qos1(ports.plain, &["hearth/+/state"], 3);
+    let live = got
+        .values()
+        .filter_map(|(_, p)| serde_json::from_str::<serde_json::Value>(p).ok())
+        .filter(|s| s["time_ms"].as_i64() >= Some(since))
+        .count();
+    assert!(live >= SENSORS / 2, "{live} of {SENSORS} devices' states were live");
     drop(sim);
 }
