@@ -72,6 +72,9 @@ pub struct LoadReport {
     pub hub_cpu_us_per_reading: Option<f64>,
     /// Seconds spent pairing before the load.
     pub pairing_s: f64,
+    /// When the load window began, Unix ms (the warm-up's readings are older): what a
+    /// subscriber's messages are matched against.
+    pub window_start_ms: i64,
 }
 
 /// Why the load run failed.
@@ -172,6 +175,9 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     let _ = fleet.take_latencies().await?;
     let cpu_before = config.hub_pid.and_then(cpu_us);
     let t0 = Instant::now();
+    let window_start_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     fleet.offer(config.rate, config.duration);
     tokio::time::sleep(Duration::from_secs_f64(config.duration)).await;
     // The sustained rate counts only what was acknowledged within the load window.
@@ -196,6 +202,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         offered: after.offered - before.offered,
         acknowledged: after.acknowledged - before.acknowledged,
         pairing_s,
+        window_start_ms,
         ..Default::default()
     };
     report.readings_per_s = (at_end.acknowledged - before.acknowledged) as f64 / window;
