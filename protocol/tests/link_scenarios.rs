@@ -539,3 +539,33 @@ fn a_hub_restored_from_an_older_backup_renews_every_link_and_reuses_no_nonce() {
     }
     assert_eq!(h.nonces.reuses, 0, "a nonce was used twice under one key");
 }
+
+#[test]
+fn a_retransmission_gets_the_same_answer_and_a_changed_request_under_its_message_id_does_not() {
+    // CoAP deduplication (RFC 7252 §4.5) keys on the endpoint, the Message ID and a digest of
+    // the request's bytes: the same bytes again get the answer already made (byte for byte,
+    // never a second encryption), other bytes under the same Message ID go through OSCORE.
+    let mut h = paired(11, Faults::none(1), 1);
+    h.capture = true;
+    h.queue_reading(0, 1);
+    let ok = h.run_until(Millis(h.now.0 + HOUR), |h| h.sensors[0].delivered.len() == 1);
+    assert!(ok, "the reading was not delivered");
+    let request = h.captured.last().expect("the reading's request").clone();
+    let before = h.hub.link.counters();
+    h.inject_as(harness::Node::Sensor(0), request.clone());
+    h.run_until(Millis(h.now.0 + 10_000), |_| false);
+    let after = h.hub.link.counters();
+    assert_eq!(after.duplicates, before.duplicates + 1, "recognized as a retransmission");
+    assert_eq!(h.hub.stored.len(), 1, "stored once");
+    assert_eq!(h.nonces.reuses, 0, "the answer resent as it was, not encrypted again");
+
+    let mut changed = request;
+    let last = changed.len() - 1;
+    changed[last] ^= 0x01; // in the tag: same endpoint, same Message ID, other bytes
+    h.inject_as(harness::Node::Sensor(0), changed);
+    h.run_until(Millis(h.now.0 + 10_000), |_| false);
+    let end = h.hub.link.counters();
+    assert_eq!(end.duplicates, after.duplicates, "not taken for the retransmission");
+    assert!(end.bad_tag + end.replays > after.bad_tag + after.replays, "checked by OSCORE");
+    assert_eq!(h.hub.stored.len(), 1);
+}

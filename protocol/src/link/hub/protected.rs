@@ -25,15 +25,29 @@ use super::{
 /// aiocoap may have a few).
 const RECENT: usize = 4;
 
-/// An accepted request: who sent it, its Message ID and bytes, and its answer once made
-/// (resent byte for byte on retransmission; never re-protected, which would reuse its nonce).
+/// An accepted request: who sent it, its Message ID and a digest of its bytes, and its answer
+/// once made (resent byte for byte on retransmission; never re-protected, which would reuse its
+/// nonce).
 pub(super) struct Exchange<A> {
     from: A,
     mid: u16,
     piv: u64,
-    request: Vec<u8>,
+    request: RequestDigest,
     at: Millis,
-    response: Option<Vec<u8>>,
+    response: Option<Box<[u8]>>,
+}
+
+/// What identifies a request's bytes for deduplication: SHA-256, truncated to 128 bits (a
+/// retransmission is the same bytes; the full request was ~100 bytes more per exchange kept).
+/// A forged collision would only get an answer already sent to that endpoint resent.
+type RequestDigest = [u8; 16];
+
+fn request_digest(bytes: &[u8]) -> RequestDigest {
+    use sha2::Digest as _;
+    let full = sha2::Sha256::digest(bytes);
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&full[..16]);
+    d
 }
 
 /// A prepared answer: code, payload, and the Block2 option value if any.
@@ -120,12 +134,13 @@ impl<A: Endpoint> HubLink<A> {
         // message gets the same answer. Anything else goes through OSCORE.
         peer.recent.retain(|e| now < e.at.plus(EXCHANGE_LIFETIME_MS));
         let mid = packet.header.message_id;
+        let digest = request_digest(bytes);
         if let Some(e) =
-            peer.recent.iter().find(|e| e.from == from && e.mid == mid && e.request == bytes)
+            peer.recent.iter().find(|e| e.from == from && e.mid == mid && e.request == digest)
         {
             self.counters.duplicates += 1;
-            if let Some(bytes) = e.response.clone() {
-                self.transmits.push_back(Transmit { to: from, bytes });
+            if let Some(bytes) = &e.response {
+                self.transmits.push_back(Transmit { to: from, bytes: bytes.to_vec() });
             }
             return; // otherwise its answer is still waiting for durability
         }
@@ -196,8 +211,7 @@ impl<A: Endpoint> HubLink<A> {
                     peer.recent.pop_front();
                 }
                 let piv = binding.piv.value();
-                let request = bytes.to_vec();
-                let at = now;
+                let (request, at) = (digest, now);
                 peer.recent.push_back(Exchange { from, mid, piv, request, at, response: None });
                 peer.unanswered += 1;
                 self.accepted(kid, from, inner, binding);
@@ -495,7 +509,7 @@ impl<A: Endpoint> HubLink<A> {
         if let Some(e) =
             peer.recent.iter_mut().find(|e| e.from == from && e.mid == mid && e.piv == piv)
         {
-            e.response = Some(bytes.clone());
+            e.response = Some(bytes.clone().into_boxed_slice());
         }
         self.transmits.push_back(Transmit { to: from, bytes });
         self.check_peer(kid);
