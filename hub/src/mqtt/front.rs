@@ -388,17 +388,27 @@ impl Front {
             let mut out = BytesMut::with_capacity(16 * 1024);
             // The broker's packets carry what clients published, within the same limit.
             let max = self.max_packet.saturating_add(64 * 1024);
-            let mut hub_live = true;
+            // The feed is read only while the client holds a filter: a client subscribed to
+            // nothing costs the hub's messages nothing. One that subscribes again reads from
+            // then on, not a backlog from before.
+            let (mut hub_live, mut reading) = (true, false);
             loop {
                 // Retained messages still owed go on as soon as the client took the last page.
-                let more = lock(&resubscribe).more();
+                let (more, subscribed) = {
+                    let r = lock(&resubscribe);
+                    (r.more(), r.subscribed())
+                };
+                if subscribed && !reading {
+                    feed.skip_to_now();
+                }
+                reading = subscribed;
                 tokio::select! {
                     r = up_rx.read_buf(&mut b) => match r {
                         Ok(0) | Err(_) => return,
                         Ok(_) => quickack(up_rx.as_ref()),
                     },
                     Some(bytes) = from_front.recv() => out.extend_from_slice(&bytes),
-                    m = feed.next(), if hub_live => match m {
+                    m = feed.next(), if hub_live && reading => match m {
                         Some(m) => {
                             // With whatever else is waiting, up to a write's worth.
                             let mut r = lock(&resubscribe);

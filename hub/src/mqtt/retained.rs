@@ -206,6 +206,11 @@ impl Resubscribe {
         true
     }
 
+    /// Whether the client holds any granted filter.
+    pub(super) fn subscribed(&self) -> bool {
+        self.subscriptions.any()
+    }
+
     fn note_live(&mut self, topic: &str) {
         for p in &mut self.pending {
             if p.filters.iter().any(|f| rumqttd::protocol::matches(topic, f)) {
@@ -575,8 +580,9 @@ mod tests {
             subscribe(1, &[("hearth/+/state", QoS::AtLeastOnce), ("secret/#", QoS::AtMostOnce)]);
         assert_eq!(r.client_packet(&sub, 1024), Client::Forward);
         assert!(!r.hub_message("hearth/1/state"), "not before the SUBACK");
+        assert!(!r.subscribed(), "the feed is not read yet");
         r.broker_packet(&suback(1, vec![Success(QoS::AtLeastOnce), Failure]), 1024);
-        assert!(r.hub_message("hearth/1/state"));
+        assert!(r.hub_message("hearth/1/state") && r.subscribed());
         assert!(!r.hub_message("secret/x"), "a refused filter gets nothing");
         assert!(!r.hub_message("hearth/1/event"));
         let mut unsubscribe = BytesMut::new();
@@ -590,6 +596,7 @@ mod tests {
         .expect("write");
         assert_eq!(r.client_packet(&unsubscribe, 1024), Client::Forward);
         assert!(!r.hub_message("hearth/1/state"), "unsubscribed");
+        assert!(!r.subscribed(), "no filter left: the feed is not read");
         // Filters are bounded, counting those still waiting for their SUBACK.
         let many: Vec<String> =
             (0..super::super::live::MAX_WILDCARDS).map(|i| format!("w/{i}/#")).collect();

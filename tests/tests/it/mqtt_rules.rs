@@ -603,6 +603,49 @@ fn the_hubs_messages_follow_each_clients_filters_which_are_bounded_and_never_sha
     let (_tmp, ports, hub, mut sim) = hub_with_fleet(SENSORS, 200);
     sim.paired(SENSORS, Duration::from_secs(120));
 
+    // A client connected but subscribed to nothing is not handed the hub's messages meanwhile:
+    // when it subscribes, its live messages are new ones, not a backlog from its connection.
+    let connect = connect_packet("late", "ha", MQTT_PASSWORD, None);
+    let (code, mut late) = mqtt_connect_from(ip(20), ports.plain, &connect);
+    assert_eq!(code, Some(0));
+    std::thread::sleep(Duration::from_secs(3)); // the fleet publishes ~300 states meanwhile
+    let subscribed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    late.write_all(&subscribe_many(3, &["hearth/+/state".to_owned()])).expect("SUBSCRIBE");
+    let (mut got, mut buf, mut live) = (Vec::new(), [0u8; 4096], Vec::new());
+    late.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        match late.read(&mut buf) {
+            Ok(0) => panic!("closed"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        while let Some((len, header)) = remaining_length(&got) {
+            if got.len() < header + len {
+                break;
+            }
+            let frame: Vec<u8> = got.drain(..header + len).collect();
+            // A live (not retained) QoS 0 PUBLISH: topic length, topic, payload.
+            if frame[0] == 0x30 {
+                let topic_len = usize::from(u16::from_be_bytes([frame[header], frame[header + 1]]));
+                let payload = &frame[header + 2 + topic_len..];
+                let state: serde_json::Value = serde_json::from_slice(payload).expect("state");
+                live.push(state["time_ms"].as_i64().expect("time_ms"));
+            }
+        }
+    }
+    assert!(live.len() >= 20, "{} live states in 2 s", live.len());
+    let oldest = live.iter().min().copied().unwrap_or_default();
+    assert!(
+        oldest >= subscribed_at - 1_000,
+        "a live state from {} ms before the SUBSCRIBE",
+        subscribed_at - oldest
+    );
+    drop(late);
+
     // A shared subscription, even beside an ordinary filter: refused whole, nothing delivered.
     let connect = connect_packet("sharer", "ha", MQTT_PASSWORD, None);
     let (code, mut sharer) = mqtt_connect_from(ip(21), ports.plain, &connect);
