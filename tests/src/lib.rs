@@ -90,18 +90,35 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 
 /// A free UDP port on loopback (bound, read, released).
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    unused_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// A TCP port free on loopback now (for listeners that must keep their port across a restart).
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
+    unused_port(|p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok())
+}
+
+/// Where the ports tests give their listeners come from: below the kernel's ephemeral range
+/// (32768–60999 by default). A port found by binding port 0 is in that range, and while a hub
+/// restarts on it, any test's outgoing connection can take it as its source port (seen: a
+/// restarted hub's MQTT front refused with "Address already in use").
+const PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// The next port of [`PORTS`] that `free` says is free; each is handed out once per process
+/// (each test binary is one process; processes start at different places).
+fn unused_port(free: impl Fn(u16) -> bool) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = PORTS.end - PORTS.start;
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = PORTS.start + (start + n) % span;
+        let port = u16::try_from(port).expect("ports below 65536");
+        if free(port) {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?}");
 }
 
 /// The value of `key=` in a `KEY=value` line.
