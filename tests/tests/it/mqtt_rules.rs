@@ -378,6 +378,23 @@ fn received_qos1(port: u16, filters: &[&str], wait_s: u32) -> HashMap<String, (b
         .collect()
 }
 
+/// Now, Unix ms.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis()
+        as i64
+}
+
+/// How many devices' states a fresh subscriber gets within 3 s that were measured after it
+/// started (live, not a retained copy from before).
+fn live_states(port: u16) -> usize {
+    let since = unix_ms();
+    received_qos1(port, &["hearth/+/state"], 3)
+        .values()
+        .filter_map(|(_, p)| serde_json::from_str::<serde_json::Value>(p).ok())
+        .filter(|s| s["time_ms"].as_i64() >= Some(since))
+        .count()
+}
+
 /// A hub with the MQTT user `ha` and a fleet of `sensors` reporting every `interval_ms` (not
 /// yet paired: the caller waits for that); the temporary directory holds both.
 fn hub_with_fleet(sensors: usize, interval_ms: u32) -> (tempfile::TempDir, MqttPorts, Hub, Sim) {
@@ -548,17 +565,8 @@ fn subscribers_to_everything_that_never_read_cost_a_bounded_heap_and_stop_no_one
         heap_before / 1024,
         peak / 1024
     );
-    // A client that reads gets live states, fresher than the stall's start.
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
-    let got = received_qos1(ports.plain, &["hearth/+/state"], 3);
-    let live = got
-        .values()
-        .filter_map(|(_, p)| serde_json::from_str::<serde_json::Value>(p).ok())
-        .filter(|s| s["time_ms"].as_i64() >= Some(since))
-        .count();
+    // A client that reads gets live states.
+    let live = live_states(ports.plain);
     assert!(live >= SENSORS / 2, "{live} of {SENSORS} devices' states were live");
     drop(stalled);
     drop(sim);
@@ -609,10 +617,7 @@ fn the_hubs_messages_follow_each_clients_filters_which_are_bounded_and_never_sha
     let (code, mut late) = mqtt_connect_from(ip(20), ports.plain, &connect);
     assert_eq!(code, Some(0));
     std::thread::sleep(Duration::from_secs(3)); // the fleet publishes ~300 states meanwhile
-    let subscribed_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
+    let subscribed_at = unix_ms();
     late.write_all(&subscribe_many(3, &["hearth/+/state".to_owned()])).expect("SUBSCRIBE");
     let (mut got, mut buf, mut live) = (Vec::new(), [0u8; 4096], Vec::new());
     late.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
@@ -698,16 +703,7 @@ fn the_hubs_messages_follow_each_clients_filters_which_are_bounded_and_never_sha
     });
 
     // Everyone else is served: a subscriber gets live states of most devices within 3 s.
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
-    let got = received_qos1(ports.plain, &["hearth/+/state"], 3);
-    let live = got
-        .values()
-        .filter_map(|(_, p)| serde_json::from_str::<serde_json::Value>(p).ok())
-        .filter(|s| s["time_ms"].as_i64() >= Some(since))
-        .count();
+    let live = live_states(ports.plain);
     assert!(live >= SENSORS / 2, "{live} of {SENSORS} devices' states were live");
     drop(sim);
 }
