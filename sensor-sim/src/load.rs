@@ -175,9 +175,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     let _ = fleet.take_latencies().await?;
     let cpu_before = config.hub_pid.and_then(cpu_us);
     let t0 = Instant::now();
-    let window_start_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let window_start_ms = crate::clock::unix_millis();
     fleet.offer(config.rate, config.duration);
     tokio::time::sleep(Duration::from_secs_f64(config.duration)).await;
     // The sustained rate counts only what was acknowledged within the load window.

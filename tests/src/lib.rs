@@ -88,6 +88,13 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Now, Unix ms.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// A free UDP port on loopback (bound, read, released).
 pub fn free_udp_port() -> u16 {
     unused_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())

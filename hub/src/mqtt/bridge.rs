@@ -124,7 +124,7 @@ pub(crate) fn start(
 
 impl Bridge {
     fn publish(&mut self, topic: String, payload: Vec<u8>) {
-        self.feed.publish(&topic, &payload);
+        self.feed.publish(topic, payload);
     }
 
     fn publish_json(&mut self, topic: String, v: &Value) {
@@ -431,7 +431,7 @@ impl Bridge {
         let (api, feed, payload) = (self.api.clone(), self.feed.clone(), payload.to_vec());
         tokio::spawn(async move {
             let v = bridge_api::answer(&api, &request, &payload).await;
-            feed.publish(&topic, v.to_string().as_bytes());
+            feed.publish(topic, v.to_string().into_bytes());
         });
     }
 

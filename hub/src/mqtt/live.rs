@@ -51,21 +51,18 @@ impl Default for Feed {
 
 impl Feed {
     /// Publishes `payload` on `topic` to every connection subscribed (none: it goes nowhere).
-    pub(crate) fn publish(&self, topic: &str, payload: &[u8]) {
+    pub(crate) fn publish(&self, topic: String, payload: Vec<u8>) {
         if self.tx.receiver_count() == 0 {
             return;
         }
-        let publish = Publish::new(
-            Bytes::copy_from_slice(topic.as_bytes()),
-            Bytes::copy_from_slice(payload),
-            false,
-        );
-        let mut frame = BytesMut::with_capacity(topic.len() + payload.len() + 8);
+        let (topic_len, payload_len) = (topic.len(), payload.len());
+        let publish = Publish::new(Bytes::from(topic), Bytes::from(payload), false);
+        let mut frame = BytesMut::with_capacity(topic_len + payload_len + 8);
         if V4.write(Packet::Publish(publish, None), &mut frame).is_err() {
             return; // over MQTT's own limits (a topic over 64 KiB): never made by the hub
         }
-        let end = frame.len() - payload.len();
-        let message = Message { frame: frame.freeze(), topic: end - topic.len()..end };
+        let end = frame.len() - payload_len;
+        let message = Message { frame: frame.freeze(), topic: end - topic_len..end };
         let _ = self.tx.send(message);
     }
 
@@ -117,7 +114,8 @@ impl Reader {
 
     fn count_lost(&self, n: u64) {
         let before = self.lost.fetch_add(n, Ordering::Relaxed);
-        if (before + n).ilog2() != before.checked_ilog2().unwrap_or(u32::MAX) {
+        // Logged when the count reaches a new power of two.
+        if before.checked_ilog2() != Some((before + n).ilog2()) {
             tracing::warn!(
                 lost = before + n,
                 "MQTT: a client fell more than {BACKLOG} of the hub's messages behind and lost \
@@ -213,7 +211,7 @@ mod tests {
     fn a_message_is_a_whole_qos_0_publish_and_knows_its_topic() {
         let feed = Feed::default();
         let mut r = feed.reader();
-        feed.publish("hearth/00ab/state", br#"{"t":1}"#);
+        feed.publish("hearth/00ab/state".into(), br#"{"t":1}"#.to_vec());
         let m = r.try_next().expect("published");
         assert_eq!(m.topic(), "hearth/00ab/state");
         let mut b = BytesMut::from(&m.frame[..]);
@@ -229,7 +227,7 @@ mod tests {
         }
         assert!(b.is_empty());
         // A long payload (multi-byte remaining length) too.
-        feed.publish("t", &[7; 300]);
+        feed.publish("t".into(), vec![7; 300]);
         assert_eq!(r.try_next().expect("published").topic(), "t");
     }
 
@@ -238,16 +236,16 @@ mod tests {
         let feed = Feed::default();
         let mut slow = feed.reader();
         for i in 0..BACKLOG + 10 {
-            feed.publish(&format!("t/{i}"), b"");
+            feed.publish(format!("t/{i}"), Vec::new());
         }
         assert_eq!(slow.try_next().expect("the oldest kept").topic(), "t/10");
         assert_eq!(feed.lost(), 10);
         let kept = std::iter::from_fn(|| slow.try_next()).count();
         assert_eq!(kept, BACKLOG - 1);
         // A reader that skips to now gets only what comes after.
-        feed.publish("t/old", b"");
+        feed.publish("t/old".into(), Vec::new());
         slow.skip_to_now();
-        feed.publish("t/new", b"");
+        feed.publish("t/new".into(), Vec::new());
         assert_eq!(slow.try_next().expect("published after").topic(), "t/new");
         assert!(slow.try_next().is_none());
     }

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
-use tests::{Hub, Sim, free_udp_port, wait_for};
+use tests::{Hub, Sim, free_udp_port, unix_ms, wait_for};
 
 use super::fronts::{MQTT_PASSWORD, MqttPorts, counter, hub_tls, ip};
 
@@ -376,12 +376,6 @@ fn received_qos1(port: u16, filters: &[&str], wait_s: u32) -> HashMap<String, (b
             Some((t.to_owned(), (retained == "1", p.to_owned())))
         })
         .collect()
-}
-
-/// Now, Unix ms.
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis()
-        as i64
 }
 
 /// How many devices' states a fresh subscriber gets within 3 s that were measured after it
