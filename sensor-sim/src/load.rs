@@ -70,6 +70,9 @@ pub struct LoadReport {
     /// load window and its drain, in microseconds, if `hub_pid` was given: what a reading costs
     /// the gateway (at one reading a minute, N sensors use N × this / 60 s of a core).
     pub hub_cpu_us_per_reading: Option<f64>,
+    /// This generator's own CPU time per acknowledged reading over the same span, in
+    /// microseconds: on a machine it shares with the server, what the load takes from it.
+    pub generator_cpu_us_per_reading: Option<f64>,
     /// Seconds spent pairing before the load.
     pub pairing_s: f64,
     /// When the load window began, Unix ms (the warm-up's readings are older): what a
@@ -174,6 +177,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     let before = fleet.status().await?;
     let _ = fleet.take_latencies().await?;
     let cpu_before = config.hub_pid.and_then(cpu_us);
+    let own_before = cpu_us(std::process::id());
     let t0 = Instant::now();
     let window_start_ms = crate::clock::unix_millis();
     fleet.offer(config.rate, config.duration);
@@ -205,6 +209,8 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     };
     report.readings_per_s = (at_end.acknowledged - before.acknowledged) as f64 / window;
     report.hub_cpu_us_per_reading = per_reading(cpu_before, config.hub_pid, report.acknowledged);
+    report.generator_cpu_us_per_reading =
+        per_reading(own_before, Some(std::process::id()), report.acknowledged);
     percentiles(&mut lat, &mut report);
     let unacked = report.offered.saturating_sub(report.acknowledged);
     if unacked > 0 {
@@ -271,6 +277,7 @@ async fn run_plain(config: LoadConfig) -> Result<LoadReport, LoadError> {
     let mut offered = 0u64;
     let mut mid: u16 = 0;
     let cpu_before = config.hub_pid.and_then(cpu_us);
+    let own_before = cpu_us(std::process::id());
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(config.duration);
     let interval = Duration::from_secs_f64(1.0 / config.rate.max(1.0));
@@ -349,6 +356,8 @@ async fn run_plain(config: LoadConfig) -> Result<LoadReport, LoadError> {
     percentiles(&mut lat, &mut report);
     report.hub_rss_kib = config.hub_pid.and_then(rss_kib);
     report.hub_cpu_us_per_reading = per_reading(cpu_before, config.hub_pid, report.acknowledged);
+    report.generator_cpu_us_per_reading =
+        per_reading(own_before, Some(std::process::id()), report.acknowledged);
     Ok(report)
 }
 

@@ -115,6 +115,35 @@ pub struct DeviceSnapshot {
     pub replaces: Vec<DeviceId>,
 }
 
+/// What a state message needs of a device ([`Directory::state_view`]).
+#[derive(Debug, Clone)]
+pub(crate) struct StateView {
+    /// Name (the serial until the owner names it).
+    pub name: String,
+    /// Room, if set.
+    pub room: Option<String>,
+    /// Online, offline or isolated.
+    pub availability: Availability,
+    /// Battery level in percent, where the model reports one.
+    pub battery: Option<f64>,
+    /// The firmware it paired with.
+    pub firmware_version: u32,
+    /// [`descriptor_digest`] of its pairing descriptor.
+    pub descriptor: u64,
+    /// The newest value of each quantity.
+    pub state: Vec<StoredReading>,
+}
+
+/// A digest of what a device's pairing descriptor says beyond its firmware (model, serial,
+/// capabilities, updatable): with the name, room, firmware and availability it tells the MQTT
+/// bridge when a device's discovery configs must be published again.
+pub(crate) fn descriptor_digest(about: &protocol::pairing::Descriptor) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&about.model, &about.serial, &about.capabilities, about.updatable).hash(&mut h);
+    h.finish()
+}
+
 /// A reading as published: durable, with whether it is backfill from an outage buffer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LiveReading {
@@ -336,6 +365,22 @@ impl Directory {
         self.read().devices.get(device).map(|e| e.snapshot(self.config.default_period_ms))
     }
 
+    /// What a state message needs of `device`, without a whole snapshot (the MQTT bridge takes
+    /// one for every device that reported).
+    pub(crate) fn state_view(&self, device: &DeviceId) -> Option<StateView> {
+        let inner = self.read();
+        let e = inner.devices.get(device)?;
+        Some(StateView {
+            name: e.profile.name.clone().unwrap_or_else(|| e.info.about.serial.clone()),
+            room: e.profile.room.clone(),
+            availability: e.availability(),
+            battery: e.state.get("battery").and_then(|r| r.value.as_f64()),
+            firmware_version: e.info.about.firmware_version,
+            descriptor: descriptor_digest(&e.info.about),
+            state: e.state.0.clone(),
+        })
+    }
+
     /// Every device's id, in id order (no snapshots: for walking a large directory a few
     /// devices at a time).
     pub fn ids(&self) -> Vec<DeviceId> {
@@ -418,6 +463,7 @@ impl Directory {
         let mut came_back = false;
         let publish = {
             let mut inner = self.write();
+            let inner = &mut *inner;
             let Some(e) = inner.devices.get_mut(device) else { return };
             // The period is learned from when the sensor measured, not when reports arrived:
             // a backlog drained after an outage arrives faster than the sensor measures, and
@@ -431,7 +477,7 @@ impl Directory {
                 let short = protocol::vocabulary::short_name(&r.name);
                 match e.state.get_mut(short) {
                     Some(old) if old.time_ms > r.time.0 => {}
-                    Some(old) => *old = r.into(),
+                    Some(old) => old.assign(r),
                     None => e.state.insert(r.into()),
                 }
             }
@@ -441,7 +487,7 @@ impl Directory {
                 came_back = e.availability() == Availability::Online;
                 inner.dirty = true;
             }
-            inner.devices[device].availability() != Availability::Isolated
+            e.availability() != Availability::Isolated
         };
         if came_back {
             self.notify(Notice::Availability {

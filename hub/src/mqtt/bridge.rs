@@ -26,7 +26,8 @@ use super::owned::Owned;
 use super::{bridge_api, discovery, topics};
 use crate::api::HubApi;
 use crate::device_id::DeviceId;
-use crate::devices::{Availability, DeviceSnapshot, LiveReading, Notice};
+use crate::devices::{Availability, DeviceSnapshot, LiveReading, Notice, StateView};
+use crate::store::StoredReading;
 
 /// Notices taken in one batch at most (their states are published once per device).
 const NOTICE_BATCH: usize = 1024;
@@ -71,13 +72,31 @@ struct Bridge {
 
 /// A digest of what a device's discovery configs are made from (name, room, model, firmware,
 /// capabilities, availability): when it changes, the configs are published again.
-fn config_key(d: &DeviceSnapshot) -> u64 {
+/// `descriptor` is [`crate::devices::descriptor_digest`] of its pairing descriptor, `firmware`
+/// the installed version.
+fn config_key(
+    name: &str,
+    room: Option<&str>,
+    descriptor: u64,
+    firmware: u32,
+    availability: Availability,
+) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&d.name, &d.room, &d.info.about.model, &d.info.about.serial, d.info.about.firmware_version)
-        .hash(&mut h);
-    (&d.info.about.capabilities, d.info.about.updatable, d.availability.as_str()).hash(&mut h);
+    (name, room, descriptor, firmware, availability.as_str()).hash(&mut h);
     h.finish()
+}
+
+/// [`config_key`] of a snapshot (its firmware already the installed one).
+fn snapshot_key(d: &DeviceSnapshot) -> u64 {
+    let about = &d.info.about;
+    let descriptor = crate::devices::descriptor_digest(about);
+    config_key(&d.name, d.room.as_deref(), descriptor, about.firmware_version, d.availability)
+}
+
+/// What a state message says of the device `v` shows.
+fn subject(id: DeviceId, v: &StateView) -> topics::Subject<'_> {
+    topics::Subject { id, name: &v.name, room: v.room.as_deref(), battery: v.battery }
 }
 
 /// The bridge task: it subscribes its link to what clients send the hub and publishes on `feed`.
@@ -232,13 +251,19 @@ impl Bridge {
     /// The device's availability and configs if they changed since published, and its state if
     /// newer.
     fn catch_up(&mut self, d: &DeviceSnapshot) {
-        let key = config_key(&self.owned.installed_now(d));
-        match self.devices.get(&d.info.id) {
-            Some(p) if p.config_key == Some(key) && p.availability == Some(d.availability) => {
-                self.publish_state(d);
-            }
-            _ => self.sync(d),
+        let key = snapshot_key(&self.owned.installed_now(d));
+        if self.published_as(&d.info.id, key, d.availability) {
+            self.publish_state(&d.into(), d.state.values());
+        } else {
+            self.sync(d);
         }
+    }
+
+    /// Whether `id`'s configs and availability were published as they are now.
+    fn published_as(&self, id: &DeviceId, key: u64, availability: Availability) -> bool {
+        self.devices
+            .get(id)
+            .is_some_and(|p| p.config_key == Some(key) && p.availability == Some(availability))
     }
 
     /// Availability, discovery and current state of one device, as the directory allows.
@@ -261,19 +286,23 @@ impl Bridge {
         }
         let entry = self.devices.entry(id).or_default();
         entry.configs = topics;
-        entry.config_key = Some(config_key(d));
+        entry.config_key = Some(snapshot_key(d));
         entry.availability = Some(d.availability);
-        self.publish_state(d);
+        self.publish_state(&d.into(), d.state.values());
     }
 
     /// The device's current state (the newest value of each quantity), retained, if it is newer
     /// than what was published.
-    fn publish_state(&mut self, d: &DeviceSnapshot) {
-        let Some(s) = topics::snapshot_state(d) else { return };
-        let entry = self.devices.entry(d.info.id).or_default();
+    fn publish_state<'a>(
+        &mut self,
+        device: &topics::Subject<'_>,
+        state: impl Iterator<Item = &'a StoredReading>,
+    ) {
+        let Some(s) = topics::current_state(device, state) else { return };
+        let entry = self.devices.entry(device.id).or_default();
         if entry.state_ms.is_none_or(|t| s.time_ms > t) {
             entry.state_ms = Some(s.time_ms);
-            self.publish_json(topics::state(&d.info.id), &s.payload);
+            self.publish(topics::state(&device.id), s.payload);
         }
     }
 
@@ -336,23 +365,31 @@ impl Bridge {
             .filter(|r| r.backfill || current.is_some_and(|t| r.reading.time_ms < t))
             .cloned()
             .collect();
-        if let Some(d) = (!old.is_empty()).then(|| self.api.directory.get(device)).flatten() {
-            for m in topics::state_messages(&d, &old) {
-                self.publish_json(topics::history(device), &m.payload);
+        if let Some(v) = (!old.is_empty()).then(|| self.api.directory.state_view(device)).flatten()
+        {
+            for m in topics::state_messages(&subject(*device, &v), &old) {
+                self.publish(topics::history(device), m.payload);
             }
         }
         true
     }
 
     /// The current state (and, if its configs or availability changed, those) of every device
-    /// in `reported`, which it empties.
+    /// in `reported`, which it empties. The directory's light view of each, not a snapshot:
+    /// this runs for every report.
     fn states(&mut self, reported: &mut Vec<DeviceId>) {
         for device in reported.drain(..) {
-            if !self.api.directory.outgoing_allowed(&device) {
+            let Some(v) = self.api.directory.state_view(&device) else { continue };
+            if v.availability == Availability::Isolated {
                 continue;
             }
-            if let Some(d) = self.api.directory.get(&device) {
-                self.catch_up(&d);
+            let firmware = self.owned.firmware(&device).unwrap_or(v.firmware_version);
+            let key =
+                config_key(&v.name, v.room.as_deref(), v.descriptor, firmware, v.availability);
+            if self.published_as(&device, key, v.availability) {
+                self.publish_state(&subject(device, &v), v.state.iter());
+            } else if let Some(d) = self.api.directory.get(&device) {
+                self.sync(&d);
             }
         }
     }

@@ -116,8 +116,8 @@ impl Owned {
                 out.push((c.topic, Bytes::from(c.payload.to_string())));
             }
         }
-        if let Some(s) = topics::snapshot_state(d) {
-            out.push((topics::state(&id), Bytes::from(s.payload.to_string())));
+        if let Some(s) = topics::current_state(&d.into(), d.state.values()) {
+            out.push((topics::state(&id), Bytes::from(s.payload)));
         }
         if let Some(u) = self.lock().updates.get(&id) {
             out.push((topics::update(&id), u.clone()));

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::device_id::DeviceId;
 use crate::devices::{DeviceSnapshot, LiveReading};
+use crate::store::StoredReading;
 
 /// Root of every Hearth topic.
 pub(crate) const ROOT: &str = "hearth";
@@ -179,19 +180,32 @@ pub(crate) struct StateMessage {
     /// Replayed from the sensor's outage buffer.
     pub backfill: bool,
     /// The JSON.
-    pub payload: Value,
+    pub payload: Vec<u8>,
+}
+
+/// What a state message says of its device besides the values: from a whole snapshot, or
+/// from the directory's [`crate::devices::StateView`] (the bridge's path for every report).
+pub(crate) struct Subject<'a> {
+    pub id: DeviceId,
+    pub name: &'a str,
+    pub room: Option<&'a str>,
+    /// The last battery level, for a message whose values have none.
+    pub battery: Option<f64>,
+}
+
+impl<'a> From<&'a DeviceSnapshot> for Subject<'a> {
+    fn from(d: &'a DeviceSnapshot) -> Self {
+        Self { id: d.info.id, name: &d.name, room: d.room.as_deref(), battery: d.battery }
+    }
 }
 
 /// State messages for `readings` of `device` (one per distinct time, in time order).
-pub(crate) fn state_messages(
-    device: &DeviceSnapshot,
-    readings: &[LiveReading],
-) -> Vec<StateMessage> {
-    let mut by_time: BTreeMap<i64, (bool, BTreeMap<String, Value>)> = BTreeMap::new();
+pub(crate) fn state_messages(device: &Subject<'_>, readings: &[LiveReading]) -> Vec<StateMessage> {
+    let mut by_time: BTreeMap<i64, (bool, BTreeMap<&str, &Value>)> = BTreeMap::new();
     for r in readings {
         let e = by_time.entry(r.reading.time_ms).or_insert((false, BTreeMap::new()));
         e.0 |= r.backfill;
-        e.1.insert(short_name(&r.reading.name).to_owned(), r.reading.value.clone());
+        e.1.insert(short_name(&r.reading.name), &r.reading.value);
     }
     by_time
         .into_iter()
@@ -203,11 +217,18 @@ pub(crate) fn state_messages(
         .collect()
 }
 
-/// The current state of `device` from its snapshot (newest value of each quantity), if any.
-pub(crate) fn snapshot_state(device: &DeviceSnapshot) -> Option<StateMessage> {
-    let time_ms = device.state.values().map(|r| r.time_ms).max()?;
-    let values =
-        device.state.iter().map(|(k, r)| (short_name(k).to_owned(), r.value.clone())).collect();
+/// The current state of a device (the newest value of each quantity in `state`), if any.
+pub(crate) fn current_state<'a>(
+    device: &Subject<'_>,
+    state: impl Iterator<Item = &'a StoredReading>,
+) -> Option<StateMessage> {
+    let mut time_ms = None;
+    let mut values = BTreeMap::new();
+    for r in state {
+        time_ms = time_ms.max(Some(r.time_ms));
+        values.insert(short_name(&r.name), &r.value);
+    }
+    let time_ms = time_ms?;
     Some(StateMessage {
         time_ms,
         backfill: false,
@@ -215,28 +236,41 @@ pub(crate) fn snapshot_state(device: &DeviceSnapshot) -> Option<StateMessage> {
     })
 }
 
-fn state_payload(
-    device: &DeviceSnapshot,
-    time_ms: i64,
-    values: BTreeMap<String, Value>,
+/// A state message's JSON. Its fields are in name order, as they were when it was built as a
+/// `serde_json::Value` (whose maps are sorted): the bytes did not change with the typed form.
+#[derive(serde::Serialize)]
+struct StatePayload<'a> {
     backfill: bool,
-) -> Value {
-    let battery = values.get(Quantity::Battery.senml()).and_then(Value::as_f64).or(device.battery);
-    let mut v = json!({
-        "device": device.info.id,
-        "name": device.name,
-        "time_ms": time_ms,
-        "timestamp": rfc3339_ms(time_ms),
-        "values": values,
-        "backfill": backfill,
-    });
-    if let Some(room) = &device.room {
-        v["room"] = json!(room);
-    }
-    if let Some(b) = battery {
-        v["battery"] = json!(b);
-    }
-    v
+    #[serde(skip_serializing_if = "Option::is_none")]
+    battery: Option<f64>,
+    device: DeviceId,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
+    time_ms: i64,
+    timestamp: String,
+    values: BTreeMap<&'a str, &'a Value>,
+}
+
+fn state_payload(
+    device: &Subject<'_>,
+    time_ms: i64,
+    values: BTreeMap<&str, &Value>,
+    backfill: bool,
+) -> Vec<u8> {
+    let battery = values.get(Quantity::Battery.senml()).and_then(|v| v.as_f64()).or(device.battery);
+    let payload = StatePayload {
+        backfill,
+        battery,
+        device: device.id,
+        name: device.name,
+        room: device.room,
+        time_ms,
+        timestamp: rfc3339_ms(time_ms),
+        values,
+    };
+    // Serializing these types cannot fail (string keys, no custom serializers).
+    serde_json::to_vec(&payload).unwrap_or_default()
 }
 
 pub(crate) use protocol::time::rfc3339_ms;
@@ -335,11 +369,20 @@ mod tests {
             r(2_000, "hum", 40.0, true),
             r(1_000, "temp", 20.0, true),
         ];
-        let m = state_messages(&device, &readings);
+        let m = state_messages(&(&device).into(), &readings);
         assert_eq!(m.iter().map(|m| m.time_ms).collect::<Vec<_>>(), vec![1_000, 2_000]);
-        assert!(m.iter().all(|m| m.backfill && m.payload["backfill"] == true));
-        assert_eq!(m[1].payload["values"], json!({"temp": 20.5, "hum": 40.0}));
-        assert_eq!(m[0].payload["timestamp"], "1970-01-01T00:00:01.000Z");
+        let json =
+            |m: &StateMessage| -> Value { serde_json::from_slice(&m.payload).expect("json") };
+        assert!(m.iter().all(|m| m.backfill && json(m)["backfill"] == true));
+        assert_eq!(json(&m[1])["values"], json!({"temp": 20.5, "hum": 40.0}));
+        assert_eq!(json(&m[0])["timestamp"], "1970-01-01T00:00:01.000Z");
+        // The bytes are those of the `serde_json::Value` the payload used to be built as.
+        assert_eq!(
+            String::from_utf8(m[1].payload.clone()).expect("utf-8"),
+            json!({"backfill": true, "device": "0a1b", "name": "Kitchen", "time_ms": 2_000,
+                "timestamp": "1970-01-01T00:00:02.000Z", "values": {"hum": 40.0, "temp": 20.5}})
+            .to_string()
+        );
     }
 
     #[test]

@@ -74,15 +74,25 @@ pub struct StoredReading {
 
 impl From<&Reading> for StoredReading {
     fn from(r: &Reading) -> Self {
-        Self {
-            time_ms: r.time.0,
-            name: r.name.clone(),
-            unit: r.unit.clone(),
-            value: match r.value {
-                protocol::senml::Value::Number(v) => serde_json::json!(v),
-                protocol::senml::Value::Bool(b) => serde_json::json!(b),
-            },
-        }
+        Self { time_ms: r.time.0, name: r.name.clone(), unit: r.unit.clone(), value: value(r) }
+    }
+}
+
+impl StoredReading {
+    /// Becomes `r`, reusing its strings' buffers (the directory's current state takes every
+    /// reading, on the link's thread).
+    pub fn assign(&mut self, r: &Reading) {
+        self.time_ms = r.time.0;
+        self.name.clone_from(&r.name);
+        self.unit.clone_from(&r.unit);
+        self.value = value(r);
+    }
+}
+
+fn value(r: &Reading) -> serde_json::Value {
+    match r.value {
+        protocol::senml::Value::Number(v) => serde_json::json!(v),
+        protocol::senml::Value::Bool(b) => serde_json::json!(b),
     }
 }
 
