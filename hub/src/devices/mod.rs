@@ -186,6 +186,8 @@ pub enum Notice {
 #[derive(Debug)]
 struct Entry {
     info: DeviceInfo,
+    /// [`descriptor_digest`] of `info` (which does not change).
+    descriptor: u64,
     profile: Profile,
     period: Period,
     state: Current,
@@ -201,8 +203,14 @@ impl Current {
         self.0.iter().find(|r| protocol::vocabulary::short_name(&r.name) == short)
     }
 
-    fn get_mut(&mut self, short: &str) -> Option<&mut StoredReading> {
-        self.0.iter_mut().find(|r| protocol::vocabulary::short_name(&r.name) == short)
+    /// The value held for the quantity of the reading named `name`: one of the same name (a
+    /// device's names do not change), or failing that of the same short name.
+    fn quantity_of(&mut self, name: &str) -> Option<&mut StoredReading> {
+        let at = self.0.iter().position(|held| held.name == name).or_else(|| {
+            let short = protocol::vocabulary::short_name(name);
+            self.0.iter().position(|held| protocol::vocabulary::short_name(&held.name) == short)
+        })?;
+        Some(&mut self.0[at])
     }
 
     /// A quantity not held yet.
@@ -222,6 +230,11 @@ impl Current {
 }
 
 impl Entry {
+    fn new(info: DeviceInfo, profile: Profile) -> Self {
+        let descriptor = descriptor_digest(&info.about);
+        Self { info, descriptor, profile, period: Period::default(), state: Current::default() }
+    }
+
     fn availability(&self) -> Availability {
         match (&self.profile.isolation, self.profile.reachable) {
             (Some(i), _) if i.active() => Availability::Isolated,
@@ -312,8 +325,7 @@ impl Directory {
             .into_iter()
             .map(|info| {
                 let profile = profiles.remove(&info.id).unwrap_or_default();
-                let entry =
-                    Entry { info, profile, period: Period::default(), state: Current::default() };
+                let entry = Entry::new(info, profile);
                 (entry.info.id, entry)
             })
             .collect();
@@ -376,7 +388,7 @@ impl Directory {
             availability: e.availability(),
             battery: e.state.get("battery").and_then(|r| r.value.as_f64()),
             firmware_version: e.info.about.firmware_version,
-            descriptor: descriptor_digest(&e.info.about),
+            descriptor: e.descriptor,
             state: e.state.0.clone(),
         })
     }
@@ -433,12 +445,7 @@ impl Directory {
         let id = info.id;
         {
             let mut inner = self.write();
-            let mut entry = Entry {
-                info,
-                profile: Profile::default(),
-                period: Period::default(),
-                state: Current::default(),
-            };
+            let mut entry = Entry::new(info, Profile::default());
             entry.profile.last_seen_ms = Some(now_ms);
             entry.record(now_ms, "paired");
             inner.devices.insert(id, entry);
@@ -474,8 +481,7 @@ impl Directory {
             }
             e.profile.last_seen_ms = Some(now_ms);
             for r in readings {
-                let short = protocol::vocabulary::short_name(&r.name);
-                match e.state.get_mut(short) {
+                match e.state.quantity_of(&r.name) {
                     Some(old) if old.time_ms > r.time.0 => {}
                     Some(old) => old.assign(r),
                     None => e.state.insert(r.into()),
@@ -516,8 +522,7 @@ impl Directory {
             let Some(e) = inner.devices.get_mut(device) else { return };
             let mut restored = false;
             for r in readings {
-                let short = protocol::vocabulary::short_name(&r.name);
-                match e.state.get_mut(short) {
+                match e.state.quantity_of(&r.name) {
                     Some(old) if old.time_ms >= r.time_ms => continue,
                     Some(old) => *old = r.clone(),
                     None => e.state.insert(r.clone()),

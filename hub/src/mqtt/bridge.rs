@@ -333,15 +333,18 @@ impl Bridge {
     /// once each, after the readings of the batch (and before any other kind of notice, so
     /// that order holds).
     fn notices(&mut self, batch: Vec<Notice>) {
+        // In order of first report; the set makes "already in" O(1) (a batch has up to 1,024).
         let mut reported: Vec<DeviceId> = Vec::new();
+        let mut seen: std::collections::HashSet<DeviceId> = std::collections::HashSet::new();
         for n in batch {
             if let Notice::Readings { device, readings } = n {
-                if self.readings(&device, &readings) && !reported.contains(&device) {
+                if self.readings(&device, &readings) && seen.insert(device) {
                     reported.push(device);
                 }
                 continue;
             }
             self.states(&mut reported);
+            seen.clear();
             self.notice(n);
         }
         self.states(&mut reported);
