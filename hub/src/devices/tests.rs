@@ -208,3 +208,36 @@ fn counts_and_updatable_devices_come_without_snapshots_and_leave_out_the_isolate
     // Only device 1: 2 is isolated, 3 cannot be updated.
     assert_eq!(d.updatable(), [(info(1, "m").id, 1)]);
 }
+
+#[test]
+fn the_state_view_says_what_the_snapshot_says_and_a_reading_replaces_its_quantitys_value() {
+    let d = Directory::new(vec![info(1, "m")], None, CONFIG, 0);
+    let id = info(1, "m").id;
+    let view = d.state_view(&id).expect("view");
+    assert!(view.state.is_empty());
+    d.readings(&id, &[reading(1_000, "temperature", 20.0), reading(1_000, "battery", 80.0)], 1_000);
+    // A newer value of a quantity replaces the held one; an older one does not.
+    d.readings(&id, &[reading(2_000, "temperature", 21.5)], 2_000);
+    d.readings(&id, &[reading(1_500, "temperature", 19.0)], 2_100);
+    d.rename(&id, "Hall").expect("rename");
+    d.set_room(&id, Some("Upstairs")).expect("room");
+    let (view, snap) = (d.state_view(&id).expect("view"), d.get(&id).expect("snapshot"));
+    assert_eq!((view.name.as_str(), view.room.as_deref()), ("Hall", Some("Upstairs")));
+    assert_eq!(
+        (view.name.as_str(), view.room.as_deref()),
+        (snap.name.as_str(), snap.room.as_deref())
+    );
+    assert_eq!((view.availability, view.battery), (snap.availability, snap.battery));
+    assert_eq!(view.battery, Some(80.0));
+    assert_eq!(view.firmware_version, snap.info.about.firmware_version);
+    assert_eq!(view.descriptor, descriptor_digest(&snap.info.about));
+    let held: BTreeMap<&str, &StoredReading> =
+        view.state.iter().map(|r| (protocol::vocabulary::short_name(&r.name), r)).collect();
+    assert_eq!(held, snap.state.iter().map(|(k, r)| (k.as_str(), r)).collect());
+    assert_eq!(
+        (held["temperature"].time_ms, held["temperature"].value.as_f64()),
+        (2_000, Some(21.5))
+    );
+    // The digest tells descriptors apart.
+    assert_ne!(descriptor_digest(&info(1, "m").about), descriptor_digest(&info(1, "n").about));
+}
