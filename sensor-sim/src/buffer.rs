@@ -213,8 +213,9 @@ impl Buffer {
         self.entries.binary_search_by_key(&id, |e| e.id).ok()
     }
 
-    /// Adds a measurement taken at `measured_us`; ids increase from one push to the next. When full, the oldest measurement not in
-    /// flight is dropped, counted, and returned (so that the caller can erase it from flash).
+    /// Adds a measurement taken at `measured_us`; ids increase from one push to the next. When
+    /// full, the oldest measurement not in flight is dropped, counted, and returned (so that the
+    /// caller can erase it from flash).
     pub fn push(&mut self, id: u64, sample: Sample, measured_us: u64) -> Option<Entry> {
         let mut dropped = None;
         if self.entries.len() >= self.config.capacity {

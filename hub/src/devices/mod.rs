@@ -235,6 +235,16 @@ impl Entry {
         Self { info, descriptor, profile, period: Period::default(), state: Current::default() }
     }
 
+    /// Its name: the owner's, or the serial until the owner names it.
+    fn name(&self) -> String {
+        self.profile.name.clone().unwrap_or_else(|| self.info.about.serial.clone())
+    }
+
+    /// The battery level last reported, where the model reports one.
+    fn battery(&self) -> Option<f64> {
+        self.state.get("battery").and_then(|r| r.value.as_f64())
+    }
+
     fn availability(&self) -> Availability {
         match (&self.profile.isolation, self.profile.reachable) {
             (Some(i), _) if i.active() => Availability::Isolated,
@@ -246,12 +256,12 @@ impl Entry {
     fn snapshot(&self, default_period_ms: u64) -> DeviceSnapshot {
         DeviceSnapshot {
             info: self.info.clone(),
-            name: self.profile.name.clone().unwrap_or_else(|| self.info.about.serial.clone()),
+            name: self.name(),
             room: self.profile.room.clone(),
             availability: self.availability(),
             isolation: self.profile.isolation.clone(),
             last_seen_ms: self.profile.last_seen_ms,
-            battery: self.state.get("battery").and_then(|r| r.value.as_f64()),
+            battery: self.battery(),
             state: self.state.to_map(),
             period_ms: self.period.period_ms(default_period_ms),
             transitions: self.profile.transitions.iter().cloned().collect(),
@@ -383,10 +393,10 @@ impl Directory {
         let inner = self.read();
         let e = inner.devices.get(device)?;
         Some(StateView {
-            name: e.profile.name.clone().unwrap_or_else(|| e.info.about.serial.clone()),
+            name: e.name(),
             room: e.profile.room.clone(),
             availability: e.availability(),
-            battery: e.state.get("battery").and_then(|r| r.value.as_f64()),
+            battery: e.battery(),
             firmware_version: e.info.about.firmware_version,
             descriptor: e.descriptor,
             state: e.state.0.clone(),
@@ -647,7 +657,7 @@ impl Directory {
     pub fn by_serial(&self, serial: &str) -> Option<(DeviceId, String)> {
         let inner = self.read();
         let (id, e) = inner.devices.iter().find(|(_, e)| e.info.about.serial == serial)?;
-        Some((*id, e.profile.name.clone().unwrap_or_else(|| e.info.about.serial.clone())))
+        Some((*id, e.name()))
     }
 
     /// `new` takes over `old`'s name, room and history; `old` leaves the directory.
