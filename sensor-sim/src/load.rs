@@ -1,6 +1,9 @@
 //! The load generator: pairs (or reuses) N sensors, offers R readings/s in total for S seconds,
 //! and reports one JSON line (offered, acknowledged, rate, latency percentiles, errors, hub RSS).
 //! With `plain`, it sends unprotected CoAP POSTs of the same size to any CoAP server instead.
+//! Either way a sensor whose last reading is not answered yet lets its turn pass (the offer is
+//! dropped, not buffered): beyond the server's capacity both modes measure that capacity, and
+//! the generator does no work for readings that would only wait.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -12,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ctl;
-use crate::fleet::{self, FleetConfig, FleetEvent, SimFaults};
+use crate::fleet::{self, FleetConfig, FleetEvent, SimFaults, WhenBusy};
 
 /// Load settings.
 #[derive(Debug, Clone)]
@@ -180,7 +183,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     let own_before = cpu_us(std::process::id());
     let t0 = Instant::now();
     let window_start_ms = crate::clock::unix_millis();
-    fleet.offer(config.rate, config.duration);
+    fleet.offer(config.rate, config.duration, WhenBusy::Drop);
     tokio::time::sleep(Duration::from_secs_f64(config.duration)).await;
     // The sustained rate counts only what was acknowledged within the load window.
     let at_end = fleet.status().await?;

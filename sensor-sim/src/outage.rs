@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ctl;
-use crate::fleet::{self, FleetConfig, FleetEvent, FleetHandle};
+use crate::fleet::{self, FleetConfig, FleetEvent, FleetHandle, WhenBusy};
 
 /// Outage benchmark settings.
 #[derive(Debug, Clone)]
@@ -150,10 +150,10 @@ pub async fn run(config: OutageConfig) -> Result<OutageReport, OutageError> {
     until(&fleet, &mut events, "every sensor offline", 60, |s| s.offline == sensors).await?;
     let per_sensor = config.outage_rate / f64::from(sensors);
     let seconds = config.backlog as f64 / per_sensor.max(0.001) * 2.0;
-    fleet.offer(config.outage_rate, seconds);
+    fleet.offer(config.outage_rate, seconds, WhenBusy::Buffer);
     let target = config.backlog;
     until(&fleet, &mut events, "backlog", 3600, |s| s.backlog_min >= target).await?;
-    fleet.offer(0.0, 0.0);
+    fleet.offer(0.0, 0.0, WhenBusy::Buffer);
     let backlog = fleet.status().await?.backlog;
 
     let hub = HubProcess::start(&config.hub_cmd)?;

@@ -242,6 +242,8 @@ pub struct FleetStatus {
     pub paired: u32,
     /// Readings measured.
     pub offered: u64,
+    /// Offers not measured because their sensor was still sending ([`WhenBusy::Drop`]).
+    pub offers_dropped: u64,
     /// Readings acknowledged.
     pub acknowledged: u64,
     /// Readings refused by the hub.
@@ -268,11 +270,21 @@ pub struct FleetStatus {
     pub buffer_dropped: u64,
 }
 
+/// What an offered reading does at a sensor that has not had its last one acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenBusy {
+    /// It is measured and buffered, as a real sensor's would be (outages, backlogs).
+    Buffer,
+    /// It is not measured: the offer is dropped, as the plain-CoAP generator drops it, so at
+    /// saturation both measure a server's capacity, not the generator's buffering.
+    Drop,
+}
+
 pub(super) enum Command {
     Pair { index: u32 },
     Display { index: u32, reply: oneshot::Sender<Option<String>> },
     Measure { index: u32 },
-    Offer { rate: f64, until: Millis },
+    Offer { rate: f64, until: Millis, when_busy: WhenBusy },
     Status { reply: oneshot::Sender<FleetStatus> },
     Latencies { reply: oneshot::Sender<Vec<u64>> },
     Unpaired { reply: oneshot::Sender<Vec<u32>> },
@@ -320,10 +332,11 @@ impl FleetHandle {
         let _ = self.tx.send(Command::Measure { index });
     }
 
-    /// Offers `rate` readings/s in total, round-robin over paired sensors, for `seconds`.
-    pub fn offer(&self, rate: f64, seconds: f64) {
+    /// Offers `rate` readings/s in total, round-robin over paired sensors, for `seconds`; what
+    /// a sensor that is still sending does with its turn is `when_busy`.
+    pub fn offer(&self, rate: f64, seconds: f64, when_busy: WhenBusy) {
         let until = clock::now().plus((seconds * 1000.0) as u64);
-        let _ = self.tx.send(Command::Offer { rate, until });
+        let _ = self.tx.send(Command::Offer { rate, until, when_busy });
     }
 
     /// Cuts sensor `index`'s power: RAM is lost, flash is kept, it reboots at once.

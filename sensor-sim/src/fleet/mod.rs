@@ -28,7 +28,7 @@ mod persist;
 mod update;
 
 use api::Command;
-pub use api::{FleetConfig, FleetError, FleetEvent, FleetHandle, FleetStatus, SimFaults};
+pub use api::{FleetConfig, FleetError, FleetEvent, FleetHandle, FleetStatus, SimFaults, WhenBusy};
 use audit::NonceAudit;
 
 pub use update::CutPoint;
@@ -75,6 +75,7 @@ struct Offer {
     until: Millis,
     issued: u64,
     cursor: u32,
+    when_busy: WhenBusy,
 }
 
 struct FleetTask {
@@ -327,13 +328,14 @@ impl FleetTask {
                     reply.send(self.sensors.get(index as usize).and_then(|s| s.display.clone()));
             }
             Command::Measure { index } => self.measure(index),
-            Command::Offer { rate, until } => {
+            Command::Offer { rate, until, when_busy } => {
                 self.offer = (rate > 0.0).then(|| Offer {
                     rate,
                     start: Instant::now(),
                     until,
                     issued: 0,
                     cursor: 0,
+                    when_busy,
                 });
             }
             Command::Status { reply } => {
@@ -577,6 +579,7 @@ impl FleetTask {
         offer.issued += due;
         let n = self.sensors.len() as u32;
         let mut cursor = offer.cursor;
+        let drop_busy = offer.when_busy == WhenBusy::Drop;
         for _ in 0..due {
             // Round-robin over paired sensors.
             for _ in 0..n {
@@ -584,6 +587,11 @@ impl FleetTask {
                 if self.sensors[cursor as usize].link.is_paired() {
                     break;
                 }
+            }
+            let s = &self.sensors[cursor as usize];
+            if drop_busy && (!s.buffer.is_empty() || s.link.queued() > 0) {
+                self.status.offers_dropped += 1;
+                continue;
             }
             self.measure(cursor);
         }
