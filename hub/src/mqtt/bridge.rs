@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{Auth, MqttEvent};
 use super::live::Feed;
 use super::owned::Owned;
+use super::pace::{self, Pace};
 use super::{bridge_api, discovery, topics};
 use crate::api::HubApi;
 use crate::device_id::DeviceId;
@@ -42,6 +43,8 @@ struct Published {
     config_key: Option<u64>,
     /// The availability published.
     availability: Option<Availability>,
+    /// How often its state and history may go out, and what waits.
+    pace: Pace,
 }
 
 struct Bridge {
@@ -68,6 +71,10 @@ struct Bridge {
     started: String,
     /// The budget of bridge requests.
     requests: bridge_api::Budget,
+    /// Devices whose state or history waits for its pace ([`pace`]).
+    waiting: std::collections::HashSet<DeviceId>,
+    /// When they are looked at next.
+    flush_at: Option<tokio::time::Instant>,
 }
 
 /// A digest of what a device's discovery configs are made from (name, room, model, firmware,
@@ -136,6 +143,8 @@ pub(crate) fn start(
         last_hub_state: None,
         started: topics::rfc3339_ms(crate::clock::unix_now_ms()),
         requests: bridge_api::Budget::new(tokio::time::Instant::now()),
+        waiting: std::collections::HashSet::new(),
+        flush_at: None,
     };
     // The link's sender lives as long as the task that reads the link.
     Ok(bridge.run(tx, rx, shutdown))
@@ -175,11 +184,17 @@ impl Bridge {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             let due = self.republish_due;
+            let flush = self.flush_at;
             tokio::select! {
                 () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
                     if due.is_some() => {
                     self.republish_due = None;
                     self.republish();
+                }
+                () = tokio::time::sleep_until(flush.unwrap_or_else(tokio::time::Instant::now)),
+                    if flush.is_some() => {
+                    self.flush_at = None;
+                    self.flush(tokio::time::Instant::now());
                 }
                 n = notices.recv() => match n {
                     Ok(n) => {
@@ -300,9 +315,77 @@ impl Bridge {
     ) {
         let Some(s) = topics::current_state(device, state) else { return };
         let entry = self.devices.entry(device.id).or_default();
-        if entry.state_ms.is_none_or(|t| s.time_ms > t) {
+        let newer = entry.state_ms.is_none_or(|t| s.time_ms > t);
+        if newer {
             entry.state_ms = Some(s.time_ms);
+        }
+        entry.pace.state_published(entry.state_ms.unwrap_or(s.time_ms));
+        if newer {
             self.publish(topics::state(&device.id), s.payload);
+        }
+    }
+
+    /// A device's state if it is newer than the one published and its pace allows; owed
+    /// (published by [`Bridge::flush`]) if not.
+    fn paced_state(&mut self, device: DeviceId, v: &StateView, now: tokio::time::Instant) {
+        let newest = v.state.iter().map(|r| r.time_ms).max();
+        let entry = self.devices.entry(device).or_default();
+        let published = entry.state_ms;
+        if newest.is_none_or(|t| published.is_some_and(|p| t <= p)) {
+            if let Some(p) = published {
+                entry.pace.state_published(p);
+            }
+        } else if entry.pace.take_state(now) {
+            self.publish_state(&subject(device, v), v.state.iter());
+        } else {
+            self.wait(device, now);
+        }
+    }
+
+    /// `device`'s held readings as one `…/history` message, if due (TR 103 621 6.23: not once
+    /// it is isolated).
+    fn history(&mut self, device: DeviceId, now: tokio::time::Instant) {
+        let Some(p) = self.devices.get_mut(&device) else { return };
+        if let Some(held) = p.pace.take_history(now) {
+            match self.api.directory.state_view(&device) {
+                Some(v) if v.availability != Availability::Isolated => {
+                    let held = held.iter().map(pace::Held::reading);
+                    let payload = topics::history_payload(&subject(device, &v), held);
+                    self.publish(topics::history(&device), payload);
+                }
+                _ => {}
+            }
+        }
+        if self.devices.get(&device).is_some_and(|p| p.pace.waiting()) {
+            self.wait(device, now);
+        }
+    }
+
+    /// `device` has something waiting for its pace: looked at again within a tick.
+    fn wait(&mut self, device: DeviceId, now: tokio::time::Instant) {
+        self.waiting.insert(device);
+        self.flush_at.get_or_insert(now + pace::TICK);
+    }
+
+    /// What waited for its pace and may go now.
+    fn flush(&mut self, now: tokio::time::Instant) {
+        let waiting: Vec<DeviceId> = self.waiting.drain().collect();
+        for device in waiting {
+            let Some(p) = self.devices.get_mut(&device) else { continue };
+            if p.pace.state_owed() && !p.pace.state_due(now) {
+                self.wait(device, now);
+            } else if p.pace.state_owed() {
+                match self.api.directory.state_view(&device) {
+                    Some(v) if v.availability != Availability::Isolated => {
+                        self.paced_state(device, &v, now);
+                    }
+                    _ => {
+                        p.pace.drop_held();
+                        continue;
+                    }
+                }
+            }
+            self.history(device, now);
         }
     }
 
@@ -330,8 +413,8 @@ impl Bridge {
     }
 
     /// Notices in the order they came; the states of the devices that reported are published
-    /// once each, after the readings of the batch (and before any other kind of notice, so
-    /// that order holds).
+    /// once each (as their pace allows), after the readings of the batch (and before any other
+    /// kind of notice, so that order holds).
     fn notices(&mut self, batch: Vec<Notice>) {
         // In order of first report; the set makes "already in" O(1) (a batch has up to 1,024).
         let mut reported: Vec<DeviceId> = Vec::new();
@@ -350,9 +433,9 @@ impl Bridge {
         self.states(&mut reported);
     }
 
-    /// Publishes the events and the history of one report; whether its device's state is to be
-    /// published.
-    fn readings(&mut self, device: &DeviceId, readings: &[LiveReading]) -> bool {
+    /// Publishes the events of one report and holds its readings for state or history
+    /// ([`Pace::report`]); whether its device's state is to be published.
+    fn readings(&mut self, device: &DeviceId, readings: &Arc<[LiveReading]>) -> bool {
         if !self.api.directory.outgoing_allowed(device) {
             return false;
         }
@@ -363,17 +446,8 @@ impl Bridge {
             self.publish_json(topics::event(device), &e);
         }
         let current = self.api.directory.state_time(device);
-        let old: Vec<LiveReading> = readings
-            .iter()
-            .filter(|r| r.backfill || current.is_some_and(|t| r.reading.time_ms < t))
-            .cloned()
-            .collect();
-        if let Some(v) = (!old.is_empty()).then(|| self.api.directory.state_view(device)).flatten()
-        {
-            for m in topics::state_messages(&subject(*device, &v), &old) {
-                self.publish(topics::history(device), m.payload);
-            }
-        }
+        self.devices.entry(*device).or_default().pace.report(readings, current);
+        self.history(*device, tokio::time::Instant::now());
         true
     }
 
@@ -390,7 +464,7 @@ impl Bridge {
             let key =
                 config_key(&v.name, v.room.as_deref(), v.descriptor, firmware, v.availability);
             if self.published_as(&device, key, v.availability) {
-                self.publish_state(&subject(device, &v), v.state.iter());
+                self.paced_state(device, &v, tokio::time::Instant::now());
             } else if let Some(d) = self.api.directory.get(&device) {
                 self.sync(&d);
             }

@@ -15,6 +15,7 @@ mod front;
 mod hub_entity;
 mod live;
 mod owned;
+mod pace;
 mod retained;
 pub(crate) mod topics;
 

@@ -35,7 +35,8 @@ pub(crate) fn availability(d: &DeviceId) -> String {
 }
 
 /// `hearth/<device>/history`: readings that do not drive the current state (replayed from an
-/// outage buffer, or older than it), with their original time; never retained.
+/// outage buffer, older than it, or overtaken while it waited for its pace), with their
+/// original time, several to a message ([`history_payload`]); never retained.
 pub(crate) fn history(d: &DeviceId) -> String {
     format!("{ROOT}/{d}/history")
 }
@@ -199,22 +200,48 @@ impl<'a> From<&'a DeviceSnapshot> for Subject<'a> {
     }
 }
 
-/// State messages for `readings` of `device` (one per distinct time, in time order).
-pub(crate) fn state_messages(device: &Subject<'_>, readings: &[LiveReading]) -> Vec<StateMessage> {
-    let mut by_time: BTreeMap<i64, (bool, BTreeMap<&str, &Value>)> = BTreeMap::new();
+/// A `…/history` message: the device once, then `readings`, one entry per measurement time,
+/// oldest first: `{"device","name","room","readings":[{"backfill","time_ms","timestamp","values"}]}`.
+pub(crate) fn history_payload<'a>(
+    device: &Subject<'_>,
+    readings: impl Iterator<Item = &'a LiveReading>,
+) -> Vec<u8> {
+    let mut by_time: BTreeMap<i64, HistoryEntry<'_>> = BTreeMap::new();
     for r in readings {
-        let e = by_time.entry(r.reading.time_ms).or_insert((false, BTreeMap::new()));
-        e.0 |= r.backfill;
-        e.1.insert(short_name(&r.reading.name), &r.reading.value);
+        let e = by_time.entry(r.reading.time_ms).or_insert_with(|| HistoryEntry {
+            backfill: false,
+            time_ms: r.reading.time_ms,
+            timestamp: rfc3339_ms(r.reading.time_ms),
+            values: BTreeMap::new(),
+        });
+        e.backfill |= r.backfill;
+        e.values.insert(short_name(&r.reading.name), &r.reading.value);
     }
-    by_time
-        .into_iter()
-        .map(|(time_ms, (backfill, values))| StateMessage {
-            time_ms,
-            backfill,
-            payload: state_payload(device, time_ms, values, backfill),
-        })
-        .collect()
+    let payload = HistoryPayload {
+        device: device.id,
+        name: device.name,
+        room: device.room,
+        readings: by_time.into_values().collect(),
+    };
+    // Serializing these types cannot fail (string keys, no custom serializers).
+    serde_json::to_vec(&payload).unwrap_or_default()
+}
+
+#[derive(serde::Serialize)]
+struct HistoryPayload<'a> {
+    device: DeviceId,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
+    readings: Vec<HistoryEntry<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct HistoryEntry<'a> {
+    backfill: bool,
+    time_ms: i64,
+    timestamp: String,
+    values: BTreeMap<&'a str, &'a Value>,
 }
 
 /// The current state of a device (the newest value of each quantity in `state`), if any.
@@ -327,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn backfill_keeps_its_time_and_flag_and_never_replaces_newer_retained_state() {
+    fn history_keeps_each_readings_time_and_flag_and_the_state_bytes_are_unchanged() {
         use crate::devices::{Availability, LiveReading};
         use crate::store::{DeviceInfo, StoredReading};
         let device = DeviceSnapshot {
@@ -369,17 +396,22 @@ mod tests {
             r(2_000, "hum", 40.0, true),
             r(1_000, "temp", 20.0, true),
         ];
-        let m = state_messages(&(&device).into(), &readings);
-        assert_eq!(m.iter().map(|m| m.time_ms).collect::<Vec<_>>(), vec![1_000, 2_000]);
-        let json =
-            |m: &StateMessage| -> Value { serde_json::from_slice(&m.payload).expect("json") };
-        assert!(m.iter().all(|m| m.backfill && json(m)["backfill"] == true));
-        assert_eq!(json(&m[1])["values"], json!({"temp": 20.5, "hum": 40.0}));
-        assert_eq!(json(&m[0])["timestamp"], "1970-01-01T00:00:01.000Z");
-        // The bytes are those of the `serde_json::Value` the payload used to be built as.
+        let history = history_payload(&(&device).into(), readings.iter());
+        let h: Value = serde_json::from_slice(&history).expect("json");
         assert_eq!(
-            String::from_utf8(m[1].payload.clone()).expect("utf-8"),
-            json!({"backfill": true, "device": "0a1b", "name": "Kitchen", "time_ms": 2_000,
+            h,
+            json!({"device": "0a1b", "name": "Kitchen", "readings": [
+                {"backfill": true, "time_ms": 1_000, "timestamp": "1970-01-01T00:00:01.000Z",
+                    "values": {"temp": 20.0}},
+                {"backfill": true, "time_ms": 2_000, "timestamp": "1970-01-01T00:00:02.000Z",
+                    "values": {"hum": 40.0, "temp": 20.5}}]})
+        );
+        // The state's bytes are those of the `serde_json::Value` it used to be built as.
+        let state: Vec<StoredReading> = readings[..2].iter().map(|r| r.reading.clone()).collect();
+        let s = current_state(&(&device).into(), state.iter()).expect("a state");
+        assert_eq!(
+            String::from_utf8(s.payload).expect("utf-8"),
+            json!({"backfill": false, "device": "0a1b", "name": "Kitchen", "time_ms": 2_000,
                 "timestamp": "1970-01-01T00:00:02.000Z", "values": {"hum": 40.0, "temp": 20.5}})
             .to_string()
         );

@@ -590,8 +590,14 @@ fn through_a_real_bad_network_pairing_readings_updates_mqtt_and_upstream_hold() 
         let mut parts = topic.split('/').skip(1);
         let device = parts.next().unwrap_or_default().to_owned();
         let history = parts.next() == Some("history");
-        let time = v["time_ms"].as_i64().unwrap_or(0);
-        states.entry(device).or_default().push((time, history));
+        // A state is one reading time; a history message has an array of them.
+        let got = states.entry(device).or_default();
+        match v["readings"].as_array() {
+            Some(list) if history => {
+                got.extend(list.iter().map(|m| (m["time_ms"].as_i64().unwrap_or(0), true)))
+            }
+            _ => got.push((v["time_ms"].as_i64().unwrap_or(0), history)),
+        }
     };
     let complete = |states: &HashMap<String, Vec<(i64, bool)>>| {
         want.iter().all(|(k, times)| {
@@ -611,7 +617,7 @@ fn through_a_real_bad_network_pairing_readings_updates_mqtt_and_upstream_hold() 
         });
     }
     let got_states: usize = states.values().map(Vec::len).sum();
-    let mut history_messages = 0;
+    let mut history_readings = 0;
     for (kid, readings) in &stored_by_kid {
         let times: BTreeSet<i64> = readings.iter().map(|k| k.0).collect();
         let got = states.get(kid).cloned().unwrap_or_default();
@@ -619,7 +625,7 @@ fn through_a_real_bad_network_pairing_readings_updates_mqtt_and_upstream_hold() 
         assert_eq!(received, times, "device {kid}: the LAN client's states differ from the store");
         let live: Vec<i64> = got.iter().filter(|s| !s.1).map(|s| s.0).collect();
         assert!(live.windows(2).all(|w| w[1] > w[0]), "device {kid}: a state went back: {live:?}");
-        history_messages += got.len() - live.len();
+        history_readings += got.len() - live.len();
     }
     // A client connecting now gets each device's newest reading as its retained state.
     let mut c = lab.fleet.command("mosquitto_sub");
@@ -728,7 +734,7 @@ fn through_a_real_bad_network_pairing_readings_updates_mqtt_and_upstream_hold() 
                 "seed": seed, "sensors": SENSORS, "pairing_s": pairing_s,
                 "update_after_heal_s": update_s, "image_bytes": IMAGE, "readings": total,
                 "unacknowledged_stored": in_flight, "lan_states": got_states,
-                "lan_history_messages": history_messages,
+                "lan_history_readings": history_readings,
                 "upstream": forwarded.len(), "relay": stats, "audit": audit,
                 "hub_security": sec, "seconds": started.elapsed().as_secs_f64(),
             }

@@ -716,3 +716,93 @@ fn discovery_configs_carry_the_installed_firmware_after_an_update_and_a_restart(
     let again = configs(&sub, "2");
     assert_eq!(again.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
 }
+
+#[test]
+fn a_device_reporting_faster_than_its_pace_has_its_states_spaced_and_every_reading_delivered() {
+    // One sensor reporting 50 times a second: its states go out at the pace (a burst of 10,
+    // then 5 a second, hub/src/mqtt/pace.rs), and every reading the hub stored reaches the
+    // subscriber, as a state or in a `…/history` array.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ports = Ports { plain: free_tcp_port(), tls: free_tcp_port(), broker: free_tcp_port() };
+    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &mqtt_config(&ports));
+    hub.add_mqtt_user("ha", Some(PASSWORD));
+    let flash = tmp.path().join("flash.redb");
+    let mut sim = Sim::fleet(
+        &hub.coap.to_string(),
+        &hub,
+        &flash,
+        &["--sensors", "1", "--models", "climate", "--interval-ms", "20"],
+    );
+    let id = sim.paired(1, Duration::from_secs(60)).remove(0);
+    let plain = ports.plain.to_string();
+    let (state, history) = (format!("hearth/{id}/state"), format!("hearth/{id}/history"));
+    let args = ["-h", "127.0.0.1", "-p", &plain, "-u", "ha", "-P", PASSWORD, "-q", "1"];
+    let sub = Sub::start(&[&args[..], &["-t", &state, "-t", &history]].concat());
+    // The window: from a live state to one measured 6 s later.
+    #[derive(Default)]
+    struct Seen {
+        device: String,
+        states: Vec<i64>,
+        in_history: Vec<i64>,
+        history_messages: usize,
+    }
+    impl Seen {
+        fn take(&mut self, history: bool, p: &str) {
+            let v: Value = serde_json::from_str(p).unwrap_or_else(|e| panic!("{e}: {p}"));
+            if history {
+                assert_eq!(v["device"].as_str(), Some(self.device.as_str()), "{p}");
+                let list = v["readings"].as_array().unwrap_or_else(|| panic!("no readings: {p}"));
+                assert!(!list.is_empty(), "an empty history message");
+                self.in_history.extend(list.iter().map(|m| m["time_ms"].as_i64().expect("time")));
+                self.history_messages += 1;
+            } else {
+                self.states.push(v["time_ms"].as_i64().expect("time_ms"));
+            }
+        }
+        /// A state message's time, if it was one.
+        fn state(&mut self, history: bool, p: &str) -> Option<i64> {
+            self.take(history, p);
+            (!history).then(|| self.states.last().copied()).flatten()
+        }
+    }
+    let mut seen = Seen { device: id.clone(), ..Seen::default() };
+    let since = tests::unix_ms();
+    let start = sub.until("a live state", Duration::from_secs(30), |t, p| {
+        seen.state(t == history, p).filter(|&s| s >= since)
+    });
+    let (first_state, first_history) = (seen.states.len(), seen.history_messages);
+    let end = sub.until("a state 6 s later", Duration::from_secs(30), |t, p| {
+        seen.state(t == history, p).filter(|&s| s >= start + 6_000)
+    });
+    // Spaced: 6 s at 5 a second (+ the burst it may have saved), far fewer than the ~300 reports.
+    let spaced = seen.states.len() - first_state;
+    assert!((10..=41).contains(&spaced), "{spaced} states in 6 s");
+    let histories = seen.history_messages - first_history;
+    eprintln!("{spaced} states and {histories} history messages in 6 s");
+    assert!((3..=8).contains(&histories), "{histories} history messages in 6 s");
+    // Every reading stored within the window arrives (in history within a second and a tick).
+    let stored: std::collections::BTreeSet<i64> = hub
+        .ctl(&["readings", &id, "--limit", "100000"])
+        .as_array()
+        .expect("readings")
+        .iter()
+        .filter_map(|r| r["time_ms"].as_i64())
+        .filter(|t| (start..=end).contains(t))
+        .collect();
+    assert!(stored.len() > 200, "the sensor reported {} times in 6 s", stored.len());
+    let missing = |seen: &Seen| {
+        let got: std::collections::BTreeSet<i64> =
+            seen.states.iter().chain(&seen.in_history).copied().collect();
+        stored.difference(&got).count()
+    };
+    if missing(&seen) > 0 {
+        sub.until("every reading of the window", Duration::from_secs(10), |t, p| {
+            seen.take(t == history, p);
+            (missing(&seen) == 0).then_some(())
+        });
+    }
+    // States only ever get newer.
+    let states = &seen.states;
+    assert!(states.windows(2).all(|w| w[1] > w[0]), "a state went back: {states:?}");
+    drop(sim);
+}

@@ -1,0 +1,238 @@
+//! How often one device's messages go out on MQTT. Its `…/state` at once while it reports at a
+//! human pace, then at most [`STATE_PER_S`] a second (a token bucket of [`STATE_BURST`]): later
+//! reports wait and go out together as the newest state. The readings that never become a
+//! published state (replayed, older, or overtaken while waiting) gather for `…/history` and go
+//! out as one message at most every [`HISTORY_EVERY`], or at once when [`HISTORY_MAX`] have
+//! gathered. A device that reports faster than anyone could watch (a fault, a flood, a drain
+//! after an outage) so costs the hub and each subscriber a bounded number of messages, and every
+//! reading still reaches them, as state or in history.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::devices::LiveReading;
+
+/// State messages a device may send at once after a quiet spell.
+pub(crate) const STATE_BURST: f64 = 10.0;
+/// State messages a device may send per second beyond its burst.
+pub(crate) const STATE_PER_S: f64 = 5.0;
+/// A device's history goes out at most this often…
+pub(crate) const HISTORY_EVERY: Duration = Duration::from_secs(1);
+/// …unless this many readings wait for it.
+pub(crate) const HISTORY_MAX: usize = 256;
+/// What waits for its pace is looked at this often.
+pub(crate) const TICK: Duration = Duration::from_millis(50);
+
+/// One reading of a report (shared with the directory's other listeners, not copied).
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    report: Arc<[LiveReading]>,
+    at: usize,
+}
+
+impl Held {
+    pub(crate) fn reading(&self) -> &LiveReading {
+        &self.report[self.at]
+    }
+
+    fn time_ms(&self) -> i64 {
+        self.reading().reading.time_ms
+    }
+}
+
+/// One device's pace and what it holds back.
+#[derive(Debug, Default)]
+pub(crate) struct Pace {
+    /// State messages it may send now (a fraction accrues), as of `refilled`; `None`: a full
+    /// bucket.
+    bucket: Option<(f64, Instant)>,
+    /// Its state is newer than the one published and waits for the bucket.
+    state_owed: bool,
+    /// Live readings of its newest report, not yet in a published state.
+    live: Vec<Held>,
+    /// Readings waiting for `…/history`, oldest report first.
+    held: Vec<Held>,
+    /// When its history last went out.
+    history_sent: Option<Instant>,
+}
+
+impl Pace {
+    /// A report's readings: those older than the device's current state (measured at
+    /// `current_ms`) or replayed go to history; the rest may become its state. What waited for
+    /// a state that `current_ms` has overtaken goes to history too.
+    pub(crate) fn report(&mut self, readings: &Arc<[LiveReading]>, current_ms: Option<i64>) {
+        let older = |r: &LiveReading| current_ms.is_some_and(|t| r.reading.time_ms < t);
+        self.overtaken(current_ms);
+        for (at, r) in readings.iter().enumerate() {
+            let held = Held { report: readings.clone(), at };
+            if r.backfill || older(r) {
+                self.held.push(held);
+            } else {
+                self.live.push(held);
+            }
+        }
+    }
+
+    /// The state measured at `state_ms` was published (or had been): the live readings it
+    /// overtook go to history, the rest are in it.
+    pub(crate) fn state_published(&mut self, state_ms: i64) {
+        self.overtaken(Some(state_ms));
+        self.live.clear();
+        self.state_owed = false;
+    }
+
+    fn overtaken(&mut self, newest_ms: Option<i64>) {
+        let Some(t) = newest_ms else { return };
+        if self.live.iter().any(|r| r.time_ms() < t) {
+            let (old, keep) = std::mem::take(&mut self.live)
+                .into_iter()
+                .partition::<Vec<_>, _>(|r| r.time_ms() < t);
+            self.held.extend(old);
+            self.live = keep;
+        }
+    }
+
+    /// State messages it may send at `now`.
+    fn tokens(&self, now: Instant) -> f64 {
+        match self.bucket {
+            None => STATE_BURST,
+            Some((tokens, at)) => (tokens
+                + now.saturating_duration_since(at).as_secs_f64() * STATE_PER_S)
+                .min(STATE_BURST),
+        }
+    }
+
+    /// Whether an owed state may go out at `now` (without taking the token).
+    pub(crate) fn state_due(&self, now: Instant) -> bool {
+        self.state_owed && self.tokens(now) >= 1.0
+    }
+
+    /// Whether a newer state may go out now (taking its token); if not, it is owed.
+    pub(crate) fn take_state(&mut self, now: Instant) -> bool {
+        let tokens = self.tokens(now);
+        let ok = tokens >= 1.0;
+        self.bucket = Some((if ok { tokens - 1.0 } else { tokens }, now));
+        self.state_owed = !ok;
+        ok
+    }
+
+    /// Whether a state waits for the bucket.
+    pub(crate) fn state_owed(&self) -> bool {
+        self.state_owed
+    }
+
+    /// The readings for one `…/history` message, if they are due at `now`.
+    pub(crate) fn take_history(&mut self, now: Instant) -> Option<Vec<Held>> {
+        let due = self.held.len() >= HISTORY_MAX
+            || self.history_sent.is_none_or(|t| now >= t + HISTORY_EVERY);
+        if self.held.is_empty() || !due {
+            return None;
+        }
+        self.history_sent = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+
+    /// Whether anything waits to go out (a state or history).
+    pub(crate) fn waiting(&self) -> bool {
+        self.state_owed || !self.held.is_empty()
+    }
+
+    /// Forgets what it holds (the device's data may no longer leave the hub).
+    pub(crate) fn drop_held(&mut self) {
+        self.live.clear();
+        self.held.clear();
+        self.state_owed = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoredReading;
+
+    fn reading(time_ms: i64, backfill: bool) -> LiveReading {
+        LiveReading {
+            reading: StoredReading {
+                time_ms,
+                name: "urn:dev:x:temp".into(),
+                unit: Some("Cel".into()),
+                value: serde_json::json!(20.5),
+            },
+            backfill,
+        }
+    }
+
+    fn times(v: &[Held]) -> Vec<i64> {
+        v.iter().map(Held::time_ms).collect()
+    }
+
+    fn report(readings: &[LiveReading]) -> Arc<[LiveReading]> {
+        readings.into()
+    }
+
+    #[test]
+    fn a_burst_goes_at_once_then_five_a_second() {
+        let t0 = Instant::now();
+        let mut p = Pace::default();
+        for i in 0..10 {
+            assert!(p.take_state(t0), "state {i} of the burst waits");
+        }
+        assert!(!p.take_state(t0), "the 11th at the same instant went out");
+        assert!(p.state_owed());
+        assert!(!p.take_state(t0 + Duration::from_millis(150)), "a token after 150 ms");
+        assert!(p.take_state(t0 + Duration::from_millis(200)), "no token after 200 ms");
+        assert!(!p.state_owed());
+        // Five a second, sustained: over 10 s, 50 more (±1 for the fraction), never more.
+        let sent =
+            (1..=1000).filter(|i| p.take_state(t0 + Duration::from_millis(200 + i * 10))).count();
+        assert!((49..=51).contains(&sent), "{sent} states in 10 s");
+        // A quiet spell refills the burst, and no more than it.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..20).filter(|_| p.take_state(later)).count(), 10);
+    }
+
+    #[test]
+    fn every_reading_ends_in_a_state_or_in_history() {
+        let t0 = Instant::now();
+        let mut p = Pace::default();
+        // Live 100, then 200 and 300 while the state waits: 300 is published, 100 and 200
+        // were overtaken and go to history with the replayed 50.
+        p.report(&report(&[reading(100, false)]), Some(100));
+        p.report(&report(&[reading(50, true), reading(200, false)]), Some(200));
+        p.report(&report(&[reading(300, false)]), Some(300));
+        p.state_published(300);
+        let h = p.take_history(t0).expect("history due");
+        let mut got = times(&h);
+        got.sort_unstable();
+        assert_eq!(got, [50, 100, 200]);
+        assert!(!p.waiting());
+        // A report the directory has already overtaken (its state is newer) is history.
+        p.report(&report(&[reading(250, false)]), Some(300));
+        // History goes out at most once a second…
+        assert!(p.take_history(t0 + Duration::from_millis(500)).is_none());
+        assert!(p.waiting());
+        assert_eq!(times(&p.take_history(t0 + HISTORY_EVERY).expect("due")), [250]);
+        // …unless HISTORY_MAX readings wait.
+        let now = t0 + HISTORY_EVERY;
+        for i in 0..HISTORY_MAX as i64 - 1 {
+            p.report(&report(&[reading(i, true)]), Some(300));
+            assert!(p.take_history(now).is_none(), "history went early at {i}");
+        }
+        p.report(&report(&[reading(299, true)]), Some(300));
+        assert_eq!(p.take_history(now).expect("a full history goes at once").len(), HISTORY_MAX);
+    }
+
+    #[test]
+    fn a_device_whose_data_may_not_leave_holds_nothing() {
+        let mut p = Pace::default();
+        let now = Instant::now();
+        p.report(&report(&[reading(1, true), reading(2, false)]), Some(2));
+        while p.take_state(now) {}
+        assert!(p.state_owed() && p.waiting());
+        p.drop_held();
+        assert!(!p.waiting());
+        assert!(p.take_history(Instant::now()).is_none());
+    }
+}
