@@ -24,7 +24,9 @@ impl Millis {
 /// MQTT messages and a sensor's physical interface carry.
 pub fn rfc3339_ms(ms: i64) -> String {
     match jiff::Timestamp::from_millisecond(ms) {
-        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        // jiff's RFC 3339 printer with three fractional digits, always (its strftime would
+        // interpret a format string at every call: one per MQTT state).
+        Ok(t) => format!("{t:.3}"),
         Err(_) => ms.to_string(),
     }
 }

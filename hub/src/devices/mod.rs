@@ -376,10 +376,13 @@ impl Directory {
         self.read().devices.get(device).is_some_and(|e| e.availability() == Availability::Isolated)
     }
 
-    /// When the newest value of `device`'s current state was measured (Unix ms), without a
-    /// snapshot.
-    pub(crate) fn state_time(&self, device: &DeviceId) -> Option<i64> {
-        self.read().devices.get(device)?.state.newest_ms()
+    /// For a device whose data may leave the hub ([`Directory::outgoing_allowed`]), when the
+    /// newest value of its current state was measured (Unix ms, if any); `None` if it may not.
+    /// One lookup for the bridge's two questions about every report.
+    pub(crate) fn outgoing_state_time(&self, device: &DeviceId) -> Option<Option<i64>> {
+        let inner = self.read();
+        let e = inner.devices.get(device)?;
+        (e.availability() != Availability::Isolated).then(|| e.state.newest_ms())
     }
 
     /// One device.

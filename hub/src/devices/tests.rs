@@ -192,7 +192,7 @@ fn restored_state_fills_in_what_is_missing_and_never_replaces_a_newer_value() {
     let s = d.get(&id).expect("dev").state;
     assert_eq!((s["temperature"].value.clone(), s["humidity"].time_ms), (6.0.into(), 30));
     assert_eq!(s.len(), 2);
-    assert_eq!(d.state_time(&id), Some(60));
+    assert_eq!(d.outgoing_state_time(&id), Some(Some(60)));
 }
 
 #[test]

@@ -32,6 +32,11 @@ use crate::store::StoredReading;
 
 /// Notices taken in one batch at most (their states are published once per device).
 const NOTICE_BATCH: usize = 1024;
+/// A batch this long means the link is busy: notices then gather for [`GATHER`] before the next
+/// batch is taken. The link's thread no longer wakes the bridge for every report, and batches
+/// grow; at a human pace every notice is taken at once.
+const BUSY_BATCH: usize = 32;
+const GATHER: Duration = Duration::from_millis(2);
 
 /// What the bridge publishes per device, to withdraw it later.
 #[derive(Default)]
@@ -75,6 +80,8 @@ struct Bridge {
     waiting: std::collections::HashSet<DeviceId>,
     /// When they are looked at next.
     flush_at: Option<tokio::time::Instant>,
+    /// Notices gather until then (the link is busy, [`BUSY_BATCH`]).
+    gather_until: Option<tokio::time::Instant>,
 }
 
 /// A digest of what a device's discovery configs are made from (name, room, model, firmware,
@@ -145,6 +152,7 @@ pub(crate) fn start(
         requests: bridge_api::Budget::new(tokio::time::Instant::now()),
         waiting: std::collections::HashSet::new(),
         flush_at: None,
+        gather_until: None,
     };
     // The link's sender lives as long as the task that reads the link.
     Ok(bridge.run(tx, rx, shutdown))
@@ -185,7 +193,10 @@ impl Bridge {
         loop {
             let due = self.republish_due;
             let flush = self.flush_at;
+            let gather = self.gather_until;
             tokio::select! {
+                () = tokio::time::sleep_until(gather.unwrap_or_else(tokio::time::Instant::now)),
+                    if gather.is_some() => self.gather_until = None,
                 () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
                     if due.is_some() => {
                     self.republish_due = None;
@@ -196,7 +207,7 @@ impl Bridge {
                     self.flush_at = None;
                     self.flush(tokio::time::Instant::now());
                 }
-                n = notices.recv() => match n {
+                n = notices.recv(), if gather.is_none() => match n {
                     Ok(n) => {
                         // Whatever else is waiting is taken too: under load a device's state
                         // is published once per batch with its newest values (coalesced), not
@@ -212,6 +223,9 @@ impl Bridge {
                                 }
                                 Err(_) => break,
                             }
+                        }
+                        if batch.len() >= BUSY_BATCH {
+                            self.gather_until = Some(tokio::time::Instant::now() + GATHER);
                         }
                         if lagged {
                             self.resync();
@@ -371,19 +385,8 @@ impl Bridge {
     fn flush(&mut self, now: tokio::time::Instant) {
         let waiting: Vec<DeviceId> = self.waiting.drain().collect();
         for device in waiting {
-            let Some(p) = self.devices.get_mut(&device) else { continue };
-            if p.pace.state_owed() && !p.pace.state_due(now) {
-                self.wait(device, now);
-            } else if p.pace.state_owed() {
-                match self.api.directory.state_view(&device) {
-                    Some(v) if v.availability != Availability::Isolated => {
-                        self.paced_state(device, &v, now);
-                    }
-                    _ => {
-                        p.pace.drop_held();
-                        continue;
-                    }
-                }
+            if self.devices.get(&device).is_some_and(|p| p.pace.state_owed()) {
+                self.state(device, now);
             }
             self.history(device, now);
         }
@@ -436,16 +439,15 @@ impl Bridge {
     /// Publishes the events of one report and holds its readings for state or history
     /// ([`Pace::report`]); whether its device's state is to be published.
     fn readings(&mut self, device: &DeviceId, readings: &Arc<[LiveReading]>) -> bool {
-        if !self.api.directory.outgoing_allowed(device) {
+        let Some(current) = self.api.directory.outgoing_state_time(device) else {
             return false;
-        }
+        };
         // Only the newest value of each quantity drives `…/state`; readings replayed from an
         // outage buffer, or older than the state, go to `…/history` with their original time
         // (they are in Hearth's history and upstream anyway).
         for e in topics::events(readings) {
             self.publish_json(topics::event(device), &e);
         }
-        let current = self.api.directory.state_time(device);
         self.devices.entry(*device).or_default().pace.report(readings, current);
         self.history(*device, tokio::time::Instant::now());
         true
@@ -455,19 +457,37 @@ impl Bridge {
     /// in `reported`, which it empties. The directory's light view of each, not a snapshot:
     /// this runs for every report.
     fn states(&mut self, reported: &mut Vec<DeviceId>) {
+        let now = tokio::time::Instant::now();
         for device in reported.drain(..) {
-            let Some(v) = self.api.directory.state_view(&device) else { continue };
-            if v.availability == Availability::Isolated {
-                continue;
+            self.state(device, now);
+        }
+    }
+
+    /// One device's state as its pace allows. Until its bucket has a token, a device whose
+    /// configs were published only owes it — not even a directory lookup: under load nearly
+    /// every report ends here, and [`Bridge::flush`] comes back to it.
+    fn state(&mut self, device: DeviceId, now: tokio::time::Instant) {
+        if let Some(p) = self.devices.get_mut(&device)
+            && p.config_key.is_some()
+            && !p.pace.may_send(now)
+        {
+            p.pace.owe();
+            self.wait(device, now);
+            return;
+        }
+        let Some(v) = self.api.directory.state_view(&device) else { return };
+        if v.availability == Availability::Isolated {
+            if let Some(p) = self.devices.get_mut(&device) {
+                p.pace.drop_held();
             }
-            let firmware = self.owned.firmware(&device).unwrap_or(v.firmware_version);
-            let key =
-                config_key(&v.name, v.room.as_deref(), v.descriptor, firmware, v.availability);
-            if self.published_as(&device, key, v.availability) {
-                self.paced_state(device, &v, tokio::time::Instant::now());
-            } else if let Some(d) = self.api.directory.get(&device) {
-                self.sync(&d);
-            }
+            return;
+        }
+        let firmware = self.owned.firmware(&device).unwrap_or(v.firmware_version);
+        let key = config_key(&v.name, v.room.as_deref(), v.descriptor, firmware, v.availability);
+        if self.published_as(&device, key, v.availability) {
+            self.paced_state(device, &v, now);
+        } else if let Some(d) = self.api.directory.get(&device) {
+            self.sync(&d);
         }
     }
 

@@ -85,13 +85,7 @@ impl Pace {
 
     fn overtaken(&mut self, newest_ms: Option<i64>) {
         let Some(t) = newest_ms else { return };
-        if self.live.iter().any(|r| r.time_ms() < t) {
-            let (old, keep) = std::mem::take(&mut self.live)
-                .into_iter()
-                .partition::<Vec<_>, _>(|r| r.time_ms() < t);
-            self.held.extend(old);
-            self.live = keep;
-        }
+        self.held.extend(self.live.extract_if(.., |r| r.time_ms() < t));
     }
 
     /// State messages it may send at `now`.
@@ -104,9 +98,14 @@ impl Pace {
         }
     }
 
-    /// Whether an owed state may go out at `now` (without taking the token).
-    pub(crate) fn state_due(&self, now: Instant) -> bool {
-        self.state_owed && self.tokens(now) >= 1.0
+    /// Whether a state could go out at `now` (without taking the token).
+    pub(crate) fn may_send(&self, now: Instant) -> bool {
+        self.tokens(now) >= 1.0
+    }
+
+    /// A newer state may wait for the bucket (to be looked at when it has a token).
+    pub(crate) fn owe(&mut self) {
+        self.state_owed = true;
     }
 
     /// Whether a newer state may go out now (taking its token); if not, it is owed.
