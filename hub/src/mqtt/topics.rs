@@ -201,7 +201,9 @@ impl<'a> From<&'a DeviceSnapshot> for Subject<'a> {
 }
 
 /// A `…/history` message: the device once, then `readings`, one entry per measurement time,
-/// oldest first: `{"device","name","room","readings":[{"backfill","time_ms","timestamp","values"}]}`.
+/// oldest first: `{"device","name","room","readings":[{"time_ms","values","backfill"}]}` —
+/// `backfill` only when true, and no RFC 3339 `timestamp` (a history carries many readings,
+/// and every byte is paid by each subscriber).
 pub(crate) fn history_payload<'a>(
     device: &Subject<'_>,
     readings: impl Iterator<Item = &'a LiveReading>,
@@ -211,7 +213,6 @@ pub(crate) fn history_payload<'a>(
         let e = by_time.entry(r.reading.time_ms).or_insert_with(|| HistoryEntry {
             backfill: false,
             time_ms: r.reading.time_ms,
-            timestamp: rfc3339_ms(r.reading.time_ms),
             values: BTreeMap::new(),
         });
         e.backfill |= r.backfill;
@@ -238,10 +239,14 @@ struct HistoryPayload<'a> {
 
 #[derive(serde::Serialize)]
 struct HistoryEntry<'a> {
+    #[serde(skip_serializing_if = "is_false")]
     backfill: bool,
     time_ms: i64,
-    timestamp: String,
     values: BTreeMap<&'a str, &'a Value>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The current state of a device (the newest value of each quantity in `state`), if any.
@@ -401,10 +406,14 @@ mod tests {
         assert_eq!(
             h,
             json!({"device": "0a1b", "name": "Kitchen", "readings": [
-                {"backfill": true, "time_ms": 1_000, "timestamp": "1970-01-01T00:00:01.000Z",
-                    "values": {"temp": 20.0}},
-                {"backfill": true, "time_ms": 2_000, "timestamp": "1970-01-01T00:00:02.000Z",
-                    "values": {"hum": 40.0, "temp": 20.5}}]})
+                {"backfill": true, "time_ms": 1_000, "values": {"temp": 20.0}},
+                {"backfill": true, "time_ms": 2_000, "values": {"hum": 40.0, "temp": 20.5}}]})
+        );
+        // A reading that was live (overtaken while the state waited) says nothing of backfill.
+        let live = [r(3_000, "temp", 21.0, false)];
+        assert_eq!(
+            String::from_utf8(history_payload(&(&device).into(), live.iter())).expect("utf-8"),
+            r#"{"device":"0a1b","name":"Kitchen","readings":[{"time_ms":3000,"values":{"temp":21.0}}]}"#
         );
         // The state's bytes are those of the `serde_json::Value` it used to be built as.
         let state: Vec<StoredReading> = readings[..2].iter().map(|r| r.reading.clone()).collect();
