@@ -363,8 +363,7 @@ impl Bridge {
         if let Some(held) = p.pace.take_history(now) {
             match self.api.directory.state_view(&device) {
                 Some(v) if v.availability != Availability::Isolated => {
-                    let held = held.iter().map(pace::Held::reading);
-                    let payload = topics::history_payload(&subject(device, &v), held);
+                    let payload = topics::history_payload(&subject(device, &v), &held);
                     self.publish(topics::history(&device), payload);
                 }
                 _ => {}

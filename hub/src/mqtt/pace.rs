@@ -1,9 +1,9 @@
 //! How often one device's messages go out on MQTT. Its `…/state` at once while it reports at a
 //! human pace, then at most [`STATE_PER_S`] a second (a token bucket of [`STATE_BURST`]): later
 //! reports wait and go out together as the newest state. The readings that never become a
-//! published state (replayed, older, or overtaken while waiting) gather for `…/history` and go
-//! out as one message at most every [`HISTORY_EVERY`], or at once when [`HISTORY_MAX`] have
-//! gathered. A device that reports faster than anyone could watch (a fault, a flood, a drain
+//! published state (replayed, older, or overtaken while waiting) gather for `…/history`,
+//! already written as its entries, and go out as one message at most every [`HISTORY_EVERY`],
+//! or at once when [`HISTORY_MAX_BYTES`] have gathered. A device that reports faster than anyone could watch (a fault, a flood, a drain
 //! after an outage) so costs the hub and each subscriber a bounded number of messages, and every
 //! reading still reaches them, as state or in history.
 
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::topics;
 use crate::devices::LiveReading;
 
 /// State messages a device may send at once after a quiet spell.
@@ -20,8 +21,9 @@ pub(crate) const STATE_BURST: f64 = 10.0;
 pub(crate) const STATE_PER_S: f64 = 5.0;
 /// A device's history goes out at most this often…
 pub(crate) const HISTORY_EVERY: Duration = Duration::from_secs(1);
-/// …unless this many readings wait for it.
-pub(crate) const HISTORY_MAX: usize = 256;
+/// …unless this much of it waits (its entries' JSON): so the history held for all devices is
+/// at most what arrives in about a second, some 70 bytes a reading.
+pub(crate) const HISTORY_MAX_BYTES: usize = 16 << 10;
 /// What waits for its pace is looked at this often.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
 
@@ -33,7 +35,7 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    pub(crate) fn reading(&self) -> &LiveReading {
+    fn reading(&self) -> &LiveReading {
         &self.report[self.at]
     }
 
@@ -52,8 +54,9 @@ pub(crate) struct Pace {
     state_owed: bool,
     /// Live readings of its newest report, not yet in a published state.
     live: Vec<Held>,
-    /// Readings waiting for `…/history`, oldest report first.
-    held: Vec<Held>,
+    /// The entries of its next `…/history` message ([`topics::history_entries`]), oldest
+    /// report first.
+    held: Vec<u8>,
     /// When its history last went out.
     history_sent: Option<Instant>,
 }
@@ -63,14 +66,13 @@ impl Pace {
     /// `current_ms`) or replayed go to history; the rest may become its state. What waited for
     /// a state that `current_ms` has overtaken goes to history too.
     pub(crate) fn report(&mut self, readings: &Arc<[LiveReading]>, current_ms: Option<i64>) {
-        let older = |r: &LiveReading| current_ms.is_some_and(|t| r.reading.time_ms < t);
+        let older =
+            |r: &LiveReading| r.backfill || current_ms.is_some_and(|t| r.reading.time_ms < t);
         self.overtaken(current_ms);
+        topics::history_entries(&mut self.held, readings.iter().filter(|r| older(r)));
         for (at, r) in readings.iter().enumerate() {
-            let held = Held { report: readings.clone(), at };
-            if r.backfill || older(r) {
-                self.held.push(held);
-            } else {
-                self.live.push(held);
+            if !older(r) {
+                self.live.push(Held { report: readings.clone(), at });
             }
         }
     }
@@ -85,7 +87,10 @@ impl Pace {
 
     fn overtaken(&mut self, newest_ms: Option<i64>) {
         let Some(t) = newest_ms else { return };
-        self.held.extend(self.live.extract_if(.., |r| r.time_ms() < t));
+        if self.live.iter().any(|r| r.time_ms() < t) {
+            let old: Vec<Held> = self.live.extract_if(.., |r| r.time_ms() < t).collect();
+            topics::history_entries(&mut self.held, old.iter().map(Held::reading));
+        }
     }
 
     /// State messages it may send at `now`.
@@ -122,9 +127,9 @@ impl Pace {
         self.state_owed
     }
 
-    /// The readings for one `…/history` message, if they are due at `now`.
-    pub(crate) fn take_history(&mut self, now: Instant) -> Option<Vec<Held>> {
-        let due = self.held.len() >= HISTORY_MAX
+    /// The entries of one `…/history` message, if they are due at `now`.
+    pub(crate) fn take_history(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let due = self.held.len() >= HISTORY_MAX_BYTES
             || self.history_sent.is_none_or(|t| now >= t + HISTORY_EVERY);
         if self.held.is_empty() || !due {
             return None;
@@ -163,8 +168,15 @@ mod tests {
         }
     }
 
-    fn times(v: &[Held]) -> Vec<i64> {
-        v.iter().map(Held::time_ms).collect()
+    /// The times of a history's entries.
+    fn times(entries: &[u8]) -> Vec<i64> {
+        let list: serde_json::Value =
+            serde_json::from_slice(&[b"[", entries, b"]"].concat()).expect("JSON entries");
+        list.as_array()
+            .expect("array")
+            .iter()
+            .map(|e| e["time_ms"].as_i64().expect("time"))
+            .collect()
     }
 
     fn report(readings: &[LiveReading]) -> Arc<[LiveReading]> {
@@ -213,14 +225,19 @@ mod tests {
         assert!(p.take_history(t0 + Duration::from_millis(500)).is_none());
         assert!(p.waiting());
         assert_eq!(times(&p.take_history(t0 + HISTORY_EVERY).expect("due")), [250]);
-        // …unless HISTORY_MAX readings wait.
+        // …unless HISTORY_MAX_BYTES wait: then at once, and with every reading.
         let now = t0 + HISTORY_EVERY;
-        for i in 0..HISTORY_MAX as i64 - 1 {
-            p.report(&report(&[reading(i, true)]), Some(300));
-            assert!(p.take_history(now).is_none(), "history went early at {i}");
-        }
-        p.report(&report(&[reading(299, true)]), Some(300));
-        assert_eq!(p.take_history(now).expect("a full history goes at once").len(), HISTORY_MAX);
+        let mut i = 0;
+        let full = loop {
+            p.report(&report(&[reading(i, true)]), Some(1 << 40));
+            i += 1;
+            if let Some(h) = p.take_history(now) {
+                break h;
+            }
+            assert!(i < 1_000, "{i} readings held and no history");
+        };
+        assert!(full.len() >= HISTORY_MAX_BYTES && full.len() < HISTORY_MAX_BYTES + 200);
+        assert_eq!(times(&full), (0..i).collect::<Vec<_>>());
     }
 
     #[test]

@@ -200,14 +200,27 @@ impl<'a> From<&'a DeviceSnapshot> for Subject<'a> {
     }
 }
 
-/// A `…/history` message: the device once, then `readings`, one entry per measurement time,
-/// oldest first: `{"device","name","room","readings":[{"time_ms","values","backfill"}]}` —
-/// `backfill` only when true, and no RFC 3339 `timestamp` (a history carries many readings,
-/// and every byte is paid by each subscriber).
-pub(crate) fn history_payload<'a>(
-    device: &Subject<'_>,
+/// A `…/history` message: the device once, then its entries ([`history_entries`]), oldest
+/// first: `{"device","name","room","readings":[{"time_ms","values","backfill"}]}` — `backfill`
+/// only when true, and no RFC 3339 `timestamp` (a history carries many readings, and every
+/// byte is paid by each subscriber).
+pub(crate) fn history_payload(device: &Subject<'_>, entries: &[u8]) -> Vec<u8> {
+    let head = HistoryPayload { device: device.id, name: device.name, room: device.room };
+    // Serializing these types cannot fail (string keys, no custom serializers).
+    let mut out = serde_json::to_vec(&head).unwrap_or_default();
+    out.pop(); // its closing brace: the readings follow
+    out.extend_from_slice(b",\"readings\":[");
+    out.extend_from_slice(entries);
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// Appends `readings` to `out` as history entries, one per measurement time (a comma before
+/// each unless `out` is empty).
+pub(crate) fn history_entries<'a>(
+    out: &mut Vec<u8>,
     readings: impl Iterator<Item = &'a LiveReading>,
-) -> Vec<u8> {
+) {
     let mut by_time: BTreeMap<i64, HistoryEntry<'_>> = BTreeMap::new();
     for r in readings {
         let e = by_time.entry(r.reading.time_ms).or_insert_with(|| HistoryEntry {
@@ -218,14 +231,13 @@ pub(crate) fn history_payload<'a>(
         e.backfill |= r.backfill;
         e.values.insert(short_name(&r.reading.name), &r.reading.value);
     }
-    let payload = HistoryPayload {
-        device: device.id,
-        name: device.name,
-        room: device.room,
-        readings: by_time.into_values().collect(),
-    };
-    // Serializing these types cannot fail (string keys, no custom serializers).
-    serde_json::to_vec(&payload).unwrap_or_default()
+    for e in by_time.into_values() {
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        // As above, it cannot fail; nothing is appended if it did.
+        let _ = serde_json::to_writer(&mut *out, &e);
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -234,7 +246,6 @@ struct HistoryPayload<'a> {
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     room: Option<&'a str>,
-    readings: Vec<HistoryEntry<'a>>,
 }
 
 #[derive(serde::Serialize)]
@@ -401,7 +412,9 @@ mod tests {
             r(2_000, "hum", 40.0, true),
             r(1_000, "temp", 20.0, true),
         ];
-        let history = history_payload(&(&device).into(), readings.iter());
+        let mut entries = Vec::new();
+        history_entries(&mut entries, readings.iter());
+        let history = history_payload(&(&device).into(), &entries);
         let h: Value = serde_json::from_slice(&history).expect("json");
         assert_eq!(
             h,
@@ -410,9 +423,10 @@ mod tests {
                 {"backfill": true, "time_ms": 2_000, "values": {"hum": 40.0, "temp": 20.5}}]})
         );
         // A reading that was live (overtaken while the state waited) says nothing of backfill.
-        let live = [r(3_000, "temp", 21.0, false)];
+        let (live, mut entries) = ([r(3_000, "temp", 21.0, false)], Vec::new());
+        history_entries(&mut entries, live.iter());
         assert_eq!(
-            String::from_utf8(history_payload(&(&device).into(), live.iter())).expect("utf-8"),
+            String::from_utf8(history_payload(&(&device).into(), &entries)).expect("utf-8"),
             r#"{"device":"0a1b","name":"Kitchen","readings":[{"time_ms":3000,"values":{"temp":21.0}}]}"#
         );
         // The state's bytes are those of the `serde_json::Value` it used to be built as.
