@@ -253,8 +253,30 @@ impl Bridge {
                 () = shutdown.cancelled() => break,
             }
         }
+        self.flush_all();
         self.publish_hub(topics::HUB_STATUS, b"offline".to_vec());
         self.save_logins().await;
+    }
+
+    /// At a clean stop, whatever waits for its pace goes now: the newest state of each device
+    /// that owes it and all the history held (the fronts write it before they close,
+    /// [`super::start`]).
+    fn flush_all(&mut self) {
+        let waiting: Vec<DeviceId> = self.waiting.drain().collect();
+        for device in waiting {
+            let Some(v) = self.api.directory.state_view(&device) else { continue };
+            if v.availability == Availability::Isolated {
+                continue;
+            }
+            if self.devices.get(&device).is_some_and(|p| p.pace.state_owed()) {
+                self.publish_state(&subject(device, &v), v.state.iter());
+            }
+            let held = self.devices.get_mut(&device).and_then(|p| p.pace.take_all_history());
+            if let Some(held) = held {
+                let payload = topics::history_payload(&subject(device, &v), &held);
+                self.publish(topics::history(&device), payload);
+            }
+        }
     }
 
     /// Brings every device up to date (at start, and after falling behind the directory's

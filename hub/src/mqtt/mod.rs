@@ -32,6 +32,10 @@ use crate::api::HubApi;
 use crate::config::MqttConfig;
 use auth::Auth;
 
+/// At a stop, the fronts keep their connections this long after the bridge has ended, to write
+/// its last messages (`offline`, what waited for its pace) to the clients.
+const FRONTS_DRAIN: Duration = Duration::from_millis(200);
+
 /// Client ids starting with this belong to the hub's own link; network clients may not use
 /// them (a client with the same id would take the hub's session over).
 pub(crate) const RESERVED_CLIENT_PREFIX: &str = "hearth-hub";
@@ -131,12 +135,14 @@ pub(crate) async fn start(
         feed: feed.clone(),
     });
     let plain_addr = plain.local_addr().map_err(|e| MqttError::Bind(cfg.plain_bind, e))?;
+    // The fronts stop after the bridge (below), not with it.
+    let fronts_stop = CancellationToken::new();
     let mut tasks = vec![tokio::spawn(front::serve(
         plain,
         None,
         front.clone(),
         listeners.mqtt_plain.clone(),
-        shutdown.clone(),
+        fronts_stop.clone(),
     ))];
     let tls_addr = match tls {
         Some(l) => {
@@ -147,7 +153,7 @@ pub(crate) async fn start(
                 Some(acceptor),
                 front,
                 slots,
-                shutdown.clone(),
+                fronts_stop.clone(),
             )));
             Some(a)
         }
@@ -161,9 +167,16 @@ pub(crate) async fn start(
     }));
     let republish = Duration::from_secs(cfg.republish_interval_s);
     let prefix = cfg.discovery_prefix.clone();
+    // Whatever ends the bridge (a stop, a panic, a failed start) ends the fronts: the guard
+    // fires when dropped.
+    let fronts_guard = fronts_stop.drop_guard();
     let bridge = bridge::start(started.link, feed, api, auth, owned, prefix, republish, shutdown)
         .map_err(MqttError::Broker)?;
-    tasks.push(tokio::spawn(bridge));
+    tasks.push(tokio::spawn(async move {
+        bridge.await;
+        tokio::time::sleep(FRONTS_DRAIN).await;
+        drop(fronts_guard);
+    }));
     tracing::info!(plain = %plain_addr, tls = ?tls_addr, fingerprint = %identity.fingerprint(), "MQTT serving");
     Ok(Running { plain: plain_addr, tls: tls_addr, tasks })
 }

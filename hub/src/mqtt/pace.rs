@@ -138,6 +138,11 @@ impl Pace {
         Some(std::mem::take(&mut self.held))
     }
 
+    /// The entries of its next `…/history` message, due or not (a clean stop).
+    pub(crate) fn take_all_history(&mut self) -> Option<Vec<u8>> {
+        (!self.held.is_empty()).then(|| std::mem::take(&mut self.held))
+    }
+
     /// Whether anything waits to go out (a state or history).
     pub(crate) fn waiting(&self) -> bool {
         self.state_owed || !self.held.is_empty()

@@ -724,7 +724,8 @@ fn a_device_reporting_faster_than_its_pace_has_its_states_spaced_and_every_readi
     // subscriber, as a state or in a `…/history` array.
     let tmp = tempfile::tempdir().expect("tmp");
     let ports = Ports { plain: free_tcp_port(), tls: free_tcp_port(), broker: free_tcp_port() };
-    let hub = Hub::start_with(&tmp.path().join("hub"), free_udp_port(), &mqtt_config(&ports));
+    let (dir, coap) = (tmp.path().join("hub"), free_udp_port());
+    let mut hub = Hub::start_with(&dir, coap, &mqtt_config(&ports));
     hub.add_mqtt_user("ha", Some(PASSWORD));
     let flash = tmp.path().join("flash.redb");
     let mut sim = Sim::fleet(
@@ -804,5 +805,37 @@ fn a_device_reporting_faster_than_its_pace_has_its_states_spaced_and_every_readi
     // States only ever get newer.
     let states = &seen.states;
     assert!(states.windows(2).all(|w| w[1] > w[0]), "a state went back: {states:?}");
+
+    // A clean stop while the sensor reports: what waited for the pace (the owed state, up to a
+    // second of history) goes out before the fronts close, and so does the hub's `offline`.
+    let status = Sub::start(&[&args[..], &["-t", "hearth/hub/status"]].concat());
+    status.until("the hub online", Duration::from_secs(30), |_, p| (p == "online").then_some(()));
+    let stopped_ms = tests::unix_ms();
+    let exit = hub.terminate_within(Duration::from_secs(30));
+    assert!(exit.is_some_and(|s| s.success()), "a clean stop: {exit:?}");
+    status.until("offline at the stop", Duration::from_secs(10), |_, p| {
+        (p == "offline").then_some(())
+    });
     drop(sim);
+    // Every reading stored from the window's start until just before the stop (later ones may
+    // have been stored as the bridge stopped, never to be published) reached the subscriber.
+    let hub = Hub::start_with(&dir, coap, &mqtt_config(&ports));
+    let stored: std::collections::BTreeSet<i64> = hub
+        .ctl(&["readings", &id, "--limit", "100000"])
+        .as_array()
+        .expect("readings")
+        .iter()
+        .filter_map(|r| r["time_ms"].as_i64())
+        .filter(|t| (start..stopped_ms - 200).contains(t))
+        .collect();
+    let missing = |seen: &Seen| {
+        let got: std::collections::BTreeSet<i64> =
+            seen.states.iter().chain(&seen.in_history).copied().collect();
+        stored.difference(&got).copied().collect::<Vec<_>>()
+    };
+    for (t, p) in sub.received() {
+        seen.take(t == history, &p);
+    }
+    let lost = missing(&seen);
+    assert!(lost.is_empty(), "{} readings stored before the stop never reached MQTT", lost.len());
 }
