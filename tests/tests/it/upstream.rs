@@ -200,10 +200,15 @@ impl Subscriber {
     /// hands a QoS 2 message over on PUBREL, so a restart cannot duplicate one).
     fn revive(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
-            while let Ok(l) = self.lines.try_recv() {
+            // Everything it printed, to the pipe's end: its reader may not have read its last
+            // lines yet (taking only what had arrived lost them, and with them readings the
+            // broker had already handed over). The reader ends at end of file, as it exited.
+            let (child, lines) = spawn_sub(self.port, &self.dir);
+            let old = std::mem::replace(&mut self.lines, lines);
+            for l in old.iter() {
                 self.take(l);
             }
-            (self.child, self.lines) = spawn_sub(self.port, &self.dir);
+            self.child = child;
             self.restarts += 1;
         }
     }
