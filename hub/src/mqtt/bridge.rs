@@ -273,10 +273,15 @@ impl Bridge {
             }
             let held = self.devices.get_mut(&device).and_then(|p| p.pace.take_all_history());
             if let Some(held) = held {
-                let payload = topics::history_payload(&subject(device, &v), &held);
-                self.publish(topics::history(&device), payload);
+                self.publish_history(device, &v, &held);
             }
         }
+    }
+
+    /// One `…/history` message of `device` (seen as `v`) with the entries `held`.
+    fn publish_history(&mut self, device: DeviceId, v: &StateView, held: &[u8]) {
+        let payload = topics::history_payload(&subject(device, v), held);
+        self.publish(topics::history(&device), payload);
     }
 
     /// Brings every device up to date (at start, and after falling behind the directory's
@@ -385,8 +390,7 @@ impl Bridge {
         if let Some(held) = p.pace.take_history(now) {
             match self.api.directory.state_view(&device) {
                 Some(v) if v.availability != Availability::Isolated => {
-                    let payload = topics::history_payload(&subject(device, &v), &held);
-                    self.publish(topics::history(&device), payload);
+                    self.publish_history(device, &v, &held);
                 }
                 _ => {}
             }

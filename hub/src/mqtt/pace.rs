@@ -3,9 +3,10 @@
 //! reports wait and go out together as the newest state. The readings that never become a
 //! published state (replayed, older, or overtaken while waiting) gather for `…/history`,
 //! already written as its entries, and go out as one message at most every [`HISTORY_EVERY`],
-//! or at once when [`HISTORY_MAX_BYTES`] have gathered. A device that reports faster than anyone could watch (a fault, a flood, a drain
-//! after an outage) so costs the hub and each subscriber a bounded number of messages, and every
-//! reading still reaches them, as state or in history.
+//! or at once when [`HISTORY_MAX_BYTES`] have gathered. A device that reports faster than
+//! anyone could watch (a fault, a flood, a drain after an outage) so costs the hub and each
+//! subscriber a bounded number of messages, and every reading still reaches them, as state or
+//! in history.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,8 +48,8 @@ impl Held {
 /// One device's pace and what it holds back.
 #[derive(Debug, Default)]
 pub(crate) struct Pace {
-    /// State messages it may send now (a fraction accrues), as of `refilled`; `None`: a full
-    /// bucket.
+    /// State messages it could send (a fraction accrues) and when that was counted; `None`: a
+    /// full bucket.
     bucket: Option<(f64, Instant)>,
     /// Its state is newer than the one published and waits for the bucket.
     state_owed: bool,

@@ -173,13 +173,11 @@ pub(crate) fn client_may_publish(topic: &str, discovery_prefix: &str) -> bool {
     }
 }
 
-/// One state message: the values measured at one time.
+/// One state message: a device's current values.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StateMessage {
-    /// When measured, Unix ms.
+    /// When its newest value was measured, Unix ms.
     pub time_ms: i64,
-    /// Replayed from the sensor's outage buffer.
-    pub backfill: bool,
     /// The JSON.
     pub payload: Vec<u8>,
 }
@@ -272,15 +270,12 @@ pub(crate) fn current_state<'a>(
         values.insert(short_name(&r.name), &r.value);
     }
     let time_ms = time_ms?;
-    Some(StateMessage {
-        time_ms,
-        backfill: false,
-        payload: state_payload(device, time_ms, values, false),
-    })
+    Some(StateMessage { time_ms, payload: state_payload(device, time_ms, values) })
 }
 
 /// A state message's JSON. Its fields are in name order, as they were when it was built as a
 /// `serde_json::Value` (whose maps are sorted): the bytes did not change with the typed form.
+/// `backfill` is always false (replayed readings go to history); clients may rely on the key.
 #[derive(serde::Serialize)]
 struct StatePayload<'a> {
     backfill: bool,
@@ -295,15 +290,10 @@ struct StatePayload<'a> {
     values: BTreeMap<&'a str, &'a Value>,
 }
 
-fn state_payload(
-    device: &Subject<'_>,
-    time_ms: i64,
-    values: BTreeMap<&str, &Value>,
-    backfill: bool,
-) -> Vec<u8> {
+fn state_payload(device: &Subject<'_>, time_ms: i64, values: BTreeMap<&str, &Value>) -> Vec<u8> {
     let battery = values.get(Quantity::Battery.senml()).and_then(|v| v.as_f64()).or(device.battery);
     let payload = StatePayload {
-        backfill,
+        backfill: false,
         battery,
         device: device.id,
         name: device.name,
