@@ -157,13 +157,9 @@ pub struct LiveReading {
 /// What changed, for the outgoing paths and live views.
 #[derive(Debug, Clone)]
 pub enum Notice {
-    /// Durable readings of a device that is not isolated.
-    Readings {
-        /// Device.
-        device: DeviceId,
-        /// In the order received.
-        readings: Arc<[LiveReading]>,
-    },
+    /// The durable readings of one group commit: each device that is not isolated, with its
+    /// readings in the order received.
+    Readings(Arc<[(DeviceId, Arc<[LiveReading]>)]>),
     /// A device's availability changed.
     Availability {
         /// Device.
@@ -477,53 +473,68 @@ impl Directory {
         }
     }
 
-    /// Durable readings of `device`, received at `now_ms`: updates last seen, state and the
-    /// period, and publishes them unless the device is isolated (or nobody listens).
-    pub fn readings(&self, device: &DeviceId, readings: &[Reading], now_ms: i64) {
-        let mut came_back = false;
-        let publish = {
+    /// The durable readings of one group commit, each device's in the order received, at
+    /// `now_ms`: updates last seen, state and the period of each under one lock, and publishes
+    /// those of devices that are not isolated in one notice (none if nobody listens). The
+    /// link's thread calls this once per commit, so it takes the readings rather than copying
+    /// their strings.
+    pub fn readings(&self, reports: Vec<(DeviceId, Vec<Reading>)>, now_ms: i64) {
+        let listening = self.notices.receiver_count() > 0;
+        let mut came_back = Vec::new();
+        let mut published = Vec::new();
+        {
             let mut inner = self.write();
             let inner = &mut *inner;
-            let Some(e) = inner.devices.get_mut(device) else { return };
-            // The period is learned from when the sensor measured, not when reports arrived:
-            // a backlog drained after an outage arrives faster than the sensor measures, and
-            // learning from it would shrink the allowance until the next live report is
-            // "late" (an offline flap right after the drain).
-            if let Some(measured) = readings.iter().map(|r| r.time.0).max() {
-                e.period.report(measured.max(0) as u64);
-            }
-            e.profile.last_seen_ms = Some(now_ms);
-            for r in readings {
-                match e.state.quantity_of(&r.name) {
-                    Some(old) if old.time_ms > r.time.0 => {}
-                    Some(old) => old.assign(r),
-                    None => e.state.insert(r.into()),
+            for (device, readings) in reports {
+                let Some(e) = inner.devices.get_mut(&device) else { continue };
+                // The period is learned from when the sensor measured, not when reports
+                // arrived: a backlog drained after an outage arrives faster than the sensor
+                // measures, and learning from it would shrink the allowance until the next
+                // live report is "late" (an offline flap right after the drain).
+                if let Some(measured) = readings.iter().map(|r| r.time.0).max() {
+                    e.period.report(measured.max(0) as u64);
+                }
+                e.profile.last_seen_ms = Some(now_ms);
+                for r in &readings {
+                    match e.state.quantity_of(&r.name) {
+                        Some(old) if old.time_ms > r.time.0 => {}
+                        Some(old) => old.assign(r),
+                        None => e.state.insert(r.into()),
+                    }
+                }
+                if e.profile.reachable == Some(false) {
+                    e.profile.reachable = Some(true);
+                    e.record(now_ms, "reporting again");
+                    if e.availability() == Availability::Online {
+                        came_back.push(device);
+                    }
+                    inner.dirty = true;
+                }
+                if listening && e.availability() != Availability::Isolated {
+                    published.push((device, readings));
                 }
             }
-            if e.profile.reachable == Some(false) {
-                e.profile.reachable = Some(true);
-                e.record(now_ms, "reporting again");
-                came_back = e.availability() == Availability::Online;
-                inner.dirty = true;
-            }
-            e.availability() != Availability::Isolated
-        };
-        if came_back {
-            self.notify(Notice::Availability {
-                device: *device,
-                availability: Availability::Online,
-            });
         }
-        if publish && self.notices.receiver_count() > 0 {
-            let readings = readings
-                .iter()
-                .map(|r| LiveReading {
-                    reading: r.into(),
-                    backfill: now_ms - r.time.0 > BACKFILL_AFTER_MS,
-                })
-                .collect();
-            self.notify(Notice::Readings { device: *device, readings });
+        for device in came_back {
+            self.notify(Notice::Availability { device, availability: Availability::Online });
         }
+        if published.is_empty() {
+            return;
+        }
+        let reports = published
+            .into_iter()
+            .map(|(device, readings)| {
+                let readings = readings
+                    .into_iter()
+                    .map(|r| LiveReading {
+                        backfill: now_ms - r.time.0 > BACKFILL_AFTER_MS,
+                        reading: r.into(),
+                    })
+                    .collect();
+                (device, readings)
+            })
+            .collect();
+        self.notify(Notice::Readings(reports));
     }
 
     /// Restores `device`'s current state from its newest stored `readings` (at start: the

@@ -45,7 +45,7 @@ fn offline_after_missed_periods_online_again_on_a_report_and_survives_a_restart(
     let id = info(1, "m").id;
     let mut notices = d.subscribe();
     for t in [1_000, 2_000, 3_000, 4_000] {
-        d.readings(&id, &[reading(t, "temperature", 20.0)], t);
+        d.readings(vec![(id, vec![reading(t, "temperature", 20.0)])], t);
     }
     d.tick(7_000);
     assert_eq!(d.get(&id).expect("dev").availability, Availability::Online);
@@ -58,10 +58,10 @@ fn offline_after_missed_periods_online_again_on_a_report_and_survives_a_restart(
     let snap = again.get(&id).expect("dev");
     assert_eq!(snap.availability, Availability::Offline);
     assert_eq!(snap.transitions.iter().map(|t| t.to).collect::<Vec<_>>(), [Availability::Offline]);
-    again.readings(&id, &[reading(100_500, "temperature", 21.0)], 100_500);
+    again.readings(vec![(id, vec![reading(100_500, "temperature", 21.0)])], 100_500);
     assert_eq!(again.get(&id).expect("dev").availability, Availability::Online);
     // Notices: readings then offline, in order.
-    assert!(matches!(notices.try_recv(), Ok(Notice::Readings { .. })));
+    assert!(matches!(notices.try_recv(), Ok(Notice::Readings(_))));
     let mut saw_offline = false;
     while let Ok(n) = notices.try_recv() {
         saw_offline |=
@@ -74,7 +74,7 @@ fn offline_after_missed_periods_online_again_on_a_report_and_survives_a_restart(
 fn nobody_is_offline_right_after_a_restart() {
     let mut doc_dir = Directory::new(vec![info(1, "m")], None, CONFIG, 0);
     let id = info(1, "m").id;
-    doc_dir.readings(&id, &[reading(0, "temperature", 1.0)], 0);
+    doc_dir.readings(vec![(id, vec![reading(0, "temperature", 1.0)])], 0);
     let doc = doc_dir.document();
     // The hub was down for an hour: the sensor gets a full allowance from the start.
     doc_dir = Directory::new(vec![info(1, "m")], Some(&doc), CONFIG, 3_600_000);
@@ -96,7 +96,7 @@ fn isolated_devices_publish_nothing_and_the_override_is_explicit() {
     assert_eq!(d.get(&id).expect("dev").availability, Availability::Isolated);
     assert!(d.isolated(&id) && !d.isolated(&info(9, "m").id));
     while notices.try_recv().is_ok() {}
-    d.readings(&id, &[reading(20, "temperature", 3.0)], 20);
+    d.readings(vec![(id, vec![reading(20, "temperature", 3.0)])], 20);
     assert!(notices.try_recv().is_err(), "an isolated device's reading was published");
     // It keeps its local state (the owner sees it on the hub).
     assert_eq!(d.get(&id).expect("dev").state["temperature"].value, 3.0);
@@ -143,14 +143,14 @@ fn backfill_is_marked_and_state_keeps_the_newest_value() {
     let id = info(1, "m").id;
     let mut notices = d.subscribe();
     d.readings(
-        &id,
-        &[reading(100_000, "temperature", 5.0), reading(10_000, "temperature", 1.0)],
+        vec![(id, vec![reading(100_000, "temperature", 5.0), reading(10_000, "temperature", 1.0)])],
         100_000,
     );
-    let Ok(Notice::Readings { readings, .. }) = notices.try_recv() else { panic!("no readings") };
+    let Ok(Notice::Readings(reports)) = notices.try_recv() else { panic!("no readings") };
+    let readings = &reports[0].1;
     assert_eq!(readings.iter().map(|r| r.backfill).collect::<Vec<_>>(), [false, true]);
     assert_eq!(d.get(&id).expect("dev").state["temperature"].value, 5.0);
-    d.readings(&id, &[reading(100_001, "battery", 87.0)], 100_001);
+    d.readings(vec![(id, vec![reading(100_001, "battery", 87.0)])], 100_001);
     assert_eq!(d.get(&id).expect("dev").battery, Some(87.0));
 }
 
@@ -161,7 +161,7 @@ fn a_drained_backlog_teaches_the_sensors_period_not_the_drains_so_nothing_flaps_
     // Measured every second from t=0 to t=29 s (an outage), drained in 300 ms steps after.
     let mut now = 30_000;
     for t in (0..30).map(|i| i * 1_000) {
-        d.readings(&id, &[reading(t, "temperature", 20.0)], now);
+        d.readings(vec![(id, vec![reading(t, "temperature", 20.0)])], now);
         now += 300;
     }
     assert_eq!(d.get(&id).expect("dev").period_ms, 1_000);
@@ -176,7 +176,7 @@ fn a_drained_backlog_teaches_the_sensors_period_not_the_drains_so_nothing_flaps_
 fn restored_state_fills_in_what_is_missing_and_never_replaces_a_newer_value() {
     let d = Directory::new(vec![info(1, "m")], None, CONFIG, 0);
     let id = info(1, "m").id;
-    d.readings(&id, &[reading(50, "temperature", 5.0)], 50);
+    d.readings(vec![(id, vec![reading(50, "temperature", 5.0)])], 50);
     let mut notices = d.subscribe();
     let stored = |r: Reading| StoredReading::from(&r);
     // Older than what arrived since: nothing restored, nothing announced.
@@ -215,10 +215,13 @@ fn the_state_view_says_what_the_snapshot_says_and_a_reading_replaces_its_quantit
     let id = info(1, "m").id;
     let view = d.state_view(&id).expect("view");
     assert!(view.state.is_empty());
-    d.readings(&id, &[reading(1_000, "temperature", 20.0), reading(1_000, "battery", 80.0)], 1_000);
+    d.readings(
+        vec![(id, vec![reading(1_000, "temperature", 20.0), reading(1_000, "battery", 80.0)])],
+        1_000,
+    );
     // A newer value of a quantity replaces the held one; an older one does not.
-    d.readings(&id, &[reading(2_000, "temperature", 21.5)], 2_000);
-    d.readings(&id, &[reading(1_500, "temperature", 19.0)], 2_100);
+    d.readings(vec![(id, vec![reading(2_000, "temperature", 21.5)])], 2_000);
+    d.readings(vec![(id, vec![reading(1_500, "temperature", 19.0)])], 2_100);
     d.rename(&id, "Hall").expect("rename");
     d.set_room(&id, Some("Upstairs")).expect("room");
     let (view, snap) = (d.state_view(&id).expect("view"), d.get(&id).expect("snapshot"));

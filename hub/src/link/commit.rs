@@ -220,17 +220,22 @@ impl Driver {
             kill_point!("paired");
             self.link.paired_durable(now, &kid);
         }
-        for w in &batch.writes {
+        // Pairings before readings (a device's first readings may be in the same commit);
+        // the readings of the whole commit go to the directory at once.
+        let mut reports = Vec::new();
+        for w in batch.writes {
             match w {
                 Write::Device { info, .. } => {
-                    self.directory.paired(info.clone(), now_ms);
-                    self.apply_advisories(Some(&info.id));
+                    let id = info.id;
+                    self.directory.paired(info, now_ms);
+                    self.apply_advisories(Some(&id));
                 }
-                Write::Readings { kid, readings } => {
-                    self.directory.readings(&(*kid).into(), readings, now_ms);
-                }
+                Write::Readings { kid, readings } => reports.push((kid.into(), readings)),
                 _ => {}
             }
+        }
+        if !reports.is_empty() {
+            self.directory.readings(reports, now_ms);
         }
     }
 }

@@ -78,6 +78,14 @@ impl From<&Reading> for StoredReading {
     }
 }
 
+impl From<Reading> for StoredReading {
+    /// Takes `r`'s strings (the link's readings, after their commit).
+    fn from(r: Reading) -> Self {
+        let value = value(&r);
+        Self { time_ms: r.time.0, name: r.name, unit: r.unit, value }
+    }
+}
+
 impl StoredReading {
     /// Becomes `r`, reusing its strings' buffers (the directory's current state takes every
     /// reading, on the link's thread).
