@@ -157,9 +157,15 @@ pub struct LiveReading {
 /// What changed, for the outgoing paths and live views.
 #[derive(Debug, Clone)]
 pub enum Notice {
-    /// The durable readings of one group commit: each device that is not isolated, with its
-    /// readings in the order received.
-    Readings(Arc<[(DeviceId, Arc<[LiveReading]>)]>),
+    /// Durable readings of a device that is not isolated. One notice per device and commit:
+    /// the channel holds at most 4,096 notices, so one device's readings bound what a lagging
+    /// listener keeps alive, not a whole commit's.
+    Readings {
+        /// Device.
+        device: DeviceId,
+        /// In the order received.
+        readings: Arc<[LiveReading]>,
+    },
     /// A device's availability changed.
     Availability {
         /// Device.
@@ -475,9 +481,8 @@ impl Directory {
 
     /// The durable readings of one group commit, each device's in the order received, at
     /// `now_ms`: updates last seen, state and the period of each under one lock, and publishes
-    /// those of devices that are not isolated in one notice (none if nobody listens). The
-    /// link's thread calls this once per commit, so it takes the readings rather than copying
-    /// their strings.
+    /// those of devices that are not isolated (unless nobody listens). The link's thread calls
+    /// this once per commit, so it takes the readings rather than copying their strings.
     pub fn readings(&self, reports: Vec<(DeviceId, Vec<Reading>)>, now_ms: i64) {
         let listening = self.notices.receiver_count() > 0;
         let mut came_back = Vec::new();
@@ -518,23 +523,16 @@ impl Directory {
         for device in came_back {
             self.notify(Notice::Availability { device, availability: Availability::Online });
         }
-        if published.is_empty() {
-            return;
+        for (device, readings) in published {
+            let readings = readings
+                .into_iter()
+                .map(|r| LiveReading {
+                    backfill: now_ms - r.time.0 > BACKFILL_AFTER_MS,
+                    reading: r.into(),
+                })
+                .collect();
+            self.notify(Notice::Readings { device, readings });
         }
-        let reports = published
-            .into_iter()
-            .map(|(device, readings)| {
-                let readings = readings
-                    .into_iter()
-                    .map(|r| LiveReading {
-                        backfill: now_ms - r.time.0 > BACKFILL_AFTER_MS,
-                        reading: r.into(),
-                    })
-                    .collect();
-                (device, readings)
-            })
-            .collect();
-        self.notify(Notice::Readings(reports));
     }
 
     /// Restores `device`'s current state from its newest stored `readings` (at start: the

@@ -61,7 +61,7 @@ fn offline_after_missed_periods_online_again_on_a_report_and_survives_a_restart(
     again.readings(vec![(id, vec![reading(100_500, "temperature", 21.0)])], 100_500);
     assert_eq!(again.get(&id).expect("dev").availability, Availability::Online);
     // Notices: readings then offline, in order.
-    assert!(matches!(notices.try_recv(), Ok(Notice::Readings(_))));
+    assert!(matches!(notices.try_recv(), Ok(Notice::Readings { .. })));
     let mut saw_offline = false;
     while let Ok(n) = notices.try_recv() {
         saw_offline |=
@@ -146,8 +146,7 @@ fn backfill_is_marked_and_state_keeps_the_newest_value() {
         vec![(id, vec![reading(100_000, "temperature", 5.0), reading(10_000, "temperature", 1.0)])],
         100_000,
     );
-    let Ok(Notice::Readings(reports)) = notices.try_recv() else { panic!("no readings") };
-    let readings = &reports[0].1;
+    let Ok(Notice::Readings { readings, .. }) = notices.try_recv() else { panic!("no readings") };
     assert_eq!(readings.iter().map(|r| r.backfill).collect::<Vec<_>>(), [false, true]);
     assert_eq!(d.get(&id).expect("dev").state["temperature"].value, 5.0);
     d.readings(vec![(id, vec![reading(100_001, "battery", 87.0)])], 100_001);

@@ -30,11 +30,9 @@ use crate::device_id::DeviceId;
 use crate::devices::{Availability, DeviceSnapshot, LiveReading, Notice, StateView};
 use crate::store::StoredReading;
 
-/// Notices taken in one batch at most (their states are published once per device; one notice
-/// holds the readings of a whole group commit).
+/// Notices taken in one batch at most (their states are published once per device).
 const NOTICE_BATCH: usize = 1024;
-/// A batch with this many devices' reports means the link is busy: notices then gather for
-/// [`GATHER`] before the next
+/// A batch this long means the link is busy: notices then gather for [`GATHER`] before the next
 /// batch is taken. The link's thread no longer wakes the bridge for every report, and batches
 /// grow; at a human pace every notice is taken at once.
 const BUSY_BATCH: usize = 32;
@@ -226,11 +224,7 @@ impl Bridge {
                                 Err(_) => break,
                             }
                         }
-                        let reports: usize = batch
-                            .iter()
-                            .map(|n| if let Notice::Readings(r) = n { r.len() } else { 1 })
-                            .sum();
-                        if reports >= BUSY_BATCH {
+                        if batch.len() >= BUSY_BATCH {
                             self.gather_until = Some(tokio::time::Instant::now() + GATHER);
                         }
                         if lagged {
@@ -454,11 +448,9 @@ impl Bridge {
         let mut reported: Vec<DeviceId> = Vec::new();
         let mut seen: std::collections::HashSet<DeviceId> = std::collections::HashSet::new();
         for n in batch {
-            if let Notice::Readings(reports) = n {
-                for (device, readings) in reports.iter() {
-                    if self.readings(device, readings) && seen.insert(*device) {
-                        reported.push(*device);
-                    }
+            if let Notice::Readings { device, readings } = n {
+                if self.readings(&device, &readings) && seen.insert(device) {
+                    reported.push(device);
                 }
                 continue;
             }
@@ -526,8 +518,11 @@ impl Bridge {
 
     fn notice(&mut self, n: Notice) {
         match n {
-            // Taken by [`Bridge::notices`], which passes on only the other kinds.
-            Notice::Readings(_) => {}
+            Notice::Readings { device, readings } => {
+                let mut reported = vec![device];
+                self.readings(&device, &readings);
+                self.states(&mut reported);
+            }
             Notice::Availability { device, availability } => {
                 match (availability, self.api.directory.get(&device)) {
                     (Availability::Isolated, _) => {
