@@ -22,6 +22,9 @@ use crate::store::{DeviceInfo, StoredReading};
 pub(crate) const META_KEY: &str = "devices";
 /// Transitions kept per device.
 const TRANSITIONS: usize = 32;
+/// Quantities held in a device's current state. A sensor reports a few; one sending ever new
+/// names cannot grow the hub's memory or the state message (its readings are still stored).
+const MAX_QUANTITIES: usize = 32;
 /// A reading that arrives this much later than it was taken is backfill (from an outage buffer).
 const BACKFILL_AFTER_MS: i64 = 30_000;
 /// Longest name or room.
@@ -215,8 +218,11 @@ impl Current {
         Some(&mut self.0[at])
     }
 
-    /// A quantity not held yet.
+    /// A quantity not held yet, unless [`MAX_QUANTITIES`] are.
     fn insert(&mut self, r: StoredReading) {
+        if self.0.len() >= MAX_QUANTITIES {
+            return;
+        }
         self.0.push(r);
         self.0.shrink_to_fit();
     }

@@ -243,3 +243,19 @@ fn the_state_view_says_what_the_snapshot_says_and_a_reading_replaces_its_quantit
     // The digest tells descriptors apart.
     assert_ne!(descriptor_digest(&info(1, "m").about), descriptor_digest(&info(1, "n").about));
 }
+
+#[test]
+fn a_device_sending_ever_new_names_holds_at_most_max_quantities_and_known_ones_still_update() {
+    let d = Directory::new(vec![info(1, "m")], None, CONFIG, 0);
+    let id = info(1, "m").id;
+    d.readings(vec![(id, vec![reading(1_000, "temperature", 20.0)])], 1_000);
+    let names: Vec<Reading> =
+        (0..2 * MAX_QUANTITIES).map(|i| reading(2_000, &format!("q{i}"), i as f64)).collect();
+    for pack in names.chunks(64) {
+        d.readings(vec![(id, pack.to_vec())], 2_000);
+    }
+    assert_eq!(d.state_view(&id).expect("view").state.len(), MAX_QUANTITIES);
+    d.readings(vec![(id, vec![reading(3_000, "temperature", 22.5)])], 3_000);
+    let snap = d.get(&id).expect("snapshot");
+    assert_eq!(snap.state["temperature"].value, 22.5);
+}
