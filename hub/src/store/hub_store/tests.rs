@@ -204,10 +204,14 @@ fn erase_hides_readings_at_once_and_after_restart_and_a_reused_id_starts_clean()
         assert_eq!(store.reading_count(&a).expect("count"), 0);
         assert!(store.readings(&a, 100).expect("r").is_empty());
         assert!(store.devices().expect("devices").iter().all(|d| d.id.kid() != a));
+        // The segments' reading counts (kept per sealed segment) forget it too.
+        assert!(store.frames(0).0.len() > 2, "sealed segments");
+        assert_eq!(store.frames(0).0.iter().map(|v| v.readings).sum::<u64>(), 100);
     }
     let (store, _) = HubStore::open(tmp.path(), config(2048)).expect("reopen");
     assert!(store.readings(&a, 100).expect("r").is_empty());
     assert_eq!(store.reading_count(&b).expect("count"), 100);
+    assert_eq!(store.frames(0).0.iter().map(|v| v.readings).sum::<u64>(), 100);
     assert!(store.load_peers().expect("peers").iter().all(|p| p.params.recipient_id != a));
     // The same id paired again: no old readings, no old replay window.
     store.commit(&[device(a), readings(a, [1000])]).expect("again");

@@ -61,7 +61,7 @@ impl IndexJob {
 
 impl Sealed {
     pub(in crate::store) fn new(a: Active, last_seq: u64, index: Index) -> Self {
-        Sealed {
+        let mut s = Sealed {
             first_seq: a.first_seq,
             last_seq,
             len: a.len,
@@ -70,7 +70,10 @@ impl Sealed {
             file: a.file,
             idx: index.idx,
             devices: index.devices,
-        }
+            readings: 0,
+        };
+        s.recount();
+        s
     }
 }
 
@@ -117,7 +120,7 @@ pub(in crate::store) fn load_index(
         devices.insert(kid, SealedDevice { span, blocks, offsets_at });
         e = r;
     }
-    Some(Sealed {
+    let mut s = Sealed {
         first_seq,
         last_seq: last,
         len,
@@ -126,5 +129,8 @@ pub(in crate::store) fn load_index(
         file: Arc::new(idx.try_clone().ok()?),
         idx: Arc::new(idx),
         devices,
-    })
+        readings: 0,
+    };
+    s.recount();
+    Some(s)
 }

@@ -95,6 +95,17 @@ struct Sealed {
     file: Arc<File>,
     idx: Arc<File>,
     devices: HashMap<Kid, SealedDevice>,
+    /// The readings `devices` count, kept with them: every `views` call (the upstream reader
+    /// makes one per commit when caught up) would otherwise add up every device of every
+    /// sealed segment.
+    readings: u64,
+}
+
+impl Sealed {
+    /// Counts the readings of `devices` again (after devices were dropped from it).
+    fn recount(&mut self) {
+        self.readings = self.devices.values().map(|d| d.span.count).sum();
+    }
 }
 
 #[derive(Debug)]
@@ -386,7 +397,9 @@ impl SegmentLog {
     /// Hides every reading of `kid` stored so far (the device was erased).
     pub(super) fn erase(&mut self, kid: &Kid) {
         for s in &mut self.sealed {
-            s.devices.remove(kid);
+            if let Some(d) = s.devices.remove(kid) {
+                s.readings -= d.span.count;
+            }
         }
         for s in &mut self.sealing {
             s.active.devices.remove(kid);
@@ -494,7 +507,7 @@ impl SegmentLog {
             remove_file(&s.path);
             kill_point!("retention");
             remove_file(&s.idx_path);
-            let readings = s.devices.values().map(|d| d.span.count).sum();
+            let readings = s.readings;
             let (first_seq, last_seq) = (s.first_seq, s.last_seq);
             dropped.push(Dropped { first_seq, last_seq, readings, for_space });
         }
@@ -522,7 +535,13 @@ impl SegmentLog {
                 first_seq: s.first_seq,
                 last_seq: s.last_seq,
                 len: s.len,
-                readings: s.devices.values().map(|d| d.span.count).sum(),
+                readings: {
+                    debug_assert_eq!(
+                        s.readings,
+                        s.devices.values().map(|d| d.span.count).sum::<u64>()
+                    );
+                    s.readings
+                },
                 active: false,
                 file: s.file.clone(),
             });

@@ -264,4 +264,5 @@ impl Recovery<'_> {
 pub(in crate::store) fn apply_floors(sealed: &mut Sealed, floors: &HashMap<Kid, u64>) {
     let last = sealed.last_seq;
     sealed.devices.retain(|kid, _| floors.get(kid).is_none_or(|&f| last >= f));
+    sealed.recount();
 }
