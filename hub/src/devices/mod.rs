@@ -25,6 +25,8 @@ const TRANSITIONS: usize = 32;
 /// Quantities held in a device's current state. A sensor reports a few; one sending ever new
 /// names cannot grow the hub's memory or the state message (its readings are still stored).
 const MAX_QUANTITIES: usize = 32;
+/// Notices the channel holds for a listener that falls behind (it then gets `Lagged`).
+const NOTICE_BACKLOG: usize = 4096;
 /// A reading that arrives this much later than it was taken is backfill (from an outage buffer).
 const BACKFILL_AFTER_MS: i64 = 30_000;
 /// Longest name or room.
@@ -161,8 +163,8 @@ pub struct LiveReading {
 #[derive(Debug, Clone)]
 pub enum Notice {
     /// Durable readings of a device that is not isolated. One notice per device and commit:
-    /// the channel holds at most 4,096 notices, so one device's readings bound what a lagging
-    /// listener keeps alive, not a whole commit's.
+    /// the channel holds at most [`NOTICE_BACKLOG`] notices, so one device's readings bound
+    /// what a lagging listener keeps alive, not a whole commit's.
     Readings {
         /// Device.
         device: DeviceId,
@@ -347,7 +349,7 @@ impl Directory {
                 (entry.info.id, entry)
             })
             .collect();
-        let (notices, _) = broadcast::channel(4096);
+        let (notices, _) = broadcast::channel(NOTICE_BACKLOG);
         Self {
             inner: Arc::new(RwLock::new(Inner { devices, dirty: false, started_ms: now_ms })),
             notices,
