@@ -9,7 +9,7 @@ use std::sync::Arc;
 use protocol::oscore::Kid;
 use serde::{Deserialize, Serialize};
 
-use super::log::{SEG_HEADER, SegmentView, find_frame, frame_at};
+use super::log::{Counted, SEG_HEADER, SegmentView, find_frame, frame_at};
 use super::records::{self, Item};
 use super::{HubStore, StoredReading};
 
@@ -202,9 +202,10 @@ impl OutboxReader {
     /// Readings after the position in the current segment, of its `total` (of devices not
     /// erased): what was passed of the devices still counted there is taken off.
     fn left_in(&self, c: &Current, total: u64) -> u64 {
-        match self.store.segment_kids(c.first_seq) {
+        match self.store.counted(c.first_seq) {
             Some(kids) => {
-                let passed: u64 = kids.iter().filter_map(|k| c.passed_by_kid.get(k)).sum();
+                let passed: u64 =
+                    c.passed_by_kid.iter().filter(|(k, _)| kids.contains(k)).map(|(_, n)| n).sum();
                 total.saturating_sub(passed)
             }
             None => total.saturating_sub(c.passed),
@@ -276,7 +277,7 @@ impl OutboxReader {
     pub fn drop_oldest(&mut self, n: u64) -> u64 {
         let from = self.next_seq;
         let mut done = 0;
-        let mut live_kids: Option<(u64, Option<std::collections::HashSet<Kid>>)> = None;
+        let mut live_kids: Option<(u64, Option<Counted>)> = None;
         while done < n {
             let left = self.cur.as_ref().map_or(0, |c| self.left_in(c, c.readings));
             if let Some(c) = &self.cur
@@ -300,7 +301,7 @@ impl OutboxReader {
                         // devices are looked up once per segment).
                         let first = self.cur.as_ref().map(|c| c.first_seq);
                         if live_kids.as_ref().map(|(f, _)| *f) != first {
-                            live_kids = first.map(|f| (f, self.store.segment_kids(f)));
+                            live_kids = first.map(|f| (f, self.store.counted(f)));
                         }
                         let live = live_kids.as_ref().and_then(|(_, k)| k.as_ref());
                         done += count_of(&payload, live);
@@ -440,7 +441,7 @@ enum Adv {
 
 /// Readings in a frame's payload (from block headers).
 /// Readings in a frame's payload, of the devices in `live` (all of them for `None`).
-fn count_of(payload: &[u8], live: Option<&std::collections::HashSet<Kid>>) -> u64 {
+fn count_of(payload: &[u8], live: Option<&Counted>) -> u64 {
     records::scan(payload).map_or(0, |items| {
         items
             .iter()

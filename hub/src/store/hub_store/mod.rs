@@ -477,9 +477,9 @@ impl HubStore {
         (live.log.views(), retired)
     }
 
-    /// The devices whose readings a segment still counts (not erased), by its first sequence.
-    pub(super) fn segment_kids(&self, first_seq: u64) -> Option<std::collections::HashSet<Kid>> {
-        self.live().log.segment_kids(first_seq)
+    /// Which devices' readings a segment still counts (not erased), by its first sequence.
+    pub(super) fn counted(&self, first_seq: u64) -> Option<log::Counted> {
+        self.live().log.counted(first_seq)
     }
 
     /// Seals the active segment now and waits for its index and retention (tests).

@@ -3,7 +3,8 @@
 //! sequence number, payload — made durable by one fdatasync before anything in it is
 //! acknowledged (DESIGN, durability contract); a torn tail is cut off at open. Sealed segments
 //! get an index file (`.idx`: per device, where its blocks are; derived, rebuilt when missing),
-//! so queries never scan; retention drops whole segments, oldest first.
+//! so queries never scan and memory does not hold every segment's devices; retention drops
+//! whole segments, oldest first.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -27,8 +28,9 @@ pub(super) const SEG_HEADER: u64 = 16;
 pub(super) const FRAME_HEADER: u64 = 16;
 /// A longer frame is taken for garbage.
 const MAX_FRAME: u64 = 256 << 20;
-const IDX_MAGIC: &[u8; 8] = b"HRTHIDX1";
-/// Magic, first and last sequence, segment length, device count, directory length.
+/// Index files of an older format are rebuilt from their segment at start.
+const IDX_MAGIC: &[u8; 8] = b"HRTHIDX2";
+/// Magic, first and last sequence, segment length, device count, entry size.
 const IDX_HEADER: usize = 40;
 
 /// Log failures.
@@ -71,14 +73,6 @@ impl Span {
     }
 }
 
-#[derive(Debug)]
-struct SealedDevice {
-    span: Span,
-    blocks: u32,
-    /// Where its block offsets are in the index file.
-    offsets_at: u64,
-}
-
 #[derive(Debug, Default)]
 struct ActiveDevice {
     span: Option<Span>,
@@ -94,18 +88,10 @@ struct Sealed {
     idx_path: PathBuf,
     file: Arc<File>,
     idx: Arc<File>,
-    devices: HashMap<Kid, SealedDevice>,
-    /// The readings `devices` count, kept with them: every `views` call (the upstream reader
-    /// makes one per commit when caught up) would otherwise add up every device of every
-    /// sealed segment.
+    /// Its directory of devices is in `idx`; this says where to look.
+    fence: Fence,
+    /// Readings of devices not erased.
     readings: u64,
-}
-
-impl Sealed {
-    /// Counts the readings of `devices` again (after devices were dropped from it).
-    fn recount(&mut self) {
-        self.readings = self.devices.values().map(|d| d.span.count).sum();
-    }
 }
 
 #[derive(Debug)]
@@ -122,8 +108,6 @@ struct Active {
 struct Sealing {
     active: Active,
     last_seq: u64,
-    /// Devices erased meanwhile (their blocks are still in the index being written).
-    erased: HashSet<Kid>,
 }
 
 /// What writing a sealed segment's index file needs (no access to the log).
@@ -134,15 +118,6 @@ pub(super) struct IndexJob {
     last_seq: u64,
     len: u64,
     devices: Vec<(Kid, Span, Vec<u32>)>,
-}
-
-/// A written index file.
-#[derive(Debug)]
-pub(super) struct Index {
-    first_seq: u64,
-    idx_path: PathBuf,
-    idx: Arc<File>,
-    devices: HashMap<Kid, SealedDevice>,
 }
 
 /// What opening found.
@@ -172,6 +147,11 @@ pub(super) struct SegmentLog {
     next_seq: u64,
     /// A write or sync failed: cut the file back before the next append.
     broken: bool,
+    /// Erased devices: sequence of the erase. Their entries in sealed segments that end
+    /// before it are hidden (index files are not rewritten); dropped once no such segment is left.
+    floors: HashMap<Kid, u64>,
+    /// Readings per device in sealed segments (not erased).
+    totals: HashMap<Kid, u64>,
 }
 
 /// Where to read one device's readings in one segment.
@@ -180,14 +160,34 @@ pub(super) struct Source {
     file: Arc<File>,
     path: PathBuf,
     len: u64,
-    span: Span,
     blocks: Blocks,
 }
 
 #[derive(Debug)]
 enum Blocks {
-    Listed(Vec<u32>),
-    Indexed { idx: Arc<File>, at: u64, n: u32 },
+    Listed(Span, Vec<u32>),
+    /// In a sealed segment's directory, looked up by [`read`] (not under the log's lock).
+    Indexed(Arc<File>, Stretch),
+}
+
+/// Whether a segment still counts a device's readings (not erased since), for a frame reader
+/// asking about devices it met in the segment.
+#[derive(Debug)]
+pub(super) enum Counted {
+    /// Of an unsealed segment: these devices.
+    Only(HashSet<Kid>),
+    /// Of a sealed segment: every device but these.
+    Except(HashSet<Kid>),
+}
+
+impl Counted {
+    /// Whether `kid`, met in the segment, still counts there.
+    pub(super) fn contains(&self, kid: &Kid) -> bool {
+        match self {
+            Counted::Only(kids) => kids.contains(kid),
+            Counted::Except(kids) => !kids.contains(kid),
+        }
+    }
 }
 
 /// A segment dropped by retention.
@@ -270,25 +270,28 @@ impl SegmentLog {
             }
         }
         let report = r.report;
-        let mut log = match active {
-            Some((active, next_seq)) => {
-                let dir = dir.to_path_buf();
-                Self { dir, config, sealed, sealing: Vec::new(), active, next_seq, broken: false }
-            }
+        let (active, next_seq) = match active {
+            Some(found) => found,
             None => {
                 let first = min_next_seq.max(1);
-                let active = new_active(dir, first)?;
-                Self {
-                    dir: dir.to_path_buf(),
-                    config,
-                    sealed,
-                    sealing: Vec::new(),
-                    active,
-                    next_seq: first,
-                    broken: false,
-                }
+                (new_active(dir, first)?, first)
             }
         };
+        let mut log = Self {
+            dir: dir.to_path_buf(),
+            config,
+            sealed: Vec::with_capacity(sealed.len()),
+            sealing: Vec::new(),
+            active,
+            next_seq,
+            broken: false,
+            floors: floors.clone(),
+            totals: HashMap::new(),
+        };
+        for (segment, last_seq, index) in sealed {
+            log.admit(segment, last_seq, index);
+        }
+        log.prune_floors();
         if log.next_seq < min_next_seq {
             // The log is behind the catalog (lost or restored from an old copy): continue at
             // a sequence the catalog has not seen, in a segment of its own.
@@ -370,19 +373,57 @@ impl SegmentLog {
             return Ok(None);
         }
         let job = IndexJob::of(&self.dir, &old, self.next_seq - 1);
-        self.sealing.push(Sealing { active: old, last_seq: job.last_seq, erased: HashSet::new() });
+        self.sealing.push(Sealing { active: old, last_seq: job.last_seq });
         Ok(Some(job))
     }
 
     /// A full segment's index is written: it becomes a sealed segment.
-    pub(super) fn indexed(&mut self, mut index: Index) {
+    pub(super) fn indexed(&mut self, index: Index) {
         let Some(i) = self.sealing.iter().position(|s| s.active.first_seq == index.first_seq)
         else {
             return;
         };
         let s = self.sealing.remove(i);
-        index.devices.retain(|kid, _| !s.erased.contains(kid));
-        self.sealed.push(Sealed::new(s.active, s.last_seq, index));
+        self.admit(s.active, s.last_seq, index);
+    }
+
+    /// Takes in a sealed segment (newer than every other) with its index: counts the readings
+    /// of its devices that were not erased after it.
+    fn admit(&mut self, a: Active, last_seq: u64, index: Index) {
+        let mut readings = 0;
+        for (kid, count) in index.counts {
+            if !self.hidden(&kid, last_seq) {
+                readings += count;
+                *self.totals.entry(kid).or_default() += count;
+            }
+        }
+        self.sealed.push(Sealed {
+            first_seq: a.first_seq,
+            last_seq,
+            len: a.len,
+            path: a.path,
+            idx_path: index.idx_path,
+            file: a.file,
+            idx: index.idx,
+            fence: index.fence,
+            readings,
+        });
+    }
+
+    /// Whether `kid`'s entry in a sealed segment that ends at `last_seq` is hidden: the device
+    /// was erased after it.
+    fn hidden(&self, kid: &Kid, last_seq: u64) -> bool {
+        self.floors.get(kid).is_some_and(|&f| last_seq < f)
+    }
+
+    /// Forgets the floors that no sealed segment ends before.
+    fn prune_floors(&mut self) {
+        let oldest =
+            [self.sealed.first().map(|s| s.last_seq), self.sealing.first().map(|s| s.last_seq)];
+        match oldest.into_iter().flatten().min() {
+            Some(last) => self.floors.retain(|_, f| *f > last),
+            None => self.floors.clear(),
+        }
     }
 
     /// Seals the active segment (writes its index now) and starts a new one.
@@ -394,24 +435,34 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Hides every reading of `kid` stored so far (the device was erased).
+    /// Hides every reading of `kid` stored so far (the device was erased). Reads the sealed
+    /// segments' directories where it has readings (to count what is left in each).
     pub(super) fn erase(&mut self, kid: &Kid) {
-        for s in &mut self.sealed {
-            if let Some(d) = s.devices.remove(kid) {
-                s.readings -= d.span.count;
+        if self.totals.remove(kid).is_some() {
+            for s in &mut self.sealed {
+                if self.floors.get(kid).is_some_and(|&f| s.last_seq < f) {
+                    continue; // hidden by an earlier erase: not counted
+                }
+                let Some(stretch) = s.fence.stretch(kid) else { continue };
+                match index::find(&s.idx, stretch, kid) {
+                    Ok(Some(e)) => s.readings = s.readings.saturating_sub(e.span.count),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(index = %s.idx_path.display(), error = %e, "cannot read a readings index: its reading count stays")
+                    }
+                }
             }
         }
         for s in &mut self.sealing {
             s.active.devices.remove(kid);
-            s.erased.insert(*kid);
         }
         self.active.devices.remove(kid);
+        self.floors.insert(*kid, self.next_seq);
     }
 
     /// How many readings of `kid` are stored.
     pub(super) fn count(&self, kid: &Kid) -> u64 {
-        let sealed: u64 =
-            self.sealed.iter().filter_map(|s| s.devices.get(kid)).map(|d| d.span.count).sum();
+        let sealed = self.totals.get(kid).copied().unwrap_or(0);
         let active: u64 = self
             .unsealed()
             .filter_map(|a| a.devices.get(kid).and_then(|d| d.span))
@@ -436,8 +487,8 @@ impl SegmentLog {
         self.sealed.len() + self.sealing.len()
     }
 
-    /// Where `kid`'s readings are, newest segment first. Read them with [`read`] after
-    /// releasing the log (files stay readable after retention unlinks them).
+    /// Where `kid`'s readings are, newest segment first (no I/O). Read them with [`read`]
+    /// after releasing the log (files stay readable after retention unlinks them).
     pub(super) fn sources(&self, kid: &Kid) -> Vec<Source> {
         let mut out = Vec::new();
         for a in self.unsealed() {
@@ -448,19 +499,20 @@ impl SegmentLog {
                     file: a.file.clone(),
                     path: a.path.clone(),
                     len: a.len,
-                    span,
-                    blocks: Blocks::Listed(d.blocks.clone()),
+                    blocks: Blocks::Listed(span, d.blocks.clone()),
                 });
             }
         }
         for s in self.sealed.iter().rev() {
-            if let Some(d) = s.devices.get(kid) {
+            if self.hidden(kid, s.last_seq) {
+                continue;
+            }
+            if let Some(stretch) = s.fence.stretch(kid) {
                 out.push(Source {
                     file: s.file.clone(),
                     path: s.path.clone(),
                     len: s.len,
-                    span: d.span,
-                    blocks: Blocks::Indexed { idx: s.idx.clone(), at: d.offsets_at, n: d.blocks },
+                    blocks: Blocks::Indexed(s.idx.clone(), stretch),
                 });
             }
         }
@@ -469,17 +521,12 @@ impl SegmentLog {
 
     /// Drops sealed segments, oldest first, while the log is over `max_bytes`, the oldest
     /// holds only readings of devices that have `max_per_device` newer ones, or less than
-    /// `free_need` bytes were freed.
+    /// `free_need` bytes were freed. Reads the oldest segment's directory.
     pub(super) fn retain(&mut self, r: Retention) -> Vec<Dropped> {
-        let mut totals: HashMap<Kid, u64> = HashMap::new();
-        for s in &self.sealed {
-            for (kid, d) in &s.devices {
-                *totals.entry(*kid).or_default() += d.span.count;
-            }
-        }
+        let mut unsealed: HashMap<Kid, u64> = HashMap::new();
         for a in self.unsealed() {
             for (kid, d) in &a.devices {
-                *totals.entry(*kid).or_default() += d.span.map_or(0, |s| s.count);
+                *unsealed.entry(*kid).or_default() += d.span.map_or(0, |s| s.count);
             }
         }
         let mut bytes = self.bytes();
@@ -489,17 +536,37 @@ impl SegmentLog {
             if oldest.last_seq > r.snapshot_seq {
                 break;
             }
-            let covered = oldest.devices.iter().all(|(kid, d)| {
-                totals.get(kid).copied().unwrap_or(0) - d.span.count >= r.max_per_device
+            let counts = match index::entries(&oldest.idx, &oldest.fence) {
+                Ok(entries) => Some(
+                    entries
+                        .into_iter()
+                        .filter(|e| !self.hidden(&e.kid, oldest.last_seq))
+                        .map(|e| (e.kid, e.span.count))
+                        .collect::<Vec<_>>(),
+                ),
+                Err(e) => {
+                    tracing::warn!(index = %oldest.idx_path.display(), error = %e, "cannot read a readings index: its segment is dropped only for bytes");
+                    None
+                }
+            };
+            let covered = counts.as_ref().is_some_and(|counts| {
+                counts.iter().all(|(kid, count)| {
+                    let total = self.totals.get(kid).copied().unwrap_or(0)
+                        + unsealed.get(kid).copied().unwrap_or(0);
+                    total.saturating_sub(*count) >= r.max_per_device
+                })
             });
             let for_space = bytes <= r.max_bytes && !covered;
             if for_space && freed >= r.free_need {
                 break;
             }
             let s = self.sealed.remove(0);
-            for (kid, d) in &s.devices {
-                if let Some(t) = totals.get_mut(kid) {
-                    *t -= d.span.count;
+            for (kid, count) in counts.into_iter().flatten() {
+                if let Some(t) = self.totals.get_mut(&kid) {
+                    *t = t.saturating_sub(count);
+                    if *t == 0 {
+                        self.totals.remove(&kid);
+                    }
                 }
             }
             bytes -= s.len;
@@ -513,18 +580,21 @@ impl SegmentLog {
         }
         if !dropped.is_empty() {
             let _ = crate::private_fs::sync_dir(&self.dir);
+            self.prune_floors();
         }
         dropped
     }
 
-    /// The devices whose readings the segment starting at `first_seq` still counts.
-    pub(super) fn segment_kids(&self, first_seq: u64) -> Option<std::collections::HashSet<Kid>> {
+    /// Which devices' readings the segment starting at `first_seq` still counts (no I/O).
+    pub(super) fn counted(&self, first_seq: u64) -> Option<Counted> {
         if let Some(s) = self.sealed.iter().find(|s| s.first_seq == first_seq) {
-            return Some(s.devices.keys().copied().collect());
+            let erased = self.floors.iter().filter(|(_, f)| s.last_seq < **f).map(|(k, _)| *k);
+            return Some(Counted::Except(erased.collect()));
         }
-        self.unsealed()
-            .find(|a| a.first_seq == first_seq)
-            .map(|a| a.devices.iter().filter(|(_, d)| d.span.is_some()).map(|(k, _)| *k).collect())
+        self.unsealed().find(|a| a.first_seq == first_seq).map(|a| {
+            let kids = a.devices.iter().filter(|(_, d)| d.span.is_some()).map(|(k, _)| *k);
+            Counted::Only(kids.collect())
+        })
     }
 
     /// Every segment, oldest first, as a frame reader sees it (no I/O: handles are shared).
@@ -535,13 +605,7 @@ impl SegmentLog {
                 first_seq: s.first_seq,
                 last_seq: s.last_seq,
                 len: s.len,
-                readings: {
-                    debug_assert_eq!(
-                        s.readings,
-                        s.devices.values().map(|d| d.span.count).sum::<u64>()
-                    );
-                    s.readings
-                },
+                readings: s.readings,
                 active: false,
                 file: s.file.clone(),
             });
@@ -590,17 +654,23 @@ pub(super) fn read(
         return Ok(out);
     }
     for src in sources {
+        let (span, entry) = match &src.blocks {
+            Blocks::Listed(span, _) => (*span, None),
+            Blocks::Indexed(idx, stretch) => {
+                match index::find(idx, *stretch, kid).map_err(io(&src.path))? {
+                    Some(e) => (e.span, Some((idx, e))),
+                    None => continue,
+                }
+            }
+        };
         // Older segments cannot hold anything newer than what is already enough.
-        if out.len() >= limit && src.span.max_t < out[0].time_ms {
+        if out.len() >= limit && span.max_t < out[0].time_ms {
             continue;
         }
-        let offsets = match &src.blocks {
-            Blocks::Listed(v) => v.clone(),
-            Blocks::Indexed { idx, at, n } => {
-                let mut raw = vec![0u8; *n as usize * 4];
-                idx.read_exact_at(&mut raw, *at).map_err(io(&src.path))?;
-                raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-            }
+        let offsets = match (entry, &src.blocks) {
+            (Some((idx, e)), _) => index::offsets(idx, &e).map_err(io(&src.path))?,
+            (None, Blocks::Listed(_, v)) => v.clone(),
+            (None, Blocks::Indexed(..)) => continue, // found above
         };
         // One read covers a block header, and usually the whole block.
         const HEAD: usize = 512;
@@ -702,6 +772,6 @@ mod recovery;
 #[cfg(test)]
 mod tests;
 
-use index::load_index;
+use index::{Fence, Index, Stretch, load_index};
 use recovery::*;
 pub(super) use recovery::{find_frame, frame_at};

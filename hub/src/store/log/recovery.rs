@@ -214,23 +214,27 @@ impl Recovery<'_> {
         Ok((Active { first_seq, len: s.len, path, file: Arc::new(file), devices: s.devices }, next))
     }
 
-    /// A sealed segment: its index (rebuilt if missing), its frames read only if their changes
-    /// are not in the snapshot.
+    /// A sealed segment with its last sequence and index (rebuilt if missing or damaged), its
+    /// frames read only if their changes are not in the snapshot.
     pub(in crate::store) fn sealed(
         &mut self,
         path: PathBuf,
         file: File,
         first_seq: u64,
-    ) -> Result<Sealed, LogError> {
-        let (dir, floors, replay_after) = (self.dir, self.floors, self.replay_after);
+    ) -> Result<(Active, u64, Index), LogError> {
+        let (dir, replay_after) = (self.dir, self.replay_after);
         let idx_path = dir.join(format!("{first_seq:020}.idx"));
         let size = file.metadata().map_err(io(&path))?.len();
+        let segment = |file: File, len: u64, devices| Active {
+            first_seq,
+            len,
+            path: path.clone(),
+            file: Arc::new(file),
+            devices,
+        };
         let mut loaded = load_index(&idx_path, first_seq, size);
-        if let Some(mut sealed) = loaded.take_if(|s| s.last_seq <= replay_after) {
-            sealed.file = Arc::new(file);
-            sealed.path = path;
-            apply_floors(&mut sealed, floors);
-            return Ok(sealed);
+        if let Some((last_seq, index)) = loaded.take_if(|(last, _)| *last <= replay_after) {
+            return Ok((segment(file, size, HashMap::new()), last_seq, index));
         }
         // Its changes must be replayed, or its index is missing: read it through.
         let s = self.scan(&file, &path, first_seq)?;
@@ -239,30 +243,14 @@ impl Recovery<'_> {
         }
         match loaded {
             // The index was written when the segment was whole: it still locates every block.
-            Some(mut sealed) => {
-                sealed.file = Arc::new(file);
-                sealed.path = path;
-                apply_floors(&mut sealed, floors);
-                Ok(sealed)
-            }
+            Some((last_seq, index)) => Ok((segment(file, size, HashMap::new()), last_seq, index)),
             None => {
                 self.report.reindexed += 1;
-                let active = Active {
-                    first_seq,
-                    len: s.len,
-                    path,
-                    file: Arc::new(file),
-                    devices: s.devices,
-                };
+                let mut active = segment(file, s.len, s.devices);
                 let index = IndexJob::of(dir, &active, s.last_seq).write()?;
-                Ok(Sealed::new(active, s.last_seq, index))
+                active.devices = HashMap::new();
+                Ok((active, s.last_seq, index))
             }
         }
     }
-}
-
-pub(in crate::store) fn apply_floors(sealed: &mut Sealed, floors: &HashMap<Kid, u64>) {
-    let last = sealed.last_seq;
-    sealed.devices.retain(|kid, _| floors.get(kid).is_none_or(|&f| last >= f));
-    sealed.recount();
 }

@@ -140,16 +140,149 @@ fn sealed_segments_are_indexed_and_a_lost_index_is_rebuilt() {
     assert_eq!(o.report.reindexed, 0);
     assert_eq!(o.window, 100, "replays every frame after the snapshot (none here)");
     drop(o);
-    for e in std::fs::read_dir(tmp.path()).expect("list") {
-        let p = e.expect("entry").path();
-        if p.extension().is_some_and(|x| x == "idx") {
-            std::fs::write(&p, b"garbage").expect("spoil");
+    let indexes: Vec<PathBuf> = std::fs::read_dir(tmp.path())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    // An index of the previous format (the same bytes but the version), then garbage.
+    for spoil in [&b"HRTHIDX1"[..], b"garbage"] {
+        for p in &indexes {
+            let f = std::fs::OpenOptions::new().write(true).open(p).expect("idx");
+            f.write_all_at(spoil, 0).expect("spoil");
+        }
+        let o = open(tmp.path(), 1024);
+        assert_eq!(o.report.reindexed, sealed);
+        assert_eq!(times(&o.log), (1..=100).collect::<Vec<_>>());
+        assert_eq!(o.log.count(&kid()), 100);
+    }
+}
+
+/// One reading at `t` for each of `kids`, in one frame.
+fn frame_of(kids: &[Kid], t: i64) -> Payload {
+    let mut p = Payload::default();
+    for k in kids {
+        let r = Reading {
+            name: "urn:dev:x:temp".into(),
+            unit: None,
+            value: Value::Number(t as f64),
+            time: UnixTimeMillis(t),
+        };
+        p.readings(k, &[r]);
+    }
+    p
+}
+
+fn times_of(log: &SegmentLog, kid: &Kid) -> Vec<i64> {
+    read(&log.sources(kid), kid, 1000).expect("read").iter().map(|r| r.time_ms).collect()
+}
+
+#[test]
+fn many_devices_are_found_through_a_small_fence_and_absent_ones_are_not() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // Every kid length, the empty kid, and the ends of each length's range.
+    let mut kids = vec![Kid::new(&[]).expect("kid")];
+    kids.extend((0..=255u8).map(|b| Kid::new(&[b]).expect("kid")));
+    kids.extend((0..200u16).map(|i| Kid::new(&(i * 7).to_be_bytes()).expect("kid")));
+    kids.extend((0..100u8).map(|i| Kid::new(&[i, 0, 0, 0, 0, 0, 9]).expect("kid")));
+    let absent = [
+        Kid::new(&[0xff, 0xff]).expect("kid"),
+        Kid::new(&[1, 2, 3]).expect("kid"),
+        Kid::new(&[0xff; 7]).expect("kid"),
+        Kid::new(&[0, 0, 0, 0, 0, 0, 8]).expect("kid"),
+    ];
+    let mut o = open(tmp.path(), 1 << 30);
+    for t in 1..=6 {
+        o.log.append(&frame_of(&kids, t)).expect("append");
+        if t % 2 == 0 {
+            o.log.seal().expect("seal");
         }
     }
-    let o = open(tmp.path(), 1024);
-    assert_eq!(o.report.reindexed, sealed);
-    assert_eq!(times(&o.log), (1..=100).collect::<Vec<_>>());
-    assert_eq!(o.log.count(&kid()), 100);
+    let check = |log: &SegmentLog| {
+        assert_eq!(log.sealed.len(), 3);
+        for s in &log.sealed {
+            assert_eq!(s.fence.held(), kids.len().div_ceil(64), "one kid in memory per 64");
+            assert_eq!(s.readings, 2 * kids.len() as u64);
+        }
+        for k in &kids {
+            assert_eq!(times_of(log, k), vec![1, 2, 3, 4, 5, 6], "{k}");
+            assert_eq!(log.count(k), 6);
+        }
+        for k in &absent {
+            assert!(log.sources(k).iter().all(|s| matches!(s.blocks, Blocks::Indexed(..))));
+            assert_eq!((times_of(log, k), log.count(k)), (vec![], 0), "{k}");
+        }
+    };
+    check(&o.log);
+    drop(o);
+    let o = open(tmp.path(), 1 << 30);
+    assert_eq!(o.report.reindexed, 0);
+    check(&o.log);
+}
+
+#[test]
+fn an_erased_device_stays_hidden_in_sealed_indexes_and_its_reused_kid_counts_anew() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let kids: Vec<Kid> = (0..100u8).map(|i| Kid::new(&[i]).expect("kid")).collect();
+    let gone = kids[70];
+    let mut o = open(tmp.path(), 1 << 30);
+    for t in 1..=4 {
+        o.log.append(&frame_of(&kids, t)).expect("append");
+        o.log.seal().expect("seal");
+    }
+    o.log.erase(&gone);
+    let floor = o.log.next_seq();
+    o.log.append(&frame_of(&[gone], 5)).expect("append");
+    let check = |log: &SegmentLog| {
+        assert_eq!((times_of(log, &gone), log.count(&gone)), (vec![5], 1));
+        assert_eq!(times_of(log, &kids[69]), vec![1, 2, 3, 4]);
+        let counted: Vec<u64> = log.views().iter().map(|v| v.readings).collect();
+        assert_eq!(counted, vec![99, 99, 99, 99, 1]);
+        let first = log.sealed[0].first_seq;
+        let c = log.counted(first).expect("segment");
+        assert!(c.contains(&kids[69]) && !c.contains(&gone));
+    };
+    check(&o.log);
+    drop(o);
+    // At start the catalog hands the log the floor of the erase.
+    let floors = HashMap::from([(gone, floor)]);
+    let (log, _) = SegmentLog::open(
+        tmp.path(),
+        LogConfig { segment_bytes: 1 << 30 },
+        &floors,
+        0,
+        1,
+        &mut |_, _| {},
+    )
+    .expect("open");
+    check(&log);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Any set of kids: each is found in a sealed segment's index (written and loaded back),
+    /// and a kid not in it is not.
+    #[test]
+    fn a_sealed_index_finds_exactly_its_kids(
+        set in proptest::collection::btree_set(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..=7), 0..300),
+        probes in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..=7), 20),
+    ) {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let kids: Vec<Kid> = set.iter().map(|b| Kid::new(b).expect("kid")).collect();
+        let mut o = open(tmp.path(), 1 << 30);
+        o.log.append(&frame_of(&kids, 1)).expect("append");
+        o.log.seal().expect("seal");
+        drop(o);
+        let o = open(tmp.path(), 1 << 30);
+        for k in &kids {
+            proptest::prop_assert_eq!(times_of(&o.log, k), vec![1]);
+        }
+        for p in probes.iter().filter(|p| !set.contains(*p)) {
+            let k = Kid::new(p).expect("kid");
+            proptest::prop_assert_eq!(times_of(&o.log, &k), Vec::<i64>::new());
+        }
+    }
 }
 
 #[test]
