@@ -2,7 +2,9 @@
 //! devices (two per measurement, as a thermostat sends them, times in the past) through the
 //! normal group-commit path until the store holds the requested number.
 //!
-//! `cargo run --release -p hub --example fill_store -- <data dir> <readings>`
+//! `cargo run --release -p hub --example fill_store -- <data dir> <readings> [segment KiB]`
+//! (a small segment size makes many sealed segments from few readings: the bench's stand-in
+//! for a full log, whose memory grows with segments × devices, not with bytes).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,11 +16,15 @@ use protocol::senml::{Reading, UnixTimeMillis, Value};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (Some(dir), Some(total)) = (args.next(), args.next()) else {
-        return Err("usage: fill_store <data dir> <readings>".into());
+        return Err("usage: fill_store <data dir> <readings> [segment KiB]".into());
     };
     let dir = PathBuf::from(dir);
     let total: u64 = total.parse()?;
-    let (store, _) = HubStore::open(&dir, StoreLimits::default())?;
+    let mut limits = StoreLimits::default();
+    if let Some(kib) = args.next() {
+        limits.segment_bytes = kib.parse::<u64>()? << 10;
+    }
+    let (store, _) = HubStore::open(&dir, limits)?;
     let devices: Vec<(Kid, String)> =
         store.devices()?.into_iter().map(|d| (d.id.kid(), d.about.serial)).collect();
     if devices.is_empty() {
@@ -56,8 +62,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     store.commit(&batch)?;
     let secs = started.elapsed().as_secs_f64();
+    let segments = std::fs::read_dir(dir.join("readings"))?
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg")))
+        .count();
     println!(
-        "{{\"fill_readings\":{written},\"stored_before\":{have},\"seconds\":{secs:.1},\"readings_per_s\":{:.0}}}",
+        "{{\"fill_readings\":{written},\"stored_before\":{have},\"seconds\":{secs:.1},\"readings_per_s\":{:.0},\"segments\":{segments}}}",
         written as f64 / secs
     );
     Ok(())

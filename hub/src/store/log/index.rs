@@ -117,6 +117,8 @@ pub(in crate::store) struct Index {
     pub(super) idx: Arc<File>,
     pub(super) fence: Fence,
     pub(super) counts: Vec<(Kid, u64)>,
+    /// The newest reading's time in the segment (of any device).
+    pub(super) newest: i64,
 }
 
 impl IndexJob {
@@ -162,6 +164,7 @@ impl IndexJob {
             idx: Arc::new(idx),
             fence: Fence::of(&kids),
             counts: self.devices.iter().map(|d| (d.0, d.1.count)).collect(),
+            newest: self.devices.iter().map(|d| d.1.max_t).max().unwrap_or(i64::MIN),
         })
     }
 }
@@ -198,6 +201,7 @@ pub(in crate::store) fn load_index(
     }
     let mut kids = Vec::with_capacity(n as usize);
     let mut counts = Vec::with_capacity(n as usize);
+    let mut newest = i64::MIN;
     for raw in dir.chunks_exact(ENTRY) {
         let e = Entry::decode(raw)?;
         // Lookups rely on the order; offsets must be in the file.
@@ -208,6 +212,7 @@ pub(in crate::store) fn load_index(
         }
         kids.push(e.kid);
         counts.push((e.kid, e.span.count));
+        newest = newest.max(e.span.max_t);
     }
     let index = Index {
         first_seq,
@@ -215,6 +220,7 @@ pub(in crate::store) fn load_index(
         idx: Arc::new(idx),
         fence: Fence::of(&kids),
         counts,
+        newest,
     };
     Some((last, index))
 }

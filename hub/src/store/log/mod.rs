@@ -90,6 +90,8 @@ struct Sealed {
     idx: Arc<File>,
     /// Its directory of devices is in `idx`; this says where to look.
     fence: Fence,
+    /// Its newest reading's time (a query that has enough newer ones skips the segment).
+    newest: i64,
     /// Readings of devices not erased.
     readings: u64,
 }
@@ -166,8 +168,9 @@ pub(super) struct Source {
 #[derive(Debug)]
 enum Blocks {
     Listed(Span, Vec<u32>),
-    /// In a sealed segment's directory, looked up by [`read`] (not under the log's lock).
-    Indexed(Arc<File>, Stretch),
+    /// In a sealed segment's directory, looked up by [`read`] (not under the log's lock);
+    /// with the segment's newest time.
+    Indexed(Arc<File>, Stretch, i64),
 }
 
 /// Whether a segment still counts a device's readings (not erased since), for a frame reader
@@ -406,6 +409,7 @@ impl SegmentLog {
             file: a.file,
             idx: index.idx,
             fence: index.fence,
+            newest: index.newest,
             readings,
         });
     }
@@ -512,7 +516,7 @@ impl SegmentLog {
                     file: s.file.clone(),
                     path: s.path.clone(),
                     len: s.len,
-                    blocks: Blocks::Indexed(s.idx.clone(), stretch),
+                    blocks: Blocks::Indexed(s.idx.clone(), stretch, s.newest),
                 });
             }
         }
@@ -654,17 +658,20 @@ pub(super) fn read(
         return Ok(out);
     }
     for src in sources {
+        // Older segments cannot hold anything newer than what is already enough.
+        let enough = |newest: i64| out.len() >= limit && newest < out[0].time_ms;
         let (span, entry) = match &src.blocks {
             Blocks::Listed(span, _) => (*span, None),
-            Blocks::Indexed(idx, stretch) => {
+            // Without reading its directory if the whole segment is older.
+            Blocks::Indexed(_, _, newest) if enough(*newest) => continue,
+            Blocks::Indexed(idx, stretch, _) => {
                 match index::find(idx, *stretch, kid).map_err(io(&src.path))? {
                     Some(e) => (e.span, Some((idx, e))),
                     None => continue,
                 }
             }
         };
-        // Older segments cannot hold anything newer than what is already enough.
-        if out.len() >= limit && span.max_t < out[0].time_ms {
+        if enough(span.max_t) {
             continue;
         }
         let offsets = match (entry, &src.blocks) {

@@ -314,3 +314,28 @@ fn a_damaged_block_costs_its_readings_not_the_query_and_a_damaged_header_a_segme
     assert_eq!(o.log.next_seq(), lost + 1);
     assert_eq!(*times(&o.log).last().expect("newest"), 21);
 }
+
+#[test]
+fn a_query_that_has_enough_newer_readings_does_not_read_older_directories() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let kids = [kid()];
+    let mut o = open(tmp.path(), 1 << 30);
+    for t in 1..=6 {
+        o.log.append(&frame_of(&kids, t)).expect("append");
+        if t % 2 == 0 {
+            o.log.seal().expect("seal");
+        }
+    }
+    // The two older segments' index files become unreadable (the open handles see it).
+    for s in &o.log.sealed[..2] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&s.idx_path)
+            .expect("idx")
+            .set_len(0)
+            .expect("cut");
+    }
+    let newest = read(&o.log.sources(&kid()), &kid(), 2).expect("only the newest segment is read");
+    assert_eq!(newest.iter().map(|r| r.time_ms).collect::<Vec<_>>(), vec![5, 6]);
+    assert!(read(&o.log.sources(&kid()), &kid(), 3).is_err(), "older ones are needed");
+}
