@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Auth, Verdict};
+use super::client_ids::{BrokerId, ClientIds, MAX_PERSISTENT};
 use super::retained::{self, Client, Resubscribe};
 
 /// CONNACK return codes (MQTT 3.1.1 §3.2.2.3).
@@ -48,6 +49,8 @@ const MAX_CLIENT_ID: usize = 256;
 #[derive(Debug)]
 pub(crate) struct Front {
     pub auth: Arc<Auth>,
+    /// The client id the broker sees for each connection.
+    pub client_ids: ClientIds,
     /// The hub's own retained messages, handed to every subscriber.
     pub owned: Arc<super::owned::Owned>,
     /// The retained messages clients published (both fronts'; the broker keeps none).
@@ -255,7 +258,14 @@ impl Front {
             Some((topic, w.qos as u8, w.message.clone()))
         });
         let will = will.map(|w| LastWill { retain: false, ..w });
-        let Some(forwarded) = self.forwarded_connect(connect, will, &user) else {
+        // Held until the connection ends (then its slot is free).
+        let Ok(broker_id) =
+            self.client_ids.assign(&user, &connect.client_id, connect.clean_session)
+        else {
+            tracing::warn!(%user, max = MAX_PERSISTENT, "MQTT: a persistent session refused: its user has the most persistent-session client ids");
+            return connack(&mut client, IDENTIFIER_REJECTED).await;
+        };
+        let Some(forwarded) = self.forwarded_connect(connect, will, &user, &broker_id) else {
             tracing::warn!(
                 "MQTT: a CONNECT could not be forwarded (too many waiting for the broker)"
             );
@@ -292,17 +302,16 @@ impl Front {
         }
     }
 
-    /// The CONNECT the broker gets: the client id bound to `user`, and a ticket as password.
+    /// The CONNECT the broker gets: the client id bound to `user` ([`ClientIds`]), and a
+    /// ticket as password.
     fn forwarded_connect(
         &self,
         mut connect: Connect,
         will: Option<LastWill>,
         user: &str,
+        broker_id: &BrokerId,
     ) -> Option<BytesMut> {
-        let mut random = [0u8; 16];
-        crate::rng::fill(&mut random).ok()?;
-        connect.client_id =
-            broker_client_id(user, &connect.client_id, &protocol::hex::encode(&random));
+        connect.client_id = broker_id.id.clone();
         let ticket = self.tickets.issue(&connect.client_id, user)?;
         let login = Login { username: user.to_owned(), password: ticket };
         let mut out = BytesMut::with_capacity(256);
@@ -523,14 +532,6 @@ fn check_client_id(connect: &Connect) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The client id the broker sees for client id `id` of `user`: `<user>:<id>`. User names have
-/// no `:`, so two users' ids never meet, and a client can only take over (or resume) sessions
-/// of its own user. An empty id (the client asks the server to pick one, with a clean
-/// session) becomes `<user>:~<random>`.
-fn broker_client_id(user: &str, id: &str, random: &str) -> String {
-    if id.is_empty() { format!("{user}:~{random}") } else { format!("{user}:{id}") }
-}
-
 /// The protocol name a CONNECT frame carries (after the fixed header's remaining length).
 fn protocol_name(frame: &[u8]) -> Option<&[u8]> {
     let header = 2 + frame.iter().skip(1).take(3).take_while(|b| **b & 0x80 != 0).count();
@@ -583,17 +584,6 @@ mod tests {
 
     fn connect(id: &str, clean_session: bool) -> Connect {
         Connect { keep_alive: 30, client_id: id.into(), clean_session }
-    }
-
-    #[test]
-    fn client_ids_are_bound_to_their_user() {
-        assert_eq!(broker_client_id("ha", "paho-ha", "r"), "ha:paho-ha");
-        assert_ne!(broker_client_id("ha", "x", "r"), broker_client_id("mallory", "x", "r"));
-        // Another user cannot name ha's id: user names have no ':', so the prefix is theirs.
-        assert_ne!(broker_client_id("mal", "lory:x", "r"), broker_client_id("mallory", "x", "r"));
-        assert_ne!(broker_client_id("mallory", "ha:x", "r"), broker_client_id("ha", "x", "r"));
-        assert_eq!(broker_client_id("ha", "", "0a1b"), "ha:~0a1b");
-        assert_ne!(broker_client_id("ha", "", "0a1b"), broker_client_id("ha", "", "ffff"));
     }
 
     #[test]

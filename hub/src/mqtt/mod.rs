@@ -10,6 +10,7 @@ pub(crate) mod auth;
 mod bridge;
 mod bridge_api;
 mod broker;
+mod client_ids;
 pub(crate) mod discovery;
 mod front;
 mod hub_entity;
@@ -124,6 +125,7 @@ pub(crate) async fn start(
     let owned = Arc::new(owned::Owned::new(cfg.discovery_prefix.clone(), api.directory.clone()));
     let feed = live::Feed::default();
     let front = Arc::new(front::Front {
+        client_ids: Default::default(),
         owned: owned.clone(),
         client_retained: Arc::default(),
         auth: auth.clone(),

@@ -62,6 +62,15 @@ fn connect_packet(id: &str, user: &str, password: &str, will: Option<Will<'_>>) 
     packet(0x10, &body)
 }
 
+/// The same CONNECT asking for a persistent session (clean session flag cleared).
+fn persistent(connect: &[u8]) -> Vec<u8> {
+    let mut p = connect.to_vec();
+    // Fixed header (2 bytes for these short packets), then protocol name and level.
+    assert!(p.len() < 130 && p[2..9] == [0, 4, b'M', b'Q', b'T', b'T', 4]);
+    p[9] &= !0x02;
+    p
+}
+
 /// Connects to `port` and sends a CONNECT: the CONNACK's return code (none if the connection
 /// was closed without one) and the connection.
 fn mqtt_connect(port: u16, connect: &[u8]) -> (Option<u8>, TcpStream) {
@@ -233,6 +242,32 @@ fn mqtt_wills_client_ids_and_the_broker_port_follow_the_fronts_rules() {
         }
     };
     assert!(closed, "the user's own reconnection takes its session over");
+
+    // Persistent sessions keep their client id, at most 16 of them per user (the broker keeps
+    // a record of every id it has seen); clean sessions, with made-up ids, are not limited.
+    for i in 0..16 {
+        let (code, _) = mqtt_connect(
+            ports.plain,
+            &persistent(&connect_packet(&format!("p{i}"), "bob", MQTT_PASSWORD, None)),
+        );
+        assert_eq!(code, Some(0), "persistent session {i}");
+    }
+    let (code, _) =
+        mqtt_connect(ports.plain, &persistent(&connect_packet("p16", "bob", MQTT_PASSWORD, None)));
+    assert_eq!(code, Some(2), "a 17th persistent-session id is refused (identifier rejected)");
+    let (code, _) =
+        mqtt_connect(ports.plain, &persistent(&connect_packet("p3", "bob", MQTT_PASSWORD, None)));
+    assert_eq!(code, Some(0), "a known one resumes");
+    for i in 0..20 {
+        let (code, _) = mqtt_connect(
+            ports.plain,
+            &connect_packet(&format!("mosq-{i}"), "bob", MQTT_PASSWORD, None),
+        );
+        assert_eq!(code, Some(0), "clean session {i}");
+    }
+    let (code, _) =
+        mqtt_connect(ports.plain, &persistent(&connect_packet("p0", "alice", MQTT_PASSWORD, None)));
+    assert_eq!(code, Some(0), "another user's ids are counted apart");
 
     // The broker's own port takes nothing the fronts did not prepare, right password or not.
     let bypass = counter(&hub, "mqtt_bypass_refused");
