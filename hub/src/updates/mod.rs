@@ -11,11 +11,11 @@ mod tests;
 mod types;
 
 use crate::device_id::DeviceId;
+use types::{DECISIONS_KEPT, Persisted, Release, push_bounded};
 pub(crate) use types::{
     DeviceUpdate, HistoryEntry, HistoryEvent, Policy, Refusal, ReleaseView, UpdateStatus,
     UpdatesError, UpdatesView,
 };
-use types::{Persisted, Release};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -170,7 +170,7 @@ impl Updates {
             (None, Some(m)) => ("*".to_string(), m.to_string()),
             (None, None) => return Err(UpdatesError::Bad("name a device or a model".into())),
         };
-        self.state.approvals.push((who, model, version));
+        push_bounded(&mut self.state.approvals, (who, model, version), DECISIONS_KEPT);
         self.state
             .cancelled
             .retain(|(d, v)| !(*v == version && device.is_none_or(|k| *d == kid_id(k))));
@@ -182,13 +182,13 @@ impl Updates {
     pub(crate) fn cancel(&mut self, device: &Kid, now: UnixTime) -> Option<u32> {
         let d = self.state.devices.get_mut(&kid_id(device))?;
         let v = d.offered.take()?;
-        d.history.push(HistoryEntry {
+        d.record(HistoryEntry {
             at: now.0,
             version: v,
             event: HistoryEvent::Cancelled,
             detail: String::new(),
         });
-        self.state.cancelled.push((kid_id(device), v));
+        push_bounded(&mut self.state.cancelled, (kid_id(device), v), DECISIONS_KEPT);
         self.dirty = true;
         Some(v)
     }
@@ -268,7 +268,7 @@ impl Updates {
             if let Some(v) = d.offered
                 && now.0 > d.progress_at.saturating_add(OFFER_TIMEOUT_S)
             {
-                d.history.push(HistoryEntry {
+                d.record(HistoryEntry {
                     at: now.0,
                     version: v,
                     event: HistoryEvent::TimedOut,
@@ -302,7 +302,7 @@ impl Updates {
                         d.progress = (0, w.offer().blocks());
                         d.progress_at = now.0;
                         d.blocks_served = 0;
-                        d.history.push(HistoryEntry {
+                        d.record(HistoryEntry {
                             at: now.0,
                             version: w.offer().version,
                             event: HistoryEvent::Offered,
@@ -383,12 +383,7 @@ impl Updates {
             Outcome::RolledBack => HistoryEvent::RolledBack,
             Outcome::Failed => HistoryEvent::Failed,
         };
-        d.history.push(HistoryEntry {
-            at: now.0,
-            version: r.version,
-            event,
-            detail: r.reason.clone(),
-        });
+        d.record(HistoryEntry { at: now.0, version: r.version, event, detail: r.reason.clone() });
         // Only versions the hub knows it could be running are believed (a buggy or hostile
         // sensor must not raise the anti-rollback floor of its whole model).
         if r.running == d.installed

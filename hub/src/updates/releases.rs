@@ -70,11 +70,8 @@ impl Updates {
     ) -> Result<(String, u32), UpdatesError> {
         let refuse = |me: &mut Self, reason: String| {
             tracing::warn!(source, %reason, "update refused; it will not reach any sensor");
-            me.state.refused.push(Refusal {
-                at: now.0,
-                source: source.into(),
-                reason: reason.clone(),
-            });
+            let refusal = Refusal { at: now.0, source: source.into(), reason: reason.clone() };
+            super::types::push_bounded(&mut me.state.refused, refusal, super::types::REFUSALS_KEPT);
             me.dirty = true;
             UpdatesError::Refused(reason)
         };

@@ -220,3 +220,27 @@ fn a_sensor_cannot_claim_a_version_the_hub_never_offered() {
     assert_eq!(f.updates.history(&f.kids[0]).map(|d| d.installed), Some(1));
     release(&mut f, 3, false); // still accepted: the floor did not move
 }
+
+#[test]
+fn history_refusals_and_decisions_keep_only_their_newest() {
+    let mut f = fixture(1, 10);
+    release(&mut f, 2, true);
+    let k = f.kids[0];
+    // The owner approves and cancels over and over: every round adds history and an approval.
+    for i in 0..300 {
+        f.updates.approve(Some(&k), None, 2).expect("approve");
+        assert_eq!(offered(&f.updates.plan(T0)), 1, "round {i}");
+        assert_eq!(f.updates.cancel(&k, T0), Some(2));
+    }
+    let d = &f.updates.state.devices[&kid_id(&k)];
+    assert_eq!(d.history.len(), types::HISTORY_KEPT);
+    assert_eq!(d.history.last().map(|e| e.event), Some(HistoryEvent::Cancelled));
+    assert_eq!(f.updates.state.approvals.len(), DECISIONS_KEPT);
+    f.updates.approve(Some(&k), None, 2).expect("approve");
+    assert_eq!(offered(&f.updates.plan(T0)), 1, "the newest decision still counts");
+    // A feed that serves a bad release at every check: the newest refusals are kept.
+    for _ in 0..100 {
+        assert!(f.updates.add_release(b"not a manifest".to_vec(), Vec::new(), "feed", T0).is_err());
+    }
+    assert_eq!(f.updates.state.refused.len(), types::REFUSALS_KEPT);
+}

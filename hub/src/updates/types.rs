@@ -81,7 +81,7 @@ pub struct DeviceUpdate {
     /// Policy override.
     #[serde(default)]
     pub policy: Option<Policy>,
-    /// History, oldest first.
+    /// History, oldest first: the newest [`HISTORY_KEPT`] entries.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
     /// The version being delivered.
@@ -105,6 +105,28 @@ pub struct DeviceUpdate {
     /// When the offer last made progress (offered, or a block served), Unix seconds.
     #[serde(default)]
     pub progress_at: u64,
+}
+
+/// A device's history entries kept (its newest).
+pub(super) const HISTORY_KEPT: usize = 32;
+/// Refused releases kept (the newest): a feed that keeps serving a bad release is recorded,
+/// not accumulated.
+pub(super) const REFUSALS_KEPT: usize = 64;
+/// The owner's approvals and cancellations kept (the newest of each).
+pub(super) const DECISIONS_KEPT: usize = 256;
+
+impl DeviceUpdate {
+    /// Adds to the history, forgetting the oldest beyond [`HISTORY_KEPT`].
+    pub(super) fn record(&mut self, e: HistoryEntry) {
+        push_bounded(&mut self.history, e, HISTORY_KEPT);
+    }
+}
+
+/// Pushes `item`, dropping the oldest entries beyond `max`.
+pub(super) fn push_bounded<T>(v: &mut Vec<T>, item: T, max: usize) {
+    v.push(item);
+    let excess = v.len().saturating_sub(max);
+    v.drain(..excess);
 }
 
 /// What the manager persists (releases are re-verified from their files at start).
