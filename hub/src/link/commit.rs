@@ -3,7 +3,7 @@
 //! thread, and what is released once it is durable (acknowledgements, refusals, leases,
 //! pairings).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ pub(super) struct Batch {
     pub(super) writes: Vec<Write>,
     pub(super) readings: HashMap<Kid, Vec<Reading>>,
     /// Devices whose checkpoint this batch persists.
-    pub(super) states: BTreeSet<Kid>,
+    pub(super) states: HashSet<Kid>,
     /// The checkpoints written (reported durable after the commit).
     checkpoints: Vec<(Kid, PeerState<SocketAddr>)>,
     acks: Vec<Ticket>,
