@@ -9,6 +9,7 @@ use protocol::link::fw::DEFAULT_SZX;
 use protocol::time::UnixTime;
 use protocol::update::{PublicKey, UpdateError, verify_image, verify_manifest};
 
+use super::types::{REFUSALS_KEPT, push_bounded};
 use super::{Refusal, Release, Updates, UpdatesError};
 use crate::device_id::DeviceId;
 use protocol::oscore::Kid;
@@ -71,7 +72,7 @@ impl Updates {
         let refuse = |me: &mut Self, reason: String| {
             tracing::warn!(source, %reason, "update refused; it will not reach any sensor");
             let refusal = Refusal { at: now.0, source: source.into(), reason: reason.clone() };
-            super::types::push_bounded(&mut me.state.refused, refusal, super::types::REFUSALS_KEPT);
+            push_bounded(&mut me.state.refused, refusal, REFUSALS_KEPT);
             me.dirty = true;
             UpdatesError::Refused(reason)
         };

@@ -414,10 +414,9 @@ impl SegmentLog {
         });
     }
 
-    /// Whether `kid`'s entry in a sealed segment that ends at `last_seq` is hidden: the device
-    /// was erased after it.
+    /// Whether `kid`'s entry in a sealed segment that ends at `last_seq` is hidden.
     fn hidden(&self, kid: &Kid, last_seq: u64) -> bool {
-        self.floors.get(kid).is_some_and(|&f| last_seq < f)
+        erased_after(&self.floors, kid, last_seq)
     }
 
     /// Forgets the floors that no sealed segment ends before.
@@ -444,7 +443,7 @@ impl SegmentLog {
     pub(super) fn erase(&mut self, kid: &Kid) {
         if self.totals.remove(kid).is_some() {
             for s in &mut self.sealed {
-                if self.floors.get(kid).is_some_and(|&f| s.last_seq < f) {
+                if erased_after(&self.floors, kid, s.last_seq) {
                     continue; // hidden by an earlier erase: not counted
                 }
                 let Some(stretch) = s.fence.stretch(kid) else { continue };
@@ -592,8 +591,8 @@ impl SegmentLog {
     /// Which devices' readings the segment starting at `first_seq` still counts (no I/O).
     pub(super) fn counted(&self, first_seq: u64) -> Option<Counted> {
         if let Some(s) = self.sealed.iter().find(|s| s.first_seq == first_seq) {
-            let erased = self.floors.iter().filter(|(_, f)| s.last_seq < **f).map(|(k, _)| *k);
-            return Some(Counted::Except(erased.collect()));
+            let erased = self.floors.keys().filter(|k| erased_after(&self.floors, k, s.last_seq));
+            return Some(Counted::Except(erased.copied().collect()));
         }
         self.unsealed().find(|a| a.first_seq == first_seq).map(|a| {
             let kids = a.devices.iter().filter(|(_, d)| d.span.is_some()).map(|(k, _)| *k);
@@ -636,6 +635,12 @@ impl SegmentLog {
     }
 }
 
+/// Whether `kid` was erased after the segment that ends at `last_seq` (by its floor, the
+/// sequence of the erase): its entry in that segment's index no longer counts.
+fn erased_after(floors: &HashMap<Kid, u64>, kid: &Kid, last_seq: u64) -> bool {
+    floors.get(kid).is_some_and(|&f| last_seq < f)
+}
+
 impl Active {
     fn index(&mut self, kid: Kid, at: u32, count: u64, min_t: i64, max_t: i64) {
         let d = self.devices.entry(kid).or_default();
@@ -660,13 +665,13 @@ pub(super) fn read(
     for src in sources {
         // Older segments cannot hold anything newer than what is already enough.
         let enough = |newest: i64| out.len() >= limit && newest < out[0].time_ms;
-        let (span, entry) = match &src.blocks {
-            Blocks::Listed(span, _) => (*span, None),
+        let (span, listed, entry): (Span, &[u32], _) = match &src.blocks {
+            Blocks::Listed(span, v) => (*span, v, None),
             // Without reading its directory if the whole segment is older.
             Blocks::Indexed(_, _, newest) if enough(*newest) => continue,
             Blocks::Indexed(idx, stretch, _) => {
                 match index::find(idx, *stretch, kid).map_err(io(&src.path))? {
-                    Some(e) => (e.span, Some((idx, e))),
+                    Some(e) => (e.span, &[], Some((idx, e))),
                     None => continue,
                 }
             }
@@ -674,10 +679,9 @@ pub(super) fn read(
         if enough(span.max_t) {
             continue;
         }
-        let offsets = match (entry, &src.blocks) {
-            (Some((idx, e)), _) => index::offsets(idx, &e).map_err(io(&src.path))?,
-            (None, Blocks::Listed(_, v)) => v.clone(),
-            (None, Blocks::Indexed(..)) => continue, // found above
+        let offsets = match entry {
+            Some((idx, e)) => index::offsets(idx, &e).map_err(io(&src.path))?,
+            None => listed.to_vec(),
         };
         // One read covers a block header, and usually the whole block.
         const HEAD: usize = 512;

@@ -248,6 +248,7 @@ impl Recovery<'_> {
                 self.report.reindexed += 1;
                 let mut active = segment(file, s.len, s.devices);
                 let index = IndexJob::of(dir, &active, s.last_seq).write()?;
+                // The index has them now: not held while the other segments are opened.
                 active.devices = HashMap::new();
                 Ok((active, s.last_seq, index))
             }
