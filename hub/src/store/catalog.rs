@@ -46,8 +46,10 @@ const RENEWED_FORMAT: u64 = 3;
 const LEGACY_READINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("readings");
 const LEGACY_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("reading_counts");
 
-/// redb page cache size: the catalog is small and rarely read (readings live in the log).
-const CACHE_BYTES: usize = 4 << 20;
+/// redb page cache size (read cache and write buffer together): the catalog is read whole
+/// once at start and written in snapshots; a cache it rarely hits again was 4 MiB of every
+/// hub's resident memory once full (readings live in the log).
+const CACHE_BYTES: usize = 1 << 20;
 
 fn db<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())

@@ -220,7 +220,7 @@ impl<A: Endpoint> HubLink<A> {
                 let Some(peer) = self.peers.get_mut(&kid) else { return };
                 if peer.guard.echo(now, from) {
                     peer.ctx.arm_echo(rng);
-                    peer.parked.challenge = Some((from, packet.clone(), binding));
+                    peer.parked.challenge = Some(Box::new((from, packet.clone(), binding)));
                 } else {
                     self.counters.echo_limited += 1;
                 }
