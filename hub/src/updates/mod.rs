@@ -99,6 +99,7 @@ impl Updates {
                 _ => tracing::warn!(%model, version, "stored release files missing"),
             }
         }
+        me.prune(now);
         me
     }
 
@@ -260,6 +261,7 @@ impl Updates {
 
     /// Decides which devices get which offer now (bounded concurrency); returns the changes.
     pub(crate) fn plan(&mut self, now: UnixTime) -> Vec<(Kid, Option<Arc<FirmwareOffer>>)> {
+        self.prune(now);
         let mut changes = Vec::new();
         let mut active = self.state.devices.values().filter(|d| d.offered.is_some()).count();
         let ids: Vec<DeviceId> = self.state.devices.keys().copied().collect();

@@ -9,7 +9,7 @@ use protocol::link::fw::DEFAULT_SZX;
 use protocol::time::UnixTime;
 use protocol::update::{PublicKey, UpdateError, verify_image, verify_manifest};
 
-use super::types::{REFUSALS_KEPT, push_bounded};
+use super::types::{REFUSALS_KEPT, RELEASES_KEPT, push_bounded};
 use super::{Refusal, Release, Updates, UpdatesError};
 use crate::device_id::DeviceId;
 use protocol::oscore::Kid;
@@ -93,9 +93,15 @@ impl Updates {
             return Ok((model, version));
         }
         // Anti-rollback (6.17 ex. 3): never accept a release not newer than what runs or was
-        // already accepted for this model.
-        let newest_known =
-            self.releases.keys().filter(|(m, _)| *m == model).map(|(_, v)| *v).max().unwrap_or(0);
+        // already accepted for this model (kept in the list even once expired or unreadable).
+        let newest_known = self
+            .state
+            .releases
+            .iter()
+            .filter(|(m, _)| *m == model)
+            .map(|(_, v)| *v)
+            .max()
+            .unwrap_or(0);
         let newest_installed = self
             .state
             .devices
@@ -128,7 +134,51 @@ impl Updates {
         self.state.releases.push(key.clone());
         self.dirty = true;
         tracing::info!(model = %key.0, version = key.1, risks = %verified.risks_mitigated(), "update verified and available");
+        self.prune(now);
         Ok(key)
+    }
+
+    /// Bounds the releases kept (EN 303 645 5.6-style resource bounds; README "Updates"): an
+    /// expired one leaves memory (it can never be offered again), and beyond a model's newest
+    /// [`RELEASES_KEPT`] the oldest leave the list, memory and disk — never one being
+    /// delivered, and never the model's newest, which is the anti-rollback floor.
+    pub(super) fn prune(&mut self, now: UnixTime) {
+        let delivering: Vec<(&str, u32)> = (self.state.devices.values())
+            .filter_map(|d| Some((d.model.as_str(), d.offered?)))
+            .collect();
+        let mut listed = self.state.releases.clone();
+        listed.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let mut drop = Vec::new();
+        let mut rank = 0;
+        for (i, (model, version)) in listed.iter().enumerate() {
+            rank = if i > 0 && listed[i - 1].0 == *model { rank + 1 } else { 0 };
+            if rank >= RELEASES_KEPT && !delivering.contains(&(model.as_str(), *version)) {
+                drop.push((model.clone(), *version));
+            }
+        }
+        let expired: Vec<(String, u32)> = (self.releases.iter())
+            .filter(|((m, v), r)| {
+                r.manifest.expires() < now && !delivering.contains(&(m.as_str(), *v))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &expired {
+            self.releases.remove(key);
+            tracing::info!(model = %key.0, version = key.1, "expired release no longer kept in memory");
+        }
+        for key in drop {
+            self.releases.remove(&key);
+            self.state.releases.retain(|k| *k != key);
+            self.dirty = true;
+            for p in <[_; 2]>::from(self.paths(&key.0, key.1)) {
+                if let Err(e) = std::fs::remove_file(&p)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %p.display(), error = %e, "superseded release file not removed");
+                }
+            }
+            tracing::info!(model = %key.0, version = key.1, "superseded release removed");
+        }
     }
 
     /// Whether the manifest names a signing key that is pinned — for another model.

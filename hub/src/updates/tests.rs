@@ -31,6 +31,12 @@ fn fixture(devices: u8, max_concurrent: usize) -> Fixture {
 }
 
 fn release(f: &mut Fixture, version: u32, disruptive: bool) {
+    let manifest = signed(f, version, disruptive, UnixTime(T0.0 + 86_400 * 365));
+    f.updates.add_release(manifest.0, manifest.1, "owner", T0).expect("accepted");
+}
+
+/// A signed manifest and its image.
+fn signed(f: &Fixture, version: u32, disruptive: bool, expires: UnixTime) -> (Vec<u8>, Vec<u8>) {
     let image = vec![version as u8; 3000];
     let sha256 = {
         use sha2::Digest;
@@ -42,13 +48,13 @@ fn release(f: &mut Fixture, version: u32, disruptive: bool) {
         min_version: 1,
         image_size: image.len() as u32,
         image_sha256: sha256,
-        expires: UnixTime(T0.0 + 86_400 * 365),
+        expires,
         disruptive,
         risks_mitigated: "test".into(),
         released: T0,
     }
     .sign(&f.key);
-    f.updates.add_release(manifest, image, "owner", T0).expect("accepted");
+    (manifest, image)
 }
 
 fn offered(changes: &[(Kid, Option<Arc<FirmwareOffer>>)]) -> usize {
@@ -243,4 +249,54 @@ fn history_refusals_and_decisions_keep_only_their_newest() {
         assert!(f.updates.add_release(b"not a manifest".to_vec(), Vec::new(), "feed", T0).is_err());
     }
     assert_eq!(f.updates.state.refused.len(), types::REFUSALS_KEPT);
+}
+
+#[test]
+fn releases_keep_the_newest_per_model_and_the_one_being_delivered() {
+    let mut f = fixture(1, 10);
+    release(&mut f, 2, false);
+    assert_eq!(offered(&f.updates.plan(T0)), 1, "v2 goes out");
+    for v in 3..=7 {
+        release(&mut f, v, false);
+    }
+    let listed = |f: &Fixture| {
+        let mut l: Vec<u32> = f.updates.state.releases.iter().map(|(_, v)| *v).collect();
+        l.sort_unstable();
+        l
+    };
+    let on_disk = |f: &Fixture, v: u32| {
+        let (m, i) = f.updates.paths(MODEL, v);
+        (m.exists(), i.exists())
+    };
+    assert_eq!(listed(&f), [2, 4, 5, 6, 7], "the newest four, and v2 while it is delivered");
+    assert_eq!(f.updates.releases.len(), 5);
+    assert_eq!(on_disk(&f, 3), (false, false), "a superseded release's files are removed");
+    // The device moves on to v7; v2 is then superseded too.
+    let changes = f.updates.plan(T0);
+    assert_eq!(
+        changes.iter().filter_map(|(_, o)| o.as_ref()).map(|o| o.offer().version).next(),
+        Some(7)
+    );
+    f.updates.plan(T0);
+    assert_eq!(listed(&f), [4, 5, 6, 7]);
+    assert_eq!(on_disk(&f, 2), (false, false));
+    assert_eq!(on_disk(&f, 4), (true, true));
+    // Anti-rollback still refuses what was dropped.
+    let (m, i) = signed(&f, 3, false, UnixTime(T0.0 + 86_400));
+    assert!(matches!(f.updates.add_release(m, i, "feed", T0), Err(UpdatesError::Refused(_))));
+    // A release that expires leaves memory but stays the floor, across a restart too.
+    let (m, i) = signed(&f, 8, false, UnixTime(T0.0 + 100));
+    f.updates.add_release(m, i, "owner", T0).expect("v8");
+    assert_eq!(listed(&f), [5, 6, 7, 8]);
+    let later = UnixTime(T0.0 + 200);
+    f.updates.plan(later);
+    f.updates.plan(later);
+    assert!(!f.updates.knows(MODEL, 8), "expired: not kept in memory");
+    assert_eq!(f.updates.releases.len(), 3);
+    let doc = f.updates.take_dirty().expect("changed");
+    let reloaded = Updates::load(f._dir.path(), Some(&doc), 10, 10, later);
+    assert_eq!(reloaded.releases.len(), 3, "v5..v7 re-verified; v8 expired");
+    let mut reloaded = reloaded;
+    let (m, i) = signed(&f, 8, false, UnixTime(T0.0 + 86_400 * 365));
+    assert!(matches!(reloaded.add_release(m, i, "feed", later), Err(UpdatesError::Refused(_))));
 }

@@ -114,6 +114,10 @@ pub(super) const HISTORY_KEPT: usize = 32;
 pub(super) const REFUSALS_KEPT: usize = 64;
 /// The owner's approvals and cancellations kept (the newest of each).
 pub(super) const DECISIONS_KEPT: usize = 256;
+/// Releases kept per model (the newest; one being delivered is kept beyond it until it is
+/// not). An older one is a candidate only while a newer one waits for approval or needs a
+/// version a device lacks, and each keeps its image (up to 16 MiB) in memory and on disk.
+pub(super) const RELEASES_KEPT: usize = 4;
 
 impl DeviceUpdate {
     /// Adds to the history, forgetting the oldest beyond [`HISTORY_KEPT`].
@@ -134,6 +138,9 @@ pub(super) fn push_bounded<T>(v: &mut Vec<T>, item: T, max: usize) {
 #[serde(default)]
 pub(super) struct Persisted {
     pub(super) trust: Vec<(String, String)>,
+    /// The releases kept, re-verified from their files at start: at most [`RELEASES_KEPT`]
+    /// per model beyond those being delivered, always including the model's newest accepted
+    /// (the anti-rollback floor, even once it has expired).
     pub(super) releases: Vec<(String, u32)>,
     pub(super) refused: Vec<Refusal>,
     pub(super) devices: BTreeMap<DeviceId, DeviceUpdate>,
