@@ -569,3 +569,34 @@ fn a_retransmission_gets_the_same_answer_and_a_changed_request_under_its_message
     assert!(end.bad_tag + end.replays > after.bad_tag + after.replays, "checked by OSCORE");
     assert_eq!(h.hub.stored.len(), 1);
 }
+
+/// A failed tag that arrives while the checkpoint recording an earlier one is being written
+/// waits for the next checkpoint: the first one's durability releases only the first answer,
+/// and the second goes out with its own checkpoint, not lost in between.
+#[test]
+fn an_answer_parked_during_a_checkpoint_waits_for_the_next_one() {
+    let mut h = paired(35, Faults::none(1), 1);
+    let kid = kid_of(&h, 0);
+    let now = Millis(h.now.0 + 1);
+    let answered = |h: &mut Harness| {
+        let mut ports = Vec::new();
+        while let Some(t) = h.hub.link.poll_transmit() {
+            if let Node::AttackerPort(p) = t.to {
+                ports.push(p);
+            }
+        }
+        ports
+    };
+    answered(&mut h);
+    let link = &mut h.hub.link;
+    link.handle_datagram(now, Node::AttackerPort(1), &forged(&kid, 8_000_000, 1), &mut h.rng);
+    let first = link.checkpoint(&kid).expect("checkpoint 1");
+    link.handle_datagram(now, Node::AttackerPort(2), &forged(&kid, 8_000_001, 2), &mut h.rng);
+    assert!(answered(&mut h).is_empty(), "nothing before a checkpoint is durable");
+    h.hub.link.checkpoint_durable(&kid, &first);
+    assert_eq!(answered(&mut h), [1], "only the answer the first checkpoint records");
+    let second = h.hub.link.checkpoint(&kid).expect("checkpoint 2");
+    assert!(answered(&mut h).is_empty());
+    h.hub.link.checkpoint_durable(&kid, &second);
+    assert_eq!(answered(&mut h), [2], "the second answer, with its own checkpoint");
+}

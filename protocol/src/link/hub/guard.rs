@@ -194,8 +194,16 @@ pub struct Guard<A: Endpoint> {
     routable: Vec<(A::Host, Budget)>,
     /// Durable encryption ceiling.
     encryptions: u64,
-    echo_others: Budget,
-    echo_sent: VecDeque<(A, Millis)>,
+    /// B.1.2 challenge spacing, made at the sensor's first challenge (boxed: most sensors
+    /// never need one, and inline it took 56 of every peer's bytes).
+    echo: Option<Box<EchoSpacing<A>>>,
+}
+
+/// Challenges to sources other than the known endpoint, and the recent ones per endpoint.
+#[derive(Debug, Clone)]
+struct EchoSpacing<A> {
+    others: Budget,
+    sent: VecDeque<(A, Millis)>,
 }
 
 impl<A: Endpoint> Guard<A> {
@@ -227,8 +235,7 @@ impl<A: Endpoint> Guard<A> {
             others,
             routable,
             encryptions: usage.encryptions,
-            echo_others: Budget::full(ECHO_BURST),
-            echo_sent: VecDeque::new(),
+            echo: None,
         }
     }
 
@@ -343,17 +350,21 @@ impl<A: Endpoint> Guard<A> {
 
     /// May a B.1.2 Echo challenge go to `from` now? Records it if so.
     pub fn echo(&mut self, now: Millis, from: A) -> bool {
-        self.echo_sent.retain(|(_, at)| now < at.plus(ECHO_INTERVAL_MS));
-        if self.echo_sent.iter().any(|(a, _)| *a == from) {
+        let known = self.known == Some(from);
+        let e = self.echo.get_or_insert_with(|| {
+            Box::new(EchoSpacing { others: Budget::full(ECHO_BURST), sent: VecDeque::new() })
+        });
+        e.sent.retain(|(_, at)| now < at.plus(ECHO_INTERVAL_MS));
+        if e.sent.iter().any(|(a, _)| *a == from) {
             return false;
         }
-        if self.known != Some(from) && !self.echo_others.take(now.0, ECHO_BURST, ECHO_REFILL_MS) {
+        if !known && !e.others.take(now.0, ECHO_BURST, ECHO_REFILL_MS) {
             return false;
         }
-        if self.echo_sent.len() >= ECHO_SOURCES {
-            self.echo_sent.pop_front();
+        if e.sent.len() >= ECHO_SOURCES {
+            e.sent.pop_front();
         }
-        self.echo_sent.push_back((from, now));
+        e.sent.push_back((from, now));
         true
     }
 

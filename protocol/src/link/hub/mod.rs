@@ -53,17 +53,35 @@ const EXCHANGE_LIFETIME_MS: u64 = 247_000;
 /// the outcome is durable (beyond it they are not sent: a forger learns nothing more).
 const PARKED: usize = 32;
 
-/// What waits for a sensor's next durable checkpoint because it depends on a verification's
-/// outcome: the unprotected answers to failed tags, and a B.1.2 challenge to seal (boxed: it
-/// is rare, and inline it took 136 of the 168 bytes that every peer carries twice).
+/// What waits for a sensor's durable checkpoints because it depends on a verification's
+/// outcome: the unprotected answers to failed tags, and a B.1.2 challenge to seal — `next` for
+/// the next checkpoint, `inflight` for the one being written. A peer boxes it only while
+/// something waits (rare; inline both took 64 of every peer's bytes).
 struct Parked<A> {
-    replies: Vec<Transmit<A>>,
-    challenge: Option<Box<(A, Packet, RequestBinding)>>,
+    next: Stage<A>,
+    inflight: Stage<A>,
 }
 
 impl<A> Default for Parked<A> {
     fn default() -> Self {
+        Self { next: Stage::default(), inflight: Stage::default() }
+    }
+}
+
+struct Stage<A> {
+    replies: Vec<Transmit<A>>,
+    challenge: Option<(A, Packet, RequestBinding)>,
+}
+
+impl<A> Default for Stage<A> {
+    fn default() -> Self {
         Self { replies: Vec::new(), challenge: None }
+    }
+}
+
+impl<A> Stage<A> {
+    fn is_empty(&self) -> bool {
+        self.replies.is_empty() && self.challenge.is_none()
     }
 }
 
@@ -71,8 +89,9 @@ struct Peer<A: Endpoint> {
     ctx: SecurityContext,
     /// The context must be renewed before use (restored from a backup).
     must_renew: bool,
-    /// The `R2`s issued for a renewal (RFC 8613 B.2, `oscore::renew`).
-    renew: crate::oscore::renew::Pending,
+    /// The `R2`s issued for a renewal (RFC 8613 B.2, `oscore::renew`); boxed, made at the
+    /// first Response #1 and dropped when a Request #2 confirms one.
+    renew: Option<Box<crate::oscore::renew::Pending>>,
     /// Recent exchanges for CoAP deduplication, keyed by source endpoint and Message ID.
     recent: VecDeque<Exchange<A>>,
     guard: Guard<A>,
@@ -85,8 +104,7 @@ struct Peer<A: Endpoint> {
     /// Accepted requests not answered yet (each answer is one encryption to reserve).
     unanswered: u64,
     /// Outcome-dependent answers not yet in a checkpoint, and those in the one being written.
-    parked: Parked<A>,
-    parked_inflight: Parked<A>,
+    parked: Option<Box<Parked<A>>>,
     /// The replay window as last made durable, and the one being written: a replay is refused
     /// at once only if the durable window already refuses it (otherwise the refusal would
     /// reveal a verification not yet recorded).
@@ -105,7 +123,7 @@ impl<A: Endpoint> Peer<A> {
             window_inflight: None,
             ctx,
             must_renew: false,
-            renew: Default::default(),
+            renew: None,
             recent: VecDeque::new(),
             guard,
             rekey_reported: false,
@@ -113,8 +131,7 @@ impl<A: Endpoint> Peer<A> {
             command: None,
             waiting: Vec::new(),
             unanswered: 0,
-            parked: Parked::default(),
-            parked_inflight: Parked::default(),
+            parked: None,
         }
     }
 }
@@ -122,7 +139,7 @@ impl<A: Endpoint> Peer<A> {
 /// The hub's side of every sensor link.
 pub struct HubLink<A: Endpoint> {
     config: HubConfig,
-    /// Boxed: a `Peer` is about 750 bytes, and a map of them inline kept up to as much again as
+    /// Boxed: a `Peer` is about 620 bytes, and a map of them inline kept up to as much again as
     /// slack after each doubling (11 MiB at 10,000 sensors), and twice the whole during one.
     peers: HashMap<Kid, Box<Peer<A>>>,
     /// Return-routability values for sources over budget.
@@ -272,12 +289,15 @@ impl<A: Endpoint> HubLink<A> {
     pub fn checkpoint(&mut self, kid: &Kid) -> Option<PeerState<A>> {
         let wall = self.wall(self.last_now);
         let p = self.peers.get_mut(kid)?;
-        let answers = p.unanswered + u64::from(p.parked.challenge.is_some());
+        let challenge = p.parked.as_ref().is_some_and(|b| b.next.challenge.is_some());
+        let answers = p.unanswered + u64::from(challenge);
         let (usage, budget) = p.guard.checkpoint(wall, p.ctx.usage(), answers);
-        let parked = std::mem::take(&mut p.parked);
-        p.parked_inflight.replies.extend(parked.replies);
-        if parked.challenge.is_some() {
-            p.parked_inflight.challenge = parked.challenge;
+        if let Some(b) = p.parked.as_deref_mut() {
+            let next = std::mem::take(&mut b.next);
+            b.inflight.replies.extend(next.replies);
+            if next.challenge.is_some() {
+                b.inflight.challenge = next.challenge;
+            }
         }
         let window = p.ctx.replay_window().state();
         p.window_inflight = window;
@@ -292,10 +312,15 @@ impl<A: Endpoint> HubLink<A> {
         if let Some(w) = p.window_inflight.take() {
             p.durable_window = ReplayWindow::Known(w);
         }
-        let parked = std::mem::take(&mut p.parked_inflight);
-        self.transmits.extend(parked.replies);
-        if let Some(challenge) = parked.challenge {
-            let (to, request, binding) = *challenge;
+        let mut inflight = Stage::default();
+        if let Some(mut b) = p.parked.take() {
+            inflight = std::mem::take(&mut b.inflight);
+            if !b.next.is_empty() {
+                p.parked = Some(b);
+            }
+        }
+        self.transmits.extend(inflight.replies);
+        if let Some((to, request, binding)) = inflight.challenge {
             self.send_challenge(*kid, to, &request, &binding);
         }
         let Some(p) = self.peers.get_mut(kid) else { return };

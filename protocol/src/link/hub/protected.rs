@@ -117,7 +117,14 @@ impl<A: Endpoint> HubLink<A> {
             _ if current && !peer.must_renew => Under::InUse,
             _ if current => Under::Renew1,
             None => Under::Renew1,
-            Some(c) if peer.renew.candidate(peer.ctx.params(), &c).is_some() => Under::Renew2(c),
+            Some(c)
+                if peer
+                    .renew
+                    .as_ref()
+                    .is_some_and(|r| r.candidate(peer.ctx.params(), &c).is_some()) =>
+            {
+                Under::Renew2(c)
+            }
             Some(_) => {
                 self.counters.unknown_kid += 1;
                 self.security(SecurityEvent::UnknownKid);
@@ -220,7 +227,8 @@ impl<A: Endpoint> HubLink<A> {
                 let Some(peer) = self.peers.get_mut(&kid) else { return };
                 if peer.guard.echo(now, from) {
                     peer.ctx.arm_echo(rng);
-                    peer.parked.challenge = Some(Box::new((from, packet.clone(), binding)));
+                    let parked = peer.parked.get_or_insert_with(Default::default);
+                    parked.next.challenge = Some((from, packet.clone(), binding));
                 } else {
                     self.counters.echo_limited += 1;
                 }
@@ -300,7 +308,8 @@ impl<A: Endpoint> HubLink<A> {
                 let Some(peer) = self.peers.get_mut(&kid) else { return };
                 let params = peer.ctx.params().clone();
                 // Sealed under a one-time key: nothing durable depends on it.
-                if let Ok(sealed) = peer.renew.response_1(&params, packet, &binding, rng)
+                let renew = peer.renew.get_or_insert_with(Default::default);
+                if let Ok(sealed) = renew.response_1(&params, packet, &binding, rng)
                     && let Some(bytes) = coap::encode(&sealed.packet)
                 {
                     self.transmits.push_back(Transmit { to: from, bytes });
@@ -332,7 +341,8 @@ impl<A: Endpoint> HubLink<A> {
     /// (nothing changed) otherwise.
     fn renewal_request_2(&mut self, kid: Kid, kid_context: &[u8], packet: &Packet) -> bool {
         let Some(peer) = self.peers.get_mut(&kid) else { return false };
-        let Some(params) = peer.renew.candidate(peer.ctx.params(), kid_context) else {
+        let renew = peer.renew.as_ref();
+        let Some(params) = renew.and_then(|r| r.candidate(peer.ctx.params(), kid_context)) else {
             return false;
         };
         let mut next = peer.ctx.renewed(&params);
@@ -340,7 +350,7 @@ impl<A: Endpoint> HubLink<A> {
             return false;
         }
         peer.ctx = next;
-        peer.renew.confirm();
+        peer.renew = None; // every `R2` is forgotten (`Pending::confirm`)
         peer.must_renew = false;
         peer.durable_window = peer.ctx.replay_window().clone();
         self.events.push_back(HubEvent::Renewed { kid, params });
@@ -351,10 +361,11 @@ impl<A: Endpoint> HubLink<A> {
     /// checkpoint recording that outcome is durable.
     fn park(&mut self, kid: Kid, to: A, request: &Packet, code: ResponseType, payload: &[u8]) {
         let Some(peer) = self.peers.get_mut(&kid) else { return };
-        if peer.parked.replies.len() < super::PARKED
+        let parked = peer.parked.get_or_insert_with(Default::default);
+        if parked.next.replies.len() < super::PARKED
             && let Some(t) = super::unprotected(to, request, code, payload)
         {
-            peer.parked.replies.push(t);
+            parked.next.replies.push(t);
         }
     }
 
