@@ -138,10 +138,11 @@ impl Updates {
         Ok(key)
     }
 
-    /// Bounds the releases kept (EN 303 645 5.6-style resource bounds; README "Updates"): an
-    /// expired one leaves memory (it can never be offered again), and beyond a model's newest
-    /// [`RELEASES_KEPT`] the oldest leave the list, memory and disk — never one being
-    /// delivered, and never the model's newest, which is the anti-rollback floor.
+    /// Bounds the releases kept (README "Updates"): an expired one leaves memory (it can never
+    /// be offered again), and beyond a model's newest [`RELEASES_KEPT`] the oldest leave the
+    /// list, memory and disk — never one being delivered, and never the model's newest, which
+    /// is the anti-rollback floor. Files are removed only when a release is dropped: after a new
+    /// one is accepted, or once a delivery of a superseded one ends.
     pub(super) fn prune(&mut self, now: UnixTime) {
         let delivering: Vec<(&str, u32)> = (self.state.devices.values())
             .filter_map(|d| Some((d.model.as_str(), d.offered?)))
