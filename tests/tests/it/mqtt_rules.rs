@@ -2,8 +2,9 @@
 //! checked like publications, client ids bound to their user, the broker's own port closed to
 //! anything the fronts did not prepare, a storm of Home Assistant birth messages
 //! republishing discovery a bounded number of times, retained messages handed over whole and
-//! bounded, subscribers that never read costing a bounded heap, and the hub's own messages
-//! following each client's filters, bounded and never shared.
+//! bounded, subscribers that never read costing a bounded heap, the hub's own messages
+//! following each client's filters, bounded and never shared, and made-up client ids from many
+//! addresses at once never taking another connection's session, across a SIGKILL restart.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -735,4 +736,123 @@ fn the_hubs_messages_follow_each_clients_filters_which_are_bounded_and_never_sha
     let live = live_states(ports.plain);
     assert!(live >= SENSORS / 2, "{live} of {SENSORS} devices' states were live");
     drop(sim);
+}
+
+/// Reads one MQTT packet: its first byte and body; none if the connection closed.
+fn read_packet(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut first = [0u8; 1];
+    s.read_exact(&mut first).ok()?;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).ok()?;
+        len |= usize::from(b[0] & 0x7f) << shift;
+        shift += 7;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some((first[0], body))
+}
+
+/// Pings `s` and reads up to the PINGRESP: the PUBLISH packets received before it, or none if
+/// the connection was closed (its session taken over).
+fn publishes_then_pong(s: &mut TcpStream) -> Option<usize> {
+    s.write_all(&[0xc0, 0]).ok()?;
+    let mut publishes = 0;
+    loop {
+        match read_packet(s)? {
+            (0xd0, _) => return Some(publishes),
+            (first, _) if first >> 4 == 3 => publishes += 1,
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn clients_with_made_up_ids_from_many_addresses_never_take_each_others_sessions() {
+    // The fronts give each clean session a broker id from a pool of slots, reused once free
+    // (`mqtt/client_ids.rs`). Were a slot ever handed to two live connections, the broker would
+    // take the older one's session over and close it. So: long-lived subscribers, each from its
+    // own address, and meanwhile threads opening and closing connections with made-up ids,
+    // empty ids and a repeated id, from many addresses at once (one user per thread: more than
+    // three unremembered logins of one account at once are refused by design, `admission::
+    // throttle`); then a SIGKILL restart and the same again. Every long-lived subscriber stays
+    // connected and keeps getting the sensors' states, every connection is accepted, and the
+    // sensors' readings keep being stored.
+    const LONG: u8 = 12;
+    const CHURN_THREADS: u8 = 6;
+    const CHURN_EACH: u8 = 20;
+    const SENSORS: usize = 4;
+    let (tmp, ports, mut hub, mut sim) = hub_with_fleet(SENSORS, 200);
+    sim.paired(SENSORS, Duration::from_secs(60));
+    let coap_port = hub.coap.port();
+    for t in 0..CHURN_THREADS {
+        hub.add_mqtt_user(&format!("churn{t}"), Some(MQTT_PASSWORD));
+    }
+    let stored = |hub: &Hub| -> u64 {
+        let devices = hub.ctl(&["devices"]);
+        devices.as_array().expect("devices").iter().filter_map(|d| d["readings"].as_u64()).sum()
+    };
+    for round in 0..2u8 {
+        let connect = |source: [u8; 4], user: &str, id: &str| {
+            let (code, s) = mqtt_connect_from(
+                std::net::Ipv4Addr::from(source).into(),
+                ports.plain,
+                &connect_packet(id, user, MQTT_PASSWORD, None),
+            );
+            assert_eq!(code, Some(0), "round {round}: {user} {id:?} from {source:?} accepted");
+            s
+        };
+        let mut long: Vec<TcpStream> = (0..LONG)
+            .map(|i| {
+                let mut s = connect([127, 10 + round, 0, i + 2], "ha", &format!("panel-{i}"));
+                subscribe(&mut s, "hearth/+/state");
+                s
+            })
+            .collect();
+        let before = stored(&hub);
+        std::thread::scope(|scope| {
+            for t in 0..CHURN_THREADS {
+                scope.spawn(move || {
+                    let user = format!("churn{t}");
+                    let mut held = Vec::new();
+                    for i in 0..CHURN_EACH {
+                        let id = match i % 4 {
+                            0 => String::new(),
+                            1 => "the-same-script".to_owned(),
+                            _ => format!("mosq-{round}-{t}-{i}"),
+                        };
+                        held.push(connect([127, 20 + round, t, i + 2], &user, &id));
+                        // Ids repeat 4 connections apart: every one held is still its own.
+                        if held.len() > 3 {
+                            let mut old = held.remove(0);
+                            let alive = publishes_then_pong(&mut old).is_some();
+                            assert!(alive, "round {round}: {user}'s connection {i} taken over");
+                        }
+                    }
+                    for mut s in held {
+                        let alive = publishes_then_pong(&mut s).is_some();
+                        assert!(alive, "round {round}: {user}'s last connections taken over");
+                    }
+                });
+            }
+        });
+        for (i, s) in long.iter_mut().enumerate() {
+            let got = publishes_then_pong(s);
+            assert!(got.is_some(), "round {round}: subscriber {i} was disconnected");
+            assert!(got > Some(0), "round {round}: subscriber {i} got no state");
+        }
+        wait_for("readings stored meanwhile", Duration::from_secs(30), || {
+            (stored(&hub) > before).then_some(())
+        });
+        if round == 0 {
+            drop(long);
+            hub.kill9();
+            hub = Hub::start_with(&tmp.path().join("hub"), coap_port, &ports.config(""));
+        }
+    }
+    sim.stop();
 }
