@@ -740,21 +740,18 @@ fn the_hubs_messages_follow_each_clients_filters_which_are_bounded_and_never_sha
 
 /// Reads one MQTT packet: its first byte and body; none if the connection closed.
 fn read_packet(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let mut first = [0u8; 1];
-    s.read_exact(&mut first).ok()?;
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
+    let mut header = Vec::with_capacity(5);
+    let (len, _) = loop {
         let mut b = [0u8; 1];
         s.read_exact(&mut b).ok()?;
-        len |= usize::from(b[0] & 0x7f) << shift;
-        shift += 7;
-        if b[0] & 0x80 == 0 {
-            break;
+        header.push(b[0]);
+        if header.len() > 1 && (b[0] & 0x80 == 0 || header.len() == 5) {
+            break remaining_length(&header)?;
         }
-    }
+    };
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).ok()?;
-    Some((first[0], body))
+    Some((header[0], body))
 }
 
 /// Pings `s` and reads up to the PINGRESP: the PUBLISH packets received before it, or none if
