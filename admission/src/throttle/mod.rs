@@ -12,7 +12,10 @@
 //!   has ended.
 //! - **Back-offs always end**: a wait is never longer than `max_ms`, even if the clock jumps back.
 //! - **Per-account records survive restarts** ([`Throttle::snapshot`], [`Throttle::restore`]);
-//!   the owner of the throttle persists them whenever [`Throttle::urgent_version`] moves.
+//!   the owner of the throttle persists them whenever [`Throttle::urgent_version`] moves. What
+//!   survives is the settled failures: an attempt still being checked when the hub stops was
+//!   never answered (its owner settles it before answering), so it taught its client nothing,
+//!   and counting it after a restart would only refuse the next legitimate logins.
 //! - **A client that succeeded before is not refused by someone else's back-off**: a trusted
 //!   client (a web device cookie, a remembered MQTT client) bypasses the account's and the
 //!   address's back-offs but has its own `free_failures`, after which it is revoked.
@@ -123,6 +126,9 @@ struct Record {
     /// an attempt admitted before that finds its provisional failure gone.
     #[serde(skip)]
     cleared_at: u64,
+    /// Of `failures`, the provisional ones of attempts still being checked (not persisted).
+    #[serde(skip)]
+    pending: u32,
 }
 
 impl Record {
@@ -145,10 +151,17 @@ impl Record {
         self.until_ms <= now && now.saturating_sub(self.last_ms) >= p.forget_ms
     }
 
-    /// A provisional failure.
+    /// A provisional failure (of an attempt now being checked).
     fn take(&mut self, now: u64, p: &Policy) {
+        self.count(now, p);
+        self.pending = self.pending.saturating_add(1);
+    }
+
+    /// A failure that stands at once (no check is pending for it).
+    fn count(&mut self, now: u64, p: &Policy) {
         if self.forgotten(now, p) {
-            *self = Record { cleared_at: self.cleared_at, ..Record::default() };
+            *self =
+                Record { cleared_at: self.cleared_at, pending: self.pending, ..Record::default() };
         }
         self.failures = self.failures.saturating_add(1);
         self.last_ms = now;
@@ -160,10 +173,24 @@ impl Record {
 
     /// Gives a provisional failure back (the attempt succeeded or was never checked).
     fn give_back(&mut self, p: &Policy) {
+        self.settle();
         self.failures = self.failures.saturating_sub(1);
         if self.failures < p.free_failures {
             self.until_ms = 0;
         }
+    }
+
+    /// A provisional failure is no longer pending (its check failed: it stands).
+    fn settle(&mut self) {
+        self.pending = self.pending.saturating_sub(1);
+    }
+
+    /// What a restart keeps: the failures without the pending ones, and a back-off only if
+    /// those alone reach it.
+    fn settled(&self, p: &Policy) -> Record {
+        let failures = self.failures.saturating_sub(self.pending);
+        let until_ms = if failures >= p.free_failures { self.until_ms } else { 0 };
+        Record { failures, until_ms, pending: 0, ..*self }
     }
 }
 
@@ -355,24 +382,20 @@ impl Throttle {
             }
             Path::Open { account, address, successes } => {
                 // A success since the admission cleared the record: the failure counts anew.
+                // Otherwise its provisional failure stands.
                 let cleared = |r: Option<&Record>| r.is_none_or(|r| r.cleared_at > successes);
-                if let AddrKey::Addr(ip) = address
-                    && cleared(self.addresses.get(&ip))
-                    && let Some(r) = self.address_mut(address, true)
-                {
-                    r.take(now, &p);
+                let anew = match address {
+                    AddrKey::Addr(ip) => cleared(self.addresses.get(&ip)),
+                    AddrKey::Overflow => false,
+                };
+                if let Some(r) = self.address_mut(address, anew) {
+                    if anew { r.count(now, &p) } else { r.settle() }
                 }
-                match account {
-                    AccountKey::Known(name) => {
-                        if let Some(r) = self.accounts.get_mut(&name)
-                            && r.cleared_at > successes
-                        {
-                            r.take(now, &p);
-                        }
-                        self.urgent_change();
-                    }
-                    AccountKey::Unknown => self.urgent_change(),
-                    AccountKey::None => {}
+                if let Some(r) = self.account_mut(&account) {
+                    if r.cleared_at > successes { r.count(now, &p) } else { r.settle() }
+                }
+                if account != AccountKey::None {
+                    self.urgent_change();
                 }
             }
         }
@@ -409,7 +432,7 @@ impl Throttle {
         let key = self.address_key(address, now);
         if let Some(r) = self.address_mut(key, true) {
             r.clamp(now, &p);
-            r.take(now, &p);
+            r.count(now, &p);
         }
     }
 
@@ -495,10 +518,11 @@ impl Throttle {
             accounts: self
                 .accounts
                 .iter()
+                .map(|(n, r)| (n, r.settled(&self.policy)))
                 .filter(|(_, r)| !r.is_clear())
-                .map(|(n, r)| (n.clone(), *r))
+                .map(|(n, r)| (n.clone(), r))
                 .collect(),
-            unknown: self.unknown,
+            unknown: self.unknown.settled(&self.policy),
             trusted: self
                 .trusted
                 .iter()

@@ -84,7 +84,7 @@ fn an_attempt_settled_after_a_success_cleared_its_records_leaves_newer_ones_alon
     let new = t.admit(0, owner, ip(1), None).expect("after the success");
     // The old attempt is shed: the new one's provisional failure stays.
     t.cancel(old);
-    assert_eq!(t.snapshot().accounts["owner"].failures, 1);
+    assert_eq!((t.accounts["owner"].failures, t.accounts["owner"].pending), (1, 1));
     t.fail(new, 0);
     assert_eq!(t.snapshot().accounts["owner"].failures, 1);
 }
@@ -199,6 +199,37 @@ fn account_records_and_trusted_clients_survive_a_restart_and_still_end() {
 }
 
 #[test]
+fn logins_still_being_checked_at_a_restart_do_not_count_after_it() {
+    let mut t = throttle();
+    let ha = Claim::Name("ha");
+    failed(&mut t, 0, ha, ip(1)).expect("free");
+    // Two logins are being checked when the records are saved, and the hub is killed.
+    let _a = t.admit(10, ha, ip(2), None).expect("free");
+    let _b = t.admit(10, ha, ip(3), None).expect("free");
+    let saved = serde_json::to_vec(&t.snapshot()).expect("json");
+    let mut after = Throttle::new(policy());
+    after.set_accounts(["ha"]);
+    after.restore(serde_json::from_slice(&saved).expect("json"), 20);
+    // Only the one that was answered counts: two more are checked at once, the next refused.
+    let c = after.admit(20, ha, ip(4), None).expect("second failure is free");
+    let d = after.admit(20, ha, ip(5), None).expect("third failure is free");
+    assert!(after.admit(20, ha, ip(6), None).is_err(), "the fourth waits");
+    // A failure settled after the save is kept by the next one, with its back-off.
+    after.fail(c, 30);
+    after.fail(d, 30);
+    let wait = after.account_wait(30, ha);
+    assert!(wait > 0);
+    let mut again = Throttle::new(policy());
+    again.set_accounts(["ha"]);
+    again.restore(
+        serde_json::from_slice(&serde_json::to_vec(&after.snapshot()).expect("json"))
+            .expect("json"),
+        30,
+    );
+    assert_eq!(again.account_wait(30, ha), wait);
+}
+
+#[test]
 fn a_clock_that_jumps_back_never_makes_a_wait_longer_than_the_maximum() {
     let mut t = throttle();
     for _ in 0..3 {
@@ -282,6 +313,13 @@ proptest! {
                 _ => {}
             }
             prop_assert!(t.addresses() <= 64);
+            // What a restart would keep is exactly the failures settled so far.
+            let saved = t.snapshot();
+            for n in 0..2 {
+                let kept = saved.accounts.get(names[n]).map_or(0, |r| r.failures);
+                prop_assert_eq!(kept, checked[n], "{}", names[n]);
+            }
+            prop_assert_eq!(saved.unknown.failures, checked[2..].iter().sum::<u32>());
         }
         for (n, a) in open.drain(..) {
             checked[n] += 1;
