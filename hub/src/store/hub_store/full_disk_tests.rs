@@ -81,9 +81,9 @@ fn a_full_disk_fails_commits_keeps_reads_and_the_first_commit_after_space_return
     // What is stored still answers: the catalog and the log.
     assert_eq!(store.devices().expect("devices after a failed write").len(), 1);
     assert_eq!(count(&store, k), 100);
-    // Readings only (the log; more than the free end of its last page): refused as well, in
-    // the same episode.
-    store.commit(&[readings(k, 101..=5000)]).expect_err("still full");
+    // Readings only (the log; more than the zeros written ahead of its frames, 1 MiB, and the
+    // free end of its last page): refused as well, in the same episode.
+    store.commit(&[readings(k, 101..=200_000)]).expect_err("still full");
     assert_eq!(store.status().episodes, 1);
     assert_eq!(count(&store, k), 100);
     assert_eq!(store.devices().expect("devices on a full disk").len(), 1);

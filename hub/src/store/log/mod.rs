@@ -100,6 +100,8 @@ struct Sealed {
 struct Active {
     first_seq: u64,
     len: u64,
+    /// The file's size: the frames (`len`) and the zeros written ahead of them ([`AHEAD`]).
+    size: u64,
     path: PathBuf,
     file: Arc<File>,
     devices: HashMap<Kid, ActiveDevice>,
@@ -321,6 +323,7 @@ impl SegmentLog {
         if self.broken {
             a.file.set_len(a.len).map_err(io(&a.path))?;
             a.file.sync_all().map_err(io(&a.path))?;
+            a.size = a.len;
             self.broken = false;
         }
         let seq = self.next_seq;
@@ -330,13 +333,22 @@ impl SegmentLog {
             return Err(LogError::Full(a.path.clone()));
         }
         let frame = encode_frame(seq, &payload.bytes);
+        let ahead = (end + AHEAD).min(self.config.segment_bytes);
         let written = a.file.write_all_at(&frame, start).and_then(|()| {
+            if end > a.size {
+                // Past the zeros: the next ones go with this frame.
+                a.size = end;
+                if ahead > end {
+                    a.size = write_zeros(&a.file, end, ahead);
+                }
+            }
             kill_point!("commit");
             a.file.sync_data()
         });
         if let Err(e) = written {
             self.broken = true;
             let _ = a.file.set_len(start);
+            a.size = start;
             return Err(LogError::Io(a.path.clone(), e));
         }
         a.len = end;
@@ -369,6 +381,11 @@ impl SegmentLog {
         }
         let next = new_active(&self.dir, self.next_seq)?;
         let old = std::mem::replace(&mut self.active, next);
+        if old.size > old.len {
+            // The zeros ahead go: a sealed segment's file is its frames (its index says how
+            // long it is; one that is longer is indexed again at open, and its zeros cut).
+            old.file.set_len(old.len).and_then(|()| old.file.sync_all()).map_err(io(&old.path))?;
+        }
         if old.len <= SEG_HEADER {
             // Nothing in it: no need to keep it.
             remove_file(&old.path);
@@ -747,42 +764,13 @@ pub(super) fn newer_segment(dir: &Path) -> Option<(PathBuf, char)> {
     })
 }
 
-fn encode_frame(seq: u64, payload: &[u8]) -> Vec<u8> {
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&seq.to_le_bytes());
-    crc.update(payload);
-    let mut frame = Vec::with_capacity(FRAME_HEADER as usize + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&crc.finalize().to_le_bytes());
-    frame.extend_from_slice(&seq.to_le_bytes());
-    frame.extend_from_slice(payload);
-    frame
-}
-
-fn remove_file(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(file = %path.display(), error = %e, "cannot delete a readings log file");
-    }
-}
-
-fn new_active(dir: &Path, first_seq: u64) -> Result<Active, LogError> {
-    let path = dir.join(format!("{first_seq:020}.seg"));
-    let file = crate::private_fs::create(&path).map_err(io(&path))?;
-    let mut header = SEG_MAGIC.to_vec();
-    header.extend_from_slice(&first_seq.to_le_bytes());
-    file.write_all_at(&header, 0).map_err(io(&path))?;
-    file.sync_all().map_err(io(&path))?;
-    crate::private_fs::sync_dir(dir).map_err(io(dir))?;
-    Ok(Active { first_seq, len: SEG_HEADER, path, file: Arc::new(file), devices: HashMap::new() })
-}
-
 mod index;
 mod recovery;
+mod segment_file;
 #[cfg(test)]
 mod tests;
 
 use index::{Fence, Index, Stretch, load_index};
 use recovery::*;
 pub(super) use recovery::{find_frame, frame_at};
+use segment_file::{AHEAD, encode_frame, new_active, remove_file, write_zeros};

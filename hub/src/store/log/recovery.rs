@@ -119,6 +119,9 @@ pub(in crate::store) fn scan(
         let found = frame_at(file, at, size, seq)
             .and_then(|(end, payload)| Some((end, records::scan(&payload).ok()?)));
         let Some((end, items)) = found else {
+            if segment_file::zeros(file, at, size) {
+                return Ok(s); // the zeros written ahead of the frames ([`AHEAD`])
+            }
             // Damage, if a valid next frame follows; the torn tail of a crash, if none does.
             if let Some((next, next_seq)) = find_frame(file, at + 1, size, seq + 1) {
                 s.skipped += next_seq - seq;
@@ -211,7 +214,15 @@ impl Recovery<'_> {
             file.sync_all().map_err(io(&path))?;
         }
         let next = s.last_seq + 1;
-        Ok((Active { first_seq, len: s.len, path, file: Arc::new(file), devices: s.devices }, next))
+        let active = Active {
+            first_seq,
+            len: s.len,
+            size: s.len,
+            path,
+            file: Arc::new(file),
+            devices: s.devices,
+        };
+        Ok((active, next))
     }
 
     /// A sealed segment with its last sequence and index (rebuilt if missing or damaged), its
@@ -228,6 +239,7 @@ impl Recovery<'_> {
         let segment = |file: File, len: u64, devices| Active {
             first_seq,
             len,
+            size: len,
             path: path.clone(),
             file: Arc::new(file),
             devices,
@@ -246,6 +258,12 @@ impl Recovery<'_> {
             Some((last_seq, index)) => Ok((segment(file, size, HashMap::new()), last_seq, index)),
             None => {
                 self.report.reindexed += 1;
+                if s.end == End::Clean && s.len < size {
+                    // Zeros written ahead that a crash kept from being cut at the seal.
+                    let cut = std::fs::OpenOptions::new().write(true).open(&path);
+                    cut.and_then(|f| f.set_len(s.len).and_then(|()| f.sync_all()))
+                        .map_err(io(&path))?;
+                }
                 let mut active = segment(file, s.len, s.devices);
                 let index = IndexJob::of(dir, &active, s.last_seq).write()?;
                 // The index has them now: not held while the other segments are opened.

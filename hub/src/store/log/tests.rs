@@ -66,20 +66,25 @@ fn a_torn_last_frame_is_cut_off_and_the_log_goes_on() {
     for t in 1..=3 {
         o.log.append(&payload(t)).expect("append");
     }
-    let good = std::fs::metadata(segment(tmp.path())).expect("meta").len();
+    let good = o.log.active.len;
     drop(o);
+    let size = || std::fs::metadata(segment(tmp.path())).expect("meta").len();
     // A crash in the middle of writing frame 4.
     let frame = encode_frame(4, &payload(4).bytes);
     for cut in [3, FRAME_HEADER as usize, frame.len() - 1] {
         let f = std::fs::OpenOptions::new().write(true).open(segment(tmp.path())).expect("f");
         f.write_all_at(&frame[..cut], good).expect("write");
         drop(f);
+        // What follows the last frame: the torn one, and (the first time) the zeros after it
+        // that were written ahead of the frames.
+        let after = size() - good;
+        assert!(after >= cut as u64);
         let mut o = open(tmp.path(), 1 << 20);
-        assert_eq!(o.report.torn_bytes, cut as u64);
+        assert_eq!(o.report.torn_bytes, after);
         assert_eq!(o.report.damaged_copy, None);
         assert_eq!((o.log.next_seq(), o.window), (4, 3));
         assert_eq!(times(&o.log), vec![1, 2, 3]);
-        assert_eq!(std::fs::metadata(segment(tmp.path())).expect("meta").len(), good);
+        assert_eq!(size(), good);
         drop(o.log);
         o = open(tmp.path(), 1 << 20);
         assert_eq!(o.report, OpenReport { replayed_frames: 3, ..Default::default() });
@@ -107,8 +112,10 @@ fn a_crc_mismatch_at_the_end_is_a_torn_write_and_before_it_damage_that_is_skippe
     };
     // A byte changed in the last frame's payload: it never verified, like a torn write.
     spoil(ends[4] - 2, &[0x55]);
+    let size = std::fs::metadata(segment(tmp.path())).expect("meta").len();
+    assert!(size > ends[4], "zeros are written ahead of the frames");
     let o = open(tmp.path(), 1 << 20);
-    assert_eq!(o.report.torn_bytes, ends[4] - ends[3]);
+    assert_eq!(o.report.torn_bytes, size - ends[3]);
     assert_eq!((times(&o.log), o.window), (vec![1, 2, 3], 3));
     drop(o);
     // Damage before the end, in a payload and in a length: those frames are skipped, the
@@ -119,6 +126,46 @@ fn a_crc_mismatch_at_the_end_is_a_torn_write_and_before_it_damage_that_is_skippe
     assert_eq!((o.report.skipped_frames, o.report.torn_bytes), (2, 0));
     assert_eq!((times(&o.log), o.window), (vec![3], 3));
     assert_eq!(o.log.next_seq(), 4);
+}
+
+#[test]
+fn zeros_written_ahead_are_no_damage_and_are_cut_at_a_seal_and_at_open() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let size = || std::fs::metadata(segment(tmp.path())).expect("meta").len();
+    let mut o = open(tmp.path(), 1 << 20);
+    for t in 1..=3 {
+        o.log.append(&payload(t)).expect("append");
+    }
+    assert_eq!(size(), 1 << 20, "zeros ahead, up to the segment's size");
+    let len = o.log.active.len;
+    drop(o);
+    // A stop or a crash with the zeros there: no torn frame, and the zeros are cut.
+    let mut o = open(tmp.path(), 1 << 20);
+    assert_eq!(o.report, OpenReport { replayed_frames: 3, ..Default::default() });
+    assert_eq!(size(), len);
+    o.log.append(&payload(4)).expect("append");
+    assert!(size() > o.log.active.len);
+    // A seal leaves the sealed file its frames only, and its index matches it at the next open.
+    let sealed = o.log.active.len;
+    o.log.seal().expect("seal");
+    assert_eq!(size(), sealed);
+    o.log.append(&payload(5)).expect("append");
+    drop(o);
+    let o = open(tmp.path(), 1 << 20);
+    assert_eq!(o.report.reindexed, 0);
+    drop(o);
+    // A crash between a seal's index and its cut: zeros after a sealed segment's frames. Its
+    // index does not match the file: it is written again, once, and the zeros are cut.
+    let f = std::fs::OpenOptions::new().write(true).open(segment(tmp.path())).expect("f");
+    f.write_all_at(&[0; 4096], sealed).expect("zeros");
+    drop(f);
+    let o = open(tmp.path(), 1 << 20);
+    assert_eq!((o.report.reindexed, o.report.torn_bytes, &o.report.damaged_copy), (1, 0, &None));
+    assert_eq!(size(), sealed);
+    assert_eq!(times(&o.log), vec![1, 2, 3, 4, 5]);
+    drop(o);
+    let o = open(tmp.path(), 1 << 20);
+    assert_eq!((o.report.reindexed, times(&o.log)), (0, vec![1, 2, 3, 4, 5]));
 }
 
 #[test]
