@@ -51,7 +51,7 @@ impl Entry {
 
 /// What of a sealed segment's directory stays in memory: its length and every
 /// [`FENCE`]-th kid.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct Fence {
     entries: u32,
     kids: Vec<Kid>,
@@ -122,23 +122,37 @@ pub(in crate::store) struct Index {
 }
 
 impl IndexJob {
-    pub(super) fn of(dir: &Path, a: &Active, last_seq: u64) -> Self {
+    /// The index of `a` (its runs' offsets are read when it is written).
+    pub(super) fn of(dir: &Path, a: &Active, last_seq: u64, floors: &HashMap<Kid, u64>) -> Self {
         let mut devices: Vec<(Kid, Span, Vec<u32>)> = a
             .devices
             .iter()
             .map(|(kid, d)| (*kid, d.span.unwrap_or(Span::EMPTY), d.blocks.clone()))
             .collect();
         devices.sort_unstable_by_key(|d| d.0);
-        Self { dir: dir.to_path_buf(), first_seq: a.first_seq, last_seq, len: a.len, devices }
+        let runs = a.merges(floors);
+        Self { dir: dir.to_path_buf(), first_seq: a.first_seq, last_seq, len: a.len, devices, runs }
     }
 
     /// Writes the index file (`<first seq>.idx`): a header, the directory sorted by kid and
     /// their CRC, then the block offsets.
     pub(in crate::store) fn write(&self) -> Result<Index, LogError> {
-        let idx_path = self.dir.join(format!("{:020}.idx", self.first_seq));
-        let n = self.devices.len();
+        self.write_to(self.dir.join(format!("{:020}.idx", self.first_seq)), true)
+    }
+
+    /// Writes it to `idx_path`: atomically and synced if `durable` (an index), else as it
+    /// comes (a run of an unsealed segment).
+    pub(super) fn write_to(&self, idx_path: PathBuf, durable: bool) -> Result<Index, LogError> {
+        let with_runs;
+        let devices = if self.runs.is_empty() {
+            &self.devices
+        } else {
+            with_runs = merged(&self.devices, &self.runs).map_err(io(&idx_path))?;
+            &with_runs
+        };
+        let n = devices.len();
         let mut offsets_at = (IDX_HEADER + n * ENTRY + 4) as u64;
-        let blocks: usize = self.devices.iter().map(|d| d.2.len()).sum();
+        let blocks: usize = devices.iter().map(|d| d.2.len()).sum();
         let mut out = Vec::with_capacity(offsets_at as usize + blocks * 4);
         out.extend_from_slice(IDX_MAGIC);
         out.extend_from_slice(&self.first_seq.to_le_bytes());
@@ -146,25 +160,30 @@ impl IndexJob {
         out.extend_from_slice(&self.len.to_le_bytes());
         out.extend_from_slice(&(n as u32).to_le_bytes());
         out.extend_from_slice(&(ENTRY as u32).to_le_bytes());
-        for (kid, span, blocks) in &self.devices {
+        for (kid, span, blocks) in devices {
             let blocks_n = blocks.len() as u32;
             Entry { kid: *kid, span: *span, blocks: blocks_n, offsets_at }.encode(&mut out);
             offsets_at += u64::from(blocks_n) * 4;
         }
         out.extend_from_slice(&crc32fast::hash(&out).to_le_bytes());
-        for o in self.devices.iter().flat_map(|d| &d.2) {
+        for o in devices.iter().flat_map(|d| &d.2) {
             out.extend_from_slice(&o.to_le_bytes());
         }
-        crate::private_fs::write(&idx_path, &out).map_err(io(&idx_path))?;
+        if durable {
+            crate::private_fs::write(&idx_path, &out).map_err(io(&idx_path))?;
+        } else {
+            let f = crate::private_fs::create(&idx_path).map_err(io(&idx_path))?;
+            f.write_all_at(&out, 0).map_err(io(&idx_path))?;
+        }
         let idx = File::open(&idx_path).map_err(io(&idx_path))?;
-        let kids: Vec<Kid> = self.devices.iter().map(|d| d.0).collect();
+        let kids: Vec<Kid> = devices.iter().map(|d| d.0).collect();
         Ok(Index {
             first_seq: self.first_seq,
             idx_path,
             idx: Arc::new(idx),
             fence: Fence::of(&kids),
-            counts: self.devices.iter().map(|d| (d.0, d.1.count)).collect(),
-            newest: self.devices.iter().map(|d| d.1.max_t).max().unwrap_or(i64::MIN),
+            counts: devices.iter().map(|d| (d.0, d.1.count)).collect(),
+            newest: devices.iter().map(|d| d.1.max_t).max().unwrap_or(i64::MIN),
         })
     }
 }
@@ -223,4 +242,37 @@ pub(in crate::store) fn load_index(
         newest,
     };
     Some((last, index))
+}
+
+/// A run of an unsealed segment as its seal merges it: its file and directory, and the devices
+/// erased since it was written.
+#[derive(Debug)]
+pub(super) struct Merge {
+    pub(super) idx: Arc<File>,
+    pub(super) fence: Fence,
+    pub(super) hidden: Vec<Kid>,
+}
+
+/// `devices` (sorted by kid, with the offsets held in memory) with the offsets of `runs` put
+/// before their own.
+pub(super) fn merged(
+    devices: &[(Kid, Span, Vec<u32>)],
+    runs: &[Merge],
+) -> std::io::Result<Vec<(Kid, Span, Vec<u32>)>> {
+    let mut from_runs: HashMap<Kid, Vec<u32>> = HashMap::new();
+    for r in runs {
+        for e in index::entries(&r.idx, &r.fence)? {
+            if !r.hidden.contains(&e.kid) {
+                from_runs.entry(e.kid).or_default().extend(index::offsets(&r.idx, &e)?);
+            }
+        }
+    }
+    Ok(devices
+        .iter()
+        .map(|(kid, span, held)| {
+            let mut all = from_runs.remove(kid).unwrap_or_default();
+            all.extend_from_slice(held);
+            (*kid, *span, all)
+        })
+        .collect())
 }

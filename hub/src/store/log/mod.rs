@@ -3,8 +3,8 @@
 //! sequence number, payload — made durable by one fdatasync before anything in it is
 //! acknowledged (DESIGN, durability contract); a torn tail is cut off at open. Sealed segments
 //! get an index file (`.idx`: per device, where its blocks are; derived, rebuilt when missing),
-//! so queries never scan and memory does not hold every segment's devices; retention drops
-//! whole segments, oldest first.
+//! so queries never scan and memory does not hold every segment's devices (nor, past a bound,
+//! every block of the active one: [`runs`]); retention drops whole segments, oldest first.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -105,6 +105,10 @@ struct Active {
     path: PathBuf,
     file: Arc<File>,
     devices: HashMap<Kid, ActiveDevice>,
+    /// Block offsets written out of memory, oldest first ([`runs`]).
+    runs: Vec<runs::Run>,
+    /// Block offsets held in `devices` (at most [`LogConfig::spill_at`] after a commit).
+    held: usize,
 }
 
 /// A full segment waiting for its index file, which is written off the commit path.
@@ -122,6 +126,8 @@ pub(super) struct IndexJob {
     last_seq: u64,
     len: u64,
     devices: Vec<(Kid, Span, Vec<u32>)>,
+    /// The segment's runs: their offsets go before those in `devices`.
+    runs: Vec<index::Merge>,
 }
 
 /// What opening found.
@@ -169,7 +175,8 @@ pub(super) struct Source {
 
 #[derive(Debug)]
 enum Blocks {
-    Listed(Span, Vec<u32>),
+    /// Of an unsealed segment: in its runs, then these.
+    Listed(Span, Vec<(Arc<File>, Stretch)>, Vec<u32>),
     /// In a sealed segment's directory, looked up by [`read`] (not under the log's lock);
     /// with the segment's newest time.
     Indexed(Arc<File>, Stretch, i64),
@@ -249,6 +256,7 @@ impl SegmentLog {
         replay: &mut dyn FnMut(u64, Replayed),
     ) -> Result<(Self, OpenReport), LogError> {
         crate::private_fs::create_dir(dir).map_err(io(dir))?;
+        runs::remove_stale(dir);
         let mut r = Recovery { dir, floors, replay_after, replay, report: OpenReport::default() };
         let mut firsts: Vec<u64> = std::fs::read_dir(dir)
             .map_err(io(dir))?
@@ -303,6 +311,7 @@ impl SegmentLog {
             log.next_seq = min_next_seq;
             log.seal()?;
         }
+        log.spill_if_full(); // the scan listed every block of the active segment
         Ok((log, report))
     }
 
@@ -357,6 +366,7 @@ impl SegmentLog {
         for b in &payload.blocks {
             a.index(b.kid, (base + b.at as u64) as u32, u64::from(b.count), b.min_t, b.max_t);
         }
+        self.spill_if_full();
         Ok(seq)
     }
 
@@ -392,7 +402,7 @@ impl SegmentLog {
             crate::private_fs::sync_dir(&self.dir).map_err(io(&self.dir))?;
             return Ok(None);
         }
-        let job = IndexJob::of(&self.dir, &old, self.next_seq - 1);
+        let job = IndexJob::of(&self.dir, &old, self.next_seq - 1, &self.floors);
         self.sealing.push(Sealing { active: old, last_seq: job.last_seq });
         Ok(Some(job))
     }
@@ -403,7 +413,8 @@ impl SegmentLog {
         else {
             return;
         };
-        let s = self.sealing.remove(i);
+        let mut s = self.sealing.remove(i);
+        s.active.remove_runs();
         self.admit(s.active, s.last_seq, index);
     }
 
@@ -436,11 +447,12 @@ impl SegmentLog {
         erased_after(&self.floors, kid, last_seq)
     }
 
-    /// Forgets the floors that no sealed segment ends before.
+    /// Forgets the floors that no sealed segment or run ends before.
     fn prune_floors(&mut self) {
         let oldest =
             [self.sealed.first().map(|s| s.last_seq), self.sealing.first().map(|s| s.last_seq)];
-        match oldest.into_iter().flatten().min() {
+        let runs = self.unsealed().filter_map(|a| a.runs_ended());
+        match oldest.into_iter().flatten().chain(runs).min() {
             Some(last) => self.floors.retain(|_, f| *f > last),
             None => self.floors.clear(),
         }
@@ -519,7 +531,7 @@ impl SegmentLog {
                     file: a.file.clone(),
                     path: a.path.clone(),
                     len: a.len,
-                    blocks: Blocks::Listed(span, d.blocks.clone()),
+                    blocks: Blocks::Listed(span, a.runs_of(kid, &self.floors), d.blocks.clone()),
                 });
             }
         }
@@ -663,6 +675,7 @@ impl Active {
         let d = self.devices.entry(kid).or_default();
         d.span.get_or_insert(Span::EMPTY).add(count, min_t, max_t);
         d.blocks.push(at);
+        self.held += 1;
     }
 }
 
@@ -682,13 +695,13 @@ pub(super) fn read(
     for src in sources {
         // Older segments cannot hold anything newer than what is already enough.
         let enough = |newest: i64| out.len() >= limit && newest < out[0].time_ms;
-        let (span, listed, entry): (Span, &[u32], _) = match &src.blocks {
-            Blocks::Listed(span, v) => (*span, v, None),
+        let (span, entry) = match &src.blocks {
+            Blocks::Listed(span, ..) => (*span, None),
             // Without reading its directory if the whole segment is older.
             Blocks::Indexed(_, _, newest) if enough(*newest) => continue,
             Blocks::Indexed(idx, stretch, _) => {
                 match index::find(idx, *stretch, kid).map_err(io(&src.path))? {
-                    Some(e) => (e.span, &[], Some((idx, e))),
+                    Some(e) => (e.span, Some((idx, e))),
                     None => continue,
                 }
             }
@@ -696,9 +709,12 @@ pub(super) fn read(
         if enough(span.max_t) {
             continue;
         }
-        let offsets = match entry {
-            Some((idx, e)) => index::offsets(idx, &e).map_err(io(&src.path))?,
-            None => listed.to_vec(),
+        let offsets = match (entry, &src.blocks) {
+            (Some((idx, e)), _) => index::offsets(idx, &e).map_err(io(&src.path))?,
+            (None, Blocks::Listed(_, runs, held)) => {
+                runs::offsets(runs, kid, held).map_err(io(&src.path))?
+            }
+            (None, Blocks::Indexed(..)) => continue,
         };
         // One read covers a block header, and usually the whole block.
         const HEAD: usize = 512;
@@ -766,6 +782,7 @@ pub(super) fn newer_segment(dir: &Path) -> Option<(PathBuf, char)> {
 
 mod index;
 mod recovery;
+mod runs;
 mod segment_file;
 #[cfg(test)]
 mod tests;

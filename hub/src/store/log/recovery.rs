@@ -220,7 +220,9 @@ impl Recovery<'_> {
             size: s.len,
             path,
             file: Arc::new(file),
+            held: s.devices.values().map(|d| d.blocks.len()).sum(),
             devices: s.devices,
+            runs: Vec::new(),
         };
         Ok((active, next))
     }
@@ -243,6 +245,8 @@ impl Recovery<'_> {
             path: path.clone(),
             file: Arc::new(file),
             devices,
+            runs: Vec::new(),
+            held: 0,
         };
         let mut loaded = load_index(&idx_path, first_seq, size);
         if let Some((last_seq, index)) = loaded.take_if(|(last, _)| *last <= replay_after) {
@@ -265,7 +269,7 @@ impl Recovery<'_> {
                         .map_err(io(&path))?;
                 }
                 let mut active = segment(file, s.len, s.devices);
-                let index = IndexJob::of(dir, &active, s.last_seq).write()?;
+                let index = IndexJob::of(dir, &active, s.last_seq, self.floors).write()?;
                 // The index has them now: not held while the other segments are opened.
                 active.devices = HashMap::new();
                 Ok((active, s.last_seq, index))

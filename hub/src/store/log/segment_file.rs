@@ -82,5 +82,7 @@ pub(super) fn new_active(dir: &Path, first_seq: u64) -> Result<Active, LogError>
         path,
         file: Arc::new(file),
         devices: HashMap::new(),
+        runs: Vec::new(),
+        held: 0,
     })
 }

@@ -386,3 +386,75 @@ fn a_query_that_has_enough_newer_readings_does_not_read_older_directories() {
     assert_eq!(newest.iter().map(|r| r.time_ms).collect::<Vec<_>>(), vec![5, 6]);
     assert!(read(&o.log.sources(&kid()), &kid(), 3).is_err(), "older ones are needed");
 }
+
+#[test]
+fn block_offsets_go_to_runs_and_queries_erases_seals_and_restarts_see_every_reading() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let kids: Vec<Kid> = (0..8u8).map(|i| Kid::new(&[i, 0x51]).expect("kid")).collect();
+    let runs = |dir: &Path| {
+        let files = std::fs::read_dir(dir).expect("list").map(|e| e.expect("entry").path());
+        files.filter(|p| p.extension().is_some_and(|x| x == "run")).count()
+    };
+    let mut o = open(tmp.path(), 64 << 10);
+    let spill = o.log.config.spill_at();
+    assert_eq!(spill, 256);
+    let mut t = 0;
+    while o.log.active.runs.len() < 3 {
+        t += 1;
+        assert!(t < 2_000, "no runs made");
+        o.log.append(&frame_of(&kids, t)).expect("append");
+        assert!(o.log.active.held < spill, "at most {spill} offsets held after a commit");
+    }
+    assert_eq!(runs(tmp.path()), 3);
+    // And some held in memory (a query reads the runs, then those).
+    for _ in 0..5 {
+        t += 1;
+        o.log.append(&frame_of(&kids, t)).expect("append");
+    }
+    assert_eq!(o.log.active.held, 5 * kids.len());
+    let all = |n: i64| (1..=n).collect::<Vec<_>>();
+    for k in &kids {
+        assert_eq!(times_of(&o.log, k), all(t), "{k}");
+        assert_eq!(o.log.count(k), t as u64);
+    }
+    // A device erased, then paired again under its id, in the same segment: its readings
+    // before the erase stay hidden, in the runs too (and in those written after).
+    o.log.erase(&kids[0]);
+    let erased_at = t;
+    while o.log.active.runs.len() < 5 {
+        t += 1;
+        assert!(t < 2_000, "no runs made");
+        o.log.append(&frame_of(&kids, t)).expect("append");
+    }
+    t += 1;
+    o.log.append(&frame_of(&kids, t)).expect("append");
+    let after = ((erased_at + 1)..=t).collect::<Vec<_>>();
+    assert_eq!(times_of(&o.log, &kids[0]), after);
+    assert_eq!(times_of(&o.log, &kids[7]), all(t));
+    // The seal merges the runs into the segment's index and removes them.
+    o.log.seal().expect("seal");
+    assert_eq!(runs(tmp.path()), 0);
+    assert_eq!(times_of(&o.log, &kids[0]), after);
+    assert_eq!(times_of(&o.log, &kids[7]), all(t));
+    assert_eq!(o.log.count(&kids[7]), t as u64);
+    // Runs of the next segment, then a restart: they are removed, and the scan's offsets,
+    // more than are held after a commit, go to a run at once.
+    let sealed_at = t;
+    while o.log.active.runs.len() < 2 {
+        t += 1;
+        assert!(t < 2_000, "no runs made");
+        o.log.append(&frame_of(&kids, t)).expect("append");
+    }
+    let held = o.log.active.held;
+    drop(o);
+    let mut o = open(tmp.path(), 64 << 10);
+    assert_eq!((o.log.active.runs.len(), o.log.active.held, runs(tmp.path())), (1, 0, 1));
+    assert!(t - sealed_at > 256 / 8, "{held}");
+    t += 1;
+    o.log.append(&frame_of(&kids, t)).expect("append");
+    assert_eq!(times_of(&o.log, &kids[0]), ((erased_at + 1)..=t).collect::<Vec<_>>());
+    for k in &kids[1..] {
+        assert_eq!(times_of(&o.log, k), all(t), "{k}");
+        assert_eq!(o.log.count(k), t as u64);
+    }
+}
