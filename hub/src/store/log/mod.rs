@@ -488,7 +488,9 @@ impl SegmentLog {
         for s in &mut self.sealing {
             s.active.devices.remove(kid);
         }
-        self.active.devices.remove(kid);
+        if let Some(d) = self.active.devices.remove(kid) {
+            self.active.held -= d.blocks.len();
+        }
         self.floors.insert(*kid, self.next_seq);
     }
 

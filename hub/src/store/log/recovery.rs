@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// How a scan of a segment ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -214,17 +213,7 @@ impl Recovery<'_> {
             file.sync_all().map_err(io(&path))?;
         }
         let next = s.last_seq + 1;
-        let active = Active {
-            first_seq,
-            len: s.len,
-            size: s.len,
-            path,
-            file: Arc::new(file),
-            held: s.devices.values().map(|d| d.blocks.len()).sum(),
-            devices: s.devices,
-            runs: Vec::new(),
-        };
-        Ok((active, next))
+        Ok((Active::of(first_seq, s.len, path, file, s.devices), next))
     }
 
     /// A sealed segment with its last sequence and index (rebuilt if missing or damaged), its
@@ -238,16 +227,8 @@ impl Recovery<'_> {
         let (dir, replay_after) = (self.dir, self.replay_after);
         let idx_path = dir.join(format!("{first_seq:020}.idx"));
         let size = file.metadata().map_err(io(&path))?.len();
-        let segment = |file: File, len: u64, devices| Active {
-            first_seq,
-            len,
-            size: len,
-            path: path.clone(),
-            file: Arc::new(file),
-            devices,
-            runs: Vec::new(),
-            held: 0,
-        };
+        let segment =
+            |file: File, len: u64, devices| Active::of(first_seq, len, path.clone(), file, devices);
         let mut loaded = load_index(&idx_path, first_seq, size);
         if let Some((last_seq, index)) = loaded.take_if(|(last, _)| *last <= replay_after) {
             return Ok((segment(file, size, HashMap::new()), last_seq, index));

@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Active, FRAME_HEADER, LogError, SEG_HEADER, SEG_MAGIC, io};
+use protocol::oscore::Kid;
+
+use super::{Active, ActiveDevice, FRAME_HEADER, LogError, SEG_HEADER, SEG_MAGIC, io};
 
 /// The active segment's file is written in zeros this far ahead of its frames (at most to the
 /// segment's size), and synced with the frame that reached the end of the zeros before it. A
@@ -75,14 +77,21 @@ pub(super) fn new_active(dir: &Path, first_seq: u64) -> Result<Active, LogError>
     file.write_all_at(&header, 0).map_err(io(&path))?;
     file.sync_all().map_err(io(&path))?;
     crate::private_fs::sync_dir(dir).map_err(io(dir))?;
-    Ok(Active {
-        first_seq,
-        len: SEG_HEADER,
-        size: SEG_HEADER,
-        path,
-        file: Arc::new(file),
-        devices: HashMap::new(),
-        runs: Vec::new(),
-        held: 0,
-    })
+    Ok(Active::of(first_seq, SEG_HEADER, path, file, HashMap::new()))
+}
+
+impl Active {
+    /// A segment whose file is its frames (`len` bytes, no zeros ahead), with the blocks of
+    /// `devices` held in memory and no runs.
+    pub(super) fn of(
+        first_seq: u64,
+        len: u64,
+        path: PathBuf,
+        file: File,
+        devices: HashMap<Kid, ActiveDevice>,
+    ) -> Self {
+        let held = devices.values().map(|d| d.blocks.len()).sum();
+        let file = Arc::new(file);
+        Active { first_seq, len, size: len, path, file, devices, runs: Vec::new(), held }
+    }
 }
